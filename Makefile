@@ -1,0 +1,104 @@
+# sessiond - build, run, test.  `make run` and `make test` are the two commands that matter.
+# Every dependency comes from pkg-config; every Debian package is installed by `make deps`.
+
+CC       ?= cc
+BUILD    := build
+PKGS     := libmicrohttpd libwebsockets sqlite3 jansson libcurl libgit2 openssl
+SANITIZE ?=
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Werror
+OPT      ?= -O2 -g
+CFLAGS_ALL = -std=c17 -D_GNU_SOURCE -pthread $(OPT) $(WARN) -I. -I$(BUILD)/gen \
+             $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(SANFLAGS) $(CFLAGS)
+LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread -lm $(SANFLAGS) $(LDFLAGS)
+
+ifeq ($(SANITIZE),1)
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+BUILD    := build/asan
+else ifeq ($(SANITIZE),thread)
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
+BUILD    := build/tsan
+endif
+
+# Library sources: everything in our module folders except the programs' mains.
+LIB_SRC  := $(wildcard common/*.c storage/*.c sandbox/*.c server/*.c)
+LIB_SRC  := $(filter-out server/main.c,$(LIB_SRC))
+LIB_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(BUILD)/obj/gen/migrations.o
+MIGRATIONS := $(sort $(wildcard migrations/session/*.sql migrations/registry/*.sql))
+
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+
+.PHONY: all deps run test unit bench lint format format-check clean agents test-deps
+
+all: $(BUILD)/sessiond $(BUILD)/sandbox-init $(UNIT_BIN)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(BUILD)/gen/migrations.c: $(MIGRATIONS) tools/embed_migrations.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed_migrations.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/migrations.o: $(BUILD)/gen/migrations.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/libsessiond.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/sessiond: $(BUILD)/obj/server/main.o $(BUILD)/libsessiond.a
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+# The supervisor that runs inside each sandbox: no dependency of ours but libc.
+$(BUILD)/sandbox-init: sandbox/init/sandbox-init.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(BUILD)/libsessiond.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libsessiond.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
+
+deps:
+	@sh tools/deps.sh
+
+test-deps: deps
+	@sh tools/deps.sh --test
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	./$(BUILD)/sessiond $(ARGS)
+
+test: test-deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) bash tests/run.sh $(TESTS)
+
+unit: all
+	@BUILD=$(BUILD) bash tests/run.sh unit
+
+bench: all $(BENCH_BIN)
+	@BUILD=$(BUILD) bash bench/run.sh
+
+lint:
+	@! grep -nE '\b(sprintf|strcpy|strcat|strtok|atoi|gets)\s*\(|\b(localtime|gmtime)\s*\(' \
+		$$(git ls-files '*.c' '*.h') || (echo "lint: banned function (see CONVENTIONS.md)"; exit 1)
+	@echo "lint: ok"
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	clang-format --dry-run -Werror $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

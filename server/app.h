@@ -1,0 +1,32 @@
+/*
+ * app.h - the application object: pointers to every subsystem, built by main.c and handed to
+ * every handler. main.c owns it and everything it points to; the pointers do not change after
+ * start-up, so any thread may read them. A subsystem that is not configured is NULL.
+ */
+#ifndef SESSIOND_APP_H
+#define SESSIOND_APP_H
+
+struct config;
+struct store;
+struct registry;
+struct hub;     /* server/hub.h: WebSocket fan-out (issue 3) */
+struct runner;  /* sandbox/runner.h: prompt queue + agent runner (issue 4) */
+struct sbx_backend;
+struct slack;   /* server/slack.h (issue 6) */
+struct repos;   /* sandbox repos/pool (issue 5) */
+struct egress;  /* egress proxy (issue 7) */
+
+struct app {
+    const struct config *cfg;
+    struct store *store;
+    struct registry *reg;
+    struct hub *hub;
+    struct runner *runner;
+    struct sbx_backend *sbx;
+    struct slack *slack;
+    struct repos *repos;
+    struct egress *egress;
+    volatile int shutting_down; /* set by the signal path in main.c */
+};
+
+#endif

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The test runner: every unit test binary, then every integration test, each program with a
+# timeout. Programs print "ok - name" / "not ok - name" lines; this counts them and ends with
+# the single line "N passed, N failed". Usage: tests/run.sh [unit|integration|FILTER...]
+set -u
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+export BUILD SESSIOND_BIN="$PWD/$BUILD/sessiond" SANDBOX_INIT_BIN="$PWD/$BUILD/sandbox-init"
+if [ "${SANITIZE:-}" = 1 ]; then
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+fi
+LOGDIR=$(mktemp -d /tmp/sessiond-tests.XXXXXX)
+passed=0
+failed=0
+failures=()
+
+what=${1:-all}
+progs=()
+if [ "$what" = all ] || [ "$what" = unit ]; then
+  for t in "$BUILD"/tests/test_*; do [ -x "$t" ] && progs+=("$t"); done
+fi
+if [ "$what" = all ] || [ "$what" = integration ]; then
+  for t in tests/integration/test_*.sh tests/integration/test_*.mjs; do [ -f "$t" ] && progs+=("$t"); done
+fi
+if [ "$what" != all ] && [ "$what" != unit ] && [ "$what" != integration ]; then
+  for t in "$BUILD"/tests/test_* tests/integration/test_*.sh tests/integration/test_*.mjs; do
+    for f in "$@"; do case "$t" in *"$f"*) progs+=("$t") ;; esac; done
+  done
+fi
+
+for p in "${progs[@]}"; do
+  name=$(basename "$p")
+  log="$LOGDIR/$name.log"
+  case "$p" in
+    *.sh) cmd=(bash "$p") ;;
+    *.mjs) cmd=(node "$p") ;;
+    *) cmd=("$p") ;;
+  esac
+  start=$(date +%s)
+  timeout -k 10 "${TEST_PROGRAM_TIMEOUT:-420}" "${cmd[@]}" >"$log.out" 2>"$log" </dev/null
+  rc=$?
+  p_ok=$(grep -c '^ok - ' "$log.out")
+  p_bad=$(grep -c '^not ok - ' "$log.out")
+  if [ "$rc" != 0 ] && [ "$p_bad" = 0 ]; then
+    # A program that died without reporting a failure still failed.
+    p_bad=1
+    echo "not ok - $name:exit-status-$rc" >>"$log.out"
+  fi
+  passed=$((passed + p_ok))
+  failed=$((failed + p_bad))
+  printf '%-40s %3d ok %3d failed  (%ss)\n' "$name" "$p_ok" "$p_bad" "$(( $(date +%s) - start ))"
+  if [ "$p_bad" != 0 ]; then
+    grep '^not ok - ' "$log.out" | sed 's/^/    /'
+    echo "    --- last lines of stderr ($log):"
+    tail -n 25 "$log" | sed 's/^/    /'
+    failures+=("$name")
+  fi
+done
+echo "logs: $LOGDIR"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
