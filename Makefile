@@ -37,7 +37,8 @@ all: $(BUILD)/sessiond $(BUILD)/sandbox-init $(UNIT_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
 
 $(BUILD)/gen/migrations.c: $(MIGRATIONS) tools/embed_migrations.sh
 	@mkdir -p $(dir $@)
@@ -45,11 +46,11 @@ $(BUILD)/gen/migrations.c: $(MIGRATIONS) tools/embed_migrations.sh
 
 $(BUILD)/obj/gen/migrations.o: $(BUILD)/gen/migrations.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -c $< -o $@
+	@$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 $(BUILD)/libsessiond.a: $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(BUILD)/sessiond: $(BUILD)/obj/server/main.o $(BUILD)/libsessiond.a
 	$(CC) -o $@ $^ $(LDLIBS_ALL)

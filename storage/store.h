@@ -95,6 +95,10 @@ typedef int (*sess_tx_fn)(struct sess_tx *tx, void *arg);
 int sess_write(struct sess *s, sess_tx_fn fn, void *arg);
 /** The session connection, for statements inside an operation. */
 sqlite3 *sess_tx_db(struct sess_tx *tx);
+/** A prepared statement for sql from the session's statement cache, reset and with its
+ * bindings cleared. Owned by the session (do not finalize); valid until the operation returns.
+ * sql should be a string literal (the cache is keyed by its text). NULL on a prepare error. */
+sqlite3_stmt *sess_tx_prepare(struct sess_tx *tx, const char *sql);
 /** The transaction's timestamp (epoch ms), the same for all its events. */
 int64_t sess_tx_now(struct sess_tx *tx);
 /** Append an event inside an operation; *seq_out (may be NULL) gets its seq.

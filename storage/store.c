@@ -1,0 +1,973 @@
+/*
+ * store.c - the session store: per-session SQLite files, group commit, the LRU of open
+ * sessions (hibernation) and the lazy registry flusher.
+ *
+ * Threads and locks (take them in this order, never the reverse):
+ *   st->lock  guards the hash table, the LRU list, refcounts and open counts.
+ *   s->lock   the session actor lock: guards s->db, s->last_seq, the statement cache and
+ *             everything written to the file. Held across a whole group commit.
+ *   s->qlock  guards the pending-operation queue only (held for a few instructions).
+ * A session is opened by the thread that inserted it into the table, while holding s->lock,
+ * so a second getter simply blocks on s->lock until the open is done.
+ *
+ * Group commit: sess_write() queues its operation, then takes s->lock. Whoever holds s->lock
+ * takes every queued operation and commits them in one transaction; the others find their
+ * operation done when they get the lock and return at once. seq is assigned inside the
+ * transaction and restored if an operation or the commit fails, so there is never a gap.
+ *
+ * Invariants: a session in the table with refs == 0 is on the LRU list; one with refs > 0 is
+ * not. Sessions beyond cfg.max_open are closed from the LRU tail; a flusher thread writes the
+ * lazy registry columns (last_seq, last_activity) every second and hibernates sessions idle for
+ * idle_close_ms.
+ */
+#include "storage/store.h"
+
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "storage/event.h"
+#include "storage/migrate.h"
+#include "storage/registry.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HASH_SIZE      4096
+#define STMT_CACHE     16
+#define IDLE_CLOSE_MS  60000
+#define FLUSH_EVERY_MS 1000
+
+struct pending {
+    sess_tx_fn fn;
+    void *arg;
+    int rc;
+    int done;
+    struct pending *next;
+};
+
+struct stmt_slot {
+    const char *sql; /* the caller's literal; compared by pointer, then by text */
+    sqlite3_stmt *stmt;
+};
+
+/* A published event inside the batch buffer. */
+struct pub {
+    int64_t seq;
+    size_t off, len;
+};
+
+struct sess_tx {
+    struct sess *s;
+    int64_t now;
+    struct buf *events; /* serialized events of the batch, back to back */
+    struct pub *pubs;
+    size_t npubs, cappubs;
+};
+
+struct sess {
+    struct store *st;
+    char id[65];
+    int refs;         /* guarded by st->lock */
+    int in_table;     /* guarded by st->lock */
+    int doomed;       /* delete requested: close when refs drop to 0 */
+    struct sess *hnext;                /* hash chain, st->lock */
+    struct sess *lru_prev, *lru_next;  /* LRU list of unreferenced sessions, st->lock */
+    int64_t last_used_ms;              /* st->lock */
+
+    pthread_mutex_t lock; /* the actor lock */
+    sqlite3 *db;
+    int open_rc;
+    int64_t last_seq;
+    int64_t last_activity;
+    int64_t flushed_seq;
+    int64_t flushed_activity;
+    struct stmt_slot stmts[STMT_CACHE];
+    struct buf batch;
+
+    pthread_mutex_t qlock;
+    struct pending *qhead, *qtail;
+};
+
+struct store {
+    char *data_dir;
+    char *sessions_dir;
+    struct store_config cfg;
+    struct registry *reg;
+
+    pthread_mutex_t lock;
+    struct sess *table[HASH_SIZE];
+    struct sess *lru_head, *lru_tail; /* head = most recently released */
+    int open_count;
+    struct store_stats stats;
+
+    pthread_t flusher;
+    int flusher_started;
+    int stopping;
+    pthread_cond_t stop_cond;
+};
+
+static unsigned hash_id(const char *id)
+{
+    unsigned h = 2166136261u;
+    for (; *id; id++) {
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    }
+    return h % HASH_SIZE;
+}
+
+/* ---- LRU helpers (st->lock held) ---- */
+
+static void lru_remove(struct store *st, struct sess *s)
+{
+    if (s->lru_prev) {
+        s->lru_prev->lru_next = s->lru_next;
+    } else if (st->lru_head == s) {
+        st->lru_head = s->lru_next;
+    }
+    if (s->lru_next) {
+        s->lru_next->lru_prev = s->lru_prev;
+    } else if (st->lru_tail == s) {
+        st->lru_tail = s->lru_prev;
+    }
+    s->lru_prev = s->lru_next = NULL;
+}
+
+static void lru_push_front(struct store *st, struct sess *s)
+{
+    s->lru_prev = NULL;
+    s->lru_next = st->lru_head;
+    if (st->lru_head) {
+        st->lru_head->lru_prev = s;
+    }
+    st->lru_head = s;
+    if (!st->lru_tail) {
+        st->lru_tail = s;
+    }
+}
+
+static void table_remove(struct store *st, struct sess *s)
+{
+    struct sess **pp = &st->table[hash_id(s->id)];
+    while (*pp && *pp != s) {
+        pp = &(*pp)->hnext;
+    }
+    if (*pp) {
+        *pp = s->hnext;
+    }
+    s->hnext = NULL;
+    s->in_table = 0;
+}
+
+static struct sess *table_find(struct store *st, const char *id)
+{
+    for (struct sess *s = st->table[hash_id(id)]; s; s = s->hnext) {
+        if (strcmp(s->id, id) == 0) {
+            return s;
+        }
+    }
+    return NULL;
+}
+
+/* ---- opening and closing one session file ---- */
+
+static char *session_path(struct store *st, const char *id)
+{
+    return xasprintf("%s/%s.db", st->sessions_dir, id);
+}
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        LOG_ERROR("store: %s: %s", sql, msg ? msg : sqlite3_errmsg(db));
+        sqlite3_free(msg);
+        return ERR_DB;
+    }
+    return 0;
+}
+
+/* Open s->db (s->lock held). create: make the file if missing. */
+static int sess_open_db(struct sess *s, int create)
+{
+    struct store *st = s->st;
+    char *path = session_path(st, s->id);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    int rc = 0;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+
+    if (!create && access(path, F_OK) != 0) {
+        rc = ERR_NOT_FOUND;
+        goto out;
+    }
+    if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+        LOG_ERROR("store: open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
+        rc = ERR_DB;
+        goto out;
+    }
+    /* Closing must be cheap (hibernation): leave the WAL for the next open to checkpoint. */
+    sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+    sqlite3_busy_timeout(db, 5000);
+    rc = exec_sql(db, "PRAGMA journal_mode=WAL");
+    if (!rc) {
+        rc = exec_sql(db, st->cfg.durability_full ? "PRAGMA synchronous=FULL"
+                                                   : "PRAGMA synchronous=NORMAL");
+    }
+    if (!rc) {
+        rc = exec_sql(db, "PRAGMA foreign_keys=ON; PRAGMA cache_size=-512");
+    }
+    if (!rc) {
+        rc = migrate_apply(db, migrations_session, path);
+    }
+    if (rc) {
+        goto out;
+    }
+    if (sqlite3_prepare_v2(db, "SELECT coalesce(max(seq),0), coalesce(max(created_at),0) FROM events",
+                           -1, &q, NULL) != SQLITE_OK ||
+        sqlite3_step(q) != SQLITE_ROW) {
+        rc = ERR_DB;
+        goto out;
+    }
+    s->last_seq = sqlite3_column_int64(q, 0);
+    s->last_activity = sqlite3_column_int64(q, 1);
+    s->flushed_seq = s->last_seq;
+    s->flushed_activity = s->last_activity;
+    s->db = db;
+    db = NULL;
+out:
+    sqlite3_finalize(q);
+    if (db) {
+        sqlite3_close(db);
+    }
+    free(path);
+    return rc;
+}
+
+/* Write the lazy registry columns if they changed (s->lock held). */
+static void sess_flush_registry(struct sess *s)
+{
+    if (s->db && (s->last_seq != s->flushed_seq || s->last_activity != s->flushed_activity)) {
+        if (registry_session_touch(s->st->reg, s->id, s->last_seq, s->last_activity) == 0) {
+            s->flushed_seq = s->last_seq;
+            s->flushed_activity = s->last_activity;
+        }
+    }
+}
+
+/* Close the file and free the struct. No other thread can reach s any more. */
+static void sess_destroy(struct sess *s)
+{
+    pthread_mutex_lock(&s->lock);
+    if (!s->doomed) {
+        sess_flush_registry(s);
+    }
+    for (int i = 0; i < STMT_CACHE; i++) {
+        sqlite3_finalize(s->stmts[i].stmt);
+    }
+    if (s->db) {
+        sqlite3_close(s->db);
+    }
+    buf_free(&s->batch);
+    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->qlock);
+    free(s);
+}
+
+static struct sess *sess_alloc(struct store *st, const char *id)
+{
+    struct sess *s = xcalloc(1, sizeof(*s));
+    s->st = st;
+    snprintf(s->id, sizeof(s->id), "%s", id);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->qlock, NULL);
+    buf_init(&s->batch, 0);
+    return s;
+}
+
+/* Evict unreferenced sessions beyond the cap (st->lock held); returns a list to destroy. */
+static struct sess *evict_over_cap(struct store *st)
+{
+    struct sess *victims = NULL;
+    while (st->open_count > st->cfg.max_open && st->lru_tail) {
+        struct sess *v = st->lru_tail;
+        lru_remove(st, v);
+        table_remove(st, v);
+        st->open_count--;
+        st->stats.closes++;
+        v->hnext = victims;
+        victims = v;
+    }
+    return victims;
+}
+
+static void destroy_list(struct sess *list)
+{
+    while (list) {
+        struct sess *n = list->hnext;
+        sess_destroy(list);
+        list = n;
+    }
+}
+
+static int get_or_open(struct store *st, const char *id, int create, struct sess **out)
+{
+    struct sess *s = NULL;
+    struct sess *victims = NULL;
+    int opener = 0;
+    int rc = 0;
+
+    *out = NULL;
+    if (!util_valid_id(id)) {
+        return ERR_INVALID;
+    }
+    pthread_mutex_lock(&st->lock);
+    if (st->stopping) {
+        pthread_mutex_unlock(&st->lock);
+        return ERR_UNAVAILABLE;
+    }
+    s = table_find(st, id);
+    if (s) {
+        if (s->refs++ == 0) {
+            lru_remove(st, s);
+        }
+        st->stats.hits++;
+    } else {
+        s = sess_alloc(st, id);
+        s->refs = 1;
+        s->in_table = 1;
+        unsigned h = hash_id(id);
+        s->hnext = st->table[h];
+        st->table[h] = s;
+        st->open_count++;
+        st->stats.opens++;
+        /* Take the actor lock before anyone else can find the session: they wait for the open. */
+        pthread_mutex_lock(&s->lock);
+        opener = 1;
+        victims = evict_over_cap(st);
+    }
+    pthread_mutex_unlock(&st->lock);
+    destroy_list(victims);
+
+    if (opener) {
+        s->open_rc = sess_open_db(s, create);
+        rc = s->open_rc;
+        pthread_mutex_unlock(&s->lock);
+        if (rc) {
+            /* Unpublish the failed session; waiters holding refs see open_rc. */
+            pthread_mutex_lock(&st->lock);
+            if (s->in_table) {
+                table_remove(st, s);
+                st->open_count--;
+            }
+            int last = --s->refs == 0;
+            pthread_mutex_unlock(&st->lock);
+            if (last) {
+                sess_destroy(s);
+            }
+            return rc;
+        }
+    } else {
+        pthread_mutex_lock(&s->lock);
+        rc = s->open_rc;
+        pthread_mutex_unlock(&s->lock);
+        if (rc) {
+            sess_put(s);
+            return rc;
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+void sess_put(struct sess *s)
+{
+    if (!s) {
+        return;
+    }
+    struct store *st = s->st;
+    int destroy = 0;
+    pthread_mutex_lock(&st->lock);
+    if (--s->refs == 0) {
+        if (!s->in_table) {
+            destroy = 1; /* doomed, or a failed open */
+        } else {
+            s->last_used_ms = clock_mono_ms();
+            lru_push_front(st, s);
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (destroy) {
+        sess_destroy(s);
+    }
+}
+
+int store_session_create(struct store *st, const char *id)
+{
+    struct sess *s = NULL;
+    int rc = get_or_open(st, id, 1, &s);
+    sess_put(s);
+    return rc;
+}
+
+int store_session_get(struct store *st, const char *id, struct sess **out)
+{
+    return get_or_open(st, id, 0, out);
+}
+
+int store_session_delete_file(struct store *st, const char *id)
+{
+    if (!util_valid_id(id)) {
+        return ERR_INVALID;
+    }
+    struct sess *destroy = NULL;
+    pthread_mutex_lock(&st->lock);
+    struct sess *s = table_find(st, id);
+    if (s) {
+        table_remove(st, s);
+        st->open_count--;
+        s->doomed = 1;
+        if (s->refs == 0) {
+            lru_remove(st, s);
+            destroy = s;
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (destroy) {
+        sess_destroy(destroy);
+    }
+    static const char *suffix[] = {"", "-wal", "-shm"};
+    int rc = 0;
+    for (int i = 0; i < 3; i++) {
+        char *p = xasprintf("%s/%s.db%s", st->sessions_dir, id, suffix[i]);
+        if (unlink(p) != 0 && errno != ENOENT) {
+            rc = ERR_IO;
+        }
+        free(p);
+    }
+    return rc;
+}
+
+int store_session_backup(struct store *st, const char *id, const char *path)
+{
+    struct sess *s = NULL;
+    sqlite3 *dst = NULL;
+    sqlite3_backup *bk = NULL;
+    int rc = store_session_get(st, id, &s);
+    if (rc) {
+        return rc;
+    }
+    if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        rc = ERR_IO;
+        goto out;
+    }
+    pthread_mutex_lock(&s->lock);
+    bk = sqlite3_backup_init(dst, "main", s->db, "main");
+    if (!bk) {
+        pthread_mutex_unlock(&s->lock);
+        rc = ERR_DB;
+        goto out;
+    }
+    /* Copy in steps, letting writers in between: changes made through s->db meanwhile are
+     * carried into the copy by SQLite, so the result is one consistent snapshot. */
+    for (;;) {
+        int r = sqlite3_backup_step(bk, 256);
+        if (r == SQLITE_DONE) {
+            break;
+        }
+        if (r != SQLITE_OK && r != SQLITE_BUSY && r != SQLITE_LOCKED) {
+            rc = ERR_DB;
+            break;
+        }
+        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_lock(&s->lock);
+    }
+    if (sqlite3_backup_finish(bk) != SQLITE_OK && !rc) {
+        rc = ERR_DB;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!rc) {
+        /* A self-contained file: no WAL needed by whoever reads the copy. */
+        sqlite3_exec(dst, "PRAGMA journal_mode=DELETE", NULL, NULL, NULL);
+    }
+out:
+    if (dst) {
+        sqlite3_close(dst);
+    }
+    sess_put(s);
+    return rc;
+}
+
+/* ---- group commit ---- */
+
+const char *sess_id(const struct sess *s)
+{
+    return s->id;
+}
+
+int64_t sess_last_seq(struct sess *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int64_t v = s->last_seq;
+    pthread_mutex_unlock(&s->lock);
+    return v;
+}
+
+sqlite3 *sess_tx_db(struct sess_tx *tx)
+{
+    return tx->s->db;
+}
+
+int64_t sess_tx_now(struct sess_tx *tx)
+{
+    return tx->now;
+}
+
+static sqlite3_stmt *stmt_cached(struct sess *s, const char *sql)
+{
+    int free_slot = -1;
+    for (int i = 0; i < STMT_CACHE; i++) {
+        if (!s->stmts[i].stmt) {
+            if (free_slot < 0) {
+                free_slot = i;
+            }
+            continue;
+        }
+        if (s->stmts[i].sql == sql || strcmp(s->stmts[i].sql, sql) == 0) {
+            sqlite3_reset(s->stmts[i].stmt);
+            sqlite3_clear_bindings(s->stmts[i].stmt);
+            return s->stmts[i].stmt;
+        }
+    }
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        LOG_ERROR("store: prepare failed: %s", sqlite3_errmsg(s->db));
+        return NULL;
+    }
+    if (free_slot < 0) {
+        /* Cache full: evict slot 0 (rare; the set of hot statements is small). */
+        sqlite3_finalize(s->stmts[0].stmt);
+        free_slot = 0;
+    }
+    s->stmts[free_slot].sql = sql;
+    s->stmts[free_slot].stmt = st;
+    return st;
+}
+
+sqlite3_stmt *sess_tx_prepare(struct sess_tx *tx, const char *sql)
+{
+    return stmt_cached(tx->s, sql);
+}
+
+int sess_tx_append(struct sess_tx *tx, const char *type, const struct author *a,
+                   const char *data_json, int64_t *seq_out)
+{
+    struct sess *s = tx->s;
+    const char *data = data_json && *data_json ? data_json : "{}";
+    const char *aid = a ? a->id : NULL;
+    const char *aname = a && a->id ? a->name : NULL;
+    sqlite3_stmt *st = stmt_cached(s, "INSERT INTO events(seq,type,data_json,author_id,"
+                                      "author_name,created_at) VALUES(?,?,?,?,?,?)");
+    if (!st) {
+        return ERR_DB;
+    }
+    int64_t seq = s->last_seq + 1;
+    sqlite3_bind_int64(st, 1, seq);
+    sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, data, -1, SQLITE_STATIC);
+    if (aid) {
+        sqlite3_bind_text(st, 4, aid, -1, SQLITE_STATIC);
+    }
+    if (aname) {
+        sqlite3_bind_text(st, 5, aname, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_int64(st, 6, tx->now);
+    int r = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (r != SQLITE_DONE) {
+        LOG_ERROR("store: %s: insert event: %s", s->id, sqlite3_errmsg(s->db));
+        return ERR_DB;
+    }
+    size_t off = tx->events->len;
+    int rc = event_serialize(tx->events, seq, type, tx->now, aid, aname, data);
+    if (rc) {
+        return rc;
+    }
+    if (tx->npubs == tx->cappubs) {
+        tx->cappubs = tx->cappubs ? tx->cappubs * 2 : 16;
+        tx->pubs = xrealloc(tx->pubs, tx->cappubs * sizeof(*tx->pubs));
+    }
+    tx->pubs[tx->npubs++] = (struct pub){seq, off, tx->events->len - off};
+    s->last_seq = seq;
+    if (seq_out) {
+        *seq_out = seq;
+    }
+    return 0;
+}
+
+/* Run one batch (s->lock held). Marks every operation done with its result. */
+static void commit_batch(struct sess *s, struct pending *batch)
+{
+    struct sess_tx tx = {.s = s, .now = clock_now_ms(), .events = &s->batch};
+    int64_t seq_before = s->last_seq;
+    int commit_rc = 0;
+    buf_reset(&s->batch);
+
+    if (exec_sql(s->db, "BEGIN IMMEDIATE")) {
+        commit_rc = ERR_DB;
+    }
+    for (struct pending *p = batch; p && !commit_rc; p = p->next) {
+        int64_t seq_op = s->last_seq;
+        size_t npubs_op = tx.npubs;
+        size_t len_op = s->batch.len;
+        if (exec_sql(s->db, "SAVEPOINT op")) {
+            p->rc = ERR_DB;
+            continue;
+        }
+        p->rc = p->fn(&tx, p->arg);
+        if (p->rc) {
+            exec_sql(s->db, "ROLLBACK TO op");
+            s->last_seq = seq_op;
+            tx.npubs = npubs_op;
+            s->batch.len = len_op;
+        }
+        exec_sql(s->db, "RELEASE op");
+    }
+    if (!commit_rc && exec_sql(s->db, "COMMIT")) {
+        commit_rc = ERR_DB;
+    }
+    if (commit_rc) {
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        s->last_seq = seq_before;
+        for (struct pending *p = batch; p; p = p->next) {
+            p->rc = ERR_DB;
+        }
+    } else {
+        if (tx.npubs) {
+            s->last_activity = tx.now;
+        }
+        struct store *st = s->st;
+        if (st->cfg.on_event) {
+            for (size_t i = 0; i < tx.npubs; i++) {
+                st->cfg.on_event(st->cfg.on_event_ctx, s->id, tx.pubs[i].seq,
+                                 s->batch.data + tx.pubs[i].off, tx.pubs[i].len);
+            }
+        }
+    }
+    free(tx.pubs);
+    int n = 0;
+    pthread_mutex_lock(&s->qlock);
+    for (struct pending *p = batch; p; p = p->next) {
+        p->done = 1;
+        n++;
+    }
+    pthread_mutex_unlock(&s->qlock);
+    pthread_mutex_lock(&s->st->lock);
+    s->st->stats.commits++;
+    s->st->stats.ops += (uint64_t)n;
+    pthread_mutex_unlock(&s->st->lock);
+}
+
+int sess_write(struct sess *s, sess_tx_fn fn, void *arg)
+{
+    struct pending me = {.fn = fn, .arg = arg};
+    pthread_mutex_lock(&s->qlock);
+    if (s->qtail) {
+        s->qtail->next = &me;
+    } else {
+        s->qhead = &me;
+    }
+    s->qtail = &me;
+    pthread_mutex_unlock(&s->qlock);
+
+    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->qlock);
+    int done = me.done;
+    struct pending *batch = NULL;
+    if (!done) {
+        batch = s->qhead;
+        s->qhead = s->qtail = NULL;
+    }
+    pthread_mutex_unlock(&s->qlock);
+    if (!done) {
+        if (!s->db) {
+            pthread_mutex_lock(&s->qlock);
+            for (struct pending *p = batch; p; p = p->next) {
+                p->rc = ERR_UNAVAILABLE;
+                p->done = 1;
+            }
+            pthread_mutex_unlock(&s->qlock);
+        } else {
+            commit_batch(s, batch);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    /* me.done was set under qlock by whoever committed us; reading rc is safe now that we
+     * have held s->lock after it. */
+    return me.rc;
+}
+
+struct append_args {
+    const char *type;
+    const struct author *a;
+    const char *data;
+    int64_t seq;
+};
+
+static int append_op(struct sess_tx *tx, void *arg)
+{
+    struct append_args *aa = arg;
+    return sess_tx_append(tx, aa->type, aa->a, aa->data, &aa->seq);
+}
+
+int sess_append(struct sess *s, const char *type, const struct author *a, const char *data_json,
+                int64_t *seq_out)
+{
+    struct append_args aa = {type, a, data_json, 0};
+    int rc = sess_write(s, append_op, &aa);
+    if (!rc && seq_out) {
+        *seq_out = aa.seq;
+    }
+    return rc;
+}
+
+/* ---- reads ---- */
+
+int sess_read(struct sess *s, sess_read_fn fn, void *arg)
+{
+    pthread_mutex_lock(&s->lock);
+    int rc = s->db ? fn(s->db, arg) : ERR_UNAVAILABLE;
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int sess_events(struct sess *s, int64_t after, int limit, struct buf *out, int *count,
+                int64_t *last)
+{
+    int rc = 0;
+    int n = 0;
+    int64_t lastseq = after;
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st = s->db ? stmt_cached(s, "SELECT seq,type,data_json,author_id,author_name,"
+                                              "created_at FROM events WHERE seq>? ORDER BY seq "
+                                              "LIMIT ?")
+                             : NULL;
+    if (!st) {
+        rc = ERR_DB;
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, after);
+    sqlite3_bind_int(st, 2, limit);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n > 0) {
+            rc = buf_putc(out, ',');
+            if (rc) {
+                break;
+            }
+        }
+        lastseq = sqlite3_column_int64(st, 0);
+        rc = event_serialize(out, lastseq, (const char *)sqlite3_column_text(st, 1),
+                             sqlite3_column_int64(st, 5), (const char *)sqlite3_column_text(st, 3),
+                             (const char *)sqlite3_column_text(st, 4),
+                             (const char *)sqlite3_column_text(st, 2));
+        if (rc) {
+            break;
+        }
+        n++;
+    }
+    if (!rc && r != SQLITE_DONE) {
+        rc = ERR_DB;
+    }
+    sqlite3_reset(st);
+out:
+    pthread_mutex_unlock(&s->lock);
+    if (count) {
+        *count = n;
+    }
+    if (last) {
+        *last = lastseq;
+    }
+    return rc;
+}
+
+/* ---- the store ---- */
+
+/* Flush lazy registry columns and hibernate idle sessions. Runs on the flusher thread. */
+static void flush_pass(struct store *st, int64_t idle_ms)
+{
+    /* Collect referenced pointers under st->lock, work on them outside it. */
+    struct sess **list = NULL;
+    size_t n = 0, cap = 0;
+    struct sess *victims = NULL;
+    int64_t now = clock_mono_ms();
+    pthread_mutex_lock(&st->lock);
+    for (int h = 0; h < HASH_SIZE; h++) {
+        for (struct sess *s = st->table[h]; s; s = s->hnext) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 64;
+                list = xrealloc(list, cap * sizeof(*list));
+            }
+            if (s->refs++ == 0) {
+                lru_remove(st, s);
+            }
+            list[n++] = s;
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    for (size_t i = 0; i < n; i++) {
+        pthread_mutex_lock(&list[i]->lock);
+        sess_flush_registry(list[i]);
+        pthread_mutex_unlock(&list[i]->lock);
+    }
+    pthread_mutex_lock(&st->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct sess *s = list[i];
+        if (--s->refs == 0) {
+            if (!s->in_table) {
+                s->hnext = victims;
+                victims = s;
+            } else if (idle_ms > 0 && now - s->last_used_ms > idle_ms) {
+                table_remove(st, s);
+                st->open_count--;
+                st->stats.closes++;
+                s->hnext = victims;
+                victims = s;
+            } else {
+                lru_push_front(st, s);
+            }
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    destroy_list(victims);
+    free(list);
+}
+
+static void *flusher_main(void *arg)
+{
+    struct store *st = arg;
+    pthread_mutex_lock(&st->lock);
+    while (!st->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += FLUSH_EVERY_MS / 1000;
+        pthread_cond_timedwait(&st->stop_cond, &st->lock, &ts);
+        if (st->stopping) {
+            break;
+        }
+        pthread_mutex_unlock(&st->lock);
+        flush_pass(st, IDLE_CLOSE_MS);
+        pthread_mutex_lock(&st->lock);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return NULL;
+}
+
+int store_open(const struct store_config *cfg, struct store **out)
+{
+    struct store *st = NULL;
+    char *regpath = NULL;
+    int rc = 0;
+    *out = NULL;
+    if (!cfg || !cfg->data_dir) {
+        return ERR_INVALID;
+    }
+    st = xcalloc(1, sizeof(*st));
+    st->cfg = *cfg;
+    if (st->cfg.max_open <= 0) {
+        st->cfg.max_open = 256;
+    }
+    st->data_dir = xstrdup(cfg->data_dir);
+    st->cfg.data_dir = st->data_dir;
+    st->sessions_dir = xasprintf("%s/sessions", st->data_dir);
+    pthread_mutex_init(&st->lock, NULL);
+    pthread_cond_init(&st->stop_cond, NULL);
+    if (util_mkdir_p(st->sessions_dir, 0700)) {
+        LOG_ERROR("store: cannot create %s: %s", st->sessions_dir, strerror(errno));
+        rc = ERR_IO;
+        goto out;
+    }
+    regpath = xasprintf("%s/registry.db", st->data_dir);
+    rc = registry_open(regpath, cfg->durability_full, &st->reg);
+    if (rc) {
+        goto out;
+    }
+    if (pthread_create(&st->flusher, NULL, flusher_main, st) != 0) {
+        rc = ERR_INTERNAL;
+        goto out;
+    }
+    st->flusher_started = 1;
+    *out = st;
+    st = NULL;
+out:
+    free(regpath);
+    store_close(st);
+    return rc;
+}
+
+void store_close(struct store *st)
+{
+    if (!st) {
+        return;
+    }
+    pthread_mutex_lock(&st->lock);
+    st->stopping = 1;
+    pthread_cond_broadcast(&st->stop_cond);
+    pthread_mutex_unlock(&st->lock);
+    if (st->flusher_started) {
+        pthread_join(st->flusher, NULL);
+    }
+    struct sess *victims = NULL;
+    pthread_mutex_lock(&st->lock);
+    for (int h = 0; h < HASH_SIZE; h++) {
+        struct sess *s = st->table[h];
+        while (s) {
+            struct sess *next = s->hnext;
+            if (s->refs > 0) {
+                LOG_WARN("store: session %s still referenced at close", s->id);
+            }
+            lru_remove(st, s);
+            s->hnext = victims;
+            victims = s;
+            s = next;
+        }
+        st->table[h] = NULL;
+    }
+    st->open_count = 0;
+    pthread_mutex_unlock(&st->lock);
+    destroy_list(victims);
+    registry_close(st->reg);
+    pthread_cond_destroy(&st->stop_cond);
+    pthread_mutex_destroy(&st->lock);
+    free(st->sessions_dir);
+    free(st->data_dir);
+    free(st);
+}
+
+struct registry *store_registry(struct store *st)
+{
+    return st->reg;
+}
+
+const char *store_data_dir(struct store *st)
+{
+    return st->data_dir;
+}
+
+void store_get_stats(struct store *st, struct store_stats *out)
+{
+    pthread_mutex_lock(&st->lock);
+    *out = st->stats;
+    out->open_now = st->open_count;
+    pthread_mutex_unlock(&st->lock);
+}
