@@ -672,10 +672,9 @@ static void commit_batch(struct sess *s, struct pending *batch)
         n++;
     }
     pthread_mutex_unlock(&s->qlock);
-    pthread_mutex_lock(&s->st->lock);
-    s->st->stats.commits++;
-    s->st->stats.ops += (uint64_t)n;
-    pthread_mutex_unlock(&s->st->lock);
+    /* Atomics, not st->lock: the order is st->lock before s->lock, and we hold s->lock. */
+    __atomic_fetch_add(&s->st->stats.commits, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&s->st->stats.ops, (uint64_t)n, __ATOMIC_RELAXED);
 }
 
 int sess_write(struct sess *s, sess_tx_fn fn, void *arg)
@@ -970,4 +969,6 @@ void store_get_stats(struct store *st, struct store_stats *out)
     *out = st->stats;
     out->open_now = st->open_count;
     pthread_mutex_unlock(&st->lock);
+    out->commits = __atomic_load_n(&st->stats.commits, __ATOMIC_RELAXED);
+    out->ops = __atomic_load_n(&st->stats.ops, __ATOMIC_RELAXED);
 }
