@@ -24,6 +24,8 @@ endif
 LIB_SRC  := $(wildcard common/*.c storage/*.c sandbox/*.c server/*.c)
 LIB_SRC  := $(filter-out server/main.c,$(LIB_SRC))
 LIB_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(BUILD)/obj/gen/migrations.o
+LIB_OBJ  += $(BUILD)/obj/gen/webfiles.o
+WEB_FILES := $(sort $(shell find web -type f ! -path 'web/extension/*' ! -name '.*' 2>/dev/null))
 MIGRATIONS := $(sort $(wildcard migrations/session/*.sql migrations/registry/*.sql))
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -48,12 +50,24 @@ $(BUILD)/obj/gen/migrations.o: $(BUILD)/gen/migrations.c
 	@mkdir -p $(dir $@)
 	@$(CC) $(CFLAGS_ALL) -c $< -o $@
 
+# The web UI (web/, not web/extension/) embedded into the binary: server/static.c serves it.
+$(BUILD)/gen/webfiles.c: $(WEB_FILES) tools/embed_web.sh web
+	@mkdir -p $(dir $@)
+	sh tools/embed_web.sh $(WEB_FILES) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/webfiles.o: $(BUILD)/gen/webfiles.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
 $(BUILD)/libsessiond.a: $(LIB_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
 
+# --whole-archive: hooks have weak defaults (http.c, api_*.c); the strong definitions in other
+# objects must be linked in even when nothing else pulls their object out of the archive.
 $(BUILD)/sessiond: $(BUILD)/obj/server/main.o $(BUILD)/libsessiond.a
-	$(CC) -o $@ $^ $(LDLIBS_ALL)
+	$(CC) -o $@ $(BUILD)/obj/server/main.o -Wl,--whole-archive $(BUILD)/libsessiond.a \
+		-Wl,--no-whole-archive $(LDLIBS_ALL)
 
 # The supervisor that runs inside each sandbox: no dependency of ours but libc.
 $(BUILD)/sandbox-init: sandbox/init/sandbox-init.c
@@ -62,11 +76,13 @@ $(BUILD)/sandbox-init: sandbox/init/sandbox-init.c
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(BUILD)/libsessiond.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libsessiond.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
 
 deps:
 	@sh tools/deps.sh
@@ -74,11 +90,19 @@ deps:
 test-deps: deps
 	@sh tools/deps.sh --test
 
+# The coding-agent CLIs (issue 7), pinned by sandbox/agents/package-lock.json; reinstalled only
+# when the lockfile changes. The sandbox sees sandbox/agents/node_modules read-only.
+agents:
+	@if [ ! -f sandbox/agents/node_modules/.package-lock.json ] || \
+	    [ sandbox/agents/package-lock.json -nt sandbox/agents/node_modules/.package-lock.json ]; then \
+	  echo "agents: npm ci in sandbox/agents"; \
+	  (cd sandbox/agents && npm ci --no-audit --no-fund --loglevel=error); fi
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	./$(BUILD)/sessiond $(ARGS)
 
-test: test-deps
+test: test-deps agents
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) bash tests/run.sh $(TESTS)
 

@@ -15,6 +15,9 @@ struct sbx_backend;
 struct slack;   /* server/slack.h (issue 6) */
 struct repos;   /* sandbox repos/pool (issue 5) */
 struct egress;  /* egress proxy (issue 7) */
+struct metrics; /* server/metrics.h */
+struct agents;  /* sandbox/agents.h: named coding agents (issue 7) */
+struct secrets; /* server/secrets.h: sealing of stored user tokens (issue 5) */
 
 struct app {
     const struct config *cfg;
@@ -26,6 +29,9 @@ struct app {
     struct slack *slack;
     struct repos *repos;
     struct egress *egress;
+    struct metrics *metrics;
+    struct agents *agents;
+    struct secrets *secrets; /* NULL: no master key, user tokens cannot be stored */
     volatile int shutting_down; /* set by the signal path in main.c */
 };
 

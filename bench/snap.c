@@ -1,0 +1,210 @@
+/*
+ * bench/snap.c - snapshot/restore timings on a generated tree (default 10,000 files, 100 MiB).
+ *
+ * Usage: build/bench/snap [--files N] [--mib M] [--dir D] [--rounds R]
+ * Prints one line per measurement and a JSON summary line. Page cache is warm (the tree has
+ * just been written), as it is at the end of a prompt.
+ */
+#include "common/clock.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "sandbox/snap.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t rng = 88172645463325252ULL;
+
+static uint64_t xr(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+static void fill(char *b, size_t n)
+{
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        uint64_t v = xr();
+        memcpy(b + i, &v, 8);
+    }
+}
+
+static void write_file(const char *path, size_t size, int old)
+{
+    static char *blk;
+    if (!blk) {
+        blk = xmalloc(1 << 20);
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        perror(path);
+        exit(1);
+    }
+    size_t left = size;
+    while (left > 0) {
+        size_t n = left < (1 << 20) ? left : (1 << 20);
+        fill(blk, (n + 7) & ~(size_t)7);
+        if (write(fd, blk, n) != (ssize_t)n) {
+            perror("write");
+            exit(1);
+        }
+        left -= n;
+    }
+    if (old) {
+        struct timespec ts[2] = {{time(NULL) - 7200, 0}, {time(NULL) - 7200, 0}};
+        futimens(fd, ts);
+    }
+    close(fd);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    int files = 10000, rounds = 5;
+    int64_t mib = 100;
+    const char *dir = "/tmp/sessiond-bench-snap";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        int64_t v = 0;
+        if (!strcmp(argv[i], "--files") && util_parse_i64(argv[i + 1], &v) == 0) {
+            files = (int)v;
+        } else if (!strcmp(argv[i], "--mib") && util_parse_i64(argv[i + 1], &v) == 0) {
+            mib = v;
+        } else if (!strcmp(argv[i], "--rounds") && util_parse_i64(argv[i + 1], &v) == 0) {
+            rounds = (int)v;
+        } else if (!strcmp(argv[i], "--dir")) {
+            dir = argv[i + 1];
+        }
+    }
+    util_rm_rf(dir);
+    char *ws = xasprintf("%s/ws", dir), *store = xasprintf("%s/store", dir);
+    char *ws2 = xasprintf("%s/ws-restored", dir);
+    util_mkdir_p(ws, 0755);
+    /* 100 directories, sizes uniform in [0, 2 * mean) */
+    size_t mean = (size_t)(mib << 20) / (size_t)files;
+    uint64_t total = 0;
+    char **paths = xcalloc((size_t)files, sizeof(*paths));
+    for (int i = 0; i < files; i++) {
+        char *d = xasprintf("%s/dir%03d", ws, i % 100);
+        mkdir(d, 0755);
+        paths[i] = xasprintf("%s/file%05d.dat", d, i);
+        size_t sz = (size_t)(xr() % (2 * mean + 1));
+        write_file(paths[i], sz, 1);
+        total += sz;
+        free(d);
+    }
+    printf("tree: %d files, %.1f MiB in %s\n", files, (double)total / (1 << 20), ws);
+
+    struct snap_store *st = NULL;
+    if (snap_store_open(store, &st) != 0) {
+        return 1;
+    }
+    struct snap_info si;
+    int64_t t0 = clock_mono_us();
+    if (snap_create(st, ws, "first", &si) != 0) {
+        return 1;
+    }
+    int64_t first_us = clock_mono_us() - t0;
+    printf("first snapshot: %.1f ms (%llu files hashed, %.1f MiB new)\n", first_us / 1000.0,
+           (unsigned long long)si.hashed, (double)si.new_bytes / (1 << 20));
+
+    t0 = clock_mono_us();
+    snap_create(st, ws, "unchanged", &si);
+    int64_t nochange_us = clock_mono_us() - t0;
+    printf("snapshot, nothing changed: %.1f ms (%llu hashed)\n", nochange_us / 1000.0,
+           (unsigned long long)si.hashed);
+
+    int64_t *inc = xcalloc((size_t)rounds, sizeof(*inc));
+    int changed = files / 100;
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < changed; k++) {
+            int i = (int)(xr() % (uint64_t)files);
+            write_file(paths[i], (size_t)(xr() % (2 * mean + 1)), 0);
+        }
+        t0 = clock_mono_us();
+        snap_create(st, ws, "1pct", &si);
+        inc[r] = clock_mono_us() - t0;
+        printf("snapshot, 1%% changed (%d files): %.1f ms (%llu hashed)\n", changed,
+               inc[r] / 1000.0, (unsigned long long)si.hashed);
+    }
+    qsort(inc, (size_t)rounds, sizeof(*inc), cmp_i64);
+    char last[32];
+    snprintf(last, sizeof(last), "%s", si.id);
+
+    struct snap_restore_info ri;
+    int64_t rs[3];
+    char *dirs[3];
+    for (int r = 0; r < 3; r++) {
+        /* fresh directories: ext4 is slow to allocate inodes right after a mass delete
+         * (recently_deleted()), measured separately below */
+        dirs[r] = xasprintf("%s-%d", ws2, r);
+        sync();
+        t0 = clock_mono_us();
+        if (snap_restore(st, last, dirs[r], &ri) != 0) {
+            return 1;
+        }
+        rs[r] = clock_mono_us() - t0;
+        printf("restore into an empty dir: %.1f ms (%llu files, %.1f MiB copied)\n",
+               rs[r] / 1000.0, (unsigned long long)ri.copied,
+               (double)ri.copied_bytes / (1 << 20));
+    }
+    for (int r = 0; r < 3; r++) {
+        util_rm_rf(dirs[r]);
+        free(dirs[r]);
+    }
+    sync();
+    t0 = clock_mono_us();
+    snap_restore(st, last, ws2, &ri);
+    printf("restore into an empty dir right after deleting 30,000 files: %.1f ms\n",
+           (clock_mono_us() - t0) / 1000.0);
+    qsort(rs, 3, sizeof(*rs), cmp_i64);
+    int64_t restore_us = rs[1];
+
+    /* rollback in place: snapshot, change 1%, restore that snapshot over the workspace */
+    snap_create(st, ws, "before rollback", &si);
+    snprintf(last, sizeof(last), "%s", si.id);
+    for (int k = 0; k < changed; k++) {
+        write_file(paths[xr() % (uint64_t)files], 100, 0);
+    }
+    t0 = clock_mono_us();
+    snap_restore(st, last, ws, &ri);
+    int64_t rollback_us = clock_mono_us() - t0;
+    printf("rollback in place after 1%% changed: %.1f ms (%llu copied, %llu kept)\n",
+           rollback_us / 1000.0, (unsigned long long)ri.copied, (unsigned long long)ri.kept);
+
+    uint64_t used = 0;
+    t0 = clock_mono_us();
+    snap_prune(st, 3, 0, &used);
+    int64_t prune_us = clock_mono_us() - t0;
+    printf("prune to 3 + gc: %.1f ms (%.1f MiB of objects left)\n", prune_us / 1000.0,
+           (double)used / (1 << 20));
+
+    printf("{\"bench\":\"snap\",\"files\":%d,\"mib\":%.1f,\"first_ms\":%.1f,"
+           "\"unchanged_ms\":%.1f,\"pct1_p50_ms\":%.1f,\"pct1_max_ms\":%.1f,"
+           "\"restore_p50_ms\":%.1f,\"rollback_1pct_ms\":%.1f,\"prune_ms\":%.1f}\n",
+           files, (double)total / (1 << 20), first_us / 1000.0, nochange_us / 1000.0,
+           inc[rounds / 2] / 1000.0, inc[rounds - 1] / 1000.0, restore_us / 1000.0,
+           rollback_us / 1000.0, prune_us / 1000.0);
+    snap_store_close(st);
+    util_rm_rf(dir);
+    for (int i = 0; i < files; i++) {
+        free(paths[i]);
+    }
+    free(paths);
+    free(inc);
+    free(ws);
+    free(ws2);
+    free(store);
+    return 0;
+}

@@ -1,0 +1,84 @@
+/*
+ * git.h - the git operations of sessiond, on libgit2 (never the git CLI): clone at a branch
+ * head, sync (fetch + hard reset), changed files, per-author commits on the session branch,
+ * push.
+ *
+ * Prefix gitx_: libgit2 owns the git_ namespace.
+ *
+ * Security rules (a workspace is written by an untrusted agent):
+ * - Fetch and push go through an *anonymous* remote built from the URL the caller passes (the
+ *   repository registry's), created with GIT_REMOTE_CREATE_SKIP_INSTEADOF so that
+ *   url.*.insteadOf in the workspace's .git/config cannot redirect it, and with the
+ *   repository's config replaced by an empty one for the network operation (no http.proxy,
+ *   remote.*, credential helpers...). Credentials come only from the caller.
+ * - A workspace's .git must be a real directory inside it, without `commondir` or
+ *   `objects/info/alternates` (which could point the host-side process at another
+ *   session's repository); otherwise ERR_FORBIDDEN.
+ * - HTTPS: the CA location is set explicitly at init (Debian's libgit2 uses mbedTLS, which
+ *   has no default trust store).
+ *
+ * Thread safety: every function is thread safe for distinct directories (libgit2 is
+ * initialised once; each call opens its own repository handle). Two calls on the same
+ * directory at once are the caller's problem (the session serializes them).
+ */
+#ifndef SESSIOND_GITX_H
+#define SESSIOND_GITX_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+/** Credentials for an HTTPS remote: a token is sent as the password of username
+ * ("x-access-token" for GitHub app and user tokens). Borrowed strings. */
+struct gitx_cred {
+    const char *username;
+    const char *password;
+};
+
+/** A commit identity. Borrowed strings; name must be non-empty. */
+struct gitx_ident {
+    const char *name;
+    const char *email;
+};
+
+/** Initialise libgit2 once. ca_file / ca_dir may be NULL: then the system bundle
+ * (/etc/ssl/certs/ca-certificates.crt, /etc/ssl/certs) is used when present. Safe to call
+ * more than once (the first call wins). */
+int gitx_init(const char *ca_file, const char *ca_dir);
+
+/** Clone url into dir (must not exist or be empty) with branch checked out.
+ * head (may be NULL) gets the 40-hex commit id. ERR_NOT_FOUND if the branch does not
+ * exist, ERR_AUTH on refused credentials, ERR_IO otherwise. */
+int gitx_clone(const char *url, const char *branch, const char *dir, const struct gitx_cred *cred,
+               char head[41]);
+
+/** Fetch branch from url and hard-reset the checked-out branch of dir to it (untracked
+ * files stay). head (may be NULL) gets the new commit id. */
+int gitx_sync(const char *dir, const char *url, const char *branch, const struct gitx_cred *cred,
+              char head[41]);
+
+/** The commit id of HEAD (ERR_NOT_FOUND on an unborn branch) and, if branch_out is not NULL,
+ * the short name of the checked-out branch (caller frees; NULL when detached). */
+int gitx_head(const char *dir, char head[41], char **branch_out);
+
+/** Changed files of the working tree against HEAD (untracked included, ignored excluded):
+ * *out = [{"path":"a.c","status":"modified|added|deleted|renamed|typechange"}]. */
+int gitx_changed(const char *dir, json_t **out);
+
+/** Stage every change (adds, edits, deletions; .gitignore respected) and commit it on
+ * refs/heads/<branch> with who as author and committer, then make that branch HEAD (the
+ * working tree is untouched). *committed = 0 and no commit when nothing changed.
+ * sha (may be NULL) gets the new commit id. ERR_INVALID for a bad branch name. */
+int gitx_commit(const char *dir, const char *branch, const struct gitx_ident *who,
+                const char *message, char sha[41], int *committed);
+
+/** Push refs/heads/<branch> of dir to the same branch at url (forced: the session branch is
+ * ours, and a rollback rewrites it). ERR_AUTH on refused credentials, ERR_CONFLICT if the
+ * remote refused the update. */
+int gitx_push(const char *dir, const char *url, const char *branch, const struct gitx_cred *cred);
+
+/** A commit message from a prompt: first line (<= 72 chars) as subject, the prompt (capped
+ * at 4 KiB) as body, and a "Co-authored-by: Name <email>" trailer when coauthor is not NULL.
+ * Caller frees. */
+char *gitx_message(const char *prompt, const struct gitx_ident *coauthor);
+
+#endif

@@ -1,0 +1,672 @@
+/*
+ * sandbox-init - the tiny supervisor that runs inside every sandbox (libc only).
+ *
+ * sessiond starts it once per sandbox (inside bubblewrap for the local backend, as a plain
+ * child for the process backend) with one end of a socketpair on --fd N (default 3). It then
+ * runs commands on request and streams their output back, so that running a command in a
+ * ready sandbox costs one fork+exec instead of a new namespace. Protocol: proto.h.
+ *
+ * Each command runs in its own process group with its own rlimits (CPU seconds, RLIMIT_DATA
+ * rather than RLIMIT_AS, file size, open files, processes), a wall-clock timeout after which
+ * the whole group is SIGKILLed, and stdout/stderr on pipes that are read here and framed onto
+ * the control socket.
+ *
+ * Single threaded: one poll() loop over the control socket, every command's pipes and a
+ * signalfd for SIGCHLD. Back-pressure: when more than OUT_HIGH bytes wait to be written to
+ * the control socket (sessiond reads slowly, or paused this sandbox), the command pipes are
+ * no longer polled, so the commands block on write; the control socket is still read, so a
+ * kill request always gets through. When the control socket closes, every command's group
+ * is killed and sandbox-init exits (which ends the sandbox's pid namespace).
+ */
+#include "proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define OUT_HIGH   (1u << 20) /* stop reading command pipes above this much pending output */
+#define DRAIN_MS   200        /* after the main process exits, wait this long for pipe EOF */
+#define MAX_CMDS   256
+#define MAX_ARGS   4096
+
+struct obuf {
+    unsigned char *p;
+    size_t len, off, cap;
+};
+
+struct cmd {
+    uint32_t id;
+    pid_t pid;
+    int out_fd, err_fd, in_fd;
+    struct obuf in;
+    int in_close;      /* close stdin once in is drained */
+    int64_t start_us;
+    int64_t deadline_us; /* wall-clock timeout, 0 = none */
+    int64_t kill_at_us;  /* SIGKILL after a grace period, 0 = none */
+    int64_t drain_us;    /* give up waiting for pipe EOF at this time, 0 = not exited */
+    int exited;
+    int status;
+    uint32_t flags;
+    struct rusage ru;
+    struct cmd *next;
+};
+
+static int ctl = 3;
+static struct obuf out;      /* frames waiting for the control socket */
+static unsigned char *inb;   /* frames read from the control socket */
+static size_t inb_len, inb_cap;
+static struct cmd *cmds;
+static int ncmds;
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void die(const char *what)
+{
+    dprintf(2, "sandbox-init: %s: %s\n", what, strerror(errno));
+    _exit(111);
+}
+
+static void obuf_add(struct obuf *b, const void *p, size_t n)
+{
+    if (b->off && b->off == b->len) {
+        b->off = b->len = 0;
+    }
+    if (b->len + n > b->cap) {
+        if (b->off) {
+            memmove(b->p, b->p + b->off, b->len - b->off);
+            b->len -= b->off;
+            b->off = 0;
+        }
+        size_t ncap = b->cap ? b->cap : 65536;
+        while (ncap < b->len + n) {
+            ncap *= 2;
+        }
+        if (ncap != b->cap) {
+            b->p = realloc(b->p, ncap);
+            if (!b->p) {
+                die("realloc");
+            }
+            b->cap = ncap;
+        }
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+}
+
+static size_t obuf_pending(const struct obuf *b)
+{
+    return b->len - b->off;
+}
+
+static void send_frame(int type, uint32_t id, const void *p, size_t n)
+{
+    unsigned char h[INIT_HDR];
+    init_put32(h, (uint32_t)n);
+    h[4] = (unsigned char)type;
+    init_put32(h + 5, id);
+    obuf_add(&out, h, sizeof h);
+    if (n) {
+        obuf_add(&out, p, n);
+    }
+}
+
+/* Write what the control socket takes without blocking. Returns -1 when the peer is gone. */
+static int flush_out(void)
+{
+    while (obuf_pending(&out)) {
+        ssize_t w = send(ctl, out.p + out.off, obuf_pending(&out), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN) {
+                return 0;
+            }
+            return -1;
+        }
+        out.off += (size_t)w;
+    }
+    out.off = out.len = 0;
+    return 0;
+}
+
+static struct cmd *find_cmd(uint32_t id)
+{
+    for (struct cmd *c = cmds; c; c = c->next) {
+        if (c->id == id) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+static void send_exit(struct cmd *c)
+{
+    unsigned char p[32];
+    int code = -1, sig = 0;
+    if (WIFEXITED(c->status)) {
+        code = WEXITSTATUS(c->status);
+    } else if (WIFSIGNALED(c->status)) {
+        sig = WTERMSIG(c->status);
+    }
+    init_put32(p, (uint32_t)code);
+    init_put32(p + 4, (uint32_t)sig);
+    init_put32(p + 8, c->flags);
+    init_put32(p + 12, 0);
+    init_put64(p + 16, (uint64_t)(now_us() - c->start_us));
+    init_put64(p + 24, (uint64_t)c->ru.ru_maxrss);
+    send_frame(INIT_EXIT, c->id, p, sizeof p);
+}
+
+static void remove_cmd(struct cmd *c)
+{
+    struct cmd **pp = &cmds;
+    while (*pp != c) {
+        pp = &(*pp)->next;
+    }
+    *pp = c->next;
+    close_fd(&c->out_fd);
+    close_fd(&c->err_fd);
+    close_fd(&c->in_fd);
+    free(c->in.p);
+    free(c);
+    ncmds--;
+}
+
+/* A command is finished when its main process was reaped and its pipes hit EOF (or the drain
+ * period passed: a background child may hold them open). */
+static void maybe_finish(struct cmd *c)
+{
+    if (!c->exited) {
+        return;
+    }
+    if (c->out_fd >= 0 || c->err_fd >= 0) {
+        if (now_us() < c->drain_us) {
+            return;
+        }
+    }
+    send_exit(c);
+    remove_cmd(c);
+}
+
+static void kill_group(struct cmd *c, int sig)
+{
+    if (c->pid > 0 && !c->exited) {
+        kill(-c->pid, sig);
+        kill(c->pid, sig);
+    } else if (c->pid > 0) {
+        kill(-c->pid, sig); /* leftovers of an exited command still draining */
+    }
+}
+
+static void fail_start(uint32_t id, const char *what, int e)
+{
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "sandbox-init: %s: %s\n", what, strerror(e));
+    send_frame(INIT_STDERR, id, msg, (size_t)n);
+    unsigned char p[32] = {0};
+    init_put32(p, 127);
+    init_put32(p + 8, INIT_F_NOEXEC);
+    send_frame(INIT_EXIT, id, p, sizeof p);
+}
+
+static uint64_t num(const char *s)
+{
+    return strtoull(s, NULL, 10);
+}
+
+static void set_limit(int res, uint64_t v)
+{
+    if (v) {
+        struct rlimit rl = {(rlim_t)v, (rlim_t)v};
+        setrlimit(res, &rl);
+    }
+}
+
+static void do_exec(uint32_t id, const char *p, size_t n)
+{
+    char *argv[MAX_ARGS + 1];
+    char *envp[MAX_ARGS + 1];
+    int argc = 0, envc = 0, want_stdin = 0;
+    const char *cwd = "/";
+    uint64_t timeout_ms = 0, cpu_s = 0, data = 0, fsize = 0, nofile = 0, nproc = 0;
+    char *copy = NULL;
+    int po[2] = {-1, -1}, pe[2] = {-1, -1}, pi[2] = {-1, -1}, ps[2] = {-1, -1};
+
+    if (find_cmd(id) || ncmds >= MAX_CMDS) {
+        fail_start(id, "exec", find_cmd(id) ? EEXIST : EAGAIN);
+        return;
+    }
+    copy = malloc(n + 1);
+    if (!copy) {
+        die("malloc");
+    }
+    memcpy(copy, p, n);
+    copy[n] = 0;
+    for (size_t i = 0; i < n;) {
+        char *kv = copy + i;
+        size_t l = strlen(kv);
+        i += l + 1;
+        if (!strncmp(kv, "arg=", 4) && argc < MAX_ARGS) {
+            argv[argc++] = kv + 4;
+        } else if (!strncmp(kv, "env=", 4) && envc < MAX_ARGS) {
+            envp[envc++] = kv + 4;
+        } else if (!strncmp(kv, "cwd=", 4)) {
+            cwd = kv + 4;
+        } else if (!strncmp(kv, "timeout_ms=", 11)) {
+            timeout_ms = num(kv + 11);
+        } else if (!strncmp(kv, "cpu_s=", 6)) {
+            cpu_s = num(kv + 6);
+        } else if (!strncmp(kv, "data_bytes=", 11)) {
+            data = num(kv + 11);
+        } else if (!strncmp(kv, "fsize_bytes=", 12)) {
+            fsize = num(kv + 12);
+        } else if (!strncmp(kv, "nofile=", 7)) {
+            nofile = num(kv + 7);
+        } else if (!strncmp(kv, "nproc=", 6)) {
+            nproc = num(kv + 6);
+        } else if (!strcmp(kv, "stdin=1")) {
+            want_stdin = 1;
+        }
+    }
+    argv[argc] = NULL;
+    envp[envc] = NULL;
+    if (!argc) {
+        fail_start(id, "exec", EINVAL);
+        goto out;
+    }
+    if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC) || pipe2(ps, O_CLOEXEC) ||
+        (want_stdin && pipe2(pi, O_CLOEXEC))) {
+        fail_start(id, "pipe", errno);
+        goto out;
+    }
+    /* Look the program up in the command's own PATH (execvpe reads the caller's environ). */
+    for (int i = 0; i < envc; i++) {
+        if (!strncmp(envp[i], "PATH=", 5)) {
+            setenv("PATH", envp[i] + 5, 1);
+        }
+    }
+    int64_t start = now_us();
+    pid_t pid = fork();
+    if (pid < 0) {
+        fail_start(id, "fork", errno);
+        goto out;
+    }
+    if (pid == 0) {
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        setpgid(0, 0);
+        int in = want_stdin ? pi[0] : open("/dev/null", O_RDONLY);
+        if (in < 0 || dup2(in, 0) < 0 || dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) {
+            goto child_fail;
+        }
+        set_limit(RLIMIT_CPU, cpu_s);
+        set_limit(RLIMIT_DATA, data);
+        set_limit(RLIMIT_FSIZE, fsize);
+        set_limit(RLIMIT_NOFILE, nofile);
+        set_limit(RLIMIT_NPROC, nproc);
+        set_limit(RLIMIT_CORE, 0);
+        {
+            struct rlimit z = {0, 0};
+            setrlimit(RLIMIT_CORE, &z);
+        }
+        if (chdir(cwd) < 0) {
+            goto child_fail;
+        }
+        execvpe(argv[0], argv, envp);
+    child_fail: {
+        int e = errno;
+        ssize_t w = write(ps[1], &e, sizeof e);
+        (void)w;
+        _exit(127);
+    }
+    }
+    close_fd(&po[1]);
+    close_fd(&pe[1]);
+    close_fd(&pi[0]);
+    close_fd(&ps[1]);
+    setpgid(pid, pid); /* also here, so a kill sent right away reaches the group */
+    int e = 0;
+    ssize_t r;
+    do {
+        r = read(ps[0], &e, sizeof e);
+    } while (r < 0 && errno == EINTR);
+    if (r == (ssize_t)sizeof e) {
+        /* The child failed before exec; it exits 127 and is reaped by the SIGCHLD loop as an
+         * unknown pid. */
+        fail_start(id, argv[0], e);
+        goto out;
+    }
+    struct cmd *c = calloc(1, sizeof *c);
+    if (!c) {
+        die("calloc");
+    }
+    c->id = id;
+    c->pid = pid;
+    c->out_fd = po[0];
+    c->err_fd = pe[0];
+    c->in_fd = pi[1];
+    po[0] = pe[0] = pi[1] = -1;
+    if (c->in_fd >= 0) {
+        fcntl(c->in_fd, F_SETFL, O_NONBLOCK);
+    }
+    fcntl(c->out_fd, F_SETFL, O_NONBLOCK);
+    fcntl(c->err_fd, F_SETFL, O_NONBLOCK);
+    c->start_us = start;
+    c->deadline_us = timeout_ms ? start + (int64_t)timeout_ms * 1000 : 0;
+    c->next = cmds;
+    cmds = c;
+    ncmds++;
+    unsigned char pp[4];
+    init_put32(pp, (uint32_t)pid);
+    send_frame(INIT_STARTED, id, pp, sizeof pp);
+out:
+    for (int i = 0; i < 2; i++) {
+        if (po[i] >= 0)
+            close(po[i]);
+        if (pe[i] >= 0)
+            close(pe[i]);
+        if (pi[i] >= 0)
+            close(pi[i]);
+        if (ps[i] >= 0)
+            close(ps[i]);
+    }
+    free(copy);
+}
+
+static void write_stdin(struct cmd *c)
+{
+    while (c->in_fd >= 0 && obuf_pending(&c->in)) {
+        ssize_t w = write(c->in_fd, c->in.p + c->in.off, obuf_pending(&c->in));
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN) {
+                return;
+            }
+            /* EPIPE: the command does not read its stdin any more; drop the rest. */
+            c->in.off = c->in.len = 0;
+            close_fd(&c->in_fd);
+            return;
+        }
+        c->in.off += (size_t)w;
+    }
+    if (!obuf_pending(&c->in)) {
+        c->in.off = c->in.len = 0;
+        if (c->in_close) {
+            close_fd(&c->in_fd);
+        }
+    }
+}
+
+static void handle_frame(int type, uint32_t id, const unsigned char *p, size_t n)
+{
+    struct cmd *c = find_cmd(id);
+    switch (type) {
+    case INIT_EXEC:
+        do_exec(id, (const char *)p, n);
+        break;
+    case INIT_STDIN:
+        if (c && c->in_fd >= 0 && n) {
+            obuf_add(&c->in, p, n);
+            write_stdin(c);
+        }
+        break;
+    case INIT_CLOSE:
+        if (c) {
+            c->in_close = 1;
+            write_stdin(c);
+        }
+        break;
+    case INIT_KILL:
+        if (c && n >= 8) {
+            int sig = (int)init_get32(p);
+            uint32_t grace = init_get32(p + 4);
+            c->flags |= INIT_F_KILLED;
+            kill_group(c, sig);
+            if (grace && sig != SIGKILL && !c->kill_at_us) {
+                c->kill_at_us = now_us() + (int64_t)grace * 1000;
+            }
+        }
+        break;
+    case INIT_PING:
+        send_frame(INIT_PONG, id, p, n);
+        break;
+    default:
+        break;
+    }
+}
+
+static void read_ctl(void)
+{
+    for (;;) {
+        if (inb_cap - inb_len < 65536) {
+            inb_cap = inb_cap ? inb_cap * 2 : 131072;
+            inb = realloc(inb, inb_cap);
+            if (!inb) {
+                die("realloc");
+            }
+        }
+        ssize_t r = recv(ctl, inb + inb_len, inb_cap - inb_len, MSG_DONTWAIT);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0 && errno == EAGAIN) {
+            break;
+        }
+        if (r <= 0) {
+            /* sessiond is gone or stopped the sandbox: kill everything and leave. */
+            for (struct cmd *c = cmds; c; c = c->next) {
+                kill_group(c, SIGKILL);
+            }
+            _exit(0);
+        }
+        inb_len += (size_t)r;
+        size_t off = 0;
+        while (inb_len - off >= INIT_HDR) {
+            uint32_t len = init_get32(inb + off);
+            if (len > INIT_MAX_FRAME) {
+                dprintf(2, "sandbox-init: frame too large (%u)\n", len);
+                _exit(112);
+            }
+            if (inb_len - off < INIT_HDR + len) {
+                break;
+            }
+            handle_frame(inb[off + 4], init_get32(inb + off + 5), inb + off + INIT_HDR, len);
+            off += INIT_HDR + len;
+        }
+        memmove(inb, inb + off, inb_len - off);
+        inb_len -= off;
+        if ((size_t)r < 65536) {
+            break;
+        }
+    }
+}
+
+static void read_pipe(struct cmd *c, int *fd, int type)
+{
+    static unsigned char b[INIT_CHUNK];
+    ssize_t r = read(*fd, b, sizeof b);
+    if (r > 0) {
+        send_frame(type, c->id, b, (size_t)r);
+        return;
+    }
+    if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
+        return;
+    }
+    close_fd(fd);
+}
+
+static void reap(int sfd)
+{
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) > 0) {
+    }
+    for (;;) {
+        int st = 0;
+        struct rusage ru;
+        pid_t pid = wait4(-1, &st, WNOHANG, &ru);
+        if (pid <= 0) {
+            break;
+        }
+        for (struct cmd *c = cmds; c; c = c->next) {
+            if (c->pid == pid && !c->exited) {
+                c->exited = 1;
+                c->status = st;
+                c->ru = ru;
+                c->drain_us = now_us() + DRAIN_MS * 1000;
+                break;
+            }
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--fd") && i + 1 < argc) {
+            ctl = (int)strtol(argv[++i], NULL, 10);
+        } else if (!strcmp(argv[i], "--version")) {
+            puts(INIT_VERSION);
+            return 0;
+        }
+    }
+    /* Nothing of the host may stay open in here (bwrap passes its fds through): keep only
+     * stdio and the control socket. */
+    if (ctl > 3) {
+        close_range(3, (unsigned)ctl - 1, 0);
+    }
+    close_range((unsigned)ctl + 1, ~0U, 0);
+    /* Orphans of our commands are re-parented to us and reaped here. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0) {
+        die("signalfd");
+    }
+    fcntl(ctl, F_SETFD, FD_CLOEXEC);
+    send_frame(INIT_READY, 0, INIT_VERSION, strlen(INIT_VERSION));
+
+    struct pollfd pfd[2 + 3 * MAX_CMDS];
+    struct cmd *who[2 + 3 * MAX_CMDS];
+    for (;;) {
+        if (flush_out() < 0) {
+            for (struct cmd *c = cmds; c; c = c->next) {
+                kill_group(c, SIGKILL);
+            }
+            _exit(0);
+        }
+        int n = 0;
+        pfd[n].fd = ctl;
+        pfd[n].events = POLLIN | (obuf_pending(&out) ? POLLOUT : 0);
+        who[n++] = NULL;
+        pfd[n].fd = sfd;
+        pfd[n].events = POLLIN;
+        who[n++] = NULL;
+        int64_t now = now_us(), next = -1;
+        int reading = obuf_pending(&out) < OUT_HIGH;
+        for (struct cmd *c = cmds; c; c = c->next) {
+            if (c->deadline_us && !c->exited && now >= c->deadline_us) {
+                c->flags |= INIT_F_TIMEOUT;
+                c->deadline_us = 0;
+                kill_group(c, SIGKILL);
+            }
+            if (c->kill_at_us && !c->exited && now >= c->kill_at_us) {
+                c->kill_at_us = 0;
+                kill_group(c, SIGKILL);
+            }
+            int64_t t[3] = {c->exited ? 0 : c->deadline_us, c->exited ? 0 : c->kill_at_us,
+                            c->exited ? c->drain_us : 0};
+            for (int k = 0; k < 3; k++) {
+                if (t[k] && (next < 0 || t[k] < next)) {
+                    next = t[k];
+                }
+            }
+            if (reading && c->out_fd >= 0) {
+                pfd[n].fd = c->out_fd;
+                pfd[n].events = POLLIN;
+                who[n++] = c;
+            }
+            if (reading && c->err_fd >= 0) {
+                pfd[n].fd = c->err_fd;
+                pfd[n].events = POLLIN;
+                who[n++] = c;
+            }
+            if (c->in_fd >= 0 && obuf_pending(&c->in)) {
+                pfd[n].fd = c->in_fd;
+                pfd[n].events = POLLOUT;
+                who[n++] = c;
+            }
+        }
+        int timeout = -1;
+        if (next >= 0) {
+            timeout = next <= now ? 0 : (int)((next - now + 999) / 1000);
+        }
+        int r = poll(pfd, (nfds_t)n, timeout);
+        if (r < 0 && errno != EINTR) {
+            die("poll");
+        }
+        if (r > 0) {
+            if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+                read_ctl();
+            }
+            if (pfd[1].revents & POLLIN) {
+                reap(sfd);
+            }
+            for (int i = 2; i < n; i++) {
+                struct cmd *c = who[i];
+                if (!pfd[i].revents) { /* commands are only freed after this loop */
+                    continue;
+                }
+                if (pfd[i].fd == c->out_fd) {
+                    read_pipe(c, &c->out_fd, INIT_STDOUT);
+                } else if (pfd[i].fd == c->err_fd) {
+                    read_pipe(c, &c->err_fd, INIT_STDERR);
+                } else if (pfd[i].fd == c->in_fd) {
+                    if (pfd[i].revents & (POLLERR | POLLHUP)) {
+                        c->in.off = c->in.len = 0;
+                        close_fd(&c->in_fd);
+                    } else {
+                        write_stdin(c);
+                    }
+                }
+            }
+        }
+        for (struct cmd *c = cmds, *nx; c; c = nx) {
+            nx = c->next;
+            maybe_finish(c);
+        }
+    }
+}

@@ -1,0 +1,145 @@
+/*
+ * repos.h - repositories: the registry of repos, image builds, warm pools of synced
+ * workspaces, per-session workspace preparation, per-prompt snapshots and commits, push.
+ *
+ * Layout under <data_dir>:
+ *   repos/<name>/images/        snapshot store (snap.h) holding the images of a repo: an
+ *                               image is a snapshot of a built workspace, so images share
+ *                               unchanged files and a cold start is a fast parallel restore
+ *   repos/<name>/build-<id>/    an image being built (removed after)
+ *   repos/<name>/warm/<rand>/   warm workspaces: restored from the latest image and synced to
+ *                               the branch head; claimed by renaming into the session's
+ *                               workspace (the sandbox namespace is created at claim, ~8 ms)
+ *   snapshots/<session-id>/     the session's snapshot store
+ *   workspaces/<session-id>/    the session's workspace (sbx.h default)
+ *
+ * registry.db tables repos, images, session_repos, user_credentials
+ * (migrations/registry/0002_repos.sql), through a connection of this module.
+ *
+ * Threads: every function is thread safe. One builder thread runs image builds in order; one
+ * pool thread runs the schedule (rebuilds every image_interval_min, pool top-up, expiry).
+ * Calls that touch a workspace (prepare, after_prompt, rollback, push) must be serialized per
+ * session by the caller (the runner runs one prompt at a time; the API refuses a rollback
+ * while a prompt runs).
+ */
+#ifndef SESSIOND_REPOS_H
+#define SESSIOND_REPOS_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+struct repos;
+struct store;
+struct sbx_backend;
+struct author;
+
+struct repos_config {
+    const char *data_dir;       /* required */
+    struct store *store;        /* events on sessions (may be NULL in unit tests) */
+    struct sbx_backend *sbx;    /* runs image setup commands; NULL: setup steps fail */
+    int snapshot_keep;          /* per session; default 20 */
+    int64_t snapshot_quota;     /* bytes per session; default 2 GiB */
+    int image_keep;             /* ready images kept per repo; default 3 */
+    int pool_max_age_s;         /* warm workspace lifetime; default 1500 (25 min) */
+    int tick_ms;                /* scheduler period; default 30000 */
+    const char *ca_file;        /* HTTPS CA bundle for git; NULL = system */
+    int no_threads;             /* tests: no builder/pool threads; builds run inline */
+};
+
+/** Open (registry.db must have been migrated by the store). *out: repos_close(). */
+int repos_open(const struct repos_config *cfg, struct repos **out);
+/** Stop the threads (a running build is abandoned and marked failed). NULL is a no-op. */
+void repos_close(struct repos *r);
+
+/* ---- the registry ---- */
+
+/** Create from {name, url, default_branch?, setup?, hints?, description?, pool_size?,
+ * image_interval_min?}. ERR_INVALID (msg says why), ERR_CONFLICT if the name exists.
+ * *out (may be NULL) = the repo as JSON. */
+int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t n);
+int repos_get(struct repos *r, const char *name, json_t **out);
+/** {"repos":[…]} by name. */
+int repos_list(struct repos *r, json_t **out);
+/** Change the given fields (name cannot change). */
+int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out, char *msg,
+                 size_t n);
+/** Delete the repo, its images and warm workspaces (sessions keep their workspaces). */
+int repos_delete(struct repos *r, const char *name);
+
+/* ---- images and the warm pool ---- */
+
+/** Queue an image build (or run it now with no_threads). *out = the image row
+ * {id, repo, state, …}. ERR_CONFLICT if a build of that repo is already queued/running. */
+int repos_image_build(struct repos *r, const char *name, json_t **out);
+/** {"images":[{id,state,step,commit_sha,started_at,built_at,duration_ms,size_bytes,files,
+ * error,log_tail}]} newest first. */
+int repos_images(struct repos *r, const char *name, json_t **out);
+/** The "user started typing" hint: top the pool up now (in the background).
+ * *out = {"pool_size":N,"warm":M,"image_id":…|null}. */
+int repos_warm(struct repos *r, const char *name, json_t **out);
+/** Top up the pools now and wait for it (tests, benchmarks). */
+int repos_pool_fill(struct repos *r, const char *name);
+
+/* ---- sessions ---- */
+
+/** Fill the workspace of a new or restarted session of repository repo, before its sandbox
+ * is created: the session's latest snapshot if it has one, else a warm workspace of the
+ * latest image, else a restore of the latest image + sync, else a clone. source (>= 16 bytes)
+ * gets "snapshot" | "warm" | "image" | "clone", *ms the time taken. The runner emits
+ * `sandbox.ready` {source, ms}. workspace must not exist or be empty. */
+int repos_prepare_workspace(struct repos *r, const char *session_id, const char *repo,
+                            const char *workspace, char *source, int64_t *ms);
+
+/** The end of a prompt (the runner calls it after the agent exited, before the next prompt
+ * starts): commit the changes on the session branch as `who` (if the session has a repo and
+ * the workspace changed; a Co-authored-by trailer when who has no stored GitHub credential,
+ * since the push will then use the app token), then snapshot the workspace and prune.
+ * Emits `git.commit` {sha, branch, author, files} and `session.snapshot` {snapshot_id, turn,
+ * files, bytes, ms}. *out (may be NULL) = {snapshot_id, turn, commit|null}. */
+int repos_after_prompt(struct repos *r, const char *session_id, const char *workspace,
+                       const char *prompt_id, const struct author *who, const char *prompt_text,
+                       json_t **out);
+/** Snapshot now (DELETE of a session, before its sandbox is freed). label may be NULL. */
+int repos_snapshot(struct repos *r, const char *session_id, const char *workspace,
+                   const char *label, json_t **out);
+/** {"snapshots":[…]} oldest first (snap_list). */
+int repos_snapshots(struct repos *r, const char *session_id, json_t **out);
+/** Restore snapshot_id into workspace (sandbox stopped or idle). */
+int repos_rollback(struct repos *r, const char *session_id, const char *snapshot_id,
+                   const char *workspace, json_t **out);
+/** Push the session branch to the repository's registry URL with the given token
+ * (username x-access-token). *out = {branch, sha, url}. */
+int repos_push(struct repos *r, const char *session_id, const char *workspace,
+               const char *token, json_t **out);
+/** The session's repository state {repo, branch, url, default_branch, source, pr_url…}
+ * (ERR_NOT_FOUND if the session has no repository). */
+int repos_session_info(struct repos *r, const char *session_id, json_t **out);
+/** Remember the PR URL of a session. */
+int repos_session_set_pr(struct repos *r, const char *session_id, const char *url);
+
+/* ---- hooks for the runner (sandbox/runner.c): no-ops when no repos layer is open ----
+ * The last repos_open() of the process is the one the hooks use (there is one per server). */
+
+/** Before the runner creates the sandbox of session sid (control or HTTP thread): if the
+ * session names a registered repository (by name or URL) and its workspace does not exist,
+ * fill it (snapshot, warm, image or clone) and remember the source for the ready event. */
+void repos_hook_sandbox_start(const char *sid);
+/** The data of `sandbox.ready`: {"source": what repos_hook_sandbox_start did for sid (consumed),
+ * else "empty", "ms": ms}. Caller frees. */
+char *repos_hook_ready_json(const char *sid, int64_t ms);
+/** A prompt of sid ended (any final state), before the next one may start: commit its changes
+ * as its author and snapshot the workspace (repos_after_prompt, reading the prompt's author
+ * and text from the session file). Blocks for the commit + snapshot (tens to hundreds of ms). */
+void repos_hook_prompt_end(const char *sid, const char *prompt_id);
+/** The session ended and its sandbox is stopped: snapshot its workspace in the background. */
+void repos_hook_session_end(const char *sid);
+
+/* ---- users' sealed credentials (opaque here: sealed by server/secrets.h) ---- */
+
+int repos_cred_put(struct repos *r, const char *user_id, const char *provider,
+                   const char *sealed);
+/** *sealed: caller frees. ERR_NOT_FOUND if none. */
+int repos_cred_get(struct repos *r, const char *user_id, const char *provider, char **sealed);
+int repos_cred_delete(struct repos *r, const char *user_id, const char *provider);
+
+#endif

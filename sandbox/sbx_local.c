@@ -1,0 +1,795 @@
+/*
+ * sbx_local.c - the "local" backend: one long-lived bubblewrap namespace per sandbox, with
+ * sandbox-init inside running commands on request (DESIGN §5).
+ *
+ * Isolation: system directories read-only, the workspace read-write at /workspace, the private
+ * dir (prompt files) read-only at /run/sessiond, fresh /tmp (size-capped), /proc and /dev;
+ * new user/pid/ipc/uts/cgroup namespaces and no network unless the spec allows egress;
+ * --die-with-parent, --new-session, --cap-drop ALL, --disable-userns, an environment built
+ * from scratch. Host paths are handed to bwrap as file descriptors (--bind-fd), so the data
+ * dir needs no permission bits for the sandbox user, and every other descriptor of the server
+ * is closed before bwrap runs (close_range) — the sandbox inherits none.
+ *
+ * When the server runs as root the sandbox runs under a dedicated unprivileged host uid
+ * (user "sessiond-sbx", created at first start with useradd, or sandbox.uid), because the
+ * kernel does not enforce RLIMIT_NPROC for uid 0; pids and memory are capped per sandbox by
+ * cgroups (v1 or v2 controllers, whichever is writable; one clear log line when neither is).
+ *
+ * Threads: create/destroy from any thread; fork() happens in the calling thread, so bwrap's
+ * --die-with-parent is tied to that thread: call sbx_create from long-lived threads only.
+ */
+#include "sandbox/sbx_int.h"
+
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "sandbox/outpump.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BWRAP "/usr/bin/bwrap"
+#define START_TIMEOUT_MS 10000
+#define STAGE            "/run/sessiond-stage" /* mount point for bind sources (as root) */
+
+struct local_backend {
+    struct sbx_backend base;
+    char *init_path;
+    char *agents_dir;
+    int as_root;    /* the server is root: drop to uid/gid */
+    uid_t uid;
+    gid_t gid;
+    char *cg_pids;  /* parent cgroup dirs (v1 or v2), NULL when unavailable */
+    char *cg_mem;
+    int pids_v2, mem_v2;
+    int health_rc;
+    char health_msg[256];
+};
+
+struct local_sbx {
+    char *cg_pids; /* this sandbox's cgroup dirs */
+    char *cg_mem;
+    char *log_path;
+};
+
+/* ---- helpers ---- */
+
+static int write_file_str(const char *path, const char *s)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t w = write(fd, s, strlen(s));
+    int e = errno;
+    close(fd);
+    errno = e;
+    return w == (ssize_t)strlen(s) ? 0 : -1;
+}
+
+static char *read_small(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return NULL;
+    }
+    char b[4096];
+    ssize_t n = read(fd, b, sizeof b - 1);
+    close(fd);
+    if (n < 0) {
+        return NULL;
+    }
+    b[n] = 0;
+    return xstrdup(b);
+}
+
+/* This process's path in the hierarchy of a v1 controller ("memory") or v2 (ctrl NULL). */
+static char *own_cgroup(const char *ctrl)
+{
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    if (!f) {
+        return NULL;
+    }
+    char line[1024];
+    char *res = NULL;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2) {
+            continue;
+        }
+        *c2 = 0;
+        const char *list = c1 + 1;
+        int match = 0;
+        if (!ctrl) {
+            match = !strcmp(line, "0") && !*list;
+        } else {
+            char tmp[256];
+            snprintf(tmp, sizeof tmp, ",%s,", list);
+            char want[64];
+            snprintf(want, sizeof want, ",%s,", ctrl);
+            match = strstr(tmp, want) != NULL;
+        }
+        if (match) {
+            res = xstrdup(c2 + 1);
+            break;
+        }
+    }
+    fclose(f);
+    return res;
+}
+
+/* Where cgroup2 is mounted, or NULL. */
+static char *cgroup2_mount(void)
+{
+    FILE *f = fopen("/proc/self/mounts", "re");
+    if (!f) {
+        return NULL;
+    }
+    char line[1024];
+    char *res = NULL;
+    while (fgets(line, sizeof line, f)) {
+        char dev[256], dir[512], type[64];
+        if (sscanf(line, "%255s %511s %63s", dev, dir, type) == 3 && !strcmp(type, "cgroup2")) {
+            res = xstrdup(dir);
+            break;
+        }
+    }
+    fclose(f);
+    return res;
+}
+
+/* Make <base>/sessiond for a v1 controller; NULL if not possible. */
+static char *setup_v1(const char *ctrl, const char *probe_file)
+{
+    char *own = own_cgroup(ctrl);
+    if (!own) {
+        return NULL;
+    }
+    char *dir = xasprintf("/sys/fs/cgroup/%s%s%ssessiond", ctrl, own,
+                          own[strlen(own) - 1] == '/' ? "" : "/");
+    free(own);
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        free(dir);
+        return NULL;
+    }
+    char *probe = xasprintf("%s/%s", dir, probe_file);
+    int ok = access(probe, W_OK) == 0;
+    free(probe);
+    if (!ok) {
+        free(dir);
+        return NULL;
+    }
+    if (!strcmp(ctrl, "memory")) {
+        char *h = xasprintf("%s/memory.use_hierarchy", dir);
+        write_file_str(h, "1");
+        free(h);
+    }
+    return dir;
+}
+
+static char *setup_v2(const char *ctrl)
+{
+    char *mnt = cgroup2_mount();
+    char *own = own_cgroup(NULL);
+    char *res = NULL;
+    if (!mnt || !own) {
+        goto out;
+    }
+    char *base = xasprintf("%s%s", mnt, strcmp(own, "/") ? own : "");
+    char *ctrls = xasprintf("%s/cgroup.controllers", base);
+    char *have = read_small(ctrls);
+    free(ctrls);
+    if (!have || !strstr(have, ctrl)) {
+        free(have);
+        free(base);
+        goto out;
+    }
+    free(have);
+    char *plus = xasprintf("+%s", ctrl);
+    char *sc = xasprintf("%s/cgroup.subtree_control", base);
+    write_file_str(sc, plus); /* fails if our cgroup has processes and is not the root */
+    free(sc);
+    char *dir = xasprintf("%s/sessiond", base);
+    free(base);
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        free(dir);
+        free(plus);
+        goto out;
+    }
+    sc = xasprintf("%s/cgroup.subtree_control", dir);
+    int ok = write_file_str(sc, plus) == 0;
+    free(sc);
+    free(plus);
+    if (!ok) {
+        free(dir);
+        goto out;
+    }
+    res = dir;
+out:
+    free(mnt);
+    free(own);
+    return res;
+}
+
+static int resolve_user(struct local_backend *lb, const struct sbx_config *c)
+{
+    if (c->uid > 0) {
+        lb->uid = (uid_t)c->uid;
+        struct passwd pw, *pp = NULL;
+        char b[4096];
+        getpwuid_r(lb->uid, &pw, b, sizeof b, &pp);
+        lb->gid = pp ? pp->pw_gid : (gid_t)c->uid;
+        return 0;
+    }
+    const char *user = c->user ? c->user : "sessiond-sbx";
+    for (int attempt = 0; attempt < 2; attempt++) {
+        struct passwd pw, *pp = NULL;
+        char b[4096];
+        getpwnam_r(user, &pw, b, sizeof b, &pp);
+        if (pp) {
+            if (pp->pw_uid == 0) {
+                LOG_ERROR("sandbox: user %s has uid 0; refusing", user);
+                return ERR_INVALID;
+            }
+            lb->uid = pp->pw_uid;
+            lb->gid = pp->pw_gid;
+            return 0;
+        }
+        if (attempt) {
+            break;
+        }
+        LOG_INFO("sandbox: creating system user %s for sandboxes", user);
+        pid_t pid = fork();
+        if (pid == 0) {
+            int nul = open("/dev/null", O_RDWR);
+            dup2(nul, 1);
+            execl("/usr/sbin/useradd", "useradd", "--system", "--user-group", "--no-create-home",
+                  "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", user,
+                  (char *)NULL);
+            _exit(127);
+        }
+        int st = 0;
+        if (pid > 0) {
+            waitpid(pid, &st, 0);
+        }
+    }
+    LOG_ERROR("sandbox: no user %s and useradd failed; set sandbox.uid", user);
+    return ERR_UNAVAILABLE;
+}
+
+/* bubblewrap resolves bind sources as the sandbox user: it must be able to traverse dir.
+ * Grant search (x) to the sandbox group only, never to others. */
+static int grant_traverse(const char *dir, gid_t gid)
+{
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        return -1;
+    }
+    if (st.st_mode & S_IXOTH) {
+        return 0;
+    }
+    if (st.st_gid != gid && st.st_gid != 0) {
+        LOG_WARN("sandbox: %s belongs to group %d: cannot grant the sandbox group access",
+                 dir, (int)st.st_gid);
+        return -1;
+    }
+    if (chown(dir, (uid_t)-1, gid) < 0 || chmod(dir, (st.st_mode & 07777) | S_IXGRP) < 0) {
+        LOG_WARN("sandbox: cannot grant the sandbox group search access to %s: %s", dir,
+                 strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- create ---- */
+
+static void local_impl_stop(struct sbx *s)
+{
+    struct local_sbx *ls = s->impl;
+    if (!ls) {
+        return;
+    }
+    char *dirs[2] = {ls->cg_pids, ls->cg_mem};
+    for (int i = 0; i < 2; i++) {
+        if (!dirs[i]) {
+            continue;
+        }
+        /* Kill anything left (the pid namespace normally took care of it), then remove. */
+        for (int tries = 0; tries < 100; tries++) {
+            if (rmdir(dirs[i]) == 0 || errno == ENOENT) {
+                break;
+            }
+            char *procs = xasprintf("%s/cgroup.procs", dirs[i]);
+            char *list = read_small(procs);
+            free(procs);
+            for (char *p = list; p && *p;) {
+                long pid = strtol(p, &p, 10);
+                if (pid > 1) {
+                    kill((pid_t)pid, SIGKILL);
+                }
+                while (*p == '\n') {
+                    p++;
+                }
+            }
+            free(list);
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+static void local_impl_free(struct sbx *s)
+{
+    struct local_sbx *ls = s->impl;
+    if (!ls) {
+        return;
+    }
+    free(ls->cg_pids);
+    free(ls->cg_mem);
+    free(ls->log_path);
+    free(ls);
+    s->impl = NULL;
+}
+
+static char *make_cgroup(const char *parent, const char *name, int v2, const char *file,
+                         const char *value)
+{
+    if (!parent) {
+        return NULL;
+    }
+    char *dir = xasprintf("%s/%s", parent, name);
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        LOG_WARN("sandbox: mkdir %s: %s", dir, strerror(errno));
+        free(dir);
+        return NULL;
+    }
+    char *f = xasprintf("%s/%s", dir, file);
+    if (write_file_str(f, value) < 0) {
+        LOG_WARN("sandbox: write %s: %s", f, strerror(errno));
+    }
+    free(f);
+    if (v2 && !strcmp(file, "memory.max")) {
+        f = xasprintf("%s/memory.swap.max", dir);
+        write_file_str(f, "0");
+        free(f);
+    }
+    return dir;
+}
+
+static void arg(const char ***av, size_t *n, size_t *cap, const char *a)
+{
+    if (*n + 2 > *cap) {
+        *cap = *cap ? *cap * 2 : 64;
+        *av = xrealloc(*av, *cap * sizeof **av);
+    }
+    (*av)[(*n)++] = a;
+    (*av)[*n] = NULL;
+}
+
+/* Add the system directories: a symlink where the host has one (merged /usr), else ro-bind. */
+static void add_system_dirs(const char ***av, size_t *n, size_t *cap, char **keep, int *nkeep)
+{
+    static const char *dirs[] = {"/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32",
+                                 "/libx32", "/etc", "/opt"};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        struct stat st;
+        if (lstat(dirs[i], &st) < 0) {
+            continue;
+        }
+        if (S_ISLNK(st.st_mode)) {
+            char t[4096];
+            ssize_t l = readlink(dirs[i], t, sizeof t - 1);
+            if (l <= 0) {
+                continue;
+            }
+            t[l] = 0;
+            keep[*nkeep] = xstrdup(t);
+            arg(av, n, cap, "--symlink");
+            arg(av, n, cap, keep[(*nkeep)++]);
+            arg(av, n, cap, dirs[i]);
+        } else if (S_ISDIR(st.st_mode)) {
+            arg(av, n, cap, "--ro-bind");
+            arg(av, n, cap, dirs[i]);
+            arg(av, n, cap, dirs[i]);
+        }
+    }
+}
+
+static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, struct sbx **out)
+{
+    struct local_backend *lb = (struct local_backend *)b;
+    struct sbx *s = NULL;
+    struct local_sbx *ls = NULL;
+    int sp[2] = {-1, -1};
+    int ws_fd = -1, priv_fd = -1, init_fd = -1, agents_fd = -1, log_fd = -1;
+    const char **av = NULL;
+    size_t n = 0, cap = 0;
+    char *keep[16] = {0};
+    int nkeep = 0;
+    int rc = sbxi_new(b, spec, "/workspace", "/run/sessiond", &s);
+    if (rc) {
+        return rc;
+    }
+    ls = xcalloc(1, sizeof *ls);
+    s->agents_inside = xstrdup(SBX_AGENTS_INSIDE);
+    s->impl = ls;
+    s->impl_stop = local_impl_stop;
+    s->impl_free = local_impl_free;
+    if (lb->as_root) {
+        s->uid = lb->uid;
+        s->gid = lb->gid;
+        if (chown(s->ws_host, lb->uid, lb->gid) < 0) {
+            LOG_WARN("sandbox: chown %s: %s", s->ws_host, strerror(errno));
+        }
+    }
+    int mem = spec->memory_mib ? spec->memory_mib : b->cfg.memory_mib;
+    int pids = spec->pids ? spec->pids : b->cfg.pids;
+    char val[64];
+    snprintf(val, sizeof val, "%d", pids);
+    ls->cg_pids = make_cgroup(lb->cg_pids, spec->name, lb->pids_v2, "pids.max", val);
+    snprintf(val, sizeof val, "%lld", (long long)mem << 20);
+    ls->cg_mem = make_cgroup(lb->cg_mem, spec->name, lb->mem_v2,
+                             lb->mem_v2 ? "memory.max" : "memory.limit_in_bytes", val);
+    char *procs_pids = ls->cg_pids ? xasprintf("%s/cgroup.procs", ls->cg_pids) : NULL;
+    char *procs_mem = ls->cg_mem ? xasprintf("%s/cgroup.procs", ls->cg_mem) : NULL;
+
+    ls->log_path = xasprintf("%s/sandboxes/%s.log", b->cfg.data_dir, spec->name);
+    log_fd = open(ls->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ws_fd = open(s->ws_host, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    priv_fd = open(s->priv_host, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    init_fd = open(lb->init_path, O_PATH | O_CLOEXEC);
+    agents_fd = open(lb->agents_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (ws_fd < 0 || priv_fd < 0 || init_fd < 0 || log_fd < 0) {
+        LOG_ERROR("sandbox: %s: cannot open %s (%s)", spec->name,
+                  init_fd < 0 ? lb->init_path : s->ws_host, strerror(errno));
+        rc = ERR_IO;
+        goto out;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
+        rc = ERR_IO;
+        goto out;
+    }
+    /* Move the child's fds above 64 so the dup2() to 0..7 in the child never clobbers one. */
+    int *mv[] = {&sp[1], &ws_fd, &priv_fd, &init_fd, &agents_fd, &log_fd};
+    for (size_t i = 0; i < sizeof mv / sizeof mv[0]; i++) {
+        if (*mv[i] >= 0 && *mv[i] < 64) {
+            int nfd = fcntl(*mv[i], F_DUPFD_CLOEXEC, 64);
+            if (nfd >= 0) {
+                close(*mv[i]);
+                *mv[i] = nfd;
+            }
+        }
+    }
+    char tmpsize[32];
+    snprintf(tmpsize, sizeof tmpsize, "%lld", (long long)mem << 20);
+    arg(&av, &n, &cap, BWRAP);
+    arg(&av, &n, &cap, "--unshare-all");
+    if (spec->egress) {
+        arg(&av, &n, &cap, "--share-net");
+    }
+    arg(&av, &n, &cap, "--unshare-user"); /* explicit: --disable-userns needs it */
+    arg(&av, &n, &cap, "--disable-userns");
+    arg(&av, &n, &cap, "--die-with-parent");
+    arg(&av, &n, &cap, "--new-session");
+    arg(&av, &n, &cap, "--cap-drop");
+    arg(&av, &n, &cap, "ALL");
+    arg(&av, &n, &cap, "--clearenv");
+    arg(&av, &n, &cap, "--setenv");
+    arg(&av, &n, &cap, "PATH");
+    arg(&av, &n, &cap, "/usr/bin:/bin");
+    arg(&av, &n, &cap, "--hostname");
+    arg(&av, &n, &cap, "sandbox");
+    add_system_dirs(&av, &n, &cap, keep, &nkeep);
+    arg(&av, &n, &cap, "--proc");
+    arg(&av, &n, &cap, "/proc");
+    arg(&av, &n, &cap, "--dev");
+    arg(&av, &n, &cap, "/dev");
+    arg(&av, &n, &cap, "--size");
+    arg(&av, &n, &cap, tmpsize);
+    arg(&av, &n, &cap, "--tmpfs");
+    arg(&av, &n, &cap, "/tmp");
+    /* Bind sources. As root, the child stages them in a private mount namespace under
+     * STAGE (see the child below), because bwrap resolves sources as the sandbox user, who
+     * may not traverse the data dir's parents. Otherwise bwrap gets the fds. */
+    int stage = lb->as_root;
+    arg(&av, &n, &cap, stage ? "--bind" : "--bind-fd");
+    arg(&av, &n, &cap, stage ? STAGE "/ws" : "4");
+    arg(&av, &n, &cap, "/workspace");
+    arg(&av, &n, &cap, stage ? "--ro-bind" : "--ro-bind-fd");
+    arg(&av, &n, &cap, stage ? STAGE "/priv" : "5");
+    arg(&av, &n, &cap, "/run/sessiond");
+    arg(&av, &n, &cap, stage ? "--ro-bind" : "--ro-bind-fd");
+    arg(&av, &n, &cap, stage ? STAGE "/init" : "6");
+    arg(&av, &n, &cap, "/run/sessiond-init");
+    if (agents_fd >= 0) {
+        arg(&av, &n, &cap, stage ? "--ro-bind" : "--ro-bind-fd");
+        arg(&av, &n, &cap, stage ? STAGE "/agents" : "7");
+        arg(&av, &n, &cap, SBX_AGENTS_INSIDE);
+    }
+    arg(&av, &n, &cap, "--chdir");
+    arg(&av, &n, &cap, "/workspace");
+    arg(&av, &n, &cap, "/run/sessiond-init");
+    arg(&av, &n, &cap, "--fd");
+    arg(&av, &n, &cap, "3");
+
+    pid_t pid = fork();
+    if (pid < 0) {
+        rc = ERR_IO;
+        goto out;
+    }
+    if (pid == 0) {
+        /* Child of a threaded process: async-signal-safe calls only. */
+        char me[] = "0";
+        for (int i = 0; i < 2; i++) {
+            const char *pp = i ? procs_mem : procs_pids;
+            if (pp) {
+                int cfd = open(pp, O_WRONLY);
+                if (cfd >= 0) {
+                    ssize_t w = write(cfd, me, 1);
+                    (void)w;
+                    close(cfd);
+                }
+            }
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int nul = open("/dev/null", O_RDWR);
+        if (dup2(sp[1], 3) < 0 || dup2(ws_fd, 4) < 0 || dup2(priv_fd, 5) < 0 ||
+            dup2(init_fd, 6) < 0 || (agents_fd >= 0 && dup2(agents_fd, 7) < 0) ||
+            dup2(nul, 0) < 0 || dup2(nul, 1) < 0 || dup2(log_fd, 2) < 0) {
+            _exit(126);
+        }
+        close_range(8, ~0U, 0);
+        if (stage) {
+            /* A mount namespace of our own (it dies with the sandbox: nothing to clean up):
+             * a tmpfs on STAGE with the bind sources mounted in it, traversable by all. */
+            if (unshare(CLONE_NEWNS) < 0 ||
+                mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+                mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16k") < 0 ||
+                mkdir(STAGE "/ws", 0755) < 0 || mkdir(STAGE "/priv", 0755) < 0 ||
+                mkdir(STAGE "/agents", 0755) < 0) {
+                _exit(124);
+            }
+            int f = open(STAGE "/init", O_WRONLY | O_CREAT, 0755);
+            if (f < 0) {
+                _exit(124);
+            }
+            close(f);
+            if (mount("/proc/self/fd/4", STAGE "/ws", NULL, MS_BIND, NULL) < 0 ||
+                mount("/proc/self/fd/5", STAGE "/priv", NULL, MS_BIND, NULL) < 0 ||
+                mount("/proc/self/fd/6", STAGE "/init", NULL, MS_BIND, NULL) < 0 ||
+                (agents_fd >= 0 &&
+                 mount("/proc/self/fd/7", STAGE "/agents", NULL, MS_BIND, NULL) < 0)) {
+                _exit(124);
+            }
+        }
+        if (lb->as_root) {
+            if (setgroups(0, NULL) < 0 || setgid(lb->gid) < 0 || setuid(lb->uid) < 0) {
+                _exit(125);
+            }
+        }
+        execv(BWRAP, (char *const *)av);
+        _exit(127);
+    }
+    close(sp[1]);
+    sp[1] = -1;
+    rc = sbxi_attach(s, sp[0], pid, START_TIMEOUT_MS);
+    sp[0] = -1; /* owned by s now */
+    if (rc) {
+        int st = 0;
+        char status[64] = "";
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            s->reaped = 1;
+            snprintf(status, sizeof status, " (exit status %d)",
+                     WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+        }
+        char *why = read_small(ls->log_path);
+        if (why) {
+            why[strcspn(why, "\n")] = 0;
+        }
+        LOG_ERROR("sandbox: %s: bubblewrap did not start%s: %s", spec->name, status,
+                  why && *why ? why : "no ready signal from sandbox-init");
+        free(why);
+        goto out;
+    }
+    *out = s;
+    s = NULL;
+out:
+    if (s) {
+        sbxi_destroy(s);
+    }
+    int fds[] = {sp[0], sp[1], ws_fd, priv_fd, init_fd, agents_fd, log_fd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+    for (int i = 0; i < nkeep; i++) {
+        free(keep[i]);
+    }
+    free(av);
+    free(procs_pids);
+    free(procs_mem);
+    return rc;
+}
+
+static int local_health(struct sbx_backend *b, char *msg, size_t n)
+{
+    struct local_backend *lb = (struct local_backend *)b;
+    snprintf(msg, n, "%s", lb->health_msg);
+    return lb->health_rc;
+}
+
+static void local_free(struct sbx_backend *b)
+{
+    struct local_backend *lb = (struct local_backend *)b;
+    free(lb->init_path);
+    free(lb->agents_dir);
+    free(lb->cg_pids);
+    free(lb->cg_mem);
+    free(lb);
+}
+
+static const struct sbx_ops local_ops = {
+    .name = "local",
+    .create = local_create,
+    .exec = sbxi_exec,
+    .read_file = sbxi_read_file,
+    .write_file = sbxi_write_file,
+    .list_files = sbxi_list_files,
+    .put_private = sbxi_put_private,
+    .stop = sbxi_stop,
+    .destroy = sbxi_destroy,
+    .health = local_health,
+    .free = local_free,
+};
+
+/* Start a throw-away sandbox and run `true` in it: the one reliable test that bubblewrap,
+ * the uid switch and sandbox-init work on this host. */
+static int self_test(struct local_backend *lb)
+{
+    char name[64];
+    snprintf(name, sizeof name, "selftest-%d", (int)getpid());
+    char *ws = xasprintf("%s/sandboxes/%s.ws", lb->base.cfg.data_dir, name);
+    struct sbx_spec spec = {.name = name, .workspace = ws};
+    struct sbx *s = NULL;
+    int64_t t0 = clock_mono_us();
+    int rc = local_create(&lb->base, &spec, &s);
+    if (!rc) {
+        const char *argv[] = {"true", NULL};
+        struct sbx_exec_req req = {.argv = argv};
+        struct sbx_result res;
+        rc = sbx_run(s, &req, 4096, &res);
+        if (!rc && res.exit.exit_code != 0) {
+            snprintf(lb->health_msg, sizeof lb->health_msg, "`true` exited %d in a sandbox: %s",
+                     res.exit.exit_code, res.err ? res.err : "");
+            rc = ERR_UNAVAILABLE;
+        }
+        if (!rc) {
+            sbx_result_free(&res);
+        }
+        sbxi_destroy(s);
+    } else {
+        snprintf(lb->health_msg, sizeof lb->health_msg,
+                 "bubblewrap cannot create a sandbox (user namespaces refused?); see the "
+                 "previous log line");
+    }
+    char *priv = xasprintf("%s/sandboxes/%s", lb->base.cfg.data_dir, name);
+    char *log = xasprintf("%s.log", priv);
+    util_rm_rf(ws);
+    util_rm_rf(priv);
+    unlink(log);
+    free(priv);
+    free(log);
+    free(ws);
+    if (!rc) {
+        LOG_INFO("sandbox: local backend ready (bubblewrap self-test %lld us)",
+                 (long long)(clock_mono_us() - t0));
+    }
+    return rc;
+}
+
+int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sbx_backend **out)
+{
+    struct local_backend *lb = xcalloc(1, sizeof *lb);
+    int rc = 0;
+    lb->base.ops = &local_ops;
+    lb->base.cfg = *cfg;
+    lb->base.pump = pump;
+    lb->init_path = sbxi_init_path(cfg);
+    lb->agents_dir = sbxi_agents_dir(cfg);
+    if (access(BWRAP, X_OK) != 0) {
+        LOG_ERROR("sandbox: %s not found: install bubblewrap (make deps) or run with "
+                  "--sandbox process (no isolation)",
+                  BWRAP);
+        rc = ERR_UNAVAILABLE;
+        goto out;
+    }
+    if (access(lb->init_path, X_OK) != 0) {
+        LOG_ERROR("sandbox: sandbox-init not found at %s (make builds it)", lb->init_path);
+        rc = ERR_UNAVAILABLE;
+        goto out;
+    }
+    if (geteuid() == 0 && mkdir(STAGE, 0755) < 0 && errno != EEXIST) {
+        LOG_ERROR("sandbox: cannot create %s: %s", STAGE, strerror(errno));
+    }
+    char *sd = xasprintf("%s/sandboxes", cfg->data_dir);
+    char *wd = xasprintf("%s/workspaces", cfg->data_dir);
+    util_mkdir_p(sd, 0700);
+    util_mkdir_p(wd, 0700);
+    free(sd);
+    free(wd);
+    lb->as_root = geteuid() == 0;
+    if (lb->as_root) {
+        rc = resolve_user(lb, cfg);
+        if (rc) {
+            goto out;
+        }
+        const char *sub[] = {"", "/workspaces", "/sandboxes"};
+        for (size_t i = 0; i < 3; i++) {
+            char *d = xasprintf("%s%s", cfg->data_dir, sub[i]);
+            grant_traverse(d, lb->gid);
+            free(d);
+        }
+        {
+            char *v1 = setup_v1("pids", "cgroup.procs");
+            if (v1) {
+                lb->cg_pids = v1;
+            } else if ((lb->cg_pids = setup_v2("pids")) != NULL) {
+                lb->pids_v2 = 1;
+            }
+            v1 = setup_v1("memory", "cgroup.procs");
+            if (v1) {
+                lb->cg_mem = v1;
+            } else if ((lb->cg_mem = setup_v2("memory")) != NULL) {
+                lb->mem_v2 = 1;
+            }
+        }
+        if (!lb->cg_pids || !lb->cg_mem) {
+            LOG_WARN("sandbox: cgroup %s%s%s controller not writable (v1 or v2): sandboxes run "
+                     "without a %s cap, only per-command rlimits",
+                     lb->cg_pids ? "" : "pids", !lb->cg_pids && !lb->cg_mem ? " and " : "",
+                     lb->cg_mem ? "" : "memory",
+                     !lb->cg_mem ? "memory" : "process count");
+        }
+        LOG_INFO("sandbox: sandboxes run as uid %d; cgroups pids=%s%s memory=%s%s",
+                 (int)lb->uid, lb->cg_pids ? lb->cg_pids : "none",
+                 lb->cg_pids ? (lb->pids_v2 ? " (v2)" : " (v1)") : "",
+                 lb->cg_mem ? lb->cg_mem : "none",
+                 lb->cg_mem ? (lb->mem_v2 ? " (v2)" : " (v1)") : "");
+    } else {
+        LOG_INFO("sandbox: not root: sandboxes run as uid %d without cgroup limits",
+                 (int)geteuid());
+    }
+    rc = self_test(lb);
+    if (rc) {
+        LOG_ERROR("sandbox: the local sandbox does not work here: %s. Fix it, or run with "
+                  "--sandbox process (no isolation) explicitly",
+                  lb->health_msg);
+        rc = ERR_UNAVAILABLE;
+        goto out;
+    }
+    *out = &lb->base;
+    return 0;
+out:
+    local_free(&lb->base);
+    return rc;
+}

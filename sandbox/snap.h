@@ -1,0 +1,90 @@
+/*
+ * snap.h - incremental, immutable workspace snapshots (ext4 has no reflink, so no CoW).
+ *
+ * A snapshot store is a directory:
+ *   objects/xx/<sha256>   file contents, content-addressed, read-only, shared by every
+ *                         snapshot of the store (never hard-linked into a live workspace)
+ *   snaps/<id>.m          one manifest per snapshot (text; see snap.c), immutable
+ *   cache                 the last known state of the workspace (path -> stat -> hash)
+ *
+ * snap_create() walks the workspace and reads only files whose (size, mtime, ctime, inode)
+ * differ from the cache, so a snapshot after a prompt that touched 1% of the files costs a
+ * directory walk plus 1% of the hashing. snap_restore() rebuilds the workspace *in place*
+ * (the directory may be bind-mounted into a running sandbox) by copying objects out of the
+ * store, touching only entries that differ from the snapshot. Restored files are copies:
+ * an in-place edit in the workspace can never reach the store.
+ *
+ * Paths inside the workspace are resolved beneath it without following symlinks
+ * (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so a sandbox that swaps a directory for a
+ * symlink cannot make a restore write outside the workspace.
+ *
+ * Thread safety: a store serializes its operations with an internal mutex; distinct stores
+ * are independent. Operations use a few worker threads of their own for hashing/copying.
+ */
+#ifndef SESSIOND_SNAP_H
+#define SESSIOND_SNAP_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+struct snap_store;
+
+/** Figures of one snapshot (from its manifest header), filled by snap_create/snap_get. */
+struct snap_info {
+    char id[32];        /* "snap-000001"; ids increase with creation order */
+    int64_t created_ms; /* wall clock */
+    uint64_t files;     /* regular files in the snapshot */
+    uint64_t entries;   /* files + directories + symlinks */
+    uint64_t bytes;     /* logical size of its files */
+    uint64_t hashed;    /* files read and hashed (cache misses) while creating it */
+    uint64_t new_bytes; /* bytes of objects it added to the store */
+    int64_t duration_us;
+    char label[128];    /* caller's label (e.g. "turn 3"), truncated */
+};
+
+/** What a restore did. */
+struct snap_restore_info {
+    uint64_t copied;       /* files copied out of the store */
+    uint64_t copied_bytes;
+    uint64_t kept;         /* files already identical in the workspace */
+    uint64_t removed;      /* workspace entries removed (a directory counts once) */
+    int64_t duration_us;
+};
+
+/** Open (creating if missing) the store at dir. *out is freed with snap_store_close(). */
+int snap_store_open(const char *dir, struct snap_store **out);
+/** Close the store. NULL is a no-op. No operation may be running. */
+void snap_store_close(struct snap_store *st);
+
+/** Snapshot the directory workspace. label may be NULL. out (may be NULL) gets the figures.
+ * ERR_NOT_FOUND if the workspace does not exist, ERR_IO on a file system failure. */
+int snap_create(struct snap_store *st, const char *workspace, const char *label,
+                struct snap_info *out);
+
+/** Make workspace (created if missing) identical to snapshot id: contents, symlinks,
+ * permission bits, mtimes and (when running as root) owners. Entries not in the snapshot
+ * are removed. ERR_NOT_FOUND for an unknown id, ERR_IO if an object is missing or short. */
+int snap_restore(struct snap_store *st, const char *id, const char *workspace,
+                 struct snap_restore_info *out);
+
+/** Header figures of snapshot id. ERR_NOT_FOUND if unknown. */
+int snap_get(struct snap_store *st, const char *id, struct snap_info *out);
+/** The newest snapshot's id into id (size n). ERR_NOT_FOUND when the store is empty. */
+int snap_latest(struct snap_store *st, char *id, size_t n);
+/** *out = [{id, created_at(ms), label, files, bytes, new_bytes, hashed, duration_ms}, ...]
+ * oldest first; a new reference the caller decrefs. */
+int snap_list(struct snap_store *st, json_t **out);
+/** Delete one snapshot's manifest (objects go at the next snap_gc). ERR_NOT_FOUND. */
+int snap_delete(struct snap_store *st, const char *id);
+
+/** Keep at most keep snapshots (0 = no count limit) and, when quota_bytes > 0, delete the
+ * oldest until the objects fit in quota_bytes (the newest snapshot is always kept); then
+ * collect garbage. *used_out (may be NULL) gets the object bytes left. */
+int snap_prune(struct snap_store *st, int keep, uint64_t quota_bytes, uint64_t *used_out);
+/** Delete objects no manifest (nor the workspace cache) references. */
+int snap_gc(struct snap_store *st, uint64_t *kept_bytes, uint64_t *freed_bytes);
+
+/** 1 if s is a well-formed snapshot id ("snap-" + digits), else 0. */
+int snap_valid_id(const char *s);
+
+#endif

@@ -1,0 +1,482 @@
+/*
+ * api_messages.c - POST/GET /v1/sessions/{id}/messages and GET …/events.
+ *
+ * A POSTed message is one group-commit operation (one SAVEPOINT in the session's next
+ * transaction): idempotency lookup, unfinished-prompt limit, the `message` event, the
+ * messages row, the prompts row and the requests row all commit together or not at all, and
+ * the 202 is sent only after the commit. Everything that does not need the session lock (ids,
+ * the event's JSON) is prepared before, so the critical section is a handful of statements.
+ *
+ * Thread context: MHD pool threads.
+ */
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/jsonx.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "server/api.h"
+#include "server/app.h"
+#include "server/auth.h"
+#include "server/config.h"
+#include "server/extension.h"
+#include "storage/registry.h"
+#include "storage/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+__attribute__((weak)) void api_prompt_queued(struct app *app, const char *session_id)
+{
+    (void)app;
+    (void)session_id;
+}
+
+/* Number of UTF-8 code points (the input is valid UTF-8: jansson checked it). */
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) {
+        c += ((unsigned char)s[i] & 0xc0) != 0x80;
+    }
+    return c;
+}
+
+struct msg_op {
+    /* in */
+    const char *message_id;
+    const char *prompt_id; /* NULL: run false */
+    const char *content;
+    size_t content_len;
+    const char *context_json; /* NULL if none */
+    const char *crid;         /* client_request_id or NULL */
+    const struct author *author;
+    const char *event_data;
+    int64_t max_unfinished;
+    /* out */
+    int64_t seq;
+    char *replay; /* the stored answer of an earlier request with the same crid */
+    int reopened;
+};
+
+static int bind_opt(sqlite3_stmt *st, int i, const char *s)
+{
+    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
+static void answer_json(struct buf *b, const char *mid, const char *pid, int64_t seq)
+{
+    buf_puts(b, "{\"message_id\":");
+    buf_json_str(b, mid, strlen(mid));
+    buf_puts(b, ",\"prompt_id\":");
+    if (pid) {
+        buf_json_str(b, pid, strlen(pid));
+    } else {
+        buf_puts(b, "null");
+    }
+    buf_printf(b, ",\"seq\":%lld}", (long long)seq);
+}
+
+static int msg_tx(struct sess_tx *tx, void *arg)
+{
+    struct msg_op *op = arg;
+    sqlite3_stmt *st;
+    int64_t now = sess_tx_now(tx);
+    int rc;
+    if (op->crid) {
+        st = sess_tx_prepare(tx, "SELECT response_json FROM requests WHERE client_request_id=?");
+        if (!st) {
+            return ERR_DB;
+        }
+        sqlite3_bind_text(st, 1, op->crid, -1, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            op->replay = xstrdup((const char *)sqlite3_column_text(st, 0));
+            sqlite3_reset(st);
+            return 0; /* already done: write nothing */
+        }
+        sqlite3_reset(st);
+        if (s != SQLITE_DONE) {
+            return ERR_DB;
+        }
+    }
+    st = sess_tx_prepare(tx, "SELECT (SELECT count(*) FROM prompts WHERE state IN "
+                             "('queued','running')), (SELECT value FROM meta WHERE key='state')");
+    if (!st || sqlite3_step(st) != SQLITE_ROW) {
+        return ERR_DB;
+    }
+    int64_t unfinished = sqlite3_column_int64(st, 0);
+    const unsigned char *state = sqlite3_column_text(st, 1);
+    int ended = state && strcmp((const char *)state, "ended") == 0;
+    sqlite3_reset(st);
+    if (op->prompt_id && unfinished >= op->max_unfinished) {
+        return ERR_LIMIT;
+    }
+    if (ended) {
+        /* "DELETE ends it; a later prompt reopens it." */
+        st = sess_tx_prepare(tx, "DELETE FROM meta WHERE key='state'");
+        if (!st || sqlite3_step(st) != SQLITE_DONE) {
+            return ERR_DB;
+        }
+        rc = sess_tx_append(tx, "session.reopened", op->author, NULL, NULL);
+        if (rc) {
+            return rc;
+        }
+        op->reopened = 1;
+    }
+    rc = sess_tx_append(tx, "message", op->author, op->event_data, &op->seq);
+    if (rc) {
+        return rc;
+    }
+    st = sess_tx_prepare(tx, "INSERT INTO messages(id,role,content,author_id,author_name,"
+                             "author_email,context_json,seq,created_at) "
+                             "VALUES(?,'user',?,?,?,?,?,?,?)");
+    if (!st) {
+        return ERR_DB;
+    }
+    sqlite3_bind_text(st, 1, op->message_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->content, (int)op->content_len, SQLITE_STATIC);
+    bind_opt(st, 3, op->author->id);
+    bind_opt(st, 4, op->author->name);
+    bind_opt(st, 5, op->author->email);
+    bind_opt(st, 6, op->context_json);
+    sqlite3_bind_int64(st, 7, op->seq);
+    sqlite3_bind_int64(st, 8, now);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    /* issue 6: a DOM selection also becomes a dom_selection artifact (server/extension.h) */
+    rc = ext_context_store(tx, op->context_json, op->message_id, op->author);
+    if (rc) {
+        return rc;
+    }
+    if (op->prompt_id) {
+        st = sess_tx_prepare(tx, "INSERT INTO prompts(id,message_id,author_id,author_name,"
+                                 "author_email,state,queued_at) VALUES(?,?,?,?,?,'queued',?)");
+        if (!st) {
+            return ERR_DB;
+        }
+        sqlite3_bind_text(st, 1, op->prompt_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, op->message_id, -1, SQLITE_STATIC);
+        bind_opt(st, 3, op->author->id);
+        bind_opt(st, 4, op->author->name);
+        bind_opt(st, 5, op->author->email);
+        sqlite3_bind_int64(st, 6, now);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            return ERR_DB;
+        }
+    }
+    if (op->crid) {
+        struct buf b;
+        buf_init(&b, 0);
+        answer_json(&b, op->message_id, op->prompt_id, op->seq);
+        st = sess_tx_prepare(tx, "INSERT INTO requests(client_request_id,response_json,"
+                                 "created_at) VALUES(?,?,?)");
+        if (!st) {
+            buf_free(&b);
+            return ERR_DB;
+        }
+        sqlite3_bind_text(st, 1, op->crid, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, b.data, (int)b.len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, now);
+        int s = sqlite3_step(st);
+        sqlite3_clear_bindings(st);
+        buf_free(&b);
+        if (s != SQLITE_DONE) {
+            return ERR_DB;
+        }
+    }
+    return 0;
+}
+
+/* Validate the optional `author` object of a bot/admin token. */
+static int parse_author(struct req *r, json_t *obj, struct author *out)
+{
+    char msg[160];
+    const char *id = NULL, *name = NULL, *email = NULL;
+    int rc;
+    if ((rc = jx_str(obj, "id", &id, msg, sizeof(msg))) ||
+        (rc = jx_str(obj, "name", &name, msg, sizeof(msg))) ||
+        (rc = jx_str(obj, "email", &email, msg, sizeof(msg)))) {
+        return req_fail(r, rc, "author: %s", msg);
+    }
+    if (!id || !*id || strlen(id) > 150 || !strchr(id, ':') || id[0] == ':') {
+        return req_fail(r, ERR_INVALID, "author.id must be \"provider:id\" (e.g. \"slack:U123\")");
+    }
+    if ((name && strlen(name) > 150) || (email && strlen(email) > 150)) {
+        return req_fail(r, ERR_INVALID, "author.name and author.email are capped at 150 bytes");
+    }
+    out->id = id;
+    out->name = name;
+    out->email = email;
+    return 0;
+}
+
+int api_messages_post(struct req *r)
+{
+    struct app *app = req_app(r);
+    const struct config *cfg = app->cfg;
+    const struct auth_info *a = req_auth(r);
+    const char *sid = req_param(r, "id");
+    json_t *body = NULL, *context = NULL, *author_obj = NULL;
+    const char *content = NULL, *crid = NULL;
+    char *context_json = NULL, *mid = NULL, *pid = NULL;
+    int run = 1;
+    char msg[160];
+    struct sess *s = NULL;
+    struct buf ev, ans;
+    struct author who = {a->user_id, a->name, a->email};
+    struct msg_op op;
+    int rc;
+    buf_init(&ev, 0);
+    buf_init(&ans, 0);
+    memset(&op, 0, sizeof(op));
+    rc = api_session_access(r, sid, AUTH_WRITE, NULL);
+    if (rc) {
+        goto out;
+    }
+    rc = req_json_body(r, &body);
+    if (rc) {
+        goto out;
+    }
+    if ((rc = jx_str(body, "content", &content, msg, sizeof(msg))) ||
+        (rc = jx_obj(body, "context", &context, msg, sizeof(msg))) ||
+        (rc = jx_str(body, "client_request_id", &crid, msg, sizeof(msg))) ||
+        (rc = jx_bool(body, "run", &run, msg, sizeof(msg))) ||
+        (rc = jx_obj(body, "author", &author_obj, msg, sizeof(msg)))) {
+        rc = req_fail(r, rc, "%s", msg);
+        goto out;
+    }
+    if (!content) {
+        rc = req_fail(r, ERR_INVALID, "field 'content' is required");
+        goto out;
+    }
+    size_t clen = json_string_length(json_object_get(body, "content"));
+    if (clen == 0) {
+        rc = req_fail(r, ERR_INVALID, "field 'content' must not be empty");
+        goto out;
+    }
+    if (utf8_chars(content, clen) > (size_t)cfg->max_content_chars) {
+        rc = req_fail(r, ERR_TOO_LARGE, "content is longer than %lld characters",
+                      (long long)cfg->max_content_chars);
+        goto out;
+    }
+    if (crid && (!*crid || strlen(crid) > 128)) {
+        rc = req_fail(r, ERR_INVALID, "client_request_id must be 1 to 128 bytes");
+        goto out;
+    }
+    if (author_obj) {
+        if (!auth_may_impersonate(a)) {
+            rc = req_fail(r, ERR_FORBIDDEN, "only bot and admin tokens may set 'author'");
+            goto out;
+        }
+        rc = parse_author(r, author_obj, &who);
+        if (rc) {
+            goto out;
+        }
+    }
+    if (context) {
+        if (ext_context_check(context, msg, sizeof(msg))) { /* issue 6: DOM selection shape */
+            rc = req_fail(r, ERR_INVALID, "%s", msg);
+            goto out;
+        }
+        context_json = jx_dump(context);
+    }
+    mid = util_new_id("m_");
+    if (run) {
+        pid = util_new_id("p_");
+    }
+    /* The event's data, built outside the session lock. */
+    buf_puts(&ev, "{\"message_id\":");
+    buf_json_str(&ev, mid, strlen(mid));
+    buf_puts(&ev, ",\"prompt_id\":");
+    if (pid) {
+        buf_json_str(&ev, pid, strlen(pid));
+    } else {
+        buf_puts(&ev, "null");
+    }
+    buf_puts(&ev, ",\"role\":\"user\",\"content\":");
+    buf_json_str(&ev, content, clen);
+    if (context_json) {
+        buf_puts(&ev, ",\"context\":");
+        buf_puts(&ev, context_json);
+    }
+    buf_putc(&ev, '}');
+
+    rc = store_session_get(app->store, sid, &s);
+    if (rc) {
+        rc = req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        goto out;
+    }
+    op.message_id = mid;
+    op.prompt_id = pid;
+    op.content = content;
+    op.content_len = clen;
+    op.context_json = context_json;
+    op.crid = crid;
+    op.author = &who;
+    op.event_data = ev.data;
+    op.max_unfinished = cfg->max_unfinished_prompts;
+    rc = sess_write(s, msg_tx, &op);
+    if (rc == ERR_LIMIT) {
+        rc = req_fail(r, rc, "this session already has %lld unfinished prompts",
+                      (long long)cfg->max_unfinished_prompts);
+        goto out;
+    }
+    if (rc) {
+        rc = req_fail(r, rc, "cannot store the message: %s", err_str(rc));
+        goto out;
+    }
+    if (op.replay) {
+        req_add_header(r, "Idempotent-Replayed", "true");
+        rc = req_reply_bytes(r, 202, "application/json", op.replay, strlen(op.replay));
+        goto out;
+    }
+    if (op.reopened) {
+        int r2 = registry_session_set_state(app->reg, sid, "active");
+        if (r2) {
+            LOG_WARN("api: session %s: cannot mark it active: %s", sid, err_str(r2));
+        }
+    }
+    if (pid) {
+        api_prompt_queued(app, sid);
+    }
+    answer_json(&ans, mid, pid, op.seq);
+    rc = req_reply_buf(r, 202, "application/json", &ans);
+out:
+    sess_put(s);
+    json_decref(body);
+    free(context_json);
+    free(mid);
+    free(pid);
+    free(op.replay);
+    buf_free(&ev);
+    buf_free(&ans);
+    return rc;
+}
+
+/* ---- GET messages ---- */
+
+struct list_rd {
+    int64_t after;
+    int64_t limit;
+    json_t *arr;
+    int64_t last;
+};
+
+static json_t *col_text(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? json_string((const char *)t) : json_null();
+}
+
+static int messages_rd(sqlite3 *db, void *arg)
+{
+    struct list_rd *lr = arg;
+    sqlite3_stmt *st = NULL;
+    int s;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT id,role,content,author_id,author_name,author_email,"
+                           "context_json,seq,created_at FROM messages WHERE seq>? "
+                           "ORDER BY seq LIMIT ?",
+                           -1, &st, NULL) != SQLITE_OK) {
+        return ERR_DB;
+    }
+    sqlite3_bind_int64(st, 1, lr->after);
+    sqlite3_bind_int64(st, 2, lr->limit);
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        char ts[32];
+        json_t *author = json_null(), *ctx = json_null();
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
+            author = json_pack("{s:o,s:o,s:o}", "id", col_text(st, 3), "name", col_text(st, 4),
+                               "email", col_text(st, 5));
+        }
+        if (sqlite3_column_type(st, 6) != SQLITE_NULL) {
+            json_t *c = json_loads((const char *)sqlite3_column_text(st, 6), 0, NULL);
+            if (c) {
+                json_decref(ctx);
+                ctx = c;
+            }
+        }
+        clock_iso8601(sqlite3_column_int64(st, 8), ts, sizeof(ts));
+        lr->last = sqlite3_column_int64(st, 7);
+        json_array_append_new(lr->arr,
+                              json_pack("{s:o,s:o,s:o,s:o,s:o,s:I,s:s}", "id", col_text(st, 0),
+                                        "role", col_text(st, 1), "content", col_text(st, 2),
+                                        "author", author, "context", ctx, "seq",
+                                        (json_int_t)lr->last, "created_at", ts));
+    }
+    sqlite3_finalize(st);
+    return s == SQLITE_DONE ? 0 : ERR_DB;
+}
+
+int api_messages_list(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    struct sess *s = NULL;
+    struct list_rd lr = {0, 0, NULL, 0};
+    int rc = api_session_access(r, sid, AUTH_READ, NULL);
+    if (rc) {
+        return rc;
+    }
+    if ((rc = req_query_int(r, "after", 0, 0, INT64_MAX, &lr.after)) ||
+        (rc = req_query_int(r, "limit", 100, 1, 1000, &lr.limit))) {
+        return rc;
+    }
+    rc = store_session_get(req_app(r)->store, sid, &s);
+    if (rc) {
+        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+    }
+    lr.arr = json_array();
+    lr.last = lr.after;
+    rc = sess_read(s, messages_rd, &lr);
+    sess_put(s);
+    if (rc) {
+        json_decref(lr.arr);
+        return req_fail(r, rc, "cannot read messages: %s", err_str(rc));
+    }
+    size_t n = json_array_size(lr.arr);
+    return req_reply_json(r, 200,
+                          json_pack("{s:o,s:I,s:b}", "messages", lr.arr, "next_after",
+                                    (json_int_t)lr.last, "has_more", n == (size_t)lr.limit));
+}
+
+/* ---- GET events ---- */
+
+int api_events_list(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    struct sess *s = NULL;
+    int64_t after, limit, last = 0, last_seq;
+    int count = 0;
+    struct buf b;
+    int rc = api_session_access(r, sid, AUTH_READ, NULL);
+    if (rc) {
+        return rc;
+    }
+    if ((rc = req_query_int(r, "after", 0, 0, INT64_MAX, &after)) ||
+        (rc = req_query_int(r, "limit", 100, 1, 1000, &limit))) {
+        return rc;
+    }
+    rc = store_session_get(req_app(r)->store, sid, &s);
+    if (rc) {
+        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+    }
+    buf_init(&b, 0);
+    buf_puts(&b, "{\"events\":[");
+    rc = sess_events(s, after, (int)limit, &b, &count, &last);
+    last_seq = sess_last_seq(s);
+    sess_put(s);
+    if (rc) {
+        buf_free(&b);
+        return req_fail(r, rc, "cannot read events: %s", err_str(rc));
+    }
+    if (last_seq < last) {
+        last_seq = last; /* appended between the two reads */
+    }
+    buf_printf(&b, "],\"next_after\":%lld,\"last_seq\":%lld,\"has_more\":%s}", (long long)last,
+               (long long)last_seq, last < last_seq ? "true" : "false");
+    return req_reply_buf(r, 200, "application/json", &b);
+}

@@ -1,0 +1,40 @@
+/*
+ * api_repos.h - the repository endpoints (issue 5) and their start/stop:
+ *   POST/GET /v1/repos, GET/PATCH/DELETE /v1/repos/{name}, POST/GET /v1/repos/{name}/images,
+ *   POST /v1/repos/{name}/warm, GET/POST /v1/sessions/{id}/snapshots,
+ *   POST /v1/sessions/{id}/rollback, POST /v1/sessions/{id}/push,
+ *   POST /v1/sessions/{id}/pull-request, GET /v1/me/credentials,
+ *   PUT/DELETE /v1/me/credentials/github.
+ *
+ * Threads: api_repos_start/stop from the main thread (start after sandbox_start: image setup
+ * commands run in app->sbx; stop before sandbox_stop); handlers on HTTP pool threads.
+ */
+#ifndef SESSIOND_API_REPOS_H
+#define SESSIOND_API_REPOS_H
+
+struct app;
+struct req;
+
+/** Open the master key (app->secrets; a missing key only disables stored tokens) and the
+ * repository layer (app->repos). 0 or a negative error (the server must not start). */
+int api_repos_start(struct app *app);
+void api_repos_stop(struct app *app);
+
+int api_repos_create(struct req *r);
+int api_repos_list(struct req *r);
+int api_repo_get(struct req *r);
+int api_repo_patch(struct req *r);
+int api_repo_delete(struct req *r);
+int api_repo_images_build(struct req *r);
+int api_repo_images_list(struct req *r);
+int api_repo_warm(struct req *r);
+int api_snapshots_list(struct req *r);
+int api_snapshots_create(struct req *r);
+int api_rollback(struct req *r);
+int api_push(struct req *r);
+int api_pull_request(struct req *r);
+int api_credentials_list(struct req *r);
+int api_credentials_github_put(struct req *r);
+int api_credentials_github_delete(struct req *r);
+
+#endif

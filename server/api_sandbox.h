@@ -1,0 +1,34 @@
+/*
+ * api_sandbox.h - the sandbox layer inside the server (issue 4): start/stop of the output
+ * pump, the sandbox backend and the runner (called by main.c), and the endpoints
+ * POST /v1/sessions/{id}/exec, GET/PUT /v1/sessions/{id}/files, POST /v1/sessions/{id}/cancel.
+ *
+ * Threads: sandbox_start/sandbox_stop from the main thread; handlers on HTTP pool threads.
+ */
+#ifndef SESSIOND_API_SANDBOX_H
+#define SESSIOND_API_SANDBOX_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+struct app;
+struct auth_info;
+struct req;
+
+/** Start the sandbox backend (refuses with one log line if it cannot run) and the runner;
+ * fills app->sbx and app->runner. 0 or a negative error (the server must not start). */
+int sandbox_start(struct app *app);
+/** Graceful stop: running prompts get a grace period, then are cancelled ("shutdown"). */
+void sandbox_stop(struct app *app);
+
+/** POST …/cancel without HTTP (the WebSocket `cancel` frame): body {prompt_id?} (may be
+ * NULL). *out = {"cancelled":true,"prompt_id":…}. 0 or an err.h code with msg set. */
+int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who,
+                      json_t *body, json_t **out, char *msg, size_t n);
+
+int api_exec(struct req *r);
+int api_files_get(struct req *r);
+int api_files_put(struct req *r);
+int api_cancel(struct req *r);
+
+#endif

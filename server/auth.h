@@ -1,0 +1,45 @@
+/*
+ * auth.h - bearer tokens and access checks on top of the registry.
+ *
+ * Identity comes from "Authorization: Bearer <secret>" (registry_token_auth hashes the secret
+ * with SHA-256; secrets are never stored or logged). Access to a session comes from
+ * registry_session_access(): owner (creator, admins), writer, viewer, or none.
+ * Thread safe.
+ */
+#ifndef SESSIOND_AUTH_H
+#define SESSIOND_AUTH_H
+
+#include <stddef.h>
+
+struct auth_info;
+struct config;
+struct registry;
+
+/** What a caller needs on a session. */
+enum auth_need {
+    AUTH_READ = 1,  /* any role: owner, writer, viewer */
+    AUTH_WRITE = 2, /* owner or writer (viewers get 403) */
+    AUTH_OWNER = 3, /* owner only (creator or admin) */
+};
+
+/** Resolve an Authorization header value to its token's owner. ERR_AUTH if absent, not a
+ * Bearer credential, unknown, revoked or expired. */
+int auth_bearer(struct registry *reg, const char *authorization, struct auth_info *out);
+
+/** Check who's access to session sid. 0 with *role_out ("owner"|"writer"|"viewer", static
+ * storage; may be NULL), ERR_NOT_FOUND (also when the caller may not even see it), ERR_GONE
+ * (purged), or ERR_FORBIDDEN (visible but not enough). */
+int auth_session(struct registry *reg, const char *sid, const struct auth_info *who, int need,
+                 const char **role_out);
+
+/** 1 for an admin token. */
+int auth_is_admin(const struct auth_info *who);
+/** 1 for a token that may act for someone else (bot or admin: the `author` field). */
+int auth_may_impersonate(const struct auth_info *who);
+
+/** Make sure an admin token exists: cfg->admin_token if set, else the secret stored in
+ * <data_dir>/admin.token, else a new random one written there with mode 0600 (its path is
+ * logged, never the secret). */
+int auth_bootstrap_admin(struct registry *reg, const struct config *cfg);
+
+#endif

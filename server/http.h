@@ -1,0 +1,52 @@
+/*
+ * http.h - the libmicrohttpd daemon: listening socket, request collection, routing, replies,
+ * the request log and the WebSocket hand-off. Endpoints themselves are in api.h/routes.c.
+ *
+ * Threads: http_start/http_stop are called by main.c only. Requests run on the MHD thread
+ * pool (cfg->threads, epoll, TURBO); each request's state belongs to the thread serving it.
+ */
+#ifndef SESSIOND_HTTP_H
+#define SESSIOND_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct app;
+struct http;
+struct route;
+
+/** Bind cfg->listen and start serving. conn_limit caps simultaneous connections (matched to
+ * RLIMIT_NOFILE by main.c). *out owned by the caller: http_stop(). */
+int http_start(struct app *app, unsigned conn_limit, struct http **out);
+/** The port actually bound (useful with port 0). */
+int http_port(const struct http *h);
+/** Stop accepting, let requests in flight finish (at most grace_s seconds), stop the threads
+ * and free h. NULL is a no-op. */
+void http_stop(struct http *h, int grace_s);
+
+/* ---- routing, exposed for unit tests ---- */
+
+#define HTTP_MAX_PARAMS 6
+
+/** Values of the placeholders of a matched pattern. Names point into the pattern (not NUL
+ * terminated: name_len), values into buf. */
+struct path_params {
+    int n;
+    struct {
+        const char *name;
+        size_t name_len;
+        const char *value;
+    } p[HTTP_MAX_PARAMS];
+    char buf[2048];
+};
+
+/** 1 if path matches pattern (filling pp), else 0. */
+int http_match(const char *pattern, const char *path, struct path_params *pp);
+/** Find the route for (method, path) in table (terminated by method NULL). Returns it, or
+ * NULL: then *allow (size n) lists the methods the path does accept ("" = 404, else 405).
+ * HEAD matches GET routes. */
+const struct route *http_route_find(const struct route *table, const char *method,
+                                    const char *path, struct path_params *pp, char *allow,
+                                    size_t n);
+
+#endif

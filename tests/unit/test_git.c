@@ -1,0 +1,256 @@
+/*
+ * test_git.c - gitx_* against real git on disk: a bare repository as the remote, a second
+ * clone (git CLI, test-only) pushing commits that sync must pick up, per-author commits,
+ * push, and the workspace-config attacks (insteadOf redirect, gitfile escape).
+ */
+#include "testlib.h"
+
+#include "common/err.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "sandbox/git.h"
+
+#include <stdarg.h>
+#include <sys/stat.h>
+
+static char g_tmp[256];
+
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    int rc = system(cmd);
+    if (rc != 0) {
+        TFAIL("command failed (%d): %s", rc, cmd);
+    }
+}
+
+/* First line of a command's output. */
+static char *out1(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *out1(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    FILE *f = popen(cmd, "r");
+    ASSERT(f != NULL);
+    char line[4096] = {0};
+    if (!fgets(line, sizeof(line), f)) {
+        line[0] = 0;
+    }
+    pclose(f);
+    line[strcspn(line, "\n")] = 0;
+    return xstrdup(line);
+}
+
+static char *P(const char *rel)
+{
+    return xasprintf("%s/%s", g_tmp, rel);
+}
+
+#define GITC "git -c user.name=Seed -c user.email=seed@example.com -c init.defaultBranch=main"
+
+/* remote.git (bare) with one commit on main, pushed from seed/. */
+static void setup(void)
+{
+    snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_git.XXXXXX");
+    ASSERT(mkdtemp(g_tmp) != NULL);
+    sh("cd %s && " GITC " init -q --bare remote.git && " GITC " init -q seed && cd seed && "
+       "echo hello > README && mkdir src && echo 'int main(void){return 0;}' > src/main.c && "
+       GITC " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
+       g_tmp);
+    ASSERT_EQ(gitx_init(NULL, NULL), 0);
+}
+
+static void file_put(const char *rel, const char *content)
+{
+    char *p = P(rel);
+    FILE *f = fopen(p, "w");
+    ASSERT(f != NULL);
+    fputs(content, f);
+    fclose(f);
+    free(p);
+}
+
+TEST(clone_sync_picks_up_new_commits)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    char head[41], head2[41];
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, head), 0);
+    char *seed_head = out1("git -C %s/seed rev-parse HEAD", g_tmp);
+    ASSERT_STREQ(head, seed_head);
+    struct stat sb;
+    char *readme = P("ws/README");
+    ASSERT_EQ(stat(readme, &sb), 0);
+    /* another clone pushes two commits */
+    sh("cd %s/seed && echo more > NEW && " GITC " add -A && " GITC " commit -qm two && "
+       "echo again >> README && " GITC " commit -qam three && " GITC " push -q ../remote.git main",
+       g_tmp);
+    char *new_head = out1("git -C %s/seed rev-parse HEAD", g_tmp);
+    ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, head2), 0);
+    ASSERT_STREQ(head2, new_head);
+    char *p = P("ws/NEW");
+    ASSERT_EQ(stat(p, &sb), 0);
+    char *wshead = out1("git -C %s/ws rev-parse HEAD", g_tmp);
+    ASSERT_STREQ(wshead, new_head);
+    char *st = out1("git -C %s/ws status --porcelain | wc -l", g_tmp);
+    ASSERT_STREQ(st, "0");
+    ASSERT_EQ(gitx_head(ws, head, NULL), 0);
+    ASSERT_STREQ(head, new_head);
+    /* sync also discards local edits to tracked files */
+    file_put("ws/README", "local edit\n");
+    ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, head2), 0);
+    char *c = out1("head -1 %s/ws/README", g_tmp);
+    ASSERT_STREQ(c, "hello");
+    util_rm_rf(g_tmp);
+}
+
+TEST(clone_unknown_branch)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    ASSERT(gitx_clone(remote, "nope", ws, NULL, NULL) != 0);
+    ASSERT_EQ(gitx_clone(remote, "bad..name", ws, NULL, NULL), ERR_INVALID);
+    util_rm_rf(g_tmp);
+}
+
+TEST(two_authors_two_commits_and_push)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    int committed = -1;
+    char sha1[41], sha2[41];
+    struct gitx_ident alice = {"Alice Liddell", "alice@example.com"};
+    struct gitx_ident bob = {"Bob Builder", "bob@example.com"};
+
+    /* nothing changed: no commit */
+    ASSERT_EQ(gitx_commit(ws, "sessiond/s_test1", &alice, "noop\n", sha1, &committed), 0);
+    ASSERT_EQ(committed, 0);
+
+    file_put("ws/alice.txt", "from alice\n");
+    json_t *ch = NULL;
+    ASSERT_EQ(gitx_changed(ws, &ch), 0);
+    ASSERT_EQ(json_array_size(ch), 1);
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(ch, 0), "path")), "alice.txt");
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(ch, 0), "status")), "added");
+    json_decref(ch);
+    char *msg = gitx_message("Add a greeting file\nplease", NULL);
+    ASSERT_EQ(gitx_commit(ws, "sessiond/s_test1", &alice, msg, sha1, &committed), 0);
+    ASSERT_EQ(committed, 1);
+    free(msg);
+
+    file_put("ws/README", "changed by bob\n");
+    char *p = P("ws/src/main.c");
+    ASSERT_EQ(unlink(p), 0);
+    struct gitx_ident coauthor = {"Bob Builder", "bob@example.com"};
+    msg = gitx_message("Rewrite the readme", &coauthor);
+    ASSERT_EQ(gitx_commit(ws, "sessiond/s_test1", &bob, msg, sha2, &committed), 0);
+    ASSERT_EQ(committed, 1);
+    free(msg);
+
+    char *branch = out1("git -C %s/ws symbolic-ref --short HEAD", g_tmp);
+    ASSERT_STREQ(branch, "sessiond/s_test1");
+    char *l1 = out1("git -C %s/ws log -1 --skip=1 --format='%%an|%%ae|%%cn|%%ce|%%s' HEAD", g_tmp);
+    ASSERT_STREQ(l1, "Alice Liddell|alice@example.com|Alice Liddell|alice@example.com|"
+                     "Add a greeting file");
+    char *l2 = out1("git -C %s/ws log -1 --format='%%an|%%ae|%%cn|%%ce|%%s' HEAD", g_tmp);
+    ASSERT_STREQ(l2, "Bob Builder|bob@example.com|Bob Builder|bob@example.com|Rewrite the readme");
+    char *tr = out1("git -C %s/ws log -1 --format='%%(trailers:key=Co-authored-by,valueonly)' HEAD",
+                    g_tmp);
+    ASSERT_STREQ(tr, "Bob Builder <bob@example.com>");
+    char *st = out1("git -C %s/ws status --porcelain | wc -l", g_tmp);
+    ASSERT_STREQ(st, "0"); /* the index matches the commit, deletion included */
+
+    ASSERT_EQ(gitx_push(ws, remote, "sessiond/s_test1", NULL), 0);
+    char *rh = out1("git --git-dir=%s/remote.git rev-parse sessiond/s_test1", g_tmp);
+    ASSERT_STREQ(rh, sha2);
+    char *n = out1("git --git-dir=%s/remote.git rev-list --count sessiond/s_test1", g_tmp);
+    ASSERT_STREQ(n, "3");
+    /* main on the remote is untouched */
+    char *seed_head = out1("git -C %s/seed rev-parse HEAD", g_tmp);
+    char *rm = out1("git --git-dir=%s/remote.git rev-parse main", g_tmp);
+    ASSERT_STREQ(rm, seed_head);
+    util_rm_rf(g_tmp);
+}
+
+TEST(push_ignores_workspace_config)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    sh("cd %s && git init -q --bare evil.git", g_tmp);
+    /* the agent rewrites the remote and adds an insteadOf redirect */
+    sh("git -C %s/ws config remote.origin.url %s/evil.git && "
+       "git -C %s/ws config url.%s/evil.git.insteadOf %s/remote.git && "
+       "git -C %s/ws config http.proxy http://127.0.0.1:9",
+       g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp);
+    file_put("ws/x", "x\n");
+    struct gitx_ident a = {"A", "a@example.com"};
+    int committed = 0;
+    ASSERT_EQ(gitx_commit(ws, "sessiond/s2", &a, "x\n", NULL, &committed), 0);
+    ASSERT_EQ(gitx_push(ws, remote, "sessiond/s2", NULL), 0);
+    char *rh = out1("git --git-dir=%s/remote.git rev-parse --verify -q sessiond/s2", g_tmp);
+    ASSERT(strlen(rh) == 40);
+    char *eh = out1("git --git-dir=%s/evil.git rev-parse --verify -q sessiond/s2", g_tmp);
+    ASSERT_STREQ(eh, "");
+    util_rm_rf(g_tmp);
+}
+
+TEST(gitfile_and_alternates_refused)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    /* alternates pointing at another repository */
+    sh("echo %s/remote.git/objects > %s/ws/.git/objects/info/alternates", g_tmp, g_tmp);
+    ASSERT_EQ(gitx_push(ws, remote, "main", NULL), ERR_FORBIDDEN);
+    sh("rm %s/ws/.git/objects/info/alternates", g_tmp);
+    /* .git replaced by a gitfile pointing elsewhere */
+    sh("mv %s/ws/.git %s/ws-gitdir && echo 'gitdir: %s/ws-gitdir' > %s/ws/.git", g_tmp, g_tmp,
+       g_tmp, g_tmp);
+    ASSERT_EQ(gitx_push(ws, remote, "main", NULL), ERR_FORBIDDEN);
+    int committed = 0;
+    struct gitx_ident a = {"A", "a@example.com"};
+    ASSERT_EQ(gitx_commit(ws, "sessiond/s3", &a, "x", NULL, &committed), ERR_FORBIDDEN);
+    /* a symlinked .git */
+    sh("rm %s/ws/.git && ln -s %s/ws-gitdir %s/ws/.git", g_tmp, g_tmp, g_tmp);
+    ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, NULL), ERR_FORBIDDEN);
+    util_rm_rf(g_tmp);
+}
+
+TEST(message_shape)
+{
+    char *m = gitx_message("  Fix the login bug\nIt fails on Safari.", NULL);
+    ASSERT_STREQ(m, "Fix the login bug\n\nPrompt:\nFix the login bug\nIt fails on Safari.\n");
+    free(m);
+    char longp[200];
+    memset(longp, 'a', sizeof(longp) - 1);
+    longp[sizeof(longp) - 1] = 0;
+    struct gitx_ident co = {"Carol", "carol@example.com"};
+    m = gitx_message(longp, &co);
+    ASSERT(strncmp(m, "aaaa", 4) == 0);
+    ASSERT(strstr(m, "...\n\nPrompt:\n") == m + 69);
+    ASSERT(strstr(m, "\n\nCo-authored-by: Carol <carol@example.com>\n") != NULL);
+    free(m);
+    m = gitx_message("", NULL);
+    ASSERT_STREQ(m, "sessiond: agent changes\n");
+    free(m);
+}
+
+static const struct test_case tests[] = {
+    T(clone_sync_picks_up_new_commits),
+    T(clone_unknown_branch),
+    T(two_authors_two_commits_and_push),
+    T(push_ignores_workspace_config),
+    T(gitfile_and_alternates_refused),
+    T(message_shape),
+};
+TEST_MAIN(tests)

@@ -1,0 +1,507 @@
+/*
+ * test_snap.c - snapshot store: round trips, incremental hashing, isolation of the store from
+ * in-place edits, symlinks, permissions, pruning and garbage collection.
+ */
+#include "testlib.h"
+
+#include "common/err.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "sandbox/snap.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
+
+static char g_tmp[256];
+
+static void mk_tmp(void)
+{
+    snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_snap.XXXXXX");
+    ASSERT(mkdtemp(g_tmp) != NULL);
+}
+
+static char *P(const char *rel)
+{
+    return xasprintf("%s/%s", g_tmp, rel);
+}
+
+/* Write a file with an mtime one hour old (older than the racy window). */
+static void put(const char *rel, const char *content, unsigned mode)
+{
+    char *p = P(rel);
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(write(fd, content, strlen(content)), (long long)strlen(content));
+    ASSERT_EQ(fchmod(fd, mode), 0);
+    struct timespec ts[2] = {{time(NULL) - 3600, 0}, {time(NULL) - 3600, 0}};
+    ASSERT_EQ(futimens(fd, ts), 0);
+    close(fd);
+    free(p);
+}
+
+static char *get(const char *rel)
+{
+    char *p = P(rel);
+    FILE *f = fopen(p, "r");
+    free(p);
+    if (!f) {
+        return NULL;
+    }
+    char *data = xcalloc(1, 1 << 20);
+    size_t n = fread(data, 1, (1 << 20) - 1, f);
+    data[n] = 0;
+    fclose(f);
+    return data;
+}
+
+static void mkd(const char *rel, unsigned mode)
+{
+    char *p = P(rel);
+    ASSERT_EQ(mkdir(p, mode), 0);
+    ASSERT_EQ(chmod(p, mode), 0);
+    free(p);
+}
+
+static void lnk(const char *target, const char *rel)
+{
+    char *p = P(rel);
+    ASSERT_EQ(symlink(target, p), 0);
+    free(p);
+}
+
+/* Compare two trees recursively: types, modes, contents, symlink targets. */
+static void tree_eq(const char *a, const char *b)
+{
+    DIR *d = opendir(a);
+    ASSERT(d != NULL);
+    struct dirent *de;
+    int na = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) {
+            continue;
+        }
+        na++;
+        char *pa = xasprintf("%s/%s", a, de->d_name), *pb = xasprintf("%s/%s", b, de->d_name);
+        struct stat sa, sb;
+        ASSERT_EQ(lstat(pa, &sa), 0);
+        if (lstat(pb, &sb) != 0) {
+            TFAIL("missing %s", pb);
+        }
+        if ((sa.st_mode & S_IFMT) != (sb.st_mode & S_IFMT)) {
+            TFAIL("type differs: %s", pb);
+        }
+        if (!S_ISLNK(sa.st_mode) && (sa.st_mode & 07777) != (sb.st_mode & 07777)) {
+            TFAIL("mode differs: %s %o %o", pb, sa.st_mode & 07777, sb.st_mode & 07777);
+        }
+        if (S_ISDIR(sa.st_mode)) {
+            tree_eq(pa, pb);
+        } else if (S_ISLNK(sa.st_mode)) {
+            char ta[512] = {0}, tb[512] = {0};
+            ASSERT(readlink(pa, ta, sizeof(ta) - 1) >= 0);
+            ASSERT(readlink(pb, tb, sizeof(tb) - 1) >= 0);
+            ASSERT_STREQ(ta, tb);
+        } else {
+            ASSERT_EQ(sa.st_size, sb.st_size);
+            ASSERT_EQ(sa.st_mtim.tv_sec, sb.st_mtim.tv_sec);
+            FILE *fa = fopen(pa, "r"), *fb = fopen(pb, "r");
+            ASSERT(fa && fb);
+            int ca, cb;
+            do {
+                ca = fgetc(fa);
+                cb = fgetc(fb);
+                if (ca != cb) {
+                    TFAIL("content differs: %s", pb);
+                }
+            } while (ca != EOF);
+            fclose(fa);
+            fclose(fb);
+        }
+        free(pa);
+        free(pb);
+    }
+    closedir(d);
+    /* and b has nothing more */
+    d = opendir(b);
+    ASSERT(d != NULL);
+    int nb = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            nb++;
+        }
+    }
+    closedir(d);
+    if (na != nb) {
+        TFAIL("%s has %d entries, %s has %d", a, na, b, nb);
+    }
+}
+
+/* A tree with files, an executable, an empty file, a big file, nested dirs, symlinks. */
+static void make_tree(void)
+{
+    mkd("ws", 0755);
+    put("ws/a.txt", "alpha\n", 0644);
+    put("ws/run.sh", "#!/bin/sh\necho hi\n", 0755);
+    put("ws/secret", "s3cret", 0600);
+    put("ws/empty", "", 0644);
+    mkd("ws/src", 0755);
+    mkd("ws/src/deep", 0700);
+    put("ws/src/deep/x.c", "int x;\n", 0644);
+    put("ws/src/name with space%", "odd name\n", 0644);
+    lnk("a.txt", "ws/link-rel");
+    lnk("/etc/passwd", "ws/link-abs");
+    lnk("src/deep", "ws/link-dir");
+    mkd("ws/ro", 0755);
+    put("ws/ro/frozen", "ice", 0444);
+    char *p = P("ws/ro");
+    ASSERT_EQ(chmod(p, 0555), 0);
+    free(p);
+    /* 5 MiB: the streaming path */
+    char *big = P("ws/big.bin");
+    int fd = open(big, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT(fd >= 0);
+    char blk[4096];
+    for (int i = 0; i < 1280; i++) {
+        memset(blk, 'a' + i % 26, sizeof(blk));
+        ASSERT_EQ(write(fd, blk, sizeof(blk)), 4096);
+    }
+    struct timespec ts[2] = {{time(NULL) - 3600, 0}, {time(NULL) - 3600, 0}};
+    futimens(fd, ts);
+    close(fd);
+    free(big);
+    /* a reference copy to compare with */
+    char *cmd = xasprintf("cp -a %s/ws %s/ref", g_tmp, g_tmp);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+}
+
+static struct snap_store *open_store(void)
+{
+    struct snap_store *st = NULL;
+    char *p = P("store");
+    ASSERT_EQ(snap_store_open(p, &st), 0);
+    free(p);
+    return st;
+}
+
+TEST(roundtrip_new_dir)
+{
+    mk_tmp();
+    make_tree();
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws"), *ws2 = P("ws2"), *ref = P("ref");
+    ASSERT_EQ(snap_create(st, ws, "turn 1", &si), 0);
+    ASSERT_STREQ(si.id, "snap-000001");
+    ASSERT_EQ(si.files, 8);
+    ASSERT_EQ(si.hashed, 8);
+    ASSERT_STREQ(si.label, "turn 1");
+    struct snap_restore_info ri;
+    ASSERT_EQ(snap_restore(st, si.id, ws2, &ri), 0);
+    ASSERT_EQ(ri.copied, 8);
+    tree_eq(ref, ws2);
+    tree_eq(ws2, ref);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+TEST(restore_in_place_undoes_changes)
+{
+    mk_tmp();
+    make_tree();
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws"), *ref = P("ref");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    /* every kind of change */
+    put("ws/a.txt", "changed\n", 0644);
+    char *p = P("ws/run.sh");
+    ASSERT_EQ(chmod(p, 0600), 0);
+    free(p);
+    p = P("ws/secret");
+    ASSERT_EQ(unlink(p), 0);
+    free(p);
+    put("ws/new-file", "new", 0644);
+    mkd("ws/newdir", 0755);
+    put("ws/newdir/f", "f", 0644);
+    p = P("ws/src/deep/x.c");
+    ASSERT_EQ(unlink(p), 0);
+    free(p);
+    p = P("ws/src/deep");
+    ASSERT_EQ(rmdir(p), 0);
+    free(p);
+    put("ws/src/deep", "now a file", 0644); /* dir -> file */
+    p = P("ws/link-rel");
+    ASSERT_EQ(unlink(p), 0);
+    free(p);
+    lnk("elsewhere", "ws/link-rel");
+    struct snap_restore_info ri;
+    ASSERT_EQ(snap_restore(st, si.id, ws, &ri), 0);
+    tree_eq(ref, ws);
+    tree_eq(ws, ref);
+    /* unchanged files were not copied again */
+    ASSERT(ri.kept >= 4);
+    ASSERT(ri.copied <= 4);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+TEST(inplace_edit_after_restore_keeps_snapshot)
+{
+    mk_tmp();
+    make_tree();
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws"), *ws2 = P("ws2"), *ws3 = P("ws3"), *ref = P("ref");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    ASSERT_EQ(snap_restore(st, si.id, ws2, NULL), 0);
+    /* restored files are not links into the store */
+    struct stat sb;
+    char *p = P("ws2/a.txt");
+    ASSERT_EQ(stat(p, &sb), 0);
+    ASSERT_EQ(sb.st_nlink, 1);
+    /* an in-place write (same inode, no truncation) */
+    int fd = open(p, O_WRONLY);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(pwrite(fd, "XX", 2, 0), 2);
+    close(fd);
+    free(p);
+    /* so do edits of the original workspace after the snapshot */
+    p = P("ws/src/deep/x.c");
+    fd = open(p, O_WRONLY);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(pwrite(fd, "YY", 2, 0), 2);
+    close(fd);
+    free(p);
+    ASSERT_EQ(snap_restore(st, si.id, ws3, NULL), 0);
+    tree_eq(ref, ws3);
+    char *a = get("ws3/a.txt");
+    ASSERT_STREQ(a, "alpha\n");
+    free(a);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+TEST(incremental_hashes_only_changes)
+{
+    mk_tmp();
+    make_tree();
+    struct snap_store *st = open_store();
+    struct snap_info s1, s2, s3, s4;
+    char *ws = P("ws");
+    ASSERT_EQ(snap_create(st, ws, NULL, &s1), 0);
+    ASSERT_EQ(snap_create(st, ws, NULL, &s2), 0);
+    ASSERT_EQ(s2.hashed, 0);
+    ASSERT_EQ(s2.new_bytes, 0);
+    put("ws/a.txt", "alphA\n", 0644); /* same size, mtime reset to the same old second */
+    ASSERT_EQ(snap_create(st, ws, NULL, &s3), 0);
+    ASSERT_EQ(s3.hashed, 1);
+    ASSERT_EQ(s3.new_bytes, 6);
+    /* a file written right now is rehashed until its mtime leaves the racy window */
+    char *p = P("ws/fresh");
+    FILE *f = fopen(p, "w");
+    fputs("v1", f);
+    fclose(f);
+    ASSERT_EQ(snap_create(st, ws, NULL, &s4), 0);
+    ASSERT_EQ(s4.hashed, 1);
+    f = fopen(p, "w");
+    fputs("v2", f); /* same size, same tick quite possibly */
+    fclose(f);
+    ASSERT_EQ(snap_create(st, ws, NULL, &s4), 0);
+    ASSERT_EQ(s4.hashed, 1);
+    char *ws2 = P("ws2");
+    ASSERT_EQ(snap_restore(st, s4.id, ws2, NULL), 0);
+    char *v = get("ws2/fresh");
+    ASSERT_STREQ(v, "v2");
+    free(v);
+    free(p);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+TEST(restore_keeps_cache_warm)
+{
+    mk_tmp();
+    make_tree();
+    struct snap_store *st = open_store();
+    struct snap_info s1, s2;
+    char *ws2 = P("ws2"), *ws = P("ws");
+    ASSERT_EQ(snap_create(st, ws, NULL, &s1), 0);
+    ASSERT_EQ(snap_restore(st, s1.id, ws2, NULL), 0);
+    /* the restore recorded the stat data of the files it wrote */
+    ASSERT_EQ(snap_create(st, ws2, NULL, &s2), 0);
+    ASSERT_EQ(s2.hashed, 0);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+TEST(symlink_swap_does_not_escape)
+{
+    mk_tmp();
+    make_tree();
+    mkd("outside", 0755);
+    put("outside/keep", "outside", 0644);
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws"), *ref = P("ref");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    /* the agent replaces src/ with a symlink to a directory outside the workspace */
+    char *cmd = xasprintf("rm -rf %s/ws/src", g_tmp);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+    char *out = P("outside");
+    lnk(out, "ws/src");
+    ASSERT_EQ(snap_restore(st, si.id, ws, NULL), 0);
+    tree_eq(ref, ws);
+    /* nothing was written outside */
+    char *p = P("outside/deep");
+    struct stat sb;
+    ASSERT(lstat(p, &sb) != 0);
+    char *k = get("outside/keep");
+    ASSERT_STREQ(k, "outside");
+    free(k);
+    free(p);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+static int count_objects(const char *store)
+{
+    char *cmd = xasprintf("find %s/objects -type f | wc -l", store);
+    FILE *f = popen(cmd, "r");
+    int n = -1;
+    ASSERT(fscanf(f, "%d", &n) == 1);
+    pclose(f);
+    free(cmd);
+    return n;
+}
+
+TEST(prune_and_gc)
+{
+    mk_tmp();
+    mkd("ws", 0755);
+    struct snap_store *st = open_store();
+    char *ws = P("ws"), *store = P("store");
+    struct snap_info si[5];
+    for (int i = 0; i < 5; i++) {
+        char content[64];
+        snprintf(content, sizeof(content), "version %d of the only file", i);
+        put("ws/f", content, 0644);
+        put("ws/common", "shared by all", 0644);
+        ASSERT_EQ(snap_create(st, ws, NULL, &si[i]), 0);
+    }
+    ASSERT_EQ(count_objects(store), 6);
+    json_t *list = NULL;
+    ASSERT_EQ(snap_list(st, &list), 0);
+    ASSERT_EQ(json_array_size(list), 5);
+    json_decref(list);
+    uint64_t used = 0;
+    ASSERT_EQ(snap_prune(st, 2, 0, &used), 0);
+    ASSERT_EQ(snap_list(st, &list), 0);
+    ASSERT_EQ(json_array_size(list), 2);
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(list, 0), "id")),
+                 "snap-000004");
+    json_decref(list);
+    ASSERT_EQ(count_objects(store), 3);
+    ASSERT_EQ(snap_restore(st, "snap-000001", ws, NULL), ERR_NOT_FOUND);
+    ASSERT_EQ(snap_restore(st, "snap-000004", ws, NULL), 0);
+    char *v = get("ws/f");
+    ASSERT_STREQ(v, "version 3 of the only file");
+    free(v);
+    /* quota: only the newest fits */
+    ASSERT_EQ(snap_prune(st, 0, 50, &used), 0);
+    char latest[32];
+    ASSERT_EQ(snap_latest(st, latest, sizeof(latest)), 0);
+    ASSERT_STREQ(latest, "snap-000005");
+    ASSERT_EQ(snap_list(st, &list), 0);
+    ASSERT_EQ(json_array_size(list), 1);
+    json_decref(list);
+    /* the cache (workspace = version 3, restored) still protects its objects */
+    ASSERT_EQ(count_objects(store), 3);
+    snap_store_close(st);
+    /* ids keep increasing across reopen */
+    st = open_store();
+    ASSERT_EQ(snap_create(st, ws, NULL, &si[0]), 0);
+    ASSERT_STREQ(si[0].id, "snap-000006");
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+TEST(restore_then_prune_then_snapshot)
+{
+    /* A cache that came from restoring an old snapshot must keep that snapshot's objects
+     * alive when the snapshot is pruned, or the next snapshot would name missing objects. */
+    mk_tmp();
+    mkd("ws", 0755);
+    struct snap_store *st = open_store();
+    char *ws = P("ws"), *ws2 = P("ws2");
+    struct snap_info a, b, c;
+    put("ws/f", "old content", 0644);
+    ASSERT_EQ(snap_create(st, ws, NULL, &a), 0);
+    put("ws/f", "new content!", 0644);
+    ASSERT_EQ(snap_create(st, ws, NULL, &b), 0);
+    ASSERT_EQ(snap_restore(st, a.id, ws, NULL), 0);
+    ASSERT_EQ(snap_prune(st, 1, 0, NULL), 0); /* deletes a */
+    ASSERT_EQ(snap_create(st, ws, NULL, &c), 0);
+    ASSERT_EQ(c.hashed, 0);
+    ASSERT_EQ(snap_restore(st, c.id, ws2, NULL), 0);
+    char *v = get("ws2/f");
+    ASSERT_STREQ(v, "old content");
+    free(v);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+TEST(many_files_parallel)
+{
+    mk_tmp();
+    mkd("ws", 0755);
+    char *cmd = xasprintf("cd %s/ws && for d in 0 1 2 3 4 5 6 7 8 9; do mkdir d$d; "
+                          "for f in $(seq 1 50); do echo \"$d/$f\" > d$d/f$f; done; done",
+                          g_tmp);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+    struct snap_store *st = open_store();
+    char *ws = P("ws"), *ws2 = P("ws2");
+    struct snap_info si;
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    ASSERT_EQ(si.files, 500);
+    ASSERT_EQ(snap_restore(st, si.id, ws2, NULL), 0);
+    tree_eq(ws, ws2);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+TEST(bad_ids)
+{
+    mk_tmp();
+    struct snap_store *st = open_store();
+    char *ws = P("ws");
+    ASSERT_EQ(snap_valid_id("snap-000001"), 1);
+    ASSERT_EQ(snap_valid_id("snap-../../x"), 0);
+    ASSERT_EQ(snap_valid_id("x"), 0);
+    ASSERT_EQ(snap_restore(st, "../cache", ws, NULL), ERR_NOT_FOUND);
+    ASSERT_EQ(snap_restore(st, "snap-000009", ws, NULL), ERR_NOT_FOUND);
+    ASSERT_EQ(snap_delete(st, "snap-000009"), ERR_NOT_FOUND);
+    char latest[32];
+    ASSERT_EQ(snap_latest(st, latest, sizeof(latest)), ERR_NOT_FOUND);
+    ASSERT_EQ(snap_create(st, "/nonexistent/ws", NULL, NULL), ERR_NOT_FOUND);
+    snap_store_close(st);
+    util_rm_rf(g_tmp);
+}
+
+static const struct test_case tests[] = {
+    T(roundtrip_new_dir),
+    T(restore_in_place_undoes_changes),
+    T(inplace_edit_after_restore_keeps_snapshot),
+    T(incremental_hashes_only_changes),
+    T(restore_keeps_cache_warm),
+    T(symlink_swap_does_not_escape),
+    T(prune_and_gc),
+    T(restore_then_prune_then_snapshot),
+    T(many_files_parallel),
+    T(bad_ids),
+};
+TEST_MAIN(tests)
