@@ -85,8 +85,7 @@ void util_sha256_hex(const void *data, size_t len, char out[65])
     to_hex(md, sizeof(md), out);
 }
 
-void util_hmac_sha256_hex(const void *key, size_t klen, const void *data, size_t len,
-                          char out[65])
+void util_hmac_sha256_hex(const void *key, size_t klen, const void *data, size_t len, char out[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;

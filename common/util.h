@@ -19,8 +19,7 @@ char *util_new_id(const char *prefix);
 /** SHA-256 of data as 64 lowercase hex chars + NUL (out needs 65 bytes). */
 void util_sha256_hex(const void *data, size_t len, char out[65]);
 /** HMAC-SHA256(key, data) as 64 hex chars + NUL. */
-void util_hmac_sha256_hex(const void *key, size_t klen, const void *data, size_t len,
-                          char out[65]);
+void util_hmac_sha256_hex(const void *key, size_t klen, const void *data, size_t len, char out[65]);
 /** Constant-time equality of two byte strings (length leaks, content does not). */
 int util_ct_equal(const void *a, size_t alen, const void *b, size_t blen);
 /** Append s to out with invalid UTF-8 sequences replaced by U+FFFD (untrusted output). */

@@ -89,8 +89,7 @@ int api_metrics(struct req *r)
                 buf_printf(&b, "sessiond_http_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
                            (double)bucket_us[i] / 1e6, (unsigned long long)cum);
             } else {
-                buf_printf(&b,
-                           "sessiond_http_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+                buf_printf(&b, "sessiond_http_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
                            (unsigned long long)cum);
             }
         }
@@ -104,8 +103,8 @@ int api_metrics(struct req *r)
         store_get_stats(app->store, &s);
         metric(&b, "sessiond_sessions_open", "gauge", "Session files open now (LRU).",
                (double)s.open_now);
-        metric(&b, "sessiond_session_opens_total", "counter",
-               "Session files opened (LRU misses).", (double)s.opens);
+        metric(&b, "sessiond_session_opens_total", "counter", "Session files opened (LRU misses).",
+               (double)s.opens);
         metric(&b, "sessiond_session_cache_hits_total", "counter",
                "Session lookups served by an open session.", (double)s.hits);
         metric(&b, "sessiond_session_hibernations_total", "counter",
@@ -137,8 +136,7 @@ int api_metrics(struct req *r)
         struct runner_stats rs;
         runner_get_stats(app->runner, &rs);
         metric(&b, "sessiond_sandboxes", "gauge", "Live sandboxes.", (double)rs.sandboxes);
-        metric(&b, "sessiond_prompts_running", "gauge", "Prompts running now.",
-               (double)rs.running);
+        metric(&b, "sessiond_prompts_running", "gauge", "Prompts running now.", (double)rs.running);
         metric(&b, "sessiond_prompts_started_total", "counter", "Prompts started.",
                (double)rs.started);
         metric(&b, "sessiond_prompts_completed_total", "counter", "Prompts completed.",

@@ -63,8 +63,7 @@ int migrate_apply(sqlite3 *db, const struct migration *list, const char *what)
             sqlite3_exec(db, m->sql, NULL, NULL, &errmsg) != SQLITE_OK ||
             sqlite3_exec(db, bump, NULL, NULL, &errmsg) != SQLITE_OK ||
             sqlite3_exec(db, "COMMIT", NULL, NULL, &errmsg) != SQLITE_OK) {
-            LOG_ERROR("migrate: %s: migration %s failed: %s", what, m->name,
-                      errmsg ? errmsg : "?");
+            LOG_ERROR("migrate: %s: migration %s failed: %s", what, m->name, errmsg ? errmsg : "?");
             sqlite3_free(errmsg);
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
             return ERR_DB;

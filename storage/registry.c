@@ -49,11 +49,10 @@ int registry_open(const char *path, int durability_full, struct registry **out)
         goto out;
     }
     sqlite3_busy_timeout(r->db, 5000);
-    const char *pragmas = durability_full
-                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
-                                "PRAGMA foreign_keys=ON"
-                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-                                "PRAGMA foreign_keys=ON";
+    const char *pragmas = durability_full ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
+                                            "PRAGMA foreign_keys=ON"
+                                          : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                                            "PRAGMA foreign_keys=ON";
     if (sqlite3_exec(r->db, pragmas, NULL, NULL, NULL) != SQLITE_OK) {
         rc = ERR_DB;
         goto out;
@@ -67,8 +66,7 @@ int registry_open(const char *path, int durability_full, struct registry **out)
               "t.expires_at FROM tokens t LEFT JOIN users u ON u.id=t.user_id WHERE t.hash=?",
               &r->auth_stmt);
     if (!rc) {
-        rc = prep(r, "UPDATE sessions SET last_seq=?, last_activity=? WHERE id=?",
-                  &r->touch_stmt);
+        rc = prep(r, "UPDATE sessions SET last_seq=?, last_activity=? WHERE id=?", &r->touch_stmt);
     }
     if (rc) {
         goto out;
@@ -132,8 +130,7 @@ static int valid_role(const char *role)
 }
 
 /* Insert or update the user row (r->lock held). Empty name/email keep existing values. */
-static int upsert_user(struct registry *r, const char *user_id, const char *name,
-                       const char *email)
+static int upsert_user(struct registry *r, const char *user_id, const char *name, const char *email)
 {
     sqlite3_stmt *st = NULL;
     int rc = prep(r,
@@ -153,8 +150,8 @@ static int upsert_user(struct registry *r, const char *user_id, const char *name
     return rc;
 }
 
-static int insert_token(struct registry *r, const char *id, const char *hash,
-                        const char *user_id, const char *role, int64_t now, int64_t expires_at)
+static int insert_token(struct registry *r, const char *id, const char *hash, const char *user_id,
+                        const char *role, int64_t now, int64_t expires_at)
 {
     sqlite3_stmt *st = NULL;
     int rc = prep(r,
@@ -181,8 +178,7 @@ static int insert_token(struct registry *r, const char *id, const char *hash,
 }
 
 int registry_token_create(struct registry *r, const char *user_id, const char *name,
-                          const char *email, const char *role, int64_t expires_at_ms,
-                          json_t **out)
+                          const char *email, const char *role, int64_t expires_at_ms, json_t **out)
 {
     char secret[65], hash[65];
     char *id = NULL;
@@ -209,10 +205,9 @@ int registry_token_create(struct registry *r, const char *user_id, const char *n
         char ts[32], ex[32];
         clock_iso8601(now, ts, sizeof(ts));
         clock_iso8601(expires_at_ms, ex, sizeof(ex));
-        *out = json_pack("{s:s,s:s,s:s,s:s?,s:s?,s:s,s:s,s:o}", "id", id, "token", token,
-                         "user_id", user_id, "name", name, "email", email, "role", role,
-                         "created_at", ts, "expires_at",
-                         expires_at_ms > 0 ? json_string(ex) : json_null());
+        *out = json_pack("{s:s,s:s,s:s,s:s?,s:s?,s:s,s:s,s:o}", "id", id, "token", token, "user_id",
+                         user_id, "name", name, "email", email, "role", role, "created_at", ts,
+                         "expires_at", expires_at_ms > 0 ? json_string(ex) : json_null());
     }
     free(id);
     free(token);
@@ -299,11 +294,11 @@ int registry_token_list(struct registry *r, const char *user_id, json_t **out)
     bind_text_or_null(st, 1, user_id);
     int s;
     while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        json_array_append_new(
-            arr, json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", col_json(st, 0), "user_id",
-                           col_json(st, 1), "name", col_json(st, 2), "email", col_json(st, 3),
-                           "role", col_json(st, 4), "created_at", ts_json(st, 5), "expires_at",
-                           ts_json(st, 6)));
+        json_array_append_new(arr, json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", col_json(st, 0),
+                                             "user_id", col_json(st, 1), "name", col_json(st, 2),
+                                             "email", col_json(st, 3), "role", col_json(st, 4),
+                                             "created_at", ts_json(st, 5), "expires_at",
+                                             ts_json(st, 6)));
     }
     rc = s == SQLITE_DONE ? 0 : ERR_DB;
 out:
@@ -346,8 +341,8 @@ static json_t *session_row(sqlite3_stmt *st)
     return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", col_json(st, 0), "title",
                      col_json(st, 1), "repo", col_json(st, 2), "visibility", col_json(st, 3),
                      "agent", col_json(st, 4), "state", col_json(st, 5), "created_by",
-                     col_json(st, 6), "created_at", ts_json(st, 7), "last_seq",
-                     col_json(st, 8), "last_activity", ts_json(st, 9));
+                     col_json(st, 6), "created_at", ts_json(st, 7), "last_seq", col_json(st, 8),
+                     "last_activity", ts_json(st, 9));
 }
 
 /* (r->lock held) */

@@ -31,8 +31,7 @@ void registry_close(struct registry *r);
  * "created_at","expires_at"|null}. role must be user|viewer|bot|admin (else ERR_INVALID).
  * expires_at_ms 0 = never. */
 int registry_token_create(struct registry *r, const char *user_id, const char *name,
-                          const char *email, const char *role, int64_t expires_at_ms,
-                          json_t **out);
+                          const char *email, const char *role, int64_t expires_at_ms, json_t **out);
 /** Create the admin token with a given secret if no token has that hash yet (bootstrap). */
 int registry_token_ensure(struct registry *r, const char *secret, const char *user_id,
                           const char *role);

@@ -41,7 +41,6 @@
 #include <unistd.h>
 
 #define HASH_SIZE      4096
-#define STMT_CACHE     16
 #define IDLE_CLOSE_MS  60000
 #define FLUSH_EVERY_MS 1000
 
@@ -54,7 +53,7 @@ struct pending {
 };
 
 struct stmt_slot {
-    const char *sql; /* the caller's literal; compared by pointer, then by text */
+    char *sql; /* owned copy of the SQL text, the cache key */
     sqlite3_stmt *stmt;
 };
 
@@ -75,12 +74,12 @@ struct sess_tx {
 struct sess {
     struct store *st;
     char id[65];
-    int refs;         /* guarded by st->lock */
-    int in_table;     /* guarded by st->lock */
-    int doomed;       /* delete requested: close when refs drop to 0 */
-    struct sess *hnext;                /* hash chain, st->lock */
-    struct sess *lru_prev, *lru_next;  /* LRU list of unreferenced sessions, st->lock */
-    int64_t last_used_ms;              /* st->lock */
+    int refs;                         /* guarded by st->lock */
+    int in_table;                     /* guarded by st->lock */
+    int doomed;                       /* delete requested: close when refs drop to 0 */
+    struct sess *hnext;               /* hash chain, st->lock */
+    struct sess *lru_prev, *lru_next; /* LRU list of unreferenced sessions, st->lock */
+    int64_t last_used_ms;             /* st->lock */
 
     pthread_mutex_t lock; /* the actor lock */
     sqlite3 *db;
@@ -89,7 +88,11 @@ struct sess {
     int64_t last_activity;
     int64_t flushed_seq;
     int64_t flushed_activity;
-    struct stmt_slot stmts[STMT_CACHE];
+    /* Prepared statements by SQL text. Never evicted while open: the set of distinct SQL
+     * strings is fixed by the code (literals), and a caller may hold one across calls that
+     * prepare others within the same operation. */
+    struct stmt_slot *stmts;
+    int nstmts;
     struct buf batch;
 
     pthread_mutex_t qlock;
@@ -228,7 +231,7 @@ static int sess_open_db(struct sess *s, int create)
     }
     if (!rc) {
         rc = exec_sql(db, st->cfg.durability_full ? "PRAGMA synchronous=FULL"
-                                                   : "PRAGMA synchronous=NORMAL");
+                                                  : "PRAGMA synchronous=NORMAL");
     }
     if (!rc) {
         rc = exec_sql(db, "PRAGMA foreign_keys=ON; PRAGMA cache_size=-512");
@@ -284,9 +287,11 @@ static void sess_destroy(struct sess *s)
     if (!s->doomed) {
         sess_flush_registry(s);
     }
-    for (int i = 0; i < STMT_CACHE; i++) {
+    for (int i = 0; i < s->nstmts; i++) {
         sqlite3_finalize(s->stmts[i].stmt);
+        free(s->stmts[i].sql);
     }
+    free(s->stmts);
     if (s->db) {
         sqlite3_close(s->db);
     }
@@ -549,15 +554,8 @@ int64_t sess_tx_now(struct sess_tx *tx)
 
 static sqlite3_stmt *stmt_cached(struct sess *s, const char *sql)
 {
-    int free_slot = -1;
-    for (int i = 0; i < STMT_CACHE; i++) {
-        if (!s->stmts[i].stmt) {
-            if (free_slot < 0) {
-                free_slot = i;
-            }
-            continue;
-        }
-        if (s->stmts[i].sql == sql || strcmp(s->stmts[i].sql, sql) == 0) {
+    for (int i = 0; i < s->nstmts; i++) {
+        if (strcmp(s->stmts[i].sql, sql) == 0) {
             sqlite3_reset(s->stmts[i].stmt);
             sqlite3_clear_bindings(s->stmts[i].stmt);
             return s->stmts[i].stmt;
@@ -568,13 +566,10 @@ static sqlite3_stmt *stmt_cached(struct sess *s, const char *sql)
         LOG_ERROR("store: prepare failed: %s", sqlite3_errmsg(s->db));
         return NULL;
     }
-    if (free_slot < 0) {
-        /* Cache full: evict slot 0 (rare; the set of hot statements is small). */
-        sqlite3_finalize(s->stmts[0].stmt);
-        free_slot = 0;
-    }
-    s->stmts[free_slot].sql = sql;
-    s->stmts[free_slot].stmt = st;
+    s->stmts = xrealloc(s->stmts, (size_t)(s->nstmts + 1) * sizeof(*s->stmts));
+    s->stmts[s->nstmts].sql = xstrdup(sql); /* the caller's string may not be a literal */
+    s->stmts[s->nstmts].stmt = st;
+    s->nstmts++;
     return st;
 }
 

@@ -46,7 +46,7 @@ struct store_config {
 
 /** Who wrote something. Borrowed strings; id NULL means "the system". */
 struct author {
-    const char *id;    /* "token:alice", "slack:U123" */
+    const char *id; /* "token:alice", "slack:U123" */
     const char *name;
     const char *email;
 };
@@ -72,11 +72,11 @@ int store_session_backup(struct store *st, const char *id, const char *path);
 
 /** Counters for /metrics and the LRU benchmark. */
 struct store_stats {
-    uint64_t opens;     /* session files opened (misses) */
-    uint64_t hits;      /* gets served by an already open session */
-    uint64_t closes;    /* hibernations */
-    uint64_t commits;   /* group-commit transactions */
-    uint64_t ops;       /* operations committed */
+    uint64_t opens;   /* session files opened (misses) */
+    uint64_t hits;    /* gets served by an already open session */
+    uint64_t closes;  /* hibernations */
+    uint64_t commits; /* group-commit transactions */
+    uint64_t ops;     /* operations committed */
     int open_now;
 };
 void store_get_stats(struct store *st, struct store_stats *out);
@@ -97,7 +97,8 @@ int sess_write(struct sess *s, sess_tx_fn fn, void *arg);
 sqlite3 *sess_tx_db(struct sess_tx *tx);
 /** A prepared statement for sql from the session's statement cache, reset and with its
  * bindings cleared. Owned by the session (do not finalize); valid until the operation returns.
- * sql should be a string literal (the cache is keyed by its text). NULL on a prepare error. */
+ * The cache is keyed by the SQL text (copied), so prefer a fixed set of statements. NULL on a
+ * prepare error. */
 sqlite3_stmt *sess_tx_prepare(struct sess_tx *tx, const char *sql);
 /** The transaction's timestamp (epoch ms), the same for all its events. */
 int64_t sess_tx_now(struct sess_tx *tx);

@@ -265,9 +265,8 @@ TEST(event_shape)
 {
     struct buf b;
     buf_init(&b, 0);
-    ASSERT_EQ(event_serialize(&b, 7, "message", 1795435200123LL, "token:a", "A \"q\"",
-                              "{\"k\":[1]}"),
-              0);
+    ASSERT_EQ(
+        event_serialize(&b, 7, "message", 1795435200123LL, "token:a", "A \"q\"", "{\"k\":[1]}"), 0);
     ASSERT_STREQ(b.data, "{\"seq\":7,\"type\":\"message\",\"ts\":\"2026-11-23T12:00:00.123Z\","
                          "\"author\":{\"id\":\"token:a\",\"name\":\"A \\\"q\\\"\"},"
                          "\"data\":{\"k\":[1]}}");
@@ -317,8 +316,8 @@ TEST(registry_sessions_paging_and_access)
     char id[16];
     for (int i = 0; i < 7; i++) {
         snprintf(id, sizeof(id), "p%d", i);
-        struct session_new n = {.id = id, .visibility = i == 3 ? "private" : "org",
-                                .created_by = "token:owner"};
+        struct session_new n = {
+            .id = id, .visibility = i == 3 ? "private" : "org", .created_by = "token:owner"};
         ASSERT_EQ(registry_session_create(r, &n, NULL), 0);
     }
     struct session_new dup = {.id = "p0", .created_by = "x"};
