@@ -33,7 +33,7 @@ UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all deps run test unit bench lint format format-check clean agents test-deps
+.PHONY: all deps run test unit bench lint format format-check clean agents test-deps bench-rest
 
 all: $(BUILD)/sessiond $(BUILD)/sandbox-init $(UNIT_BIN)
 
@@ -108,6 +108,10 @@ test: test-deps agents
 
 unit: all
 	@BUILD=$(BUILD) bash tests/run.sh unit
+
+# The REST benchmark of issue 2 (bench/rest.sh): req/s and p50/p99, incl. an open-loop run.
+bench-rest: all $(BUILD)/bench/rest
+	@BUILD=$(BUILD) bash bench/rest.sh
 
 bench: all $(BENCH_BIN)
 	@BUILD=$(BUILD) bash bench/run.sh

@@ -240,7 +240,12 @@ static void record(int64_t us)
     }
     if (nlat == caplat) {
         caplat = caplat ? caplat * 2 : 1 << 20;
-        lat = realloc(lat, caplat * sizeof(*lat));
+        uint32_t *n = realloc(lat, caplat * sizeof(*lat));
+        if (!n) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+        lat = n;
     }
     lat[nlat++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
 }
@@ -378,8 +383,8 @@ int main(int argc, char **argv)
     int64_t t0 = now_us();
     int64_t t_measure = t0 + (int64_t)o.warmup_ms * 1000;
     int64_t t_end = t_measure + (int64_t)(o.duration * 1e6);
-    uint64_t issued = 0;   /* open loop: requests scheduled so far */
-    uint64_t backlog = 0;  /* scheduled but not yet sent (no idle connection) */
+    uint64_t issued = 0;  /* open loop: requests scheduled so far */
+    uint64_t backlog = 0; /* scheduled but not yet sent (no idle connection) */
     double interval = o.rate > 0 ? 1e6 / o.rate : 0;
     int64_t *pending = NULL; /* open loop: scheduled times waiting for a connection (ring) */
     size_t pcap = 1 << 20, phead = 0, ptail = 0;

@@ -155,9 +155,8 @@ int main(int argc, char **argv)
             return 1;
         }
         rs[r] = clock_mono_us() - t0;
-        printf("restore into an empty dir: %.1f ms (%llu files, %.1f MiB copied)\n",
-               rs[r] / 1000.0, (unsigned long long)ri.copied,
-               (double)ri.copied_bytes / (1 << 20));
+        printf("restore into an empty dir: %.1f ms (%llu files, %.1f MiB copied)\n", rs[r] / 1000.0,
+               (unsigned long long)ri.copied, (double)ri.copied_bytes / (1 << 20));
     }
     for (int r = 0; r < 3; r++) {
         util_rm_rf(dirs[r]);

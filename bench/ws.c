@@ -208,8 +208,7 @@ static void *producer(void *arg)
         /* 200 bytes of content: marker, index, send time, padding. */
         char head[64];
         int hl = snprintf(head, sizeof(head), "B%zu:%" PRId64 ":", idx, sent);
-        snprintf(body, sizeof(body), "{\"content\":\"%s%.*s\",\"run\":false}", head, 200 - hl,
-                 pad);
+        snprintf(body, sizeof(body), "{\"content\":\"%s%.*s\",\"run\":false}", head, 200 - hl, pad);
         if (ref_mode) {
             snprintf(path, sizeof(path), "/s/%s", sid);
         } else {
@@ -540,8 +539,7 @@ int main(int argc, char **argv)
         }
         long rss1 = server_pid ? rss_kib(server_pid) : -1;
         printf("server RSS: %.1f MiB before, %.1f MiB with %d idle connections (%.1f KiB each)\n",
-               rss0 / 1024.0, rss1 / 1024.0, open_n,
-               open_n ? (double)(rss1 - rss0) / open_n : 0.0);
+               rss0 / 1024.0, rss1 / 1024.0, open_n, open_n ? (double)(rss1 - rss0) / open_n : 0.0);
         return 0;
     }
     memset(hist_one, 0, sizeof(hist_one));

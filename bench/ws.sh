@@ -2,7 +2,9 @@
 # bench/ws.sh - the WebSocket hub benchmark (issue 3): sessiond vs the npm `ws` reference
 # broadcast server, same load client (bench/ws.c), same machine, same run.
 #   bash bench/ws.sh [DURATION_S]      (default 60; needs `make bench`-built build/bench/ws)
-# Prints each scenario's figures and the sessiond/reference ratio of deliveries/s.
+# Prints each scenario's figures and the sessiond/reference ratio of deliveries/s, plus the
+# server's own commit-to-write latency (logged by the hub at shutdown). Load average is printed
+# because the machine may be shared: figures under contention are not comparable.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -18,8 +20,8 @@ trap cleanup EXIT
 start_sessiond() {
   rm -rf "$TMP/data" "$TMP/port"
   SESSIOND_SANDBOX=${SESSIOND_SANDBOX:-process} SESSIOND_ADMIN_TOKEN=$TOKEN "$BIN" --listen 127.0.0.1:0 \
-    --port-file "$TMP/port" --data-dir "$TMP/data" --request-log false --log-level warn "$@" \
-    >>"$TMP/sessiond.log" 2>&1 &
+    --port-file "$TMP/port" --data-dir "$TMP/data" --request-log false --log-level info "$@" \
+    >"$TMP/sessiond.log" 2>&1 &
   SPID=$!
   for _ in $(seq 100); do [ -s "$TMP/port" ] && break; sleep 0.05; done
   SPORT=$(cat "$TMP/port")
@@ -41,6 +43,9 @@ run() { # name clients sessions rate
     --rate "$r" --duration "$DUR" --pid "$SPID" 2>/dev/null)
   echo "$out1" | sed 's/^/  sessiond   | /'
   kill "$SPID"; wait "$SPID" 2>/dev/null; SPID=
+  # Server side, from the hub's own histogram: commit (on_event) -> lws_write, per delivery frame.
+  grep -o 'hub: commit-to-write latency[^"]*' "$TMP/sessiond.log" | sed 's/^/  sessiond   | /'
+
   start_ref
   out2=$("$WS" --ref --base "http://127.0.0.1:$RPORT" --clients "$c" --sessions "$s" --rate "$r" \
     --duration "$DUR" --pid "$RPID" 2>/dev/null)
@@ -51,6 +56,7 @@ run() { # name clients sessions rate
     echo "  ratio sessiond/reference deliveries/s: $(awk "BEGIN{printf \"%.2f\", $d1/$d2}")"
 }
 
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs"
 run "latency" 100 1 200
 run "fan-out" 1000 1 200
 run "batched" 1000 1 1000

@@ -146,9 +146,9 @@ static void on_result(struct claude_state *st, json_t *line, struct agent_parser
         return;
     }
     json_t *u = json_object_get(line, "usage");
-    json_t *usage = json_pack("{s:I, s:I}", "input_tokens",
-                              (json_int_t)agent_jint(u, "input_tokens", 0), "output_tokens",
-                              (json_int_t)agent_jint(u, "output_tokens", 0));
+    json_t *usage =
+        json_pack("{s:I, s:I}", "input_tokens", (json_int_t)agent_jint(u, "input_tokens", 0),
+                  "output_tokens", (json_int_t)agent_jint(u, "output_tokens", 0));
     static const char *const extra[] = {"cache_read_input_tokens", "cache_creation_input_tokens",
                                         NULL};
     for (int i = 0; extra[i]; i++) {

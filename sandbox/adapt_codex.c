@@ -167,8 +167,8 @@ static void emit_result(struct codex_state *st, json_t *item, const char *type,
         json_t *err = json_object_get(item, "error");
         json_t *res = json_object_get(item, "result");
         if (err && !json_is_null(err)) {
-            const char *m = json_is_string(err) ? json_string_value(err)
-                                                : agent_jstr(err, "message");
+            const char *m =
+                json_is_string(err) ? json_string_value(err) : agent_jstr(err, "message");
             buf_puts(&out, m ? m : "error");
             failed = 1;
         } else if (res) {
@@ -214,8 +214,8 @@ static void on_item(struct codex_state *st, json_t *line, int completed, struct 
             st->last_text = xstrdup(t);
         }
     } else if (strcmp(type, "error") == 0) {
-        json_t *f = json_pack("{s:s, s:s?}", "agent", "codex", "message",
-                              agent_jstr(item, "message"));
+        json_t *f =
+            json_pack("{s:s, s:s?}", "agent", "codex", "message", agent_jstr(item, "message"));
         agent_emit_status(p, "warning", f);
         json_decref(f);
     }
@@ -330,6 +330,20 @@ static int launch(const struct agent_def *d, const char *key, const struct agent
     add_c(out, "analytics.enabled", "false");
     add_c(out, "feedback.enabled", "false");
     add_c(out, "history.persistence", "\"none\"");
+    /* Nothing but the model endpoint: no plugin/app/update traffic (the egress proxy would
+     * refuse it and report each refusal), no endless reconnects. */
+    static const char *const off[] = {"plugins",
+                                      "remote_plugin",
+                                      "plugin_sharing",
+                                      "apps",
+                                      "in_app_updates",
+                                      "skill_mcp_dependency_install",
+                                      "unbounded_connection_retries",
+                                      NULL};
+    for (int i = 0; off[i]; i++) {
+        agent_strv_add(&out->argv, "--disable");
+        agent_strv_add(&out->argv, off[i]);
+    }
     agent_strv_add(&out->argv, "-"); /* the prompt comes on stdin */
 
     agent_strv_addf(&out->env, "CODEX_HOME=%s", dir);

@@ -62,8 +62,8 @@ static void on_tool(json_t *part, struct agent_parser *p)
                    (json_is_integer(exit_code) && json_integer_value(exit_code) != 0);
     json_t *o = json_object_get(state, strcmp(status, "error") == 0 ? "error" : "output");
     char *text = json_is_string(o) ? xstrdup(json_string_value(o))
-                 : o                ? json_dumps(o, JSON_COMPACT)
-                                    : xstrdup("");
+                 : o               ? json_dumps(o, JSON_COMPACT)
+                                   : xstrdup("");
     agent_emit_tool_result(p, id, text, strlen(text), is_error);
     free(text);
 }
@@ -129,11 +129,11 @@ static void finish(void *sp, struct agent_parser *p, int exit_code)
     if (exit_code != 0 || st->steps == 0) {
         return; /* the framework reports the failure */
     }
-    json_t *usage = json_pack("{s:I, s:I, s:I, s:I, s:I}", "input_tokens", (json_int_t)st->in,
-                              "output_tokens", (json_int_t)st->out, "cache_read_input_tokens",
-                              (json_int_t)st->cache_read, "cache_creation_input_tokens",
-                              (json_int_t)st->cache_write, "reasoning_tokens",
-                              (json_int_t)st->reasoning);
+    json_t *usage =
+        json_pack("{s:I, s:I, s:I, s:I, s:I}", "input_tokens", (json_int_t)st->in, "output_tokens",
+                  (json_int_t)st->out, "cache_read_input_tokens", (json_int_t)st->cache_read,
+                  "cache_creation_input_tokens", (json_int_t)st->cache_write, "reasoning_tokens",
+                  (json_int_t)st->reasoning);
     agent_emit_done(p, st->last_text, usage, st->steps);
     json_decref(usage);
 }

@@ -32,11 +32,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define LINE_MAX_BYTES   (16u << 20) /* a longer CLI line is dropped (counted as bad) */
-#define TOOL_OUTPUT_MAX  (64u << 10) /* tool_result output kept per call */
-#define STDERR_TAIL_MAX  2048
-#define SECRET_MIN_LEN   8 /* shorter values would scrub ordinary words */
-#define REDACTED         "[REDACTED]"
+#define LINE_MAX_BYTES  (16u << 20) /* a longer CLI line is dropped (counted as bad) */
+#define TOOL_OUTPUT_MAX (64u << 10) /* tool_result output kept per call */
+#define STDERR_TAIL_MAX 2048
+#define SECRET_MIN_LEN  8 /* shorter values would scrub ordinary words */
+#define REDACTED        "[REDACTED]"
 
 static const struct agent_adapter *const adapters[] = {&adapt_claude, &adapt_codex,
                                                        &adapt_opencode};
@@ -325,8 +325,7 @@ static int load_def(const char *name, json_t *o, struct agent_def *d, char *msg,
         return ERR_INVALID;
     }
     if (*d->api_key_env && !valid_env_name(d->api_key_env)) {
-        snprintf(msg, msglen, "agents: %s: api_key_env must be an environment variable name",
-                 name);
+        snprintf(msg, msglen, "agents: %s: api_key_env must be an environment variable name", name);
         return ERR_INVALID;
     }
     v = json_object_get(o, "api_key");
@@ -432,13 +431,13 @@ json_t *agents_list_json(const struct agents *a, const char *default_name)
     json_t *arr = json_array();
     for (size_t i = 0; a && i < a->n; i++) {
         const struct agent_def *d = &a->defs[i];
-        json_t *o = json_pack(
-            "{s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:b}", "name", d->name, "kind", d->kind, "model",
-            *d->model ? d->model : d->adapter->default_model, "api_base",
-            *d->api_base ? d->api_base : d->adapter->default_api_base, "api_key_env",
-            *d->api_key_env ? d->api_key_env : d->adapter->default_key_env, "api_key_set",
-            agents_key(d) != NULL, "installed", agents_installed(a, d), "default",
-            default_name && strcmp(default_name, d->name) == 0);
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:b}", "name", d->name, "kind", d->kind,
+                      "model", *d->model ? d->model : d->adapter->default_model, "api_base",
+                      *d->api_base ? d->api_base : d->adapter->default_api_base, "api_key_env",
+                      *d->api_key_env ? d->api_key_env : d->adapter->default_key_env, "api_key_set",
+                      agents_key(d) != NULL, "installed", agents_installed(a, d), "default",
+                      default_name && strcmp(default_name, d->name) == 0);
         json_array_append_new(arr, o);
     }
     return json_pack("{s:o}", "agents", arr);
@@ -515,11 +514,11 @@ struct agent_parser {
     void *st;
     agent_line_fn fn;
     void *ctx;
-    struct buf line;    /* the partial stdout line */
-    int line_overflow;  /* the current line passed LINE_MAX_BYTES: drop it */
-    char *errtail;      /* the last STDERR_TAIL_MAX bytes of stderr */
+    struct buf line;   /* the partial stdout line */
+    int line_overflow; /* the current line passed LINE_MAX_BYTES: drop it */
+    char *errtail;     /* the last STDERR_TAIL_MAX bytes of stderr */
     size_t errlen;
-    char *errscrub;     /* scrubbed copy returned by agent_parser_stderr_tail */
+    char *errscrub; /* scrubbed copy returned by agent_parser_stderr_tail */
     char **secrets;
     size_t nsecrets;
     int ended;
@@ -743,10 +742,10 @@ void agent_emit_tool_result(struct agent_parser *p, const char *id, const char *
     }
     int trunc = 0;
     p->stats.tool_results++;
-    json_t *o = json_pack("{s:s, s:s, s:o, s:b}", "type", "tool_result", "id", id ? id : "",
-                          "output", jstr_n(output ? output : "", output ? n : 0, TOOL_OUTPUT_MAX,
-                                           &trunc),
-                          "is_error", is_error);
+    json_t *o =
+        json_pack("{s:s, s:s, s:o, s:b}", "type", "tool_result", "id", id ? id : "", "output",
+                  jstr_n(output ? output : "", output ? n : 0, TOOL_OUTPUT_MAX, &trunc), "is_error",
+                  is_error);
     if (trunc) {
         json_object_set_new(o, "truncated", json_true());
     }
@@ -779,8 +778,7 @@ void agent_emit_error(struct agent_parser *p, const char *reason)
     p->ended = 1;
     const char *r = reason && *reason ? reason : "the agent failed";
     emit_json(p, AGENT_MSG_ERROR,
-              json_pack("{s:s, s:o}", "type", "error", "reason",
-                        jstr_n(r, strlen(r), 4096, NULL)));
+              json_pack("{s:s, s:o}", "type", "error", "reason", jstr_n(r, strlen(r), 4096, NULL)));
 }
 
 void agent_emit_status(struct agent_parser *p, const char *status, json_t *fields)
@@ -838,8 +836,7 @@ void agent_parser_feed(struct agent_parser *p, const char *data, size_t n)
         if (p->line_overflow) {
             p->stats.lines++;
             p->stats.bad_lines++;
-            LOG_WARN("agents: dropped a %s line longer than %u bytes", p->ad->kind,
-                     LINE_MAX_BYTES);
+            LOG_WARN("agents: dropped a %s line longer than %u bytes", p->ad->kind, LINE_MAX_BYTES);
             p->line_overflow = 0;
         } else {
             parse_line(p, p->line.data ? p->line.data : "", p->line.len);
@@ -910,8 +907,8 @@ void agent_parser_finish(struct agent_parser *p, int exit_code)
         char reason[4096];
         const char *tail = agent_parser_stderr_tail(p);
         if (exit_code < 0) {
-            snprintf(reason, sizeof(reason), "%s was killed before it finished%s%s",
-                     p->ad->kind, *tail ? ": " : "", tail);
+            snprintf(reason, sizeof(reason), "%s was killed before it finished%s%s", p->ad->kind,
+                     *tail ? ": " : "", tail);
         } else {
             snprintf(reason, sizeof(reason), "%s exited with status %d without a result%s%s",
                      p->ad->kind, exit_code, *tail ? ": " : "", tail);

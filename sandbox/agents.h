@@ -167,8 +167,8 @@ void agent_parser_stats(const struct agent_parser *p, struct agent_parser_stats 
 /* For adapters: emit one protocol message (all strings are copied, scrubbed). */
 void agent_emit_output(struct agent_parser *p, const char *text, size_t n);
 void agent_emit_tool_call(struct agent_parser *p, const char *id, const char *name, json_t *input);
-void agent_emit_tool_result(struct agent_parser *p, const char *id, const char *output,
-                            size_t n, int is_error);
+void agent_emit_tool_result(struct agent_parser *p, const char *id, const char *output, size_t n,
+                            int is_error);
 /** usage: {"input_tokens":…,"output_tokens":…,…} (borrowed, may be NULL). */
 void agent_emit_done(struct agent_parser *p, const char *summary, json_t *usage, int turns);
 void agent_emit_error(struct agent_parser *p, const char *reason);

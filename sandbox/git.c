@@ -95,8 +95,8 @@ static int gerr(int grc, const char *what)
     default:
         rc = ERR_IO;
         /* libgit2 reports a 401/403 from HTTP as a generic error with this text */
-        if (e && e->message && (strstr(e->message, "authentication") || strstr(e->message, "401")))
-        {
+        if (e && e->message &&
+            (strstr(e->message, "authentication") || strstr(e->message, "401"))) {
             rc = ERR_AUTH;
         }
     }
@@ -448,6 +448,38 @@ out:
 int gitx_commit(const char *dir, const char *branch, const struct gitx_ident *who,
                 const char *message, char sha[41], int *committed)
 {
+    return gitx_commit_n(dir, branch, who, message, sha, committed, NULL);
+}
+
+int gitx_refresh_index(const char *dir)
+{
+    git_repository *repo = NULL;
+    git_index *idx = NULL;
+    int rc = gitx_init(NULL, NULL);
+    if (rc == 0) {
+        rc = open_repo(dir, &repo);
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    int grc = git_repository_index(&idx, repo);
+    if (grc == 0) {
+        grc = git_index_update_all(idx, NULL, NULL, NULL);
+    }
+    if (grc == 0) {
+        grc = git_index_write(idx);
+    }
+    if (grc < 0) {
+        rc = gerr(grc, "index refresh");
+    }
+    git_index_free(idx);
+    git_repository_free(repo);
+    return rc;
+}
+
+int gitx_commit_n(const char *dir, const char *branch, const struct gitx_ident *who,
+                  const char *message, char sha[41], int *committed, size_t *files)
+{
     git_repository *repo = NULL;
     git_index *idx = NULL;
     git_reference *head = NULL, *bref = NULL;
@@ -526,6 +558,18 @@ int gitx_commit(const char *dir, const char *branch, const struct gitx_ident *wh
     *committed = 1;
     if (sha) {
         oid_hex(&commit_oid, sha);
+    }
+    if (files) {
+        git_diff *diff = NULL;
+        git_tree *ptree = NULL;
+        if (parent) {
+            git_commit_tree(&ptree, parent);
+        }
+        if (git_diff_tree_to_tree(&diff, repo, ptree, tree, NULL) == 0) {
+            *files = git_diff_num_deltas(diff);
+        }
+        git_diff_free(diff);
+        git_tree_free(ptree);
     }
 out:
     git_signature_free(sig);

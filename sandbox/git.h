@@ -71,6 +71,14 @@ int gitx_changed(const char *dir, json_t **out);
 int gitx_commit(const char *dir, const char *branch, const struct gitx_ident *who,
                 const char *message, char sha[41], int *committed);
 
+/** gitx_commit() that also reports how many files the commit changed (*files, may be NULL). */
+int gitx_commit_n(const char *dir, const char *branch, const struct gitx_ident *who,
+                  const char *message, char sha[41], int *committed, size_t *files);
+
+/** Refresh the stat data of the index entries (after a restore: new inodes and ctimes make
+ * libgit2 and git re-read every file until the index is rewritten). */
+int gitx_refresh_index(const char *dir);
+
 /** Push refs/heads/<branch> of dir to the same branch at url (forced: the session branch is
  * ours, and a rollback rewrites it). ERR_AUTH on refused credentials, ERR_CONFLICT if the
  * remote refused the update. */

@@ -202,8 +202,8 @@ int github_create_pr(const struct github_pr *req, json_t **out, char *msg, size_
         if (json_is_array(errs) && json_array_size(errs) > 0) {
             detail = json_string_value(json_object_get(json_array_get(errs, 0), "message"));
         }
-        snprintf(msg, n, "GitHub answered %ld: %s%s%s", status, m ? m : "error",
-                 detail ? ": " : "", detail ? detail : "");
+        snprintf(msg, n, "GitHub answered %ld: %s%s%s", status, m ? m : "error", detail ? ": " : "",
+                 detail ? detail : "");
         LOG_WARN("github: POST /repos/%s/%s/pulls answered %ld", req->owner, req->repo, status);
         rc = status_err(status);
         goto out;

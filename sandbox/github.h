@@ -17,14 +17,14 @@ struct github_pr {
     const char *api_base; /* no trailing slash needed */
     const char *owner;
     const char *repo;
-    const char *token;    /* secret; sent only as "Authorization: Bearer …" */
+    const char *token; /* secret; sent only as "Authorization: Bearer …" */
     const char *title;
-    const char *body;     /* may be NULL */
-    const char *head;     /* branch with the changes, e.g. "sessiond/s_abc" */
-    const char *base;     /* target branch, e.g. "main" */
+    const char *body; /* may be NULL */
+    const char *head; /* branch with the changes, e.g. "sessiond/s_abc" */
+    const char *base; /* target branch, e.g. "main" */
     int draft;
-    const char *ca_file;  /* may be NULL: the system bundle */
-    long timeout_ms;      /* 0 = 30 s */
+    const char *ca_file; /* may be NULL: the system bundle */
+    long timeout_ms;     /* 0 = 30 s */
 };
 
 /** Open the pull request. On success *out = {"number":N,"url":"https://github.com/…/pull/N",

@@ -56,6 +56,7 @@ struct op_sink {
     size_t len;
     int64_t deadline_us; /* when the oldest pending byte must go */
     int queued;          /* in op->pend list */
+    int64_t last_flush_us; /* when the last chunk went out */
     struct op_sink *pprev, *pnext;
     char data[OP_MERGE_MAX + 8];
 };
@@ -213,6 +214,7 @@ static void sink_flush(struct op_sink *k, int final)
     if (k->len) {
         pend_add(k);
     }
+    k->last_flush_us = clock_mono_us();
     atomic_fetch_add(&op->chunks, 1);
     if (k->fn(k->ctx, k->stream, op->tmp.data, op->tmp.len) && k->src) {
         outpump_pause(k->src);
@@ -247,7 +249,13 @@ void op_sink_write(struct op_sink *k, int stream, const char *data, size_t n)
         }
     }
     if (k->len) {
-        pend_add(k);
+        /* After a quiet period the first bytes go out at once (first-byte latency); what
+         * follows within OP_MERGE_MS is merged. */
+        if (!k->queued && clock_mono_us() - k->last_flush_us >= OP_MERGE_MS * 1000) {
+            sink_flush(k, 0);
+        } else {
+            pend_add(k);
+        }
     }
 }
 

@@ -40,9 +40,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define LOG_CAP        (256 * 1024)
-#define SETUP_OUT_CAP  (128 * 1024)
-#define RESYNC_MS      60000
+#define LOG_CAP       (256 * 1024)
+#define SETUP_OUT_CAP (128 * 1024)
+#define RESYNC_MS     60000
 
 struct warm {
     struct warm *next;
@@ -70,15 +70,15 @@ struct repos {
     pthread_cond_t cond;
     struct warm *warm;
     struct job *jobs, *jobs_tail;
-    char *building;       /* repo of the running build, or NULL */
+    char *building; /* repo of the running build, or NULL */
     int stopping;
-    int kick;             /* pool thread: run a tick now */
-    int pool_running;     /* a pool tick is in progress */
+    int kick;         /* pool thread: run a tick now */
+    int pool_running; /* a pool tick is in progress */
     pthread_cond_t pool_done;
     pthread_t builder, pooler;
     int threads;
-    json_t *ready_src;    /* sid -> source of the last prepare, consumed by the ready event */
-    int bg_snapshots;     /* background end-of-session snapshots running */
+    json_t *ready_src; /* sid -> source of the last prepare, consumed by the ready event */
+    int bg_snapshots;  /* background end-of-session snapshots running */
 };
 
 /* The instance the runner's hooks use (repos.h), and how many hooks are inside it:
@@ -263,14 +263,14 @@ static json_t *json_or_empty_array(const char *s)
 }
 
 #define REPO_COLS                                                                                  \
-    "name,url,default_branch,setup,hints,description,pool_size,image_interval_min,created_at,"    \
+    "name,url,default_branch,setup,hints,description,pool_size,image_interval_min,created_at,"     \
     "updated_at"
 
 static json_t *repo_row_json(sqlite3_stmt *st)
 {
-    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I, s:I, s:I}", "name",
-                     col_text(st, 0), "url", col_text(st, 1), "default_branch", col_text(st, 2),
-                     "setup", json_or_empty_array(col_text(st, 3)), "hints",
+    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I, s:I, s:I}", "name", col_text(st, 0),
+                     "url", col_text(st, 1), "default_branch", col_text(st, 2), "setup",
+                     json_or_empty_array(col_text(st, 3)), "hints",
                      json_or_empty_array(col_text(st, 4)), "description",
                      col_text(st, 5) ? col_text(st, 5) : "", "pool_size",
                      (json_int_t)sqlite3_column_int64(st, 6), "image_interval_min",
@@ -330,8 +330,9 @@ static int db_exec_text(struct repos *r, const char *sql, int n, const char *con
 /* Check the fields of spec (create: all required ones present; else a patch). */
 static int validate(json_t *spec, int create, char *msg, size_t n)
 {
-    static const char *const known[] = {"name", "url", "default_branch", "setup", "hints",
-                                        "description", "pool_size", "image_interval_min", NULL};
+    static const char *const known[] = {
+        "name",        "url",       "default_branch",     "setup", "hints",
+        "description", "pool_size", "image_interval_min", NULL};
     const char *key;
     json_t *v;
     if (!json_is_object(spec)) {
@@ -395,8 +396,7 @@ static int validate(json_t *spec, int create, char *msg, size_t n)
         return ERR_INVALID;
     }
     v = json_object_get(spec, "image_interval_min");
-    if (v && (!json_is_integer(v) || json_integer_value(v) < 0 ||
-              json_integer_value(v) > 10080)) {
+    if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 10080)) {
         set_msg(msg, n, "%s", "image_interval_min must be an integer in [0, 10080] (0 = never)");
         return ERR_INVALID;
     }
@@ -470,7 +470,8 @@ int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t 
     rc = repo_store(r, j, 1);
     json_decref(j);
     if (rc == ERR_CONFLICT) {
-        set_msg(msg, n, "repository %s already exists", json_string_value(json_object_get(spec, "name")));
+        set_msg(msg, n, "repository %s already exists",
+                json_string_value(json_object_get(spec, "name")));
     }
     if (rc == 0) {
         LOG_INFO("repos: added %s", json_string_value(json_object_get(spec, "name")));
@@ -590,18 +591,18 @@ int repos_delete(struct repos *r, const char *name)
 /* ---------------------------------------------------------------- images */
 
 #define IMAGE_COLS                                                                                 \
-    "id,repo,state,step,commit_sha,snapshot_id,started_at,built_at,duration_ms,size_bytes,"      \
+    "id,repo,state,step,commit_sha,snapshot_id,started_at,built_at,duration_ms,size_bytes,"        \
     "files,error,substr(log,-4000)"
 
 static json_t *image_row_json(sqlite3_stmt *st)
 {
-    json_t *j = json_pack("{s:s, s:s, s:s, s:I}", "id", col_text(st, 0), "repo", col_text(st, 1),
-                          "state", col_text(st, 2), "started_at",
-                          (json_int_t)sqlite3_column_int64(st, 6));
+    json_t *j =
+        json_pack("{s:s, s:s, s:s, s:I}", "id", col_text(st, 0), "repo", col_text(st, 1), "state",
+                  col_text(st, 2), "started_at", (json_int_t)sqlite3_column_int64(st, 6));
     static const char *const tnames[] = {NULL, NULL, NULL, "step", "commit_sha", "snapshot_id"};
     for (int i = 3; i <= 5; i++) {
-        json_object_set_new(j, tnames[i], col_text(st, i) ? json_string(col_text(st, i))
-                                                          : json_null());
+        json_object_set_new(j, tnames[i],
+                            col_text(st, i) ? json_string(col_text(st, i)) : json_null());
     }
     static const char *const inames[] = {"built_at", "duration_ms", "size_bytes", "files"};
     for (int i = 7; i <= 10; i++) {
@@ -649,8 +650,7 @@ int repos_images(struct repos *r, const char *name, json_t **out)
 }
 
 /* The latest ready image of repo: id and snapshot id (buffers of 64). ERR_NOT_FOUND. */
-static int latest_image(struct repos *r, const char *repo, char *id, char *snap,
-                        int64_t *started)
+static int latest_image(struct repos *r, const char *repo, char *id, char *snap, int64_t *started)
 {
     sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&r->dblock);
@@ -1021,6 +1021,9 @@ static void *builder_main(void *arg)
 static void warm_free(struct warm *w)
 {
     if (w) {
+        char *snapdir = xasprintf("%s.snap", w->dir);
+        util_rm_rf(snapdir);
+        free(snapdir);
         util_rm_rf(w->dir);
         free(w->repo);
         free(w->dir);
@@ -1039,20 +1042,27 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
     char *sub = xasprintf("warm/%s", rnd);
     char *dir = repo_dir(r, repo, sub);
     free(sub);
+    /* <dir>.snap becomes the session's snapshot store at claim, seeded from the image */
+    char *snapdir = xasprintf("%s.snap", dir);
     int rc = open_image_store(r, repo, &ss);
     if (rc == 0) {
-        rc = snap_restore(ss, snap_id, dir, NULL);
+        rc = snap_restore_seed(ss, snap_id, dir, snapdir, NULL);
     }
     snap_store_close(ss);
     if (rc == 0) {
         rc = gitx_sync(dir, url, branch, NULL, NULL);
     }
     if (rc == 0) {
+        gitx_refresh_index(dir); /* in the background now, not in the first commit */
         chown_tree(r, dir);
     }
+    free(snapdir);
     if (rc != 0) {
         LOG_WARN("repos: %s: cannot prepare a warm workspace: %s", repo, err_str(rc));
         util_rm_rf(dir);
+        snapdir = xasprintf("%s.snap", dir);
+        util_rm_rf(snapdir);
+        free(snapdir);
         free(dir);
         return rc;
     }
@@ -1072,8 +1082,7 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
     char img[64], snap[64];
     int64_t started = 0, now = clock_now_ms();
     int have_image = latest_image(r, repo, img, snap, &started) == 0;
-    if (interval_min > 0 && !filling &&
-        (!have_image || started + interval_min * 60000 <= now)) {
+    if (interval_min > 0 && !filling && (!have_image || started + interval_min * 60000 <= now)) {
         json_t *row = NULL;
         /* ERR_CONFLICT = already building: fine. A failed build retries next interval. */
         int64_t last_any = 0;
@@ -1102,8 +1111,8 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
             pp = &w->next;
             continue;
         }
-        int expired = w->created_ms + (int64_t)r->cfg.pool_max_age_s * 1000 <= now ||
-                      !have_image || strcmp(w->image_id, img) != 0 || count >= pool_size;
+        int expired = w->created_ms + (int64_t)r->cfg.pool_max_age_s * 1000 <= now || !have_image ||
+                      strcmp(w->image_id, img) != 0 || count >= pool_size;
         if (expired) {
             *pp = w->next;
             w->next = gone;
@@ -1294,8 +1303,7 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         sqlite3_exec(r->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
         sqlite3_stmt *st = NULL;
         /* the migration is applied by registry_open(); make sure it ran */
-        if (sqlite3_prepare_v2(r->db, "SELECT 1 FROM repos LIMIT 1", -1, &st, NULL) !=
-            SQLITE_OK) {
+        if (sqlite3_prepare_v2(r->db, "SELECT 1 FROM repos LIMIT 1", -1, &st, NULL) != SQLITE_OK) {
             LOG_ERROR("repos: registry.db has no repos table (migration 0002 not applied)");
             rc = ERR_DB;
         }
@@ -1420,9 +1428,9 @@ static int session_row(struct repos *r, const char *sid, json_t **out)
         bind_text(st, 1, sid);
         if (sqlite3_step(st) == SQLITE_ROW) {
             json_t *j = json_object();
-            static const char *const names[] = {"repo",     "branch", "url",  "default_branch",
-                                                "source",   NULL,     "image_id", NULL,
-                                                "pushed_sha", "pr_url"};
+            static const char *const names[] = {
+                "repo", "branch",   "url", "default_branch", "source",
+                NULL,   "image_id", NULL,  "pushed_sha",     "pr_url"};
             for (int i = 0; i < 10; i++) {
                 if (!names[i]) {
                     continue;
@@ -1481,6 +1489,7 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
     struct snap_store *ss = NULL;
     char img[64] = "", snap[64], latest[32];
     const char *src = NULL;
+    char *sdir = NULL;
     int64_t t0 = clock_mono_us();
     int rc = util_valid_id(session_id) ? repo_load(r, repo, &j) : ERR_INVALID;
     if (rc != 0) {
@@ -1520,7 +1529,12 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
     free(parent);
 
     /* 1. the session's own latest snapshot (a reopened session keeps its work) */
-    if (open_session_store(r, session_id, &ss) == 0 &&
+    sdir = session_snap_dir(r, session_id);
+    char *ssnaps = xasprintf("%s/snaps", sdir);
+    struct stat ssb;
+    int has_store = stat(ssnaps, &ssb) == 0;
+    free(ssnaps);
+    if (has_store && open_session_store(r, session_id, &ss) == 0 &&
         snap_latest(ss, latest, sizeof(latest)) == 0) {
         rc = snap_restore(ss, latest, workspace, NULL);
         if (rc == 0) {
@@ -1536,6 +1550,19 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
     if (w) {
         if (rename(w->dir, workspace) == 0) {
             src = "warm";
+            /* its seeded snapshot store becomes the session's (no snapshot exists yet) */
+            char *wsnap = xasprintf("%s.snap", w->dir);
+            snap_store_close(ss);
+            ss = NULL;
+            util_rm_rf(sdir);
+            util_mkdir_p(r->data_dir, 0700);
+            char *parent_s = xasprintf("%s/snapshots", r->data_dir);
+            util_mkdir_p(parent_s, 0700);
+            free(parent_s);
+            if (rename(wsnap, sdir) != 0) {
+                util_rm_rf(wsnap); /* the first snapshot will read everything */
+            }
+            free(wsnap);
             free(w->repo);
             free(w->dir);
             free(w->image_id);
@@ -1550,7 +1577,7 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
         struct snap_store *is = NULL;
         rc = open_image_store(r, repo, &is);
         if (rc == 0) {
-            rc = snap_restore(is, snap, workspace, NULL);
+            rc = snap_restore_seed(is, snap, workspace, sdir, NULL);
         }
         snap_store_close(is);
         if (rc == 0) {
@@ -1580,8 +1607,9 @@ done:
     {
         sqlite3_stmt *st = NULL;
         pthread_mutex_lock(&r->dblock);
-        if (db_prep(r, "UPDATE session_repos SET source=?, ready_ms=?, image_id=? "
-                       "WHERE session_id=?",
+        if (db_prep(r,
+                    "UPDATE session_repos SET source=?, ready_ms=?, image_id=? "
+                    "WHERE session_id=?",
                     &st) == 0) {
             bind_text(st, 1, src);
             sqlite3_bind_int64(st, 2, took);
@@ -1600,6 +1628,7 @@ done:
              (long long)took);
 out:
     snap_store_close(ss);
+    free(sdir);
     free(sbranch);
     json_decref(j);
     return rc;
@@ -1653,8 +1682,8 @@ static char *noreply_email(const char *id)
     buf_init(&b, 0);
     for (const char *p = id ? id : "user"; *p && b.len < 60; p++) {
         char c = *p;
-        buf_putc(&b, ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                      (c >= '0' && c <= '9') || c == '.' || c == '_')
+        buf_putc(&b, ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '.' || c == '_')
                          ? c
                          : '-');
     }
@@ -1693,24 +1722,22 @@ int repos_after_prompt(struct repos *r, const char *session_id, const char *work
         int own = who && who->id && repos_cred_get(r, who->id, "github", &sealed) == 0;
         free(sealed);
         char *msg = gitx_message(prompt_text, own ? NULL : &id);
-        json_t *changed = NULL;
-        gitx_changed(workspace, &changed);
         char sha[41];
         int committed = 0;
-        int rc = gitx_commit(workspace, branch, &id, msg, sha, &committed);
+        size_t nfiles = 0;
+        int rc = gitx_commit_n(workspace, branch, &id, msg, sha, &committed, &nfiles);
         if (rc == 0 && committed) {
             char *gitdir = xasprintf("%s/.git", workspace);
             chown_tree(r, gitdir); /* objects and refs we wrote as root */
             free(gitdir);
             json_decref(commit);
-            commit = json_pack("{s:s, s:s, s:{s:s, s:s}, s:I, s:s?}", "sha", sha, "branch",
-                               branch, "author", "name", name, "email", email, "files",
-                               (json_int_t)json_array_size(changed), "prompt_id", prompt_id);
+            commit = json_pack("{s:s, s:s, s:{s:s, s:s}, s:I, s:s?}", "sha", sha, "branch", branch,
+                               "author", "name", name, "email", email, "files",
+                               (json_int_t)nfiles, "prompt_id", prompt_id);
             emit(r, session_id, "git.commit", json_deep_copy(commit));
         } else if (rc != 0) {
             LOG_WARN("repos: commit in session %s failed: %s", session_id, err_str(rc));
         }
-        json_decref(changed);
         free(msg);
         free(email);
     } else {
@@ -1719,7 +1746,8 @@ int repos_after_prompt(struct repos *r, const char *session_id, const char *work
         json_t *list = NULL;
         if (open_session_store(r, session_id, &ss) == 0 && snap_list(ss, &list) == 0) {
             size_t n = json_array_size(list);
-            const char *last = n ? json_string_value(json_object_get(json_array_get(list, n - 1), "label")) : NULL;
+            const char *last =
+                n ? json_string_value(json_object_get(json_array_get(list, n - 1), "label")) : NULL;
             int64_t t = 0;
             if (last && strncmp(last, "turn ", 5) == 0) {
                 util_parse_i64(last + 5, &t);
@@ -1814,8 +1842,7 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
     }
     const char *args[] = {sha[0] ? sha : NULL, session_id};
     db_exec_text(r, "UPDATE session_repos SET pushed_sha=? WHERE session_id=?", 2, args, NULL);
-    *out = json_pack("{s:s, s:s?, s:s}", "branch", branch, "sha", sha[0] ? sha : NULL, "url",
-                     url);
+    *out = json_pack("{s:s, s:s?, s:s}", "branch", branch, "sha", sha[0] ? sha : NULL, "url", url);
     emit(r, session_id, "git.pushed", json_deep_copy(*out));
 out:
     free(cur);
@@ -1870,8 +1897,8 @@ int repos_cred_delete(struct repos *r, const char *user_id, const char *provider
 {
     const char *args[] = {user_id, provider};
     int changes = 0;
-    int rc = db_exec_text(r, "DELETE FROM user_credentials WHERE user_id=? AND provider=?", 2,
-                          args, &changes);
+    int rc = db_exec_text(r, "DELETE FROM user_credentials WHERE user_id=? AND provider=?", 2, args,
+                          &changes);
     return rc == 0 && changes == 0 ? ERR_NOT_FOUND : rc;
 }
 

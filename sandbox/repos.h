@@ -34,16 +34,16 @@ struct sbx_backend;
 struct author;
 
 struct repos_config {
-    const char *data_dir;       /* required */
-    struct store *store;        /* events on sessions (may be NULL in unit tests) */
-    struct sbx_backend *sbx;    /* runs image setup commands; NULL: setup steps fail */
-    int snapshot_keep;          /* per session; default 20 */
-    int64_t snapshot_quota;     /* bytes per session; default 2 GiB */
-    int image_keep;             /* ready images kept per repo; default 3 */
-    int pool_max_age_s;         /* warm workspace lifetime; default 1500 (25 min) */
-    int tick_ms;                /* scheduler period; default 30000 */
-    const char *ca_file;        /* HTTPS CA bundle for git; NULL = system */
-    int no_threads;             /* tests: no builder/pool threads; builds run inline */
+    const char *data_dir;    /* required */
+    struct store *store;     /* events on sessions (may be NULL in unit tests) */
+    struct sbx_backend *sbx; /* runs image setup commands; NULL: setup steps fail */
+    int snapshot_keep;       /* per session; default 20 */
+    int64_t snapshot_quota;  /* bytes per session; default 2 GiB */
+    int image_keep;          /* ready images kept per repo; default 3 */
+    int pool_max_age_s;      /* warm workspace lifetime; default 1500 (25 min) */
+    int tick_ms;             /* scheduler period; default 30000 */
+    const char *ca_file;     /* HTTPS CA bundle for git; NULL = system */
+    int no_threads;          /* tests: no builder/pool threads; builds run inline */
 };
 
 /** Open (registry.db must have been migrated by the store). *out: repos_close(). */
@@ -109,8 +109,8 @@ int repos_rollback(struct repos *r, const char *session_id, const char *snapshot
                    const char *workspace, json_t **out);
 /** Push the session branch to the repository's registry URL with the given token
  * (username x-access-token). *out = {branch, sha, url}. */
-int repos_push(struct repos *r, const char *session_id, const char *workspace,
-               const char *token, json_t **out);
+int repos_push(struct repos *r, const char *session_id, const char *workspace, const char *token,
+               json_t **out);
 /** The session's repository state {repo, branch, url, default_branch, source, pr_url…}
  * (ERR_NOT_FOUND if the session has no repository). */
 int repos_session_info(struct repos *r, const char *session_id, json_t **out);
@@ -136,8 +136,7 @@ void repos_hook_session_end(const char *sid);
 
 /* ---- users' sealed credentials (opaque here: sealed by server/secrets.h) ---- */
 
-int repos_cred_put(struct repos *r, const char *user_id, const char *provider,
-                   const char *sealed);
+int repos_cred_put(struct repos *r, const char *user_id, const char *provider, const char *sealed);
 /** *sealed: caller frees. ERR_NOT_FOUND if none. */
 int repos_cred_get(struct repos *r, const char *user_id, const char *provider, char **sealed);
 int repos_cred_delete(struct repos *r, const char *user_id, const char *provider);

@@ -64,6 +64,7 @@ struct rs {
     int64_t last_used_ms;
     struct run *run;    /* the prompt being started or running */
     int ended;          /* DELETEd: stop the sandbox once idle */
+    int purge;          /* and delete its workspace */
     struct rs *next;
 };
 
@@ -149,6 +150,7 @@ void runner_kick(struct runner *r, const char *sid)
         return;
     }
     pthread_mutex_lock(&r->lock);
+    rs_get(r, sid)->ended = 0; /* a prompt on an ended session reopens it */
     push_job(r, JOB_KICK, sid);
     pthread_mutex_unlock(&r->lock);
 }
@@ -560,6 +562,8 @@ static void finish_run(struct run *run, const struct sbx_exit *st, const char *f
             snprintf(why, sizeof why, "%s", run->error_reason);
         } else if (st->start_failed) {
             snprintf(why, sizeof why, "the agent could not be started");
+        } else if (st->oom) {
+            snprintf(why, sizeof why, "the agent was killed: the sandbox's memory limit was hit");
         } else if (st->signal == SIGKILL) {
             snprintf(why, sizeof why,
                      "the agent was killed (signal 9: memory limit or sandbox limit)");
@@ -907,6 +911,7 @@ static void start_next(struct runner *r, const char *sid)
     rc = ensure_sandbox(r, x, &sbx, &ready_ms);
     if (rc) {
         snprintf(reason, sizeof reason, "the sandbox could not start: %s", err_str(rc));
+        emit(r, sid, "sandbox.failed", json_obj_str("error", reason, NULL, NULL));
     }
     if (!rc) {
         /* issue 7: a configured agent name runs its CLI through its adapter. */
@@ -1081,7 +1086,7 @@ static int list_queued(sqlite3 *db, void *arg)
     return 0;
 }
 
-void runner_session_ended(struct runner *r, const char *sid)
+void runner_session_ended(struct runner *r, const char *sid, int purge)
 {
     if (!r || !util_valid_id(sid)) {
         return;
@@ -1089,6 +1094,7 @@ void runner_session_ended(struct runner *r, const char *sid)
     pthread_mutex_lock(&r->lock);
     struct rs *x = rs_get(r, sid);
     x->ended = 1;
+    x->purge = x->purge || purge;
     struct run *run = x->run;
     if (run) {
         run->cancel_reason = "session ended";
@@ -1133,6 +1139,9 @@ int runner_acquire(struct runner *r, const char *sid, struct sbx **out, int64_t 
     int64_t ms = -1;
     int rc = ensure_sandbox(r, x, out, &ms);
     if (rc) {
+        char why[160];
+        snprintf(why, sizeof why, "the sandbox could not start: %s", err_str(rc));
+        emit(r, sid, "sandbox.failed", json_obj_str("error", why, NULL, NULL));
         runner_release(r, sid);
         return rc;
     }
@@ -1175,6 +1184,20 @@ static void stop_sandbox(struct runner *r, struct rs *x, const char *why)
     if (s) {
         sbx_destroy(s);
         emit(r, x->id, "sandbox.stopped", json_obj_str("reason", why, NULL, NULL));
+    }
+}
+
+/* Delete the workspace and private dir of a purged session (local backends). */
+static void purge_files(struct runner *r, const char *sid)
+{
+    const char *dd = store_data_dir(r->st);
+    const char *sub[] = {"workspaces", "sandboxes"};
+    for (int i = 0; i < 2; i++) {
+        char *p = xasprintf("%s/%s/%s", dd, sub[i], sid);
+        if (util_rm_rf(p) != 0) {
+            LOG_WARN("runner: session %s: cannot remove %s", sid, p);
+        }
+        free(p);
     }
 }
 
@@ -1326,8 +1349,12 @@ static void *ctl_main(void *arg)
             } else if (j->kind == JOB_ENDED) {
                 pthread_mutex_lock(&r->lock);
                 struct rs *x = rs_get(r, j->sid);
+                int purge = x->purge && x->ended && !x->run;
                 pthread_mutex_unlock(&r->lock);
-                stop_sandbox(r, x, "session ended");
+                stop_sandbox(r, x, purge ? "session purged" : "session ended");
+                if (purge) {
+                    purge_files(r, j->sid);
+                }
                 repos_hook_session_end(j->sid); /* issue 5: snapshot in the background */
             }
             free(j);

@@ -62,8 +62,9 @@ void runner_kick(struct runner *r, const char *sid);
  * prompt. who (may be NULL) is recorded in the event. */
 int runner_cancel(struct runner *r, const char *sid, const char *prompt_id,
                   const struct author *who);
-/** The session ended (DELETE): cancel every queued and running prompt and stop its sandbox. */
-void runner_session_ended(struct runner *r, const char *sid);
+/** The session ended (DELETE): cancel every queued and running prompt and stop its sandbox;
+ * purge: also delete its workspace. */
+void runner_session_ended(struct runner *r, const char *sid, int purge);
 
 /** The session's sandbox, started if needed (sandbox.ready event). Counts as a use: the
  * sandbox is not stopped for idleness until runner_release(). *created_ms = start time in

@@ -479,6 +479,13 @@ static void handle_frame(struct sbx *s, int type, uint32_t id, const unsigned ch
         st.start_failed = !!(flags & INIT_F_NOEXEC);
         st.duration_us = (int64_t)init_get64(p + 16);
         st.maxrss_kib = (int64_t)init_get64(p + 24);
+        if (st.signal == SIGKILL && s->impl_oom_kills) {
+            long k = s->impl_oom_kills(s);
+            if (k > s->oom_seen) {
+                st.oom = 1;
+                s->oom_seen = k;
+            }
+        }
         finish_exec(ex, &st);
     }
 }

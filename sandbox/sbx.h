@@ -96,6 +96,7 @@ struct sbx_exit {
     int killed;         /* killed on request (sbx_exec_kill) */
     int start_failed;   /* could not start (exit_code 127; the reason went to stderr) */
     int lost;           /* the sandbox died under it */
+    int oom;            /* the sandbox's memory limit killed a process meanwhile */
     int64_t duration_us;
     int64_t maxrss_kib;
 };

@@ -32,6 +32,7 @@ struct sbx {
     void *impl;        /* backend data */
     void (*impl_stop)(struct sbx *s); /* backend: after the init process ended */
     void (*impl_free)(struct sbx *s);
+    long (*impl_oom_kills)(struct sbx *s); /* backend: OOM kills so far, or -1 */
 
     pthread_mutex_t lock; /* guards everything below and writes to fd */
     pthread_cond_t cond;
@@ -48,6 +49,7 @@ struct sbx {
     /* pump thread only: frame reassembly */
     unsigned char *rb;
     size_t rb_len, rb_cap;
+    long oom_seen; /* OOM kills already attributed */
 };
 
 struct sbx_exec {

@@ -64,6 +64,7 @@ struct local_backend {
 struct local_sbx {
     char *cg_pids; /* this sandbox's cgroup dirs */
     char *cg_mem;
+    int mem_v2;
     char *log_path;
 };
 
@@ -335,6 +336,24 @@ static void local_impl_stop(struct sbx *s)
     }
 }
 
+/* OOM kills in the sandbox's memory cgroup (v1 memory.oom_control, v2 memory.events). */
+static long local_oom_kills(struct sbx *s)
+{
+    struct local_sbx *ls = s->impl;
+    if (!ls || !ls->cg_mem) {
+        return -1;
+    }
+    char *f = xasprintf("%s/%s", ls->cg_mem,
+                        access(ls->cg_mem, F_OK) == 0 && ls->mem_v2 ? "memory.events"
+                                                                     : "memory.oom_control");
+    char *t = read_small(f);
+    free(f);
+    const char *k = t ? strstr(t, "oom_kill ") : NULL;
+    long v = k ? strtol(k + 9, NULL, 10) : -1;
+    free(t);
+    return v;
+}
+
 static void local_impl_free(struct sbx *s)
 {
     struct local_sbx *ls = s->impl;
@@ -432,6 +451,8 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     s->impl = ls;
     s->impl_stop = local_impl_stop;
     s->impl_free = local_impl_free;
+    s->impl_oom_kills = local_oom_kills;
+    ls->mem_v2 = lb->mem_v2;
     if (lb->as_root) {
         s->uid = lb->uid;
         s->gid = lb->gid;
@@ -523,6 +544,8 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
         arg(&av, &n, &cap, stage ? STAGE "/agents" : "7");
         arg(&av, &n, &cap, SBX_AGENTS_INSIDE);
     }
+    arg(&av, &n, &cap, "--remount-ro"); /* the sandbox's own root tmpfs: no stray writes */
+    arg(&av, &n, &cap, "/");
     arg(&av, &n, &cap, "--chdir");
     arg(&av, &n, &cap, "/workspace");
     arg(&av, &n, &cap, "/run/sessiond-init");
@@ -560,24 +583,41 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
         close_range(8, ~0U, 0);
         if (stage) {
             /* A mount namespace of our own (it dies with the sandbox: nothing to clean up):
-             * a tmpfs on STAGE with the bind sources mounted in it, traversable by all. */
-            if (unshare(CLONE_NEWNS) < 0 ||
-                mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
-                mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16k") < 0 ||
-                mkdir(STAGE "/ws", 0755) < 0 || mkdir(STAGE "/priv", 0755) < 0 ||
-                mkdir(STAGE "/agents", 0755) < 0) {
-                _exit(124);
+             * a tmpfs on STAGE with the bind sources mounted in it, traversable by all. By
+             * path: an fd opened in the old namespace cannot be bind-mounted here. */
+            static const char *const what[] = {"unshare", "make-private", "tmpfs", "mkdir",
+                                               "bind ws", "bind priv", "bind init",
+                                               "bind agents"};
+            int step = -1;
+            if (unshare(CLONE_NEWNS) < 0) {
+                step = 0;
+            } else if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
+                step = 1;
+            } else if (mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV,
+                             "mode=0755,size=16k") < 0) {
+                step = 2;
+            } else if (mkdir(STAGE "/ws", 0755) < 0 || mkdir(STAGE "/priv", 0755) < 0 ||
+                       mkdir(STAGE "/agents", 0755) < 0 ||
+                       close(open(STAGE "/init", O_WRONLY | O_CREAT, 0755)) < 0) {
+                step = 3;
+            } else if (mount(s->ws_host, STAGE "/ws", NULL, MS_BIND, NULL) < 0) {
+                step = 4;
+            } else if (mount(s->priv_host, STAGE "/priv", NULL, MS_BIND, NULL) < 0) {
+                step = 5;
+            } else if (mount(lb->init_path, STAGE "/init", NULL, MS_BIND, NULL) < 0) {
+                step = 6;
+            } else if (agents_fd >= 0 &&
+                       mount(lb->agents_dir, STAGE "/agents", NULL, MS_BIND, NULL) < 0) {
+                step = 7;
             }
-            int f = open(STAGE "/init", O_WRONLY | O_CREAT, 0755);
-            if (f < 0) {
-                _exit(124);
-            }
-            close(f);
-            if (mount("/proc/self/fd/4", STAGE "/ws", NULL, MS_BIND, NULL) < 0 ||
-                mount("/proc/self/fd/5", STAGE "/priv", NULL, MS_BIND, NULL) < 0 ||
-                mount("/proc/self/fd/6", STAGE "/init", NULL, MS_BIND, NULL) < 0 ||
-                (agents_fd >= 0 &&
-                 mount("/proc/self/fd/7", STAGE "/agents", NULL, MS_BIND, NULL) < 0)) {
+            if (step >= 0) {
+                const char *e = strerror(errno); /* not async-signal-safe in theory; we exit */
+                ssize_t w = write(2, "sandbox: staging mounts: ", 25);
+                w = write(2, what[step], strlen(what[step]));
+                w = write(2, ": ", 2);
+                w = write(2, e, strlen(e));
+                w = write(2, "\n", 1);
+                (void)w;
                 _exit(124);
             }
         }

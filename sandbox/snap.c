@@ -67,9 +67,9 @@ struct snap_store {
 
 /* One workspace entry (or manifest line). */
 struct ent {
-    char *path; /* relative, no leading '/'; owned */
-    char *target; /* symlink target; owned; NULL otherwise */
-    char type;  /* 'f' 'd' 'l' */
+    char *path;         /* relative, no leading '/'; owned */
+    char *target;       /* symlink target; owned; NULL otherwise */
+    char type;          /* 'f' 'd' 'l' */
     unsigned char flag; /* per-operation marks */
     uint32_t mode;
     uint32_t uid, gid;
@@ -426,10 +426,10 @@ static void put_header(struct buf *b, const struct mhdr *h)
 {
     buf_printf(b, "%s 1 %lld %lld %llu %llu %llu %llu %llu %llu %llu %lld ", MANIFEST_MAGIC,
                (long long)h->created_ms, (long long)h->started_ns, (unsigned long long)h->dev,
-               (unsigned long long)h->root_ino,
-               (unsigned long long)h->files, (unsigned long long)h->entries,
-               (unsigned long long)h->bytes, (unsigned long long)h->new_bytes,
-               (unsigned long long)h->hashed, (long long)h->duration_us);
+               (unsigned long long)h->root_ino, (unsigned long long)h->files,
+               (unsigned long long)h->entries, (unsigned long long)h->bytes,
+               (unsigned long long)h->new_bytes, (unsigned long long)h->hashed,
+               (long long)h->duration_us);
     esc_put(b, h->label);
     buf_putc(b, '\n');
 }
@@ -493,10 +493,10 @@ static int parse_header(char *line, struct mhdr *h)
         return ERR_INVALID;
     }
     if (parse_i64f(f[2], &h->created_ms) || parse_i64f(f[3], &h->started_ns) ||
-        parse_u64(f[4], &h->dev) || parse_u64(f[5], &h->root_ino) ||
-        parse_u64(f[6], &h->files) || parse_u64(f[7], &h->entries) ||
-        parse_u64(f[8], &h->bytes) || parse_u64(f[9], &h->new_bytes) ||
-        parse_u64(f[10], &h->hashed) || parse_i64f(f[11], &h->duration_us) || unesc(f[12])) {
+        parse_u64(f[4], &h->dev) || parse_u64(f[5], &h->root_ino) || parse_u64(f[6], &h->files) ||
+        parse_u64(f[7], &h->entries) || parse_u64(f[8], &h->bytes) ||
+        parse_u64(f[9], &h->new_bytes) || parse_u64(f[10], &h->hashed) ||
+        parse_i64f(f[11], &h->duration_us) || unesc(f[12])) {
         return ERR_INVALID;
     }
     snprintf(h->label, sizeof(h->label), "%s", f[12]);
@@ -747,7 +747,10 @@ static size_t *group_by_dir(struct ent **jobs, size_t n, size_t *ngroups)
 static void pool_run(struct pool_job *j)
 {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int nt = j->n < PAR_MIN_JOBS ? 1 : (int)(cpus < 1 ? 1 : cpus > MAX_WORKERS ? MAX_WORKERS : cpus);
+    int nt = j->n < PAR_MIN_JOBS ? 1
+                                 : (int)(cpus < 1             ? 1
+                                         : cpus > MAX_WORKERS ? MAX_WORKERS
+                                                              : cpus);
     pthread_t th[MAX_WORKERS];
     int started = 0;
     atomic_store(&j->next, 0);
@@ -836,11 +839,49 @@ static int obj_link(int objfd, int tfd, const char *hash, int *created)
     snprintf(proc, sizeof(proc), "/proc/self/fd/%d", tfd);
     obj_name(hash, name);
     *created = 0;
-    if (linkat(AT_FDCWD, proc, objfd, name, AT_SYMLINK_FOLLOW) == 0) {
-        *created = 1;
-        return 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (linkat(AT_FDCWD, proc, objfd, name, AT_SYMLINK_FOLLOW) == 0) {
+            *created = 1;
+            return 0;
+        }
+        if (errno == EEXIST) {
+            return 0;
+        }
+        if (errno != ENOENT) {
+            break;
+        }
+        char sub[3] = {hash[0], hash[1], 0};
+        if (mkdirat(objfd, sub, 0700) != 0 && errno != EEXIST) {
+            break;
+        }
     }
-    return errno == EEXIST ? 0 : ERR_IO;
+    return ERR_IO;
+}
+
+/* Hard-link object hash from another store's objects (seedfd) into objfd. 0 if it is there
+ * now, ERR_NOT_FOUND if the seed does not have it. Objects are immutable and read-only, so
+ * two stores may share their inodes (never a workspace). */
+static int obj_adopt(int seedfd, int objfd, const char *hash)
+{
+    char name[68];
+    obj_name(hash, name);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (linkat(seedfd, name, objfd, name, 0) == 0 || errno == EEXIST) {
+            return 0;
+        }
+        if (errno != ENOENT) {
+            return ERR_IO;
+        }
+        /* ENOENT: our xx/ subdirectory or the seed's object is missing */
+        if (faccessat(seedfd, name, F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
+            return ERR_NOT_FOUND;
+        }
+        char sub[3] = {hash[0], hash[1], 0};
+        if (mkdirat(objfd, sub, 0700) != 0 && errno != EEXIST) {
+            return ERR_IO;
+        }
+    }
+    return ERR_IO;
 }
 
 static int obj_exists(int objfd, const char *hash)
@@ -1058,14 +1099,7 @@ int snap_store_open(const char *dir, struct snap_store **out)
         rc = ERR_IO;
         goto out;
     }
-    for (int i = 0; i < 256; i++) {
-        char sub[3];
-        snprintf(sub, sizeof(sub), "%02x", i);
-        if (mkdirat(st->objfd, sub, 0700) != 0 && errno != EEXIST) {
-            rc = ERR_IO;
-            goto out;
-        }
-    }
+    /* objects/xx/ subdirectories are made on first use: opening a store stays cheap */
     int64_t *seqs = NULL;
     size_t n = 0;
     rc = list_seqs(st, &seqs, &n);
@@ -1118,6 +1152,23 @@ static int load_cache(struct snap_store *st, const struct stat *root, struct mhd
     return 0;
 }
 
+/* The objects directory named by the store's "seed" file, or -1. */
+static int open_seed(struct snap_store *st)
+{
+    char *path = NULL;
+    size_t len = 0;
+    int fd = -1;
+    if (read_file_at(st->dirfd, "seed", &path, &len) == 0 && len > 0) {
+        path[strcspn(path, "\n")] = 0;
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) {
+            unlinkat(st->dirfd, "seed", 0); /* the seed store is gone */
+        }
+    }
+    free(path);
+    return fd;
+}
+
 /* The cache entry for e proves e's content hash without reading the file. */
 static int cache_trusted(const struct ent *c, const struct ent *e, int64_t cache_ns)
 {
@@ -1133,7 +1184,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     struct mhdr ch, h;
     struct buf m;
     struct ent **jobs = NULL;
-    int rootfd = -1;
+    int rootfd = -1, seedfd = -1;
     int rc = 0;
     int64_t t0 = clock_mono_us();
     int64_t started_ns = now_real_ns();
@@ -1153,6 +1204,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
         goto out;
     }
     load_cache(st, &rsb, &ch, &cache);
+    seedfd = open_seed(st);
     rc = walk_tree(rootfd, &cur);
     if (rc != 0) {
         goto out;
@@ -1167,6 +1219,11 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
         struct ent *c = entv_find(&cache, e->path);
         if (cache_trusted(c, e, ch.started_ns)) {
             memcpy(e->hash, c->hash, 65);
+            /* A seeded store (snap_restore_seed) takes the objects of its cache from the
+             * store it was restored from, once, by hard link. */
+            if (seedfd >= 0 && obj_adopt(seedfd, st->objfd, e->hash) != 0) {
+                jobs[nj++] = e; /* the seed lost it: read the file */
+            }
         } else {
             jobs[nj++] = e;
         }
@@ -1176,8 +1233,13 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     atomic_init(&hc.err, 0);
     size_t ngroups = 0;
     size_t *starts = group_by_dir(jobs, nj, &ngroups);
-    struct pool_job pj = {.n = nj, .starts = starts, .ngroups = ngroups, .ctx = &hc,
-                          .fn = hash_job, .tls_new = htls_new, .tls_free = htls_free};
+    struct pool_job pj = {.n = nj,
+                          .starts = starts,
+                          .ngroups = ngroups,
+                          .ctx = &hc,
+                          .fn = hash_job,
+                          .tls_new = htls_new,
+                          .tls_free = htls_free};
     pool_run(&pj);
     free(starts);
     rc = atomic_load(&hc.err);
@@ -1221,6 +1283,9 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     st->next_seq++;
     /* The cache is the same text; it is replaced, never edited, so sharing is fine. */
     write_file_atomic(st->dirfd, "cache", m.data, m.len);
+    if (seedfd >= 0) {
+        unlinkat(st->dirfd, "seed", 0); /* every object of the snapshot is ours now */
+    }
     h.duration_us = clock_mono_us() - t0;
     if (out) {
         memset(out, 0, sizeof(*out));
@@ -1241,6 +1306,9 @@ out:
     pthread_mutex_unlock(&st->lock);
     if (rootfd >= 0) {
         close(rootfd);
+    }
+    if (seedfd >= 0) {
+        close(seedfd);
     }
     free(jobs);
     entv_free(&cur);
@@ -1372,9 +1440,9 @@ static void copy_one(void *vctx, size_t i, void *vtls)
             atomic_store(&c->err, ERR_IO);
         }
     }
-    struct timespec ts[2] = {{.tv_sec = 0, .tv_nsec = UTIME_OMIT},
-                             {.tv_sec = e->mtime_ns / 1000000000LL,
-                              .tv_nsec = e->mtime_ns % 1000000000LL}};
+    struct timespec ts[2] = {
+        {.tv_sec = 0, .tv_nsec = UTIME_OMIT},
+        {.tv_sec = e->mtime_ns / 1000000000LL, .tv_nsec = e->mtime_ns % 1000000000LL}};
     futimens(dst, ts);
     struct stat sb;
     int have = fstat(dst, &sb) == 0;
@@ -1427,9 +1495,9 @@ static void fix_meta(struct pdir *pd, int rootfd, const struct ent *e, int as_ro
             close(fd);
         }
     }
-    struct timespec ts[2] = {{.tv_sec = 0, .tv_nsec = UTIME_OMIT},
-                             {.tv_sec = e->mtime_ns / 1000000000LL,
-                              .tv_nsec = e->mtime_ns % 1000000000LL}};
+    struct timespec ts[2] = {
+        {.tv_sec = 0, .tv_nsec = UTIME_OMIT},
+        {.tv_sec = e->mtime_ns / 1000000000LL, .tv_nsec = e->mtime_ns % 1000000000LL}};
     utimensat(pfd, leaf, ts, AT_SYMLINK_NOFOLLOW);
 }
 
@@ -1438,8 +1506,27 @@ static int is_under(const char *path, const char *dir, size_t dlen)
     return dlen > 0 && strncmp(path, dir, dlen) == 0 && path[dlen] == '/';
 }
 
-int snap_restore(struct snap_store *st, const char *id, const char *workspace,
-                 struct snap_restore_info *out)
+/* Make seed_dir a store whose cache is the restored workspace's (text m) and whose missing
+ * objects come from st (the "seed" file), so its first snapshot reads nothing unchanged. */
+static int seed_store(struct snap_store *st, const char *seed_dir, const char *m, size_t len)
+{
+    struct snap_store *dst = NULL;
+    int rc = snap_store_open(seed_dir, &dst);
+    if (rc != 0) {
+        return rc;
+    }
+    char *objs = xasprintf("%s/objects\n", st->dir);
+    rc = write_file_atomic(dst->dirfd, "seed", objs, strlen(objs));
+    if (rc == 0) {
+        rc = write_file_atomic(dst->dirfd, "cache", m, len);
+    }
+    free(objs);
+    snap_store_close(dst);
+    return rc;
+}
+
+static int restore_impl(struct snap_store *st, const char *id, const char *workspace,
+                        const char *seed_dir, struct snap_restore_info *out)
 {
     struct entv tgt = {0}, cur = {0}, cache = {0};
     struct mhdr th, ch, nh;
@@ -1589,8 +1676,13 @@ int snap_restore(struct snap_store *st, const char *id, const char *workspace,
     atomic_init(&rcx.err, 0);
     size_t ngroups = 0;
     size_t *starts = group_by_dir(jobs, nj, &ngroups);
-    struct pool_job pj = {.n = nj, .starts = starts, .ngroups = ngroups, .ctx = &rcx,
-                          .fn = copy_job, .tls_new = rtls_new, .tls_free = rtls_free};
+    struct pool_job pj = {.n = nj,
+                          .starts = starts,
+                          .ngroups = ngroups,
+                          .ctx = &rcx,
+                          .fn = copy_job,
+                          .tls_new = rtls_new,
+                          .tls_free = rtls_free};
     pool_run(&pj);
     free(starts);
     rc = atomic_load(&rcx.err);
@@ -1621,6 +1713,12 @@ int snap_restore(struct snap_store *st, const char *id, const char *workspace,
         put_ent(&m, &tgt.v[i]);
     }
     write_file_atomic(st->dirfd, "cache", m.data, m.len);
+    if (seed_dir) {
+        rc = seed_store(st, seed_dir, m.data, m.len);
+        if (rc != 0) {
+            goto out;
+        }
+    }
 
     if (out) {
         out->copied = nj;
@@ -1648,6 +1746,18 @@ out:
     entv_free(&cache);
     buf_free(&m);
     return rc;
+}
+
+int snap_restore(struct snap_store *st, const char *id, const char *workspace,
+                 struct snap_restore_info *out)
+{
+    return restore_impl(st, id, workspace, NULL, out);
+}
+
+int snap_restore_seed(struct snap_store *st, const char *id, const char *workspace,
+                      const char *seed_dir, struct snap_restore_info *out)
+{
+    return restore_impl(st, id, workspace, seed_dir, out);
 }
 
 /* ---------------------------------------------------------------- listing, pruning, gc */
@@ -1716,11 +1826,11 @@ int snap_list(struct snap_store *st, json_t **out)
             continue;
         }
         json_array_append_new(
-            arr, json_pack("{s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I}", "id", id, "created_at",
-                           (json_int_t)h.created_ms, "label", h.label, "files",
-                           (json_int_t)h.files, "bytes", (json_int_t)h.bytes, "new_bytes",
-                           (json_int_t)h.new_bytes, "hashed", (json_int_t)h.hashed,
-                           "duration_ms", (json_int_t)(h.duration_us / 1000)));
+            arr,
+            json_pack("{s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I}", "id", id, "created_at",
+                      (json_int_t)h.created_ms, "label", h.label, "files", (json_int_t)h.files,
+                      "bytes", (json_int_t)h.bytes, "new_bytes", (json_int_t)h.new_bytes, "hashed",
+                      (json_int_t)h.hashed, "duration_ms", (json_int_t)(h.duration_us / 1000)));
     }
     pthread_mutex_unlock(&st->lock);
     free(seqs);

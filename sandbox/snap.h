@@ -39,15 +39,15 @@ struct snap_info {
     uint64_t hashed;    /* files read and hashed (cache misses) while creating it */
     uint64_t new_bytes; /* bytes of objects it added to the store */
     int64_t duration_us;
-    char label[128];    /* caller's label (e.g. "turn 3"), truncated */
+    char label[128]; /* caller's label (e.g. "turn 3"), truncated */
 };
 
 /** What a restore did. */
 struct snap_restore_info {
-    uint64_t copied;       /* files copied out of the store */
+    uint64_t copied; /* files copied out of the store */
     uint64_t copied_bytes;
-    uint64_t kept;         /* files already identical in the workspace */
-    uint64_t removed;      /* workspace entries removed (a directory counts once) */
+    uint64_t kept;    /* files already identical in the workspace */
+    uint64_t removed; /* workspace entries removed (a directory counts once) */
     int64_t duration_us;
 };
 
@@ -66,6 +66,13 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
  * are removed. ERR_NOT_FOUND for an unknown id, ERR_IO if an object is missing or short. */
 int snap_restore(struct snap_store *st, const char *id, const char *workspace,
                  struct snap_restore_info *out);
+
+/** snap_restore(), then make seed_dir (created) a snapshot store ready to snapshot this
+ * workspace cheaply: its stat cache describes the restored files and its first snap_create()
+ * hard-links their objects from st instead of reading and hashing the files (used when a
+ * session starts from a repository image: its first snapshot costs a directory walk). */
+int snap_restore_seed(struct snap_store *st, const char *id, const char *workspace,
+                      const char *seed_dir, struct snap_restore_info *out);
 
 /** Header figures of snapshot id. ERR_NOT_FOUND if unknown. */
 int snap_get(struct snap_store *st, const char *id, struct snap_info *out);

@@ -31,7 +31,9 @@
  * Placeholders named "id" or ending in "id" ({id}, {aid}) must be valid ids
  * ([A-Za-z0-9_-]{1,64}) or the request gets 400 before the handler runs. The first matching
  * route wins; a path that matches with another method gets 405 with an Allow header. HEAD
- * is served by GET routes. Routes are authenticated (Bearer token) unless ROUTE_PUBLIC.
+ * is served by GET routes. Routes are authenticated (Bearer token, checked from the headers
+ * before the body is read; the body of a refused request is drained, never buffered) unless
+ * ROUTE_PUBLIC.
  *
  * Threads: a struct req belongs to the one pool thread running its handler; it and every
  * string it returns live until the reply has been sent.

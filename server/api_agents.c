@@ -72,8 +72,8 @@ static void on_deny(void *ctx, const char *name, const char *host, int port, con
     sess_put(s);
 }
 
-static int egress_hook(void *ctx, const char *name, const char *const *allow,
-                       const char *unix_path, int *port_out)
+static int egress_hook(void *ctx, const char *name, const char *const *allow, const char *unix_path,
+                       int *port_out)
 {
     return egress_open(ctx, name, allow, unix_path, port_out);
 }

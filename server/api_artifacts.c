@@ -26,8 +26,8 @@
 #include <string.h>
 #include <strings.h>
 
-static const char *const types[] = {"diff", "file", "screenshot", "dom_selection", "pr", "log",
-                                    NULL};
+static const char *const types[] = {"diff", "file", "screenshot", "dom_selection",
+                                    "pr",   "log",  NULL};
 
 static int valid_type(const char *t)
 {
@@ -99,8 +99,8 @@ static int art_tx(struct sess_tx *tx, void *arg)
     if (s != SQLITE_DONE) {
         return ERR_DB;
     }
-    json_t *d = json_pack("{s:s,s:s,s:s?,s:s,s:I}", "artifact_id", op->id, "type", op->type,
-                          "path", op->path, "mime", op->mime, "size", (json_int_t)op->len);
+    json_t *d = json_pack("{s:s,s:s,s:s?,s:s,s:I}", "artifact_id", op->id, "type", op->type, "path",
+                          op->path, "mime", op->mime, "size", (json_int_t)op->len);
     char *data = jx_dump(d);
     json_decref(d);
     int rc = sess_tx_append(tx, "artifact.created", op->author, data, &op->seq);
@@ -141,11 +141,20 @@ int api_artifacts_post(struct req *r)
         if (rc) {
             goto out;
         }
-        if ((rc = jx_str(body, "type", &type, msg, sizeof(msg))) ||
-            (rc = jx_str(body, "path", &path, msg, sizeof(msg))) ||
-            (rc = jx_str(body, "mime", &mime, msg, sizeof(msg))) ||
-            (rc = jx_str(body, "content", &text, msg, sizeof(msg))) ||
-            (rc = jx_str(body, "content_base64", &b64, msg, sizeof(msg)))) {
+        rc = jx_str(body, "type", &type, msg, sizeof(msg));
+        if (!rc) {
+            rc = jx_str(body, "path", &path, msg, sizeof(msg));
+        }
+        if (!rc) {
+            rc = jx_str(body, "mime", &mime, msg, sizeof(msg));
+        }
+        if (!rc) {
+            rc = jx_str(body, "content", &text, msg, sizeof(msg));
+        }
+        if (!rc) {
+            rc = jx_str(body, "content_base64", &b64, msg, sizeof(msg));
+        }
+        if (rc) {
             rc = req_fail(r, rc, "%s", msg);
             goto out;
         }
@@ -239,13 +248,13 @@ static int art_list_rd(sqlite3 *db, void *arg)
         const char *path = (const char *)sqlite3_column_text(st, 2);
         const char *author = (const char *)sqlite3_column_text(st, 5);
         clock_iso8601(sqlite3_column_int64(st, 6), ts, sizeof(ts));
-        json_array_append_new(
-            lr->arr, json_pack("{s:s,s:s,s:s?,s:s,s:I,s:s?,s:s}", "id",
-                               (const char *)sqlite3_column_text(st, 0), "type",
-                               (const char *)sqlite3_column_text(st, 1), "path", path, "mime",
-                               (const char *)sqlite3_column_text(st, 3), "size",
-                               (json_int_t)sqlite3_column_int64(st, 4), "author_id", author,
-                               "created_at", ts));
+        json_array_append_new(lr->arr,
+                              json_pack("{s:s,s:s,s:s?,s:s,s:I,s:s?,s:s}", "id",
+                                        (const char *)sqlite3_column_text(st, 0), "type",
+                                        (const char *)sqlite3_column_text(st, 1), "path", path,
+                                        "mime", (const char *)sqlite3_column_text(st, 3), "size",
+                                        (json_int_t)sqlite3_column_int64(st, 4), "author_id",
+                                        author, "created_at", ts));
     }
     sqlite3_finalize(st);
     return s == SQLITE_DONE ? 0 : ERR_DB;
@@ -286,8 +295,8 @@ static int art_get_rd(sqlite3 *db, void *arg)
     struct art_get_rd *g = arg;
     sqlite3_stmt *st = NULL;
     int rc = 0;
-    if (sqlite3_prepare_v2(db, "SELECT mime, content FROM artifacts WHERE id=?", -1, &st,
-                           NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(db, "SELECT mime, content FROM artifacts WHERE id=?", -1, &st, NULL) !=
+        SQLITE_OK) {
         return ERR_DB;
     }
     sqlite3_bind_text(st, 1, g->aid, -1, SQLITE_STATIC);

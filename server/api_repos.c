@@ -523,8 +523,8 @@ int api_pull_request(struct req *r)
     }
     rc = repos_session_info(R(r), sid, &info);
     if (rc != 0) {
-        rc = req_fail(r, rc == ERR_NOT_FOUND ? ERR_CONFLICT : rc,
-                      "session %s has no repository", sid);
+        rc = req_fail(r, rc == ERR_NOT_FOUND ? ERR_CONFLICT : rc, "session %s has no repository",
+                      sid);
         goto out;
     }
     tok = own_token(r, &tlen);
@@ -543,8 +543,9 @@ int api_pull_request(struct req *r)
     ws = workspace_of(r, sid);
     rc = repos_push(R(r), sid, ws, tok, &pushed);
     if (rc != 0) {
-        rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc, "push before the pull request "
-                                                               "failed: %s",
+        rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc,
+                      "push before the pull request "
+                      "failed: %s",
                       err_str(rc));
         goto out;
     }

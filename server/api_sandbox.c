@@ -108,8 +108,7 @@ void api_prompt_queued(struct app *app, const char *session_id)
 
 void api_session_ended(struct app *app, const char *session_id, int purged)
 {
-    (void)purged;
-    runner_session_ended(app->runner, session_id);
+    runner_session_ended(app->runner, session_id, purged);
 }
 
 /* The REST cancel without HTTP (also used by the WebSocket `cancel` frame, ws_api.c). */
@@ -281,6 +280,10 @@ static void x_exit(void *ctx, struct sbx_exec *ex, const struct sbx_exit *st)
     if (st->lost) {
         json_object_set_new(d, "error", json_string("the sandbox stopped"));
     }
+    if (st->oom) {
+        json_object_set_new(d, "oom", json_true());
+        json_object_set_new(d, "error", json_string("killed: the sandbox's memory limit"));
+    }
     struct cq_job *j = cq_job_new(x->sid);
     cq_job_event(j, "exec.exited", NULL, jx_dump(d));
     json_decref(d);
@@ -425,11 +428,12 @@ int api_exec(struct req *r)
     }
     pthread_mutex_unlock(&x->lock);
     json_t *res = json_pack(
-        "{s:s,s:s%,s:s%,s:o,s:o,s:b,s:b,s:I}", "exec_id", x->xid, "stdout", x->out.data ? x->out.data : "",
+        "{s:s,s:s%,s:s%,s:o,s:o,s:b,s:b,s:I,s:b}", "exec_id", x->xid, "stdout", x->out.data ? x->out.data : "",
         x->out.len, "stderr", x->err.data ? x->err.data : "", x->err.len, "exit_code",
         x->st.exit_code >= 0 ? json_integer(x->st.exit_code) : json_null(), "signal",
         x->st.signal ? json_integer(x->st.signal) : json_null(), "truncated", x->truncated,
-        "timed_out", x->st.timed_out, "duration_ms", (json_int_t)(x->st.duration_us / 1000));
+        "timed_out", x->st.timed_out, "duration_ms", (json_int_t)(x->st.duration_us / 1000), "oom",
+        x->st.oom);
     rc = req_reply_json(r, 200, res);
 out:
     if (acquired) {

@@ -120,17 +120,16 @@ int api_healthz(struct req *r)
     if (req_app(r)->shutting_down) {
         return req_reply_json(r, 503, json_pack("{s:s}", "status", "stopping"));
     }
-    return req_reply_json(r, 200, json_pack("{s:s,s:s}", "status", "ok", "version",
-                                            SESSIOND_VERSION));
+    return req_reply_json(r, 200,
+                          json_pack("{s:s,s:s}", "status", "ok", "version", SESSIOND_VERSION));
 }
 
 int api_me(struct req *r)
 {
     const struct auth_info *a = req_auth(r);
     return req_reply_json(r, 200,
-                          json_pack("{s:s,s:s,s:s,s:s,s:s}", "user_id", a->user_id, "name",
-                                    a->name, "email", a->email, "role", a->role, "token_id",
-                                    a->token_id));
+                          json_pack("{s:s,s:s,s:s,s:s,s:s}", "user_id", a->user_id, "name", a->name,
+                                    "email", a->email, "role", a->role, "token_id", a->token_id));
 }
 
 int api_session_ws_plain(struct req *r)
@@ -181,9 +180,17 @@ int api_sessions_create(struct req *r)
     if (rc) {
         return rc;
     }
-    if ((rc = opt_str(r, body, "title", 500, &title)) || (rc = opt_str(r, body, "repo", 500, &repo)) ||
-        (rc = opt_str(r, body, "visibility", 16, &vis)) ||
-        (rc = opt_str(r, body, "agent", 200, &agent))) {
+    rc = opt_str(r, body, "title", 500, &title);
+    if (!rc) {
+        rc = opt_str(r, body, "repo", 500, &repo);
+    }
+    if (!rc) {
+        rc = opt_str(r, body, "visibility", 16, &vis);
+    }
+    if (!rc) {
+        rc = opt_str(r, body, "agent", 200, &agent);
+    }
+    if (rc) {
         goto out;
     }
     if (strcmp(vis, "org") != 0 && strcmp(vis, "private") != 0) {
@@ -212,6 +219,7 @@ int api_sessions_create(struct req *r)
     if (rc) {
         LOG_ERROR("api: session %s: cannot create its file: %s", id, err_str(rc));
         registry_session_set_state(app->reg, id, "purged");
+        auth_cache_invalidate();
         rc = req_fail(r, rc, "cannot create the session file");
         goto out;
     }
@@ -391,6 +399,7 @@ int api_session_delete(struct req *r)
     if (do_purge) {
         /* Registry first: from now on every request for the id answers 410. */
         rc = registry_session_set_state(app->reg, sid, "purged");
+        auth_cache_invalidate();
         if (rc) {
             return req_fail(r, rc, NULL);
         }
@@ -472,8 +481,17 @@ int api_session_participants_add(struct req *r)
     if (rc) {
         return rc;
     }
-    if ((rc = opt_str(r, body, "user_id", 150, &user)) || (rc = opt_str(r, body, "role", 16, &role)) ||
-        (rc = opt_str(r, body, "name", 150, &name)) || (rc = opt_str(r, body, "email", 150, &email))) {
+    rc = opt_str(r, body, "user_id", 150, &user);
+    if (!rc) {
+        rc = opt_str(r, body, "role", 16, &role);
+    }
+    if (!rc) {
+        rc = opt_str(r, body, "name", 150, &name);
+    }
+    if (!rc) {
+        rc = opt_str(r, body, "email", 150, &email);
+    }
+    if (rc) {
         goto out;
     }
     if (!user || !*user) {
@@ -486,6 +504,7 @@ int api_session_participants_add(struct req *r)
     }
     uid = normalize_user_id(user);
     rc = registry_member_add(app->reg, sid, uid, role);
+    auth_cache_invalidate();
     if (rc) {
         rc = req_fail(r, rc, NULL);
         goto out;
@@ -501,8 +520,8 @@ int api_session_participants_add(struct req *r)
         rc = req_fail(r, rc, NULL);
         goto out;
     }
-    rc = req_reply_json(r, 201, json_pack("{s:s,s:s,s:s}", "session_id", sid, "user_id", uid,
-                                          "role", role));
+    rc = req_reply_json(
+        r, 201, json_pack("{s:s,s:s,s:s}", "session_id", sid, "user_id", uid, "role", role));
 out:
     sess_put(s);
     json_decref(body);

@@ -34,11 +34,20 @@ int api_tokens_create(struct req *r)
     if (rc) {
         return rc;
     }
-    if ((rc = jx_str(body, "user_id", &user, msg, sizeof(msg))) ||
-        (rc = jx_str(body, "name", &name, msg, sizeof(msg))) ||
-        (rc = jx_str(body, "email", &email, msg, sizeof(msg))) ||
-        (rc = jx_str(body, "role", &role, msg, sizeof(msg))) ||
-        (rc = jx_int(body, "expires_in", &expires_in, msg, sizeof(msg)))) {
+    rc = jx_str(body, "user_id", &user, msg, sizeof(msg));
+    if (!rc) {
+        rc = jx_str(body, "name", &name, msg, sizeof(msg));
+    }
+    if (!rc) {
+        rc = jx_str(body, "email", &email, msg, sizeof(msg));
+    }
+    if (!rc) {
+        rc = jx_str(body, "role", &role, msg, sizeof(msg));
+    }
+    if (!rc) {
+        rc = jx_int(body, "expires_in", &expires_in, msg, sizeof(msg));
+    }
+    if (rc) {
         rc = req_fail(r, rc, "%s", msg);
         goto out;
     }
@@ -60,8 +69,8 @@ int api_tokens_create(struct req *r)
         goto out;
     }
     uid = strchr(user, ':') ? xstrdup(user) : xasprintf("token:%s", user);
-    rc = registry_token_create(req_app(r)->reg, uid, name ? name : user, email ? email : "",
-                               role, expires_in ? clock_now_ms() + expires_in * 1000 : 0, &out);
+    rc = registry_token_create(req_app(r)->reg, uid, name ? name : user, email ? email : "", role,
+                               expires_in ? clock_now_ms() + expires_in * 1000 : 0, &out);
     if (rc) {
         rc = req_fail(r, rc, "cannot create the token: %s", err_str(rc));
         goto out;
@@ -90,6 +99,7 @@ int api_tokens_delete(struct req *r)
     const struct auth_info *a = req_auth(r);
     const char *id = req_param(r, "id");
     int rc = registry_token_delete(req_app(r)->reg, id, auth_is_admin(a) ? NULL : a->user_id);
+    auth_cache_invalidate(); /* the token stops working now, not after the cache TTL */
     if (rc == ERR_NOT_FOUND) {
         return req_fail(r, rc, "no token %s", id);
     }

@@ -1,9 +1,17 @@
 /*
  * auth.c - bearer-token authentication, session access checks, admin token bootstrap.
- * Thread safe: the registry serializes its own statements; no state here.
+ *
+ * Two small direct-mapped caches sit in front of the registry (whose one connection is
+ * behind one mutex, so every lookup would serialize all HTTP threads): token hash -> owner,
+ * and (session, user, token role) -> access. Entries live AUTH_CACHE_TTL_MS; a generation
+ * counter bumped by auth_cache_invalidate() drops them all at once. Only successes are
+ * cached (an unknown token or session always asks the registry). No secret is kept: the
+ * token cache is keyed by the SHA-256 of the secret.
+ * Thread safe: each cache has its own mutex, held for a few memcpy's.
  */
 #include "server/auth.h"
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -13,12 +21,117 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define TOKEN_SLOTS  512
+#define ACCESS_SLOTS 1024
+
+struct token_slot {
+    char hash[65];
+    uint64_t gen;
+    int64_t expires_ms;
+    struct auth_info who;
+};
+
+struct access_slot {
+    char sid[72];
+    char user[160];
+    char trole[16];
+    uint64_t gen;
+    int64_t expires_ms;
+    int rank;
+};
+
+static pthread_mutex_t token_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t access_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct token_slot token_cache[TOKEN_SLOTS];
+static struct access_slot access_cache[ACCESS_SLOTS];
+static uint64_t cache_gen = 1; /* atomics; 0 marks an empty slot */
+
+void auth_cache_invalidate(void)
+{
+    __atomic_fetch_add(&cache_gen, 1, __ATOMIC_RELEASE);
+}
+
+static uint64_t fnv1a(const char *s, uint64_t h)
+{
+    for (; *s; s++) {
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    }
+    return h;
+}
+
+static int token_cached(const char hash[65], struct auth_info *out)
+{
+    struct token_slot *t = &token_cache[fnv1a(hash, 1469598103934665603ull) % TOKEN_SLOTS];
+    uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
+    int hit = 0;
+    pthread_mutex_lock(&token_lock);
+    if (t->gen == gen && t->expires_ms > clock_mono_ms() && strcmp(t->hash, hash) == 0) {
+        *out = t->who;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&token_lock);
+    return hit;
+}
+
+static void token_store(const char hash[65], uint64_t gen, const struct auth_info *who)
+{
+    struct token_slot *t = &token_cache[fnv1a(hash, 1469598103934665603ull) % TOKEN_SLOTS];
+    pthread_mutex_lock(&token_lock);
+    memcpy(t->hash, hash, 65);
+    t->gen = gen;
+    t->expires_ms = clock_mono_ms() + AUTH_CACHE_TTL_MS;
+    t->who = *who;
+    pthread_mutex_unlock(&token_lock);
+}
+
+static struct access_slot *access_slot_for(const char *sid, const struct auth_info *who)
+{
+    uint64_t h = fnv1a(sid, 1469598103934665603ull);
+    h = fnv1a(who->user_id, h ^ 0xff);
+    h = fnv1a(who->role, h ^ 0xfe);
+    return &access_cache[h % ACCESS_SLOTS];
+}
+
+static int access_cached(const char *sid, const struct auth_info *who, int *rank)
+{
+    struct access_slot *a = access_slot_for(sid, who);
+    uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
+    int hit = 0;
+    pthread_mutex_lock(&access_lock);
+    if (a->gen == gen && a->expires_ms > clock_mono_ms() && strcmp(a->sid, sid) == 0 &&
+        strcmp(a->user, who->user_id) == 0 && strcmp(a->trole, who->role) == 0) {
+        *rank = a->rank;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&access_lock);
+    return hit;
+}
+
+static void access_store(const char *sid, const struct auth_info *who, uint64_t gen, int rank)
+{
+    struct access_slot *a = access_slot_for(sid, who);
+    if (strlen(sid) >= sizeof(a->sid) || strlen(who->user_id) >= sizeof(a->user) ||
+        strlen(who->role) >= sizeof(a->trole)) {
+        return;
+    }
+    pthread_mutex_lock(&access_lock);
+    snprintf(a->sid, sizeof(a->sid), "%s", sid);
+    snprintf(a->user, sizeof(a->user), "%s", who->user_id);
+    snprintf(a->trole, sizeof(a->trole), "%s", who->role);
+    a->gen = gen;
+    a->expires_ms = clock_mono_ms() + AUTH_CACHE_TTL_MS;
+    a->rank = rank;
+    pthread_mutex_unlock(&access_lock);
+}
 
 int auth_bearer(struct registry *reg, const char *authorization, struct auth_info *out)
 {
@@ -47,8 +160,19 @@ int auth_bearer(struct registry *reg, const char *authorization, struct auth_inf
     }
     memcpy(secret, p, n);
     secret[n] = 0;
+    char hash[65];
+    util_sha256_hex(secret, n, hash);
+    if (token_cached(hash, out)) {
+        explicit_bzero(secret, sizeof(secret));
+        return 0;
+    }
+    /* The generation is read before the lookup: an invalidation racing with it wins. */
+    uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
     int rc = registry_token_auth(reg, secret, out);
     explicit_bzero(secret, sizeof(secret));
+    if (rc == 0) {
+        token_store(hash, gen, out);
+    }
     return rc == 0 ? 0 : ERR_AUTH;
 }
 
@@ -74,11 +198,18 @@ int auth_session(struct registry *reg, const char *sid, const struct auth_info *
 {
     static const char *names[] = {NULL, "viewer", "writer", "owner"};
     const char *role = NULL;
-    int rc = registry_session_access(reg, sid, who, &role);
-    if (rc) {
-        return rc;
+    int have;
+    if (!access_cached(sid, who, &have)) {
+        uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
+        int rc = registry_session_access(reg, sid, who, &role);
+        if (rc) {
+            return rc;
+        }
+        have = rank(role);
+        if (have) {
+            access_store(sid, who, gen, have);
+        }
     }
-    int have = rank(role);
     if (have == 0) {
         return ERR_NOT_FOUND; /* a private session the caller may not see: do not confirm it */
     }

@@ -32,6 +32,12 @@ int auth_bearer(struct registry *reg, const char *authorization, struct auth_inf
 int auth_session(struct registry *reg, const char *sid, const struct auth_info *who, int need,
                  const char **role_out);
 
+/** Forget every cached token and access decision (see auth.c): call after revoking a token,
+ * changing a membership or purging a session outside the API handlers of issue 2 (which
+ * already do). Without it such a change takes effect within AUTH_CACHE_TTL_MS. */
+void auth_cache_invalidate(void);
+#define AUTH_CACHE_TTL_MS 1000
+
 /** 1 for an admin token. */
 int auth_is_admin(const struct auth_info *who);
 /** 1 for a token that may act for someone else (bot or admin: the `author` field). */

@@ -34,12 +34,25 @@ struct cfg_field {
 };
 
 #define FS(key, field, def, choices, help)                                                         \
-    {key, CFG_STR, offsetof(struct config, field), def, 0, 0, choices, help}
-#define FSECRET(key, field, help) {key, CFG_SECRET, offsetof(struct config, field), "", 0, 0, NULL, help}
+    {                                                                                              \
+        key, CFG_STR, offsetof(struct config, field), def, 0, 0, choices, help                     \
+    }
+#define FSECRET(key, field, help)                                                                  \
+    {                                                                                              \
+        key, CFG_SECRET, offsetof(struct config, field), "", 0, 0, NULL, help                      \
+    }
 #define FI(key, field, def, min, max, help)                                                        \
-    {key, CFG_INT, offsetof(struct config, field), def, min, max, NULL, help}
-#define FB(key, field, def, help) {key, CFG_BOOL, offsetof(struct config, field), def, 0, 0, NULL, help}
-#define FL(key, field, help) {key, CFG_LIST, offsetof(struct config, field), "", 0, 0, NULL, help}
+    {                                                                                              \
+        key, CFG_INT, offsetof(struct config, field), def, min, max, NULL, help                    \
+    }
+#define FB(key, field, def, help)                                                                  \
+    {                                                                                              \
+        key, CFG_BOOL, offsetof(struct config, field), def, 0, 0, NULL, help                       \
+    }
+#define FL(key, field, help)                                                                       \
+    {                                                                                              \
+        key, CFG_LIST, offsetof(struct config, field), "", 0, 0, NULL, help                        \
+    }
 
 /* The one table. Keep it in the order of --help. */
 static const struct cfg_field fields[] = {
@@ -63,14 +76,15 @@ static const struct cfg_field fields[] = {
     FI("shutdown_grace", shutdown_grace, "10", 0, 3600, "seconds for in-flight requests on stop"),
     FB("request_log", request_log, "true", "one log line per HTTP request"),
     FL("origins", origins, "extra allowed browser origins (comma separated)"),
-    FI("ws.max_frame", ws_max_frame, "1048576", 1024, (int64_t)1 << 30, "WebSocket message cap (bytes)"),
+    FI("ws.max_frame", ws_max_frame, "1048576", 1024, (int64_t)1 << 30,
+       "WebSocket message cap (bytes)"),
     FI("ws.send_queue_max", ws_send_queue_max, "1048576", 4096, (int64_t)1 << 32,
        "WebSocket per-client lag before a gap (bytes)"),
     FI("ws.ping_interval", ws_ping_interval, "30", 1, 3600, "WebSocket keepalive ping (s)"),
-    FSECRET("slack.signing_secret", slack_signing_secret, "Slack signing secret (enables /v1/slack/events)"),
+    FSECRET("slack.signing_secret", slack_signing_secret, "Slack signing secret (enables Slack)"),
     FSECRET("slack.bot_token", slack_bot_token, "Slack bot token (xoxb-...) for replies"),
     FS("slack.api_base", slack_api_base, "https://slack.com/api", NULL, "Slack Web API base URL"),
-    FS("slack.classifier_url", slack_classifier_url, "", NULL, "optional OpenAI-compatible chat URL to pick repos"),
+    FS("slack.classifier_url", slack_classifier_url, "", NULL, "OpenAI-compatible chat URL"),
     FSECRET("slack.classifier_key", slack_classifier_key, "bearer key for slack.classifier_url"),
     FS("slack.classifier_model", slack_classifier_model, "", NULL, "model name for the classifier"),
     FL("slack.repos", slack_repos, "repos for Slack when no registry: name:hint;hint|description"),
@@ -82,8 +96,10 @@ static const struct cfg_field fields[] = {
     FI("sandbox_idle_stop", sandbox_idle_stop, "600", 1, 1 << 30, "stop idle sandboxes after (s)"),
     FI("exec_timeout", exec_timeout, "600", 1, 1 << 30, "default exec timeout (s)"),
     FI("prompt_timeout", prompt_timeout, "5400", 1, 1 << 30, "default prompt timeout (s)"),
-    FI("cancel_grace_ms", cancel_grace_ms, "5000", 0, 600000, "cancel: SIGTERM, SIGKILL after (ms)"),
-    FS("agents", agents, "", NULL, "named coding agents: JSON {\"claude\":{\"kind\":\"claude-code\",...}}"),
+    FI("cancel_grace_ms", cancel_grace_ms, "5000", 0, 600000,
+       "cancel: SIGTERM, SIGKILL after (ms)"),
+    FS("agents", agents, "", NULL,
+       "named coding agents: JSON {\"claude\":{\"kind\":\"claude-code\",...}}"),
     FS("secrets.key_file", secrets_key_file, "", NULL,
        "master key file for stored user tokens (\"\": <data_dir>/secrets.key, created)"),
     FS("secrets.key_env", secrets_key_env, "SESSIOND_SECRETS_KEY", NULL,
@@ -96,8 +112,7 @@ static const struct cfg_field fields[] = {
     FI("repos.snapshot_quota_mib", repos_snapshot_quota_mib, "2048", 1, 1 << 30,
        "snapshot disk quota per session (MiB)"),
     FI("repos.image_keep", repos_image_keep, "3", 1, 1000, "ready images kept per repository"),
-    FI("repos.pool_max_age", repos_pool_max_age, "1500", 1, 1 << 30,
-       "warm workspace lifetime (s)"),
+    FI("repos.pool_max_age", repos_pool_max_age, "1500", 1, 1 << 30, "warm workspace lifetime (s)"),
     FI("repos.tick_ms", repos_tick_ms, "30000", 50, 86400000,
        "image schedule and warm pool period (ms)"),
 };

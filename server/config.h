@@ -30,16 +30,16 @@ struct config_list {
 
 struct config {
     /* ---- server (issue 2) ---- */
-    char *listen;           /* "HOST:PORT"; port 0 = a free port (see port_file) */
-    char *data_dir;         /* registry.db, sessions/, admin.token */
-    char *config_file;      /* the JSON file read (informational) */
-    char *port_file;        /* if set, the bound port is written there after listen */
-    char *public_url;       /* external base URL behind a proxy; "" = http://listen */
-    char *log_level;        /* debug | info | warn | error | off */
-    char *admin_token;      /* SESSIOND_ADMIN_TOKEN; secret */
-    char *durability;       /* normal | full (synchronous=FULL, power-loss safe) */
-    int64_t threads;        /* libmicrohttpd thread pool size */
-    int64_t max_body;       /* request body cap in bytes (413 above) */
+    char *listen;                   /* "HOST:PORT"; port 0 = a free port (see port_file) */
+    char *data_dir;                 /* registry.db, sessions/, admin.token */
+    char *config_file;              /* the JSON file read (informational) */
+    char *port_file;                /* if set, the bound port is written there after listen */
+    char *public_url;               /* external base URL behind a proxy; "" = http://listen */
+    char *log_level;                /* debug | info | warn | error | off */
+    char *admin_token;              /* SESSIOND_ADMIN_TOKEN; secret */
+    char *durability;               /* normal | full (synchronous=FULL, power-loss safe) */
+    int64_t threads;                /* libmicrohttpd thread pool size */
+    int64_t max_body;               /* request body cap in bytes (413 above) */
     int64_t max_content_chars;      /* message content cap in characters */
     int64_t max_artifact_bytes;     /* artifact upload cap in bytes */
     int64_t max_open_sessions;      /* LRU cap on open session files */
@@ -49,36 +49,36 @@ struct config {
     int request_log;                /* one log line per request */
     struct config_list origins;     /* extra allowed CORS / WebSocket origins */
     /* ---- other subsystems add their fields here (one line each + one table entry) ---- */
-    int64_t ws_max_frame;      /* WebSocket: largest client message (bytes); 1009 above */
-    int64_t ws_send_queue_max; /* WebSocket: per-client lag (bytes) before a `gap` */
-    int64_t ws_ping_interval;  /* WebSocket: protocol ping after this many idle seconds */
-    char *slack_signing_secret;   /* slack.signing_secret (secret); "" = endpoint answers 503 */
-    char *slack_bot_token;        /* slack.bot_token (secret) for the Web API */
-    char *slack_api_base;         /* slack.api_base, default https://slack.com/api */
-    char *slack_classifier_url;   /* slack.classifier_url: OpenAI-compatible chat completions */
-    char *slack_classifier_key;   /* slack.classifier_key (secret) */
-    char *slack_classifier_model; /* slack.classifier_model */
+    int64_t ws_max_frame;           /* WebSocket: largest client message (bytes); 1009 above */
+    int64_t ws_send_queue_max;      /* WebSocket: per-client lag (bytes) before a `gap` */
+    int64_t ws_ping_interval;       /* WebSocket: protocol ping after this many idle seconds */
+    char *slack_signing_secret;     /* slack.signing_secret (secret); "" = endpoint answers 503 */
+    char *slack_bot_token;          /* slack.bot_token (secret) for the Web API */
+    char *slack_api_base;           /* slack.api_base, default https://slack.com/api */
+    char *slack_classifier_url;     /* slack.classifier_url: OpenAI-compatible chat completions */
+    char *slack_classifier_key;     /* slack.classifier_key (secret) */
+    char *slack_classifier_model;   /* slack.classifier_model */
     struct config_list slack_repos; /* slack.repos: "name:hint;hint|description" fallback list */
-    char *sandbox;               /* sandbox: local | process (issue 4) */
-    char *agent;                 /* agent: shell | NAME | PATH | "COMMAND ARGS" (issue 4) */
-    int64_t sandbox_uid;         /* sandbox_uid: host uid for sandboxes; 0 = user sessiond-sbx */
-    int64_t sandbox_memory_mib;  /* sandbox_memory_mib: per-sandbox memory cap (cgroup) */
-    int64_t sandbox_pids;        /* sandbox_pids: per-sandbox process cap */
-    int64_t sandbox_idle_stop;   /* sandbox_idle_stop: stop idle sandboxes after (s) */
-    int64_t exec_timeout;        /* exec_timeout: default exec timeout (s) */
-    int64_t prompt_timeout;      /* prompt_timeout: default prompt timeout (s) */
-    int64_t cancel_grace_ms;     /* cancel_grace_ms: SIGTERM -> SIGKILL on cancel (ms) */
-    char *agents;                /* agents: JSON object of named agents (issue 7, agents.h) */
-    char *secrets_key_file;      /* secrets.key_file: master key for stored user tokens (issue 5) */
-    char *secrets_key_env;       /* secrets.key_env: env var holding the master key instead */
-    char *github_api_base;       /* github.api_base: REST API base (GitHub Enterprise: …/api/v3) */
-    char *github_app_token;      /* github.app_token (secret): push when a user has no token */
-    char *git_ca_file;           /* git.ca_file: CA bundle for HTTPS git/GitHub ("" = system) */
-    int64_t repos_snapshot_keep; /* repos.snapshot_keep: snapshots kept per session */
+    char *sandbox;                  /* sandbox: local | process (issue 4) */
+    char *agent;                    /* agent: shell | NAME | PATH | "COMMAND ARGS" (issue 4) */
+    int64_t sandbox_uid;            /* sandbox_uid: host uid for sandboxes; 0 = user sessiond-sbx */
+    int64_t sandbox_memory_mib;     /* sandbox_memory_mib: per-sandbox memory cap (cgroup) */
+    int64_t sandbox_pids;           /* sandbox_pids: per-sandbox process cap */
+    int64_t sandbox_idle_stop;      /* sandbox_idle_stop: stop idle sandboxes after (s) */
+    int64_t exec_timeout;           /* exec_timeout: default exec timeout (s) */
+    int64_t prompt_timeout;         /* prompt_timeout: default prompt timeout (s) */
+    int64_t cancel_grace_ms;        /* cancel_grace_ms: SIGTERM -> SIGKILL on cancel (ms) */
+    char *agents;                   /* agents: JSON object of named agents (issue 7, agents.h) */
+    char *secrets_key_file; /* secrets.key_file: master key for stored user tokens (issue 5) */
+    char *secrets_key_env;  /* secrets.key_env: env var holding the master key instead */
+    char *github_api_base;  /* github.api_base: REST API base (GitHub Enterprise: …/api/v3) */
+    char *github_app_token; /* github.app_token (secret): push when a user has no token */
+    char *git_ca_file;      /* git.ca_file: CA bundle for HTTPS git/GitHub ("" = system) */
+    int64_t repos_snapshot_keep;      /* repos.snapshot_keep: snapshots kept per session */
     int64_t repos_snapshot_quota_mib; /* repos.snapshot_quota_mib: snapshot disk per session */
-    int64_t repos_image_keep;    /* repos.image_keep: ready images kept per repository */
-    int64_t repos_pool_max_age;  /* repos.pool_max_age: warm workspace lifetime (s) */
-    int64_t repos_tick_ms;       /* repos.tick_ms: image schedule / warm pool period (ms) */
+    int64_t repos_image_keep;         /* repos.image_keep: ready images kept per repository */
+    int64_t repos_pool_max_age;       /* repos.pool_max_age: warm workspace lifetime (s) */
+    int64_t repos_tick_ms;            /* repos.tick_ms: image schedule / warm pool period (ms) */
 };
 
 /** Build the configuration from argv (flags), envp (NULL = environ) and the JSON file named

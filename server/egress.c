@@ -37,10 +37,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define HEAD_MAX   16384
-#define MAX_ALLOW  256
-#define RELAY_BUF  65536
-#define HOST_MAX   256
+#define HEAD_MAX  16384
+#define MAX_ALLOW 256
+#define RELAY_BUF 65536
+#define HOST_MAX  256
 
 struct allow {
     char host[HOST_MAX]; /* lower case, no brackets, no trailing dot */
@@ -259,8 +259,8 @@ static void wake(struct egress *e)
     (void)w;
 }
 
-int egress_open(struct egress *e, const char *name, const char *const *allow,
-                const char *unix_path, int *port_out)
+int egress_open(struct egress *e, const char *name, const char *const *allow, const char *unix_path,
+                int *port_out)
 {
     struct listener *l = xcalloc(1, sizeof(*l));
     int rc = 0;
@@ -550,60 +550,172 @@ static int header_is(const char *line, size_t n, const char *name)
     return n > k && line[k] == ':' && strncasecmp(line, name, k) == 0;
 }
 
-static void serve(struct job *j)
+/* Remove the first n bytes of b. */
+static void buf_consume(struct buf *b, size_t n)
 {
-    struct buf b;
-    size_t head_len = 0;
-    char host[HOST_MAX];
-    int port = 0;
-    int is_connect = 0;
-    struct addrinfo *res = NULL;
-    buf_init(&b, HEAD_MAX + 4096);
-    int rc = read_head(j, &b, &head_len);
-    if (rc) {
-        if (rc == ERR_TOO_LARGE) {
-            reply(j->c->cfd, 431, "Request Header Fields Too Large", "request head too large");
-        }
-        count(j->e, &j->e->st.failed, 1);
-        goto out;
+    if (n >= b->len) {
+        buf_reset(b);
+        return;
     }
-    /* Request line: METHOD SP TARGET SP HTTP/1.x */
-    char *line_end = memmem(b.data, head_len, "\r\n", 2);
-    char *sp1 = memchr(b.data, ' ', (size_t)(line_end - b.data));
-    char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(line_end - sp1 - 1)) : NULL;
-    if (!sp1 || !sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
-        reply(j->c->cfd, 400, "Bad Request", "sessiond egress: malformed request line");
-        count(j->e, &j->e->st.failed, 1);
-        goto out;
-    }
-    const char *target = sp1 + 1;
-    size_t tlen = (size_t)(sp2 - target);
-    const char *path = "/";
-    size_t plen = 1;
-    is_connect = (size_t)(sp1 - b.data) == 7 && memcmp(b.data, "CONNECT", 7) == 0;
-    if (is_connect) {
-        rc = split_hostport(target, tlen, host, &port);
-    } else if (tlen > 7 && strncasecmp(target, "http://", 7) == 0) {
-        const char *auth = target + 7;
-        const char *slash = memchr(auth, '/', tlen - 7);
-        size_t alen = slash ? (size_t)(slash - auth) : tlen - 7;
-        if (slash) {
-            path = slash;
-            plen = tlen - (size_t)(slash - target);
-        }
-        rc = memchr(auth, '@', alen) ? ERR_INVALID : split_authority(auth, alen, host, &port);
-    } else {
-        rc = ERR_INVALID;
-    }
-    if (rc) {
-        reply(j->c->cfd, 400, "Bad Request",
-              "sessiond egress: use CONNECT host:port or an absolute http:// URI");
-        count(j->e, &j->e->st.failed, 1);
-        goto out;
-    }
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+    b->data[b->len] = '\0';
+}
 
-    /* Policy: the exact host:port pair must be listed. */
+/* The value of header name in head[0..len) (first match), copied into out; 0 or -1. */
+static int header_value(const char *head, size_t len, const char *name, char *out, size_t n)
+{
+    const char *p = memmem(head, len, "\r\n", 2);
+    const char *end = head + len;
+    size_t k = strlen(name);
+    while (p && p + 2 < end) {
+        p += 2;
+        const char *e = memmem(p, (size_t)(end - p), "\r\n", 2);
+        size_t ln = e ? (size_t)(e - p) : (size_t)(end - p);
+        if (ln > k && p[k] == ':' && strncasecmp(p, name, k) == 0) {
+            const char *v = p + k + 1;
+            while (v < p + ln && (*v == ' ' || *v == '\t')) {
+                v++;
+            }
+            size_t vl = (size_t)(p + ln - v);
+            if (vl >= n) {
+                vl = n - 1;
+            }
+            memcpy(out, v, vl);
+            out[vl] = '\0';
+            return 0;
+        }
+        p = e;
+    }
+    return -1;
+}
+
+/* Wait until fd is readable (or the idle timeout); 1 readable, 0 timeout/error. */
+static int wait_in(int fd, int ms)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    int r;
+    do {
+        r = poll(&pf, 1, ms);
+    } while (r < 0 && errno == EINTR);
+    return r > 0;
+}
+
+/* Forward exactly n body bytes from the client (the buffered ones first) to the upstream. */
+static int forward_body(struct job *j, struct buf *b, uint64_t n)
+{
+    size_t have = b->len < n ? b->len : (size_t)n;
+    if (have && write_all(j->c->ufd, b->data, have)) {
+        return ERR_IO;
+    }
+    buf_consume(b, have);
+    n -= have;
+    char tmp[16384];
+    while (n > 0) {
+        if (!wait_in(j->c->cfd, j->e->cfg.idle_timeout_ms)) {
+            return ERR_TIMEOUT;
+        }
+        ssize_t r = recv(j->c->cfd, tmp, n < sizeof(tmp) ? (size_t)n : sizeof(tmp), 0);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (r <= 0 || write_all(j->c->ufd, tmp, (size_t)r)) {
+            return ERR_IO;
+        }
+        count(j->e, &j->e->st.bytes, (uint64_t)r);
+        n -= (uint64_t)r;
+    }
+    return 0;
+}
+
+/* Relay one response (the upstream closes after it: we sent Connection: close). Its head is
+ * rewritten without hop-by-hop headers; *keep = 1 if the client can find the end of the body
+ * itself (Content-Length or chunked), so its connection can carry its next request. */
+static int relay_response(struct job *j, int *keep)
+{
+    struct buf h;
+    char tmp[RELAY_BUF];
+    int rc = 0;
+    size_t hl = 0;
+    buf_init(&h, HEAD_MAX * 4);
+    *keep = 0;
+    for (;;) { /* the head */
+        char *e = h.len >= 4 ? memmem(h.data, h.len, "\r\n\r\n", 4) : NULL;
+        if (e) {
+            hl = (size_t)(e - h.data) + 4;
+            break;
+        }
+        if (!wait_in(j->c->ufd, j->e->cfg.idle_timeout_ms)) {
+            rc = ERR_TIMEOUT;
+            goto out;
+        }
+        ssize_t r = recv(j->c->ufd, tmp, sizeof(tmp), 0);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (r <= 0 || buf_append(&h, tmp, (size_t)r)) {
+            rc = ERR_IO;
+            goto out;
+        }
+    }
+    char v[128];
+    int chunked = header_value(h.data, hl, "transfer-encoding", v, sizeof(v)) == 0 &&
+                  strcasestr(v, "chunked") != NULL;
+    int has_len = header_value(h.data, hl, "content-length", v, sizeof(v)) == 0;
+    int status =
+        h.len > 12 ? (h.data[9] - '0') * 100 + (h.data[10] - '0') * 10 + h.data[11] - '0' : 0;
+    *keep = chunked || has_len || status == 204 || status == 304 || (status >= 100 && status < 200);
+    struct buf out;
+    buf_init(&out, 0);
+    const char *p = memmem(h.data, hl, "\r\n", 2) + 2;
+    buf_append(&out, h.data, (size_t)(p - h.data));
+    const char *hend = h.data + hl - 2;
+    while (p < hend) {
+        const char *e = memmem(p, (size_t)(hend - p), "\r\n", 2);
+        size_t n = e ? (size_t)(e - p) : (size_t)(hend - p);
+        if (!header_is(p, n, "connection") && !header_is(p, n, "keep-alive") &&
+            !header_is(p, n, "proxy-connection")) {
+            buf_append(&out, p, n + 2);
+        }
+        p += n + 2;
+    }
+    buf_puts(&out, *keep ? "\r\n" : "Connection: close\r\n\r\n");
+    buf_append(&out, h.data + hl, h.len - hl);
+    rc = write_all(j->c->cfd, out.data, out.len);
+    count(j->e, &j->e->st.bytes, out.len);
+    buf_free(&out);
+    while (!rc) { /* the body, until the upstream closes */
+        struct pollfd pf[2] = {{.fd = j->c->ufd, .events = POLLIN},
+                               {.fd = j->c->cfd, .events = POLLRDHUP}};
+        int r = poll(pf, 2, j->e->cfg.idle_timeout_ms);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0 || (pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+            rc = ERR_IO; /* idle, or the client went away (a cancelled agent) */
+            break;
+        }
+        ssize_t n = recv(j->c->ufd, tmp, sizeof(tmp), 0);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        count(j->e, &j->e->st.bytes, (uint64_t)n);
+        rc = write_all(j->c->cfd, tmp, (size_t)n);
+    }
+out:
+    buf_free(&h);
+    return rc;
+}
+
+/* Check the policy, resolve and connect j->c->ufd. Replies (403/502) and returns non-zero
+ * when the request must not go on. */
+static int open_upstream(struct job *j, const char *host, int port)
+{
     const struct allow *a = NULL;
+    struct addrinfo *res = NULL;
     for (size_t i = 0; i < j->nallow; i++) {
         if (j->allow[i].port == port && strcmp(j->allow[i].host, host) == 0) {
             a = &j->allow[i];
@@ -612,9 +724,8 @@ static void serve(struct job *j)
     }
     if (!a) {
         deny(j, host, port, "not on this sandbox's egress allow-list");
-        goto out;
+        return ERR_FORBIDDEN;
     }
-
     /* Resolve ourselves; connect only to addresses that pass the address rules. */
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     char pstr[8];
@@ -625,7 +736,7 @@ static void serve(struct job *j)
     if (getaddrinfo(host, pstr, &hints, &res) != 0 || !res) {
         reply(j->c->cfd, 502, "Bad Gateway", "sessiond egress: cannot resolve host");
         count(j->e, &j->e->st.failed, 1);
-        goto out;
+        return ERR_IO;
     }
     int tried = 0, restricted = 0;
     for (struct addrinfo *ai = res; ai && j->c->ufd < 0; ai = ai->ai_next) {
@@ -641,26 +752,119 @@ static void serve(struct job *j)
             pthread_mutex_unlock(&j->e->lock);
         }
     }
+    freeaddrinfo(res);
     if (j->c->ufd < 0) {
         if (!tried && restricted) {
             deny(j, host, port,
                  "resolves to a private, loopback or link-local address (name it as an IP "
                  "literal to allow it)");
-        } else {
-            reply(j->c->cfd, 502, "Bad Gateway", "sessiond egress: cannot connect upstream");
-            count(j->e, &j->e->st.failed, 1);
+            return ERR_FORBIDDEN;
         }
-        goto out;
+        reply(j->c->cfd, 502, "Bad Gateway", "sessiond egress: cannot connect upstream");
+        count(j->e, &j->e->st.failed, 1);
+        return ERR_IO;
     }
     count(j->e, &j->e->st.allowed, 1);
+    return 0;
+}
 
-    if (is_connect) {
-        static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-        if (write_all(j->c->cfd, ok, sizeof(ok) - 1)) {
-            goto out;
+static void close_upstream(struct job *j)
+{
+    pthread_mutex_lock(&j->e->lock);
+    int fd = j->c->ufd;
+    j->c->ufd = -1;
+    pthread_mutex_unlock(&j->e->lock);
+    if (fd >= 0) {
+        close(fd);
+    }
+}
+
+/* Serve the requests of one client connection: a CONNECT tunnel, or plain-http requests one
+ * after the other (pipelined ones too), each checked and sent on its own upstream
+ * connection with Connection: close. */
+static void serve(struct job *j)
+{
+    struct buf b;
+    buf_init(&b, HEAD_MAX + RELAY_BUF);
+    for (int nreq = 0;; nreq++) {
+        size_t head_len = 0;
+        char host[HOST_MAX];
+        int port = 0;
+        int rc = read_head(j, &b, &head_len);
+        if (rc) {
+            if (rc == ERR_TOO_LARGE) {
+                reply(j->c->cfd, 431, "Request Header Fields Too Large", "request head too large");
+            }
+            if (rc == ERR_TOO_LARGE || b.len > 0 || nreq == 0) {
+                count(j->e, &j->e->st.failed, 1);
+            }
+            break;
         }
-    } else {
-        /* Origin-form request line, hop-by-hop and proxy headers dropped, Connection: close. */
+        /* Request line: METHOD SP TARGET SP HTTP/1.x */
+        char *line_end = memmem(b.data, head_len, "\r\n", 2);
+        char *sp1 = memchr(b.data, ' ', (size_t)(line_end - b.data));
+        char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(line_end - sp1 - 1)) : NULL;
+        if (!sp1 || !sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
+            reply(j->c->cfd, 400, "Bad Request", "sessiond egress: malformed request line");
+            count(j->e, &j->e->st.failed, 1);
+            break;
+        }
+        const char *target = sp1 + 1;
+        size_t tlen = (size_t)(sp2 - target);
+        const char *path = "/";
+        size_t plen = 1;
+        int is_connect = (size_t)(sp1 - b.data) == 7 && memcmp(b.data, "CONNECT", 7) == 0;
+        if (is_connect) {
+            rc = split_hostport(target, tlen, host, &port);
+        } else if (tlen > 7 && strncasecmp(target, "http://", 7) == 0) {
+            const char *auth = target + 7;
+            const char *slash = memchr(auth, '/', tlen - 7);
+            size_t alen = slash ? (size_t)(slash - auth) : tlen - 7;
+            if (slash) {
+                path = slash;
+                plen = tlen - (size_t)(slash - target);
+            }
+            rc = memchr(auth, '@', alen) ? ERR_INVALID : split_authority(auth, alen, host, &port);
+        } else {
+            rc = ERR_INVALID;
+        }
+        if (rc) {
+            reply(j->c->cfd, 400, "Bad Request",
+                  "sessiond egress: use CONNECT host:port or an absolute http:// URI");
+            count(j->e, &j->e->st.failed, 1);
+            break;
+        }
+        if (open_upstream(j, host, port)) {
+            break;
+        }
+        if (is_connect) {
+            static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+            if (write_all(j->c->cfd, ok, sizeof(ok) - 1)) {
+                break;
+            }
+            /* Bytes the client sent after the head (a TLS ClientHello). */
+            if (b.len > head_len && write_all(j->c->ufd, b.data + head_len, b.len - head_len)) {
+                break;
+            }
+            relay(j);
+            break;
+        }
+        /* Plain http: origin-form request line, hop-by-hop and proxy headers dropped,
+         * Connection: close to the upstream (one request per upstream connection). */
+        char v[64];
+        uint64_t body = 0;
+        int client_close = header_value(b.data, head_len, "connection", v, sizeof(v)) == 0 &&
+                           strcasestr(v, "close") != NULL;
+        int chunked = header_value(b.data, head_len, "transfer-encoding", v, sizeof(v)) == 0;
+        if (!chunked && header_value(b.data, head_len, "content-length", v, sizeof(v)) == 0) {
+            char *end;
+            unsigned long long cl = strtoull(v, &end, 10);
+            if (*end || end == v) {
+                reply(j->c->cfd, 400, "Bad Request", "sessiond egress: bad Content-Length");
+                break;
+            }
+            body = cl;
+        }
         struct buf h;
         buf_init(&h, 0);
         buf_append(&h, b.data, (size_t)(sp1 - b.data) + 1);
@@ -680,18 +884,23 @@ static void serve(struct job *j)
         buf_puts(&h, "Connection: close\r\n\r\n");
         rc = write_all(j->c->ufd, h.data, h.len);
         buf_free(&h);
+        buf_consume(&b, head_len);
         if (rc) {
-            goto out;
+            break;
         }
-    }
-    /* Bytes the client sent after the head (a TLS ClientHello, a request body). */
-    if (b.len > head_len && write_all(j->c->ufd, b.data + head_len, b.len - head_len)) {
-        goto out;
-    }
-    relay(j);
-out:
-    if (res) {
-        freeaddrinfo(res);
+        if (chunked) {
+            /* A chunked request body: relay raw; this connection carries no other request. */
+            if (b.len && write_all(j->c->ufd, b.data, b.len)) {
+                break;
+            }
+            relay(j);
+            break;
+        }
+        int keep = 0;
+        if (forward_body(j, &b, body) || relay_response(j, &keep) || !keep || client_close) {
+            break;
+        }
+        close_upstream(j);
     }
     buf_free(&b);
 }

@@ -46,8 +46,8 @@ void egress_stop(struct egress *e);
  * non-NULL: a Unix socket at that path (an old file there is replaced; mode 0666 so the
  * sandbox's user can connect); NULL: a TCP listener on 127.0.0.1, its port in *port_out.
  * ERR_INVALID for a malformed entry, ERR_IO if the socket cannot be bound. */
-int egress_open(struct egress *e, const char *name, const char *const *allow,
-                const char *unix_path, int *port_out);
+int egress_open(struct egress *e, const char *name, const char *const *allow, const char *unix_path,
+                int *port_out);
 /** Close the listener of name (its socket file is removed). Open tunnels finish on their
  * own. ERR_NOT_FOUND if there is none. */
 int egress_close(struct egress *e, const char *name);

@@ -65,8 +65,10 @@ int ext_context_check(json_t *context, char *msg, size_t n)
         if (text && !json_is_null(text) &&
             (!json_is_string(text) ||
              utf8_len(json_string_value(text), json_string_length(text)) > EXT_MAX_TEXT)) {
-            snprintf(msg, n, "context.elements[%zu].text must be a string of at most %d "
-                             "characters", i, EXT_MAX_TEXT);
+            snprintf(msg, n,
+                     "context.elements[%zu].text must be a string of at most %d "
+                     "characters",
+                     i, EXT_MAX_TEXT);
             return ERR_INVALID;
         }
         if (classes && !json_is_null(classes) && !json_is_array(classes) &&
@@ -129,9 +131,9 @@ int ext_context_store(struct sess_tx *tx, const char *context_json, const char *
         goto out;
     }
     json_t *d = json_pack("{s:s,s:s,s:s,s:s,s:I,s:s?,s:I,s:s?}", "artifact_id", aid, "type",
-                          "dom_selection", "path", "dom_selection.json", "mime",
-                          "application/json", "size", (json_int_t)len, "message_id", message_id,
-                          "elements", (json_int_t)nel, "url", url_copy);
+                          "dom_selection", "path", "dom_selection.json", "mime", "application/json",
+                          "size", (json_int_t)len, "message_id", message_id, "elements",
+                          (json_int_t)nel, "url", url_copy);
     char *data = jx_dump(d);
     json_decref(d);
     rc = sess_tx_append(tx, "artifact.created", a, data, NULL);

@@ -49,7 +49,7 @@
 
 /* A request body past its cap is drained (read and dropped) up to this many bytes before
  * the 413; beyond it the connection is simply closed. */
-#define DRAIN_MAX ((uint64_t)64 << 20)
+#define DRAIN_MAX         ((uint64_t)64 << 20)
 #define MAX_EXTRA_HEADERS 12
 
 struct http {
@@ -76,6 +76,7 @@ struct req {
     size_t body_max;
     uint64_t received;
     int too_large;
+    int discard; /* body not wanted (no route, not authenticated): drained, not stored */
     /* auth */
     struct auth_info auth;
     int authed;
@@ -192,9 +193,8 @@ int http_match(const char *pattern, const char *path, struct path_params *pp)
     }
 }
 
-const struct route *http_route_find(const struct route *table, const char *method,
-                                    const char *path, struct path_params *pp, char *allow,
-                                    size_t n)
+const struct route *http_route_find(const struct route *table, const char *method, const char *path,
+                                    struct path_params *pp, char *allow, size_t n)
 {
     struct path_params tmp;
     size_t used = 0;
@@ -586,6 +586,8 @@ static int check_ids(struct req *r)
     return 0;
 }
 
+static void dispatch(struct req *r);
+
 /* First call: headers are complete, nothing of the body has been read. */
 static enum MHD_Result on_headers(struct req *r, const char *url, const char *method)
 {
@@ -600,6 +602,11 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
         r->body_max = (size_t)cfg->max_artifact_bytes;
     }
     buf_init(&r->body, r->body_max);
+    /* Authenticate before reading the body: an anonymous client must not make us buffer up
+     * to the cap (16 MiB for artifacts). The 401 itself is sent after the body is drained. */
+    if (!r->route || (!(r->route->flags & ROUTE_PUBLIC) && req_authenticate(r) != 0)) {
+        r->discard = 1;
+    }
     if (r->route && (r->route->flags & ROUTE_WEBSOCKET) && strcmp(r->method, "GET") == 0 &&
         is_websocket_upgrade(r)) {
         void *ctx = NULL;
@@ -615,18 +622,23 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
             req_fail(r, rc, "WebSocket upgrade refused: %s", err_str(rc));
         }
     }
+    const char *expect = req_header(r, "Expect");
+    int waits = expect && strcasecmp(expect, "100-continue") == 0;
     cl = req_header(r, "Content-Length");
     if (cl) {
         int64_t n;
         if (util_parse_i64(cl, &n) == 0 && n > (int64_t)r->body_max) {
             r->too_large = 1;
-            const char *expect = req_header(r, "Expect");
-            if (expect && strcasecmp(expect, "100-continue") == 0) {
+            if (waits) {
                 /* The client waits for our go-ahead: answer now, it sends no body. */
                 req_fail(r, ERR_TOO_LARGE, "request body is larger than %zu bytes", r->body_max);
                 return send_reply(r);
             }
         }
+    }
+    if (r->discard && waits) {
+        dispatch(r); /* 401, 404 or 405 before the client sends a body we would drop */
+        return send_reply(r);
     }
     return MHD_YES;
 }
@@ -663,7 +675,7 @@ static void dispatch(struct req *r)
         return;
     }
     if (!(r->route->flags & ROUTE_PUBLIC)) {
-        if (req_authenticate(r) != 0) {
+        if (!r->authed) { /* tried once, before the body */
             req_fail(r, ERR_AUTH, "missing or invalid bearer token");
             return;
         }
@@ -682,9 +694,8 @@ static void dispatch(struct req *r)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct req *r = *con_cls;
     (void)cls;
@@ -705,10 +716,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         size_t n = *upload_data_size;
         r->received += n;
         *upload_data_size = 0;
-        if (!r->too_large && buf_append(&r->body, upload_data, n) == 0) {
+        if (!r->too_large && !r->discard && buf_append(&r->body, upload_data, n) == 0) {
             return MHD_YES;
         }
-        if (!r->too_large) {
+        if (!r->too_large && !r->discard) {
             r->too_large = 1;
             buf_free(&r->body);
         }
@@ -769,8 +780,8 @@ int http_start(struct app *app, unsigned conn_limit, struct http **out)
     h->app = app;
     atomic_init(&h->inflight, 0);
     h->d = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, &on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        h, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_URI_LOG_CALLBACK,
+        flags, (uint16_t)port, NULL, NULL, &on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_URI_LOG_CALLBACK,
         uri_log_cb, h, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h, MHD_OPTION_CONNECTION_LIMIT,
         conn_limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
@@ -800,7 +811,7 @@ void http_stop(struct http *h, int grace_s)
     MHD_socket lfd = MHD_quiesce_daemon(h->d);
     int64_t deadline = clock_mono_ms() + (int64_t)grace_s * 1000;
     while (atomic_load(&h->inflight) > 0 && clock_mono_ms() < deadline) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
+        struct timespec ts = {0, 10000000L};
         nanosleep(&ts, NULL);
     }
     if (atomic_load(&h->inflight) > 0) {

@@ -45,8 +45,7 @@ int http_match(const char *pattern, const char *path, struct path_params *pp);
 /** Find the route for (method, path) in table (terminated by method NULL). Returns it, or
  * NULL: then *allow (size n) lists the methods the path does accept ("" = 404, else 405).
  * HEAD matches GET routes. */
-const struct route *http_route_find(const struct route *table, const char *method,
-                                    const char *path, struct path_params *pp, char *allow,
-                                    size_t n);
+const struct route *http_route_find(const struct route *table, const char *method, const char *path,
+                                    struct path_params *pp, char *allow, size_t n);
 
 #endif

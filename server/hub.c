@@ -49,13 +49,18 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#define RING_MIN         16u
-#define RING_MAX         16384u
-#define RETAIN           64u
-#define BATCH_MAX_EVENTS 512
-#define BATCH_MAX_BYTES  (256u * 1024u)
-#define MAP_BUCKETS      4096u
-#define STUCK_KILL_SECS  3
+#define RING_MIN          16u
+#define RING_MAX          16384u
+#define RETAIN            64u
+#define BATCH_MAX_EVENTS  512
+#define BATCH_MAX_BYTES   (256u * 1024u)
+#define MAP_BUCKETS       4096u
+#define STUCK_KILL_SECS   3
+#define MAX_CLIENT_WRITES 8   /* prompt/cancel frames in flight per connection */
+#define PRESENCE_MIN_MS   200 /* typing/status broadcasts per connection: at most 5/s */
+#define SHUTDOWN_FLUSH_MS 300 /* time to send close frames (1001) at shutdown */
+#define LAT_BUCKET_US     10
+#define LAT_BUCKETS       20000 /* 10 us .. 200 ms, then one overflow bucket */
 
 static const char EV_PREFIX[] = "{\"type\":\"event\",\"event\":";
 static const char EVS_PREFIX[] = "{\"type\":\"events\",\"events\":[";
@@ -77,6 +82,7 @@ struct chunk {
     size_t len;
     uint64_t off;        /* stream offset of the chunk's first byte */
     int64_t first, last; /* seq range; both 0 for frames without events (presence) */
+    int64_t t_ns;        /* CLOCK_MONOTONIC when its (first) event was committed; 0 = n/a */
     int n;
     struct evref *ev; /* n entries; &one when n == 1 */
     struct evref one;
@@ -122,6 +128,8 @@ struct client { /* lws thread only */
     int close_code;
     char close_reason[96];
     int can_write;
+    int writes;               /* prompt/cancel jobs in flight (bounded: MAX_CLIENT_WRITES) */
+    int64_t last_presence_ms; /* typing/status throttle */
     char role[16];
     struct auth_info who;
     struct buf rx; /* reassembly of fragmented client messages, capped */
@@ -151,8 +159,9 @@ struct inmsg {
     struct inmsg *next;
     int kind;
     int64_t seq;
-    size_t len;          /* IN_EVENT: frame payload length */
-    unsigned char *pay;  /* IN_EVENT: payload (inside this allocation, after LWS_PRE) */
+    int64_t t_ns;       /* IN_EVENT: when hub_on_event ran (right after the commit) */
+    size_t len;         /* IN_EVENT: frame payload length */
+    unsigned char *pay; /* IN_EVENT: payload (inside this allocation, after LWS_PRE) */
     struct hub_handoff *ho;
     struct job *job;
     char sid[72];
@@ -222,6 +231,7 @@ struct hub {
     int adopt_consumed;
     struct hsess *touched;
     struct buf scratch; /* coalescing of lagging clients' frames */
+    uint64_t *lat_hist; /* commit -> lws_write of live event frames, LAT_BUCKET_US buckets */
 
     /* stats (atomics: read by other threads) */
     atomic_ullong st_events_in, st_frames_out, st_events_out, st_gaps, st_culled;
@@ -442,6 +452,7 @@ void hub_on_event(void *ctx, const char *session_id, int64_t seq, const char *js
     memset(m, 0, sizeof(*m));
     m->kind = IN_EVENT;
     m->seq = seq;
+    m->t_ns = clock_mono_ns();
     m->len = flen;
     m->pay = (unsigned char *)(m + 1) + LWS_PRE;
     memcpy(m->pay, EV_PREFIX, EV_PREFIX_LEN);
@@ -616,6 +627,7 @@ static void hs_flush(struct hub *h, struct hsess *hs)
         ch->pay = m->pay;
         ch->len = m->len;
         ch->first = ch->last = m->seq;
+        ch->t_ns = m->t_ns;
         ch->n = 1;
         ch->ev = &ch->one;
         ch->one.seq = m->seq;
@@ -641,6 +653,7 @@ static void hs_flush(struct hub *h, struct hsess *hs)
             ch->pay = mem + LWS_PRE;
             ch->ev = xmalloc((size_t)n * sizeof(struct evref));
             ch->n = n;
+            ch->t_ns = m->t_ns;
             size_t o = 0;
             memcpy(ch->pay, EVS_PREFIX, EVS_PREFIX_LEN);
             o += EVS_PREFIX_LEN;
@@ -827,8 +840,7 @@ static void try_go_live(struct client *c)
     int64_t d = c->delivered;
     uint64_t i = hs->base;
     LOG_DEBUG("hub: go live after %lld: ring [%llu,%llu) max_seq %lld", (long long)d,
-              (unsigned long long)hs->base, (unsigned long long)hs->head,
-              (long long)hs->max_seq);
+              (unsigned long long)hs->base, (unsigned long long)hs->head, (long long)hs->max_seq);
     while (i < hs->head) {
         struct chunk *ch = ring_at(hs, i);
         if (ch->n > 0 && ch->last > d) {
@@ -970,6 +982,7 @@ static void handle_result(struct hub *h, struct job *j)
         break;
     case J_PROMPT:
     case J_CANCEL:
+        c->writes--;
         if (j->rc) {
             client_error(c, j->rc, j->msg, 0);
         } else if (j->out.len) {
@@ -1035,8 +1048,8 @@ static void drain_inbox(struct hub *h)
 
 static void client_typing_status(struct client *c, const char *kind, const char *field, json_t *v)
 {
-    json_t *o = json_pack("{s:s,s:{s:s,s:s}}", "type", kind, "user", "id", c->who.user_id,
-                          "name", c->who.name);
+    json_t *o = json_pack("{s:s,s:{s:s,s:s}}", "type", kind, "user", "id", c->who.user_id, "name",
+                          c->who.name);
     json_object_set(o, field, v);
     char *s = jx_dump(o);
     hs_broadcast(c->h, c->hs, s, strlen(s));
@@ -1072,8 +1085,12 @@ static void client_message(struct client *c, const char *data, size_t len)
         free(s);
         json_decref(p);
         wake(c);
+    } else if ((strcmp(type, "typing") == 0 || strcmp(type, "status") == 0) &&
+               clock_mono_ms() - c->last_presence_ms < PRESENCE_MIN_MS) {
+        /* Ephemeral and fanned out to everyone: a flood is dropped, not queued. */
     } else if (strcmp(type, "typing") == 0) {
         int typing = 1;
+        c->last_presence_ms = clock_mono_ms();
         if (jx_bool(o, "typing", &typing, msg, sizeof(msg))) {
             client_error(c, ERR_INVALID, msg, 0);
             goto out;
@@ -1081,6 +1098,7 @@ static void client_message(struct client *c, const char *data, size_t len)
         client_typing_status(c, "presence.typing", "typing", typing ? json_true() : json_false());
     } else if (strcmp(type, "status") == 0) {
         const char *st = NULL;
+        c->last_presence_ms = clock_mono_ms();
         if (jx_str(o, "status", &st, msg, sizeof(msg)) || !st ||
             (strcmp(st, "active") && strcmp(st, "idle") && strcmp(st, "away"))) {
             client_error(c, ERR_INVALID, "field 'status' must be active, idle or away", 0);
@@ -1101,6 +1119,11 @@ static void client_message(struct client *c, const char *data, size_t len)
             client_error(c, ERR_FORBIDDEN, "read-only access to this session", 0);
             goto out;
         }
+        if (c->writes >= MAX_CLIENT_WRITES) {
+            client_error(c, ERR_LIMIT, "too many prompt/cancel frames in flight", 0);
+            goto out;
+        }
+        c->writes++;
         struct job *j = job_new(type[0] == 'p' ? J_PROMPT : J_CANCEL, c, c->hs->id);
         j->who = c->who;
         snprintf(j->role, sizeof(j->role), "%s", c->role);
@@ -1141,6 +1164,16 @@ static int on_receive(struct client *c, struct lws *wsi, const char *in, size_t 
     return 0;
 }
 
+/* Commit-to-write latency of one live frame to one client (lws thread only). */
+static void lat_record(struct hub *h, int64_t t_ns)
+{
+    if (!h->lat_hist || !t_ns) {
+        return;
+    }
+    int64_t b = (clock_mono_ns() - t_ns) / 1000 / LAT_BUCKET_US;
+    h->lat_hist[b < 0 ? 0 : (b > LAT_BUCKETS ? LAT_BUCKETS : b)]++;
+}
+
 static int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
 {
     struct hsess *hs = c->hs;
@@ -1172,6 +1205,7 @@ static int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
              * not take, so the scratch buffer is free again when lws_write returns). */
             struct buf *b = &h->scratch;
             int n = 0;
+            int64_t t_first = ch->t_ns;
             buf_reset(b);
             pad_pre(b);
             buf_puts(b, EVS_PREFIX);
@@ -1192,6 +1226,7 @@ static int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
             buf_puts(b, "]}");
             int w = lws_write(wsi, (unsigned char *)b->data + LWS_PRE, b->len - LWS_PRE,
                               LWS_WRITE_TEXT);
+            lat_record(h, t_first);
             atomic_fetch_add(&h->st_frames_out, 1);
             atomic_fetch_add(&h->st_events_out, (unsigned long long)n);
             if (b->cap > 4 * BATCH_MAX_BYTES) {
@@ -1206,6 +1241,7 @@ static int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
                 c->delivered = ch->last;
             }
             int w = lws_write(wsi, ch->pay, ch->len, LWS_WRITE_TEXT);
+            lat_record(h, ch->t_ns);
             atomic_fetch_add(&h->st_frames_out, 1);
             atomic_fetch_add(&h->st_events_out, (unsigned long long)ch->n);
             if (w < 0) {
@@ -1315,11 +1351,12 @@ static int hub_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     struct lws_context *ctx = lws_get_context(wsi);
     struct hub *h = ctx ? lws_context_user(ctx) : NULL;
     struct client **pss = user;
+    if (!h) {
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        if (h) {
-            drain_inbox(h);
-        }
+        drain_inbox(h);
         return 0;
     case LWS_CALLBACK_ESTABLISHED:
         on_established(h, wsi, pss);
@@ -1343,7 +1380,7 @@ static int hub_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     case LWS_CALLBACK_WSI_DESTROY: {
         /* A hand-off whose handshake never completed. */
         struct hub_handoff *ho = lws_get_opaque_user_data(wsi);
-        if (ho && (!h || ho != h->adopting)) {
+        if (ho && ho != h->adopting) {
             lws_set_opaque_user_data(wsi, NULL);
             free(ho->bytes);
             free(ho);
@@ -1364,6 +1401,25 @@ static const struct lws_protocols protocols[] = {
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
+/* Shutdown: tell every client "going away" (1001) so it reconnects, instead of a reset. */
+static void close_all(struct hub *h)
+{
+    for (uint32_t b = 0; b < MAP_BUCKETS; b++) {
+        for (struct hsess *hs = h->map[b]; hs; hs = hs->hnext) {
+            for (struct client *c = hs->clients; c; c = c->next) {
+                c->state = C_CLOSING;
+                c->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
+                snprintf(c->close_reason, sizeof(c->close_reason), "server restarting");
+                if (c->wsi) {
+                    /* Bounds the flush below for peers that do not read. */
+                    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 1);
+                }
+                wake(c);
+            }
+        }
+    }
+}
+
 static void *lws_main(void *arg)
 {
     struct hub *h = arg;
@@ -1371,6 +1427,11 @@ static void *lws_main(void *arg)
         if (lws_service(h->ctx, 0) < 0) {
             break;
         }
+    }
+    close_all(h);
+    int64_t until = clock_mono_ms() + SHUTDOWN_FLUSH_MS;
+    while (atomic_load(&h->st_clients) > 0 && clock_mono_ms() < until) {
+        lws_service(h->ctx, 0);
     }
     return NULL;
 }
@@ -1458,10 +1519,9 @@ static void do_hello(struct hub *h, struct job *j)
         json_object_set_new(p, "status", status ? json_string(status) : json_null());
     }
     json_object_set_new(row, "connected", connected);
-    json_t *hello = json_pack("{s:s,s:o,s:I,s:o,s:{s:s,s:s,s:s}}", "type", "hello", "session",
-                              row, "last_seq", (json_int_t)hr.last, "participants",
-                              hr.participants, "you", "id", j->who.user_id, "name",
-                              j->who.name, "role", j->role);
+    json_t *hello = json_pack("{s:s,s:o,s:I,s:o,s:{s:s,s:s,s:s}}", "type", "hello", "session", row,
+                              "last_seq", (json_int_t)hr.last, "participants", hr.participants,
+                              "you", "id", j->who.user_id, "name", j->who.name, "role", j->role);
     row = NULL;
     hr.participants = NULL;
     char *txt = jx_dump(hello);
@@ -1530,8 +1590,8 @@ static int presence_tx(struct sess_tx *tx, void *arg)
     buf_json_str(&d, po->who->name, strlen(po->who->name));
     buf_puts(&d, "}}");
     struct author a = {po->who->user_id, po->who->name, po->who->email};
-    int rc = sess_tx_append(tx, po->join ? "participant.joined" : "participant.left", &a, d.data,
-                            NULL);
+    int rc =
+        sess_tx_append(tx, po->join ? "participant.joined" : "participant.left", &a, d.data, NULL);
     buf_free(&d);
     return rc;
 }
@@ -1545,8 +1605,8 @@ static void do_presence(struct hub *h, struct job *j)
         rc = sess_write(s, presence_tx, &po);
     }
     if (rc) {
-        LOG_WARN("hub: presence %s in session %s: %s", j->kind == J_JOIN ? "join" : "leave",
-                 j->sid, err_str(rc));
+        LOG_WARN("hub: presence %s in session %s: %s", j->kind == J_JOIN ? "join" : "leave", j->sid,
+                 err_str(rc));
     }
     sess_put(s);
 }
@@ -1557,11 +1617,10 @@ static void do_client_write(struct hub *h, struct job *j)
     const char *ref = NULL;
     char msg[200] = "";
     jx_str(j->body, "id", &ref, msg, sizeof(msg));
-    int rc = j->kind == J_PROMPT
-                 ? hub_api_prompt(h->app, j->sid, &j->who, j->role, j->body, &res, j->msg,
-                                  sizeof(j->msg))
-                 : hub_api_cancel(h->app, j->sid, &j->who, j->role, j->body, &res, j->msg,
-                                  sizeof(j->msg));
+    int rc = j->kind == J_PROMPT ? hub_api_prompt(h->app, j->sid, &j->who, j->role, j->body, &res,
+                                                  j->msg, sizeof(j->msg))
+                                 : hub_api_cancel(h->app, j->sid, &j->who, j->role, j->body, &res,
+                                                  j->msg, sizeof(j->msg));
     j->rc = rc;
     if (!rc) {
         json_t *ack = json_pack("{s:s,s:s,s:o}", "type", "ack", "for",
@@ -1615,8 +1674,8 @@ static void *writer_main(void *arg)
 
 /* ---- tickets ---- */
 
-int hub_ticket_create(struct hub *h, const char *sid, const struct auth_info *who,
-                      const char *role, int64_t ttl_ms, char out[65])
+int hub_ticket_create(struct hub *h, const char *sid, const struct auth_info *who, const char *role,
+                      int64_t ttl_ms, char out[65])
 {
     struct ticket *t = xcalloc(1, sizeof(*t));
     util_random_hex(out, 32);
@@ -1750,6 +1809,7 @@ int hub_start(struct hub *h, struct app *app)
         LOG_ERROR("hub: no vhost");
         return ERR_INTERNAL;
     }
+    h->lat_hist = xcalloc(LAT_BUCKETS + 1, sizeof(uint64_t));
     h->readers = xcalloc((size_t)h->cfg.workers, sizeof(pthread_t));
     for (int i = 0; i < h->cfg.workers; i++) {
         if (pthread_create(&h->readers[i], NULL, reader_main, h) != 0) {
@@ -1838,6 +1898,28 @@ void hub_free(struct hub *h)
         struct ticket *nx = t->next;
         free(t);
         t = nx;
+    }
+    if (h->lat_hist) {
+        uint64_t total = 0, acc = 0;
+        double pct[3] = {0.5, 0.99, 0.999}, val[3] = {0, 0, 0};
+        for (int i = 0; i <= LAT_BUCKETS; i++) {
+            total += h->lat_hist[i];
+        }
+        for (int i = 0, k = 0; i <= LAT_BUCKETS && k < 3 && total; i++) {
+            acc += h->lat_hist[i];
+            while (k < 3 && (double)acc >= pct[k] * (double)total) {
+                val[k++] = (i + 0.5) * LAT_BUCKET_US / 1000.0;
+            }
+        }
+        if (total) {
+            LOG_INFO("hub: commit-to-write latency of %llu live frames: p50 %.2f ms, p99 %.2f ms, "
+                     "p99.9 %.2f ms; %llu events delivered, %llu gaps, %llu clients culled",
+                     (unsigned long long)total, val[0], val[1], val[2],
+                     (unsigned long long)atomic_load(&h->st_events_out),
+                     (unsigned long long)atomic_load(&h->st_gaps),
+                     (unsigned long long)atomic_load(&h->st_culled));
+        }
+        free(h->lat_hist);
     }
     free(h->readers);
     buf_free(&h->scratch);

@@ -28,25 +28,25 @@ struct hub;
 
 /** Tunables (defaults when 0). */
 struct hub_config {
-    size_t max_frame;       /* largest client message (reassembled); default 1 MiB */
-    size_t send_queue_max;  /* per-client lag in bytes before a gap; default 1 MiB */
-    int ping_secs;          /* protocol ping after this much silence; default 30 */
-    int workers;            /* reader threads (hello, replay pages); default 2 */
-    int replay_page;        /* events per replay page; default 256 */
+    size_t max_frame;      /* largest client message (reassembled); default 1 MiB */
+    size_t send_queue_max; /* per-client lag in bytes before a gap; default 1 MiB */
+    int ping_secs;         /* protocol ping after this much silence; default 30 */
+    int workers;           /* reader threads (hello, replay pages); default 2 */
+    int replay_page;       /* events per replay page; default 256 */
 };
 
 /** A WebSocket connection handed over by the HTTP side (ws_upgrade.c), already authenticated
  * (or refused: err != 0 and the client gets an error frame then a close code). Owned by the
  * hub once passed to hub_adopt(). */
 struct hub_handoff {
-    int fd;           /* our own reference to the socket */
-    char *bytes;      /* the request as lws should read it (xmalloc'd) */
+    int fd;      /* our own reference to the socket */
+    char *bytes; /* the request as lws should read it (xmalloc'd) */
     size_t len;
-    int err;          /* 0, or the err.h code to refuse with (after the handshake) */
+    int err; /* 0, or the err.h code to refuse with (after the handshake) */
     char err_msg[160];
     char sid[72];
-    int64_t after;    /* ?after=K, or -1 for none */
-    int can_write;    /* role owner/writer: may send prompt / cancel */
+    int64_t after; /* ?after=K, or -1 for none */
+    int can_write; /* role owner/writer: may send prompt / cancel */
     char role[16];
     struct auth_info who;
 };
@@ -71,8 +71,8 @@ json_t *hub_presence(struct hub *h, const char *sid);
 
 /** One-use WebSocket tickets (POST /v1/sessions/{id}/ws-ticket): valid for ttl_ms, bound to
  * the session and the caller's identity. out gets 64 hex chars + NUL. */
-int hub_ticket_create(struct hub *h, const char *sid, const struct auth_info *who,
-                      const char *role, int64_t ttl_ms, char out[65]);
+int hub_ticket_create(struct hub *h, const char *sid, const struct auth_info *who, const char *role,
+                      int64_t ttl_ms, char out[65]);
 /** Redeem a ticket for sid: 0 and *who/role filled, or ERR_AUTH (unknown, used, expired, or
  * for another session). */
 int hub_ticket_take(struct hub *h, const char *ticket, const char *sid, struct auth_info *who,
@@ -82,20 +82,20 @@ int hub_ticket_take(struct hub *h, const char *ticket, const char *sid, struct a
  * (server/ws_api.c bridges to them). Run on the hub's writer thread. frame is the client's
  * JSON object; *out (new reference, may stay NULL) is sent back in an `ack` frame. On error
  * returns a negative err.h code with a message in msg. */
-int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who,
-                   const char *role, json_t *frame, json_t **out, char *msg, size_t n);
-int hub_api_cancel(struct app *app, const char *sid, const struct auth_info *who,
-                   const char *role, json_t *frame, json_t **out, char *msg, size_t n);
+int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who, const char *role,
+                   json_t *frame, json_t **out, char *msg, size_t n);
+int hub_api_cancel(struct app *app, const char *sid, const struct auth_info *who, const char *role,
+                   json_t *frame, json_t **out, char *msg, size_t n);
 
 /** Counters for /metrics and the benchmark. */
 struct hub_stats {
-    uint64_t events_in;   /* events received from the store */
-    uint64_t frames_out;  /* frames written (all kinds) */
-    uint64_t events_out;  /* event deliveries (one event to one client) */
-    uint64_t gaps;        /* gap frames sent */
-    uint64_t culled;      /* clients closed for being stuck */
-    int clients;          /* connected now */
-    int sessions;         /* sessions with at least one client */
+    uint64_t events_in;  /* events received from the store */
+    uint64_t frames_out; /* frames written (all kinds) */
+    uint64_t events_out; /* event deliveries (one event to one client) */
+    uint64_t gaps;       /* gap frames sent */
+    uint64_t culled;     /* clients closed for being stuck */
+    int clients;         /* connected now */
+    int sessions;        /* sessions with at least one client */
 };
 void hub_get_stats(struct hub *h, struct hub_stats *out);
 

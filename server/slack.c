@@ -18,8 +18,8 @@
  *
  * The watcher thread polls the events of sessions with a prompt in flight (GET
  * /v1/sessions/{id}/events?after=N, cheap) and, when the prompt ends, posts the result in
- * the thread as Block Kit blocks. Watches are kept in memory; a restart loses the pending
- * result posts (the sessions themselves are durable).
+ * the thread as Block Kit blocks. The watches are saved in the registry kv ("slack:watches")
+ * and resumed at start, so a result is posted even across a restart of the server.
  *
  * Threads: HTTP threads (handle_events), one worker, one watcher. Shared state (queue,
  * watches, counters) is guarded by sl->lock. Slack Web API calls honour 429 Retry-After.
@@ -37,6 +37,7 @@
 #include "server/api.h"
 #include "server/app.h"
 #include "server/config.h"
+#include "sandbox/repos.h"
 #include "storage/registry.h"
 
 #include <ctype.h>
@@ -71,6 +72,8 @@ struct watch {
     char *summary;     /* from an assistant message / agent done */
     char *pr_url;
     int64_t started_ms;
+    int64_t next_ms; /* monotonic ms of the next poll */
+    int interval_ms; /* poll_ms, doubled while the session is quiet (capped at 2 s) */
 };
 
 struct slack {
@@ -96,6 +99,9 @@ struct slack {
     char *local_url;   /* http://127.0.0.1:PORT, set once the server listens */
     char *local_token; /* our bot token's secret (memory only) */
     struct slack_stats stats;
+
+    json_t *persist;           /* {"sid/pid": {watch}}: the watches, saved in kv "slack:watches" */
+    pthread_mutex_t save_lock; /* orders the kv writes of persist (taken before lock) */
 
     pthread_t worker, watcher;
     int threads;
@@ -141,12 +147,16 @@ void slack_config_from(struct slack_config *sc, const struct config *c)
             while (h < hend) {
                 const char *semi = memchr(h, ';', (size_t)(hend - h));
                 const char *e = semi ? semi : hend;
-                while (h < e && *h == ' ') {
+                const char *t = e;
+                while (h < t && *h == ' ') {
                     h++;
                 }
-                if (e > h) {
+                while (t > h && t[-1] == ' ') {
+                    t--;
+                }
+                if (t > h) {
                     json_array_append_new(json_object_get(o, "hints"),
-                                          json_stringn(h, (size_t)(e - h)));
+                                          json_stringn(h, (size_t)(t - h)));
                 }
                 h = e + 1;
             }
@@ -166,8 +176,8 @@ static char *dup_or_null(const char *s)
 /* ------------------------------------------------------------------------------------------ */
 /* verification                                                                                */
 
-int slack_verify(const char *secret, const char *ts, const char *sig, const char *body,
-                 size_t len, int64_t now_s)
+int slack_verify(const char *secret, const char *ts, const char *sig, const char *body, size_t len,
+                 int64_t now_s)
 {
     if (!secret || !*secret) {
         return ERR_UNAVAILABLE;
@@ -293,10 +303,10 @@ static int has_phrase(const char *text, const char *phrase)
 }
 
 static const char *const stopwords[] = {
-    "the",  "and",  "for",  "with", "that", "this", "from", "into", "your", "our", "are",
-    "was",  "not",  "but",  "can",  "all",  "any",  "its",  "has",  "have", "will", "repo",
-    "repository", "code", "service", "please", "fix", "add", "make", "used", "uses", "using",
-    NULL};
+    "the", "and",  "for",  "with", "that",       "this", "from",    "into",   "your",
+    "our", "are",  "was",  "not",  "but",        "can",  "all",     "any",    "its",
+    "has", "have", "will", "repo", "repository", "code", "service", "please", "fix",
+    "add", "make", "used", "uses", "using",      NULL};
 
 static int is_stop(const char *w, size_t n)
 {
@@ -458,8 +468,8 @@ json_t *slack_result_blocks(const char *repo, const char *state, const char *sum
                                         session_url, "action_id", "open_session"));
     }
     if (json_array_size(elements)) {
-        json_array_append_new(blocks, json_pack("{s:s, s:o}", "type", "actions", "elements",
-                                                elements));
+        json_array_append_new(blocks,
+                              json_pack("{s:s, s:o}", "type", "actions", "elements", elements));
     } else {
         json_decref(elements);
     }
@@ -617,8 +627,7 @@ static int slack_api(struct slack *sl, const char *method, json_t *args, int for
         buf_init(&resp, MAX_RESP);
         long status = 0, retry = 0;
         rc = http_do("POST", url, sl->bot_token,
-                     form ? "application/x-www-form-urlencoded"
-                          : "application/json; charset=utf-8",
+                     form ? "application/x-www-form-urlencoded" : "application/json; charset=utf-8",
                      body, 15000, &status, &resp, &retry);
         if (rc == 0 && status == 429) {
             long wait = retry > 0 ? retry : 1;
@@ -688,7 +697,7 @@ static int local_call(struct slack *sl, const char *method, const char *path, js
     pthread_mutex_unlock(&sl->lock);
     int rc = ERR_UNAVAILABLE;
     if (!base || !tok) {
-        LOG_WARN("slack: the local API address is not known yet");
+        LOG_DEBUG("slack: the local API address is not known yet");
         goto out;
     }
     char *url = xasprintf("%s%s", base, path);
@@ -696,8 +705,7 @@ static int local_call(struct slack *sl, const char *method, const char *path, js
     struct buf resp;
     buf_init(&resp, MAX_RESP);
     long retry = 0;
-    rc = http_do(method, url, tok, b ? "application/json" : NULL, b, 30000, status, &resp,
-                 &retry);
+    rc = http_do(method, url, tok, b ? "application/json" : NULL, b, 30000, status, &resp, &retry);
     if (rc == 0 && resp.len) {
         *out = json_loadb(resp.data, resp.len, 0, NULL);
     }
@@ -730,15 +738,14 @@ static void repo_list_free(struct repo_list *l)
     json_decref(l->arr);
 }
 
-/* The repositories: GET /v1/repos (the repository registry) when it exists, else the list
- * from the configuration. */
+/* The repositories: the repository registry (sandbox/repos.h) when it has any, else the
+ * list from the configuration (slack.repos). */
 static void repo_list_load(struct slack *sl, struct repo_list *l)
 {
     memset(l, 0, sizeof(*l));
-    long status = 0;
     json_t *resp = NULL;
-    if (local_call(sl, "GET", "/v1/repos", NULL, &status, &resp) == 0 && status == 200) {
-        json_t *a = json_is_array(resp) ? resp : json_object_get(resp, "repos");
+    if (sl->app && sl->app->repos && repos_list(sl->app->repos, &resp) == 0) {
+        json_t *a = json_object_get(resp, "repos");
         if (json_is_array(a) && json_array_size(a)) {
             l->arr = json_incref(a);
         }
@@ -795,10 +802,10 @@ static int classify(struct slack *sl, const struct repo_list *l, const char *cha
     }
     char *user = xasprintf("Channel: #%s\nThread:\n%s\nRequest:\n%s", chan ? chan : "",
                            thread ? thread : "", msg ? msg : "");
-    json_t *req = json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}], s:i}", "model",
-                            sl->classifier_model ? sl->classifier_model : "gpt-4o-mini",
-                            "messages", "role", "system", "content", sys.data, "role", "user",
-                            "content", user, "max_tokens", 20);
+    json_t *req =
+        json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}], s:i}", "model",
+                  sl->classifier_model ? sl->classifier_model : "gpt-4o-mini", "messages", "role",
+                  "system", "content", sys.data, "role", "user", "content", user, "max_tokens", 20);
     buf_free(&sys);
     free(user);
     char *body = jx_dump(req);
@@ -851,6 +858,33 @@ static void kv_put(struct slack *sl, const char *key, const char *val)
     }
 }
 
+/* Save the set of watches, so results are still posted after a restart. save_lock keeps the
+ * kv writes in the order of the snapshots. */
+static void persist_save(struct slack *sl)
+{
+    pthread_mutex_lock(&sl->save_lock);
+    pthread_mutex_lock(&sl->lock);
+    char *s = jx_dump(sl->persist);
+    pthread_mutex_unlock(&sl->lock);
+    kv_put(sl, "slack:watches", s);
+    pthread_mutex_unlock(&sl->save_lock);
+    free(s);
+}
+
+static void persist_set(struct slack *sl, const char *sid, const char *pid, json_t *w)
+{
+    char *key = xasprintf("%s/%s", sid, pid);
+    pthread_mutex_lock(&sl->lock);
+    if (w) {
+        json_object_set_new(sl->persist, key, w);
+    } else {
+        json_object_del(sl->persist, key);
+    }
+    pthread_mutex_unlock(&sl->lock);
+    free(key);
+    persist_save(sl);
+}
+
 static void add_watch(struct slack *sl, const char *sid, const char *pid, int64_t after,
                       const char *channel, const char *thread_ts, const char *repo)
 {
@@ -872,7 +906,12 @@ static void add_watch(struct slack *sl, const char *sid, const char *pid, int64_
     }
     pthread_cond_broadcast(&sl->wcond);
     pthread_mutex_unlock(&sl->lock);
-    if (w) {
+    if (!w) {
+        persist_set(sl, sid, pid,
+                    json_pack("{s:s,s:s,s:s,s:s,s:s?,s:I}", "session_id", sid, "prompt_id", pid,
+                              "channel", channel, "thread_ts", thread_ts, "repo", repo, "after",
+                              (json_int_t)after));
+    } else {
         LOG_WARN("slack: too many prompts in flight, result of %s will not be posted", pid);
         free(w->session_id);
         free(w->prompt_id);
@@ -1041,8 +1080,7 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
              * it says more than the repository's name). */
             char *nr = normalize(text), *nn = normalize(repo);
             free(prompt);
-            prompt = strcmp(nr, nn) == 0 ? xstrdup(pending)
-                                         : xasprintf("%s\n\n%s", pending, text);
+            prompt = strcmp(nr, nn) == 0 ? xstrdup(pending) : xasprintf("%s\n\n%s", pending, text);
             free(nr);
             free(nn);
             free(pending);
@@ -1097,8 +1135,8 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
     int rc = local_call(sl, "POST", path, body, &status, &resp);
     free(path);
     if (rc != 0 || status / 100 != 2) {
-        const char *m = json_string_value(
-            json_object_get(json_object_get(resp, "error"), "message"));
+        const char *m =
+            json_string_value(json_object_get(json_object_get(resp, "error"), "message"));
         LOG_WARN("slack: forwarding the prompt failed (status %ld)", status);
         char *msg = xasprintf(":warning: I could not queue that: %s", m ? m : "server error");
         post_message(sl, channel, root, msg, NULL);
@@ -1118,8 +1156,8 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
             free(p2);
             json_decref(srow);
         }
-        add_watch(sl, sid, pid, json_is_integer(seqv) ? json_integer_value(seqv) : 0, channel,
-                  root, repo);
+        add_watch(sl, sid, pid, json_is_integer(seqv) ? json_integer_value(seqv) : 0, channel, root,
+                  repo);
     }
     LOG_INFO("slack: prompt forwarded to session %s", sid);
 out:
@@ -1202,7 +1240,8 @@ static void watch_free(struct watch *w)
 
 static int is_pr_url(const char *s)
 {
-    return s && strncmp(s, "http", 4) == 0 && (strstr(s, "/pull/") || strstr(s, "/merge_requests/"));
+    return s && strncmp(s, "http", 4) == 0 &&
+           (strstr(s, "/pull/") || strstr(s, "/merge_requests/"));
 }
 
 /* Look at one event of a watched session. Returns 1 when the watched prompt has ended. */
@@ -1249,6 +1288,12 @@ static int watch_event(struct watch *w, json_t *e, const char **state)
                 buf_puts(&w->output, text);
             }
         }
+    } else if (strcmp(type, "pr.created") == 0) {
+        const char *u = obj_str(d, "url");
+        if (is_pr_url(u)) {
+            free(w->pr_url);
+            w->pr_url = xstrdup(u);
+        }
     } else if (strcmp(type, "artifact") == 0 || strcmp(type, "artifact.created") == 0) {
         const char *t = obj_str(d, "type");
         const char *u = obj_str(d, "url");
@@ -1276,6 +1321,11 @@ static int watch_event(struct watch *w, json_t *e, const char **state)
 /* Poll one watch. Returns 1 when it is finished (result posted) and may be freed. */
 static int poll_watch(struct slack *sl, struct watch *w)
 {
+    int64_t now = clock_mono_ms();
+    if (now < w->next_ms) {
+        return 0;
+    }
+    int64_t before = w->after;
     int done = 0;
     const char *state = NULL;
     for (int page = 0; page < 20 && !done; page++) {
@@ -1308,6 +1358,14 @@ static int poll_watch(struct slack *sl, struct watch *w)
         }
     }
     if (!done) {
+        /* Quiet sessions are polled less often; any new event resets the pace. */
+        w->interval_ms = w->after != before
+                             ? sl->poll_ms
+                             : (w->interval_ms * 2 > 2000 ? 2000 : w->interval_ms * 2);
+        if (w->interval_ms < sl->poll_ms) {
+            w->interval_ms = sl->poll_ms;
+        }
+        w->next_ms = now + w->interval_ms;
         return 0;
     }
     const char *summary = w->summary;
@@ -1316,8 +1374,11 @@ static int poll_watch(struct slack *sl, struct watch *w)
     }
     char *url = session_url(sl, w->session_id);
     json_t *blocks = slack_result_blocks(w->repo, state, summary, w->pr_url, url);
-    char *fallback = xasprintf("%s in %s", strcmp(state, "completed") == 0 ? "Done" : state,
-                               w->repo ? w->repo : "session");
+    char *fallback = xasprintf("%s in %s",
+                               strcmp(state, "completed") == 0 ? "Done"
+                               : strcmp(state, "failed") == 0  ? "Failed"
+                                                               : "Cancelled",
+                               w->repo ? w->repo : "the session");
     post_message(sl, w->channel, w->thread_ts, fallback, blocks);
     free(fallback);
     json_decref(blocks);
@@ -1348,6 +1409,7 @@ static void *watcher_main(void *arg)
             struct watch *w = list;
             list = w->next;
             if (poll_watch(sl, w)) {
+                persist_set(sl, w->session_id, w->prompt_id, NULL);
                 watch_free(w);
             } else {
                 w->next = keep;
@@ -1400,13 +1462,37 @@ static void make_local_token(struct slack *sl)
     json_decref(t);
 }
 
+/* Resume the watches of prompts that were running when the server stopped. */
+static void load_watches(struct slack *sl)
+{
+    char *v = kv_get(sl, "slack:watches");
+    json_t *o = v ? json_loads(v, 0, NULL) : NULL;
+    free(v);
+    const char *k;
+    json_t *w;
+    json_object_foreach(o, k, w)
+    {
+        const char *sid = obj_str(w, "session_id"), *pid = obj_str(w, "prompt_id");
+        const char *ch = obj_str(w, "channel"), *ts = obj_str(w, "thread_ts");
+        json_t *after = json_object_get(w, "after");
+        if (sid && pid && ch && ts) {
+            add_watch(sl, sid, pid, json_is_integer(after) ? json_integer_value(after) : 0, ch, ts,
+                      obj_str(w, "repo"));
+        }
+    }
+    if (json_object_size(o)) {
+        LOG_INFO("slack: resumed %zu pending result(s)", json_object_size(o));
+    }
+    json_decref(o);
+}
+
 int slack_new(const struct slack_config *cfg, struct app *app, struct slack **out)
 {
     struct slack *sl = xcalloc(1, sizeof(*sl));
     sl->signing_secret = dup_or_null(cfg->signing_secret);
     sl->bot_token = dup_or_null(cfg->bot_token);
-    sl->api_base = xstrdup(cfg->api_base && *cfg->api_base ? cfg->api_base
-                                                           : SLACK_DEFAULT_API_BASE);
+    sl->api_base =
+        xstrdup(cfg->api_base && *cfg->api_base ? cfg->api_base : SLACK_DEFAULT_API_BASE);
     size_t n = strlen(sl->api_base);
     while (n > 0 && sl->api_base[n - 1] == '/') {
         sl->api_base[--n] = 0;
@@ -1428,8 +1514,11 @@ int slack_new(const struct slack_config *cfg, struct app *app, struct slack **ou
     pthread_cond_init(&sl->cond, NULL);
     pthread_cond_init(&sl->wcond, NULL);
     pthread_once(&curl_once, curl_init_once);
+    sl->persist = json_object();
+    pthread_mutex_init(&sl->save_lock, NULL);
     if (sl->signing_secret) {
         make_local_token(sl);
+        load_watches(sl);
         if (pthread_create(&sl->worker, NULL, worker_main, sl) == 0) {
             sl->threads |= 1;
         }
@@ -1507,6 +1596,8 @@ void slack_free(struct slack *sl)
     pthread_cond_destroy(&sl->cond);
     pthread_cond_destroy(&sl->wcond);
     pthread_mutex_destroy(&sl->lock);
+    pthread_mutex_destroy(&sl->save_lock);
+    json_decref(sl->persist);
     if (sl->signing_secret) {
         memset(sl->signing_secret, 0, strlen(sl->signing_secret));
     }
@@ -1567,8 +1658,8 @@ void slack_handle_events(struct slack *sl, const char *ts, const char *sig, cons
         pthread_mutex_lock(&sl->lock);
         sl->stats.rejected++;
         pthread_mutex_unlock(&sl->lock);
-        LOG_WARN("slack: request refused: %s", !ts || !sig ? "missing signature headers"
-                                                           : "bad or stale signature");
+        LOG_WARN("slack: request refused: %s",
+                 !ts || !sig ? "missing signature headers" : "bad or stale signature");
         *status = 401;
         *body_out = err_body(ERR_AUTH, "invalid Slack signature");
         return;

@@ -33,8 +33,8 @@ struct slack;
 /** A repository the router can choose. Borrowed strings. */
 struct slack_repo {
     const char *name;
-    const char *description;   /* may be NULL */
-    const char *const *hints;  /* keywords or short phrases; may be NULL */
+    const char *description;  /* may be NULL */
+    const char *const *hints; /* keywords or short phrases; may be NULL */
     size_t nhints;
 };
 
@@ -47,8 +47,8 @@ struct slack_config {
     const char *classifier_url; /* OpenAI-compatible chat-completions URL; may be NULL */
     const char *classifier_key; /* bearer key for it; may be NULL */
     const char *classifier_model;
-    json_t *repos;              /* fallback repository list [{name,description,hints:[…]}] */
-    int poll_ms;                /* result watcher period; default 250 */
+    json_t *repos; /* fallback repository list [{name,description,hints:[…]}] */
+    int poll_ms;   /* result watcher period; default 250 */
 };
 
 /** Fill sc from the server configuration (slack.* keys; the environment variables
@@ -83,8 +83,8 @@ int api_slack_events(struct req *r);
 
 /** Verify a request signature. now_s is the current epoch time in seconds.
  * Returns 0, or ERR_AUTH (bad, missing or stale), or ERR_UNAVAILABLE (no secret). */
-int slack_verify(const char *secret, const char *ts, const char *sig, const char *body,
-                 size_t len, int64_t now_s);
+int slack_verify(const char *secret, const char *ts, const char *sig, const char *body, size_t len,
+                 int64_t now_s);
 
 /** The message text with bot mentions (<@U…>, <@U…|name>) removed and whitespace trimmed.
  * Other Slack markup (<http://…|label>, <#C…|name>) is unwrapped to its label or URL.

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #define CSP_BASE                                                                                   \
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "       \
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "        \
     "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "                  \
     "form-action 'none'; object-src 'none'; frame-ancestors 'self'"
 

@@ -23,11 +23,11 @@
 /** The REST POST …/messages without HTTP: body is the request object ({content, context?,
  * client_request_id?, run?}), *out the 202 answer {message_id, prompt_id, seq}. 0 or an err.h
  * code with a message in msg. */
-int api_message_create(struct app *app, const char *sid, const struct auth_info *who,
-                       json_t *body, json_t **out, char *msg, size_t n) __attribute__((weak));
+int api_message_create(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
+                       json_t **out, char *msg, size_t n) __attribute__((weak));
 
-int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who,
-                   const char *role, json_t *frame, json_t **out, char *msg, size_t n)
+int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who, const char *role,
+                   json_t *frame, json_t **out, char *msg, size_t n)
 {
     (void)role;
     json_t *content = json_object_get(frame, "content");
@@ -50,8 +50,8 @@ int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who
     return rc;
 }
 
-int hub_api_cancel(struct app *app, const char *sid, const struct auth_info *who,
-                   const char *role, json_t *frame, json_t **out, char *msg, size_t n)
+int hub_api_cancel(struct app *app, const char *sid, const struct auth_info *who, const char *role,
+                   json_t *frame, json_t **out, char *msg, size_t n)
 {
     (void)role;
     json_t *body = json_deep_copy(frame);

@@ -45,6 +45,7 @@
 struct hdr_walk {
     struct buf *out;
     const char *origin;
+    const char *host;
     const char *authorization;
     int too_large;
 };
@@ -63,6 +64,8 @@ static enum MHD_Result hdr_cb(void *cls, enum MHD_ValueKind kind, const char *ke
     }
     if (strcasecmp(key, "Origin") == 0) {
         w->origin = value;
+    } else if (strcasecmp(key, "Host") == 0) {
+        w->host = value;
     }
     if (buf_puts(w->out, key) || buf_puts(w->out, ": ") || buf_puts(w->out, value ? value : "") ||
         buf_puts(w->out, "\r\n")) {
@@ -141,14 +144,31 @@ static int path_sid(const char *uri, char *sid, size_t n)
     return util_valid_id(sid) ? 0 : ERR_INVALID;
 }
 
+/* 1 if origin is the page's own origin: scheme + the Host the browser connected to (the web
+ * UI served by sessiond itself, also behind a proxy that keeps Host). */
+static int same_origin(const char *origin, const char *host)
+{
+    if (!host || !*host) {
+        return 0;
+    }
+    const char *p = NULL;
+    if (strncasecmp(origin, "http://", 7) == 0) {
+        p = origin + 7;
+    } else if (strncasecmp(origin, "https://", 8) == 0) {
+        p = origin + 8;
+    }
+    return p && strcasecmp(p, host) == 0;
+}
+
 /* Decide who is connecting and whether they may: fills ho->who/role/can_write or ho->err. */
 static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char *query,
-                            const char *origin, const char *authorization)
+                            const char *origin, const char *host, const char *authorization)
 {
     char val[512];
     const char *role = NULL;
     int rc;
-    if (origin && *origin && !config_origin_allowed(app->cfg, origin)) {
+    if (origin && *origin && !same_origin(origin, host) &&
+        !config_origin_allowed(app->cfg, origin)) {
         ho->err = ERR_FORBIDDEN;
         snprintf(ho->err_msg, sizeof(ho->err_msg), "origin not allowed");
         return;
@@ -207,7 +227,7 @@ int ws_upgrade_begin(struct app *app, struct MHD_Connection *c, const char *raw_
 {
     struct hub_handoff *ho = NULL;
     struct buf b;
-    struct hdr_walk w = {&b, NULL, NULL, 0};
+    struct hdr_walk w = {&b, NULL, NULL, NULL, 0};
     int rc = 0;
     int fd = -1;
     buf_init(&b, MAX_REQUEST);
@@ -233,7 +253,7 @@ int ws_upgrade_begin(struct app *app, struct MHD_Connection *c, const char *raw_
         goto out;
     }
     const char *q = strchr(raw_uri, '?');
-    ws_authenticate(app, ho, q ? q + 1 : NULL, w.origin, w.authorization);
+    ws_authenticate(app, ho, q ? q + 1 : NULL, w.origin, w.host, w.authorization);
     fd = fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) {
         rc = ERR_IO;

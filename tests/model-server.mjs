@@ -151,7 +151,7 @@ function usageFor(body) {
     return { input: Math.max(1, Math.floor(JSON.stringify(body).length / 4) % 100000), output: 17 };
 }
 
-async function replyAnthropic(res, body, step, d) {
+async function replyAnthropic(res, body, step, d, onDelta) {
     const u = usageFor(body);
     const msgId = 'msg_scripted_' + (step.id || 'final');
     sseHead(res);
@@ -169,6 +169,7 @@ async function replyAnthropic(res, body, step, d) {
         for (const c of step.chunks) {
             if (d.slow) await sleep(d.slow);
             sse(res, 'content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: c } });
+            if (onDelta) onDelta(c, Date.now());
         }
         sse(res, 'content_block_stop', { type: 'content_block_stop', index: 0 });
         sse(res, 'message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: u.output } });
@@ -177,7 +178,7 @@ async function replyAnthropic(res, body, step, d) {
     res.end();
 }
 
-async function replyResponses(res, body, step, d) {
+async function replyResponses(res, body, step, d, onDelta) {
     const u = usageFor(body);
     const respId = 'resp_scripted_' + (step.id || 'final');
     const resp = { id: respId, object: 'response', created_at: Math.floor(Date.now() / 1000), model: body.model, status: 'in_progress', output: [] };
@@ -209,6 +210,7 @@ async function replyResponses(res, body, step, d) {
         for (const c of step.chunks) {
             if (d.slow) await sleep(d.slow);
             ev('response.output_text.delta', { output_index: 0, item_id: item.id, content_index: 0, delta: c });
+            if (onDelta) onDelta(c, Date.now());
         }
         ev('response.output_text.done', { output_index: 0, item_id: item.id, content_index: 0, text });
         ev('response.content_part.done', { output_index: 0, item_id: item.id, content_index: 0, part: item.content[0] });
@@ -220,7 +222,7 @@ async function replyResponses(res, body, step, d) {
     res.end();
 }
 
-async function replyChat(res, body, step, d) {
+async function replyChat(res, body, step, d, onDelta) {
     const u = usageFor(body);
     const id = 'chatcmpl_scripted_' + (step.id || 'final');
     const created = Math.floor(Date.now() / 1000);
@@ -237,6 +239,7 @@ async function replyChat(res, body, step, d) {
         for (const c of step.chunks) {
             if (d.slow) await sleep(d.slow);
             chunk({ content: c });
+            if (onDelta) onDelta(c, Date.now());
         }
         chunk({}, 'stop');
     }
@@ -301,9 +304,11 @@ export function startModelServer(opts = {}) {
             // Side requests without tools (Claude Code's and OpenCode's titles and summaries) get a short text.
             const step = dialect !== 'responses' && !(body.tools || []).length ? { kind: 'text', chunks: ['Scripted title'] } : decide(dialect, conv, d);
             try {
-                if (dialect === 'anthropic') await replyAnthropic(res, body, step, d);
-                else if (dialect === 'responses') await replyResponses(res, body, step, d);
-                else await replyChat(res, body, step, d);
+                // opts.onDelta(text, ms): called as each final-text delta is sent (benchmarks).
+                const od = step.chunks === FINAL_TEXT ? opts.onDelta : null;
+                if (dialect === 'anthropic') await replyAnthropic(res, body, step, d, od);
+                else if (dialect === 'responses') await replyResponses(res, body, step, d, od);
+                else await replyChat(res, body, step, d, od);
             } catch {
                 res.destroy();
             }

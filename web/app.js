@@ -85,7 +85,7 @@ function signinView() {
 function listView() {
   const tbody = h('tbody');
   const more = h('button', { type: 'button', class: 'link', hidden: true }, 'Load more');
-  const repoSel = h('input', { id: 'new-repo', name: 'repo', list: 'repo-list', placeholder: 'owner/name', autocomplete: 'off' });
+  const repoSel = h('input', { id: 'new-repo', name: 'repo', list: 'repo-list', placeholder: 'repository name', autocomplete: 'off' });
   const datalist = h('datalist', { id: 'repo-list' });
   const title = h('input', { id: 'new-title', name: 'title', placeholder: 'What is this session about?', autocomplete: 'off' });
   const form = h('form', { class: 'card new-session', 'aria-labelledby': 'new-h' },
@@ -118,16 +118,19 @@ function listView() {
   async function load() {
     try {
       const r = await API.listSessions(cursor);
+      const rows = [];
       for (const s of r.sessions || []) {
-        const people = Array.isArray(s.participants) ? s.participants.length : (Array.isArray(s.connected) ? s.connected.length : '');
+        const peopleCell = h('td', { class: 'people' });
         tbody.append(h('tr', {},
           h('td', {}, h('a', { href: `#/s/${s.id}` }, s.title || s.id)),
           h('td', {}, s.repo || '—'),
           h('td', {}, h('span', { class: `state ${s.state || ''}` }, s.state || '')),
-          h('td', {}, String(people)),
+          peopleCell,
           h('td', {}, timeAgo(s.last_activity || s.created_at)),
         ));
+        rows.push([s.id, peopleCell]);
       }
+      fillPeople(rows);
       if (!tbody.firstChild) tbody.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, 'No sessions yet: create one above.')));
       cursor = r.next_cursor || null;
       more.hidden = !cursor;
@@ -135,6 +138,27 @@ function listView() {
       if (ex.status === 401) return go('#/signin');
       toast(`Could not list sessions: ${ex.message}`, 'bad');
     }
+  }
+  // The list has no participants: fetch each visible session's status, 4 at a time.
+  async function fillPeople(rows) {
+    const next = async () => {
+      const item = rows.shift();
+      if (!item) return;
+      const [id, cell] = item;
+      try {
+        const st = await API.getSession(id);
+        const here = new Set((st.connected || []).map((c) => c.id));
+        for (const p of (st.participants || []).slice(0, 6)) {
+          const pid = p.user_id || p.id;
+          cell.append(avatar({ id: pid, name: p.name || pid }, here.has(pid) ? '' : 'dim'));
+        }
+        cell.setAttribute('aria-label', `${(st.participants || []).length} participants, ${here.size} here now`);
+      } catch {
+        /* leave it empty */
+      }
+      await next();
+    };
+    await Promise.all([next(), next(), next(), next()]);
   }
   more.addEventListener('click', load);
   load();
@@ -177,6 +201,7 @@ function sessionView(sid) {
   const typing = new Map(); // user id -> {name, until}
   const outputs = new Map(); // prompt id / exec id -> <pre>
   const running = new Set(); // prompt ids started and not ended
+  const toolNames = new Map(); // tool call id -> name, for the results
   let lastOutput = null;
   let you = null;
   let stream = null;
@@ -272,6 +297,7 @@ function sessionView(sid) {
     switch (t) {
       case 'message': {
         const role = d.role || 'user';
+        if (ev.author && typing.delete(ev.author.id)) renderTyping(); // they sent it
         const li = h('li', { class: `ev msg ${role}` },
           h('div', { class: 'msg-head' },
             role === 'assistant' ? h('span', { class: 'avatar bot', 'aria-hidden': 'true' }, 'AI') : avatar({ id: ev.author && ev.author.id, name: who(ev) }),
@@ -319,12 +345,13 @@ function sessionView(sid) {
         break;
       }
       case 'agent.tool_call':
-        add(line(ev, 'tool', '🔧 ', h('code', {}, d.name || d.tool || 'tool'), ' ', h('span', { class: 'muted' }, typeof d.input === 'string' ? d.input : JSON.stringify(d.input ?? d.args ?? {}).slice(0, 300))), ev);
+        if (d.id) toolNames.set(d.id, d.name || d.tool);
+        add(line(ev, 'tool', 'tool ', h('code', {}, d.name || d.tool || 'tool'), ' ', h('span', { class: 'muted' }, typeof d.input === 'string' ? d.input : JSON.stringify(d.input ?? d.args ?? {}).slice(0, 300))), ev);
         lastOutput = null;
         break;
       case 'agent.tool_result': {
         const out = typeof d.output === 'string' ? d.output : JSON.stringify(d.output ?? d.result ?? '');
-        add(h('li', { class: 'ev tool-result' }, h('details', {}, h('summary', {}, `result of ${d.name || d.tool || 'tool'}${d.is_error ? ' (error)' : ''}`), h('pre', {}, out.slice(0, 20000)))), ev);
+        add(h('li', { class: 'ev tool-result' }, h('details', {}, h('summary', {}, `result of ${d.name || d.tool || toolNames.get(d.id) || 'tool'}${d.is_error ? ' (error)' : ''}`), h('pre', {}, out.slice(0, 20000)))), ev);
         lastOutput = null;
         break;
       }
@@ -382,6 +409,26 @@ function sessionView(sid) {
       case 'session.created':
         add(line(ev, 'status', `Session created by ${who(ev)}${d.repo ? ` in ${d.repo}` : ''}`), ev);
         break;
+      case 'pr.created': {
+        const url = d.url || d.html_url;
+        add(line(ev, 'status pr-line', 'Pull request opened: ', h('a', { href: url, class: 'pr', target: '_blank', rel: 'noopener noreferrer' }, d.number ? `#${d.number}` : url)), ev);
+        break;
+      }
+      case 'git.commit':
+        add(line(ev, 'status', 'Committed ', h('code', {}, String(d.sha || '').slice(0, 8)), ` on ${d.branch || '?'}${d.files !== undefined ? ` (${d.files} file${d.files === 1 ? '' : 's'})` : ''}${d.author && d.author.name ? ` as ${d.author.name}` : ''}`), ev);
+        break;
+      case 'git.pushed':
+        add(line(ev, 'status', `Pushed ${d.branch || ''}${d.remote ? ` to ${d.remote}` : ''}`), ev);
+        break;
+      case 'session.snapshot':
+        add(line(ev, 'status', `Snapshot ${d.snapshot_id || ''} taken`), ev);
+        break;
+      case 'session.rollback':
+        add(line(ev, 'status', `Rolled back to snapshot ${d.snapshot_id || ''} by ${who(ev)}`), ev);
+        break;
+      case 'session.reopened':
+        add(line(ev, 'status', `Session reopened by ${who(ev)}`), ev);
+        break;
       case 'session.ended':
         add(line(ev, 'status', `Session ended by ${who(ev)}`), ev);
         break;
@@ -413,7 +460,6 @@ function sessionView(sid) {
       people.set(c.id, p);
     }
     renderPresence();
-    if (s.queued_prompts === 0) running.clear();
     setRunning();
   }
 
@@ -507,8 +553,27 @@ function sessionView(sid) {
       }
     }
   });
-  const onVis = () => stream.send({ type: 'status', status: document.hidden ? 'away' : 'active' });
+  // presence status: away when the tab is hidden, idle after 2 minutes without input
+  let status = 'active';
+  let idleTimer = null;
+  const setStatus = (st) => {
+    if (st !== status) {
+      status = st;
+      stream.send({ type: 'status', status: st });
+    }
+  };
+  const onVis = () => setStatus(document.hidden ? 'away' : 'active');
+  const onActivity = () => {
+    if (!document.hidden) setStatus('active');
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => setStatus('idle'), 120000);
+  };
   document.addEventListener('visibilitychange', onVis);
+  for (const evName of ['keydown', 'pointerdown', 'focusin']) document.addEventListener(evName, onActivity);
+  stream.addEventListener('state', (e) => {
+    if (e.detail.state === 'open' && status !== 'active') stream.send({ type: 'status', status });
+  });
+  onActivity();
   ta.focus();
 
   return {
@@ -518,6 +583,8 @@ function sessionView(sid) {
       clearInterval(typingTimer);
       contextListeners.delete(renderContext);
       document.removeEventListener('visibilitychange', onVis);
+      for (const evName of ['keydown', 'pointerdown', 'focusin']) document.removeEventListener(evName, onActivity);
+      clearTimeout(idleTimer);
     },
     get destroyed() {
       return destroyed;

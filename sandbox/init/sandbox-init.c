@@ -198,6 +198,8 @@ static void remove_cmd(struct cmd *c)
     ncmds--;
 }
 
+static void kill_group(struct cmd *c, int sig);
+
 /* A command is finished when its main process was reaped and its pipes hit EOF (or the drain
  * period passed: a background child may hold them open). */
 static void maybe_finish(struct cmd *c)
@@ -210,17 +212,41 @@ static void maybe_finish(struct cmd *c)
             return;
         }
     }
+    /* What the command left running in its process group goes with it (a background fork
+     * bomb would otherwise hold the sandbox at its pids limit). Use setsid to outlive it. */
+    kill_group(c, SIGKILL);
     send_exit(c);
     remove_cmd(c);
 }
 
+static int sfd_global = -1;
+static void reap(int sfd);
+
+/* Send sig to the command's process group. For SIGKILL, repeat until the group is empty: a
+ * fork bomb keeps adding members while the first kill is delivered. */
 static void kill_group(struct cmd *c, int sig)
 {
-    if (c->pid > 0 && !c->exited) {
-        kill(-c->pid, sig);
+    if (c->pid <= 0) {
+        return;
+    }
+    if (!c->exited) {
         kill(c->pid, sig);
-    } else if (c->pid > 0) {
-        kill(-c->pid, sig); /* leftovers of an exited command still draining */
+    }
+    kill(-c->pid, sig);
+    if (sig != SIGKILL) {
+        return;
+    }
+    for (int i = 0; i < 5000; i++) {
+        if (kill(-c->pid, SIGKILL) < 0 && errno == ESRCH) {
+            break;
+        }
+        if (sfd_global >= 0) {
+            reap(sfd_global); /* zombies stay in the group until reaped (we are subreaper) */
+        }
+        if (i > 10) {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
     }
 }
 
@@ -527,6 +553,7 @@ static void read_pipe(struct cmd *c, int *fd, int type)
 
 static void reap(int sfd)
 {
+    (void)sfd_global;
     struct signalfd_siginfo si;
     while (read(sfd, &si, sizeof si) > 0) {
     }
@@ -576,6 +603,7 @@ int main(int argc, char **argv)
     if (sfd < 0) {
         die("signalfd");
     }
+    sfd_global = sfd;
     fcntl(ctl, F_SETFD, FD_CLOEXEC);
     send_frame(INIT_READY, 0, INIT_VERSION, strlen(INIT_VERSION));
 

@@ -20,7 +20,6 @@ import { startModelServer, FINAL_TEXT } from '../model-server.mjs';
 const t = new Tap('agents_cli');
 const FINAL = FINAL_TEXT.join('');
 const KEY = `sk-test-${crypto.randomBytes(12).toString('hex')}`;
-const AGENTS = ['claude', 'codex', 'opencode'];
 
 const bin = path.join(ROOT, 'sandbox/agents/node_modules/.bin');
 const missing = ['claude', 'codex', 'opencode'].filter((b) => !fs.existsSync(path.join(bin, b)));
@@ -39,7 +38,7 @@ fs.writeFileSync(cfgPath, JSON.stringify({
     opencode: { kind: 'opencode', model: 'scripted', api_base: `${model.url}/v1`, api_key_env: 'TEST_AGENT_KEY' },
   },
 }));
-const srv = await startServer({ args: ['--config', cfgPath, '--cancel-grace-ms', '1000'], env: { TEST_AGENT_KEY: KEY } });
+let srv = await startServer({ args: ['--config', cfgPath, '--cancel-grace-ms', '1000'], env: { TEST_AGENT_KEY: KEY } });
 
 /** Events of a session after `after`. */
 const events = (sid, after = 0) => srv.events(sid, { after });
@@ -79,7 +78,7 @@ async function happyPath(agent) {
   await w.open;
   const t0 = Date.now();
   await prompt(sid, 'Create the two files. [[cmd:echo made-by-shell > shell.txt; curl -sS -m 5 https://example.com/ || true]]');
-  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed'], 120000);
+  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed'], 140000);
   const ms = Date.now() - t0;
   const evs = await events(sid);
   if (end.type !== 'prompt.completed') throw new Error(`prompt failed: ${end.data.reason}`);
@@ -102,8 +101,8 @@ async function happyPath(agent) {
     if (!c || c.seq > r.seq) throw new Error(`result ${r.data.id} has no earlier call`);
   }
   // The egress refusal is reported.
-  const denied = evs.find((e) => e.type === 'sandbox.egress_denied');
-  if (!denied || denied.data.host !== 'example.com' || denied.data.port !== 443) {
+  const denied = evs.filter((e) => e.type === 'sandbox.egress_denied');
+  if (!denied.some((e) => e.data.host === 'example.com' && e.data.port === 443)) {
     throw new Error(`no sandbox.egress_denied for example.com:443: ${JSON.stringify(denied)}`);
   }
   // The text reached the WebSocket client, as deltas that add up to the answer.
@@ -126,7 +125,7 @@ async function modelError(agent) {
   const sid = await newSession(agent);
   const t0 = Date.now();
   await prompt(sid, 'This request is refused by the model. [[fail:400]]');
-  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed'], 60000);
+  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed'], 140000);
   const ms = Date.now() - t0;
   if (end.type !== 'prompt.failed') throw new Error(`expected prompt.failed, got ${end.type}`);
   if (!/400|scripted model error/.test(end.data.reason)) throw new Error(`reason: ${end.data.reason}`);
@@ -137,7 +136,7 @@ async function cancelRun(agent) {
   const sid = await newSession(agent);
   await prompt(sid, 'Take your time. [[cmd:touch started.txt; sleep 60]] [[shell-only]]');
   await waitFor(async () => (await srv.api('GET', `/v1/sessions/${sid}/files`, { query: { path: 'started.txt' } })).status === 200,
-    { ms: 90000, every: 100, what: 'the shell tool to start' });
+    { ms: 140000, every: 100, what: 'the shell tool to start' });
   const t0 = Date.now();
   const r = await srv.api('POST', `/v1/sessions/${sid}/cancel`, { body: {} });
   if (r.status >= 300) throw new Error(`cancel: HTTP ${r.status} ${r.text}`);
@@ -146,19 +145,24 @@ async function cancelRun(agent) {
   return { ms: Date.now() - t0 };
 }
 
+// Scenarios run concurrently, each in its own session, except that OpenCode's run one at a
+// time: each OpenCode start costs ~6 s of CPU and ~600 MB (a Bun binary), too much to stack
+// on a 2-core machine. The wall time is about that of the three OpenCode runs.
 const figures = {};
-await Promise.all(AGENTS.map(async (agent) => {
-  await t.test(`${agent}: shell + edit tools, file_changed, tool pairs, streamed text, egress refusal`, async () => {
-    figures[`${agent}_prompt_ms`] = (await happyPath(agent)).ms;
-  }, { timeoutMs: 150000 });
-  await t.test(`${agent}: model HTTP 400 -> prompt.failed with the reason`, async () => {
-    const r = await modelError(agent);
-    figures[`${agent}_fail_ms`] = r.ms;
-  }, { timeoutMs: 70000 });
-  await t.test(`${agent}: cancel while a tool runs -> prompt.cancelled`, async () => {
-    figures[`${agent}_cancel_ms`] = (await cancelRun(agent)).ms;
-  }, { timeoutMs: 120000 });
-}));
+const scenarios = (agent) => [
+  [`${agent}: shell + edit tools, file_changed, tool pairs, streamed text, egress refusal`,
+    async () => { figures[`${agent}_prompt_ms`] = (await happyPath(agent)).ms; }],
+  [`${agent}: model HTTP 400 -> prompt.failed with the reason`,
+    async () => { figures[`${agent}_fail_ms`] = (await modelError(agent)).ms; }],
+  [`${agent}: cancel while a tool runs -> prompt.cancelled`,
+    async () => { figures[`${agent}_cancel_ms`] = (await cancelRun(agent)).ms; }],
+];
+await Promise.all([
+  ...['claude', 'codex'].flatMap((a) => scenarios(a).map(([n, f]) => t.test(n, f, { timeoutMs: 150000 }))),
+  (async () => {
+    for (const [n, f] of scenarios('opencode')) await t.test(n, f, { timeoutMs: 150000 });
+  })(),
+]);
 
 await t.test('GET /v1/agents lists the three, installed, without the key', async () => {
   const r = await srv.api('GET', '/v1/agents');
@@ -187,6 +191,27 @@ await t.test('the API key appears in no event, log line or session file', async 
     if (fs.readFileSync(f).includes(KEY)) throw new Error(`key in ${f}`);
   }
 });
+
+// The same happy path in the isolated (bubblewrap) sandbox, where the network is gone and the
+// CLIs reach the model only through the proxy's Unix socket and the loopback forwarder.
+const local = await startServer({ args: ['--config', cfgPath, '--sandbox', 'local'], env: { TEST_AGENT_KEY: KEY, SESSIOND_SANDBOX: 'local' } })
+  .catch((e) => e);
+if (local instanceof Error) {
+  t.ok(true, `local sandbox: skipped (bubblewrap cannot run here: ${local.message.split('\n')[0]})`);
+} else {
+  srv = local;
+  await Promise.all(['claude', 'codex'].map((agent) => t.test(`local sandbox, ${agent}: files, file_changed, streamed text, egress through the Unix socket`, async () => {
+    figures[`local_${agent}_prompt_ms`] = (await happyPath(agent)).ms;
+  }, { timeoutMs: 150000 })));
+  await t.test('local sandbox: the API key appears in no event or log line', async () => {
+    const list = await srv.json('GET', '/v1/sessions?limit=100');
+    for (const s of list.sessions) {
+      if (JSON.stringify(await events(s.id)).includes(KEY)) throw new Error(`key in the events of ${s.id}`);
+    }
+    await srv.stop();
+    if (srv.logText().includes(KEY)) throw new Error('key in the server log');
+  });
+}
 
 console.error(`# figures: ${JSON.stringify(figures)}`);
 await model.close();

@@ -186,7 +186,18 @@ let loaded = false;
     t.ok('unpacked extension loads in headless Chromium (service worker running)', loaded);
     if (loaded) {
       t.ok('extension id is the one fixed by the manifest key', id === EXT_ID, id);
-      await sw.evaluate(([server, token, session]) => chrome.storage.local.set({ server, token, session }), [srv.base, alice, sid]);
+      // the options page: server URL + token, "Save and test" calls /v1/me from the extension
+      const opts = await ectx.newPage();
+      await opts.goto(`${EXT_ORIGIN}/options.html`);
+      await opts.fill('#server', srv.base);
+      await opts.fill('#token', alice);
+      await opts.fill('#session', sid);
+      await opts.click('button[type=submit]');
+      const saved = await until(async () => /Signed in as Alice/.test(await opts.textContent('#result')));
+      t.ok('options page saves the server URL and token and signs in (GET /v1/me)', !!saved, await opts.textContent('#result'));
+      await opts.close();
+      const stored = await sw.evaluate(() => chrome.storage.local.get(['server', 'token', 'session']));
+      if (!stored.token) await sw.evaluate(([server, token, session]) => chrome.storage.local.set({ server, token, session }), [srv.base, alice, sid]);
       const tab = await ectx.newPage();
       await tab.goto(pageURL);
       await tab.bringToFront();

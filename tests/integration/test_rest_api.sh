@@ -182,7 +182,7 @@ expect_status 202 "a prompt on an ended session is accepted"
 api GET "/v1/sessions/$SID" "" "$ALICE"
 check "the prompt reopened the session" [ "$(jget .state)" = active -a "$(jget '.queued_prompts + .running_prompts')" = 1 ]
 api GET "/v1/sessions/$SID/events?after=$((LAST))" "" "$ALICE"
-check "session.ended then session.reopened events" [ "$(jget '[.events[].type | select(test("^session[.]|^message$"))] | join(",")')" = "session.ended,session.reopened,message" ]
+check "session.ended then session.reopened events" [ "$(jget '[.events[].type | select(. == "session.ended" or . == "session.reopened" or . == "message")] | join(",")')" = "session.ended,session.reopened,message" ]
 api DELETE "/v1/sessions/$SID?purge=true" "" "$ALICE"
 check "purge" [ "$STATUS" = 200 -a "$(jget .state)" = purged ]
 check "purged file is gone" [ ! -e "$DATA_DIR/sessions/$SID.db" ]

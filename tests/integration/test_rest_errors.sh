@@ -87,6 +87,10 @@ head -c $((2 * 1024 * 1024)) /dev/urandom >"$TMP/two"
 api POST "/v1/sessions/$SID/artifacts?type=file" "" "$ADMIN" -H 'Content-Type: application/octet-stream' --data-binary "@$TMP/two"
 expect_status 201 "artifact of 2 MiB is under its own cap"
 LAST0=$((LAST0 + 1))
+api POST "/v1/sessions/$SID/artifacts?type=file" "" - -H 'Content-Type: application/octet-stream' -H 'Expect:' --data-binary "@$TMP/two"
+expect_error 401 unauthorized "anonymous 2 MiB upload: drained unread, then 401 (no reset)"
+api POST "/v1/sessions/$SID/artifacts?type=file" "" - -H 'Content-Type: application/octet-stream' -H 'Expect: 100-continue' --data-binary "@$TMP/two"
+expect_error 401 unauthorized "anonymous upload with Expect: 100-continue is refused before the body"
 # keep-alive survives a normal request after an error on the same connection
 OUT=$(curl -s -o /dev/null -o /dev/null -w '%{http_code} %{num_connects}\n' -H "Authorization: Bearer $ADMIN" \
   "$BASE/v1/sessions/nope" "$BASE/healthz" | tr '\n' ' ')

@@ -6,15 +6,15 @@
 
 # events_of SID [AFTER] - all events (JSON array) of a session after seq AFTER.
 events_of() {
-  local sid=$1 after=${2:-0} all='[]' page
+  local sid=$1 after=${2:-0}
+  : >"$TMP/ev"
   while :; do
     api GET "/v1/sessions/$sid/events?after=$after&limit=1000"
-    page=$(jget '.events')
-    all=$(jq -c -n --argjson a "$all" --argjson b "$page" '$a + $b')
-    [ "$(jget .has_more)" = true ] || break
-    after=$(jget .next_after)
+    jq -c '.events[]' "$TMP/body" >>"$TMP/ev"
+    [ "$(jq -r .has_more "$TMP/body")" = true ] || break
+    after=$(jq -r .next_after "$TMP/body")
   done
-  printf '%s' "$all"
+  jq -s -c . "$TMP/ev"
 }
 
 # wait_for SID JQ_FILTER [TIMEOUT_S] - wait until some event matches (select(...) body).
@@ -33,7 +33,7 @@ prompt() { # prompt SID CONTENT [TOKEN] -> prints prompt_id
   jget .prompt_id
 }
 
-start_server --prompt-timeout 3 --cancel-grace-ms 300
+start_server --sandbox local --prompt-timeout 3 --cancel-grace-ms 300 --sandbox-idle-stop 3
 
 # ---- the default agent: shell ----
 S1=$(new_session '{"title":"shell"}')
@@ -116,7 +116,8 @@ api POST "/v1/sessions/$S1/exec" '{"script":"cat; pwd","stdin":"from stdin\n"}'
 check "exec script with stdin" jq -e '.stdout=="from stdin\n/workspace\n" and .exit_code==0' <<<"$BODY"
 api POST "/v1/sessions/$S1/exec" '{"script":"sleep 10","timeout_s":1}'
 check "exec timeout" jq -e '.timed_out==true and .signal==9' <<<"$BODY"
-api POST "/v1/sessions/$S1/exec" '{"script":"head -c 12000000 /dev/zero | tr \"\\\\0\" x"}'
+S6=$(new_session '{"title":"big exec"}')
+api POST "/v1/sessions/$S6/exec" '{"script":"head -c 12000000 /dev/zero | tr \"\\\\0\" x"}'
 check "exec output capped at 10 MiB" jq -e '.truncated==true and (.stdout|length)==10485760 and .exit_code==0' <<<"$BODY"
 api POST "/v1/sessions/$S1/exec" '{"argv":["echo","async"],"async":true}'
 expect_status 202 "exec async"
@@ -133,7 +134,7 @@ api PUT "/v1/sessions/$S1/files?path=dir/new.txt" "" "$ADMIN" -H 'Content-Type: 
 expect_status 200 "PUT a file (parents created)"
 api GET "/v1/sessions/$S1/files?path=dir/new.txt"
 check "GET it back" [ "$BODY" = "file body" ]
-api POST "/v1/sessions/$S1/exec" '{"script":"cat dir/new.txt >> dir/new.txt && echo ok"}'
+api POST "/v1/sessions/$S1/exec" '{"script":"echo more >> dir/new.txt && echo ok"}'
 check "the sandbox user owns a file written by the API" jq -e '.stdout=="ok\n"' <<<"$BODY"
 api GET "/v1/sessions/$S1/files?path=dir"
 check "directory listing" jq -e '.entries|map(.name)|index("new.txt")!=null' <<<"$BODY"
@@ -155,5 +156,30 @@ api PUT "/v1/sessions/$S1/files?path=v.txt" "" "$VIEW" --data-binary 'x'
 expect_status 403 "viewer cannot write files"
 api POST "/v1/sessions/$S1/exec" '{"argv":["true"]}' "$VIEW"
 expect_status 403 "viewer cannot exec"
+
+# ---- DELETE cancels the running prompt and stops the sandbox ----
+S7=$(new_session '{"title":"delete","agent":"scripted"}')
+P1=$(prompt "$S7" "hang"); P2=$(prompt "$S7" "never runs")
+wait_for "$S7" ".type==\"prompt.started\" and .data.prompt_id==\"$P1\"" || fail "hang started before delete"
+api DELETE "/v1/sessions/$S7"
+check "DELETE answered" [ "${STATUS:0:1}" = 2 ]
+wait_for "$S7" ".type==\"sandbox.stopped\"" 10 && pass "sandbox stopped after DELETE" || fail "sandbox stopped after DELETE" "$(jq -c '[.[]|{type,data}]' <<<"$EVENTS" | tail -c 1500)"
+check "running prompt cancelled by DELETE" jq -e ".[]|select(.type==\"prompt.cancelled\" and .data.prompt_id==\"$P1\")|.data.reason==\"session ended\"" <<<"$EVENTS"
+check "queued prompt cancelled by DELETE" jq -e '.[]|select(.type=="session.ended")|.data.cancelled_prompts==1' <<<"$EVENTS"
+check "queued prompt never started" jq -e "[.[]|select(.type==\"prompt.started\" and .data.prompt_id==\"$P2\")]|length==0" <<<"$EVENTS"
+P3=$(prompt "$S7" "after reopening")
+wait_for "$S7" ".type==\"prompt.completed\" and .data.prompt_id==\"$P3\"" 15 && pass "a prompt on an ended session runs (reopened)" || fail "a prompt on an ended session runs (reopened)"
+api DELETE "/v1/sessions/$S7?purge=true"
+for i in $(seq 1 50); do [ -e "$DATA_DIR/workspaces/$S7" ] || break; sleep 0.1; done
+check "purge deletes the workspace" [ ! -e "$DATA_DIR/workspaces/$S7" ]
+
+# ---- an idle sandbox stops (idle stop 3 s here) and starts again on the next use ----
+S8=$(new_session '{"title":"idle"}')
+api POST "/v1/sessions/$S8/exec" '{"argv":["true"]}'
+wait_for "$S8" '.type=="sandbox.stopped" and .data.reason=="idle"' 15 && pass "idle sandbox stopped" || fail "idle sandbox stopped"
+api POST "/v1/sessions/$S8/exec" '{"argv":["echo","again"]}'
+check "restarted on the next exec" jq -e '.stdout=="again\n"' <<<"$BODY"
+EVENTS=$(events_of "$S8")
+check "two sandbox.ready events" jq -e '[.[]|select(.type=="sandbox.ready")]|length==2' <<<"$EVENTS"
 
 finish

@@ -12,10 +12,26 @@ const BOT = 'xoxb-test-' + crypto.randomBytes(6).toString('hex');
 // ---- the fake Slack Web API -----------------------------------------------------------------
 const calls = [];
 let throttleNextPost = 0; // answer this many chat.postMessage calls with 429 first
+let throttleThread = null; // ... only in this thread
+let classifierMode = 'api'; // what the fake classifier answers ('error': HTTP 500)
 const fake = http.createServer((req, res) => {
   let body = '';
   req.on('data', (c) => (body += c));
   req.on('end', () => {
+    if (req.url === '/v1/chat/completions') {
+      // the optional OpenAI-compatible classifier
+      let q = {};
+      try {
+        q = JSON.parse(body);
+      } catch {}
+      calls.push({ method: 'classifier', args: q, auth: req.headers.authorization, at: Date.now() });
+      if (classifierMode === 'error') {
+        res.writeHead(500, { 'Content-Type': 'application/json' });
+        return res.end('{"error":"boom"}');
+      }
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      return res.end(JSON.stringify({ choices: [{ message: { role: 'assistant', content: classifierMode } }] }));
+    }
     const method = req.url.replace(/^\/api\//, '').split('?')[0];
     let args = {};
     const ct = req.headers['content-type'] || '';
@@ -33,7 +49,7 @@ const fake = http.createServer((req, res) => {
     if (req.headers.authorization !== `Bearer ${BOT}`) return send(200, { ok: false, error: 'invalid_auth' });
     switch (method) {
       case 'chat.postMessage':
-        if (throttleNextPost > 0) {
+        if (throttleNextPost > 0 && args.thread_ts === throttleThread) {
           throttleNextPost--;
           call.throttled = true;
           return send(429, { ok: false, error: 'ratelimited' }, { 'Retry-After': '1' });
@@ -116,7 +132,7 @@ process.env.SESSIOND_SLACK_SIGNING_SECRET = SECRET;
 process.env.SESSIOND_SLACK_BOT_TOKEN = BOT;
 process.env.SESSIOND_SLACK_API_BASE = fakeBase;
 process.env.SESSIOND_SLACK_REPOS =
-  'acme/webapp:frontend;react;css;login page|The customer web application,acme/api:backend;billing;database|REST API for accounts and invoices';
+  'webapp:frontend;react;css;login page|The customer web application,api:backend;billing;database|REST API for accounts and invoices';
 const srv = await new Server(['--public-url', 'https://sessiond.example.com']).start();
 
 // ---- 2. url_verification -------------------------------------------------------------------
@@ -157,13 +173,13 @@ let sid = null;
   const r = await slackPost(srv, first);
   t.ok('event_callback answered 200', r.status === 200, r);
   t.ok(`event_callback answered well inside Slack's 3 s (${r.ms.toFixed(1)} ms)`, r.ms < 1000, r.ms);
-  const start = await waitFor(() => posts().find((c) => /Starting work in `acme\/webapp`/.test(c.args.text || '')));
-  t.ok('posts "Starting work in `acme/webapp`…" (channel + hints scoring)', !!start, posts());
+  const start = await waitFor(() => posts().find((c) => /Starting work in `webapp`/.test(c.args.text || '')));
+  t.ok('posts "Starting work in `webapp`…" (channel + hints scoring)', !!start, posts());
   t.ok('reply goes in the thread of the mention', start && start.args.thread_ts === first.event.ts && start.args.channel === 'CWEB', start);
   t.ok('Web API called with the bot token, JSON body', start && start.auth === `Bearer ${BOT}` && /application\/json/.test(start.ct), start);
   t.ok('users.info asked for the author', calls.some((c) => c.method === 'users.info' && c.args.user === 'U123'));
-  const ss = await sessionsWith(srv, 'acme/webapp');
-  t.ok('one session created in acme/webapp', ss.length === 1, ss);
+  const ss = await sessionsWith(srv, 'webapp');
+  t.ok('one session created in webapp', ss.length === 1, ss);
   sid = ss[0] && ss[0].id;
   const msgs = sid ? await api(srv, 'GET', `/v1/sessions/${sid}/messages`) : { body: null };
   const list = (msgs.body && (msgs.body.messages || msgs.body)) || [];
@@ -194,7 +210,7 @@ let sid = null;
   t.ok('result posted in the thread with blocks when the prompt ended', !!res, posts().map((c) => c.args.text));
   if (res) {
     const txt = JSON.stringify(res.args.blocks);
-    t.ok('blocks: header names the repository and a state', /acme\/webapp/.test(txt) && /(Done|Failed|Cancelled)/.test(txt), res.args.blocks);
+    t.ok('blocks: header names the repository and a state', /webapp/.test(txt) && /(Done|Failed|Cancelled)/.test(txt), res.args.blocks);
     const actions = res.args.blocks.find((b) => b.type === 'actions');
     const btn = actions && actions.elements.find((e) => e.action_id === 'open_session');
     t.ok('blocks: "Open session" links to the web UI', btn && btn.url === `https://sessiond.example.com/#/s/${sid}`, actions);
@@ -222,13 +238,13 @@ let sid = null;
   await slackPost(srv, q);
   const ask = await waitFor(() => posts().find((c) => c.args.thread_ts === q.event.ts && /Which repository/.test(c.args.text || '')));
   t.ok('no repository matched: asks which repository in the thread', !!ask, posts().map((c) => c.args.text));
-  t.ok('the question lists the repositories', ask && /acme\/webapp/.test(ask.args.text) && /acme\/api/.test(ask.args.text), ask && ask.args.text);
+  t.ok('the question lists the repositories', ask && /webapp/.test(ask.args.text) && /api/.test(ask.args.text), ask && ask.args.text);
   t.ok('no session started for an unknown repository', (await sessionsWith(srv)).length === 1);
-  const ans = mention('<@UBOT> acme/api', { channel: 'CGEN', thread_ts: q.event.ts });
+  const ans = mention('<@UBOT> api', { channel: 'CGEN', thread_ts: q.event.ts });
   await slackPost(srv, ans);
-  const start = await waitFor(() => posts().find((c) => c.args.thread_ts === q.event.ts && /Starting work in `acme\/api`/.test(c.args.text || '')));
+  const start = await waitFor(() => posts().find((c) => c.args.thread_ts === q.event.ts && /Starting work in `api`/.test(c.args.text || '')));
   t.ok('the reply naming the repository starts the session there', !!start, posts().map((c) => c.args.text));
-  const ss = await waitFor(async () => { const s = await sessionsWith(srv, 'acme/api'); return s.length ? s : null; });
+  const ss = await waitFor(async () => { const s = await sessionsWith(srv, 'api'); return s.length ? s : null; });
   let content = null;
   if (ss) {
     const ev = await api(srv, 'GET', `/v1/sessions/${ss[0].id}/events?after=0&limit=100`);
@@ -240,20 +256,77 @@ let sid = null;
 
 // ---- 9. 429 Retry-After is honoured ---------------------------------------------------------------
 {
-  throttleNextPost = 1;
   const p = mention('<@UBOT> the billing database migration is slow', { channel: 'CGEN' });
+  throttleNextPost = 1;
+  throttleThread = p.event.ts;
   await slackPost(srv, p);
-  const ok = await waitFor(() => posts().find((c) => c.args.thread_ts === p.event.ts && /Starting work in `acme\/api`/.test(c.args.text || '')));
+  const ok = await waitFor(() => posts().find((c) => c.args.thread_ts === p.event.ts && /Starting work in `api`/.test(c.args.text || '')));
   const thr = calls.find((c) => c.throttled && c.args.thread_ts === p.event.ts);
   t.ok('a 429 is retried', !!ok && !!thr, calls.filter((c) => c.method === 'chat.postMessage').map((c) => [c.args.text, c.throttled]));
   t.ok(`... after Retry-After (waited ${ok && thr ? ok.at - thr.at : '?'} ms >= 1000)`, ok && thr && ok.at - thr.at >= 950);
 }
 
-// ---- 10. no secret in the log ----------------------------------------------------------------------
+// ---- 9b. a result pending when the server dies is still posted after the restart -----------
+{
+  const p = mention('<@UBOT> sleep 3; echo survived-restart', { thread_ts: first.event.ts });
+  await slackPost(srv, p);
+  const started = await waitFor(async () => {
+    const ev = await api(srv, 'GET', `/v1/sessions/${sid}/events?after=0&limit=1000`);
+    const evs = (ev.body && ev.body.events) || [];
+    const m = evs.find((e) => e.type === 'message' && e.data && /survived-restart/.test(e.data.content || ''));
+    return m && evs.find((e) => e.type === 'prompt.started' && e.data.prompt_id === m.data.prompt_id) ? m : null;
+  });
+  t.ok('prompt running before the crash', !!started);
+  await srv.stop('SIGKILL');
+  const t0 = Date.now();
+  await srv.start();
+  const res = await waitFor(() => posts().find((c) => c.at > t0 && Array.isArray(c.args.blocks) && c.args.thread_ts === first.event.ts), 20000, 100);
+  t.ok('after a SIGKILL and restart the pending result is posted in the thread', !!res, posts().filter((c) => c.at > t0).map((c) => c.args.text));
+}
+
+// ---- 10. repositories from the repository registry win over the configured list ------------
+{
+  const cr = await api(srv, 'POST', '/v1/repos', { name: 'billing-svc', url: 'https://git.invalid/billing.git',
+    description: 'Invoices, payment runs and dunning', hints: ['invoices', 'dunning', 'payment run'] });
+  t.ok('repository registered (POST /v1/repos)', cr.status === 201 || cr.status === 200, cr.body);
+  const p = mention('<@UBOT> the dunning emails go out twice', { channel: 'CGEN' });
+  await slackPost(srv, p);
+  const ok = await waitFor(() => posts().find((c) => c.args.thread_ts === p.event.ts && /Starting work in `billing-svc`/.test(c.args.text || '')));
+  t.ok('a registered repository is chosen by its hints', !!ok, posts().filter((c) => c.args.thread_ts === p.event.ts).map((c) => c.args.text));
+}
+
+// ---- 11. no secret in the log ----------------------------------------------------------------------
 {
   await srv.stop();
   const log = srv.logTail(100000);
   t.ok('signing secret and bot token never logged', !log.includes(SECRET) && !log.includes(BOT));
+}
+
+// ---- 12. the optional LLM classifier, and the fallback to hints on any error -------------------
+{
+  process.env.SESSIOND_SLACK_CLASSIFIER_URL = `http://127.0.0.1:${fake.address().port}/v1/chat/completions`;
+  process.env.SESSIOND_SLACK_CLASSIFIER_KEY = 'sk-test-classifier';
+  const srv2 = await new Server().start();
+  classifierMode = 'api';
+  const p = mention('<@UBOT> the react login page is slow', { channel: 'CWEB' }); // hints say webapp
+  await slackPost(srv2, p);
+  const got = await waitFor(() => posts().find((c) => c.args.thread_ts === p.event.ts && /Starting work/.test(c.args.text || '')));
+  const cl = calls.filter((c) => c.method === 'classifier');
+  t.ok('classifier asked with the repositories and the message', cl.length >= 1 && JSON.stringify(cl[0].args.messages).includes('webapp') &&
+    JSON.stringify(cl[0].args.messages).includes('react login page') && cl[0].auth === 'Bearer sk-test-classifier', cl[0]);
+  t.ok('the classifier\'s answer picks the repository', got && /`api`/.test(got.args.text), got && got.args.text);
+  classifierMode = 'error';
+  const p2 = mention('<@UBOT> the react login page is slow again', { channel: 'CWEB' });
+  await slackPost(srv2, p2);
+  const got2 = await waitFor(() => posts().find((c) => c.args.thread_ts === p2.event.ts && /Starting work/.test(c.args.text || '')));
+  t.ok('classifier error: falls back to the hints', got2 && /`webapp`/.test(got2.args.text), got2 && got2.args.text);
+  classifierMode = 'no idea, sorry';
+  const p3 = mention('<@UBOT> css of the login page', { channel: 'CWEB' });
+  await slackPost(srv2, p3);
+  const got3 = await waitFor(() => posts().find((c) => c.args.thread_ts === p3.event.ts && /Starting work/.test(c.args.text || '')));
+  t.ok('classifier answer that names no repository: falls back to the hints', got3 && /`webapp`/.test(got3.args.text), got3 && got3.args.text);
+  await srv2.stop();
+  t.ok('classifier key never logged', !srv2.logTail(100000).includes('sk-test-classifier'));
 }
 fake.close();
 t.done();

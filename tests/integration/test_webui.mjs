@@ -28,9 +28,9 @@ if (!fs.existsSync(CHROMIUM)) {
   t.done();
 }
 
-// The UI's origin must be allowed for the WebSocket: run on a known port with public_url.
+// A known port (the restart below must come back on it); no public_url: the default set-up.
 const port0 = await freePort();
-const srv = await new Server(['--listen', `127.0.0.1:${port0}`, '--public-url', `http://127.0.0.1:${port0}`]).start();
+const srv = await new Server(['--listen', `127.0.0.1:${port0}`]).start();
 const alice = await makeToken(srv, 'alice', 'user', 'Alice');
 const bob = await makeToken(srv, 'bob', 'user', 'Bob');
 
@@ -166,6 +166,7 @@ await B.page.fill('#prompt', 'after-restart comment from bob');
 await B.page.press('#prompt', 'Enter');
 const after = (p) => until(async () => (await p.$$eval('.msg.user', (els) => els.map((e) => e.textContent))).some((m) => m.includes('after-restart comment')));
 t.ok('a message after the restart reaches both', !!(await after(A.page)) && !!(await after(B.page)));
+t.ok('typing indicator gone once bob has sent', await until(async () => (await A.page.textContent('.typing')) === '', 3000));
 await sleep(800);
 const ev = await api(srv, 'GET', `/v1/sessions/${sid}/events?after=0&limit=1000`, undefined, alice);
 const lastSeq = ev.body ? ev.body.last_seq : -1;
@@ -182,6 +183,44 @@ await api(srv, 'POST', `/v1/sessions/${sid}/messages`, { content: '<img src=x on
 await until(async () => (await A.page.$$eval('.msg-body', (els) => els.some((e) => e.textContent.includes('onerror')))));
 t.ok('message text with markup is rendered as text', (await A.page.evaluate(() => window.__pwned === undefined)) && (await A.page.$$('.msg-body img')).length === 0);
 t.ok('no CSP violation or script error in either page', problems.length === 0, problems);
+
+// ---- Stop cancels the running prompt (from bob's page) --------------------------------------
+{
+  await B.page.setViewportSize({ width: 1000, height: 760 });
+  if (!(await B.page.isChecked('#run'))) await B.page.click('#run');
+  await B.page.fill('#prompt', 'echo long-task-started; sleep 60');
+  await B.page.press('#prompt', 'Enter');
+  const enabled = await until(async () => !(await B.page.isDisabled('.session-head button.danger')), 20000);
+  t.ok('Stop is enabled while a prompt runs', !!enabled);
+  await until(async () => /long-task-started/.test(await B.page.textContent('.log')), 20000);
+  await B.page.click('.session-head button.danger');
+  const cancelled = await until(async () => (await A.page.$('.line.cancelled')) !== null && (await B.page.$('.line.cancelled')) !== null, 20000);
+  t.ok('Stop cancels it: both pages show the prompt cancelled', !!cancelled);
+  t.ok('Stop is disabled again', await until(async () => B.page.isDisabled('.session-head button.danger'), 5000));
+}
+
+// ---- every kind of agent event renders: the scripted agent + an image artifact ---------------
+{
+  const s2 = await api(srv, 'POST', '/v1/sessions', { title: 'Rendering check', agent: 'scripted' }, alice);
+  const sid2 = s2.body && s2.body.id;
+  await A.page.goto(`${srv.base}/#/s/${sid2}`);
+  await live(A.page);
+  await A.page.fill('#prompt', 'render everything');
+  await A.page.press('#prompt', 'Enter');
+  const rendered = await until(async () => {
+    const txt = await A.page.textContent('.log');
+    return /write_file/.test(txt) && /scripted\.txt/.test(txt) && /Done: render everything/.test(txt) && /Completed/.test(txt) ? txt : null;
+  }, 30000);
+  t.ok('scripted agent: status, tool call and result, file change, artifact, answer all render', !!rendered &&
+    /reading the prompt/.test(rendered) && /Hello from the scripted agent/.test(rendered) && /created: scripted\.txt/.test(rendered), rendered);
+  // a 1x1 PNG posted as an artifact shows inline (fetched with the bearer token)
+  const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==', 'base64');
+  const up = await fetch(`${srv.base}/v1/sessions/${sid2}/artifacts?type=screenshot&path=shot.png`, { method: 'POST', headers: { Authorization: `Bearer ${alice}`, 'Content-Type': 'image/png' }, body: png });
+  t.ok('image artifact uploaded', up.status === 201 || up.status === 200, up.status);
+  const img = await until(async () => A.page.$eval('.artifact img', (el) => el.complete && el.naturalWidth === 1 && el.src.startsWith('blob:')), 10000);
+  t.ok('image artifacts show inline', !!img);
+  await A.page.screenshot({ path: path.join(shots, '6-scripted-agent.png') });
+}
 
 await browser.close();
 console.log(`# screenshots: ${shots}`);

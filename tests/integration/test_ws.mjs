@@ -82,6 +82,16 @@ try {
   const restSame = !!wsMsg && JSON.stringify(restEvents.find((e) => e.seq === wsMsg.seq)) === JSON.stringify(wsMsg);
   t.ok('the WebSocket event object is exactly the REST one', restSame, wsMsg);
 
+  // Presence frames are throttled per connection (a flood is dropped, never queued).
+  await sleep(300); // past the previous presence frame of A
+  const nTyping = b.frames.filter((f) => f.type === 'presence.typing').length;
+  for (let i = 0; i < 50; i++) a.send({ type: 'typing' });
+  a.send({ type: 'ping', id: 'after-flood' });
+  await a.next((f) => f.type === 'pong' && f.id === 'after-flood');
+  await sleep(200);
+  const flood = b.frames.filter((f) => f.type === 'presence.typing').length - nTyping;
+  t.ok('a typing flood is throttled', flood >= 1 && flood <= 3, flood);
+
   // A second tab of the same user is one participant.
   const a2 = await connect(srv, sid, { token: alice });
   await a2.next((f) => f.type === 'hello');
@@ -154,6 +164,9 @@ try {
   t.ok('unknown session: error frame then 4404', r.ci && r.ci.code === 4404 && r.err && r.err.code === 'not_found', r.ci);
   r = await refused({ token: alice, origin: 'https://evil.example' });
   t.ok('wrong origin: 4403', r.ci && r.ci.code === 4403 && r.err && r.err.code === 'forbidden', r.ci);
+  const same = await connect(srv, sid, { token: alice, origin: `http://127.0.0.1:${srv.port}` });
+  t.ok('same-origin page (the built-in web UI) connects', !!(await same.next((f) => f.type === 'hello')), same.closeInfo);
+  await same.close();
   const good = await connect(srv, sid, { token: alice, origin: 'https://good.example' });
   t.ok('allowed origin connects', !!(await good.next((f) => f.type === 'hello')), good.closeInfo);
   await good.close();
@@ -171,6 +184,12 @@ try {
   const ve = await v.next((f) => f.type === 'error');
   t.ok('viewer prompt gets error forbidden', ve && ve.code === 'forbidden', ve);
   await v.close();
+
+  // cancel frame: the REST cancel without HTTP (nothing running here -> not_found).
+  n0 = a.frames.length;
+  a.send({ type: 'cancel', id: 'c1' });
+  const cr = await a.next((f) => f.type === 'ack' || f.type === 'error', 5000, n0);
+  t.ok('cancel frame is answered like REST POST …/cancel', cr && ((cr.type === 'ack' && cr.for === 'cancel') || (cr.type === 'error' && cr.code === 'not_found')), cr);
 
   // ---- tickets and ?token= ----
   const tk = await api(srv, 'POST', `/v1/sessions/${sid}/ws-ticket`, {}, bob);

@@ -21,7 +21,8 @@ try {
     await srv.stop(signal);
     stop = true;
     await Promise.all(posters);
-    await c.closed;
+    const ci = await c.closed;
+    if (signal === 'SIGTERM') t.ok('SIGTERM: clients are closed with 1001 (going away)', ci.code === 1001, ci);
     const seen = c.events().map((e) => e.seq);
     t.ok(`${signal}: the client saw a strictly increasing prefix`, contiguous(seen, hello.last_seq + 1, hello.last_seq + seen.length), { n: seen.length });
     const last = seen.length ? seen[seen.length - 1] : hello.last_seq;

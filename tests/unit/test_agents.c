@@ -1,7 +1,7 @@
 /*
  * test_agents.c - the CLI adapters' line parsers, fed with stream lines recorded from the real
- * CLIs (the .jsonl files in tests/fixtures, recorded against tests/model-server.mjs), plus the named agent
- * config and the launch builder.
+ * CLIs (the .jsonl files in tests/fixtures, recorded against tests/model-server.mjs), plus the
+ * named agent config and the launch builder.
  */
 #include "testlib.h"
 
@@ -389,8 +389,9 @@ TEST(long_line_dropped)
     agent_parser_feed(p, s, big);
     agent_parser_feed(p, "\n", 1);
     free(s);
-    const char *ok = "{\"type\":\"item.completed\",\"item\":{\"id\":\"i\",\"type\":\"agent_message\","
-                     "\"text\":\"hi\"}}\n{\"type\":\"turn.completed\",\"usage\":{}}\n";
+    const char *ok =
+        "{\"type\":\"item.completed\",\"item\":{\"id\":\"i\",\"type\":\"agent_message\","
+        "\"text\":\"hi\"}}\n{\"type\":\"turn.completed\",\"usage\":{}}\n";
     agent_parser_feed(p, ok, strlen(ok));
     agent_parser_finish(p, 0);
     ASSERT_STREQ(r.text.data, "hi");
@@ -428,8 +429,8 @@ TEST(config_load)
     ASSERT(strstr(s, "sk-config-secret-123") == NULL);
     ASSERT(strstr(s, "\"installed\": false") != NULL);
     ASSERT_EQ(json_array_size(json_object_get(list, "agents")), 3);
-    ASSERT(json_is_true(json_object_get(json_array_get(json_object_get(list, "agents"), 1),
-                                        "default")));
+    ASSERT(json_is_true(
+        json_object_get(json_array_get(json_object_get(list, "agents"), 1), "default")));
     free(s);
     json_decref(list);
     agents_free(a);
@@ -509,11 +510,11 @@ TEST(launch_keeps_key_in_secrets)
 }
 
 static const struct test_case tests[] = {
-    T(claude_ok),         T(claude_fail400),     T(claude_tool_error),
-    T(codex_ok),          T(codex_fail400),      T(codex_tool_error),
-    T(opencode_ok),       T(opencode_fail400),   T(opencode_tool_error),
-    T(no_result_is_error), T(killed_is_error),   T(secret_scrubbed),
-    T(long_line_dropped), T(config_load),        T(launch_keeps_key_in_secrets),
+    T(claude_ok),          T(claude_fail400),   T(claude_tool_error),
+    T(codex_ok),           T(codex_fail400),    T(codex_tool_error),
+    T(opencode_ok),        T(opencode_fail400), T(opencode_tool_error),
+    T(no_result_is_error), T(killed_is_error),  T(secret_scrubbed),
+    T(long_line_dropped),  T(config_load),      T(launch_keeps_key_in_secrets),
 };
 
 TEST_MAIN(tests)

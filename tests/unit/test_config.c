@@ -59,8 +59,9 @@ TEST(defaults)
 
 TEST(flags_both_forms)
 {
-    char *argv[] = {"sessiond", "--listen", "0.0.0.0:9000", "--data-dir=/tmp/x", "--threads",
-                    "8", "--request-log", "false", "--max-open-sessions=3", NULL};
+    char *argv[] = {
+        "sessiond", "--listen",      "0.0.0.0:9000", "--data-dir=/tmp/x",     "--threads",
+        "8",        "--request-log", "false",        "--max-open-sessions=3", NULL};
     char *envp[] = {NULL};
     struct config *c = load(9, argv, envp);
     ASSERT_STREQ(c->listen, "0.0.0.0:9000");
@@ -84,9 +85,12 @@ TEST(bare_boolean_flag)
 TEST(env_vars)
 {
     char *argv[] = {"sessiond", NULL};
-    char *envp[] = {"SESSIOND_LISTEN=127.0.0.1:0", "SESSIOND_ADMIN_TOKEN=s3cret",
-                    "SESSIOND_MAX_BODY=2048", "SESSIOND_ORIGINS=https://a.example, https://b.example",
-                    "OTHER=1", NULL};
+    char *envp[] = {"SESSIOND_LISTEN=127.0.0.1:0",
+                    "SESSIOND_ADMIN_TOKEN=s3cret",
+                    "SESSIOND_MAX_BODY=2048",
+                    "SESSIOND_ORIGINS=https://a.example, https://b.example",
+                    "OTHER=1",
+                    NULL};
     struct config *c = load(1, argv, envp);
     ASSERT_STREQ(c->listen, "127.0.0.1:0");
     ASSERT_STREQ(c->admin_token, "s3cret");
@@ -190,7 +194,7 @@ TEST(split_listen)
 
 TEST(origins)
 {
-    char *argv[] = {"sessiond", "--public-url", "https://agents.example.com/base/",
+    char *argv[] = {"sessiond",  "--public-url",           "https://agents.example.com/base/",
                     "--origins", "chrome-extension://abc", NULL};
     char *envp[] = {NULL};
     struct config *c = load(5, argv, envp);
@@ -215,8 +219,15 @@ TEST(dump_masks_secrets)
 }
 
 static const struct test_case tests[] = {
-    T(defaults),     T(flags_both_forms), T(bare_boolean_flag), T(env_vars),
-    T(file_env_flag_precedence), T(config_file_from_env), T(errors), T(split_listen),
-    T(origins),      T(dump_masks_secrets),
+    T(defaults),
+    T(flags_both_forms),
+    T(bare_boolean_flag),
+    T(env_vars),
+    T(file_env_flag_precedence),
+    T(config_file_from_env),
+    T(errors),
+    T(split_listen),
+    T(origins),
+    T(dump_masks_secrets),
 };
 TEST_MAIN(tests)

@@ -105,7 +105,8 @@ static struct egress *start_proxy(void)
 
 static int tcp_connect(int port)
 {
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)port),
                               .sin_addr.s_addr = htonl(0x7F000001)};
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     ASSERT(fd >= 0);
@@ -156,6 +157,25 @@ static void read_head(int fd, char *out, size_t cap)
         }
     }
     TFAIL("response head too long");
+}
+
+/* Read one response with a Content-Length body; returns its length in out. */
+static void read_response(int fd, char *out, size_t cap)
+{
+    read_head(fd, out, cap);
+    const char *cl = strstr(out, "Content-Length: ");
+    ASSERT(cl != NULL);
+    size_t body = (size_t)strtoul(cl + 16, NULL, 10), n = strlen(out);
+    ASSERT(n + body < cap);
+    while (body > 0) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        ASSERT(poll(&pf, 1, 5000) > 0);
+        ssize_t r = recv(fd, out + n, body, 0);
+        ASSERT(r > 0);
+        n += (size_t)r;
+        body -= (size_t)r;
+    }
+    out[n] = '\0';
 }
 
 static int open_tcp(struct egress *e, const char *const *allow)
@@ -209,13 +229,26 @@ TEST(http_forward)
              "Connection: keep-alive\r\nContent-Length: 5\r\n\r\nhello",
              up_port, up_port);
     send_str(fd, req);
-    read_all(fd, resp, sizeof(resp));
+    read_response(fd, resp, sizeof(resp));
     ASSERT(strstr(resp, "HTTP/1.1 200 OK") != NULL);
     /* the upstream saw an origin-form request without proxy headers, with Connection: close */
     ASSERT(strstr(resp, "POST /v1/messages?beta=true HTTP/1.1\r\n") != NULL);
     ASSERT(strstr(resp, "Proxy-") == NULL);
     ASSERT(strstr(resp, "keep-alive") == NULL);
     ASSERT(strstr(resp, "Connection: close\r\n\r\n") != NULL);
+    /* the client's connection stays usable: two pipelined requests, two responses, in order
+     * (Bun's fetch pipelines requests through a proxy) */
+    snprintf(req, sizeof(req),
+             "GET http://127.0.0.1:%d/first HTTP/1.1\r\nHost: h\r\n\r\n"
+             "POST http://127.0.0.1:%d/second HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+             up_port, up_port);
+    send_str(fd, req);
+    read_response(fd, resp, sizeof(resp));
+    ASSERT(strstr(resp, "GET /first HTTP/1.1") != NULL);
+    *strstr(resp, "\r\n\r\n") = '\0'; /* the response head says nothing of closing */
+    ASSERT(strstr(resp, "Connection:") == NULL);
+    read_response(fd, resp, sizeof(resp));
+    ASSERT(strstr(resp, "POST /second HTTP/1.1") != NULL);
     close(fd);
     egress_stop(e);
 }
@@ -281,13 +314,29 @@ TEST(private_address_by_name_refused)
 
 TEST(addr_rules)
 {
-    static const char *const restricted[] = {
-        "10.1.2.3",  "127.0.0.1",     "169.254.169.254", "172.16.5.4",    "172.31.255.255",
-        "192.168.0.1", "100.64.0.1",  "0.0.0.0",         "224.0.0.1",     "255.255.255.255",
-        "::1",       "::",            "fe80::1",         "fd00:ec2::254", "fc00::1",
-        "ff02::1",   "::ffff:10.0.0.1", "::ffff:127.0.0.1", "64:ff9b::a9fe:a9fe", NULL};
-    static const char *const open_[] = {"8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1",
-                                        "2606:4700:4700::1111", "::ffff:8.8.8.8", NULL};
+    static const char *const restricted[] = {"10.1.2.3",
+                                             "127.0.0.1",
+                                             "169.254.169.254",
+                                             "172.16.5.4",
+                                             "172.31.255.255",
+                                             "192.168.0.1",
+                                             "100.64.0.1",
+                                             "0.0.0.0",
+                                             "224.0.0.1",
+                                             "255.255.255.255",
+                                             "::1",
+                                             "::",
+                                             "fe80::1",
+                                             "fd00:ec2::254",
+                                             "fc00::1",
+                                             "ff02::1",
+                                             "::ffff:10.0.0.1",
+                                             "::ffff:127.0.0.1",
+                                             "64:ff9b::a9fe:a9fe",
+                                             NULL};
+    static const char *const open_[] = {
+        "8.8.8.8",        "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700:4700::1111",
+        "::ffff:8.8.8.8", NULL};
     for (int k = 0; k < 2; k++) {
         const char *const *list = k ? open_ : restricted;
         for (int i = 0; list[i]; i++) {
@@ -367,7 +416,8 @@ TEST(unix_listener_replace_close)
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     ASSERT_EQ(connect(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
     char req[256], resp[16384];
-    snprintf(req, sizeof(req), "GET http://127.0.0.1:%d/unix HTTP/1.1\r\nHost: h\r\n\r\n",
+    snprintf(req, sizeof(req),
+             "GET http://127.0.0.1:%d/unix HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
              up_port);
     send_str(fd, req);
     read_all(fd, resp, sizeof(resp));
@@ -405,9 +455,14 @@ TEST(stop_with_open_tunnel)
 }
 
 static const struct test_case tests[] = {
-    T(connect_allowed), T(http_forward), T(denied_host_and_port),
-    T(private_address_by_name_refused), T(addr_rules), T(bad_requests),
-    T(unix_listener_replace_close), T(stop_with_open_tunnel),
+    T(connect_allowed),
+    T(http_forward),
+    T(denied_host_and_port),
+    T(private_address_by_name_refused),
+    T(addr_rules),
+    T(bad_requests),
+    T(unix_listener_replace_close),
+    T(stop_with_open_tunnel),
 };
 
 TEST_MAIN(tests)

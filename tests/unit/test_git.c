@@ -62,8 +62,8 @@ static void setup(void)
     snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_git.XXXXXX");
     ASSERT(mkdtemp(g_tmp) != NULL);
     sh("cd %s && " GITC " init -q --bare remote.git && " GITC " init -q seed && cd seed && "
-       "echo hello > README && mkdir src && echo 'int main(void){return 0;}' > src/main.c && "
-       GITC " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
+       "echo hello > README && mkdir src && echo 'int main(void){return 0;}' > src/main.c && " GITC
+       " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
        g_tmp);
     ASSERT_EQ(gitx_init(NULL, NULL), 0);
 }
@@ -246,11 +246,8 @@ TEST(message_shape)
 }
 
 static const struct test_case tests[] = {
-    T(clone_sync_picks_up_new_commits),
-    T(clone_unknown_branch),
-    T(two_authors_two_commits_and_push),
-    T(push_ignores_workspace_config),
-    T(gitfile_and_alternates_refused),
-    T(message_shape),
+    T(clone_sync_picks_up_new_commits),  T(clone_unknown_branch),
+    T(two_authors_two_commits_and_push), T(push_ignores_workspace_config),
+    T(gitfile_and_alternates_refused),   T(message_shape),
 };
 TEST_MAIN(tests)

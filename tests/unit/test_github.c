@@ -17,9 +17,9 @@
 struct standin {
     int lfd;
     int port;
-    int status;          /* what to answer */
-    const char *answer;  /* body to answer */
-    char req[65536];     /* the request received (headers + body) */
+    int status;         /* what to answer */
+    const char *answer; /* body to answer */
+    char req[65536];    /* the request received (headers + body) */
     size_t req_len;
     pthread_t th;
 };
@@ -146,8 +146,13 @@ TEST(pr_errors_map)
                   "between main and sessiond/s_1\"}]}");
     char base[128], msg[256];
     snprintf(base, sizeof(base), "http://127.0.0.1:%d", s.port);
-    struct github_pr pr = {.api_base = base, .owner = "octo", .repo = "hello",
-                           .token = "ghp_secret_value", .title = "t", .head = "h", .base = "main"};
+    struct github_pr pr = {.api_base = base,
+                           .owner = "octo",
+                           .repo = "hello",
+                           .token = "ghp_secret_value",
+                           .title = "t",
+                           .head = "h",
+                           .base = "main"};
     json_t *out = NULL;
     ASSERT_EQ(github_create_pr(&pr, &out, msg, sizeof(msg)), ERR_UNPROCESSABLE);
     standin_join(&s);
@@ -162,14 +167,22 @@ TEST(pr_errors_map)
 
     /* nothing listening */
     ASSERT_EQ(github_create_pr(&(struct github_pr){.api_base = "http://127.0.0.1:1",
-                                                   .owner = "o", .repo = "r", .token = "t",
-                                                   .title = "t", .head = "h", .base = "b"},
+                                                   .owner = "o",
+                                                   .repo = "r",
+                                                   .token = "t",
+                                                   .title = "t",
+                                                   .head = "h",
+                                                   .base = "b"},
                                &out, msg, sizeof(msg)),
               ERR_UNAVAILABLE);
     /* bad owner */
-    ASSERT_EQ(github_create_pr(&(struct github_pr){.api_base = base, .owner = "../x",
-                                                   .repo = "r", .token = "t", .title = "t",
-                                                   .head = "h", .base = "b"},
+    ASSERT_EQ(github_create_pr(&(struct github_pr){.api_base = base,
+                                                   .owner = "../x",
+                                                   .repo = "r",
+                                                   .token = "t",
+                                                   .title = "t",
+                                                   .head = "h",
+                                                   .base = "b"},
                                &out, msg, sizeof(msg)),
               ERR_INVALID);
 }

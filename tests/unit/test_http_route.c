@@ -56,7 +56,7 @@ TEST(match_params)
     ASSERT_EQ(pp.n, 2);
     ASSERT_STREQ(param(&pp, "id"), "s_1");
     ASSERT_STREQ(param(&pp, "aid"), "a_2");
-    ASSERT(!http_match("/v1/sessions/{id}", "/v1/sessions/", &pp));  /* empty segment */
+    ASSERT(!http_match("/v1/sessions/{id}", "/v1/sessions/", &pp)); /* empty segment */
     ASSERT(!http_match("/v1/sessions/{id}", "/v1/sessions//", &pp));
     ASSERT(!http_match("/v1/sessions/{id}", "/v1/sessions/a/b", &pp));
     ASSERT(http_match("/v1/sessions/{id}", "/v1/sessions/..", &pp)); /* ids are checked later */
@@ -131,7 +131,7 @@ TEST(real_table_is_well_formed)
 }
 
 static const struct test_case tests[] = {
-    T(match_literals), T(match_params), T(match_rest), T(match_long_path), T(find_routes),
-    T(real_table_is_well_formed),
+    T(match_literals),  T(match_params), T(match_rest),
+    T(match_long_path), T(find_routes),  T(real_table_is_well_formed),
 };
 TEST_MAIN(tests)

@@ -67,7 +67,8 @@ static void setup_with(int pool_max_age_s)
     snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_repos.XXXXXX");
     ASSERT(mkdtemp(g_tmp) != NULL);
     sh("cd %s && " GITC " init -q --bare remote.git && " GITC " init -q seed && cd seed && "
-       "echo hello > README && " GITC " add -A && " GITC " commit -qm init && " GITC
+       "echo hello > README && mkdir lib && for i in $(seq 1 40); do echo $i > lib/f$i; done && "
+       GITC " add -A && " GITC " commit -qm init && " GITC
        " push -q ../remote.git main",
        g_tmp);
     char *data = xasprintf("%s/data", g_tmp);
@@ -133,6 +134,7 @@ static char *start(const char *sid, char *source)
         TFAIL("prepare %s: %s", sid, err_str(rc));
     }
     ASSERT(ms >= 0);
+    fprintf(stderr, "# %s ready from %s in %lld ms\n", sid, source, (long long)ms);
     return ws;
 }
 
@@ -289,6 +291,19 @@ TEST(start_order_clone_image_warm_snapshot)
     ASSERT_STREQ(h, head);
     char *stamp_image = out1("cat %s/stamp", ws);
     ASSERT(strlen(stamp_image) > 5);
+    struct author ia = {"token:ivy", "Ivy", "ivy@example.com"};
+    json_t *ir = NULL, *isl = NULL;
+    ASSERT_EQ(repos_after_prompt(g_repos, "s_image", ws, "p_i", &ia, "nothing", &ir), 0);
+    json_decref(ir);
+    ASSERT_EQ(repos_snapshots(g_repos, "s_image", &isl), 0);
+    json_t *is0 = json_array_get(json_object_get(isl, "snapshots"), 0);
+    fprintf(stderr, "# image first snapshot: %lld of %lld files hashed\n",
+            (long long)json_integer_value(json_object_get(is0, "hashed")),
+            (long long)json_integer_value(json_object_get(is0, "files")));
+    /* lib/ (40 files) is unchanged since the image: none of it is read again */
+    ASSERT(json_integer_value(json_object_get(is0, "hashed")) <=
+           json_integer_value(json_object_get(is0, "files")) - 40);
+    json_decref(isl);
 
     /* warm: fill the pool, claim it */
     ASSERT_EQ(repos_pool_fill(g_repos, "app"), 0);
@@ -314,6 +329,17 @@ TEST(start_order_clone_image_warm_snapshot)
     ASSERT_EQ(repos_after_prompt(g_repos, "s_warm", ws, "p_1", &a, "add my work", &res), 0);
     ASSERT_STREQ(json_string_value(json_object_get(res, "snapshot_id")), "snap-000001");
     json_decref(res);
+    /* the warm workspace came with a seeded snapshot store: the first snapshot reads only
+     * what changed since the image (the new file, git's index and refs) */
+    json_t *sl = NULL;
+    ASSERT_EQ(repos_snapshots(g_repos, "s_warm", &sl), 0);
+    json_t *s0 = json_array_get(json_object_get(sl, "snapshots"), 0);
+    fprintf(stderr, "# warm first snapshot: %lld of %lld files hashed\n",
+            (long long)json_integer_value(json_object_get(s0, "hashed")),
+            (long long)json_integer_value(json_object_get(s0, "files")));
+    ASSERT(json_integer_value(json_object_get(s0, "hashed")) <=
+           json_integer_value(json_object_get(s0, "files")) - 40);
+    json_decref(sl);
     util_rm_rf(ws);
     ws = start("s_warm", src);
     ASSERT_STREQ(src, "snapshot");
@@ -399,8 +425,8 @@ TEST(two_authors_commit_rollback_push)
                     " HEAD",
                     ws);
     ASSERT_STREQ(t1, "Alice <alice@example.com>");
-    char *t2 = out1("git -C %s log -1 --format='%%(trailers:key=Co-authored-by,valueonly)' HEAD",
-                    ws);
+    char *t2 =
+        out1("git -C %s log -1 --format='%%(trailers:key=Co-authored-by,valueonly)' HEAD", ws);
     ASSERT_STREQ(t2, "");
     char *br = out1("git -C %s symbolic-ref --short HEAD", ws);
     ASSERT_STREQ(br, "sessiond/s_git");

@@ -222,6 +222,9 @@ TEST(local_limits)
     fprintf(stderr, "# memory: exit %d signal %d: %s %s\n", r.exit.exit_code, r.exit.signal,
             r.out, r.err);
     ASSERT(!strstr(r.out, "ALLOC_OK"));
+    if (r.exit.signal == SIGKILL) {
+        ASSERT(r.exit.oom); /* reported as the memory limit */
+    }
     sbx_result_free(&r);
     sbx_destroy(s);
     teardown();
@@ -320,7 +323,28 @@ TEST(exec_after_destroy_of_other)
     teardown();
 }
 
+TEST(local_fork_bomb_killed)
+{
+    setup("local");
+    struct sbx *s = mk("bomb");
+    struct sbx_result r = run_sh(s, "bomb() { bomb | bomb & }; bomb; sleep 1; echo survived", 2000);
+    sbx_result_free(&r);
+    r = run_sh(s, "ps -eo pid,pgid,stat,comm | head -20; ls /proc | grep -c '^[0-9]'", 0);
+    fprintf(stderr, "# after the bomb: %s\n", r.out);
+    long left = 0;
+    const char *last = strrchr(r.out, '\n');
+    while (last && last > r.out && last[-1] != '\n') {
+        last--;
+    }
+    left = atoi_ok(last);
+    ASSERT(left < 10);
+    sbx_result_free(&r);
+    sbx_destroy(s);
+    teardown();
+}
+
 static const struct test_case tests[] = {
+    T(local_fork_bomb_killed),
     T(local_exec_basic),    T(local_isolation),         T(local_timeout_and_kill),
     T(local_cancel_term_then_kill), T(local_limits),    T(local_big_output_merged),
     T(local_files),         T(process_backend),         T(exec_after_destroy_of_other),

@@ -6,6 +6,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "server/config.h"
 #include "server/slack.h"
 #include "testlib.h"
 
@@ -102,8 +103,7 @@ TEST(pick_repo)
     /* Explicit name wins over hints elsewhere. */
     ASSERT_EQ(slack_pick_repo(repos, 3, "frontend", "", "bump the deploy in infra", NULL), 2);
     /* Channel name alone. */
-    ASSERT_EQ(slack_pick_repo(repos, 3, "team-billing", "", "the totals are off by one", NULL),
-              1);
+    ASSERT_EQ(slack_pick_repo(repos, 3, "team-billing", "", "the totals are off by one", NULL), 1);
     /* Thread context alone. */
     ASSERT_EQ(slack_pick_repo(repos, 3, "random", "we saw this in terraform plan yesterday",
                               "can you look", NULL),
@@ -126,9 +126,9 @@ TEST(pick_repo)
 
 TEST(result_blocks)
 {
-    json_t *b = slack_result_blocks("acme/api", "completed", "Fixed it. <b>",
-                                    "https://github.com/acme/api/pull/7",
-                                    "https://s.example/#/s/s_1");
+    json_t *b =
+        slack_result_blocks("acme/api", "completed", "Fixed it. <b>",
+                            "https://github.com/acme/api/pull/7", "https://s.example/#/s/s_1");
     ASSERT(json_is_array(b));
     ASSERT_EQ(json_array_size(b), 3);
     json_t *head = json_array_get(b, 0);
@@ -145,8 +145,8 @@ TEST(result_blocks)
     big[sizeof(big) - 1] = 0;
     b = slack_result_blocks(NULL, "failed", big, NULL, NULL);
     ASSERT_EQ(json_array_size(b), 2);
-    const char *s = json_string_value(
-        json_object_get(json_object_get(json_array_get(b, 1), "text"), "text"));
+    const char *s =
+        json_string_value(json_object_get(json_object_get(json_array_get(b, 1), "text"), "text"));
     ASSERT(strlen(s) <= 3000);
     json_decref(b);
 }
@@ -200,8 +200,42 @@ TEST(handler_without_app)
     slack_free(NULL);
 }
 
+TEST(config_repos)
+{
+    struct config c;
+    memset(&c, 0, sizeof(c));
+    char *specs[] = {"webapp:frontend; react ;login page|The web app", "api", "infra|Terraform"};
+    c.slack_repos.v = specs;
+    c.slack_repos.n = 3;
+    c.slack_signing_secret = "s";
+    c.slack_bot_token = "";
+    c.slack_api_base = "";
+    c.public_url = "";
+    c.slack_classifier_url = "";
+    c.slack_classifier_key = "";
+    c.slack_classifier_model = "";
+    struct slack_config sc;
+    slack_config_from(&sc, &c);
+    ASSERT_STREQ(sc.signing_secret, "s");
+    ASSERT(sc.bot_token == NULL);
+    ASSERT(sc.api_base == NULL);
+    ASSERT_EQ(json_array_size(sc.repos), 3);
+    json_t *w = json_array_get(sc.repos, 0);
+    ASSERT_STREQ(json_string_value(json_object_get(w, "name")), "webapp");
+    ASSERT_STREQ(json_string_value(json_object_get(w, "description")), "The web app");
+    json_t *h = json_object_get(w, "hints");
+    ASSERT_EQ(json_array_size(h), 3);
+    ASSERT_STREQ(json_string_value(json_array_get(h, 1)), "react");
+    ASSERT_STREQ(json_string_value(json_array_get(h, 2)), "login page");
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(sc.repos, 1), "name")), "api");
+    json_t *inf = json_array_get(sc.repos, 2);
+    ASSERT_STREQ(json_string_value(json_object_get(inf, "name")), "infra");
+    ASSERT_STREQ(json_string_value(json_object_get(inf, "description")), "Terraform");
+    json_decref(sc.repos);
+}
+
 static const struct test_case tests[] = {
-    T(verify_good), T(verify_bad), T(strip_mention), T(pick_repo), T(result_blocks),
-    T(handler_without_app),
+    T(verify_good),   T(verify_bad),          T(strip_mention), T(pick_repo),
+    T(result_blocks), T(handler_without_app), T(config_repos),
 };
 TEST_MAIN(tests)

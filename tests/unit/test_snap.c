@@ -401,8 +401,7 @@ TEST(prune_and_gc)
     ASSERT_EQ(snap_prune(st, 2, 0, &used), 0);
     ASSERT_EQ(snap_list(st, &list), 0);
     ASSERT_EQ(json_array_size(list), 2);
-    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(list, 0), "id")),
-                 "snap-000004");
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(list, 0), "id")), "snap-000004");
     json_decref(list);
     ASSERT_EQ(count_objects(store), 3);
     ASSERT_EQ(snap_restore(st, "snap-000001", ws, NULL), ERR_NOT_FOUND);
@@ -492,7 +491,37 @@ TEST(bad_ids)
     util_rm_rf(g_tmp);
 }
 
+TEST(seeded_store_first_snapshot_reads_nothing)
+{
+    mk_tmp();
+    make_tree();
+    struct snap_store *img = open_store();
+    struct snap_info si, s2;
+    char *ws = P("ws"), *ws2 = P("ws2"), *ws3 = P("ws3"), *ref = P("ref");
+    char *sess_dir = P("sess-store"), *img_dir = P("store");
+    ASSERT_EQ(snap_create(img, ws, "image", &si), 0);
+    ASSERT_EQ(snap_restore_seed(img, si.id, ws2, sess_dir, NULL), 0);
+    snap_store_close(img);
+    struct snap_store *sess = NULL;
+    ASSERT_EQ(snap_store_open(sess_dir, &sess), 0);
+    put("ws2/a.txt", "changed in the session\n", 0644);
+    ASSERT_EQ(snap_create(sess, ws2, "turn 1", &s2), 0);
+    ASSERT_EQ(s2.hashed, 1);
+    ASSERT_EQ(s2.files, 8);
+    /* the session store owns its objects now: the image store may go */
+    util_rm_rf(img_dir);
+    ASSERT_EQ(snap_restore(sess, s2.id, ws3, NULL), 0);
+    char *a = get("ws3/a.txt");
+    ASSERT_STREQ(a, "changed in the session\n");
+    free(a);
+    put("ref/a.txt", "changed in the session\n", 0644);
+    tree_eq(ref, ws3);
+    snap_store_close(sess);
+    util_rm_rf(g_tmp);
+}
+
 static const struct test_case tests[] = {
+    T(seeded_store_first_snapshot_reads_nothing),
     T(roundtrip_new_dir),
     T(restore_in_place_undoes_changes),
     T(inplace_edit_after_restore_keeps_snapshot),

@@ -1,0 +1,31 @@
+# sessiond: multi-stage build on Debian 12.
+#   docker build -t sessiond .
+#   docker run -p 8080:8080 -v sessiond-data:/data sessiond
+# The admin token is generated into /data/admin.token on first start (or set
+# SESSIOND_ADMIN_TOKEN). The local sandbox needs user namespaces; inside docker either run
+# with --security-opt seccomp=unconfined --cap-add SYS_ADMIN, or choose SESSIOND_SANDBOX=process
+# (no isolation) deliberately.
+FROM debian:12-slim AS build
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      gcc make pkg-config libc6-dev libmicrohttpd-dev libwebsockets-dev libsqlite3-dev \
+      libjansson-dev libcurl4-openssl-dev libgit2-dev libssl-dev ca-certificates git \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN make -j"$(nproc)" build/sessiond build/sandbox-init
+
+FROM debian:12-slim
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      libmicrohttpd12 libwebsockets17 libsqlite3-0 libjansson4 libcurl4 libgit2-1.5 libssl3 \
+      bubblewrap ca-certificates git curl tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home /data --shell /usr/sbin/nologin sessiond \
+    && mkdir -p /data && chown sessiond /data
+COPY --from=build /src/build/sessiond /src/build/sandbox-init /usr/local/bin/
+COPY --from=build /src/sandbox/agents /usr/local/share/sessiond/agents
+USER sessiond
+ENV SESSIOND_LISTEN=0.0.0.0:8080 SESSIOND_DATA_DIR=/data
+EXPOSE 8080
+VOLUME /data
+HEALTHCHECK --interval=30s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/sessiond"]

@@ -1,0 +1,120 @@
+/*
+ * test_hub.c - the WebSocket hub without sockets: one-use tickets, presence of an unknown
+ * session, events of unwatched sessions, and a clean start/stop of the lws thread and workers
+ * against a real store (the socket paths are covered by tests/integration/test_ws*.mjs).
+ */
+#include "common/err.h"
+#include "common/util.h"
+#include "server/app.h"
+#include "server/hub.h"
+#include "storage/registry.h"
+#include "storage/store.h"
+#include "testlib.h"
+
+#include <jansson.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct auth_info alice(void)
+{
+    struct auth_info a;
+    memset(&a, 0, sizeof(a));
+    snprintf(a.user_id, sizeof(a.user_id), "token:alice");
+    snprintf(a.name, sizeof(a.name), "Alice");
+    snprintf(a.role, sizeof(a.role), "user");
+    return a;
+}
+
+TEST(ticket_is_one_use)
+{
+    struct hub *h = NULL;
+    ASSERT_EQ(hub_new(NULL, &h), 0);
+    struct auth_info a = alice(), got;
+    char t[65], role[16];
+    ASSERT_EQ(hub_ticket_create(h, "s_1", &a, "writer", 60000, t), 0);
+    ASSERT_EQ(strlen(t), 64);
+    ASSERT_EQ(hub_ticket_take(h, t, "s_1", &got, role), 0);
+    ASSERT_STREQ(got.user_id, "token:alice");
+    ASSERT_STREQ(role, "writer");
+    ASSERT_EQ(hub_ticket_take(h, t, "s_1", &got, role), ERR_AUTH);
+    hub_free(h);
+}
+
+TEST(ticket_is_bound_to_its_session_and_burnt_by_a_wrong_use)
+{
+    struct hub *h = NULL;
+    ASSERT_EQ(hub_new(NULL, &h), 0);
+    struct auth_info a = alice(), got;
+    char t[65], role[16];
+    ASSERT_EQ(hub_ticket_create(h, "s_1", &a, "viewer", 60000, t), 0);
+    ASSERT_EQ(hub_ticket_take(h, t, "s_2", &got, role), ERR_AUTH);
+    ASSERT_EQ(hub_ticket_take(h, t, "s_1", &got, role), ERR_AUTH);
+    ASSERT_EQ(hub_ticket_take(h, "not-a-ticket", "s_1", &got, role), ERR_AUTH);
+    hub_free(h);
+}
+
+TEST(ticket_expires)
+{
+    struct hub *h = NULL;
+    ASSERT_EQ(hub_new(NULL, &h), 0);
+    struct auth_info a = alice(), got;
+    char t[65], role[16];
+    ASSERT_EQ(hub_ticket_create(h, "s_1", &a, "writer", 1, t), 0);
+    usleep(5000);
+    ASSERT_EQ(hub_ticket_take(h, t, "s_1", &got, role), ERR_AUTH);
+    hub_free(h);
+}
+
+TEST(presence_of_unknown_session_is_empty)
+{
+    struct hub *h = NULL;
+    ASSERT_EQ(hub_new(NULL, &h), 0);
+    json_t *p = hub_presence(h, "s_nobody");
+    ASSERT(json_is_array(p));
+    ASSERT_EQ(json_array_size(p), 0);
+    json_decref(p);
+    hub_free(h);
+    hub_free(NULL);
+}
+
+TEST(start_publish_stop)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/tmp/sessiond-test-hub.XXXXXX");
+    ASSERT(mkdtemp(dir));
+    struct hub *h = NULL;
+    ASSERT_EQ(hub_new(NULL, &h), 0);
+    struct store_config cfg = {.data_dir = dir, .on_event = hub_on_event, .on_event_ctx = h};
+    struct store *st = NULL;
+    ASSERT_EQ(store_open(&cfg, &st), 0);
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    app.store = st;
+    app.reg = store_registry(st);
+    app.hub = h;
+    ASSERT_EQ(hub_start(h, &app), 0);
+    struct session_new n = {.id = "s_hub", .title = "t", .visibility = "org", .created_by = "x"};
+    ASSERT_EQ(registry_session_create(app.reg, &n, NULL), 0);
+    ASSERT_EQ(store_session_create(st, "s_hub"), 0);
+    struct sess *s = NULL;
+    ASSERT_EQ(store_session_get(st, "s_hub", &s), 0);
+    for (int i = 0; i < 100; i++) {
+        ASSERT_EQ(sess_append(s, "message", NULL, "{\"content\":\"x\"}", NULL), 0);
+    }
+    sess_put(s);
+    struct hub_stats hs;
+    hub_get_stats(h, &hs);
+    ASSERT(hs.events_in >= 100);
+    ASSERT_EQ(hs.clients, 0);
+    ASSERT_EQ(hs.sessions, 0);
+    hub_free(h);
+    store_close(st);
+    util_rm_rf(dir);
+}
+
+static const struct test_case tests[] = {
+    T(ticket_is_one_use),  T(ticket_is_bound_to_its_session_and_burnt_by_a_wrong_use),
+    T(ticket_expires),     T(presence_of_unknown_session_is_empty),
+    T(start_publish_stop),
+};
+TEST_MAIN(tests)
