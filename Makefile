@@ -53,7 +53,7 @@ $(BUILD)/obj/gen/migrations.o: $(BUILD)/gen/migrations.c
 # The web UI (web/, not web/extension/) embedded into the binary: server/static.c serves it.
 $(BUILD)/gen/webfiles.c: $(WEB_FILES) tools/embed_web.sh web
 	@mkdir -p $(dir $@)
-	sh tools/embed_web.sh $(WEB_FILES) > $@.tmp && mv $@.tmp $@
+	sh tools/embed_web.sh $(WEB_FILES) > $@.tmp.$$$$ && mv $@.tmp.$$$$ $@
 
 $(BUILD)/obj/gen/webfiles.o: $(BUILD)/gen/webfiles.c
 	@mkdir -p $(dir $@)

@@ -89,13 +89,8 @@ wait_pool() { # N
   return 1
 }
 
-start_one() { # REPO -> prints "source server_ms e2e_ms sid"
-  local t sid ev
-  t=$(now_ms)
-  sid=$(api POST /v1/sessions "{\"repo\":\"$1\"}" | jq -r .id)
-  api POST "/v1/sessions/$sid/messages" '{"content":"true"}' >/dev/null
-  ev=$(wait_ev "$sid" sandbox.ready 1)
-  echo "$(jq -r .data.source <<<"$ev") $(jq -r .data.ms <<<"$ev") $(( $(now_ms) - t )) $sid"
+start_one() { # REPO [SID] -> prints "source server_ms e2e_ms sid"
+  node bench/pool_start.mjs "$BASE" "$TOKEN" "$1" ${2:-} | jq -r '"\(.source) \(.server_ms) \(.e2e_ms) \(.sid)"'
 }
 
 report() { # NAME FILE
@@ -140,10 +135,7 @@ for line in $(cut -d' ' -f4 "$TMP/image" | head -3); do
   api DELETE "/v1/sessions/$sid" >/dev/null
   sleep 1
   rm -rf "$TMP/data/workspaces/$sid"
-  t=$(now_ms)
-  api POST "/v1/sessions/$sid/messages" '{"content":"true"}' >/dev/null
-  ev=$(wait_ev "$sid" sandbox.ready 2)
-  echo "$(jq -r .data.source <<<"$ev") $(jq -r .data.ms <<<"$ev") $(( $(now_ms) - t )) $sid" >>"$TMP/snap"
+  start_one big "$sid" >>"$TMP/snap"
 done
 report snapshot "$TMP/snap"
 

@@ -34,24 +34,37 @@ start() { # start EXTRA_ARGS...
   TOKEN=$(cat "$TMP/data/admin.token")
 }
 stop() { kill "$PID"; wait "$PID" || true; PID=""; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+# run LABEL ARGS... - one load run; also prints the server's CPU time per request, a figure
+# that stays meaningful when other processes compete for the cores.
+run() {
+  local t0 t1 out n
+  t0=$(cpu_ticks)
+  out=$("$LOAD" --url "$URL" --token "$TOKEN" --json "$@") || true
+  t1=$(cpu_ticks)
+  echo "$out" | jq -r '"\(.scenario) \(.mode)\(if .mode=="open" then " @\(.rate)/s" else "" end) conns=\(.conns): \(.rps) req/s  p50=\(.p50_us)us p90=\(.p90_us)us p99=\(.p99_us)us p99.9=\(.p999_us)us max=\(.max_us)us  n=\(.requests) errors=\(.errors + .http_errors)"'
+  n=$(echo "$out" | jq -r .requests)
+  awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v n="$n" \
+    'BEGIN { if (n > 0) printf "  server CPU: %.1f s, %.0f us per request\n", t / hz, 1e6 * t / hz / n }'
+}
 metric() { curl -s -H "Authorization: Bearer $TOKEN" "$URL/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 
 echo "# sessiond REST benchmark: $(nproc) cores, server threads=$THREADS, client conns=$CONNS, ${DUR}s per run"
-echo "# $(uname -r); client and server on the same machine"
+echo "# $(uname -r); client and server on the same machine; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
 start
 echo "## 1. POST message -> one session (closed loop; target >= 10,000/s)"
-"$LOAD" --url "$URL" --token "$TOKEN" --scenario single --conns "$CONNS" --duration "$DUR" || true
+run --scenario single --conns "$CONNS" --duration "$DUR"
 echo "## 3. GET /healthz (closed loop)"
-"$LOAD" --url "$URL" --token "$TOKEN" --scenario healthz --conns "$CONNS" --duration "$DUR" || true
+run --scenario healthz --conns "$CONNS" --duration "$DUR"
 echo "## 4. POST message -> one session at a fixed 2,000 req/s (open loop; target p99 < 5 ms)"
-"$LOAD" --url "$URL" --token "$TOKEN" --scenario single --conns "$CONNS" --duration "$DUR" --rate 2000 || true
+run --scenario single --conns "$CONNS" --duration "$DUR" --rate 2000
 stop
 
 rm -rf "$TMP/data"
 start --max-open-sessions 256
 echo "## 2. POST message -> 1,000 sessions, uniform (closed loop; cap 256 open; target >= 10,000/s)"
 H0=$(metric sessiond_session_cache_hits_total); O0=$(metric sessiond_session_opens_total)
-"$LOAD" --url "$URL" --token "$TOKEN" --scenario spread --sessions 1000 --conns "$CONNS" --duration "$DUR" || true
+run --scenario spread --sessions 1000 --conns "$CONNS" --duration "$DUR"
 H1=$(metric sessiond_session_cache_hits_total); O1=$(metric sessiond_session_opens_total)
 if [ -n "$H0" ] && [ -n "$H1" ]; then
   awk -v h="$((${H1%.*} - ${H0%.*}))" -v o="$((${O1%.*} - ${O0%.*}))" \

@@ -29,9 +29,8 @@ static int cmp64(const void *a, const void *b)
 static void report(const char *what, int64_t *us, int n)
 {
     qsort(us, (size_t)n, sizeof *us, cmp64);
-    printf("%-34s n=%-5d p50 %8.3f ms   p99 %8.3f ms   max %8.3f ms\n", what, n,
-           us[n / 2] / 1000.0, us[(n * 99) / 100 >= n ? n - 1 : (n * 99) / 100] / 1000.0,
-           us[n - 1] / 1000.0);
+    printf("%-34s n=%-5d p50 %8.3f ms   p99 %8.3f ms   max %8.3f ms\n", what, n, us[n / 2] / 1000.0,
+           us[(n * 99) / 100 >= n ? n - 1 : (n * 99) / 100] / 1000.0, us[n - 1] / 1000.0);
 }
 
 struct lat {
@@ -151,8 +150,7 @@ int main(int argc, char **argv)
     report("first output byte (exec -> callback)", us, nfirst);
 
     /* raw throughput of 100-byte lines through sandbox-init + pump (no SQLite) */
-    const char *fargv[] = {"/bin/sh", "-c", "yes \"$(printf %099d 0)\" | head -c 200000000",
-                           NULL};
+    const char *fargv[] = {"/bin/sh", "-c", "yes \"$(printf %099d 0)\" | head -c 200000000", NULL};
     struct sbx_exec_req freq = {.argv = fargv};
     struct lat l = {0};
     struct sbx_exec *ex = NULL;
@@ -184,8 +182,7 @@ int main(int argc, char **argv)
         }
     }
     double create_s = (double)(clock_mono_us() - t0) / 1e6;
-    const char *bargv[] = {"/bin/sh", "-c", "yes \"$(printf %099d 0)\" | head -c 100000000",
-                           NULL};
+    const char *bargv[] = {"/bin/sh", "-c", "yes \"$(printf %099d 0)\" | head -c 100000000", NULL};
     struct sbx_exec_req breq = {.argv = bargv};
     t0 = clock_mono_us();
     for (int i = 0; i < 10; i++) {

@@ -8,7 +8,8 @@ import { startServer, api, connect, newSession, sleep } from '../tests/integrati
 
 const backend = process.argv[2] || 'local';
 const lines = parseInt(process.argv[3] || '500000', 10);
-const srv = await startServer(['--sandbox', backend, '--agent', 'scripted', '--max-unfinished-prompts', '100']);
+const srv = await startServer(['--sandbox', backend, '--agent', 'scripted', '--max-unfinished-prompts', '100',
+  '--ws-send-queue-max', String(256 << 20)]);
 const rss = () => {
   const s = fs.readFileSync(`/proc/${srv.proc.pid}/status`, 'utf8');
   return parseInt(s.match(/VmRSS:\s+(\d+)/)[1], 10);
@@ -45,6 +46,7 @@ try {
   const isEnd = (e) => e.data && e.data.prompt_id === pid && e.type.startsWith('prompt.') && e.type !== 'prompt.started';
   await c.next((f) => (f.type === 'event' && isEnd(f.event)) || (f.type === 'events' && f.events.some(isEnd)), 300000, from);
   const wsSecs = (performance.now() - t0) / 1000;
+  const tPost = Date.now() - wsSecs * 1000;
   let bytes = 0, nev = 0, started = 0, ended = 0, gaps = 0;
   for (const f of c.frames.slice(from)) {
     if (f.type === 'gap') gaps++;
@@ -70,6 +72,7 @@ try {
     }
   }
   const commitSecs = (ended - started) / 1000;
+  if (process.env.DEBUG) console.log({ tPost, started, ended, wsEnd: Date.now() });
   console.log(`sustained output: ${(lines * 100 / 1e6).toFixed(0)} MB of 100-byte lines in ${nev} events; ` +
     `committed ${(lines * 100 / 1e6 / commitSecs).toFixed(1)} MB/s (prompt.started -> end ${commitSecs.toFixed(2)} s); ` +
     `received on WebSocket ${(bytes / 1e6).toFixed(1)} MB at ${(bytes / 1e6 / wsSecs).toFixed(1)} MB/s (POST -> end ${wsSecs.toFixed(2)} s, gaps ${gaps})`);

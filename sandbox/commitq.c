@@ -46,15 +46,15 @@ struct cq_sess {
     size_t backlog;
     int busy;
     int ready;
-    struct cq_sess *hnext;     /* hash chain */
-    struct cq_sess *rnext;     /* ready list */
+    struct cq_sess *hnext; /* hash chain */
+    struct cq_sess *rnext; /* ready list */
 };
 
 struct commitq {
     struct store *st;
     pthread_mutex_t lock;
-    pthread_cond_t cond;  /* work available */
-    pthread_cond_t idle;  /* a batch finished (commitq_flush) */
+    pthread_cond_t cond; /* work available */
+    pthread_cond_t idle; /* a batch finished (commitq_flush) */
     struct cq_sess *tab[BUCKETS];
     struct cq_sess *rhead, *rtail;
     int stopping;
@@ -295,13 +295,12 @@ static void *worker(void *arg)
                 }
                 rc = 0;
             } else if (rc) {
-                LOG_ERROR("commitq: session %s: dropped a job of %d events: %s", sid,
-                          batch->nev, err_str(rc));
+                LOG_ERROR("commitq: session %s: dropped a job of %d events: %s", sid, batch->nev,
+                          err_str(rc));
             }
             sess_put(s);
         } else {
-            LOG_ERROR("commitq: session %s: cannot open (%s): dropping output", sid,
-                      err_str(rc));
+            LOG_ERROR("commitq: session %s: cannot open (%s): dropping output", sid, err_str(rc));
         }
         /* Give the backlog back before the done callbacks (they look at it to resume). */
         pthread_mutex_lock(&q->lock);

@@ -42,8 +42,8 @@ struct op_src {
     int fd;
     const struct op_src_ops *ops;
     void *ctx;
-    int paused; /* guarded by op->lock */
-    int closed; /* guarded by op->lock */
+    int paused;                 /* guarded by op->lock */
+    int closed;                 /* guarded by op->lock */
     struct op_src *prev, *next; /* op->srcs, guarded by op->lock */
 };
 
@@ -54,8 +54,8 @@ struct op_sink {
     void *ctx;
     int stream;
     size_t len;
-    int64_t deadline_us; /* when the oldest pending byte must go */
-    int queued;          /* in op->pend list */
+    int64_t deadline_us;   /* when the oldest pending byte must go */
+    int queued;            /* in op->pend list */
     int64_t last_flush_us; /* when the last chunk went out */
     struct op_sink *pprev, *pnext;
     char data[OP_MERGE_MAX + 8];
@@ -66,10 +66,10 @@ struct outpump {
     int ep;
     int evfd;
     pthread_mutex_t lock;
-    struct call *calls, *calls_tail; /* guarded by lock */
-    struct op_src *srcs;             /* guarded by lock */
-    struct op_src *dead;             /* freed sources, released between batches; lock */
-    int stopping;                    /* guarded by lock */
+    struct call *calls, *calls_tail;       /* guarded by lock */
+    struct op_src *srcs;                   /* guarded by lock */
+    struct op_src *dead;                   /* freed sources, released between batches; lock */
+    int stopping;                          /* guarded by lock */
     struct op_sink *pend_head, *pend_tail; /* pump thread only */
     struct buf tmp;                        /* pump thread only */
     unsigned char *rbuf;                   /* pump thread only */

@@ -42,7 +42,8 @@
 
 #define LOG_CAP       (256 * 1024)
 #define SETUP_OUT_CAP (128 * 1024)
-#define RESYNC_MS     60000
+#define RESYNC_MS       60000
+#define REFILL_DELAY_MS 250
 
 struct warm {
     struct warm *next;
@@ -73,6 +74,8 @@ struct repos {
     char *building; /* repo of the running build, or NULL */
     int stopping;
     int kick;         /* pool thread: run a tick now */
+    int64_t refill_at_ms; /* pool thread: run a tick then (after a claim); 0 = none */
+    int64_t next_tick_ms; /* pool thread: the next scheduled tick */
     int pool_running; /* a pool tick is in progress */
     pthread_cond_t pool_done;
     pthread_t builder, pooler;
@@ -1191,18 +1194,25 @@ static void *pool_main(void *arg)
     struct repos *r = arg;
     pthread_mutex_lock(&r->lock);
     while (!r->stopping) {
-        if (!r->kick) {
+        int64_t now = clock_mono_ms();
+        int due = r->kick || (r->refill_at_ms && now >= r->refill_at_ms) ||
+                  now >= r->next_tick_ms;
+        if (!due) {
+            int64_t until = r->next_tick_ms;
+            if (r->refill_at_ms && r->refill_at_ms < until) {
+                until = r->refill_at_ms;
+            }
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            int64_t ns = ts.tv_nsec + (int64_t)r->cfg.tick_ms * 1000000;
+            int64_t ns = ts.tv_nsec + (until - now) * 1000000;
             ts.tv_sec += ns / 1000000000;
             ts.tv_nsec = ns % 1000000000;
             pthread_cond_timedwait(&r->cond, &r->lock, &ts);
-            if (r->stopping) {
-                break;
-            }
+            continue;
         }
         r->kick = 0;
+        r->refill_at_ms = 0;
+        r->next_tick_ms = now + r->cfg.tick_ms;
         r->pool_running = 1;
         pthread_mutex_unlock(&r->lock);
         pool_tick(r, NULL, 0);
@@ -1476,8 +1486,12 @@ static struct warm *warm_claim(struct repos *r, const char *repo, const char *im
             break;
         }
     }
-    r->kick = 1; /* top the pool up again */
-    pthread_cond_broadcast(&r->cond);
+    /* Top the pool up again, a moment later: refilling (a 100 MiB restore) right now would
+     * compete for the CPUs with the start of the session that just claimed. */
+    if (!r->refill_at_ms) {
+        r->refill_at_ms = clock_mono_ms() + REFILL_DELAY_MS;
+        pthread_cond_broadcast(&r->cond);
+    }
     pthread_mutex_unlock(&r->lock);
     return found;
 }

@@ -42,8 +42,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define BACKLOG_HIGH (8u << 20) /* pause a sandbox's output above this many pending bytes */
-#define BACKLOG_LOW  (2u << 20) /* and resume below this */
+#define BACKLOG_HIGH  (8u << 20) /* pause a sandbox's output above this many pending bytes */
+#define BACKLOG_LOW   (2u << 20) /* and resume below this */
 #define LINE_MAX_HOLD (1u << 20) /* longest JSON line held back across chunks */
 
 enum job_kind { JOB_KICK, JOB_ENDED, JOB_RECOVER };
@@ -60,11 +60,11 @@ struct run;
 struct rs {
     char id[72];
     struct sbx *sbx;
-    int users;          /* runner_acquire holders */
+    int users; /* runner_acquire holders */
     int64_t last_used_ms;
-    struct run *run;    /* the prompt being started or running */
-    int ended;          /* DELETEd: stop the sandbox once idle */
-    int purge;          /* and delete its workspace */
+    struct run *run; /* the prompt being started or running */
+    int ended;       /* DELETEd: stop the sandbox once idle */
+    int purge;       /* and delete its workspace */
     struct rs *next;
 };
 
@@ -76,12 +76,12 @@ struct run {
     char pid[72];
     char mid[72];
     char *agent_name;
-    struct sbx_exec *ex;      /* set by the control thread before output can arrive */
+    struct sbx_exec *ex;       /* set by the control thread before output can arrive */
     const char *cancel_reason; /* guarded by r->lock */
     int64_t start_us;
     /* pump thread only */
-    struct buf hold;     /* partial line of stdout */
-    struct buf text;     /* merged output text of the current chunk */
+    struct buf hold; /* partial line of stdout */
+    struct buf text; /* merged output text of the current chunk */
     struct buf errtext;
     struct cq_job *job;
     int64_t out_bytes;
@@ -99,11 +99,11 @@ struct runner {
     struct commitq *cq;
     struct runner_config cfg;
     pthread_mutex_t lock;
-    pthread_cond_t cond;      /* jobs available / a run finished */
+    pthread_cond_t cond; /* jobs available / a run finished */
     struct rs *sessions;
     struct rjob *jhead, *jtail;
-    int stopping;             /* control thread should exit */
-    int accepting;            /* new prompts may start */
+    int stopping;  /* control thread should exit */
+    int accepting; /* new prompts may start */
     int running;
     uint64_t n_started, n_completed, n_failed, n_cancelled;
     pthread_t ctl;
@@ -415,8 +415,7 @@ static void job_done(void *arg, int rc)
 {
     (void)rc;
     struct run *run = arg;
-    if (atomic_load(&run->paused) &&
-        commitq_backlog(run->r->cq, run->sid) < BACKLOG_LOW) {
+    if (atomic_load(&run->paused) && commitq_backlog(run->r->cq, run->sid) < BACKLOG_LOW) {
         atomic_store(&run->paused, 0);
         if (run->ex) {
             sbx_exec_resume(run->ex);
@@ -457,6 +456,7 @@ struct finish_op {
     char *reason; /* prompts.reason */
     int exit_code;
     int has_exit;
+    int started; /* the agent ran: the sandbox goes back from busy to idle */
 };
 
 static int finish_tx(struct sess_tx *tx, void *arg)
@@ -483,7 +483,13 @@ static int finish_tx(struct sess_tx *tx, void *arg)
     if (sqlite3_step(st) != SQLITE_DONE) {
         return ERR_DB;
     }
-    return sess_tx_append(tx, f->event, NULL, f->data, NULL);
+    int rc = sess_tx_append(tx, f->event, NULL, f->data, NULL);
+    if (!rc && f->started) {
+        char *d = json_obj_str("prompt_id", f->run->pid, NULL, NULL);
+        rc = sess_tx_append(tx, "sandbox.idle", NULL, d, NULL);
+        free(d);
+    }
+    return rc;
 }
 
 static void finish_done(void *arg, int rc)
@@ -530,11 +536,12 @@ static void finish_run(struct run *run, const struct sbx_exit *st, const char *f
     pthread_mutex_unlock(&r->lock);
     int64_t dur_ms = (clock_mono_us() - run->start_us) / 1000;
     json_t *d = json_pack("{s:s}", "prompt_id", run->pid);
+    f->started = run->ex != NULL || st != NULL;
     if (st) {
         f->has_exit = 1;
         f->exit_code = st->exit_code;
-        json_object_set_new(d, "exit_code", st->exit_code >= 0 ? json_integer(st->exit_code)
-                                                               : json_null());
+        json_object_set_new(d, "exit_code",
+                            st->exit_code >= 0 ? json_integer(st->exit_code) : json_null());
         if (st->signal) {
             json_object_set_new(d, "signal", json_integer(st->signal));
         }
@@ -670,8 +677,9 @@ static void next_free(struct next_prompt *np)
 
 struct start_op {
     const char *pid;
-    char *data;         /* prompt.started */
-    char *ready_data;   /* sandbox.ready, or NULL */
+    char *data;       /* prompt.started */
+    char *ready_data; /* sandbox.ready, or NULL */
+    char *busy_data;  /* sandbox.busy */
     int changed;
 };
 
@@ -699,15 +707,18 @@ static int start_tx(struct sess_tx *tx, void *arg)
     if (!rc) {
         rc = sess_tx_append(tx, "prompt.started", NULL, o->data, NULL);
     }
+    if (!rc) {
+        rc = sess_tx_append(tx, "sandbox.busy", NULL, o->busy_data, NULL);
+    }
     return rc;
 }
 
 struct fail_op {
     const char *pid;
-    const char *state;  /* failed | cancelled */
+    const char *state; /* failed | cancelled */
     const char *event;
     const char *reason;
-    const char *where;  /* SQL condition on state */
+    const char *where; /* SQL condition on state */
     char *data;
 };
 
@@ -825,6 +836,7 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
         *out = s;
         return 0;
     }
+    emit(r, x->id, "sandbox.starting", xstrdup("{}"));
     int64_t t0 = clock_mono_us();
     repos_hook_sandbox_start(x->id); /* issue 5: fill a repository workspace first */
     struct sbx_spec spec = {.name = x->id};
@@ -932,13 +944,11 @@ static void start_next(struct runner *r, const char *sid)
             rc = agent_argv(r, sbx, np.agent, &argv, &run->agent_name);
         }
         if (rc) {
-            snprintf(reason, sizeof reason, "the agent command is not usable: %s",
-                     err_str(rc));
+            snprintf(reason, sizeof reason, "the agent command is not usable: %s", err_str(rc));
         }
     }
     if (!rc) {
-        rc = sbx_put_private(sbx, "prompt.txt", np.content, strlen(np.content), 0,
-                             &prompt_inside);
+        rc = sbx_put_private(sbx, "prompt.txt", np.content, strlen(np.content), 0, &prompt_inside);
     }
     if (!rc) {
         const char *c = np.context ? np.context : "{}";
@@ -949,17 +959,19 @@ static void start_next(struct runner *r, const char *sid)
     }
     /* Mark it running (with sandbox.ready if we just started the sandbox). */
     struct start_op so = {.pid = np.id};
-    json_t *d = json_pack("{s:s,s:s?,s:s?,s:{s:s?,s:s?}}", "prompt_id", np.id, "message_id",
-                          np.mid, "agent", run->agent_name, "author", "id", np.author_id,
-                          "name", np.author_name);
+    json_t *d =
+        json_pack("{s:s,s:s?,s:s?,s:{s:s?,s:s?}}", "prompt_id", np.id, "message_id", np.mid,
+                  "agent", run->agent_name, "author", "id", np.author_id, "name", np.author_name);
     so.data = jx_dump(d);
     json_decref(d);
     if (ready_ms >= 0) {
         so.ready_data = repos_hook_ready_json(sid, ready_ms); /* issue 5: source */
     }
+    so.busy_data = json_obj_str("prompt_id", np.id, NULL, NULL);
     int wrc = write_op(r, sid, start_tx, &so);
     free(so.data);
     free(so.ready_data);
+    free(so.busy_data);
     if (wrc || !so.changed) {
         /* Cancelled before it started (or the file is gone): try the next one. */
         pthread_mutex_lock(&r->lock);
@@ -979,8 +991,8 @@ static void start_next(struct runner *r, const char *sid)
         goto out;
     }
     const char *name = np.author_name && *np.author_name ? np.author_name : "sessiond";
-    const char *email = np.author_email && *np.author_email ? np.author_email
-                                                            : "sessiond@localhost";
+    const char *email =
+        np.author_email && *np.author_email ? np.author_email : "sessiond@localhost";
     char *env[12];
     int ne = 0;
     env[ne++] = xasprintf("PROMPT_FILE=%s", prompt_inside);
@@ -1024,6 +1036,12 @@ static void start_next(struct runner *r, const char *sid)
     if (cancel) {
         sbx_exec_kill(ex, SIGTERM, r->cfg.cancel_grace_ms);
     }
+    /* Output may have paused the sandbox before ex was published (job_done could not resume
+     * it then). */
+    if (atomic_load(&run->paused) && commitq_backlog(r->cq, sid) < BACKLOG_LOW) {
+        atomic_store(&run->paused, 0);
+        sbx_exec_resume(ex);
+    }
     run_unref(run); /* ours: rs->run and the callbacks hold the run now */
     run = NULL;
 out:
@@ -1063,8 +1081,7 @@ int runner_cancel(struct runner *r, const char *sid, const char *prompt_id,
     if (who && who->id) {
         json_object_set_new(d, "by", json_pack("{s:s,s:s?}", "id", who->id, "name", who->name));
     }
-    struct fail_op o = {prompt_id, "cancelled", "prompt.cancelled", "cancelled", NULL,
-                        jx_dump(d)};
+    struct fail_op o = {prompt_id, "cancelled", "prompt.cancelled", "cancelled", NULL, jx_dump(d)};
     json_decref(d);
     int rc = write_op(r, sid, fail_queued_tx, &o);
     free(o.data);
@@ -1146,8 +1163,7 @@ int runner_acquire(struct runner *r, const char *sid, struct sbx **out, int64_t 
         return rc;
     }
     if (ms >= 0) {
-        emit(r, sid, "sandbox.ready",
-             repos_hook_ready_json(sid, ms)); /* issue 5: source */
+        emit(r, sid, "sandbox.ready", repos_hook_ready_json(sid, ms)); /* issue 5: source */
     }
     if (created_ms) {
         *created_ms = ms;

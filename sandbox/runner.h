@@ -36,12 +36,12 @@ struct runner_config {
     /* The default agent: "shell" (default) | a name under sandbox/agents | a path to an
      * executable | "COMMAND ARGS" (run with /bin/sh -c inside the sandbox). */
     const char *agent;
-    int prompt_timeout_s;     /* default 5400 (90 min) */
-    int cancel_grace_ms;      /* SIGTERM → SIGKILL; default 5000 */
-    int shutdown_grace_s;     /* wait this long for running prompts on stop; default 10 */
+    int prompt_timeout_s;      /* default 5400 (90 min) */
+    int cancel_grace_ms;       /* SIGTERM → SIGKILL; default 5000 */
+    int shutdown_grace_s;      /* wait this long for running prompts on stop; default 10 */
     int64_t prompt_output_cap; /* bytes of output events per prompt; default 100 MiB */
-    int idle_stop_s;          /* stop a sandbox idle this long; default 600 */
-    int no_recover;           /* tests: skip the start-up scan of sessions */
+    int idle_stop_s;           /* stop a sandbox idle this long; default 600 */
+    int no_recover;            /* tests: skip the start-up scan of sessions */
     /* Named coding agents (agents.h, issue 7): an agent name found here runs its CLI through
      * its adapter instead of as a command. NULL = none. */
     const struct agents *agents;
@@ -76,8 +76,8 @@ struct commitq *runner_commitq(struct runner *r);
 
 /** Counters for /metrics and benchmarks. */
 struct runner_stats {
-    int sandboxes;  /* live sandboxes */
-    int running;    /* prompts running */
+    int sandboxes; /* live sandboxes */
+    int running;   /* prompts running */
     uint64_t started, completed, failed, cancelled;
 };
 void runner_get_stats(struct runner *r, struct runner_stats *out);

@@ -145,8 +145,8 @@ const char *sbx_workspace_inside(const struct sbx *s)
     return s->ws_inside;
 }
 
-int sbx_exec(struct sbx *s, const struct sbx_exec_req *req, const struct sbx_exec_cb *cb,
-             void *ctx, struct sbx_exec **out)
+int sbx_exec(struct sbx *s, const struct sbx_exec_req *req, const struct sbx_exec_cb *cb, void *ctx,
+             struct sbx_exec **out)
 {
     if (!req->argv || !req->argv[0]) {
         return ERR_INVALID;
@@ -154,7 +154,8 @@ int sbx_exec(struct sbx *s, const struct sbx_exec_req *req, const struct sbx_exe
     return s->b->ops->exec(s, req, cb, ctx, out);
 }
 
-#define OP_OR_UNSUPPORTED(s, op, ...) ((s)->b->ops->op ? (s)->b->ops->op(__VA_ARGS__) : ERR_UNSUPPORTED)
+#define OP_OR_UNSUPPORTED(s, op, ...)                                                              \
+    ((s)->b->ops->op ? (s)->b->ops->op(__VA_ARGS__) : ERR_UNSUPPORTED)
 
 int sbx_read_file(struct sbx *s, const char *path, struct buf *out)
 {
@@ -171,8 +172,8 @@ int sbx_list_files(struct sbx *s, const char *path, json_t **out)
     return OP_OR_UNSUPPORTED(s, list_files, s, path, out);
 }
 
-int sbx_put_private(struct sbx *s, const char *name, const void *data, size_t n,
-                    int executable, char **path_inside)
+int sbx_put_private(struct sbx *s, const char *name, const void *data, size_t n, int executable,
+                    char **path_inside)
 {
     return OP_OR_UNSUPPORTED(s, put_private, s, name, data, n, executable, path_inside);
 }
@@ -279,8 +280,7 @@ int sbxi_new(struct sbx_backend *b, const struct sbx_spec *spec, const char *ws_
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     if (util_mkdir_p(s->ws_host, 0755) || util_mkdir_p(s->priv_host, 0755)) {
-        LOG_ERROR("sandbox: cannot create %s or %s: %s", s->ws_host, s->priv_host,
-                  strerror(errno));
+        LOG_ERROR("sandbox: cannot create %s or %s: %s", s->ws_host, s->priv_host, strerror(errno));
         sbxi_unref(s);
         return ERR_IO;
     }
@@ -459,8 +459,7 @@ static void handle_frame(struct sbx *s, int type, uint32_t id, const unsigned ch
         if (!ex->sink) {
             ex->sink = op_sink_new(s->b->pump, s->src, exec_flush, ex);
         }
-        op_sink_write(ex->sink, type == INIT_STDOUT ? SBX_STDOUT : SBX_STDERR, (const char *)p,
-                      n);
+        op_sink_write(ex->sink, type == INIT_STDOUT ? SBX_STDOUT : SBX_STDERR, (const char *)p, n);
         return;
     }
     if (type == INIT_EXIT && n >= 32) {
@@ -516,8 +515,7 @@ static void on_data(void *ctx, const unsigned char *p, size_t n)
         if (s->rb_len - off < INIT_HDR + len) {
             break;
         }
-        handle_frame(s, s->rb[off + 4], init_get32(s->rb + off + 5), s->rb + off + INIT_HDR,
-                     len);
+        handle_frame(s, s->rb[off + 4], init_get32(s->rb + off + 5), s->rb + off + INIT_HDR, len);
         off += INIT_HDR + len;
     }
     memmove(s->rb, s->rb + off, s->rb_len - off);
@@ -986,8 +984,8 @@ int sbxi_list_files(struct sbx *s, const char *path, json_t **out)
                            : S_ISDIR(st.st_mode) ? "dir"
                            : S_ISLNK(st.st_mode) ? "link"
                                                  : "other";
-        json_array_append_new(entries, json_pack("{s:s,s:s,s:I}", "name", de->d_name, "type",
-                                                 type, "size", (json_int_t)st.st_size));
+        json_array_append_new(entries, json_pack("{s:s,s:s,s:I}", "name", de->d_name, "type", type,
+                                                 "size", (json_int_t)st.st_size));
         count++;
     }
     *out = json_pack("{s:s,s:o}", "path", is_root ? "" : path, "entries", entries);
@@ -1004,8 +1002,8 @@ out:
     return rc;
 }
 
-int sbxi_put_private(struct sbx *s, const char *name, const void *data, size_t n,
-                     int executable, char **path_inside)
+int sbxi_put_private(struct sbx *s, const char *name, const void *data, size_t n, int executable,
+                     char **path_inside)
 {
     if (!util_valid_id(name) && !(strchr(name, '.') && !strchr(name, '/') && name[0] != '.')) {
         return ERR_INVALID;

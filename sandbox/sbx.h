@@ -68,7 +68,7 @@ struct sbx_spec {
     /* "NAME=value" secrets resolved by the server: put into the environment of commands
      * only, never logged, never returned. */
     const char *const *secrets;
-    int egress;             /* 0: no network (default); 1: the host network (trusted only) */
+    int egress;                /* 0: no network (default); 1: the host network (trusted only) */
     const char *const *labels; /* "key=value", informational */
 };
 
@@ -85,18 +85,18 @@ struct sbx_exec_req {
     int timeout_ms;          /* 0 = the sandbox default; < 0 = none */
     const void *stdin_data;  /* written to the command's stdin (may be NULL) */
     size_t stdin_len;
-    int stdin_keep_open;     /* 1: stdin stays open for sbx_exec_write/sbx_exec_close_stdin */
-    int64_t cpu_s;           /* 0 = config default */
+    int stdin_keep_open; /* 1: stdin stays open for sbx_exec_write/sbx_exec_close_stdin */
+    int64_t cpu_s;       /* 0 = config default */
 };
 
 struct sbx_exit {
-    int exit_code;      /* -1 when killed by a signal */
-    int signal;         /* 0 if none */
-    int timed_out;      /* killed by the wall-clock timeout */
-    int killed;         /* killed on request (sbx_exec_kill) */
-    int start_failed;   /* could not start (exit_code 127; the reason went to stderr) */
-    int lost;           /* the sandbox died under it */
-    int oom;            /* the sandbox's memory limit killed a process meanwhile */
+    int exit_code;    /* -1 when killed by a signal */
+    int signal;       /* 0 if none */
+    int timed_out;    /* killed by the wall-clock timeout */
+    int killed;       /* killed on request (sbx_exec_kill) */
+    int start_failed; /* could not start (exit_code 127; the reason went to stderr) */
+    int lost;         /* the sandbox died under it */
+    int oom;          /* the sandbox's memory limit killed a process meanwhile */
     int64_t duration_us;
     int64_t maxrss_kib;
 };
@@ -122,8 +122,8 @@ struct sbx_ops {
     int (*list_files)(struct sbx *s, const char *path, json_t **out);
     /* A file in the sandbox's private directory (outside the workspace, read-only for the
      * sandbox), e.g. the prompt. *path_inside (caller frees) is its path as seen inside. */
-    int (*put_private)(struct sbx *s, const char *name, const void *data, size_t n,
-                       int executable, char **path_inside);
+    int (*put_private)(struct sbx *s, const char *name, const void *data, size_t n, int executable,
+                       char **path_inside);
     int (*snapshot)(struct sbx *s, const char *dest_dir);
     int (*restore)(struct sbx *s, const char *src_dir);
     int (*stop)(struct sbx *s);
@@ -142,8 +142,7 @@ struct sbx_backend {
 /** Open the configured backend (cfg->backend). For "local", checks that bubblewrap works and
  * fails with ERR_UNAVAILABLE (and one clear log line) if it does not. "process" logs a
  * warning. pump must outlive the backend. *out: sbx_backend_free(). */
-int sbx_backend_open(const struct sbx_config *cfg, struct outpump *pump,
-                     struct sbx_backend **out);
+int sbx_backend_open(const struct sbx_config *cfg, struct outpump *pump, struct sbx_backend **out);
 void sbx_backend_free(struct sbx_backend *b);
 const char *sbx_backend_name(const struct sbx_backend *b);
 /** 0 if the backend can start sandboxes; else an error with a reason in msg. */
@@ -162,8 +161,8 @@ const char *sbx_workspace_host(const struct sbx *s);
 /** The workspace path as seen by commands ("/workspace" when isolated). */
 const char *sbx_workspace_inside(const struct sbx *s);
 
-int sbx_exec(struct sbx *s, const struct sbx_exec_req *req, const struct sbx_exec_cb *cb,
-             void *ctx, struct sbx_exec **out);
+int sbx_exec(struct sbx *s, const struct sbx_exec_req *req, const struct sbx_exec_cb *cb, void *ctx,
+             struct sbx_exec **out);
 /** Send sig to the command's process group; grace_ms > 0 sends SIGKILL after that long. */
 int sbx_exec_kill(struct sbx_exec *ex, int sig, int grace_ms);
 /** Write to / close the stdin of a command started with stdin_keep_open. */
@@ -178,8 +177,8 @@ int sbx_read_file(struct sbx *s, const char *path, struct buf *out);
 int sbx_write_file(struct sbx *s, const char *path, const void *data, size_t n);
 /** {"path":…,"entries":[{"name","type":"file|dir|link|other","size"}]} */
 int sbx_list_files(struct sbx *s, const char *path, json_t **out);
-int sbx_put_private(struct sbx *s, const char *name, const void *data, size_t n,
-                    int executable, char **path_inside);
+int sbx_put_private(struct sbx *s, const char *name, const void *data, size_t n, int executable,
+                    char **path_inside);
 /** The shipped agents directory (sandbox/agents) as seen by commands. */
 const char *sbx_agents_inside(const struct sbx *s);
 int sbx_snapshot(struct sbx *s, const char *dest_dir);

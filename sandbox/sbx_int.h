@@ -18,18 +18,18 @@ struct op_sink;
 struct sbx {
     struct sbx_backend *b;
     char *name;
-    char *ws_host;     /* host path of the workspace */
-    char *ws_inside;   /* the workspace as commands see it */
-    char *priv_host;   /* host path of the private dir (prompt files) */
-    char *priv_inside; /* the private dir as commands see it */
+    char *ws_host;       /* host path of the workspace */
+    char *ws_inside;     /* the workspace as commands see it */
+    char *priv_host;     /* host path of the private dir (prompt files) */
+    char *priv_inside;   /* the private dir as commands see it */
     char *agents_inside; /* sandbox/agents as commands see it */
-    char **env;        /* base environment for commands, NULL terminated */
-    int timeout_ms;    /* default per-command timeout */
+    char **env;          /* base environment for commands, NULL terminated */
+    int timeout_ms;      /* default per-command timeout */
     int64_t data_bytes, fsize_bytes;
     int nofile, nproc, cpu_s;
-    uid_t uid;         /* owner of files written through the API; (uid_t)-1 = leave */
+    uid_t uid; /* owner of files written through the API; (uid_t)-1 = leave */
     gid_t gid;
-    void *impl;        /* backend data */
+    void *impl;                       /* backend data */
     void (*impl_stop)(struct sbx *s); /* backend: after the init process ended */
     void (*impl_free)(struct sbx *s);
     long (*impl_oom_kills)(struct sbx *s); /* backend: OOM kills so far, or -1 */
@@ -37,11 +37,11 @@ struct sbx {
     pthread_mutex_t lock; /* guards everything below and writes to fd */
     pthread_cond_t cond;
     int refs;
-    int fd;            /* our end of the control socket */
-    pid_t pid;         /* host pid of the process we started (bwrap or sandbox-init) */
+    int fd;    /* our end of the control socket */
+    pid_t pid; /* host pid of the process we started (bwrap or sandbox-init) */
     struct op_src *src;
-    int ready;         /* READY received */
-    int alive;         /* control socket open */
+    int ready; /* READY received */
+    int alive; /* control socket open */
     int reaped;
     uint32_t next_id;
     struct sbx_exec *execs;
@@ -55,8 +55,8 @@ struct sbx {
 struct sbx_exec {
     struct sbx *s;
     uint32_t id;
-    int refs;         /* guarded by s->lock */
-    int done;         /* on_exit called; guarded by s->lock */
+    int refs; /* guarded by s->lock */
+    int done; /* on_exit called; guarded by s->lock */
     struct sbx_exec_cb cb;
     void *ctx;
     struct op_sink *sink; /* pump thread only */
@@ -80,8 +80,8 @@ int sbxi_exec(struct sbx *s, const struct sbx_exec_req *req, const struct sbx_ex
 int sbxi_read_file(struct sbx *s, const char *path, struct buf *out);
 int sbxi_write_file(struct sbx *s, const char *path, const void *data, size_t n);
 int sbxi_list_files(struct sbx *s, const char *path, json_t **out);
-int sbxi_put_private(struct sbx *s, const char *name, const void *data, size_t n,
-                     int executable, char **path_inside);
+int sbxi_put_private(struct sbx *s, const char *name, const void *data, size_t n, int executable,
+                     char **path_inside);
 int sbxi_stop(struct sbx *s);
 void sbxi_destroy(struct sbx *s);
 
@@ -91,7 +91,6 @@ char *sbxi_agents_dir(const struct sbx_config *c);
 
 /* Backends. */
 int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sbx_backend **out);
-int sbx_process_open(const struct sbx_config *cfg, struct outpump *pump,
-                     struct sbx_backend **out);
+int sbx_process_open(const struct sbx_config *cfg, struct outpump *pump, struct sbx_backend **out);
 
 #endif

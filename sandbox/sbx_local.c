@@ -43,7 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BWRAP "/usr/bin/bwrap"
+#define BWRAP            "/usr/bin/bwrap"
 #define START_TIMEOUT_MS 10000
 #define STAGE            "/run/sessiond-stage" /* mount point for bind sources (as root) */
 
@@ -51,10 +51,10 @@ struct local_backend {
     struct sbx_backend base;
     char *init_path;
     char *agents_dir;
-    int as_root;    /* the server is root: drop to uid/gid */
+    int as_root; /* the server is root: drop to uid/gid */
     uid_t uid;
     gid_t gid;
-    char *cg_pids;  /* parent cgroup dirs (v1 or v2), NULL when unavailable */
+    char *cg_pids; /* parent cgroup dirs (v1 or v2), NULL when unavailable */
     char *cg_mem;
     int pids_v2, mem_v2;
     int health_rc;
@@ -262,8 +262,7 @@ static int resolve_user(struct local_backend *lb, const struct sbx_config *c)
             int nul = open("/dev/null", O_RDWR);
             dup2(nul, 1);
             execl("/usr/sbin/useradd", "useradd", "--system", "--user-group", "--no-create-home",
-                  "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", user,
-                  (char *)NULL);
+                  "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", user, (char *)NULL);
             _exit(127);
         }
         int st = 0;
@@ -287,8 +286,8 @@ static int grant_traverse(const char *dir, gid_t gid)
         return 0;
     }
     if (st.st_gid != gid && st.st_gid != 0) {
-        LOG_WARN("sandbox: %s belongs to group %d: cannot grant the sandbox group access",
-                 dir, (int)st.st_gid);
+        LOG_WARN("sandbox: %s belongs to group %d: cannot grant the sandbox group access", dir,
+                 (int)st.st_gid);
         return -1;
     }
     if (chown(dir, (uid_t)-1, gid) < 0 || chmod(dir, (st.st_mode & 07777) | S_IXGRP) < 0) {
@@ -345,7 +344,7 @@ static long local_oom_kills(struct sbx *s)
     }
     char *f = xasprintf("%s/%s", ls->cg_mem,
                         access(ls->cg_mem, F_OK) == 0 && ls->mem_v2 ? "memory.events"
-                                                                     : "memory.oom_control");
+                                                                    : "memory.oom_control");
     char *t = read_small(f);
     free(f);
     const char *k = t ? strstr(t, "oom_kill ") : NULL;
@@ -405,8 +404,8 @@ static void arg(const char ***av, size_t *n, size_t *cap, const char *a)
 /* Add the system directories: a symlink where the host has one (merged /usr), else ro-bind. */
 static void add_system_dirs(const char ***av, size_t *n, size_t *cap, char **keep, int *nkeep)
 {
-    static const char *dirs[] = {"/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32",
-                                 "/libx32", "/etc", "/opt"};
+    static const char *dirs[] = {"/usr",   "/bin",    "/sbin", "/lib", "/lib64",
+                                 "/lib32", "/libx32", "/etc",  "/opt"};
     for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
         struct stat st;
         if (lstat(dirs[i], &st) < 0) {
@@ -585,16 +584,16 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
             /* A mount namespace of our own (it dies with the sandbox: nothing to clean up):
              * a tmpfs on STAGE with the bind sources mounted in it, traversable by all. By
              * path: an fd opened in the old namespace cannot be bind-mounted here. */
-            static const char *const what[] = {"unshare", "make-private", "tmpfs", "mkdir",
-                                               "bind ws", "bind priv", "bind init",
-                                               "bind agents"};
+            static const char *const what[] = {"unshare",   "make-private", "tmpfs",
+                                               "mkdir",     "bind ws",      "bind priv",
+                                               "bind init", "bind agents"};
             int step = -1;
             if (unshare(CLONE_NEWNS) < 0) {
                 step = 0;
             } else if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
                 step = 1;
-            } else if (mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV,
-                             "mode=0755,size=16k") < 0) {
+            } else if (mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16k") <
+                       0) {
                 step = 2;
             } else if (mkdir(STAGE "/ws", 0755) < 0 || mkdir(STAGE "/priv", 0755) < 0 ||
                        mkdir(STAGE "/agents", 0755) < 0 ||
@@ -807,11 +806,10 @@ int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sb
             LOG_WARN("sandbox: cgroup %s%s%s controller not writable (v1 or v2): sandboxes run "
                      "without a %s cap, only per-command rlimits",
                      lb->cg_pids ? "" : "pids", !lb->cg_pids && !lb->cg_mem ? " and " : "",
-                     lb->cg_mem ? "" : "memory",
-                     !lb->cg_mem ? "memory" : "process count");
+                     lb->cg_mem ? "" : "memory", !lb->cg_mem ? "memory" : "process count");
         }
-        LOG_INFO("sandbox: sandboxes run as uid %d; cgroups pids=%s%s memory=%s%s",
-                 (int)lb->uid, lb->cg_pids ? lb->cg_pids : "none",
+        LOG_INFO("sandbox: sandboxes run as uid %d; cgroups pids=%s%s memory=%s%s", (int)lb->uid,
+                 lb->cg_pids ? lb->cg_pids : "none",
                  lb->cg_pids ? (lb->pids_v2 ? " (v2)" : " (v1)") : "",
                  lb->cg_mem ? lb->cg_mem : "none",
                  lb->cg_mem ? (lb->mem_v2 ? " (v2)" : " (v1)") : "");

@@ -114,8 +114,7 @@ static const struct sbx_ops process_ops = {
     .free = process_free,
 };
 
-int sbx_process_open(const struct sbx_config *cfg, struct outpump *pump,
-                     struct sbx_backend **out)
+int sbx_process_open(const struct sbx_config *cfg, struct outpump *pump, struct sbx_backend **out)
 {
     struct process_backend *pb = xcalloc(1, sizeof *pb);
     pb->base.ops = &process_ops;

@@ -63,7 +63,17 @@ struct snap_store {
     int objfd;  /* objects/ */
     int snapfd; /* snaps/ */
     int64_t next_seq;
+    /* One instance per directory in the process (g_stores), so that every user of a store
+     * shares its lock: a GC must never run while another writer links objects that its
+     * manifest does not name yet, and two creates must not pick the same id. */
+    dev_t dev;
+    ino_t ino;
+    int refs;                /* guarded by g_stores_mu */
+    struct snap_store *next; /* guarded by g_stores_mu */
 };
+
+static pthread_mutex_t g_stores_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct snap_store *g_stores;
 
 /* One workspace entry (or manifest line). */
 struct ent {
@@ -1075,7 +1085,9 @@ static int list_seqs(struct snap_store *st, int64_t **ids, size_t *n)
     return 0;
 }
 
-int snap_store_open(const char *dir, struct snap_store **out)
+static void store_free(struct snap_store *st);
+
+static int store_new(const char *dir, struct snap_store **out)
 {
     struct snap_store *st = xcalloc(1, sizeof(*st));
     int rc = 0;
@@ -1108,14 +1120,14 @@ int snap_store_open(const char *dir, struct snap_store **out)
 out:
     if (rc != 0) {
         LOG_ERROR("snap: cannot open store %s: %s", dir, err_str(rc));
-        snap_store_close(st);
+        store_free(st);
         st = NULL;
     }
     *out = st;
     return rc;
 }
 
-void snap_store_close(struct snap_store *st)
+static void store_free(struct snap_store *st)
 {
     if (!st) {
         return;
@@ -1132,6 +1144,73 @@ void snap_store_close(struct snap_store *st)
     pthread_mutex_destroy(&st->lock);
     free(st->dir);
     free(st);
+}
+
+int snap_store_open(const char *dir, struct snap_store **out)
+{
+    struct stat sb;
+    *out = NULL;
+    if (util_mkdir_p(dir, 0700) != 0 || stat(dir, &sb) != 0) {
+        LOG_ERROR("snap: cannot create the store directory %s", dir);
+        return ERR_IO;
+    }
+    pthread_mutex_lock(&g_stores_mu);
+    for (struct snap_store *p = g_stores; p; p = p->next) {
+        if (p->dev == sb.st_dev && p->ino == sb.st_ino) {
+            p->refs++;
+            *out = p;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_stores_mu);
+    if (*out) {
+        return 0;
+    }
+    struct snap_store *st = NULL;
+    int rc = store_new(dir, &st);
+    if (rc != 0) {
+        return rc;
+    }
+    st->dev = sb.st_dev;
+    st->ino = sb.st_ino;
+    st->refs = 1;
+    pthread_mutex_lock(&g_stores_mu);
+    for (struct snap_store *p = g_stores; p; p = p->next) {
+        if (p->dev == st->dev && p->ino == st->ino) {
+            p->refs++; /* another thread opened it meanwhile: use theirs */
+            *out = p;
+            break;
+        }
+    }
+    if (!*out) {
+        st->next = g_stores;
+        g_stores = st;
+        *out = st;
+        st = NULL;
+    }
+    pthread_mutex_unlock(&g_stores_mu);
+    store_free(st);
+    return 0;
+}
+
+void snap_store_close(struct snap_store *st)
+{
+    if (!st) {
+        return;
+    }
+    pthread_mutex_lock(&g_stores_mu);
+    if (--st->refs > 0) {
+        pthread_mutex_unlock(&g_stores_mu);
+        return;
+    }
+    for (struct snap_store **pp = &g_stores; *pp; pp = &(*pp)->next) {
+        if (*pp == st) {
+            *pp = st->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_stores_mu);
+    store_free(st);
 }
 
 /* Load the workspace stat cache if it describes this very workspace directory. */

@@ -36,6 +36,47 @@
 
 /* ---- start / stop ---- */
 
+/* Add (or update) every repository of the config's repos.file: [{name, url, ...}] or
+ * {"repos":[…]}. A bad entry stops the start with a clear message. */
+static int load_repos_file(struct repos *rp, const char *path)
+{
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, 0, &jerr);
+    json_t *list = json_is_object(doc) ? json_object_get(doc, "repos") : doc;
+    int rc = 0;
+    if (!json_is_array(list)) {
+        LOG_ERROR("main: %s must hold a JSON array of repositories (%s)", path,
+                  doc ? "not an array" : jerr.text);
+        json_decref(doc);
+        return ERR_INVALID;
+    }
+    size_t i;
+    json_t *spec;
+    json_array_foreach(list, i, spec)
+    {
+        char msg[200] = "";
+        json_t *out = NULL;
+        rc = repos_create(rp, spec, NULL, msg, sizeof(msg));
+        if (rc == ERR_CONFLICT) {
+            json_t *patch = json_deep_copy(spec);
+            const char *name = json_string_value(json_object_get(spec, "name"));
+            json_object_del(patch, "name");
+            rc = repos_update(rp, name, patch, &out, msg, sizeof(msg));
+            json_decref(patch);
+            json_decref(out);
+        }
+        if (rc != 0) {
+            LOG_ERROR("main: %s: repository #%zu: %s", path, i + 1, msg[0] ? msg : err_str(rc));
+            break;
+        }
+    }
+    if (rc == 0) {
+        LOG_INFO("main: %zu repositories from %s", json_array_size(list), path);
+    }
+    json_decref(doc);
+    return rc;
+}
+
 int api_repos_start(struct app *app)
 {
     const struct config *cfg = app->cfg;
@@ -76,6 +117,13 @@ int api_repos_start(struct app *app)
         LOG_ERROR("main: cannot start the repository layer: %s", err_str(rc));
         secrets_free(app->secrets);
         app->secrets = NULL;
+        return rc;
+    }
+    if (*cfg->repos_file) {
+        rc = load_repos_file(app->repos, cfg->repos_file);
+        if (rc != 0) {
+            api_repos_stop(app);
+        }
     }
     return rc;
 }

@@ -112,8 +112,8 @@ void api_session_ended(struct app *app, const char *session_id, int purged)
 }
 
 /* The REST cancel without HTTP (also used by the WebSocket `cancel` frame, ws_api.c). */
-int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who,
-                           json_t *body, json_t **out, char *msg, size_t n)
+int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
+                      json_t **out, char *msg, size_t n)
 {
     const char *pid = NULL;
     int rc = body ? jx_str(body, "prompt_id", &pid, msg, n) : 0;
@@ -131,8 +131,7 @@ int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *
     struct author a = {who ? who->user_id : NULL, who ? who->name : NULL, NULL};
     rc = runner_cancel(app->runner, sid, pid, &a);
     if (rc == ERR_NOT_FOUND) {
-        snprintf(msg, n, pid ? "prompt %s is not queued or running" : "no prompt is running",
-                 pid);
+        snprintf(msg, n, pid ? "prompt %s is not queued or running" : "no prompt is running", pid);
         return rc;
     }
     if (rc) {
@@ -181,13 +180,13 @@ struct xctx {
     char xid[40];
     int async;
     size_t cap;
-    size_t bytes;   /* pump thread */
-    int truncated;  /* pump thread, read after done */
+    size_t bytes;  /* pump thread */
+    int truncated; /* pump thread, read after done */
     struct sbx_exec *_Atomic ex;
     _Atomic int paused;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int done;       /* exited event committed; guarded by lock */
+    int done; /* exited event committed; guarded by lock */
     struct buf out, err;
     struct sbx_exit st;
 };
@@ -273,10 +272,10 @@ static void x_exit(void *ctx, struct sbx_exec *ex, const struct sbx_exit *st)
     struct xctx *x = ctx;
     x->st = *st;
     json_t *d = json_pack("{s:s,s:o,s:o,s:I,s:b,s:b}", "exec_id", x->xid, "exit_code",
-                          st->exit_code >= 0 ? json_integer(st->exit_code) : json_null(),
-                          "signal", st->signal ? json_integer(st->signal) : json_null(),
-                          "duration_ms", (json_int_t)(st->duration_us / 1000), "truncated",
-                          x->truncated, "timed_out", st->timed_out);
+                          st->exit_code >= 0 ? json_integer(st->exit_code) : json_null(), "signal",
+                          st->signal ? json_integer(st->signal) : json_null(), "duration_ms",
+                          (json_int_t)(st->duration_us / 1000), "truncated", x->truncated,
+                          "timed_out", st->timed_out);
     if (st->lost) {
         json_object_set_new(d, "error", json_string("the sandbox stopped"));
     }
@@ -417,6 +416,10 @@ int api_exec(struct req *r)
         goto out;
     }
     atomic_store(&x->ex, ex);
+    if (atomic_load(&x->paused) && commitq_backlog(x->cq, sid) < EXEC_BACKLOG_LOW) {
+        atomic_store(&x->paused, 0); /* paused before ex was published */
+        sbx_exec_resume(ex);
+    }
     acquired = 0; /* released by x_exit_done */
     if (async) {
         rc = req_reply_json(r, 202, json_pack("{s:s}", "exec_id", x->xid));
@@ -427,13 +430,13 @@ int api_exec(struct req *r)
         pthread_cond_wait(&x->cond, &x->lock);
     }
     pthread_mutex_unlock(&x->lock);
-    json_t *res = json_pack(
-        "{s:s,s:s%,s:s%,s:o,s:o,s:b,s:b,s:I,s:b}", "exec_id", x->xid, "stdout", x->out.data ? x->out.data : "",
-        x->out.len, "stderr", x->err.data ? x->err.data : "", x->err.len, "exit_code",
-        x->st.exit_code >= 0 ? json_integer(x->st.exit_code) : json_null(), "signal",
-        x->st.signal ? json_integer(x->st.signal) : json_null(), "truncated", x->truncated,
-        "timed_out", x->st.timed_out, "duration_ms", (json_int_t)(x->st.duration_us / 1000), "oom",
-        x->st.oom);
+    json_t *res = json_pack("{s:s,s:s%,s:s%,s:o,s:o,s:b,s:b,s:I,s:b}", "exec_id", x->xid, "stdout",
+                            x->out.data ? x->out.data : "", x->out.len, "stderr",
+                            x->err.data ? x->err.data : "", x->err.len, "exit_code",
+                            x->st.exit_code >= 0 ? json_integer(x->st.exit_code) : json_null(),
+                            "signal", x->st.signal ? json_integer(x->st.signal) : json_null(),
+                            "truncated", x->truncated, "timed_out", x->st.timed_out, "duration_ms",
+                            (json_int_t)(x->st.duration_us / 1000), "oom", x->st.oom);
     rc = req_reply_json(r, 200, res);
 out:
     if (acquired) {

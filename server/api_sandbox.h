@@ -23,8 +23,8 @@ void sandbox_stop(struct app *app);
 
 /** POST …/cancel without HTTP (the WebSocket `cancel` frame): body {prompt_id?} (may be
  * NULL). *out = {"cancelled":true,"prompt_id":…}. 0 or an err.h code with msg set. */
-int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who,
-                      json_t *body, json_t **out, char *msg, size_t n);
+int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
+                      json_t **out, char *msg, size_t n);
 
 int api_exec(struct req *r);
 int api_files_get(struct req *r);

@@ -115,6 +115,8 @@ static const struct cfg_field fields[] = {
     FI("repos.pool_max_age", repos_pool_max_age, "1500", 1, 1 << 30, "warm workspace lifetime (s)"),
     FI("repos.tick_ms", repos_tick_ms, "30000", 50, 86400000,
        "image schedule and warm pool period (ms)"),
+    FS("repos.file", repos_file, "", NULL,
+       "JSON file: [{name,url,default_branch,setup,hints,...}] added or updated at start"),
 };
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
 

@@ -79,6 +79,7 @@ struct config {
     int64_t repos_image_keep;         /* repos.image_keep: ready images kept per repository */
     int64_t repos_pool_max_age;       /* repos.pool_max_age: warm workspace lifetime (s) */
     int64_t repos_tick_ms;            /* repos.tick_ms: image schedule / warm pool period (ms) */
+    char *repos_file;                 /* repos.file: JSON array of repositories loaded at start */
 };
 
 /** Build the configuration from argv (flags), envp (NULL = environ) and the JSON file named

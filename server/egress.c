@@ -628,6 +628,69 @@ static int forward_body(struct job *j, struct buf *b, uint64_t n)
     return 0;
 }
 
+/* Where a chunked body ends, scanned as it streams by (RFC 9112 7.1): chunk-size line,
+ * data, CRLF, ..., a last chunk of size 0, trailer lines, an empty line. */
+struct chunk_scan {
+    int st; /* 0 size line, 1 data, 2 data CRLF, 3 trailer line */
+    uint64_t left;
+    int hex_done;  /* past the hex digits of the size line (extensions follow) */
+    int line_len;  /* bytes of the current trailer line before its LF */
+};
+
+/* Consume up to n bytes; returns how many belong to the body, *done = 1 at its end. */
+static size_t chunk_feed(struct chunk_scan *c, const char *p, size_t n, int *done)
+{
+    size_t i = 0;
+    *done = 0;
+    while (i < n) {
+        char ch = p[i];
+        switch (c->st) {
+        case 0:
+            i++;
+            if (ch == '\n') {
+                c->st = c->left ? 1 : 3;
+                c->hex_done = 0;
+                c->line_len = 0;
+            } else if (!c->hex_done && ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') ||
+                                        (ch >= 'A' && ch <= 'F'))) {
+                int d = ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10;
+                c->left = c->left * 16 + (uint64_t)d;
+            } else {
+                c->hex_done = 1;
+            }
+            break;
+        case 1: {
+            size_t k = n - i < c->left ? n - i : (size_t)c->left;
+            i += k;
+            c->left -= k;
+            if (!c->left) {
+                c->st = 2;
+            }
+            break;
+        }
+        case 2:
+            i++;
+            if (ch == '\n') {
+                c->st = 0;
+            }
+            break;
+        case 3:
+            i++;
+            if (ch == '\n') {
+                if (c->line_len == 0) {
+                    *done = 1;
+                    return i;
+                }
+                c->line_len = 0;
+            } else if (ch != '\r') {
+                c->line_len++;
+            }
+            break;
+        }
+    }
+    return i;
+}
+
 /* Relay one response (the upstream closes after it: we sent Connection: close). Its head is
  * rewritten without hop-by-hop headers; *keep = 1 if the client can find the end of the body
  * itself (Content-Length or chunked), so its connection can carry its next request. */
@@ -680,11 +743,27 @@ static int relay_response(struct job *j, int *keep)
         p += n + 2;
     }
     buf_puts(&out, *keep ? "\r\n" : "Connection: close\r\n\r\n");
-    buf_append(&out, h.data + hl, h.len - hl);
+    /* The end of the body: found by its framing when it has one (an upstream may keep its
+     * side open despite Connection: close), else the upstream's EOF. */
+    uint64_t cl_left = has_len ? strtoull(v, NULL, 10) : 0;
+    int framed = chunked || has_len || status == 204 || status == 304;
+    struct chunk_scan cs = {0};
+    int done = framed && !chunked && cl_left == 0;
+    size_t rest = h.len - hl;
+    if (framed && !done && rest) {
+        size_t take = chunked ? chunk_feed(&cs, h.data + hl, rest, &done)
+                              : (rest < cl_left ? rest : (size_t)cl_left);
+        if (!chunked) {
+            cl_left -= take;
+            done = cl_left == 0;
+        }
+        rest = take;
+    }
+    buf_append(&out, h.data + hl, rest);
     rc = write_all(j->c->cfd, out.data, out.len);
     count(j->e, &j->e->st.bytes, out.len);
     buf_free(&out);
-    while (!rc) { /* the body, until the upstream closes */
+    while (!rc && !done) { /* the body */
         struct pollfd pf[2] = {{.fd = j->c->ufd, .events = POLLIN},
                                {.fd = j->c->cfd, .events = POLLRDHUP}};
         int r = poll(pf, 2, j->e->cfg.idle_timeout_ms);
@@ -700,10 +779,21 @@ static int relay_response(struct job *j, int *keep)
             continue;
         }
         if (n <= 0) {
+            if (framed) {
+                rc = ERR_IO; /* cut short: the client cannot reuse its connection */
+            }
             break;
         }
-        count(j->e, &j->e->st.bytes, (uint64_t)n);
-        rc = write_all(j->c->cfd, tmp, (size_t)n);
+        size_t take = (size_t)n;
+        if (chunked) {
+            take = chunk_feed(&cs, tmp, (size_t)n, &done);
+        } else if (has_len) {
+            take = (uint64_t)n < cl_left ? (size_t)n : (size_t)cl_left;
+            cl_left -= take;
+            done = cl_left == 0;
+        }
+        count(j->e, &j->e->st.bytes, (uint64_t)take);
+        rc = write_all(j->c->cfd, tmp, take);
     }
 out:
     buf_free(&h);

@@ -56,9 +56,10 @@
 #define BATCH_MAX_BYTES   (256u * 1024u)
 #define MAP_BUCKETS       4096u
 #define STUCK_KILL_SECS   3
-#define MAX_CLIENT_WRITES 8   /* prompt/cancel frames in flight per connection */
-#define PRESENCE_MIN_MS   200 /* typing/status broadcasts per connection: at most 5/s */
-#define SHUTDOWN_FLUSH_MS 300 /* time to send close frames (1001) at shutdown */
+#define MAX_CLIENT_WRITES 8     /* prompt/cancel frames in flight per connection */
+#define PRESENCE_MIN_MS   200   /* typing/status broadcasts per connection: at most 5/s */
+#define MAX_TICKETS       10000 /* outstanding (unused, unexpired) WebSocket tickets */
+#define SHUTDOWN_FLUSH_MS 300   /* time to send close frames (1001) at shutdown */
 #define LAT_BUCKET_US     10
 #define LAT_BUCKETS       20000 /* 10 us .. 200 ms, then one overflow bucket */
 
@@ -1423,6 +1424,7 @@ static void close_all(struct hub *h)
 static void *lws_main(void *arg)
 {
     struct hub *h = arg;
+    pthread_setname_np(pthread_self(), "hub-lws");
     while (!atomic_load(&h->stopping)) {
         if (lws_service(h->ctx, 0) < 0) {
             break;
@@ -1639,6 +1641,7 @@ static void do_client_write(struct hub *h, struct job *j)
 static void *reader_main(void *arg)
 {
     struct hub *h = arg;
+    pthread_setname_np(pthread_self(), "hub-reader");
     struct job *j;
     while ((j = jq_pop(&h->rq, 0))) {
         if (j->kind == J_HELLO) {
@@ -1654,6 +1657,7 @@ static void *reader_main(void *arg)
 static void *writer_main(void *arg)
 {
     struct hub *h = arg;
+    pthread_setname_np(pthread_self(), "hub-writer");
     struct job *j;
     /* Drains on stop so the last participant.left rows are written. */
     while ((j = jq_pop(&h->wq, 1))) {
@@ -1678,6 +1682,7 @@ int hub_ticket_create(struct hub *h, const char *sid, const struct auth_info *wh
                       int64_t ttl_ms, char out[65])
 {
     struct ticket *t = xcalloc(1, sizeof(*t));
+    int n = 0;
     util_random_hex(out, 32);
     util_sha256_hex(out, 64, t->hash);
     snprintf(t->sid, sizeof(t->sid), "%s", sid);
@@ -1695,7 +1700,14 @@ int hub_ticket_create(struct hub *h, const char *sid, const struct auth_info *wh
             free(d);
         } else {
             pp = &(*pp)->next;
+            n++;
         }
+    }
+    if (n >= MAX_TICKETS) {
+        pthread_mutex_unlock(&h->tk_lock);
+        free(t);
+        out[0] = 0;
+        return ERR_LIMIT;
     }
     t->next = h->tickets;
     h->tickets = t;

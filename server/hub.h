@@ -70,7 +70,8 @@ void hub_adopt(struct hub *h, struct hub_handoff *ho);
 json_t *hub_presence(struct hub *h, const char *sid);
 
 /** One-use WebSocket tickets (POST /v1/sessions/{id}/ws-ticket): valid for ttl_ms, bound to
- * the session and the caller's identity. out gets 64 hex chars + NUL. */
+ * the session and the caller's identity. out gets 64 hex chars + NUL. Only a SHA-256 of the
+ * ticket is kept. ERR_LIMIT when 10,000 unused tickets are outstanding. */
 int hub_ticket_create(struct hub *h, const char *sid, const struct auth_info *who, const char *role,
                       int64_t ttl_ms, char out[65]);
 /** Redeem a ticket for sid: 0 and *who/role filled, or ERR_AUTH (unknown, used, expired, or

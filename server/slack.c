@@ -91,7 +91,7 @@ struct slack {
     pthread_mutex_t lock; /* guards everything below */
     pthread_cond_t cond;  /* worker wake-up */
     pthread_cond_t wcond; /* watcher wake-up */
-    int stopping;
+    int stopping;         /* also read without the lock (atomic) by the curl progress callback */
     struct job *head, *tail;
     int qlen;
     struct watch *watches;
@@ -508,9 +508,20 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
 
 /* One HTTP request. body may be NULL (GET). resp gets the body (capped). Returns 0 when a
  * response arrived (any status), ERR_IO otherwise. */
-static int http_do(const char *method, const char *url, const char *bearer, const char *ctype,
-                   const char *body, long timeout_ms, long *status, struct buf *resp,
-                   long *retry_after)
+/* libcurl progress callback: abort the transfer once the integration is stopping, so a slow
+ * Slack API never holds up the server's shutdown. */
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt;
+    (void)dn;
+    (void)ut;
+    (void)un;
+    return __atomic_load_n((const int *)ud, __ATOMIC_RELAXED) ? 1 : 0;
+}
+
+static int http_do(const int *abort_flag, const char *method, const char *url, const char *bearer,
+                   const char *ctype, const char *body, long timeout_ms, long *status,
+                   struct buf *resp, long *retry_after)
 {
     pthread_once(&curl_once, curl_init_once);
     CURL *c = curl_easy_init();
@@ -543,6 +554,9 @@ static int http_do(const char *method, const char *url, const char *bearer, cons
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)abort_flag);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     CURLcode cc = curl_easy_perform(c);
     int rc = 0;
@@ -626,7 +640,7 @@ static int slack_api(struct slack *sl, const char *method, json_t *args, int for
         struct buf resp;
         buf_init(&resp, MAX_RESP);
         long status = 0, retry = 0;
-        rc = http_do("POST", url, sl->bot_token,
+        rc = http_do(&sl->stopping, "POST", url, sl->bot_token,
                      form ? "application/x-www-form-urlencoded" : "application/json; charset=utf-8",
                      body, 15000, &status, &resp, &retry);
         if (rc == 0 && status == 429) {
@@ -705,7 +719,8 @@ static int local_call(struct slack *sl, const char *method, const char *path, js
     struct buf resp;
     buf_init(&resp, MAX_RESP);
     long retry = 0;
-    rc = http_do(method, url, tok, b ? "application/json" : NULL, b, 30000, status, &resp, &retry);
+    rc = http_do(&sl->stopping, method, url, tok, b ? "application/json" : NULL, b, 30000, status,
+                 &resp, &retry);
     if (rc == 0 && resp.len) {
         *out = json_loadb(resp.data, resp.len, 0, NULL);
     }
@@ -814,8 +829,8 @@ static int classify(struct slack *sl, const struct repo_list *l, const char *cha
     buf_init(&resp, MAX_RESP);
     long status = 0, retry = 0;
     int pick = -1;
-    int rc = http_do("POST", sl->classifier_url, sl->classifier_key, "application/json", body,
-                     10000, &status, &resp, &retry);
+    int rc = http_do(&sl->stopping, "POST", sl->classifier_url, sl->classifier_key,
+                     "application/json", body, 10000, &status, &resp, &retry);
     free(body);
     json_t *j = rc == 0 && status == 200 ? json_loadb(resp.data, resp.len, 0, NULL) : NULL;
     json_t *msgo = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message");
@@ -1572,7 +1587,7 @@ void slack_free(struct slack *sl)
         return;
     }
     pthread_mutex_lock(&sl->lock);
-    sl->stopping = 1;
+    __atomic_store_n(&sl->stopping, 1, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&sl->cond);
     pthread_cond_broadcast(&sl->wcond);
     pthread_mutex_unlock(&sl->lock);

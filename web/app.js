@@ -246,10 +246,20 @@ function sessionView(sid) {
   contextListeners.add(renderContext);
   renderContext();
 
+  // A long session would grow the page without bound: keep the newest MAX_ITEMS entries.
+  const MAX_ITEMS = 3000;
+  let trimmed = null;
   function add(el, ev) {
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
     if (ev) el.dataset.seq = String(ev.seq);
     log.append(el);
+    if (log.childElementCount > MAX_ITEMS + 1) {
+      if (!trimmed) {
+        trimmed = h('li', { class: 'ev line trimmed' }, 'Older events are not shown here (see GET /v1/sessions/{id}/events).');
+        log.prepend(trimmed);
+      }
+      while (log.childElementCount > MAX_ITEMS + 1) trimmed.nextElementSibling.remove();
+    }
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
 

@@ -29,10 +29,10 @@
 
 #include <stdint.h>
 
-#define INIT_HDR        9u
-#define INIT_MAX_FRAME  (4u << 20) /* largest payload accepted either way */
-#define INIT_CHUNK      65536u     /* largest output payload sent by init */
-#define INIT_VERSION    "sandbox-init 1"
+#define INIT_HDR       9u
+#define INIT_MAX_FRAME (4u << 20) /* largest payload accepted either way */
+#define INIT_CHUNK     65536u     /* largest output payload sent by init */
+#define INIT_VERSION   "sandbox-init 1"
 
 enum init_frame {
     INIT_EXEC = 'x',

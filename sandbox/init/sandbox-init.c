@@ -36,10 +36,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define OUT_HIGH   (1u << 20) /* stop reading command pipes above this much pending output */
-#define DRAIN_MS   200        /* after the main process exits, wait this long for pipe EOF */
-#define MAX_CMDS   256
-#define MAX_ARGS   4096
+#define OUT_HIGH (1u << 20) /* stop reading command pipes above this much pending output */
+#define DRAIN_MS 200        /* after the main process exits, wait this long for pipe EOF */
+#define MAX_CMDS 256
+#define MAX_ARGS 4096
 
 struct obuf {
     unsigned char *p;
@@ -51,7 +51,7 @@ struct cmd {
     pid_t pid;
     int out_fd, err_fd, in_fd;
     struct obuf in;
-    int in_close;      /* close stdin once in is drained */
+    int in_close; /* close stdin once in is drained */
     int64_t start_us;
     int64_t deadline_us; /* wall-clock timeout, 0 = none */
     int64_t kill_at_us;  /* SIGKILL after a grace period, 0 = none */
@@ -64,8 +64,8 @@ struct cmd {
 };
 
 static int ctl = 3;
-static struct obuf out;      /* frames waiting for the control socket */
-static unsigned char *inb;   /* frames read from the control socket */
+static struct obuf out;    /* frames waiting for the control socket */
+static unsigned char *inb; /* frames read from the control socket */
 static size_t inb_len, inb_cap;
 static struct cmd *cmds;
 static int ncmds;
@@ -367,12 +367,12 @@ static void do_exec(uint32_t id, const char *p, size_t n)
             goto child_fail;
         }
         execvpe(argv[0], argv, envp);
-    child_fail: {
-        int e = errno;
-        ssize_t w = write(ps[1], &e, sizeof e);
-        (void)w;
-        _exit(127);
-    }
+child_fail : {
+    int e = errno;
+    ssize_t w = write(ps[1], &e, sizeof e);
+    (void)w;
+    _exit(127);
+}
     }
     close_fd(&po[1]);
     close_fd(&pe[1]);

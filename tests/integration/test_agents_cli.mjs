@@ -43,9 +43,9 @@ let srv = await startServer({ args: ['--config', cfgPath, '--cancel-grace-ms', '
 /** Events of a session after `after`. */
 const events = (sid, after = 0) => srv.events(sid, { after });
 
-/** Wait for an event of one of types; returns it. */
-async function waitEvent(sid, types, ms) {
-  return waitFor(async () => (await events(sid)).find((e) => types.includes(e.type)),
+/** Wait for an event of one of types (of prompt pid); returns it. */
+async function waitEvent(sid, types, ms, pid) {
+  return waitFor(async () => (await events(sid)).find((e) => types.includes(e.type) && e.data.prompt_id === pid),
     { ms, every: 100, what: `${types.join('|')} in ${sid}` });
 }
 
@@ -72,15 +72,14 @@ async function prompt(sid, content) {
   return r.json.prompt_id;
 }
 
-async function happyPath(agent) {
-  const sid = await newSession(agent);
+async function happyPath(agent, sid) {
   const w = watch(sid);
   await w.open;
   const t0 = Date.now();
-  await prompt(sid, 'Create the two files. [[cmd:echo made-by-shell > shell.txt; curl -sS -m 5 https://example.com/ || true]]');
-  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed'], 140000);
+  const pid = await prompt(sid, 'Create the two files. [[cmd:echo made-by-shell > shell.txt; curl -sS -m 5 https://example.com/ || true]]');
+  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed'], 140000, pid);
   const ms = Date.now() - t0;
-  const evs = await events(sid);
+  const evs = (await events(sid)).filter((e) => e.type === 'sandbox.egress_denied' || e.data.prompt_id === pid);
   if (end.type !== 'prompt.completed') throw new Error(`prompt failed: ${end.data.reason}`);
   // Both files exist in the workspace.
   for (const [f, want] of [['shell.txt', 'made-by-shell'], ['edit.txt', 'written by the edit tool']]) {
@@ -106,8 +105,8 @@ async function happyPath(agent) {
     throw new Error(`no sandbox.egress_denied for example.com:443: ${JSON.stringify(denied)}`);
   }
   // The text reached the WebSocket client, as deltas that add up to the answer.
-  await waitFor(() => w.got.some((e) => e.type === 'prompt.completed'), { ms: 5000, what: 'ws prompt.completed' });
-  const text = w.got.filter((e) => e.type === 'agent.output' && !e.data.stream).map((e) => e.data.text).join('');
+  await waitFor(() => w.got.some((e) => e.type === 'prompt.completed' && e.data.prompt_id === pid), { ms: 5000, what: 'ws prompt.completed' });
+  const text = w.got.filter((e) => e.type === 'agent.output' && !e.data.stream && e.data.prompt_id === pid).map((e) => e.data.text).join('');
   if (text !== FINAL) throw new Error(`streamed text ${JSON.stringify(text)}`);
   w.close();
   // The assistant message is stored.
@@ -121,48 +120,41 @@ async function happyPath(agent) {
   return { ms, sid };
 }
 
-async function modelError(agent) {
-  const sid = await newSession(agent);
+async function modelError(agent, sid) {
   const t0 = Date.now();
-  await prompt(sid, 'This request is refused by the model. [[fail:400]]');
-  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed'], 140000);
+  const pid = await prompt(sid, 'This request is refused by the model. [[fail:400]]');
+  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed'], 140000, pid);
   const ms = Date.now() - t0;
   if (end.type !== 'prompt.failed') throw new Error(`expected prompt.failed, got ${end.type}`);
   if (!/400|scripted model error/.test(end.data.reason)) throw new Error(`reason: ${end.data.reason}`);
   return { ms, reason: end.data.reason };
 }
 
-async function cancelRun(agent) {
-  const sid = await newSession(agent);
-  await prompt(sid, 'Take your time. [[cmd:touch started.txt; sleep 60]] [[shell-only]]');
+async function cancelRun(agent, sid) {
+  const pid = await prompt(sid, 'Take your time. [[cmd:touch started.txt; sleep 60]] [[shell-only]]');
   await waitFor(async () => (await srv.api('GET', `/v1/sessions/${sid}/files`, { query: { path: 'started.txt' } })).status === 200,
     { ms: 140000, every: 100, what: 'the shell tool to start' });
   const t0 = Date.now();
   const r = await srv.api('POST', `/v1/sessions/${sid}/cancel`, { body: {} });
   if (r.status >= 300) throw new Error(`cancel: HTTP ${r.status} ${r.text}`);
-  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed', 'prompt.cancelled'], 20000);
+  const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed', 'prompt.cancelled'], 20000, pid);
   if (end.type !== 'prompt.cancelled') throw new Error(`expected prompt.cancelled, got ${end.type}`);
   return { ms: Date.now() - t0 };
 }
 
-// Scenarios run concurrently, each in its own session, except that OpenCode's run one at a
-// time: each OpenCode start costs ~6 s of CPU and ~600 MB (a Bun binary), too much to stack
-// on a 2-core machine. The wall time is about that of the three OpenCode runs.
+// Each CLI runs its three scenarios one after the other in one session (its sandbox and the
+// CLI's config dirs are reused, as for a real session: OpenCode's first start in a fresh home
+// costs several seconds of CPU); the three CLIs run concurrently.
 const figures = {};
-const scenarios = (agent) => [
-  [`${agent}: shell + edit tools, file_changed, tool pairs, streamed text, egress refusal`,
-    async () => { figures[`${agent}_prompt_ms`] = (await happyPath(agent)).ms; }],
-  [`${agent}: model HTTP 400 -> prompt.failed with the reason`,
-    async () => { figures[`${agent}_fail_ms`] = (await modelError(agent)).ms; }],
-  [`${agent}: cancel while a tool runs -> prompt.cancelled`,
-    async () => { figures[`${agent}_cancel_ms`] = (await cancelRun(agent)).ms; }],
-];
-await Promise.all([
-  ...['claude', 'codex'].flatMap((a) => scenarios(a).map(([n, f]) => t.test(n, f, { timeoutMs: 150000 }))),
-  (async () => {
-    for (const [n, f] of scenarios('opencode')) await t.test(n, f, { timeoutMs: 150000 });
-  })(),
-]);
+await Promise.all(['claude', 'codex', 'opencode'].map(async (agent) => {
+  const sid = await newSession(agent);
+  await t.test(`${agent}: shell + edit tools, file_changed, tool pairs, streamed text, egress refusal`,
+    async () => { figures[`${agent}_prompt_ms`] = (await happyPath(agent, sid)).ms; }, { timeoutMs: 150000 });
+  await t.test(`${agent}: model HTTP 400 -> prompt.failed with the reason`,
+    async () => { figures[`${agent}_fail_ms`] = (await modelError(agent, sid)).ms; }, { timeoutMs: 150000 });
+  await t.test(`${agent}: cancel while a tool runs -> prompt.cancelled`,
+    async () => { figures[`${agent}_cancel_ms`] = (await cancelRun(agent, sid)).ms; }, { timeoutMs: 150000 });
+}));
 
 await t.test('GET /v1/agents lists the three, installed, without the key', async () => {
   const r = await srv.api('GET', '/v1/agents');
@@ -201,7 +193,7 @@ if (local instanceof Error) {
 } else {
   srv = local;
   await Promise.all(['claude', 'codex'].map((agent) => t.test(`local sandbox, ${agent}: files, file_changed, streamed text, egress through the Unix socket`, async () => {
-    figures[`local_${agent}_prompt_ms`] = (await happyPath(agent)).ms;
+    figures[`local_${agent}_prompt_ms`] = (await happyPath(agent, await newSession(agent))).ms;
   }, { timeoutMs: 150000 })));
   await t.test('local sandbox: the API key appears in no event or log line', async () => {
     const list = await srv.json('GET', '/v1/sessions?limit=100');

@@ -215,4 +215,23 @@ api DELETE /v1/me/credentials/github "" "$ALICE"
 expect_status 204 "token deleted"
 api DELETE /v1/repos/plain
 expect_status 204 "repository deleted"
+
+# ---- repositories from the config (repos.file), persisted ones kept across a restart ----
+echo '[{"name":"fromcfg","url":"https://example.com/o/x.git","pool_size":0,"image_interval_min":0},
+       {"name":"hello","url":"'"$REMOTE"'","description":"from the file","pool_size":0,"image_interval_min":0}]' >"$TMP/repos.json"
+stop_server
+start_server --repos-tick-ms 200 --secrets-key-file "$TMP/master.key" --repos-file "$TMP/repos.json"
+api GET /v1/repos/fromcfg
+check "repository loaded from repos.file" [ "$STATUS" = 200 -a "$(jget .url)" = https://example.com/o/x.git ]
+api GET /v1/repos/hello
+check "existing repository updated from repos.file" [ "$(jget .description)" = "from the file" -a "$(jget '.setup[0]')" = "echo built > built.txt" ]
+api GET /v1/repos/hello/images
+check "images survive a restart" [ "$(jget '.images[0].state')" = ready ]
+echo '[{"name":"bad name","url":"x"}]' >"$TMP/bad.json"
+stop_server
+if "$SESSIOND_BIN" --listen 127.0.0.1:0 --data-dir "$DATA_DIR" --repos-file "$TMP/bad.json" >>"$SERVER_LOG" 2>&1; then
+  fail "a bad repos.file stops the start"
+else
+  pass "a bad repos.file stops the start"
+fi
 finish

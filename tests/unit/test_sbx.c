@@ -25,8 +25,7 @@ static void setup(const char *backend)
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_sbx.XXXXXX");
     ASSERT(mkdtemp(tmpdir));
     ASSERT_EQ(outpump_start(&pump), 0);
-    struct sbx_config c = {.backend = backend, .data_dir = tmpdir, .memory_mib = 256,
-                           .pids = 64};
+    struct sbx_config c = {.backend = backend, .data_dir = tmpdir, .memory_mib = 256, .pids = 64};
     int rc = sbx_backend_open(&c, pump, &be);
     if (rc) {
         TFAIL("backend %s: %s", backend, err_str(rc));
@@ -219,8 +218,8 @@ TEST(local_limits)
     usleep(2500000); /* let the bomb's sleeps end */
     /* memory: 256 MiB cap; allocating 1 GiB fails or gets killed */
     r = run_sh(s, "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ALLOC_OK ${#x}", 20000);
-    fprintf(stderr, "# memory: exit %d signal %d: %s %s\n", r.exit.exit_code, r.exit.signal,
-            r.out, r.err);
+    fprintf(stderr, "# memory: exit %d signal %d: %s %s\n", r.exit.exit_code, r.exit.signal, r.out,
+            r.err);
     ASSERT(!strstr(r.out, "ALLOC_OK"));
     if (r.exit.signal == SIGKILL) {
         ASSERT(r.exit.oom); /* reported as the memory limit */
@@ -260,8 +259,9 @@ TEST(local_files)
     setup("local");
     struct sbx *s = mk("f");
     ASSERT_EQ(sbx_write_file(s, "dir/sub/a.txt", "hello", 5), 0);
-    struct sbx_result r = run_sh(s, "cat dir/sub/a.txt; echo; echo more >> dir/sub/a.txt; "
-                                    "ln -s /etc/passwd esc; ln -s ../../ up; ln -s dir/sub in",
+    struct sbx_result r = run_sh(s,
+                                 "cat dir/sub/a.txt; echo; echo more >> dir/sub/a.txt; "
+                                 "ln -s /etc/passwd esc; ln -s ../../ up; ln -s dir/sub in",
                                  0);
     ASSERT(strstr(r.out, "hello"));
     ASSERT_EQ(r.exit.exit_code, 0); /* the sandbox user could append: ownership was set */
@@ -345,8 +345,14 @@ TEST(local_fork_bomb_killed)
 
 static const struct test_case tests[] = {
     T(local_fork_bomb_killed),
-    T(local_exec_basic),    T(local_isolation),         T(local_timeout_and_kill),
-    T(local_cancel_term_then_kill), T(local_limits),    T(local_big_output_merged),
-    T(local_files),         T(process_backend),         T(exec_after_destroy_of_other),
+    T(local_exec_basic),
+    T(local_isolation),
+    T(local_timeout_and_kill),
+    T(local_cancel_term_then_kill),
+    T(local_limits),
+    T(local_big_output_merged),
+    T(local_files),
+    T(process_backend),
+    T(exec_after_destroy_of_other),
 };
 TEST_MAIN(tests)
