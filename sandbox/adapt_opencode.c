@@ -165,9 +165,12 @@ static int launch(const struct agent_def *d, const char *key, const struct agent
         snprintf(ref, sizeof(ref), "{env:%s}", key_env);
         json_t *models = json_object();
         json_object_set_new(models, model, json_pack("{s:s, s:b}", "name", model, "tool_call", 1));
-        json_t *prov = json_pack("{s:{s:s, s:s, s:{s:s, s:s}, s:o}}", "sessiond", "npm",
-                                 "@ai-sdk/openai-compatible", "name", "sessiond", "options",
-                                 "baseURL", d->api_base, "apiKey", ref, "models", models);
+        /* No "npm" key: a custom provider is OpenAI-compatible by default, and naming the
+         * package makes OpenCode try to install it from the registry first (refused by the
+         * egress proxy, then a fallback that costs seconds per model request). */
+        json_t *prov =
+            json_pack("{s:{s:s, s:{s:s, s:s}, s:o}}", "sessiond", "name", "sessiond", "options",
+                      "baseURL", d->api_base, "apiKey", ref, "models", models);
         json_object_set_new(c, "provider", prov);
         char m[512];
         snprintf(m, sizeof(m), "sessiond/%s", model);

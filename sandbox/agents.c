@@ -528,6 +528,7 @@ struct agent_parser {
     struct wsnap snap;
     json_t *done_usage; /* of the done line, for prompt.completed */
     int done_turns;
+    int cancelled; /* the runner cancelled the run: no error line at the end */
 };
 
 static void emit_json(struct agent_parser *p, enum agent_msg type, json_t *o);
@@ -903,7 +904,8 @@ void agent_parser_finish(struct agent_parser *p, int exit_code)
     if (p->ad->finish) {
         p->ad->finish(p->st, p, exit_code);
     }
-    if (!p->ended) {
+    ws_check(p); /* files changed since the last tool result */
+    if (!p->ended && !p->cancelled) {
         char reason[4096];
         const char *tail = agent_parser_stderr_tail(p);
         if (exit_code < 0) {
@@ -1126,6 +1128,10 @@ void agent_run_stderr(struct agent_run *ar, const char *data, size_t n)
 
 void agent_run_exit(struct agent_run *ar, int exit_code)
 {
+    if (exit_code == AGENT_EXIT_CANCELLED) {
+        ar->parser->cancelled = 1;
+        exit_code = -1;
+    }
     agent_parser_finish(ar->parser, exit_code);
 }
 

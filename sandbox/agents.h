@@ -208,7 +208,9 @@ void agent_run_env_free(char **env);
 /** Output of the command (pump thread): stdout is parsed, stderr kept for the reason. */
 void agent_run_stdout(struct agent_run *ar, const char *data, size_t n);
 void agent_run_stderr(struct agent_run *ar, const char *data, size_t n);
-/** The command ended (exit_code -1 if killed): last lines, file changes, done or error. */
+#define AGENT_EXIT_CANCELLED (-1000)
+/** The command ended (exit_code -1 if killed, AGENT_EXIT_CANCELLED when the caller cancelled
+ * it): last lines, file changes, then done or error (no error for a cancelled run). */
 void agent_run_exit(struct agent_run *ar, int exit_code);
 /** {"usage":{…},"turns":N} of the run's done line into obj (for prompt.completed). */
 void agent_run_completion(struct agent_run *ar, json_t *obj);

@@ -445,6 +445,35 @@ out:
     return rc;
 }
 
+/* Stage every change of the working tree (adds, edits, deletions; .gitignore respected)
+ * with one status pass that also refreshes the index's stat cache. */
+static int stage_changes(git_repository *repo, git_index *idx)
+{
+    git_status_list *list = NULL;
+    git_status_options so;
+    git_status_options_init(&so, GIT_STATUS_OPTIONS_VERSION);
+    so.show = GIT_STATUS_SHOW_WORKDIR_ONLY;
+    so.flags = GIT_STATUS_OPT_INCLUDE_UNTRACKED | GIT_STATUS_OPT_RECURSE_UNTRACKED_DIRS |
+               GIT_STATUS_OPT_UPDATE_INDEX;
+    int grc = git_status_list_new(&list, repo, &so);
+    size_t n = grc == 0 ? git_status_list_entrycount(list) : 0;
+    for (size_t i = 0; grc == 0 && i < n; i++) {
+        const git_status_entry *e = git_status_byindex(list, i);
+        const git_diff_delta *d = e->index_to_workdir;
+        if (!d) {
+            continue;
+        }
+        if (e->status & GIT_STATUS_WT_DELETED) {
+            grc = git_index_remove_bypath(idx, d->old_file.path);
+        } else if (e->status & (GIT_STATUS_WT_NEW | GIT_STATUS_WT_MODIFIED |
+                                GIT_STATUS_WT_TYPECHANGE | GIT_STATUS_WT_RENAMED)) {
+            grc = git_index_add_bypath(idx, d->new_file.path);
+        }
+    }
+    git_status_list_free(list);
+    return grc;
+}
+
 int gitx_commit(const char *dir, const char *branch, const struct gitx_ident *who,
                 const char *message, char sha[41], int *committed)
 {
@@ -462,13 +491,13 @@ int gitx_refresh_index(const char *dir)
     if (rc != 0) {
         return rc;
     }
-    int grc = git_repository_index(&idx, repo);
-    if (grc == 0) {
-        grc = git_index_update_all(idx, NULL, NULL, NULL);
-    }
-    if (grc == 0) {
-        grc = git_index_write(idx);
-    }
+    git_status_list *list = NULL;
+    git_status_options so;
+    git_status_options_init(&so, GIT_STATUS_OPTIONS_VERSION);
+    so.show = GIT_STATUS_SHOW_WORKDIR_ONLY;
+    so.flags = GIT_STATUS_OPT_UPDATE_INDEX; /* stores fresh stat data of unchanged files */
+    int grc = git_status_list_new(&list, repo, &so);
+    git_status_list_free(list);
     if (grc < 0) {
         rc = gerr(grc, "index refresh");
     }
@@ -504,11 +533,11 @@ int gitx_commit_n(const char *dir, const char *branch, const struct gitx_ident *
         goto out;
     }
     grc = git_repository_index(&idx, repo);
+    /* One status pass finds the changes and, with UPDATE_INDEX, stores fresh stat data for
+     * unchanged files (stale after a restore or a reset: every later scan would re-read
+     * every file); then only the changed paths are staged. */
     if (grc == 0) {
-        grc = git_index_add_all(idx, NULL, GIT_INDEX_ADD_DEFAULT, NULL, NULL);
-    }
-    if (grc == 0) {
-        grc = git_index_update_all(idx, NULL, NULL, NULL);
+        grc = stage_changes(repo, idx);
     }
     if (grc == 0) {
         grc = git_index_write_tree(&tree_oid, idx);

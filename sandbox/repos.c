@@ -40,8 +40,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define LOG_CAP       (256 * 1024)
-#define SETUP_OUT_CAP (128 * 1024)
+#define LOG_CAP         (256 * 1024)
+#define SETUP_OUT_CAP   (128 * 1024)
 #define RESYNC_MS       60000
 #define REFILL_DELAY_MS 250
 
@@ -73,10 +73,10 @@ struct repos {
     struct job *jobs, *jobs_tail;
     char *building; /* repo of the running build, or NULL */
     int stopping;
-    int kick;         /* pool thread: run a tick now */
+    int kick;             /* pool thread: run a tick now */
     int64_t refill_at_ms; /* pool thread: run a tick then (after a claim); 0 = none */
     int64_t next_tick_ms; /* pool thread: the next scheduled tick */
-    int pool_running; /* a pool tick is in progress */
+    int pool_running;     /* a pool tick is in progress */
     pthread_cond_t pool_done;
     pthread_t builder, pooler;
     int threads;
@@ -1195,8 +1195,7 @@ static void *pool_main(void *arg)
     pthread_mutex_lock(&r->lock);
     while (!r->stopping) {
         int64_t now = clock_mono_ms();
-        int due = r->kick || (r->refill_at_ms && now >= r->refill_at_ms) ||
-                  now >= r->next_tick_ms;
+        int due = r->kick || (r->refill_at_ms && now >= r->refill_at_ms) || now >= r->next_tick_ms;
         if (!due) {
             int64_t until = r->next_tick_ms;
             if (r->refill_at_ms && r->refill_at_ms < until) {
@@ -1746,8 +1745,8 @@ int repos_after_prompt(struct repos *r, const char *session_id, const char *work
             free(gitdir);
             json_decref(commit);
             commit = json_pack("{s:s, s:s, s:{s:s, s:s}, s:I, s:s?}", "sha", sha, "branch", branch,
-                               "author", "name", name, "email", email, "files",
-                               (json_int_t)nfiles, "prompt_id", prompt_id);
+                               "author", "name", name, "email", email, "files", (json_int_t)nfiles,
+                               "prompt_id", prompt_id);
             emit(r, session_id, "git.commit", json_deep_copy(commit));
         } else if (rc != 0) {
             LOG_WARN("repos: commit in session %s failed: %s", session_id, err_str(rc));
@@ -2092,7 +2091,18 @@ static void *bg_snap_main(void *arg)
     struct repos *r = b->r;
     char *ws = default_workspace(r, b->sid);
     struct stat sb;
-    if (stat(ws, &sb) == 0) {
+    json_t *row = NULL;
+    int st = r->cfg.store ? registry_session_get(store_registry(r->cfg.store), b->sid, &row)
+                          : ERR_NOT_FOUND;
+    json_decref(row);
+    if (st == ERR_GONE || st == ERR_NOT_FOUND) {
+        /* purged: its snapshots and repository state go with it */
+        char *dir = session_snap_dir(r, b->sid);
+        util_rm_rf(dir);
+        free(dir);
+        const char *args[] = {b->sid};
+        db_exec_text(r, "DELETE FROM session_repos WHERE session_id=?", 1, args, NULL);
+    } else if (stat(ws, &sb) == 0) {
         repos_snapshot(r, b->sid, ws, "session end", NULL);
     }
     free(ws);

@@ -131,7 +131,8 @@ char *repos_hook_ready_json(const char *sid, int64_t ms);
  * as its author and snapshot the workspace (repos_after_prompt, reading the prompt's author
  * and text from the session file). Blocks for the commit + snapshot (tens to hundreds of ms). */
 void repos_hook_prompt_end(const char *sid, const char *prompt_id);
-/** The session ended and its sandbox is stopped: snapshot its workspace in the background. */
+/** The session ended and its sandbox is stopped: snapshot its workspace in the background
+ * (a purged session's snapshots and repository state are deleted instead). */
 void repos_hook_session_end(const char *sid);
 
 /* ---- users' sealed credentials (opaque here: sealed by server/secrets.h) ---- */

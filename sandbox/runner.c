@@ -605,8 +605,13 @@ static void run_exit(void *ctx, struct sbx_exec *ex, const struct sbx_exit *st)
 {
     (void)ex;
     struct run *run = ctx;
-    if (run->ar) { /* issue 7 */
-        agent_run_exit(run->ar, st->signal || st->lost ? -1 : st->exit_code);
+    if (run->ar) { /* issue 7: a cancelled run gets no agent.error of its own */
+        pthread_mutex_lock(&run->r->lock);
+        int cancelled = run->cancel_reason != NULL;
+        pthread_mutex_unlock(&run->r->lock);
+        agent_run_exit(run->ar, cancelled                ? AGENT_EXIT_CANCELLED
+                                : st->signal || st->lost ? -1
+                                                         : st->exit_code);
     }
     if (run->hold.len) {
         handle_line(run, run->hold.data, run->hold.len);
@@ -835,6 +840,9 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
     if (s && sbx_alive(s)) {
         *out = s;
         return 0;
+    }
+    if (s) {
+        emit(r, x->id, "sandbox.stopped", json_obj_str("reason", "died", NULL, NULL));
     }
     emit(r, x->id, "sandbox.starting", xstrdup("{}"));
     int64_t t0 = clock_mono_us();

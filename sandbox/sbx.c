@@ -489,37 +489,97 @@ static void handle_frame(struct sbx *s, int type, uint32_t id, const unsigned ch
     }
 }
 
+/* Handle the complete frames in buf[0..len); returns the bytes consumed, or -1 on a bad
+ * frame. */
+static long parse_frames(struct sbx *s, const unsigned char *buf, size_t len)
+{
+    size_t off = 0;
+    while (len - off >= INIT_HDR) {
+        uint32_t flen = init_get32(buf + off);
+        if (flen > INIT_MAX_FRAME) {
+            return -1;
+        }
+        if (len - off < INIT_HDR + flen) {
+            break;
+        }
+        handle_frame(s, buf[off + 4], init_get32(buf + off + 5), buf + off + INIT_HDR, flen);
+        off += INIT_HDR + flen;
+    }
+    return (long)off;
+}
+
+/* Frames are parsed straight from the pump's read buffer; only a partial frame at the end
+ * is copied into s->rb (so an idle sandbox keeps no big buffer). */
 static void on_data(void *ctx, const unsigned char *p, size_t n)
 {
     struct sbx *s = ctx;
-    if (s->rb_cap - s->rb_len < n) {
-        size_t need = s->rb_len + n;
-        size_t cap = s->rb_cap ? s->rb_cap : 65536;
-        while (cap < need) {
-            cap *= 2;
+    if (s->rb_len) {
+        /* Complete the pending frame first. */
+        size_t need = INIT_HDR;
+        if (s->rb_len >= INIT_HDR) {
+            need += init_get32(s->rb);
         }
-        s->rb = xrealloc(s->rb, cap);
-        s->rb_cap = cap;
-    }
-    memcpy(s->rb + s->rb_len, p, n);
-    s->rb_len += n;
-    size_t off = 0;
-    while (s->rb_len - off >= INIT_HDR) {
-        uint32_t len = init_get32(s->rb + off);
-        if (len > INIT_MAX_FRAME) {
-            LOG_ERROR("sandbox: %s: bad frame from sandbox-init; stopping it", s->name);
-            s->rb_len = 0;
-            outpump_close(s->src);
+        while (s->rb_len < need && n) {
+            if (s->rb_len < INIT_HDR) {
+                size_t take = INIT_HDR - s->rb_len < n ? INIT_HDR - s->rb_len : n;
+                memcpy(s->rb + s->rb_len, p, take);
+                s->rb_len += take;
+                p += take;
+                n -= take;
+                if (s->rb_len == INIT_HDR) {
+                    uint32_t flen = init_get32(s->rb);
+                    if (flen > INIT_MAX_FRAME) {
+                        goto bad;
+                    }
+                    need = INIT_HDR + flen;
+                    if (s->rb_cap < need) {
+                        s->rb = xrealloc(s->rb, need);
+                        s->rb_cap = need;
+                    }
+                }
+                continue;
+            }
+            size_t take = need - s->rb_len < n ? need - s->rb_len : n;
+            memcpy(s->rb + s->rb_len, p, take);
+            s->rb_len += take;
+            p += take;
+            n -= take;
+        }
+        if (s->rb_len < need) {
             return;
         }
-        if (s->rb_len - off < INIT_HDR + len) {
-            break;
+        if (parse_frames(s, s->rb, s->rb_len) < 0) {
+            goto bad;
         }
-        handle_frame(s, s->rb[off + 4], init_get32(s->rb + off + 5), s->rb + off + INIT_HDR, len);
-        off += INIT_HDR + len;
+        s->rb_len = 0;
+        if (s->rb_cap > 2 * INIT_CHUNK) {
+            free(s->rb);
+            s->rb = NULL;
+            s->rb_cap = 0;
+        }
     }
-    memmove(s->rb, s->rb + off, s->rb_len - off);
-    s->rb_len -= off;
+    long used = parse_frames(s, p, n);
+    if (used < 0) {
+        goto bad;
+    }
+    size_t rest = n - (size_t)used;
+    if (rest) {
+        size_t want = rest >= INIT_HDR ? INIT_HDR + init_get32(p + used) : INIT_HDR;
+        if (want < rest) {
+            want = rest;
+        }
+        if (s->rb_cap < want) {
+            s->rb = xrealloc(s->rb, want);
+            s->rb_cap = want;
+        }
+        memcpy(s->rb, p + used, rest);
+        s->rb_len = rest;
+    }
+    return;
+bad:
+    LOG_ERROR("sandbox: %s: bad frame from sandbox-init; stopping it", s->name);
+    s->rb_len = 0;
+    outpump_close(s->src);
 }
 
 /* The control socket is gone: every command still listed is lost. Pump thread. */
@@ -1091,7 +1151,7 @@ char *sbxi_agents_dir(const struct sbx_config *c)
     char *d = exe_dir();
     char *p = NULL;
     const char *cands[] = {"%s/../sandbox/agents", "%s/../../sandbox/agents",
-                           "%s/../share/sessiond/agents"};
+                           "%s/../../../sandbox/agents", "%s/../share/sessiond/agents"};
     for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++) {
         char *q = xasprintf(cands[i], d);
         char real[PATH_MAX];

@@ -58,7 +58,8 @@ struct local_backend {
     char *cg_mem;
     int pids_v2, mem_v2;
     int health_rc;
-    char health_msg[256];
+    char health_msg[512];
+    int quiet; /* self-test: keep the failure in health_msg instead of logging it */
 };
 
 struct local_sbx {
@@ -644,8 +645,14 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
         if (why) {
             why[strcspn(why, "\n")] = 0;
         }
-        LOG_ERROR("sandbox: %s: bubblewrap did not start%s: %s", spec->name, status,
-                  why && *why ? why : "no ready signal from sandbox-init");
+        if (lb->quiet) {
+            /* the self-test reports it, in its one line */
+            snprintf(lb->health_msg, sizeof lb->health_msg, "bubblewrap did not start%s: %s",
+                     status, why && *why ? why : "no ready signal from sandbox-init");
+        } else {
+            LOG_ERROR("sandbox: %s: bubblewrap did not start%s: %s", spec->name, status,
+                      why && *why ? why : "no ready signal from sandbox-init");
+        }
         free(why);
         goto out;
     }
@@ -711,7 +718,9 @@ static int self_test(struct local_backend *lb)
     struct sbx_spec spec = {.name = name, .workspace = ws};
     struct sbx *s = NULL;
     int64_t t0 = clock_mono_us();
+    lb->quiet = 1;
     int rc = local_create(&lb->base, &spec, &s);
+    lb->quiet = 0;
     if (!rc) {
         const char *argv[] = {"true", NULL};
         struct sbx_exec_req req = {.argv = argv};
@@ -726,10 +735,9 @@ static int self_test(struct local_backend *lb)
             sbx_result_free(&res);
         }
         sbxi_destroy(s);
-    } else {
-        snprintf(lb->health_msg, sizeof lb->health_msg,
-                 "bubblewrap cannot create a sandbox (user namespaces refused?); see the "
-                 "previous log line");
+    } else if (!lb->health_msg[0]) {
+        snprintf(lb->health_msg, sizeof lb->health_msg, "bubblewrap cannot create a sandbox (%s)",
+                 err_str(rc));
     }
     char *priv = xasprintf("%s/sandboxes/%s", lb->base.cfg.data_dir, name);
     char *log = xasprintf("%s.log", priv);
@@ -819,8 +827,8 @@ int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sb
     }
     rc = self_test(lb);
     if (rc) {
-        LOG_ERROR("sandbox: the local sandbox does not work here: %s. Fix it, or run with "
-                  "--sandbox process (no isolation) explicitly",
+        LOG_ERROR("sandbox: the local (bubblewrap) sandbox does not work here: %s. Refusing "
+                  "to start: fix it, or choose --sandbox process (NO isolation) explicitly",
                   lb->health_msg);
         rc = ERR_UNAVAILABLE;
         goto out;

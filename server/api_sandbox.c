@@ -29,6 +29,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,9 +65,7 @@ int sandbox_start(struct app *app)
     sbx_config_defaults(&g_sbx_cfg);
     rc = sbx_backend_open(&g_sbx_cfg, g_pump, &app->sbx);
     if (rc) {
-        LOG_ERROR("main: the sandbox backend \"%s\" cannot run here; refusing to start (use "
-                  "--sandbox process to run agents WITHOUT isolation)",
-                  cfg->sandbox);
+        /* the backend logged the one line saying why and what to do */
         outpump_stop(g_pump);
         g_pump = NULL;
         return rc;
@@ -189,7 +188,36 @@ struct xctx {
     int done; /* exited event committed; guarded by lock */
     struct buf out, err;
     struct sbx_exit st;
+    struct xctx *rnext; /* g_running, guarded by g_xlock */
 };
+
+/* Running execs by id, for POST …/exec/{xid}/kill. Each entry holds a reference. */
+static pthread_mutex_t g_xlock = PTHREAD_MUTEX_INITIALIZER;
+static struct xctx *g_running;
+
+static void running_add(struct xctx *x)
+{
+    atomic_fetch_add(&x->refs, 1);
+    pthread_mutex_lock(&g_xlock);
+    x->rnext = g_running;
+    g_running = x;
+    pthread_mutex_unlock(&g_xlock);
+}
+
+/* Returns 1 if x was listed (its reference now belongs to the caller). */
+static int running_remove(struct xctx *x)
+{
+    pthread_mutex_lock(&g_xlock);
+    for (struct xctx **pp = &g_running; *pp; pp = &(*pp)->rnext) {
+        if (*pp == x) {
+            *pp = x->rnext;
+            pthread_mutex_unlock(&g_xlock);
+            return 1;
+        }
+    }
+    pthread_mutex_unlock(&g_xlock);
+    return 0;
+}
 
 static void x_unref(struct xctx *x)
 {
@@ -258,6 +286,9 @@ static void x_exit_done(void *arg, int rc)
 {
     (void)rc;
     struct xctx *x = arg;
+    if (running_remove(x)) {
+        x_unref(x);
+    }
     runner_release(x->runner, x->sid);
     pthread_mutex_lock(&x->lock);
     x->done = 1;
@@ -416,6 +447,7 @@ int api_exec(struct req *r)
         goto out;
     }
     atomic_store(&x->ex, ex);
+    running_add(x);
     if (atomic_load(&x->paused) && commitq_backlog(x->cq, sid) < EXEC_BACKLOG_LOW) {
         atomic_store(&x->paused, 0); /* paused before ex was published */
         sbx_exec_resume(ex);
@@ -448,6 +480,64 @@ out:
     free(argv);
     json_decref(body);
     return rc;
+}
+
+/* ---- POST /v1/sessions/{id}/exec/{xid}/kill {signal?: "TERM"|"KILL"|"INT", grace_ms?} ---- */
+
+int api_exec_kill(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    const char *xid = req_param(r, "xid");
+    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
+    if (rc) {
+        return rc;
+    }
+    json_t *body = NULL;
+    size_t blen = 0;
+    req_body(r, &blen);
+    if (blen && (rc = req_json_body(r, &body)) != 0) {
+        return rc;
+    }
+    const char *sig_s = NULL;
+    int64_t grace = 5000;
+    char msg[200];
+    if (body && ((rc = jx_str(body, "signal", &sig_s, msg, sizeof msg)) ||
+                 (rc = jx_int(body, "grace_ms", &grace, msg, sizeof msg)))) {
+        json_decref(body);
+        return req_fail(r, rc, "%s", msg);
+    }
+    int sig = SIGTERM;
+    if (sig_s && !strcmp(sig_s, "KILL")) {
+        sig = SIGKILL;
+    } else if (sig_s && !strcmp(sig_s, "INT")) {
+        sig = SIGINT;
+    } else if (sig_s && strcmp(sig_s, "TERM")) {
+        json_decref(body);
+        return req_fail(r, ERR_INVALID, "signal must be TERM, KILL or INT");
+    }
+    json_decref(body);
+    if (grace < 0 || grace > 600000) {
+        return req_fail(r, ERR_INVALID, "grace_ms must be between 0 and 600000");
+    }
+    struct xctx *x = NULL;
+    pthread_mutex_lock(&g_xlock);
+    for (struct xctx *c = g_running; c; c = c->rnext) {
+        if (!strcmp(c->xid, xid) && !strcmp(c->sid, sid)) {
+            x = c;
+            atomic_fetch_add(&x->refs, 1);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_xlock);
+    if (!x) {
+        return req_fail(r, ERR_NOT_FOUND, "no running exec %s in this session", xid);
+    }
+    rc = sbx_exec_kill(atomic_load(&x->ex), sig, (int)grace);
+    x_unref(x);
+    if (rc) {
+        return req_fail(r, rc, "cannot signal the command: %s", err_str(rc));
+    }
+    return req_reply_json(r, 200, json_pack("{s:s,s:b}", "exec_id", xid, "signalled", 1));
 }
 
 /* ---- files ---- */

@@ -27,6 +27,7 @@ int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *
                       json_t **out, char *msg, size_t n);
 
 int api_exec(struct req *r);
+int api_exec_kill(struct req *r);
 int api_files_get(struct req *r);
 int api_files_put(struct req *r);
 int api_cancel(struct req *r);

@@ -6,6 +6,8 @@
 #ifndef SESSIOND_APP_H
 #define SESSIOND_APP_H
 
+#include <stdatomic.h>
+
 struct config;
 struct store;
 struct registry;
@@ -32,7 +34,7 @@ struct app {
     struct metrics *metrics;
     struct agents *agents;
     struct secrets *secrets; /* NULL: no master key, user tokens cannot be stored */
-    volatile int shutting_down; /* set by the signal path in main.c */
+    atomic_int shutting_down; /* set by the signal path in main.c, read by any thread */
 };
 
 #endif

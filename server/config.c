@@ -98,8 +98,9 @@ static const struct cfg_field fields[] = {
     FI("prompt_timeout", prompt_timeout, "5400", 1, 1 << 30, "default prompt timeout (s)"),
     FI("cancel_grace_ms", cancel_grace_ms, "5000", 0, 600000,
        "cancel: SIGTERM, SIGKILL after (ms)"),
-    FS("agents", agents, "", NULL,
-       "named coding agents: JSON {\"claude\":{\"kind\":\"claude-code\",...}}"),
+    /* secret: it may hold inline "api_key"s, so config_dump must not print it */
+    FSECRET("agents", agents,
+            "named coding agents: JSON {\"claude\":{\"kind\":\"claude-code\",...}}"),
     FS("secrets.key_file", secrets_key_file, "", NULL,
        "master key file for stored user tokens (\"\": <data_dir>/secrets.key, created)"),
     FS("secrets.key_env", secrets_key_env, "SESSIOND_SECRETS_KEY", NULL,

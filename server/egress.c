@@ -691,6 +691,41 @@ static size_t chunk_feed(struct chunk_scan *c, const char *p, size_t n, int *don
     return i;
 }
 
+/* Forward a chunked request body (Bun's fetch sends them) from the client to the upstream,
+ * up to its end, so that the next request on the connection is seen as one. */
+static int forward_chunked(struct job *j, struct buf *b)
+{
+    struct chunk_scan cs = {0};
+    int done = 0;
+    size_t take = chunk_feed(&cs, b->data ? b->data : "", b->len, &done);
+    if (take && write_all(j->c->ufd, b->data, take)) {
+        return ERR_IO;
+    }
+    buf_consume(b, take);
+    char tmp[16384];
+    while (!done) {
+        if (!wait_in(j->c->cfd, j->e->cfg.idle_timeout_ms)) {
+            return ERR_TIMEOUT;
+        }
+        ssize_t r = recv(j->c->cfd, tmp, sizeof(tmp), 0);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (r <= 0) {
+            return ERR_IO;
+        }
+        take = chunk_feed(&cs, tmp, (size_t)r, &done);
+        if (write_all(j->c->ufd, tmp, take)) {
+            return ERR_IO;
+        }
+        count(j->e, &j->e->st.bytes, take);
+        if (take < (size_t)r && buf_append(b, tmp + take, (size_t)r - take)) {
+            return ERR_TOO_LARGE; /* the start of a pipelined request: kept for the loop */
+        }
+    }
+    return 0;
+}
+
 /* Relay one response (the upstream closes after it: we sent Connection: close). Its head is
  * rewritten without hop-by-hop headers; *keep = 1 if the client can find the end of the body
  * itself (Content-Length or chunked), so its connection can carry its next request. */
@@ -978,16 +1013,9 @@ static void serve(struct job *j)
         if (rc) {
             break;
         }
-        if (chunked) {
-            /* A chunked request body: relay raw; this connection carries no other request. */
-            if (b.len && write_all(j->c->ufd, b.data, b.len)) {
-                break;
-            }
-            relay(j);
-            break;
-        }
         int keep = 0;
-        if (forward_body(j, &b, body) || relay_response(j, &keep) || !keep || client_close) {
+        rc = chunked ? forward_chunked(j, &b) : forward_body(j, &b, body);
+        if (rc || relay_response(j, &keep) || !keep || client_close) {
             break;
         }
         close_upstream(j);

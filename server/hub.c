@@ -8,9 +8,10 @@
  *  - HTTP threads call hub_adopt() (inbox again) and hub_presence() (h->map_lock);
  *  - the lws thread drains the inbox on LWS_CALLBACK_EVENT_WAIT_CANCELLED, owns the per-
  *    session rings, every client and every wsi; it never touches SQLite;
- *  - reader workers (hello, replay pages) and one writer worker (presence rows and events,
- *    prompts, cancels) take jobs from two queues and send their results back through the
- *    inbox, so results and events reach the lws thread in one FIFO.
+ *  - reader workers (hello, replay pages) and writer workers (presence rows and events,
+ *    prompts, cancels; a session's writes always on the same writer, in order) take jobs
+ *    from queues and send their results back through the inbox, so results and events
+ *    reach the lws thread in one FIFO.
  *
  * Invariants:
  *  - A session's ring holds chunks (frames shared by every client of the session) in seq
@@ -58,6 +59,7 @@
 #define STUCK_KILL_SECS   3
 #define MAX_CLIENT_WRITES 8     /* prompt/cancel frames in flight per connection */
 #define PRESENCE_MIN_MS   200   /* typing/status broadcasts per connection: at most 5/s */
+#define NWRITERS          2     /* writer threads; one session's writes stay on one, in order */
 #define MAX_TICKETS       10000 /* outstanding (unused, unexpired) WebSocket tickets */
 #define SHUTDOWN_FLUSH_MS 300   /* time to send close frames (1001) at shutdown */
 #define LAT_BUCKET_US     10
@@ -218,11 +220,12 @@ struct hub {
     struct hsess *map[MAP_BUCKETS];
     int nsessions;
 
-    struct jqueue rq, wq;
+    struct jqueue rq;
+    struct jqueue wq[NWRITERS]; /* writes of a session always go to wq[hash(sid) % NWRITERS] */
     pthread_t *readers;
     int nreaders;
-    pthread_t writer;
-    int writer_started;
+    pthread_t writers[NWRITERS];
+    int nwriters;
 
     pthread_mutex_t tk_lock;
     struct ticket *tickets;
@@ -402,6 +405,14 @@ static struct job *job_new(int kind, struct client *c, const char *sid)
     snprintf(j->sid, sizeof(j->sid), "%s", sid);
     buf_init(&j->out, 0);
     return j;
+}
+
+/* The writer queue of a session: per-session order (join before leave, prompts of a client in
+ * order) with sessions spread over NWRITERS threads, so one slow session file does not hold
+ * up the presence and prompts of every other session. */
+static struct jqueue *writer_queue(struct hub *h, const char *sid)
+{
+    return &h->wq[hash_str(sid) % NWRITERS];
 }
 
 /* ---- the inbox ---- */
@@ -1131,7 +1142,7 @@ static void client_message(struct client *c, const char *data, size_t len)
         j->body = o;
         o = NULL;
         c->jobs++;
-        jq_push(&h->wq, j);
+        jq_push(writer_queue(h, j->sid), j);
     } else {
         snprintf(msg, sizeof(msg), "unknown frame type '%.60s'", type);
         client_error(c, ERR_INVALID, msg, 0);
@@ -1305,7 +1316,7 @@ static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
         if (presence_add(h, hs, &c->who)) {
             struct job *j = job_new(J_JOIN, NULL, hs->id);
             j->who = c->who;
-            jq_push(&h->wq, j);
+            jq_push(writer_queue(h, j->sid), j);
         }
         struct job *j = job_new(J_HELLO, c, hs->id);
         j->who = c->who;
@@ -1334,10 +1345,12 @@ static void on_closed(struct hub *h, struct client *c)
             c->next->prev = c->prev;
         }
         c->prev = c->next = NULL;
-        if (presence_remove(h, hs, c->who.user_id) && !atomic_load(&h->stopping)) {
+        /* Also at shutdown: the writers drain their queues before the store closes, so a
+         * graceful restart leaves participant.left for everyone who was connected. */
+        if (presence_remove(h, hs, c->who.user_id)) {
             struct job *j = job_new(J_LEAVE, NULL, hs->id);
             j->who = c->who;
-            jq_push(&h->wq, j);
+            jq_push(writer_queue(h, j->sid), j);
         }
         c->hs = NULL;
         ring_trim(hs);
@@ -1654,13 +1667,21 @@ static void *reader_main(void *arg)
     return NULL;
 }
 
+struct writer_arg {
+    struct hub *h;
+    int q;
+};
+
 static void *writer_main(void *arg)
 {
-    struct hub *h = arg;
+    struct writer_arg *wa = arg;
+    struct hub *h = wa->h;
+    struct jqueue *q = &h->wq[wa->q];
+    free(wa);
     pthread_setname_np(pthread_self(), "hub-writer");
     struct job *j;
     /* Drains on stop so the last participant.left rows are written. */
-    while ((j = jq_pop(&h->wq, 1))) {
+    while ((j = jq_pop(q, 1))) {
         if (j->kind == J_JOIN || j->kind == J_LEAVE) {
             do_presence(h, j);
             job_free(j);
@@ -1780,7 +1801,9 @@ int hub_new(const struct hub_config *cfg, struct hub **out)
     pthread_mutex_init(&h->map_lock, NULL);
     pthread_mutex_init(&h->tk_lock, NULL);
     jq_init(&h->rq);
-    jq_init(&h->wq);
+    for (int i = 0; i < NWRITERS; i++) {
+        jq_init(&h->wq[i]);
+    }
     *out = h;
     return 0;
 }
@@ -1829,10 +1852,16 @@ int hub_start(struct hub *h, struct app *app)
         }
         h->nreaders++;
     }
-    if (pthread_create(&h->writer, NULL, writer_main, h) != 0) {
-        return ERR_INTERNAL;
+    for (int i = 0; i < NWRITERS; i++) {
+        struct writer_arg *wa = xmalloc(sizeof(*wa));
+        wa->h = h;
+        wa->q = i;
+        if (pthread_create(&h->writers[i], NULL, writer_main, wa) != 0) {
+            free(wa);
+            return ERR_INTERNAL;
+        }
+        h->nwriters++;
     }
-    h->writer_started = 1;
     if (pthread_create(&h->lws_thread, NULL, lws_main, h) != 0) {
         return ERR_INTERNAL;
     }
@@ -1861,12 +1890,14 @@ void hub_free(struct hub *h)
         pthread_join(h->lws_thread, NULL);
     }
     jq_stop(&h->rq);
-    jq_stop(&h->wq);
+    for (int i = 0; i < NWRITERS; i++) {
+        jq_stop(&h->wq[i]);
+    }
     for (int i = 0; i < h->nreaders; i++) {
         pthread_join(h->readers[i], NULL);
     }
-    if (h->writer_started) {
-        pthread_join(h->writer, NULL);
+    for (int i = 0; i < h->nwriters; i++) {
+        pthread_join(h->writers[i], NULL);
     }
     /* Closes every connection (CLOSED callbacks run here, on this thread, lws idle). */
     if (h->ctx) {
@@ -1892,8 +1923,12 @@ void hub_free(struct hub *h)
         free(m);
         m = nx;
     }
-    struct job *queues[2] = {h->rq.head, h->wq.head};
-    for (int q = 0; q < 2; q++) {
+    struct job *queues[1 + NWRITERS];
+    queues[0] = h->rq.head;
+    for (int i = 0; i < NWRITERS; i++) {
+        queues[1 + i] = h->wq[i].head;
+    }
+    for (int q = 0; q < 1 + NWRITERS; q++) {
         struct job *j = queues[q];
         while (j) {
             struct job *nx = j->next;

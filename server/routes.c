@@ -43,6 +43,7 @@ const struct route http_routes[] = {
 
     /* ---- sandbox (issue 4): exec, files, cancel ---- */
     {"POST", "/v1/sessions/{id}/exec", api_exec, 0},
+    {"POST", "/v1/sessions/{id}/exec/{xid}/kill", api_exec_kill, 0},
     {"GET", "/v1/sessions/{id}/files", api_files_get, 0},
     {"PUT", "/v1/sessions/{id}/files", api_files_put, ROUTE_ARTIFACT_BODY | ROUTE_RAW_BODY},
     {"POST", "/v1/sessions/{id}/cancel", api_cancel, 0},

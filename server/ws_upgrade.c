@@ -242,18 +242,21 @@ int ws_upgrade_begin(struct app *app, struct MHD_Connection *c, const char *raw_
     }
     ho = xcalloc(1, sizeof(*ho));
     ho->after = -1;
-    if (path_sid(raw_uri, ho->sid, sizeof(ho->sid))) {
-        rc = ERR_INVALID;
-        goto out;
-    }
-    buf_printf(&b, "GET /v1/sessions/%s/ws HTTP/1.1\r\n", ho->sid);
+    /* A malformed id is refused like an unknown session: upgraded, then 4404. */
+    int bad_id = path_sid(raw_uri, ho->sid, sizeof(ho->sid)) != 0;
+    buf_printf(&b, "GET /v1/sessions/%s/ws HTTP/1.1\r\n", bad_id ? "_" : ho->sid);
     MHD_get_connection_values(c, MHD_HEADER_KIND, hdr_cb, &w);
     if (w.too_large || buf_puts(&b, "\r\n")) {
         rc = ERR_TOO_LARGE;
         goto out;
     }
     const char *q = strchr(raw_uri, '?');
-    ws_authenticate(app, ho, q ? q + 1 : NULL, w.origin, w.host, w.authorization);
+    if (bad_id) {
+        ho->err = ERR_NOT_FOUND;
+        snprintf(ho->err_msg, sizeof(ho->err_msg), "no such session (malformed id)");
+    } else {
+        ws_authenticate(app, ho, q ? q + 1 : NULL, w.origin, w.host, w.authorization);
+    }
     fd = fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) {
         rc = ERR_IO;

@@ -35,7 +35,8 @@ fs.writeFileSync(cfgPath, JSON.stringify({
   agents: {
     claude: { kind: 'claude-code', model: 'claude-sonnet-4-5', api_base: model.url, api_key_env: 'TEST_AGENT_KEY', max_retries: 0 },
     codex: { kind: 'codex', model: 'gpt-5.5', api_base: `${model.url}/v1`, api_key_env: 'TEST_AGENT_KEY', max_retries: 0 },
-    opencode: { kind: 'opencode', model: 'scripted', api_base: `${model.url}/v1`, api_key_env: 'TEST_AGENT_KEY' },
+    // a key inline in the config file (the others come from the server's environment)
+    opencode: { kind: 'opencode', model: 'scripted', api_base: `${model.url}/v1`, api_key: KEY },
   },
 }));
 let srv = await startServer({ args: ['--config', cfgPath, '--cancel-grace-ms', '1000'], env: { TEST_AGENT_KEY: KEY } });
@@ -139,7 +140,10 @@ async function cancelRun(agent, sid) {
   if (r.status >= 300) throw new Error(`cancel: HTTP ${r.status} ${r.text}`);
   const end = await waitEvent(sid, ['prompt.completed', 'prompt.failed', 'prompt.cancelled'], 20000, pid);
   if (end.type !== 'prompt.cancelled') throw new Error(`expected prompt.cancelled, got ${end.type}`);
-  return { ms: Date.now() - t0 };
+  const ms = Date.now() - t0;
+  const errs = (await events(sid)).filter((e) => e.type === 'agent.error' && e.data.prompt_id === pid);
+  if (errs.length) throw new Error(`a cancelled run reported an agent error: ${JSON.stringify(errs[0].data)}`);
+  return { ms };
 }
 
 // Each CLI runs its three scenarios one after the other in one session (its sandbox and the

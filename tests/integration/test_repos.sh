@@ -208,6 +208,14 @@ for i in $(seq 1 100); do
 done
 check "snapshot at DELETE" [ "$n" -ge 4 ]
 
+# ---- purge deletes the snapshots ----
+wait_event "$SID2" session.snapshot 1 >/dev/null
+check "image session has snapshots" [ -d "$DATA_DIR/snapshots/$SID2/snaps" ]
+api DELETE "/v1/sessions/$SID2?purge=true" "" "$ALICE"
+check "purge" [ "$STATUS" = 200 ]
+for i in $(seq 1 100); do [ -e "$DATA_DIR/snapshots/$SID2" ] || break; sleep 0.1; done
+check "purge deletes the session's snapshots" [ ! -e "$DATA_DIR/snapshots/$SID2" ]
+
 # ---- secrets never leak ----
 check "token not stored in clear" [ "$(grep -c ghp_alice_SECRET "$DATA_DIR/registry.db" 2>/dev/null)" = 0 ]
 check "token not in the log" [ "$(grep -c ghp_alice_SECRET "$SERVER_LOG")" = 0 ]

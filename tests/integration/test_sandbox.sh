@@ -124,6 +124,15 @@ expect_status 202 "exec async"
 XID=$(jget .exec_id)
 wait_for "$S1" ".type==\"exec.exited\" and .data.exec_id==\"$XID\"" && pass "async exec exited event" || fail "async exec exited event"
 check "exec events started/output/exited" jq -e "[.[]|select(.data.exec_id==\"$XID\")|.type]==[\"exec.started\",\"exec.output\",\"exec.exited\"]" <<<"$EVENTS"
+api POST "/v1/sessions/$S1/exec" '{"script":"echo running; sleep 30","async":true}'
+XK=$(jget .exec_id)
+wait_for "$S1" ".type==\"exec.output\" and .data.exec_id==\"$XK\"" || fail "async exec output"
+api POST "/v1/sessions/$S1/exec/$XK/kill" '{"signal":"KILL"}'
+expect_status 200 "kill a running exec"
+wait_for "$S1" ".type==\"exec.exited\" and .data.exec_id==\"$XK\"" && pass "killed exec exited" || fail "killed exec exited"
+check "killed exec reports SIGKILL" jq -e ".[]|select(.type==\"exec.exited\" and .data.exec_id==\"$XK\")|.data.signal==9" <<<"$EVENTS"
+api POST "/v1/sessions/$S1/exec/$XK/kill" '{}'
+expect_error 404 not_found "kill of a finished exec"
 api POST "/v1/sessions/$S1/exec" '{"argv":"ls"}'
 expect_error 400 invalid "exec with a bad argv"
 api POST "/v1/sessions/$S1/exec" '{"argv":["true"],"script":"true"}'

@@ -122,6 +122,15 @@ try {
   n0 = a.frames.length;
   a.send({ type: 'ping', id: 2 });
   t.ok('connection still usable after bad frames', !!(await a.next((f) => f.type === 'pong', 3000, n0)));
+  // Garbage of every shape: the connection answers errors and stays usable.
+  const garbage = ['', '[]', '1', 'null', '"x"', '{}', '{"type":1}', '{"type":null}', '{"type":"prompt","content":5}',
+    '{"type":"typing","typing":"yes"}', '{"type":"status","status":"sleeping"}', '{"type":"cancel","prompt_id":"../x"}',
+    '{"type":"ping"', '{"type":"ping","type":"ping"}', '\u0000', '{"a":' + '['.repeat(5000) + ']'.repeat(5000) + '}'];
+  for (let i = 0; i < 40; i++) garbage.push(JSON.stringify({ type: 'x'.repeat(i * 50), n: Math.random() }));
+  n0 = a.frames.length;
+  for (const g of garbage) a.send(g);
+  a.send({ type: 'ping', id: 'post-garbage' });
+  t.ok('garbage frames never break the connection', !!(await a.next((f) => f.type === 'pong' && f.id === 'post-garbage', 5000, n0)), a.closeInfo);
   const seqBefore = (await api(srv, 'GET', `/v1/sessions/${sid}`)).body.last_seq;
 
   const bin = await connect(srv, sid, { token: alice });
@@ -162,6 +171,8 @@ try {
   t.ok('no credentials: 4401', r.ci && r.ci.code === 4401, r.ci);
   r = await refused({ token: alice }, 's_doesnotexist');
   t.ok('unknown session: error frame then 4404', r.ci && r.ci.code === 4404 && r.err && r.err.code === 'not_found', r.ci);
+  r = await refused({ token: alice }, 'bad%20id!');
+  t.ok('malformed session id: upgraded, then 4404', r.ci && r.ci.code === 4404, r.ci);
   r = await refused({ token: alice, origin: 'https://evil.example' });
   t.ok('wrong origin: 4403', r.ci && r.ci.code === 4403 && r.err && r.err.code === 'forbidden', r.ci);
   const same = await connect(srv, sid, { token: alice, origin: `http://127.0.0.1:${srv.port}` });

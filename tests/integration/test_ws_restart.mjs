@@ -28,6 +28,10 @@ try {
     const last = seen.length ? seen[seen.length - 1] : hello.last_seq;
     await srv.start();
     const N0 = (await api(srv, 'GET', `/v1/sessions/${sid}`)).body.last_seq;
+    if (signal === 'SIGTERM') {
+      const evs = (await api(srv, 'GET', `/v1/sessions/${sid}/events?after=${last}&limit=1000`)).body.events;
+      t.ok('SIGTERM: a graceful stop writes participant.left', evs.some((e) => e.type === 'participant.left'), evs.map((e) => e.type));
+    }
     t.ok(`${signal}: every acknowledged event survived`, N0 >= last, { N0, last });
     const r = await connect(srv, sid, { after: last });
     const rh = await r.next((f) => f.type === 'hello');

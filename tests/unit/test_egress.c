@@ -260,6 +260,17 @@ TEST(http_forward)
     ASSERT(strstr(resp, "Connection:") == NULL);
     read_response(fd, resp, sizeof(resp));
     ASSERT(strstr(resp, "POST /second HTTP/1.1") != NULL);
+    /* a chunked request body (Bun sends them), then a pipelined request */
+    snprintf(req, sizeof(req),
+             "POST http://127.0.0.1:%d/chunked-req HTTP/1.1\r\nHost: h\r\n"
+             "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+             "GET http://127.0.0.1:%d/next HTTP/1.1\r\nHost: h\r\n\r\n",
+             up_port, up_port);
+    send_str(fd, req);
+    read_response(fd, resp, sizeof(resp));
+    ASSERT(strstr(resp, "POST /chunked-req HTTP/1.1") != NULL);
+    read_response(fd, resp, sizeof(resp));
+    ASSERT(strstr(resp, "GET /next HTTP/1.1") != NULL);
     /* a chunked response from an upstream that does not close, then another request */
     snprintf(req, sizeof(req),
              "GET http://127.0.0.1:%d/chunked HTTP/1.1\r\nHost: h\r\n\r\n"

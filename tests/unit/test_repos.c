@@ -67,9 +67,8 @@ static void setup_with(int pool_max_age_s)
     snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_repos.XXXXXX");
     ASSERT(mkdtemp(g_tmp) != NULL);
     sh("cd %s && " GITC " init -q --bare remote.git && " GITC " init -q seed && cd seed && "
-       "echo hello > README && mkdir lib && for i in $(seq 1 40); do echo $i > lib/f$i; done && "
-       GITC " add -A && " GITC " commit -qm init && " GITC
-       " push -q ../remote.git main",
+       "echo hello > README && mkdir lib && for i in $(seq 1 40); do echo $i > lib/f$i; done "
+       "&& " GITC " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
        g_tmp);
     char *data = xasprintf("%s/data", g_tmp);
     struct store_config sc = {.data_dir = data};

@@ -155,7 +155,7 @@ static int k_out(void *ctx, struct sbx_exec *ex, int stream, const char *d, size
     (void)stream;
     (void)d;
     struct kctx *k = ctx;
-    k->bytes += n;
+    __atomic_fetch_add(&k->bytes, n, __ATOMIC_SEQ_CST);
     if (n > k->maxchunk) {
         k->maxchunk = n;
     }
@@ -180,7 +180,7 @@ TEST(local_cancel_term_then_kill)
     struct kctx k = {0};
     struct sbx_exec *ex;
     ASSERT_EQ(sbx_exec(s, &req, &cb, &k, &ex), 0);
-    while (!k.bytes) {
+    while (!__atomic_load_n(&k.bytes, __ATOMIC_SEQ_CST)) {
         usleep(1000);
     }
     int64_t t0 = clock_mono_ms();
@@ -343,16 +343,35 @@ TEST(local_fork_bomb_killed)
     teardown();
 }
 
+/* Multi-byte characters cut by pipe reads and 16 KiB merges come out intact. */
+TEST(utf8_across_chunks)
+{
+    setup("local");
+    struct sbx *s = mk("u");
+    const char *argv[] = {"awk",
+                          "BEGIN { for (i = 0; i < 200000; i++) printf \"\\303\\251\"; "
+                          "for (i = 0; i < 50000; i++) printf \"\\360\\237\\230\\200\" }",
+                          NULL};
+    struct sbx_exec_req req = {.argv = argv};
+    struct sbx_result r;
+    ASSERT_EQ(sbx_run(s, &req, 4 << 20, &r), 0);
+    ASSERT_EQ(r.exit.exit_code, 0);
+    ASSERT_EQ(r.out_len, 200000 * 2 + 50000 * 4);
+    for (size_t i = 0; i < 400000; i += 2) {
+        ASSERT((unsigned char)r.out[i] == 0xc3 && (unsigned char)r.out[i + 1] == 0xa9);
+    }
+    for (size_t i = 400000; i < r.out_len; i += 4) {
+        ASSERT(!memcmp(r.out + i, "\xf0\x9f\x98\x80", 4));
+    }
+    sbx_result_free(&r);
+    sbx_destroy(s);
+    teardown();
+}
+
 static const struct test_case tests[] = {
-    T(local_fork_bomb_killed),
-    T(local_exec_basic),
-    T(local_isolation),
-    T(local_timeout_and_kill),
-    T(local_cancel_term_then_kill),
-    T(local_limits),
-    T(local_big_output_merged),
-    T(local_files),
-    T(process_backend),
-    T(exec_after_destroy_of_other),
+    T(utf8_across_chunks), T(local_fork_bomb_killed),      T(local_exec_basic),
+    T(local_isolation),    T(local_timeout_and_kill),      T(local_cancel_term_then_kill),
+    T(local_limits),       T(local_big_output_merged),     T(local_files),
+    T(process_backend),    T(exec_after_destroy_of_other),
 };
 TEST_MAIN(tests)
