@@ -70,7 +70,7 @@ $(BUILD)/sessiond: $(BUILD)/obj/server/main.o $(BUILD)/libsessiond.a
 		-Wl,--no-whole-archive $(LDLIBS_ALL)
 
 # The supervisor that runs inside each sandbox: no dependency of ours but libc.
-$(BUILD)/sandbox-init: sandbox/init/sandbox-init.c
+$(BUILD)/sandbox-init: sandbox/init/sandbox-init.c sandbox/init/egress_fwd.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -o $@ $<
 

@@ -53,6 +53,7 @@ struct agents {
 
 #define WS_MAX_ENTRIES 50000
 #define WS_MAX_DEPTH   48
+#define WS_SLOW_US     50000 /* a scan slower than this makes the run diff only at its end */
 
 struct wsent {
     char *path; /* relative to the workspace */
@@ -529,18 +530,28 @@ struct agent_parser {
     json_t *done_usage; /* of the done line, for prompt.completed */
     int done_turns;
     int cancelled; /* the runner cancelled the run: no error line at the end */
+    int ws_slow;   /* the workspace is too big to rescan after every tool result */
 };
 
 static void emit_json(struct agent_parser *p, enum agent_msg type, json_t *o);
 
 /* Rescan the workspace and emit file_changed for every difference with the last scan. */
-static void ws_check(struct agent_parser *p)
+static void ws_check(struct agent_parser *p, int final)
 {
-    if (!p->ws_root || p->ended) {
+    if (!p->ws_root || p->ended || (p->ws_slow && !final)) {
         return;
     }
     struct wsnap now;
+    int64_t t0 = clock_mono_us();
     ws_scan(p->ws_root, &now);
+    if (!p->ws_slow && clock_mono_us() - t0 > WS_SLOW_US) {
+        /* The scan runs on the output thread that serves every sandbox: a workspace this big
+         * is diffed only once more, when the run ends. */
+        p->ws_slow = 1;
+        LOG_WARN("agents: workspace scan of %zu files took %lld ms: file_changed only at the "
+                 "end of this run",
+                 now.n, (long long)(clock_mono_us() - t0) / 1000);
+    }
     size_t i = 0, k = 0;
     while (i < p->snap.n || k < now.n) {
         int c = i == p->snap.n ? 1 : k == now.n ? -1 : strcmp(p->snap.e[i].path, now.e[k].path);
@@ -549,7 +560,7 @@ static void ws_check(struct agent_parser *p)
             change = "deleted";
             path = p->snap.e[i++].path;
         } else if (c > 0) {
-            change = "added";
+            change = "created";
             path = now.e[k++].path;
         } else {
             const struct wsent *a = &p->snap.e[i++], *b = &now.e[k++];
@@ -562,7 +573,7 @@ static void ws_check(struct agent_parser *p)
         if (change) {
             emit_json(p, AGENT_MSG_FILE_CHANGED,
                       json_pack("{s:s, s:s, s:s, s:s}", "type", "file_changed", "path", path,
-                                "change", change, "source", "workspace"));
+                                "action", change, "source", "workspace"));
         }
     }
     wsnap_free(&p->snap);
@@ -751,12 +762,12 @@ void agent_emit_tool_result(struct agent_parser *p, const char *id, const char *
         json_object_set_new(o, "truncated", json_true());
     }
     emit_json(p, AGENT_MSG_TOOL_RESULT, o);
-    ws_check(p);
+    ws_check(p, 0);
 }
 
 void agent_emit_done(struct agent_parser *p, const char *summary, json_t *usage, int turns)
 {
-    ws_check(p);
+    ws_check(p, 1);
     if (p->ended) {
         return;
     }
@@ -772,7 +783,7 @@ void agent_emit_done(struct agent_parser *p, const char *summary, json_t *usage,
 
 void agent_emit_error(struct agent_parser *p, const char *reason)
 {
-    ws_check(p);
+    ws_check(p, 1);
     if (p->ended) {
         return;
     }
@@ -904,7 +915,7 @@ void agent_parser_finish(struct agent_parser *p, int exit_code)
     if (p->ad->finish) {
         p->ad->finish(p->st, p, exit_code);
     }
-    ws_check(p); /* files changed since the last tool result */
+    ws_check(p, 1); /* files changed since the last tool result */
     if (!p->ended && !p->cancelled) {
         char reason[4096];
         const char *tail = agent_parser_stderr_tail(p);
@@ -917,6 +928,14 @@ void agent_parser_finish(struct agent_parser *p, int exit_code)
         }
         agent_emit_error(p, reason);
     }
+}
+
+void agent_parser_set_workspace(struct agent_parser *p, const char *root)
+{
+    free(p->ws_root);
+    wsnap_free(&p->snap);
+    p->ws_root = xstrdup(root);
+    ws_scan(p->ws_root, &p->snap);
 }
 
 int agent_parser_ended(const struct agent_parser *p)
@@ -968,7 +987,8 @@ char *agent_content_text(json_t *content)
 
 /* ---- running a named agent in a sandbox ---- */
 
-#define PROXY_PORT 3128 /* the loopback port inside an isolated sandbox (its own netns) */
+#define PROXY_PORT  3128 /* the loopback port inside an isolated sandbox (its own netns) */
+#define INIT_INSIDE "/run/sessiond-init" /* where sbx_local.c binds sandbox-init */
 
 struct agent_run {
     struct agent_launch launch;
@@ -1039,8 +1059,10 @@ int agent_run_new(const struct agents *a, const char *name, struct sbx *sbx, con
     }
     agent_strv_addf(&ar->launch.env, "HOME=%s", home);
     if (sock_inside) {
-        agent_strv_add(&ar->argv, "node");
-        agent_strv_addf(&ar->argv, "%s/egress-forward.mjs", sbx->agents_inside);
+        /* sandbox-init's forwarder mode listens on the sandbox's loopback, then execs the
+         * CLI (sandbox/init/egress_fwd.c). */
+        agent_strv_add(&ar->argv, INIT_INSIDE);
+        agent_strv_add(&ar->argv, "--egress-forward");
         agent_strv_addf(&ar->argv, "%d", PROXY_PORT);
         agent_strv_add(&ar->argv, sock_inside);
         agent_strv_add(&ar->argv, "--");
@@ -1056,8 +1078,7 @@ int agent_run_new(const struct agents *a, const char *name, struct sbx *sbx, con
     if (rc) {
         goto out;
     }
-    ar->parser->ws_root = xstrdup(sbx->ws_host);
-    ws_scan(ar->parser->ws_root, &ar->parser->snap);
+    agent_parser_set_workspace(ar->parser, sbx->ws_host);
     LOG_INFO("agents: session %s: running agent %s (%s%s)", sid, d->name, d->kind,
              proxy ? ", egress through the proxy" : "");
 out:

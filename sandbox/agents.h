@@ -132,7 +132,7 @@ enum agent_msg {
     AGENT_MSG_DONE,
     AGENT_MSG_ERROR,
     AGENT_MSG_STATUS,
-    AGENT_MSG_FILE_CHANGED, /* {"type":"file_changed","path","change":added|modified|deleted,
+    AGENT_MSG_FILE_CHANGED, /* {"type":"file_changed","path","action":created|modified|deleted,
                                "source":"workspace"}: computed by sessiond, not the CLI */
 };
 
@@ -154,6 +154,9 @@ void agent_parser_stderr(struct agent_parser *p, const char *data, size_t n);
 /** The CLI exited: parse a last unterminated line, let the adapter conclude, and emit an error
  * if neither done nor error was emitted. exit_code -1 when killed by a signal. */
 void agent_parser_finish(struct agent_parser *p, int exit_code);
+/** Report file changes in the host directory root (a workspace): it is scanned now, and again
+ * after every tool result and at the end; differences become file_changed lines. */
+void agent_parser_set_workspace(struct agent_parser *p, const char *root);
 /** 1 once done or error was emitted. */
 int agent_parser_ended(const struct agent_parser *p);
 

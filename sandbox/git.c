@@ -141,8 +141,28 @@ static int push_ref_cb(const char *refname, const char *status, void *payload)
     return 0;
 }
 
+/* Set by gitx_cancel_all() at shutdown: transfers in progress stop at the next callback. */
+static volatile int g_cancel;
+
+void gitx_cancel_all(int on)
+{
+    g_cancel = on;
+}
+
+static int progress_cb(const git_indexer_progress *stats, void *payload)
+{
+    (void)stats;
+    (void)payload;
+    if (g_cancel) {
+        git_error_set_str(GIT_ERROR_NET, "cancelled: the server is stopping");
+        return -1;
+    }
+    return 0;
+}
+
 static void set_callbacks(git_remote_callbacks *cb, struct cbctx *c)
 {
+    cb->transfer_progress = progress_cb;
     cb->credentials = cred_cb;
     cb->push_update_reference = push_ref_cb;
     cb->payload = c;

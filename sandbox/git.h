@@ -84,6 +84,9 @@ int gitx_refresh_index(const char *dir);
  * remote refused the update. */
 int gitx_push(const char *dir, const char *url, const char *branch, const struct gitx_cred *cred);
 
+/** on = 1: every clone/fetch/push in progress or started later fails (server shutdown). */
+void gitx_cancel_all(int on);
+
 /** A commit message from a prompt: first line (<= 72 chars) as subject, the prompt (capped
  * at 4 KiB) as body, and a "Co-authored-by: Name <email>" trailer when coauthor is not NULL.
  * Caller frees. */

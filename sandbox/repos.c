@@ -52,6 +52,7 @@ struct warm {
     char *image_id;
     int64_t created_ms;
     int64_t synced_ms;
+    char head[41]; /* the commit it is synced to */
 };
 
 struct job {
@@ -71,7 +72,8 @@ struct repos {
     pthread_cond_t cond;
     struct warm *warm;
     struct job *jobs, *jobs_tail;
-    char *building; /* repo of the running build, or NULL */
+    char *building;        /* repo of the running build, or NULL */
+    struct sbx *build_sbx; /* the sandbox of the running setup step, or NULL */
     int stopping;
     int kick;             /* pool thread: run a tick now */
     int64_t refill_at_ms; /* pool thread: run a tick then (after a claim); 0 = none */
@@ -80,8 +82,10 @@ struct repos {
     pthread_cond_t pool_done;
     pthread_t builder, pooler;
     int threads;
-    json_t *ready_src; /* sid -> source of the last prepare, consumed by the ready event */
-    int bg_snapshots;  /* background end-of-session snapshots running */
+    json_t *ready_src;      /* sid -> source of the last prepare, consumed by the ready event */
+    json_t *preparing;      /* sids whose workspace a hook is filling now */
+    pthread_cond_t prep_cv; /* signalled when one is done */
+    int bg_snapshots;       /* background end-of-session snapshots running */
 };
 
 /* The instance the runner's hooks use (repos.h), and how many hooks are inside it:
@@ -800,6 +804,13 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
             buf_printf(&err, "cannot start a sandbox for the setup: %s", err_str(rc));
             goto out;
         }
+        pthread_mutex_lock(&r->lock);
+        r->build_sbx = sb; /* repos_close stops it: a shutdown does not wait for npm ci */
+        int stopping = r->stopping;
+        pthread_mutex_unlock(&r->lock);
+        if (stopping) {
+            sbx_stop(sb);
+        }
     }
     for (size_t i = 0; i < nsteps; i++) {
         const char *cmd = json_string_value(json_array_get(setup, i));
@@ -834,6 +845,9 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
             goto out;
         }
     }
+    pthread_mutex_lock(&r->lock);
+    r->build_sbx = NULL;
+    pthread_mutex_unlock(&r->lock);
     sbx_destroy(sb);
     sb = NULL;
     image_set(r, image_id, "step", "snapshot");
@@ -868,6 +882,11 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     LOG_INFO("repos: %s: image %s ready (commit %.12s, %llu files, %lld ms)", repo, image_id, sha,
              (unsigned long long)si.files, (long long)ms);
 out:
+    if (sb) {
+        pthread_mutex_lock(&r->lock);
+        r->build_sbx = NULL;
+        pthread_mutex_unlock(&r->lock);
+    }
     sbx_destroy(sb);
     snap_store_close(ss);
     if (rc != 0) {
@@ -1045,6 +1064,7 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
     char *sub = xasprintf("warm/%s", rnd);
     char *dir = repo_dir(r, repo, sub);
     free(sub);
+    char head[41] = "";
     /* <dir>.snap becomes the session's snapshot store at claim, seeded from the image */
     char *snapdir = xasprintf("%s.snap", dir);
     int rc = open_image_store(r, repo, &ss);
@@ -1053,7 +1073,7 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
     }
     snap_store_close(ss);
     if (rc == 0) {
-        rc = gitx_sync(dir, url, branch, NULL, NULL);
+        rc = gitx_sync(dir, url, branch, NULL, head);
     }
     if (rc == 0) {
         gitx_refresh_index(dir); /* in the background now, not in the first commit */
@@ -1074,6 +1094,7 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
     w->dir = dir;
     w->image_id = xstrdup(image_id);
     w->created_ms = w->synced_ms = clock_now_ms();
+    memcpy(w->head, head, sizeof(head));
     *out = w;
     return 0;
 }
@@ -1138,9 +1159,14 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
     while (resync) {
         struct warm *w = resync;
         resync = w->next;
-        if (gitx_sync(w->dir, url, branch, NULL, NULL) != 0) {
+        char head[41] = "";
+        if (gitx_sync(w->dir, url, branch, NULL, head) != 0) {
             warm_free(w);
             continue;
+        }
+        if (strcmp(head, w->head) != 0) {
+            gitx_refresh_index(w->dir); /* the reset left stale stat data: pay it now */
+            memcpy(w->head, head, sizeof(head));
         }
         chown_tree(r, w->dir);
         w->synced_ms = clock_now_ms();
@@ -1341,6 +1367,8 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         return rc;
     }
     r->ready_src = json_object();
+    r->preparing = json_object();
+    pthread_cond_init(&r->prep_cv, NULL);
     pthread_mutex_lock(&g_hook_mu);
     g_active = r;
     pthread_mutex_unlock(&g_hook_mu);
@@ -1363,6 +1391,12 @@ void repos_close(struct repos *r)
     pthread_mutex_unlock(&g_hook_mu);
     pthread_mutex_lock(&r->lock);
     r->stopping = 1;
+    if (r->build_sbx) {
+        sbx_stop(r->build_sbx); /* the running setup step ends now; the build fails */
+    }
+    if (r->threads) {
+        gitx_cancel_all(1); /* a clone or sync in progress stops too */
+    }
     pthread_cond_broadcast(&r->cond);
     while (r->bg_snapshots > 0) {
         pthread_cond_wait(&r->pool_done, &r->lock);
@@ -1395,6 +1429,10 @@ void repos_close(struct repos *r)
         sqlite3_close(r->db);
     }
     json_decref(r->ready_src);
+    json_decref(r->preparing);
+    if (r->preparing) {
+        pthread_cond_destroy(&r->prep_cv);
+    }
     pthread_cond_destroy(&r->cond);
     pthread_cond_destroy(&r->pool_done);
     pthread_mutex_destroy(&r->lock);
@@ -1547,8 +1585,10 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
     struct stat ssb;
     int has_store = stat(ssnaps, &ssb) == 0;
     free(ssnaps);
+    int had_snaps = 0;
     if (has_store && open_session_store(r, session_id, &ss) == 0 &&
         snap_latest(ss, latest, sizeof(latest)) == 0) {
+        had_snaps = 1;
         rc = snap_restore(ss, latest, workspace, NULL);
         if (rc == 0) {
             src = "snapshot";
@@ -1567,12 +1607,13 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
             char *wsnap = xasprintf("%s.snap", w->dir);
             snap_store_close(ss);
             ss = NULL;
-            util_rm_rf(sdir);
-            util_mkdir_p(r->data_dir, 0700);
-            char *parent_s = xasprintf("%s/snapshots", r->data_dir);
-            util_mkdir_p(parent_s, 0700);
-            free(parent_s);
-            if (rename(wsnap, sdir) != 0) {
+            if (!had_snaps) { /* never replace a store that holds snapshots */
+                util_rm_rf(sdir);
+                char *parent_s = xasprintf("%s/snapshots", r->data_dir);
+                util_mkdir_p(parent_s, 0700);
+                free(parent_s);
+            }
+            if (had_snaps || rename(wsnap, sdir) != 0) {
                 util_rm_rf(wsnap); /* the first snapshot will read everything */
             }
             free(wsnap);
@@ -1588,13 +1629,17 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
     /* 3. a cold start from the latest image */
     if (have_image) {
         struct snap_store *is = NULL;
+        int64_t t1 = clock_mono_us(), t2 = 0;
         rc = open_image_store(r, repo, &is);
         if (rc == 0) {
             rc = snap_restore_seed(is, snap, workspace, sdir, NULL);
         }
         snap_store_close(is);
         if (rc == 0) {
+            t2 = clock_mono_us();
             rc = gitx_sync(workspace, url, branch, NULL, NULL);
+            LOG_INFO("repos: session %s: image restore %lld ms, sync %lld ms", session_id,
+                     (long long)(t2 - t1) / 1000, (long long)(clock_mono_us() - t2) / 1000);
         }
         if (rc == 0) {
             chown_tree(r, workspace);
@@ -1961,6 +2006,13 @@ void repos_hook_sandbox_start(const char *sid)
     struct stat sb;
     char *ws = default_workspace(r, sid);
     char *name = NULL;
+    /* One filler per session: a prompt and a files request may start the sandbox at once. */
+    pthread_mutex_lock(&r->lock);
+    while (json_object_get(r->preparing, sid)) {
+        pthread_cond_wait(&r->prep_cv, &r->lock);
+    }
+    json_object_set_new(r->preparing, sid, json_true());
+    pthread_mutex_unlock(&r->lock);
     /* An existing non-empty workspace is the session's state: leave it alone. */
     int empty = stat(ws, &sb) != 0;
     if (!empty && S_ISDIR(sb.st_mode)) {
@@ -1993,6 +2045,10 @@ void repos_hook_sandbox_start(const char *sid)
                      err_str(rc));
         }
     }
+    pthread_mutex_lock(&r->lock);
+    json_object_del(r->preparing, sid);
+    pthread_cond_broadcast(&r->prep_cv);
+    pthread_mutex_unlock(&r->lock);
     free(name);
     free(ws);
     hook_leave();

@@ -43,6 +43,7 @@ struct sbx_config {
     int uid;                 /* > 0: run as this uid instead of looking up user */
     int memory_mib;          /* per sandbox (cgroup); default 2048 */
     int pids;                /* per sandbox (cgroup) and RLIMIT_NPROC; default 512 */
+    int cpus;                /* per sandbox (cgroup cpu quota); default 0 = no cap */
     int cpu_s;               /* per command RLIMIT_CPU; default 0 = none */
     int64_t fsize_bytes;     /* per command RLIMIT_FSIZE; default 4 GiB */
     int64_t data_bytes;      /* per command RLIMIT_DATA; default 0 = memory_mib */

@@ -56,7 +56,8 @@ struct local_backend {
     gid_t gid;
     char *cg_pids; /* parent cgroup dirs (v1 or v2), NULL when unavailable */
     char *cg_mem;
-    int pids_v2, mem_v2;
+    char *cg_cpu;
+    int pids_v2, mem_v2, cpu_v2;
     int health_rc;
     char health_msg[512];
     int quiet; /* self-test: keep the failure in health_msg instead of logging it */
@@ -65,6 +66,7 @@ struct local_backend {
 struct local_sbx {
     char *cg_pids; /* this sandbox's cgroup dirs */
     char *cg_mem;
+    char *cg_cpu; /* only when the sandbox has a cpu cap */
     int mem_v2;
     char *log_path;
 };
@@ -307,8 +309,8 @@ static void local_impl_stop(struct sbx *s)
     if (!ls) {
         return;
     }
-    char *dirs[2] = {ls->cg_pids, ls->cg_mem};
-    for (int i = 0; i < 2; i++) {
+    char *dirs[3] = {ls->cg_pids, ls->cg_mem, ls->cg_cpu};
+    for (int i = 0; i < 3; i++) {
         if (!dirs[i]) {
             continue;
         }
@@ -362,6 +364,7 @@ static void local_impl_free(struct sbx *s)
     }
     free(ls->cg_pids);
     free(ls->cg_mem);
+    free(ls->cg_cpu);
     free(ls->log_path);
     free(ls);
     s->impl = NULL;
@@ -468,8 +471,16 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     snprintf(val, sizeof val, "%lld", (long long)mem << 20);
     ls->cg_mem = make_cgroup(lb->cg_mem, spec->name, lb->mem_v2,
                              lb->mem_v2 ? "memory.max" : "memory.limit_in_bytes", val);
+    int cpus = spec->cpus ? spec->cpus : b->cfg.cpus;
+    if (cpus > 0 && lb->cg_cpu) {
+        /* cpus CPUs' worth of time per 100 ms period */
+        snprintf(val, sizeof val, lb->cpu_v2 ? "%lld 100000" : "%lld", (long long)cpus * 100000);
+        ls->cg_cpu = make_cgroup(lb->cg_cpu, spec->name, lb->cpu_v2,
+                                 lb->cpu_v2 ? "cpu.max" : "cpu.cfs_quota_us", val);
+    }
     char *procs_pids = ls->cg_pids ? xasprintf("%s/cgroup.procs", ls->cg_pids) : NULL;
     char *procs_mem = ls->cg_mem ? xasprintf("%s/cgroup.procs", ls->cg_mem) : NULL;
+    char *procs_cpu = ls->cg_cpu ? xasprintf("%s/cgroup.procs", ls->cg_cpu) : NULL;
 
     ls->log_path = xasprintf("%s/sandboxes/%s.log", b->cfg.data_dir, spec->name);
     log_fd = open(ls->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -560,8 +571,8 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     if (pid == 0) {
         /* Child of a threaded process: async-signal-safe calls only. */
         char me[] = "0";
-        for (int i = 0; i < 2; i++) {
-            const char *pp = i ? procs_mem : procs_pids;
+        for (int i = 0; i < 3; i++) {
+            const char *pp = i == 0 ? procs_pids : i == 1 ? procs_mem : procs_cpu;
             if (pp) {
                 int cfd = open(pp, O_WRONLY);
                 if (cfd >= 0) {
@@ -674,6 +685,7 @@ out:
     free(av);
     free(procs_pids);
     free(procs_mem);
+    free(procs_cpu);
     return rc;
 }
 
@@ -691,6 +703,7 @@ static void local_free(struct sbx_backend *b)
     free(lb->agents_dir);
     free(lb->cg_pids);
     free(lb->cg_mem);
+    free(lb->cg_cpu);
     free(lb);
 }
 
@@ -802,6 +815,12 @@ int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sb
                 lb->cg_pids = v1;
             } else if ((lb->cg_pids = setup_v2("pids")) != NULL) {
                 lb->pids_v2 = 1;
+            }
+            v1 = setup_v1("cpu", "cpu.cfs_quota_us");
+            if (v1) {
+                lb->cg_cpu = v1;
+            } else if ((lb->cg_cpu = setup_v2("cpu")) != NULL) {
+                lb->cpu_v2 = 1;
             }
             v1 = setup_v1("memory", "cgroup.procs");
             if (v1) {

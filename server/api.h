@@ -162,6 +162,10 @@ int api_tokens_delete(struct req *r);
 
 /* ---- shared by the api_*.c files ---- */
 
+/** A new id "<prefix><12 hex ms><8 hex random>": unique, and sorted by creation time (cheap
+ * inserts into TEXT primary keys). Caller frees. */
+char *api_new_sorted_id(const char *prefix);
+
 /** Look up the session {id} for the caller with the needed access (AUTH_READ / AUTH_WRITE /
  * AUTH_OWNER, auth.h). Sets the error reply (404, 410, 403) on failure. *role_out may be
  * NULL. */

@@ -201,7 +201,7 @@ int api_artifacts_post(struct req *r)
         rc = req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
         goto out;
     }
-    id = util_new_id("a_");
+    id = api_new_sorted_id("a_");
     struct author who = {a->user_id, a->name, a->email};
     op.id = id;
     op.type = type;

@@ -34,6 +34,18 @@ __attribute__((weak)) void api_prompt_queued(struct app *app, const char *sessio
     (void)session_id;
 }
 
+/* A new id whose hex part starts with the wall clock in ms, so ids sort by creation time.
+ * messages.id and prompts.id are TEXT primary keys: random ids would scatter every insert
+ * over the whole index b-tree (one more random page per message in the WAL and the page
+ * cache); time-ordered ids append to its rightmost leaf. 12 hex digits of ms + 8 random.
+ * Caller frees. */
+char *api_new_sorted_id(const char *prefix)
+{
+    char rnd[9];
+    util_random_hex(rnd, 4);
+    return xasprintf("%s%012llx%s", prefix, (unsigned long long)clock_now_ms(), rnd);
+}
+
 /* Number of UTF-8 code points (the input is valid UTF-8: jansson checked it). */
 static size_t utf8_chars(const char *s, size_t n)
 {
@@ -102,29 +114,34 @@ static int msg_tx(struct sess_tx *tx, void *arg)
             return ERR_DB;
         }
     }
-    st = sess_tx_prepare(tx, "SELECT (SELECT count(*) FROM prompts WHERE state IN "
-                             "('queued','running')), (SELECT value FROM meta WHERE key='state')");
-    if (!st || sqlite3_step(st) != SQLITE_ROW) {
-        return ERR_DB;
-    }
-    int64_t unfinished = sqlite3_column_int64(st, 0);
-    const unsigned char *state = sqlite3_column_text(st, 1);
-    int ended = state && strcmp((const char *)state, "ended") == 0;
-    sqlite3_reset(st);
-    if (op->prompt_id && unfinished >= op->max_unfinished) {
-        return ERR_LIMIT;
-    }
-    if (ended) {
-        /* "DELETE ends it; a later prompt reopens it." */
-        st = sess_tx_prepare(tx, "DELETE FROM meta WHERE key='state'");
-        if (!st || sqlite3_step(st) != SQLITE_DONE) {
+    /* Only a prompt is limited and reopens an ended session ("DELETE ends it; a later prompt
+     * reopens it"); a comment (run: false) needs neither check, which keeps the statement off
+     * the hot path of chat-only traffic. */
+    if (op->prompt_id) {
+        st = sess_tx_prepare(tx, "SELECT (SELECT count(*) FROM prompts WHERE state IN "
+                                 "('queued','running')), (SELECT value FROM meta WHERE "
+                                 "key='state')");
+        if (!st || sqlite3_step(st) != SQLITE_ROW) {
             return ERR_DB;
         }
-        rc = sess_tx_append(tx, "session.reopened", op->author, NULL, NULL);
-        if (rc) {
-            return rc;
+        int64_t unfinished = sqlite3_column_int64(st, 0);
+        const unsigned char *state = sqlite3_column_text(st, 1);
+        int ended = state && strcmp((const char *)state, "ended") == 0;
+        sqlite3_reset(st);
+        if (unfinished >= op->max_unfinished) {
+            return ERR_LIMIT;
         }
-        op->reopened = 1;
+        if (ended) {
+            st = sess_tx_prepare(tx, "DELETE FROM meta WHERE key='state'");
+            if (!st || sqlite3_step(st) != SQLITE_DONE) {
+                return ERR_DB;
+            }
+            rc = sess_tx_append(tx, "session.reopened", op->author, NULL, NULL);
+            if (rc) {
+                return rc;
+            }
+            op->reopened = 1;
+        }
     }
     rc = sess_tx_append(tx, "message", op->author, op->event_data, &op->seq);
     if (rc) {
@@ -300,9 +317,9 @@ int api_messages_post(struct req *r)
         }
         context_json = jx_dump(context);
     }
-    mid = util_new_id("m_");
+    mid = api_new_sorted_id("m_");
     if (run) {
-        pid = util_new_id("p_");
+        pid = api_new_sorted_id("p_");
     }
     /* The event's data, built outside the session lock. */
     buf_puts(&ev, "{\"message_id\":");

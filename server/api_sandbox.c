@@ -59,6 +59,7 @@ int sandbox_start(struct app *app)
         .uid = (int)cfg->sandbox_uid,
         .memory_mib = (int)cfg->sandbox_memory_mib,
         .pids = (int)cfg->sandbox_pids,
+        .cpus = (int)cfg->sandbox_cpus,
         .exec_timeout_s = (int)cfg->exec_timeout,
         .idle_stop_s = (int)cfg->sandbox_idle_stop,
     };
@@ -194,6 +195,7 @@ struct xctx {
 /* Running execs by id, for POST …/exec/{xid}/kill. Each entry holds a reference. */
 static pthread_mutex_t g_xlock = PTHREAD_MUTEX_INITIALIZER;
 static struct xctx *g_running;
+static int g_sync_waiting; /* synchronous execs holding an HTTP thread; g_xlock */
 
 static void running_add(struct xctx *x)
 {
@@ -349,7 +351,7 @@ int api_exec(struct req *r)
     const char *script = NULL, *stdin_s = NULL;
     const char **argv = NULL;
     int64_t timeout_s = 0;
-    int async = 0, acquired = 0;
+    int async = 0, acquired = 0, counted = 0;
     char msg[256];
     struct xctx *x = NULL;
     int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
@@ -389,6 +391,22 @@ int api_exec(struct req *r)
     if (!app->runner) {
         rc = req_fail(r, ERR_UNAVAILABLE, "the sandbox is not running");
         goto out;
+    }
+    if (!async) {
+        /* A synchronous exec holds an HTTP pool thread until the command ends: never let them
+         * take more than half of the pool, or slow commands would stall every other request. */
+        int max_sync = (int)app->cfg->threads / 2 > 0 ? (int)app->cfg->threads / 2 : 1;
+        pthread_mutex_lock(&g_xlock);
+        int ok = g_sync_waiting < max_sync;
+        g_sync_waiting += ok;
+        pthread_mutex_unlock(&g_xlock);
+        if (!ok) {
+            rc = req_fail(r, ERR_LIMIT,
+                          "%d synchronous execs are running; retry, or use \"async\": true",
+                          max_sync);
+            goto out;
+        }
+        counted = 1;
     }
     struct sbx *sbx = NULL;
     rc = runner_acquire(app->runner, sid, &sbx, NULL);
@@ -471,6 +489,11 @@ int api_exec(struct req *r)
                             (json_int_t)(x->st.duration_us / 1000), "oom", x->st.oom);
     rc = req_reply_json(r, 200, res);
 out:
+    if (counted) {
+        pthread_mutex_lock(&g_xlock);
+        g_sync_waiting--;
+        pthread_mutex_unlock(&g_xlock);
+    }
     if (acquired) {
         runner_release(app->runner, sid);
     }

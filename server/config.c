@@ -93,6 +93,7 @@ static const struct cfg_field fields[] = {
     FI("sandbox_uid", sandbox_uid, "0", 0, 2147483647, "host uid of sandboxes (0: sessiond-sbx)"),
     FI("sandbox_memory_mib", sandbox_memory_mib, "2048", 16, 1 << 20, "memory per sandbox (MiB)"),
     FI("sandbox_pids", sandbox_pids, "512", 8, 1 << 22, "processes per sandbox"),
+    FI("sandbox_cpus", sandbox_cpus, "0", 0, 1024, "CPUs per sandbox (cgroup quota; 0: no cap)"),
     FI("sandbox_idle_stop", sandbox_idle_stop, "600", 1, 1 << 30, "stop idle sandboxes after (s)"),
     FI("exec_timeout", exec_timeout, "600", 1, 1 << 30, "default exec timeout (s)"),
     FI("prompt_timeout", prompt_timeout, "5400", 1, 1 << 30, "default prompt timeout (s)"),

@@ -64,6 +64,7 @@ struct config {
     int64_t sandbox_uid;            /* sandbox_uid: host uid for sandboxes; 0 = user sessiond-sbx */
     int64_t sandbox_memory_mib;     /* sandbox_memory_mib: per-sandbox memory cap (cgroup) */
     int64_t sandbox_pids;           /* sandbox_pids: per-sandbox process cap */
+    int64_t sandbox_cpus;           /* sandbox_cpus: per-sandbox CPU cap (0 = none) */
     int64_t sandbox_idle_stop;      /* sandbox_idle_stop: stop idle sandboxes after (s) */
     int64_t exec_timeout;           /* exec_timeout: default exec timeout (s) */
     int64_t prompt_timeout;         /* prompt_timeout: default prompt timeout (s) */

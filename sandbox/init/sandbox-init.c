@@ -584,8 +584,14 @@ static void reap(int sfd)
     }
 }
 
+/* ---- issue 7: the loopback forwarder to the egress proxy (egress_fwd.c) ---- */
+#include "egress_fwd.c"
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--egress-forward")) { /* issue 7: a separate mode */
+        return egress_forward_main(argc, argv);
+    }
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--fd") && i + 1 < argc) {
             ctl = (int)strtol(argv[++i], NULL, 10);

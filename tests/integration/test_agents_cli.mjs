@@ -88,7 +88,7 @@ async function happyPath(agent, sid) {
     if (r.status !== 200 || !r.text.includes(want)) throw new Error(`${f}: HTTP ${r.status} ${r.text.slice(0, 100)}`);
   }
   // file_changed from sessiond's own workspace diff, for both.
-  const changed = evs.filter((e) => e.type === 'agent.file_changed').map((e) => e.data.path);
+  const changed = evs.filter((e) => e.type === 'agent.file_changed' && e.data.action === 'created').map((e) => e.data.path);
   for (const f of ['shell.txt', 'edit.txt']) {
     if (!changed.includes(f)) throw new Error(`no file_changed for ${f}: ${JSON.stringify(changed)}`);
   }

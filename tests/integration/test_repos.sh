@@ -181,6 +181,11 @@ check "rolled back: bob's file gone, alice's kept" [ ! -e "$DATA_DIR/workspaces/
 check "rollback restores git state" [ "$(git -C "$DATA_DIR/workspaces/$SID" rev-list --count HEAD)" = 2 ]
 wait_event "$SID" session.rollback 1 >/dev/null
 check "session.rollback event" [ $? = 0 ]
+api POST "/v1/sessions/$SID/messages" '{"content":"sleep 3"}' "$ALICE"
+wait_event "$SID" prompt.started 4 >/dev/null
+api POST "/v1/sessions/$SID/rollback" '{"snapshot_id":"snap-000001"}' "$ALICE"
+expect_error 409 conflict "rollback refused while a prompt runs"
+wait_event "$SID" prompt.completed 4 >/dev/null
 
 # ---- start from the image (pool emptied) and from a clone ----
 api PATCH /v1/repos/hello '{"pool_size":0}'
@@ -203,10 +208,10 @@ check "delete session" [ "$STATUS" = 200 -o "$STATUS" = 204 ]
 n=0
 for i in $(seq 1 100); do
   n=$(ls "$DATA_DIR/snapshots/$SID/snaps" 2>/dev/null | wc -l)
-  [ "$n" -ge 4 ] && break
+  [ "$n" -ge 5 ] && break
   sleep 0.1
 done
-check "snapshot at DELETE" [ "$n" -ge 4 ]
+check "snapshot at DELETE" [ "$n" -ge 5 ]
 
 # ---- purge deletes the snapshots ----
 wait_event "$SID2" session.snapshot 1 >/dev/null
@@ -235,6 +240,22 @@ api GET /v1/repos/hello
 check "existing repository updated from repos.file" [ "$(jget .description)" = "from the file" -a "$(jget '.setup[0]')" = "echo built > built.txt" ]
 api GET /v1/repos/hello/images
 check "images survive a restart" [ "$(jget '.images[0].state')" = ready ]
+# ---- a stop does not wait for a running setup step ----
+api POST /v1/repos "{\"name\":\"slow\",\"url\":\"$REMOTE\",\"setup\":[\"sleep 600\"],\"pool_size\":0,\"image_interval_min\":0}"
+api POST /v1/repos/slow/images
+for i in $(seq 1 100); do
+  api GET /v1/repos/slow/images
+  [ "$(jget '.images[0].step')" = "setup 1/1" ] && break
+  sleep 0.1
+done
+check "setup step running" [ "$(jget '.images[0].step')" = "setup 1/1" ]
+T0=$(date +%s)
+stop_server TERM
+check "stop with a build running takes < 15 s" [ $(( $(date +%s) - T0 )) -lt 15 ]
+start_server --repos-tick-ms 200 --secrets-key-file "$TMP/master.key"
+api GET /v1/repos/slow/images
+check "the interrupted build is marked failed" [ "$(jget '.images[0].state')" = failed ]
+
 echo '[{"name":"bad name","url":"x"}]' >"$TMP/bad.json"
 stop_server
 if "$SESSIOND_BIN" --listen 127.0.0.1:0 --data-dir "$DATA_DIR" --repos-file "$TMP/bad.json" >>"$SERVER_LOG" 2>&1; then

@@ -177,12 +177,16 @@ api DELETE "/v1/sessions/$SID" "" "$ALICE"
 check "owner ends the session" [ "$STATUS" = 200 -a "$(jget .state)" = ended ]
 api GET "/v1/sessions/$SID" "" "$ALICE"
 check "ended session keeps its history, queued prompts cancelled" [ "$(jget .state)" = ended -a "$(jget .queued_prompts)" = 0 -a "$(jget .messages)" -gt 10 ]
+api POST "/v1/sessions/$SID/messages" '{"content":"a comment after the end","run":false}' "$ALICE"
+expect_status 202 "a comment on an ended session is accepted"
+api GET "/v1/sessions/$SID" "" "$ALICE"
+check "a comment does not reopen the session" [ "$(jget .state)" = ended ]
 api POST "/v1/sessions/$SID/messages" '{"content":"back again"}' "$ALICE"
 expect_status 202 "a prompt on an ended session is accepted"
 api GET "/v1/sessions/$SID" "" "$ALICE"
 check "the prompt reopened the session" [ "$(jget .state)" = active -a "$(jget '.queued_prompts + .running_prompts')" = 1 ]
 api GET "/v1/sessions/$SID/events?after=$((LAST))" "" "$ALICE"
-check "session.ended then session.reopened events" [ "$(jget '[.events[].type | select(. == "session.ended" or . == "session.reopened" or . == "message")] | join(",")')" = "session.ended,session.reopened,message" ]
+check "session.ended then session.reopened events" [ "$(jget '[.events[].type | select(. == "session.ended" or . == "session.reopened" or . == "message")] | join(",")')" = "session.ended,message,session.reopened,message" ]
 api DELETE "/v1/sessions/$SID?purge=true" "" "$ALICE"
 check "purge" [ "$STATUS" = 200 -a "$(jget .state)" = purged ]
 check "purged file is gone" [ ! -e "$DATA_DIR/sessions/$SID.db" ]

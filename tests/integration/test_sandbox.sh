@@ -133,6 +133,15 @@ wait_for "$S1" ".type==\"exec.exited\" and .data.exec_id==\"$XK\"" && pass "kill
 check "killed exec reports SIGKILL" jq -e ".[]|select(.type==\"exec.exited\" and .data.exec_id==\"$XK\")|.data.signal==9" <<<"$EVENTS"
 api POST "/v1/sessions/$S1/exec/$XK/kill" '{}'
 expect_error 404 not_found "kill of a finished exec"
+# synchronous execs may hold at most half of the HTTP threads (4 here): the third gets 429
+( api POST "/v1/sessions/$S1/exec" '{"script":"sleep 2"}' ) &
+( api POST "/v1/sessions/$S2/exec" '{"script":"sleep 2"}' ) &
+sleep 0.7
+api POST "/v1/sessions/$S3/exec" '{"script":"true"}'
+expect_error 429 rate_limited "a third concurrent synchronous exec is refused"
+api GET /healthz "" -
+expect_status 200 "the server answers while synchronous execs run"
+wait
 api POST "/v1/sessions/$S1/exec" '{"argv":"ls"}'
 expect_error 400 invalid "exec with a bad argv"
 api POST "/v1/sessions/$S1/exec" '{"argv":["true"],"script":"true"}'

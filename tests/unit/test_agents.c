@@ -7,6 +7,7 @@
 
 #include "common/buf.h"
 #include "common/err.h"
+#include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/adapt_claude.h"
 #include "sandbox/adapt_codex.h"
@@ -14,6 +15,7 @@
 #include "sandbox/agents.h"
 
 #include <jansson.h>
+#include <sys/stat.h>
 
 #define FINAL "All done: created shell.txt with the shell tool and edit.txt with the edit tool."
 
@@ -509,12 +511,93 @@ TEST(launch_keeps_key_in_secrets)
     agents_free(a);
 }
 
+static void put(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void tool_result(struct agent_parser *p, const char *id)
+{
+    char line[512];
+    snprintf(line, sizeof(line),
+             "{\"type\":\"user\",\"message\":{\"content\":[{\"type\":\"tool_result\","
+             "\"tool_use_id\":\"%s\",\"content\":\"ok\"}]}}\n",
+             id);
+    agent_parser_feed(p, line, strlen(line));
+}
+
+/* file_changed comes from sessiond's own scan of the workspace, after each tool result. */
+TEST(workspace_diff)
+{
+    char dir[] = "/tmp/test-agents-ws-XXXXXX";
+    ASSERT(mkdtemp(dir) != NULL);
+    char sub[600];
+    snprintf(sub, sizeof(sub), "%s/src", dir);
+    ASSERT_EQ(mkdir(sub, 0755), 0);
+    snprintf(sub, sizeof(sub), "%s/.git", dir);
+    ASSERT_EQ(mkdir(sub, 0755), 0);
+    put(dir, "keep.txt", "same");
+    put(dir, "change.txt", "v1");
+    put(dir, "gone.txt", "bye");
+    struct rec r;
+    struct agent_parser *p;
+    memset(&r, 0, sizeof(r));
+    r.lines = json_array();
+    buf_init(&r.text, 0);
+    ASSERT_EQ(agent_parser_new_adapter(&adapt_claude, NULL, on_line, &r, &p), 0);
+    agent_parser_set_workspace(p, dir);
+    put(dir, "src/new.c", "int x;");
+    put(dir, "change.txt", "version 2");
+    put(dir, ".git/index", "ignored");
+    snprintf(sub, sizeof(sub), "%s/gone.txt", dir);
+    ASSERT_EQ(unlink(sub), 0);
+    tool_result(p, "t1");
+    /* sorted by path, each once */
+    static const char *const want[][2] = {
+        {"change.txt", "modified"}, {"gone.txt", "deleted"}, {"src/new.c", "created"}};
+    size_t i, k = 0;
+    json_t *o;
+    json_array_foreach(r.lines, i, o)
+    {
+        if (strcmp(sget(o, "type"), "file_changed") != 0) {
+            continue;
+        }
+        ASSERT(k < 3);
+        ASSERT_STREQ(sget(o, "path"), want[k][0]);
+        ASSERT_STREQ(sget(o, "action"), want[k][1]);
+        ASSERT_STREQ(sget(o, "source"), "workspace");
+        k++;
+    }
+    ASSERT_EQ(k, 3);
+    /* nothing new: nothing reported; a file written after the last tool result is reported
+     * at the end, before the terminal line */
+    tool_result(p, "t2");
+    put(dir, "late.txt", "x");
+    const char *res =
+        "{\"type\":\"result\",\"is_error\":false,\"result\":\"ok\",\"num_turns\":1}\n";
+    agent_parser_feed(p, res, strlen(res));
+    agent_parser_finish(p, 0);
+    size_t n = json_array_size(r.lines);
+    ASSERT_STREQ(sget(json_array_get(r.lines, n - 1), "type"), "done");
+    ASSERT_STREQ(sget(json_array_get(r.lines, n - 2), "path"), "late.txt");
+    ASSERT_STREQ(sget(json_array_get(r.lines, n - 2), "action"), "created");
+    agent_parser_free(p);
+    rec_free(&r);
+    ASSERT_EQ(util_rm_rf(dir), 0);
+}
+
 static const struct test_case tests[] = {
     T(claude_ok),          T(claude_fail400),   T(claude_tool_error),
     T(codex_ok),           T(codex_fail400),    T(codex_tool_error),
     T(opencode_ok),        T(opencode_fail400), T(opencode_tool_error),
     T(no_result_is_error), T(killed_is_error),  T(secret_scrubbed),
     T(long_line_dropped),  T(config_load),      T(launch_keeps_key_in_secrets),
+    T(workspace_diff),
 };
 
 TEST_MAIN(tests)

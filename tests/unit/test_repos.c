@@ -25,6 +25,7 @@ static struct store *g_store;
 static struct outpump *g_pump;
 static struct sbx_backend *g_be;
 static struct repos *g_repos;
+static char *g_data; /* borrowed by the sandbox backend's config: lives until teardown */
 
 static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void sh(const char *fmt, ...)
@@ -70,7 +71,7 @@ static void setup_with(int pool_max_age_s)
        "echo hello > README && mkdir lib && for i in $(seq 1 40); do echo $i > lib/f$i; done "
        "&& " GITC " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
        g_tmp);
-    char *data = xasprintf("%s/data", g_tmp);
+    char *data = g_data = xasprintf("%s/data", g_tmp);
     struct store_config sc = {.data_dir = data};
     ASSERT_EQ(store_open(&sc, &g_store), 0);
     ASSERT_EQ(outpump_start(&g_pump), 0);
@@ -82,7 +83,6 @@ static void setup_with(int pool_max_age_s)
                               .no_threads = 1,
                               .pool_max_age_s = pool_max_age_s};
     ASSERT_EQ(repos_open(&rc, &g_repos), 0);
-    free(data);
 }
 
 static void teardown(void)
@@ -92,6 +92,8 @@ static void teardown(void)
     outpump_stop(g_pump);
     store_close(g_store);
     util_rm_rf(g_tmp);
+    free(g_data);
+    g_data = NULL;
 }
 
 static void add_repo(const char *name, const char *setup_json, int pool_size)

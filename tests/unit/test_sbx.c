@@ -368,10 +368,41 @@ TEST(utf8_across_chunks)
     teardown();
 }
 
+/* A sandbox with cpus=1 gets a cgroup cpu quota of one CPU. */
+TEST(local_cpu_quota)
+{
+    setup("local");
+    struct sbx_spec spec = {.name = "cpu1", .cpus = 1};
+    struct sbx *s = NULL;
+    ASSERT_EQ(sbx_create(be, &spec, &s), 0);
+    FILE *f = popen("cat /sys/fs/cgroup/cpu/sessiond/cpu1/cpu.cfs_quota_us 2>/dev/null", "r");
+    char line[64] = "";
+    if (f) {
+        if (!fgets(line, sizeof line, f)) {
+            line[0] = 0;
+        }
+        pclose(f);
+    }
+    fprintf(stderr, "# cpu quota: %s\n", line);
+    if (line[0]) { /* only where the v1 cpu controller is writable */
+        ASSERT_EQ(strtol(line, NULL, 10), 100000);
+    }
+    sbx_destroy(s);
+    teardown();
+}
+
 static const struct test_case tests[] = {
-    T(utf8_across_chunks), T(local_fork_bomb_killed),      T(local_exec_basic),
-    T(local_isolation),    T(local_timeout_and_kill),      T(local_cancel_term_then_kill),
-    T(local_limits),       T(local_big_output_merged),     T(local_files),
-    T(process_backend),    T(exec_after_destroy_of_other),
+    T(local_cpu_quota),
+    T(utf8_across_chunks),
+    T(local_fork_bomb_killed),
+    T(local_exec_basic),
+    T(local_isolation),
+    T(local_timeout_and_kill),
+    T(local_cancel_term_then_kill),
+    T(local_limits),
+    T(local_big_output_merged),
+    T(local_files),
+    T(process_backend),
+    T(exec_after_destroy_of_other),
 };
 TEST_MAIN(tests)
