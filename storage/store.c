@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define HASH_SIZE      4096
@@ -280,6 +281,22 @@ static void sess_flush_registry(struct sess *s)
     }
 }
 
+/* Closing skips the checkpoint (cheap hibernation), but the next open replays the whole WAL
+ * to rebuild its index (exclusive locking keeps that index in memory), so an unbounded WAL
+ * would make every wake-up slower. Checkpoint and truncate it when it has grown past
+ * WAL_TRIM_BYTES: the common close stays a plain close, the worst reopen stays bounded. */
+#define WAL_TRIM_BYTES (1024 * 1024)
+
+static void wal_trim(struct sess *s)
+{
+    char *wal = xasprintf("%s/%s.db-wal", s->st->sessions_dir, s->id);
+    struct stat sb;
+    if (stat(wal, &sb) == 0 && sb.st_size > WAL_TRIM_BYTES) {
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    }
+    free(wal);
+}
+
 /* Close the file and free the struct. No other thread can reach s any more. */
 static void sess_destroy(struct sess *s)
 {
@@ -293,6 +310,9 @@ static void sess_destroy(struct sess *s)
     }
     free(s->stmts);
     if (s->db) {
+        if (!s->doomed) {
+            wal_trim(s);
+        }
         sqlite3_close(s->db);
     }
     buf_free(&s->batch);
