@@ -78,6 +78,7 @@ static int bind_opt(sqlite3_stmt *st, int i, const char *s)
     return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
 }
 
+/* The 202 answer as stored for idempotent replays (same shape as the JSON reply). */
 static void answer_json(struct buf *b, const char *mid, const char *pid, int64_t seq)
 {
     buf_puts(b, "{\"message_id\":");
@@ -211,7 +212,7 @@ static int msg_tx(struct sess_tx *tx, void *arg)
 }
 
 /* Validate the optional `author` object of a bot/admin token. */
-static int parse_author(struct req *r, json_t *obj, struct author *out)
+static int parse_author(json_t *obj, struct author *out, char *emsg, size_t n)
 {
     char msg[160];
     const char *id = NULL, *name = NULL, *email = NULL;
@@ -224,13 +225,16 @@ static int parse_author(struct req *r, json_t *obj, struct author *out)
         rc = jx_str(obj, "email", &email, msg, sizeof(msg));
     }
     if (rc) {
-        return req_fail(r, rc, "author: %s", msg);
+        snprintf(emsg, n, "author: %s", msg);
+        return rc;
     }
     if (!id || !*id || strlen(id) > 150 || !strchr(id, ':') || id[0] == ':') {
-        return req_fail(r, ERR_INVALID, "author.id must be \"provider:id\" (e.g. \"slack:U123\")");
+        snprintf(emsg, n, "author.id must be \"provider:id\" (e.g. \"slack:U123\")");
+        return ERR_INVALID;
     }
     if ((name && strlen(name) > 150) || (email && strlen(email) > 150)) {
-        return req_fail(r, ERR_INVALID, "author.name and author.email are capped at 150 bytes");
+        snprintf(emsg, n, "author.name and author.email are capped at 150 bytes");
+        return ERR_INVALID;
     }
     out->id = id;
     out->name = name;
@@ -238,81 +242,83 @@ static int parse_author(struct req *r, json_t *obj, struct author *out)
     return 0;
 }
 
-int api_messages_post(struct req *r)
+/*
+ * The message path without HTTP, shared by POST …/messages and the WebSocket `prompt` frame
+ * (server/ws_api.c), so both validate the same object and write the same transaction.
+ * The caller has checked write access. *out gets the 202 answer (new reference); *replayed
+ * (may be NULL) is set when a repeated client_request_id returned the first answer.
+ */
+static int message_create(struct app *app, const char *sid, const struct auth_info *a,
+                          json_t *body, json_t **out, int *replayed, char *emsg, size_t n)
 {
-    struct app *app = req_app(r);
     const struct config *cfg = app->cfg;
-    const struct auth_info *a = req_auth(r);
-    const char *sid = req_param(r, "id");
-    json_t *body = NULL, *context = NULL, *author_obj = NULL;
+    json_t *context = NULL, *author_obj = NULL;
     const char *content = NULL, *crid = NULL;
     char *context_json = NULL, *mid = NULL, *pid = NULL;
     int run = 1;
-    char msg[160];
     struct sess *s = NULL;
-    struct buf ev, ans;
+    struct buf ev;
     struct author who = {a->user_id, a->name, a->email};
     struct msg_op op;
     int rc;
     buf_init(&ev, 0);
-    buf_init(&ans, 0);
     memset(&op, 0, sizeof(op));
-    rc = api_session_access(r, sid, AUTH_WRITE, NULL);
-    if (rc) {
-        goto out;
+    *out = NULL;
+    if (replayed) {
+        *replayed = 0;
     }
-    rc = req_json_body(r, &body);
-    if (rc) {
-        goto out;
-    }
-    rc = jx_str(body, "content", &content, msg, sizeof(msg));
+    rc = jx_str(body, "content", &content, emsg, n);
     if (!rc) {
-        rc = jx_obj(body, "context", &context, msg, sizeof(msg));
+        rc = jx_obj(body, "context", &context, emsg, n);
     }
     if (!rc) {
-        rc = jx_str(body, "client_request_id", &crid, msg, sizeof(msg));
+        rc = jx_str(body, "client_request_id", &crid, emsg, n);
     }
     if (!rc) {
-        rc = jx_bool(body, "run", &run, msg, sizeof(msg));
+        rc = jx_bool(body, "run", &run, emsg, n);
     }
     if (!rc) {
-        rc = jx_obj(body, "author", &author_obj, msg, sizeof(msg));
+        rc = jx_obj(body, "author", &author_obj, emsg, n);
     }
     if (rc) {
-        rc = req_fail(r, rc, "%s", msg);
         goto out;
     }
     if (!content) {
-        rc = req_fail(r, ERR_INVALID, "field 'content' is required");
+        snprintf(emsg, n, "field 'content' is required");
+        rc = ERR_INVALID;
         goto out;
     }
     size_t clen = json_string_length(json_object_get(body, "content"));
     if (clen == 0) {
-        rc = req_fail(r, ERR_INVALID, "field 'content' must not be empty");
+        snprintf(emsg, n, "field 'content' must not be empty");
+        rc = ERR_INVALID;
         goto out;
     }
     if (utf8_chars(content, clen) > (size_t)cfg->max_content_chars) {
-        rc = req_fail(r, ERR_TOO_LARGE, "content is longer than %lld characters",
-                      (long long)cfg->max_content_chars);
+        snprintf(emsg, n, "content is longer than %lld characters",
+                 (long long)cfg->max_content_chars);
+        rc = ERR_TOO_LARGE;
         goto out;
     }
     if (crid && (!*crid || strlen(crid) > 128)) {
-        rc = req_fail(r, ERR_INVALID, "client_request_id must be 1 to 128 bytes");
+        snprintf(emsg, n, "client_request_id must be 1 to 128 bytes");
+        rc = ERR_INVALID;
         goto out;
     }
     if (author_obj) {
         if (!auth_may_impersonate(a)) {
-            rc = req_fail(r, ERR_FORBIDDEN, "only bot and admin tokens may set 'author'");
+            snprintf(emsg, n, "only bot and admin tokens may set 'author'");
+            rc = ERR_FORBIDDEN;
             goto out;
         }
-        rc = parse_author(r, author_obj, &who);
+        rc = parse_author(author_obj, &who, emsg, n);
         if (rc) {
             goto out;
         }
     }
     if (context) {
-        if (ext_context_check(context, msg, sizeof(msg))) { /* issue 6: DOM selection shape */
-            rc = req_fail(r, ERR_INVALID, "%s", msg);
+        if (ext_context_check(context, emsg, n)) { /* issue 6: DOM selection shape */
+            rc = ERR_INVALID;
             goto out;
         }
         context_json = jx_dump(context);
@@ -340,7 +346,7 @@ int api_messages_post(struct req *r)
 
     rc = store_session_get(app->store, sid, &s);
     if (rc) {
-        rc = req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        snprintf(emsg, n, "cannot open session %s: %s", sid, err_str(rc));
         goto out;
     }
     op.message_id = mid;
@@ -354,17 +360,20 @@ int api_messages_post(struct req *r)
     op.max_unfinished = cfg->max_unfinished_prompts;
     rc = sess_write(s, msg_tx, &op);
     if (rc == ERR_LIMIT) {
-        rc = req_fail(r, rc, "this session already has %lld unfinished prompts",
-                      (long long)cfg->max_unfinished_prompts);
+        snprintf(emsg, n, "this session already has %lld unfinished prompts",
+                 (long long)cfg->max_unfinished_prompts);
         goto out;
     }
     if (rc) {
-        rc = req_fail(r, rc, "cannot store the message: %s", err_str(rc));
+        snprintf(emsg, n, "cannot store the message: %s", err_str(rc));
         goto out;
     }
     if (op.replay) {
-        req_add_header(r, "Idempotent-Replayed", "true");
-        rc = req_reply_bytes(r, 202, "application/json", op.replay, strlen(op.replay));
+        if (replayed) {
+            *replayed = 1;
+        }
+        *out = json_loads(op.replay, 0, NULL);
+        rc = *out ? 0 : ERR_INTERNAL;
         goto out;
     }
     if (op.reopened) {
@@ -376,18 +385,48 @@ int api_messages_post(struct req *r)
     if (pid) {
         api_prompt_queued(app, sid);
     }
-    answer_json(&ans, mid, pid, op.seq);
-    rc = req_reply_buf(r, 202, "application/json", &ans);
+    *out = json_pack("{s:s,s:s?,s:I}", "message_id", mid, "prompt_id", pid, "seq",
+                     (json_int_t)op.seq);
 out:
     sess_put(s);
-    json_decref(body);
     free(context_json);
     free(mid);
     free(pid);
     free(op.replay);
     buf_free(&ev);
-    buf_free(&ans);
     return rc;
+}
+
+int api_message_create(struct app *app, const char *sid, const struct auth_info *who,
+                       json_t *body, json_t **out, char *msg, size_t n)
+{
+    return message_create(app, sid, who, body, out, NULL, msg, n);
+}
+
+int api_messages_post(struct req *r)
+{
+    struct app *app = req_app(r);
+    const char *sid = req_param(r, "id");
+    json_t *body = NULL, *answer = NULL;
+    char msg[256];
+    int replayed = 0;
+    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
+    if (rc) {
+        return rc;
+    }
+    rc = req_json_body(r, &body);
+    if (rc) {
+        return rc;
+    }
+    rc = message_create(app, sid, req_auth(r), body, &answer, &replayed, msg, sizeof(msg));
+    json_decref(body);
+    if (rc) {
+        return req_fail(r, rc, "%s", msg);
+    }
+    if (replayed) {
+        req_add_header(r, "Idempotent-Replayed", "true");
+    }
+    return req_reply_json(r, 202, answer);
 }
 
 /* ---- GET messages ---- */

@@ -608,6 +608,9 @@ int main(int argc, char **argv)
     close_range((unsigned)ctl + 1, ~0U, 0);
     /* Orphans of our commands are re-parented to us and reaped here. */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
+    /* Commands run as our uid: without this one could ptrace us and speak for us on the
+     * control socket. (execve makes the commands themselves dumpable again.) */
+    prctl(PR_SET_DUMPABLE, 0);
     signal(SIGPIPE, SIG_IGN);
     sigset_t chld;
     sigemptyset(&chld);

@@ -134,14 +134,16 @@ check "killed exec reports SIGKILL" jq -e ".[]|select(.type==\"exec.exited\" and
 api POST "/v1/sessions/$S1/exec/$XK/kill" '{}'
 expect_error 404 not_found "kill of a finished exec"
 # synchronous execs may hold at most half of the HTTP threads (4 here): the third gets 429
-( api POST "/v1/sessions/$S1/exec" '{"script":"sleep 2"}' ) &
-( api POST "/v1/sessions/$S2/exec" '{"script":"sleep 2"}' ) &
+curl -s -o /dev/null -H "Authorization: Bearer $ADMIN" -d '{"script":"sleep 2"}' "$BASE/v1/sessions/$S1/exec" &
+BG1=$!
+curl -s -o /dev/null -H "Authorization: Bearer $ADMIN" -d '{"script":"sleep 2"}' "$BASE/v1/sessions/$S2/exec" &
+BG2=$!
 sleep 0.7
 api POST "/v1/sessions/$S3/exec" '{"script":"true"}'
 expect_error 429 rate_limited "a third concurrent synchronous exec is refused"
 api GET /healthz "" -
 expect_status 200 "the server answers while synchronous execs run"
-wait
+wait "$BG1" "$BG2"
 api POST "/v1/sessions/$S1/exec" '{"argv":"ls"}'
 expect_error 400 invalid "exec with a bad argv"
 api POST "/v1/sessions/$S1/exec" '{"argv":["true"],"script":"true"}'

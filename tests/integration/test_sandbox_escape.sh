@@ -54,6 +54,10 @@ check "no write outside /workspace and /tmp" bash -c "! grep -q WROTE <<<'$(jget
 check "/tmp is writable" grep -q TMP_OK <<<"$(jget .stdout)"
 check "not root inside" bash -c "[ \"\$(tail -n1 <<<'$(jget .stdout)')\" != 0 ]"
 
+# ---- the supervisor cannot be hijacked: no ptrace of sandbox-init, no fd of the host ----
+run "$A" 'ls -l /proc/2/fd/ 2>&1 | grep -c socket; cat /proc/2/environ 2>&1 | head -c 50; echo; ls -l /proc/self/fd/ | tail -n +2 | wc -l'
+check "sandbox-init's fds and environment are not readable" bash -c "grep -q 'Permission denied' <<<'$(jget .stdout)'"
+
 # ---- network: the server's own port, and anything else ----
 run "$A" "(exec 3<>/dev/tcp/127.0.0.1/$PORT && echo CONNECTED_SERVER) 2>/dev/null; (exec 3<>/dev/tcp/1.1.1.1/80 && echo CONNECTED_NET) 2>/dev/null; cat /proc/net/dev | grep -c ':' ; echo NETDONE"
 check "cannot connect to the server port" bash -c "! grep -q CONNECTED_SERVER <<<'$(jget .stdout)'"
