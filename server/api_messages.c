@@ -444,9 +444,7 @@ static json_t *col_text(sqlite3_stmt *st, int i)
     return t ? json_string((const char *)t) : json_null();
 }
 
-/* TODO(lead): messages has no index on seq, so `WHERE seq>? ORDER BY seq` scans the table
- * (fine up to ~10^4 messages). A migration `CREATE INDEX messages_seq ON messages(seq)` would
- * make paging O(log n) at the cost of one more b-tree per insert. */
+/* The messages_seq index (migration 0003) makes this paging O(log n). */
 static int messages_rd(sqlite3 *db, void *arg)
 {
     struct list_rd *lr = arg;

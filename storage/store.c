@@ -198,6 +198,30 @@ static int exec_sql(sqlite3 *db, const char *sql)
     return 0;
 }
 
+/* Idempotency records (client_request_id -> first answer) only need to outlive client
+ * retries: drop those older than REQUEST_TTL_MS when a session is opened. The probe uses the
+ * index, so the common case (nothing to prune) writes nothing. */
+#define REQUEST_TTL_MS (24LL * 3600 * 1000)
+
+static void prune_requests(sqlite3 *db)
+{
+    sqlite3_stmt *q = NULL;
+    int64_t cutoff = clock_now_ms() - REQUEST_TTL_MS;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM requests WHERE created_at < ? LIMIT 1", -1, &q,
+                           NULL) != SQLITE_OK) {
+        return;
+    }
+    sqlite3_bind_int64(q, 1, cutoff);
+    int old = sqlite3_step(q) == SQLITE_ROW;
+    sqlite3_finalize(q);
+    if (old && sqlite3_prepare_v2(db, "DELETE FROM requests WHERE created_at < ?", -1, &q, NULL) ==
+                   SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, cutoff);
+        sqlite3_step(q);
+        sqlite3_finalize(q);
+    }
+}
+
 /* Open s->db (s->lock held). create: make the file if missing. */
 static int sess_open_db(struct sess *s, int create)
 {
@@ -259,6 +283,7 @@ static int sess_open_db(struct sess *s, int create)
     }
     s->flushed_seq = s->last_seq;
     s->flushed_activity = s->last_activity;
+    prune_requests(db);
     s->db = db;
     db = NULL;
 out:
@@ -645,6 +670,23 @@ int sess_tx_append(struct sess_tx *tx, const char *type, const struct author *a,
     return 0;
 }
 
+/* Run a cached transaction-control statement (BEGIN, SAVEPOINT, ...): parsing them for every
+ * operation was a measurable share of a commit. */
+static int tx_ctl(struct sess *s, const char *sql)
+{
+    sqlite3_stmt *st = stmt_cached(s, sql);
+    if (!st) {
+        return ERR_DB;
+    }
+    int r = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (r != SQLITE_DONE) {
+        LOG_ERROR("store: %s: %s: %s", s->id, sql, sqlite3_errmsg(s->db));
+        return ERR_DB;
+    }
+    return 0;
+}
+
 /* Run one batch (s->lock held). Marks every operation done with its result. */
 static void commit_batch(struct sess *s, struct pending *batch)
 {
@@ -653,27 +695,27 @@ static void commit_batch(struct sess *s, struct pending *batch)
     int commit_rc = 0;
     buf_reset(&s->batch);
 
-    if (exec_sql(s->db, "BEGIN IMMEDIATE")) {
+    if (tx_ctl(s, "BEGIN IMMEDIATE")) {
         commit_rc = ERR_DB;
     }
     for (struct pending *p = batch; p && !commit_rc; p = p->next) {
         int64_t seq_op = s->last_seq;
         size_t npubs_op = tx.npubs;
         size_t len_op = s->batch.len;
-        if (exec_sql(s->db, "SAVEPOINT op")) {
+        if (tx_ctl(s, "SAVEPOINT op")) {
             p->rc = ERR_DB;
             continue;
         }
         p->rc = p->fn(&tx, p->arg);
         if (p->rc) {
-            exec_sql(s->db, "ROLLBACK TO op");
+            tx_ctl(s, "ROLLBACK TO op");
             s->last_seq = seq_op;
             tx.npubs = npubs_op;
             s->batch.len = len_op;
         }
-        exec_sql(s->db, "RELEASE op");
+        tx_ctl(s, "RELEASE op");
     }
-    if (!commit_rc && exec_sql(s->db, "COMMIT")) {
+    if (!commit_rc && tx_ctl(s, "COMMIT")) {
         commit_rc = ERR_DB;
     }
     if (commit_rc) {
