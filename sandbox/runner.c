@@ -784,7 +784,13 @@ static int agent_argv(struct runner *r, struct sbx *sbx, const char *agent, char
         av[2] = xstrdup(a);
         *name_out = xstrdup("command");
     } else if (strchr(a, '/')) {
-        /* A host path: copy it into the sandbox's private dir (the host is invisible). */
+        /* A host path: copy it into the sandbox's private dir (the host is invisible). Only
+         * the server's own --agent may name one: a session's agent (chosen by any user)
+         * naming a host file would copy it into the sandbox (/etc/shadow, the data dir...). */
+        if (a != r->cfg.agent) {
+            free(av);
+            return ERR_FORBIDDEN;
+        }
         struct buf b;
         buf_init(&b, 64 << 20);
         FILE *f = fopen(a, "rb");

@@ -77,6 +77,19 @@ for v in PROMPT_FILE CONTEXT_FILE SESSION_ID PROMPT_ID GIT_AUTHOR_NAME GIT_AUTHO
 done
 check "no server secrets in the agent env" bash -c "! grep -qwE 'SESSIOND_ADMIN_TOKEN|ADMIN|PROMPT' <<<'$ENVNAMES'"
 
+# ---- per-session agents: a command run inside the sandbox; a missing agent; a host path ----
+S9=$(new_session '{"title":"command agent","agent":"printf from-command-agent:; cat"}')
+P=$(prompt "$S9" "xyz")
+wait_for "$S9" ".type==\"prompt.completed\" and .data.prompt_id==\"$P\"" && pass "COMMAND ARGS agent runs" || fail "COMMAND ARGS agent runs" "$(jq -c '[.[]|{type,data}]' <<<"$EVENTS" | tail -c 1500)"
+check "command agent got the prompt on stdin" jq -e '[.[]|select(.type=="agent.output")|.data.text]|join("")=="from-command-agent:xyz"' <<<"$EVENTS"
+S10=$(new_session '{"title":"missing agent","agent":"no-such-agent"}')
+P=$(prompt "$S10" "hello")
+wait_for "$S10" ".type==\"prompt.failed\" and .data.prompt_id==\"$P\"" && pass "a missing agent fails the prompt" || fail "a missing agent fails the prompt"
+S11=$(new_session '{"title":"host path agent","agent":"/etc/shadow"}')
+P=$(prompt "$S11" "hello")
+wait_for "$S11" ".type==\"prompt.failed\" and .data.prompt_id==\"$P\"" && pass "a session cannot name a host file as its agent" || fail "a session cannot name a host file as its agent"
+check "the host file was not copied in" [ ! -e "$DATA_DIR/sandboxes/$S11/agent-bin" ]
+
 # ---- queue order with three authors ----
 S3=$(new_session '{"title":"queue","agent":"scripted"}')
 TA=$(make_token alice user); TB=$(make_token bob user); TC=$(make_token carol user)
