@@ -30,6 +30,8 @@ size_t util_utf8_complete_prefix(const char *s, size_t n);
 int util_mkdir_p(const char *path, unsigned mode);
 /** Parse a decimal int64 (whole string). Returns 0 or ERR_INVALID. */
 int util_parse_i64(const char *s, int64_t *out);
+/** The value of a hex digit (0-9, a-f, A-F), or -1. */
+int util_hexval(int c);
 /** Remove a directory tree (no symlink following). Returns 0 or ERR_IO. */
 int util_rm_rf(const char *path);
 

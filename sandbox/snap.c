@@ -211,20 +211,6 @@ static int esc_put(struct buf *b, const char *s)
     return 0;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 /* Unescape s (NUL terminated) in place. Returns 0 or ERR_INVALID. */
 static int unesc(char *s)
 {
@@ -235,8 +221,8 @@ static int unesc(char *s)
     char *w = s;
     for (char *r = s; *r; r++) {
         if (*r == '%') {
-            int a = hexval(r[1]);
-            int c = a < 0 ? -1 : hexval(r[2]);
+            int a = util_hexval(r[1]);
+            int c = a < 0 ? -1 : util_hexval(r[2]);
             if (a < 0 || c < 0) {
                 return ERR_INVALID;
             }

@@ -9,6 +9,7 @@
 #include "secrets.h"
 
 #include "common/err.h"
+#include "common/util.h"
 #include "common/log.h"
 #include "common/xmem.h"
 
@@ -39,20 +40,6 @@ void secrets_wipe(char *p, size_t n)
         OPENSSL_cleanse(p, n);
         free(p);
     }
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
 }
 
 /* Decode standard base64 (with padding) into out (cap bytes). Returns the length or -1. */
@@ -96,7 +83,7 @@ static int parse_key(const unsigned char *data, size_t len, int allow_raw, unsig
     }
     if (len == 2 * KEY_LEN) {
         for (size_t i = 0; i < KEY_LEN; i++) {
-            int a = hexval(data[2 * i]), b = hexval(data[2 * i + 1]);
+            int a = util_hexval(data[2 * i]), b = util_hexval(data[2 * i + 1]);
             if (a < 0 || b < 0) {
                 goto b64;
             }

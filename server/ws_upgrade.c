@@ -75,20 +75,6 @@ static enum MHD_Result hdr_cb(void *cls, enum MHD_ValueKind kind, const char *ke
     return MHD_YES;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 /* Copy the decoded value of query parameter name from query (after '?') into out. 1 if
  * present. */
 static int query_get(const char *query, const char *name, char *out, size_t n)
@@ -102,9 +88,9 @@ static int query_get(const char *query, const char *name, char *out, size_t n)
             size_t o = 0;
             for (size_t i = nl + 1; i < seg && o + 1 < n; i++) {
                 char ch = p[i];
-                if (ch == '%' && i + 2 < seg + 1 && hexval(p[i + 1]) >= 0 &&
-                    hexval(p[i + 2]) >= 0) {
-                    ch = (char)(hexval(p[i + 1]) * 16 + hexval(p[i + 2]));
+                if (ch == '%' && i + 2 < seg + 1 && util_hexval(p[i + 1]) >= 0 &&
+                    util_hexval(p[i + 2]) >= 0) {
+                    ch = (char)(util_hexval(p[i + 1]) * 16 + util_hexval(p[i + 2]));
                     i += 2;
                 } else if (ch == '+') {
                     ch = ' ';
