@@ -6,11 +6,15 @@ set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 export BUILD SESSIOND_BIN="$PWD/$BUILD/sessiond" SANDBOX_INIT_BIN="$PWD/$BUILD/sandbox-init"
-if [ "${SANITIZE:-}" = 1 ]; then
-  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
-  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-fi
 LOGDIR=$(mktemp -d /tmp/sessiond-tests.XXXXXX)
+if [ "${SANITIZE:-}" = 1 ]; then
+  # Reports also go to files, so a report from a server whose stderr a test did not keep is
+  # still found (and counted as a failure) below.
+  mkdir -p "$LOGDIR/sanitizer"
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1:log_path=$LOGDIR/sanitizer/asan}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:log_path=$LOGDIR/sanitizer/ubsan}
+  export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
+fi
 passed=0
 failed=0
 failures=()
@@ -57,6 +61,16 @@ for p in "${progs[@]}"; do
     failures+=("$name")
   fi
 done
+if [ -d "$LOGDIR/sanitizer" ]; then
+  reports=$(ls "$LOGDIR/sanitizer" 2>/dev/null | wc -l)
+  if [ "$reports" != 0 ]; then
+    echo "sanitizer: $reports report file(s) in $LOGDIR/sanitizer:"
+    head -n 30 "$LOGDIR"/sanitizer/* | sed 's/^/    /'
+    failed=$((failed + reports))
+  else
+    echo "sanitizer: no reports"
+  fi
+fi
 echo "logs: $LOGDIR"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
