@@ -12,6 +12,7 @@
  * sandbox); on_exit is called once, after its sink was flushed.
  */
 #include "sandbox/sbx_int.h"
+#include "sandbox/snap.h"
 
 #include "common/buf.h"
 #include "common/clock.h"
@@ -191,6 +192,32 @@ int sbx_snapshot(struct sbx *s, const char *dest_dir)
 int sbx_restore(struct sbx *s, const char *src_dir)
 {
     return OP_OR_UNSUPPORTED(s, restore, s, src_dir);
+}
+
+int sbxi_snapshot(struct sbx *s, const char *dest_dir)
+{
+    struct snap_store *st = NULL;
+    int rc = snap_store_open(dest_dir, &st);
+    if (!rc) {
+        rc = snap_create(st, s->ws_host, NULL, NULL);
+    }
+    snap_store_close(st);
+    return rc;
+}
+
+int sbxi_restore(struct sbx *s, const char *src_dir)
+{
+    struct snap_store *st = NULL;
+    char id[128];
+    int rc = snap_store_open(src_dir, &st);
+    if (!rc) {
+        rc = snap_latest(st, id, sizeof(id));
+    }
+    if (!rc) {
+        rc = snap_restore(st, id, s->ws_host, NULL);
+    }
+    snap_store_close(st);
+    return rc;
 }
 
 int sbx_path_check(const char *path, size_t len)

@@ -80,6 +80,10 @@ int sbxi_exec(struct sbx *s, const struct sbx_exec_req *req, const struct sbx_ex
 int sbxi_read_file(struct sbx *s, const char *path, struct buf *out);
 int sbxi_write_file(struct sbx *s, const char *path, const void *data, size_t n);
 int sbxi_list_files(struct sbx *s, const char *path, json_t **out);
+/* The backend-neutral snapshot/restore of the workspace (both backends keep it on the host):
+ * dest_dir/src_dir is a snapshot store (sandbox/snap.h); restore takes its latest snapshot. */
+int sbxi_snapshot(struct sbx *s, const char *dest_dir);
+int sbxi_restore(struct sbx *s, const char *src_dir);
 int sbxi_put_private(struct sbx *s, const char *name, const void *data, size_t n, int executable,
                      char **path_inside);
 int sbxi_stop(struct sbx *s);
