@@ -248,8 +248,8 @@ static int parse_author(json_t *obj, struct author *out, char *emsg, size_t n)
  * The caller has checked write access. *out gets the 202 answer (new reference); *replayed
  * (may be NULL) is set when a repeated client_request_id returned the first answer.
  */
-static int message_create(struct app *app, const char *sid, const struct auth_info *a,
-                          json_t *body, json_t **out, int *replayed, char *emsg, size_t n)
+static int message_create(struct app *app, const char *sid, const struct auth_info *a, json_t *body,
+                          json_t **out, int *replayed, char *emsg, size_t n)
 {
     const struct config *cfg = app->cfg;
     json_t *context = NULL, *author_obj = NULL;
@@ -385,8 +385,8 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
     if (pid) {
         api_prompt_queued(app, sid);
     }
-    *out = json_pack("{s:s,s:s?,s:I}", "message_id", mid, "prompt_id", pid, "seq",
-                     (json_int_t)op.seq);
+    *out =
+        json_pack("{s:s,s:s?,s:I}", "message_id", mid, "prompt_id", pid, "seq", (json_int_t)op.seq);
 out:
     sess_put(s);
     free(context_json);
@@ -397,8 +397,8 @@ out:
     return rc;
 }
 
-int api_message_create(struct app *app, const char *sid, const struct auth_info *who,
-                       json_t *body, json_t **out, char *msg, size_t n)
+int api_message_create(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
+                       json_t **out, char *msg, size_t n)
 {
     return message_create(app, sid, who, body, out, NULL, msg, n);
 }

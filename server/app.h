@@ -11,8 +11,8 @@
 struct config;
 struct store;
 struct registry;
-struct hub;     /* server/hub.h: WebSocket fan-out (issue 3) */
-struct runner;  /* sandbox/runner.h: prompt queue + agent runner (issue 4) */
+struct hub;    /* server/hub.h: WebSocket fan-out (issue 3) */
+struct runner; /* sandbox/runner.h: prompt queue + agent runner (issue 4) */
 struct sbx_backend;
 struct slack;   /* server/slack.h (issue 6) */
 struct repos;   /* sandbox repos/pool (issue 5) */
@@ -33,7 +33,7 @@ struct app {
     struct egress *egress;
     struct metrics *metrics;
     struct agents *agents;
-    struct secrets *secrets; /* NULL: no master key, user tokens cannot be stored */
+    struct secrets *secrets;  /* NULL: no master key, user tokens cannot be stored */
     atomic_int shutting_down; /* set by the signal path in main.c, read by any thread */
 };
 

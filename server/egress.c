@@ -633,8 +633,8 @@ static int forward_body(struct job *j, struct buf *b, uint64_t n)
 struct chunk_scan {
     int st; /* 0 size line, 1 data, 2 data CRLF, 3 trailer line */
     uint64_t left;
-    int hex_done;  /* past the hex digits of the size line (extensions follow) */
-    int line_len;  /* bytes of the current trailer line before its LF */
+    int hex_done; /* past the hex digits of the size line (extensions follow) */
+    int line_len; /* bytes of the current trailer line before its LF */
 };
 
 /* Consume up to n bytes; returns how many belong to the body, *done = 1 at its end. */

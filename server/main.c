@@ -220,8 +220,8 @@ out:
     http_stop(http, (int)cfg->shutdown_grace); /* stop accepting, finish requests in flight */
     /* (other subsystems stop here, before the store) */
     api_repos_stop(&app); /* issue 5: before the sandboxes its builds run in */
-    sandbox_stop(&app); /* issue 4: grace for running prompts, then cancel; sandboxes down */
-    agents_stop(&app);  /* issue 7: after the runner */
+    sandbox_stop(&app);   /* issue 4: grace for running prompts, then cancel; sandboxes down */
+    agents_stop(&app);    /* issue 7: after the runner */
     slack_free(app.slack);
     app.slack = NULL;
     hub_free(hub); /* after everything that writes events, before the store */

@@ -25,7 +25,9 @@ struct test_case {
 };
 
 #define TEST(name) static void name(void)
-#define T(name)    {#name, name}
+/* clang-format off */
+#define T(name) {#name, name}
+/* clang-format on */
 
 #define TFAIL(...)                                                                                 \
     do {                                                                                           \
