@@ -4,7 +4,7 @@
 set -eu
 PKGS="gcc make pkg-config libc6-dev libmicrohttpd-dev libwebsockets-dev libsqlite3-dev
 libjansson-dev libcurl4-openssl-dev libgit2-dev libssl-dev bubblewrap curl git ca-certificates"
-TEST_PKGS="sqlite3 chromium"
+TEST_PKGS="sqlite3 chromium clang-format"
 want="$PKGS"
 if [ "${1:-}" = "--test" ]; then
   want="$PKGS $TEST_PKGS"
