@@ -15,40 +15,6 @@
 
 static char g_tmp[256];
 
-static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    if (rc != 0) {
-        TFAIL("command failed (%d): %s", rc, cmd);
-    }
-}
-
-/* First line of a command's output. */
-static char *out1(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *out1(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    FILE *f = popen(cmd, "r");
-    ASSERT(f != NULL);
-    char line[4096] = {0};
-    if (!fgets(line, sizeof(line), f)) {
-        line[0] = 0;
-    }
-    pclose(f);
-    line[strcspn(line, "\n")] = 0;
-    return xstrdup(line);
-}
-
 static char *P(const char *rel)
 {
     return xasprintf("%s/%s", g_tmp, rel);
@@ -61,10 +27,10 @@ static void setup(void)
 {
     snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_git.XXXXXX");
     ASSERT(mkdtemp(g_tmp) != NULL);
-    sh("cd %s && " GITC " init -q --bare remote.git && " GITC " init -q seed && cd seed && "
-       "echo hello > README && mkdir src && echo 'int main(void){return 0;}' > src/main.c && " GITC
-       " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
-       g_tmp);
+    tsh("cd %s && " GITC " init -q --bare remote.git && " GITC " init -q seed && cd seed && "
+        "echo hello > README && mkdir src && echo 'int main(void){return 0;}' > src/main.c && " GITC
+        " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
+        g_tmp);
     ASSERT_EQ(gitx_init(NULL, NULL), 0);
 }
 
@@ -84,30 +50,30 @@ TEST(clone_sync_picks_up_new_commits)
     char *remote = P("remote.git"), *ws = P("ws");
     char head[41], head2[41];
     ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, head), 0);
-    char *seed_head = out1("git -C %s/seed rev-parse HEAD", g_tmp);
+    char *seed_head = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
     ASSERT_STREQ(head, seed_head);
     struct stat sb;
     char *readme = P("ws/README");
     ASSERT_EQ(stat(readme, &sb), 0);
     /* another clone pushes two commits */
-    sh("cd %s/seed && echo more > NEW && " GITC " add -A && " GITC " commit -qm two && "
-       "echo again >> README && " GITC " commit -qam three && " GITC " push -q ../remote.git main",
-       g_tmp);
-    char *new_head = out1("git -C %s/seed rev-parse HEAD", g_tmp);
+    tsh("cd %s/seed && echo more > NEW && " GITC " add -A && " GITC " commit -qm two && "
+        "echo again >> README && " GITC " commit -qam three && " GITC " push -q ../remote.git main",
+        g_tmp);
+    char *new_head = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
     ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, head2), 0);
     ASSERT_STREQ(head2, new_head);
     char *p = P("ws/NEW");
     ASSERT_EQ(stat(p, &sb), 0);
-    char *wshead = out1("git -C %s/ws rev-parse HEAD", g_tmp);
+    char *wshead = tout1("git -C %s/ws rev-parse HEAD", g_tmp);
     ASSERT_STREQ(wshead, new_head);
-    char *st = out1("git -C %s/ws status --porcelain | wc -l", g_tmp);
+    char *st = tout1("git -C %s/ws status --porcelain | wc -l", g_tmp);
     ASSERT_STREQ(st, "0");
     ASSERT_EQ(gitx_head(ws, head, NULL), 0);
     ASSERT_STREQ(head, new_head);
     /* sync also discards local edits to tracked files */
     file_put("ws/README", "local edit\n");
     ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, head2), 0);
-    char *c = out1("head -1 %s/ws/README", g_tmp);
+    char *c = tout1("head -1 %s/ws/README", g_tmp);
     ASSERT_STREQ(c, "hello");
     util_rm_rf(g_tmp);
 }
@@ -156,27 +122,27 @@ TEST(two_authors_two_commits_and_push)
     ASSERT_EQ(committed, 1);
     free(msg);
 
-    char *branch = out1("git -C %s/ws symbolic-ref --short HEAD", g_tmp);
+    char *branch = tout1("git -C %s/ws symbolic-ref --short HEAD", g_tmp);
     ASSERT_STREQ(branch, "sessiond/s_test1");
-    char *l1 = out1("git -C %s/ws log -1 --skip=1 --format='%%an|%%ae|%%cn|%%ce|%%s' HEAD", g_tmp);
+    char *l1 = tout1("git -C %s/ws log -1 --skip=1 --format='%%an|%%ae|%%cn|%%ce|%%s' HEAD", g_tmp);
     ASSERT_STREQ(l1, "Alice Liddell|alice@example.com|Alice Liddell|alice@example.com|"
                      "Add a greeting file");
-    char *l2 = out1("git -C %s/ws log -1 --format='%%an|%%ae|%%cn|%%ce|%%s' HEAD", g_tmp);
+    char *l2 = tout1("git -C %s/ws log -1 --format='%%an|%%ae|%%cn|%%ce|%%s' HEAD", g_tmp);
     ASSERT_STREQ(l2, "Bob Builder|bob@example.com|Bob Builder|bob@example.com|Rewrite the readme");
-    char *tr = out1("git -C %s/ws log -1 --format='%%(trailers:key=Co-authored-by,valueonly)' HEAD",
-                    g_tmp);
+    char *tr = tout1(
+        "git -C %s/ws log -1 --format='%%(trailers:key=Co-authored-by,valueonly)' HEAD", g_tmp);
     ASSERT_STREQ(tr, "Bob Builder <bob@example.com>");
-    char *st = out1("git -C %s/ws status --porcelain | wc -l", g_tmp);
+    char *st = tout1("git -C %s/ws status --porcelain | wc -l", g_tmp);
     ASSERT_STREQ(st, "0"); /* the index matches the commit, deletion included */
 
     ASSERT_EQ(gitx_push(ws, remote, "sessiond/s_test1", NULL), 0);
-    char *rh = out1("git --git-dir=%s/remote.git rev-parse sessiond/s_test1", g_tmp);
+    char *rh = tout1("git --git-dir=%s/remote.git rev-parse sessiond/s_test1", g_tmp);
     ASSERT_STREQ(rh, sha2);
-    char *n = out1("git --git-dir=%s/remote.git rev-list --count sessiond/s_test1", g_tmp);
+    char *n = tout1("git --git-dir=%s/remote.git rev-list --count sessiond/s_test1", g_tmp);
     ASSERT_STREQ(n, "3");
     /* main on the remote is untouched */
-    char *seed_head = out1("git -C %s/seed rev-parse HEAD", g_tmp);
-    char *rm = out1("git --git-dir=%s/remote.git rev-parse main", g_tmp);
+    char *seed_head = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
+    char *rm = tout1("git --git-dir=%s/remote.git rev-parse main", g_tmp);
     ASSERT_STREQ(rm, seed_head);
     util_rm_rf(g_tmp);
 }
@@ -186,20 +152,20 @@ TEST(push_ignores_workspace_config)
     setup();
     char *remote = P("remote.git"), *ws = P("ws");
     ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
-    sh("cd %s && git init -q --bare evil.git", g_tmp);
+    tsh("cd %s && git init -q --bare evil.git", g_tmp);
     /* the agent rewrites the remote and adds an insteadOf redirect */
-    sh("git -C %s/ws config remote.origin.url %s/evil.git && "
-       "git -C %s/ws config url.%s/evil.git.insteadOf %s/remote.git && "
-       "git -C %s/ws config http.proxy http://127.0.0.1:9",
-       g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp);
+    tsh("git -C %s/ws config remote.origin.url %s/evil.git && "
+        "git -C %s/ws config url.%s/evil.git.insteadOf %s/remote.git && "
+        "git -C %s/ws config http.proxy http://127.0.0.1:9",
+        g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp);
     file_put("ws/x", "x\n");
     struct gitx_ident a = {"A", "a@example.com"};
     int committed = 0;
     ASSERT_EQ(gitx_commit(ws, "sessiond/s2", &a, "x\n", NULL, &committed), 0);
     ASSERT_EQ(gitx_push(ws, remote, "sessiond/s2", NULL), 0);
-    char *rh = out1("git --git-dir=%s/remote.git rev-parse --verify -q sessiond/s2", g_tmp);
+    char *rh = tout1("git --git-dir=%s/remote.git rev-parse --verify -q sessiond/s2", g_tmp);
     ASSERT(strlen(rh) == 40);
-    char *eh = out1("git --git-dir=%s/evil.git rev-parse --verify -q sessiond/s2", g_tmp);
+    char *eh = tout1("git --git-dir=%s/evil.git rev-parse --verify -q sessiond/s2", g_tmp);
     ASSERT_STREQ(eh, "");
     util_rm_rf(g_tmp);
 }
@@ -210,18 +176,18 @@ TEST(gitfile_and_alternates_refused)
     char *remote = P("remote.git"), *ws = P("ws");
     ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
     /* alternates pointing at another repository */
-    sh("echo %s/remote.git/objects > %s/ws/.git/objects/info/alternates", g_tmp, g_tmp);
+    tsh("echo %s/remote.git/objects > %s/ws/.git/objects/info/alternates", g_tmp, g_tmp);
     ASSERT_EQ(gitx_push(ws, remote, "main", NULL), ERR_FORBIDDEN);
-    sh("rm %s/ws/.git/objects/info/alternates", g_tmp);
+    tsh("rm %s/ws/.git/objects/info/alternates", g_tmp);
     /* .git replaced by a gitfile pointing elsewhere */
-    sh("mv %s/ws/.git %s/ws-gitdir && echo 'gitdir: %s/ws-gitdir' > %s/ws/.git", g_tmp, g_tmp,
-       g_tmp, g_tmp);
+    tsh("mv %s/ws/.git %s/ws-gitdir && echo 'gitdir: %s/ws-gitdir' > %s/ws/.git", g_tmp, g_tmp,
+        g_tmp, g_tmp);
     ASSERT_EQ(gitx_push(ws, remote, "main", NULL), ERR_FORBIDDEN);
     int committed = 0;
     struct gitx_ident a = {"A", "a@example.com"};
     ASSERT_EQ(gitx_commit(ws, "sessiond/s3", &a, "x", NULL, &committed), ERR_FORBIDDEN);
     /* a symlinked .git */
-    sh("rm %s/ws/.git && ln -s %s/ws-gitdir %s/ws/.git", g_tmp, g_tmp, g_tmp);
+    tsh("rm %s/ws/.git && ln -s %s/ws-gitdir %s/ws/.git", g_tmp, g_tmp, g_tmp);
     ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, NULL), ERR_FORBIDDEN);
     util_rm_rf(g_tmp);
 }

@@ -27,39 +27,6 @@ static struct sbx_backend *g_be;
 static struct repos *g_repos;
 static char *g_data; /* borrowed by the sandbox backend's config: lives until teardown */
 
-static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    if (rc != 0) {
-        TFAIL("command failed (%d): %s", rc, cmd);
-    }
-}
-
-static char *out1(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *out1(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    FILE *f = popen(cmd, "r");
-    ASSERT(f != NULL);
-    char line[4096] = {0};
-    if (!fgets(line, sizeof(line), f)) {
-        line[0] = 0;
-    }
-    pclose(f);
-    line[strcspn(line, "\n")] = 0;
-    return xstrdup(line);
-}
-
 #define GITC "git -c user.name=Seed -c user.email=seed@example.com -c init.defaultBranch=main"
 
 static void setup_with(int pool_max_age_s)
@@ -67,10 +34,10 @@ static void setup_with(int pool_max_age_s)
     log_set_level(LOG_LEVEL_WARN);
     snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_repos.XXXXXX");
     ASSERT(mkdtemp(g_tmp) != NULL);
-    sh("cd %s && " GITC " init -q --bare remote.git && " GITC " init -q seed && cd seed && "
-       "echo hello > README && mkdir lib && for i in $(seq 1 40); do echo $i > lib/f$i; done "
-       "&& " GITC " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
-       g_tmp);
+    tsh("cd %s && " GITC " init -q --bare remote.git && " GITC " init -q seed && cd seed && "
+        "echo hello > README && mkdir lib && for i in $(seq 1 40); do echo $i > lib/f$i; done "
+        "&& " GITC " add -A && " GITC " commit -qm init && " GITC " push -q ../remote.git main",
+        g_tmp);
     char *data = g_data = xasprintf("%s/data", g_tmp);
     struct store_config sc = {.data_dir = data};
     ASSERT_EQ(store_open(&sc, &g_store), 0);
@@ -228,7 +195,7 @@ TEST(image_build_ok_and_failing_step)
     json_decref(row);
     json_t *img = image0("app");
     ASSERT_STREQ(json_string_value(json_object_get(img, "state")), "ready");
-    char *seed = out1("git -C %s/seed rev-parse HEAD", g_tmp);
+    char *seed = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
     ASSERT_STREQ(json_string_value(json_object_get(img, "commit_sha")), seed);
     ASSERT(json_integer_value(json_object_get(img, "files")) >= 2);
     const char *log = json_string_value(json_object_get(img, "log_tail"));
@@ -258,7 +225,7 @@ TEST(image_build_ok_and_failing_step)
     char src[16];
     char *ws = start("s_img", src);
     ASSERT_STREQ(src, "image");
-    char *b = out1("cat %s/built.txt", ws);
+    char *b = tout1("cat %s/built.txt", ws);
     ASSERT_STREQ(b, "built");
     teardown();
 }
@@ -281,16 +248,16 @@ TEST(start_order_clone_image_warm_snapshot)
     ASSERT_EQ(repos_image_build(g_repos, "app", &row), 0);
     json_decref(row);
     /* a commit lands after the image was built: the image start syncs to it */
-    sh("cd %s/seed && echo v2 > README && " GITC " commit -qam v2 && " GITC
-       " push -q ../remote.git main",
-       g_tmp);
-    char *head = out1("git -C %s/seed rev-parse HEAD", g_tmp);
+    tsh("cd %s/seed && echo v2 > README && " GITC " commit -qam v2 && " GITC
+        " push -q ../remote.git main",
+        g_tmp);
+    char *head = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
     new_session("s_image");
     ws = start("s_image", src);
     ASSERT_STREQ(src, "image");
-    char *h = out1("git -C %s rev-parse HEAD", ws);
+    char *h = tout1("git -C %s rev-parse HEAD", ws);
     ASSERT_STREQ(h, head);
-    char *stamp_image = out1("cat %s/stamp", ws);
+    char *stamp_image = tout1("cat %s/stamp", ws);
     ASSERT(strlen(stamp_image) > 5);
     struct author ia = {"token:ivy", "Ivy", "ivy@example.com"};
     json_t *ir = NULL, *isl = NULL;
@@ -315,16 +282,16 @@ TEST(start_order_clone_image_warm_snapshot)
     new_session("s_warm");
     ws = start("s_warm", src);
     ASSERT_STREQ(src, "warm");
-    h = out1("git -C %s rev-parse HEAD", ws);
+    h = tout1("git -C %s rev-parse HEAD", ws);
     ASSERT_STREQ(h, head);
-    char *stamp = out1("cat %s/stamp", ws);
+    char *stamp = tout1("cat %s/stamp", ws);
     ASSERT_STREQ(stamp, stamp_image);
     ASSERT_EQ(repos_warm(g_repos, "app", &w), 0);
     ASSERT_EQ(json_integer_value(json_object_get(w, "warm")), 0);
     json_decref(w);
 
     /* snapshot: a session that ran a prompt and lost its workspace gets it back */
-    sh("echo work > %s/mywork.txt", ws);
+    tsh("echo work > %s/mywork.txt", ws);
     struct author a = {"token:alice", "Alice", "alice@example.com"};
     json_t *res = NULL;
     ASSERT_EQ(repos_after_prompt(g_repos, "s_warm", ws, "p_1", &a, "add my work", &res), 0);
@@ -344,7 +311,7 @@ TEST(start_order_clone_image_warm_snapshot)
     util_rm_rf(ws);
     ws = start("s_warm", src);
     ASSERT_STREQ(src, "snapshot");
-    char *work = out1("cat %s/mywork.txt", ws);
+    char *work = tout1("cat %s/mywork.txt", ws);
     ASSERT_STREQ(work, "work");
     ASSERT_EQ(count_events("s_warm", "session.snapshot"), 1);
     ASSERT_EQ(count_events("s_warm", "git.commit"), 1);
@@ -403,13 +370,13 @@ TEST(two_authors_commit_rollback_push)
     ASSERT_STREQ(sealed, "v1.sealed-blob");
     free(sealed);
 
-    sh("echo one > %s/a.txt", ws);
+    tsh("echo one > %s/a.txt", ws);
     json_t *res = NULL;
     ASSERT_EQ(repos_after_prompt(g_repos, "s_git", ws, "p_1", &alice, "Add a\nplease", &res), 0);
     ASSERT(json_is_object(json_object_get(res, "commit")));
     ASSERT_EQ(json_integer_value(json_object_get(res, "turn")), 1);
     json_decref(res);
-    sh("echo two > %s/a.txt && echo b > %s/b.txt", ws, ws);
+    tsh("echo two > %s/a.txt && echo b > %s/b.txt", ws, ws);
     ASSERT_EQ(repos_after_prompt(g_repos, "s_git", ws, "p_2", &bob, "Change a, add b", &res), 0);
     ASSERT_EQ(json_integer_value(json_object_get(res, "turn")), 2);
     json_decref(res);
@@ -418,18 +385,19 @@ TEST(two_authors_commit_rollback_push)
     ASSERT(json_is_null(json_object_get(res, "commit")));
     json_decref(res);
 
-    char *l1 = out1("git -C %s log -1 --skip=1 --format='%%an|%%ae|%%cn|%%ce' HEAD", ws);
+    char *l1 = tout1("git -C %s log -1 --skip=1 --format='%%an|%%ae|%%cn|%%ce' HEAD", ws);
     ASSERT_STREQ(l1, "Alice|alice@example.com|Alice|alice@example.com");
-    char *l2 = out1("git -C %s log -1 --format='%%an|%%ae|%%cn|%%ce' HEAD", ws);
+    char *l2 = tout1("git -C %s log -1 --format='%%an|%%ae|%%cn|%%ce' HEAD", ws);
     ASSERT_STREQ(l2, "Bob|bob@example.com|Bob|bob@example.com");
-    char *t1 = out1("git -C %s log -1 --skip=1 --format='%%(trailers:key=Co-authored-by,valueonly)'"
-                    " HEAD",
-                    ws);
+    char *t1 =
+        tout1("git -C %s log -1 --skip=1 --format='%%(trailers:key=Co-authored-by,valueonly)'"
+              " HEAD",
+              ws);
     ASSERT_STREQ(t1, "Alice <alice@example.com>");
     char *t2 =
-        out1("git -C %s log -1 --format='%%(trailers:key=Co-authored-by,valueonly)' HEAD", ws);
+        tout1("git -C %s log -1 --format='%%(trailers:key=Co-authored-by,valueonly)' HEAD", ws);
     ASSERT_STREQ(t2, "");
-    char *br = out1("git -C %s symbolic-ref --short HEAD", ws);
+    char *br = tout1("git -C %s symbolic-ref --short HEAD", ws);
     ASSERT_STREQ(br, "sessiond/s_git");
     ASSERT_EQ(count_events("s_git", "git.commit"), 2);
     ASSERT_EQ(count_events("s_git", "session.snapshot"), 3);
@@ -437,12 +405,12 @@ TEST(two_authors_commit_rollback_push)
     /* push reaches the bare remote */
     json_t *pushed = NULL;
     ASSERT_EQ(repos_push(g_repos, "s_git", ws, NULL, &pushed), 0);
-    char *rh = out1("git --git-dir=%s/remote.git rev-parse sessiond/s_git", g_tmp);
+    char *rh = tout1("git --git-dir=%s/remote.git rev-parse sessiond/s_git", g_tmp);
     ASSERT_STREQ(json_string_value(json_object_get(pushed, "sha")), rh);
     json_decref(pushed);
-    char *authors = out1("git --git-dir=%s/remote.git log --format=%%an sessiond/s_git | "
-                         "head -2 | tr '\\n' ,",
-                         g_tmp);
+    char *authors = tout1("git --git-dir=%s/remote.git log --format=%%an sessiond/s_git | "
+                          "head -2 | tr '\\n' ,",
+                          g_tmp);
     ASSERT_STREQ(authors, "Bob,Alice,");
 
     /* rollback to turn 1 */
@@ -452,13 +420,13 @@ TEST(two_authors_commit_rollback_push)
     json_decref(snaps);
     ASSERT_EQ(repos_rollback(g_repos, "s_git", "snap-000001", ws, &res), 0);
     json_decref(res);
-    char *a = out1("cat %s/a.txt", ws);
+    char *a = tout1("cat %s/a.txt", ws);
     ASSERT_STREQ(a, "one");
     struct stat sb;
     char *bp = xasprintf("%s/b.txt", ws);
     ASSERT(stat(bp, &sb) != 0);
     free(bp);
-    char *n = out1("git -C %s rev-list --count HEAD", ws);
+    char *n = tout1("git -C %s rev-list --count HEAD", ws);
     ASSERT_STREQ(n, "2"); /* init + alice: git state rolled back too */
     ASSERT_EQ(repos_rollback(g_repos, "s_git", "snap-000099", ws, &res), ERR_NOT_FOUND);
     ASSERT_EQ(count_events("s_git", "session.rollback"), 1);

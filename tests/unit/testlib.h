@@ -12,6 +12,7 @@
 #define SESSIOND_TESTLIB_H
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,41 @@ struct test_case {
         if (!a_ || !b_ || strcmp(a_, b_) != 0)                                                     \
             TFAIL("%s == %s: \"%s\" != \"%s\"", #a, #b, a_ ? a_ : "(null)", b_ ? b_ : "(null)");   \
     } while (0)
+
+/* Shell helpers for tests that drive real tools (git, sqlite3): run a command and fail the
+ * test if it exits non-zero; or return the first line of its output (caller frees). */
+__attribute__((format(printf, 1, 2))) static inline void tsh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    int rc = system(cmd);
+    if (rc != 0) {
+        TFAIL("command failed (%d): %s", rc, cmd);
+    }
+}
+
+__attribute__((format(printf, 1, 2))) static inline char *tout1(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    FILE *f = popen(cmd, "r");
+    ASSERT(f != NULL);
+    char line[4096] = {0};
+    if (!fgets(line, sizeof(line), f)) {
+        line[0] = 0;
+    }
+    pclose(f);
+    line[strcspn(line, "\n")] = 0;
+    char *out = strdup(line);
+    ASSERT(out != NULL);
+    return out;
+}
 
 #ifndef TEST_TIMEOUT_S
 #define TEST_TIMEOUT_S 60
