@@ -47,12 +47,13 @@ struct opts {
     double duration;
     double rate;
     int sessions;
+    const char *ids_file;
     int content;
     int json;
     int warmup_ms;
 };
 
-static struct opts o = {"127.0.0.1", 8080, NULL, "single", 32, 10, 0, 1000, 200, 0, 500};
+static struct opts o = {"127.0.0.1", 8080, NULL, "single", 32, 10, 0, 1000, NULL, 200, 0, 500};
 
 /* ---- blocking helpers for setup ---- */
 
@@ -313,7 +314,7 @@ static int cmp_u32(const void *a, const void *b)
 static void usage(void)
 {
     fprintf(stderr, "usage: rest --url http://HOST:PORT --token T [--scenario single|spread|"
-                    "healthz] [--conns N] [--duration S] [--rate R] [--sessions N] "
+                    "healthz] [--conns N] [--duration S] [--rate R] [--sessions N] [--ids FILE] "
                     "[--content BYTES] [--warmup-ms MS] [--json]\n");
     exit(2);
 }
@@ -345,6 +346,8 @@ int main(int argc, char **argv)
             o.duration = strtod(v, NULL);
         } else if (!strcmp(a, "--rate")) {
             o.rate = strtod(v, NULL);
+        } else if (!strcmp(a, "--ids")) {
+            o.ids_file = v;
         } else if (!strcmp(a, "--sessions")) {
             o.sessions = (int)strtol(v, NULL, 10);
         } else if (!strcmp(a, "--content")) {
@@ -362,8 +365,29 @@ int main(int argc, char **argv)
     if (strcmp(o.scenario, "healthz") != 0) {
         nsids = strcmp(o.scenario, "spread") == 0 ? o.sessions : 1;
         sids = calloc((size_t)nsids, sizeof(*sids));
-        for (int i = 0; i < nsids; i++) {
+        /* --ids FILE: reuse the sessions listed there (one id a line), creating and appending
+         * what is missing, so repeated runs measure messages only, not session creation. */
+        FILE *idf = o.ids_file ? fopen(o.ids_file, "r") : NULL;
+        char line[128];
+        int have = 0;
+        while (idf && have < nsids && fgets(line, sizeof(line), idf)) {
+            line[strcspn(line, "\r\n")] = 0;
+            if (line[0]) {
+                sids[have++] = strdup(line);
+            }
+        }
+        if (idf) {
+            fclose(idf);
+        }
+        idf = o.ids_file && have < nsids ? fopen(o.ids_file, "a") : NULL;
+        for (int i = have; i < nsids; i++) {
             sids[i] = create_session();
+            if (idf) {
+                fprintf(idf, "%s\n", sids[i]);
+            }
+        }
+        if (idf) {
+            fclose(idf);
         }
         int n = snprintf(body, sizeof(body), "{\"content\":\"");
         memset(body + n, 'x', (size_t)o.content);

@@ -9,8 +9,10 @@
 #include "storage/store.h"
 
 #include <pthread.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 static struct store *st;
 static int per_thread = 20000;
@@ -37,6 +39,8 @@ static void run(int threads, const char *label)
     pthread_t th[64];
     struct store_stats a, b;
     store_get_stats(st, &a);
+    struct rusage ru0, ru1;
+    getrusage(RUSAGE_SELF, &ru0);
     int64_t t0 = clock_mono_ns();
     for (int i = 0; i < threads; i++) {
         pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)(i + 1));
@@ -45,12 +49,22 @@ static void run(int threads, const char *label)
         pthread_join(th[i], NULL);
     }
     double secs = (double)(clock_mono_ns() - t0) / 1e9;
+    getrusage(RUSAGE_SELF, &ru1);
+    /* CPU time per op stays meaningful when other processes compete for the cores. */
+    double cpu = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec + ru1.ru_stime.tv_sec -
+                          ru0.ru_stime.tv_sec) +
+                 (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec + ru1.ru_stime.tv_usec -
+                          ru0.ru_stime.tv_usec) /
+                     1e6;
     store_get_stats(st, &b);
     uint64_t gets = (b.hits - a.hits) + (b.opens - a.opens);
-    printf("%-28s %9.0f events/s  %llu commits for %llu ops  hit rate %.1f%%\n", label,
-           (double)(b.ops - a.ops) / secs, (unsigned long long)(b.commits - a.commits),
-           (unsigned long long)(b.ops - a.ops),
-           gets ? 100.0 * (double)(b.hits - a.hits) / (double)gets : 0.0);
+    printf("%-22s %8.0f events/s  %6.1f us CPU/op  %llu commits for %llu ops  hit rate %.1f%%  "
+           "rescues %llu  checkpoints %llu\n",
+           label, (double)(b.ops - a.ops) / secs, 1e6 * cpu / (double)(b.ops - a.ops),
+           (unsigned long long)(b.commits - a.commits), (unsigned long long)(b.ops - a.ops),
+           gets ? 100.0 * (double)(b.hits - a.hits) / (double)gets : 0.0,
+           (unsigned long long)(b.rescues - a.rescues),
+           (unsigned long long)(b.checkpoints - a.checkpoints));
 }
 
 int main(int argc, char **argv)
@@ -59,8 +73,15 @@ int main(int argc, char **argv)
     per_thread = argc > 2 ? (int)strtol(argv[2], NULL, 10) : 20000;
     int many = argc > 3 ? (int)strtol(argv[3], NULL, 10) : 1000;
     int max_open = argc > 4 ? (int)strtol(argv[4], NULL, 10) : 256;
-    char dir[] = "/tmp/sessiond-bench-store.XXXXXX";
-    if (!mkdtemp(dir) || threads < 1 || threads > 64) {
+    /* STORE_BENCH_DIR=D reuses the sessions of an earlier run in D (created if missing), so
+     * a profiler attached to this run sees the measured phases, not the setup. */
+    char tmpl[] = "/tmp/sessiond-bench-store.XXXXXX";
+    const char *dir = getenv("STORE_BENCH_DIR");
+    int reuse = dir && access(dir, F_OK) == 0;
+    if (!dir) {
+        dir = mkdtemp(tmpl);
+    }
+    if (!dir || threads < 1 || threads > 64) {
         return 2;
     }
     snprintf(data, sizeof(data), "{\"content\":\"%0200d\"}", 0);
@@ -69,7 +90,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char id[32];
-    for (int i = 0; i < many; i++) {
+    for (int i = 0; i < many && !reuse; i++) {
         snprintf(id, sizeof(id), "b%d", i);
         struct session_new n = {.id = id, .created_by = "bench"};
         registry_session_create(store_registry(st), &n, NULL);
@@ -79,6 +100,7 @@ int main(int argc, char **argv)
     run(threads, "one session");
     nsessions = many;
     run(threads, "random over sessions");
+    run(threads, "random, again");
     store_close(st);
     printf("data dir: %s\n", dir);
     return 0;

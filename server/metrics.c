@@ -109,6 +109,11 @@ int api_metrics(struct req *r)
                "Session lookups served by an open session.", (double)s.hits);
         metric(&b, "sessiond_session_hibernations_total", "counter",
                "Session files closed by the LRU or idleness.", (double)s.closes);
+        metric(&b, "sessiond_session_rescues_total", "counter",
+               "Lookups of a session evicted but not yet closed (taken back open).",
+               (double)s.rescues);
+        metric(&b, "sessiond_wal_checkpoints_total", "counter",
+               "Session WAL checkpoints (background, at close, or inline).", (double)s.checkpoints);
         metric(&b, "sessiond_commits_total", "counter", "Group-commit transactions.",
                (double)s.commits);
         metric(&b, "sessiond_commit_ops_total", "counter",

@@ -521,6 +521,34 @@ int registry_session_touch(struct registry *r, const char *id, int64_t last_seq,
     return rc;
 }
 
+int registry_session_touch_many(struct registry *r, const struct registry_touch *t, size_t n)
+{
+    int rc = 0;
+    if (n == 0) {
+        return 0;
+    }
+    pthread_mutex_lock(&r->lock);
+    int in_tx = n > 1 && sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    sqlite3_stmt *st = r->touch_stmt;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, t[i].last_seq);
+        sqlite3_bind_int64(st, 2, t[i].last_activity_ms);
+        sqlite3_bind_text(st, 3, t[i].id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            rc = ERR_DB;
+        }
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (in_tx && sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+        rc = ERR_DB;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
 int registry_session_access(struct registry *r, const char *id, const struct auth_info *who,
                             const char **role_out)
 {

@@ -71,6 +71,13 @@ int registry_session_set_state(struct registry *r, const char *id, const char *s
 /** Lazy update of the columns that change on every write (called by the store's flusher). */
 int registry_session_touch(struct registry *r, const char *id, int64_t last_seq,
                            int64_t last_activity_ms);
+/** The same for n sessions in one transaction (one WAL commit instead of n). */
+struct registry_touch {
+    const char *id;
+    int64_t last_seq;
+    int64_t last_activity_ms;
+};
+int registry_session_touch_many(struct registry *r, const struct registry_touch *t, size_t n);
 
 /** Access of a user to a session: *role_out = "owner" | "writer" | "viewer" | NULL (none).
  * Org sessions: every non-viewer user token writes, viewer tokens read. Private: creator +

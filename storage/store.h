@@ -72,11 +72,13 @@ int store_session_backup(struct store *st, const char *id, const char *path);
 
 /** Counters for /metrics and the LRU benchmark. */
 struct store_stats {
-    uint64_t opens;   /* session files opened (misses) */
-    uint64_t hits;    /* gets served by an already open session */
-    uint64_t closes;  /* hibernations */
-    uint64_t commits; /* group-commit transactions */
-    uint64_t ops;     /* operations committed */
+    uint64_t opens;       /* session files opened (misses) */
+    uint64_t hits;        /* gets served by an already open session */
+    uint64_t closes;      /* hibernations */
+    uint64_t rescues;     /* gets of a session evicted but not yet closed (taken back) */
+    uint64_t checkpoints; /* WAL checkpoints (background, at close, or inline) */
+    uint64_t commits;     /* group-commit transactions */
+    uint64_t ops;         /* operations committed */
     int open_now;
 };
 void store_get_stats(struct store *st, struct store_stats *out);
