@@ -61,11 +61,11 @@
 #define HASH_SIZE        4096
 #define IDLE_CLOSE_MS    60000
 #define FLUSH_EVERY_MS   1000
-#define WORKERS          2    /* close workers */
-#define CLOSE_BATCH      64   /* sessions closed per registry transaction */
-#define CLOSE_BACKLOG    128  /* beyond this, evicting threads close sessions themselves */
-#define CLOSE_CKPT_PAGES 24   /* ~100 KiB of WAL: checkpoint + truncate at close above this */
-#define CKPT_PAGES       1000 /* checkpoint of a live session's WAL above this (in a commit) */
+#define WORKERS          2   /* close workers */
+#define CLOSE_BATCH      64  /* sessions closed per registry transaction */
+#define CLOSE_BACKLOG    128 /* beyond this, evicting threads close sessions themselves */
+#define CLOSE_CKPT_PAGES 24  /* ~100 KiB of WAL: checkpoint + truncate at close above this */
+#define CKPT_PAGES       256 /* checkpoint of a live session WAL above this (in a commit) */
 
 struct pending {
     sess_tx_fn fn;
@@ -863,6 +863,10 @@ static void commit_batch(struct sess *s, struct pending *batch)
     int commit_rc = 0;
     buf_reset(&s->batch);
 
+    /* A batch of one operation needs no savepoint: if it fails, the whole transaction is
+     * rolled back instead (two statements fewer per commit, and two fewer to prepare after
+     * each wake-up, the common case when writes are spread over many sessions). */
+    int single = batch && !batch->next;
     if (tx_ctl(s, "BEGIN IMMEDIATE")) {
         commit_rc = ERR_DB;
     }
@@ -870,20 +874,30 @@ static void commit_batch(struct sess *s, struct pending *batch)
         int64_t seq_op = s->last_seq;
         size_t npubs_op = tx.npubs;
         size_t len_op = s->batch.len;
-        if (tx_ctl(s, "SAVEPOINT op")) {
+        if (!single && tx_ctl(s, "SAVEPOINT op")) {
             p->rc = ERR_DB;
             continue;
         }
         p->rc = p->fn(&tx, p->arg);
         if (p->rc) {
-            tx_ctl(s, "ROLLBACK TO op");
+            if (!single) {
+                tx_ctl(s, "ROLLBACK TO op");
+            }
             s->last_seq = seq_op;
             tx.npubs = npubs_op;
             s->batch.len = len_op;
         }
-        tx_ctl(s, "RELEASE op");
+        if (!single) {
+            tx_ctl(s, "RELEASE op");
+        }
     }
-    if (!commit_rc && tx_ctl(s, "COMMIT")) {
+    if (!commit_rc && single && batch->rc) {
+        /* The only operation failed: undo it by rolling the transaction back; its own error
+         * stays its result. */
+        if (tx_ctl(s, "ROLLBACK")) {
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        }
+    } else if (!commit_rc && tx_ctl(s, "COMMIT")) {
         commit_rc = ERR_DB;
     }
     if (commit_rc) {
@@ -1214,6 +1228,20 @@ void store_close(struct store *st)
     free(st->sessions_dir);
     free(st->data_dir);
     free(st);
+}
+
+void store_drain(struct store *st)
+{
+    pthread_mutex_lock(&st->lock);
+    while (st->nclosing > 0) {
+        if (st->nworkers == 0) {
+            close_some_locked(st);
+            continue;
+        }
+        pthread_cond_signal(&st->work_cond);
+        pthread_cond_wait(&st->closed_cond, &st->lock);
+    }
+    pthread_mutex_unlock(&st->lock);
 }
 
 struct registry *store_registry(struct store *st)

@@ -70,6 +70,10 @@ int store_session_delete_file(struct store *st, const char *id);
 /** Write a consistent copy of the session file to path (sqlite3_backup). */
 int store_session_backup(struct store *st, const char *id, const char *path);
 
+/** Wait until every session queued for closing is closed (tests, benchmarks, shutdown
+ * paths that must see the registry columns written). */
+void store_drain(struct store *st);
+
 /** Counters for /metrics and the LRU benchmark. */
 struct store_stats {
     uint64_t opens;       /* session files opened (misses) */
