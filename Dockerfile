@@ -1,10 +1,15 @@
 # sessiond: multi-stage build on Debian 12.
 #   docker build -t sessiond .
-#   docker run -p 8080:8080 -v sessiond-data:/data sessiond
+#   docker run -p 8080:8080 -v sessiond-data:/data \
+#     --security-opt seccomp=unconfined --security-opt systempaths=unconfined sessiond
 # The admin token is generated into /data/admin.token on first start (or set
-# SESSIOND_ADMIN_TOKEN). The local sandbox needs user namespaces; inside docker either run
-# with --security-opt seccomp=unconfined --cap-add SYS_ADMIN, or choose SESSIOND_SANDBOX=process
-# (no isolation) deliberately.
+# SESSIOND_ADMIN_TOKEN). The local sandbox is bubblewrap in an unprivileged user namespace: the
+# default container profile blocks it (sethostname is refused by seccomp, mounting /proc by the
+# masked /proc paths), hence the two --security-opt above. Do NOT --cap-add SYS_ADMIN: bwrap then
+# refuses to start ("Unexpected capabilities but not setuid"). The alternative is
+# SESSIOND_SANDBOX=process, which gives NO isolation. Only the `shell` agent is in the image
+# (no node, no sandbox/agents/node_modules). tools/docker_check.sh builds and runs this with
+# podman (`make docker-check`).
 FROM debian:12-slim AS build
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       gcc make pkg-config libc6-dev libmicrohttpd-dev libwebsockets-dev libsqlite3-dev \
@@ -27,5 +32,5 @@ USER sessiond
 ENV SESSIOND_LISTEN=0.0.0.0:8080 SESSIOND_DATA_DIR=/data
 EXPOSE 8080
 VOLUME /data
-HEALTHCHECK --interval=30s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+HEALTHCHECK --interval=30s --timeout=3s CMD curl -fsS "http://127.0.0.1:${SESSIOND_LISTEN##*:}/healthz" || exit 1
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/sessiond"]

@@ -133,4 +133,10 @@ format-check:
 clean:
 	rm -rf build
 
+# Build the Dockerfile and run the image with podman, no Docker daemon needed (docs/operations.md).
+# Not part of `make test`; skips with a message when podman/mmdebstrap are missing.
+.PHONY: docker-check
+docker-check:
+	@bash tools/docker_check.sh
+
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

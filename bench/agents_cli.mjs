@@ -6,8 +6,8 @@
 // For each CLI, N prompts (text only, 5 deltas 150 ms apart) in fresh sessions, one at a time:
 //   ttft_ms   prompt accepted (HTTP 202) -> first agent.output on a WebSocket client
 //   delta_ms  the model server sends a text delta -> that text reaches the WebSocket client
-//             (CLI + sessiond; Claude Code forwards deltas as they come, Codex and OpenCode
-//             print whole messages, so theirs is measured from the last delta)
+//             (CLI + sessiond; Claude Code and OpenCode (serve driver) forward deltas as they
+//             come, Codex prints whole messages, so its is measured from the last delta)
 //   total_ms  prompt accepted -> prompt.completed
 // Prints one JSON object per CLI with p50/p99 (ms). Needs `make agents` and build/sessiond.
 import crypto from 'node:crypto';

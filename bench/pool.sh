@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # bench/pool.sh - session start paths of issue 5 on a generated repository (default 10,000
-# files / 100 MiB of incompressible data): time from POST /v1/sessions {repo} (+ its first
-# prompt, which starts the sandbox) to `sandbox.ready`, per path (warm, image, snapshot,
-# clone), and the snapshot / rollback times of that workspace (from the session.snapshot and
-# session.rollback events).
-#   bash bench/pool.sh [ROUNDS]   (default 9 warm starts; needs build/sessiond, git, node, jq)
-# Two figures per start: "server" = the ms field of sandbox.ready (workspace prepare +
-# sandbox creation, measured inside sessiond), "e2e" = wall clock from the POST of the
-# session to the event seen by a client polling GET …/events every 2 ms.
+# files / 100 MiB of incompressible data): time from POST /v1/sessions {repo} (which starts
+# the workspace and sandbox in the background) to `sandbox.ready`, per path (warm, image,
+# snapshot, clone), and the snapshot / rollback times of that workspace (from the
+# session.snapshot and session.rollback events).
+#   bash bench/pool.sh [ROUNDS]   (default 9 warm starts; needs build/sessiond, git, node, jq,
+#                                  and the `ws` package in tests/node_modules)
+# Figures per start: "server" = the ms field of sandbox.ready (workspace prepare + sandbox
+# creation, measured inside sessiond), "e2e" = wall clock from the POST of the session to the
+# WebSocket frame carrying the event, seen by a warmed-up node client (bench/pool_start.mjs;
+# POLL=1 polls GET …/events instead). An image start is ready once the files are restored: its
+# sync to the branch head runs after, in the background (git.synced {ms}).
+# SESSIOND_SANDBOX=local measures with bubblewrap sandboxes (default: process).
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -45,22 +49,27 @@ pct() { # p50 of numbers on stdin
   sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "-"}'
 }
 
-echo "== generating $FILES files / $MIB MiB"
-t0=$(now_ms)
-mkdir -p "$TMP/seed"
-node -e '
-const fs = require("fs"), crypto = require("crypto");
-const [dir, files, mib] = [process.argv[1], +process.argv[2], +process.argv[3]];
-const mean = Math.floor(mib * 1048576 / files);
-for (let i = 0; i < files; i++) {
-  const d = `${dir}/dir${String(i % 100).padStart(3, "0")}`;
-  if (i < 100) fs.mkdirSync(d, {recursive: true});
-  fs.writeFileSync(`${d}/file${String(i).padStart(5, "0")}.dat`,
-                   crypto.randomBytes(Math.floor(Math.random() * 2 * mean)));
-}' "$TMP/seed" "$FILES" "$MIB"
-(cd "$TMP/seed" && $G init -q && $G add -A && $G commit -qm "generated" &&
-  $G init -q --bare "$TMP/remote.git" && $G push -q "$TMP/remote.git" main) || exit 1
-echo "generated and committed in $(( $(now_ms) - t0 )) ms ($(du -sm "$TMP/remote.git" | cut -f1) MiB packed)"
+if [ -n "${POOL_BENCH_REMOTE:-}" ]; then # reuse a generated bare repository
+  cp -a "$POOL_BENCH_REMOTE" "$TMP/remote.git" || exit 1
+  echo "== reusing $POOL_BENCH_REMOTE ($(du -sm "$TMP/remote.git" | cut -f1) MiB packed)"
+else
+  echo "== generating $FILES files / $MIB MiB"
+  t0=$(now_ms)
+  mkdir -p "$TMP/seed"
+  node -e '
+  const fs = require("fs"), crypto = require("crypto");
+  const [dir, files, mib] = [process.argv[1], +process.argv[2], +process.argv[3]];
+  const mean = Math.floor(mib * 1048576 / files);
+  for (let i = 0; i < files; i++) {
+    const d = `${dir}/dir${String(i % 100).padStart(3, "0")}`;
+    if (i < 100) fs.mkdirSync(d, {recursive: true});
+    fs.writeFileSync(`${d}/file${String(i).padStart(5, "0")}.dat`,
+                     crypto.randomBytes(Math.floor(Math.random() * 2 * mean)));
+  }' "$TMP/seed" "$FILES" "$MIB"
+  (cd "$TMP/seed" && $G init -q && $G add -A && $G commit -qm "generated" &&
+    $G init -q --bare "$TMP/remote.git" && $G push -q "$TMP/remote.git" main) || exit 1
+  echo "generated and committed in $(( $(now_ms) - t0 )) ms ($(du -sm "$TMP/remote.git" | cut -f1) MiB packed)"
+fi
 
 SESSIOND_SANDBOX=${SESSIOND_SANDBOX:-process} SESSIOND_ADMIN_TOKEN=$TOKEN "$BIN" \
   --listen 127.0.0.1:0 --port-file "$TMP/port" --data-dir "$TMP/data" --request-log false \
@@ -90,14 +99,16 @@ wait_pool() { # N
 }
 
 start_one() { # REPO [SID] -> prints "source server_ms e2e_ms sid"
+  echo "# load: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/loads"
   node bench/pool_start.mjs "$BASE" "$TOKEN" "$1" ${2:-} | jq -r '"\(.source) \(.server_ms) \(.e2e_ms) \(.sid)"'
 }
 
 report() { # NAME FILE
-  printf '%-9s n=%-2s server p50 %4s ms (min %s, max %s)   e2e p50 %4s ms   sources: %s\n' "$1" \
+  printf '%-9s n=%-2s server p50 %4s ms (min %s, max %s)   e2e p50 %4s ms (min %s, max %s)   sources: %s  load %s\n' "$1" \
     "$(wc -l <"$2")" "$(cut -d' ' -f2 "$2" | pct)" "$(cut -d' ' -f2 "$2" | sort -n | head -1)" \
     "$(cut -d' ' -f2 "$2" | sort -n | tail -1)" "$(cut -d' ' -f3 "$2" | pct)" \
-    "$(cut -d' ' -f1 "$2" | sort | uniq -c | tr -s ' ' | tr '\n' ' ')"
+    "$(cut -d' ' -f3 "$2" | sort -n | head -1)" "$(cut -d' ' -f3 "$2" | sort -n | tail -1)" \
+    "$(cut -d' ' -f1 "$2" | sort | uniq -c | tr -s ' ' | tr '\n' ' ')" "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 echo "== warm starts ($ROUNDS; the pool is refilled before each)"
@@ -110,6 +121,7 @@ report warm "$TMP/warm"
 FIRST_SID=$(head -1 "$TMP/warm" | cut -d' ' -f4)
 
 echo "== snapshot and rollback of a warm workspace ($FILES files)"
+api POST "/v1/sessions/$FIRST_SID/messages" '{"content":"true"}' >/dev/null # turn 1
 S1=$(wait_ev "$FIRST_SID" session.snapshot 1)
 echo "first snapshot (turn 1): $(jq -r .data.ms <<<"$S1") ms, $(jq -r .data.hashed <<<"$S1") files hashed"
 # a prompt that rewrites 1% of the files
@@ -124,7 +136,14 @@ echo "== image starts (pool_size 0)"
 api PATCH /v1/repos/big '{"pool_size":0}' >/dev/null
 sleep 0.5
 : >"$TMP/image"
-for _ in $(seq 3); do start_one big >>"$TMP/image"; done
+for _ in $(seq 3); do
+  start_one big >>"$TMP/image"
+  sid=$(tail -1 "$TMP/image" | cut -d' ' -f4)
+  # the sync to the branch head (+ index refresh) runs after sandbox.ready; let it end
+  echo "  background sync of $sid: $(wait_ev "$sid" git.synced 1 | jq -r .data.ms) ms"
+  api POST "/v1/sessions/$sid/messages" '{"content":"true"}' >/dev/null # turn 1
+  wait_ev "$sid" session.snapshot 1 >/dev/null
+done
 report image "$TMP/image"
 
 echo "== snapshot starts (session ended, workspace gone, follow-up prompt)"

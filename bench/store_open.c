@@ -61,6 +61,11 @@ int main(int argc, char **argv)
     int64_t tot[P_N] = {0};
     int64_t jm = 0;
     int ckpt = getenv("CKPT") != NULL;
+    /* LOOKASIDE=SIZE,COUNT: the connection's lookaside allocator (SQLite default 1200,100). */
+    int la_sz = -1, la_n = 0;
+    if (getenv("LOOKASIDE")) {
+        sscanf(getenv("LOOKASIDE"), "%d,%d", &la_sz, &la_n);
+    }
     long n = 0;
     for (int r = 0; r < rounds; r++) {
         for (int i = 0; i < many; i++) {
@@ -71,6 +76,9 @@ int main(int argc, char **argv)
             int64_t t0 = clock_mono_ns();
             if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL)) {
                 return 1;
+            }
+            if (la_sz >= 0) {
+                sqlite3_db_config(db, SQLITE_DBCONFIG_LOOKASIDE, NULL, la_sz, la_n);
             }
             int64_t t1 = clock_mono_ns();
             sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);

@@ -1,6 +1,13 @@
 /*
- * adapt_opencode.c - OpenCode: launch and `opencode run --format json` parser (see
- * adapt_opencode.h).
+ * adapt_opencode.c - OpenCode: launch and parser (see adapt_opencode.h).
+ *
+ * The CLI runs in `serve` mode under a small driver, sandbox/agents/opencode-serve.mjs, run
+ * by the OpenCode binary itself acting as Bun (BUN_BE_BUN=1): `run --format json` prints a
+ * text part only once complete, the server's event feed has every model delta. The driver
+ * prints the lines of `opencode run --format json` plus
+ *   text_delta   {part:{id, messageID}, delta}   (each model delta of an assistant text part;
+ *                                                the whole `text` line of that part follows)
+ * so this parser reads both (the recorded `run` fixtures still pass through it).
  *
  * The stream (one JSON object per line, each {"type","timestamp","sessionID","part"|"error"}):
  *   step_start   {part:{type:"step-start"}}
@@ -27,6 +34,8 @@
 
 struct opencode_state {
     int texts;
+    char *delta_part; /* the text part the last delta belonged to */
+    json_t *streamed; /* ids of the text parts already sent as deltas */
     int steps;
     int64_t in, out, reasoning, cache_read, cache_write;
     char *last_text;
@@ -34,7 +43,9 @@ struct opencode_state {
 
 static void *state_new(void)
 {
-    return xcalloc(1, sizeof(struct opencode_state));
+    struct opencode_state *st = xcalloc(1, sizeof(struct opencode_state));
+    st->streamed = json_object();
+    return st;
 }
 
 static void state_free(void *p)
@@ -44,6 +55,8 @@ static void state_free(void *p)
         return;
     }
     free(st->last_text);
+    free(st->delta_part);
+    json_decref(st->streamed);
     free(st);
 }
 
@@ -99,13 +112,32 @@ static void on_line(void *sp, json_t *line, struct agent_parser *p)
     }
     if (strcmp(t, "tool_use") == 0) {
         on_tool(part, p);
+    } else if (strcmp(t, "text_delta") == 0) {
+        const char *id = agent_jstr(part, "id");
+        const char *delta = agent_jstr(line, "delta");
+        if (delta && *delta) {
+            if (!st->delta_part || strcmp(st->delta_part, id ? id : "") != 0) {
+                /* the first delta of a new part: separate it from the previous text */
+                if (st->texts++) {
+                    agent_emit_output(p, "\n\n", 2);
+                }
+                free(st->delta_part);
+                st->delta_part = xstrdup(id ? id : "");
+                json_object_set_new(st->streamed, st->delta_part, json_true());
+            }
+            agent_emit_output(p, delta, strlen(delta));
+        }
     } else if (strcmp(t, "text") == 0) {
         const char *text = agent_jstr(part, "text");
+        const char *id = agent_jstr(part, "id");
         if (text && *text) {
-            if (st->texts++) {
-                agent_emit_output(p, "\n\n", 2);
+            /* A part already streamed as deltas is only the final answer's candidate. */
+            if (!(id && json_object_get(st->streamed, id))) {
+                if (st->texts++) {
+                    agent_emit_output(p, "\n\n", 2);
+                }
+                agent_emit_output(p, text, strlen(text));
             }
-            agent_emit_output(p, text, strlen(text));
             free(st->last_text);
             st->last_text = xstrdup(text);
         }
@@ -151,15 +183,18 @@ static int launch(const struct agent_def *d, const char *key, const struct agent
     snprintf(state, sizeof(state), "%s/state", base);
     const char *dirs[] = {data, cfg, cache, state, NULL};
     agent_launch_mkdirs(out, dirs);
+    /* BUN_BE_BUN=1 opencode opencode-serve.mjs opencode  < prompt  (see the top comment) */
     agent_strv_addf(&out->argv, "%s/%s", in->agents_dir, adapt_opencode.bin);
-    agent_strv_add(&out->argv, "run");
-    agent_strv_add(&out->argv, "--format");
-    agent_strv_add(&out->argv, "json");
-    agent_strv_add(&out->argv, "--auto");
+    agent_strv_addf(&out->argv, "%s/opencode-serve.mjs", in->agents_dir);
+    agent_strv_addf(&out->argv, "%s/%s", in->agents_dir, adapt_opencode.bin);
+    agent_strv_add(&out->env, "BUN_BE_BUN=1");
 
     /* The config travels in the environment (no file to write); the key is referenced by
      * name ({env:NAME}) so the config itself holds no secret. */
-    json_t *c = json_pack("{s:b, s:s}", "autoupdate", 0, "share", "disabled");
+    /* No title agent: OpenCode would spend a model request per session on a title that
+     * sessiond does not use. */
+    json_t *c = json_pack("{s:b, s:s, s:{s:{s:b}}}", "autoupdate", 0, "share", "disabled", "agent",
+                          "title", "disable", 1);
     if (*d->api_base) {
         char ref[300];
         snprintf(ref, sizeof(ref), "{env:%s}", key_env);
@@ -189,6 +224,19 @@ static int launch(const struct agent_def *d, const char *key, const struct agent
     agent_strv_add(&out->env, "OPENCODE_DISABLE_AUTOUPDATE=1");
     agent_strv_add(&out->env, "OPENCODE_DISABLE_MODELS_FETCH=1");
     agent_strv_add(&out->env, "OPENCODE_DISABLE_LSP_DOWNLOAD=1");
+    /* The default plugins are npm packages fetched at every start in a fresh home: a request
+     * the egress proxy refuses (and records) on each run, for auth flows we do not use. */
+    agent_strv_add(&out->env, "OPENCODE_DISABLE_DEFAULT_PLUGINS=1");
+    /* OpenCode is a Bun binary. Bun reserves ~70 GB of writable address space at start (a
+     * 1 GiB mimalloc arena, a 1 GiB JIT pool, the gigacages…); under the sandbox's per-command
+     * RLIMIT_DATA (sandbox_memory_mib, 2 GiB by default) those reservations fail and the JS
+     * heap runs in a few hundred MiB: the GC then runs almost continuously and a run took
+     * 15-25 s of CPU before its first model request (3-4 s without the limit). Smaller
+     * reservations keep it inside the limit (VmData ~1.4 GB, RSS ~360 MB): ~4 s again. These
+     * are Bun/JSC tuning variables of the pinned version (an unknown BUN_JSC_ name is fatal,
+     * which the CLI test would catch on an upgrade). */
+    agent_strv_add(&out->env, "MIMALLOC_ARENA_RESERVE=64MiB");
+    agent_strv_add(&out->env, "BUN_JSC_jitMemoryReservationSize=134217728");
     if (key) {
         agent_strv_addf(&out->secrets, "%s=%s", key_env, key);
     }

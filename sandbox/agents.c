@@ -22,6 +22,7 @@
 #include "common/xmem.h"
 #include "sandbox/sbx_int.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -485,6 +486,118 @@ int agents_endpoint(const struct agent_def *d, char *host, size_t hostlen, int *
         }
         *port = (int)v;
     }
+    return 0;
+}
+
+/* A DNS name: labels [A-Za-z0-9-]{1,63}, no '-' at either end of a label, 253 bytes in all. */
+static int valid_dns_name(const char *h, size_t n)
+{
+    size_t label = 0;
+    if (n == 0 || n > 253) {
+        return 0;
+    }
+    for (size_t i = 0; i <= n; i++) {
+        char c = i < n ? h[i] : '.';
+        if (c == '.') {
+            if (label == 0 || h[i - 1] == '-') {
+                return 0;
+            }
+            label = 0;
+            continue;
+        }
+        int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!(alnum || (c == '-' && label > 0)) || ++label > 63) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int egress_fail(char *why, size_t whylen, const char *text)
+{
+    if (why && whylen) {
+        snprintf(why, whylen, "%s", text);
+    }
+    return ERR_INVALID;
+}
+
+int agents_egress_entry(const char *entry, char *norm, size_t n, char *why, size_t whylen)
+{
+    char host[256];
+    const char *colon;
+    size_t len = entry ? strlen(entry) : 0;
+    int v6 = 0;
+    if (len == 0 || len > 270 || n < AGENT_EGRESS_ENTRY_MAX) {
+        return egress_fail(why, whylen, "must be \"host:port\"");
+    }
+    if (entry[0] == '[') {
+        const char *e = strchr(entry, ']');
+        if (!e || e[1] != ':' || (size_t)(e - entry - 1) >= sizeof(host)) {
+            return egress_fail(why, whylen, "an IPv6 entry must be \"[address]:port\"");
+        }
+        memcpy(host, entry + 1, (size_t)(e - entry - 1));
+        host[e - entry - 1] = '\0';
+        colon = e + 1;
+        v6 = 1;
+    } else {
+        colon = strrchr(entry, ':');
+        if (!colon) {
+            return egress_fail(why, whylen, "must be \"host:port\" (the port is missing)");
+        }
+        size_t hl = (size_t)(colon - entry);
+        if (memchr(entry, ':', hl)) {
+            return egress_fail(why, whylen, "an IPv6 address must be in brackets: \"[::1]:443\"");
+        }
+        if (hl == 0 || hl >= sizeof(host)) {
+            return egress_fail(why, whylen, "the host is empty or too long");
+        }
+        memcpy(host, entry, hl);
+        host[hl] = '\0';
+    }
+    /* The port: 1-5 decimal digits, 1-65535. */
+    const char *ps = colon + 1;
+    size_t pl = strlen(ps);
+    long port = 0;
+    if (pl == 0 || pl > 5 || strspn(ps, "0123456789") != pl) {
+        return egress_fail(why, whylen, "the port must be a number in 1-65535");
+    }
+    port = strtol(ps, NULL, 10);
+    if (port < 1 || port > 65535) {
+        return egress_fail(why, whylen, "the port must be a number in 1-65535");
+    }
+    unsigned char addr[16];
+    char canon[64];
+    if (v6) {
+        if (inet_pton(AF_INET6, host, addr) != 1 ||
+            !inet_ntop(AF_INET6, addr, canon, sizeof(canon))) {
+            return egress_fail(why, whylen, "not a valid IPv6 address in brackets");
+        }
+        snprintf(norm, n, "[%s]:%ld", canon, port);
+        return 0;
+    }
+    size_t hl = strlen(host);
+    if (strspn(host, "0123456789.") == hl) {
+        /* All digits and dots: it must be a dotted-quad IPv4 address, never a name. */
+        if (inet_pton(AF_INET, host, addr) != 1 ||
+            !inet_ntop(AF_INET, addr, canon, sizeof(canon))) {
+            return egress_fail(why, whylen, "not a valid IPv4 address");
+        }
+        snprintf(norm, n, "%s:%ld", canon, port);
+        return 0;
+    }
+    if (hl > 1 && host[hl - 1] == '.') {
+        host[--hl] = '\0';
+    }
+    if (!valid_dns_name(host, hl)) {
+        return egress_fail(why, whylen,
+                           "the host must be a DNS name, an IPv4 address or an [IPv6] address");
+    }
+    for (size_t i = 0; i < hl; i++) {
+        if (host[i] >= 'A' && host[i] <= 'Z') {
+            host[i] = (char)(host[i] - 'A' + 'a');
+        }
+    }
+    snprintf(norm, n, "%s:%ld", host, port);
     return 0;
 }
 
@@ -1003,7 +1116,8 @@ void agents_set_egress(struct agents *a, agent_egress_fn fn, void *ctx)
 }
 
 int agent_run_new(const struct agents *a, const char *name, struct sbx *sbx, const char *sid,
-                  agent_line_fn fn, void *ctx, struct agent_run **out)
+                  const char *const *extra_allow, agent_line_fn fn, void *ctx,
+                  struct agent_run **out)
 {
     const struct agent_def *d = agents_find(a, name);
     struct agent_run *ar = NULL;
@@ -1031,7 +1145,26 @@ int agent_run_new(const struct agents *a, const char *name, struct sbx *sbx, con
         }
         char entry[300];
         snprintf(entry, sizeof(entry), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
-        const char *allow[] = {entry, NULL};
+        /* The policy: the model endpoint, then the repository's list (validated when it was
+         * stored; checked again here so a bad row can only shrink the policy). */
+        size_t nextra = 0;
+        while (extra_allow && extra_allow[nextra]) {
+            nextra++;
+        }
+        if (nextra > AGENT_EGRESS_MAX) {
+            nextra = AGENT_EGRESS_MAX;
+        }
+        char(*norm)[AGENT_EGRESS_ENTRY_MAX] = xcalloc(nextra + 1, sizeof(*norm));
+        const char **allow = xcalloc(nextra + 2, sizeof(*allow));
+        size_t na = 0;
+        allow[na++] = entry;
+        for (size_t i = 0; i < nextra; i++) {
+            if (agents_egress_entry(extra_allow[i], norm[i], sizeof(norm[i]), NULL, 0) == 0) {
+                allow[na++] = norm[i];
+            } else {
+                LOG_WARN("agents: session %s: ignoring a malformed egress entry", sid);
+            }
+        }
         /* Isolated: a Unix socket in the private dir (bound into the sandbox), reached
          * through a loopback forwarder inside. Unisolated (process backend, shared network):
          * a loopback port of the host; the proxy then only keeps the agent's own HTTP
@@ -1042,8 +1175,15 @@ int agent_run_new(const struct agents *a, const char *name, struct sbx *sbx, con
             sock_inside = xasprintf("%s/egress.sock", sbx->priv_inside);
         }
         rc = a->egress_fn(a->egress_ctx, sid, allow, sock_host, &pport);
+        free(allow);
+        free(norm);
         if (rc) {
             goto out;
+        }
+        if (na > 1) {
+            LOG_INFO("agents: session %s: egress allows the model endpoint and %zu repository "
+                     "entr%s",
+                     sid, na - 1, na == 2 ? "y" : "ies");
         }
         proxy = xasprintf("http://127.0.0.1:%d", isolated ? PROXY_PORT : pport);
     }

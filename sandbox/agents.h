@@ -108,6 +108,16 @@ json_t *agents_list_json(const struct agents *a, const char *default_name);
 /** The model endpoint host and port (for the egress allow-list): from api_base or the
  * adapter's default. 0 or ERR_INVALID. */
 int agents_endpoint(const struct agent_def *d, char *host, size_t hostlen, int *port);
+/** At most this many entries in a repository's egress list (the proxy holds 256 per sandbox). */
+#define AGENT_EGRESS_MAX 64
+/** Room for one normalised egress entry ("[v6]:port" or a 253-byte name + ":65535"). */
+#define AGENT_EGRESS_ENTRY_MAX 272
+/** Check one egress allow-list entry "host:port": host a DNS name (labels of letters, digits
+ * and '-', not starting or ending with '-', 1-63 bytes each, 253 in all; one trailing dot
+ * allowed), an IPv4 literal or a [IPv6] literal; port a decimal in 1-65535. Writes the normal
+ * form (lower case, no trailing dot, canonical IP text, decimal port) to norm (n >=
+ * AGENT_EGRESS_ENTRY_MAX). 0 or ERR_INVALID; why (may be NULL) gets a short reason. */
+int agents_egress_entry(const char *entry, char *norm, size_t n, char *why, size_t whylen);
 /** The key value from the server env (api_key_env or the adapter default) or the config, or
  * NULL. Borrowed (environment or config storage): never log it. */
 const char *agents_key(const struct agent_def *d);
@@ -195,12 +205,15 @@ typedef int (*agent_egress_fn)(void *ctx, const char *name, const char *const *a
 void agents_set_egress(struct agents *a, agent_egress_fn fn, void *ctx);
 
 /** Prepare a run of the agent named name in sbx for session sid: the launch (argv, env with
- * the key), the egress policy (the model endpoint; an isolated sandbox reaches it through
- * the proxy), the parser (lines go to fn) and a snapshot of the workspace for file_changed.
- * ERR_NOT_FOUND if name is not a configured agent (the caller runs it as a command),
- * ERR_UNAVAILABLE if its CLI is not installed. *out: agent_run_free(). */
+ * the key), the egress policy (the model endpoint plus extra_allow, the NULL-terminated
+ * "host:port" entries of the session's repository, or NULL; an isolated sandbox reaches them
+ * through the proxy), the parser (lines go to fn) and a snapshot of the workspace for
+ * file_changed. The policy is set anew for every run, so a changed repository list applies
+ * from the next prompt on. ERR_NOT_FOUND if name is not a configured agent (the caller runs
+ * it as a command), ERR_UNAVAILABLE if its CLI is not installed. *out: agent_run_free(). */
 int agent_run_new(const struct agents *a, const char *name, struct sbx *sbx, const char *sid,
-                  agent_line_fn fn, void *ctx, struct agent_run **out);
+                  const char *const *extra_allow, agent_line_fn fn, void *ctx,
+                  struct agent_run **out);
 void agent_run_free(struct agent_run *ar);
 /** The command (NULL terminated); valid until agent_run_free. */
 const char *const *agent_run_argv(struct agent_run *ar);

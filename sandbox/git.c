@@ -15,9 +15,11 @@
 #include "common/xmem.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <git2.h>
 #include <git2/sys/repository.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -500,6 +502,89 @@ int gitx_commit(const char *dir, const char *branch, const struct gitx_ident *wh
     return gitx_commit_n(dir, branch, who, message, sha, committed, NULL);
 }
 
+/* Same file as when the index recorded it? Size, mode and mtime equal, and the entry not
+ * "racily clean" (mtime before the index file's own mtime: an edit within the same clock
+ * tick as the index write could otherwise hide behind equal stat data). */
+static int stat_matches(const git_index_entry *e, const struct stat *sb, const struct stat *isb)
+{
+    if ((uint32_t)sb->st_size != e->file_size || (int32_t)sb->st_mtim.tv_sec != e->mtime.seconds ||
+        (e->mtime.nanoseconds && (uint32_t)sb->st_mtim.tv_nsec != e->mtime.nanoseconds)) {
+        return 0;
+    }
+    if (S_ISLNK(sb->st_mode)
+            ? e->mode != GIT_FILEMODE_LINK
+            : !S_ISREG(sb->st_mode) ||
+                  (e->mode != GIT_FILEMODE_BLOB && e->mode != GIT_FILEMODE_BLOB_EXECUTABLE) ||
+                  ((sb->st_mode & 0100) != 0) != (e->mode == GIT_FILEMODE_BLOB_EXECUTABLE)) {
+        return 0;
+    }
+    int64_t em = (int64_t)e->mtime.seconds * 1000000000LL + e->mtime.nanoseconds;
+    int64_t im = (int64_t)isb->st_mtim.tv_sec * 1000000000LL + isb->st_mtim.tv_nsec;
+    return em < im;
+}
+
+/* The cheap half of a refresh after a restore (git's core.checkStat=minimal, which libgit2
+ * lacks): a restore reproduces contents, sizes and mtimes exactly but gives every file a new
+ * inode, ctime and device, which libgit2 takes for a possible change and answers by hashing
+ * the file. For entries whose size, mode and mtime still match, copy the new inode/ctime/
+ * dev/uid/gid into the index without reading the file. *fixed = entries updated, *left =
+ * entries it could not vouch for (changed, racy, missing): only those need a status pass. */
+static int restat_index(git_repository *repo, const char *dir, size_t *fixed, size_t *left)
+{
+    git_index *idx = NULL;
+    struct stat isb, sb;
+    size_t n = 0, nleft = 0;
+    *fixed = 0;
+    *left = SIZE_MAX;
+    int grc = git_repository_index(&idx, repo);
+    if (grc < 0) {
+        return gerr(grc, "index");
+    }
+    char *ipath = xasprintf("%s/.git/index", dir);
+    int have = stat(ipath, &isb) == 0;
+    free(ipath);
+    int dfd = have ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    size_t count = dfd >= 0 ? git_index_entrycount(idx) : 0;
+    for (size_t i = 0; i < count && grc == 0; i++) {
+        const git_index_entry *e = git_index_get_byindex(idx, i);
+        if (!e || GIT_INDEX_ENTRY_STAGE(e) != 0 ||
+            fstatat(dfd, e->path, &sb, AT_SYMLINK_NOFOLLOW)) {
+            nleft++;
+            continue;
+        }
+        if (!stat_matches(e, &sb, &isb)) {
+            nleft++; /* changed or racy: the status pass decides */
+            continue;
+        }
+        if ((uint32_t)sb.st_ino == e->ino &&
+            (uint32_t)sb.st_ctim.tv_sec == (uint32_t)e->ctime.seconds &&
+            (uint32_t)sb.st_dev == e->dev) {
+            continue; /* already fresh */
+        }
+        git_index_entry c = *e;
+        c.ctime.seconds = (int32_t)sb.st_ctim.tv_sec;
+        c.ctime.nanoseconds = (uint32_t)sb.st_ctim.tv_nsec;
+        c.dev = (uint32_t)sb.st_dev;
+        c.ino = (uint32_t)sb.st_ino;
+        c.uid = (uint32_t)sb.st_uid;
+        c.gid = (uint32_t)sb.st_gid;
+        grc = git_index_add(idx, &c);
+        n++;
+    }
+    if (dfd >= 0) {
+        close(dfd);
+    }
+    if (grc == 0 && n > 0) {
+        grc = git_index_write(idx);
+    }
+    git_index_free(idx);
+    *fixed = n;
+    if (dfd >= 0) {
+        *left = nleft;
+    }
+    return grc < 0 ? gerr(grc, "index restat") : 0;
+}
+
 int gitx_refresh_index(const char *dir)
 {
     git_repository *repo = NULL;
@@ -509,6 +594,12 @@ int gitx_refresh_index(const char *dir)
         rc = open_repo(dir, &repo);
     }
     if (rc != 0) {
+        return rc;
+    }
+    size_t fixed = 0, left = 0;
+    rc = restat_index(repo, dir, &fixed, &left); /* then the status pass reads what is left */
+    if (rc != 0 || left == 0) {
+        git_repository_free(repo); /* every entry vouched for: no status pass (~10k stats) */
         return rc;
     }
     git_status_list *list = NULL;

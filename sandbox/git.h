@@ -76,7 +76,9 @@ int gitx_commit_n(const char *dir, const char *branch, const struct gitx_ident *
                   const char *message, char sha[41], int *committed, size_t *files);
 
 /** Refresh the stat data of the index entries (after a restore: new inodes and ctimes make
- * libgit2 and git re-read every file until the index is rewritten). */
+ * libgit2 and git re-read every file until the index is rewritten). Entries whose size, mode
+ * and mtime still match (a restore keeps them) get the new inode/ctime without a read; only
+ * the rest is hashed. */
 int gitx_refresh_index(const char *dir);
 
 /** Push refs/heads/<branch> of dir to the same branch at url (forced: the session branch is

@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "sandbox/agents.h"
 #include "sandbox/git.h"
 #include "sandbox/sbx.h"
 #include "sandbox/snap.h"
@@ -44,6 +45,8 @@
 #define SETUP_OUT_CAP   (128 * 1024)
 #define RESYNC_MS       60000
 #define REFILL_DELAY_MS 250
+#define CLAIM_RESYNC_MS 5000 /* a claimed warm workspace synced longer ago re-syncs */
+#define SYNC_HOLD_MS    100  /* a background sync waits this long at most for sandbox.ready */
 
 struct warm {
     struct warm *next;
@@ -52,8 +55,49 @@ struct warm {
     char *image_id;
     int64_t created_ms;
     int64_t synced_ms;
-    char head[41]; /* the commit it is synced to */
+    char head[41];   /* the commit it is synced to */
+    struct sbx *sbx; /* its sandbox, created ahead (through the runner's factory), or NULL */
+    char *sbx_priv;  /* that sandbox's private dir (removed with an unclaimed one) */
 };
+
+/* A pre-created sandbox that came with a claimed warm workspace, until the runner takes it
+ * (repos_hook_take_sandbox). In r->handoffs, guarded by r->lock. */
+struct handoff {
+    struct handoff *next;
+    char sid[72];
+    struct sbx *sbx;
+};
+
+/* The runner's sandbox factory (repos_hook_set_sandbox_factory): a sandbox dies with the
+ * thread that created it (bubblewrap --die-with-parent), so the pool thread, which ends at
+ * repos_close() while claimed sandboxes still run prompts, asks the runner's starter threads.
+ * g_factory_mu is held across a call so that unregistering waits for it. */
+static pthread_mutex_t g_factory_mu = PTHREAD_MUTEX_INITIALIZER;
+static int (*g_factory)(void *arg, const struct sbx_spec *spec, struct sbx **out);
+static void *g_factory_arg;
+
+void repos_hook_set_sandbox_factory(int (*fn)(void *arg, const struct sbx_spec *spec,
+                                              struct sbx **out),
+                                    void *arg)
+{
+    pthread_mutex_lock(&g_factory_mu);
+    g_factory = fn;
+    g_factory_arg = arg;
+    pthread_mutex_unlock(&g_factory_mu);
+}
+
+/* Destroy a sandbox made for the pool and its private dir + log (priv: taken over). */
+static void pool_sbx_free(struct sbx *s, char *priv)
+{
+    sbx_destroy(s);
+    if (priv) {
+        char *log = xasprintf("%s.log", priv);
+        util_rm_rf(priv);
+        unlink(log);
+        free(log);
+        free(priv);
+    }
+}
 
 struct job {
     struct job *next;
@@ -86,6 +130,15 @@ struct repos {
     json_t *preparing;      /* sids whose workspace a hook is filling now */
     pthread_cond_t prep_cv; /* signalled when one is done */
     int bg_snapshots;       /* background end-of-session snapshots running */
+    /* Background workspace syncs (repos.h "The workspace sync") and prompt ends. */
+    json_t *syncing;          /* sid -> true while its workspace sync runs */
+    json_t *released;         /* sids whose sandbox.ready was built: their sync may start */
+    json_t *ending;           /* sids whose prompt-end commit + snapshot runs now */
+    struct handoff *handoffs; /* pre-created sandboxes of claimed warm workspaces */
+    json_t *ready_src_sbx;    /* sids whose sandbox came from the pool, for sandbox.ready */
+    pthread_cond_t sync_cv;   /* a sync or a prompt end finished, a release, or closing */
+    int bg_syncs;             /* sync threads running (repos_close waits for them) */
+    int closing;              /* repos_close started: waiters give up */
 };
 
 /* The instance the runner's hooks use (repos.h), and how many hooks are inside it:
@@ -271,19 +324,21 @@ static json_t *json_or_empty_array(const char *s)
 
 #define REPO_COLS                                                                                  \
     "name,url,default_branch,setup,hints,description,pool_size,image_interval_min,created_at,"     \
-    "updated_at"
+    "updated_at,egress,agent"
 
 static json_t *repo_row_json(sqlite3_stmt *st)
 {
-    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I, s:I, s:I}", "name", col_text(st, 0),
-                     "url", col_text(st, 1), "default_branch", col_text(st, 2), "setup",
-                     json_or_empty_array(col_text(st, 3)), "hints",
-                     json_or_empty_array(col_text(st, 4)), "description",
-                     col_text(st, 5) ? col_text(st, 5) : "", "pool_size",
-                     (json_int_t)sqlite3_column_int64(st, 6), "image_interval_min",
-                     (json_int_t)sqlite3_column_int64(st, 7), "created_at",
-                     (json_int_t)sqlite3_column_int64(st, 8), "updated_at",
-                     (json_int_t)sqlite3_column_int64(st, 9));
+    const char *agent = col_text(st, 11);
+    return json_pack(
+        "{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I, s:I, s:I, s:o, s:s?}", "name", col_text(st, 0),
+        "url", col_text(st, 1), "default_branch", col_text(st, 2), "setup",
+        json_or_empty_array(col_text(st, 3)), "hints", json_or_empty_array(col_text(st, 4)),
+        "description", col_text(st, 5) ? col_text(st, 5) : "", "pool_size",
+        (json_int_t)sqlite3_column_int64(st, 6), "image_interval_min",
+        (json_int_t)sqlite3_column_int64(st, 7), "created_at",
+        (json_int_t)sqlite3_column_int64(st, 8), "updated_at",
+        (json_int_t)sqlite3_column_int64(st, 9), "egress", json_or_empty_array(col_text(st, 10)),
+        "agent", agent && *agent ? agent : NULL);
 }
 
 /* The repo row as JSON. Caller holds nothing; takes dblock. */
@@ -338,8 +393,9 @@ static int db_exec_text(struct repos *r, const char *sql, int n, const char *con
 static int validate(json_t *spec, int create, char *msg, size_t n)
 {
     static const char *const known[] = {
-        "name",        "url",       "default_branch",     "setup", "hints",
-        "description", "pool_size", "image_interval_min", NULL};
+        "name",        "url",       "default_branch",     "setup",  "hints",
+        "description", "pool_size", "image_interval_min", "egress", "agent",
+        NULL};
     const char *key;
     json_t *v;
     if (!json_is_object(spec)) {
@@ -410,6 +466,67 @@ static int validate(json_t *spec, int create, char *msg, size_t n)
     return 0;
 }
 
+/* issue 7: check egress and agent of spec. *egress_out = the normalised, de-duplicated list
+ * when spec has one (caller decrefs), else NULL. */
+static int validate_policy(struct repos *r, json_t *spec, json_t **egress_out, char *msg, size_t n)
+{
+    json_t *v = json_object_get(spec, "egress");
+    *egress_out = NULL;
+    if (v) {
+        size_t idx;
+        json_t *e;
+        if (!json_is_array(v) || json_array_size(v) > AGENT_EGRESS_MAX) {
+            if (msg && n) {
+                snprintf(msg, n, "egress must be an array of at most %d \"host:port\" strings",
+                         AGENT_EGRESS_MAX);
+            }
+            return ERR_INVALID;
+        }
+        json_t *norm = json_array();
+        json_array_foreach(v, idx, e)
+        {
+            char one[AGENT_EGRESS_ENTRY_MAX], why[120] = "";
+            const char *str = json_string_value(e);
+            if (!str || agents_egress_entry(str, one, sizeof(one), why, sizeof(why)) != 0) {
+                if (msg && n) {
+                    snprintf(msg, n, "egress[%zu]: %s", idx,
+                             str ? why : "must be a \"host:port\" string");
+                }
+                json_decref(norm);
+                return ERR_INVALID;
+            }
+            size_t j;
+            json_t *have;
+            int dup = 0;
+            json_array_foreach(norm, j, have)
+            {
+                dup |= strcmp(json_string_value(have), one) == 0;
+            }
+            if (!dup) {
+                json_array_append_new(norm, json_string(one));
+            }
+        }
+        *egress_out = norm;
+    }
+    v = json_object_get(spec, "agent");
+    if (v && !json_is_null(v)) {
+        const char *a = json_string_value(v);
+        if (!a || (*a && !util_valid_id(a))) {
+            set_msg(msg, n, "%s", "agent must be the name of a configured agent, or null");
+            goto bad;
+        }
+        if (*a && r->cfg.agent_known && !r->cfg.agent_known(r->cfg.agent_ctx, a)) {
+            set_msg(msg, n, "agent \"%s\" is not a configured agent (see GET /v1/agents)", a);
+            goto bad;
+        }
+    }
+    return 0;
+bad:
+    json_decref(*egress_out);
+    *egress_out = NULL;
+    return ERR_INVALID;
+}
+
 static void kick_pool(struct repos *r)
 {
     pthread_mutex_lock(&r->lock);
@@ -425,14 +542,19 @@ static int repo_store(struct repos *r, json_t *j, int create)
     int64_t now = clock_now_ms();
     char *setup = jx_dump(json_object_get(j, "setup"));
     char *hints = jx_dump(json_object_get(j, "hints"));
+    json_t *eg = json_object_get(j, "egress");
+    json_t *none = json_array();
+    char *egress = jx_dump(json_is_array(eg) ? eg : none); /* issue 7 */
+    json_decref(none);
+    const char *agent = json_string_value(json_object_get(j, "agent"));
     pthread_mutex_lock(&r->dblock);
     int rc = db_prep(r,
                      create ? "INSERT INTO repos(url,default_branch,setup,hints,description,"
-                              "pool_size,image_interval_min,updated_at,created_at,name) "
-                              "VALUES(?,?,?,?,?,?,?,?,?,?)"
+                              "pool_size,image_interval_min,updated_at,created_at,name,egress,"
+                              "agent) VALUES(?,?,?,?,?,?,?,?,?,?,?11,?12)"
                             : "UPDATE repos SET url=?,default_branch=?,setup=?,hints=?,"
-                              "description=?,pool_size=?,image_interval_min=?,updated_at=? "
-                              "WHERE ?9 IS NOT NULL AND name=?10",
+                              "description=?,pool_size=?,image_interval_min=?,updated_at=?,"
+                              "egress=?11,agent=?12 WHERE ?9 IS NOT NULL AND name=?10",
                      &st);
     if (rc == 0) {
         bind_text(st, 1, json_string_value(json_object_get(j, "url")));
@@ -445,6 +567,8 @@ static int repo_store(struct repos *r, json_t *j, int create)
         sqlite3_bind_int64(st, 8, now);
         sqlite3_bind_int64(st, 9, now);
         bind_text(st, 10, json_string_value(json_object_get(j, "name")));
+        bind_text(st, 11, egress);
+        bind_text(st, 12, agent ? agent : "");
         int s = sqlite3_step(st);
         if (s == SQLITE_CONSTRAINT) {
             rc = ERR_CONFLICT;
@@ -459,6 +583,7 @@ static int repo_store(struct repos *r, json_t *j, int create)
     pthread_mutex_unlock(&r->dblock);
     free(setup);
     free(hints);
+    free(egress);
     return rc;
 }
 
@@ -467,13 +592,20 @@ int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t 
     if (out) {
         *out = NULL;
     }
+    json_t *egress = NULL;
     int rc = validate(spec, 1, msg, n);
+    if (rc == 0) {
+        rc = validate_policy(r, spec, &egress, msg, n);
+    }
     if (rc != 0) {
         return rc;
     }
     json_t *j = json_pack("{s:s, s:[], s:[], s:s, s:i, s:i}", "default_branch", "main", "setup",
                           "hints", "description", "", "pool_size", 2, "image_interval_min", 30);
     json_object_update(j, spec);
+    if (egress) {
+        json_object_set_new(j, "egress", egress);
+    }
     rc = repo_store(r, j, 1);
     json_decref(j);
     if (rc == ERR_CONFLICT) {
@@ -527,14 +659,22 @@ int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out,
     if (out) {
         *out = NULL;
     }
+    json_t *egress = NULL;
     int rc = validate(patch, 0, msg, n);
+    if (rc == 0) {
+        rc = validate_policy(r, patch, &egress, msg, n);
+    }
     if (rc == 0) {
         rc = repo_load(r, name, &cur);
     }
     if (rc == 0) {
         json_object_update(cur, patch);
+        if (egress) {
+            json_object_set(cur, "egress", egress);
+        }
         rc = repo_store(r, cur, 0);
     }
+    json_decref(egress);
     json_decref(cur);
     if (rc == 0) {
         kick_pool(r);
@@ -1043,6 +1183,11 @@ static void *builder_main(void *arg)
 static void warm_free(struct warm *w)
 {
     if (w) {
+        if (w->sbx) {
+            pool_sbx_free(w->sbx, w->sbx_priv);
+            w->sbx_priv = NULL;
+        }
+        free(w->sbx_priv);
         char *snapdir = xasprintf("%s.snap", w->dir);
         util_rm_rf(snapdir);
         free(snapdir);
@@ -1051,6 +1196,31 @@ static void warm_free(struct warm *w)
         free(w->dir);
         free(w->image_id);
         free(w);
+    }
+}
+
+/* Start the sandbox of a new warm workspace now (issue 5: a claim then costs a rename, not a
+ * namespace setup), if the runner registered its factory. Failure only costs that gain. */
+static void warm_sandbox(struct repos *r, struct warm *w)
+{
+    const char *base = strrchr(w->dir, '/');
+    char name[64];
+    snprintf(name, sizeof(name), "warm-%s", base ? base + 1 : "x");
+    struct sbx_spec spec = {.name = name, .workspace = w->dir};
+    int rc = ERR_UNAVAILABLE;
+    pthread_mutex_lock(&g_factory_mu);
+    if (g_factory) {
+        rc = g_factory(g_factory_arg, &spec, &w->sbx);
+    }
+    pthread_mutex_unlock(&g_factory_mu);
+    if (rc == 0) {
+        w->sbx_priv = xasprintf("%s/sandboxes/%s", r->data_dir, name);
+    } else {
+        w->sbx = NULL;
+        if (rc != ERR_UNAVAILABLE) {
+            LOG_WARN("repos: cannot start a sandbox for warm workspace %s: %s", w->dir,
+                     err_str(rc));
+        }
     }
 }
 
@@ -1184,6 +1354,7 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         if (stop || warm_make(r, repo, url, branch, img, snap, &w) != 0) {
             break;
         }
+        warm_sandbox(r, w);
         pthread_mutex_lock(&r->lock);
         w->next = r->warm;
         r->warm = w;
@@ -1325,6 +1496,26 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->cond, NULL);
     pthread_cond_init(&r->pool_done, NULL);
+    pthread_cond_init(&r->sync_cv, NULL);
+    r->syncing = json_object();
+    r->ready_src_sbx = json_object();
+    r->released = json_object();
+    r->ending = json_object();
+    {
+        /* environment overrides (tests, operations) */
+        const char *e = getenv("SESSIOND_SYNC_WAIT_MS");
+        int64_t v = 0;
+        if (e && util_parse_i64(e, &v) == 0 && v > 0 && v <= 3600000) {
+            r->cfg.sync_wait_ms = (int)v;
+        }
+        e = getenv("SESSIOND_TEST_SYNC_DELAY_MS");
+        if (e && util_parse_i64(e, &v) == 0 && v >= 0 && v <= 600000) {
+            r->cfg.sync_delay_ms = (int)v;
+        }
+        if (r->cfg.sync_wait_ms <= 0) {
+            r->cfg.sync_wait_ms = 30000;
+        }
+    }
     gitx_init(r->ca_file, NULL);
     char *path = xasprintf("%s/registry.db", r->data_dir);
     if (sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
@@ -1381,6 +1572,10 @@ void repos_close(struct repos *r)
     if (!r) {
         return;
     }
+    pthread_mutex_lock(&r->lock);
+    r->closing = 1; /* hooks waiting for a sync give up now */
+    pthread_cond_broadcast(&r->sync_cv);
+    pthread_mutex_unlock(&r->lock);
     pthread_mutex_lock(&g_hook_mu);
     if (g_active == r) {
         g_active = NULL;
@@ -1398,7 +1593,7 @@ void repos_close(struct repos *r)
         gitx_cancel_all(1); /* a clone or sync in progress stops too */
     }
     pthread_cond_broadcast(&r->cond);
-    while (r->bg_snapshots > 0) {
+    while (r->bg_snapshots > 0 || r->bg_syncs > 0) {
         pthread_cond_wait(&r->pool_done, &r->lock);
     }
     pthread_mutex_unlock(&r->lock);
@@ -1415,6 +1610,12 @@ void repos_close(struct repos *r)
         free(jb->image_id);
         free(jb);
     }
+    while (r->handoffs) { /* claimed, never taken (the runner failed before) */
+        struct handoff *h = r->handoffs;
+        r->handoffs = h->next;
+        sbx_destroy(h->sbx);
+        free(h);
+    }
     /* Warm workspaces do not survive a restart (their sync would be stale anyway). */
     while (r->warm) {
         struct warm *w = r->warm;
@@ -1430,6 +1631,11 @@ void repos_close(struct repos *r)
     }
     json_decref(r->ready_src);
     json_decref(r->preparing);
+    json_decref(r->syncing);
+    json_decref(r->ready_src_sbx);
+    json_decref(r->released);
+    json_decref(r->ending);
+    pthread_cond_destroy(&r->sync_cv);
     if (r->preparing) {
         pthread_cond_destroy(&r->prep_cv);
     }
@@ -1533,8 +1739,26 @@ static struct warm *warm_claim(struct repos *r, const char *repo, const char *im
     return found;
 }
 
-int repos_prepare_workspace(struct repos *r, const char *session_id, const char *repo,
-                            const char *workspace, char *source, int64_t *ms)
+/* A sync that prepare_ws leaves to the background (repos.h "The workspace sync"): fetch +
+ * hard reset to url/branch, or with url NULL only the index refresh after a restore. */
+struct sync_req {
+    int want;
+    char *url, *branch;
+};
+
+static int wait_quiet(struct repos *r, const char *sid);
+
+static void sync_req_set(struct sync_req *q, const char *url, const char *branch)
+{
+    q->want = 1;
+    q->url = url ? xstrdup(url) : NULL;
+    q->branch = branch ? xstrdup(branch) : NULL;
+}
+
+/* repos_prepare_workspace(); with defer, the sync (or index refresh) is not done here but
+ * described in *defer for the caller to run in the background. */
+static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
+                      const char *workspace, char *source, int64_t *ms, struct sync_req *defer)
 {
     json_t *j = NULL;
     struct snap_store *ss = NULL;
@@ -1592,6 +1816,9 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
         rc = snap_restore(ss, latest, workspace, NULL);
         if (rc == 0) {
             src = "snapshot";
+            if (defer) {
+                sync_req_set(defer, NULL, NULL); /* restored inodes: refresh the index */
+            }
             goto done;
         }
         LOG_WARN("repos: %s: restore of %s failed; starting fresh", session_id, latest);
@@ -1603,6 +1830,24 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
     if (w) {
         if (rename(w->dir, workspace) == 0) {
             src = "warm";
+            if (defer && w->synced_ms + CLAIM_RESYNC_MS <= clock_now_ms()) {
+                sync_req_set(defer, url, branch); /* the head may have moved since */
+            }
+            if (w->sbx && defer && sbx_alive(w->sbx) &&
+                sbx_rehome(w->sbx, session_id, workspace) == 0) {
+                struct handoff *h = xcalloc(1, sizeof(*h));
+                snprintf(h->sid, sizeof(h->sid), "%s", session_id);
+                h->sbx = w->sbx;
+                pthread_mutex_lock(&r->lock);
+                h->next = r->handoffs;
+                r->handoffs = h;
+                pthread_mutex_unlock(&r->lock);
+                free(w->sbx_priv); /* now the session's private dir */
+            } else if (w->sbx) {
+                pool_sbx_free(w->sbx, w->sbx_priv); /* the caller starts its own */
+            }
+            w->sbx = NULL;
+            w->sbx_priv = NULL;
             /* its seeded snapshot store becomes the session's (no snapshot exists yet) */
             char *wsnap = xasprintf("%s.snap", w->dir);
             snap_store_close(ss);
@@ -1637,9 +1882,14 @@ int repos_prepare_workspace(struct repos *r, const char *session_id, const char 
         snap_store_close(is);
         if (rc == 0) {
             t2 = clock_mono_us();
-            rc = gitx_sync(workspace, url, branch, NULL, NULL);
-            LOG_INFO("repos: session %s: image restore %lld ms, sync %lld ms", session_id,
-                     (long long)(t2 - t1) / 1000, (long long)(clock_mono_us() - t2) / 1000);
+            if (defer) {
+                sync_req_set(defer, url, branch); /* in the background, after sandbox.ready */
+            } else {
+                rc = gitx_sync(workspace, url, branch, NULL, NULL);
+            }
+            LOG_INFO("repos: session %s: image restore %lld ms, sync %lld ms%s", session_id,
+                     (long long)(t2 - t1) / 1000, (long long)(clock_mono_us() - t2) / 1000,
+                     defer ? " (deferred)" : "");
         }
         if (rc == 0) {
             chown_tree(r, workspace);
@@ -1692,6 +1942,12 @@ out:
     return rc;
 }
 
+int repos_prepare_workspace(struct repos *r, const char *session_id, const char *repo,
+                            const char *workspace, char *source, int64_t *ms)
+{
+    return prepare_ws(r, session_id, repo, workspace, source, ms, NULL);
+}
+
 static int snapshot_and_prune(struct repos *r, const char *sid, const char *ws, const char *label,
                               int64_t turn, json_t **out)
 {
@@ -1725,6 +1981,10 @@ int repos_snapshot(struct repos *r, const char *session_id, const char *workspac
     int64_t turn = 0;
     if (out) {
         *out = NULL;
+    }
+    int rc = util_valid_id(session_id) ? wait_quiet(r, session_id) : ERR_INVALID;
+    if (rc != 0) {
+        return rc;
     }
     if (session_row(r, session_id, &row) == 0) {
         turn = json_integer_value(json_object_get(row, "turn"));
@@ -1856,7 +2116,10 @@ int repos_rollback(struct repos *r, const char *session_id, const char *snapshot
     if (!snap_valid_id(snapshot_id)) {
         return ERR_NOT_FOUND;
     }
-    int rc = open_session_store(r, session_id, &ss);
+    int rc = wait_quiet(r, session_id); /* not under a sync or the last turn's snapshot */
+    if (rc == 0) {
+        rc = open_session_store(r, session_id, &ss);
+    }
     if (rc == 0) {
         rc = snap_restore(ss, snapshot_id, workspace, &ri);
     }
@@ -1997,6 +2260,304 @@ static char *session_repo_name(struct repos *r, const char *sid)
     return name;
 }
 
+/* ---- issue 7: the egress list and default agent of a repository / a session's repository */
+
+int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *agent, size_t n)
+{
+    json_t *row = NULL;
+    if (egress) {
+        *egress = NULL;
+    }
+    if (agent && n) {
+        agent[0] = '\0';
+    }
+    int rc = repo_load(r, name, &row);
+    if (rc != 0) {
+        return rc;
+    }
+    if (egress) {
+        *egress = json_incref(json_object_get(row, "egress"));
+    }
+    const char *a = json_string_value(json_object_get(row, "agent"));
+    if (agent && n && a) {
+        snprintf(agent, n, "%s", a);
+    }
+    json_decref(row);
+    return 0;
+}
+
+int repos_session_policy(struct repos *r, const char *sid, json_t **egress, char *agent, size_t n)
+{
+    char *name = session_repo_name(r, sid);
+    int rc = name ? repos_repo_policy(r, name, egress, agent, n) : ERR_NOT_FOUND;
+    free(name);
+    if (rc != 0) {
+        if (egress) {
+            *egress = json_array();
+        }
+        if (agent && n) {
+            agent[0] = '\0';
+        }
+    }
+    return 0;
+}
+
+void repos_hook_session_policy(const char *sid, json_t **egress, char *agent, size_t n)
+{
+    struct repos *r = hook_enter();
+    if (!r) {
+        if (egress) {
+            *egress = json_array();
+        }
+        if (agent && n) {
+            agent[0] = '\0';
+        }
+        return;
+    }
+    repos_session_policy(r, sid, egress, agent, n);
+    hook_leave();
+}
+
+/* ---- the background workspace sync ---- */
+
+/* The runner's "a sync ended" callback (repos_hook_set_synced_cb). g_cb_mu is held across a
+ * call, so that unregistering waits for a call in progress. */
+static pthread_mutex_t g_cb_mu = PTHREAD_MUTEX_INITIALIZER;
+static void (*g_synced_cb)(void *arg, const char *sid);
+static void *g_synced_arg;
+
+void repos_hook_set_synced_cb(void (*cb)(void *arg, const char *sid), void *arg)
+{
+    pthread_mutex_lock(&g_cb_mu);
+    g_synced_cb = cb;
+    g_synced_arg = arg;
+    pthread_mutex_unlock(&g_cb_mu);
+}
+
+struct bg_sync {
+    struct repos *r;
+    char sid[72];
+    char *ws;
+    struct sync_req q;
+};
+
+/* Wait on r->sync_cv (r->lock held) until deadline (mono ms) at most. */
+static void sync_cv_wait_until(struct repos *r, int64_t deadline)
+{
+    int64_t left = deadline - clock_mono_ms();
+    if (left <= 0) {
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t ns = ts.tv_nsec + left * 1000000;
+    ts.tv_sec += ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    pthread_cond_timedwait(&r->sync_cv, &r->lock, &ts);
+}
+
+static void *bg_sync_main(void *arg)
+{
+    struct bg_sync *b = arg;
+    struct repos *r = b->r;
+    char before[41] = "", head[41] = "";
+    int rc = 0;
+    /* Let the sandbox start first (sandbox.ready releases us), then the test delay. */
+    pthread_mutex_lock(&r->lock);
+    int64_t hold = clock_mono_ms() + SYNC_HOLD_MS;
+    while (!r->closing && !json_object_get(r->released, b->sid) && clock_mono_ms() < hold) {
+        sync_cv_wait_until(r, hold);
+    }
+    json_object_del(r->released, b->sid);
+    int64_t t0 = clock_mono_us();
+    int64_t until = clock_mono_ms() + r->cfg.sync_delay_ms;
+    while (!r->closing && clock_mono_ms() < until) {
+        sync_cv_wait_until(r, until);
+    }
+    int closing = r->closing;
+    pthread_mutex_unlock(&r->lock);
+    if (closing) {
+        rc = ERR_CANCELLED;
+    } else if (b->q.url) {
+        gitx_head(b->ws, before, NULL);
+        rc = gitx_sync(b->ws, b->q.url, b->q.branch, NULL, head);
+    }
+    if (rc == 0) {
+        /* the restore (and the reset) left stale stat data: refresh now, before the agent's
+         * git or the first commit would re-read every file */
+        int64_t t1 = clock_mono_us();
+        int frc = gitx_refresh_index(b->ws);
+        LOG_INFO("repos: session %s: index refresh %lld ms (%s)", b->sid,
+                 (long long)(clock_mono_us() - t1) / 1000, err_str(frc));
+        chown_tree(r, b->ws);
+    }
+    int64_t ms = (clock_mono_us() - t0) / 1000;
+    if (rc == 0 && b->q.url) {
+        emit(r, b->sid, "git.synced",
+             json_pack("{s:s, s:s?, s:I}", "head", head, "previous", before[0] ? before : NULL,
+                       "ms", (json_int_t)ms));
+    } else if (rc != 0) {
+        LOG_WARN("repos: session %s: workspace sync failed: %s", b->sid, err_str(rc));
+        emit(r, b->sid, "git.sync_failed",
+             json_pack("{s:s, s:I}", "error", err_str(rc), "ms", (json_int_t)ms));
+    }
+    LOG_INFO("repos: session %s: background %s done in %lld ms", b->sid,
+             b->q.url ? "sync" : "index refresh", (long long)ms);
+    char sid[72];
+    snprintf(sid, sizeof(sid), "%s", b->sid);
+    free(b->ws);
+    free(b->q.url);
+    free(b->q.branch);
+    free(b);
+    pthread_mutex_lock(&r->lock);
+    json_object_del(r->syncing, sid);
+    pthread_cond_broadcast(&r->sync_cv);
+    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_lock(&g_cb_mu);
+    if (g_synced_cb) {
+        g_synced_cb(g_synced_arg, sid);
+    }
+    pthread_mutex_unlock(&g_cb_mu);
+    pthread_mutex_lock(&r->lock);
+    r->bg_syncs--; /* last touch of r: repos_close may free it after this */
+    pthread_cond_broadcast(&r->pool_done);
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+/* Mark sid syncing and start the sync of ws described by q (taken over). */
+static void start_bg_sync(struct repos *r, const char *sid, const char *ws, struct sync_req *q)
+{
+    struct bg_sync *b = xcalloc(1, sizeof(*b));
+    b->r = r;
+    snprintf(b->sid, sizeof(b->sid), "%s", sid);
+    b->ws = xstrdup(ws);
+    b->q = *q;
+    memset(q, 0, sizeof(*q));
+    pthread_t th;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_mutex_lock(&r->lock);
+    json_object_set_new(r->syncing, sid, json_true());
+    json_object_del(r->released, sid);
+    r->bg_syncs++;
+    pthread_mutex_unlock(&r->lock);
+    if (pthread_create(&th, &at, bg_sync_main, b) != 0) {
+        LOG_WARN("repos: session %s: cannot start the workspace sync thread", sid);
+        pthread_mutex_lock(&r->lock);
+        json_object_del(r->syncing, sid);
+        r->bg_syncs--;
+        pthread_cond_broadcast(&r->sync_cv);
+        pthread_mutex_unlock(&r->lock);
+        free(b->ws);
+        free(b->q.url);
+        free(b->q.branch);
+        free(b);
+    }
+    pthread_attr_destroy(&at);
+}
+
+struct sbx *repos_hook_take_sandbox(const char *sid)
+{
+    struct repos *r = hook_enter();
+    struct sbx *s = NULL;
+    if (r) {
+        pthread_mutex_lock(&r->lock);
+        for (struct handoff **pp = &r->handoffs; *pp; pp = &(*pp)->next) {
+            if (strcmp((*pp)->sid, sid) == 0) {
+                struct handoff *h = *pp;
+                *pp = h->next;
+                s = h->sbx;
+                free(h);
+                json_object_set_new(r->ready_src_sbx, sid, json_true()); /* for the event */
+                break;
+            }
+        }
+        pthread_mutex_unlock(&r->lock);
+        hook_leave();
+    }
+    return s;
+}
+
+int repos_hook_syncing(const char *sid)
+{
+    struct repos *r = hook_enter();
+    int on = 0;
+    if (r) {
+        pthread_mutex_lock(&r->lock);
+        on = json_object_get(r->syncing, sid) != NULL;
+        pthread_mutex_unlock(&r->lock);
+        hook_leave();
+    }
+    return on;
+}
+
+int repos_hook_session_has_repo(const char *sid)
+{
+    struct repos *r = hook_enter();
+    char *name = NULL;
+    if (r) {
+        name = util_valid_id(sid) ? session_repo_name(r, sid) : NULL;
+        hook_leave();
+    }
+    int has = name != NULL;
+    free(name);
+    return has;
+}
+
+int repos_hook_sync_wait_ms(void)
+{
+    struct repos *r = hook_enter();
+    int ms = 30000;
+    if (r) {
+        ms = r->cfg.sync_wait_ms;
+        hook_leave();
+    }
+    return ms;
+}
+
+/* Wait (r->lock held) until sid is in none of the given sets, or the deadline. */
+static int wait_not_in(struct repos *r, const char *sid, json_t *a, json_t *b, int timeout_ms)
+{
+    int64_t deadline = clock_mono_ms() + timeout_ms;
+    for (;;) {
+        if (r->closing) {
+            return ERR_UNAVAILABLE;
+        }
+        if (!json_object_get(a, sid) && (!b || !json_object_get(b, sid))) {
+            return 0;
+        }
+        if (clock_mono_ms() >= deadline) {
+            return ERR_TIMEOUT;
+        }
+        sync_cv_wait_until(r, deadline);
+    }
+}
+
+int repos_hook_wait_synced(const char *sid, int timeout_ms)
+{
+    struct repos *r = hook_enter();
+    int rc = 0;
+    if (r) {
+        pthread_mutex_lock(&r->lock);
+        rc = wait_not_in(r, sid, r->syncing, NULL,
+                         timeout_ms < 0 ? r->cfg.sync_wait_ms : timeout_ms);
+        pthread_mutex_unlock(&r->lock);
+        hook_leave();
+    }
+    return rc;
+}
+
+/* Before a rollback or a manual snapshot: the session's sync and prompt end are over. */
+static int wait_quiet(struct repos *r, const char *sid)
+{
+    pthread_mutex_lock(&r->lock);
+    int rc = wait_not_in(r, sid, r->syncing, r->ending, r->cfg.sync_wait_ms);
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
 void repos_hook_sandbox_start(const char *sid)
 {
     struct repos *r = hook_enter();
@@ -2035,12 +2596,19 @@ void repos_hook_sandbox_start(const char *sid)
     if (name) {
         char source[16];
         int64_t ms = 0;
-        int rc = repos_prepare_workspace(r, sid, name, ws, source, &ms);
+        struct sync_req q = {0};
+        int rc = prepare_ws(r, sid, name, ws, source, &ms, &q);
         if (rc == 0) {
             pthread_mutex_lock(&r->lock);
             json_object_set_new(r->ready_src, sid, json_string(source));
             pthread_mutex_unlock(&r->lock);
-        } else {
+            if (q.want) {
+                start_bg_sync(r, sid, ws, &q); /* marked syncing before we return */
+            }
+        }
+        free(q.url);
+        free(q.branch);
+        if (rc != 0) {
             LOG_WARN("repos: session %s: cannot prepare the workspace of %s: %s", sid, name,
                      err_str(rc));
         }
@@ -2057,18 +2625,27 @@ void repos_hook_sandbox_start(const char *sid)
 char *repos_hook_ready_json(const char *sid, int64_t ms)
 {
     char source[16] = "empty";
+    int syncing = 0, pooled = 0;
     struct repos *r = hook_enter();
     if (r) {
         pthread_mutex_lock(&r->lock);
+        pooled = json_object_get(r->ready_src_sbx, sid) != NULL;
+        json_object_del(r->ready_src_sbx, sid);
         const char *s = json_string_value(json_object_get(r->ready_src, sid));
         if (s) {
             snprintf(source, sizeof(source), "%s", s);
             json_object_del(r->ready_src, sid);
         }
+        syncing = json_object_get(r->syncing, sid) != NULL;
+        if (syncing) {
+            json_object_set_new(r->released, sid, json_true()); /* the sync may start */
+            pthread_cond_broadcast(&r->sync_cv);
+        }
         pthread_mutex_unlock(&r->lock);
         hook_leave();
     }
-    return xasprintf("{\"source\":\"%s\",\"ms\":%lld}", source, (long long)ms);
+    return xasprintf("{\"source\":\"%s\",\"ms\":%lld,\"sandbox\":\"%s\"%s}", source, (long long)ms,
+                     pooled ? "pool" : "new", syncing ? ",\"syncing\":true" : "");
 }
 
 struct prompt_row {
@@ -2119,8 +2696,17 @@ void repos_hook_prompt_end(const char *sid, const char *prompt_id)
     struct sess *s = NULL;
     struct stat sb;
     char *ws = default_workspace(r, sid);
-    if (r->cfg.store && util_valid_id(sid) && stat(ws, &sb) == 0 &&
-        store_session_get(r->cfg.store, sid, &s) == 0) {
+    if (!util_valid_id(sid)) {
+        free(ws);
+        hook_leave();
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    /* a prompt only runs after the sync; one that failed to start may not have waited */
+    wait_not_in(r, sid, r->syncing, NULL, r->cfg.sync_wait_ms);
+    json_object_set_new(r->ending, sid, json_true());
+    pthread_mutex_unlock(&r->lock);
+    if (r->cfg.store && stat(ws, &sb) == 0 && store_session_get(r->cfg.store, sid, &s) == 0) {
         int rc = sess_read(s, read_prompt, &p);
         sess_put(s);
         if (rc == 0) {
@@ -2128,6 +2714,10 @@ void repos_hook_prompt_end(const char *sid, const char *prompt_id)
             repos_after_prompt(r, sid, ws, prompt_id, &a, p.content, NULL);
         }
     }
+    pthread_mutex_lock(&r->lock);
+    json_object_del(r->ending, sid);
+    pthread_cond_broadcast(&r->sync_cv);
+    pthread_mutex_unlock(&r->lock);
     free(p.author_id);
     free(p.author_name);
     free(p.author_email);

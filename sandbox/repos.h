@@ -30,7 +30,9 @@
 
 struct repos;
 struct store;
+struct sbx;
 struct sbx_backend;
+struct sbx_spec;
 struct author;
 
 struct repos_config {
@@ -44,6 +46,14 @@ struct repos_config {
     int tick_ms;             /* scheduler period; default 30000 */
     const char *ca_file;     /* HTTPS CA bundle for git; NULL = system */
     int no_threads;          /* tests: no builder/pool threads; builds run inline */
+    int sync_wait_ms;        /* bound of repos_hook_wait_synced; default 30000 (env
+                                SESSIOND_SYNC_WAIT_MS overrides) */
+    int sync_delay_ms;       /* tests: a background sync sleeps this long first (env
+                                SESSIOND_TEST_SYNC_DELAY_MS) */
+    /* issue 7: 1 if name may be a repository's default agent (a configured agent); NULL:
+     * any well-formed name is accepted. Called on HTTP / main threads. */
+    int (*agent_known)(void *ctx, const char *name);
+    void *agent_ctx;
 };
 
 /** Open (registry.db must have been migrated by the store). *out: repos_close(). */
@@ -54,7 +64,10 @@ void repos_close(struct repos *r);
 /* ---- the registry ---- */
 
 /** Create from {name, url, default_branch?, setup?, hints?, description?, pool_size?,
- * image_interval_min?}. ERR_INVALID (msg says why), ERR_CONFLICT if the name exists.
+ * image_interval_min?, egress?, agent?}. egress: at most 64 "host:port" entries (agents.h
+ * agents_egress_entry; stored normalised, duplicates dropped) its sessions' sandboxes may reach
+ * besides the model endpoint; agent: a configured agent used when a session names none (null
+ * or "" = the server default). ERR_INVALID (msg says why), ERR_CONFLICT if the name exists.
  * *out (may be NULL) = the repo as JSON. */
 int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t n);
 int repos_get(struct repos *r, const char *name, json_t **out);
@@ -63,6 +76,13 @@ int repos_list(struct repos *r, json_t **out);
 /** Change the given fields (name cannot change). */
 int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out, char *msg,
                  size_t n);
+/** The egress policy and default agent of repository name (issue 7): *egress (may be NULL) =
+ * a new JSON array of normalised "host:port" (caller decrefs); agent gets its default agent or
+ * "" (n >= 65). ERR_NOT_FOUND. */
+int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *agent, size_t n);
+/** The same for the registered repository of session sid (its `repo`: a name or a URL): an
+ * empty list and "" when it has none (returns 0). */
+int repos_session_policy(struct repos *r, const char *sid, json_t **egress, char *agent, size_t n);
 /** Delete the repo, its images and warm workspaces (sessions keep their workspaces). */
 int repos_delete(struct repos *r, const char *name);
 
@@ -125,12 +145,54 @@ int repos_session_set_pr(struct repos *r, const char *session_id, const char *ur
  * fill it (snapshot, warm, image or clone) and remember the source for the ready event. */
 void repos_hook_sandbox_start(const char *sid);
 /** The data of `sandbox.ready`: {"source": what repos_hook_sandbox_start did for sid (consumed),
- * else "empty", "ms": ms}. Caller frees. */
+ * else "empty", "ms": ms, "syncing": true while its sync runs}. Caller frees. Also releases
+ * the session's background sync, which waits for the sandbox to be ready (at most 100 ms) so
+ * that it does not compete with the start for the CPUs. */
 char *repos_hook_ready_json(const char *sid, int64_t ms);
+
+/* The workspace sync. A session started from an image (or a warm workspace synced more than a
+ * few seconds ago, or its own snapshot) is usable as soon as the files are in place: the
+ * fetch + hard reset to the branch head (and the index refresh) then run in the background.
+ * While they run, file reads proceed on the workspace as it is; writes (PUT files, exec) and
+ * the agent wait for the end (git.synced {head, previous, ms} or git.sync_failed {error}). */
+
+/** 1 if the workspace of sid is being synced now (non-blocking; the runner's control thread
+ * asks this before it starts a prompt). */
+int repos_hook_syncing(const char *sid);
+/** The sandbox that came with the warm workspace repos_hook_sandbox_start claimed for sid
+ * (created ahead for the pool, already given the session's name and workspace), or NULL. The
+ * caller owns it (sbx_destroy). */
+struct sbx *repos_hook_take_sandbox(const char *sid);
+/** The warm pool keeps a running sandbox per warm workspace, created by fn(arg, spec, &out)
+ * (blocking), which the runner provides: its long-lived starter threads create them, as a
+ * sandbox dies with the thread that created it. NULL unregisters (waits for a call in
+ * progress). Without a factory the pool holds workspaces only. */
+void repos_hook_set_sandbox_factory(int (*fn)(void *arg, const struct sbx_spec *spec,
+                                              struct sbx **out),
+                                    void *arg);
+/** 1 if session sid names a registered repository (by name or URL): its sandbox is started at
+ * creation (a session with an unknown `repo` string gets an empty workspace on first use). */
+int repos_hook_session_has_repo(const char *sid);
+/** Wait until the workspace sync of sid (if any) is over: 0, or ERR_TIMEOUT after timeout_ms
+ * (< 0: the configured sync_wait_ms), ERR_UNAVAILABLE if the layer is closing. */
+int repos_hook_wait_synced(const char *sid, int timeout_ms);
+/** The configured bound of a wait for a sync (sync_wait_ms). */
+int repos_hook_sync_wait_ms(void);
+/** cb(arg, sid) is called (from the sync thread) each time a sync ends; NULL unregisters and
+ * returns once no call is in progress. The runner registers runner_kick: a prompt that
+ * waited for the sync starts then. */
+void repos_hook_set_synced_cb(void (*cb)(void *arg, const char *sid), void *arg);
 /** A prompt of sid ended (any final state), before the next one may start: commit its changes
  * as its author and snapshot the workspace (repos_after_prompt, reading the prompt's author
- * and text from the session file). Blocks for the commit + snapshot (tens to hundreds of ms). */
+ * and text from the session file). Blocks for the commit + snapshot (tens to hundreds of ms):
+ * the runner calls it on a thread of its own, after prompt.completed is committed, and starts
+ * the next prompt of the session only when it returns. A rollback or a manual snapshot of
+ * the session waits for it. */
 void repos_hook_prompt_end(const char *sid, const char *prompt_id);
+/** issue 7: repos_session_policy() of sid through the active instance (the runner, before each
+ * prompt: the list is read anew, so a PATCH applies from the next prompt on). An empty list
+ * and "" when no repos layer is open. *egress: caller decrefs. */
+void repos_hook_session_policy(const char *sid, json_t **egress, char *agent, size_t n);
 /** The session ended and its sandbox is stopped: snapshot its workspace in the background
  * (a purged session's snapshots and repository state are deleted instead). */
 void repos_hook_session_end(const char *sid);

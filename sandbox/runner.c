@@ -48,6 +48,8 @@
 
 enum job_kind { JOB_KICK, JOB_ENDED, JOB_RECOVER };
 
+#define NSTARTERS 4 /* concurrent background sandbox starts (a workspace fill takes seconds) */
+
 struct rjob {
     enum job_kind kind;
     char sid[72];
@@ -65,6 +67,11 @@ struct rs {
     struct run *run; /* the prompt being started or running */
     int ended;       /* DELETEd: stop the sandbox once idle */
     int purge;       /* and delete its workspace */
+    /* issue 5: sandboxes start off the control thread (a workspace fill from an image takes
+     * seconds); one start at a time per session. */
+    int starting;            /* ensure_sandbox is creating the sandbox now */
+    char *start_err;         /* why the last start for a prompt failed (start_next fails it) */
+    int64_t sync_wait_since; /* mono ms: the head prompt waits for the workspace sync */
     struct rs *next;
 };
 
@@ -106,6 +113,13 @@ struct runner {
     int accepting; /* new prompts may start */
     int running;
     uint64_t n_started, n_completed, n_failed, n_cancelled;
+    int threads_out; /* queued/running starts and prompt-end threads (runner_stop waits) */
+    /* issue 5: background sandbox starts run on NSTARTERS long-lived threads (bubblewrap's
+     * --die-with-parent ties a sandbox to the thread that created it: never a thread that
+     * exits). Jobs in r->sq_head, guarded by r->lock; r->cond wakes the starters. */
+    struct starter *sq_head, *sq_tail;
+    pthread_t starters[NSTARTERS];
+    int nstarters;
     pthread_t ctl;
 };
 
@@ -492,16 +506,12 @@ static int finish_tx(struct sess_tx *tx, void *arg)
     return rc;
 }
 
-static void finish_done(void *arg, int rc)
+/* The end of a run once its final event is committed: the session may take its next prompt.
+ * Commit worker or prompt-end thread. */
+static void finish_tail(struct finish_op *f)
 {
-    struct finish_op *f = arg;
     struct run *run = f->run;
     struct runner *r = run->r;
-    repos_hook_prompt_end(run->sid, run->pid); /* issue 5: commit + snapshot, session busy */
-    if (rc) {
-        LOG_ERROR("runner: session %s prompt %s: cannot record its end: %s", run->sid, run->pid,
-                  err_str(rc));
-    }
     pthread_mutex_lock(&r->lock);
     if (run->rs->run == run) {
         run->rs->run = NULL;
@@ -523,6 +533,59 @@ static void finish_done(void *arg, int rc)
     free(f->reason);
     free(f);
     run_unref(run);
+}
+
+/* issue 5: the prompt-end commit + snapshot, on a thread of its own: prompt.completed and the
+ * answer are already committed (clients have them), a commit worker is not held for hundreds
+ * of ms (other sessions' output goes on), and the session stays busy (rs->run) until the
+ * snapshot has captured the turn, so its next prompt waits. */
+static void *prompt_end_main(void *arg)
+{
+    struct finish_op *f = arg;
+    struct runner *r = f->run->r;
+    repos_hook_prompt_end(f->run->sid, f->run->pid);
+    finish_tail(f);
+    pthread_mutex_lock(&r->lock);
+    r->threads_out--;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+static int spawn_detached(void *(*fn)(void *), void *arg)
+{
+    pthread_t th;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&th, &at, fn, arg) == 0 ? 0 : ERR_IO;
+    pthread_attr_destroy(&at);
+    return rc;
+}
+
+static void finish_done(void *arg, int rc)
+{
+    struct finish_op *f = arg;
+    struct run *run = f->run;
+    struct runner *r = run->r;
+    if (rc) {
+        LOG_ERROR("runner: session %s prompt %s: cannot record its end: %s", run->sid, run->pid,
+                  err_str(rc));
+    }
+    if (!f->started) {
+        finish_tail(f); /* the agent never ran: nothing to commit or snapshot */
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    r->threads_out++;
+    pthread_mutex_unlock(&r->lock);
+    if (spawn_detached(prompt_end_main, f) != 0) {
+        pthread_mutex_lock(&r->lock);
+        r->threads_out--;
+        pthread_mutex_unlock(&r->lock);
+        repos_hook_prompt_end(run->sid, run->pid); /* no thread: here, as before */
+        finish_tail(f);
+    }
 }
 
 /* Build and submit the final job of a run. Any thread (pump thread normally). */
@@ -682,9 +745,8 @@ static void next_free(struct next_prompt *np)
 
 struct start_op {
     const char *pid;
-    char *data;       /* prompt.started */
-    char *ready_data; /* sandbox.ready, or NULL */
-    char *busy_data;  /* sandbox.busy */
+    char *data;      /* prompt.started (sandbox.ready is the start's own event, issue 5) */
+    char *busy_data; /* sandbox.busy */
     int changed;
 };
 
@@ -705,13 +767,7 @@ static int start_tx(struct sess_tx *tx, void *arg)
     if (!o->changed) {
         return 0; /* cancelled meanwhile */
     }
-    int rc = 0;
-    if (o->ready_data) {
-        rc = sess_tx_append(tx, "sandbox.ready", NULL, o->ready_data, NULL);
-    }
-    if (!rc) {
-        rc = sess_tx_append(tx, "prompt.started", NULL, o->data, NULL);
-    }
+    int rc = sess_tx_append(tx, "prompt.started", NULL, o->data, NULL);
     if (!rc) {
         rc = sess_tx_append(tx, "sandbox.busy", NULL, o->busy_data, NULL);
     }
@@ -835,17 +891,26 @@ static void argv_free(char **av)
     free(av);
 }
 
-/* Ensure the session has a live sandbox. Called on the control thread or by runner_acquire
- * (HTTP threads) with r->lock NOT held. *ready_ms = start time or -1. */
+/* Ensure the session has a live sandbox. Called by a starter thread or by runner_acquire
+ * (HTTP threads) with r->lock NOT held; one start per session at a time (x->starting: a second
+ * caller waits for the first). Emits sandbox.starting, then sandbox.ready {source, ms} or
+ * sandbox.failed {error}, before the next start may begin (so a prompt kicked meanwhile cannot
+ * report prompt.started before sandbox.ready). *ready_ms = start time or -1. */
 static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int64_t *ready_ms)
 {
     *ready_ms = -1;
     pthread_mutex_lock(&r->lock);
+    while (x->starting) {
+        pthread_cond_wait(&r->cond, &r->lock);
+    }
+    x->starting = 1;
     struct sbx *s = x->sbx;
     pthread_mutex_unlock(&r->lock);
+    struct sbx *ns = NULL, *old = NULL;
+    int rc = 0;
     if (s && sbx_alive(s)) {
         *out = s;
-        return 0;
+        goto out;
     }
     if (s) {
         emit(r, x->id, "sandbox.stopped", json_obj_str("reason", "died", NULL, NULL));
@@ -854,29 +919,178 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
     int64_t t0 = clock_mono_us();
     repos_hook_sandbox_start(x->id); /* issue 5: fill a repository workspace first */
     struct sbx_spec spec = {.name = x->id};
-    struct sbx *ns = NULL;
-    int rc = sbx_create(r->be, &spec, &ns);
+    ns = repos_hook_take_sandbox(x->id); /* issue 5: the warm pool's, already running */
+    if (ns && !sbx_alive(ns)) {
+        sbx_destroy(ns);
+        ns = NULL;
+    }
+    rc = ns ? 0 : sbx_create(r->be, &spec, &ns);
     if (rc) {
-        return rc;
+        char why[160];
+        snprintf(why, sizeof why, "the sandbox could not start: %s", err_str(rc));
+        emit(r, x->id, "sandbox.failed", json_obj_str("error", why, NULL, NULL));
+        goto out;
     }
     *ready_ms = (clock_mono_us() - t0) / 1000;
     pthread_mutex_lock(&r->lock);
-    struct sbx *old = x->sbx;
-    if (old && old != s) {
-        /* Someone else started one meanwhile: keep theirs. */
-        pthread_mutex_unlock(&r->lock);
-        sbx_destroy(ns);
-        *out = old;
-        *ready_ms = -1;
-        return 0;
-    }
+    old = x->sbx; /* s, or NULL if it was stopped meanwhile */
     x->sbx = ns;
     pthread_mutex_unlock(&r->lock);
     if (old) {
         sbx_destroy(old);
     }
+    emit(r, x->id, "sandbox.ready", repos_hook_ready_json(x->id, *ready_ms)); /* issue 5 */
     *out = ns;
-    return 0;
+out:
+    pthread_mutex_lock(&r->lock);
+    x->starting = 0;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* A start in the background (issue 5). for_prompt: a failure is kept in x->start_err for
+ * start_next to fail the waiting prompt with. The session is kicked at the end. */
+struct starter {
+    struct rs *x; /* a start of x's sandbox, or (x NULL) a sandbox for the warm pool: */
+    int for_prompt;
+    const struct sbx_spec *spec; /* create this one (the caller waits for done) */
+    struct sbx **out;
+    int rc, done;
+    struct starter *next;
+};
+
+static void stop_sandbox(struct runner *r, struct rs *x, const char *why);
+static void purge_files(struct runner *r, const char *sid);
+
+static void *starter_main(void *arg)
+{
+    struct runner *r = arg;
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        struct starter *st = r->sq_head;
+        if (!st) {
+            if (r->stopping) {
+                break;
+            }
+            pthread_cond_wait(&r->cond, &r->lock);
+            continue;
+        }
+        r->sq_head = st->next;
+        if (!r->sq_head) {
+            r->sq_tail = NULL;
+        }
+        pthread_mutex_unlock(&r->lock);
+        if (!st->x) { /* a sandbox for the warm pool (pool_factory waits for it) */
+            int crc = sbx_create(r->be, st->spec, st->out);
+            pthread_mutex_lock(&r->lock);
+            st->rc = crc;
+            st->done = 1;
+            r->threads_out--;
+            pthread_cond_broadcast(&r->cond);
+            continue;
+        }
+        struct rs *x = st->x;
+        struct sbx *sbx = NULL;
+        int64_t ms = -1;
+        int rc = ensure_sandbox(r, x, &sbx, &ms);
+        pthread_mutex_lock(&r->lock);
+        int ended = x->ended, purge = x->purge;
+        pthread_mutex_unlock(&r->lock);
+        if (rc == 0 && ms >= 0 && ended) {
+            /* DELETEd while it started: JOB_ENDED found nothing to stop */
+            stop_sandbox(r, x, purge ? "session purged" : "session ended");
+            if (purge) {
+                purge_files(r, x->id);
+            }
+        }
+        pthread_mutex_lock(&r->lock);
+        if (rc && st->for_prompt) {
+            free(x->start_err);
+            x->start_err = xasprintf("the sandbox could not start: %s", err_str(rc));
+        }
+        push_job(r, JOB_KICK, x->id);
+        r->threads_out--;
+        pthread_cond_broadcast(&r->cond);
+        free(st);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+/* Queue a start of x's sandbox for the starter threads unless one is starting. r->lock NOT
+ * held. */
+static void start_in_background(struct runner *r, struct rs *x, int for_prompt)
+{
+    pthread_mutex_lock(&r->lock);
+    if (x->starting || !r->accepting || !r->nstarters) {
+        if (!r->nstarters && for_prompt) {
+            free(x->start_err);
+            x->start_err = xstrdup("the sandbox could not start: no starter thread");
+            push_job(r, JOB_KICK, x->id);
+        }
+        pthread_mutex_unlock(&r->lock);
+        return; /* a running start kicks the session when it ends */
+    }
+    for (struct starter *q = r->sq_head; q; q = q->next) {
+        if (q->x == x) {
+            q->for_prompt |= for_prompt;
+            pthread_mutex_unlock(&r->lock);
+            return; /* already queued */
+        }
+    }
+    struct starter *st = xcalloc(1, sizeof *st);
+    st->x = x;
+    st->for_prompt = for_prompt;
+    if (r->sq_tail) {
+        r->sq_tail->next = st;
+    } else {
+        r->sq_head = st;
+    }
+    r->sq_tail = st;
+    r->threads_out++;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* repos_hook_set_sandbox_factory: create a sandbox for the warm pool on a starter thread
+ * (they live until runner_stop: a sandbox dies with the thread that created it) and wait. */
+static int pool_factory(void *arg, const struct sbx_spec *spec, struct sbx **out)
+{
+    struct runner *r = arg;
+    struct starter st = {.spec = spec, .out = out};
+    pthread_mutex_lock(&r->lock);
+    if (!r->accepting || !r->nstarters) {
+        pthread_mutex_unlock(&r->lock);
+        return ERR_UNAVAILABLE;
+    }
+    if (r->sq_tail) {
+        r->sq_tail->next = &st;
+    } else {
+        r->sq_head = &st;
+    }
+    r->sq_tail = &st;
+    r->threads_out++;
+    pthread_cond_broadcast(&r->cond);
+    while (!st.done) {
+        pthread_cond_wait(&r->cond, &r->lock);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return st.rc;
+}
+
+void runner_prestart(struct runner *r, const char *sid)
+{
+    if (!r || !util_valid_id(sid)) {
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    struct rs *x = rs_get(r, sid);
+    int skip = x->sbx != NULL || x->ended;
+    pthread_mutex_unlock(&r->lock);
+    if (!skip) {
+        start_in_background(r, x, 0);
+    }
 }
 
 static void start_next(struct runner *r, const char *sid)
@@ -888,10 +1102,11 @@ static void start_next(struct runner *r, const char *sid)
     struct sess *s = NULL;
     pthread_mutex_lock(&r->lock);
     struct rs *x = rs_get(r, sid);
-    int busy = x->run != NULL || !r->accepting || x->ended;
+    int busy = x->run != NULL || !r->accepting || x->ended || x->starting;
+    struct sbx *sbx = x->sbx;
     pthread_mutex_unlock(&r->lock);
     if (busy) {
-        return;
+        return; /* a running start kicks the session again when it ends */
     }
     int rc = store_session_get(r->st, sid, &s);
     if (rc) {
@@ -905,6 +1120,41 @@ static void start_next(struct runner *r, const char *sid)
         }
         return;
     }
+    /* issue 5: the sandbox starts on a thread of its own (filling a workspace from an image
+     * takes seconds and must not hold this thread, which starts every session's prompts); the
+     * starter kicks the session when it is done. Then the agent waits for the workspace sync
+     * (synced_cb kicks us at its end; the idle tick re-checks the bound). */
+    pthread_mutex_lock(&r->lock);
+    char *start_err = x->start_err;
+    x->start_err = NULL;
+    pthread_mutex_unlock(&r->lock);
+    int alive = sbx && sbx_alive(sbx);
+    if (alive) {
+        free(start_err);
+        start_err = NULL;
+    } else if (!start_err) {
+        start_in_background(r, x, 1);
+        next_free(&np);
+        return;
+    }
+    int sync_timeout = 0;
+    if (alive && repos_hook_syncing(sid)) {
+        int64_t now = clock_mono_ms();
+        pthread_mutex_lock(&r->lock);
+        if (!x->sync_wait_since) {
+            x->sync_wait_since = now;
+        }
+        int64_t waited = now - x->sync_wait_since;
+        pthread_mutex_unlock(&r->lock);
+        if (waited < repos_hook_sync_wait_ms()) {
+            next_free(&np);
+            return;
+        }
+        sync_timeout = 1;
+    }
+    pthread_mutex_lock(&r->lock);
+    x->sync_wait_since = 0;
+    pthread_mutex_unlock(&r->lock);
     if (!np.agent) {
         /* The session's own agent (POST /v1/sessions {agent}), else the server default. */
         json_t *row = NULL;
@@ -931,18 +1181,37 @@ static void start_next(struct runner *r, const char *sid)
     r->running++;
     pthread_mutex_unlock(&r->lock);
 
-    struct sbx *sbx = NULL;
-    int64_t ready_ms = -1;
     char reason[512] = "";
-    rc = ensure_sandbox(r, x, &sbx, &ready_ms);
-    if (rc) {
-        snprintf(reason, sizeof reason, "the sandbox could not start: %s", err_str(rc));
-        emit(r, sid, "sandbox.failed", json_obj_str("error", reason, NULL, NULL));
+    if (start_err) { /* sandbox.failed was emitted by the start */
+        snprintf(reason, sizeof reason, "%s", start_err);
+        rc = ERR_UNAVAILABLE;
+        free(start_err);
+    } else if (sync_timeout) {
+        snprintf(reason, sizeof reason,
+                 "timeout: the workspace was still syncing with the repository after %d s",
+                 repos_hook_sync_wait_ms() / 1000);
+        rc = ERR_TIMEOUT;
     }
     if (!rc) {
+        /* issue 7: the session's repository names the agent when neither the prompt nor the
+         * session does, and adds its egress list to the policy (both read anew for each
+         * prompt: a PATCH of the repository applies from the next prompt on). */
+        json_t *reg = NULL;
+        char ragent[80];
+        repos_hook_session_policy(sid, &reg, ragent, sizeof ragent);
+        if (!np.agent && ragent[0]) {
+            np.agent = xstrdup(ragent);
+        }
+        size_t ne = json_array_size(reg);
+        const char **extra = xcalloc(ne + 1, sizeof *extra);
+        for (size_t i = 0; i < ne; i++) {
+            extra[i] = json_string_value(json_array_get(reg, i));
+        }
         /* issue 7: a configured agent name runs its CLI through its adapter. */
         const char *aname = np.agent && *np.agent ? np.agent : r->cfg.agent;
-        rc = agent_run_new(r->cfg.agents, aname, sbx, sid, adapter_line, run, &run->ar);
+        rc = agent_run_new(r->cfg.agents, aname, sbx, sid, extra, adapter_line, run, &run->ar);
+        free(extra);
+        json_decref(reg);
         if (!rc) {
             const char *const *av = agent_run_argv(run->ar);
             size_t na = 0;
@@ -978,13 +1247,9 @@ static void start_next(struct runner *r, const char *sid)
                   "agent", run->agent_name, "author", "id", np.author_id, "name", np.author_name);
     so.data = jx_dump(d);
     json_decref(d);
-    if (ready_ms >= 0) {
-        so.ready_data = repos_hook_ready_json(sid, ready_ms); /* issue 5: source */
-    }
     so.busy_data = json_obj_str("prompt_id", np.id, NULL, NULL);
     int wrc = write_op(r, sid, start_tx, &so);
     free(so.data);
-    free(so.ready_data);
     free(so.busy_data);
     if (wrc || !so.changed) {
         /* Cancelled before it started (or the file is gone): try the next one. */
@@ -1168,16 +1433,15 @@ int runner_acquire(struct runner *r, const char *sid, struct sbx **out, int64_t 
     x->last_used_ms = clock_mono_ms();
     pthread_mutex_unlock(&r->lock);
     int64_t ms = -1;
-    int rc = ensure_sandbox(r, x, out, &ms);
+    int rc = ensure_sandbox(r, x, out, &ms); /* emits sandbox.ready / sandbox.failed */
+    if (rc || ms >= 0) {
+        pthread_mutex_lock(&r->lock);
+        push_job(r, JOB_KICK, sid); /* a prompt may have waited for this start */
+        pthread_mutex_unlock(&r->lock);
+    }
     if (rc) {
-        char why[160];
-        snprintf(why, sizeof why, "the sandbox could not start: %s", err_str(rc));
-        emit(r, sid, "sandbox.failed", json_obj_str("error", why, NULL, NULL));
         runner_release(r, sid);
         return rc;
-    }
-    if (ms >= 0) {
-        emit(r, sid, "sandbox.ready", repos_hook_ready_json(sid, ms)); /* issue 5: source */
     }
     if (created_ms) {
         *created_ms = ms;
@@ -1392,11 +1656,29 @@ static void *ctl_main(void *arg)
         if (clock_mono_ms() >= next_idle) {
             idle_check(r);
             next_idle = clock_mono_ms() + 1000;
+            /* issue 5: prompts waiting for a workspace sync: check the bound */
+            pthread_mutex_lock(&r->lock);
+            for (struct rs *x = r->sessions; x; x = x->next) {
+                if (x->sync_wait_since) {
+                    push_job(r, JOB_KICK, x->id);
+                }
+            }
+            pthread_mutex_unlock(&r->lock);
         }
         pthread_mutex_lock(&r->lock);
     }
     pthread_mutex_unlock(&r->lock);
     return NULL;
+}
+
+/* repos_hook_set_synced_cb: a workspace sync ended, a prompt may wait for it. Unlike
+ * runner_kick this does not reopen an ended session. */
+static void synced_cb(void *arg, const char *sid)
+{
+    struct runner *r = arg;
+    pthread_mutex_lock(&r->lock);
+    push_job(r, JOB_KICK, sid);
+    pthread_mutex_unlock(&r->lock);
 }
 
 int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
@@ -1441,6 +1723,12 @@ int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
         free(r);
         return ERR_IO;
     }
+    while (r->nstarters < NSTARTERS &&
+           pthread_create(&r->starters[r->nstarters], NULL, starter_main, r) == 0) {
+        r->nstarters++;
+    }
+    repos_hook_set_synced_cb(synced_cb, r);
+    repos_hook_set_sandbox_factory(pool_factory, r);
     LOG_INFO("runner: started (agent %s, sandbox %s, prompt timeout %d s)", r->cfg.agent,
              sbx_backend_name(be), r->cfg.prompt_timeout_s);
     *out = r;
@@ -1469,6 +1757,8 @@ void runner_stop(struct runner *r)
     if (!r) {
         return;
     }
+    repos_hook_set_synced_cb(NULL, NULL);
+    repos_hook_set_sandbox_factory(NULL, NULL);
     pthread_mutex_lock(&r->lock);
     r->accepting = 0;
     int running = r->running;
@@ -1492,6 +1782,16 @@ void runner_stop(struct runner *r)
     pthread_cond_broadcast(&r->cond);
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->ctl, NULL);
+    /* Background starts and prompt ends hold r: wait for them (a start in progress would
+     * otherwise leave a sandbox nobody stops). */
+    pthread_mutex_lock(&r->lock);
+    while (r->threads_out > 0) {
+        pthread_cond_wait(&r->cond, &r->lock);
+    }
+    pthread_mutex_unlock(&r->lock);
+    for (int i = 0; i < r->nstarters; i++) {
+        pthread_join(r->starters[i], NULL); /* r->stopping and no job left: they exit */
+    }
     /* Stop every sandbox; a run still going is reported lost and finishes. */
     for (struct rs *x = r->sessions; x; x = x->next) {
         pthread_mutex_lock(&r->lock);
@@ -1505,6 +1805,7 @@ void runner_stop(struct runner *r)
     struct rs *x = r->sessions;
     while (x) {
         struct rs *n = x->next;
+        free(x->start_err);
         free(x);
         x = n;
     }

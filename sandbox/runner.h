@@ -57,6 +57,10 @@ void runner_stop(struct runner *r);
 
 /** A prompt was queued in session sid: start it if the session is idle. Never blocks. */
 void runner_kick(struct runner *r, const char *sid);
+/** Start the sandbox of session sid now, in the background (issue 5: a session created with a
+ * repository gets its workspace and sandbox before its first prompt; `sandbox.ready` reports
+ * the path taken). Never blocks; a no-op if it has a sandbox or one is starting. */
+void runner_prestart(struct runner *r, const char *sid);
 /** Cancel prompt_id (queued: removed; running: SIGTERM, SIGKILL after the grace period), or
  * the running prompt when prompt_id is NULL. ERR_NOT_FOUND if there is no such unfinished
  * prompt. who (may be NULL) is recorded in the event. */

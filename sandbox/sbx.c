@@ -146,6 +146,63 @@ const char *sbx_workspace_inside(const struct sbx *s)
     return s->ws_inside;
 }
 
+/* Replace the env entry starting with prefix ("NAME=") by prefix + value. */
+static void env_set(char **env, const char *prefix, const char *value)
+{
+    size_t pl = strlen(prefix);
+    for (char **e = env; e && *e; e++) {
+        if (strncmp(*e, prefix, pl) == 0) {
+            free(*e);
+            *e = xasprintf("%s%s", prefix, value);
+            return;
+        }
+    }
+}
+
+int sbx_rehome(struct sbx *s, const char *name, const char *workspace)
+{
+    if (!s || !util_valid_id(name) || !workspace) {
+        return ERR_INVALID;
+    }
+    const struct sbx_config *c = &s->b->cfg;
+    char *priv = xasprintf("%s/sandboxes/%s", c->data_dir, name);
+    char *oldlog = xasprintf("%s.log", s->priv_host), *newlog = xasprintf("%s.log", priv);
+    util_rm_rf(priv); /* a private dir left by an earlier sandbox of that name */
+    if (rename(s->priv_host, priv) != 0) {
+        LOG_WARN("sandbox: %s: cannot move %s to %s: %s", s->name, s->priv_host, priv,
+                 strerror(errno));
+        free(priv);
+        free(oldlog);
+        free(newlog);
+        return ERR_IO;
+    }
+    rename(oldlog, newlog); /* best effort: only read when a start fails */
+    free(oldlog);
+    free(newlog);
+    /* The bind mounts inside follow the renamed directories; the host paths (and, without
+     * isolation, the inside paths, which are the host paths) are the new ones. */
+    pthread_mutex_lock(&s->lock);
+    if (strcmp(s->ws_inside, s->ws_host) == 0) {
+        free(s->ws_inside);
+        s->ws_inside = xstrdup(workspace);
+        env_set(s->env, "WORKSPACE=", workspace);
+    }
+    if (strcmp(s->priv_inside, s->priv_host) == 0) {
+        free(s->priv_inside);
+        s->priv_inside = xstrdup(priv);
+        env_set(s->env, "SESSIOND_PRIVATE_DIR=", priv);
+    }
+    env_set(s->env, "SESSIOND_SANDBOX=", name);
+    free(s->ws_host);
+    s->ws_host = xstrdup(workspace);
+    free(s->priv_host);
+    s->priv_host = priv;
+    free(s->name);
+    s->name = xstrdup(name);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
 int sbx_exec(struct sbx *s, const struct sbx_exec_req *req, const struct sbx_exec_cb *cb, void *ctx,
              struct sbx_exec **out)
 {

@@ -9,10 +9,18 @@
  *
  * snap_create() walks the workspace and reads only files whose (size, mtime, ctime, inode)
  * differ from the cache, so a snapshot after a prompt that touched 1% of the files costs a
- * directory walk plus 1% of the hashing. snap_restore() rebuilds the workspace *in place*
- * (the directory may be bind-mounted into a running sandbox) by copying objects out of the
- * store, touching only entries that differ from the snapshot. Restored files are copies:
- * an in-place edit in the workspace can never reach the store.
+ * directory walk plus 1% of the hashing. snap_restore() of an existing workspace updates it
+ * *in place* (the directory may be bind-mounted into a running sandbox), touching only
+ * entries that differ from the snapshot: changed files are rewritten in place, entries to
+ * remove are moved to a trash directory beside the workspace and deleted in the background.
+ * A workspace that does not exist is built beside it (".<name>.snap-restore") and renamed
+ * into place, so a crash never leaves half of one. Restored files are copies: an in-place
+ * edit in the workspace can never reach the store.
+ *
+ * New files and directories (objects and restored entries) take pre-made empty inodes from a
+ * pool (<parent of the store>/.snap-spare, topped up in the background), because ext4
+ * without a journal makes every create slow for minutes after a mass delete (see snap.c).
+ * Callers must serialize restores into one workspace (the session actor does).
  *
  * Paths inside the workspace are resolved beneath it without following symlinks
  * (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so a sandbox that swaps a directory for a
@@ -40,6 +48,10 @@ struct snap_info {
     uint64_t new_bytes; /* bytes of objects it added to the store */
     int64_t duration_us;
     char label[128]; /* caller's label (e.g. "turn 3"), truncated */
+    /* Phases of snap_create (this call only; not stored in the manifest): */
+    int64_t walk_us;     /* directory walk + stat cache lookups */
+    int64_t hash_us;     /* reading, hashing and storing the changed files */
+    int64_t manifest_us; /* writing the manifest and the cache */
 };
 
 /** What a restore did. */
@@ -49,6 +61,15 @@ struct snap_restore_info {
     uint64_t kept;    /* files already identical in the workspace */
     uint64_t removed; /* workspace entries removed (a directory counts once) */
     int64_t duration_us;
+    uint64_t rewritten; /* of copied: existing files rewritten in place (no new inode) */
+    uint64_t spares;    /* of copied: new files that took a pre-made inode (see below) */
+    int fresh;          /* 1: the workspace did not exist; built aside, renamed into place */
+    /* Phases (microseconds): */
+    int64_t walk_us;   /* manifest load + walk of the live workspace */
+    int64_t remove_us; /* moving entries the snapshot lacks out of the workspace */
+    int64_t dirs_us;   /* directories, symlinks, metadata fixes of kept entries */
+    int64_t copy_us;   /* file contents (parallel) */
+    int64_t meta_us;   /* directory modes/mtimes, the new cache, the final rename */
 };
 
 /** Open (creating if missing) the store at dir. *out is freed with snap_store_close(). */
@@ -93,5 +114,20 @@ int snap_gc(struct snap_store *st, uint64_t *kept_bytes, uint64_t *freed_bytes);
 
 /** 1 if s is a well-formed snapshot id ("snap-" + digits), else 0. */
 int snap_valid_id(const char *s);
+
+/** Durability of snap_create() (process-wide, default 0). 0: an acknowledged snapshot
+ * survives a crash or SIGKILL of the server (it is complete before its manifest exists; the
+ * page cache outlives the process), not a power loss. 1: also a power loss -- syncfs() of the
+ * store's file system before the manifest is written, then fsync of the manifest and its
+ * directory (set it with `durability: full`). Restores are never synced: a workspace is as
+ * durable as any file the agent writes. */
+void snap_set_durable(int on);
+
+/** Upper bound of each spare-inode pool (default 65536; 0 disables the pools: every file is
+ * created where it lands). Process-wide; for benchmarks and tests. */
+void snap_set_spare_max(size_t n);
+/** Wait until the background work started by snapshot operations is done (spare inodes being
+ * created, trees removed by restores being deleted). For tests, benchmarks and shutdown. */
+void snap_background_wait(void);
 
 #endif

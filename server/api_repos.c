@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "sandbox/agents.h"
 #include "sandbox/github.h"
 #include "sandbox/repos.h"
 #include "sandbox/snap.h"
@@ -77,6 +78,14 @@ static int load_repos_file(struct repos *rp, const char *path)
     return rc;
 }
 
+/* issue 7: a repository's default agent must be a configured agent (or the server default). */
+static int agent_known(void *ctx, const char *name)
+{
+    struct app *app = ctx;
+    return agents_find(app->agents, name) != NULL ||
+           (app->cfg->agent && strcmp(app->cfg->agent, name) == 0);
+}
+
 int api_repos_start(struct app *app)
 {
     const struct config *cfg = app->cfg;
@@ -111,6 +120,8 @@ int api_repos_start(struct app *app)
         .pool_max_age_s = (int)cfg->repos_pool_max_age,
         .tick_ms = (int)cfg->repos_tick_ms,
         .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
+        .agent_known = agent_known, /* issue 7 */
+        .agent_ctx = app,
     };
     rc = repos_open(&rcfg, &app->repos);
     if (rc != 0) {

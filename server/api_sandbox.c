@@ -18,6 +18,7 @@
 #include "common/xmem.h"
 #include "sandbox/commitq.h"
 #include "sandbox/outpump.h"
+#include "sandbox/repos.h"
 #include "sandbox/runner.h"
 #include "sandbox/sbx.h"
 #include "server/api.h"
@@ -109,6 +110,30 @@ void api_prompt_queued(struct app *app, const char *session_id)
 void api_session_ended(struct app *app, const char *session_id, int purged)
 {
     runner_session_ended(app->runner, session_id, purged);
+}
+
+void api_session_started(struct app *app, const char *session_id)
+{
+    if (repos_hook_session_has_repo(session_id)) {
+        runner_prestart(app->runner, session_id);
+    }
+}
+
+/* issue 5: writes wait for the session's workspace sync (reads do not). 0, or the request
+ * failed with 503 after the bounded wait. */
+static int wait_for_sync(struct req *r, const char *sid, const char *what)
+{
+    int rc = repos_hook_wait_synced(sid, -1);
+    if (rc == ERR_TIMEOUT) {
+        return req_fail(r, ERR_UNAVAILABLE,
+                        "the workspace is still syncing with the repository after %d s: %s "
+                        "refused, retry later",
+                        repos_hook_sync_wait_ms() / 1000, what);
+    }
+    if (rc) {
+        return req_fail(r, rc, "the workspace sync did not finish: %s", err_str(rc));
+    }
+    return 0;
 }
 
 /* The REST cancel without HTTP (also used by the WebSocket `cancel` frame, ws_api.c). */
@@ -415,6 +440,10 @@ int api_exec(struct req *r)
         goto out;
     }
     acquired = 1;
+    rc = wait_for_sync(r, sid, "exec"); /* a command may write */
+    if (rc) {
+        goto out;
+    }
     x = xcalloc(1, sizeof *x);
     atomic_store(&x->refs, 1);
     x->runner = app->runner;
@@ -657,6 +686,11 @@ int api_files_put(struct req *r)
     rc = runner_acquire(app->runner, sid, &sbx, NULL);
     if (rc) {
         return req_fail(r, rc, "the sandbox could not start: %s", err_str(rc));
+    }
+    rc = wait_for_sync(r, sid, "the write");
+    if (rc) {
+        runner_release(app->runner, sid);
+        return rc;
     }
     rc = sbx_write_file(sbx, path, data, n);
     runner_release(app->runner, sid);

@@ -26,6 +26,10 @@ void sandbox_stop(struct app *app);
 int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
                       json_t **out, char *msg, size_t n);
 
+/** issue 5: a session was created with a repository: start its workspace and sandbox in the
+ * background now (never blocks). */
+void api_session_started(struct app *app, const char *session_id);
+
 int api_exec(struct req *r);
 int api_exec_kill(struct req *r);
 int api_files_get(struct req *r);

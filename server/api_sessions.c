@@ -13,7 +13,9 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "sandbox/repos.h"
 #include "server/api.h"
+#include "server/api_sandbox.h"
 #include "server/app.h"
 #include "server/auth.h"
 #include "server/config.h"
@@ -227,6 +229,9 @@ int api_sessions_create(struct req *r)
     rc = req_reply_json(r, 201, row);
     row = NULL;
     LOG_INFO("api: session %s created by %s", id, a->user_id);
+    if (repo && *repo) {
+        api_session_started(app, id); /* issue 5: workspace + sandbox in the background now */
+    }
 out:
     sess_put(s);
     json_decref(body);
@@ -306,6 +311,24 @@ out:
     return rc;
 }
 
+/* issue 7: the agent a prompt of the session runs when it names none: the session's own, else
+ * its repository's default, else the server default ("effective_agent", "agent_source"). */
+static void session_effective_agent(struct app *app, const char *sid, json_t *row)
+{
+    const char *own = json_string_value(json_object_get(row, "agent"));
+    char repo_agent[80] = "";
+    const char *eff = own, *src = "session";
+    if (!own || !*own) {
+        if (app->repos) {
+            repos_session_policy(app->repos, sid, NULL, repo_agent, sizeof(repo_agent));
+        }
+        eff = repo_agent[0] ? repo_agent : app->cfg->agent;
+        src = repo_agent[0] ? "repo" : "default";
+    }
+    json_object_set_new(row, "effective_agent", eff ? json_string(eff) : json_null());
+    json_object_set_new(row, "agent_source", json_string(src));
+}
+
 int api_session_get(struct req *r)
 {
     struct app *app = req_app(r);
@@ -341,6 +364,7 @@ int api_session_get(struct req *r)
     sr.participants = NULL;
     json_object_set_new(row, "connected", presence ? presence : json_array());
     json_object_set_new(row, "your_role", json_string(role));
+    session_effective_agent(app, sid, row); /* issue 7 */
     rc = req_reply_json(r, 200, row);
     row = NULL;
 out:

@@ -196,7 +196,7 @@ if (local instanceof Error) {
   t.ok(true, `local sandbox: skipped (bubblewrap cannot run here: ${local.message.split('\n')[0]})`);
 } else {
   srv = local;
-  await Promise.all(['claude', 'codex'].map((agent) => t.test(`local sandbox, ${agent}: files, file_changed, streamed text, egress through the Unix socket`, async () => {
+  await Promise.all(['claude', 'codex', 'opencode'].map((agent) => t.test(`local sandbox, ${agent}: files, file_changed, streamed text, egress through the Unix socket`, async () => {
     figures[`local_${agent}_prompt_ms`] = (await happyPath(agent, await newSession(agent))).ms;
   }, { timeoutMs: 150000 })));
   await t.test('local sandbox: the API key appears in no event or log line', async () => {

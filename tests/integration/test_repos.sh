@@ -61,6 +61,12 @@ wait_event() {
   return 1
 }
 
+# count_type SID TYPE - how many events of TYPE the session has now.
+count_type() {
+  api GET "/v1/sessions/$1/events?limit=1000"
+  jget "[.events[] | select(.type==\"$2\")] | length"
+}
+
 # ---- registry ----
 SPEC="{\"name\":\"hello\",\"url\":\"$REMOTE\",\"setup\":[\"echo built > built.txt\"],\"hints\":[\"greeting\"],\"pool_size\":1,\"image_interval_min\":0}"
 api POST /v1/repos "$SPEC" "$ALICE"
@@ -122,10 +128,11 @@ expect_error 400 invalid "token must be a string"
 
 # ---- a session on the repository: warm start, two authors, two commits ----
 SID=$(new_session '{"title":"greet","repo":"hello"}' "$ALICE")
+READY=$(wait_event "$SID" sandbox.ready 1)
+check "sandbox.ready from the warm pool, at creation (no prompt yet)" [ "$(jget .data.source "$READY")" = warm -a "$(count_type "$SID" prompt.started)" = 0 ]
+check "the warm pool's sandbox was already running (sandbox: pool)" [ "$(jget .data.sandbox "$READY")" = pool ]
 api POST "/v1/sessions/$SID/messages" '{"content":"echo from-alice > alice.txt"}' "$ALICE"
 expect_status 202 "alice's prompt queued"
-READY=$(wait_event "$SID" sandbox.ready 1)
-check "sandbox.ready from the warm pool" [ "$(jget .data.source "$READY")" = warm ]
 wait_event "$SID" prompt.completed 1 >/dev/null
 C1=$(wait_event "$SID" git.commit 1)
 check "commit by alice" [ "$(jget .data.author.name "$C1")" = alice -a "$(jget .data.author.email "$C1")" = alice@example.com -a "$(jget .data.branch "$C1")" = "sessiond/$SID" ]
@@ -178,7 +185,7 @@ expect_error 400 invalid "rollback needs a snapshot_id"
 api POST "/v1/sessions/$SID/rollback" '{"snapshot_id":"snap-000001"}' "$ALICE"
 check "rollback" [ "$STATUS" = 200 ]
 check "rolled back: bob's file gone, alice's kept" [ ! -e "$DATA_DIR/workspaces/$SID/bob.txt" -a -f "$DATA_DIR/workspaces/$SID/alice.txt" ]
-check "rollback restores git state" [ "$(git -C "$DATA_DIR/workspaces/$SID" rev-list --count HEAD)" = 2 ]
+check "rollback restores git state" [ "$(git -c safe.directory="*" -C "$DATA_DIR/workspaces/$SID" rev-list --count HEAD)" = 2 ]
 wait_event "$SID" session.rollback 1 >/dev/null
 check "session.rollback event" [ $? = 0 ]
 api POST "/v1/sessions/$SID/messages" '{"content":"sleep 3"}' "$ALICE"

@@ -591,13 +591,124 @@ TEST(workspace_diff)
     ASSERT_EQ(util_rm_rf(dir), 0);
 }
 
+/* OpenCode through the serve driver (sandbox/agents/opencode-serve.mjs): real deltas, the
+ * whole text of a streamed part is not sent again, the same tools, usage and turns. */
+TEST(opencode_serve_ok)
+{
+    struct rec r;
+    run_fixture(&adapt_opencode, "tests/fixtures/opencode-serve-ok.jsonl", 0, NULL, &r);
+    check_text(&r, 5); /* the model server's five deltas, each its own output */
+    check_pairs(&r, 2);
+    ASSERT_STREQ(sget(nth(&r, "tool_call", 0), "name"), "bash");
+    ASSERT_STREQ(sget(nth(&r, "tool_call", 1), "name"), "write");
+    ASSERT_EQ(r.done, 1);
+    json_t *d = nth(&r, "done", 0);
+    ASSERT_STREQ(sget(d, "summary"), FINAL);
+    ASSERT_EQ(json_integer_value(json_object_get(d, "turns")), 3);
+    ASSERT(usage(&r, "output_tokens") > 0);
+    rec_free(&r);
+}
+
+TEST(opencode_serve_fail400)
+{
+    struct rec r;
+    run_fixture(&adapt_opencode, "tests/fixtures/opencode-serve-fail400.jsonl", 1, NULL, &r);
+    ASSERT_EQ(r.errors, 1);
+    ASSERT_EQ(r.done, 0);
+    const char *reason = sget(nth(&r, "error", 0), "reason");
+    ASSERT(strstr(reason, "400") != NULL);
+    ASSERT(strstr(reason, "scripted model error") != NULL);
+    rec_free(&r);
+}
+
+/* issue 7: a repository's egress entries are checked and normalised strictly. */
+TEST(egress_entry)
+{
+    static const char *const good[][2] = {
+        {"api.example.com:443", "api.example.com:443"},
+        {"API.Example.COM.:443", "api.example.com:443"},
+        {"127.0.0.1:8080", "127.0.0.1:8080"},
+        {"[::1]:9000", "[::1]:9000"},
+        {"[2001:DB8:0:0::1]:443", "[2001:db8::1]:443"},
+        {"x-1.y:00080", "x-1.y:80"},
+        {"localhost:1", "localhost:1"},
+        {"a.b:65535", "a.b:65535"},
+    };
+    static const char *const bad[] = {
+        "",
+        "example.com",
+        "example.com:",
+        "example.com:0",
+        "example.com:65536",
+        ":443",
+        "::1:443",
+        "[::1]",
+        "[::1]443",
+        "[nothost]:443",
+        "1.2.3:80",
+        "999.1.1.1:80",
+        "-bad.com:443",
+        "bad-.com:443",
+        "a..b:443",
+        "*.x:443",
+        "a_b.com:443",
+        "ex ample.com:443",
+        "x.com:+80",
+        "x.com:-1",
+        "x.com:8a",
+        "http://x:443",
+        "x.com:443/path",
+        "x.com:123456",
+        "[::1]:80:80",
+    };
+    char norm[AGENT_EGRESS_ENTRY_MAX], why[120];
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        ASSERT_EQ(agents_egress_entry(good[i][0], norm, sizeof(norm), why, sizeof(why)), 0);
+        ASSERT_STREQ(norm, good[i][1]);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        why[0] = '\0';
+        int rc = agents_egress_entry(bad[i], norm, sizeof(norm), why, sizeof(why));
+        if (rc != ERR_INVALID) {
+            fprintf(stderr, "accepted: \"%s\"\n", bad[i]);
+        }
+        ASSERT_EQ(rc, ERR_INVALID);
+        ASSERT(why[0] != '\0');
+    }
+    /* a 64-byte label and a 254-byte name are refused */
+    char lab[80], longname[300];
+    memset(lab, 'a', 64);
+    snprintf(lab + 64, sizeof(lab) - 64, ".com:443");
+    ASSERT_EQ(agents_egress_entry(lab, norm, sizeof(norm), NULL, 0), ERR_INVALID);
+    size_t k = 0;
+    while (k < 251) { /* 26 labels of 10 bytes + "com": 263 bytes */
+        k += (size_t)snprintf(longname + k, sizeof(longname) - k, "abcdefghi.");
+    }
+    snprintf(longname + k, sizeof(longname) - k, "com:443");
+    ASSERT_EQ(agents_egress_entry(longname, norm, sizeof(norm), NULL, 0), ERR_INVALID);
+    ASSERT_EQ(agents_egress_entry(NULL, norm, sizeof(norm), NULL, 0), ERR_INVALID);
+}
+
 static const struct test_case tests[] = {
-    T(claude_ok),          T(claude_fail400),   T(claude_tool_error),
-    T(codex_ok),           T(codex_fail400),    T(codex_tool_error),
-    T(opencode_ok),        T(opencode_fail400), T(opencode_tool_error),
-    T(no_result_is_error), T(killed_is_error),  T(secret_scrubbed),
-    T(long_line_dropped),  T(config_load),      T(launch_keeps_key_in_secrets),
+    T(claude_ok),
+    T(claude_fail400),
+    T(claude_tool_error),
+    T(codex_ok),
+    T(codex_fail400),
+    T(codex_tool_error),
+    T(opencode_ok),
+    T(opencode_fail400),
+    T(opencode_tool_error),
+    T(no_result_is_error),
+    T(killed_is_error),
+    T(secret_scrubbed),
+    T(long_line_dropped),
+    T(config_load),
+    T(launch_keeps_key_in_secrets),
     T(workspace_diff),
+    T(egress_entry),
+    T(opencode_serve_ok),
+    T(opencode_serve_fail400),
 };
 
 TEST_MAIN(tests)

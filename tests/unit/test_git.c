@@ -192,6 +192,46 @@ TEST(gitfile_and_alternates_refused)
     util_rm_rf(g_tmp);
 }
 
+/* The index's inode number of path in ws (git ls-files --debug), and the file's. */
+static void inos(const char *ws, const char *path, char **idx_ino, char **file_ino)
+{
+    *idx_ino = tout1("git -C %s/%s ls-files --debug %s | sed -n 's/.*ino: *\\([0-9]*\\).*/\\1/p'",
+                     g_tmp, ws, path);
+    *file_ino = tout1("stat -c %%i %s/%s/%s", g_tmp, ws, path);
+}
+
+TEST(refresh_index_after_copy_restats)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws"), *ws2 = P("ws2");
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    /* a "restore": same contents and mtimes (index included), new inodes and ctimes */
+    tsh("sleep 0.05 && touch %s/.git/index && cp -a %s %s", ws, ws, ws2); /* nothing racy */
+    char *a = NULL, *b = NULL;
+    inos("ws2", "src/main.c", &a, &b);
+    ASSERT(strcmp(a, b) != 0); /* stale: git and libgit2 would re-read the file */
+    free(a);
+    free(b);
+    /* a real change of size is still seen after the refresh */
+    file_put("ws2/README", "a longer readme than before\n");
+    /* proof that matching files are not read: same size and mtime, other bytes (a restore
+     * never does this; the refresh trusts size + mtime like git's core.checkStat=minimal) */
+    tsh("cd %s && printf 'int main(void){return 1;}\\n' > src/main.c.new && "
+        "touch -r src/main.c src/main.c.new && mv src/main.c.new src/main.c",
+        ws2);
+    ASSERT_EQ(gitx_refresh_index(ws2), 0);
+    inos("ws2", "src/main.c", &a, &b);
+    ASSERT_STREQ(a, b);
+    free(a);
+    free(b);
+    json_t *ch = NULL;
+    ASSERT_EQ(gitx_changed(ws2, &ch), 0);
+    ASSERT_EQ(json_array_size(ch), 1);
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(ch, 0), "path")), "README");
+    json_decref(ch);
+    util_rm_rf(g_tmp);
+}
+
 TEST(message_shape)
 {
     char *m = gitx_message("  Fix the login bug\nIt fails on Safari.", NULL);
@@ -215,5 +255,6 @@ static const struct test_case tests[] = {
     T(clone_sync_picks_up_new_commits),  T(clone_unknown_branch),
     T(two_authors_two_commits_and_push), T(push_ignores_workspace_config),
     T(gitfile_and_alternates_refused),   T(message_shape),
+    T(refresh_index_after_copy_restats),
 };
 TEST_MAIN(tests)

@@ -12,7 +12,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 
 static char g_tmp[256];
@@ -21,6 +23,13 @@ static void mk_tmp(void)
 {
     snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_snap.XXXXXX");
     ASSERT(mkdtemp(g_tmp) != NULL);
+}
+
+/* End of a test: let the background work (spare inodes, trash) finish, then clean up. */
+static void finish(void)
+{
+    snap_background_wait();
+    util_rm_rf(g_tmp);
 }
 
 static char *P(const char *rel)
@@ -204,7 +213,7 @@ TEST(roundtrip_new_dir)
     tree_eq(ref, ws2);
     tree_eq(ws2, ref);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(restore_in_place_undoes_changes)
@@ -245,7 +254,7 @@ TEST(restore_in_place_undoes_changes)
     ASSERT(ri.kept >= 4);
     ASSERT(ri.copied <= 4);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(inplace_edit_after_restore_keeps_snapshot)
@@ -281,7 +290,7 @@ TEST(inplace_edit_after_restore_keeps_snapshot)
     ASSERT_STREQ(a, "alpha\n");
     free(a);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(incremental_hashes_only_changes)
@@ -318,7 +327,7 @@ TEST(incremental_hashes_only_changes)
     free(v);
     free(p);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(restore_keeps_cache_warm)
@@ -334,7 +343,7 @@ TEST(restore_keeps_cache_warm)
     ASSERT_EQ(snap_create(st, ws2, NULL, &s2), 0);
     ASSERT_EQ(s2.hashed, 0);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(symlink_swap_does_not_escape)
@@ -364,7 +373,7 @@ TEST(symlink_swap_does_not_escape)
     free(k);
     free(p);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 static int count_objects(const char *store)
@@ -425,7 +434,7 @@ TEST(prune_and_gc)
     ASSERT_EQ(snap_create(st, ws, NULL, &si[0]), 0);
     ASSERT_STREQ(si[0].id, "snap-000006");
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(restore_then_prune_then_snapshot)
@@ -450,7 +459,7 @@ TEST(restore_then_prune_then_snapshot)
     ASSERT_STREQ(v, "old content");
     free(v);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(many_files_parallel)
@@ -470,7 +479,7 @@ TEST(many_files_parallel)
     ASSERT_EQ(snap_restore(st, si.id, ws2, NULL), 0);
     tree_eq(ws, ws2);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(bad_ids)
@@ -488,7 +497,7 @@ TEST(bad_ids)
     ASSERT_EQ(snap_latest(st, latest, sizeof(latest)), ERR_NOT_FOUND);
     ASSERT_EQ(snap_create(st, "/nonexistent/ws", NULL, NULL), ERR_NOT_FOUND);
     snap_store_close(st);
-    util_rm_rf(g_tmp);
+    finish();
 }
 
 TEST(seeded_store_first_snapshot_reads_nothing)
@@ -517,7 +526,341 @@ TEST(seeded_store_first_snapshot_reads_nothing)
     put("ref/a.txt", "changed in the session\n", 0644);
     tree_eq(ref, ws3);
     snap_store_close(sess);
-    util_rm_rf(g_tmp);
+    finish();
+}
+
+static ino_t ino_of(const char *rel)
+{
+    char *p = P(rel);
+    struct stat sb;
+    ASSERT_EQ(lstat(p, &sb), 0);
+    free(p);
+    return sb.st_ino;
+}
+
+static int exists(const char *rel)
+{
+    char *p = P(rel);
+    struct stat sb;
+    int r = lstat(p, &sb) == 0;
+    free(p);
+    return r;
+}
+
+static void rm(const char *rel)
+{
+    char *cmd = xasprintf("rm -rf '%s/%s'", g_tmp, rel);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+}
+
+/* Names in g_tmp that start with prefix. */
+static int count_prefix(const char *prefix)
+{
+    DIR *d = opendir(g_tmp);
+    ASSERT(d != NULL);
+    struct dirent *de;
+    int n = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, prefix, strlen(prefix)) == 0) {
+            n++;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+TEST(incremental_restore_every_kind_of_change)
+{
+    mk_tmp();
+    make_tree();
+    mkd("ws/emptydir", 0750);
+    mkd("ws/f2d", 0755); /* will become a file */
+    put("ws/f2d/inner", "inner", 0644);
+    put("ws/d2f", "will become a dir", 0644);
+    put("ws/l2f", "will become a symlink", 0644);
+    put("ws/samesize", "12345", 0644);
+    put("ws/unchanged", "never touched", 0640);
+    rm("ref");
+    char *cmd = xasprintf("cp -a %s/ws %s/ref", g_tmp, g_tmp);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+    struct snap_store *st = open_store();
+    struct snap_info si, s2;
+    char *ws = P("ws"), *ref = P("ref");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    ino_t same_ino = ino_of("ws/samesize"), a_ino = ino_of("ws/a.txt");
+    ino_t unchanged_ino = ino_of("ws/unchanged");
+
+    put("ws/samesize", "54321", 0644);              /* same size, other bytes */
+    put("ws/a.txt", "a much longer alpha\n", 0644); /* other size */
+    char *p = P("ws/secret");
+    ASSERT_EQ(chmod(p, 0644), 0); /* mode only */
+    free(p);
+    put("ws/added", "new", 0644); /* added file */
+    rm("ws/run.sh");              /* deleted file */
+    rm("ws/emptydir");            /* deleted empty dir */
+    mkd("ws/newempty", 0700);     /* added empty dir */
+    mkd("ws/newtree", 0755);      /* added tree */
+    mkd("ws/newtree/sub", 0755);
+    put("ws/newtree/sub/x", "x", 0644);
+    rm("ws/f2d"); /* dir -> file */
+    put("ws/f2d", "now a file", 0644);
+    rm("ws/d2f"); /* file -> dir */
+    mkd("ws/d2f", 0755);
+    put("ws/d2f/y", "y", 0644);
+    rm("ws/l2f"); /* file -> symlink */
+    lnk("a.txt", "ws/l2f");
+    rm("ws/link-rel"); /* symlink -> file */
+    put("ws/link-rel", "was a link", 0644);
+    rm("ws/link-dir"); /* symlink -> dir */
+    mkd("ws/link-dir", 0755);
+    rm("ws/link-abs"); /* symlink target changed */
+    lnk("/etc/hostname", "ws/link-abs");
+    p = P("ws/src/deep");
+    ASSERT_EQ(chmod(p, 0755), 0); /* directory mode */
+    free(p);
+
+    struct snap_restore_info ri;
+    ASSERT_EQ(snap_restore(st, si.id, ws, &ri), 0);
+    ASSERT_EQ(ri.fresh, 0);
+    tree_eq(ref, ws);
+    tree_eq(ws, ref);
+    /* changed files were rewritten in place (same inode), unchanged ones left alone */
+    ASSERT(ri.rewritten >= 2);
+    ASSERT_EQ(ino_of("ws/samesize"), same_ino);
+    ASSERT_EQ(ino_of("ws/a.txt"), a_ino);
+    ASSERT_EQ(ino_of("ws/unchanged"), unchanged_ino);
+    ASSERT(exists("ws/emptydir"));
+    ASSERT(!exists("ws/newempty"));
+    /* the cache describes the result: the next snapshot reads nothing */
+    ASSERT_EQ(snap_create(st, ws, NULL, &s2), 0);
+    ASSERT_EQ(s2.hashed, 0);
+    snap_store_close(st);
+    snap_background_wait();
+    ASSERT_EQ(count_prefix(".ws.snap-"), 0); /* the trash is gone */
+    free(ws);
+    free(ref);
+    finish();
+}
+
+TEST(rewrite_never_writes_through_a_hard_link)
+{
+    mk_tmp();
+    mkd("ws", 0755);
+    mkd("outside", 0755);
+    put("outside/victim", "victim", 0644);
+    put("ws/f", "snapshot", 0644);
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    /* the agent replaces f by a hard link to a file it must not reach through us */
+    rm("ws/f");
+    char *a = P("outside/victim"), *b = P("ws/f");
+    ASSERT_EQ(link(a, b), 0);
+    free(a);
+    free(b);
+    struct snap_restore_info ri;
+    ASSERT_EQ(snap_restore(st, si.id, ws, &ri), 0);
+    ASSERT_EQ(ri.rewritten, 0);
+    char *v = get("outside/victim");
+    ASSERT_STREQ(v, "victim");
+    free(v);
+    v = get("ws/f");
+    ASSERT_STREQ(v, "snapshot");
+    free(v);
+    ASSERT(ino_of("ws/f") != ino_of("outside/victim"));
+    snap_store_close(st);
+    free(ws);
+    finish();
+}
+
+TEST(symlinks_never_lead_restore_outside)
+{
+    mk_tmp();
+    make_tree();
+    mkd("outside", 0755);
+    put("outside/keep", "outside", 0644);
+    mkd("outside/dir", 0755);
+    put("outside/dir/keep2", "outside too", 0644);
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws"), *ref = P("ref");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    /* files and directories of the snapshot replaced by symlinks to the outside */
+    char *out = P("outside/keep"), *outd = P("outside/dir");
+    rm("ws/a.txt");
+    lnk(out, "ws/a.txt");
+    rm("ws/src");
+    lnk(outd, "ws/src");
+    rm("ws/ro");
+    lnk(outd, "ws/ro");
+    ASSERT_EQ(snap_restore(st, si.id, ws, NULL), 0);
+    tree_eq(ref, ws);
+    tree_eq(ws, ref);
+    snap_background_wait(); /* the trash (holding the symlinks) is deleted by now */
+    char *k = get("outside/keep");
+    ASSERT_STREQ(k, "outside");
+    free(k);
+    k = get("outside/dir/keep2");
+    ASSERT_STREQ(k, "outside too");
+    free(k);
+    ASSERT(!exists("outside/dir/deep"));
+    ASSERT(!exists("outside/dir/frozen"));
+    /* a workspace that is itself a symlink is refused, not followed */
+    char *ws2 = P("ws-link");
+    ASSERT_EQ(symlink(outd, ws2), 0);
+    ASSERT(snap_restore(st, si.id, ws2, NULL) != 0);
+    ASSERT(snap_create(st, ws2, NULL, NULL) != 0);
+    ASSERT(!exists("outside/dir/a.txt"));
+    snap_store_close(st);
+    free(out);
+    free(outd);
+    free(ws);
+    free(ws2);
+    free(ref);
+    finish();
+}
+
+TEST(fresh_restore_is_all_or_nothing_under_kill)
+{
+    mk_tmp();
+    mkd("ws", 0755);
+    char *cmd = xasprintf("cd %s/ws && for d in $(seq 1 20); do mkdir d$d; "
+                          "for f in $(seq 1 100); do echo \"$d/$f\" > d$d/f$f; done; done",
+                          g_tmp);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws"), *dst = P("dst");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    /* how long one restore takes here: the kills below land from 10% to 150% of it */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ASSERT_EQ(snap_restore(st, si.id, dst, NULL), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long full_ns = (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec);
+    rm("dst");
+    snap_background_wait();
+    int complete = 0, absent = 0;
+    for (int round = 0; round < 12; round++) {
+        pid_t pid = fork();
+        ASSERT(pid >= 0);
+        if (pid == 0) {
+            snap_set_spare_max(round % 2 ? 0 : 65536);
+            _exit(snap_restore(st, si.id, dst, NULL) == 0 ? 0 : 1);
+        }
+        long ns = full_ns / 10 + full_ns * round / 8;
+        struct timespec d = {ns / 1000000000L, ns % 1000000000L};
+        nanosleep(&d, NULL);
+        kill(pid, SIGKILL);
+        int status = 0;
+        ASSERT_EQ(waitpid(pid, &status, 0), pid);
+        /* a crash leaves either no workspace or a complete one, never half of one */
+        if (exists("dst")) {
+            tree_eq(ws, dst);
+            tree_eq(dst, ws);
+            complete++;
+            rm("dst");
+        } else {
+            absent++;
+        }
+    }
+    ASSERT(complete + absent == 12);
+    /* after the last crash, a restore sweeps the leftovers and succeeds */
+    if (!exists(".dst.snap-restore")) {
+        mkd(".dst.snap-restore", 0755); /* as if the last kill had hit the copy phase */
+    }
+    put(".dst.snap-restore/junk", "from a crash", 0644);
+    struct snap_restore_info ri;
+    ASSERT_EQ(snap_restore(st, si.id, dst, &ri), 0);
+    ASSERT_EQ(ri.fresh, 1);
+    tree_eq(ws, dst);
+    tree_eq(dst, ws);
+    snap_background_wait();
+    ASSERT_EQ(count_prefix(".dst.snap-"), 0);
+    fprintf(stderr, "# %d killed restores left a complete workspace, %d none\n", complete, absent);
+    snap_store_close(st);
+    free(ws);
+    free(dst);
+    finish();
+}
+
+TEST(spare_inodes_are_used_and_checked)
+{
+    mk_tmp();
+    make_tree();
+    mkd("outside", 0755);
+    put("outside/victim", "victim", 0644);
+    /* a planted "spare" that is a hard link to another file must never be written */
+    mkd(".snap-spare", 0700);
+    char *a = P("outside/victim"), *b = P(".snap-spare/f-0");
+    ASSERT_EQ(link(a, b), 0);
+    free(a);
+    free(b);
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws"), *ws2 = P("ws2"), *ref = P("ref");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    snap_background_wait(); /* the pool is topped up */
+    struct snap_restore_info ri;
+    ASSERT_EQ(snap_restore(st, si.id, ws2, &ri), 0);
+    ASSERT(ri.spares > 0);
+    ASSERT_EQ(ri.fresh, 1);
+    tree_eq(ref, ws2);
+    tree_eq(ws2, ref);
+    char *v = get("outside/victim");
+    ASSERT_STREQ(v, "victim");
+    free(v);
+    /* restored files are files of their own */
+    char *p = P("ws2/secret");
+    struct stat sb;
+    ASSERT_EQ(stat(p, &sb), 0);
+    ASSERT_EQ(sb.st_nlink, 1);
+    ASSERT_EQ(sb.st_mode & 07777, 0600);
+    free(p);
+    /* the cache is right for files that came from spares */
+    struct snap_info s2;
+    ASSERT_EQ(snap_create(st, ws2, NULL, &s2), 0);
+    ASSERT_EQ(s2.hashed, 0);
+    /* and without spares the result is the same */
+    snap_set_spare_max(0);
+    char *ws3 = P("ws3");
+    ASSERT_EQ(snap_restore(st, si.id, ws3, &ri), 0);
+    ASSERT_EQ(ri.spares, 0);
+    tree_eq(ref, ws3);
+    snap_set_spare_max(65536);
+    snap_store_close(st);
+    free(ws);
+    free(ws2);
+    free(ws3);
+    free(ref);
+    finish();
+}
+
+TEST(durable_snapshot_roundtrip)
+{
+    /* snap_set_durable(1): syncfs + fsyncs on the way; same results */
+    mk_tmp();
+    make_tree();
+    snap_set_durable(1);
+    struct snap_store *st = open_store();
+    struct snap_info si, s2;
+    char *ws = P("ws"), *ws2 = P("ws2"), *ref = P("ref");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    ASSERT_EQ(snap_create(st, ws, NULL, &s2), 0);
+    ASSERT_EQ(s2.hashed, 0);
+    ASSERT_EQ(snap_restore(st, s2.id, ws2, NULL), 0);
+    tree_eq(ref, ws2);
+    tree_eq(ws2, ref);
+    snap_set_durable(0);
+    snap_store_close(st);
+    free(ws);
+    free(ws2);
+    free(ref);
+    finish();
 }
 
 static const struct test_case tests[] = {
@@ -532,5 +875,11 @@ static const struct test_case tests[] = {
     T(restore_then_prune_then_snapshot),
     T(many_files_parallel),
     T(bad_ids),
+    T(incremental_restore_every_kind_of_change),
+    T(rewrite_never_writes_through_a_hard_link),
+    T(symlinks_never_lead_restore_outside),
+    T(fresh_restore_is_all_or_nothing_under_kill),
+    T(spare_inodes_are_used_and_checked),
+    T(durable_snapshot_roundtrip),
 };
 TEST_MAIN(tests)
