@@ -29,7 +29,9 @@ try {
   // ---- two clients: each other's prompts and presence in the same order ----
   const b = await connect(srv, sid, { token: bob });
   await b.next((f) => f.type === 'hello');
-  const joined = await a.next((f) => f.type === 'event' && f.event.type === 'participant.joined' && f.event.data.user.id === 'token:bob');
+  // Events come one per `event` frame or batched in an `events` frame (under load): look in both.
+  const evIn = (f, pred) => (f.type === 'event' && pred(f.event)) || (f.type === 'events' && f.events.some(pred));
+  const joined = await a.next((f) => evIn(f, (e) => e.type === 'participant.joined' && e.data.user.id === 'token:bob'));
   t.ok('A sees participant.joined of B', !!joined, a.frames.slice(-3));
   const pres = await api(srv, 'GET', '/v1/sessions/' + sid);
   const ids = (pres.body && pres.body.connected || []).map((u) => u.id).sort();
@@ -98,7 +100,7 @@ try {
 
   // B leaves: A sees participant.left.
   await b.close();
-  const left = await a.next((f) => f.type === 'event' && f.event.type === 'participant.left' && f.event.data.user.id === 'token:bob');
+  const left = await a.next((f) => evIn(f, (e) => e.type === 'participant.left' && e.data.user.id === 'token:bob'));
   t.ok('A sees participant.left of B', !!left);
 
   // ---- bad frames ----
