@@ -1226,6 +1226,11 @@ int store_open(const struct store_config *cfg, struct store **out)
         rc = ERR_IO;
         goto out;
     }
+    /* SQLite's memory statistics take one process-wide mutex on every allocation: with many
+     * threads opening session files (schema parse, statement prepare) it was the hottest
+     * futex of the spread benchmark. Only effective before SQLite initializes (the first
+     * store_open of the process); later calls fail harmlessly. */
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     regpath = xasprintf("%s/registry.db", st->data_dir);
     rc = registry_open(regpath, cfg->durability_full, &st->reg);
     if (rc) {
