@@ -1892,7 +1892,9 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
                      defer ? " (deferred)" : "");
         }
         if (rc == 0) {
-            chown_tree(r, workspace);
+            if (!defer) {
+                chown_tree(r, workspace); /* else the background sync does it, after the reset */
+            }
             src = "image";
             goto done;
         }
