@@ -118,6 +118,7 @@ int api_repos_start(struct app *app)
         .snapshot_quota = cfg->repos_snapshot_quota_mib << 20,
         .image_keep = (int)cfg->repos_image_keep,
         .pool_max_age_s = (int)cfg->repos_pool_max_age,
+        .sync_wait_ms = (int)cfg->repos_sync_wait_ms,
         .tick_ms = (int)cfg->repos_tick_ms,
         .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
         .agent_known = agent_known, /* issue 7 */

@@ -115,6 +115,8 @@ static const struct cfg_field fields[] = {
        "snapshot disk quota per session (MiB)"),
     FI("repos.image_keep", repos_image_keep, "3", 1, 1000, "ready images kept per repository"),
     FI("repos.pool_max_age", repos_pool_max_age, "1500", 1, 1 << 30, "warm workspace lifetime (s)"),
+    FI("repos.sync_wait_ms", repos_sync_wait_ms, "30000", 1, 3600000,
+       "writes and the agent wait this long for a new workspace's git sync (ms)"),
     FI("repos.tick_ms", repos_tick_ms, "30000", 50, 86400000,
        "image schedule and warm pool period (ms)"),
     FS("repos.file", repos_file, "", NULL,

@@ -80,6 +80,7 @@ struct config {
     int64_t repos_image_keep;         /* repos.image_keep: ready images kept per repository */
     int64_t repos_pool_max_age;       /* repos.pool_max_age: warm workspace lifetime (s) */
     int64_t repos_tick_ms;            /* repos.tick_ms: image schedule / warm pool period (ms) */
+    int64_t repos_sync_wait_ms;       /* repos.sync_wait_ms: bound of the wait for the sync */
     char *repos_file;                 /* repos.file: JSON array of repositories loaded at start */
 };
 
