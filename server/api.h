@@ -124,6 +124,20 @@ int req_fail_status(struct req *r, int status, const char *code, const char *mes
 /** Add a header to the reply (call before or after the req_reply_* call). Copied. */
 void req_add_header(struct req *r, const char *name, const char *value);
 
+/* ---- deferred replies: a handler that must wait (a synchronous exec) never blocks its
+ * libmicrohttpd pool thread, which serves other connections too ---- */
+
+/** From the handler (HTTP thread): suspend the connection and return 0 with no reply set.
+ * Exactly one later req_resume() must follow. */
+void req_defer(struct req *r);
+/** From any thread, after req_defer: set the reply first (req_reply_* / req_fail), then call
+ * this; the pool thread sends it. r must not be touched afterwards. */
+void req_resume(struct req *r);
+/** Shutdown hook (http_stop, after the grace period, before the daemon stops): answer every
+ * request still deferred (503) so none is freed while suspended. Weak no-op default; the
+ * sandbox API (synchronous execs) implements it. */
+void api_abort_deferred(struct app *app);
+
 /* ---- hooks: weak no-op defaults here, real ones provided by other subsystems ---- */
 
 /** A prompt was queued in session_id (committed). Called on the HTTP thread right after the

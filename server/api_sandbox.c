@@ -212,6 +212,10 @@ struct xctx {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int done; /* exited event committed; guarded by lock */
+    /* A synchronous exec's suspended request (req_defer), answered by x_exit_done; guarded
+     * by lock. waiter_counted: it holds a g_sync_waiting slot. */
+    struct req *waiter;
+    int waiter_counted;
     struct buf out, err;
     struct sbx_exit st;
     struct xctx *rnext; /* g_running, guarded by g_xlock */
@@ -220,7 +224,7 @@ struct xctx {
 /* Running execs by id, for POST …/exec/{xid}/kill. Each entry holds a reference. */
 static pthread_mutex_t g_xlock = PTHREAD_MUTEX_INITIALIZER;
 static struct xctx *g_running;
-static int g_sync_waiting; /* synchronous execs holding an HTTP thread; g_xlock */
+static int g_sync_waiting; /* synchronous execs waiting for their command; g_xlock */
 
 static void running_add(struct xctx *x)
 {
@@ -244,6 +248,31 @@ static int running_remove(struct xctx *x)
     }
     pthread_mutex_unlock(&g_xlock);
     return 0;
+}
+
+static void x_unref(struct xctx *x);
+
+void api_abort_deferred(struct app *app)
+{
+    (void)app;
+    pthread_mutex_lock(&g_xlock);
+    for (struct xctx *x = g_running; x; x = x->rnext) {
+        pthread_mutex_lock(&x->lock);
+        struct req *w = x->waiter;
+        int counted = x->waiter_counted;
+        x->waiter = NULL;
+        pthread_mutex_unlock(&x->lock);
+        if (w) {
+            req_fail(w, ERR_UNAVAILABLE, "the server is shutting down; exec %s was not waited for",
+                     x->xid);
+            if (counted) {
+                g_sync_waiting--; /* g_xlock held */
+            }
+            req_resume(w);
+            x_unref(x); /* the waiter's reference; the list still holds one */
+        }
+    }
+    pthread_mutex_unlock(&g_xlock);
 }
 
 static void x_unref(struct xctx *x)
@@ -309,6 +338,19 @@ static int x_output(void *ctx, struct sbx_exec *ex, int stream, const char *data
     return 0;
 }
 
+/* The answer of a synchronous exec (after its exit event is committed). */
+static void x_reply(struct xctx *x, struct req *r)
+{
+    json_t *res = json_pack("{s:s,s:s%,s:s%,s:o,s:o,s:b,s:b,s:I,s:b}", "exec_id", x->xid, "stdout",
+                            x->out.data ? x->out.data : "", x->out.len, "stderr",
+                            x->err.data ? x->err.data : "", x->err.len, "exit_code",
+                            x->st.exit_code >= 0 ? json_integer(x->st.exit_code) : json_null(),
+                            "signal", x->st.signal ? json_integer(x->st.signal) : json_null(),
+                            "truncated", x->truncated, "timed_out", x->st.timed_out, "duration_ms",
+                            (json_int_t)(x->st.duration_us / 1000), "oom", x->st.oom);
+    req_reply_json(r, 200, res);
+}
+
 static void x_exit_done(void *arg, int rc)
 {
     (void)rc;
@@ -319,8 +361,22 @@ static void x_exit_done(void *arg, int rc)
     runner_release(x->runner, x->sid);
     pthread_mutex_lock(&x->lock);
     x->done = 1;
+    struct req *w = x->waiter;
+    int counted = x->waiter_counted;
+    x->waiter = NULL;
     pthread_cond_broadcast(&x->cond);
     pthread_mutex_unlock(&x->lock);
+    if (w) {
+        /* The suspended request of a synchronous exec: answer it now (commit queue thread). */
+        x_reply(x, w);
+        if (counted) {
+            pthread_mutex_lock(&g_xlock);
+            g_sync_waiting--;
+            pthread_mutex_unlock(&g_xlock);
+        }
+        req_resume(w);
+        x_unref(x); /* the waiter's reference */
+    }
     x_unref(x);
 }
 
@@ -418,8 +474,9 @@ int api_exec(struct req *r)
         goto out;
     }
     if (!async) {
-        /* A synchronous exec holds an HTTP pool thread until the command ends: never let them
-         * take more than half of the pool, or slow commands would stall every other request. */
+        /* A synchronous exec no longer holds an HTTP thread (its request is suspended), but
+         * it buffers up to the output cap in memory until its command ends: keep their number
+         * bounded (half the HTTP threads, as the API has always promised). */
         int max_sync = (int)app->cfg->threads / 2 > 0 ? (int)app->cfg->threads / 2 : 1;
         pthread_mutex_lock(&g_xlock);
         int ok = g_sync_waiting < max_sync;
@@ -504,19 +561,23 @@ int api_exec(struct req *r)
         rc = req_reply_json(r, 202, json_pack("{s:s}", "exec_id", x->xid));
         goto out;
     }
+    /* Wait without holding the HTTP pool thread (it serves other connections too): suspend
+     * the request; x_exit_done answers and resumes it. Suspended under x->lock so the exit
+     * cannot resume it before it is suspended. */
     pthread_mutex_lock(&x->lock);
-    while (!x->done) {
-        pthread_cond_wait(&x->cond, &x->lock);
+    if (x->done) {
+        pthread_mutex_unlock(&x->lock);
+        x_reply(x, r);
+        rc = 0;
+        goto out;
     }
+    req_defer(r);
+    atomic_fetch_add(&x->refs, 1); /* the waiter's, dropped by x_exit_done */
+    x->waiter = r;
+    x->waiter_counted = counted;
+    counted = 0; /* released by x_exit_done */
     pthread_mutex_unlock(&x->lock);
-    json_t *res = json_pack("{s:s,s:s%,s:s%,s:o,s:o,s:b,s:b,s:I,s:b}", "exec_id", x->xid, "stdout",
-                            x->out.data ? x->out.data : "", x->out.len, "stderr",
-                            x->err.data ? x->err.data : "", x->err.len, "exit_code",
-                            x->st.exit_code >= 0 ? json_integer(x->st.exit_code) : json_null(),
-                            "signal", x->st.signal ? json_integer(x->st.signal) : json_null(),
-                            "truncated", x->truncated, "timed_out", x->st.timed_out, "duration_ms",
-                            (json_int_t)(x->st.duration_us / 1000), "oom", x->st.oom);
-    rc = req_reply_json(r, 200, res);
+    rc = 0;
 out:
     if (counted) {
         pthread_mutex_lock(&g_xlock);

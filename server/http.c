@@ -83,6 +83,9 @@ struct req {
     /* WebSocket hand-off */
     void *upgrade_ctx;
     int upgraded;
+    /* deferred reply: set by the handler (pool thread) before MHD_suspend_connection; the
+     * resuming thread sets the reply fields, then resumes; MHD orders the two. */
+    int deferred;
     /* reply */
     int reply_set;
     int status;
@@ -115,6 +118,11 @@ __attribute__((weak)) void ws_upgrade_complete(struct app *app, void *upgrade_ct
 
 /* Default CORS: exact origins from config (public_url's origin + cfg->origins). Bearer tokens
  * travel in a header, so no credentials mode is needed. */
+__attribute__((weak)) void api_abort_deferred(struct app *app)
+{
+    (void)app;
+}
+
 __attribute__((weak)) int api_cors(struct req *r, const char *origin, int preflight)
 {
     int allowed = origin && config_origin_allowed(r->app->cfg, origin);
@@ -525,6 +533,17 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
     req_free(r);
 }
 
+void req_defer(struct req *r)
+{
+    r->deferred = 1;
+    MHD_suspend_connection(r->conn);
+}
+
+void req_resume(struct req *r)
+{
+    MHD_resume_connection(r->conn);
+}
+
 /* Build the MHD response from the reply fields and queue it. */
 static enum MHD_Result send_reply(struct req *r)
 {
@@ -684,7 +703,7 @@ static void dispatch(struct req *r)
         return;
     }
     rc = r->route->fn(r);
-    if (!r->reply_set) {
+    if (!r->deferred && !r->reply_set) { /* deferred: another thread may be setting it */
         if (rc) {
             req_fail(r, rc, NULL);
         } else {
@@ -706,6 +725,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (r->phase == 0) {
         r->conn = c;
         return on_headers(r, url, method);
+    }
+    if (r->deferred) {
+        /* Called again after req_resume(): the reply was set by the resuming thread. */
+        if (!r->reply_set) {
+            req_fail(r, ERR_INTERNAL, "a deferred request was resumed without a reply");
+        }
+        r->deferred = 0;
+        return send_reply(r);
     }
     if (r->phase == 2) {
         /* Replied early (413 on Expect); swallow anything MHD still hands us. */
@@ -731,6 +758,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     dispatch(r);
+    if (r->deferred) {
+        return MHD_YES; /* suspended: req_resume() brings us back here */
+    }
     return send_reply(r);
 }
 
@@ -813,6 +843,16 @@ void http_stop(struct http *h, int grace_s)
     while (atomic_load(&h->inflight) > 0 && clock_mono_ms() < deadline) {
         struct timespec ts = {0, 10000000L};
         nanosleep(&ts, NULL);
+    }
+    if (atomic_load(&h->inflight) > 0) {
+        /* Deferred requests (suspended connections) must be answered before the daemon
+         * stops: MHD would free them while another thread still holds them. */
+        api_abort_deferred(h->app);
+        deadline = clock_mono_ms() + 1000;
+        while (atomic_load(&h->inflight) > 0 && clock_mono_ms() < deadline) {
+            struct timespec ts = {0, 10000000L};
+            nanosleep(&ts, NULL);
+        }
     }
     if (atomic_load(&h->inflight) > 0) {
         LOG_WARN("http: %d requests still in flight after %d s, stopping anyway",

@@ -147,11 +147,14 @@ check "killed exec reports SIGKILL" jq -e ".[]|select(.type==\"exec.exited\" and
 api POST "/v1/sessions/$S1/exec/$XK/kill" '{}'
 expect_error 404 not_found "kill of a finished exec"
 # synchronous execs may hold at most half of the HTTP threads (4 here): the third gets 429
-curl -s -o /dev/null -H "Authorization: Bearer $ADMIN" -d '{"script":"sleep 2"}' "$BASE/v1/sessions/$S1/exec" &
+curl -s -o /dev/null -H "Authorization: Bearer $ADMIN" -d '{"script":"sleep 4 # hold1"}' "$BASE/v1/sessions/$S1/exec" &
 BG1=$!
-curl -s -o /dev/null -H "Authorization: Bearer $ADMIN" -d '{"script":"sleep 2"}' "$BASE/v1/sessions/$S2/exec" &
+curl -s -o /dev/null -H "Authorization: Bearer $ADMIN" -d '{"script":"sleep 4 # hold2"}' "$BASE/v1/sessions/$S2/exec" &
 BG2=$!
-sleep 0.7
+# Both must be running (their exec.started is written), not just sent: a fixed sleep raced
+# with slow sandbox starts under ASan and load.
+wait_for "$S1" '.type=="exec.started" and .data.script=="sleep 4 # hold1"' 10 || fail "first holding exec started"
+wait_for "$S2" '.type=="exec.started" and .data.script=="sleep 4 # hold2"' 10 || fail "second holding exec started"
 api POST "/v1/sessions/$S3/exec" '{"script":"true"}'
 expect_error 429 rate_limited "a third concurrent synchronous exec is refused"
 api GET /healthz "" -
