@@ -12,6 +12,8 @@
 # POLL=1 polls GET …/events instead). An image start is ready once the files are restored: its
 # sync to the branch head runs after, in the background (git.synced {ms}).
 # SESSIOND_SANDBOX=local measures with bubblewrap sandboxes (default: process).
+# POOL_BENCH_IMAGE_ROUNDS (default 3) image starts; the server's own breakdown of each (restore
+# phases, image build fetch/checkout) is printed from its log.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -73,7 +75,7 @@ fi
 
 SESSIOND_SANDBOX=${SESSIOND_SANDBOX:-process} SESSIOND_ADMIN_TOKEN=$TOKEN "$BIN" \
   --listen 127.0.0.1:0 --port-file "$TMP/port" --data-dir "$TMP/data" --request-log false \
-  --log-level warn --repos-tick-ms 100 >>"$TMP/sessiond.log" 2>&1 &
+  --log-level info --repos-tick-ms 100 >>"$TMP/sessiond.log" 2>&1 &
 SPID=$!
 for _ in $(seq 200); do [ -s "$TMP/port" ] && break; sleep 0.05; done
 BASE="http://127.0.0.1:$(cat "$TMP/port")"
@@ -136,7 +138,7 @@ echo "== image starts (pool_size 0)"
 api PATCH /v1/repos/big '{"pool_size":0}' >/dev/null
 sleep 0.5
 : >"$TMP/image"
-for _ in $(seq 3); do
+for _ in $(seq "${POOL_BENCH_IMAGE_ROUNDS:-3}"); do
   start_one big >>"$TMP/image"
   sid=$(tail -1 "$TMP/image" | cut -d' ' -f4)
   # the sync to the branch head (+ index refresh) runs after sandbox.ready; let it end
@@ -145,6 +147,8 @@ for _ in $(seq 3); do
   wait_ev "$sid" session.snapshot 1 >/dev/null
 done
 report image "$TMP/image"
+grep -o 'repos: [^"]*\(image restore\|shared store\)[^"]*' "$TMP/sessiond.log" | sed 's/^/  log: /'
+echo "  image: $(du -sm "$TMP/data/repos/big/images" | cut -f1) MiB in the image store, shared store $(du -sm "$TMP/data/repos/big/objects.git" 2>/dev/null | cut -f1) MiB"
 
 echo "== snapshot starts (session ended, workspace gone, follow-up prompt)"
 : >"$TMP/snap"

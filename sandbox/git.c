@@ -12,11 +12,13 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "common/xmem.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <git2.h>
+#include <git2/sys/odb_backend.h>
 #include <git2/sys/repository.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -172,8 +174,10 @@ static void set_callbacks(git_remote_callbacks *cb, struct cbctx *c)
 
 /* ---------------------------------------------------------------- repository checks */
 
-/* The workspace's .git must be a plain directory of its own (see git.h). */
-static int check_gitdir(const char *dir)
+/* The workspace's .git must be a plain directory of its own (see git.h). An alternates file is
+ * allowed only when the caller names the shared store (allow_alternates): its content is then
+ * never read here (see shared_odb). */
+static int check_gitdir(const char *dir, int allow_alternates)
 {
     struct stat sb;
     char *p = xasprintf("%s/.git", dir);
@@ -189,6 +193,9 @@ static int check_gitdir(const char *dir)
     }
     static const char *const bad[] = {"commondir", "objects/info/alternates", NULL};
     for (int i = 0; bad[i]; i++) {
+        if (allow_alternates && strcmp(bad[i], "objects/info/alternates") == 0) {
+            continue;
+        }
         char *q = xasprintf("%s/%s", p, bad[i]);
         int exists = lstat(q, &sb) == 0;
         free(q);
@@ -214,17 +221,68 @@ out:
     return rc;
 }
 
-static int open_repo(const char *dir, git_repository **out)
+/* Give repo (the workspace dir) an object database made of its own .git/objects (loose objects
+ * first, as libgit2 does, then packs) plus the shared store's objects directory as an
+ * alternate. Built by hand so that the host never reads .git/objects/info/alternates, which
+ * the agent can rewrite: only the sandbox's git follows that file, and inside the sandbox it
+ * can reach nothing but the store bound there read-only. The alternate is read-only for
+ * libgit2 as well: writes (fetched packs, commits) go to the workspace's own objects. */
+static int shared_odb(git_repository *repo, const char *shared)
 {
-    int rc = check_gitdir(dir);
+    git_odb *odb = NULL;
+    git_odb_backend *loose = NULL, *pack = NULL;
+    char *objs = xasprintf("%sobjects", git_repository_path(repo)); /* path ends with '/' */
+    int grc = git_odb_new(&odb);
+    if (grc == 0) {
+        grc = git_odb_backend_loose(&loose, objs, -1, 0, 0, 0);
+    }
+    if (grc == 0) {
+        grc = git_odb_add_backend(odb, loose, 1);
+        if (grc < 0) {
+            loose->free(loose);
+        }
+    }
+    if (grc == 0) {
+        grc = git_odb_backend_pack(&pack, objs);
+    }
+    if (grc == 0) {
+        grc = git_odb_add_backend(odb, pack, 2);
+        if (grc < 0) {
+            pack->free(pack);
+        }
+    }
+    if (grc == 0) {
+        grc = git_odb_add_disk_alternate(odb, shared); /* a missing store adds nothing */
+    }
+    if (grc == 0) {
+        git_repository_set_odb(repo, odb);
+    }
+    git_odb_free(odb); /* the repository holds its own reference */
+    free(objs);
+    return grc < 0 ? gerr(grc, "object database") : 0;
+}
+
+/* Open the workspace dir; shared (may be NULL) is its repository's shared object store. */
+static int open_repo(const char *dir, const char *shared, git_repository **out)
+{
+    *out = NULL;
+    int rc = check_gitdir(dir, shared != NULL);
     if (rc != 0) {
         return rc;
     }
     int grc = git_repository_open_ext(out, dir, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL);
     if (grc < 0) {
+        *out = NULL;
         return gerr(grc, "open");
     }
-    return 0;
+    if (shared) {
+        rc = shared_odb(*out, shared);
+        if (rc != 0) {
+            git_repository_free(*out);
+            *out = NULL;
+        }
+    }
+    return rc;
 }
 
 /* For network operations: forget whatever the agent put in .git/config. */
@@ -311,8 +369,8 @@ out:
     return rc;
 }
 
-int gitx_sync(const char *dir, const char *url, const char *branch, const struct gitx_cred *cred,
-              char head[41])
+int gitx_sync(const char *dir, const char *shared, const char *url, const char *branch,
+              const struct gitx_cred *cred, char head[41])
 {
     git_repository *repo = NULL;
     git_remote *remote = NULL;
@@ -324,7 +382,7 @@ int gitx_sync(const char *dir, const char *url, const char *branch, const struct
         rc = valid_branch(branch, refname, sizeof(refname));
     }
     if (rc == 0) {
-        rc = open_repo(dir, &repo);
+        rc = open_repo(dir, shared, &repo);
     }
     if (rc != 0) {
         goto out;
@@ -374,7 +432,189 @@ out:
     return rc;
 }
 
-int gitx_head(const char *dir, char head[41], char **branch_out)
+/* ---------------------------------------------------------------- shared object stores */
+
+int gitx_mirror_fetch(const char *gitdir, const char *url, const char *branch,
+                      const struct gitx_cred *cred, char head[41])
+{
+    git_repository *repo = NULL;
+    git_remote *remote = NULL;
+    git_reference *ref = NULL;
+    char refname[256], spec[600];
+    struct cbctx cb = {.cred = cred};
+    int rc = gitx_init(NULL, NULL);
+    if (rc == 0) {
+        rc = valid_branch(branch, refname, sizeof(refname));
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    struct stat sb;
+    if (stat(gitdir, &sb) != 0) {
+        /* The first fetch is a bare clone, built aside and renamed into place: for a remote
+         * on a local path libgit2 then copies (or hard-links) its object files instead of
+         * packing every object anew (12 s instead of 2 s for 100 MiB); the fetch below then
+         * has nothing left to transfer. */
+        char *tmp = xasprintf("%s.tmp", gitdir);
+        git_clone_options o;
+        git_clone_options_init(&o, GIT_CLONE_OPTIONS_VERSION);
+        o.bare = 1;
+        o.checkout_branch = branch;
+        set_callbacks(&o.fetch_opts.callbacks, &cb);
+        o.fetch_opts.proxy_opts.type = GIT_PROXY_NONE;
+        o.fetch_opts.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE;
+        util_rm_rf(tmp);
+        int crc = git_clone(&repo, url, tmp, &o);
+        git_repository_free(repo);
+        repo = NULL;
+        if (crc < 0) {
+            rc = gerr(crc, "clone into the shared store");
+        } else if (rename(tmp, gitdir) != 0) {
+            LOG_WARN("git: rename %s: %s", tmp, strerror(errno));
+            rc = ERR_IO;
+        }
+        util_rm_rf(tmp);
+        free(tmp);
+        if (rc != 0) {
+            goto out;
+        }
+    }
+    int grc = git_repository_open_bare(&repo, gitdir);
+    if (grc < 0) {
+        rc = gerr(grc, "shared store");
+        goto out;
+    }
+    rc = sanitize_config(repo);
+    if (rc == 0) {
+        rc = anon_remote(repo, url, &remote);
+    }
+    if (rc != 0) {
+        goto out;
+    }
+    snprintf(spec, sizeof(spec), "+%s:%s", refname, refname);
+    git_fetch_options fo;
+    git_fetch_options_init(&fo, GIT_FETCH_OPTIONS_VERSION);
+    set_callbacks(&fo.callbacks, &cb);
+    fo.proxy_opts.type = GIT_PROXY_NONE;
+    fo.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE;
+    char *specs[] = {spec};
+    git_strarray sa = {specs, 1};
+    grc = git_remote_fetch(remote, &sa, &fo, NULL);
+    if (grc == 0) {
+        grc = git_reference_lookup(&ref, repo, refname);
+    }
+    if (grc < 0) {
+        rc = gerr(grc, "fetch into the shared store");
+        goto out;
+    }
+    if (head) {
+        oid_hex(git_reference_target(ref), head);
+    }
+out:
+    git_reference_free(ref);
+    git_remote_free(remote);
+    git_repository_free(repo);
+    return rc;
+}
+
+int gitx_checkout_shared(const char *dir, const char *shared, const char *url, const char *branch,
+                         const char *commit)
+{
+    git_repository *repo = NULL;
+    git_commit *c = NULL;
+    git_reference *ref = NULL, *rref = NULL;
+    git_config *cfg = NULL;
+    git_oid oid;
+    char refname[256], key[300];
+    FILE *f = NULL;
+    char *alt = NULL;
+    int rc = gitx_init(NULL, NULL);
+    if (rc == 0) {
+        rc = valid_branch(branch, refname, sizeof(refname));
+    }
+    if (rc == 0 && (!shared || shared[0] != '/' || strchr(shared, '\n') || !commit ||
+                    git_oid_fromstr(&oid, commit) < 0)) {
+        rc = ERR_INVALID;
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    git_repository_init_options io;
+    git_repository_init_options_init(&io, GIT_REPOSITORY_INIT_OPTIONS_VERSION);
+    io.flags = GIT_REPOSITORY_INIT_MKPATH | GIT_REPOSITORY_INIT_NO_REINIT;
+    io.initial_head = branch;
+    int grc = git_repository_init_ext(&repo, dir, &io);
+    if (grc < 0) {
+        rc = gerr(grc, "init");
+        goto out;
+    }
+    git_repository_free(repo);
+    repo = NULL;
+    /* The file the sandbox's git follows (we never read it back: see shared_odb). */
+    alt = xasprintf("%s/.git/objects/info/alternates", dir);
+    f = fopen(alt, "wx");
+    if (!f || fprintf(f, "%s\n", shared) < 0 || fclose(f) != 0) {
+        LOG_WARN("git: cannot write %s: %s", alt, strerror(errno));
+        f = NULL;
+        rc = ERR_IO;
+        goto out;
+    }
+    f = NULL;
+    rc = open_repo(dir, shared, &repo);
+    if (rc != 0) {
+        goto out;
+    }
+    /* What a clone leaves: origin, its tracking ref, the branch set to track it. */
+    grc = git_commit_lookup(&c, repo, &oid);
+    if (grc == 0) {
+        git_remote *origin = NULL;
+        grc = git_remote_create(&origin, repo, "origin", url);
+        git_remote_free(origin);
+    }
+    if (grc == 0) {
+        snprintf(key, sizeof(key), "refs/remotes/origin/%s", branch);
+        grc = git_reference_create(&rref, repo, key, &oid, 1, "sessiond: shared checkout");
+    }
+    if (grc == 0) {
+        grc = git_reference_create(&ref, repo, refname, &oid, 1, "sessiond: shared checkout");
+    }
+    if (grc == 0) {
+        grc = git_repository_config(&cfg, repo);
+    }
+    if (grc == 0) {
+        snprintf(key, sizeof(key), "branch.%s.remote", branch);
+        grc = git_config_set_string(cfg, key, "origin");
+    }
+    if (grc == 0) {
+        snprintf(key, sizeof(key), "branch.%s.merge", branch);
+        grc = git_config_set_string(cfg, key, refname);
+    }
+    if (grc == 0) {
+        grc = git_repository_set_head(repo, refname);
+    }
+    if (grc == 0) {
+        git_checkout_options co;
+        git_checkout_options_init(&co, GIT_CHECKOUT_OPTIONS_VERSION);
+        co.checkout_strategy = GIT_CHECKOUT_FORCE;
+        grc = git_checkout_head(repo, &co);
+    }
+    if (grc < 0) {
+        rc = gerr(grc, "shared checkout");
+    }
+out:
+    if (f) {
+        fclose(f);
+    }
+    free(alt);
+    git_config_free(cfg);
+    git_reference_free(rref);
+    git_reference_free(ref);
+    git_commit_free(c);
+    git_repository_free(repo);
+    return rc;
+}
+
+int gitx_head(const char *dir, const char *shared, char head[41], char **branch_out)
 {
     git_repository *repo = NULL;
     git_reference *ref = NULL;
@@ -383,7 +623,7 @@ int gitx_head(const char *dir, char head[41], char **branch_out)
         *branch_out = NULL;
     }
     if (rc == 0) {
-        rc = open_repo(dir, &repo);
+        rc = open_repo(dir, shared, &repo);
     }
     if (rc != 0) {
         goto out;
@@ -411,14 +651,14 @@ out:
 
 /* ---------------------------------------------------------------- status / commit */
 
-int gitx_changed(const char *dir, json_t **out)
+int gitx_changed(const char *dir, const char *shared, json_t **out)
 {
     git_repository *repo = NULL;
     git_status_list *list = NULL;
     json_t *arr = json_array();
     int rc = gitx_init(NULL, NULL);
     if (rc == 0) {
-        rc = open_repo(dir, &repo);
+        rc = open_repo(dir, shared, &repo);
     }
     if (rc != 0) {
         goto out;
@@ -496,10 +736,10 @@ static int stage_changes(git_repository *repo, git_index *idx)
     return grc;
 }
 
-int gitx_commit(const char *dir, const char *branch, const struct gitx_ident *who,
-                const char *message, char sha[41], int *committed)
+int gitx_commit(const char *dir, const char *shared, const char *branch,
+                const struct gitx_ident *who, const char *message, char sha[41], int *committed)
 {
-    return gitx_commit_n(dir, branch, who, message, sha, committed, NULL);
+    return gitx_commit_n(dir, shared, branch, who, message, sha, committed, NULL);
 }
 
 /* Same file as when the index recorded it? Size, mode and mtime equal, and the entry not
@@ -585,13 +825,13 @@ static int restat_index(git_repository *repo, const char *dir, size_t *fixed, si
     return grc < 0 ? gerr(grc, "index restat") : 0;
 }
 
-int gitx_refresh_index(const char *dir)
+int gitx_refresh_index(const char *dir, const char *shared)
 {
     git_repository *repo = NULL;
     git_index *idx = NULL;
     int rc = gitx_init(NULL, NULL);
     if (rc == 0) {
-        rc = open_repo(dir, &repo);
+        rc = open_repo(dir, shared, &repo);
     }
     if (rc != 0) {
         return rc;
@@ -617,8 +857,9 @@ int gitx_refresh_index(const char *dir)
     return rc;
 }
 
-int gitx_commit_n(const char *dir, const char *branch, const struct gitx_ident *who,
-                  const char *message, char sha[41], int *committed, size_t *files)
+int gitx_commit_n(const char *dir, const char *shared, const char *branch,
+                  const struct gitx_ident *who, const char *message, char sha[41], int *committed,
+                  size_t *files)
 {
     git_repository *repo = NULL;
     git_index *idx = NULL;
@@ -638,7 +879,7 @@ int gitx_commit_n(const char *dir, const char *branch, const struct gitx_ident *
         rc = ERR_INVALID;
     }
     if (rc == 0) {
-        rc = open_repo(dir, &repo);
+        rc = open_repo(dir, shared, &repo);
     }
     if (rc != 0) {
         goto out;
@@ -722,7 +963,8 @@ out:
     return rc;
 }
 
-int gitx_push(const char *dir, const char *url, const char *branch, const struct gitx_cred *cred)
+int gitx_push(const char *dir, const char *shared, const char *url, const char *branch,
+              const struct gitx_cred *cred)
 {
     git_repository *repo = NULL;
     git_remote *remote = NULL;
@@ -734,7 +976,7 @@ int gitx_push(const char *dir, const char *url, const char *branch, const struct
         rc = valid_branch(branch, refname, sizeof(refname));
     }
     if (rc == 0) {
-        rc = open_repo(dir, &repo);
+        rc = open_repo(dir, shared, &repo);
     }
     if (rc != 0) {
         goto out;

@@ -11,9 +11,20 @@
  *   url.*.insteadOf in the workspace's .git/config cannot redirect it, and with the
  *   repository's config replaced by an empty one for the network operation (no http.proxy,
  *   remote.*, credential helpers...). Credentials come only from the caller.
- * - A workspace's .git must be a real directory inside it, without `commondir` or
- *   `objects/info/alternates` (which could point the host-side process at another
- *   session's repository); otherwise ERR_FORBIDDEN.
+ * - A workspace's .git must be a real directory inside it, without `commondir`; otherwise
+ *   ERR_FORBIDDEN. `objects/info/alternates` (which could point the host-side process at
+ *   another session's repository) is refused too, unless the caller passes `shared`: the
+ *   objects directory of the repository's shared object store (below). The file's content is
+ *   then never read on the host: the object database is built from the workspace's own
+ *   .git/objects plus `shared`, whatever the agent wrote into the file.
+ *
+ * Shared object stores. Images share one object store per repository (a bare repository,
+ * fetched into by gitx_mirror_fetch, written by the host only); a workspace made by
+ * gitx_checkout_shared (and everything restored from it) has no copy of those objects, only
+ * `.git/objects/info/alternates` naming the store's objects directory by its absolute path,
+ * which the sandbox sees read-only at the same path. Objects the workspace creates (commits,
+ * fetched packs) go to its own .git/objects. `shared` parameters below: that objects
+ * directory, or NULL for a self-contained workspace (whose alternates file is then refused).
  * - HTTPS: the CA location is set explicitly at init (Debian's libgit2 uses mbedTLS, which
  *   has no default trust store).
  *
@@ -53,38 +64,55 @@ int gitx_clone(const char *url, const char *branch, const char *dir, const struc
 
 /** Fetch branch from url and hard-reset the checked-out branch of dir to it (untracked
  * files stay). head (may be NULL) gets the new commit id. */
-int gitx_sync(const char *dir, const char *url, const char *branch, const struct gitx_cred *cred,
-              char head[41]);
+int gitx_sync(const char *dir, const char *shared, const char *url, const char *branch,
+              const struct gitx_cred *cred, char head[41]);
+
+/** Fetch branch from url into the bare repository gitdir (created if missing) as
+ * refs/heads/<branch>: the shared object store of a repository. Only what the store lacks is
+ * transferred; objects are never deleted (see docs/repos.md). head (may be NULL) gets the
+ * fetched commit id. Callers serialize fetches into one store; readers may run meanwhile
+ * (packs appear complete, under their final name, or not at all). */
+int gitx_mirror_fetch(const char *gitdir, const char *url, const char *branch,
+                      const struct gitx_cred *cred, char head[41]);
+
+/** Make dir (must not exist or be empty) a workspace at commit (40 hex, which must be in the
+ * store) on branch, without a copy of the objects: .git/objects/info/alternates names shared
+ * (an absolute objects directory), remote origin = url, refs/remotes/origin/<branch> and the
+ * branch tracking it, as a clone leaves them; the files are checked out. */
+int gitx_checkout_shared(const char *dir, const char *shared, const char *url, const char *branch,
+                         const char *commit);
 
 /** The commit id of HEAD (ERR_NOT_FOUND on an unborn branch) and, if branch_out is not NULL,
  * the short name of the checked-out branch (caller frees; NULL when detached). */
-int gitx_head(const char *dir, char head[41], char **branch_out);
+int gitx_head(const char *dir, const char *shared, char head[41], char **branch_out);
 
 /** Changed files of the working tree against HEAD (untracked included, ignored excluded):
  * *out = [{"path":"a.c","status":"modified|added|deleted|renamed|typechange"}]. */
-int gitx_changed(const char *dir, json_t **out);
+int gitx_changed(const char *dir, const char *shared, json_t **out);
 
 /** Stage every change (adds, edits, deletions; .gitignore respected) and commit it on
  * refs/heads/<branch> with who as author and committer, then make that branch HEAD (the
  * working tree is untouched). *committed = 0 and no commit when nothing changed.
  * sha (may be NULL) gets the new commit id. ERR_INVALID for a bad branch name. */
-int gitx_commit(const char *dir, const char *branch, const struct gitx_ident *who,
-                const char *message, char sha[41], int *committed);
+int gitx_commit(const char *dir, const char *shared, const char *branch,
+                const struct gitx_ident *who, const char *message, char sha[41], int *committed);
 
 /** gitx_commit() that also reports how many files the commit changed (*files, may be NULL). */
-int gitx_commit_n(const char *dir, const char *branch, const struct gitx_ident *who,
-                  const char *message, char sha[41], int *committed, size_t *files);
+int gitx_commit_n(const char *dir, const char *shared, const char *branch,
+                  const struct gitx_ident *who, const char *message, char sha[41], int *committed,
+                  size_t *files);
 
 /** Refresh the stat data of the index entries (after a restore: new inodes and ctimes make
  * libgit2 and git re-read every file until the index is rewritten). Entries whose size, mode
  * and mtime still match (a restore keeps them) get the new inode/ctime without a read; only
  * the rest is hashed. */
-int gitx_refresh_index(const char *dir);
+int gitx_refresh_index(const char *dir, const char *shared);
 
 /** Push refs/heads/<branch> of dir to the same branch at url (forced: the session branch is
  * ours, and a rollback rewrites it). ERR_AUTH on refused credentials, ERR_CONFLICT if the
  * remote refused the update. */
-int gitx_push(const char *dir, const char *url, const char *branch, const struct gitx_cred *cred);
+int gitx_push(const char *dir, const char *shared, const char *url, const char *branch,
+              const struct gitx_cred *cred);
 
 /** on = 1: every clone/fetch/push in progress or started later fails (server shutdown). */
 void gitx_cancel_all(int on);

@@ -108,6 +108,7 @@ struct job {
 struct repos {
     struct repos_config cfg;
     char *data_dir;
+    char *abs_data_dir; /* realpath of data_dir: shared stores are named by absolute paths */
     char *ca_file;
     sqlite3 *db;
     pthread_mutex_t dblock;
@@ -691,6 +692,49 @@ static char *repo_dir(struct repos *r, const char *name, const char *sub)
                : xasprintf("%s/repos/%s", r->data_dir, name);
 }
 
+/* The objects directory of repo's shared object store (docs/repos.md "Shared object store"):
+ * an absolute path, since it is written into workspaces' alternates files and bound at the same
+ * path inside sandboxes. Caller frees. */
+static char *shared_objects(struct repos *r, const char *repo)
+{
+    return xasprintf("%s/repos/%s/objects.git/objects", r->abs_data_dir, repo);
+}
+
+/* shared_objects() if that store exists (its repo has built an image since stores exist),
+ * else NULL: what the gitx_* calls on a workspace of repo get. Caller frees. */
+static char *shared_if_any(struct repos *r, const char *repo)
+{
+    struct stat sb;
+    if (!repo || !util_valid_id(repo)) {
+        return NULL;
+    }
+    char *p = shared_objects(r, repo);
+    if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+/* shared_if_any() of the repository session sid was prepared from. Caller frees. */
+static char *session_shared(struct repos *r, const char *sid)
+{
+    sqlite3_stmt *st = NULL;
+    char *repo = NULL;
+    pthread_mutex_lock(&r->dblock);
+    if (db_prep(r, "SELECT repo FROM session_repos WHERE session_id=?", &st) == 0) {
+        bind_text(st, 1, sid);
+        if (sqlite3_step(st) == SQLITE_ROW && col_text(st, 0)) {
+            repo = xstrdup(col_text(st, 0));
+        }
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&r->dblock);
+    char *p = shared_if_any(r, repo);
+    free(repo);
+    return p;
+}
+
 int repos_delete(struct repos *r, const char *name)
 {
     const char *args[] = {name};
@@ -728,10 +772,25 @@ int repos_delete(struct repos *r, const char *name)
         free(w->image_id);
         free(w);
     }
+    /* Everything but the shared object store: the workspaces and snapshots of its sessions
+     * (which outlive the repository) still borrow objects from it (docs/repos.md). */
     char *dir = repo_dir(r, name, NULL);
-    util_rm_rf(dir);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+            strcmp(de->d_name, "objects.git") == 0) {
+            continue;
+        }
+        char *p = xasprintf("%s/%s", dir, de->d_name);
+        util_rm_rf(p);
+        free(p);
+    }
+    if (d) {
+        closedir(d);
+    }
     free(dir);
-    LOG_INFO("repos: deleted %s", name);
+    LOG_INFO("repos: deleted %s (its shared object store stays)", name);
     return 0;
 }
 
@@ -905,7 +964,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     struct sbx *sb = NULL;
     struct snap_store *ss = NULL;
     char sha[41] = "";
-    char *dir = NULL, *sub = NULL;
+    char *dir = NULL, *sub = NULL, *store = NULL, *objects = NULL;
     int64_t t0 = clock_mono_ms();
     struct buf err;
     int rc = repo_load(r, repo, &j);
@@ -920,9 +979,21 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     sub = xasprintf("build-%s", image_id);
     dir = repo_dir(r, repo, sub);
     util_rm_rf(dir);
+    /* Fetch into the repository's shared object store (only what it lacks), then check out
+     * a workspace that borrows the objects from it: the image holds the files and a small
+     * .git, never the packs (docs/repos.md "Shared object store"). */
     image_set(r, image_id, "step", "clone");
-    LOG_INFO("repos: %s: image %s: cloning %s at %s", repo, image_id, url, branch);
-    rc = gitx_clone(url, branch, dir, NULL, sha);
+    LOG_INFO("repos: %s: image %s: fetching %s at %s", repo, image_id, url, branch);
+    store = repo_dir(r, repo, "objects.git");
+    objects = shared_objects(r, repo);
+    int64_t tf = clock_mono_ms(), tc = 0;
+    rc = gitx_mirror_fetch(store, url, branch, NULL, sha);
+    if (rc == 0) {
+        tc = clock_mono_ms();
+        rc = gitx_checkout_shared(dir, objects, url, branch, sha);
+        LOG_INFO("repos: %s: image %s: fetch into the shared store %lld ms, checkout %lld ms", repo,
+                 image_id, (long long)(tc - tf), (long long)(clock_mono_ms() - tc));
+    }
     if (rc != 0) {
         buf_printf(&err, "clone of %s (branch %s) failed: %s", url, branch, err_str(rc));
         goto out;
@@ -1055,6 +1126,8 @@ out:
     }
     free(dir);
     free(sub);
+    free(store);
+    free(objects);
     buf_free(&err);
     json_decref(j);
     return rc;
@@ -1242,13 +1315,15 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
         rc = snap_restore_seed(ss, snap_id, dir, snapdir, NULL);
     }
     snap_store_close(ss);
+    char *shared = shared_if_any(r, repo);
     if (rc == 0) {
-        rc = gitx_sync(dir, url, branch, NULL, head);
+        rc = gitx_sync(dir, shared, url, branch, NULL, head);
     }
     if (rc == 0) {
-        gitx_refresh_index(dir); /* in the background now, not in the first commit */
+        gitx_refresh_index(dir, shared); /* in the background now, not in the first commit */
         chown_tree(r, dir);
     }
+    free(shared);
     free(snapdir);
     if (rc != 0) {
         LOG_WARN("repos: %s: cannot prepare a warm workspace: %s", repo, err_str(rc));
@@ -1330,14 +1405,17 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         struct warm *w = resync;
         resync = w->next;
         char head[41] = "";
-        if (gitx_sync(w->dir, url, branch, NULL, head) != 0) {
+        char *shared = shared_if_any(r, repo);
+        if (gitx_sync(w->dir, shared, url, branch, NULL, head) != 0) {
+            free(shared);
             warm_free(w);
             continue;
         }
         if (strcmp(head, w->head) != 0) {
-            gitx_refresh_index(w->dir); /* the reset left stale stat data: pay it now */
+            gitx_refresh_index(w->dir, shared); /* the reset left stale stat data: pay it now */
             memcpy(w->head, head, sizeof(head));
         }
+        free(shared);
         chown_tree(r, w->dir);
         w->synced_ms = clock_now_ms();
         pthread_mutex_lock(&r->lock);
@@ -1544,6 +1622,9 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         char *warm_glob = xasprintf("%s/repos", r->data_dir);
         util_mkdir_p(warm_glob, 0700);
         free(warm_glob);
+        char *abs = realpath(r->data_dir, NULL);
+        r->abs_data_dir = abs ? xstrdup(abs) : xstrdup(r->data_dir);
+        free(abs);
     }
     if (rc == 0 && !cfg->no_threads) {
         if (pthread_create(&r->builder, NULL, builder_main, r) == 0) {
@@ -1644,6 +1725,7 @@ void repos_close(struct repos *r)
     pthread_mutex_destroy(&r->lock);
     pthread_mutex_destroy(&r->dblock);
     free(r->data_dir);
+    free(r->abs_data_dir);
     free(r->ca_file);
     free(r);
 }
@@ -1874,10 +1956,12 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
     /* 3. a cold start from the latest image */
     if (have_image) {
         struct snap_store *is = NULL;
+        struct snap_restore_info ri;
+        memset(&ri, 0, sizeof(ri));
         int64_t t1 = clock_mono_us(), t2 = 0;
         rc = open_image_store(r, repo, &is);
         if (rc == 0) {
-            rc = snap_restore_seed(is, snap, workspace, sdir, NULL);
+            rc = snap_restore_seed(is, snap, workspace, sdir, &ri);
         }
         snap_store_close(is);
         if (rc == 0) {
@@ -1885,11 +1969,18 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
             if (defer) {
                 sync_req_set(defer, url, branch); /* in the background, after sandbox.ready */
             } else {
-                rc = gitx_sync(workspace, url, branch, NULL, NULL);
+                char *shared = shared_if_any(r, repo);
+                rc = gitx_sync(workspace, shared, url, branch, NULL, NULL);
+                free(shared);
             }
-            LOG_INFO("repos: session %s: image restore %lld ms, sync %lld ms%s", session_id,
-                     (long long)(t2 - t1) / 1000, (long long)(clock_mono_us() - t2) / 1000,
-                     defer ? " (deferred)" : "");
+            LOG_INFO("repos: session %s: image restore %lld ms (%llu files, %llu spare inodes, "
+                     "%llu MiB; walk %lld, "
+                     "dirs %lld, copy %lld, meta %lld ms), sync %lld ms%s",
+                     session_id, (long long)(t2 - t1) / 1000, (unsigned long long)ri.copied,
+                     (unsigned long long)ri.spares, (unsigned long long)(ri.copied_bytes >> 20),
+                     (long long)ri.walk_us / 1000, (long long)ri.dirs_us / 1000,
+                     (long long)ri.copy_us / 1000, (long long)ri.meta_us / 1000,
+                     (long long)(clock_mono_us() - t2) / 1000, defer ? " (deferred)" : "");
         }
         if (rc == 0) {
             if (!defer) {
@@ -2045,7 +2136,9 @@ int repos_after_prompt(struct repos *r, const char *session_id, const char *work
         char sha[41];
         int committed = 0;
         size_t nfiles = 0;
-        int rc = gitx_commit_n(workspace, branch, &id, msg, sha, &committed, &nfiles);
+        char *shared = shared_if_any(r, json_string_value(json_object_get(row, "repo")));
+        int rc = gitx_commit_n(workspace, shared, branch, &id, msg, sha, &committed, &nfiles);
+        free(shared);
         if (rc == 0 && committed) {
             char *gitdir = xasprintf("%s/.git", workspace);
             chown_tree(r, gitdir); /* objects and refs we wrote as root */
@@ -2143,7 +2236,7 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
 {
     json_t *row = NULL;
     char sha[41] = "";
-    char *cur = NULL;
+    char *cur = NULL, *shared = NULL;
     *out = NULL;
     int rc = session_row(r, session_id, &row);
     if (rc != 0) {
@@ -2156,11 +2249,12 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
         goto out;
     }
     struct gitx_cred cred = {"x-access-token", token};
-    rc = gitx_push(workspace, url, branch, token ? &cred : NULL);
+    shared = shared_if_any(r, json_string_value(json_object_get(row, "repo")));
+    rc = gitx_push(workspace, shared, url, branch, token ? &cred : NULL);
     if (rc != 0) {
         goto out;
     }
-    if (gitx_head(workspace, sha, &cur) != 0 || !cur || strcmp(cur, branch) != 0) {
+    if (gitx_head(workspace, shared, sha, &cur) != 0 || !cur || strcmp(cur, branch) != 0) {
         sha[0] = 0; /* HEAD moved off the branch (the agent): report no sha */
     }
     const char *args[] = {sha[0] ? sha : NULL, session_id};
@@ -2169,6 +2263,7 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
     emit(r, session_id, "git.pushed", json_deep_copy(*out));
 out:
     free(cur);
+    free(shared);
     json_decref(row);
     return rc;
 }
@@ -2378,17 +2473,18 @@ static void *bg_sync_main(void *arg)
     }
     int closing = r->closing;
     pthread_mutex_unlock(&r->lock);
+    char *shared = closing ? NULL : session_shared(r, b->sid);
     if (closing) {
         rc = ERR_CANCELLED;
     } else if (b->q.url) {
-        gitx_head(b->ws, before, NULL);
-        rc = gitx_sync(b->ws, b->q.url, b->q.branch, NULL, head);
+        gitx_head(b->ws, shared, before, NULL);
+        rc = gitx_sync(b->ws, shared, b->q.url, b->q.branch, NULL, head);
     }
     if (rc == 0) {
         /* the restore (and the reset) left stale stat data: refresh now, before the agent's
          * git or the first commit would re-read every file */
         int64_t t1 = clock_mono_us();
-        int frc = gitx_refresh_index(b->ws);
+        int frc = gitx_refresh_index(b->ws, shared);
         LOG_INFO("repos: session %s: index refresh %lld ms (%s)", b->sid,
                  (long long)(clock_mono_us() - t1) / 1000, err_str(frc));
         chown_tree(r, b->ws);
@@ -2405,6 +2501,7 @@ static void *bg_sync_main(void *arg)
     }
     LOG_INFO("repos: session %s: background %s done in %lld ms", b->sid,
              b->q.url ? "sync" : "index refresh", (long long)ms);
+    free(shared);
     char sid[72];
     snprintf(sid, sizeof(sid), "%s", b->sid);
     free(b->ws);
@@ -2458,6 +2555,37 @@ static void start_bg_sync(struct repos *r, const char *sid, const char *ws, stru
         free(b);
     }
     pthread_attr_destroy(&at);
+}
+
+char *repos_hook_shared_objects(const char *name, const char *workspace)
+{
+    struct repos *r = hook_enter();
+    char *out = NULL;
+    if (!r) {
+        return NULL;
+    }
+    /* Our own directories first: image builds and warm workspaces live under repos/<repo>/. */
+    const char *roots[] = {r->data_dir, r->abs_data_dir};
+    int matched = 0;
+    for (int i = 0; i < 2 && workspace && !matched; i++) {
+        size_t n = strlen(roots[i]);
+        if (strncmp(workspace, roots[i], n) == 0 && strncmp(workspace + n, "/repos/", 7) == 0) {
+            const char *p = workspace + n + 7;
+            size_t len = strcspn(p, "/");
+            if (len > 0 && len < 128 && p[len] == '/') {
+                char repo[128];
+                memcpy(repo, p, len);
+                repo[len] = 0;
+                out = shared_if_any(r, repo);
+                matched = 1;
+            }
+        }
+    }
+    if (!matched && name && util_valid_id(name)) {
+        out = session_shared(r, name);
+    }
+    hook_leave();
+    return out;
 }
 
 struct sbx *repos_hook_take_sandbox(const char *sid)

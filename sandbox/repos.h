@@ -6,6 +6,9 @@
  *   repos/<name>/images/        snapshot store (snap.h) holding the images of a repo: an
  *                               image is a snapshot of a built workspace, so images share
  *                               unchanged files and a cold start is a fast parallel restore
+ *   repos/<name>/objects.git/   the repository's shared object store (bare, append-only):
+ *                               images and the workspaces made from them have no copy of its
+ *                               objects, only .git/objects/info/alternates naming it (git.h)
  *   repos/<name>/build-<id>/    an image being built (removed after)
  *   repos/<name>/warm/<rand>/   warm workspaces: restored from the latest image and synced to
  *                               the branch head; claimed by renaming into the session's
@@ -196,6 +199,15 @@ void repos_hook_session_policy(const char *sid, json_t **egress, char *agent, si
 /** The session ended and its sandbox is stopped: snapshot its workspace in the background
  * (a purged session's snapshots and repository state are deleted instead). */
 void repos_hook_session_end(const char *sid);
+
+/** The shared object store the local sandbox backend binds read-only into sandbox `name` over
+ * host directory `workspace` (sbx_local.c, before it starts bubblewrap), at the same absolute
+ * path, so that the workspace's .git/objects/info/alternates resolves inside. Decided from our
+ * own records, never from the workspace (whose alternates file the agent can rewrite): a
+ * workspace under <data_dir>/repos/<repo>/ (an image build, a warm workspace) belongs to
+ * <repo>; a session's to the repository it was prepared from. Returns the objects directory
+ * (caller frees), or NULL: no repos layer, no repository, or no store yet. Any thread. */
+char *repos_hook_shared_objects(const char *name, const char *workspace);
 
 /* ---- users' sealed credentials (opaque here: sealed by server/secrets.h) ---- */
 

@@ -4,6 +4,8 @@
  *
  * Isolation: system directories read-only, the workspace read-write at /workspace, the private
  * dir (prompt files) read-only at /run/sessiond, fresh /tmp (size-capped), /proc and /dev;
+ * the repository's shared object store (repos.h repos_hook_shared_objects) read-only at its
+ * host path, which the workspace's .git/objects/info/alternates names;
  * new user/pid/ipc/uts/cgroup namespaces and no network unless the spec allows egress;
  * --die-with-parent, --new-session, --cap-drop ALL, --disable-userns, an environment built
  * from scratch. Host paths are handed to bwrap as file descriptors (--bind-fd), so the data
@@ -26,6 +28,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/outpump.h"
+#include "sandbox/repos.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -440,7 +443,8 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     struct sbx *s = NULL;
     struct local_sbx *ls = NULL;
     int sp[2] = {-1, -1};
-    int ws_fd = -1, priv_fd = -1, init_fd = -1, agents_fd = -1, log_fd = -1;
+    int ws_fd = -1, priv_fd = -1, init_fd = -1, agents_fd = -1, log_fd = -1, objs_fd = -1;
+    char *objs = NULL; /* the shared object store to bind read-only, or NULL */
     const char **av = NULL;
     size_t n = 0, cap = 0;
     char *keep[16] = {0};
@@ -488,6 +492,16 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     priv_fd = open(s->priv_host, O_PATH | O_DIRECTORY | O_CLOEXEC);
     init_fd = open(lb->init_path, O_PATH | O_CLOEXEC);
     agents_fd = open(lb->agents_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    objs = repos_hook_shared_objects(spec->name, s->ws_host);
+    if (objs) {
+        objs_fd = open(objs, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (objs_fd < 0) {
+            LOG_WARN("sandbox: %s: cannot open the shared object store %s: %s", spec->name, objs,
+                     strerror(errno));
+            free(objs);
+            objs = NULL;
+        }
+    }
     if (ws_fd < 0 || priv_fd < 0 || init_fd < 0 || log_fd < 0) {
         LOG_ERROR("sandbox: %s: cannot open %s (%s)", spec->name,
                   init_fd < 0 ? lb->init_path : s->ws_host, strerror(errno));
@@ -498,8 +512,8 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
         rc = ERR_IO;
         goto out;
     }
-    /* Move the child's fds above 64 so the dup2() to 0..7 in the child never clobbers one. */
-    int *mv[] = {&sp[1], &ws_fd, &priv_fd, &init_fd, &agents_fd, &log_fd};
+    /* Move the child's fds above 64 so the dup2() to 0..8 in the child never clobbers one. */
+    int *mv[] = {&sp[1], &ws_fd, &priv_fd, &init_fd, &agents_fd, &log_fd, &objs_fd};
     for (size_t i = 0; i < sizeof mv / sizeof mv[0]; i++) {
         if (*mv[i] >= 0 && *mv[i] < 64) {
             int nfd = fcntl(*mv[i], F_DUPFD_CLOEXEC, 64);
@@ -555,6 +569,12 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
         arg(&av, &n, &cap, stage ? STAGE "/agents" : "7");
         arg(&av, &n, &cap, SBX_AGENTS_INSIDE);
     }
+    if (objs) {
+        /* read-only: the store is shared by every session of the repository */
+        arg(&av, &n, &cap, stage ? "--ro-bind" : "--ro-bind-fd");
+        arg(&av, &n, &cap, stage ? STAGE "/objs" : "8");
+        arg(&av, &n, &cap, objs);
+    }
     arg(&av, &n, &cap, "--remount-ro"); /* the sandbox's own root tmpfs: no stray writes */
     arg(&av, &n, &cap, "/");
     arg(&av, &n, &cap, "--chdir");
@@ -588,17 +608,18 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
         int nul = open("/dev/null", O_RDWR);
         if (dup2(sp[1], 3) < 0 || dup2(ws_fd, 4) < 0 || dup2(priv_fd, 5) < 0 ||
             dup2(init_fd, 6) < 0 || (agents_fd >= 0 && dup2(agents_fd, 7) < 0) ||
-            dup2(nul, 0) < 0 || dup2(nul, 1) < 0 || dup2(log_fd, 2) < 0) {
+            (objs_fd >= 0 && dup2(objs_fd, 8) < 0) || dup2(nul, 0) < 0 || dup2(nul, 1) < 0 ||
+            dup2(log_fd, 2) < 0) {
             _exit(126);
         }
-        close_range(8, ~0U, 0);
+        close_range(9, ~0U, 0);
         if (stage) {
             /* A mount namespace of our own (it dies with the sandbox: nothing to clean up):
              * a tmpfs on STAGE with the bind sources mounted in it, traversable by all. By
              * path: an fd opened in the old namespace cannot be bind-mounted here. */
             static const char *const what[] = {"unshare",   "make-private", "tmpfs",
                                                "mkdir",     "bind ws",      "bind priv",
-                                               "bind init", "bind agents"};
+                                               "bind init", "bind agents",  "bind objects"};
             int step = -1;
             if (unshare(CLONE_NEWNS) < 0) {
                 step = 0;
@@ -608,7 +629,7 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
                        0) {
                 step = 2;
             } else if (mkdir(STAGE "/ws", 0755) < 0 || mkdir(STAGE "/priv", 0755) < 0 ||
-                       mkdir(STAGE "/agents", 0755) < 0 ||
+                       mkdir(STAGE "/agents", 0755) < 0 || mkdir(STAGE "/objs", 0755) < 0 ||
                        close(open(STAGE "/init", O_WRONLY | O_CREAT, 0755)) < 0) {
                 step = 3;
             } else if (mount(s->ws_host, STAGE "/ws", NULL, MS_BIND, NULL) < 0) {
@@ -620,6 +641,8 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
             } else if (agents_fd >= 0 &&
                        mount(lb->agents_dir, STAGE "/agents", NULL, MS_BIND, NULL) < 0) {
                 step = 7;
+            } else if (objs && mount(objs, STAGE "/objs", NULL, MS_BIND, NULL) < 0) {
+                step = 8;
             }
             if (step >= 0) {
                 const char *e = strerror(errno); /* not async-signal-safe in theory; we exit */
@@ -673,7 +696,7 @@ out:
     if (s) {
         sbxi_destroy(s);
     }
-    int fds[] = {sp[0], sp[1], ws_fd, priv_fd, init_fd, agents_fd, log_fd};
+    int fds[] = {sp[0], sp[1], ws_fd, priv_fd, init_fd, agents_fd, log_fd, objs_fd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
         if (fds[i] >= 0) {
             close(fds[i]);
@@ -683,6 +706,7 @@ out:
         free(keep[i]);
     }
     free(av);
+    free(objs);
     free(procs_pids);
     free(procs_mem);
     free(procs_cpu);

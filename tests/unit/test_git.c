@@ -60,7 +60,7 @@ TEST(clone_sync_picks_up_new_commits)
         "echo again >> README && " GITC " commit -qam three && " GITC " push -q ../remote.git main",
         g_tmp);
     char *new_head = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
-    ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, head2), 0);
+    ASSERT_EQ(gitx_sync(ws, NULL, remote, "main", NULL, head2), 0);
     ASSERT_STREQ(head2, new_head);
     char *p = P("ws/NEW");
     ASSERT_EQ(stat(p, &sb), 0);
@@ -68,11 +68,11 @@ TEST(clone_sync_picks_up_new_commits)
     ASSERT_STREQ(wshead, new_head);
     char *st = tout1("git -C %s/ws status --porcelain | wc -l", g_tmp);
     ASSERT_STREQ(st, "0");
-    ASSERT_EQ(gitx_head(ws, head, NULL), 0);
+    ASSERT_EQ(gitx_head(ws, NULL, head, NULL), 0);
     ASSERT_STREQ(head, new_head);
     /* sync also discards local edits to tracked files */
     file_put("ws/README", "local edit\n");
-    ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, head2), 0);
+    ASSERT_EQ(gitx_sync(ws, NULL, remote, "main", NULL, head2), 0);
     char *c = tout1("head -1 %s/ws/README", g_tmp);
     ASSERT_STREQ(c, "hello");
     util_rm_rf(g_tmp);
@@ -98,18 +98,18 @@ TEST(two_authors_two_commits_and_push)
     struct gitx_ident bob = {"Bob Builder", "bob@example.com"};
 
     /* nothing changed: no commit */
-    ASSERT_EQ(gitx_commit(ws, "sessiond/s_test1", &alice, "noop\n", sha1, &committed), 0);
+    ASSERT_EQ(gitx_commit(ws, NULL, "sessiond/s_test1", &alice, "noop\n", sha1, &committed), 0);
     ASSERT_EQ(committed, 0);
 
     file_put("ws/alice.txt", "from alice\n");
     json_t *ch = NULL;
-    ASSERT_EQ(gitx_changed(ws, &ch), 0);
+    ASSERT_EQ(gitx_changed(ws, NULL, &ch), 0);
     ASSERT_EQ(json_array_size(ch), 1);
     ASSERT_STREQ(json_string_value(json_object_get(json_array_get(ch, 0), "path")), "alice.txt");
     ASSERT_STREQ(json_string_value(json_object_get(json_array_get(ch, 0), "status")), "added");
     json_decref(ch);
     char *msg = gitx_message("Add a greeting file\nplease", NULL);
-    ASSERT_EQ(gitx_commit(ws, "sessiond/s_test1", &alice, msg, sha1, &committed), 0);
+    ASSERT_EQ(gitx_commit(ws, NULL, "sessiond/s_test1", &alice, msg, sha1, &committed), 0);
     ASSERT_EQ(committed, 1);
     free(msg);
 
@@ -118,7 +118,7 @@ TEST(two_authors_two_commits_and_push)
     ASSERT_EQ(unlink(p), 0);
     struct gitx_ident coauthor = {"Bob Builder", "bob@example.com"};
     msg = gitx_message("Rewrite the readme", &coauthor);
-    ASSERT_EQ(gitx_commit(ws, "sessiond/s_test1", &bob, msg, sha2, &committed), 0);
+    ASSERT_EQ(gitx_commit(ws, NULL, "sessiond/s_test1", &bob, msg, sha2, &committed), 0);
     ASSERT_EQ(committed, 1);
     free(msg);
 
@@ -135,7 +135,7 @@ TEST(two_authors_two_commits_and_push)
     char *st = tout1("git -C %s/ws status --porcelain | wc -l", g_tmp);
     ASSERT_STREQ(st, "0"); /* the index matches the commit, deletion included */
 
-    ASSERT_EQ(gitx_push(ws, remote, "sessiond/s_test1", NULL), 0);
+    ASSERT_EQ(gitx_push(ws, NULL, remote, "sessiond/s_test1", NULL), 0);
     char *rh = tout1("git --git-dir=%s/remote.git rev-parse sessiond/s_test1", g_tmp);
     ASSERT_STREQ(rh, sha2);
     char *n = tout1("git --git-dir=%s/remote.git rev-list --count sessiond/s_test1", g_tmp);
@@ -161,8 +161,8 @@ TEST(push_ignores_workspace_config)
     file_put("ws/x", "x\n");
     struct gitx_ident a = {"A", "a@example.com"};
     int committed = 0;
-    ASSERT_EQ(gitx_commit(ws, "sessiond/s2", &a, "x\n", NULL, &committed), 0);
-    ASSERT_EQ(gitx_push(ws, remote, "sessiond/s2", NULL), 0);
+    ASSERT_EQ(gitx_commit(ws, NULL, "sessiond/s2", &a, "x\n", NULL, &committed), 0);
+    ASSERT_EQ(gitx_push(ws, NULL, remote, "sessiond/s2", NULL), 0);
     char *rh = tout1("git --git-dir=%s/remote.git rev-parse --verify -q sessiond/s2", g_tmp);
     ASSERT(strlen(rh) == 40);
     char *eh = tout1("git --git-dir=%s/evil.git rev-parse --verify -q sessiond/s2", g_tmp);
@@ -177,18 +177,18 @@ TEST(gitfile_and_alternates_refused)
     ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
     /* alternates pointing at another repository */
     tsh("echo %s/remote.git/objects > %s/ws/.git/objects/info/alternates", g_tmp, g_tmp);
-    ASSERT_EQ(gitx_push(ws, remote, "main", NULL), ERR_FORBIDDEN);
+    ASSERT_EQ(gitx_push(ws, NULL, remote, "main", NULL), ERR_FORBIDDEN);
     tsh("rm %s/ws/.git/objects/info/alternates", g_tmp);
     /* .git replaced by a gitfile pointing elsewhere */
     tsh("mv %s/ws/.git %s/ws-gitdir && echo 'gitdir: %s/ws-gitdir' > %s/ws/.git", g_tmp, g_tmp,
         g_tmp, g_tmp);
-    ASSERT_EQ(gitx_push(ws, remote, "main", NULL), ERR_FORBIDDEN);
+    ASSERT_EQ(gitx_push(ws, NULL, remote, "main", NULL), ERR_FORBIDDEN);
     int committed = 0;
     struct gitx_ident a = {"A", "a@example.com"};
-    ASSERT_EQ(gitx_commit(ws, "sessiond/s3", &a, "x", NULL, &committed), ERR_FORBIDDEN);
+    ASSERT_EQ(gitx_commit(ws, NULL, "sessiond/s3", &a, "x", NULL, &committed), ERR_FORBIDDEN);
     /* a symlinked .git */
     tsh("rm %s/ws/.git && ln -s %s/ws-gitdir %s/ws/.git", g_tmp, g_tmp, g_tmp);
-    ASSERT_EQ(gitx_sync(ws, remote, "main", NULL, NULL), ERR_FORBIDDEN);
+    ASSERT_EQ(gitx_sync(ws, NULL, remote, "main", NULL, NULL), ERR_FORBIDDEN);
     util_rm_rf(g_tmp);
 }
 
@@ -219,13 +219,13 @@ TEST(refresh_index_after_copy_restats)
     tsh("cd %s && printf 'int main(void){return 1;}\\n' > src/main.c.new && "
         "touch -r src/main.c src/main.c.new && mv src/main.c.new src/main.c",
         ws2);
-    ASSERT_EQ(gitx_refresh_index(ws2), 0);
+    ASSERT_EQ(gitx_refresh_index(ws2, NULL), 0);
     inos("ws2", "src/main.c", &a, &b);
     ASSERT_STREQ(a, b);
     free(a);
     free(b);
     json_t *ch = NULL;
-    ASSERT_EQ(gitx_changed(ws2, &ch), 0);
+    ASSERT_EQ(gitx_changed(ws2, NULL, &ch), 0);
     ASSERT_EQ(json_array_size(ch), 1);
     ASSERT_STREQ(json_string_value(json_object_get(json_array_get(ch, 0), "path")), "README");
     json_decref(ch);
@@ -251,10 +251,67 @@ TEST(message_shape)
     free(m);
 }
 
+/* A workspace that borrows its objects from a shared store (alternates): checked out without a
+ * copy of them, synced, committed to, pushed to an empty remote with a complete history; the
+ * host reads the store the caller names, never the alternates file the agent can rewrite. */
+TEST(shared_store_workspace)
+{
+    setup();
+    char *remote = P("remote.git"), *store = P("store.git"), *ws = P("ws");
+    char *objects = P("store.git/objects");
+    char head[41] = "", h2[41] = "";
+    ASSERT_EQ(gitx_mirror_fetch(store, remote, "main", NULL, head), 0);
+    ASSERT_EQ(gitx_checkout_shared(ws, objects, remote, "main", head), 0);
+    char *alt = tout1("cat %s/.git/objects/info/alternates", ws);
+    ASSERT_STREQ(alt, objects);
+    char *own = tout1("find %s/.git/objects -type f ! -path '*/info/alternates' | wc -l", ws);
+    ASSERT_STREQ(own, "0");
+    char *st = tout1("git -C %s status --porcelain | wc -l; git -C %s rev-parse HEAD", ws, ws);
+    ASSERT_STREQ(st, "0");
+    char *cli_head = tout1("git -C %s rev-parse HEAD", ws);
+    ASSERT_STREQ(cli_head, head);
+    /* without the store named, the alternates file is refused as before */
+    ASSERT_EQ(gitx_head(ws, NULL, h2, NULL), ERR_FORBIDDEN);
+    ASSERT_EQ(gitx_head(ws, objects, h2, NULL), 0);
+    ASSERT_STREQ(h2, head);
+
+    /* the branch moves on: a second fetch into the store and a sync of the workspace */
+    tsh("cd %s/seed && echo v2 > README && " GITC " commit -qam v2 && " GITC
+        " push -q ../remote.git main",
+        g_tmp);
+    ASSERT_EQ(gitx_mirror_fetch(store, remote, "main", NULL, h2), 0);
+    ASSERT(strcmp(h2, head) != 0);
+    ASSERT_EQ(gitx_sync(ws, objects, remote, "main", NULL, head), 0);
+    ASSERT_STREQ(head, h2);
+    ASSERT_EQ(gitx_refresh_index(ws, objects), 0);
+
+    /* the agent points the alternates file elsewhere: the host does not follow it */
+    tsh("echo /nonexistent > %s/.git/objects/info/alternates && echo x > %s/new.txt", ws, ws);
+    struct gitx_ident a = {"Alice", "alice@example.com"};
+    int committed = 0;
+    char sha[41];
+    ASSERT_EQ(gitx_commit(ws, objects, "sessiond/s1", &a, "add x\n", sha, &committed), 0);
+    ASSERT_EQ(committed, 1);
+    tsh("cd %s && git init -q --bare empty.git", g_tmp);
+    char *empty = P("empty.git");
+    ASSERT_EQ(gitx_push(ws, objects, empty, "sessiond/s1", NULL), 0);
+    tsh("cd %s && git clone -q -b sessiond/s1 empty.git check && git -C check fsck --full "
+        ">/dev/null 2>&1",
+        g_tmp);
+    char *n = tout1("git -C %s/check rev-list --count HEAD", g_tmp);
+    ASSERT_STREQ(n, "3");
+    free(empty);
+    free(remote);
+    free(store);
+    free(ws);
+    free(objects);
+    util_rm_rf(g_tmp);
+}
+
 static const struct test_case tests[] = {
     T(clone_sync_picks_up_new_commits),  T(clone_unknown_branch),
     T(two_authors_two_commits_and_push), T(push_ignores_workspace_config),
     T(gitfile_and_alternates_refused),   T(message_shape),
-    T(refresh_index_after_copy_restats),
+    T(refresh_index_after_copy_restats), T(shared_store_workspace),
 };
 TEST_MAIN(tests)

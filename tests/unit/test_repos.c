@@ -19,6 +19,7 @@
 
 #include <stdarg.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static char g_tmp[256];
 static struct store *g_store;
@@ -252,6 +253,10 @@ TEST(start_order_clone_image_warm_snapshot)
         " push -q ../remote.git main",
         g_tmp);
     char *head = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
+    /* The seeded stat cache vouches only for files older than its creation minus snap.c's
+     * racily-clean window (100 ms): the image's files were checked out moments ago, so let
+     * them age past it (otherwise, on a fast run, every file is hashed again). */
+    usleep(250 * 1000);
     new_session("s_image");
     ws = start("s_image", src);
     ASSERT_STREQ(src, "image");
@@ -433,11 +438,117 @@ TEST(two_authors_commit_rollback_push)
     teardown();
 }
 
+/* issue 5: images share one object store per repository (git alternates) instead of a copy of
+ * the packs in every image and workspace; commits, push to an empty remote, snapshots,
+ * rollback and a restore after the workspace is gone all still work through it. */
+TEST(shared_store_alternates)
+{
+    setup_with(0);
+    add_repo("app", "[\"git rev-parse HEAD > built-at\"]", 0);
+    json_t *row = NULL;
+    ASSERT_EQ(repos_image_build(g_repos, "app", &row), 0);
+    json_decref(row);
+    json_t *img = image0("app");
+    ASSERT_STREQ(json_string_value(json_object_get(img, "state")), "ready");
+    json_decref(img);
+    char *abs = realpath(g_tmp, NULL);
+    ASSERT(abs != NULL);
+    char *objects = xasprintf("%s/data/repos/app/objects.git/objects", abs);
+    free(abs);
+    /* the image holds no pack: it lives in the shared store only */
+    char *img_packs = tout1("for f in $(find %s/data/repos/app/images -type f); do head -c 4 $f; "
+                            "echo; done | grep -c '^PACK' || true",
+                            g_tmp);
+    ASSERT_STREQ(img_packs, "0");
+    /* the store has the objects (a local remote's loose objects are copied as they are) */
+    char *in_store = tout1("git --git-dir=%s/.. cat-file -e $(git -C %s/seed rev-parse HEAD)"
+                           " && echo yes",
+                           objects, g_tmp);
+    ASSERT_STREQ(in_store, "yes");
+
+    new_session("s_alt");
+    char src[16];
+    char *ws = start("s_alt", src);
+    ASSERT_STREQ(src, "image");
+    char *alt = tout1("cat %s/.git/objects/info/alternates", ws);
+    ASSERT_STREQ(alt, objects);
+    /* no pack, no loose object: only the alternates file */
+    char *packs = tout1("find %s/.git/objects -type f ! -path '*/info/alternates' | wc -l", ws);
+    ASSERT_STREQ(packs, "0");
+    char *built = tout1("cat %s/built-at", ws); /* git worked in the setup sandbox */
+    char *head = tout1("git -C %s rev-parse HEAD", ws);
+    ASSERT_STREQ(built, head);
+    char *st = tout1("git -C %s status --porcelain | grep -v built-at | wc -l", ws);
+    ASSERT_STREQ(st, "0");
+
+    /* a commit by the prompt's author, then a push to a fresh, empty bare remote: the pack
+     * must carry the objects borrowed from the store too */
+    tsh("echo one > %s/a.txt", ws);
+    struct author alice = {"token:alice", "Alice", "alice@example.com"};
+    json_t *res = NULL;
+    ASSERT_EQ(repos_after_prompt(g_repos, "s_alt", ws, "p_1", &alice, "Add a", &res), 0);
+    ASSERT(json_is_object(json_object_get(res, "commit")));
+    json_decref(res);
+    tsh("cd %s && git init -q --bare empty.git", g_tmp);
+    char body[512];
+    snprintf(body, sizeof(body), "{\"url\":\"%s/empty.git\"}", g_tmp);
+    json_t *patch = json_loads(body, 0, NULL), *upd = NULL;
+    char msg[256];
+    ASSERT_EQ(repos_update(g_repos, "app", patch, &upd, msg, sizeof(msg)), 0);
+    json_decref(patch);
+    json_decref(upd);
+    json_t *pushed = NULL;
+    ASSERT_EQ(repos_push(g_repos, "s_alt", ws, NULL, &pushed), 0);
+    json_decref(pushed);
+    tsh("cd %s && git clone -q -b sessiond/s_alt empty.git check && git -C check fsck --full "
+        ">/dev/null 2>&1 && git --git-dir=empty.git fsck --full >/dev/null 2>&1",
+        g_tmp);
+    char *count = tout1("git -C %s/check rev-list --count HEAD", g_tmp);
+    ASSERT_STREQ(count, "2");
+    char *files = tout1("git -C %s/check ls-files | wc -l", g_tmp);
+    ASSERT_STREQ(files, "43"); /* README, lib/f1..f40, built-at, a.txt */
+
+    /* snapshot (turn 2), rollback to turn 1, then a restore after the workspace is gone */
+    tsh("echo two > %s/a.txt && echo b > %s/b.txt", ws, ws);
+    ASSERT_EQ(repos_after_prompt(g_repos, "s_alt", ws, "p_2", &alice, "Change a", &res), 0);
+    json_decref(res);
+    ASSERT_EQ(repos_rollback(g_repos, "s_alt", "snap-000001", ws, &res), 0);
+    json_decref(res);
+    char *a = tout1("cat %s/a.txt", ws);
+    ASSERT_STREQ(a, "one");
+    char *n = tout1("(git -C %s rev-list --count HEAD && git -C %s fsck >/dev/null 2>&1 && "
+                    "git -C %s status --porcelain | wc -l) | tr '\\n' ,",
+                    ws, ws, ws);
+    ASSERT_STREQ(n, "2,0,");
+    util_rm_rf(ws);
+    ws = start("s_alt", src);
+    ASSERT_STREQ(src, "snapshot");
+    n = tout1("(git -C %s log --format=%%an | head -1 && git -C %s status --porcelain | wc -l && "
+              "find %s/.git/objects -type f -name '*.pack' | wc -l) | tr '\\n' ,",
+              ws, ws, ws);
+    ASSERT_STREQ(n, "Alice,0,0,");
+    alt = tout1("cat %s/.git/objects/info/alternates", ws);
+    ASSERT_STREQ(alt, objects);
+
+    /* the host never follows an alternates file the agent rewrote: commits keep working
+     * against the store the registry names, and the repo's deletion keeps the store */
+    tsh("echo /nonexistent/objects > %s/.git/objects/info/alternates && echo c > %s/c.txt", ws, ws);
+    ASSERT_EQ(repos_after_prompt(g_repos, "s_alt", ws, "p_3", &alice, "Add c", &res), 0);
+    ASSERT(json_is_object(json_object_get(res, "commit")));
+    json_decref(res);
+    ASSERT_EQ(repos_delete(g_repos, "app"), 0);
+    struct stat sb;
+    ASSERT_EQ(stat(objects, &sb), 0);
+    free(objects);
+    teardown();
+}
+
 static const struct test_case tests[] = {
     T(registry_crud),
     T(image_build_ok_and_failing_step),
     T(start_order_clone_image_warm_snapshot),
     T(warm_expiry_and_invalidation),
     T(two_authors_commit_rollback_push),
+    T(shared_store_alternates),
 };
 TEST_MAIN(tests)
