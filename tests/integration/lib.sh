@@ -163,3 +163,20 @@ finish() {
   fi
   exit 0
 }
+
+# wait_event SID TYPE N [SECONDS] - poll the session's events until it has N events of TYPE
+# (default 30 s); prints the Nth and returns 0, or returns 1. Leaves STATUS/BODY of the last
+# GET.
+wait_event() {
+  local sid=$1 type=$2 n=$3 secs=${4:-30} i got
+  for i in $(seq 1 $((secs * 20))); do
+    api GET "/v1/sessions/$sid/events?limit=1000"
+    got=$(jget "[.events[] | select(.type==\"$type\")] | length")
+    if [ "$got" -ge "$n" ]; then
+      jget "[.events[] | select(.type==\"$type\")][$((n - 1))]"
+      return 0
+    fi
+    sleep 0.05
+  done
+  return 1
+}

@@ -46,20 +46,6 @@ ALICE=$(make_token alice user)
 BOB=$(make_token bob user)
 VIEWER=$(make_token vera viewer)
 
-# wait_event SID TYPE N [SECONDS] - until the session has N events of TYPE; prints the last.
-wait_event() {
-  local sid=$1 type=$2 n=$3 secs=${4:-30} i got
-  for i in $(seq 1 $((secs * 10))); do
-    api GET "/v1/sessions/$sid/events?limit=1000"
-    got=$(jget "[.events[] | select(.type==\"$type\")] | length")
-    if [ "$got" -ge "$n" ]; then
-      jget "[.events[] | select(.type==\"$type\")][$((n - 1))]"
-      return 0
-    fi
-    sleep 0.1
-  done
-  return 1
-}
 
 # count_type SID TYPE - how many events of TYPE the session has now.
 count_type() {

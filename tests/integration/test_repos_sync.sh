@@ -17,20 +17,6 @@ mkdir -p "$TMP/octo"
   { fail "seed repository"; finish; }
 REMOTE="$TMP/octo/hello.git"
 
-# wait_event SID TYPE N [SECONDS] - until the session has N events of TYPE; prints the Nth.
-wait_event() {
-  local sid=$1 type=$2 n=$3 secs=${4:-30} i got
-  for i in $(seq 1 $((secs * 20))); do
-    api GET "/v1/sessions/$sid/events?limit=1000"
-    got=$(jget "[.events[] | select(.type==\"$type\")] | length")
-    if [ "$got" -ge "$n" ]; then
-      jget "[.events[] | select(.type==\"$type\")][$((n - 1))]"
-      return 0
-    fi
-    sleep 0.05
-  done
-  return 1
-}
 # count SID TYPE - events of TYPE now
 count() {
   api GET "/v1/sessions/$1/events?limit=1000"
