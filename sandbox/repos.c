@@ -1581,12 +1581,9 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
     r->ending = json_object();
     {
         /* environment overrides (tests, operations) */
-        const char *e = getenv("SESSIOND_SYNC_WAIT_MS");
+        /* the bound itself is the config's repos.sync_wait_ms (env SESSIOND_REPOS_SYNC_WAIT_MS) */
         int64_t v = 0;
-        if (e && util_parse_i64(e, &v) == 0 && v > 0 && v <= 3600000) {
-            r->cfg.sync_wait_ms = (int)v;
-        }
-        e = getenv("SESSIOND_TEST_SYNC_DELAY_MS");
+        const char *e = getenv("SESSIOND_TEST_SYNC_DELAY_MS");
         if (e && util_parse_i64(e, &v) == 0 && v >= 0 && v <= 600000) {
             r->cfg.sync_delay_ms = (int)v;
         }

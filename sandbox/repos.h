@@ -49,8 +49,8 @@ struct repos_config {
     int tick_ms;             /* scheduler period; default 30000 */
     const char *ca_file;     /* HTTPS CA bundle for git; NULL = system */
     int no_threads;          /* tests: no builder/pool threads; builds run inline */
-    int sync_wait_ms;        /* bound of repos_hook_wait_synced; default 30000 (env
-                                SESSIOND_SYNC_WAIT_MS overrides) */
+    int sync_wait_ms;        /* bound of repos_hook_wait_synced; default 30000 (config
+                                repos.sync_wait_ms) */
     int sync_delay_ms;       /* tests: a background sync sleeps this long first (env
                                 SESSIOND_TEST_SYNC_DELAY_MS) */
     /* issue 7: 1 if name may be a repository's default agent (a configured agent); NULL:

@@ -7,7 +7,7 @@
 # commit + snapshot come after prompt.completed and before the next prompt starts.
 #
 # The sync is made slow on purpose with SESSIOND_TEST_SYNC_DELAY_MS (a test hook of
-# sandbox/repos.c); SESSIOND_SYNC_WAIT_MS bounds the waits.
+# sandbox/repos.c); SESSIOND_REPOS_SYNC_WAIT_MS bounds the waits.
 . "$(dirname "$0")/lib.sh"
 
 G="git -c user.name=Seed -c user.email=seed@example.com -c init.defaultBranch=main"
@@ -28,7 +28,7 @@ seq_of() {
   jget "[.events[] | select(.type==\"$2\")][$(($3 - 1))].seq // empty"
 }
 
-export SESSIOND_TEST_SYNC_DELAY_MS=2500 SESSIOND_SYNC_WAIT_MS=20000
+export SESSIOND_TEST_SYNC_DELAY_MS=2500 SESSIOND_REPOS_SYNC_WAIT_MS=20000
 start_server --repos-tick-ms 200 --shutdown-grace 1
 api POST /v1/repos "{\"name\":\"hello\",\"url\":\"$REMOTE\",\"pool_size\":0,\"image_interval_min\":0}"
 expect_status 201 "repository added"
@@ -94,7 +94,7 @@ check "one snapshot per turn" [ "$(jget '.snapshots | length')" = 2 ]
 
 # ---- a bounded wait: 503 for a write, prompt.failed for the agent ----
 stop_server
-export SESSIOND_TEST_SYNC_DELAY_MS=4000 SESSIOND_SYNC_WAIT_MS=700
+export SESSIOND_TEST_SYNC_DELAY_MS=4000 SESSIOND_REPOS_SYNC_WAIT_MS=700
 start_server --repos-tick-ms 200 --shutdown-grace 1
 SID3=$(new_session '{"repo":"hello"}')
 wait_event "$SID3" sandbox.ready 1 20 >/dev/null
