@@ -4,6 +4,8 @@
  * A snapshot store is a directory:
  *   objects/xx/<sha256>   file contents, content-addressed, read-only, shared by every
  *                         snapshot of the store (never hard-linked into a live workspace)
+ *   packs/p-<r>.pack/.idx many small objects in one read-only file + its index (hash ->
+ *                         offset, length): what a snapshot that reads many files writes
  *   snaps/<id>.m          one manifest per snapshot (text; see snap.c), immutable
  *   cache                 the last known state of the workspace (path -> stat -> hash)
  *
@@ -109,7 +111,9 @@ int snap_delete(struct snap_store *st, const char *id);
  * oldest until the objects fit in quota_bytes (the newest snapshot is always kept); then
  * collect garbage. *used_out (may be NULL) gets the object bytes left. */
 int snap_prune(struct snap_store *st, int keep, uint64_t quota_bytes, uint64_t *used_out);
-/** Delete objects no manifest (nor the workspace cache) references. */
+/** Delete objects no manifest (nor the workspace cache) references: object files, packs with
+ * no live object; packs less than half live are rewritten with their live objects. Kept bytes
+ * count packs whole. */
 int snap_gc(struct snap_store *st, uint64_t *kept_bytes, uint64_t *freed_bytes);
 
 /** 1 if s is a well-formed snapshot id ("snap-" + digits), else 0. */
@@ -122,6 +126,11 @@ int snap_valid_id(const char *s);
  * directory (set it with `durability: full`). Restores are never synced: a workspace is as
  * durable as any file the agent writes. */
 void snap_set_durable(int on);
+
+/** Snapshots that read at least n files (default 256; 0: never) put their new objects of up to
+ * 4 MiB into one pack file instead of one file each, so that a first snapshot of 10,000 files
+ * creates two inodes, not 10,000 (see snap.c). Process-wide; for benchmarks and tests. */
+void snap_set_pack_min(size_t n);
 
 /** Upper bound of each spare-inode pool (default 65536; 0 disables the pools: every file is
  * created where it lands). Process-wide; for benchmarks and tests. */

@@ -863,6 +863,218 @@ TEST(durable_snapshot_roundtrip)
     finish();
 }
 
+/* Files in store/packs whose names end with ext. */
+static int count_packs(const char *store, const char *ext)
+{
+    char *cmd = xasprintf("find %s/packs -type f -name 'p-*%s' | wc -l", store, ext);
+    FILE *f = popen(cmd, "r");
+    int n = -1;
+    ASSERT(fscanf(f, "%d", &n) == 1);
+    pclose(f);
+    free(cmd);
+    return n;
+}
+
+/* The path of the only pack of store (caller frees). */
+static char *only_pack(const char *store)
+{
+    char *dir = xasprintf("%s/packs", store);
+    DIR *d = opendir(dir);
+    ASSERT(d != NULL);
+    char *found = NULL;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t l = strlen(de->d_name);
+        if (l > 5 && strcmp(de->d_name + l - 5, ".pack") == 0) {
+            ASSERT(found == NULL);
+            found = xasprintf("%s/%s", dir, de->d_name);
+        }
+    }
+    closedir(d);
+    free(dir);
+    ASSERT(found != NULL);
+    return found;
+}
+
+TEST(packed_snapshot_roundtrip_and_isolation)
+{
+    mk_tmp();
+    make_tree();
+    snap_set_pack_min(1); /* every snapshot that reads a file packs its small objects */
+    struct snap_store *st = open_store();
+    struct snap_info si, s2;
+    char *ws = P("ws"), *ws2 = P("ws2"), *ws3 = P("ws3"), *ws4 = P("ws4"), *ref = P("ref");
+    char *store = P("store");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    ASSERT_EQ(si.hashed, 8);
+    /* 7 small files in one pack (+ its index); the 5 MiB file is an object file of its own */
+    ASSERT_EQ(count_packs(store, ".pack"), 1);
+    ASSERT_EQ(count_packs(store, ".idx"), 1);
+    ASSERT_EQ(count_objects(store), 1);
+    char *pack = only_pack(store);
+    struct stat pb;
+    ASSERT_EQ(stat(pack, &pb), 0);
+    ASSERT_EQ(pb.st_mode & 0777, 0444);
+    ASSERT_EQ(snap_restore(st, si.id, ws2, NULL), 0);
+    tree_eq(ref, ws2);
+    tree_eq(ws2, ref);
+    /* in-place edits of a restored file and of the snapshotted workspace reach no pack */
+    char *p = P("ws2/a.txt");
+    struct stat sb;
+    ASSERT_EQ(stat(p, &sb), 0);
+    ASSERT_EQ(sb.st_nlink, 1);
+    ASSERT(sb.st_ino != pb.st_ino);
+    int fd = open(p, O_WRONLY);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(pwrite(fd, "XX", 2, 0), 2);
+    close(fd);
+    free(p);
+    p = P("ws/src/deep/x.c");
+    fd = open(p, O_WRONLY);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(pwrite(fd, "YY", 2, 0), 2);
+    close(fd);
+    free(p);
+    ASSERT_EQ(snap_restore(st, si.id, ws3, NULL), 0);
+    tree_eq(ref, ws3);
+    /* the index is read back from the disk by a new handle */
+    snap_store_close(st);
+    st = open_store();
+    ASSERT_EQ(snap_restore(st, si.id, ws4, NULL), 0);
+    tree_eq(ref, ws4);
+    /* a snapshot that adds nothing adds no pack */
+    ASSERT_EQ(snap_restore(st, si.id, ws, NULL), 0);
+    ASSERT_EQ(snap_create(st, ws, NULL, &s2), 0);
+    ASSERT_EQ(s2.new_bytes, 0);
+    ASSERT_EQ(count_packs(store, ".pack"), 1);
+    /* nor one that reads files whose contents are packed already */
+    char *cmd = xasprintf("find %s -type f -exec touch {} +", ws);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+    ASSERT_EQ(snap_create(st, ws, NULL, &s2), 0);
+    ASSERT_EQ(s2.hashed, 8);
+    ASSERT_EQ(s2.new_bytes, 0);
+    ASSERT_EQ(count_packs(store, ".pack"), 1);
+    snap_store_close(st);
+    free(pack);
+    finish();
+}
+
+/* Write ws/f<i> with fixed-size contents naming its version. */
+static void put_fixed(int i, int version)
+{
+    char rel[32], content[200];
+    snprintf(rel, sizeof(rel), "ws/f%02d", i);
+    memset(content, '.', sizeof(content) - 1);
+    content[sizeof(content) - 1] = 0;
+    int n = snprintf(content, sizeof(content), "file %d version %d", i, version);
+    content[n] = '.';
+    put(rel, content, 0644);
+}
+
+TEST(pack_gc_rewrites_half_dead_and_deletes_dead_packs)
+{
+    mk_tmp();
+    mkd("ws", 0755);
+    snap_set_pack_min(1);
+    const uint64_t S = 199; /* bytes of each file */
+    struct snap_store *st = open_store();
+    char *ws = P("ws"), *ws2 = P("ws2"), *store = P("store");
+    struct snap_info a, b, c;
+    for (int i = 0; i < 20; i++) {
+        put_fixed(i, 0);
+    }
+    ASSERT_EQ(snap_create(st, ws, NULL, &a), 0);
+    ASSERT_EQ(a.new_bytes, 20 * S);
+    for (int i = 0; i < 15; i++) {
+        put_fixed(i, 1);
+    }
+    ASSERT_EQ(snap_create(st, ws, NULL, &b), 0);
+    ASSERT_EQ(b.hashed, 15);
+    ASSERT_EQ(count_packs(store, ".pack"), 2);
+    uint64_t used = 0;
+    ASSERT_EQ(snap_gc(st, &used, NULL), 0);
+    ASSERT_EQ(used, 35 * S); /* both packs whole */
+    /* a goes: its pack is 5/20 live, rewritten to those 5 */
+    ASSERT_EQ(snap_prune(st, 1, 0, &used), 0);
+    ASSERT_EQ(used, 20 * S);
+    ASSERT_EQ(count_packs(store, ".pack"), 2);
+    ASSERT_EQ(count_packs(store, ".idx"), 2);
+    ASSERT_EQ(snap_restore(st, b.id, ws2, NULL), 0);
+    tree_eq(ws, ws2);
+    /* everything changes: both old packs are dead once b goes */
+    for (int i = 0; i < 20; i++) {
+        put_fixed(i, 2);
+    }
+    ASSERT_EQ(snap_create(st, ws, NULL, &c), 0);
+    ASSERT_EQ(snap_prune(st, 1, 0, &used), 0);
+    ASSERT_EQ(used, 20 * S);
+    ASSERT_EQ(count_packs(store, ".pack"), 1);
+    /* leftovers: a pack without index (a crash mid-snapshot), an index without pack */
+    put("store/packs/p-0123456789abcdef.pack", "partial", 0444);
+    put("store/packs/p-fedcba9876543210.idx", "sessiond-pack 1 0 0\n", 0444);
+    uint64_t freed = 0;
+    ASSERT_EQ(snap_gc(st, &used, &freed), 0);
+    ASSERT_EQ(used, 20 * S);
+    ASSERT(freed >= 7);
+    ASSERT_EQ(exists("store/packs/p-0123456789abcdef.pack"), 0);
+    ASSERT_EQ(exists("store/packs/p-fedcba9876543210.idx"), 0);
+    ASSERT_EQ(snap_restore(st, c.id, ws2, NULL), 0);
+    tree_eq(ws, ws2);
+    snap_store_close(st);
+    finish();
+}
+
+TEST(seeded_store_adopts_packs)
+{
+    mk_tmp();
+    make_tree();
+    snap_set_pack_min(1);
+    struct snap_store *img = open_store();
+    struct snap_info si, s2;
+    char *ws = P("ws"), *ws2 = P("ws2"), *ws3 = P("ws3"), *ref = P("ref");
+    char *sess_dir = P("sess-store"), *img_dir = P("store");
+    ASSERT_EQ(snap_create(img, ws, "image", &si), 0);
+    ASSERT_EQ(count_packs(img_dir, ".pack"), 1);
+    ASSERT_EQ(snap_restore_seed(img, si.id, ws2, sess_dir, NULL), 0);
+    snap_store_close(img);
+    struct snap_store *sess = NULL;
+    ASSERT_EQ(snap_store_open(sess_dir, &sess), 0);
+    put("ws2/a.txt", "changed in the session\n", 0644);
+    ASSERT_EQ(snap_create(sess, ws2, "turn 1", &s2), 0);
+    ASSERT_EQ(s2.hashed, 1);
+    /* the image's pack is linked (not copied), plus the session's own for a.txt */
+    ASSERT_EQ(count_packs(sess_dir, ".pack"), 2);
+    util_rm_rf(img_dir);
+    ASSERT_EQ(snap_restore(sess, s2.id, ws3, NULL), 0);
+    put("ref/a.txt", "changed in the session\n", 0644);
+    tree_eq(ref, ws3);
+    tree_eq(ws3, ref);
+    snap_store_close(sess);
+    finish();
+}
+
+TEST(truncated_pack_fails_the_restore)
+{
+    mk_tmp();
+    make_tree();
+    snap_set_pack_min(1);
+    struct snap_store *st = open_store();
+    struct snap_info si;
+    char *ws = P("ws"), *ws2 = P("ws2"), *store = P("store");
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    snap_store_close(st);
+    char *pack = only_pack(store);
+    ASSERT_EQ(chmod(pack, 0644), 0);
+    ASSERT_EQ(truncate(pack, 10), 0);
+    st = open_store();
+    ASSERT_EQ(snap_restore(st, si.id, ws2, NULL), ERR_IO);
+    ASSERT_EQ(exists("ws2"), 0); /* a fresh restore is all or nothing */
+    snap_store_close(st);
+    free(pack);
+    finish();
+}
+
 static const struct test_case tests[] = {
     T(seeded_store_first_snapshot_reads_nothing),
     T(roundtrip_new_dir),
@@ -881,5 +1093,9 @@ static const struct test_case tests[] = {
     T(fresh_restore_is_all_or_nothing_under_kill),
     T(spare_inodes_are_used_and_checked),
     T(durable_snapshot_roundtrip),
+    T(packed_snapshot_roundtrip_and_isolation),
+    T(pack_gc_rewrites_half_dead_and_deletes_dead_packs),
+    T(seeded_store_adopts_packs),
+    T(truncated_pack_fails_the_restore),
 };
 TEST_MAIN(tests)
