@@ -1723,9 +1723,14 @@ int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
         free(r);
         return ERR_IO;
     }
-    while (r->nstarters < NSTARTERS &&
-           pthread_create(&r->starters[r->nstarters], NULL, starter_main, r) == 0) {
+    /* The control thread already runs and reads nstarters under r->lock (TSan). */
+    for (int i = 0; i < NSTARTERS; i++) {
+        if (pthread_create(&r->starters[i], NULL, starter_main, r) != 0) {
+            break;
+        }
+        pthread_mutex_lock(&r->lock);
         r->nstarters++;
+        pthread_mutex_unlock(&r->lock);
     }
     repos_hook_set_synced_cb(synced_cb, r);
     repos_hook_set_sandbox_factory(pool_factory, r);

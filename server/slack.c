@@ -1228,7 +1228,7 @@ static void *worker_main(void *arg)
         }
         sl->qlen--;
         pthread_mutex_unlock(&sl->lock);
-        if (sl->app) {
+        if (sl->app && j->payload) {
             process(sl, j->payload);
         }
         json_decref(j->payload);
@@ -1722,7 +1722,10 @@ void slack_handle_events(struct slack *sl, const char *ts, const char *sig, cons
     } else {
         sl->stats.received++;
         struct job *jb = xcalloc(1, sizeof(*jb));
-        jb->payload = json_incref(j);
+        /* A copy, not a shared reference: jansson's json_decref reads the refcount
+         * non-atomically before its atomic decrement, a data race (TSan) when two threads
+         * drop references to one value. */
+        jb->payload = json_deep_copy(j);
         if (sl->tail) {
             sl->tail->next = jb;
         } else {

@@ -14,6 +14,10 @@ if [ "${SANITIZE:-}" = 1 ]; then
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1:log_path=$LOGDIR/sanitizer/asan}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:log_path=$LOGDIR/sanitizer/ubsan}
   export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
+elif [ "${SANITIZE:-}" = thread ]; then
+  # TSan reports to files too (counted below); a race does not stop the program.
+  mkdir -p "$LOGDIR/sanitizer"
+  export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp:log_path=$LOGDIR/sanitizer/tsan}
 fi
 passed=0
 failed=0
