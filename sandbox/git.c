@@ -309,6 +309,14 @@ static int anon_remote(git_repository *repo, const char *url, git_remote **out)
     return grc < 0 ? gerr(grc, "remote") : 0;
 }
 
+/* The remote of every fetch and push: the repository's config neutralized first (the agent
+ * can edit it), then an anonymous remote from the registry's URL. */
+static int safe_remote(git_repository *repo, const char *url, git_remote **out)
+{
+    int rc = sanitize_config(repo);
+    return rc ? rc : anon_remote(repo, url, out);
+}
+
 static int valid_branch(const char *branch, char *ref, size_t n)
 {
     int valid = 0;
@@ -390,10 +398,7 @@ int gitx_sync(const char *dir, const char *shared, const char *url, const char *
     /* Fetch into a ref of our own namespace so that nothing the agent set up interferes. */
     snprintf(tracking, sizeof(tracking), "refs/sessiond/upstream/%s", branch);
     snprintf(spec, sizeof(spec), "+%s:%s", refname, tracking);
-    rc = sanitize_config(repo);
-    if (rc == 0) {
-        rc = anon_remote(repo, url, &remote);
-    }
+    rc = safe_remote(repo, url, &remote);
     if (rc != 0) {
         goto out;
     }
@@ -484,10 +489,7 @@ int gitx_mirror_fetch(const char *gitdir, const char *url, const char *branch,
         rc = gerr(grc, "shared store");
         goto out;
     }
-    rc = sanitize_config(repo);
-    if (rc == 0) {
-        rc = anon_remote(repo, url, &remote);
-    }
+    rc = safe_remote(repo, url, &remote);
     if (rc != 0) {
         goto out;
     }
@@ -986,10 +988,7 @@ int gitx_push(const char *dir, const char *shared, const char *url, const char *
         rc = grc == GIT_ENOTFOUND ? ERR_NOT_FOUND : gerr(grc, "branch");
         goto out;
     }
-    rc = sanitize_config(repo);
-    if (rc == 0) {
-        rc = anon_remote(repo, url, &remote);
-    }
+    rc = safe_remote(repo, url, &remote);
     if (rc != 0) {
         goto out;
     }
