@@ -23,8 +23,9 @@
  * (closed_cond) and then opened anew. Closing is off the request path because it writes the
  * lazy registry columns (one registry transaction per batch of closes) and, when the session
  * wrote more than CLOSE_CKPT_PAGES to its WAL, checkpoints and truncates the WAL: the next
- * open replays the whole WAL to rebuild its index, so a short WAL is what makes a wake-up
- * cheap (measured with bench/store_open: the replay was the largest cost of a reopen).
+ * open replays the whole WAL to rebuild its index, a cost that grows with the WAL (the rest
+ * of a wake-up is mostly SQLite's schema parse and statement preparation: bench/store_open
+ * and perf).
  *
  * Locking: locking_mode=EXCLUSIVE (one connection per file is the design): the WAL index
  * lives in heap memory, no -shm file, no per-transaction file locks. Measured against the
