@@ -180,3 +180,16 @@ wait_event() {
   done
   return 1
 }
+
+# wait_image REPO [SECONDS] - poll GET /v1/repos/REPO/images until the newest image is ready or
+# failed (default 30 s); sets state to its state and leaves BODY with the list.
+wait_image() {
+  local i
+  state=""
+  for i in $(seq 1 $((${2:-30} * 10))); do
+    api GET "/v1/repos/$1/images"
+    state=$(jget '.images[0].state')
+    [ "$state" = ready ] || [ "$state" = failed ] && return 0
+    sleep 0.1
+  done
+}

@@ -83,13 +83,7 @@ expect_error 403 forbidden "a viewer cannot build images"
 api POST /v1/repos/hello/images "" "$ALICE"
 expect_status 202 "image build accepted"
 IMG=$(jget .id)
-state=""
-for i in $(seq 1 300); do
-  api GET /v1/repos/hello/images
-  state=$(jget '.images[0].state')
-  [ "$state" = ready ] || [ "$state" = failed ] && break
-  sleep 0.1
-done
+wait_image hello
 check "image built" [ "$state" = ready -a "$(jget '.images[0].id')" = "$IMG" ]
 check "image records commit, size and setup log" [ "$(jget '.images[0].commit_sha')" = "$(git -C "$TMP/octo/seed" rev-parse HEAD)" -a "$(jget '.images[0].files')" -ge 2 ]
 check "setup log visible" grep -q 'echo built' <<<"$(jget '.images[0].log_tail')"

@@ -28,13 +28,7 @@ check "server up with the $SESSIOND_SANDBOX backend" [ "$STATUS" = 200 ]
 api POST /v1/repos "{\"name\":\"hello\",\"url\":\"$REMOTE\",\"pool_size\":0,\"image_interval_min\":0,\"setup\":[\"git log --oneline | wc -l > commits.txt\"]}"
 expect_status 201 "repository added"
 api POST /v1/repos/hello/images
-state=""
-for i in $(seq 1 300); do
-  api GET /v1/repos/hello/images
-  state=$(jget '.images[0].state')
-  [ "$state" = ready ] || [ "$state" = failed ] && break
-  sleep 0.1
-done
+wait_image hello
 check "image built (git in the setup sandbox reads the shared store)" [ "$state" = ready ]
 [ "$state" = ready ] || echo "# $(jget '.images[0].error') $(jget '.images[0].log_tail')"
 STORE="$(realpath "$DATA_DIR")/repos/hello/objects.git/objects"

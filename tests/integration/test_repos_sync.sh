@@ -33,13 +33,7 @@ start_server --repos-tick-ms 200 --shutdown-grace 1
 api POST /v1/repos "{\"name\":\"hello\",\"url\":\"$REMOTE\",\"pool_size\":0,\"image_interval_min\":0}"
 expect_status 201 "repository added"
 api POST /v1/repos/hello/images
-state=""
-for i in $(seq 1 300); do
-  api GET /v1/repos/hello/images
-  state=$(jget '.images[0].state')
-  [ "$state" = ready ] || [ "$state" = failed ] && break
-  sleep 0.1
-done
+wait_image hello
 check "image built" [ "$state" = ready ]
 
 # the branch moves on after the image: a start from the image must sync to the new head
