@@ -37,6 +37,18 @@ static char *P(const char *rel)
     return xasprintf("%s/%s", g_tmp, rel);
 }
 
+/* Overwrite the first bytes of an existing file in place (same inode, no truncation): the
+ * edit an agent makes that must never reach a snapshot. */
+static void poke(const char *rel, const char *bytes)
+{
+    char *p = P(rel);
+    int fd = open(p, O_WRONLY);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(pwrite(fd, bytes, strlen(bytes), 0), (ssize_t)strlen(bytes));
+    close(fd);
+    free(p);
+}
+
 /* Write a file with an mtime one hour old (older than the racy window). */
 static void put(const char *rel, const char *content, unsigned mode)
 {
@@ -271,19 +283,10 @@ TEST(inplace_edit_after_restore_keeps_snapshot)
     char *p = P("ws2/a.txt");
     ASSERT_EQ(stat(p, &sb), 0);
     ASSERT_EQ(sb.st_nlink, 1);
-    /* an in-place write (same inode, no truncation) */
-    int fd = open(p, O_WRONLY);
-    ASSERT(fd >= 0);
-    ASSERT_EQ(pwrite(fd, "XX", 2, 0), 2);
-    close(fd);
     free(p);
+    poke("ws2/a.txt", "XX"); /* an in-place write (same inode, no truncation) */
     /* so do edits of the original workspace after the snapshot */
-    p = P("ws/src/deep/x.c");
-    fd = open(p, O_WRONLY);
-    ASSERT(fd >= 0);
-    ASSERT_EQ(pwrite(fd, "YY", 2, 0), 2);
-    close(fd);
-    free(p);
+    poke("ws/src/deep/x.c", "YY");
     ASSERT_EQ(snap_restore(st, si.id, ws3, NULL), 0);
     tree_eq(ref, ws3);
     char *a = get("ws3/a.txt");
@@ -924,17 +927,9 @@ TEST(packed_snapshot_roundtrip_and_isolation)
     ASSERT_EQ(stat(p, &sb), 0);
     ASSERT_EQ(sb.st_nlink, 1);
     ASSERT(sb.st_ino != pb.st_ino);
-    int fd = open(p, O_WRONLY);
-    ASSERT(fd >= 0);
-    ASSERT_EQ(pwrite(fd, "XX", 2, 0), 2);
-    close(fd);
     free(p);
-    p = P("ws/src/deep/x.c");
-    fd = open(p, O_WRONLY);
-    ASSERT(fd >= 0);
-    ASSERT_EQ(pwrite(fd, "YY", 2, 0), 2);
-    close(fd);
-    free(p);
+    poke("ws2/a.txt", "XX");
+    poke("ws/src/deep/x.c", "YY");
     ASSERT_EQ(snap_restore(st, si.id, ws3, NULL), 0);
     tree_eq(ref, ws3);
     /* the index is read back from the disk by a new handle */
