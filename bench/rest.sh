@@ -8,7 +8,8 @@
 #      (+ the session cache hit rate from /metrics)
 #   3. GET /healthz, closed loop
 #   4. POST message into one session at a FIXED 2,000 req/s (open loop): p99 target < 5 ms
-# Env: THREADS (server pool, default 8), CONNS (default 32), DUR (seconds, default 10).
+# Env: THREADS (server pool, default 8), CONNS (default 32), DUR (seconds, default 10),
+#      ONLY=spread (run only scenario 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -51,6 +52,7 @@ metric() { curl -s -H "Authorization: Bearer $TOKEN" "$URL/metrics" | awk -v m="
 
 echo "# sessiond REST benchmark: $(nproc) cores, server threads=$THREADS, client conns=$CONNS, ${DUR}s per run"
 echo "# $(uname -r); client and server on the same machine; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "${ONLY:-}" != spread ]; then
 start
 echo "## 1. POST message -> one session (closed loop; target >= 10,000/s)"
 run --scenario single --conns "$CONNS" --duration "$DUR"
@@ -59,9 +61,10 @@ run --scenario healthz --conns "$CONNS" --duration "$DUR"
 echo "## 4. POST message -> one session at a fixed 2,000 req/s (open loop; target p99 < 5 ms)"
 run --scenario single --conns "$CONNS" --duration "$DUR" --rate 2000
 stop
+fi
 
 rm -rf "$TMP/data"
-start --max-open-sessions 256
+start --max-open-sessions 256 ${SPREAD_ARGS:-}
 echo "## 2. POST message -> 1,000 sessions, uniform (closed loop; cap 256 open; target >= 10,000/s)"
 # A first, unmeasured pass creates the 1,000 sessions (their ids kept in a file) and fills the
 # cache, so the measured pass and its CPU per request are about messages, not creation.

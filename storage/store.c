@@ -49,6 +49,7 @@
 #include "storage/event.h"
 #include "storage/migrate.h"
 #include "storage/registry.h"
+#include "storage/sqlvfs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -337,7 +338,7 @@ static int sess_open_db(struct sess *s, int create)
     int rc = 0;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
 
-    if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+    if (sqlite3_open_v2(path, &db, flags, sqlvfs_name()) != SQLITE_OK) {
         if (!create && access(path, F_OK) != 0) {
             rc = ERR_NOT_FOUND;
         } else {
@@ -1226,6 +1227,12 @@ int store_open(const struct store_config *cfg, struct store **out)
         LOG_ERROR("store: cannot create %s: %s", st->sessions_dir, strerror(errno));
         rc = ERR_IO;
         goto out;
+    }
+    /* Canonical once, so session paths need no symlink resolution at every open (sqlvfs.c). */
+    char *real = realpath(st->sessions_dir, NULL);
+    if (real) {
+        free(st->sessions_dir);
+        st->sessions_dir = real;
     }
     /* SQLite's memory statistics take one process-wide mutex on every allocation: with many
      * threads opening session files (schema parse, statement prepare) it was the hottest
