@@ -46,11 +46,11 @@ static int full_pathname(sqlite3_vfs *vfs, const char *name, int nout, char *out
 }
 
 /* Open an existing WAL without SQLITE_OPEN_CREATE. Why: unixOpen marks a file opened with
- * CREATE as "sync the directory at the first fsync" and, running as root, fchowns it: with the
- * WAL kept across hibernation (SQLITE_FCNTL_PERSIST_WAL) that was a directory fdatasync at
- * every close-time checkpoint and an fchown at every wake-up, for a name that was made durable
- * long ago (SQLite syncs a new WAL's header, and with it the directory, before the first
- * commit in it). A WAL that does not exist yet is opened as usual. */
+ * CREATE as "sync the directory at the first fsync": with the WAL kept across hibernation
+ * (SQLITE_FCNTL_PERSIST_WAL) that was a directory fdatasync at every close-time checkpoint,
+ * for a name made durable long ago (SQLite syncs a new WAL's header, and with it the
+ * directory, before the first commit in it). A WAL that does not exist yet is opened as usual.
+ */
 static int xopen(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *oflags)
 {
     if ((flags & SQLITE_OPEN_WAL) && (flags & SQLITE_OPEN_CREATE) && name) {
