@@ -263,6 +263,43 @@ int main(int argc, char **argv)
         print_restore_phases(&ri);
         free(d);
     }
+    /* back-to-back restores (an image-start burst): the previous restore drained the pool and
+     * its filler runs, while the workspace of an ended session goes away -- deleted (its
+     * inodes freed, so the creates that follow scan past them) or discarded (its inodes
+     * recycled as spares, see snap_discard_tree) */
+    int64_t b2b_us[2][2];
+    for (int round = 0; round < 2; round++) {
+        for (int recycle = 0; recycle < 2; recycle++) {
+            char *old = xasprintf("%s-b2b-old%d%d", ws2, round, recycle);
+            char *a = xasprintf("%s-b2b-a%d%d", ws2, round, recycle);
+            char *c = xasprintf("%s-b2b-c%d%d", ws2, round, recycle);
+            snap_restore(st, last, old, &ri); /* the ended session's workspace */
+            snap_background_wait();           /* the pool is full again */
+            snap_restore(st, last, a, &ri);   /* drains it; the filler starts */
+            int64_t t1 = clock_mono_us();
+            if (recycle) {
+                snap_discard_tree(old); /* recycled in the background from now on */
+            } else {
+                util_rm_rf(old);
+            }
+            int64_t gone_us = clock_mono_us() - t1;
+            t0 = clock_mono_us();
+            snap_restore(st, last, c, &ri);
+            b2b_us[recycle][round] = clock_mono_us() - t0;
+            printf("back-to-back restore after %s a workspace (%.0f ms): %.1f ms "
+                   "(%llu spares), load %.2f",
+                   recycle ? "discarding" : "deleting", gone_us / 1000.0,
+                   b2b_us[recycle][round] / 1000.0, (unsigned long long)ri.spares, load1());
+            print_restore_phases(&ri);
+            snap_background_wait();
+            util_rm_rf(a);
+            util_rm_rf(c);
+            free(old);
+            free(a);
+            free(c);
+        }
+    }
+
     /* first snapshot of a fresh store right after a mass delete: rounds with packs, then one
      * without */
     int64_t *fad = xcalloc((size_t)rounds, sizeof(*fad));
@@ -337,12 +374,15 @@ int main(int argc, char **argv)
            "\"restore_after_delete_ms\":%.1f,\"restore_after_delete_nospare_ms\":%.1f,"
            "\"rollback_1pct_ms\":%.1f,\"prune_ms\":%.1f,\"first_after_delete_p50_ms\":%.1f,"
            "\"first_after_delete_max_ms\":%.1f,\"first_after_delete_nopack_ms\":%.1f,"
-           "\"reopen_pct1_ms\":%.1f,\"load1\":%.2f}\n",
+           "\"reopen_pct1_ms\":%.1f,\"b2b_delete_max_ms\":%.1f,\"b2b_discard_max_ms\":%.1f,"
+           "\"load1\":%.2f}\n",
            files, (double)total / (1 << 20), first_us / 1000.0, nochange_us / 1000.0,
            inc[rounds / 2] / 1000.0, inc[rounds - 1] / 1000.0, restore_us / 1000.0,
            rs_nospare[1] / 1000.0, after_del_us[0] / 1000.0, after_del_us[1] / 1000.0,
            rollback_us / 1000.0, prune_us / 1000.0, fad[rounds / 2] / 1000.0,
-           fad[rounds - 1] / 1000.0, fad_nopack / 1000.0, reopen_us / 1000.0, load1());
+           fad[rounds - 1] / 1000.0, fad_nopack / 1000.0, reopen_us / 1000.0,
+           (b2b_us[0][0] > b2b_us[0][1] ? b2b_us[0][0] : b2b_us[0][1]) / 1000.0,
+           (b2b_us[1][0] > b2b_us[1][1] ? b2b_us[1][0] : b2b_us[1][1]) / 1000.0, load1());
     snap_background_wait();
     snap_store_close(st);
     util_rm_rf(dir);

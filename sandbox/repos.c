@@ -1119,7 +1119,7 @@ out:
                  err.data ? err.data : err_str(rc));
     }
     if (dir) {
-        util_rm_rf(dir);
+        snap_discard_tree(dir); /* its sandbox is gone: inodes to the spare pool */
     }
     if (rc == 0) {
         prune_images(r, repo);
@@ -1264,7 +1264,7 @@ static void warm_free(struct warm *w)
         char *snapdir = xasprintf("%s.snap", w->dir);
         util_rm_rf(snapdir);
         free(snapdir);
-        util_rm_rf(w->dir);
+        snap_discard_tree(w->dir); /* its sandbox is gone: inodes to the spare pool */
         free(w->repo);
         free(w->dir);
         free(w->image_id);

@@ -20,8 +20,10 @@
  * edit in the workspace can never reach the store.
  *
  * New files and directories (objects and restored entries) take pre-made empty inodes from a
- * pool (<parent of the store>/.snap-spare, topped up in the background), because ext4
- * without a journal makes every create slow for minutes after a mass delete (see snap.c).
+ * pool (<parent of the store>/.snap-spare, topped up in the background, or from a sibling
+ * pool on the same file system when it is empty), because ext4 without a journal makes every
+ * create slow for minutes after a mass delete (see snap.c). snap_discard_tree() deletes dead
+ * workspaces by recycling their inodes into those pools.
  * Callers must serialize restores into one workspace (the session actor does).
  *
  * Paths inside the workspace are resolved beneath it without following symlinks
@@ -96,6 +98,17 @@ int snap_restore(struct snap_store *st, const char *id, const char *workspace,
  * session starts from a repository image: its first snapshot costs a directory walk). */
 int snap_restore_seed(struct snap_store *st, const char *id, const char *workspace,
                       const char *seed_dir, struct snap_restore_info *out);
+
+/** Delete the tree at path like util_rm_rf(), but give its plain files and empty directories
+ * (one link, ours, no xattrs, open nowhere) to a spare-inode pool of the same file system
+ * instead of freeing their inodes (see snap.c "Recycling"). Only for a tree nobody else can
+ * reach any more (the workspace of a destroyed sandbox, a build directory): never for a live
+ * workspace, nor for a snapshot store. Files with several links (objects shared with a store)
+ * are unlinked, never truncated. When a pool of this process lives on the same file system,
+ * the tree is renamed into it and recycled in the background (snap_background_wait() waits
+ * for that; a crash leaves it to the next process that opens the pool); else it is removed
+ * now. Either way path is gone on return. 0, or ERR_IO if something could not be removed. */
+int snap_discard_tree(const char *path);
 
 /** Header figures of snapshot id. ERR_NOT_FOUND if unknown. */
 int snap_get(struct snap_store *st, const char *id, struct snap_info *out);
