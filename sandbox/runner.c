@@ -29,6 +29,7 @@
 #include "sandbox/commitq.h"
 #include "sandbox/repos.h"
 #include "sandbox/sbx.h"
+#include "sandbox/snap.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -961,7 +962,7 @@ struct starter {
 };
 
 static void stop_sandbox(struct runner *r, struct rs *x, const char *why);
-static void purge_files(struct runner *r, const char *sid);
+static void purge_files(struct runner *r, struct rs *x, const char *sid);
 
 static void *starter_main(void *arg)
 {
@@ -1001,7 +1002,7 @@ static void *starter_main(void *arg)
             /* DELETEd while it started: JOB_ENDED found nothing to stop */
             stop_sandbox(r, x, purge ? "session purged" : "session ended");
             if (purge) {
-                purge_files(r, x->id);
+                purge_files(r, x, x->id);
             }
         }
         pthread_mutex_lock(&r->lock);
@@ -1481,14 +1482,21 @@ static void stop_sandbox(struct runner *r, struct rs *x, const char *why)
     }
 }
 
-/* Delete the workspace and private dir of a purged session (local backends). */
-static void purge_files(struct runner *r, const char *sid)
+/* Delete the workspace and private dir of a purged session (local backends), after
+ * stop_sandbox(). When the sandbox is really gone its inodes go to the spare pools
+ * (snap_discard_tree: deleting 10k files makes ext4 without a journal slow at creating files
+ * for minutes, which is what image starts and restores do); a sandbox still in use
+ * (stop_sandbox skips it) may hold files there, so its tree is only deleted. */
+static void purge_files(struct runner *r, struct rs *x, const char *sid)
 {
     const char *dd = store_data_dir(r->st);
     const char *sub[] = {"workspaces", "sandboxes"};
+    pthread_mutex_lock(&r->lock);
+    int gone = x->sbx == NULL;
+    pthread_mutex_unlock(&r->lock);
     for (int i = 0; i < 2; i++) {
         char *p = xasprintf("%s/%s/%s", dd, sub[i], sid);
-        if (util_rm_rf(p) != 0) {
+        if ((gone ? snap_discard_tree(p) : util_rm_rf(p)) != 0) {
             LOG_WARN("runner: session %s: cannot remove %s", sid, p);
         }
         free(p);
@@ -1647,7 +1655,7 @@ static void *ctl_main(void *arg)
                 pthread_mutex_unlock(&r->lock);
                 stop_sandbox(r, x, purge ? "session purged" : "session ended");
                 if (purge) {
-                    purge_files(r, j->sid);
+                    purge_files(r, x, j->sid);
                 }
                 repos_hook_session_end(j->sid); /* issue 5: snapshot in the background */
             }

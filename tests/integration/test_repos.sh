@@ -203,10 +203,20 @@ check "snapshot at DELETE" [ "$n" -ge 5 ]
 # ---- purge deletes the snapshots ----
 wait_event "$SID2" session.snapshot 1 >/dev/null
 check "image session has snapshots" [ -d "$DATA_DIR/snapshots/$SID2/snaps" ]
+check "image session has a workspace" [ -d "$DATA_DIR/workspaces/$SID2" ]
 api DELETE "/v1/sessions/$SID2?purge=true" "" "$ALICE"
 check "purge" [ "$STATUS" = 200 ]
 for i in $(seq 1 100); do [ -e "$DATA_DIR/snapshots/$SID2" ] || break; sleep 0.1; done
 check "purge deletes the session's snapshots" [ ! -e "$DATA_DIR/snapshots/$SID2" ]
+for i in $(seq 1 100); do [ -e "$DATA_DIR/workspaces/$SID2" ] || break; sleep 0.1; done
+check "purge deletes the session's workspace" [ ! -e "$DATA_DIR/workspaces/$SID2" ]
+# the workspace's inodes were recycled into a spare pool, not left behind as a tree
+for i in $(seq 1 100); do
+  ls -d "$DATA_DIR"/*/.snap-spare/t-* "$DATA_DIR"/repos/*/.snap-spare/t-* >/dev/null 2>&1 || break
+  sleep 0.1
+done
+check "the discarded workspace was recycled" \
+  [ -z "$(ls -d "$DATA_DIR"/*/.snap-spare/t-* "$DATA_DIR"/repos/*/.snap-spare/t-* 2>/dev/null)" ]
 
 # ---- secrets never leak ----
 check "token not stored in clear" [ "$(grep -c ghp_alice_SECRET "$DATA_DIR/registry.db" 2>/dev/null)" = 0 ]
