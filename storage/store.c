@@ -61,16 +61,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define HASH_SIZE        4096
-#define IDLE_CLOSE_MS    60000
-#define FLUSH_EVERY_MS   1000
-#define WORKERS          2   /* close workers */
-#define CLOSE_BATCH      64  /* sessions closed per registry transaction */
-#define CLOSE_BACKLOG    128 /* beyond this, evicting threads close sessions themselves */
-#ifndef CLOSE_CKPT_PAGES        /* -D for bench runs: a trade-off measured with bench/rest.sh */
-#define CLOSE_CKPT_PAGES 24  /* ~100 KiB of WAL: checkpoint + truncate at close above this */
+#define HASH_SIZE      4096
+#define IDLE_CLOSE_MS  60000
+#define FLUSH_EVERY_MS 1000
+#define WORKERS        2    /* close workers */
+#define CLOSE_BATCH    64   /* sessions closed per registry transaction */
+#define CLOSE_BACKLOG  128  /* beyond this, evicting threads close sessions themselves */
+#ifndef CLOSE_CKPT_PAGES    /* -D for bench runs: a trade-off measured with bench/rest.sh */
+#define CLOSE_CKPT_PAGES 24 /* ~100 KiB of WAL: checkpoint + truncate at close above this */
 #endif
-#define CKPT_PAGES       256 /* checkpoint of a live session WAL above this (in a commit) */
+#define CKPT_PAGES 256 /* checkpoint of a live session WAL above this (in a commit) */
 
 struct pending {
     sess_tx_fn fn;
