@@ -1723,15 +1723,11 @@ int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
         free(r);
         return rc;
     }
-    if (!cfg->no_recover) {
-        push_job(r, JOB_RECOVER, NULL);
-    }
-    if (pthread_create(&r->ctl, NULL, ctl_main, r) != 0) {
-        commitq_stop(r->cq);
-        free(r);
-        return ERR_IO;
-    }
-    /* The control thread already runs and reads nstarters under r->lock (TSan). */
+    /* Starters before the control thread: recovery (the control thread's first job) kicks
+     * every session with queued prompts, and a kick that found no starter thread yet failed
+     * to start the sandbox, so a queue acknowledged before a crash was not resumed (seen
+     * under load: "recovery ... resumed 1 queues" logged before "runner: started", then
+     * nothing ran). nstarters is still written under r->lock: starters read it (TSan). */
     for (int i = 0; i < NSTARTERS; i++) {
         if (pthread_create(&r->starters[i], NULL, starter_main, r) != 0) {
             break;
@@ -1739,6 +1735,23 @@ int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
         pthread_mutex_lock(&r->lock);
         r->nstarters++;
         pthread_mutex_unlock(&r->lock);
+    }
+    if (!cfg->no_recover) {
+        pthread_mutex_lock(&r->lock); /* the starters already share r->cond */
+        push_job(r, JOB_RECOVER, NULL);
+        pthread_mutex_unlock(&r->lock);
+    }
+    if (pthread_create(&r->ctl, NULL, ctl_main, r) != 0) {
+        pthread_mutex_lock(&r->lock);
+        r->stopping = 1;
+        pthread_cond_broadcast(&r->cond);
+        pthread_mutex_unlock(&r->lock);
+        for (int i = 0; i < r->nstarters; i++) {
+            pthread_join(r->starters[i], NULL);
+        }
+        commitq_stop(r->cq);
+        free(r);
+        return ERR_IO;
     }
     repos_hook_set_synced_cb(synced_cb, r);
     repos_hook_set_sandbox_factory(pool_factory, r);
