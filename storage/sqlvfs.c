@@ -1,5 +1,5 @@
 /*
- * sqlvfs.c - SQLite's "unix" VFS with a cheaper xFullPathname, for the session files.
+ * sqlvfs.c - SQLite's "unix" VFS with a cheaper xFullPathname and xOpen, for the session files.
  *
  * Why: since 3.35 SQLite resolves symbolic links in xFullPathname by lstat()ing every
  * component of the path, on every sqlite3_open. Waking a hibernated session is an open, and

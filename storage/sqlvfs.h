@@ -1,6 +1,6 @@
 /*
  * sqlvfs.h - the SQLite VFS the session files are opened with: SQLite's own "unix" VFS with
- * one method replaced (see sqlvfs.c for why).
+ * two methods replaced, xFullPathname and xOpen (see sqlvfs.c for why).
  */
 #ifndef SESSIOND_SQLVFS_H
 #define SESSIOND_SQLVFS_H
