@@ -26,7 +26,7 @@ LIB_SRC  := $(filter-out server/main.c,$(LIB_SRC))
 LIB_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(BUILD)/obj/gen/migrations.o
 LIB_OBJ  += $(BUILD)/obj/gen/webfiles.o
 WEB_FILES := $(sort $(shell find web -type f ! -path 'web/extension/*' ! -name '.*' 2>/dev/null))
-MIGRATIONS := $(sort $(wildcard migrations/session/*.sql migrations/registry/*.sql))
+MIGRATIONS := $(sort $(wildcard migrations/session/*.sql migrations/registry/*.sql migrations/spool/*.sql))
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))

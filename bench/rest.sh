@@ -9,7 +9,8 @@
 #   3. GET /healthz, closed loop
 #   4. POST message into one session at a FIXED 2,000 req/s (open loop): p99 target < 5 ms
 # Env: THREADS (server pool, default 8), CONNS (default 32), DUR (seconds, default 10),
-#      ONLY=spread (run only scenario 2).
+#      ONLY=spread (run only scenario 2), SPREAD_ARGS (extra server flags for scenario 2, e.g.
+#      "--park-comments false" to measure wake-ups without the spool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -70,13 +71,16 @@ echo "## 2. POST message -> 1,000 sessions, uniform (closed loop; cap 256 open; 
 # cache, so the measured pass and its CPU per request are about messages, not creation.
 "$LOAD" --url "$URL" --token "$TOKEN" --json --ids "$TMP/ids" --scenario spread --sessions 1000 \
   --conns "$CONNS" --duration 3 >/dev/null
-H0=$(metric sessiond_session_cache_hits_total); O0=$(metric sessiond_session_opens_total)
-R0=$(metric sessiond_session_rescues_total)
+snap() { echo "$(metric sessiond_session_cache_hits_total) $(metric sessiond_session_opens_total) $(metric sessiond_session_rescues_total) $(metric sessiond_session_parked_total) $(metric sessiond_spool_folds_total) $(metric sessiond_spool_folded_total)"; }
+M0=$(snap)
 run --scenario spread --sessions 1000 --ids "$TMP/ids" --conns "$CONNS" --duration "$DUR"
-H1=$(metric sessiond_session_cache_hits_total); O1=$(metric sessiond_session_opens_total)
-R1=$(metric sessiond_session_rescues_total)
-if [ -n "$H0" ] && [ -n "$H1" ]; then
-  awk -v h="$((${H1%.*} - ${H0%.*}))" -v o="$((${O1%.*} - ${O0%.*}))" -v r="$((${R1%.*} - ${R0%.*}))" \
-    'BEGIN { printf "session cache: %d hits, %d opens (misses), %d rescues (taken back from the close list): hit rate %.1f%%\n", h, o, r, (h+o+r) ? 100*h/(h+o+r) : 0 }'
-fi
+M1=$(snap)
+# hits: served by an open session; opens: woke a hibernated one (a miss); rescues: taken back
+# from the close list; parked: a comment to a hibernated session written to the spool without
+# waking it (park_comments); folds: sessions that folded their parked rows into their file.
+awk -v a="$M0" -v b="$M1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+  for (i = 1; i <= 6; i++) d[i] = int(y[i]) - int(x[i]);
+  t = d[1] + d[2] + d[3] + d[4];
+  printf "session cache: %d hits, %d opens (misses), %d rescues, %d parked in the spool (no wake-up), %d folds (%d rows)\n", d[1], d[2], d[3], d[4], d[5], d[6];
+  if (t) printf "  served by an open session (hit rate): %.1f%%; woke a session: %.1f%%; parked: %.1f%%\n", 100*(d[1]+d[3])/t, 100*d[2]/t, 100*d[4]/t }'
 stop

@@ -22,6 +22,7 @@
 #include "server/config.h"
 #include "server/extension.h"
 #include "storage/registry.h"
+#include "storage/spool.h"
 #include "storage/store.h"
 
 #include <stdio.h>
@@ -211,6 +212,12 @@ static int msg_tx(struct sess_tx *tx, void *arg)
     return 0;
 }
 
+static int park_answer(struct buf *out, const struct spool_msg *m, int64_t seq)
+{
+    answer_json(out, m->message_id, NULL, seq);
+    return 0;
+}
+
 /* Validate the optional `author` object of a bot/admin token. */
 static int parse_author(json_t *obj, struct author *out, char *emsg, size_t n)
 {
@@ -344,6 +351,22 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
     }
     buf_putc(&ev, '}');
 
+    if (!pid && !context_json) {
+        /* A comment to a hibernated session is parked in the spool instead of waking the
+         * session file (store_park; it declines when the session is open or unknown). */
+        struct spool_msg pm = {mid, content, clen, &who, ev.data, crid, park_answer};
+        int parked = 0;
+        rc = store_park(app->store, sid, &pm, &op.seq, &parked);
+        if (rc) {
+            snprintf(emsg, n, "cannot store the message: %s", err_str(rc));
+            goto out;
+        }
+        if (parked) {
+            *out = json_pack("{s:s,s:n,s:I}", "message_id", mid, "prompt_id", "seq",
+                             (json_int_t)op.seq);
+            goto out;
+        }
+    }
     rc = store_session_get(app->store, sid, &s);
     if (rc) {
         snprintf(emsg, n, "cannot open session %s: %s", sid, err_str(rc));

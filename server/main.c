@@ -150,6 +150,7 @@ int main(int argc, char **argv)
         .data_dir = cfg->data_dir,
         .durability_full = strcmp(cfg->durability, "full") == 0,
         .max_open = (int)cfg->max_open_sessions,
+        .no_spool = !cfg->park_comments,
         .on_event = hub_on_event, /* the WebSocket hub fans committed events out */
         .on_event_ctx = hub,
     };

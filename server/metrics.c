@@ -112,6 +112,13 @@ int api_metrics(struct req *r)
         metric(&b, "sessiond_session_rescues_total", "counter",
                "Lookups of a session evicted but not yet closed (taken back open).",
                (double)s.rescues);
+        metric(&b, "sessiond_session_parked_total", "counter",
+               "Comments to hibernated sessions parked in the spool (no wake-up).",
+               (double)s.parked);
+        metric(&b, "sessiond_spool_folds_total", "counter",
+               "Sessions that folded parked comments into their file.", (double)s.folds);
+        metric(&b, "sessiond_spool_folded_total", "counter",
+               "Parked comments folded into their session file.", (double)s.folded);
         metric(&b, "sessiond_wal_checkpoints_total", "counter",
                "Session WAL checkpoints (background, at close, or inline).", (double)s.checkpoints);
         metric(&b, "sessiond_commits_total", "counter", "Group-commit transactions.",

@@ -20,6 +20,7 @@ struct migration {
 /* Terminated by an entry with version 0. Generated. */
 extern const struct migration migrations_session[];
 extern const struct migration migrations_registry[];
+extern const struct migration migrations_spool[];
 
 /** Apply pending migrations from list (one of the arrays above). 0, ERR_NEWER or ERR_DB. */
 int migrate_apply(sqlite3 *db, const struct migration *list, const char *what);

@@ -49,6 +49,7 @@
 #include "storage/event.h"
 #include "storage/migrate.h"
 #include "storage/registry.h"
+#include "storage/spool.h"
 #include "storage/sqlvfs.h"
 
 #include <errno.h>
@@ -71,6 +72,16 @@
 #define CLOSE_CKPT_PAGES 24 /* ~100 KiB of WAL: checkpoint + truncate at close above this */
 #endif
 #define CKPT_PAGES 256 /* checkpoint of a live session WAL above this (in a commit) */
+/* The spool (spool.h): hibernated sessions are remembered by a stub, up to STUB_MAX of them
+ * (~100 bytes each); a write to a session without a stub wakes it. A stub's parked rows are
+ * folded into its file when the session opens, or by the flusher once there are FOLD_ROWS of
+ * them or the oldest is FOLD_AGE_MS old (at most FOLD_PER_PASS sessions a second). */
+#define STUB_HASH     16384
+#define STUB_MAX      200000
+#define FOLD_ROWS     256
+#define FOLD_AGE_MS   30000
+#define FOLD_PER_PASS 64
+#define STUB_CRIDS    1024 /* client_request_ids remembered per stub; beyond, they wake it */
 
 struct pending {
     sess_tx_fn fn;
@@ -104,6 +115,30 @@ struct sess_tx {
     size_t npubs, cappubs;
 };
 
+/* What the store remembers of a hibernated session so that a comment can be parked in the
+ * spool without opening its file (store_park). Taken out of the stub table by whoever opens
+ * the session (it folds the parked rows first) and put back when the session closes. */
+struct stub {
+    char id[65];
+    struct stub *hnext;   /* st->stubs chain; st->lock */
+    int refs;             /* st->lock: parkers and the flusher holding it */
+    int orphan;           /* st->lock: dropped while referenced; the last unref frees it */
+    pthread_mutex_t lock; /* serializes the parkers of the session; guards what follows */
+    int taken;            /* not in the stub table (the session is open, or the stub dropped):
+                           * a parker that got it earlier must not park any more */
+    int seq_unknown;      /* rebuilt from the spool after a restart: fold before any park */
+    int64_t last_seq, last_activity; /* the session's, parked rows included */
+    int64_t flushed_seq, flushed_activity;
+    int64_t *rowids; /* its rows in the spool, in seq order */
+    int nrows, caprows;
+    int64_t oldest_ms; /* clock_mono_ms() of the first parked row */
+    /* FNV-1a hashes of the client_request_ids in the file and in the parked rows: a request
+     * whose id hashes to one of them (or any, when crids_unknown) wakes the session instead,
+     * whose `requests` table then answers exactly. */
+    uint64_t *crids;
+    int ncrids, crids_unknown;
+};
+
 /* A doubly linked list of sessions through lru_prev/lru_next (the LRU or the close list; a
  * session is on at most one, s->on says which). */
 struct slist {
@@ -123,8 +158,10 @@ struct sess {
     struct sess *lru_prev, *lru_next; /* st->lru or st->closeq, st->lock */
     struct slist *on;                 /* the list it is on, or NULL; st->lock */
     int64_t last_used_ms;             /* st->lock */
+    struct stub *stub;                /* taken out of the stub table at open; s->lock */
 
     pthread_mutex_t lock; /* the actor lock */
+    int is_spool;         /* the spool actor: spool.db, spool migrations, no events */
     sqlite3 *db;
     int open_rc;
     int wal_pages; /* frames in the WAL after the last commit of this open (wal hook) */
@@ -152,10 +189,13 @@ struct store {
 
     pthread_mutex_t lock;
     struct sess *table[HASH_SIZE];
-    struct slist lru;    /* unreferenced open sessions; head = most recently released */
-    struct slist closeq; /* evicted sessions waiting for a worker; head = newest */
-    int open_count;      /* sessions in the table, closing ones included */
-    int nclosing;        /* sessions with `closing` set */
+    struct slist lru;              /* unreferenced open sessions; head = most recently released */
+    struct slist closeq;           /* evicted sessions waiting for a worker; head = newest */
+    int open_count;                /* sessions in the table, closing ones included */
+    struct sess *spool;            /* the spool actor (spool.h); never in the table */
+    struct stub *stubs[STUB_HASH]; /* hibernated sessions; st->lock */
+    int nstubs;
+    int nclosing; /* sessions with `closing` set */
     struct store_stats stats;
 
     pthread_t flusher;
@@ -334,7 +374,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 static int sess_open_db(struct sess *s, int create)
 {
     struct store *st = s->st;
-    char *path = session_path(st, s->id);
+    char *path = s->is_spool ? xasprintf("%s/spool.db", st->data_dir) : session_path(st, s->id);
     sqlite3 *db = NULL;
     sqlite3_stmt *q = NULL;
     int rc = 0;
@@ -365,12 +405,17 @@ static int sess_open_db(struct sess *s, int create)
                             "PRAGMA synchronous=NORMAL; "
                             "PRAGMA foreign_keys=ON; PRAGMA cache_size=-512");
     if (!rc) {
-        rc = migrate_apply(db, migrations_session, path);
+        rc = migrate_apply(db, s->is_spool ? migrations_spool : migrations_session, path);
     }
     if (rc) {
         goto out;
     }
     sqlite3_wal_hook(db, wal_hook, s);
+    if (s->is_spool) {
+        s->db = db;
+        db = NULL;
+        goto out;
+    }
     /* The newest event by rowid: O(log n), where max(created_at) would scan the table. */
     if (sqlite3_prepare_v2(db, "SELECT seq, created_at FROM events ORDER BY seq DESC LIMIT 1", -1,
                            &q, NULL) != SQLITE_OK) {
@@ -411,7 +456,9 @@ static void sess_close_db(struct sess *s)
     s->nstmts = 0;
     if (s->db) {
         if (!s->doomed && s->wal_pages > CLOSE_CKPT_PAGES) {
-            prune_requests(s->db);
+            if (!s->is_spool) {
+                prune_requests(s->db);
+            }
             sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
             __atomic_fetch_add(&s->st->stats.checkpoints, 1, __ATOMIC_RELAXED);
         }
@@ -420,8 +467,15 @@ static void sess_close_db(struct sess *s)
     }
 }
 
+static void stub_drop_locked(struct store *st, struct stub *k);
+
 static void sess_free(struct sess *s)
 {
+    if (s->stub) {
+        pthread_mutex_lock(&s->st->lock);
+        stub_drop_locked(s->st, s->stub);
+        pthread_mutex_unlock(&s->st->lock);
+    }
     buf_free(&s->batch);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->qlock);
@@ -446,6 +500,242 @@ static struct sess *sess_alloc(struct store *st, const char *id)
     pthread_mutex_init(&s->qlock, NULL);
     buf_init(&s->batch, 0);
     return s;
+}
+
+/* ---- stubs of hibernated sessions (st->lock guards the table; see struct stub) ---- */
+
+static unsigned stub_hash(const char *id)
+{
+    unsigned h = 2166136261u;
+    for (; *id; id++) {
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    }
+    return h % STUB_HASH;
+}
+
+static uint64_t crid_hash(const char *c)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (; *c; c++) {
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    }
+    return h;
+}
+
+static struct stub *stub_new(const char *id)
+{
+    struct stub *k = xcalloc(1, sizeof(*k));
+    snprintf(k->id, sizeof(k->id), "%s", id);
+    pthread_mutex_init(&k->lock, NULL);
+    k->taken = 1;
+    return k;
+}
+
+static void stub_free(struct stub *k)
+{
+    if (!k) {
+        return;
+    }
+    pthread_mutex_destroy(&k->lock);
+    free(k->rowids);
+    free(k->crids);
+    free(k);
+}
+
+static struct stub *stub_find(struct store *st, const char *id)
+{
+    for (struct stub *k = st->stubs[stub_hash(id)]; k; k = k->hnext) {
+        if (strcmp(k->id, id) == 0) {
+            return k;
+        }
+    }
+    return NULL;
+}
+
+/* Remove id's stub from the table (st->lock held); the caller then sets its `taken`. */
+static struct stub *stub_take(struct store *st, const char *id)
+{
+    struct stub **pp = &st->stubs[stub_hash(id)];
+    while (*pp && strcmp((*pp)->id, id) != 0) {
+        pp = &(*pp)->hnext;
+    }
+    struct stub *k = *pp;
+    if (k) {
+        *pp = k->hnext;
+        k->hnext = NULL;
+        st->nstubs--;
+    }
+    return k;
+}
+
+/* Mark a stub taken: waits for a parker inside it to finish. No other lock needed. */
+static void stub_mark_taken(struct stub *k)
+{
+    pthread_mutex_lock(&k->lock);
+    k->taken = 1;
+    pthread_mutex_unlock(&k->lock);
+}
+
+/* Free a stub out of the table, or leave that to its last user (st->lock held). */
+static void stub_drop_locked(struct store *st, struct stub *k)
+{
+    (void)st;
+    if (k->refs > 0) {
+        k->orphan = 1;
+    } else {
+        stub_free(k);
+    }
+}
+
+/* Put a taken stub (back) into the table, or drop it when the table is full or another stub
+ * is there (st->lock held). */
+static void stub_insert_locked(struct store *st, struct stub *k)
+{
+    if (st->nstubs >= STUB_MAX || stub_find(st, k->id)) {
+        stub_drop_locked(st, k);
+        return;
+    }
+    unsigned h = stub_hash(k->id);
+    k->hnext = st->stubs[h];
+    st->stubs[h] = k;
+    st->nstubs++;
+    /* st->lock then k->lock: k->lock is only ever held briefly by a parker that finds it
+     * taken, or by the flusher. */
+    pthread_mutex_lock(&k->lock);
+    k->taken = 0;
+    pthread_mutex_unlock(&k->lock);
+}
+
+static void stub_unref(struct store *st, struct stub *k)
+{
+    pthread_mutex_lock(&st->lock);
+    int last = --k->refs == 0 && k->orphan;
+    pthread_mutex_unlock(&st->lock);
+    if (last) {
+        stub_free(k);
+    }
+}
+
+static int stub_crid_maybe(const struct stub *k, uint64_t h)
+{
+    if (k->crids_unknown) {
+        return 1;
+    }
+    for (int i = 0; i < k->ncrids; i++) {
+        if (k->crids[i] == h) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void stub_add_crid(struct stub *k, uint64_t h)
+{
+    if (k->ncrids >= STUB_CRIDS) {
+        k->crids_unknown = 1;
+        return;
+    }
+    k->crids = xrealloc(k->crids, (size_t)(k->ncrids + 1) * sizeof(*k->crids));
+    k->crids[k->ncrids++] = h;
+}
+
+static void stub_add_row(struct stub *k, int64_t rowid)
+{
+    if (k->nrows == k->caprows) {
+        k->caprows = k->caprows ? k->caprows * 2 : 8;
+        k->rowids = xrealloc(k->rowids, (size_t)k->caprows * sizeof(*k->rowids));
+    }
+    if (k->nrows == 0) {
+        k->oldest_ms = clock_mono_ms();
+    }
+    k->rowids[k->nrows++] = rowid;
+}
+
+static sqlite3_stmt *stmt_cached(struct sess *s, const char *sql);
+
+/* The stub a closing session leaves behind (s->lock held, s->db still open): its seq and
+ * activity, and the client_request_ids its file knows. NULL when it should leave none. */
+static struct stub *stub_at_close(struct sess *s, int *keep)
+{
+    struct stub *k = s->stub;
+    s->stub = NULL;
+    *keep = 0;
+    if (!s->db || s->doomed || s->is_spool) {
+        return k; /* the caller drops it */
+    }
+    *keep = 1;
+    if (!k) {
+        k = stub_new(s->id);
+    }
+    pthread_mutex_lock(&k->lock);
+    k->last_seq = s->last_seq;
+    k->last_activity = s->last_activity;
+    k->flushed_seq = s->flushed_seq;
+    k->flushed_activity = s->flushed_activity;
+    k->seq_unknown = 0;
+    k->ncrids = 0;
+    k->crids_unknown = 0;
+    sqlite3_stmt *q = stmt_cached(s, "SELECT client_request_id FROM requests LIMIT 1025");
+    if (!q) {
+        k->crids_unknown = 1;
+    } else {
+        int r;
+        while ((r = sqlite3_step(q)) == SQLITE_ROW && !k->crids_unknown) {
+            stub_add_crid(k, crid_hash((const char *)sqlite3_column_text(q, 0)));
+        }
+        if (r != SQLITE_ROW && r != SQLITE_DONE) {
+            k->crids_unknown = 1;
+        }
+        sqlite3_reset(q);
+    }
+    pthread_mutex_unlock(&k->lock);
+    return k;
+}
+
+/* Fold k's parked rows into s's file (s->lock held, s->db open, k out of the table). */
+static int stub_fold(struct sess *s, struct stub *k)
+{
+    struct store *st = s->st;
+    struct spool_row *rows = NULL;
+    int nrows = 0;
+    int rc = 0;
+    pthread_mutex_lock(&k->lock);
+    k->taken = 1; /* a parker still inside finishes first (we waited for k->lock) */
+    if (k->nrows == 0) {
+        goto out;
+    }
+    rc = spool_fetch(st->spool, k->rowids, k->nrows, &rows, &nrows);
+    if (!rc) {
+        int64_t last = s->last_seq, ts = s->last_activity;
+        rc = spool_apply(s->db, rows, nrows, s->last_seq, &last, &ts);
+        if (!rc) {
+            s->last_seq = last;
+            s->last_activity = ts;
+        }
+    }
+    if (rc) {
+        LOG_ERROR("store: %s: cannot fold %d parked rows: %s", s->id, k->nrows, err_str(rc));
+        goto out;
+    }
+    /* Folded: the spool's copies may go. If that fails they stay behind, harmless (their seq
+     * is in the file now, so a later fold skips them) until the next start deletes them. */
+    int drc = spool_delete(st->spool, k->rowids, k->nrows);
+    if (drc) {
+        LOG_WARN("store: %s: cannot delete %d folded spool rows: %s", s->id, k->nrows,
+                 err_str(drc));
+    }
+    __atomic_fetch_add(&st->stats.folds, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&st->stats.folded, (uint64_t)k->nrows, __ATOMIC_RELAXED);
+    k->nrows = 0;
+    if (k->flushed_seq) {
+        /* What the registry holds: the stub's flushes were made while it was hibernated. */
+        s->flushed_seq = k->flushed_seq;
+        s->flushed_activity = k->flushed_activity;
+    }
+out:
+    pthread_mutex_unlock(&k->lock);
+    spool_rows_free(rows, nrows);
+    return rc;
 }
 
 /* Write the lazy registry columns of n sessions in one registry transaction. The sessions
@@ -491,6 +781,8 @@ static void flush_registry(struct store *st, struct sess **v, int n)
 static int close_some_locked(struct store *st)
 {
     struct sess *v[CLOSE_BATCH];
+    struct stub *ks[CLOSE_BATCH];
+    int keep[CLOSE_BATCH];
     int n = 0;
     while (n < CLOSE_BATCH && st->closeq.tail) {
         struct sess *s = st->closeq.tail;
@@ -505,11 +797,19 @@ static int close_some_locked(struct store *st)
     flush_registry(st, v, n);
     for (int i = 0; i < n; i++) {
         pthread_mutex_lock(&v[i]->lock);
+        ks[i] = stub_at_close(v[i], &keep[i]);
         sess_close_db(v[i]);
         pthread_mutex_unlock(&v[i]->lock);
     }
     pthread_mutex_lock(&st->lock);
     for (int i = 0; i < n; i++) {
+        /* In the same critical section as the table removal: a getter waiting for the close
+         * finds the stub when it opens the session anew. */
+        if (ks[i] && keep[i]) {
+            stub_insert_locked(st, ks[i]);
+        } else if (ks[i]) {
+            stub_drop_locked(st, ks[i]);
+        }
         table_remove(st, v[i]);
         st->open_count--;
         st->nclosing--;
@@ -588,6 +888,7 @@ static void *worker_main(void *arg)
 static int get_or_open(struct store *st, const char *id, int create, struct sess **out)
 {
     struct sess *s = NULL;
+    struct stub *k = NULL;
     int opener = 0;
     int rc = 0;
 
@@ -636,6 +937,9 @@ static int get_or_open(struct store *st, const char *id, int create, struct sess
         /* Take the actor lock before anyone else can find the session: they wait for the open. */
         pthread_mutex_lock(&s->lock);
         opener = 1;
+        /* Parked rows are folded in before anyone uses the session; from now on, writers find
+         * the session in the table and no longer park. */
+        k = stub_take(st, id);
         evict_over_cap(st);
         /* Backpressure: when the workers fall behind, whoever evicts closes too. */
         while (st->closeq.len > (st->nworkers ? CLOSE_BACKLOG : 0)) {
@@ -648,11 +952,26 @@ static int get_or_open(struct store *st, const char *id, int create, struct sess
 
     if (opener) {
         s->open_rc = sess_open_db(s, create);
+        if (k && !s->open_rc) {
+            s->open_rc = stub_fold(s, k);
+        }
         rc = s->open_rc;
+        if (k && !rc) {
+            s->stub = k;
+            k = NULL;
+        }
         pthread_mutex_unlock(&s->lock);
         if (rc) {
+            if (k) {
+                stub_mark_taken(k);
+            }
             /* Unpublish the failed session; waiters holding refs see open_rc. */
             pthread_mutex_lock(&st->lock);
+            if (k && rc != ERR_NOT_FOUND) {
+                stub_insert_locked(st, k); /* its parked rows wait for the next open */
+            } else if (k) {
+                stub_drop_locked(st, k); /* the file is gone; so are its rows' session */
+            }
             if (s->in_table) {
                 table_remove(st, s);
                 st->open_count--;
@@ -722,6 +1041,7 @@ int store_session_delete_file(struct store *st, const char *id)
     }
     struct sess *destroy = NULL;
     pthread_mutex_lock(&st->lock);
+    struct stub *k = stub_take(st, id);
     struct sess *s;
     /* A worker closing the file right now: wait for it, the file must be closed first. */
     while ((s = table_find(st, id)) && s->closing && s->close_taken) {
@@ -745,8 +1065,19 @@ int store_session_delete_file(struct store *st, const char *id)
     if (destroy) {
         sess_destroy(destroy);
     }
-    static const char *suffix[] = {"", "-wal", "-shm"};
     int rc = 0;
+    if (k) {
+        /* Its parked rows go with it (before the file: a crash in between leaves rows whose
+         * session file is gone, which the next start drops). */
+        stub_mark_taken(k);
+        if (k->nrows && spool_delete(st->spool, k->rowids, k->nrows)) {
+            rc = ERR_DB;
+        }
+        pthread_mutex_lock(&st->lock);
+        stub_drop_locked(st, k);
+        pthread_mutex_unlock(&st->lock);
+    }
+    static const char *suffix[] = {"", "-wal", "-shm"};
     for (int i = 0; i < 3; i++) {
         char *p = xasprintf("%s/%s.db%s", st->sessions_dir, id, suffix[i]);
         if (unlink(p) != 0 && errno != ENOENT) {
@@ -1062,6 +1393,79 @@ int sess_append(struct sess *s, const char *type, const struct author *a, const 
     return rc;
 }
 
+/* ---- parking comments in the spool ---- */
+
+struct park_args {
+    const char *id;
+    const struct spool_msg *m;
+    int64_t seq;
+    int64_t rowid, now; /* out */
+};
+
+static int park_tx(struct sess_tx *tx, void *arg)
+{
+    struct park_args *pa = arg;
+    pa->now = sess_tx_now(tx);
+    return spool_tx_insert(tx, pa->id, pa->seq, pa->m, &pa->rowid);
+}
+
+int store_park(struct store *st, const char *id, const struct spool_msg *m, int64_t *seq_out,
+               int *parked)
+{
+    struct stub *k = NULL;
+    int rc = 0;
+    *parked = 0;
+    if (!st->spool || st->cfg.no_spool || !m->author || !util_valid_id(id)) {
+        return 0;
+    }
+    uint64_t h = m->crid ? crid_hash(m->crid) : 0;
+    pthread_mutex_lock(&st->lock);
+    if (!st->stopping && !table_find(st, id)) {
+        k = stub_find(st, id);
+        if (k) {
+            k->refs++;
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (!k) {
+        return 0;
+    }
+    /* k->lock is the hibernated session's actor lock: held across the spool commit, so the
+     * session's seq order is the commit order, and an opener (stub_fold) waits for us. */
+    pthread_mutex_lock(&k->lock);
+    if (k->taken || k->seq_unknown || (m->crid && stub_crid_maybe(k, h))) {
+        goto out;
+    }
+    struct park_args pa = {id, m, k->last_seq + 1, 0, 0};
+    rc = sess_write(st->spool, park_tx, &pa);
+    if (rc) {
+        goto out;
+    }
+    k->last_seq = pa.seq;
+    k->last_activity = pa.now;
+    stub_add_row(k, pa.rowid);
+    if (m->crid) {
+        stub_add_crid(k, h);
+    }
+    *parked = 1;
+    *seq_out = pa.seq;
+    __atomic_fetch_add(&st->stats.parked, 1, __ATOMIC_RELAXED);
+    if (st->cfg.on_event) {
+        struct buf ev;
+        buf_init(&ev, 0);
+        const char *aid = m->author->id;
+        if (event_serialize(&ev, pa.seq, "message", pa.now, aid, aid ? m->author->name : NULL,
+                            m->event_data) == 0) {
+            st->cfg.on_event(st->cfg.on_event_ctx, id, pa.seq, ev.data, ev.len);
+        }
+        buf_free(&ev);
+    }
+out:
+    pthread_mutex_unlock(&k->lock);
+    stub_unref(st, k);
+    return rc;
+}
+
 /* ---- reads ---- */
 
 int sess_read(struct sess *s, sess_read_fn fn, void *arg)
@@ -1182,6 +1586,72 @@ static void flush_pass(struct store *st, int64_t idle_ms)
     free(list);
 }
 
+/* The stubs' share of the flusher's pass: their lazy registry columns, and (fold) the
+ * background folding of sessions with many or old parked rows, by opening them. */
+static void flush_stubs(struct store *st, int fold)
+{
+    struct stub **list = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&st->lock);
+    if (st->nstubs > 0) {
+        list = xmalloc((size_t)st->nstubs * sizeof(*list));
+        for (int h = 0; h < STUB_HASH; h++) {
+            for (struct stub *k = st->stubs[h]; k; k = k->hnext) {
+                k->refs++;
+                list[n++] = k;
+            }
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (!n) {
+        return;
+    }
+    struct registry_touch t[CLOSE_BATCH];
+    struct stub *tk[CLOSE_BATCH];
+    char(*folds)[65] = fold ? xmalloc(FOLD_PER_PASS * sizeof(*folds)) : NULL;
+    int nt = 0, nfold = 0;
+    int64_t now = clock_mono_ms();
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n) {
+            struct stub *k = list[i];
+            pthread_mutex_lock(&k->lock);
+            if (!k->taken &&
+                (k->last_seq != k->flushed_seq || k->last_activity != k->flushed_activity)) {
+                t[nt] = (struct registry_touch){k->id, k->last_seq, k->last_activity};
+                tk[nt++] = k;
+            }
+            if (folds && !k->taken && k->nrows > 0 && nfold < FOLD_PER_PASS &&
+                (k->nrows >= FOLD_ROWS || now - k->oldest_ms >= FOLD_AGE_MS)) {
+                memcpy(folds[nfold++], k->id, sizeof(k->id));
+            }
+            pthread_mutex_unlock(&k->lock);
+        }
+        if (nt == CLOSE_BATCH || (i == n && nt > 0)) {
+            if (registry_session_touch_many(st->reg, t, (size_t)nt) == 0) {
+                for (int j = 0; j < nt; j++) {
+                    pthread_mutex_lock(&tk[j]->lock);
+                    tk[j]->flushed_seq = t[j].last_seq;
+                    tk[j]->flushed_activity = t[j].last_activity_ms;
+                    pthread_mutex_unlock(&tk[j]->lock);
+                }
+            }
+            nt = 0;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        stub_unref(st, list[i]);
+    }
+    free(list);
+    /* Folding = opening: get_or_open folds the parked rows into the file. */
+    for (int i = 0; i < nfold; i++) {
+        struct sess *s = NULL;
+        if (get_or_open(st, folds[i], 0, &s) == 0) {
+            sess_put(s);
+        }
+    }
+    free(folds);
+}
+
 static void *flusher_main(void *arg)
 {
     struct store *st = arg;
@@ -1196,10 +1666,153 @@ static void *flusher_main(void *arg)
         }
         pthread_mutex_unlock(&st->lock);
         flush_pass(st, IDLE_CLOSE_MS);
+        flush_stubs(st, 1);
         pthread_mutex_lock(&st->lock);
     }
     pthread_mutex_unlock(&st->lock);
     return NULL;
+}
+
+/* ---- the spool at start and stop ---- */
+
+struct recovered {
+    int64_t *rowids;
+    char (*ids)[65];
+    size_t n, cap;
+};
+
+static void recover_row(void *ctx, int64_t rowid, const char *sid, int64_t seq)
+{
+    struct recovered *rv = ctx;
+    (void)seq;
+    if (rv->n == rv->cap) {
+        rv->cap = rv->cap ? rv->cap * 2 : 256;
+        rv->rowids = xrealloc(rv->rowids, rv->cap * sizeof(*rv->rowids));
+        rv->ids = xrealloc(rv->ids, rv->cap * sizeof(*rv->ids));
+    }
+    rv->rowids[rv->n] = rowid;
+    snprintf(rv->ids[rv->n], sizeof(rv->ids[0]), "%s", sid ? sid : "");
+    rv->n++;
+}
+
+/* Rows left in the spool by the previous process (its stubs died with it): rebuild stubs
+ * for them and fold each session at once, so every later park has an exact seq. */
+static int spool_recover(struct store *st)
+{
+    struct recovered rv = {0};
+    int rc = spool_scan(st->spool, recover_row, &rv);
+    int nsess = 0, ngone = 0;
+    if (rc || rv.n == 0) {
+        goto out;
+    }
+    pthread_mutex_lock(&st->lock);
+    for (size_t i = 0; i < rv.n; i++) {
+        if (!util_valid_id(rv.ids[i])) {
+            continue;
+        }
+        struct stub *k = stub_find(st, rv.ids[i]);
+        if (!k) {
+            k = stub_new(rv.ids[i]); /* taken: nothing parks before its fold */
+            k->seq_unknown = 1;
+            unsigned h = stub_hash(k->id);
+            k->hnext = st->stubs[h];
+            st->stubs[h] = k;
+            st->nstubs++;
+        }
+        stub_add_row(k, rv.rowids[i]);
+    }
+    pthread_mutex_unlock(&st->lock);
+    for (size_t i = 0; i < rv.n; i++) {
+        int64_t *mine = NULL;
+        int nmine = 0;
+        pthread_mutex_lock(&st->lock);
+        struct stub *k = stub_find(st, rv.ids[i]);
+        if (k && k->seq_unknown && k->nrows) {
+            mine = xmalloc((size_t)k->nrows * sizeof(*mine));
+            memcpy(mine, k->rowids, (size_t)k->nrows * sizeof(*mine));
+            nmine = k->nrows;
+        }
+        pthread_mutex_unlock(&st->lock);
+        if (!mine) {
+            continue; /* folded already, or not a valid id */
+        }
+        struct sess *s = NULL;
+        int r = get_or_open(st, rv.ids[i], 0, &s);
+        sess_put(s);
+        if (r == ERR_NOT_FOUND) {
+            spool_delete(st->spool, mine, nmine); /* its session was purged */
+            ngone += nmine;
+        } else if (r) {
+            LOG_ERROR("store: spool: cannot fold session %s: %s (its %d rows stay parked)",
+                      rv.ids[i], err_str(r), nmine);
+        } else {
+            nsess++;
+        }
+        free(mine);
+    }
+    /* Rows under an invalid id cannot belong to any session. */
+    for (size_t i = 0; i < rv.n; i++) {
+        if (!util_valid_id(rv.ids[i])) {
+            spool_delete(st->spool, &rv.rowids[i], 1);
+            ngone++;
+        }
+    }
+    LOG_INFO("store: spool: %zu parked rows from the last run: folded into %d sessions, %d "
+             "dropped (session gone)",
+             rv.n, nsess, ngone);
+out:
+    free(rv.rowids);
+    free(rv.ids);
+    return rc;
+}
+
+static int spool_open(struct store *st)
+{
+    struct sess *sp = sess_alloc(st, "spool");
+    sp->is_spool = 1;
+    pthread_mutex_lock(&sp->lock);
+    int rc = sess_open_db(sp, 1);
+    pthread_mutex_unlock(&sp->lock);
+    if (rc) {
+        sess_free(sp);
+        return rc;
+    }
+    st->spool = sp;
+    return spool_recover(st);
+}
+
+/* Stop: wait for parkers still inside, write the stubs' registry columns, free them. */
+static void stubs_close(struct store *st)
+{
+    pthread_mutex_lock(&st->lock);
+    for (;;) {
+        int busy = 0;
+        for (int h = 0; h < STUB_HASH && !busy; h++) {
+            for (struct stub *k = st->stubs[h]; k && !busy; k = k->hnext) {
+                busy = k->refs > 0;
+            }
+        }
+        if (!busy) {
+            break;
+        }
+        pthread_mutex_unlock(&st->lock);
+        usleep(1000); /* rare: a request still parking while the server stops */
+        pthread_mutex_lock(&st->lock);
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (st->reg) {
+        flush_stubs(st, 0);
+    }
+    pthread_mutex_lock(&st->lock);
+    for (int h = 0; h < STUB_HASH; h++) {
+        while (st->stubs[h]) {
+            struct stub *k = st->stubs[h];
+            st->stubs[h] = k->hnext;
+            stub_free(k);
+        }
+    }
+    st->nstubs = 0;
+    pthread_mutex_unlock(&st->lock);
 }
 
 int store_open(const struct store_config *cfg, struct store **out)
@@ -1260,6 +1873,11 @@ int store_open(const struct store_config *cfg, struct store **out)
         st->nworkers++;
         pthread_mutex_unlock(&st->lock);
     }
+    rc = spool_open(st);
+    if (rc) {
+        LOG_ERROR("store: cannot open the spool %s/spool.db: %s", st->data_dir, err_str(rc));
+        goto out;
+    }
     *out = st;
     st = NULL;
 out:
@@ -1302,6 +1920,11 @@ void store_close(struct store *st)
     while (close_some_locked(st)) {
     }
     pthread_mutex_unlock(&st->lock);
+    stubs_close(st);
+    if (st->spool) {
+        sess_destroy(st->spool); /* its WAL is checkpointed at close like a session's */
+        st->spool = NULL;
+    }
     if (st->syncer_started) {
         pthread_mutex_lock(&st->sync_lock);
         st->sync_stop = 1;
@@ -1359,4 +1982,7 @@ void store_get_stats(struct store *st, struct store_stats *out)
     out->commits = __atomic_load_n(&st->stats.commits, __ATOMIC_RELAXED);
     out->ops = __atomic_load_n(&st->stats.ops, __ATOMIC_RELAXED);
     out->checkpoints = __atomic_load_n(&st->stats.checkpoints, __ATOMIC_RELAXED);
+    out->parked = __atomic_load_n(&st->stats.parked, __ATOMIC_RELAXED);
+    out->folds = __atomic_load_n(&st->stats.folds, __ATOMIC_RELAXED);
+    out->folded = __atomic_load_n(&st->stats.folded, __ATOMIC_RELAXED);
 }

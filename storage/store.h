@@ -40,6 +40,7 @@ struct store_config {
     const char *data_dir;    /* required; created if missing */
     int durability_full;     /* 1: synchronous=FULL (power-loss safe); 0: NORMAL */
     int max_open;            /* LRU cap on open session files; 0 = 256 */
+    int no_spool;            /* 1: store_park never parks (every write wakes its session) */
     store_event_fn on_event; /* may be NULL */
     void *on_event_ctx;
 };
@@ -80,12 +81,26 @@ struct store_stats {
     uint64_t hits;        /* gets served by an already open session */
     uint64_t closes;      /* hibernations */
     uint64_t rescues;     /* gets of a session evicted but not yet closed (taken back) */
+    uint64_t parked;      /* comments parked in the spool (no wake-up) */
+    uint64_t folds;       /* sessions that folded parked rows into their file */
+    uint64_t folded;      /* rows folded */
     uint64_t checkpoints; /* WAL checkpoints (background, at close, or inline) */
     uint64_t commits;     /* group-commit transactions */
     uint64_t ops;         /* operations committed */
     int open_now;
 };
 void store_get_stats(struct store *st, struct store_stats *out);
+
+struct spool_msg;
+/** Write a comment (a message with run:false, see spool.h) to a hibernated session without
+ * waking it: when the store remembers the session (it was closed by this process) and the
+ * message's client_request_id (if any) is certainly new to it, the event is appended to the
+ * spool in its group commit, with the session's next seq, and handed to on_event; *parked = 1
+ * and *seq_out gets the seq. Otherwise (*parked = 0, returns 0) the caller writes through
+ * store_session_get + sess_write as usual, which folds the parked rows into the file first.
+ * Returns ERR_DB if the spool commit failed (nothing written). */
+int store_park(struct store *st, const char *id, const struct spool_msg *m, int64_t *seq_out,
+               int *parked);
 
 /** Give back a reference. NULL is a no-op. */
 void sess_put(struct sess *s);
