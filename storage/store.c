@@ -80,7 +80,7 @@
 #define STUB_MAX      200000
 #define FOLD_ROWS     256
 #define FOLD_AGE_MS   30000
-#define FOLD_PER_PASS 64
+#define FOLD_PER_PASS 256
 #define STUB_CRIDS    1024 /* client_request_ids remembered per stub; beyond, they wake it */
 
 struct pending {
