@@ -14,7 +14,9 @@
 # SESSIOND_SANDBOX=local measures with bubblewrap sandboxes (default: process).
 # POOL_BENCH_IMAGE_ROUNDS (default 3) image starts; the server's own breakdown of each (restore
 # phases, image build fetch/checkout, workspaces recycled into spare inodes) is printed from its
-# log. Each path reports p50, p90 (nearest rank) and max.
+# log. Each path reports p50, p90 (nearest rank) and max. POOL_BENCH_SNAP_ONLY=1 stops after the
+# snapshots and the rollback. POOL_BENCH_LOG=FILE keeps a copy of the server's log;
+# POOL_BENCH_PERF=FILE records `perf record -a -g` during turn 2.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -24,7 +26,12 @@ FILES=${POOL_BENCH_FILES:-10000}
 MIB=${POOL_BENCH_MIB:-100}
 TMP=$(mktemp -d /tmp/sessiond-poolbench.XXXXXX)
 TOKEN=bench_$RANDOM$RANDOM
-cleanup() { [ -n "${SPID:-}" ] && kill "$SPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"; }
+cleanup() {
+  [ -n "${SPID:-}" ] && kill "$SPID" 2>/dev/null
+  wait 2>/dev/null
+  [ -n "${POOL_BENCH_LOG:-}" ] && cp "$TMP/sessiond.log" "$POOL_BENCH_LOG" # keep the server log
+  rm -rf "$TMP"
+}
 trap cleanup EXIT
 G="git -c user.name=Bench -c user.email=bench@example.com -c init.defaultBranch=main"
 
@@ -132,11 +139,19 @@ S1=$(wait_ev "$FIRST_SID" session.snapshot 1)
 echo "first snapshot (turn 1): $(jq -r .data.ms <<<"$S1") ms, $(jq -r .data.hashed <<<"$S1") files hashed"
 # a prompt that rewrites 1% of the files
 N1=$((FILES / 100))
+if [ -n "${POOL_BENCH_PERF:-}" ]; then # system-wide profile of turn 2 (perf report -i FILE)
+  perf record -q -a -g -o "$POOL_BENCH_PERF" 2>/dev/null &
+  PERF_PID=$!
+fi
 api POST "/v1/sessions/$FIRST_SID/messages" "{\"content\":\"ls -d dir*/file*.dat | head -n $N1 | while read f; do head -c 4096 /dev/urandom > \$f; done\"}" >/dev/null
 S2=$(wait_ev "$FIRST_SID" session.snapshot 2)
+[ -n "${PERF_PID:-}" ] && kill -INT "$PERF_PID" && wait "$PERF_PID"
 echo "snapshot after 1% changed (turn 2): $(jq -r .data.ms <<<"$S2") ms, $(jq -r .data.hashed <<<"$S2") files hashed"
+# the server's breakdown of both snapshots (snap.c: lock, cache load, walk, hash, manifest...)
+grep -o "snap: snap-[0-9]* of [^ ]*$FIRST_SID: [^\"]*" "$TMP/sessiond.log" | sed "s|$TMP/||; s/^/  log: /"
 api POST "/v1/sessions/$FIRST_SID/rollback" '{"snapshot_id":"snap-000001"}' | jq -c '{copied,kept,removed,ms}' |
   sed 's/^/rollback to turn 1 (in place): /'
+[ -n "${POOL_BENCH_SNAP_ONLY:-}" ] && exit 0 # only the warm starts and the snapshots
 
 echo "== image starts (pool_size 0)"
 api PATCH /v1/repos/big '{"pool_size":0}' >/dev/null

@@ -72,8 +72,10 @@ static void write_file(const char *path, size_t size, int old)
 
 static void print_create_phases(const struct snap_info *si)
 {
-    printf("  [walk %.1f, hash+store %.1f, manifest %.1f ms]\n", si->walk_us / 1000.0,
-           si->hash_us / 1000.0, si->manifest_us / 1000.0);
+    printf("  [walk %.1f (of which lock %.1f, cache load %.1f), hash+store %.1f, manifest %.1f ms; "
+           "cpu of the calling thread %.1f ms]\n",
+           si->walk_us / 1000.0, si->lock_us / 1000.0, si->cache_us / 1000.0, si->hash_us / 1000.0,
+           si->manifest_us / 1000.0, si->cpu_us / 1000.0);
 }
 
 static void print_restore_phases(const struct snap_restore_info *ri)
@@ -311,7 +313,7 @@ int main(int argc, char **argv)
         snap_restore(st, last, victim, &ri);
         snap_background_wait();
         util_rm_rf(victim); /* 10,000 files freed just now */
-        snap_set_pack_min(nopack ? 0 : 256);
+        snap_set_pack_min(nopack ? 0 : 1);
         struct snap_store *fs = NULL;
         if (snap_store_open(fstore, &fs) != 0) {
             return 1;
@@ -323,7 +325,7 @@ int main(int argc, char **argv)
         }
         int64_t us = clock_mono_us() - t0;
         double cpu = cpu_ms() - c0;
-        snap_set_pack_min(256);
+        snap_set_pack_min(1); /* the default */
         if (nopack) {
             fad_nopack = us;
         } else {

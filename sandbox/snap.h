@@ -56,6 +56,9 @@ struct snap_info {
     int64_t walk_us;     /* directory walk + stat cache lookups */
     int64_t hash_us;     /* reading, hashing and storing the changed files */
     int64_t manifest_us; /* writing the manifest and the cache */
+    int64_t lock_us;     /* of walk_us: waiting for the store (another operation on it) */
+    int64_t cache_us;    /* of walk_us: loading the stat cache */
+    int64_t cpu_us;      /* CPU time of the calling thread (its workers not counted) */
 };
 
 /** What a restore did. */
@@ -140,9 +143,11 @@ int snap_valid_id(const char *s);
  * durable as any file the agent writes. */
 void snap_set_durable(int on);
 
-/** Snapshots that read at least n files (default 256; 0: never) put their new objects of up to
- * 4 MiB into one pack file instead of one file each, so that a first snapshot of 10,000 files
- * creates two inodes, not 10,000 (see snap.c). Process-wide; for benchmarks and tests. */
+/** Snapshots that read at least n files (default 1: every snapshot that reads a file; 0:
+ * never) put their new objects of up to 4 MiB into one pack file instead of one file each, so
+ * that a first snapshot of 10,000 files creates two inodes, not 10,000, and a later one that
+ * read a few hundred none (the pack, its index and the manifest take spare inodes; see
+ * snap.c). Process-wide; for benchmarks and tests. */
 void snap_set_pack_min(size_t n);
 
 /** Upper bound of each spare-inode pool (default 65536; 0 disables the pools: every file is

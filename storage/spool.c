@@ -144,8 +144,7 @@ static int by_seq(const void *a, const void *b)
     return (x->seq > y->seq) - (x->seq < y->seq);
 }
 
-int spool_fetch(struct sess *spool, const int64_t *rowids, int n, struct spool_row **out,
-                int *nout)
+int spool_fetch(struct sess *spool, const int64_t *rowids, int n, struct spool_row **out, int *nout)
 {
     struct fetch_args fa = {rowids, n, NULL, 0};
     int rc = sess_read(spool, fetch_rd, &fa);
