@@ -77,11 +77,14 @@
  * folded into its file when the session opens, or by the flusher once there are FOLD_ROWS of
  * them or the oldest is FOLD_AGE_MS old (at most FOLD_PER_PASS sessions a second). */
 #define STUB_HASH     16384
-#define STUB_MAX      200000
+#define STUB_MAX      100000
 #define FOLD_ROWS     256
 #define FOLD_AGE_MS   30000
 #define FOLD_PER_PASS 256
-#define STUB_CRIDS    1024 /* client_request_ids remembered per stub; beyond, they wake it */
+/* client_request_ids remembered per stub (8 bytes each); a session whose file holds more (they
+ * are kept 24 h) has every request with one wake it, which answers exactly. */
+#define STUB_CRIDS     256
+#define STUB_CRIDS_SQL "SELECT client_request_id FROM requests LIMIT 257"
 
 struct pending {
     sess_tx_fn fn;
@@ -675,7 +678,7 @@ static struct stub *stub_at_close(struct sess *s, int *keep)
     k->seq_unknown = 0;
     k->ncrids = 0;
     k->crids_unknown = 0;
-    sqlite3_stmt *q = stmt_cached(s, "SELECT client_request_id FROM requests LIMIT 1025");
+    sqlite3_stmt *q = stmt_cached(s, STUB_CRIDS_SQL);
     if (!q) {
         k->crids_unknown = 1;
     } else {
