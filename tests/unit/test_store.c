@@ -209,6 +209,18 @@ TEST(lru_hibernates_and_reopens)
     store_close(st);
 }
 
+/* One event through the ordinary path (get, group commit, put). */
+static int append_one(struct store *st, const char *id)
+{
+    struct sess *s = NULL;
+    int rc = store_session_get(st, id, &s);
+    if (!rc) {
+        rc = sess_append(s, "m", NULL, "{}", NULL);
+    }
+    sess_put(s);
+    return rc;
+}
+
 /* Many threads writing to more sessions than the cap: sessions are evicted, closed by the
  * workers, taken back while queued (rescues) and reopened while others write. Every session
  * must end with seq 1..N, no gap, no duplicate, no lost event. */
@@ -227,13 +239,11 @@ static void *churner(void *arg)
     for (int i = 0; i < c->n; i++) {
         int k = (int)(rand_r(&c->seed) % 24);
         snprintf(id, sizeof(id), "c%d", k);
-        struct sess *s = NULL;
-        if (store_session_get(c->st, id, &s) || sess_append(s, "m", NULL, "{}", NULL)) {
+        if (append_one(c->st, id)) {
             c->fails++;
         } else {
             c->counts[k]++;
         }
-        sess_put(s);
     }
     return NULL;
 }
@@ -509,13 +519,11 @@ static void *mixer_main(void *arg)
             c->counts[k]++;
             continue;
         }
-        struct sess *s = NULL;
-        if (store_session_get(c->st, id, &s) || sess_append(s, "m", NULL, "{}", NULL)) {
+        if (append_one(c->st, id)) {
             c->fails++;
         } else {
             c->counts[k]++;
         }
-        sess_put(s);
     }
     return NULL;
 }
