@@ -1978,8 +1978,14 @@ const char *store_data_dir(struct store *st)
 
 void store_get_stats(struct store *st, struct store_stats *out)
 {
+    /* Field by field: the counters below are atomics, written without st->lock (a struct
+     * copy read them plainly: a data race under TSan). */
+    memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&st->lock);
-    *out = st->stats;
+    out->opens = st->stats.opens;
+    out->hits = st->stats.hits;
+    out->closes = st->stats.closes;
+    out->rescues = st->stats.rescues;
     out->open_now = st->open_count;
     pthread_mutex_unlock(&st->lock);
     out->commits = __atomic_load_n(&st->stats.commits, __ATOMIC_RELAXED);
