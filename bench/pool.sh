@@ -16,7 +16,8 @@
 # phases, image build fetch/checkout, workspaces recycled into spare inodes) is printed from its
 # log. Each path reports p50, p90 (nearest rank) and max. POOL_BENCH_SNAP_ONLY=1 stops after the
 # snapshots and the rollback. POOL_BENCH_LOG=FILE keeps a copy of the server's log;
-# POOL_BENCH_PERF=FILE records `perf record -a -g` during turn 2.
+# POOL_BENCH_PERF=FILE records `perf record -a -g` during turn 2; POOL_BENCH_PERF_IMAGE=FILE records
+# `perf record -a -g -F 999` during the image starts.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -157,6 +158,10 @@ echo "== image starts (pool_size 0)"
 api PATCH /v1/repos/big '{"pool_size":0}' >/dev/null
 sleep 0.5
 : >"$TMP/image"
+if [ -n "${POOL_BENCH_PERF_IMAGE:-}" ]; then # system-wide profile of the image starts
+  perf record -q -a -g -F 999 -o "$POOL_BENCH_PERF_IMAGE" 2>/dev/null &
+  PERF_IMAGE_PID=$!
+fi
 for _ in $(seq "${POOL_BENCH_IMAGE_ROUNDS:-3}"); do
   start_one big >>"$TMP/image"
   sid=$(tail -1 "$TMP/image" | cut -d' ' -f4)
@@ -172,6 +177,7 @@ for _ in $(seq "${POOL_BENCH_IMAGE_ROUNDS:-3}"); do
   api POST "/v1/sessions/$sid/messages" '{"content":"true"}' >/dev/null # turn 1
   wait_ev "$sid" session.snapshot 1 >/dev/null
 done
+[ -n "${PERF_IMAGE_PID:-}" ] && kill -INT "$PERF_IMAGE_PID" && wait "$PERF_IMAGE_PID"
 report image "$TMP/image"
 grep -o 'repos: [^"]*\(image restore\|shared store\)[^"]*\|snap: discarded[^"]*' "$TMP/sessiond.log" |
   sed "s|$TMP/||; s/^/  log: /"

@@ -31,8 +31,8 @@
  * spread over a few short-lived worker threads that share nothing but an atomic job index and
  * atomic counters. Spare-inode pools (shared by sibling stores, guarded by their own mutex)
  * are topped up by detached filler threads, and trash is deleted (or recycled into the pools)
- * by detached janitor threads; snap_background_wait() waits for both. Fillers and recyclers
- * wait while a restore that has spares enough runs, or a snapshot (restore_yield).
+ * by detached janitor threads; snap_background_wait() waits for both. Fillers wait while a
+ * restore or a snapshot runs, recyclers unless it is short of spares (restore_yield).
  */
 
 #include "snap.h"
@@ -547,13 +547,24 @@ void snap_set_spare_max(size_t n)
     atomic_store(&g_spare_max, n);
 }
 
-/* Restores running now (snapshots count too). The spare filler and the recycler wait for them
- * while they have spares enough: a restore that shares the file system with a thread creating
- * inodes or freeing blocks copies slower, and the restore is what a user waits for (so is a
- * snapshot: the session's next prompt starts after it, and on 2 cores a filler's creates,
- * CPU-bound in ext4's inode scan, took a CPU from it). A restore that ran out of spares
- * (g_restore_short) creates its files itself; then the filler keeps going, since each spare it
- * makes is one create less for the restore. */
+/* Restores running now (snapshots count too). The spare filler and the recycler wait for them:
+ * a restore that shares the file system with a thread creating inodes or freeing blocks copies
+ * slower, and the restore is what a user waits for (so is a snapshot: the session's next prompt
+ * starts after it, and on 2 cores a filler's creates, CPU-bound in ext4's inode scan, took a
+ * CPU from it).
+ * The filler waits even for a restore that ran out of spares (g_restore_short): its create
+ * costs the same inode scan as the restore's own, on a CPU the restore's workers need, and
+ * it holds the pool directory's lock for the whole scan -- the lock each rename of a spare
+ * out of that directory takes (with the file system's rename mutex held meanwhile, which
+ * stalls the other workers' renames too). Measured with a filler that kept going for
+ * restores marked short: image starts of 10,000 files in bench/pool.sh copied for 1.1-9.5 s
+ * instead of 0.3-0.5 s (perf: 45% of all samples in the filler's ext4_create ->
+ * recently_deleted, 12% in the workers' rwsem_spin_on_owner under lock_two_directories);
+ * bench/snap's back-to-back restores took 4.5-6.3 s with 9,500-10,000 spares, 0.3-0.8 s
+ * with the filler waiting.
+ * The recycler keeps going for a short restore: a recycled spare costs no inode scan (a
+ * truncate and a rename) and saves the restore a create (measured: always yielding left
+ * image starts short of 4-6,000 spares, 3-4 s each). */
 static pthread_mutex_t g_rest_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_rest_cv = PTHREAD_COND_INITIALIZER;
 static _Atomic int g_restoring;     /* written under g_rest_mu; read without it as a hint */
@@ -577,7 +588,7 @@ static void restoring_end(void)
     pthread_mutex_unlock(&g_rest_mu);
 }
 
-/* A restore found its pool empty: wake the fillers that wait in restore_yield(). */
+/* A restore found its pool empty: wake the recyclers that wait in restore_yield(). */
 static void restore_mark_short(void)
 {
     pthread_mutex_lock(&g_rest_mu);
@@ -586,18 +597,18 @@ static void restore_mark_short(void)
     pthread_mutex_unlock(&g_rest_mu);
 }
 
-/* Wait (at most YIELD_MAX_MS) until no restore runs, unless one is short of spares. Never
- * call it from a restore. */
-static void restore_yield(void)
+/* Wait (at most YIELD_MAX_MS) until no restore runs; unless one is short of spares and
+ * feed_short is set (the recycler: see above). Never call it from a restore. */
+static void restore_yield(int feed_short)
 {
-    if (atomic_load(&g_restoring) == 0 || atomic_load(&g_restore_short)) {
+    if (atomic_load(&g_restoring) == 0 || (feed_short && atomic_load(&g_restore_short))) {
         return;
     }
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += YIELD_MAX_MS / 1000;
     pthread_mutex_lock(&g_rest_mu);
-    while (atomic_load(&g_restoring) > 0 && !atomic_load(&g_restore_short)) {
+    while (atomic_load(&g_restoring) > 0 && !(feed_short && atomic_load(&g_restore_short))) {
         if (pthread_cond_timedwait(&g_rest_cv, &g_rest_mu, &dl) == ETIMEDOUT) {
             break;
         }
@@ -768,6 +779,7 @@ static void *filler_main(void *arg)
 {
     struct filler *f = arg;
     struct spool *p = f->p;
+    pthread_setname_np(pthread_self(), "snap-filler");
     for (;;) {
         pthread_mutex_lock(&p->mu);
         int kind = p->n[SP_FILE] < p->want[SP_FILE] ? SP_FILE
@@ -782,7 +794,7 @@ static void *filler_main(void *arg)
         }
         uint64_t v = p->next_name++;
         pthread_mutex_unlock(&p->mu);
-        restore_yield();
+        restore_yield(0);
         char nm[24];
         spare_name(kind, v, nm);
         int ok = 0;
@@ -939,6 +951,34 @@ static int spare_borrow(struct spool *own, char name[24], int *pooldfd, struct s
         pool_release(p);
     }
     return -1;
+}
+
+/* The spare files a restore from own's pool can take: its own and those spare_borrow() may
+ * take from the other open pools on its file system. */
+static size_t spares_in_reach(struct spool *own)
+{
+    pthread_mutex_lock(&own->mu);
+    size_t n = own->dfd >= 0 ? own->n[SP_FILE] : 0;
+    int open_ = own->dfd >= 0;
+    dev_t dev = own->dev;
+    pthread_mutex_unlock(&own->mu);
+    if (!open_ || atomic_load(&g_spare_max) == 0) {
+        return 0;
+    }
+    pthread_mutex_lock(&g_pools_mu);
+    struct spool *head = g_pools; /* nodes are never freed, their next never changes */
+    pthread_mutex_unlock(&g_pools_mu);
+    for (struct spool *p = head; p; p = p->next) {
+        if (p == own) {
+            continue;
+        }
+        pthread_mutex_lock(&p->mu);
+        if (p->dfd >= 0 && p->dev == dev) {
+            n += p->n[SP_FILE];
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    return n;
 }
 
 /* Give an unused spare file back (its contents are dropped). */
@@ -1243,7 +1283,7 @@ static int recycle_at(struct recycler *rc, int dfd, const char *name)
          * restore that has its spares runs. One short of spares does not wait: each recycled
          * file is one create less for it (measured: always yielding left image starts short of
          * 4-6,000 spares, 3-4 s each). */
-        restore_yield();
+        restore_yield(1);
         if (recycle_file(rc, dfd, name, &sb) == 0) {
             return 0;
         }
@@ -1320,6 +1360,7 @@ static void rm_path(const char *path)
 static void *trash_main(void *arg)
 {
     struct trash_job *j = arg;
+    pthread_setname_np(pthread_self(), j->recycle ? "snap-recycler" : "snap-trash");
     if (j->recycle) {
         struct recycler rc = {.euid = geteuid(), .egid = getegid()};
         int64_t t0 = clock_mono_us();
@@ -1707,6 +1748,7 @@ static void pool_run(struct pool_job *j)
     atomic_store(&j->next, 0);
     for (int i = 1; i < nt; i++) {
         if (pthread_create(&th[started], NULL, pool_thread, j) == 0) {
+            pthread_setname_np(th[started], "snap-worker");
             started++;
         }
     }
@@ -3612,12 +3654,21 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
     ri.dirs_us = clock_mono_us() - tp;
     tp = clock_mono_us();
 
-    /* 3. Copy the files, in parallel. A pool that cannot cover them all makes this restore
-     * "short" from the start: background work that would feed the pool must not wait for it. */
+    /* 3. Copy the files, in parallel. Spares that cannot cover them all make this restore
+     * "short" from the start: the recycler, which feeds the pools, must not wait for it. The
+     * spares of the sibling pools count (copy_one borrows them): counting only our own, an
+     * image start right after another (which drained the image's pool) was short while the
+     * sessions' pool held thousands (seen: 820 of its own, 10,967 in reach). */
     pthread_mutex_lock(&st->pool->mu);
-    int short_now = st->pool->n[SP_FILE] < nj;
+    size_t own = st->pool->n[SP_FILE];
     pthread_mutex_unlock(&st->pool->mu);
-    if (short_now && !atomic_load(&g_restore_short)) {
+    size_t in_reach = own < nj ? spares_in_reach(st->pool) : own;
+    if (own < nj) {
+        LOG_INFO("snap: restore of %s into %s: %zu files, %zu spare inodes in its pool, %zu in "
+                 "reach%s",
+                 id, workspace, nj, own, in_reach, in_reach < nj ? ": short" : "");
+    }
+    if (in_reach < nj && !atomic_load(&g_restore_short)) {
         restore_mark_short();
     }
     struct rctx rcx = {.st = st,
