@@ -64,6 +64,18 @@ static void put(const char *rel, const char *content, unsigned mode)
     free(p);
 }
 
+/* Give rel the mtime of from (both under the test dir). */
+static void copy_mtime(const char *rel, const char *from)
+{
+    char *p = P(rel), *q = P(from);
+    struct stat sb;
+    ASSERT_EQ(lstat(q, &sb), 0);
+    struct timespec ts[2] = {sb.st_atim, sb.st_mtim};
+    ASSERT_EQ(utimensat(AT_FDCWD, p, ts, AT_SYMLINK_NOFOLLOW), 0);
+    free(p);
+    free(q);
+}
+
 static char *get(const char *rel)
 {
     char *p = P(rel);
@@ -529,6 +541,7 @@ TEST(seeded_store_first_snapshot_reads_nothing)
     ASSERT_STREQ(a, "changed in the session\n");
     free(a);
     put("ref/a.txt", "changed in the session\n", 0644);
+    copy_mtime("ref/a.txt", "ws2/a.txt"); /* put() stamps "now - 1 h": a second may have passed */
     tree_eq(ref, ws3);
     snap_store_close(sess);
     finish();
@@ -1284,6 +1297,7 @@ TEST(seeded_store_adopts_packs)
     util_rm_rf(img_dir);
     ASSERT_EQ(snap_restore(sess, s2.id, ws3, NULL), 0);
     put("ref/a.txt", "changed in the session\n", 0644);
+    copy_mtime("ref/a.txt", "ws2/a.txt");
     tree_eq(ref, ws3);
     tree_eq(ws3, ref);
     snap_store_close(sess);
