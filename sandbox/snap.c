@@ -909,6 +909,27 @@ static int spare_take(struct spool *p, char name[24], int *pooldfd)
     return -1;
 }
 
+/* For a walk over the pools that may lend own spares: own's device, its spare file count
+ * (own_files, may be NULL) and the head of the process-wide list. -1 when own is closed or
+ * spares are off. */
+static int sibling_pools(struct spool *own, dev_t *dev, size_t *own_files, struct spool **head)
+{
+    pthread_mutex_lock(&own->mu);
+    int open_ = own->dfd >= 0;
+    *dev = own->dev;
+    if (own_files) {
+        *own_files = open_ ? own->n[SP_FILE] : 0;
+    }
+    pthread_mutex_unlock(&own->mu);
+    if (!open_ || atomic_load(&g_spare_max) == 0) {
+        return -1;
+    }
+    pthread_mutex_lock(&g_pools_mu);
+    *head = g_pools; /* nodes are never freed, their next never changes */
+    pthread_mutex_unlock(&g_pools_mu);
+    return 0;
+}
+
 /* Take a spare file from another open pool on own's file system when own is empty: the
  * sessions' pool and each repository's share one file system, and a rename from a sibling
  * pool costs what one from our own does, where a create may cost milliseconds (a restore
@@ -917,19 +938,11 @@ static int spare_take(struct spool *p, char name[24], int *pooldfd)
 static int spare_borrow(struct spool *own, char name[24], int *pooldfd, struct spool **from)
 {
     *from = NULL;
-    if (!own || atomic_load(&g_spare_max) == 0) {
+    dev_t dev;
+    struct spool *head = NULL;
+    if (!own || sibling_pools(own, &dev, NULL, &head) != 0) {
         return -1;
     }
-    pthread_mutex_lock(&own->mu);
-    int open_ = own->dfd >= 0;
-    dev_t dev = own->dev;
-    pthread_mutex_unlock(&own->mu);
-    if (!open_) {
-        return -1;
-    }
-    pthread_mutex_lock(&g_pools_mu);
-    struct spool *head = g_pools; /* nodes are never freed, their next never changes */
-    pthread_mutex_unlock(&g_pools_mu);
     for (struct spool *p = head; p; p = p->next) {
         if (p == own) {
             continue;
@@ -957,17 +970,12 @@ static int spare_borrow(struct spool *own, char name[24], int *pooldfd, struct s
  * take from the other open pools on its file system. */
 static size_t spares_in_reach(struct spool *own)
 {
-    pthread_mutex_lock(&own->mu);
-    size_t n = own->dfd >= 0 ? own->n[SP_FILE] : 0;
-    int open_ = own->dfd >= 0;
-    dev_t dev = own->dev;
-    pthread_mutex_unlock(&own->mu);
-    if (!open_ || atomic_load(&g_spare_max) == 0) {
+    size_t n = 0;
+    dev_t dev;
+    struct spool *head = NULL;
+    if (sibling_pools(own, &dev, &n, &head) != 0) {
         return 0;
     }
-    pthread_mutex_lock(&g_pools_mu);
-    struct spool *head = g_pools; /* nodes are never freed, their next never changes */
-    pthread_mutex_unlock(&g_pools_mu);
     for (struct spool *p = head; p; p = p->next) {
         if (p == own) {
             continue;
