@@ -23,6 +23,7 @@
 #include "server/extension.h"
 #include "storage/registry.h"
 #include "storage/spool.h"
+#include "storage/sqlbind.h"
 #include "storage/store.h"
 
 #include <stdio.h>
@@ -73,11 +74,6 @@ struct msg_op {
     char *replay; /* the stored answer of an earlier request with the same crid */
     int reopened;
 };
-
-static int bind_opt(sqlite3_stmt *st, int i, const char *s)
-{
-    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
-}
 
 /* The 202 answer as stored for idempotent replays (same shape as the JSON reply). */
 static void answer_json(struct buf *b, const char *mid, const char *pid, int64_t seq)
@@ -157,10 +153,10 @@ static int msg_tx(struct sess_tx *tx, void *arg)
     }
     sqlite3_bind_text(st, 1, op->message_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, op->content, (int)op->content_len, SQLITE_STATIC);
-    bind_opt(st, 3, op->author->id);
-    bind_opt(st, 4, op->author->name);
-    bind_opt(st, 5, op->author->email);
-    bind_opt(st, 6, op->context_json);
+    sql_bind_text_opt(st, 3, op->author->id);
+    sql_bind_text_opt(st, 4, op->author->name);
+    sql_bind_text_opt(st, 5, op->author->email);
+    sql_bind_text_opt(st, 6, op->context_json);
     sqlite3_bind_int64(st, 7, op->seq);
     sqlite3_bind_int64(st, 8, now);
     if (sqlite3_step(st) != SQLITE_DONE) {
@@ -179,9 +175,9 @@ static int msg_tx(struct sess_tx *tx, void *arg)
         }
         sqlite3_bind_text(st, 1, op->prompt_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, op->message_id, -1, SQLITE_STATIC);
-        bind_opt(st, 3, op->author->id);
-        bind_opt(st, 4, op->author->name);
-        bind_opt(st, 5, op->author->email);
+        sql_bind_text_opt(st, 3, op->author->id);
+        sql_bind_text_opt(st, 4, op->author->name);
+        sql_bind_text_opt(st, 5, op->author->email);
         sqlite3_bind_int64(st, 6, now);
         if (sqlite3_step(st) != SQLITE_DONE) {
             return ERR_DB;
@@ -362,9 +358,7 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
             goto out;
         }
         if (parked) {
-            *out = json_pack("{s:s,s:n,s:I}", "message_id", mid, "prompt_id", "seq",
-                             (json_int_t)op.seq);
-            goto out;
+            goto answer; /* no prompt, no replay, nothing reopened */
         }
     }
     rc = store_session_get(app->store, sid, &s);
@@ -408,6 +402,7 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
     if (pid) {
         api_prompt_queued(app, sid);
     }
+answer:
     *out =
         json_pack("{s:s,s:s?,s:I}", "message_id", mid, "prompt_id", pid, "seq", (json_int_t)op.seq);
 out:

@@ -43,7 +43,7 @@ struct config {
     int64_t max_content_chars;      /* message content cap in characters */
     int64_t max_artifact_bytes;     /* artifact upload cap in bytes */
     int64_t max_open_sessions;      /* LRU cap on open session files */
-    int park_comments;              /* store_config.spool */
+    int park_comments;              /* 0: store_config.no_spool */
     int64_t max_unfinished_prompts; /* per session; 429 above */
     int64_t idle_timeout;           /* seconds before an idle HTTP connection is closed */
     int64_t shutdown_grace;         /* seconds to let in-flight requests finish on SIGTERM */

@@ -7,19 +7,11 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xmem.h"
+#include "storage/sqlbind.h"
 #include "storage/store.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-static void bind_opt(sqlite3_stmt *st, int i, const char *s)
-{
-    if (s) {
-        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
-    } else {
-        sqlite3_bind_null(st, i);
-    }
-}
 
 static char *col_dup(sqlite3_stmt *st, int i)
 {
@@ -41,14 +33,14 @@ int spool_tx_insert(struct sess_tx *tx, const char *session_id, int64_t seq,
     sqlite3_bind_int64(st, 2, seq);
     sqlite3_bind_int64(st, 3, sess_tx_now(tx));
     sqlite3_bind_text(st, 4, m->event_data, -1, SQLITE_STATIC);
-    bind_opt(st, 5, m->author->id);
-    bind_opt(st, 6, m->author->name);
-    bind_opt(st, 7, m->author->email);
+    sql_bind_text_opt(st, 5, m->author->id);
+    sql_bind_text_opt(st, 6, m->author->name);
+    sql_bind_text_opt(st, 7, m->author->email);
     sqlite3_bind_text(st, 8, m->message_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 9, m->content, (int)m->content_len, SQLITE_STATIC);
     struct buf answer;
     buf_init(&answer, 0);
-    bind_opt(st, 10, m->crid);
+    sql_bind_text_opt(st, 10, m->crid);
     if (m->crid && m->answer) {
         if (m->answer(&answer, m, seq)) {
             buf_free(&answer);
@@ -272,8 +264,8 @@ int spool_apply(sqlite3 *db, const struct spool_row *rows, int n, int64_t last_s
         sqlite3_bind_int64(st[0], 1, r->seq);
         sqlite3_bind_text(st[0], 2, r->type, -1, SQLITE_STATIC);
         sqlite3_bind_text(st[0], 3, r->data_json, -1, SQLITE_STATIC);
-        bind_opt(st[0], 4, r->author_id);
-        bind_opt(st[0], 5, r->author_id ? r->author_name : NULL);
+        sql_bind_text_opt(st[0], 4, r->author_id);
+        sql_bind_text_opt(st[0], 5, r->author_id ? r->author_name : NULL);
         sqlite3_bind_int64(st[0], 6, r->created_at);
         rc = step_done(db, st[0], "event");
         if (rc) {
@@ -281,9 +273,9 @@ int spool_apply(sqlite3 *db, const struct spool_row *rows, int n, int64_t last_s
         }
         sqlite3_bind_text(st[1], 1, r->message_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st[1], 2, r->content, -1, SQLITE_STATIC);
-        bind_opt(st[1], 3, r->author_id);
-        bind_opt(st[1], 4, r->author_name);
-        bind_opt(st[1], 5, r->author_email);
+        sql_bind_text_opt(st[1], 3, r->author_id);
+        sql_bind_text_opt(st[1], 4, r->author_name);
+        sql_bind_text_opt(st[1], 5, r->author_email);
         sqlite3_bind_int64(st[1], 6, r->seq);
         sqlite3_bind_int64(st[1], 7, r->created_at);
         rc = step_done(db, st[1], "message");

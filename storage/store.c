@@ -192,13 +192,14 @@ struct store {
 
     pthread_mutex_t lock;
     struct sess *table[HASH_SIZE];
-    struct slist lru;              /* unreferenced open sessions; head = most recently released */
-    struct slist closeq;           /* evicted sessions waiting for a worker; head = newest */
-    int open_count;                /* sessions in the table, closing ones included */
+    struct slist lru;    /* unreferenced open sessions; head = most recently released */
+    struct slist closeq; /* evicted sessions waiting for a worker; head = newest */
+    int open_count;      /* sessions in the table, closing ones included */
+    int nclosing;        /* sessions with `closing` set */
+
     struct sess *spool;            /* the spool actor (spool.h); never in the table */
     struct stub *stubs[STUB_HASH]; /* hibernated sessions; st->lock */
     int nstubs;
-    int nclosing; /* sessions with `closing` set */
     struct store_stats stats;
 
     pthread_t flusher;
@@ -219,13 +220,19 @@ struct store {
     pthread_cond_t closed_cond; /* a batch of closes finished */
 };
 
-static unsigned hash_id(const char *id)
+/* FNV-1a of an id: the session table and the stub table index by it. */
+static unsigned fnv1a(const char *id)
 {
     unsigned h = 2166136261u;
     for (; *id; id++) {
         h = (h ^ (unsigned char)*id) * 16777619u;
     }
-    return h % HASH_SIZE;
+    return h;
+}
+
+static unsigned hash_id(const char *id)
+{
+    return fnv1a(id) % HASH_SIZE;
 }
 
 /* ---- lists and the table (st->lock held) ---- */
@@ -509,11 +516,7 @@ static struct sess *sess_alloc(struct store *st, const char *id)
 
 static unsigned stub_hash(const char *id)
 {
-    unsigned h = 2166136261u;
-    for (; *id; id++) {
-        h = (h ^ (unsigned char)*id) * 16777619u;
-    }
-    return h % STUB_HASH;
+    return fnv1a(id) % STUB_HASH;
 }
 
 static uint64_t crid_hash(const char *c)
