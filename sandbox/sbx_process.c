@@ -67,7 +67,11 @@ static int process_create(struct sbx_backend *b, const struct sbx_spec *spec, st
         if (chdir(s->ws_host) < 0) {
             _exit(126);
         }
-        execl(pb->init_path, "sandbox-init", "--fd", "3", (char *)NULL);
+        /* Nothing of the server's environment (tokens, keys) reaches the commands: sandbox-init
+         * starts from an empty one and builds each command's from the request. */
+        static char *const no_env[] = {NULL};
+        char *const init_argv[] = {"sandbox-init", "--fd", "3", NULL};
+        execve(pb->init_path, init_argv, no_env);
         _exit(127);
     }
     close(sp[1]);
