@@ -8,7 +8,7 @@
 # masked /proc paths), hence the two --security-opt above. Do NOT --cap-add SYS_ADMIN: bwrap then
 # refuses to start ("Unexpected capabilities but not setuid"). The alternative is
 # SESSIOND_SANDBOX=process, which gives NO isolation. Only the `shell` agent is in the image
-# (no node, no sandbox/agents/node_modules). tools/docker_check.sh builds and runs this with
+# (no node, no agents/bundled/node_modules). tools/docker_check.sh builds and runs this with
 # podman (`make docker-check`).
 FROM debian:12-slim AS build
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -27,7 +27,7 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
     && useradd --system --home /data --shell /usr/sbin/nologin sessiond \
     && mkdir -p /data && chown sessiond /data
 COPY --from=build /src/build/sessiond /src/build/sandbox-init /usr/local/bin/
-COPY --from=build /src/sandbox/agents /usr/local/share/sessiond/agents
+COPY --from=build /src/agents/bundled /usr/local/share/sessiond/agents
 USER sessiond
 ENV SESSIOND_LISTEN=0.0.0.0:8080 SESSIOND_DATA_DIR=/data
 EXPOSE 8080

@@ -20,11 +20,27 @@ SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 BUILD    := build/tsan
 endif
 
-# Library sources: everything in our module folders except the programs' mains.
-LIB_SRC  := $(wildcard common/*.c storage/*.c sandbox/*.c server/*.c)
-LIB_SRC  := $(filter-out server/main.c,$(LIB_SRC))
-LIB_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(BUILD)/obj/gen/migrations.o
-LIB_OBJ  += $(BUILD)/obj/gen/webfiles.o
+# The parts (DESIGN §2), lowest first; tools/layers.txt says which may include which and
+# `make lint` checks it. Each part is one static archive, linked in layer order (highest first),
+# so a program or unit test pulls only the objects it uses.
+LAYERS   := common storage sandbox workspace agents runner server
+common_SRC    := $(wildcard common/*.c)
+storage_SRC   := $(wildcard storage/*.c)
+sandbox_SRC   := $(wildcard sandbox/*.c sandbox/egress/*.c)
+workspace_SRC := $(wildcard workspace/*.c workspace/snap/*.c)
+agents_SRC    := $(wildcard agents/*.c)
+runner_SRC    := $(wildcard runner/*.c)
+server_SRC    := $(filter-out server/main.c,$(wildcard server/*.c server/api/*.c server/ws/*.c server/slack/*.c))
+obj_of    = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+common_OBJ    := $(call obj_of,$(common_SRC))
+storage_OBJ   := $(call obj_of,$(storage_SRC)) $(BUILD)/obj/gen/migrations.o
+sandbox_OBJ   := $(call obj_of,$(sandbox_SRC))
+workspace_OBJ := $(call obj_of,$(workspace_SRC))
+agents_OBJ    := $(call obj_of,$(agents_SRC))
+runner_OBJ    := $(call obj_of,$(runner_SRC))
+server_OBJ    := $(call obj_of,$(server_SRC)) $(BUILD)/obj/gen/webfiles.o
+# highest layer first: each archive's undefined symbols are found in the ones after it
+LIBS     := $(foreach l,server runner agents workspace sandbox storage common,$(BUILD)/lib/$(l).a)
 WEB_FILES := $(sort $(shell find web -type f ! -path 'web/extension/*' ! -name '.*' 2>/dev/null))
 MIGRATIONS := $(sort $(wildcard migrations/session/*.sql migrations/registry/*.sql migrations/spool/*.sql))
 
@@ -59,15 +75,14 @@ $(BUILD)/obj/gen/webfiles.o: $(BUILD)/gen/webfiles.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-$(BUILD)/libsessiond.a: $(LIB_OBJ)
+$(BUILD)/lib/%.a:
+	@mkdir -p $(dir $@)
 	@rm -f $@
 	@ar rcs $@ $^
+$(foreach l,$(LAYERS),$(eval $(BUILD)/lib/$(l).a: $$($(l)_OBJ)))
 
-# --whole-archive: hooks have weak defaults (http.c, api_*.c); the strong definitions in other
-# objects must be linked in even when nothing else pulls their object out of the archive.
-$(BUILD)/sessiond: $(BUILD)/obj/server/main.o $(BUILD)/libsessiond.a
-	$(CC) -o $@ $(BUILD)/obj/server/main.o -Wl,--whole-archive $(BUILD)/libsessiond.a \
-		-Wl,--no-whole-archive $(LDLIBS_ALL)
+$(BUILD)/sessiond: $(BUILD)/obj/server/main.o $(LIBS)
+	$(CC) -o $@ $(BUILD)/obj/server/main.o $(LIBS) $(LDLIBS_ALL)
 
 # The supervisor that runs inside each sandbox: no dependency of ours but libc. Never built
 # with sanitizers: it runs under the sandbox's RLIMIT_DATA, and ASan's shadow reservation
@@ -77,15 +92,15 @@ $(BUILD)/sandbox-init: sandbox/init/sandbox-init.c sandbox/init/egress_fwd.c
 	@echo "  CC      $@"
 	@$(CC) -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(BUILD)/libsessiond.a
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(LIBS)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
-	@$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
+	@$(CC) $(CFLAGS_ALL) -o $@ $< $(LIBS) $(LDLIBS_ALL)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libsessiond.a
+$(BUILD)/bench/%: bench/%.c $(LIBS)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
-	@$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
+	@$(CC) $(CFLAGS_ALL) -o $@ $< $(LIBS) $(LDLIBS_ALL)
 
 deps:
 	@sh tools/deps.sh
@@ -93,13 +108,13 @@ deps:
 test-deps: deps
 	@sh tools/deps.sh --test
 
-# The coding-agent CLIs (issue 7), pinned by sandbox/agents/package-lock.json; reinstalled only
-# when the lockfile changes. The sandbox sees sandbox/agents/node_modules read-only.
+# The coding-agent CLIs, pinned by agents/bundled/package-lock.json; reinstalled only when the
+# lockfile changes. The sandbox sees agents/bundled/node_modules read-only.
 agents:
-	@if [ ! -f sandbox/agents/node_modules/.package-lock.json ] || \
-	    [ sandbox/agents/package-lock.json -nt sandbox/agents/node_modules/.package-lock.json ]; then \
-	  echo "agents: npm ci in sandbox/agents"; \
-	  (cd sandbox/agents && npm ci --no-audit --no-fund --loglevel=error); fi
+	@if [ ! -f agents/bundled/node_modules/.package-lock.json ] || \
+	    [ agents/bundled/package-lock.json -nt agents/bundled/node_modules/.package-lock.json ]; then \
+	  echo "agents: npm ci in agents/bundled"; \
+	  (cd agents/bundled && npm ci --no-audit --no-fund --loglevel=error); fi
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -120,6 +135,7 @@ bench: all $(BENCH_BIN)
 	@BUILD=$(BUILD) bash bench/run.sh
 
 lint:
+	@sh tools/check_layers.sh
 	@! grep -nE '\b(sprintf|strcpy|strcat|strtok|atoi|gets)\s*\(|\b(localtime|gmtime)\s*\(' \
 		$$(git ls-files '*.c' '*.h') || (echo "lint: banned function (see CONVENTIONS.md)"; exit 1)
 	@echo "lint: ok"

@@ -9,10 +9,10 @@
  * (The commit and WebSocket fan-out after that are measured by bench/sandbox and bench/ws.)
  */
 #include "common/clock.h"
-#include "sandbox/adapt_claude.h"
-#include "sandbox/adapt_codex.h"
-#include "sandbox/adapt_opencode.h"
-#include "sandbox/agents.h"
+#include "agents/adapt_claude.h"
+#include "agents/adapt_codex.h"
+#include "agents/adapt_opencode.h"
+#include "agents/agents.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -10,7 +10,7 @@
  * latency (p50 difference) in microseconds, as one JSON line.
  */
 #include "common/clock.h"
-#include "server/egress.h"
+#include "sandbox/egress/egress.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

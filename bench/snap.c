@@ -13,7 +13,7 @@
 #include "common/clock.h"
 #include "common/util.h"
 #include "common/xmem.h"
-#include "sandbox/snap.h"
+#include "workspace/snap/snap.h"
 
 #include <fcntl.h>
 #include <stdio.h>

@@ -12,7 +12,6 @@
  * sandbox); on_exit is called once, after its sink was flushed.
  */
 #include "sandbox/sbx_int.h"
-#include "sandbox/snap.h"
 
 #include "common/buf.h"
 #include "common/clock.h"
@@ -239,42 +238,6 @@ int sbx_put_private(struct sbx *s, const char *name, const void *data, size_t n,
 const char *sbx_agents_inside(const struct sbx *s)
 {
     return s->agents_inside;
-}
-
-int sbx_snapshot(struct sbx *s, const char *dest_dir)
-{
-    return OP_OR_UNSUPPORTED(s, snapshot, s, dest_dir);
-}
-
-int sbx_restore(struct sbx *s, const char *src_dir)
-{
-    return OP_OR_UNSUPPORTED(s, restore, s, src_dir);
-}
-
-int sbxi_snapshot(struct sbx *s, const char *dest_dir)
-{
-    struct snap_store *st = NULL;
-    int rc = snap_store_open(dest_dir, &st);
-    if (!rc) {
-        rc = snap_create(st, s->ws_host, NULL, NULL);
-    }
-    snap_store_close(st);
-    return rc;
-}
-
-int sbxi_restore(struct sbx *s, const char *src_dir)
-{
-    struct snap_store *st = NULL;
-    char id[128];
-    int rc = snap_store_open(src_dir, &st);
-    if (!rc) {
-        rc = snap_latest(st, id, sizeof(id));
-    }
-    if (!rc) {
-        rc = snap_restore(st, id, s->ws_host, NULL);
-    }
-    snap_store_close(st);
-    return rc;
 }
 
 int sbx_path_check(const char *path, size_t len)
@@ -1234,8 +1197,8 @@ char *sbxi_agents_dir(const struct sbx_config *c)
     }
     char *d = exe_dir();
     char *p = NULL;
-    const char *cands[] = {"%s/../sandbox/agents", "%s/../../sandbox/agents",
-                           "%s/../../../sandbox/agents", "%s/../share/sessiond/agents"};
+    const char *cands[] = {"%s/../agents/bundled", "%s/../../agents/bundled",
+                           "%s/../../../agents/bundled", "%s/../share/sessiond/agents"};
     for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++) {
         char *q = xasprintf(cands[i], d);
         char real[PATH_MAX];

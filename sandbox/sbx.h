@@ -37,7 +37,7 @@ struct sbx_config {
     const char *data_dir;    /* workspaces at <data_dir>/workspaces/<name>, private dirs at
                               * <data_dir>/sandboxes/<name> */
     const char *init_path;   /* the sandbox-init binary; NULL = next to the server binary */
-    const char *agents_dir;  /* sandbox/agents; NULL = <server binary dir>/../sandbox/agents */
+    const char *agents_dir;  /* agents/bundled; NULL = <server binary dir>/../agents/bundled */
     const char *user;        /* host user the sandboxes run as (local backend, when root);
                               * NULL = "sessiond-sbx", created if missing */
     int uid;                 /* > 0: run as this uid instead of looking up user */
@@ -71,9 +71,13 @@ struct sbx_spec {
     const char *const *secrets;
     int egress;                /* 0: no network (default); 1: the host network (trusted only) */
     const char *const *labels; /* "key=value", informational */
+    /* Host directory bound read-only at the same path inside (NULL = none): the objects of a
+     * repository's shared object store, which the workspace's .git/objects/info/alternates
+     * names. The caller (the workspace layer) knows which store a workspace uses. */
+    const char *shared_objects;
 };
 
-/** Where the local backend mounts sandbox/agents (read-only) inside a sandbox. */
+/** Where the local backend mounts agents/bundled (read-only) inside a sandbox. */
 #define SBX_AGENTS_INSIDE "/run/sessiond-agents"
 
 enum sbx_stream { SBX_STDOUT = 1, SBX_STDERR = 2 };
@@ -125,8 +129,6 @@ struct sbx_ops {
      * sandbox), e.g. the prompt. *path_inside (caller frees) is its path as seen inside. */
     int (*put_private)(struct sbx *s, const char *name, const void *data, size_t n, int executable,
                        char **path_inside);
-    int (*snapshot)(struct sbx *s, const char *dest_dir);
-    int (*restore)(struct sbx *s, const char *src_dir);
     int (*stop)(struct sbx *s);
     void (*destroy)(struct sbx *s);
     int (*health)(struct sbx_backend *b, char *msg, size_t n);
@@ -186,10 +188,8 @@ int sbx_write_file(struct sbx *s, const char *path, const void *data, size_t n);
 int sbx_list_files(struct sbx *s, const char *path, json_t **out);
 int sbx_put_private(struct sbx *s, const char *name, const void *data, size_t n, int executable,
                     char **path_inside);
-/** The shipped agents directory (sandbox/agents) as seen by commands. */
+/** The shipped agents directory (agents/bundled) as seen by commands. */
 const char *sbx_agents_inside(const struct sbx *s);
-int sbx_snapshot(struct sbx *s, const char *dest_dir);
-int sbx_restore(struct sbx *s, const char *src_dir);
 
 /** Validate a workspace-relative path from a client: not empty, not absolute, no ".."
  * component, no NUL (len is the decoded length), at most 4096 bytes. 0 or ERR_INVALID. */

@@ -22,7 +22,7 @@ struct sbx {
     char *ws_inside;     /* the workspace as commands see it */
     char *priv_host;     /* host path of the private dir (prompt files) */
     char *priv_inside;   /* the private dir as commands see it */
-    char *agents_inside; /* sandbox/agents as commands see it */
+    char *agents_inside; /* agents/bundled as commands see it */
     char **env;          /* base environment for commands, NULL terminated */
     int timeout_ms;      /* default per-command timeout */
     int64_t data_bytes, fsize_bytes;
@@ -82,8 +82,6 @@ int sbxi_write_file(struct sbx *s, const char *path, const void *data, size_t n)
 int sbxi_list_files(struct sbx *s, const char *path, json_t **out);
 /* The backend-neutral snapshot/restore of the workspace (both backends keep it on the host):
  * dest_dir/src_dir is a snapshot store (sandbox/snap.h); restore takes its latest snapshot. */
-int sbxi_snapshot(struct sbx *s, const char *dest_dir);
-int sbxi_restore(struct sbx *s, const char *src_dir);
 int sbxi_put_private(struct sbx *s, const char *name, const void *data, size_t n, int executable,
                      char **path_inside);
 int sbxi_stop(struct sbx *s);

@@ -4,9 +4,9 @@
  *
  * Isolation: system directories read-only, the workspace read-write at /workspace, the private
  * dir (prompt files) read-only at /run/sessiond, fresh /tmp (size-capped), /proc and /dev;
- * the repository's shared object store (repos.h repos_hook_shared_objects) read-only at its
- * host path, which the workspace's .git/objects/info/alternates names;
- * new user/pid/ipc/uts/cgroup namespaces and no network unless the spec allows egress;
+ * the repository's shared object store (sbx_spec.shared_objects) read-only at its host path, which
+ * the workspace's .git/objects/info/alternates names; new user/pid/ipc/uts/cgroup namespaces and no
+ * network unless the spec allows egress;
  * --die-with-parent, --new-session, --cap-drop ALL, --disable-userns, an environment built
  * from scratch. Host paths are handed to bwrap as file descriptors (--bind-fd), so the data
  * dir needs no permission bits for the sandbox user, and every other descriptor of the server
@@ -28,7 +28,6 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/outpump.h"
-#include "sandbox/repos.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -492,7 +491,7 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     priv_fd = open(s->priv_host, O_PATH | O_DIRECTORY | O_CLOEXEC);
     init_fd = open(lb->init_path, O_PATH | O_CLOEXEC);
     agents_fd = open(lb->agents_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    objs = repos_hook_shared_objects(spec->name, s->ws_host);
+    objs = spec->shared_objects ? xstrdup(spec->shared_objects) : NULL;
     if (objs) {
         objs_fd = open(objs, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (objs_fd < 0) {
@@ -743,8 +742,6 @@ static const struct sbx_ops local_ops = {
     .write_file = sbxi_write_file,
     .list_files = sbxi_list_files,
     .put_private = sbxi_put_private,
-    .snapshot = sbxi_snapshot,
-    .restore = sbxi_restore,
     .stop = sbxi_stop,
     .destroy = sbxi_destroy,
     .health = local_health,

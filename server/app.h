@@ -18,7 +18,7 @@ struct slack;   /* server/slack.h (issue 6) */
 struct repos;   /* sandbox repos/pool (issue 5) */
 struct egress;  /* egress proxy (issue 7) */
 struct metrics; /* server/metrics.h */
-struct agents;  /* sandbox/agents.h: named coding agents (issue 7) */
+struct agents;  /* agents/bundled.h: named coding agents (issue 7) */
 struct secrets; /* server/secrets.h: sealing of stored user tokens (issue 5) */
 
 struct app {

@@ -25,11 +25,11 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
-#include "server/api.h"
+#include "server/api/api.h"
 #include "server/app.h"
 #include "server/auth.h"
 #include "server/config.h"
-#include "server/ws_upgrade.h"
+#include "server/ws/ws_upgrade.h"
 #include "storage/registry.h"
 
 #include <arpa/inet.h>
@@ -97,50 +97,6 @@ struct req {
     int nextra;
     char *extra[MAX_EXTRA_HEADERS][2];
 };
-
-/* ---- weak hook defaults: the real ones live in other subsystems ---- */
-
-__attribute__((weak)) int ws_upgrade_begin(struct app *app, struct MHD_Connection *c,
-                                           const char *raw_uri, void **upgrade_ctx)
-{
-    (void)app;
-    (void)c;
-    (void)raw_uri;
-    *upgrade_ctx = NULL;
-    return ERR_UNSUPPORTED;
-}
-
-__attribute__((weak)) void ws_upgrade_complete(struct app *app, void *upgrade_ctx)
-{
-    (void)app;
-    (void)upgrade_ctx;
-}
-
-/* Default CORS: exact origins from config (public_url's origin + cfg->origins). Bearer tokens
- * travel in a header, so no credentials mode is needed. */
-__attribute__((weak)) void api_abort_deferred(struct app *app)
-{
-    (void)app;
-}
-
-__attribute__((weak)) int api_cors(struct req *r, const char *origin, int preflight)
-{
-    int allowed = origin && config_origin_allowed(r->app->cfg, origin);
-    if (allowed) {
-        req_add_header(r, "Access-Control-Allow-Origin", origin);
-        req_add_header(r, "Vary", "Origin");
-    }
-    if (!preflight) {
-        return 0;
-    }
-    if (origin && !allowed) {
-        return req_fail(r, ERR_FORBIDDEN, "origin %s is not allowed", origin);
-    }
-    req_add_header(r, "Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
-    req_add_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
-    req_add_header(r, "Access-Control-Max-Age", "600");
-    return req_reply_empty(r, 204);
-}
 
 /* ---- routing ---- */
 

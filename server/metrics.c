@@ -6,11 +6,11 @@
 
 #include "common/buf.h"
 #include "common/xmem.h"
-#include "sandbox/runner.h"
-#include "server/api.h"
+#include "runner/runner.h"
+#include "server/api/api.h"
 #include "server/app.h"
-#include "server/hub.h"
-#include "server/slack.h"
+#include "server/ws/hub.h"
+#include "server/slack/slack.h"
 #include "storage/store.h"
 
 #include <stdlib.h>

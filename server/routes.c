@@ -4,13 +4,13 @@
  * Order matters only between overlapping patterns: the first match wins, so keep catch-all
  * patterns ({*path}) last.
  */
-#include "server/api.h"
-#include "server/api_repos.h"
-#include "server/api_agents.h"
-#include "server/api_sandbox.h"
-#include "server/slack.h"
+#include "server/api/api.h"
+#include "server/api/api_repos.h"
+#include "server/api/api_agents.h"
+#include "server/api/api_sandbox.h"
+#include "server/slack/slack.h"
 #include "server/static.h"
-#include "server/ws_upgrade.h"
+#include "server/ws/ws_upgrade.h"
 #include "server/metrics.h"
 
 #include <stddef.h>

@@ -6,7 +6,7 @@
  * wiped on free. Threads: read-only after creation; EVP contexts are per call.
  */
 
-#include "secrets.h"
+#include "server/secrets.h"
 
 #include "common/err.h"
 #include "common/util.h"

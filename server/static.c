@@ -14,7 +14,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/xmem.h"
-#include "server/api.h"
+#include "server/api/api.h"
 #include "server/app.h"
 #include "server/config.h"
 
@@ -135,9 +135,9 @@ int api_static(struct req *r)
 }
 
 /*
- * CORS (the api.h hook; overrides http.c's weak default). Allowed origins are public_url's
- * origin and cfg->origins (configure the extension as "chrome-extension://<id>"). Allowed
- * origins get credentials mode too, so the extension may use cookies or the Authorization
+ * CORS (declared in api.h, called by http.c for every request with an Origin). Allowed origins are
+ * public_url's origin and cfg->origins (configure the extension as "chrome-extension://<id>").
+ * Allowed origins get credentials mode too, so the extension may use cookies or the Authorization
  * header alike; a preflight from any other origin is refused with 403 and no CORS headers.
  */
 int api_cors(struct req *r, const char *origin, int preflight)

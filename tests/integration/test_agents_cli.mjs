@@ -21,7 +21,7 @@ const t = new Tap('agents_cli');
 const FINAL = FINAL_TEXT.join('');
 const KEY = `sk-test-${crypto.randomBytes(12).toString('hex')}`;
 
-const bin = path.join(ROOT, 'sandbox/agents/node_modules/.bin');
+const bin = path.join(ROOT, 'agents/bundled/node_modules/.bin');
 const missing = ['claude', 'codex', 'opencode'].filter((b) => !fs.existsSync(path.join(bin, b)));
 if (missing.length) {
   t.ok(false, `the CLIs are installed (run make agents; missing: ${missing.join(', ')})`);

@@ -22,7 +22,7 @@ import { startModelServer } from '../model-server.mjs';
 const t = new Tap('egress_repo');
 const KEY = 'sk-test-egress-repo-0123456789';
 
-if (!fs.existsSync(path.join(ROOT, 'sandbox/agents/node_modules/.bin/claude'))) {
+if (!fs.existsSync(path.join(ROOT, 'agents/bundled/node_modules/.bin/claude'))) {
   t.ok(false, 'the claude CLI is installed (run make agents)');
   t.done();
   process.exit();

@@ -9,10 +9,11 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "common/xmem.h"
-#include "sandbox/adapt_claude.h"
-#include "sandbox/adapt_codex.h"
-#include "sandbox/adapt_opencode.h"
-#include "sandbox/agents.h"
+#include "agents/adapt_claude.h"
+#include "agents/adapt_codex.h"
+#include "agents/adapt_opencode.h"
+#include "agents/agents.h"
+#include "sandbox/egress/egress.h"
 
 #include <jansson.h>
 #include <sys/stat.h>
@@ -591,7 +592,7 @@ TEST(workspace_diff)
     ASSERT_EQ(util_rm_rf(dir), 0);
 }
 
-/* OpenCode through the serve driver (sandbox/agents/opencode-serve.mjs): real deltas, the
+/* OpenCode through the serve driver (agents/bundled/opencode-serve.mjs): real deltas, the
  * whole text of a streamed part is not sent again, the same tools, usage and turns. */
 TEST(opencode_serve_ok)
 {
@@ -661,14 +662,14 @@ TEST(egress_entry)
         "x.com:123456",
         "[::1]:80:80",
     };
-    char norm[AGENT_EGRESS_ENTRY_MAX], why[120];
+    char norm[EGRESS_ENTRY_MAX], why[120];
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
-        ASSERT_EQ(agents_egress_entry(good[i][0], norm, sizeof(norm), why, sizeof(why)), 0);
+        ASSERT_EQ(egress_entry_norm(good[i][0], norm, sizeof(norm), why, sizeof(why)), 0);
         ASSERT_STREQ(norm, good[i][1]);
     }
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         why[0] = '\0';
-        int rc = agents_egress_entry(bad[i], norm, sizeof(norm), why, sizeof(why));
+        int rc = egress_entry_norm(bad[i], norm, sizeof(norm), why, sizeof(why));
         if (rc != ERR_INVALID) {
             fprintf(stderr, "accepted: \"%s\"\n", bad[i]);
         }
@@ -679,14 +680,14 @@ TEST(egress_entry)
     char lab[80], longname[300];
     memset(lab, 'a', 64);
     snprintf(lab + 64, sizeof(lab) - 64, ".com:443");
-    ASSERT_EQ(agents_egress_entry(lab, norm, sizeof(norm), NULL, 0), ERR_INVALID);
+    ASSERT_EQ(egress_entry_norm(lab, norm, sizeof(norm), NULL, 0), ERR_INVALID);
     size_t k = 0;
     while (k < 251) { /* 26 labels of 10 bytes + "com": 263 bytes */
         k += (size_t)snprintf(longname + k, sizeof(longname) - k, "abcdefghi.");
     }
     snprintf(longname + k, sizeof(longname) - k, "com:443");
-    ASSERT_EQ(agents_egress_entry(longname, norm, sizeof(norm), NULL, 0), ERR_INVALID);
-    ASSERT_EQ(agents_egress_entry(NULL, norm, sizeof(norm), NULL, 0), ERR_INVALID);
+    ASSERT_EQ(egress_entry_norm(longname, norm, sizeof(norm), NULL, 0), ERR_INVALID);
+    ASSERT_EQ(egress_entry_norm(NULL, norm, sizeof(norm), NULL, 0), ERR_INVALID);
 }
 
 static const struct test_case tests[] = {

@@ -6,7 +6,7 @@
 #include "testlib.h"
 
 #include "common/err.h"
-#include "server/egress.h"
+#include "sandbox/egress/egress.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

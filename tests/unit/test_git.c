@@ -8,7 +8,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "common/xmem.h"
-#include "sandbox/git.h"
+#include "workspace/git.h"
 
 #include <stdarg.h>
 #include <sys/stat.h>

@@ -7,7 +7,7 @@
 
 #include "common/err.h"
 #include "common/xmem.h"
-#include "sandbox/github.h"
+#include "workspace/github.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

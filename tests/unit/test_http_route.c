@@ -1,7 +1,7 @@
 /*
  * test_http_route.c - route pattern matching and lookup (server/http.c).
  */
-#include "server/api.h"
+#include "server/api/api.h"
 #include "server/http.h"
 #include "testlib.h"
 

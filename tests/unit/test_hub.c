@@ -6,7 +6,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "server/app.h"
-#include "server/hub.h"
+#include "server/ws/hub.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "testlib.h"

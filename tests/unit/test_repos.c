@@ -12,7 +12,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/outpump.h"
-#include "sandbox/repos.h"
+#include "workspace/repos.h"
 #include "sandbox/sbx.h"
 #include "storage/registry.h"
 #include "storage/store.h"

@@ -10,7 +10,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/outpump.h"
-#include "sandbox/runner.h"
+#include "runner/runner.h"
 #include "sandbox/sbx.h"
 #include "storage/registry.h"
 #include "storage/store.h"

@@ -305,31 +305,6 @@ TEST(process_backend)
     teardown();
 }
 
-/* The vtable's snapshot/restore: a snapshot survives later edits and a restore brings the
- * workspace back (the storage itself is tested in test_snap). */
-TEST(process_snapshot_restore)
-{
-    setup("process");
-    struct sbx *s = mk("snapme");
-    char store[600];
-    snprintf(store, sizeof store, "%s/snapstore", tmpdir);
-    ASSERT_EQ(sbx_write_file(s, "a.txt", "one", 3), 0);
-    ASSERT_EQ(sbx_snapshot(s, store), 0);
-    ASSERT_EQ(sbx_write_file(s, "a.txt", "two!", 4), 0);
-    ASSERT_EQ(sbx_write_file(s, "b.txt", "new", 3), 0);
-    ASSERT_EQ(sbx_restore(s, store), 0);
-    struct buf b;
-    buf_init(&b, 0);
-    ASSERT_EQ(sbx_read_file(s, "a.txt", &b), 0);
-    ASSERT_EQ(b.len, 3);
-    ASSERT(memcmp(b.data, "one", 3) == 0);
-    buf_reset(&b);
-    ASSERT_EQ(sbx_read_file(s, "b.txt", &b), ERR_NOT_FOUND);
-    buf_free(&b);
-    sbx_destroy(s);
-    teardown();
-}
-
 TEST(exec_after_destroy_of_other)
 {
     setup("local");
@@ -428,7 +403,6 @@ static const struct test_case tests[] = {
     T(local_big_output_merged),
     T(local_files),
     T(process_backend),
-    T(process_snapshot_restore),
     T(exec_after_destroy_of_other),
 };
 TEST_MAIN(tests)

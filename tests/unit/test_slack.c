@@ -7,7 +7,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "server/config.h"
-#include "server/slack.h"
+#include "server/slack/slack.h"
 #include "testlib.h"
 
 #include <jansson.h>

@@ -7,7 +7,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "common/xmem.h"
-#include "sandbox/snap.h"
+#include "workspace/snap/snap.h"
 
 #include <dirent.h>
 #include <errno.h>

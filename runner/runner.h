@@ -1,0 +1,89 @@
+/*
+ * runner.h - the agent runner: per-session FIFO prompt queue, one prompt at a time, each run
+ * by the agent command in the session's sandbox; the sandboxes of sessions (start on first
+ * use, stop when idle); the streaming of agent output into events.
+ *
+ * The queue is the `prompts` table of each session file (state queued → running →
+ * completed | failed | cancelled), so it survives restarts: at start the runner marks prompts
+ * left `running` by a crash as failed and resumes the queues. Every state change of a prompt
+ * row is committed in the same transaction as the event that reports it.
+ *
+ * Events: sandbox.starting/ready/stopped/failed, prompt.started, agent.output (merged text,
+ * ≤16 KiB), agent.tool_call, agent.tool_result, agent.file_changed, agent.artifact,
+ * agent.status, agent.done, agent.error, agent.truncated, message (role assistant, from the
+ * agent's `done` summary), prompt.completed {exit_code, duration_ms,
+ * time_to_first_token_ms}, prompt.failed {reason}, prompt.cancelled {reason}.
+ * Protocol: docs/agent-protocol.md.
+ *
+ * Threads: every function is thread safe. One control thread starts prompts and sandboxes;
+ * agent output is parsed on the output pump thread and committed by commitq workers.
+ */
+#ifndef SESSIOND_RUNNER_H
+#define SESSIOND_RUNNER_H
+
+#include <stdint.h>
+
+struct runner;
+struct store;
+struct sbx;
+struct sbx_backend;
+struct outpump;
+struct commitq;
+struct author;
+struct agents;
+
+struct runner_config {
+    /* The default agent: "shell" (default) | a name under agents/bundled | a path to an
+     * executable | "COMMAND ARGS" (run with /bin/sh -c inside the sandbox). */
+    const char *agent;
+    int prompt_timeout_s;      /* default 5400 (90 min) */
+    int cancel_grace_ms;       /* SIGTERM → SIGKILL; default 5000 */
+    int shutdown_grace_s;      /* wait this long for running prompts on stop; default 10 */
+    int64_t prompt_output_cap; /* bytes of output events per prompt; default 100 MiB */
+    int idle_stop_s;           /* stop a sandbox idle this long; default 600 */
+    int no_recover;            /* tests: skip the start-up scan of sessions */
+    /* Named coding agents (agents.h, issue 7): an agent name found here runs its CLI through
+     * its adapter instead of as a command. NULL = none. */
+    const struct agents *agents;
+};
+
+/** Start the runner (and its commit workers). be and pump must outlive it. *out:
+ * runner_stop(). The start-up recovery runs in the background. */
+int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
+                 const struct runner_config *cfg, struct runner **out);
+/** Stop: no new prompt starts; wait shutdown_grace_s for running ones, then cancel them
+ * (reason "shutdown"); stop every sandbox; commit what is pending. NULL is a no-op. */
+void runner_stop(struct runner *r);
+
+/** A prompt was queued in session sid: start it if the session is idle. Never blocks. */
+void runner_kick(struct runner *r, const char *sid);
+/** Start the sandbox of session sid now, in the background (issue 5: a session created with a
+ * repository gets its workspace and sandbox before its first prompt; `sandbox.ready` reports
+ * the path taken). Never blocks; a no-op if it has a sandbox or one is starting. */
+void runner_prestart(struct runner *r, const char *sid);
+/** Cancel prompt_id (queued: removed; running: SIGTERM, SIGKILL after the grace period), or
+ * the running prompt when prompt_id is NULL. ERR_NOT_FOUND if there is no such unfinished
+ * prompt. who (may be NULL) is recorded in the event. */
+int runner_cancel(struct runner *r, const char *sid, const char *prompt_id,
+                  const struct author *who);
+/** The session ended (DELETE): cancel every queued and running prompt and stop its sandbox;
+ * purge: also delete its workspace. */
+void runner_session_ended(struct runner *r, const char *sid, int purge);
+
+/** The session's sandbox, started if needed (sandbox.ready event). Counts as a use: the
+ * sandbox is not stopped for idleness until runner_release(). *created_ms = start time in
+ * ms, or -1 if it was already running. */
+int runner_acquire(struct runner *r, const char *sid, struct sbx **out, int64_t *created_ms);
+void runner_release(struct runner *r, const char *sid);
+/** The commit queue (for exec output events). */
+struct commitq *runner_commitq(struct runner *r);
+
+/** Counters for /metrics and benchmarks. */
+struct runner_stats {
+    int sandboxes; /* live sandboxes */
+    int running;   /* prompts running */
+    uint64_t started, completed, failed, cancelled;
+};
+void runner_get_stats(struct runner *r, struct runner_stats *out);
+
+#endif

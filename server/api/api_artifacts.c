@@ -1,0 +1,348 @@
+/*
+ * api_artifacts.c - POST/GET /v1/sessions/{id}/artifacts and GET …/artifacts/{aid}.
+ *
+ * Upload forms: a JSON body {type, path?, mime?, content? (text) | content_base64?}, or raw
+ * bytes with any non-JSON Content-Type (which becomes the artifact's mime type) and
+ * ?type=&path= in the query. The body cap is cfg->max_artifact_bytes (ROUTE_ARTIFACT_BODY).
+ * The row and its `artifact.created` event are committed together.
+ * Thread context: MHD pool threads.
+ */
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/jsonx.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "server/api/api.h"
+#include "server/app.h"
+#include "server/auth.h"
+#include "server/config.h"
+#include "storage/registry.h"
+#include "storage/store.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const char *const types[] = {"diff", "file", "screenshot", "dom_selection",
+                                    "pr",   "log",  NULL};
+
+static int valid_type(const char *t)
+{
+    for (int i = 0; types[i]; i++) {
+        if (strcmp(types[i], t) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Decode standard base64 (whitespace not allowed). 0 or ERR_INVALID; *out malloc'd. */
+static int b64_decode(const char *in, size_t n, unsigned char **out, size_t *outlen)
+{
+    if (n % 4 != 0) {
+        return ERR_INVALID;
+    }
+    unsigned char *p = xmalloc(n / 4 * 3 + 1);
+    int len = n ? EVP_DecodeBlock(p, (const unsigned char *)in, (int)n) : 0;
+    if (len < 0) {
+        free(p);
+        return ERR_INVALID;
+    }
+    /* EVP_DecodeBlock counts padding as zero bytes. */
+    if (n >= 1 && in[n - 1] == '=') {
+        len--;
+    }
+    if (n >= 2 && in[n - 2] == '=') {
+        len--;
+    }
+    *out = p;
+    *outlen = (size_t)len;
+    return 0;
+}
+
+struct art_op {
+    const char *id, *type, *path, *mime;
+    const void *data;
+    size_t len;
+    const struct author *author;
+    int64_t seq;
+    int64_t created_at;
+};
+
+static int art_tx(struct sess_tx *tx, void *arg)
+{
+    struct art_op *op = arg;
+    sqlite3_stmt *st = sess_tx_prepare(
+        tx, "INSERT INTO artifacts(id,type,path,mime,content,size,author_id,created_at) "
+            "VALUES(?,?,?,?,?,?,?,?)");
+    if (!st) {
+        return ERR_DB;
+    }
+    op->created_at = sess_tx_now(tx);
+    sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->type, -1, SQLITE_STATIC);
+    if (op->path) {
+        sqlite3_bind_text(st, 3, op->path, -1, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, 3);
+    }
+    sqlite3_bind_text(st, 4, op->mime, -1, SQLITE_STATIC);
+    sqlite3_bind_blob64(st, 5, op->data ? op->data : "", op->len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)op->len);
+    sqlite3_bind_text(st, 7, op->author->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 8, op->created_at);
+    int s = sqlite3_step(st);
+    sqlite3_clear_bindings(st);
+    if (s != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    json_t *d = json_pack("{s:s,s:s,s:s?,s:s,s:I}", "artifact_id", op->id, "type", op->type, "path",
+                          op->path, "mime", op->mime, "size", (json_int_t)op->len);
+    char *data = jx_dump(d);
+    json_decref(d);
+    int rc = sess_tx_append(tx, "artifact.created", op->author, data, &op->seq);
+    free(data);
+    return rc;
+}
+
+static int is_json_ctype(const char *ct)
+{
+    if (!ct) {
+        return 1; /* no type: treat as JSON, the documented default */
+    }
+    size_t n = strcspn(ct, "; ");
+    return (n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
+           (n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0);
+}
+
+int api_artifacts_post(struct req *r)
+{
+    struct app *app = req_app(r);
+    const struct auth_info *a = req_auth(r);
+    const char *sid = req_param(r, "id");
+    const char *ctype = req_header(r, "Content-Type");
+    json_t *body = NULL;
+    const char *type = NULL, *path = NULL, *mime = NULL, *text = NULL, *b64 = NULL;
+    unsigned char *decoded = NULL;
+    char *mime_copy = NULL, *id = NULL;
+    struct sess *s = NULL;
+    struct art_op op;
+    char msg[160];
+    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
+    if (rc) {
+        return rc;
+    }
+    memset(&op, 0, sizeof(op));
+    if (is_json_ctype(ctype)) {
+        rc = req_json_body(r, &body);
+        if (rc) {
+            goto out;
+        }
+        rc = jx_str(body, "type", &type, msg, sizeof(msg));
+        if (!rc) {
+            rc = jx_str(body, "path", &path, msg, sizeof(msg));
+        }
+        if (!rc) {
+            rc = jx_str(body, "mime", &mime, msg, sizeof(msg));
+        }
+        if (!rc) {
+            rc = jx_str(body, "content", &text, msg, sizeof(msg));
+        }
+        if (!rc) {
+            rc = jx_str(body, "content_base64", &b64, msg, sizeof(msg));
+        }
+        if (rc) {
+            rc = req_fail(r, rc, "%s", msg);
+            goto out;
+        }
+        if (text && b64) {
+            rc = req_fail(r, ERR_INVALID, "give either 'content' or 'content_base64', not both");
+            goto out;
+        }
+        if (b64) {
+            size_t dl;
+            if (b64_decode(b64, strlen(b64), &decoded, &dl) != 0) {
+                rc = req_fail(r, ERR_INVALID, "field 'content_base64' is not valid base64");
+                goto out;
+            }
+            op.data = decoded;
+            op.len = dl;
+        } else if (text) {
+            op.data = text;
+            op.len = json_string_length(json_object_get(body, "content"));
+        }
+        if (!mime) {
+            mime = b64 ? "application/octet-stream" : "text/plain; charset=utf-8";
+        }
+    } else {
+        type = req_query(r, "type");
+        path = req_query(r, "path");
+        mime_copy = xstrdup(ctype);
+        mime = mime_copy;
+        op.data = req_body(r, &op.len);
+    }
+    if (!type) {
+        type = "file";
+    }
+    if (!valid_type(type)) {
+        rc = req_fail(r, ERR_INVALID,
+                      "type must be one of diff, file, screenshot, dom_selection, pr, log");
+        goto out;
+    }
+    if ((path && strlen(path) > 1024) || strlen(mime) > 127) {
+        rc = req_fail(r, ERR_INVALID, "path (1024) or mime (127 bytes) too long");
+        goto out;
+    }
+    rc = store_session_get(app->store, sid, &s);
+    if (rc) {
+        rc = req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        goto out;
+    }
+    id = api_new_sorted_id("a_");
+    struct author who = {a->user_id, a->name, a->email};
+    op.id = id;
+    op.type = type;
+    op.path = path;
+    op.mime = mime;
+    op.author = &who;
+    rc = sess_write(s, art_tx, &op);
+    if (rc) {
+        rc = req_fail(r, rc, "cannot store the artifact: %s", err_str(rc));
+        goto out;
+    }
+    char ts[32];
+    clock_iso8601(op.created_at, ts, sizeof(ts));
+    rc = req_reply_json(r, 201,
+                        json_pack("{s:s,s:s,s:s?,s:s,s:I,s:I,s:s}", "id", id, "type", type, "path",
+                                  path, "mime", mime, "size", (json_int_t)op.len, "seq",
+                                  (json_int_t)op.seq, "created_at", ts));
+out:
+    sess_put(s);
+    json_decref(body);
+    free(decoded);
+    free(mime_copy);
+    free(id);
+    return rc;
+}
+
+struct art_list_rd {
+    json_t *arr;
+};
+
+static int art_list_rd(sqlite3 *db, void *arg)
+{
+    struct art_list_rd *lr = arg;
+    sqlite3_stmt *st = NULL;
+    int s;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT id,type,path,mime,size,author_id,created_at FROM artifacts "
+                           "ORDER BY created_at, rowid",
+                           -1, &st, NULL) != SQLITE_OK) {
+        return ERR_DB;
+    }
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        char ts[32];
+        const char *path = (const char *)sqlite3_column_text(st, 2);
+        const char *author = (const char *)sqlite3_column_text(st, 5);
+        clock_iso8601(sqlite3_column_int64(st, 6), ts, sizeof(ts));
+        json_array_append_new(lr->arr,
+                              json_pack("{s:s,s:s,s:s?,s:s,s:I,s:s?,s:s}", "id",
+                                        (const char *)sqlite3_column_text(st, 0), "type",
+                                        (const char *)sqlite3_column_text(st, 1), "path", path,
+                                        "mime", (const char *)sqlite3_column_text(st, 3), "size",
+                                        (json_int_t)sqlite3_column_int64(st, 4), "author_id",
+                                        author, "created_at", ts));
+    }
+    sqlite3_finalize(st);
+    return s == SQLITE_DONE ? 0 : ERR_DB;
+}
+
+int api_artifacts_list(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    struct sess *s = NULL;
+    struct art_list_rd lr = {NULL};
+    int rc = api_session_access(r, sid, AUTH_READ, NULL);
+    if (rc) {
+        return rc;
+    }
+    rc = store_session_get(req_app(r)->store, sid, &s);
+    if (rc) {
+        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+    }
+    lr.arr = json_array();
+    rc = sess_read(s, art_list_rd, &lr);
+    sess_put(s);
+    if (rc) {
+        json_decref(lr.arr);
+        return req_fail(r, rc, NULL);
+    }
+    return req_reply_json(r, 200, json_pack("{s:o}", "artifacts", lr.arr));
+}
+
+struct art_get_rd {
+    const char *aid;
+    struct buf data;
+    char mime[128];
+    int found;
+};
+
+static int art_get_rd(sqlite3 *db, void *arg)
+{
+    struct art_get_rd *g = arg;
+    sqlite3_stmt *st = NULL;
+    int rc = 0;
+    if (sqlite3_prepare_v2(db, "SELECT mime, content FROM artifacts WHERE id=?", -1, &st, NULL) !=
+        SQLITE_OK) {
+        return ERR_DB;
+    }
+    sqlite3_bind_text(st, 1, g->aid, -1, SQLITE_STATIC);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        g->found = 1;
+        snprintf(g->mime, sizeof(g->mime), "%s", (const char *)sqlite3_column_text(st, 0));
+        const void *p = sqlite3_column_blob(st, 1);
+        int n = sqlite3_column_bytes(st, 1);
+        rc = buf_append(&g->data, p ? p : "", (size_t)n);
+    } else if (s != SQLITE_DONE) {
+        rc = ERR_DB;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int api_artifact_get(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    struct sess *s = NULL;
+    struct art_get_rd g;
+    int rc = api_session_access(r, sid, AUTH_READ, NULL);
+    if (rc) {
+        return rc;
+    }
+    memset(&g, 0, sizeof(g));
+    g.aid = req_param(r, "aid");
+    buf_init(&g.data, 0);
+    rc = store_session_get(req_app(r)->store, sid, &s);
+    if (rc) {
+        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+    }
+    rc = sess_read(s, art_get_rd, &g);
+    sess_put(s);
+    if (!rc && !g.found) {
+        rc = req_fail(r, ERR_NOT_FOUND, "no artifact %s in session %s", g.aid, sid);
+    } else if (rc) {
+        rc = req_fail(r, rc, NULL);
+    } else {
+        /* Artifacts are user content served from the API's origin: never let a browser run
+         * them (an uploaded text/html must not script the web UI). */
+        req_add_header(r, "X-Content-Type-Options", "nosniff");
+        req_add_header(r, "Content-Security-Policy", "default-src 'none'; sandbox");
+        rc = req_reply_buf(r, 200, g.mime, &g.data);
+    }
+    buf_free(&g.data);
+    return rc;
+}

@@ -1,0 +1,733 @@
+/*
+ * api_repos.c - repository, snapshot, push / pull request and credential endpoints
+ * (api_repos.h). The sandbox/ modules do the work; this file does access control, JSON in and
+ * out, and the secrets: user GitHub tokens are sealed here (server/secrets.h) and handed to
+ * sandbox/ only as plain strings for one call, never stored or logged in clear, never
+ * returned.
+ *
+ * Access: repositories are organisation configuration: any user may read them, admins
+ * create/change/delete them; any non-viewer may request an image build or a warm-up. Session
+ * endpoints use the session's access rules (api_session_access).
+ *
+ * Threads: HTTP pool threads; everything called is thread safe.
+ */
+#include "server/api/api_repos.h"
+
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/jsonx.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "agents/agents.h"
+#include "workspace/github.h"
+#include "workspace/repos.h"
+#include "workspace/snap/snap.h"
+#include "server/api/api.h"
+#include "server/app.h"
+#include "server/auth.h"
+#include "server/config.h"
+#include "server/secrets.h"
+#include "storage/registry.h"
+#include "storage/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- start / stop ---- */
+
+/* Add (or update) every repository of the config's repos.file: [{name, url, ...}] or
+ * {"repos":[…]}. A bad entry stops the start with a clear message. */
+static int load_repos_file(struct repos *rp, const char *path)
+{
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, 0, &jerr);
+    json_t *list = json_is_object(doc) ? json_object_get(doc, "repos") : doc;
+    int rc = 0;
+    if (!json_is_array(list)) {
+        LOG_ERROR("main: %s must hold a JSON array of repositories (%s)", path,
+                  doc ? "not an array" : jerr.text);
+        json_decref(doc);
+        return ERR_INVALID;
+    }
+    size_t i;
+    json_t *spec;
+    json_array_foreach(list, i, spec)
+    {
+        char msg[200] = "";
+        json_t *out = NULL;
+        rc = repos_create(rp, spec, NULL, msg, sizeof(msg));
+        if (rc == ERR_CONFLICT) {
+            json_t *patch = json_deep_copy(spec);
+            const char *name = json_string_value(json_object_get(spec, "name"));
+            json_object_del(patch, "name");
+            rc = repos_update(rp, name, patch, &out, msg, sizeof(msg));
+            json_decref(patch);
+            json_decref(out);
+        }
+        if (rc != 0) {
+            LOG_ERROR("main: %s: repository #%zu: %s", path, i + 1, msg[0] ? msg : err_str(rc));
+            break;
+        }
+    }
+    if (rc == 0) {
+        LOG_INFO("main: %zu repositories from %s", json_array_size(list), path);
+    }
+    json_decref(doc);
+    return rc;
+}
+
+/* issue 7: a repository's default agent must be a configured agent (or the server default). */
+static int agent_known(void *ctx, const char *name)
+{
+    struct app *app = ctx;
+    return agents_find(app->agents, name) != NULL ||
+           (app->cfg->agent && strcmp(app->cfg->agent, name) == 0);
+}
+
+int api_repos_start(struct app *app)
+{
+    const struct config *cfg = app->cfg;
+    int rc = ERR_NOT_FOUND;
+    if (cfg->secrets_key_env && *cfg->secrets_key_env) {
+        rc = secrets_new_from_env(cfg->secrets_key_env, &app->secrets);
+        if (rc == ERR_INVALID) {
+            LOG_ERROR("main: %s does not hold a 32-byte key (64 hex chars or base64)",
+                      cfg->secrets_key_env);
+            return rc;
+        }
+    }
+    if (rc == ERR_NOT_FOUND) {
+        char *path = *cfg->secrets_key_file ? xstrdup(cfg->secrets_key_file)
+                                            : xasprintf("%s/secrets.key", cfg->data_dir);
+        rc = secrets_new_from_file(path, 1, &app->secrets);
+        if (rc != 0) {
+            LOG_ERROR("main: cannot load the master key %s: %s", path, err_str(rc));
+        }
+        free(path);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    struct repos_config rcfg = {
+        .data_dir = cfg->data_dir,
+        .store = app->store,
+        .sbx = app->sbx,
+        .snapshot_keep = (int)cfg->repos_snapshot_keep,
+        .snapshot_quota = cfg->repos_snapshot_quota_mib << 20,
+        .image_keep = (int)cfg->repos_image_keep,
+        .pool_max_age_s = (int)cfg->repos_pool_max_age,
+        .sync_wait_ms = (int)cfg->repos_sync_wait_ms,
+        .tick_ms = (int)cfg->repos_tick_ms,
+        .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
+        .agent_known = agent_known, /* issue 7 */
+        .agent_ctx = app,
+    };
+    rc = repos_open(&rcfg, &app->repos);
+    if (rc != 0) {
+        LOG_ERROR("main: cannot start the repository layer: %s", err_str(rc));
+        secrets_free(app->secrets);
+        app->secrets = NULL;
+        return rc;
+    }
+    if (*cfg->repos_file) {
+        rc = load_repos_file(app->repos, cfg->repos_file);
+        if (rc != 0) {
+            api_repos_stop(app);
+        }
+    }
+    return rc;
+}
+
+void api_repos_stop(struct app *app)
+{
+    repos_close(app->repos);
+    app->repos = NULL;
+    secrets_free(app->secrets);
+    app->secrets = NULL;
+}
+
+/* ---- helpers ---- */
+
+static struct repos *R(struct req *r)
+{
+    return req_app(r)->repos;
+}
+
+static int need_repos(struct req *r)
+{
+    if (!R(r)) {
+        return req_fail(r, ERR_UNAVAILABLE, "the repository layer is not running");
+    }
+    return 0;
+}
+
+static int need_admin(struct req *r)
+{
+    if (!auth_is_admin(req_auth(r))) {
+        return req_fail(r, ERR_FORBIDDEN, "only an admin token may change repositories");
+    }
+    return 0;
+}
+
+static int need_writer(struct req *r)
+{
+    const struct auth_info *a = req_auth(r);
+    if (!a || strcmp(a->role, "viewer") == 0) {
+        return req_fail(r, ERR_FORBIDDEN, "viewer tokens are read-only");
+    }
+    return 0;
+}
+
+static int repo_name(struct req *r, const char **out)
+{
+    const char *name = req_param(r, "name");
+    if (!util_valid_id(name)) {
+        return req_fail(r, ERR_INVALID, "repository names match [A-Za-z0-9_-]{1,64}");
+    }
+    *out = name;
+    return 0;
+}
+
+static int repo_fail(struct req *r, int rc, const char *name)
+{
+    if (rc == ERR_NOT_FOUND) {
+        return req_fail(r, rc, "no repository %s", name);
+    }
+    return req_fail(r, rc, "%s", err_str(rc));
+}
+
+static char *workspace_of(struct req *r, const char *sid)
+{
+    return xasprintf("%s/workspaces/%s", req_app(r)->cfg->data_dir, sid);
+}
+
+static char *aad_for(const char *user_id)
+{
+    return xasprintf("github:%s", user_id);
+}
+
+/* The caller's own GitHub token, unsealed (caller wipes with secrets_wipe), or NULL. */
+static char *own_token(struct req *r, size_t *len)
+{
+    const struct auth_info *a = req_auth(r);
+    char *sealed = NULL, *tok = NULL;
+    *len = 0;
+    if (!req_app(r)->secrets || repos_cred_get(R(r), a->user_id, "github", &sealed) != 0) {
+        return NULL;
+    }
+    char *aad = aad_for(a->user_id);
+    if (secrets_unseal(req_app(r)->secrets, aad, sealed, &tok, len) != 0) {
+        LOG_WARN("api: the stored GitHub token of %s does not open (master key changed?)",
+                 a->user_id);
+        tok = NULL;
+    }
+    free(aad);
+    free(sealed);
+    return tok;
+}
+
+/* ---- repositories ---- */
+
+int api_repos_create(struct req *r)
+{
+    json_t *body = NULL, *out = NULL;
+    char msg[200] = "";
+    int rc = need_repos(r);
+    if (rc || (rc = need_admin(r)) || (rc = req_json_body(r, &body))) {
+        return rc;
+    }
+    rc = repos_create(R(r), body, &out, msg, sizeof(msg));
+    json_decref(body);
+    if (rc != 0) {
+        return req_fail(r, rc, "%s", msg[0] ? msg : err_str(rc));
+    }
+    return req_reply_json(r, 201, out);
+}
+
+int api_repos_list(struct req *r)
+{
+    json_t *out = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = repos_list(R(r), &out))) {
+        return rc ? rc : req_fail(r, rc, NULL);
+    }
+    return req_reply_json(r, 200, out);
+}
+
+int api_repo_get(struct req *r)
+{
+    const char *name = NULL;
+    json_t *out = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = repo_name(r, &name))) {
+        return rc;
+    }
+    rc = repos_get(R(r), name, &out);
+    if (rc != 0) {
+        return repo_fail(r, rc, name);
+    }
+    return req_reply_json(r, 200, out);
+}
+
+int api_repo_patch(struct req *r)
+{
+    const char *name = NULL;
+    json_t *body = NULL, *out = NULL;
+    char msg[200] = "";
+    int rc = need_repos(r);
+    if (rc || (rc = need_admin(r)) || (rc = repo_name(r, &name)) ||
+        (rc = req_json_body(r, &body))) {
+        return rc;
+    }
+    rc = repos_update(R(r), name, body, &out, msg, sizeof(msg));
+    json_decref(body);
+    if (rc == ERR_NOT_FOUND) {
+        return repo_fail(r, rc, name);
+    }
+    if (rc != 0) {
+        return req_fail(r, rc, "%s", msg[0] ? msg : err_str(rc));
+    }
+    return req_reply_json(r, 200, out);
+}
+
+int api_repo_delete(struct req *r)
+{
+    const char *name = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = need_admin(r)) || (rc = repo_name(r, &name))) {
+        return rc;
+    }
+    rc = repos_delete(R(r), name);
+    if (rc != 0) {
+        return repo_fail(r, rc, name);
+    }
+    return req_reply_empty(r, 204);
+}
+
+int api_repo_images_build(struct req *r)
+{
+    const char *name = NULL;
+    json_t *out = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = need_writer(r)) || (rc = repo_name(r, &name))) {
+        return rc;
+    }
+    rc = repos_image_build(R(r), name, &out);
+    if (rc == ERR_CONFLICT) {
+        return req_fail(r, rc, "an image of %s is already being built", name);
+    }
+    if (rc != 0) {
+        return repo_fail(r, rc, name);
+    }
+    return req_reply_json(r, 202, out);
+}
+
+int api_repo_images_list(struct req *r)
+{
+    const char *name = NULL;
+    json_t *out = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = repo_name(r, &name))) {
+        return rc;
+    }
+    rc = repos_images(R(r), name, &out);
+    if (rc != 0) {
+        json_decref(out);
+        return repo_fail(r, rc, name);
+    }
+    return req_reply_json(r, 200, out);
+}
+
+int api_repo_warm(struct req *r)
+{
+    const char *name = NULL;
+    json_t *out = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = need_writer(r)) || (rc = repo_name(r, &name))) {
+        return rc;
+    }
+    rc = repos_warm(R(r), name, &out);
+    if (rc != 0) {
+        return repo_fail(r, rc, name);
+    }
+    return req_reply_json(r, 202, out);
+}
+
+/* ---- snapshots ---- */
+
+int api_snapshots_list(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    json_t *out = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = api_session_access(r, sid, AUTH_READ, NULL))) {
+        return rc;
+    }
+    rc = repos_snapshots(R(r), sid, &out);
+    if (rc != 0) {
+        return req_fail(r, rc, NULL);
+    }
+    return req_reply_json(r, 200, out);
+}
+
+struct running_arg {
+    int running;
+};
+
+static int count_running(sqlite3 *db, void *arg)
+{
+    struct running_arg *a = arg;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM prompts WHERE state='running'", -1, &st,
+                           NULL) != SQLITE_OK) {
+        return ERR_DB;
+    }
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        a->running = sqlite3_column_int(st, 0);
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+/* 409 while a prompt of the session runs (the workspace is the agent's then). */
+static int refuse_if_running(struct req *r, const char *sid, const char *what)
+{
+    struct sess *s = NULL;
+    struct running_arg a = {0};
+    int rc = store_session_get(req_app(r)->store, sid, &s);
+    if (rc == 0) {
+        rc = sess_read(s, count_running, &a);
+        sess_put(s);
+    }
+    if (rc != 0) {
+        return req_fail(r, rc, "cannot read session %s: %s", sid, err_str(rc));
+    }
+    if (a.running > 0) {
+        return req_fail(r, ERR_CONFLICT, "a prompt is running: %s refused until it ends", what);
+    }
+    return 0;
+}
+
+int api_snapshots_create(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    json_t *out = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = api_session_access(r, sid, AUTH_WRITE, NULL))) {
+        return rc;
+    }
+    char *ws = workspace_of(r, sid);
+    rc = repos_snapshot(R(r), sid, ws, "manual", &out);
+    free(ws);
+    if (rc == ERR_NOT_FOUND) {
+        return req_fail(r, ERR_CONFLICT, "session %s has no workspace yet", sid);
+    }
+    if (rc != 0) {
+        return req_fail(r, rc, NULL);
+    }
+    return req_reply_json(r, 201, out);
+}
+
+int api_rollback(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    const char *snap = NULL;
+    json_t *body = NULL, *out = NULL;
+    char msg[160];
+    int rc = need_repos(r);
+    if (rc || (rc = api_session_access(r, sid, AUTH_WRITE, NULL)) ||
+        (rc = req_json_body(r, &body))) {
+        return rc;
+    }
+    rc = jx_str(body, "snapshot_id", &snap, msg, sizeof(msg));
+    if (rc != 0) {
+        rc = req_fail(r, rc, "%s", msg);
+        goto out;
+    }
+    if (!snap || !snap_valid_id(snap)) {
+        rc = req_fail(r, ERR_INVALID, "snapshot_id (\"snap-000001\") is required");
+        goto out;
+    }
+    rc = refuse_if_running(r, sid, "rollback");
+    if (rc != 0) {
+        goto out;
+    }
+    char *ws = workspace_of(r, sid);
+    rc = repos_rollback(R(r), sid, snap, ws, &out);
+    free(ws);
+    if (rc == ERR_NOT_FOUND) {
+        rc = req_fail(r, rc, "no snapshot %s in session %s", snap, sid);
+        goto out;
+    }
+    if (rc != 0) {
+        rc = req_fail(r, rc, NULL);
+        goto out;
+    }
+    rc = req_reply_json(r, 200, out);
+out:
+    json_decref(body);
+    return rc;
+}
+
+/* ---- push and pull requests ---- */
+
+int api_push(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    json_t *out = NULL;
+    size_t tlen = 0;
+    int rc = need_repos(r);
+    if (rc || (rc = api_session_access(r, sid, AUTH_WRITE, NULL))) {
+        return rc;
+    }
+    char *tok = own_token(r, &tlen);
+    const char *app_tok = req_app(r)->cfg->github_app_token;
+    const char *use = tok ? tok : (app_tok && *app_tok ? app_tok : NULL);
+    char *ws = workspace_of(r, sid);
+    rc = repos_push(R(r), sid, ws, use, &out);
+    free(ws);
+    secrets_wipe(tok, tlen);
+    if (rc == ERR_NOT_FOUND) {
+        return req_fail(r, rc, "session %s has no repository branch to push", sid);
+    }
+    if (rc == ERR_AUTH) {
+        return req_fail(r, ERR_FORBIDDEN, "the remote refused the credentials");
+    }
+    if (rc != 0) {
+        return req_fail(r, rc, "push failed: %s", err_str(rc));
+    }
+    json_object_set_new(out, "credentials", json_string(tok ? "user" : use ? "app" : "none"));
+    return req_reply_json(r, 200, out);
+}
+
+/* owner/repo of a repository URL; for local paths (tests, mirrors) the last two components. */
+static int owner_repo(const char *url, char **owner, char **repo)
+{
+    if (github_parse_url(url, owner, repo) == 0) {
+        return 0;
+    }
+    const char *p = strncmp(url, "file://", 7) == 0 ? url + 7 : url;
+    if (p[0] != '/') {
+        return ERR_INVALID;
+    }
+    char *copy = xstrdup(p);
+    size_t l = strlen(copy);
+    while (l > 1 && copy[l - 1] == '/') {
+        copy[--l] = 0;
+    }
+    char *last = strrchr(copy, '/');
+    int rc = ERR_INVALID;
+    if (last && last != copy) {
+        *last = 0;
+        char *prev = strrchr(copy, '/');
+        char *two = xasprintf("https://local/%s/%s", prev ? prev + 1 : copy, last + 1);
+        rc = github_parse_url(two, owner, repo);
+        free(two);
+    }
+    free(copy);
+    return rc;
+}
+
+struct pr_art {
+    const char *id;
+    const char *json;
+    const char *author_id;
+};
+
+static int pr_artifact_tx(struct sess_tx *tx, void *arg)
+{
+    struct pr_art *a = arg;
+    sqlite3_stmt *st = sess_tx_prepare(
+        tx, "INSERT INTO artifacts(id,type,path,mime,content,size,author_id,created_at) "
+            "VALUES(?,'pr','pull-request.json','application/json',?,?,?,?)");
+    if (!st) {
+        return ERR_DB;
+    }
+    sqlite3_bind_text(st, 1, a->id, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, a->json, (int)strlen(a->json), SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)strlen(a->json));
+    sqlite3_bind_text(st, 4, a->author_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, sess_tx_now(tx));
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    return sess_tx_append(tx, "pr.created", NULL, a->json, NULL);
+}
+
+int api_pull_request(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    const char *title = NULL, *prbody = NULL;
+    json_t *body = NULL, *info = NULL, *pushed = NULL, *pr = NULL;
+    char *tok = NULL, *owner = NULL, *repo = NULL, *art_json = NULL, *aid = NULL, *ws = NULL;
+    char *deftitle = NULL;
+    size_t tlen = 0;
+    char msg[400];
+    int draft = 0;
+    int rc = need_repos(r);
+    if (rc || (rc = api_session_access(r, sid, AUTH_WRITE, NULL)) ||
+        (rc = req_json_body(r, &body))) {
+        return rc;
+    }
+    if ((rc = jx_str(body, "title", &title, msg, sizeof(msg))) ||
+        (rc = jx_str(body, "body", &prbody, msg, sizeof(msg))) ||
+        (rc = jx_bool(body, "draft", &draft, msg, sizeof(msg)))) {
+        rc = req_fail(r, rc, "%s", msg);
+        goto out;
+    }
+    if ((title && strlen(title) > 256) || (prbody && strlen(prbody) > 65536)) {
+        rc = req_fail(r, ERR_INVALID, "title is capped at 256 bytes, body at 64 KiB");
+        goto out;
+    }
+    rc = repos_session_info(R(r), sid, &info);
+    if (rc != 0) {
+        rc = req_fail(r, rc == ERR_NOT_FOUND ? ERR_CONFLICT : rc, "session %s has no repository",
+                      sid);
+        goto out;
+    }
+    tok = own_token(r, &tlen);
+    if (!tok) {
+        rc = req_fail(r, ERR_FORBIDDEN,
+                      "a pull request is opened with your own GitHub token: store it with "
+                      "PUT /v1/me/credentials/github");
+        goto out;
+    }
+    const char *url = json_string_value(json_object_get(info, "url"));
+    if (!url || owner_repo(url, &owner, &repo) != 0) {
+        rc = req_fail(r, ERR_UNPROCESSABLE, "the repository URL does not name OWNER/REPO");
+        goto out;
+    }
+    /* The branch must be on the remote first: push it with the same token. */
+    ws = workspace_of(r, sid);
+    rc = repos_push(R(r), sid, ws, tok, &pushed);
+    if (rc != 0) {
+        rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc,
+                      "push before the pull request "
+                      "failed: %s",
+                      err_str(rc));
+        goto out;
+    }
+    deftitle = xasprintf("sessiond: session %s", sid);
+    const struct config *cfg = req_app(r)->cfg;
+    struct github_pr req = {
+        .api_base = cfg->github_api_base,
+        .owner = owner,
+        .repo = repo,
+        .token = tok,
+        .title = title && *title ? title : deftitle,
+        .body = prbody,
+        .head = json_string_value(json_object_get(info, "branch")),
+        .base = json_string_value(json_object_get(info, "default_branch")),
+        .draft = draft,
+        .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
+    };
+    rc = github_create_pr(&req, &pr, msg, sizeof(msg));
+    if (rc != 0) {
+        rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc, "%s", msg);
+        goto out;
+    }
+    json_object_set_new(pr, "branch", json_string(req.head));
+    json_object_set_new(pr, "base", json_string(req.base));
+    json_object_set_new(pr, "title", json_string(req.title));
+    art_json = jx_dump(pr);
+    aid = util_new_id("a_");
+    json_object_set_new(pr, "artifact_id", json_string(aid));
+    struct pr_art pa = {aid, art_json, req_auth(r)->user_id};
+    struct sess *s = NULL;
+    if (store_session_get(req_app(r)->store, sid, &s) == 0) {
+        if (sess_write(s, pr_artifact_tx, &pa) != 0) {
+            LOG_WARN("api: cannot record the pull request artifact of %s", sid);
+        }
+        sess_put(s);
+    }
+    repos_session_set_pr(R(r), sid, json_string_value(json_object_get(pr, "url")));
+    rc = req_reply_json(r, 201, pr);
+    pr = NULL;
+out:
+    secrets_wipe(tok, tlen);
+    json_decref(body);
+    json_decref(info);
+    json_decref(pushed);
+    json_decref(pr);
+    free(owner);
+    free(repo);
+    free(art_json);
+    free(aid);
+    free(ws);
+    free(deftitle);
+    return rc;
+}
+
+/* ---- credentials ---- */
+
+int api_credentials_list(struct req *r)
+{
+    char *sealed = NULL;
+    int rc = need_repos(r);
+    if (rc) {
+        return rc;
+    }
+    int have = repos_cred_get(R(r), req_auth(r)->user_id, "github", &sealed) == 0;
+    free(sealed);
+    return req_reply_json(r, 200,
+                          json_pack("{s:{s:b}, s:b}", "github", "stored", have, "available",
+                                    req_app(r)->secrets != NULL));
+}
+
+int api_credentials_github_put(struct req *r)
+{
+    json_t *body = NULL;
+    const char *token = NULL;
+    char msg[160], *sealed = NULL, *aad = NULL;
+    int rc = need_repos(r);
+    if (rc || (rc = need_writer(r)) || (rc = req_json_body(r, &body))) {
+        return rc;
+    }
+    rc = jx_str(body, "token", &token, msg, sizeof(msg));
+    if (rc != 0) {
+        rc = req_fail(r, rc, "%s", msg);
+        goto out;
+    }
+    if (!token || !*token || strlen(token) > 1024 || strpbrk(token, " \t\r\n")) {
+        rc = req_fail(r, ERR_INVALID, "token must be a non-empty string without spaces");
+        goto out;
+    }
+    if (!req_app(r)->secrets) {
+        rc = req_fail(r, ERR_UNAVAILABLE, "no master key is configured (secrets.key_file)");
+        goto out;
+    }
+    aad = aad_for(req_auth(r)->user_id);
+    rc = secrets_seal(req_app(r)->secrets, aad, token, strlen(token), &sealed);
+    if (rc == 0) {
+        rc = repos_cred_put(R(r), req_auth(r)->user_id, "github", sealed);
+    }
+    if (rc != 0) {
+        rc = req_fail(r, rc, "cannot store the token");
+        goto out;
+    }
+    LOG_INFO("api: GitHub token stored for %s", req_auth(r)->user_id);
+    rc = req_reply_empty(r, 204);
+out:
+    free(sealed);
+    free(aad);
+    json_decref(body); /* the token string lives in body; jansson frees it */
+    return rc;
+}
+
+int api_credentials_github_delete(struct req *r)
+{
+    int rc = need_repos(r);
+    if (rc) {
+        return rc;
+    }
+    rc = repos_cred_delete(R(r), req_auth(r)->user_id, "github");
+    if (rc == ERR_NOT_FOUND) {
+        return req_fail(r, rc, "no GitHub token is stored for you");
+    }
+    if (rc != 0) {
+        return req_fail(r, rc, NULL);
+    }
+    return req_reply_empty(r, 204);
+}

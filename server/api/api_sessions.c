@@ -1,0 +1,588 @@
+/*
+ * api_sessions.c - /healthz, /v1/me and the session resource: create, list, status, end or
+ * purge, participants, export; the plain (non-upgrade) GET of the WebSocket URL.
+ *
+ * Thread context: MHD pool threads; handlers may block on the registry or a group commit.
+ * The session state "ended" is mirrored into the session file (meta key "state") so the
+ * message hot path can notice a reopen without asking the registry (see api_messages.c).
+ */
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/jsonx.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "workspace/repos.h"
+#include "server/api/api.h"
+#include "server/api/api_sandbox.h"
+#include "server/app.h"
+#include "server/auth.h"
+#include "server/config.h"
+#include "storage/registry.h"
+#include "storage/store.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- helpers ---- */
+
+int api_session_access(struct req *r, const char *sid, int need, const char **role_out)
+{
+    int rc = auth_session(req_app(r)->reg, sid, req_auth(r), need, role_out);
+    switch (rc) {
+    case 0:
+        return 0;
+    case ERR_NOT_FOUND:
+        return req_fail(r, rc, "no session %s", sid);
+    case ERR_GONE:
+        return req_fail(r, rc, "session %s was purged", sid);
+    case ERR_FORBIDDEN:
+        return req_fail(r, rc,
+                        need == AUTH_OWNER ? "only the session's owner may do this"
+                                           : "your role may only read this session");
+    default:
+        return req_fail(r, rc, NULL);
+    }
+}
+
+/* Get the open session or reply with the error. */
+static int get_sess(struct req *r, const char *sid, struct sess **out)
+{
+    int rc = store_session_get(req_app(r)->store, sid, out);
+    if (rc == ERR_NOT_FOUND) {
+        return req_fail(r, rc, "session %s has no data file", sid);
+    }
+    if (rc) {
+        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+    }
+    return 0;
+}
+
+static json_t *ts_json(sqlite3_stmt *st, int col)
+{
+    char ts[32];
+    if (sqlite3_column_type(st, col) == SQLITE_NULL) {
+        return json_null();
+    }
+    clock_iso8601(sqlite3_column_int64(st, col), ts, sizeof(ts));
+    return json_string(ts);
+}
+
+static json_t *text_json(sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    return t ? json_string((const char *)t) : json_null();
+}
+
+/* Check a user-supplied optional string: type (via jx_str) and a byte cap. */
+static int opt_str(struct req *r, json_t *body, const char *key, size_t max, const char **out)
+{
+    char msg[160];
+    int rc = jx_str(body, key, out, msg, sizeof(msg));
+    if (rc) {
+        return req_fail(r, rc, "%s", msg);
+    }
+    if (*out && strlen(*out) > max) {
+        return req_fail(r, ERR_INVALID, "field '%s' is longer than %zu bytes", key, max);
+    }
+    return 0;
+}
+
+/* A user id as stored: "provider:id"; a bare name gets the "token:" provider. Caller frees. */
+static char *normalize_user_id(const char *u)
+{
+    return strchr(u, ':') ? xstrdup(u) : xasprintf("token:%s", u);
+}
+
+/* ---- /healthz, /v1/me, plain GET …/ws ---- */
+
+int api_healthz(struct req *r)
+{
+    if (req_app(r)->shutting_down) {
+        return req_reply_json(r, 503, json_pack("{s:s}", "status", "stopping"));
+    }
+    return req_reply_json(r, 200,
+                          json_pack("{s:s,s:s}", "status", "ok", "version", SESSIOND_VERSION));
+}
+
+int api_me(struct req *r)
+{
+    const struct auth_info *a = req_auth(r);
+    return req_reply_json(r, 200,
+                          json_pack("{s:s,s:s,s:s,s:s,s:s}", "user_id", a->user_id, "name", a->name,
+                                    "email", a->email, "role", a->role, "token_id", a->token_id));
+}
+
+int api_session_ws_plain(struct req *r)
+{
+    req_add_header(r, "Upgrade", "websocket");
+    return req_fail_status(r, 426, "upgrade_required",
+                           "this endpoint speaks WebSocket: send Upgrade: websocket");
+}
+
+/* ---- create ---- */
+
+struct create_op {
+    const struct author *creator;
+    const char *data_json;
+};
+
+static int create_tx(struct sess_tx *tx, void *arg)
+{
+    struct create_op *op = arg;
+    sqlite3_stmt *st = sess_tx_prepare(
+        tx, "INSERT OR IGNORE INTO participants(user_id,name,email,joined_at) VALUES(?,?,?,?)");
+    if (!st) {
+        return ERR_DB;
+    }
+    sqlite3_bind_text(st, 1, op->creator->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->creator->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, op->creator->email, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, sess_tx_now(tx));
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    return sess_tx_append(tx, "session.created", op->creator, op->data_json, NULL);
+}
+
+int api_sessions_create(struct req *r)
+{
+    struct app *app = req_app(r);
+    const struct auth_info *a = req_auth(r);
+    json_t *body = NULL, *row = NULL, *ev = NULL;
+    const char *title = NULL, *repo = NULL, *vis = "org", *agent = NULL;
+    char *id = NULL, *data = NULL;
+    struct sess *s = NULL;
+    int rc;
+    if (strcmp(a->role, "viewer") == 0) {
+        return req_fail(r, ERR_FORBIDDEN, "a viewer token cannot create sessions");
+    }
+    rc = req_json_body(r, &body);
+    if (rc) {
+        return rc;
+    }
+    rc = opt_str(r, body, "title", 500, &title);
+    if (!rc) {
+        rc = opt_str(r, body, "repo", 500, &repo);
+    }
+    if (!rc) {
+        rc = opt_str(r, body, "visibility", 16, &vis);
+    }
+    if (!rc) {
+        rc = opt_str(r, body, "agent", 200, &agent);
+    }
+    if (rc) {
+        goto out;
+    }
+    if (strcmp(vis, "org") != 0 && strcmp(vis, "private") != 0) {
+        rc = req_fail(r, ERR_INVALID, "field 'visibility' must be \"org\" or \"private\"");
+        goto out;
+    }
+    id = util_new_id("s_");
+    struct session_new n = {id, title, repo, vis, agent, a->user_id};
+    rc = registry_session_create(app->reg, &n, &row);
+    if (rc) {
+        rc = req_fail(r, rc, "cannot create the session: %s", err_str(rc));
+        goto out;
+    }
+    rc = store_session_create(app->store, id);
+    if (!rc) {
+        rc = store_session_get(app->store, id, &s);
+    }
+    if (!rc) {
+        struct author who = {a->user_id, a->name, a->email};
+        ev = json_pack("{s:s?,s:s?,s:s,s:s?}", "title", title, "repo", repo, "visibility", vis,
+                       "agent", agent);
+        data = jx_dump(ev);
+        struct create_op op = {&who, data};
+        rc = sess_write(s, create_tx, &op);
+    }
+    if (rc) {
+        LOG_ERROR("api: session %s: cannot create its file: %s", id, err_str(rc));
+        registry_session_set_state(app->reg, id, "purged");
+        auth_cache_invalidate();
+        rc = req_fail(r, rc, "cannot create the session file");
+        goto out;
+    }
+    json_object_set_new(row, "last_seq", json_integer(sess_last_seq(s)));
+    rc = req_reply_json(r, 201, row);
+    row = NULL;
+    LOG_INFO("api: session %s created by %s", id, a->user_id);
+    if (repo && *repo) {
+        api_session_started(app, id); /* issue 5: workspace + sandbox in the background now */
+    }
+out:
+    sess_put(s);
+    json_decref(body);
+    json_decref(row);
+    json_decref(ev);
+    free(data);
+    free(id);
+    return rc;
+}
+
+/* ---- list ---- */
+
+int api_sessions_list(struct req *r)
+{
+    const struct auth_info *a = req_auth(r);
+    json_t *out = NULL;
+    int64_t limit;
+    const char *cursor = req_query(r, "cursor");
+    int rc = req_query_int(r, "limit", 50, 1, 200, &limit);
+    if (rc) {
+        return rc;
+    }
+    if (cursor && strlen(cursor) > 200) {
+        return req_fail(r, ERR_INVALID, "malformed cursor");
+    }
+    rc = registry_session_list(req_app(r)->reg, a->user_id, auth_is_admin(a), (int)limit,
+                               cursor && *cursor ? cursor : NULL, &out);
+    if (rc == ERR_INVALID) {
+        return req_fail(r, rc, "malformed cursor");
+    }
+    if (rc) {
+        return req_fail(r, rc, NULL);
+    }
+    return req_reply_json(r, 200, out);
+}
+
+/* ---- status ---- */
+
+struct status_read {
+    json_t *participants;
+    int64_t queued, running, messages;
+};
+
+static int status_rd(sqlite3 *db, void *arg)
+{
+    struct status_read *sr = arg;
+    sqlite3_stmt *st = NULL;
+    int rc = ERR_DB;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT user_id,name,email,joined_at,last_seen FROM participants "
+                           "ORDER BY joined_at, user_id",
+                           -1, &st, NULL) != SQLITE_OK) {
+        goto out;
+    }
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        json_array_append_new(sr->participants,
+                              json_pack("{s:o,s:o,s:o,s:o,s:o}", "user_id", text_json(st, 0),
+                                        "name", text_json(st, 1), "email", text_json(st, 2),
+                                        "joined_at", ts_json(st, 3), "last_seen", ts_json(st, 4)));
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT (SELECT count(*) FROM prompts WHERE state='queued'),"
+                           "(SELECT count(*) FROM prompts WHERE state='running'),"
+                           "(SELECT count(*) FROM messages)",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        goto out;
+    }
+    sr->queued = sqlite3_column_int64(st, 0);
+    sr->running = sqlite3_column_int64(st, 1);
+    sr->messages = sqlite3_column_int64(st, 2);
+    rc = 0;
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* issue 7: the agent a prompt of the session runs when it names none: the session's own, else
+ * its repository's default, else the server default ("effective_agent", "agent_source"). */
+static void session_effective_agent(struct app *app, const char *sid, json_t *row)
+{
+    const char *own = json_string_value(json_object_get(row, "agent"));
+    char repo_agent[80] = "";
+    const char *eff = own, *src = "session";
+    if (!own || !*own) {
+        if (app->repos) {
+            repos_session_policy(app->repos, sid, NULL, repo_agent, sizeof(repo_agent));
+        }
+        eff = repo_agent[0] ? repo_agent : app->cfg->agent;
+        src = repo_agent[0] ? "repo" : "default";
+    }
+    json_object_set_new(row, "effective_agent", eff ? json_string(eff) : json_null());
+    json_object_set_new(row, "agent_source", json_string(src));
+}
+
+int api_session_get(struct req *r)
+{
+    struct app *app = req_app(r);
+    const char *sid = req_param(r, "id");
+    const char *role = NULL;
+    json_t *row = NULL, *presence = NULL;
+    struct sess *s = NULL;
+    struct status_read sr = {json_array(), 0, 0, 0};
+    int rc = api_session_access(r, sid, AUTH_READ, &role);
+    if (rc) {
+        goto out;
+    }
+    rc = registry_session_get(app->reg, sid, &row);
+    if (rc) {
+        rc = req_fail(r, rc, NULL);
+        goto out;
+    }
+    rc = get_sess(r, sid, &s);
+    if (rc) {
+        goto out;
+    }
+    rc = sess_read(s, status_rd, &sr);
+    if (rc) {
+        rc = req_fail(r, rc, "cannot read the session: %s", err_str(rc));
+        goto out;
+    }
+    presence = api_session_presence(app, sid);
+    json_object_set_new(row, "last_seq", json_integer(sess_last_seq(s)));
+    json_object_set_new(row, "messages", json_integer(sr.messages));
+    json_object_set_new(row, "queued_prompts", json_integer(sr.queued));
+    json_object_set_new(row, "running_prompts", json_integer(sr.running));
+    json_object_set_new(row, "participants", sr.participants);
+    sr.participants = NULL;
+    json_object_set_new(row, "connected", presence ? presence : json_array());
+    json_object_set_new(row, "your_role", json_string(role));
+    session_effective_agent(app, sid, row); /* issue 7 */
+    rc = req_reply_json(r, 200, row);
+    row = NULL;
+out:
+    sess_put(s);
+    json_decref(row);
+    json_decref(sr.participants);
+    return rc;
+}
+
+/* ---- end / purge ---- */
+
+struct end_op {
+    const struct author *who;
+};
+
+static int end_tx(struct sess_tx *tx, void *arg)
+{
+    struct end_op *op = arg;
+    sqlite3_stmt *st;
+    int64_t cancelled;
+    char data[96];
+    st = sess_tx_prepare(tx, "UPDATE prompts SET state='cancelled', reason='session ended', "
+                             "finished_at=? WHERE state='queued'");
+    if (!st) {
+        return ERR_DB;
+    }
+    sqlite3_bind_int64(st, 1, sess_tx_now(tx));
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    cancelled = sqlite3_changes(sess_tx_db(tx));
+    st = sess_tx_prepare(tx, "INSERT OR REPLACE INTO meta(key,value) VALUES('state','ended')");
+    if (!st || sqlite3_step(st) != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    snprintf(data, sizeof(data), "{\"cancelled_prompts\":%lld}", (long long)cancelled);
+    return sess_tx_append(tx, "session.ended", op->who, data, NULL);
+}
+
+int api_session_delete(struct req *r)
+{
+    struct app *app = req_app(r);
+    const struct auth_info *a = req_auth(r);
+    const char *sid = req_param(r, "id");
+    const char *purge = req_query(r, "purge");
+    struct sess *s = NULL;
+    int do_purge = purge && (strcmp(purge, "true") == 0 || strcmp(purge, "1") == 0);
+    int rc;
+    if (purge && !do_purge && strcmp(purge, "false") != 0 && strcmp(purge, "0") != 0) {
+        return req_fail(r, ERR_INVALID, "purge must be true or false");
+    }
+    rc = api_session_access(r, sid, AUTH_OWNER, NULL);
+    if (rc) {
+        return rc;
+    }
+    if (do_purge) {
+        /* Registry first: from now on every request for the id answers 410. */
+        rc = registry_session_set_state(app->reg, sid, "purged");
+        auth_cache_invalidate();
+        if (rc) {
+            return req_fail(r, rc, NULL);
+        }
+        api_session_ended(app, sid, 1);
+        rc = store_session_delete_file(app->store, sid);
+        if (rc && rc != ERR_NOT_FOUND) {
+            LOG_ERROR("api: session %s: cannot delete its file: %s", sid, err_str(rc));
+            return req_fail(r, rc, "the session is purged but its file could not be deleted");
+        }
+        LOG_INFO("api: session %s purged by %s", sid, a->user_id);
+        return req_reply_json(r, 200, json_pack("{s:s,s:s}", "id", sid, "state", "purged"));
+    }
+    rc = get_sess(r, sid, &s);
+    if (rc) {
+        return rc;
+    }
+    struct author who = {a->user_id, a->name, a->email};
+    struct end_op op = {&who};
+    rc = sess_write(s, end_tx, &op);
+    if (!rc) {
+        rc = registry_session_set_state(app->reg, sid, "ended");
+    }
+    sess_put(s);
+    if (rc) {
+        return req_fail(r, rc, "cannot end the session: %s", err_str(rc));
+    }
+    api_session_ended(app, sid, 0);
+    LOG_INFO("api: session %s ended by %s", sid, a->user_id);
+    return req_reply_json(r, 200, json_pack("{s:s,s:s}", "id", sid, "state", "ended"));
+}
+
+/* ---- participants ---- */
+
+struct member_op {
+    const struct author *by;
+    const char *user_id, *name, *email, *role;
+};
+
+static int member_tx(struct sess_tx *tx, void *arg)
+{
+    struct member_op *op = arg;
+    sqlite3_stmt *st = sess_tx_prepare(
+        tx, "INSERT INTO participants(user_id,name,email,joined_at) VALUES(?,?,?,?) "
+            "ON CONFLICT(user_id) DO UPDATE SET name=coalesce(excluded.name,name),"
+            "email=coalesce(excluded.email,email)");
+    if (!st) {
+        return ERR_DB;
+    }
+    sqlite3_bind_text(st, 1, op->user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, op->email, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, sess_tx_now(tx));
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    json_t *d = json_pack("{s:s,s:s,s:s?,s:s?}", "user_id", op->user_id, "role", op->role, "name",
+                          op->name, "email", op->email);
+    char *data = jx_dump(d);
+    json_decref(d);
+    int rc = sess_tx_append(tx, "participant.added", op->by, data, NULL);
+    free(data);
+    return rc;
+}
+
+int api_session_participants_add(struct req *r)
+{
+    struct app *app = req_app(r);
+    const struct auth_info *a = req_auth(r);
+    const char *sid = req_param(r, "id");
+    const char *user = NULL, *role = "writer", *name = NULL, *email = NULL;
+    char *uid = NULL;
+    json_t *body = NULL;
+    struct sess *s = NULL;
+    int rc = api_session_access(r, sid, AUTH_OWNER, NULL);
+    if (rc) {
+        return rc;
+    }
+    rc = req_json_body(r, &body);
+    if (rc) {
+        return rc;
+    }
+    rc = opt_str(r, body, "user_id", 150, &user);
+    if (!rc) {
+        rc = opt_str(r, body, "role", 16, &role);
+    }
+    if (!rc) {
+        rc = opt_str(r, body, "name", 150, &name);
+    }
+    if (!rc) {
+        rc = opt_str(r, body, "email", 150, &email);
+    }
+    if (rc) {
+        goto out;
+    }
+    if (!user || !*user) {
+        rc = req_fail(r, ERR_INVALID, "field 'user_id' is required");
+        goto out;
+    }
+    if (strcmp(role, "writer") != 0 && strcmp(role, "viewer") != 0) {
+        rc = req_fail(r, ERR_INVALID, "field 'role' must be \"writer\" or \"viewer\"");
+        goto out;
+    }
+    uid = normalize_user_id(user);
+    rc = registry_member_add(app->reg, sid, uid, role);
+    auth_cache_invalidate();
+    if (rc) {
+        rc = req_fail(r, rc, NULL);
+        goto out;
+    }
+    rc = get_sess(r, sid, &s);
+    if (rc) {
+        goto out;
+    }
+    struct author by = {a->user_id, a->name, a->email};
+    struct member_op op = {&by, uid, name, email, role};
+    rc = sess_write(s, member_tx, &op);
+    if (rc) {
+        rc = req_fail(r, rc, NULL);
+        goto out;
+    }
+    rc = req_reply_json(
+        r, 201, json_pack("{s:s,s:s,s:s}", "session_id", sid, "user_id", uid, "role", role));
+out:
+    sess_put(s);
+    json_decref(body);
+    free(uid);
+    return rc;
+}
+
+/* ---- export ---- */
+
+int api_session_export(struct req *r)
+{
+    struct app *app = req_app(r);
+    const char *sid = req_param(r, "id");
+    char *dir = NULL, *path = NULL, *disp = NULL;
+    char rnd[17];
+    struct stat sb;
+    int fd = -1;
+    int rc = api_session_access(r, sid, AUTH_READ, NULL);
+    if (rc) {
+        return rc;
+    }
+    dir = xasprintf("%s/tmp", store_data_dir(app->store));
+    util_random_hex(rnd, 8);
+    path = xasprintf("%s/export-%s-%s.db", dir, sid, rnd);
+    rc = util_mkdir_p(dir, 0700);
+    if (!rc) {
+        rc = store_session_backup(app->store, sid, path);
+    }
+    if (rc) {
+        rc = req_fail(r, rc, "cannot export the session: %s", err_str(rc));
+        goto out;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        rc = req_fail(r, ERR_IO, "cannot read the export");
+        goto out;
+    }
+    disp = xasprintf("attachment; filename=\"%s.db\"", sid);
+    req_add_header(r, "Content-Disposition", disp);
+    rc = req_reply_fd(r, 200, "application/vnd.sqlite3", fd, (uint64_t)sb.st_size);
+    fd = -1; /* the reply owns it; the name is gone below, the data lives until it is closed */
+out:
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (path) {
+        unlink(path);
+        char *aux = xasprintf("%s-journal", path);
+        unlink(aux);
+        free(aux);
+    }
+    free(disp);
+    free(path);
+    free(dir);
+    return rc;
+}

@@ -1,0 +1,52 @@
+/*
+ * ws_api.c - client -> server `prompt` and `cancel` frames: the same effect as the REST
+ * endpoints, through the functions those endpoints use (never a second copy of their
+ * transaction).
+ *
+ * The REST side provides them as plain functions without a struct req:
+ *   api_message_create()  - what POST /v1/sessions/{id}/messages does (server/api_messages.c)
+ *   api_prompt_cancel()   - what POST /v1/sessions/{id}/cancel does (server/api_sandbox.c)
+ *
+ * Threads: called on the hub's writer thread; may block on the session's group commit.
+ */
+#include "common/err.h"
+#include "common/jsonx.h"
+#include "server/api/api.h"
+#include "server/api/api_sandbox.h"
+#include "server/app.h"
+#include "server/ws/hub.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who, const char *role,
+                   json_t *frame, json_t **out, char *msg, size_t n)
+{
+    (void)role;
+    json_t *content = json_object_get(frame, "content");
+    if (!json_is_string(content) || json_string_length(content) == 0) {
+        snprintf(msg, n, "prompt needs a non-empty string field 'content'");
+        return ERR_INVALID;
+    }
+    /* The frame is the REST body plus "type" (and an optional client "id" echoed in the
+     * ack): pass the REST fields only, so both paths validate the same object. */
+    json_t *body = json_deep_copy(frame);
+    json_object_del(body, "type");
+    json_object_del(body, "id");
+    json_object_del(body, "author"); /* impersonation is a REST-only feature of bot tokens */
+    int rc = api_message_create(app, sid, who, body, out, msg, n);
+    json_decref(body);
+    return rc;
+}
+
+int hub_api_cancel(struct app *app, const char *sid, const struct auth_info *who, const char *role,
+                   json_t *frame, json_t **out, char *msg, size_t n)
+{
+    (void)role;
+    json_t *body = json_deep_copy(frame);
+    json_object_del(body, "type");
+    json_object_del(body, "id");
+    int rc = api_prompt_cancel(app, sid, who, body, out, msg, n);
+    json_decref(body);
+    return rc;
+}

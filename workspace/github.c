@@ -1,0 +1,236 @@
+/*
+ * github.c - pull requests through the GitHub REST API with libcurl.
+ *
+ * The token is put in one header and nowhere else (not in logs, not in error messages).
+ * Redirects are not followed (a redirect must not carry the token elsewhere). Responses are
+ * read into a capped buffer. Threads: any; one easy handle per call.
+ */
+
+#include "workspace/github.h"
+
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/xmem.h"
+
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_RESPONSE (1 << 20)
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void curl_once(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static size_t on_data(char *p, size_t size, size_t nmemb, void *ud)
+{
+    struct buf *b = ud;
+    if (buf_append(b, p, size * nmemb) != 0) {
+        return 0; /* over the cap: abort the transfer */
+    }
+    return size * nmemb;
+}
+
+/* Path segment check for owner/repo: GitHub's own character set. */
+static int valid_seg(const char *s)
+{
+    if (!s || !*s || strlen(s) > 100 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+        return 0;
+    }
+    for (const char *p = s; *p; p++) {
+        char c = *p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int github_parse_url(const char *url, char **owner, char **repo)
+{
+    const char *p = NULL;
+    *owner = *repo = NULL;
+    if (!url) {
+        return ERR_INVALID;
+    }
+    if (strncmp(url, "https://", 8) == 0 || strncmp(url, "http://", 7) == 0 ||
+        strncmp(url, "ssh://", 6) == 0) {
+        p = strstr(url, "://") + 3;
+        p = strchr(p, '/'); /* after host[:port] */
+        if (p) {
+            p++;
+        }
+    } else if (strncmp(url, "git@", 4) == 0) {
+        p = strchr(url, ':');
+        if (p) {
+            p++;
+        }
+    }
+    if (!p) {
+        return ERR_INVALID;
+    }
+    const char *slash = strchr(p, '/');
+    if (!slash) {
+        return ERR_INVALID;
+    }
+    char *o = xstrndup(p, (size_t)(slash - p));
+    char *r = xstrdup(slash + 1);
+    size_t rl = strlen(r);
+    while (rl > 0 && r[rl - 1] == '/') {
+        r[--rl] = 0;
+    }
+    if (rl > 4 && strcmp(r + rl - 4, ".git") == 0) {
+        r[rl - 4] = 0;
+    }
+    if (!valid_seg(o) || !valid_seg(r)) {
+        free(o);
+        free(r);
+        return ERR_INVALID;
+    }
+    *owner = o;
+    *repo = r;
+    return 0;
+}
+
+static int status_err(long status)
+{
+    switch (status) {
+    case 401:
+        return ERR_AUTH;
+    case 403:
+        return ERR_FORBIDDEN;
+    case 404:
+        return ERR_NOT_FOUND;
+    case 409:
+        return ERR_CONFLICT;
+    case 422:
+        return ERR_UNPROCESSABLE;
+    default:
+        return status >= 500 ? ERR_UNAVAILABLE : ERR_INVALID;
+    }
+}
+
+int github_create_pr(const struct github_pr *req, json_t **out, char *msg, size_t n)
+{
+    CURL *c = NULL;
+    struct curl_slist *hdr = NULL;
+    struct buf resp;
+    char *body = NULL, *url = NULL, *auth = NULL;
+    json_t *reqj = NULL, *rj = NULL;
+    int rc = 0;
+    long status = 0;
+
+    *out = NULL;
+    if (msg && n) {
+        msg[0] = 0;
+    }
+    buf_init(&resp, MAX_RESPONSE);
+    if (!req->api_base || !req->token || !req->token[0] || !req->title || !req->head ||
+        !req->base || !valid_seg(req->owner) || !valid_seg(req->repo)) {
+        snprintf(msg, n, "missing or invalid pull request field");
+        return ERR_INVALID;
+    }
+    pthread_once(&g_once, curl_once);
+    size_t bl = strlen(req->api_base);
+    while (bl > 0 && req->api_base[bl - 1] == '/') {
+        bl--;
+    }
+    url = xasprintf("%.*s/repos/%s/%s/pulls", (int)bl, req->api_base, req->owner, req->repo);
+    reqj = json_pack("{s:s, s:s, s:s, s:b}", "title", req->title, "head", req->head, "base",
+                     req->base, "draft", req->draft ? 1 : 0);
+    if (!reqj) {
+        snprintf(msg, n, "pull request fields are not valid UTF-8");
+        rc = ERR_INVALID;
+        goto out;
+    }
+    if (req->body) {
+        json_object_set_new(reqj, "body", json_string(req->body));
+    }
+    body = json_dumps(reqj, JSON_COMPACT);
+    auth = xasprintf("Authorization: Bearer %s", req->token);
+    hdr = curl_slist_append(hdr, auth);
+    hdr = curl_slist_append(hdr, "Accept: application/vnd.github+json");
+    hdr = curl_slist_append(hdr, "X-GitHub-Api-Version: 2022-11-28");
+    hdr = curl_slist_append(hdr, "Content-Type: application/json");
+    hdr = curl_slist_append(hdr, "Expect:");
+
+    c = curl_easy_init();
+    if (!c || !body) {
+        rc = ERR_NOMEM;
+        goto out;
+    }
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "sessiond");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 30000L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    if (req->ca_file && req->ca_file[0]) {
+        curl_easy_setopt(c, CURLOPT_CAINFO, req->ca_file);
+    } else if (access("/etc/ssl/certs/ca-certificates.crt", R_OK) == 0) {
+        curl_easy_setopt(c, CURLOPT_CAINFO, "/etc/ssl/certs/ca-certificates.crt");
+    }
+    CURLcode cc = curl_easy_perform(c);
+    if (cc != CURLE_OK) {
+        snprintf(msg, n, "GitHub API unreachable: %s", curl_easy_strerror(cc));
+        LOG_WARN("github: POST /repos/%s/%s/pulls: %s", req->owner, req->repo,
+                 curl_easy_strerror(cc));
+        rc = ERR_UNAVAILABLE;
+        goto out;
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    rj = json_loadb(resp.data ? resp.data : "", resp.len, 0, NULL);
+    if (status != 201) {
+        const char *m = rj ? json_string_value(json_object_get(rj, "message")) : NULL;
+        /* 422 details live in errors[].message */
+        json_t *errs = rj ? json_object_get(rj, "errors") : NULL;
+        const char *detail = NULL;
+        if (json_is_array(errs) && json_array_size(errs) > 0) {
+            detail = json_string_value(json_object_get(json_array_get(errs, 0), "message"));
+        }
+        snprintf(msg, n, "GitHub answered %ld: %s%s%s", status, m ? m : "error", detail ? ": " : "",
+                 detail ? detail : "");
+        LOG_WARN("github: POST /repos/%s/%s/pulls answered %ld", req->owner, req->repo, status);
+        rc = status_err(status);
+        goto out;
+    }
+    json_t *num = rj ? json_object_get(rj, "number") : NULL;
+    const char *html = rj ? json_string_value(json_object_get(rj, "html_url")) : NULL;
+    const char *api = rj ? json_string_value(json_object_get(rj, "url")) : NULL;
+    if (!json_is_integer(num) || !html) {
+        snprintf(msg, n, "GitHub answered 201 without a pull request");
+        rc = ERR_UNAVAILABLE;
+        goto out;
+    }
+    *out = json_pack("{s:I, s:s, s:s}", "number", json_integer_value(num), "url", html, "api_url",
+                     api ? api : "");
+out:
+    if (c) {
+        curl_easy_cleanup(c);
+    }
+    curl_slist_free_all(hdr);
+    if (auth) {
+        OPENSSL_cleanse(auth, strlen(auth));
+        free(auth);
+    }
+    free(body);
+    free(url);
+    json_decref(reqj);
+    json_decref(rj);
+    buf_free(&resp);
+    return rc;
+}

@@ -1,0 +1,219 @@
+/*
+ * repos.h - repositories: the registry of repos, image builds, warm pools of synced
+ * workspaces, per-session workspace preparation, per-prompt snapshots and commits, push.
+ *
+ * Layout under <data_dir>:
+ *   repos/<name>/images/        snapshot store (snap.h) holding the images of a repo: an
+ *                               image is a snapshot of a built workspace, so images share
+ *                               unchanged files and a cold start is a fast parallel restore
+ *   repos/<name>/objects.git/   the repository's shared object store (bare, append-only):
+ *                               images and the workspaces made from them have no copy of its
+ *                               objects, only .git/objects/info/alternates naming it (git.h)
+ *   repos/<name>/build-<id>/    an image being built (removed after)
+ *   repos/<name>/warm/<rand>/   warm workspaces: restored from the latest image and synced to
+ *                               the branch head; claimed by renaming into the session's
+ *                               workspace (the sandbox namespace is created at claim, ~8 ms)
+ *   snapshots/<session-id>/     the session's snapshot store
+ *   workspaces/<session-id>/    the session's workspace (sbx.h default)
+ *
+ * registry.db tables repos, images, session_repos, user_credentials
+ * (migrations/registry/0002_repos.sql), through a connection of this module.
+ *
+ * Threads: every function is thread safe. One builder thread runs image builds in order; one
+ * pool thread runs the schedule (rebuilds every image_interval_min, pool top-up, expiry).
+ * Calls that touch a workspace (prepare, after_prompt, rollback, push) must be serialized per
+ * session by the caller (the runner runs one prompt at a time; the API refuses a rollback
+ * while a prompt runs).
+ */
+#ifndef SESSIOND_REPOS_H
+#define SESSIOND_REPOS_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+struct repos;
+struct store;
+struct sbx;
+struct sbx_backend;
+struct sbx_spec;
+struct author;
+
+struct repos_config {
+    const char *data_dir;    /* required */
+    struct store *store;     /* events on sessions (may be NULL in unit tests) */
+    struct sbx_backend *sbx; /* runs image setup commands; NULL: setup steps fail */
+    int snapshot_keep;       /* per session; default 20 */
+    int64_t snapshot_quota;  /* bytes per session; default 2 GiB */
+    int image_keep;          /* ready images kept per repo; default 3 */
+    int pool_max_age_s;      /* warm workspace lifetime; default 1500 (25 min) */
+    int tick_ms;             /* scheduler period; default 30000 */
+    const char *ca_file;     /* HTTPS CA bundle for git; NULL = system */
+    int no_threads;          /* tests: no builder/pool threads; builds run inline */
+    int sync_wait_ms;        /* bound of repos_hook_wait_synced; default 30000 (config
+                                repos.sync_wait_ms) */
+    int sync_delay_ms;       /* tests: a background sync sleeps this long first (env
+                                SESSIOND_TEST_SYNC_DELAY_MS) */
+    /* issue 7: 1 if name may be a repository's default agent (a configured agent); NULL:
+     * any well-formed name is accepted. Called on HTTP / main threads. */
+    int (*agent_known)(void *ctx, const char *name);
+    void *agent_ctx;
+};
+
+/** Open (registry.db must have been migrated by the store). *out: repos_close(). */
+int repos_open(const struct repos_config *cfg, struct repos **out);
+/** Stop the threads (a running build is abandoned and marked failed). NULL is a no-op. */
+void repos_close(struct repos *r);
+
+/* ---- the registry ---- */
+
+/** Create from {name, url, default_branch?, setup?, hints?, description?, pool_size?,
+ * image_interval_min?, egress?, agent?}. egress: at most 64 "host:port" entries (agents.h
+ * egress_entry_norm; stored normalised, duplicates dropped) its sessions' sandboxes may reach
+ * besides the model endpoint; agent: a configured agent used when a session names none (null
+ * or "" = the server default). ERR_INVALID (msg says why), ERR_CONFLICT if the name exists.
+ * *out (may be NULL) = the repo as JSON. */
+int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t n);
+int repos_get(struct repos *r, const char *name, json_t **out);
+/** {"repos":[…]} by name. */
+int repos_list(struct repos *r, json_t **out);
+/** Change the given fields (name cannot change). */
+int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out, char *msg,
+                 size_t n);
+/** The egress policy and default agent of repository name (issue 7): *egress (may be NULL) =
+ * a new JSON array of normalised "host:port" (caller decrefs); agent gets its default agent or
+ * "" (n >= 65). ERR_NOT_FOUND. */
+int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *agent, size_t n);
+/** The same for the registered repository of session sid (its `repo`: a name or a URL): an
+ * empty list and "" when it has none (returns 0). */
+int repos_session_policy(struct repos *r, const char *sid, json_t **egress, char *agent, size_t n);
+/** Delete the repo, its images and warm workspaces (sessions keep their workspaces). */
+int repos_delete(struct repos *r, const char *name);
+
+/* ---- images and the warm pool ---- */
+
+/** Queue an image build (or run it now with no_threads). *out = the image row
+ * {id, repo, state, …}. ERR_CONFLICT if a build of that repo is already queued/running. */
+int repos_image_build(struct repos *r, const char *name, json_t **out);
+/** {"images":[{id,state,step,commit_sha,started_at,built_at,duration_ms,size_bytes,files,
+ * error,log_tail}]} newest first. */
+int repos_images(struct repos *r, const char *name, json_t **out);
+/** The "user started typing" hint: top the pool up now (in the background).
+ * *out = {"pool_size":N,"warm":M,"image_id":…|null}. */
+int repos_warm(struct repos *r, const char *name, json_t **out);
+/** Top up the pools now and wait for it (tests, benchmarks). */
+int repos_pool_fill(struct repos *r, const char *name);
+
+/* ---- sessions ---- */
+
+/** Fill the workspace of a new or restarted session of repository repo, before its sandbox
+ * is created: the session's latest snapshot if it has one, else a warm workspace of the
+ * latest image, else a restore of the latest image + sync, else a clone. source (>= 16 bytes)
+ * gets "snapshot" | "warm" | "image" | "clone", *ms the time taken. The runner emits
+ * `sandbox.ready` {source, ms}. workspace must not exist or be empty. */
+int repos_prepare_workspace(struct repos *r, const char *session_id, const char *repo,
+                            const char *workspace, char *source, int64_t *ms);
+
+/** The end of a prompt (the runner calls it after the agent exited, before the next prompt
+ * starts): commit the changes on the session branch as `who` (if the session has a repo and
+ * the workspace changed; a Co-authored-by trailer when who has no stored GitHub credential,
+ * since the push will then use the app token), then snapshot the workspace and prune.
+ * Emits `git.commit` {sha, branch, author, files} and `session.snapshot` {snapshot_id, turn,
+ * files, bytes, ms}. *out (may be NULL) = {snapshot_id, turn, commit|null}. */
+int repos_after_prompt(struct repos *r, const char *session_id, const char *workspace,
+                       const char *prompt_id, const struct author *who, const char *prompt_text,
+                       json_t **out);
+/** Snapshot now (DELETE of a session, before its sandbox is freed). label may be NULL. */
+int repos_snapshot(struct repos *r, const char *session_id, const char *workspace,
+                   const char *label, json_t **out);
+/** {"snapshots":[…]} oldest first (snap_list). */
+int repos_snapshots(struct repos *r, const char *session_id, json_t **out);
+/** Restore snapshot_id into workspace (sandbox stopped or idle). */
+int repos_rollback(struct repos *r, const char *session_id, const char *snapshot_id,
+                   const char *workspace, json_t **out);
+/** Push the session branch to the repository's registry URL with the given token
+ * (username x-access-token). *out = {branch, sha, url}. */
+int repos_push(struct repos *r, const char *session_id, const char *workspace, const char *token,
+               json_t **out);
+/** The session's repository state {repo, branch, url, default_branch, source, pr_url…}
+ * (ERR_NOT_FOUND if the session has no repository). */
+int repos_session_info(struct repos *r, const char *session_id, json_t **out);
+/** Remember the PR URL of a session. */
+int repos_session_set_pr(struct repos *r, const char *session_id, const char *url);
+
+/* ---- hooks for the runner (sandbox/runner.c): no-ops when no repos layer is open ----
+ * The last repos_open() of the process is the one the hooks use (there is one per server). */
+
+/** Before the runner creates the sandbox of session sid (control or HTTP thread): if the
+ * session names a registered repository (by name or URL) and its workspace does not exist,
+ * fill it (snapshot, warm, image or clone) and remember the source for the ready event. */
+void repos_hook_sandbox_start(const char *sid);
+/** The data of `sandbox.ready`: {"source": what repos_hook_sandbox_start did for sid (consumed),
+ * else "empty", "ms": ms, "syncing": true while its sync runs}. Caller frees. Also releases
+ * the session's background sync, which waits for the sandbox to be ready (at most 100 ms) so
+ * that it does not compete with the start for the CPUs. */
+char *repos_hook_ready_json(const char *sid, int64_t ms);
+
+/* The workspace sync. A session started from an image (or a warm workspace synced more than a
+ * few seconds ago, or its own snapshot) is usable as soon as the files are in place: the
+ * fetch + hard reset to the branch head (and the index refresh) then run in the background.
+ * While they run, file reads proceed on the workspace as it is; writes (PUT files, exec) and
+ * the agent wait for the end (git.synced {head, previous, ms} or git.sync_failed {error}). */
+
+/** 1 if the workspace of sid is being synced now (non-blocking; the runner's control thread
+ * asks this before it starts a prompt). */
+int repos_hook_syncing(const char *sid);
+/** The sandbox that came with the warm workspace repos_hook_sandbox_start claimed for sid
+ * (created ahead for the pool, already given the session's name and workspace), or NULL. The
+ * caller owns it (sbx_destroy). */
+struct sbx *repos_hook_take_sandbox(const char *sid);
+/** The warm pool keeps a running sandbox per warm workspace, created by fn(arg, spec, &out)
+ * (blocking), which the runner provides: its long-lived starter threads create them, as a
+ * sandbox dies with the thread that created it. NULL unregisters (waits for a call in
+ * progress). Without a factory the pool holds workspaces only. */
+void repos_hook_set_sandbox_factory(int (*fn)(void *arg, const struct sbx_spec *spec,
+                                              struct sbx **out),
+                                    void *arg);
+/** 1 if session sid names a registered repository (by name or URL): its sandbox is started at
+ * creation (a session with an unknown `repo` string gets an empty workspace on first use). */
+int repos_hook_session_has_repo(const char *sid);
+/** Wait until the workspace sync of sid (if any) is over: 0, or ERR_TIMEOUT after timeout_ms
+ * (< 0: the configured sync_wait_ms), ERR_UNAVAILABLE if the layer is closing. */
+int repos_hook_wait_synced(const char *sid, int timeout_ms);
+/** The configured bound of a wait for a sync (sync_wait_ms). */
+int repos_hook_sync_wait_ms(void);
+/** cb(arg, sid) is called (from the sync thread) each time a sync ends; NULL unregisters and
+ * returns once no call is in progress. The runner registers runner_kick: a prompt that
+ * waited for the sync starts then. */
+void repos_hook_set_synced_cb(void (*cb)(void *arg, const char *sid), void *arg);
+/** A prompt of sid ended (any final state), before the next one may start: commit its changes
+ * as its author and snapshot the workspace (repos_after_prompt, reading the prompt's author
+ * and text from the session file). Blocks for the commit + snapshot (tens to hundreds of ms):
+ * the runner calls it on a thread of its own, after prompt.completed is committed, and starts
+ * the next prompt of the session only when it returns. A rollback or a manual snapshot of
+ * the session waits for it. */
+void repos_hook_prompt_end(const char *sid, const char *prompt_id);
+/** issue 7: repos_session_policy() of sid through the active instance (the runner, before each
+ * prompt: the list is read anew, so a PATCH applies from the next prompt on). An empty list
+ * and "" when no repos layer is open. *egress: caller decrefs. */
+void repos_hook_session_policy(const char *sid, json_t **egress, char *agent, size_t n);
+/** The session ended and its sandbox is stopped: snapshot its workspace in the background
+ * (a purged session's snapshots and repository state are deleted instead). */
+void repos_hook_session_end(const char *sid);
+
+/** The shared object store the local sandbox backend binds read-only into sandbox `name` over
+ * host directory `workspace` (sbx_local.c, before it starts bubblewrap), at the same absolute
+ * path, so that the workspace's .git/objects/info/alternates resolves inside. Decided from our
+ * own records, never from the workspace (whose alternates file the agent can rewrite): a
+ * workspace under <data_dir>/repos/<repo>/ (an image build, a warm workspace) belongs to
+ * <repo>; a session's to the repository it was prepared from. Returns the objects directory
+ * (caller frees), or NULL: no repos layer, no repository, or no store yet. Any thread. */
+char *repos_hook_shared_objects(const char *name, const char *workspace);
+
+/* ---- users' sealed credentials (opaque here: sealed by server/secrets.h) ---- */
+
+int repos_cred_put(struct repos *r, const char *user_id, const char *provider, const char *sealed);
+/** *sealed: caller frees. ERR_NOT_FOUND if none. */
+int repos_cred_get(struct repos *r, const char *user_id, const char *provider, char **sealed);
+int repos_cred_delete(struct repos *r, const char *user_id, const char *provider);
+
+#endif
