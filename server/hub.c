@@ -1419,6 +1419,8 @@ static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
     }
     int fromopaque = ho != h->adopting;
     if (!ho->err && (ho->err = handoff_revoked(h, ho)) != 0) {
+        LOG_INFO("hub: refusing a connection of %s to %s authenticated before a revocation",
+                 ho->who.user_id, ho->sid);
         snprintf(ho->err_msg, sizeof(ho->err_msg), "%s",
                  ho->err == ERR_AUTH ? "the token was revoked"
                                      : "you were removed from this session");
