@@ -576,22 +576,38 @@ static int participants_rd(sqlite3 *db, void *arg)
     return 0;
 }
 
-/* The role that gives uid access to the session: "owner" (creator), its member role, or NULL
- * (someone who joined an org session without being a member). */
-static const char *participant_role(const char *uid, const char *created_by, json_t *members)
+/* The member entry of uid in members, or NULL. */
+static json_t *member_of(const char *uid, json_t *members)
 {
     size_t i;
     json_t *m;
-    if (created_by && strcmp(uid, created_by) == 0) {
-        return "owner";
-    }
     json_array_foreach(members, i, m)
     {
         if (strcmp(uid, json_string_value(json_object_get(m, "user_id"))) == 0) {
-            return json_string_value(json_object_get(m, "role"));
+            return m;
         }
     }
     return NULL;
+}
+
+/* Set p's role (the one that gives it access: "owner" for the creator, its member role, or
+ * null for someone who joined an org session without being a member) and fill its missing
+ * name/email from the registry. */
+static void participant_fill(json_t *p, const char *created_by, json_t *members)
+{
+    const char *uid = json_string_value(json_object_get(p, "user_id"));
+    json_t *m = uid ? member_of(uid, members) : NULL;
+    const char *role = m ? json_string_value(json_object_get(m, "role")) : NULL;
+    if (uid && created_by && strcmp(uid, created_by) == 0) {
+        role = "owner";
+    }
+    json_object_set_new(p, "role", role ? json_string(role) : json_null());
+    static const char *const fields[] = {"name", "email"};
+    for (size_t i = 0; m && i < 2; i++) {
+        if (json_is_null(json_object_get(p, fields[i]))) {
+            json_object_set(p, fields[i], json_object_get(m, fields[i]));
+        }
+    }
 }
 
 static int in_list(json_t *arr, const char *key, const char *v)
@@ -653,8 +669,7 @@ int api_session_participants_list(struct req *r)
     json_array_foreach(list, i, p)
     {
         const char *uid = json_string_value(json_object_get(p, "user_id"));
-        const char *role = uid ? participant_role(uid, created_by, members) : NULL;
-        json_object_set_new(p, "role", role ? json_string(role) : json_null());
+        participant_fill(p, created_by, members);
         json_object_set_new(p, "connected", json_boolean(presence && in_list(presence, "id", uid)));
     }
     rc = req_reply_json(r, 200, json_pack("{s:O}", "participants", list));

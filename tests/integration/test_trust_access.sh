@@ -12,6 +12,8 @@
 # test_trust_ws_revoke.mjs.
 . "$(dirname "$0")/lib.sh"
 
+jqe() { jq -e "$@" >/dev/null; }
+
 export SESSIOND_ADMIN_TOKEN="adm_one_$RANDOM$RANDOM"
 OLD_ADMIN=$SESSIOND_ADMIN_TOKEN
 start_server --secrets-key-file "$TMP/master.key" --shutdown-grace 1
@@ -100,7 +102,6 @@ api GET "/v1/audit?limit=1000"
 expect_status 200 "admin reads the audit log"
 ALL=$BODY
 has() { jq -e "$1" <<<"$ALL" >/dev/null; }
-jqe() { jq -e "$@" >/dev/null; }
 check "token mints are audited (who, for whom, role)" has \
   '[.entries[] | select(.action=="token.create" and .detail.user_id=="token:alice" and .detail.role=="user" and .actor_user_id=="token:admin")] | length == 1'
 check "the token revoke is audited" has \
