@@ -1395,6 +1395,22 @@ static int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
     return 0;
 }
 
+/* A token with an expiry ends its connections when it expires, like a revoked one. Called
+ * when the connection is accepted and again by its timer (which may fire early: the wall clock
+ * and lws's monotonic clock drift apart). */
+static void expiry_arm(struct client *c)
+{
+    if (c->who.expires_at_ms <= 0 || !c->wsi) {
+        return;
+    }
+    int64_t left_ms = c->who.expires_at_ms - clock_now_ms();
+    if (left_ms <= 0) {
+        client_kick(c, ERR_AUTH, "the token expired");
+        return;
+    }
+    lws_set_timer_usecs(c->wsi, (lws_usec_t)left_ms * 1000);
+}
+
 static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
 {
     struct hub_handoff *ho = NULL;
@@ -1452,6 +1468,7 @@ static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
         snprintf(j->role, sizeof(j->role), "%s", c->role);
         c->jobs++;
         jq_push(&h->rq, j);
+        expiry_arm(c);
     }
     if (fromopaque) {
         free(ho->bytes);
@@ -1514,6 +1531,11 @@ static int hub_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
             return -1;
         }
         return on_receive(*pss, wsi, in, len);
+    case LWS_CALLBACK_TIMER:
+        if (pss && *pss) {
+            expiry_arm(*pss);
+        }
+        return 0;
     case LWS_CALLBACK_CLOSED:
         if (pss && *pss) {
             on_closed(h, *pss);

@@ -316,6 +316,7 @@ int registry_token_get(struct registry *r, const char *token_id, struct auth_inf
         snprintf(out->name, sizeof(out->name), "%s", sqlite3_column_text(st, 2));
         snprintf(out->email, sizeof(out->email), "%s", sqlite3_column_text(st, 3));
         snprintf(out->role, sizeof(out->role), "%s", sqlite3_column_text(st, 4));
+        out->expires_at_ms = sqlite3_column_int64(st, 5);
     }
 out:
     sqlite3_finalize(st);
@@ -346,6 +347,7 @@ int registry_token_auth(struct registry *r, const char *secret, struct auth_info
             snprintf(out->name, sizeof(out->name), "%s", sqlite3_column_text(st, 2));
             snprintf(out->email, sizeof(out->email), "%s", sqlite3_column_text(st, 3));
             snprintf(out->role, sizeof(out->role), "%s", sqlite3_column_text(st, 4));
+            out->expires_at_ms = sqlite3_column_int64(st, 5); /* NULL reads as 0: never */
             rc = 0;
         }
     } else if (s != SQLITE_DONE) {

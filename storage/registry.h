@@ -19,7 +19,8 @@ struct auth_info {
     char user_id[160]; /* "token:alice", "slack:U123" */
     char name[160];
     char email[160];
-    char role[16]; /* user | viewer | bot | admin */
+    char role[16];         /* user | viewer | bot | admin */
+    int64_t expires_at_ms; /* epoch ms; 0 = never */
 };
 
 int registry_open(const char *path, int durability_full, struct registry **out);

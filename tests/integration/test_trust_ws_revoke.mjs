@@ -2,6 +2,7 @@
 //  - keep a socket open (and keep a ws-ticket in the pocket) while the token is revoked: the
 //    socket must close with 4401 promptly and the ticket must be refused;
 //  - open sockets with a token while it is being revoked: none may survive the revocation;
+//  - keep a socket open past the expiry of its token: it must close (4401);
 //  - a participant removed from a private session keeps their open socket, their ticket and
 //    their REST reads: the socket must close (4403), the ticket and reads must be refused,
 //    while their socket on another session and everybody else's stay open.
@@ -68,6 +69,14 @@ try {
   const alive = socks.filter((c) => c.ws.readyState === WebSocket.OPEN);
   t.ok(`no socket of a token revoked while ${socks.length} were opening survives`, alive.length === 0,
     alive.map((c) => c.frames.slice(0, 2)));
+
+  // ---- a token that expires while its socket is open ----
+  const gus = await api(srv, 'POST', '/v1/tokens', { user_id: 'gus', role: 'user', expires_in: 2 });
+  const g1 = await connect(srv, org, { token: gus.body.token });
+  t.ok('a token with expires_in: 2 connects', !!(await g1.next((f) => f.type === 'hello')), g1.frames);
+  const gc = await closedWithin(g1, 5000);
+  const gerr = g1.frames.find((f) => f.type === 'error');
+  t.ok('its socket closes with 4401 when the token expires', gc && gc.code === 4401 && gerr && gerr.code === 'unauthorized', { gc, f: g1.frames.slice(-2) });
 
   // ---- a participant removed from a private session ----
   const priv = await newSession(srv, alice, { visibility: 'private' });
