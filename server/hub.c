@@ -244,7 +244,6 @@ struct hub {
 
     /* lws thread only */
     struct revoked *revoked; /* newest first, younger than REVOKE_MEMORY_MS */
-    int nrevoked;
     int64_t revoked_floor_ns; /* hand-offs authenticated at or before it are refused (0: none) */
     struct hub_handoff *adopting;
     int adopt_consumed;
@@ -1071,7 +1070,6 @@ static void revoked_prune(struct hub *h)
             }
             *pp = rv->next;
             free(rv);
-            h->nrevoked--;
         } else {
             pp = &rv->next;
             n++;
@@ -1084,7 +1082,6 @@ static void apply_revoke(struct hub *h, struct revoked *rv)
     revoked_prune(h);
     rv->next = h->revoked;
     h->revoked = rv;
-    h->nrevoked++;
     int err = rv->token_id[0] ? ERR_AUTH : ERR_FORBIDDEN;
     const char *msg =
         rv->token_id[0] ? "the token was revoked" : "you were removed from this session";
