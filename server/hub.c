@@ -243,7 +243,7 @@ struct hub {
     struct ticket *tickets;
 
     /* lws thread only */
-    struct revoked *revoked; /* newest first, younger than REVOKE_MEMORY_MS */
+    struct revoked *revoked;  /* newest first, younger than REVOKE_MEMORY_MS */
     int64_t revoked_floor_ns; /* hand-offs authenticated at or before it are refused (0: none) */
     struct hub_handoff *adopting;
     int adopt_consumed;
