@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "server/audit.h"
 #include "server/config.h"
 #include "storage/registry.h"
 
@@ -274,9 +275,38 @@ out:
     return rc;
 }
 
+/* The bootstrap admin token is whichever secret the environment or admin.token gives now: one
+ * registered by an earlier start with another secret is revoked, so rotating
+ * SESSIOND_ADMIN_TOKEN ends the old one. Admin tokens minted through the API are kept. */
+static int revoke_previous_bootstrap(struct registry *reg, const char *keep_id)
+{
+    json_t *gone = NULL;
+    size_t i;
+    json_t *v;
+    int rc = registry_token_revoke_bootstrap(reg, keep_id, &gone);
+    if (rc) {
+        LOG_ERROR("auth: cannot revoke the previous admin token: %s", err_str(rc));
+        return rc;
+    }
+    json_array_foreach(gone, i, v)
+    {
+        LOG_INFO("auth: admin token changed: the previous one (%s) is revoked",
+                 json_string_value(v));
+        audit_log(reg, NULL, NULL, "admin.token_rotated", json_string_value(v),
+                  json_pack("{s:s,s:s}", "revoked_token_id", json_string_value(v), "new_token_id",
+                            keep_id));
+    }
+    if (json_array_size(gone)) {
+        auth_cache_invalidate();
+    }
+    json_decref(gone);
+    return 0;
+}
+
 int auth_bootstrap_admin(struct registry *reg, const struct config *cfg)
 {
     char secret[256];
+    char id[40];
     char *path = xasprintf("%s/admin.token", cfg->data_dir);
     int rc;
     if (*cfg->admin_token) {
@@ -301,10 +331,12 @@ int auth_bootstrap_admin(struct registry *reg, const struct config *cfg)
             LOG_INFO("auth: admin token in %s", path);
         }
     }
-    rc = registry_token_ensure(reg, secret, "token:admin", "admin");
+    rc = registry_token_ensure(reg, secret, "token:admin", "admin", id);
     if (rc) {
         LOG_ERROR("auth: cannot register the admin token: %s", err_str(rc));
+        goto out;
     }
+    rc = revoke_previous_bootstrap(reg, id);
 out:
     explicit_bzero(secret, sizeof(secret));
     free(path);

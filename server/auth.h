@@ -45,7 +45,8 @@ int auth_may_impersonate(const struct auth_info *who);
 
 /** Make sure an admin token exists: cfg->admin_token if set, else the secret stored in
  * <data_dir>/admin.token, else a new random one written there with mode 0600 (its path is
- * logged, never the secret). */
+ * logged, never the secret). A bootstrap admin token of an earlier start with another secret
+ * is revoked (and the rotation audited); admin tokens minted through the API are kept. */
 int auth_bootstrap_admin(struct registry *reg, const struct config *cfg);
 
 #endif

@@ -9,6 +9,7 @@
 #include "server/api/api_agents.h"
 #include "server/api/api_sandbox.h"
 #include "server/slack/slack.h"
+#include "server/audit.h"
 #include "server/static.h"
 #include "server/ws/ws_upgrade.h"
 #include "server/metrics.h"
@@ -29,6 +30,9 @@ const struct route http_routes[] = {
     {"GET", "/v1/sessions/{id}", api_session_get, 0},
     {"DELETE", "/v1/sessions/{id}", api_session_delete, 0},
     {"POST", "/v1/sessions/{id}/participants", api_session_participants_add, 0},
+    {"GET", "/v1/sessions/{id}/participants", api_session_participants_list, 0},
+    {"DELETE", "/v1/sessions/{id}/participants/{user}", api_session_participant_remove, 0},
+    {"GET", "/v1/audit", api_audit_list, 0},
     {"GET", "/v1/sessions/{id}/export", api_session_export, 0},
     {"POST", "/v1/sessions/{id}/messages", api_messages_post, 0},
     {"GET", "/v1/sessions/{id}/messages", api_messages_list, 0},

@@ -162,12 +162,12 @@ static int upsert_user(struct registry *r, const char *user_id, const char *name
 }
 
 static int insert_token(struct registry *r, const char *id, const char *hash, const char *user_id,
-                        const char *role, int64_t now, int64_t expires_at)
+                        const char *role, int64_t now, int64_t expires_at, const char *origin)
 {
     sqlite3_stmt *st = NULL;
     int rc = prep(r,
-                  "INSERT INTO tokens(id,hash,user_id,role,created_at,expires_at) "
-                  "VALUES(?,?,?,?,?,?)",
+                  "INSERT INTO tokens(id,hash,user_id,role,created_at,expires_at,origin) "
+                  "VALUES(?,?,?,?,?,?,?)",
                   &st);
     if (rc) {
         return rc;
@@ -182,6 +182,7 @@ static int insert_token(struct registry *r, const char *id, const char *hash, co
     } else {
         sqlite3_bind_null(st, 6);
     }
+    sqlite3_bind_text(st, 7, origin, -1, SQLITE_STATIC);
     int r2 = sqlite3_step(st);
     rc = r2 == SQLITE_DONE ? 0 : (r2 == SQLITE_CONSTRAINT ? ERR_CONFLICT : ERR_DB);
     sqlite3_finalize(st);
@@ -208,7 +209,7 @@ int registry_token_create(struct registry *r, const char *user_id, const char *n
     sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     rc = upsert_user(r, user_id, name, email);
     if (!rc) {
-        rc = insert_token(r, id, hash, user_id, role, now, expires_at_ms);
+        rc = insert_token(r, id, hash, user_id, role, now, expires_at_ms, "api");
     }
     sqlite3_exec(r->db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL);
     pthread_mutex_unlock(&r->lock);
@@ -226,26 +227,96 @@ int registry_token_create(struct registry *r, const char *user_id, const char *n
 }
 
 int registry_token_ensure(struct registry *r, const char *secret, const char *user_id,
-                          const char *role)
+                          const char *role, char id_out[40])
 {
     char hash[65];
+    char *id = NULL;
     sqlite3_stmt *st = NULL;
     int rc;
     util_sha256_hex(secret, strlen(secret), hash);
     pthread_mutex_lock(&r->lock);
-    rc = prep(r, "SELECT 1 FROM tokens WHERE hash=?", &st);
+    rc = prep(r, "SELECT id FROM tokens WHERE hash=?", &st);
     if (rc) {
         goto out;
     }
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_TRANSIENT);
     if (sqlite3_step(st) == SQLITE_ROW) {
-        goto out; /* already there */
+        id = xstrdup((const char *)sqlite3_column_text(st, 0)); /* already there */
+        goto out;
     }
     rc = upsert_user(r, user_id, "Administrator", "");
     if (!rc) {
-        char *id = util_new_id("tok_");
-        rc = insert_token(r, id, hash, user_id, role, clock_now_ms(), 0);
-        free(id);
+        id = util_new_id("tok_");
+        rc = insert_token(r, id, hash, user_id, role, clock_now_ms(), 0, "bootstrap");
+    }
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&r->lock);
+    if (!rc && id_out) {
+        snprintf(id_out, 40, "%s", id);
+    }
+    free(id);
+    return rc;
+}
+
+int registry_token_revoke_bootstrap(struct registry *r, const char *keep_id, json_t **revoked)
+{
+    sqlite3_stmt *st = NULL;
+    json_t *ids = json_array();
+    int rc, s;
+    *revoked = NULL;
+    pthread_mutex_lock(&r->lock);
+    rc = prep(r, "DELETE FROM tokens WHERE origin='bootstrap' AND id!=?1 RETURNING id", &st);
+    if (rc) {
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, keep_id, -1, SQLITE_TRANSIENT);
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        json_array_append_new(ids, json_string((const char *)sqlite3_column_text(st, 0)));
+    }
+    rc = s == SQLITE_DONE ? 0 : ERR_DB;
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&r->lock);
+    if (!rc) {
+        *revoked = ids;
+        ids = NULL;
+    }
+    json_decref(ids);
+    return rc;
+}
+
+int registry_token_get(struct registry *r, const char *token_id, struct auth_info *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, s;
+    pthread_mutex_lock(&r->lock);
+    rc = prep(r,
+              "SELECT t.id, t.user_id, coalesce(u.name,''), coalesce(u.email,''), t.role, "
+              "t.expires_at FROM tokens t LEFT JOIN users u ON u.id=t.user_id WHERE t.id=?",
+              &st);
+    if (rc) {
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, token_id, -1, SQLITE_TRANSIENT);
+    s = sqlite3_step(st);
+    if (s != SQLITE_ROW) {
+        rc = s == SQLITE_DONE ? ERR_NOT_FOUND : ERR_DB;
+        goto out;
+    }
+    if (sqlite3_column_type(st, 5) != SQLITE_NULL &&
+        sqlite3_column_int64(st, 5) <= clock_now_ms()) {
+        rc = ERR_AUTH;
+        goto out;
+    }
+    if (out) {
+        memset(out, 0, sizeof(*out));
+        snprintf(out->token_id, sizeof(out->token_id), "%s", sqlite3_column_text(st, 0));
+        snprintf(out->user_id, sizeof(out->user_id), "%s", sqlite3_column_text(st, 1));
+        snprintf(out->name, sizeof(out->name), "%s", sqlite3_column_text(st, 2));
+        snprintf(out->email, sizeof(out->email), "%s", sqlite3_column_text(st, 3));
+        snprintf(out->role, sizeof(out->role), "%s", sqlite3_column_text(st, 4));
+        out->expires_at_ms = sqlite3_column_int64(st, 5);
     }
 out:
     sqlite3_finalize(st);
@@ -276,6 +347,7 @@ int registry_token_auth(struct registry *r, const char *secret, struct auth_info
             snprintf(out->name, sizeof(out->name), "%s", sqlite3_column_text(st, 2));
             snprintf(out->email, sizeof(out->email), "%s", sqlite3_column_text(st, 3));
             snprintf(out->role, sizeof(out->role), "%s", sqlite3_column_text(st, 4));
+            out->expires_at_ms = sqlite3_column_int64(st, 5); /* NULL reads as 0: never */
             rc = 0;
         }
     } else if (s != SQLITE_DONE) {
@@ -678,4 +750,146 @@ int registry_kv_put(struct registry *r, const char *key, const char *value)
 int registry_kv_put_new(struct registry *r, const char *key, const char *value, int *inserted)
 {
     return kv_write(r, key, value, 1, inserted);
+}
+
+int registry_member_remove(struct registry *r, const char *session_id, const char *user_id)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+    pthread_mutex_lock(&r->lock);
+    rc = prep(r, "DELETE FROM members WHERE session_id=? AND user_id=?", &st);
+    if (!rc) {
+        sqlite3_bind_text(st, 1, session_id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 2, user_id, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
+        if (!rc && sqlite3_changes(r->db) == 0) {
+            rc = ERR_NOT_FOUND;
+        }
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int registry_member_list(struct registry *r, const char *session_id, json_t **out)
+{
+    sqlite3_stmt *st = NULL;
+    json_t *arr = json_array();
+    int rc, s;
+    *out = NULL;
+    pthread_mutex_lock(&r->lock);
+    rc = prep(r,
+              "SELECT m.user_id, m.role, u.name, u.email FROM members m "
+              "LEFT JOIN users u ON u.id=m.user_id WHERE m.session_id=? ORDER BY m.user_id",
+              &st);
+    if (rc) {
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, session_id, -1, SQLITE_TRANSIENT);
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        json_array_append_new(arr, json_pack("{s:o,s:o,s:o,s:o}", "user_id", col_json(st, 0),
+                                             "role", col_json(st, 1), "name", col_json(st, 2),
+                                             "email", col_json(st, 3)));
+    }
+    rc = s == SQLITE_DONE ? 0 : ERR_DB;
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&r->lock);
+    if (!rc) {
+        *out = arr;
+        arr = NULL;
+    }
+    json_decref(arr);
+    return rc;
+}
+
+/* ---- audit log ---- */
+
+int registry_audit_add(struct registry *r, const struct registry_audit *e)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+    if (!e->action || !*e->action) {
+        return ERR_INVALID;
+    }
+    pthread_mutex_lock(&r->lock);
+    rc = prep(r,
+              "INSERT INTO audit(at,actor_user_id,actor_token_id,action,target,detail_json,"
+              "request_ip) VALUES(?,?,?,?,?,?,?)",
+              &st);
+    if (!rc) {
+        sqlite3_bind_int64(st, 1, clock_now_ms());
+        bind_text_or_null(st, 2, e->actor_user_id);
+        bind_text_or_null(st, 3, e->actor_token_id);
+        sqlite3_bind_text(st, 4, e->action, -1, SQLITE_STATIC);
+        bind_text_or_null(st, 5, e->target);
+        sqlite3_bind_text(st, 6, e->detail_json ? e->detail_json : "{}", -1, SQLITE_STATIC);
+        bind_text_or_null(st, 7, e->request_ip);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+static json_t *audit_row(sqlite3_stmt *st)
+{
+    const char *detail = (const char *)sqlite3_column_text(st, 6);
+    json_t *d = detail ? json_loads(detail, 0, NULL) : NULL;
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", col_json(st, 0), "at",
+                     ts_json(st, 1), "actor_user_id", col_json(st, 2), "actor_token_id",
+                     col_json(st, 3), "action", col_json(st, 4), "target", col_json(st, 5),
+                     "detail", d ? d : json_object(), "request_ip", col_json(st, 7));
+}
+
+int registry_audit_list(struct registry *r, const char *action, const char *user_id, int limit,
+                        const char *cursor, json_t **out)
+{
+    sqlite3_stmt *st = NULL;
+    json_t *arr = NULL;
+    int64_t before = INT64_MAX;
+    int rc, s, n = 0;
+    *out = NULL;
+    if (limit <= 0 || limit > 1000) {
+        return ERR_INVALID;
+    }
+    /* The cursor is "a<id>" of the last entry of the previous page; the prefix lets the format
+     * change without old cursors being read as something else. */
+    if (cursor && (cursor[0] != 'a' || util_parse_i64(cursor + 1, &before) || before <= 0)) {
+        return ERR_INVALID;
+    }
+    arr = json_array();
+    pthread_mutex_lock(&r->lock);
+    rc = prep(r,
+              "SELECT id,at,actor_user_id,actor_token_id,action,target,detail_json,request_ip "
+              "FROM audit WHERE id<?1 AND (?2 IS NULL OR action=?2) AND "
+              "(?3 IS NULL OR actor_user_id=?3) ORDER BY id DESC LIMIT ?4",
+              &st);
+    if (rc) {
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, before);
+    bind_text_or_null(st, 2, action);
+    bind_text_or_null(st, 3, user_id);
+    sqlite3_bind_int(st, 4, limit + 1);
+    int64_t last = 0;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW && n < limit) {
+        json_array_append_new(arr, audit_row(st));
+        last = sqlite3_column_int64(st, 0);
+        n++;
+    }
+    rc = (s == SQLITE_DONE || s == SQLITE_ROW) ? 0 : ERR_DB;
+    if (!rc) {
+        int more = s == SQLITE_ROW;
+        char next[32];
+        snprintf(next, sizeof(next), "a%lld", (long long)last);
+        *out = json_pack("{s:o,s:b,s:o}", "entries", arr, "has_more", more, "next_cursor",
+                         more ? json_string(next) : json_null());
+        arr = NULL;
+    }
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&r->lock);
+    json_decref(arr);
+    return rc;
 }

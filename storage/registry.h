@@ -19,7 +19,8 @@ struct auth_info {
     char user_id[160]; /* "token:alice", "slack:U123" */
     char name[160];
     char email[160];
-    char role[16]; /* user | viewer | bot | admin */
+    char role[16];         /* user | viewer | bot | admin */
+    int64_t expires_at_ms; /* epoch ms; 0 = never */
 };
 
 int registry_open(const char *path, int durability_full, struct registry **out);
@@ -32,9 +33,18 @@ void registry_close(struct registry *r);
  * expires_at_ms 0 = never. */
 int registry_token_create(struct registry *r, const char *user_id, const char *name,
                           const char *email, const char *role, int64_t expires_at_ms, json_t **out);
-/** Create the admin token with a given secret if no token has that hash yet (bootstrap). */
+/** Create the admin token with a given secret if no token has that hash yet (bootstrap; the
+ * new row is marked origin "bootstrap"). id_out (may be NULL) gets the id of the token that
+ * has the secret, new or not. */
 int registry_token_ensure(struct registry *r, const char *secret, const char *user_id,
-                          const char *role);
+                          const char *role, char id_out[40]);
+/** Delete every bootstrap token except keep_id: a changed SESSIOND_ADMIN_TOKEN / admin.token
+ * revokes the previous one (admin tokens minted through the API are never touched).
+ * *revoked = JSON array of the deleted ids (new reference, possibly empty). */
+int registry_token_revoke_bootstrap(struct registry *r, const char *keep_id, json_t **revoked);
+/** The owner of token id (no secret involved). ERR_NOT_FOUND if revoked or unknown, ERR_AUTH if
+ * expired. out may be NULL (a liveness check). */
+int registry_token_get(struct registry *r, const char *token_id, struct auth_info *out);
 /** Look up a bearer secret. ERR_AUTH if unknown, revoked or expired. */
 int registry_token_auth(struct registry *r, const char *secret, struct auth_info *out);
 /** {"tokens":[{id,user_id,name,email,role,created_at,expires_at}]}, no secrets; user_id NULL
@@ -87,6 +97,31 @@ int registry_session_access(struct registry *r, const char *id, const struct aut
 /** Add or update a member of a session (role "writer" | "viewer"). */
 int registry_member_add(struct registry *r, const char *session_id, const char *user_id,
                         const char *role);
+/** Remove a member of a session. ERR_NOT_FOUND if user_id was not one. */
+int registry_member_remove(struct registry *r, const char *session_id, const char *user_id);
+/** The members of a session: *out = [{"user_id","role","name","email"}] (name/email null when
+ * the user has no token), ordered by user id. New reference. */
+int registry_member_list(struct registry *r, const char *session_id, json_t **out);
+
+/* ---- audit log ---- */
+
+/** One entry of the audit log. Every field but action may be NULL. */
+struct registry_audit {
+    const char *actor_user_id;
+    const char *actor_token_id;
+    const char *action; /* "token.create", "participant.remove", "exec", … */
+    const char *target;
+    const char *detail_json; /* a JSON object as text; NULL = {} */
+    const char *request_ip;
+};
+/** Append an entry (at = now). */
+int registry_audit_add(struct registry *r, const struct registry_audit *e);
+/** Entries newest first, at most limit (1..1000), optionally only one action and/or one actor.
+ * cursor: the opaque next_cursor of the previous page, or NULL. ERR_INVALID for a malformed
+ * cursor. *out = {"entries":[{id,at,actor_user_id,actor_token_id,action,target,detail,
+ * request_ip}],"has_more":bool,"next_cursor":"…"|null} (new reference). */
+int registry_audit_list(struct registry *r, const char *action, const char *user_id, int limit,
+                        const char *cursor, json_t **out);
 
 /** Generic key/value for small server state (e.g. slack event ids, metrics). */
 int registry_kv_get(struct registry *r, const char *key, char **value_out);

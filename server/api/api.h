@@ -169,6 +169,8 @@ int api_sessions_list(struct req *r);
 int api_session_get(struct req *r);
 int api_session_delete(struct req *r);
 int api_session_participants_add(struct req *r);
+int api_session_participants_list(struct req *r);
+int api_session_participant_remove(struct req *r);
 int api_session_export(struct req *r);
 int api_session_ws_plain(struct req *r);
 int api_messages_post(struct req *r);

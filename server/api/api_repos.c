@@ -25,6 +25,7 @@
 #include "workspace/snap/snap.h"
 #include "server/api/api.h"
 #include "server/app.h"
+#include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/secrets.h"
@@ -708,6 +709,7 @@ int api_credentials_github_put(struct req *r)
         goto out;
     }
     LOG_INFO("api: GitHub token stored for %s", req_auth(r)->user_id);
+    audit_req(r, "secret.set", req_auth(r)->user_id, json_pack("{s:s}", "secret", "github"));
     rc = req_reply_empty(r, 204);
 out:
     free(sealed);
@@ -729,5 +731,6 @@ int api_credentials_github_delete(struct req *r)
     if (rc != 0) {
         return req_fail(r, rc, NULL);
     }
+    audit_req(r, "secret.delete", req_auth(r)->user_id, json_pack("{s:s}", "secret", "github"));
     return req_reply_empty(r, 204);
 }

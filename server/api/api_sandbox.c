@@ -23,6 +23,7 @@
 #include "sandbox/sbx.h"
 #include "server/api/api.h"
 #include "server/app.h"
+#include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "storage/registry.h"
@@ -530,6 +531,7 @@ int api_exec(struct req *r)
     cq_job_event(j, "exec.started", &a, jx_dump(d));
     json_decref(d);
     commitq_submit(x->cq, j);
+    audit_exec(r, sid, x->xid, argv_j, script);
 
     struct sbx_exec_req er = {
         .argv = argv,

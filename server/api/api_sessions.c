@@ -17,8 +17,10 @@
 #include "server/api/api.h"
 #include "server/api/api_sandbox.h"
 #include "server/app.h"
+#include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
+#include "server/ws/hub.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -528,11 +530,237 @@ int api_session_participants_add(struct req *r)
         rc = req_fail(r, rc, NULL);
         goto out;
     }
+    audit_req(r, "participant.add", sid, json_pack("{s:s,s:s}", "user_id", uid, "role", role));
     rc = req_reply_json(
         r, 201, json_pack("{s:s,s:s,s:s}", "session_id", sid, "user_id", uid, "role", role));
 out:
     sess_put(s);
     json_decref(body);
+    free(uid);
+    return rc;
+}
+
+static int participants_rd(sqlite3 *db, void *arg)
+{
+    json_t *arr = arg;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT user_id,name,email,joined_at,last_seen FROM participants "
+                           "ORDER BY joined_at, user_id",
+                           -1, &st, NULL) != SQLITE_OK) {
+        return ERR_DB;
+    }
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        json_array_append_new(arr,
+                              json_pack("{s:o,s:o,s:o,s:o,s:o}", "user_id", text_json(st, 0),
+                                        "name", text_json(st, 1), "email", text_json(st, 2),
+                                        "joined_at", ts_json(st, 3), "last_seen", ts_json(st, 4)));
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+/* The member entry of uid in members, or NULL. */
+static json_t *member_of(const char *uid, json_t *members)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(members, i, m)
+    {
+        if (strcmp(uid, json_string_value(json_object_get(m, "user_id"))) == 0) {
+            return m;
+        }
+    }
+    return NULL;
+}
+
+/* Set p's role (the one that gives it access: "owner" for the creator, its member role, or
+ * null for someone who joined an org session without being a member) and fill its missing
+ * name/email from the registry. */
+static void participant_fill(json_t *p, const char *created_by, json_t *members)
+{
+    const char *uid = json_string_value(json_object_get(p, "user_id"));
+    json_t *m = uid ? member_of(uid, members) : NULL;
+    const char *role = m ? json_string_value(json_object_get(m, "role")) : NULL;
+    if (uid && created_by && strcmp(uid, created_by) == 0) {
+        role = "owner";
+    }
+    json_object_set_new(p, "role", role ? json_string(role) : json_null());
+    static const char *const fields[] = {"name", "email"};
+    for (size_t i = 0; m && i < 2; i++) {
+        if (json_is_null(json_object_get(p, fields[i]))) {
+            json_object_set(p, fields[i], json_object_get(m, fields[i]));
+        }
+    }
+}
+
+static int in_list(json_t *arr, const char *key, const char *v)
+{
+    size_t i;
+    json_t *o;
+    json_array_foreach(arr, i, o)
+    {
+        const char *x = json_string_value(json_object_get(o, key));
+        if (x && v && strcmp(x, v) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* GET /v1/sessions/{id}/participants: who joined the session (its file) and who is a member
+ * (the registry), with the role that gives them access and whether they are connected. */
+int api_session_participants_list(struct req *r)
+{
+    struct app *app = req_app(r);
+    const char *sid = req_param(r, "id");
+    json_t *row = NULL, *members = NULL, *presence = NULL, *list = json_array();
+    struct sess *s = NULL;
+    size_t i;
+    json_t *p;
+    int rc = api_session_access(r, sid, AUTH_READ, NULL);
+    if (rc) {
+        goto out;
+    }
+    rc = registry_session_get(app->reg, sid, &row);
+    if (!rc) {
+        rc = registry_member_list(app->reg, sid, &members);
+    }
+    if (rc) {
+        rc = req_fail(r, rc, NULL);
+        goto out;
+    }
+    rc = get_sess(r, sid, &s);
+    if (rc) {
+        goto out;
+    }
+    rc = sess_read(s, participants_rd, list);
+    if (rc) {
+        rc = req_fail(r, rc, "cannot read the session: %s", err_str(rc));
+        goto out;
+    }
+    json_array_foreach(members, i, p)
+    {
+        if (!in_list(list, "user_id", json_string_value(json_object_get(p, "user_id")))) {
+            json_array_append_new(
+                list, json_pack("{s:O,s:O,s:O,s:n,s:n}", "user_id", json_object_get(p, "user_id"),
+                                "name", json_object_get(p, "name"), "email",
+                                json_object_get(p, "email"), "joined_at", "last_seen"));
+        }
+    }
+    const char *created_by = json_string_value(json_object_get(row, "created_by"));
+    presence = api_session_presence(app, sid);
+    json_array_foreach(list, i, p)
+    {
+        const char *uid = json_string_value(json_object_get(p, "user_id"));
+        participant_fill(p, created_by, members);
+        json_object_set_new(p, "connected", json_boolean(presence && in_list(presence, "id", uid)));
+    }
+    rc = req_reply_json(r, 200, json_pack("{s:O}", "participants", list));
+out:
+    sess_put(s);
+    json_decref(row);
+    json_decref(members);
+    json_decref(presence);
+    json_decref(list);
+    return rc;
+}
+
+struct unmember_op {
+    const struct author *by;
+    const char *user_id;
+    int was_member; /* the registry row existed */
+};
+
+static int unmember_tx(struct sess_tx *tx, void *arg)
+{
+    struct unmember_op *op = arg;
+    sqlite3_stmt *st = sess_tx_prepare(tx, "DELETE FROM participants WHERE user_id=?");
+    if (!st) {
+        return ERR_DB;
+    }
+    sqlite3_bind_text(st, 1, op->user_id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    if (sqlite3_changes(sess_tx_db(tx)) == 0 && !op->was_member) {
+        return ERR_NOT_FOUND;
+    }
+    json_t *d = json_pack("{s:s}", "user_id", op->user_id);
+    char *data = jx_dump(d);
+    json_decref(d);
+    int rc = sess_tx_append(tx, "participant.removed", op->by, data, NULL);
+    free(data);
+    return rc;
+}
+
+/* DELETE /v1/sessions/{id}/participants/{user}: the creator (with a non-viewer token) and
+ * admins remove anyone but the creator; anyone may remove themselves. The user's access ends
+ * now: the membership row goes, cached decisions are dropped, their sockets on the session
+ * are closed (4403) and their unused tickets for it voided. */
+int api_session_participant_remove(struct req *r)
+{
+    struct app *app = req_app(r);
+    const struct auth_info *a = req_auth(r);
+    const char *sid = req_param(r, "id");
+    const char *user = req_param(r, "user");
+    const char *role = NULL;
+    json_t *row = NULL;
+    struct sess *s = NULL;
+    char *uid = NULL;
+    int rc = api_session_access(r, sid, AUTH_READ, &role);
+    if (rc) {
+        return rc;
+    }
+    if (!user || !*user || strlen(user) > 150) {
+        return req_fail(r, ERR_INVALID, "the user id must be 1 to 150 bytes");
+    }
+    uid = normalize_user_id(user);
+    if (strcmp(uid, a->user_id) != 0 && strcmp(role, "owner") != 0) {
+        rc = req_fail(r, ERR_FORBIDDEN,
+                      "only the session's creator or an admin may remove a participant");
+        goto out;
+    }
+    rc = registry_session_get(app->reg, sid, &row);
+    if (rc) {
+        rc = req_fail(r, rc, NULL);
+        goto out;
+    }
+    const char *created_by = json_string_value(json_object_get(row, "created_by"));
+    if (created_by && strcmp(created_by, uid) == 0) {
+        rc = req_fail(r, ERR_CONFLICT, "the session's creator cannot be removed");
+        goto out;
+    }
+    rc = get_sess(r, sid, &s);
+    if (rc) {
+        goto out;
+    }
+    int mrc = registry_member_remove(app->reg, sid, uid);
+    auth_cache_invalidate();
+    if (mrc && mrc != ERR_NOT_FOUND) {
+        rc = req_fail(r, mrc, NULL);
+        goto out;
+    }
+    struct author by = {a->user_id, a->name, a->email};
+    struct unmember_op op = {&by, uid, mrc == 0};
+    rc = sess_write(s, unmember_tx, &op);
+    if (rc == ERR_NOT_FOUND) {
+        rc = req_fail(r, rc, "no participant %s in session %s", uid, sid);
+        goto out;
+    }
+    /* After the registry change: a connection authenticated from now on sees it. */
+    hub_revoke_member(app->hub, sid, uid);
+    if (rc) {
+        rc = req_fail(r, rc, NULL);
+        goto out;
+    }
+    LOG_INFO("api: %s removed from session %s by %s", uid, sid, a->user_id);
+    audit_req(r, "participant.remove", sid,
+              json_pack("{s:s,s:b}", "user_id", uid, "was_member", mrc == 0));
+    rc = req_reply_empty(r, 204);
+out:
+    sess_put(s);
+    json_decref(row);
     free(uid);
     return rc;
 }

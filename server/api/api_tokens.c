@@ -11,7 +11,9 @@
 #include "common/xmem.h"
 #include "server/api/api.h"
 #include "server/app.h"
+#include "server/audit.h"
 #include "server/auth.h"
+#include "server/ws/hub.h"
 #include "storage/registry.h"
 
 #include <stdio.h>
@@ -76,6 +78,9 @@ int api_tokens_create(struct req *r)
         goto out;
     }
     LOG_INFO("api: token for %s (%s) created by %s", uid, role, a->user_id);
+    audit_req(r, "token.create", json_string_value(json_object_get(out, "id")),
+              json_pack("{s:s,s:s,s:O}", "user_id", uid, "role", role, "expires_at",
+                        json_object_get(out, "expires_at")));
     rc = req_reply_json(r, 201, out);
 out:
     json_decref(body);
@@ -96,9 +101,14 @@ int api_tokens_list(struct req *r)
 
 int api_tokens_delete(struct req *r)
 {
+    struct app *app = req_app(r);
     const struct auth_info *a = req_auth(r);
     const char *id = req_param(r, "id");
-    int rc = registry_token_delete(req_app(r)->reg, id, auth_is_admin(a) ? NULL : a->user_id);
+    struct auth_info gone;
+    /* Who it belonged to, for the audit entry (read before it is gone; the delete below
+     * decides whether the caller may). */
+    int known = registry_token_get(app->reg, id, &gone) == 0;
+    int rc = registry_token_delete(app->reg, id, auth_is_admin(a) ? NULL : a->user_id);
     auth_cache_invalidate(); /* the token stops working now, not after the cache TTL */
     if (rc == ERR_NOT_FOUND) {
         return req_fail(r, rc, "no token %s", id);
@@ -106,6 +116,10 @@ int api_tokens_delete(struct req *r)
     if (rc) {
         return req_fail(r, rc, NULL);
     }
+    /* What was opened with it ends too: its WebSockets (4401) and its unused tickets. */
+    hub_revoke_token(app->hub, id);
     LOG_INFO("api: token %s deleted by %s", id, a->user_id);
+    audit_req(r, "token.revoke", id,
+              known ? json_pack("{s:s,s:s}", "user_id", gone.user_id, "role", gone.role) : NULL);
     return req_reply_empty(r, 204);
 }

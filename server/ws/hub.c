@@ -64,6 +64,8 @@
 #define SHUTDOWN_FLUSH_MS 300   /* time to send close frames (1001) at shutdown */
 #define LAT_BUCKET_US     10
 #define LAT_BUCKETS       20000 /* 10 us .. 200 ms, then one overflow bucket */
+#define REVOKE_MEMORY_MS  60000 /* revocations kept to refuse hand-offs authenticated before */
+#define REVOKE_MAX        1024  /* ... at most this many; older ones refuse by time (floor) */
 
 static const char EV_PREFIX[] = "{\"type\":\"event\",\"event\":";
 static const char EVS_PREFIX[] = "{\"type\":\"events\",\"events\":[";
@@ -157,7 +159,16 @@ struct hsess {
     int touched;
 };
 
-enum in_kind { IN_EVENT, IN_ADOPT, IN_RESULT };
+/* A revocation: a token (token_id) or one user's participation in a session (sid + user). */
+struct revoked {
+    struct revoked *next;
+    int64_t at_ns; /* clock_mono_ns() when it was posted, after the registry change */
+    char token_id[40];
+    char sid[72];
+    char user[160];
+};
+
+enum in_kind { IN_EVENT, IN_ADOPT, IN_RESULT, IN_REVOKE };
 struct inmsg {
     struct inmsg *next;
     int kind;
@@ -167,6 +178,7 @@ struct inmsg {
     unsigned char *pay; /* IN_EVENT: payload (inside this allocation, after LWS_PRE) */
     struct hub_handoff *ho;
     struct job *job;
+    struct revoked *rv; /* IN_REVOKE */
     char sid[72];
 };
 
@@ -231,6 +243,8 @@ struct hub {
     struct ticket *tickets;
 
     /* lws thread only */
+    struct revoked *revoked;  /* newest first, younger than REVOKE_MEMORY_MS */
+    int64_t revoked_floor_ns; /* hand-offs authenticated at or before it are refused (0: none) */
     struct hub_handoff *adopting;
     int adopt_consumed;
     struct hsess *touched;
@@ -1008,6 +1022,107 @@ static void handle_result(struct hub *h, struct job *j)
     job_free(j);
 }
 
+/* ---- lws thread: revocations ---- */
+
+/* Drop what is queued for c and close it: the error frame goes first, then the close code. A
+ * peer that does not read is dropped without a close frame after STUCK_KILL_SECS. */
+static void client_kick(struct client *c, int err, const char *msg)
+{
+    if (c->state == C_CLOSING || c->state == C_REFUSED) {
+        return;
+    }
+    struct pframe *f = c->pq;
+    while (f) {
+        struct pframe *nx = f->next;
+        pframe_free(f);
+        f = nx;
+    }
+    c->pq = c->pq_tail = NULL;
+    c->gap_pending = 0;
+    client_error(c, err, msg, err_ws_close(err));
+    if (c->wsi) {
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, STUCK_KILL_SECS);
+    }
+}
+
+static int revoke_hits(const struct revoked *rv, const char *sid, const struct auth_info *who)
+{
+    if (rv->token_id[0]) {
+        return strcmp(rv->token_id, who->token_id) == 0;
+    }
+    return strcmp(rv->sid, sid) == 0 && strcmp(rv->user, who->user_id) == 0 &&
+           strcmp(who->role, "admin") != 0;
+}
+
+/* Forget revocations older than REVOKE_MEMORY_MS, and the oldest beyond REVOKE_MAX (their time
+ * becomes the floor: every hand-off authenticated before it is refused, which errs on the
+ * side of closing). */
+static void revoked_prune(struct hub *h)
+{
+    int64_t old = clock_mono_ns() - (int64_t)REVOKE_MEMORY_MS * 1000000;
+    struct revoked **pp = &h->revoked;
+    int n = 0;
+    while (*pp) {
+        struct revoked *rv = *pp;
+        if (rv->at_ns < old || n >= REVOKE_MAX) {
+            if (rv->at_ns >= old && rv->at_ns > h->revoked_floor_ns) {
+                h->revoked_floor_ns = rv->at_ns;
+            }
+            *pp = rv->next;
+            free(rv);
+        } else {
+            pp = &rv->next;
+            n++;
+        }
+    }
+}
+
+static void apply_revoke(struct hub *h, struct revoked *rv)
+{
+    revoked_prune(h);
+    rv->next = h->revoked;
+    h->revoked = rv;
+    int err = rv->token_id[0] ? ERR_AUTH : ERR_FORBIDDEN;
+    const char *msg =
+        rv->token_id[0] ? "the token was revoked" : "you were removed from this session";
+    int kicked = 0;
+    for (uint32_t b = 0; b < MAP_BUCKETS; b++) {
+        for (struct hsess *hs = h->map[b]; hs; hs = hs->hnext) {
+            if (!rv->token_id[0] && strcmp(hs->id, rv->sid) != 0) {
+                continue;
+            }
+            for (struct client *c = hs->clients; c; c = c->next) {
+                if (revoke_hits(rv, hs->id, &c->who) && c->state != C_CLOSING) {
+                    client_kick(c, err, msg);
+                    kicked++;
+                }
+            }
+        }
+    }
+    if (kicked) {
+        LOG_INFO("hub: closed %d connection(s): %s", kicked,
+                 rv->token_id[0] ? "token revoked" : "participant removed");
+    }
+}
+
+/* A hand-off authenticated before a revocation that concerns it: refuse it (0 = fine). The
+ * registry change happened before the revocation was posted, so one authenticated later has
+ * seen it already. */
+static int handoff_revoked(struct hub *h, const struct hub_handoff *ho)
+{
+    revoked_prune(h);
+    if (h->revoked_floor_ns && ho->auth_ns <= h->revoked_floor_ns) {
+        return ERR_AUTH;
+    }
+    /* The whole list: two revocations posted at once may reach it out of time order. */
+    for (struct revoked *rv = h->revoked; rv; rv = rv->next) {
+        if (rv->at_ns >= ho->auth_ns && revoke_hits(rv, ho->sid, &ho->who)) {
+            return rv->token_id[0] ? ERR_AUTH : ERR_FORBIDDEN;
+        }
+    }
+    return 0;
+}
+
 static void drain_inbox(struct hub *h)
 {
     pthread_mutex_lock(&h->in_lock);
@@ -1048,6 +1163,10 @@ static void drain_inbox(struct hub *h)
             /* Everything before the result goes into the rings first (hand-over order). */
             flush_touched(h);
             handle_result(h, m->job);
+            free(m);
+            break;
+        case IN_REVOKE:
+            apply_revoke(h, m->rv);
             free(m);
             break;
         }
@@ -1273,6 +1392,22 @@ static int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
     return 0;
 }
 
+/* A token with an expiry ends its connections when it expires, like a revoked one. Called
+ * when the connection is accepted and again by its timer (which may fire early: the wall clock
+ * and lws's monotonic clock drift apart). */
+static void expiry_arm(struct client *c)
+{
+    if (c->who.expires_at_ms <= 0 || !c->wsi) {
+        return;
+    }
+    int64_t left_ms = c->who.expires_at_ms - clock_now_ms();
+    if (left_ms <= 0) {
+        client_kick(c, ERR_AUTH, "the token expired");
+        return;
+    }
+    lws_set_timer_usecs(c->wsi, (lws_usec_t)left_ms * 1000);
+}
+
 static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
 {
     struct hub_handoff *ho = NULL;
@@ -1296,6 +1431,13 @@ static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
         return;
     }
     int fromopaque = ho != h->adopting;
+    if (!ho->err && (ho->err = handoff_revoked(h, ho)) != 0) {
+        LOG_INFO("hub: refusing a connection of %s to %s authenticated before a revocation",
+                 ho->who.user_id, ho->sid);
+        snprintf(ho->err_msg, sizeof(ho->err_msg), "%s",
+                 ho->err == ERR_AUTH ? "the token was revoked"
+                                     : "you were removed from this session");
+    }
     if (ho->err) {
         c->state = C_REFUSED;
         client_error(c, ho->err, ho->err_msg, err_ws_close(ho->err));
@@ -1323,6 +1465,7 @@ static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
         snprintf(j->role, sizeof(j->role), "%s", c->role);
         c->jobs++;
         jq_push(&h->rq, j);
+        expiry_arm(c);
     }
     if (fromopaque) {
         free(ho->bytes);
@@ -1385,6 +1528,11 @@ static int hub_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
             return -1;
         }
         return on_receive(*pss, wsi, in, len);
+    case LWS_CALLBACK_TIMER:
+        if (pss && *pss) {
+            expiry_arm(*pss);
+        }
+        return 0;
     case LWS_CALLBACK_CLOSED:
         if (pss && *pss) {
             on_closed(h, *pss);
@@ -1761,6 +1909,58 @@ int hub_ticket_take(struct hub *h, const char *ticket, const char *sid, struct a
     return rc;
 }
 
+/* Void the unused tickets of token_id, or of user in sid (admin tokens' tickets are kept). */
+static void tickets_void(struct hub *h, const struct revoked *rv)
+{
+    pthread_mutex_lock(&h->tk_lock);
+    struct ticket **pp = &h->tickets;
+    while (*pp) {
+        struct ticket *t = *pp;
+        if (revoke_hits(rv, t->sid, &t->who)) {
+            *pp = t->next;
+            free(t);
+        } else {
+            pp = &t->next;
+        }
+    }
+    pthread_mutex_unlock(&h->tk_lock);
+}
+
+static void revoke_post(struct hub *h, struct revoked *rv)
+{
+    rv->at_ns = clock_mono_ns();
+    tickets_void(h, rv);
+    if (!h->ctx || atomic_load(&h->stopping)) {
+        free(rv);
+        return;
+    }
+    struct inmsg *m = xcalloc(1, sizeof(*m));
+    m->kind = IN_REVOKE;
+    m->rv = rv;
+    inbox_push(h, m);
+}
+
+void hub_revoke_token(struct hub *h, const char *token_id)
+{
+    if (!h || !token_id || !*token_id) {
+        return;
+    }
+    struct revoked *rv = xcalloc(1, sizeof(*rv));
+    snprintf(rv->token_id, sizeof(rv->token_id), "%s", token_id);
+    revoke_post(h, rv);
+}
+
+void hub_revoke_member(struct hub *h, const char *sid, const char *user_id)
+{
+    if (!h || !sid || !user_id) {
+        return;
+    }
+    struct revoked *rv = xcalloc(1, sizeof(*rv));
+    snprintf(rv->sid, sizeof(rv->sid), "%s", sid);
+    snprintf(rv->user, sizeof(rv->user), "%s", user_id);
+    revoke_post(h, rv);
+}
+
 /* ---- life cycle ---- */
 
 static void lws_log(int level, const char *line)
@@ -1919,6 +2119,8 @@ void hub_free(struct hub *h)
             close(m->ho->fd);
             free(m->ho->bytes);
             free(m->ho);
+        } else if (m->kind == IN_REVOKE) {
+            free(m->rv);
         }
         free(m);
         m = nx;
@@ -1945,6 +2147,12 @@ void hub_free(struct hub *h)
         struct ticket *nx = t->next;
         free(t);
         t = nx;
+    }
+    struct revoked *rv = h->revoked;
+    while (rv) {
+        struct revoked *nx = rv->next;
+        free(rv);
+        rv = nx;
     }
     if (h->lat_hist) {
         uint64_t total = 0, acc = 0;

@@ -11,8 +11,8 @@
  * send queue gets a `gap` frame (or, if it stays stuck, is closed with 1008). The frame
  * protocol is documented in docs/events.md.
  *
- * Threads: hub_on_event(), hub_adopt(), hub_presence() and the ticket functions are thread
- * safe. hub_new/hub_start/hub_free are called by main.c only.
+ * Threads: hub_on_event(), hub_adopt(), hub_presence(), hub_revoke_*() and the ticket
+ * functions are thread safe. hub_new/hub_start/hub_free are called by main.c only.
  */
 #ifndef SESSIOND_HUB_H
 #define SESSIOND_HUB_H
@@ -49,6 +49,8 @@ struct hub_handoff {
     int can_write; /* role owner/writer: may send prompt / cancel */
     char role[16];
     struct auth_info who;
+    int64_t auth_ns; /* clock_mono_ns() before the credentials were checked: a revocation
+                        recorded after it refuses the connection (hub_revoke_*) */
 };
 
 /** Create the hub (no thread yet). *out owned by the caller: hub_free(). */
@@ -78,6 +80,17 @@ int hub_ticket_create(struct hub *h, const char *sid, const struct auth_info *wh
  * for another session). */
 int hub_ticket_take(struct hub *h, const char *ticket, const char *sid, struct auth_info *who,
                     char role[16]);
+
+/** Access ended (the token was deleted): close every connection opened with token_id with
+ * 4401, void its unused tickets, and refuse a hand-off authenticated with it before now.
+ * Call after the registry change and auth_cache_invalidate(). Returns at once: the lws thread
+ * closes the sockets. NULL h is a no-op. */
+void hub_revoke_token(struct hub *h, const char *token_id);
+/** user_id is no longer a participant of sid: close that user's connections to sid with 4403
+ * (a client may reconnect if other access remains, e.g. an org session), void their tickets for
+ * sid, refuse their hand-offs to sid authenticated before now. Connections of admin tokens are
+ * kept (admins see every session). Same calling rules as hub_revoke_token(). */
+void hub_revoke_member(struct hub *h, const char *sid, const char *user_id);
 
 /** Client -> server `prompt` / `cancel` frames: the same effect as the REST endpoints
  * (server/ws_api.c bridges to them). Run on the hub's writer thread. frame is the client's

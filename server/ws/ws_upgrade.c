@@ -17,6 +17,7 @@
 #include "server/ws/ws_upgrade.h"
 
 #include "common/buf.h"
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -153,6 +154,9 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
     char val[512];
     const char *role = NULL;
     int rc;
+    /* Before any credential is read: the hub refuses the connection if a revocation that
+     * concerns it is posted after this instant (it may not have been visible to us). */
+    ho->auth_ns = clock_mono_ns();
     if (origin && *origin && !same_origin(origin, host) &&
         !config_origin_allowed(app->cfg, origin)) {
         ho->err = ERR_FORBIDDEN;
@@ -169,6 +173,10 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
     if (query && query_get(query, "ticket", val, sizeof(val))) {
         char trole[16];
         rc = hub_ticket_take(app->hub, val, ho->sid, &ho->who, trole);
+        if (!rc) {
+            /* The ticket outlives nothing: the token it was minted with must still be valid. */
+            rc = registry_token_get(app->reg, ho->who.token_id, NULL);
+        }
         if (rc) {
             ho->err = ERR_AUTH;
             snprintf(ho->err_msg, sizeof(ho->err_msg), "invalid, used or expired ticket");

@@ -725,6 +725,97 @@ TEST(registry_sessions_paging_and_access)
     store_close(st);
 }
 
+TEST(registry_bootstrap_rotation_members_audit)
+{
+    struct store *st = open_store(0);
+    struct registry *r = store_registry(st);
+    char id1[40], id1b[40], id2[40];
+    struct auth_info ai;
+    json_t *tok = NULL, *gone = NULL, *out = NULL;
+    /* The bootstrap token: the same secret is the same token; a new one revokes the old. */
+    ASSERT_EQ(registry_token_ensure(r, "adm_one", "token:admin", "admin", id1), 0);
+    ASSERT_EQ(registry_token_ensure(r, "adm_one", "token:admin", "admin", id1b), 0);
+    ASSERT_STREQ(id1, id1b);
+    ASSERT_EQ(registry_token_revoke_bootstrap(r, id1, &gone), 0);
+    ASSERT_EQ(json_array_size(gone), 0);
+    json_decref(gone);
+    ASSERT_EQ(registry_token_create(r, "token:admin", "Ops", "", "admin", 0, &tok), 0);
+    ASSERT_EQ(registry_token_ensure(r, "adm_two", "token:admin", "admin", id2), 0);
+    ASSERT_EQ(registry_token_revoke_bootstrap(r, id2, &gone), 0);
+    ASSERT_EQ(json_array_size(gone), 1);
+    ASSERT_STREQ(json_string_value(json_array_get(gone, 0)), id1);
+    json_decref(gone);
+    ASSERT_EQ(registry_token_auth(r, "adm_one", &ai), ERR_AUTH);
+    ASSERT_EQ(registry_token_get(r, id1, NULL), ERR_NOT_FOUND);
+    ASSERT_EQ(registry_token_auth(r, "adm_two", &ai), 0);
+    ASSERT_EQ(registry_token_get(r, id2, &ai), 0);
+    ASSERT_STREQ(ai.role, "admin");
+    /* An admin token minted through the API is not a bootstrap token: it survives. */
+    ASSERT_EQ(registry_token_auth(r, json_string_value(json_object_get(tok, "token")), &ai), 0);
+    json_decref(tok);
+
+    /* Members: add, list, remove (twice: not found). */
+    struct session_new sn = {.id = "m1", .visibility = "private", .created_by = "token:alice"};
+    ASSERT_EQ(registry_session_create(r, &sn, NULL), 0);
+    ASSERT_EQ(registry_member_add(r, "m1", "token:bob", "writer"), 0);
+    ASSERT_EQ(registry_member_list(r, "m1", &out), 0);
+    ASSERT_EQ(json_array_size(out), 1);
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(out, 0), "role")), "writer");
+    json_decref(out);
+    ASSERT_EQ(registry_member_remove(r, "m1", "token:bob"), 0);
+    ASSERT_EQ(registry_member_remove(r, "m1", "token:bob"), ERR_NOT_FOUND);
+
+    /* Audit: newest first, pages that cover everything once, filters, bad input. */
+    const char *actions[] = {"token.create", "exec", "exec", "participant.remove", "exec"};
+    for (int i = 0; i < 5; i++) {
+        struct registry_audit e = {i % 2 ? "token:alice" : "token:bob", "tok_x", actions[i], "t",
+                                   i == 4 ? "{\"n\":4}" : NULL,         NULL};
+        ASSERT_EQ(registry_audit_add(r, &e), 0);
+    }
+    char cursor[64] = "";
+    int seen = 0, pages = 0;
+    int64_t prev = INT64_MAX;
+    for (;;) {
+        ASSERT_EQ(registry_audit_list(r, NULL, NULL, 2, cursor[0] ? cursor : NULL, &out), 0);
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(out, "entries"), i, e)
+        {
+            int64_t id = json_integer_value(json_object_get(e, "id"));
+            ASSERT(id < prev);
+            prev = id;
+            seen++;
+        }
+        pages++;
+        int more = json_is_true(json_object_get(out, "has_more"));
+        if (more) {
+            snprintf(cursor, sizeof(cursor), "%s",
+                     json_string_value(json_object_get(out, "next_cursor")));
+        }
+        json_decref(out);
+        if (!more) {
+            break;
+        }
+    }
+    ASSERT_EQ(seen, 5);
+    ASSERT_EQ(pages, 3);
+    ASSERT_EQ(registry_audit_list(r, "exec", NULL, 100, NULL, &out), 0);
+    ASSERT_EQ(json_array_size(json_object_get(out, "entries")), 3);
+    ASSERT_EQ(
+        json_integer_value(json_object_get(
+            json_object_get(json_array_get(json_object_get(out, "entries"), 0), "detail"), "n")),
+        4);
+    json_decref(out);
+    ASSERT_EQ(registry_audit_list(r, "exec", "token:alice", 100, NULL, &out), 0);
+    ASSERT_EQ(json_array_size(json_object_get(out, "entries")), 1);
+    json_decref(out);
+    ASSERT_EQ(registry_audit_list(r, NULL, NULL, 0, NULL, &out), ERR_INVALID);
+    ASSERT_EQ(registry_audit_list(r, NULL, NULL, 1001, NULL, &out), ERR_INVALID);
+    ASSERT_EQ(registry_audit_list(r, NULL, NULL, 10, "12", &out), ERR_INVALID);
+    ASSERT_EQ(registry_audit_list(r, NULL, NULL, 10, "a-1", &out), ERR_INVALID);
+    store_close(st);
+}
+
 static const struct test_case tests[] = {
     T(append_assigns_consecutive_seq),
     T(failed_op_leaves_no_gap),
@@ -740,5 +831,6 @@ static const struct test_case tests[] = {
     T(event_shape),
     T(registry_tokens),
     T(registry_sessions_paging_and_access),
+    T(registry_bootstrap_rotation_members_audit),
 };
 TEST_MAIN(tests)
