@@ -98,9 +98,12 @@ mkdir -p "$FULL"
 if mount -t tmpfs -o size=12m sessiond-test-full "$FULL" 2>/dev/null; then
   trap 'umount -l "$FULL" 2>/dev/null; _cleanup' EXIT
   DATA_DIR="$FULL/data"
-  SERVER_ARGS=()
-  start_server
+  start_server --max-open-sessions 1
   S=$(new_session '{"title":"full"}')
+  T=$(new_session '{"title":"full, hibernated"}')
+  post "$T" "t before"
+  expect_status 202 "c: a write before the disk fills (T)"
+  api GET "/v1/sessions/$S/events" # S open, T hibernated (cap 1): comments to T are parked
   post "$S" "before" cr-before
   expect_status 202 "c: a write before the disk fills"
   dd if=/dev/zero of="$FULL/filler" bs=64k 2>/dev/null
@@ -114,6 +117,8 @@ if mount -t tmpfs -o size=12m sessiond-test-full "$FULL" 2>/dev/null; then
   done
   check "c: a write on the full disk answers 507 disk_full (got $GOT)" [ "$GOT" = "507 disk_full" ]
   check "c: ... with a clear message" jqe '.error.message | test("space|full")' <<<"$LAST"
+  post "$T" "t during"
+  check "c: a comment parked for a hibernated session answers 507 disk_full too (got $STATUS $(jget .error.code))" [ "$STATUS $(jget .error.code)" = "507 disk_full" ]
   api GET /healthz
   expect_status 200 "c: the server is alive"
   check "c: exactly the acknowledged writes are stored" [ "$(contents "$S" | cut -d' ' -f1-2 | tr '\n' ,)" = "$(printf '%s,' "${ACKED[@]}")" ]
@@ -121,7 +126,10 @@ if mount -t tmpfs -o size=12m sessiond-test-full "$FULL" 2>/dev/null; then
   post "$S" "after" cr-after
   expect_status 202 "c: writes work again once space is freed"
   ACKED+=(after)
+  post "$T" "t after"
+  expect_status 202 "c: ... parked comments too"
   restart_server KILL
+  check "c: after a SIGKILL the hibernated session has its acknowledged comments" [ "$(contents "$T" | tr '\n' ,)" = "t before,t after," ]
   check "c: after a SIGKILL every acknowledged write is there" [ "$(contents "$S" | cut -d' ' -f1-2 | tr '\n' ,)" = "$(printf '%s,' "${ACKED[@]}")" ]
   api GET "/v1/sessions/$S/events?limit=1000"
   check "c: seq has no gap" [ "$(jget '[.events[].seq] | (. == [range(1; length + 1)])')" = true ]
@@ -138,8 +146,7 @@ if cc -std=c17 -D_GNU_SOURCE -shared -fPIC -o "$SHIM" "$ROOT/tests/fault/eio_shi
   DATA_DIR="$TMP/eio"
   mkdir -p "$DATA_DIR/sessions"
   export LD_PRELOAD="$SHIM" EIO_SHIM_PATH="$DATA_DIR/sessions/" EIO_SHIM_WHILE="$TMP/eio-on"
-  SERVER_ARGS=()
-  start_server
+  start_server --max-open-sessions 256
   unset LD_PRELOAD EIO_SHIM_PATH EIO_SHIM_WHILE
   S=$(new_session '{"title":"eio"}')
   ACKED=()
