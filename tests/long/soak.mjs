@@ -126,6 +126,8 @@ const brokenBeforeStop = broken;
 for (const c of clients) if (c) c.ws.terminate();
 await srv.stop();
 broken = brokenBeforeStop;
+// A sanitizer build reports leaks at exit (LeakSanitizer exits 23): SIGTERM, not SIGKILL.
+console.log(`soak: server exit after SIGTERM: code ${srv.proc.exitCode} signal ${srv.proc.signalCode}; log ${srv.logFile}`);
 if (broken || connectFailures > NCLIENTS / 100 || counts.messages === 0) {
   console.log(`soak: the run broke: ${broken || `${connectFailures} connect failures, ${counts.messages} messages`}`);
   srv.kill();
