@@ -3,8 +3,8 @@
 #  (a) a corrupt session file (garbage over a hibernated session's .db and -wal): the open
 #      moves it to <data_dir>/quarantine/, logs one line, the session answers 500 `storage`
 #      saying so (also after a restart), other sessions, writes and /healthz are unaffected;
-#  (b) a corrupt registry.db: the server refuses to start, exit status non-zero, with one
-#      error line naming the file and the restore procedure;
+#  (b) a corrupt registry.db (and spool.db): the server refuses to start, exit status
+#      non-zero, with one error line naming the file and the restore procedure;
 #  (c) a full disk (a small tmpfs as data dir, filled): a write answers 507 `disk_full`, no
 #      write is acknowledged that is not stored, the server stays up, writes work again once
 #      space is freed, and everything acknowledged survives a SIGKILL;
@@ -91,6 +91,18 @@ check "b: it names the file" grep -q "$DATA_DIR/registry.db" <<<"$LINE"
 check "b: it names the restore procedure" grep -q "docs/operations.md" <<<"$LINE"
 check "b: the file is left as it was (the operator decides)" cmp -s "$DATA_DIR/registry.db" "$TMP/registry.garbage"
 [ "$FAILED" != 0 ] && cat "$TMP/b.log" >&2
+# The spool (acknowledged comments of many sessions) is refused the same way, never moved.
+DATA_DIR="$TMP/b2"
+start_server
+stop_server TERM
+rm -f "$DATA_DIR/spool.db-wal" "$DATA_DIR/spool.db-shm"
+head -c 65536 /dev/urandom >"$DATA_DIR/spool.db"
+timeout 20 "$SESSIOND_BIN" --listen 127.0.0.1:0 --port-file "$TMP/b2.port" --data-dir "$DATA_DIR" >"$TMP/b2.log" 2>&1
+RC=$?
+check "b: a corrupt spool.db: the server refuses to start (exit status $RC)" [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ ! -s "$TMP/b2.port" ]
+LINE=$(grep '"level":"error"' "$TMP/b2.log")
+check "b: ... with one error line naming spool.db and the restore procedure" [ "$(grep -c . <<<"$LINE")" = 1 ] && grep -q "$DATA_DIR/spool.db.*docs/operations.md" <<<"$LINE"
+check "b: ... and the spool is left where it was" [ -s "$DATA_DIR/spool.db" ] && [ ! -d "$DATA_DIR/quarantine" ]
 
 # ---- (c) a full disk ----
 FULL="$TMP/full"
