@@ -157,9 +157,13 @@ SHIM="$TMP/eio_shim.so"
 if cc -std=c17 -D_GNU_SOURCE -shared -fPIC -o "$SHIM" "$ROOT/tests/fault/eio_shim.c" -ldl; then
   DATA_DIR="$TMP/eio"
   mkdir -p "$DATA_DIR/sessions"
+  SAVED_ASAN=${ASAN_OPTIONS-}
+  # An ASan build (make test SANITIZE=1) wants its runtime first in the library list.
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
   export LD_PRELOAD="$SHIM" EIO_SHIM_PATH="$DATA_DIR/sessions/" EIO_SHIM_WHILE="$TMP/eio-on"
   start_server --max-open-sessions 256
   unset LD_PRELOAD EIO_SHIM_PATH EIO_SHIM_WHILE
+  if [ -n "$SAVED_ASAN" ]; then export ASAN_OPTIONS=$SAVED_ASAN; else unset ASAN_OPTIONS; fi
   S=$(new_session '{"title":"eio"}')
   ACKED=()
   for i in 1 2 3; do
