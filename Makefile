@@ -149,6 +149,14 @@ format-check:
 clean:
 	rm -rf build
 
+# Durability under SIGKILL and a long soak (tests/long/; not part of `make test`).
+.PHONY: crashloop soak
+crashloop: all
+	@CRASH_ROUNDS=$(or $(CRASH_ROUNDS),50) SESSIOND_BIN=$(CURDIR)/$(BUILD)/sessiond bash tests/long/crashloop.sh
+
+soak: all
+	@SOAK_SECONDS=$(or $(SOAK_SECONDS),600) SESSIOND_BIN=$(CURDIR)/$(BUILD)/sessiond bash tests/long/soak.sh
+
 # Build the Dockerfile and run the image with podman, no Docker daemon needed (docs/operations.md).
 # Not part of `make test`; skips with a message when podman/mmdebstrap are missing.
 .PHONY: docker-check

@@ -33,6 +33,13 @@ static const struct err_info table[] = {
     {ERR_CANCELLED, "cancelled", "cancelled", 409, 1000},
     {ERR_INTERNAL, "internal", "internal error", 500, 1011},
     {ERR_NEWER, "newer_format", "file written by a newer version", 500, 1011},
+    /* The client cannot fix either: the words say what happened and where an operator looks. */
+    {ERR_CORRUPT, "storage",
+     "its file is corrupt and was moved to <data_dir>/quarantine/ (docs/operations.md, "
+     "\"Corrupt files\")",
+     500, 1011},
+    {ERR_NOSPACE, "disk_full", "no space left on the server's data volume; nothing was stored", 507,
+     1011},
 };
 
 static const struct err_info *find(int err)
@@ -42,7 +49,7 @@ static const struct err_info *find(int err)
             return &table[i];
         }
     }
-    return &table[sizeof(table) / sizeof(table[0]) - 2]; /* ERR_INTERNAL */
+    return find(ERR_INTERNAL); /* an unknown code is a bug; ERR_INTERNAL is in the table */
 }
 
 const char *err_str(int err)

@@ -28,7 +28,9 @@ enum err {
     ERR_CANCELLED = -17,     /* operation cancelled */
     ERR_INTERNAL = -18,      /* a bug or an unexpected state: 500 */
     ERR_NEWER = -19,         /* a file written by a newer build: 500 */
-    ERR_LAST = -20
+    ERR_CORRUPT = -20,       /* a corrupt data file, moved to quarantine: 500 "storage" */
+    ERR_NOSPACE = -21,       /* the data volume is full: 507 */
+    ERR_LAST = -22
 };
 
 /** A short human sentence for the error ("not found"). Static storage. */

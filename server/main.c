@@ -156,7 +156,9 @@ int main(int argc, char **argv)
     };
     rc = store_open(&scfg, &st);
     if (rc) {
-        LOG_ERROR("main: cannot open the store in %s: %s", cfg->data_dir, err_str(rc));
+        if (rc != ERR_CORRUPT) { /* the store said which file and what to do, in one line */
+            LOG_ERROR("main: cannot open the store in %s: %s", cfg->data_dir, err_str(rc));
+        }
         goto out;
     }
     app.store = st;

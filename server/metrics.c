@@ -119,6 +119,8 @@ int api_metrics(struct req *r)
                "Sessions that folded parked comments into their file.", (double)s.folds);
         metric(&b, "sessiond_spool_folded_total", "counter",
                "Parked comments folded into their session file.", (double)s.folded);
+        metric(&b, "sessiond_store_quarantined_total", "counter",
+               "Corrupt session files moved to <data_dir>/quarantine/.", (double)s.quarantined);
         metric(&b, "sessiond_wal_checkpoints_total", "counter",
                "Session WAL checkpoints (background, at close, or inline).", (double)s.checkpoints);
         metric(&b, "sessiond_commits_total", "counter", "Group-commit transactions.",

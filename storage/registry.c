@@ -84,6 +84,13 @@ int registry_open(const char *path, int durability_full, struct registry **out)
     *out = r;
     r = NULL;
 out:
+    if (rc == ERR_DB && r && r->db) {
+        /* Not a database, or a damaged one: the caller refuses to start with the way out. */
+        int ec = sqlite3_errcode(r->db) & 0xff;
+        if (ec == SQLITE_CORRUPT || ec == SQLITE_NOTADB) {
+            rc = ERR_CORRUPT;
+        }
+    }
     registry_close(r);
     return rc;
 }

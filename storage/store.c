@@ -54,12 +54,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HASH_SIZE      4096
@@ -311,11 +313,21 @@ static char *session_path(struct store *st, const char *id)
     return xasprintf("%s/%s.db", st->sessions_dir, id);
 }
 
+/* A file SQLite found damaged (or not a database at all): nothing a retry can fix. */
+static int db_is_corrupt(sqlite3 *db)
+{
+    int ec = sqlite3_errcode(db) & 0xff;
+    return ec == SQLITE_CORRUPT || ec == SQLITE_NOTADB;
+}
+
 static int exec_sql(sqlite3 *db, const char *sql)
 {
     char *msg = NULL;
     if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        LOG_ERROR("store: %s: %s", sql, msg ? msg : sqlite3_errmsg(db));
+        /* A corrupt file is logged once, by the open that quarantines it. */
+        if (!db_is_corrupt(db)) {
+            LOG_ERROR("store: %s: %s", sql, msg ? msg : sqlite3_errmsg(db));
+        }
         sqlite3_free(msg);
         return ERR_DB;
     }
@@ -380,6 +392,71 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
     return SQLITE_OK;
 }
 
+/* ---- quarantine: corrupt session files ---- */
+
+/* Whether a session file of id was quarantined (<data_dir>/quarantine/<id>.db.<stamp>). Only
+ * asked when the file is missing, so the directory read is off every common path. */
+static int was_quarantined(struct store *st, const char *id)
+{
+    char *pat = xasprintf("%s/quarantine/%s.db.*", st->data_dir, id); /* ids hold no glob char */
+    glob_t g;
+    memset(&g, 0, sizeof(g));
+    int found = glob(pat, GLOB_NOSORT, NULL, &g) == 0 && g.gl_pathc > 0;
+    globfree(&g);
+    free(pat);
+    return found;
+}
+
+/* Move a corrupt session file away, to <data_dir>/quarantine/<id>.db.<UTC stamp> with its
+ * -wal and -shm beside it under the same name (so `sqlite3 <file> .recover` sees the WAL), and
+ * log it once. The session then answers ERR_CORRUPT (500 "storage", saying where the file went)
+ * until an operator restores or purges it, instead of failing on every open or being recreated
+ * empty. The -wal goes first: a stale WAL left next to a restored file would be replayed into
+ * it. ERR_CORRUPT, or ERR_DB when the file could not be moved (it stays where it was). */
+static int quarantine(struct store *st, const char *id, const char *path, const char *why)
+{
+    int64_t ms = clock_now_ms();
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    char stamp[32] = "0";
+    if (gmtime_r(&secs, &tm)) {
+        strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", &tm);
+    }
+    char *dir = xasprintf("%s/quarantine", st->data_dir);
+    char *dest = xasprintf("%s/%s.db.%s.%03dZ", dir, id, stamp, (int)(ms % 1000));
+    int rc = ERR_CORRUPT;
+    if (util_mkdir_p(dir, 0700) != 0) {
+        goto fail;
+    }
+    static const char *const sidecars[] = {"-wal", "-shm"};
+    for (size_t i = 0; i < sizeof(sidecars) / sizeof(sidecars[0]); i++) {
+        char *from = xasprintf("%s%s", path, sidecars[i]);
+        char *to = xasprintf("%s%s", dest, sidecars[i]);
+        int bad = rename(from, to) != 0 && errno != ENOENT;
+        free(from);
+        free(to);
+        if (bad) {
+            goto fail;
+        }
+    }
+    if (rename(path, dest) != 0) {
+        goto fail;
+    }
+    __atomic_fetch_add(&st->stats.quarantined, 1, __ATOMIC_RELAXED);
+    LOG_ERROR("store: session %s: its file is corrupt (%s); moved to %s: the session answers 500 "
+              "storage until it is restored (docs/operations.md, \"Corrupt files\")",
+              id, why, dest);
+    goto out;
+fail:
+    LOG_ERROR("store: session %s: its file %s is corrupt (%s) and cannot be moved to %s: %s", id,
+              path, why, dir, strerror(errno));
+    rc = ERR_DB;
+out:
+    free(dir);
+    free(dest);
+    return rc;
+}
+
 /* Open s->db (s->lock held). create: make the file if missing. */
 static int sess_open_db(struct sess *s, int create)
 {
@@ -392,7 +469,7 @@ static int sess_open_db(struct sess *s, int create)
 
     if (sqlite3_open_v2(path, &db, flags, sqlvfs_name()) != SQLITE_OK) {
         if (!create && access(path, F_OK) != 0) {
-            rc = ERR_NOT_FOUND;
+            rc = !s->is_spool && was_quarantined(st, s->id) ? ERR_CORRUPT : ERR_NOT_FOUND;
         } else {
             LOG_ERROR("store: open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
             rc = ERR_DB;
@@ -446,6 +523,15 @@ static int sess_open_db(struct sess *s, int create)
     db = NULL;
 out:
     sqlite3_finalize(q);
+    if (rc && db && db_is_corrupt(db)) {
+        char why[128];
+        snprintf(why, sizeof(why), "%s", sqlite3_errmsg(db));
+        sqlite3_close(db);
+        db = NULL;
+        /* The spool holds acknowledged comments of many sessions: never moved aside; the
+         * start refuses it instead (store_open). */
+        rc = s->is_spool ? ERR_CORRUPT : quarantine(st, s->id, path, why);
+    }
     if (db) {
         sqlite3_close(db);
     }
@@ -973,10 +1059,12 @@ static int get_or_open(struct store *st, const char *id, int create, struct sess
             }
             /* Unpublish the failed session; waiters holding refs see open_rc. */
             pthread_mutex_lock(&st->lock);
-            if (k && rc != ERR_NOT_FOUND) {
+            if (k && rc != ERR_NOT_FOUND && rc != ERR_CORRUPT) {
                 stub_insert_locked(st, k); /* its parked rows wait for the next open */
             } else if (k) {
-                stub_drop_locked(st, k); /* the file is gone; so are its rows' session */
+                /* The file is gone (or quarantined): no comment may be parked and acknowledged
+                 * for it any more; rows parked before stay in the spool. */
+                stub_drop_locked(st, k);
             }
             if (s->in_table) {
                 table_remove(st, s);
@@ -1245,6 +1333,13 @@ int sess_tx_append(struct sess_tx *tx, const char *type, const struct author *a,
 
 /* Run a cached transaction-control statement (BEGIN, SAVEPOINT, ...): parsing them for every
  * operation was a measurable share of a commit. */
+/* The error of a failed write: a full volume is told apart (507: the client may retry later,
+ * an operator must free space), everything else is ERR_DB. */
+static int write_err(sqlite3 *db)
+{
+    return (sqlite3_errcode(db) & 0xff) == SQLITE_FULL ? ERR_NOSPACE : ERR_DB;
+}
+
 static int tx_ctl(struct sess *s, const char *sql)
 {
     sqlite3_stmt *st = stmt_cached(s, sql);
@@ -1255,7 +1350,7 @@ static int tx_ctl(struct sess *s, const char *sql)
     sqlite3_reset(st);
     if (r != SQLITE_DONE) {
         LOG_ERROR("store: %s: %s: %s", s->id, sql, sqlite3_errmsg(s->db));
-        return ERR_DB;
+        return write_err(s->db);
     }
     return 0;
 }
@@ -1272,9 +1367,7 @@ static void commit_batch(struct sess *s, struct pending *batch)
      * rolled back instead (two statements fewer per commit, and two fewer to prepare after
      * each wake-up, the common case when writes are spread over many sessions). */
     int single = batch && !batch->next;
-    if (tx_ctl(s, "BEGIN IMMEDIATE")) {
-        commit_rc = ERR_DB;
-    }
+    commit_rc = tx_ctl(s, "BEGIN IMMEDIATE");
     for (struct pending *p = batch; p && !commit_rc; p = p->next) {
         int64_t seq_op = s->last_seq;
         size_t npubs_op = tx.npubs;
@@ -1284,6 +1377,9 @@ static void commit_batch(struct sess *s, struct pending *batch)
             continue;
         }
         p->rc = p->fn(&tx, p->arg);
+        if (p->rc == ERR_DB) {
+            p->rc = write_err(s->db); /* a statement that hit a full volume */
+        }
         if (p->rc) {
             if (!single) {
                 tx_ctl(s, "ROLLBACK TO op");
@@ -1302,14 +1398,14 @@ static void commit_batch(struct sess *s, struct pending *batch)
         if (tx_ctl(s, "ROLLBACK")) {
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
         }
-    } else if (!commit_rc && tx_ctl(s, "COMMIT")) {
-        commit_rc = ERR_DB;
+    } else if (!commit_rc) {
+        commit_rc = tx_ctl(s, "COMMIT");
     }
     if (commit_rc) {
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
         s->last_seq = seq_before;
         for (struct pending *p = batch; p; p = p->next) {
-            p->rc = ERR_DB;
+            p->rc = commit_rc;
         }
     } else {
         if (tx.npubs) {
@@ -1862,6 +1958,11 @@ int store_open(const struct store_config *cfg, struct store **out)
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     regpath = xasprintf("%s/registry.db", st->data_dir);
     rc = registry_open(regpath, cfg->durability_full, &st->reg);
+    if (rc == ERR_CORRUPT) {
+        LOG_ERROR("store: %s is corrupt: refusing to start. Stop here, keep the file aside and "
+                  "restore the last backup of it: docs/operations.md, \"Backups and restore\"",
+                  regpath);
+    }
     if (rc) {
         goto out;
     }
@@ -1880,8 +1981,15 @@ int store_open(const struct store_config *cfg, struct store **out)
         pthread_mutex_unlock(&st->lock);
     }
     rc = spool_open(st);
-    if (rc) {
+    if (rc == ERR_CORRUPT) {
+        LOG_ERROR("store: %s/spool.db is corrupt: refusing to start. Stop here, keep the file "
+                  "aside and restore the last backup of it: docs/operations.md, \"Backups and "
+                  "restore\"",
+                  st->data_dir);
+    } else if (rc) {
         LOG_ERROR("store: cannot open the spool %s/spool.db: %s", st->data_dir, err_str(rc));
+    }
+    if (rc) {
         goto out;
     }
     *out = st;
@@ -1997,4 +2105,5 @@ void store_get_stats(struct store *st, struct store_stats *out)
     out->parked = __atomic_load_n(&st->stats.parked, __ATOMIC_RELAXED);
     out->folds = __atomic_load_n(&st->stats.folds, __ATOMIC_RELAXED);
     out->folded = __atomic_load_n(&st->stats.folded, __ATOMIC_RELAXED);
+    out->quarantined = __atomic_load_n(&st->stats.quarantined, __ATOMIC_RELAXED);
 }

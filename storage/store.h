@@ -87,6 +87,7 @@ struct store_stats {
     uint64_t checkpoints; /* WAL checkpoints (background, at close, or inline) */
     uint64_t commits;     /* group-commit transactions */
     uint64_t ops;         /* operations committed */
+    uint64_t quarantined; /* corrupt session files moved to <data_dir>/quarantine/ */
     int open_now;
 };
 void store_get_stats(struct store *st, struct store_stats *out);
