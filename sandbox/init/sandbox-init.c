@@ -587,6 +587,9 @@ static void reap(int sfd)
 /* ---- issue 7: the loopback forwarder to the egress proxy (egress_fwd.c) ---- */
 #include "egress_fwd.c"
 
+/* ---- the seccomp filter every command inherits (filter.c) ---- */
+#include "filter.c"
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--egress-forward")) { /* issue 7: a separate mode */
@@ -622,6 +625,9 @@ int main(int argc, char **argv)
     }
     sfd_global = sfd;
     fcntl(ctl, F_SETFD, FD_CLOEXEC);
+    if (filter_install() < 0) {
+        die("seccomp filter");
+    }
     send_frame(INIT_READY, 0, INIT_VERSION, strlen(INIT_VERSION));
 
     struct pollfd pfd[2 + 3 * MAX_CMDS];

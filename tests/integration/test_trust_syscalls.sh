@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# test_trust_syscalls.sh - a sandboxed command tries the system calls sandbox-init's seccomp
+# filter refuses (ptrace of pid 1 and of a sibling, new user namespaces, mount, the kernel
+# keyring, bpf, perf, userfaultfd, process_vm_readv, the i386 entry), a second sandbox looks
+# for the first one's key in /proc/keys, and ordinary work (a debugger on its own child, fork,
+# bash, cc, git, python3, node) still runs. Then blocked_commands: exec of a blocked program is
+# refused with 403, bash inside cannot run it, and a copy in /workspace still runs (the
+# documented limit of that policy). The probe is compiled on the host (trust_probe.c).
+. "$(dirname "$0")/lib.sh"
+
+if ! command -v cc >/dev/null; then
+  echo "ok - $TEST_NAME: skipped (no cc to build the probe)"
+  exit 0
+fi
+cc -O1 -o "$TMP/probe" "$(dirname "$0")/trust_probe.c" || { fail "probe builds"; finish; }
+
+run() { # run SID SCRIPT -> BODY is the exec result, OUT its stdout
+  api POST "/v1/sessions/$1/exec" "$(jq -c -n --arg s "$2" '{script:$s, timeout_s:30}')"
+  OUT=$(jget .stdout)
+}
+put_probe() {
+  api PUT "/v1/sessions/$1/files?path=probe" "@$TMP/probe" "$ADMIN" -H 'Content-Type: application/octet-stream'
+  expect_status 200 "probe uploaded"
+  run "$1" 'chmod 755 probe && echo ready'
+}
+has() { grep -qxF "$1" <<<"$OUT"; }
+
+start_server --sandbox local
+A=$(new_session '{"title":"attacker"}')
+B=$(new_session '{"title":"neighbour"}')
+put_probe "$A"
+put_probe "$B"
+
+# ---- ptrace: pid 1 (bwrap's monitor) and a sibling; a debugger on its own child ----
+run "$A" 'sleep 30 & s=$!; ./probe attach 1; ./probe seize 1; ./probe attach $s; ./probe seize $s; ./probe vmread $s; kill $s; ./probe traceme'
+check "PTRACE_ATTACH of pid 1 refused (EPERM)" has "attach=EPERM"
+check "PTRACE_SEIZE of pid 1 refused (EPERM)" bash -c "[ \$(grep -c '^seize=EPERM$' <<<'$OUT') = 2 ]"
+check "PTRACE_ATTACH of a sibling refused (EPERM)" [ "$(grep -c '^attach=EPERM$' <<<"$OUT")" = 2 ]
+check "process_vm_readv of a sibling refused" has "vmread=EPERM"
+check "PTRACE_TRACEME + a traced child still works" has "traceme=OK"
+
+# ---- namespaces and mounts ----
+run "$A" './probe userns; ./probe clone-userns; ./probe clone3; ./probe fork; ./probe mount'
+check "unshare(CLONE_NEWUSER) refused (EPERM)" has "userns=EPERM"
+check "clone(CLONE_NEWUSER) refused (EPERM)" has "clone-userns=EPERM"
+check "clone3 answers ENOSYS (glibc falls back to clone)" has "clone3=ENOSYS"
+check "plain fork works" has "fork=OK"
+check "mount refused (EPERM)" has "mount=EPERM"
+
+# ---- kernel surfaces ----
+run "$A" './probe bpf; ./probe perf; ./probe uffd; ./probe personality'
+check "bpf refused" has "bpf=EPERM"
+check "perf_event_open refused" has "perf=EPERM"
+check "userfaultfd refused" has "uffd=EPERM"
+check "personality(ADDR_NO_RANDOMIZE) refused" has "personality=EPERM"
+run "$A" './probe int80; echo "rc=$?"'
+check "the i386 entry (int 0x80) kills the process (SIGSYS)" has "rc=$((128 + 31))"
+
+# ---- the keyring: A cannot add a key, B sees nothing of A's in /proc/keys ----
+run "$A" './probe addkey sessiond-probe-user-A; ./probe sessionkey sessiond-probe-ses-A; ./probe keyctl'
+check "add_key to the user keyring refused" has "addkey=EPERM"
+check "add_key to the session keyring refused" has "sessionkey=EPERM"
+check "keyctl refused" has "keyctl=EPERM"
+run "$B" 'cat /proc/keys; echo END'
+check "sandbox B's /proc/keys shows no key of A" bash -c "! grep -q sessiond-probe <<<'$OUT' && grep -q END <<<'$OUT'"
+check "sandbox B's /proc/keys shows no host keyring (_uid, _ses)" bash -c "! grep -q '_uid\|_ses' <<<'$OUT'"
+
+# ---- ordinary work still runs ----
+run "$A" 'set -e; echo "int main(void){return 0;}" > t.c; if command -v cc >/dev/null; then cc -o t t.c && ./t && echo CC_OK; else echo CC_OK; fi
+git init -q g && cd g && git status --short && echo GIT_OK && cd ..
+if command -v python3 >/dev/null; then python3 -c "import os,subprocess; subprocess.run([\"true\"], check=True); print(\"PY_OK\")"; else echo PY_OK; fi
+if command -v node >/dev/null; then node -e "require(\"child_process\").execFileSync(\"true\"); console.log(\"NODE_OK\")"; else echo NODE_OK; fi
+echo BASH_OK'
+check "cc compiles and runs a program" has "CC_OK"
+check "git status works" has "GIT_OK"
+check "python3 runs (and spawns)" has "PY_OK"
+check "node runs (and spawns)" has "NODE_OK"
+check "the workload ran to the end" has "BASH_OK"
+
+# ---- blocked_commands ----
+stop_server
+start_server --sandbox local --blocked-commands /usr/bin/curl
+C=$(new_session '{"title":"blocked"}')
+api POST "/v1/sessions/$C/exec" '{"argv":["curl","--version"]}'
+expect_error 403 forbidden "exec of a blocked command (by name) is refused with 403"
+check "the error names the policy" grep -q blocked_commands <<<"$(jget .error.message)"
+api POST "/v1/sessions/$C/exec" '{"argv":["/bin/curl","--version"]}'
+expect_error 403 forbidden "exec of a blocked command (by another path) is refused with 403"
+run "$C" 'curl --version; echo "rc=$?"; ls -l /usr/bin/curl; [ -s /usr/bin/curl ] || echo EMPTY'
+check "bash inside cannot execute it (126)" has "rc=126"
+check "the program is masked by an empty non-executable file" bash -c "grep -q '^-r--r--r--' <<<'$OUT' && grep -qx EMPTY <<<'$OUT'"
+cp /usr/bin/curl "$TMP/curl-copy"
+api PUT "/v1/sessions/$C/files?path=mycurl" "@$TMP/curl-copy" "$ADMIN" -H 'Content-Type: application/octet-stream'
+run "$C" 'chmod 755 mycurl && ./mycurl --version | head -n1 | cut -d" " -f1'
+check "a copy of the binary in /workspace still runs (policy, not a boundary)" has "curl"
+api POST "/v1/sessions/$C/exec" '{"argv":["./mycurl","--version"]}'
+expect_status 200 "exec of the copy is not refused"
+run "$C" 'echo still-fine'
+check "other commands run" has "still-fine"
+
+finish
