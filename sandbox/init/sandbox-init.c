@@ -30,16 +30,25 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <limits.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define OUT_HIGH (1u << 20) /* stop reading command pipes above this much pending output */
-#define DRAIN_MS 200        /* after the main process exits, wait this long for pipe EOF */
-#define MAX_CMDS 256
-#define MAX_ARGS 4096
+#define OUT_HIGH    (1u << 20) /* stop reading command pipes above this much pending output */
+#define DRAIN_MS    200        /* after the main process exits, wait this long for pipe EOF */
+#define MAX_CMDS    256
+#define MAX_ARGS    4096
+#define MAX_BLOCKED 256
+
+/* What the server forbids commands, from the command line: fixed after start. */
+struct policy {
+    const char *blocked[MAX_BLOCKED]; /* canonical paths (--block): refused as argv[0] */
+    int nblocked;
+};
 
 struct obuf {
     unsigned char *p;
@@ -274,7 +283,57 @@ static void set_limit(int res, uint64_t v)
     }
 }
 
-static void do_exec(uint32_t id, const char *p, size_t n)
+/* The file execvp would run for a0 with the current PATH, resolved through symlinks into real
+ * (PATH_MAX bytes). -1 if there is none. Relative names are taken from cwd, the command's. */
+static int resolve_cmd(const char *a0, const char *cwd, char *real)
+{
+    char cand[PATH_MAX];
+    struct stat st;
+    if (strchr(a0, '/')) {
+        snprintf(cand, sizeof cand, "%s%s%s", a0[0] == '/' ? "" : cwd, a0[0] == '/' ? "" : "/", a0);
+        return realpath(cand, real) ? 0 : -1;
+    }
+    const char *path = getenv("PATH");
+    for (const char *d = path ? path : "/usr/bin:/bin"; *d;) {
+        size_t l = strcspn(d, ":");
+        if (l) {
+            snprintf(cand, sizeof cand, "%s%s%.*s/%s", d[0] == '/' ? "" : cwd,
+                     d[0] == '/' ? "" : "/", (int)l, d, a0);
+            if (stat(cand, &st) == 0 && S_ISREG(st.st_mode)) {
+                return realpath(cand, real) ? 0 : -1;
+            }
+        }
+        d += l + (d[l] == ':');
+    }
+    return -1;
+}
+
+/* 1 (and a refusal sent for id) if the command's program is one the server blocks. */
+static int refuse_blocked(const struct policy *pol, uint32_t id, const char *a0, const char *cwd)
+{
+    char real[PATH_MAX];
+    if (!pol->nblocked || resolve_cmd(a0, cwd, real) < 0) {
+        return 0;
+    }
+    for (int i = 0; i < pol->nblocked; i++) {
+        if (!strcmp(real, pol->blocked[i])) {
+            char msg[PATH_MAX + 512];
+            int n = snprintf(msg, sizeof msg,
+                             "sandbox-init: %.256s: %s is blocked by the server's "
+                             "blocked_commands policy\n",
+                             a0, real);
+            send_frame(INIT_STDERR, id, msg, n > 0 && (size_t)n < sizeof msg ? (size_t)n : 0);
+            unsigned char p[32] = {0};
+            init_put32(p, 126);
+            init_put32(p + 8, INIT_F_NOEXEC);
+            send_frame(INIT_EXIT, id, p, sizeof p);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void do_exec(const struct policy *pol, uint32_t id, const char *p, size_t n)
 {
     char *argv[MAX_ARGS + 1];
     char *envp[MAX_ARGS + 1];
@@ -336,6 +395,9 @@ static void do_exec(uint32_t id, const char *p, size_t n)
         if (!strncmp(envp[i], "PATH=", 5)) {
             setenv("PATH", envp[i] + 5, 1);
         }
+    }
+    if (refuse_blocked(pol, id, argv[0], cwd)) {
+        goto out;
     }
     int64_t start = now_us();
     pid_t pid = fork();
@@ -461,12 +523,13 @@ static void write_stdin(struct cmd *c)
     }
 }
 
-static void handle_frame(int type, uint32_t id, const unsigned char *p, size_t n)
+static void handle_frame(const struct policy *pol, int type, uint32_t id, const unsigned char *p,
+                         size_t n)
 {
     struct cmd *c = find_cmd(id);
     switch (type) {
     case INIT_EXEC:
-        do_exec(id, (const char *)p, n);
+        do_exec(pol, id, (const char *)p, n);
         break;
     case INIT_STDIN:
         if (c && c->in_fd >= 0 && n) {
@@ -499,7 +562,7 @@ static void handle_frame(int type, uint32_t id, const unsigned char *p, size_t n
     }
 }
 
-static void read_ctl(void)
+static void read_ctl(const struct policy *pol)
 {
     for (;;) {
         if (inb_cap - inb_len < 65536) {
@@ -534,7 +597,7 @@ static void read_ctl(void)
             if (inb_len - off < INIT_HDR + len) {
                 break;
             }
-            handle_frame(inb[off + 4], init_get32(inb + off + 5), inb + off + INIT_HDR, len);
+            handle_frame(pol, inb[off + 4], init_get32(inb + off + 5), inb + off + INIT_HDR, len);
             off += INIT_HDR + len;
         }
         memmove(inb, inb + off, inb_len - off);
@@ -595,9 +658,16 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "--egress-forward")) { /* issue 7: a separate mode */
         return egress_forward_main(argc, argv);
     }
+    struct policy pol = {.nblocked = 0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--fd") && i + 1 < argc) {
             ctl = (int)strtol(argv[++i], NULL, 10);
+        } else if (!strcmp(argv[i], "--block") && i + 1 < argc) {
+            if (pol.nblocked == MAX_BLOCKED) {
+                errno = E2BIG;
+                die("--block");
+            }
+            pol.blocked[pol.nblocked++] = argv[++i];
         } else if (!strcmp(argv[i], "--version")) {
             puts(INIT_VERSION);
             return 0;
@@ -691,7 +761,7 @@ int main(int argc, char **argv)
         }
         if (r > 0) {
             if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-                read_ctl();
+                read_ctl(&pol);
             }
             if (pfd[1].revents & POLLIN) {
                 reap(sfd);

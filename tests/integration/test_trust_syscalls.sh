@@ -57,13 +57,14 @@ run "$A" './probe int80; echo "rc=$?"'
 check "the i386 entry (int 0x80) kills the process (SIGSYS)" has "rc=$((128 + 31))"
 
 # ---- the keyring: A cannot add a key, B sees nothing of A's in /proc/keys ----
-run "$A" './probe addkey sessiond-probe-user-A; ./probe sessionkey sessiond-probe-ses-A; ./probe keyctl'
+# (names unique to this run: keyrings of the sandbox uid outlive a sandbox)
+K="sessiond-probe-$$-$RANDOM"
+run "$A" "./probe addkey $K-user; ./probe sessionkey $K-ses; ./probe keyctl"
 check "add_key to the user keyring refused" has "addkey=EPERM"
 check "add_key to the session keyring refused" has "sessionkey=EPERM"
 check "keyctl refused" has "keyctl=EPERM"
 run "$B" 'cat /proc/keys; echo END'
-check "sandbox B's /proc/keys shows no key of A" bash -c "! grep -q sessiond-probe <<<'$OUT' && grep -q END <<<'$OUT'"
-check "sandbox B's /proc/keys shows no host keyring (_uid, _ses)" bash -c "! grep -q '_uid\|_ses' <<<'$OUT'"
+check "sandbox B's /proc/keys shows no key of A" bash -c "! grep -q '$K' <<<'$OUT' && grep -q END <<<'$OUT'"
 
 # ---- ordinary work still runs ----
 run "$A" 'set -e; echo "int main(void){return 0;}" > t.c; if command -v cc >/dev/null; then cc -o t t.c && ./t && echo CC_OK; else echo CC_OK; fi
@@ -95,7 +96,27 @@ run "$C" 'chmod 755 mycurl && ./mycurl --version | head -n1 | cut -d" " -f1'
 check "a copy of the binary in /workspace still runs (policy, not a boundary)" has "curl"
 api POST "/v1/sessions/$C/exec" '{"argv":["./mycurl","--version"]}'
 expect_status 200 "exec of the copy is not refused"
+run "$C" 'ln -sf /usr/bin/curl via-link && echo linked'
+api POST "/v1/sessions/$C/exec" '{"argv":["./via-link","--version"]}'
+check "a symlink to it in /workspace is refused inside by sandbox-init (126, the reason)" \
+  jq -e '.exit_code==126 and (.stderr|test("blocked_commands"))' <<<"$BODY"
 run "$C" 'echo still-fine'
 check "other commands run" has "still-fine"
+
+# ---- the process backend (no isolation) runs sandbox-init too: the filter and the check ----
+stop_server
+start_server --sandbox process --blocked-commands curl
+D=$(new_session '{"title":"process"}')
+put_probe "$D"
+run "$D" 'sleep 30 & s=$!; ./probe attach $s; kill $s; ./probe traceme; ./probe userns'
+check "process backend: PTRACE_ATTACH refused" has "attach=EPERM"
+check "process backend: a debugger on its own child works" has "traceme=OK"
+check "process backend: unshare(CLONE_NEWUSER) refused" has "userns=EPERM"
+api POST "/v1/sessions/$D/exec" '{"argv":["curl","--version"]}'
+expect_error 403 forbidden "process backend: exec of a blocked command is refused with 403"
+run "$D" 'ln -sf /usr/bin/curl via-link && echo linked'
+api POST "/v1/sessions/$D/exec" '{"argv":["./via-link","--version"]}'
+check "process backend: sandbox-init refuses it through a symlink" \
+  jq -e '.exit_code==126 and (.stderr|test("blocked_commands"))' <<<"$BODY"
 
 finish
