@@ -77,6 +77,11 @@ check "git status works" has "GIT_OK"
 check "python3 runs (and spawns)" has "PY_OK"
 check "node runs (and spawns)" has "NODE_OK"
 check "the workload ran to the end" has "BASH_OK"
+# real debuggers on their own child (strace falls back from PTRACE_SEIZE to PTRACE_TRACEME)
+run "$A" 'if command -v strace >/dev/null; then strace -f -o /tmp/st bash -c "/bin/true" && grep -q execve /tmp/st && echo STRACE_OK; else echo STRACE_OK; fi
+if command -v gdb >/dev/null; then gdb -batch -ex run --args /bin/true 2>&1 | grep -q "exited normally" && echo GDB_OK; else echo GDB_OK; fi'
+check "strace COMMAND works" has "STRACE_OK"
+check "gdb runs a program" has "GDB_OK"
 
 # ---- blocked_commands ----
 stop_server
