@@ -21,14 +21,17 @@
  * out until someone reviews it). Only the argument checks load arguments, so the kernel's
  * per-syscall cache of "always allowed" answers lets every other call skip the filter.
  */
+#include <errno.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <stddef.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
-#include <sys/ioctl.h>
+#include <unistd.h>
 
 #if defined(__x86_64__)
 #define FILTER_ARCH AUDIT_ARCH_X86_64

@@ -17,11 +17,17 @@
  * no longer polled, so the commands block on write; the control socket is still read, so a
  * kill request always gets through. When the control socket closes, every command's group
  * is killed and sandbox-init exits (which ends the sandbox's pid namespace).
+ *
+ * Before it reports ready it installs a seccomp filter on itself (filter.c), which every
+ * command and its descendants inherit. Programs named by --block FILE (the server's
+ * blocked_commands, already resolved to canonical paths) are refused as commands: exit code
+ * 126 and the reason on stderr.
  */
 #include "proto.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -30,7 +36,6 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <limits.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -38,11 +43,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define OUT_HIGH    (1u << 20) /* stop reading command pipes above this much pending output */
-#define DRAIN_MS    200        /* after the main process exits, wait this long for pipe EOF */
-#define MAX_CMDS    256
-#define MAX_ARGS    4096
-#define MAX_BLOCKED 256
+#define OUT_HIGH (1u << 20) /* stop reading command pipes above this much pending output */
+#define DRAIN_MS 200        /* after the main process exits, wait this long for pipe EOF */
+#define MAX_CMDS 256
+#define MAX_ARGS 4096
+
+#define MAX_BLOCKED 256 /* --block arguments */
 
 /* What the server forbids commands, from the command line: fixed after start. */
 struct policy {
