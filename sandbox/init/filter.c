@@ -4,7 +4,8 @@
  *
  * What a coding agent never needs and what would let one process of a sandbox reach another
  * process, another sandbox or the kernel's rarer surfaces is refused with EPERM (an error the
- * agent sees and can report, never a kill); everything else is allowed. The list and the
+ * agent sees and can report, never a kill; ENOSYS where a fallback must kick in: clone3,
+ * io_uring); everything else is allowed. The list and the
  * reason for each entry are in docs/sandbox.md ("System calls"); keep the two in step.
  *
  * Why in sandbox-init and not in each command's child: sandbox-init itself needs none of
@@ -60,6 +61,15 @@
 #endif
 #ifndef __NR_fspick
 #define __NR_fspick 433
+#endif
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+#ifndef __NR_io_uring_enter
+#define __NR_io_uring_enter 426
+#endif
+#ifndef __NR_io_uring_register
+#define __NR_io_uring_register 427
 #endif
 #ifndef __NR_clone3
 #define __NR_clone3 435
@@ -267,6 +277,12 @@ static void filter_build(struct filter *f)
     /* clone3 passes its flags in memory, which a filter cannot read: ENOSYS makes the C
      * library fall back to clone(), whose flags are checked above. */
     deny_nr(f, __NR_clone3, ENOSYS);
+    /* io_uring: a second way into most of the kernel, behind many of its recent exploits.
+     * ENOSYS, as on a kernel built without it: libuv, Bun and liburing users fall back to
+     * ordinary system calls. */
+    deny_nr(f, __NR_io_uring_setup, ENOSYS);
+    deny_nr(f, __NR_io_uring_enter, ENOSYS);
+    deny_nr(f, __NR_io_uring_register, ENOSYS);
     for (size_t i = 0; i < sizeof denied / sizeof denied[0]; i++) {
         deny_nr(f, denied[i], EPERM);
     }

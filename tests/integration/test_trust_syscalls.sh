@@ -48,10 +48,11 @@ check "plain fork works" has "fork=OK"
 check "mount refused (EPERM)" has "mount=EPERM"
 
 # ---- kernel surfaces ----
-run "$A" './probe bpf; ./probe perf; ./probe uffd; ./probe personality'
+run "$A" './probe bpf; ./probe perf; ./probe uffd; ./probe iouring; ./probe personality'
 check "bpf refused" has "bpf=EPERM"
 check "perf_event_open refused" has "perf=EPERM"
 check "userfaultfd refused" has "uffd=EPERM"
+check "io_uring_setup answers ENOSYS" has "iouring=ENOSYS"
 check "personality(ADDR_NO_RANDOMIZE) refused" has "personality=EPERM"
 run "$A" './probe int80; echo "rc=$?"'
 check "the i386 entry (int 0x80) kills the process (SIGSYS)" has "rc=$((128 + 31))"

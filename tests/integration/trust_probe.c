@@ -15,6 +15,7 @@
  *   sessionkey NAME          add_key("user", NAME) to the session keyring
  *   keyctl                   keyctl(KEYCTL_GET_KEYRING_ID, session keyring)
  *   bpf | perf | uffd        bpf(BPF_MAP_CREATE), perf_event_open(own task), userfaultfd
+ *   iouring                  io_uring_setup (ENOSYS expected: as without io_uring)
  *   personality              personality(ADDR_NO_RANDOMIZE)
  *   vmread PID               process_vm_readv of PID
  *   int80                    getpid through the i386 entry (int 0x80)
@@ -179,6 +180,11 @@ int main(int argc, char **argv)
     }
     if (!strcmp(m, "uffd")) {
         return report(m, syscall(__NR_userfaultfd, 01 /* UFFD_USER_MODE_ONLY */));
+    }
+    if (!strcmp(m, "iouring")) {
+        unsigned char params[120];
+        memset(params, 0, sizeof params);
+        return report(m, syscall(425 /* io_uring_setup */, 4, params));
     }
     if (!strcmp(m, "personality")) {
         return report(m, personality(ADDR_NO_RANDOMIZE) < 0 ? -1 : 0);
