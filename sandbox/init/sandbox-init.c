@@ -18,10 +18,10 @@
  * kill request always gets through. When the control socket closes, every command's group
  * is killed and sandbox-init exits (which ends the sandbox's pid namespace).
  *
- * Before it reports ready it installs a seccomp filter on itself (filter.c), which every
- * command and its descendants inherit. Programs named by --block FILE (the server's
- * blocked_commands, already resolved to canonical paths) are refused as commands: exit code
- * 126 and the reason on stderr.
+ * Before it reports ready it installs a seccomp filter on itself (filter.c) and enters a
+ * Landlock domain (landlock.c), which every command and its descendants inherit. Programs named by
+ * --block FILE (the server's blocked_commands, already resolved to canonical paths) are refused as
+ * commands: exit code 126 and the reason on stderr.
  */
 #include "proto.h"
 
@@ -656,8 +656,9 @@ static void reap(int sfd)
 /* ---- issue 7: the loopback forwarder to the egress proxy (egress_fwd.c) ---- */
 #include "egress_fwd.c"
 
-/* ---- the seccomp filter every command inherits (filter.c) ---- */
+/* ---- the seccomp filter and the Landlock domain every command inherits ---- */
 #include "filter.c"
+#include "landlock.c"
 
 int main(int argc, char **argv)
 {
@@ -703,6 +704,13 @@ int main(int argc, char **argv)
     fcntl(ctl, F_SETFD, FD_CLOEXEC);
     if (filter_install() < 0) {
         die("seccomp filter");
+    }
+    const char *what = NULL;
+    if (landlock_install(&what) < 0) {
+        dprintf(2,
+                "sandbox-init: %s: %s: no Landlock domain, so commands can reach the memory of "
+                "processes of their uid outside the sandbox's commands (pid 1)\n",
+                what, strerror(errno));
     }
     send_frame(INIT_READY, 0, INIT_VERSION, strlen(INIT_VERSION));
 

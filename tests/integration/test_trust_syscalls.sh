@@ -38,6 +38,15 @@ check "PTRACE_SEIZE of pid 1 refused (EPERM)" bash -c "[ \$(grep -c '^seize=EPER
 check "PTRACE_ATTACH of a sibling refused (EPERM)" [ "$(grep -c '^attach=EPERM$' <<<"$OUT")" = 2 ]
 check "process_vm_readv of a sibling refused" has "vmread=EPERM"
 check "PTRACE_TRACEME + a traced child still works" has "traceme=OK"
+# ... nor through /proc: pid 1 runs outside the filter, code written into it would not be
+# (the Landlock domain; skipped where the kernel has no Landlock ABI 2)
+run "$A" './probe mem 1; ./probe environ 1'
+if grep -q "no Landlock domain" "$DATA_DIR/sandboxes/$A.log" 2>/dev/null; then
+  echo "ok - $TEST_NAME: /proc/1/mem: skipped (no Landlock here)"
+else
+  check "pid 1's memory cannot be opened for writing" bash -c "grep -q '^mem=E' <<<'$OUT'"
+  check "pid 1's environment cannot be read" bash -c "grep -q '^environ=E' <<<'$OUT'"
+fi
 
 # ---- namespaces and mounts ----
 run "$A" './probe userns; ./probe clone-userns; ./probe clone3; ./probe fork; ./probe mount'
@@ -72,11 +81,13 @@ run "$A" 'set -e; echo "int main(void){return 0;}" > t.c; if command -v cc >/dev
 git init -q g && cd g && git status --short && echo GIT_OK && cd ..
 if command -v python3 >/dev/null; then python3 -c "import os,subprocess; subprocess.run([\"true\"], check=True); print(\"PY_OK\")"; else echo PY_OK; fi
 if command -v node >/dev/null; then node -e "require(\"child_process\").execFileSync(\"true\"); console.log(\"NODE_OK\")"; else echo NODE_OK; fi
+mkdir -p d1 d2 && echo x > d1/f && mv d1/f d2/f && ln d2/f d1/hard && mv d1 d2/ && echo MV_OK
 echo BASH_OK'
 check "cc compiles and runs a program" has "CC_OK"
 check "git status works" has "GIT_OK"
 check "python3 runs (and spawns)" has "PY_OK"
 check "node runs (and spawns)" has "NODE_OK"
+check "cross-directory rename and hard link work" has "MV_OK"
 check "the workload ran to the end" has "BASH_OK"
 # real debuggers on their own child (strace falls back from PTRACE_SEIZE to PTRACE_TRACEME)
 run "$A" 'if command -v strace >/dev/null; then strace -f -o /tmp/st bash -c "/bin/true" && grep -q execve /tmp/st && echo STRACE_OK; else echo STRACE_OK; fi

@@ -18,10 +18,12 @@
  *   iouring                  io_uring_setup (ENOSYS expected: as without io_uring)
  *   personality              personality(ADDR_NO_RANDOMIZE)
  *   vmread PID               process_vm_readv of PID
+ *   mem PID | environ PID    open /proc/PID/mem read-write / read /proc/PID/environ
  *   int80                    getpid through the i386 entry (int 0x80)
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/bpf.h>
 #include <linux/perf_event.h>
 #include <sched.h>
@@ -193,6 +195,16 @@ int main(int argc, char **argv)
         char buf[16], there[16];
         struct iovec l = {buf, sizeof buf}, r = {there, sizeof there};
         return report(m, process_vm_readv((pid_t)strtol(a, NULL, 10), &l, 1, &r, 1, 0));
+    }
+    if (!strcmp(m, "mem") || !strcmp(m, "environ")) {
+        char path[64], b[16];
+        snprintf(path, sizeof path, "/proc/%s/%s", a, m);
+        int fd = open(path, !strcmp(m, "mem") ? O_RDWR : O_RDONLY);
+        long r = fd;
+        if (fd >= 0 && !strcmp(m, "environ")) {
+            r = read(fd, b, sizeof b);
+        }
+        return report(m, r);
     }
     if (!strcmp(m, "int80")) {
         long r;
