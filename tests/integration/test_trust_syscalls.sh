@@ -129,6 +129,13 @@ run "$D" 'sleep 30 & s=$!; ./probe attach $s; kill $s; ./probe traceme; ./probe 
 check "process backend: PTRACE_ATTACH refused" has "attach=EPERM"
 check "process backend: a debugger on its own child works" has "traceme=OK"
 check "process backend: unshare(CLONE_NEWUSER) refused" has "userns=EPERM"
+# sandbox-init's parent is the server: its memory is out of reach (its environment is not,
+# for a root command: the process backend gives no isolation, the data dir is readable too)
+run "$D" 'srv=$(cut -d" " -f4 /proc/$PPID/stat); echo "server=$srv"; ./probe mem $srv'
+check "process backend: the command sees the server's pid ($SERVER_PID)" has "server=$SERVER_PID"
+if ! grep -q "no Landlock domain" "$SERVER_LOG"; then
+  check "process backend: the server's memory cannot be opened" bash -c "grep -q '^mem=E' <<<'$OUT'"
+fi
 api POST "/v1/sessions/$D/exec" '{"argv":["curl","--version"]}'
 expect_error 403 forbidden "process backend: exec of a blocked command is refused with 403"
 run "$D" 'ln -sf /usr/bin/curl via-link && echo linked'
