@@ -5,7 +5,8 @@
  * Isolation: system directories read-only, the workspace read-write at /workspace, the private
  * dir (prompt files) read-only at /run/sessiond, fresh /tmp (size-capped), /proc and /dev;
  * the repository's shared object store (repos.h repos_hook_shared_objects) read-only at its
- * host path, which the workspace's .git/objects/info/alternates names;
+ * host path, which the workspace's .git/objects/info/alternates names; each blocked_commands
+ * program masked by an empty 0444 file (blocked.h);
  * new user/pid/ipc/uts/cgroup namespaces and no network unless the spec allows egress;
  * --die-with-parent, --new-session, --cap-drop ALL, --disable-userns, an environment built
  * from scratch. Host paths are handed to bwrap as file descriptors (--bind-fd), so the data
