@@ -714,7 +714,11 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
                 _exit(125);
             }
         }
-        execv(BWRAP, (char *const *)av);
+        /* bwrap gets an empty environment, not ours: it stays pid 1's ancestor inside the
+         * sandbox (its pid-1 monitor is a fork of it), so /proc/1/environ shows whatever it
+         * was exec'd with, and --clearenv only clears the environment of its child. */
+        static char *const no_env[] = {NULL};
+        execve(BWRAP, (char *const *)av, no_env);
         _exit(127);
     }
     close(sp[1]);

@@ -69,7 +69,10 @@ static int process_create(struct sbx_backend *b, const struct sbx_spec *spec, st
         if (chdir(s->ws_host) < 0) {
             _exit(126);
         }
-        execv(pb->init_path, (char *const *)pb->init_argv);
+        /* Nothing of the server's environment (tokens, keys) reaches the commands: sandbox-init
+         * starts from an empty one and builds each command's from the request. */
+        static char *const no_env[] = {NULL};
+        execve(pb->init_path, (char *const *)pb->init_argv, no_env);
         _exit(127);
     }
     close(sp[1]);
