@@ -87,7 +87,8 @@ $(BUILD)/sessiond: $(BUILD)/obj/server/main.o $(LIBS)
 # The supervisor that runs inside each sandbox: no dependency of ours but libc. Never built
 # with sanitizers: it runs under the sandbox's RLIMIT_DATA, and ASan's shadow reservation
 # (terabytes of address space) cannot be mapped under it.
-$(BUILD)/sandbox-init: sandbox/init/sandbox-init.c sandbox/init/egress_fwd.c
+$(BUILD)/sandbox-init: sandbox/init/sandbox-init.c sandbox/init/egress_fwd.c sandbox/init/filter.c \
+		sandbox/init/landlock.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
 	@$(CC) -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) -o $@ $<

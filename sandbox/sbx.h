@@ -51,6 +51,10 @@ struct sbx_config {
     int exec_timeout_s;      /* default per-exec wall clock timeout; default 600 */
     int64_t exec_output_cap; /* per exec; default 10 MiB */
     int idle_stop_s;         /* stop a sandbox idle this long; default 600 */
+    /* Programs commands may not run (blocked.h): masked in every sandbox, refused by
+     * sandbox-init. Borrowed, like the strings above. */
+    const char *const *blocked_commands;
+    size_t n_blocked_commands;
 };
 
 /** Fill unset (zero/NULL) fields with defaults. */

@@ -4,8 +4,9 @@
  *
  * Isolation: system directories read-only, the workspace read-write at /workspace, the private
  * dir (prompt files) read-only at /run/sessiond, fresh /tmp (size-capped), /proc and /dev;
- * the repository's shared object store (sbx_spec.shared_objects) read-only at its host path, which
- * the workspace's .git/objects/info/alternates names; new user/pid/ipc/uts/cgroup namespaces and no
+ * the repository's shared object store (sbx_spec.shared_objects) read-only at its host path,
+ * which the workspace's .git/objects/info/alternates names; each blocked_commands program
+ * masked by an empty 0444 file (blocked.h); new user/pid/ipc/uts/cgroup namespaces and no
  * network unless the spec allows egress;
  * --die-with-parent, --new-session, --cap-drop ALL, --disable-userns, an environment built
  * from scratch. Host paths are handed to bwrap as file descriptors (--bind-fd), so the data
@@ -27,6 +28,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "sandbox/blocked.h"
 #include "sandbox/outpump.h"
 
 #include <errno.h>
@@ -63,6 +65,10 @@ struct local_backend {
     int health_rc;
     char health_msg[512];
     int quiet; /* self-test: keep the failure in health_msg instead of logging it */
+
+    char **masks; /* blocked_commands resolved (blocked.h): files masked in every sandbox */
+    size_t nmasks;
+    char *empty; /* the empty 0444 file bound over them when bwrap gets host paths */
 };
 
 struct local_sbx {
@@ -300,6 +306,42 @@ static int grant_traverse(const char *dir, gid_t gid)
                  strerror(errno));
         return -1;
     }
+    return 0;
+}
+
+/* blocked_commands: resolve each entry to the file it names in a sandbox (an entry that names
+ * nothing there is logged and skipped: there is nothing to mask), and when bwrap is handed host
+ * paths (not root: no staging), make the empty file it binds over them. */
+static int resolve_masks(struct local_backend *lb)
+{
+    const struct sbx_config *c = &lb->base.cfg;
+    for (size_t i = 0; i < c->n_blocked_commands; i++) {
+        char *p = NULL;
+        if (blocked_resolve(c->blocked_commands[i], &p)) {
+            LOG_WARN("sandbox: blocked_commands: %s is no file of the sandboxes' system "
+                     "directories: nothing to mask",
+                     c->blocked_commands[i]);
+            continue;
+        }
+        lb->masks = xrealloc(lb->masks, (lb->nmasks + 1) * sizeof *lb->masks);
+        lb->masks[lb->nmasks++] = p;
+        LOG_INFO("sandbox: blocked_commands: %s masked in every sandbox", p);
+    }
+    if (!lb->nmasks || lb->as_root) {
+        return 0;
+    }
+    lb->empty = xasprintf("%s/sandboxes/blocked-empty", c->data_dir);
+    int fd = open(lb->empty, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0444);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size != 0 ||
+        (st.st_mode & 0333)) {
+        LOG_ERROR("sandbox: %s must be an empty file of mode 0444 (blocked_commands)", lb->empty);
+        if (fd >= 0) {
+            close(fd);
+        }
+        return ERR_IO;
+    }
+    close(fd);
     return 0;
 }
 
@@ -542,6 +584,13 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     arg(&av, &n, &cap, "--hostname");
     arg(&av, &n, &cap, "sandbox");
     add_system_dirs(&av, &n, &cap, keep, &nkeep);
+    /* blocked_commands: an empty, non-executable file over each (after the system dirs they
+     * lie in). A policy, not a boundary: a copy of the program still runs. */
+    for (size_t i = 0; i < lb->nmasks; i++) {
+        arg(&av, &n, &cap, "--ro-bind");
+        arg(&av, &n, &cap, lb->as_root ? STAGE "/empty" : lb->empty);
+        arg(&av, &n, &cap, lb->masks[i]);
+    }
     arg(&av, &n, &cap, "--proc");
     arg(&av, &n, &cap, "/proc");
     arg(&av, &n, &cap, "--dev");
@@ -581,6 +630,10 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     arg(&av, &n, &cap, "/run/sessiond-init");
     arg(&av, &n, &cap, "--fd");
     arg(&av, &n, &cap, "3");
+    for (size_t i = 0; i < lb->nmasks; i++) {
+        arg(&av, &n, &cap, "--block"); /* sandbox-init refuses to start them, with a reason */
+        arg(&av, &n, &cap, lb->masks[i]);
+    }
 
     pid_t pid = fork();
     if (pid < 0) {
@@ -629,7 +682,8 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
                 step = 2;
             } else if (mkdir(STAGE "/ws", 0755) < 0 || mkdir(STAGE "/priv", 0755) < 0 ||
                        mkdir(STAGE "/agents", 0755) < 0 || mkdir(STAGE "/objs", 0755) < 0 ||
-                       close(open(STAGE "/init", O_WRONLY | O_CREAT, 0755)) < 0) {
+                       close(open(STAGE "/init", O_WRONLY | O_CREAT, 0755)) < 0 ||
+                       close(open(STAGE "/empty", O_WRONLY | O_CREAT, 0444)) < 0) {
                 step = 3;
             } else if (mount(s->ws_host, STAGE "/ws", NULL, MS_BIND, NULL) < 0) {
                 step = 4;
@@ -731,6 +785,11 @@ static void local_free(struct sbx_backend *b)
     free(lb->cg_pids);
     free(lb->cg_mem);
     free(lb->cg_cpu);
+    for (size_t i = 0; i < lb->nmasks; i++) {
+        free(lb->masks[i]);
+    }
+    free(lb->masks);
+    free(lb->empty);
     free(lb);
 }
 
@@ -825,6 +884,10 @@ int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sb
     free(sd);
     free(wd);
     lb->as_root = geteuid() == 0;
+    rc = resolve_masks(lb);
+    if (rc) {
+        goto out;
+    }
     if (lb->as_root) {
         rc = resolve_user(lb, cfg);
         if (rc) {

@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xmem.h"
+#include "sandbox/blocked.h"
 #include "sandbox/outpump.h"
 
 #include <errno.h>
@@ -26,6 +27,7 @@ struct process_backend {
     struct sbx_backend base;
     char *init_path;
     char *agents_dir;
+    const char **init_argv; /* sandbox-init's command line, with --block for blocked_commands */
 };
 
 static int process_create(struct sbx_backend *b, const struct sbx_spec *spec, struct sbx **out)
@@ -70,8 +72,7 @@ static int process_create(struct sbx_backend *b, const struct sbx_spec *spec, st
         /* Nothing of the server's environment (tokens, keys) reaches the commands: sandbox-init
          * starts from an empty one and builds each command's from the request. */
         static char *const no_env[] = {NULL};
-        char *const init_argv[] = {"sandbox-init", "--fd", "3", NULL};
-        execve(pb->init_path, init_argv, no_env);
+        execve(pb->init_path, (char *const *)pb->init_argv, no_env);
         _exit(127);
     }
     close(sp[1]);
@@ -102,6 +103,10 @@ static void process_free(struct sbx_backend *b)
     struct process_backend *pb = (struct process_backend *)b;
     free(pb->init_path);
     free(pb->agents_dir);
+    for (size_t i = 3; pb->init_argv && pb->init_argv[i]; i += 2) {
+        free((char *)pb->init_argv[i + 1]);
+    }
+    free(pb->init_argv);
     free(pb);
 }
 
@@ -126,6 +131,23 @@ int sbx_process_open(const struct sbx_config *cfg, struct outpump *pump, struct 
     pb->base.pump = pump;
     pb->init_path = sbxi_init_path(cfg);
     pb->agents_dir = sbxi_agents_dir(cfg);
+    /* "sandbox-init --fd 3 [--block FILE]...": no mask here (no namespace to mount in), but
+     * sandbox-init still refuses to start a blocked program. */
+    size_t na = 3;
+    pb->init_argv = xcalloc(3 + 2 * cfg->n_blocked_commands + 1, sizeof *pb->init_argv);
+    pb->init_argv[0] = "sandbox-init";
+    pb->init_argv[1] = "--fd";
+    pb->init_argv[2] = "3";
+    for (size_t i = 0; i < cfg->n_blocked_commands; i++) {
+        char *p = NULL;
+        if (blocked_resolve(cfg->blocked_commands[i], &p)) {
+            LOG_WARN("sandbox: blocked_commands: %s is no file of the system directories",
+                     cfg->blocked_commands[i]);
+            continue;
+        }
+        pb->init_argv[na++] = "--block";
+        pb->init_argv[na++] = p;
+    }
     if (access(pb->init_path, X_OK) != 0) {
         LOG_ERROR("sandbox: sandbox-init not found at %s (make builds it)", pb->init_path);
         process_free(&pb->base);

@@ -101,6 +101,9 @@ static const struct cfg_field fields[] = {
     FI("prompt_timeout", prompt_timeout, "5400", 1, 1 << 30, "default prompt timeout (s)"),
     FI("cancel_grace_ms", cancel_grace_ms, "5000", 0, 600000,
        "cancel: SIGTERM, SIGKILL after (ms)"),
+    FL("blocked_commands", blocked_commands,
+       "programs sandboxes may not run (absolute paths or names in /usr/bin:/bin; a policy, "
+       "not a boundary: a copy still runs)"),
     /* secret: it may hold inline "api_key"s, so config_dump must not print it */
     FSECRET("agents", agents,
             "named coding agents: JSON {\"claude\":{\"kind\":\"claude-code\",...}}"),
@@ -180,6 +183,42 @@ static void list_add(struct config_list *l, const char *s, size_t n)
     }
     l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
     l->v[l->n++] = xstrndup(s, n);
+}
+
+/* blocked_commands entries: an absolute path of non-empty components other than "." and ".."
+ * (it names a file of the sandbox's system directories), or a program name without '/'. */
+static int blocked_entry_ok(const char *e)
+{
+    size_t n = strlen(e);
+    if (n >= 4096 || !strcmp(e, ".") || !strcmp(e, "..")) {
+        return 0;
+    }
+    if (e[0] != '/') {
+        return !strchr(e, '/');
+    }
+    for (const char *p = e; *p;) {
+        const char *c = p + 1; /* a component starts after each '/' */
+        size_t cl = strcspn(c, "/");
+        if (!cl || (cl == 1 && c[0] == '.') || (cl == 2 && c[0] == '.' && c[1] == '.')) {
+            return 0;
+        }
+        p = c + cl;
+    }
+    return 1;
+}
+
+static int check_blocked(const struct config_list *l, char *msg, size_t msglen)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        if (!blocked_entry_ok(l->v[i])) {
+            snprintf(msg, msglen,
+                     "config: blocked_commands entry '%s' must be an absolute path or a program "
+                     "name",
+                     l->v[i]);
+            return ERR_INVALID;
+        }
+    }
+    return 0;
 }
 
 static int parse_bool(const char *s, int *out)
@@ -524,6 +563,10 @@ int config_load(int argc, char *const *argv, char *const *envp, struct config **
     if (!*c->data_dir) {
         snprintf(msg, msglen, "config: data_dir must not be empty");
         rc = ERR_INVALID;
+        goto out;
+    }
+    rc = check_blocked(&c->blocked_commands, msg, msglen);
+    if (rc) {
         goto out;
     }
     *out = c;

@@ -83,6 +83,8 @@ struct config {
     int64_t repos_tick_ms;            /* repos.tick_ms: image schedule / warm pool period (ms) */
     int64_t repos_sync_wait_ms;       /* repos.sync_wait_ms: bound of the wait for the sync */
     char *repos_file;                 /* repos.file: JSON array of repositories loaded at start */
+
+    struct config_list blocked_commands; /* blocked_commands: programs masked in sandboxes */
 };
 
 /** Build the configuration from argv (flags), envp (NULL = environ) and the JSON file named

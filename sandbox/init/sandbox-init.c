@@ -17,11 +17,17 @@
  * no longer polled, so the commands block on write; the control socket is still read, so a
  * kill request always gets through. When the control socket closes, every command's group
  * is killed and sandbox-init exits (which ends the sandbox's pid namespace).
+ *
+ * Before it reports ready it installs a seccomp filter on itself (filter.c) and enters a
+ * Landlock domain (landlock.c), which every command and its descendants inherit. Programs named by
+ * --block FILE (the server's blocked_commands, already resolved to canonical paths) are refused as
+ * commands: exit code 126 and the reason on stderr.
  */
 #include "proto.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -32,6 +38,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +47,14 @@
 #define DRAIN_MS 200        /* after the main process exits, wait this long for pipe EOF */
 #define MAX_CMDS 256
 #define MAX_ARGS 4096
+
+#define MAX_BLOCKED 256 /* --block arguments */
+
+/* What the server forbids commands, from the command line: fixed after start. */
+struct policy {
+    const char *blocked[MAX_BLOCKED]; /* canonical paths (--block): refused as argv[0] */
+    int nblocked;
+};
 
 struct obuf {
     unsigned char *p;
@@ -274,7 +289,57 @@ static void set_limit(int res, uint64_t v)
     }
 }
 
-static void do_exec(uint32_t id, const char *p, size_t n)
+/* The file execvp would run for a0 with the current PATH, resolved through symlinks into real
+ * (PATH_MAX bytes). -1 if there is none. Relative names are taken from cwd, the command's. */
+static int resolve_cmd(const char *a0, const char *cwd, char *real)
+{
+    char cand[PATH_MAX];
+    struct stat st;
+    if (strchr(a0, '/')) {
+        snprintf(cand, sizeof cand, "%s%s%s", a0[0] == '/' ? "" : cwd, a0[0] == '/' ? "" : "/", a0);
+        return realpath(cand, real) ? 0 : -1;
+    }
+    const char *path = getenv("PATH");
+    for (const char *d = path ? path : "/usr/bin:/bin"; *d;) {
+        size_t l = strcspn(d, ":");
+        if (l) {
+            snprintf(cand, sizeof cand, "%s%s%.*s/%s", d[0] == '/' ? "" : cwd,
+                     d[0] == '/' ? "" : "/", (int)l, d, a0);
+            if (stat(cand, &st) == 0 && S_ISREG(st.st_mode)) {
+                return realpath(cand, real) ? 0 : -1;
+            }
+        }
+        d += l + (d[l] == ':');
+    }
+    return -1;
+}
+
+/* 1 (and a refusal sent for id) if the command's program is one the server blocks. */
+static int refuse_blocked(const struct policy *pol, uint32_t id, const char *a0, const char *cwd)
+{
+    char real[PATH_MAX];
+    if (!pol->nblocked || resolve_cmd(a0, cwd, real) < 0) {
+        return 0;
+    }
+    for (int i = 0; i < pol->nblocked; i++) {
+        if (!strcmp(real, pol->blocked[i])) {
+            char msg[PATH_MAX + 512];
+            int n = snprintf(msg, sizeof msg,
+                             "sandbox-init: %.256s: %s is blocked by the server's "
+                             "blocked_commands policy\n",
+                             a0, real);
+            send_frame(INIT_STDERR, id, msg, n > 0 && (size_t)n < sizeof msg ? (size_t)n : 0);
+            unsigned char p[32] = {0};
+            init_put32(p, 126);
+            init_put32(p + 8, INIT_F_NOEXEC);
+            send_frame(INIT_EXIT, id, p, sizeof p);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void do_exec(const struct policy *pol, uint32_t id, const char *p, size_t n)
 {
     char *argv[MAX_ARGS + 1];
     char *envp[MAX_ARGS + 1];
@@ -336,6 +401,9 @@ static void do_exec(uint32_t id, const char *p, size_t n)
         if (!strncmp(envp[i], "PATH=", 5)) {
             setenv("PATH", envp[i] + 5, 1);
         }
+    }
+    if (refuse_blocked(pol, id, argv[0], cwd)) {
+        goto out;
     }
     int64_t start = now_us();
     pid_t pid = fork();
@@ -461,12 +529,13 @@ static void write_stdin(struct cmd *c)
     }
 }
 
-static void handle_frame(int type, uint32_t id, const unsigned char *p, size_t n)
+static void handle_frame(const struct policy *pol, int type, uint32_t id, const unsigned char *p,
+                         size_t n)
 {
     struct cmd *c = find_cmd(id);
     switch (type) {
     case INIT_EXEC:
-        do_exec(id, (const char *)p, n);
+        do_exec(pol, id, (const char *)p, n);
         break;
     case INIT_STDIN:
         if (c && c->in_fd >= 0 && n) {
@@ -499,7 +568,7 @@ static void handle_frame(int type, uint32_t id, const unsigned char *p, size_t n
     }
 }
 
-static void read_ctl(void)
+static void read_ctl(const struct policy *pol)
 {
     for (;;) {
         if (inb_cap - inb_len < 65536) {
@@ -534,7 +603,7 @@ static void read_ctl(void)
             if (inb_len - off < INIT_HDR + len) {
                 break;
             }
-            handle_frame(inb[off + 4], init_get32(inb + off + 5), inb + off + INIT_HDR, len);
+            handle_frame(pol, inb[off + 4], init_get32(inb + off + 5), inb + off + INIT_HDR, len);
             off += INIT_HDR + len;
         }
         memmove(inb, inb + off, inb_len - off);
@@ -587,14 +656,25 @@ static void reap(int sfd)
 /* ---- issue 7: the loopback forwarder to the egress proxy (egress_fwd.c) ---- */
 #include "egress_fwd.c"
 
+/* ---- the seccomp filter and the Landlock domain every command inherits ---- */
+#include "filter.c"
+#include "landlock.c"
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--egress-forward")) { /* issue 7: a separate mode */
         return egress_forward_main(argc, argv);
     }
+    struct policy pol = {.nblocked = 0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--fd") && i + 1 < argc) {
             ctl = (int)strtol(argv[++i], NULL, 10);
+        } else if (!strcmp(argv[i], "--block") && i + 1 < argc) {
+            if (pol.nblocked == MAX_BLOCKED) {
+                errno = E2BIG;
+                die("--block");
+            }
+            pol.blocked[pol.nblocked++] = argv[++i];
         } else if (!strcmp(argv[i], "--version")) {
             puts(INIT_VERSION);
             return 0;
@@ -622,6 +702,16 @@ int main(int argc, char **argv)
     }
     sfd_global = sfd;
     fcntl(ctl, F_SETFD, FD_CLOEXEC);
+    if (filter_install() < 0) {
+        die("seccomp filter");
+    }
+    const char *what = NULL;
+    if (landlock_install(&what) < 0) {
+        dprintf(2,
+                "sandbox-init: %s: %s: no Landlock domain, so commands can reach the memory of "
+                "processes of their uid outside the sandbox's commands (pid 1)\n",
+                what, strerror(errno));
+    }
     send_frame(INIT_READY, 0, INIT_VERSION, strlen(INIT_VERSION));
 
     struct pollfd pfd[2 + 3 * MAX_CMDS];
@@ -685,7 +775,7 @@ int main(int argc, char **argv)
         }
         if (r > 0) {
             if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-                read_ctl();
+                read_ctl(&pol);
             }
             if (pfd[1].revents & POLLIN) {
                 reap(sfd);

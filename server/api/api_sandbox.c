@@ -17,6 +17,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/commitq.h"
+#include "sandbox/blocked.h"
 #include "sandbox/outpump.h"
 #include "workspace/repos.h"
 #include "runner/runner.h"
@@ -64,6 +65,8 @@ int sandbox_start(struct app *app)
         .cpus = (int)cfg->sandbox_cpus,
         .exec_timeout_s = (int)cfg->exec_timeout,
         .idle_stop_s = (int)cfg->sandbox_idle_stop,
+        .blocked_commands = (const char *const *)cfg->blocked_commands.v,
+        .n_blocked_commands = cfg->blocked_commands.n,
     };
     sbx_config_defaults(&g_sbx_cfg);
     rc = sbx_backend_open(&g_sbx_cfg, g_pump, &app->sbx);
@@ -469,6 +472,16 @@ int api_exec(struct req *r)
         argv[0] = "/bin/bash";
         argv[1] = "-c";
         argv[2] = script;
+    }
+    char *blocked = NULL;
+    if (blocked_match(g_sbx_cfg.blocked_commands, g_sbx_cfg.n_blocked_commands, argv[0],
+                      &blocked)) {
+        /* Refused before anything is recorded; inside the sandbox the file is masked too. */
+        rc =
+            req_fail(r, ERR_FORBIDDEN, "%s (%s) is blocked by the server's blocked_commands policy",
+                     argv[0], blocked);
+        free(blocked);
+        goto out;
     }
     if (!app->runner) {
         rc = req_fail(r, ERR_UNAVAILABLE, "the sandbox is not running");

@@ -206,6 +206,25 @@ TEST(origins)
     config_free(c);
 }
 
+TEST(blocked_commands)
+{
+    char *argv[] = {"sessiond", "--blocked-commands", "/usr/bin/curl, wget", NULL};
+    char *envp[] = {NULL};
+    struct config *c = load(3, argv, envp);
+    ASSERT_EQ((long)c->blocked_commands.n, 2L);
+    ASSERT(!strcmp(c->blocked_commands.v[0], "/usr/bin/curl"));
+    ASSERT(!strcmp(c->blocked_commands.v[1], "wget"));
+    config_free(c);
+    static const char *const bad[] = {
+        "bin/curl", "/usr/../bin/curl", "/usr/bin/", "/usr//curl", "/./curl", "..", "/"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *av[] = {"sessiond", "--blocked-commands", (char *)bad[i], NULL};
+        char msg[256] = "";
+        ASSERT_EQ(load_err(3, av, envp, msg, sizeof msg), ERR_INVALID);
+        ASSERT(strstr(msg, "blocked_commands"));
+    }
+}
+
 TEST(dump_masks_secrets)
 {
     char *argv[] = {"sessiond", "--admin-token", "topsecret", NULL};
@@ -228,6 +247,7 @@ static const struct test_case tests[] = {
     T(errors),
     T(split_listen),
     T(origins),
+    T(blocked_commands),
     T(dump_masks_secrets),
 };
 TEST_MAIN(tests)
