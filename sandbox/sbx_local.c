@@ -574,6 +574,10 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     arg(&av, &n, &cap, "--unshare-user"); /* explicit: --disable-userns needs it */
     arg(&av, &n, &cap, "--disable-userns");
     arg(&av, &n, &cap, "--die-with-parent");
+    /* sandbox-init is pid 1 itself (it reaps orphans; see its header): without this flag
+     * bwrap leaves a monitor of its own as pid 1, a process of the sandbox's uid that runs
+     * outside sandbox-init's seccomp filter and Landlock domain. */
+    arg(&av, &n, &cap, "--as-pid-1");
     arg(&av, &n, &cap, "--new-session");
     arg(&av, &n, &cap, "--cap-drop");
     arg(&av, &n, &cap, "ALL");

@@ -59,8 +59,9 @@ check "/tmp is writable" grep -q TMP_OK <<<"$(jget .stdout)"
 check "not root inside" bash -c "[ \"\$(tail -n1 <<<'$(jget .stdout)')\" != 0 ]"
 
 # ---- the supervisor cannot be hijacked: no ptrace of sandbox-init, no fd of the host ----
-run "$A" 'ls -l /proc/2/fd/ 2>&1 | grep -c socket; cat /proc/2/environ 2>&1 | head -c 50; echo; ls -l /proc/self/fd/ | tail -n +2 | wc -l'
+run "$A" 'ls -l /proc/1/fd/ 2>&1 | grep -c socket; cat /proc/1/environ 2>&1 | head -c 50; echo; ls -l /proc/self/fd/ | tail -n +2 | wc -l; cat /proc/1/comm'
 check "sandbox-init's fds and environment are not readable" bash -c "grep -q 'Permission denied' <<<'$(jget .stdout)'"
+check "pid 1 is sandbox-init (no bwrap monitor inside)" grep -qx sessiond-init <<<"$(jget .stdout)"
 
 # ---- network: the server's own port, and anything else ----
 run "$A" "(exec 3<>/dev/tcp/127.0.0.1/$PORT && echo CONNECTED_SERVER) 2>/dev/null; (exec 3<>/dev/tcp/1.1.1.1/80 && echo CONNECTED_NET) 2>/dev/null; cat /proc/net/dev | grep -c ':' ; echo NETDONE"
