@@ -71,6 +71,11 @@ struct sbx_spec {
     const char *const *secrets;
     int egress;                /* 0: no network (default); 1: the host network (trusted only) */
     const char *const *labels; /* "key=value", informational */
+    /* Called once on the output pump thread when the sandbox's control channel closes
+     * (destroyed, stopped, or died), after its commands were reported lost, so that whoever
+     * counts sandboxes frees the slot at once. Must not block. NULL = none. */
+    void (*on_end)(void *arg, struct sbx *s);
+    void *on_end_arg;
 };
 
 /** Where the local backend mounts sandbox/agents (read-only) inside a sandbox. */
