@@ -254,6 +254,10 @@ static int over_budget(struct run *run, size_t n)
     }
     run->truncated = 1;
     int session = run->out_budget < run->r->cfg.prompt_output_cap;
+    if (session) {
+        run->out_bytes = run->out_budget; /* the session's allowance is used up: the next
+                                           * prompt fails at once instead of storing crumbs */
+    }
     json_t *d =
         json_pack("{s:s,s:I,s:s,s:s}", "prompt_id", run->pid, "limit_bytes",
                   (json_int_t)run->out_budget, "scope", session ? "session" : "prompt", "message",
