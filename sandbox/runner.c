@@ -91,6 +91,7 @@ struct rs {
     uint64_t cap_ticket; /* > 0: a prompt's start waits for a slot (oldest first) */
     int cap_parked;      /* and is parked until wake_parked queues it again */
     int execs;           /* runner_exec_begin holders */
+    int picking;         /* start_next uses x->sbx without a run yet: not to be evicted */
     struct rs *next;
 };
 
@@ -1061,8 +1062,8 @@ static struct rs *idle_victim(struct runner *r, const struct rs *self, const cha
 {
     struct rs *v = NULL;
     for (struct rs *x = r->sessions; x; x = x->next) {
-        if (x == self || !x->sbx || x->run || x->users || x->starting || x->reserving ||
-            (owner && (!x->owner || strcmp(x->owner, owner)))) {
+        if (x == self || !x->sbx || x->run || x->users || x->picking || x->starting ||
+            x->reserving || (owner && (!x->owner || strcmp(x->owner, owner)))) {
             continue;
         }
         struct live *l = live_find(r, x->sbx);
@@ -1344,9 +1345,14 @@ static void *starter_main(void *arg)
                 purge_files(r, x, x->id);
             }
         }
-        if (rc == ERR_LIMIT) {
-            park_start(r, x, st->for_prompt);
+        if (rc == ERR_LIMIT && st->for_prompt) {
+            park_start(r, x, 1);
             pthread_mutex_lock(&r->lock);
+        } else if (rc == ERR_LIMIT) {
+            /* A start ahead of any prompt is dropped; a prompt queued meanwhile found it
+             * running and waits for this kick to start (and park) its own. */
+            pthread_mutex_lock(&r->lock);
+            push_job(r, JOB_KICK, x->id);
         } else {
             pthread_mutex_lock(&r->lock);
             if (rc && st->for_prompt) {
@@ -1495,7 +1501,27 @@ void runner_prestart(struct runner *r, const char *sid)
     }
 }
 
+static void start_next_picked(struct runner *r, const char *sid);
+
+/* Start the session's next prompt (control thread). Idle stops run on this thread too, but an
+ * eviction for another start (slot_take) may run on any: x->picking keeps it off the sandbox
+ * that start_next_picked holds without a run yet. */
 static void start_next(struct runner *r, const char *sid)
+{
+    pthread_mutex_lock(&r->lock);
+    struct rs *x = rs_get(r, sid);
+    x->picking++;
+    pthread_mutex_unlock(&r->lock);
+    start_next_picked(r, sid);
+    pthread_mutex_lock(&r->lock);
+    x->picking--;
+    if (!x->picking && !x->run) {
+        wake_parked(r); /* it may be evictable again */
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void start_next_picked(struct runner *r, const char *sid)
 {
     struct next_prompt np = {0};
     struct run *run = NULL;
