@@ -1271,6 +1271,7 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
     old = x->sbx; /* s, or NULL if it was stopped meanwhile */
     x->sbx = ns;
     x->cap_ticket = 0; /* a wait for a slot is over */
+    x->cap_parked = 0;
     slot_done(r, x, ns);
     if (old) {
         live_gone(r, old);
