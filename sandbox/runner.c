@@ -1121,8 +1121,10 @@ static void slot_done(struct runner *r, struct rs *x, struct sbx *ns)
     r->reserving--;
     if (ns) {
         struct live *l = live_find(r, ns);
-        if (!l && sbx_alive(ns)) { /* dead: its end was reported already, nothing to count */
-            live_add(r, ns, x->owner, x->exempt);
+        if (!l) {
+            if (sbx_alive(ns)) { /* dead: its end was reported already, nothing to count */
+                live_add(r, ns, x->owner, x->exempt);
+            }
         } else if (!l->owner) {
             l->owner = xstrdup(x->owner ? x->owner : "");
             l->exempt = x->exempt;
