@@ -8,7 +8,8 @@
  * left `running` by a crash as failed and resumes the queues. Every state change of a prompt
  * row is committed in the same transaction as the event that reports it.
  *
- * Events: sandbox.starting/ready/stopped/failed, prompt.started, agent.output (merged text,
+ * Events: sandbox.waiting {reason "capacity"} (no sandbox slot: the prompt waits for one),
+ * sandbox.starting/ready/stopped/failed, prompt.started, agent.output (merged text,
  * ≤16 KiB), agent.tool_call, agent.tool_result, agent.file_changed, agent.artifact,
  * agent.status, agent.done, agent.error, agent.truncated, message (role assistant, from the
  * agent's `done` summary), prompt.completed {exit_code, duration_ms,
