@@ -15,6 +15,15 @@
  * Ordering: all events of a prompt go through the session's commitq FIFO, and the final
  * prompt.completed/failed/cancelled job is submitted from on_exit after the last output, so
  * it is committed after every output event of the prompt.
+ *
+ * Caps: every sandbox the runner creates (a session's, or a warm pool's through pool_factory)
+ * holds a slot in r->live until the pump reports its end (sbx_ended) or the runner destroys
+ * it; a start takes its slot (rs->reserving) before it creates anything. The server-wide cap
+ * counts all of them, the per-user cap a session's sandbox against the session's creator.
+ * A full cap first stops the least recently used idle sandbox in reach (it is only a cache of
+ * a workspace kept on disk); else runner_acquire answers ERR_LIMIT and a prompt's start parks
+ * (rs->cap_ticket, sandbox.waiting) until wake_parked finds room for it: called wherever a
+ * slot is freed or a sandbox becomes idle, never by a timer.
  */
 #include "runner/runner.h"
 
@@ -49,6 +58,8 @@
 
 enum job_kind { JOB_KICK, JOB_ENDED, JOB_RECOVER };
 
+#define EVENT_OVERHEAD 64 /* bytes an event costs in the file beyond its data (row, seq, type) */
+
 #define NSTARTERS 4 /* concurrent background sandbox starts (a workspace fill takes seconds) */
 
 struct rjob {
@@ -73,7 +84,25 @@ struct rs {
     int starting;            /* ensure_sandbox is creating the sandbox now */
     char *start_err;         /* why the last start for a prompt failed (start_next fails it) */
     int64_t sync_wait_since; /* mono ms: the head prompt waits for the workspace sync */
+    /* Caps. owner/exempt are loaded once from the registry (load_owner) before a start. */
+    char *owner;         /* the session's creator, whom its sandbox counts against */
+    int exempt;          /* the creator holds an admin token: only the server cap applies */
+    int reserving;       /* a slot is taken for the start in progress */
+    uint64_t cap_ticket; /* > 0: a prompt's start waits for a slot (oldest first) */
+    int cap_parked;      /* and is parked until wake_parked queues it again */
+    int execs;           /* runner_exec_begin holders */
+    int picking;         /* start_next uses x->sbx without a run yet: not to be evicted */
     struct rs *next;
+};
+
+/* A sandbox the runner created (a session's or a warm pool's), from its creation until the
+ * pump reports its end (sbx_ended). Guarded by r->lock. */
+struct live {
+    struct sbx *s;
+    char *owner; /* the session creator it counts against; NULL: a warm-pool sandbox */
+    int exempt;
+    int gone; /* destroyed by the runner: counted no more, its end not reported yet */
+    struct live *next;
 };
 
 struct run {
@@ -92,8 +121,10 @@ struct run {
     struct buf text; /* merged output text of the current chunk */
     struct buf errtext;
     struct cq_job *job;
-    int64_t out_bytes;
+    int64_t out_bytes;  /* stored bytes charged to the prompt (event data + EVENT_OVERHEAD) */
+    int64_t out_budget; /* the prompt's cap, or less: what the session's total has left */
     int truncated;
+    int finals_kept; /* bits: a `done` (1) / `error` (2) line kept after the cap */
     int64_t first_us;
     char *error_reason;
     _Atomic int paused;
@@ -122,9 +153,15 @@ struct runner {
     pthread_t starters[NSTARTERS];
     int nstarters;
     pthread_t ctl;
+    /* Caps (see the top of the file), guarded by r->lock. */
+    struct live *live;
+    int reserving; /* slots taken by starts in progress (sessions and pool) */
+    uint64_t next_ticket;
+    uint64_t n_refused, n_waits, n_evicted, n_exec_refused, n_truncated;
 };
 
 static const struct sbx_exec_cb run_cb;
+static void wake_parked(struct runner *r);
 
 /* ---- small helpers ---- */
 
@@ -201,6 +238,45 @@ static char *json_obj_str(const char *k1, const char *v1, const char *k2, const 
 
 /* ---- agent output → events (pump thread) ---- */
 
+/* Charge an event of n data bytes (what it adds to the session file) to the prompt's output
+ * budget. 0: store it. 1: over the budget: drop it; the first time, agent.truncated says
+ * so and what the cap was (the agent keeps running: its exit status and final answer still
+ * count). Escaped bytes are counted, not the agent's raw ones: a control byte costs six in
+ * the file. */
+static int over_budget(struct run *run, size_t n)
+{
+    int64_t cost = (int64_t)n + EVENT_OVERHEAD;
+    if (!run->truncated && run->out_bytes + cost <= run->out_budget) {
+        run->out_bytes += cost;
+        return 0;
+    }
+    if (run->truncated) {
+        return 1;
+    }
+    run->truncated = 1;
+    int session = run->out_budget < run->r->cfg.prompt_output_cap;
+    if (session) {
+        run->out_bytes = run->out_budget; /* the session's allowance is used up: the next
+                                           * prompt fails at once instead of storing crumbs */
+    }
+    json_t *d =
+        json_pack("{s:s,s:I,s:s,s:s}", "prompt_id", run->pid, "limit_bytes",
+                  (json_int_t)run->out_budget, "scope", session ? "session" : "prompt", "message",
+                  session ? "…truncated: the session's stored agent output reached its total cap "
+                            "(max_session_output_bytes); further output of this prompt is dropped"
+                          : "…truncated: the prompt's agent output reached its cap "
+                            "(max_prompt_output_bytes); further output is dropped");
+    if (!run->job) {
+        run->job = cq_job_new(run->sid);
+    }
+    cq_job_event(run->job, "agent.truncated", NULL, jx_dump(d));
+    json_decref(d);
+    pthread_mutex_lock(&run->r->lock);
+    run->r->n_truncated++;
+    pthread_mutex_unlock(&run->r->lock);
+    return 1;
+}
+
 static void flush_text(struct run *run)
 {
     struct buf *bs[2] = {&run->text, &run->errtext};
@@ -218,11 +294,15 @@ static void flush_text(struct run *run)
         buf_puts(&d, ",\"text\":");
         buf_json_str(&d, bs[i]->data, bs[i]->len);
         buf_putc(&d, '}');
+        buf_reset(bs[i]);
+        if (over_budget(run, d.len)) {
+            buf_free(&d);
+            continue;
+        }
         if (!run->job) {
             run->job = cq_job_new(run->sid);
         }
         cq_job_event(run->job, "agent.output", NULL, buf_detach(&d, NULL));
-        buf_reset(bs[i]);
     }
 }
 
@@ -231,19 +311,11 @@ static void add_text(struct run *run, int err, const char *p, size_t n)
     if (run->truncated) {
         return;
     }
-    run->out_bytes += (int64_t)n;
-    if (run->out_bytes > run->r->cfg.prompt_output_cap) {
-        run->truncated = 1;
+    struct buf *b = err ? &run->errtext : &run->text;
+    if (b->len + n > 64 * 1024) { /* merged text stays one modest event (flushed per chunk) */
         flush_text(run);
-        char *d = xasprintf("{\"prompt_id\":\"%s\",\"limit_bytes\":%lld}", run->pid,
-                            (long long)run->r->cfg.prompt_output_cap);
-        if (!run->job) {
-            run->job = cq_job_new(run->sid);
-        }
-        cq_job_event(run->job, "agent.truncated", NULL, d);
-        return;
     }
-    buf_append(err ? &run->errtext : &run->text, p, n);
+    buf_append(b, p, n);
 }
 
 struct msg_op {
@@ -340,15 +412,28 @@ static void handle_line(struct run *run, const char *line, size_t n)
                 return;
             }
             flush_text(run);
-            char *etype = xasprintf("agent.%s", type);
             json_t *d = json_deep_copy(o);
             json_object_del(d, "type");
             json_object_set_new(d, "prompt_id", json_string(run->pid));
+            char *data = jx_dump(d);
+            json_decref(d);
+            /* Every event the agent causes counts (a `done` twice: its summary is stored as a
+             * message too). Past the cap one `done` and one `error` are still kept: they are
+             * the prompt's answer and its failure reason. */
+            int final = !strcmp(type, "done") ? 1 : !strcmp(type, "error") ? 2 : 0;
+            if (over_budget(run, strlen(data) * (final == 1 ? 2 : 1))) {
+                if (!final || (run->finals_kept & final)) {
+                    free(data);
+                    json_decref(o);
+                    return;
+                }
+                run->finals_kept |= final;
+            }
+            char *etype = xasprintf("agent.%s", type);
             if (!run->job) {
                 run->job = cq_job_new(run->sid);
             }
-            cq_job_event(run->job, etype, NULL, jx_dump(d));
-            json_decref(d);
+            cq_job_event(run->job, etype, NULL, data);
             free(etype);
             if (!strcmp(type, "done")) {
                 const char *sum = json_string_value(json_object_get(o, "summary"));
@@ -498,6 +583,20 @@ static int finish_tx(struct sess_tx *tx, void *arg)
     if (sqlite3_step(st) != SQLITE_DONE) {
         return ERR_DB;
     }
+    if (f->run->out_bytes) {
+        /* The session's running total of stored agent output, for the next prompt's budget
+         * (max_session_output_bytes), in the transaction that ends the prompt. */
+        st = sess_tx_prepare(tx, "INSERT INTO meta(key, value) VALUES('output_bytes', ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET "
+                                 "value = CAST(value AS INTEGER) + excluded.value");
+        if (!st) {
+            return ERR_DB;
+        }
+        sqlite3_bind_int64(st, 1, f->run->out_bytes);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            return ERR_DB;
+        }
+    }
     int rc = sess_tx_append(tx, f->event, NULL, f->data, NULL);
     if (!rc && f->started) {
         char *d = json_obj_str("prompt_id", f->run->pid, NULL, NULL);
@@ -527,6 +626,7 @@ static void finish_tail(struct finish_op *f)
         r->n_cancelled++;
     }
     push_job(r, run->rs->ended ? JOB_ENDED : JOB_KICK, run->sid);
+    wake_parked(r); /* its sandbox may be idle now: a parked start can take its slot */
     pthread_cond_broadcast(&r->cond);
     pthread_mutex_unlock(&r->lock);
     free(f->event);
@@ -692,6 +792,7 @@ static const struct sbx_exec_cb run_cb = {run_output, run_exit};
 struct next_prompt {
     char *id, *mid, *author_id, *author_name, *author_email, *content, *context;
     char *agent;
+    int64_t out_used; /* agent output the session's file holds already (meta output_bytes) */
 };
 
 static char *col(sqlite3_stmt *st, int i)
@@ -707,7 +808,8 @@ static int read_next(sqlite3 *db, void *arg)
     int rc = sqlite3_prepare_v2(
         db,
         "SELECT p.id, p.message_id, p.author_id, p.author_name, p.author_email, m.content, "
-        "m.context_json, (SELECT value FROM meta WHERE key='agent') FROM prompts p "
+        "m.context_json, (SELECT value FROM meta WHERE key='agent'), "
+        "(SELECT CAST(value AS INTEGER) FROM meta WHERE key='output_bytes') FROM prompts p "
         "JOIN messages m ON m.id = p.message_id WHERE p.state='queued' "
         "ORDER BY p.queued_at, p.rowid LIMIT 1",
         -1, &st, NULL);
@@ -724,6 +826,7 @@ static int read_next(sqlite3 *db, void *arg)
         np->content = col(st, 5);
         np->context = col(st, 6);
         np->agent = col(st, 7);
+        np->out_used = sqlite3_column_int64(st, 8);
         rc = 0;
     } else {
         rc = rc == SQLITE_DONE ? ERR_NOT_FOUND : ERR_DB;
@@ -892,6 +995,227 @@ static void argv_free(char **av)
     free(av);
 }
 
+/* ---- sandbox caps (r->lock held unless said otherwise) ---- */
+
+static struct live *live_find(struct runner *r, const struct sbx *s)
+{
+    for (struct live *l = r->live; l; l = l->next) {
+        if (l->s == s) {
+            return l;
+        }
+    }
+    return NULL;
+}
+
+static void live_add(struct runner *r, struct sbx *s, const char *owner, int exempt)
+{
+    struct live *l = xcalloc(1, sizeof *l);
+    l->s = s;
+    l->owner = owner ? xstrdup(owner) : NULL;
+    l->exempt = exempt;
+    l->next = r->live;
+    r->live = l;
+}
+
+/* The runner destroys s now: its slot is free at once (the pump reports the end later). */
+static void live_gone(struct runner *r, const struct sbx *s)
+{
+    struct live *l = live_find(r, s);
+    if (l) {
+        l->gone = 1;
+    }
+    wake_parked(r);
+}
+
+static int slots_server(struct runner *r, int *pool)
+{
+    int n = r->reserving, p = 0;
+    for (struct live *l = r->live; l; l = l->next) {
+        n += !l->gone;
+        p += !l->gone && !l->owner;
+    }
+    if (pool) {
+        *pool = p;
+    }
+    return n;
+}
+
+static int slots_user(struct runner *r, const char *owner)
+{
+    int n = 0;
+    for (struct live *l = r->live; l; l = l->next) {
+        n += !l->gone && l->owner && !strcmp(l->owner, owner);
+    }
+    for (struct rs *x = r->sessions; x; x = x->next) {
+        n += x->reserving && x->owner && !strcmp(x->owner, owner);
+    }
+    return n;
+}
+
+static int user_full(struct runner *r, const struct rs *x)
+{
+    return !x->exempt && slots_user(r, x->owner) >= r->cfg.max_sandboxes_per_user;
+}
+
+/* The least recently used idle session sandbox other than self's, of owner (NULL: anyone's). */
+static struct rs *idle_victim(struct runner *r, const struct rs *self, const char *owner)
+{
+    struct rs *v = NULL;
+    for (struct rs *x = r->sessions; x; x = x->next) {
+        if (x == self || !x->sbx || x->run || x->users || x->picking || x->starting ||
+            x->reserving || (owner && (!x->owner || strcmp(x->owner, owner)))) {
+            continue;
+        }
+        struct live *l = live_find(r, x->sbx);
+        if (l && !l->gone && (!v || x->last_used_ms < v->last_used_ms)) {
+            v = x;
+        }
+    }
+    return v;
+}
+
+/* Could x take a slot now, directly or by stopping an idle sandbox? */
+static int slot_in_reach(struct runner *r, const struct rs *x)
+{
+    int ufull = user_full(r, x);
+    if (!ufull && slots_server(r, NULL) < r->cfg.max_sandboxes) {
+        return 1;
+    }
+    return idle_victim(r, x, ufull ? x->owner : NULL) != NULL;
+}
+
+/* Take a slot for x's start. A full cap first takes the slot of the least recently used idle
+ * sandbox in reach (the creator's own for the per-user cap, anyone's for the server cap): it
+ * is detached here and handed back in *vsbx and *victim for the caller to destroy, r->lock not
+ * held. ERR_LIMIT when every counted sandbox in reach is in use. */
+static int slot_take(struct runner *r, struct rs *x, struct rs **victim, struct sbx **vsbx)
+{
+    *victim = NULL;
+    *vsbx = NULL;
+    int ufull = user_full(r, x);
+    if (ufull || slots_server(r, NULL) >= r->cfg.max_sandboxes) {
+        struct rs *v = idle_victim(r, x, ufull ? x->owner : NULL);
+        if (!v) {
+            return ERR_LIMIT;
+        }
+        struct live *l = live_find(r, v->sbx);
+        l->gone = 1; /* no wake_parked: this slot goes to x */
+        *vsbx = v->sbx;
+        *victim = v;
+        v->sbx = NULL;
+        r->n_evicted++;
+    }
+    x->reserving = 1;
+    r->reserving++;
+    return 0;
+}
+
+/* The start of x ended: its slot goes to ns (NULL: the start failed, the slot is free). A
+ * warm-pool sandbox taken over counts against x's creator from now on. */
+static void slot_done(struct runner *r, struct rs *x, struct sbx *ns)
+{
+    if (!x->reserving) {
+        return;
+    }
+    x->reserving = 0;
+    r->reserving--;
+    if (ns) {
+        struct live *l = live_find(r, ns);
+        if (!l) {
+            if (sbx_alive(ns)) { /* dead: its end was reported already, nothing to count */
+                live_add(r, ns, x->owner, x->exempt);
+            }
+        } else if (!l->owner) {
+            l->owner = xstrdup(x->owner ? x->owner : "");
+            l->exempt = x->exempt;
+        }
+    } else {
+        wake_parked(r);
+    }
+}
+
+/* The sbx_spec on_end hook of every sandbox the runner creates (pump thread): the sandbox
+ * was destroyed or died, its slot is free. */
+static void sbx_ended(void *arg, struct sbx *s)
+{
+    struct runner *r = arg;
+    pthread_mutex_lock(&r->lock);
+    for (struct live **pp = &r->live; *pp; pp = &(*pp)->next) {
+        if ((*pp)->s == s) {
+            struct live *l = *pp;
+            *pp = l->next;
+            free(l->owner);
+            free(l);
+            break;
+        }
+    }
+    wake_parked(r);
+    pthread_cond_broadcast(&r->cond); /* runner_stop waits for r->live to empty */
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Who x's sandbox counts against: the session's creator, and whether that user holds an admin
+ * token (an admin can mint users at will, so a per-user cap on admins would be for show: they
+ * get the server cap only). Read once per session, r->lock NOT held. */
+static void load_owner(struct runner *r, struct rs *x)
+{
+    pthread_mutex_lock(&r->lock);
+    int have = x->owner != NULL;
+    pthread_mutex_unlock(&r->lock);
+    if (have) {
+        return;
+    }
+    struct registry *reg = store_registry(r->st);
+    json_t *row = NULL, *toks = NULL;
+    char *owner = NULL;
+    int exempt = 0;
+    if (registry_session_get(reg, x->id, &row) == 0) {
+        const char *cb = json_string_value(json_object_get(row, "created_by"));
+        owner = xstrdup(cb ? cb : "");
+    }
+    if (owner && *owner && registry_token_list(reg, owner, &toks) == 0) {
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(toks, "tokens"), i, t)
+        {
+            const char *role = json_string_value(json_object_get(t, "role"));
+            exempt |= role && !strcmp(role, "admin");
+        }
+    }
+    json_decref(row);
+    json_decref(toks);
+    pthread_mutex_lock(&r->lock);
+    if (!x->owner) {
+        x->owner = owner ? owner : xstrdup(""); /* "" (no registry row): counted as one user */
+        x->exempt = exempt;
+        owner = NULL;
+    }
+    pthread_mutex_unlock(&r->lock);
+    free(owner);
+}
+
+static void queue_start_locked(struct runner *r, struct rs *x, int for_prompt);
+static void park_start(struct runner *r, struct rs *x, int for_prompt);
+
+/* A slot was freed or a sandbox became idle: the parked prompt starts that can now take a
+ * slot go back to the starters, oldest first (a start that loses the race parks again with
+ * its ticket, silently). */
+static void wake_parked(struct runner *r)
+{
+    struct rs *best = NULL;
+    for (struct rs *x = r->sessions; x; x = x->next) {
+        if (x->cap_parked && (!best || x->cap_ticket < best->cap_ticket) && slot_in_reach(r, x)) {
+            best = x;
+        }
+    }
+    if (best) {
+        /* One per call: its start has not taken the slot yet, so waking more would only make
+         * them race for it; every further freed slot or idle sandbox calls again. */
+        best->cap_parked = 0;
+        queue_start_locked(r, best, 1);
+    }
+}
+
 /* Ensure the session has a live sandbox. Called by a starter thread or by runner_acquire
  * (HTTP threads) with r->lock NOT held; one start per session at a time (x->starting: a second
  * caller waits for the first). Emits sandbox.starting, then sandbox.ready {source, ms} or
@@ -907,10 +1231,22 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
     x->starting = 1;
     struct sbx *s = x->sbx;
     pthread_mutex_unlock(&r->lock);
-    struct sbx *ns = NULL, *old = NULL;
+    struct sbx *ns = NULL, *old = NULL, *vsbx = NULL;
+    struct rs *victim = NULL;
     int rc = 0;
     if (s && sbx_alive(s)) {
         *out = s;
+        goto out;
+    }
+    load_owner(r, x);
+    pthread_mutex_lock(&r->lock);
+    rc = slot_take(r, x, &victim, &vsbx);
+    pthread_mutex_unlock(&r->lock);
+    if (vsbx) {
+        sbx_destroy(vsbx);
+        emit(r, victim->id, "sandbox.stopped", json_obj_str("reason", "capacity", NULL, NULL));
+    }
+    if (rc) {
         goto out;
     }
     if (s) {
@@ -920,7 +1256,8 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
     int64_t t0 = clock_mono_us();
     repos_hook_sandbox_start(x->id); /* issue 5: fill a repository workspace first */
     char *objs = repos_hook_shared_objects(x->id, NULL);
-    struct sbx_spec spec = {.name = x->id, .shared_objects = objs};
+    struct sbx_spec spec = {
+        .name = x->id, .shared_objects = objs, .on_end = sbx_ended, .on_end_arg = r};
     ns = repos_hook_take_sandbox(x->id); /* issue 5: the warm pool's, already running */
     if (ns && !sbx_alive(ns)) {
         sbx_destroy(ns);
@@ -938,6 +1275,12 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
     pthread_mutex_lock(&r->lock);
     old = x->sbx; /* s, or NULL if it was stopped meanwhile */
     x->sbx = ns;
+    x->cap_ticket = 0; /* a wait for a slot is over */
+    x->cap_parked = 0;
+    slot_done(r, x, ns);
+    if (old) {
+        live_gone(r, old);
+    }
     pthread_mutex_unlock(&r->lock);
     if (old) {
         sbx_destroy(old);
@@ -947,6 +1290,7 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
 out:
     pthread_mutex_lock(&r->lock);
     x->starting = 0;
+    slot_done(r, x, NULL); /* a failed start gives its slot back */
     pthread_cond_broadcast(&r->cond);
     pthread_mutex_unlock(&r->lock);
     return rc;
@@ -1007,12 +1351,22 @@ static void *starter_main(void *arg)
                 purge_files(r, x, x->id);
             }
         }
-        pthread_mutex_lock(&r->lock);
-        if (rc && st->for_prompt) {
-            free(x->start_err);
-            x->start_err = xasprintf("the sandbox could not start: %s", err_str(rc));
+        if (rc == ERR_LIMIT && st->for_prompt) {
+            park_start(r, x, 1);
+            pthread_mutex_lock(&r->lock);
+        } else if (rc == ERR_LIMIT) {
+            /* A start ahead of any prompt is dropped; a prompt queued meanwhile found it
+             * running and waits for this kick to start (and park) its own. */
+            pthread_mutex_lock(&r->lock);
+            push_job(r, JOB_KICK, x->id);
+        } else {
+            pthread_mutex_lock(&r->lock);
+            if (rc && st->for_prompt) {
+                free(x->start_err);
+                x->start_err = xasprintf("the sandbox could not start: %s", err_str(rc));
+            }
+            push_job(r, JOB_KICK, x->id);
         }
-        push_job(r, JOB_KICK, x->id);
         r->threads_out--;
         pthread_cond_broadcast(&r->cond);
         free(st);
@@ -1021,24 +1375,21 @@ static void *starter_main(void *arg)
     return NULL;
 }
 
-/* Queue a start of x's sandbox for the starter threads unless one is starting. r->lock NOT
- * held. */
-static void start_in_background(struct runner *r, struct rs *x, int for_prompt)
+/* Queue a start of x's sandbox for the starter threads unless one is starting or the start
+ * is parked (wake_parked queues it). r->lock held. */
+static void queue_start_locked(struct runner *r, struct rs *x, int for_prompt)
 {
-    pthread_mutex_lock(&r->lock);
-    if (x->starting || !r->accepting || !r->nstarters) {
+    if (x->starting || x->cap_parked || !r->accepting || !r->nstarters) {
         if (!r->nstarters && for_prompt) {
             free(x->start_err);
             x->start_err = xstrdup("the sandbox could not start: no starter thread");
             push_job(r, JOB_KICK, x->id);
         }
-        pthread_mutex_unlock(&r->lock);
         return; /* a running start kicks the session when it ends */
     }
     for (struct starter *q = r->sq_head; q; q = q->next) {
         if (q->x == x) {
             q->for_prompt |= for_prompt;
-            pthread_mutex_unlock(&r->lock);
             return; /* already queued */
         }
     }
@@ -1053,6 +1404,47 @@ static void start_in_background(struct runner *r, struct rs *x, int for_prompt)
     r->sq_tail = st;
     r->threads_out++;
     pthread_cond_broadcast(&r->cond);
+}
+
+static void start_in_background(struct runner *r, struct rs *x, int for_prompt)
+{
+    pthread_mutex_lock(&r->lock);
+    queue_start_locked(r, x, for_prompt);
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* A background start found no slot. A prompt's start parks until wake_parked finds room
+ * (the first time with a sandbox.waiting event); a start ahead of any prompt (a session
+ * created with a repository) is dropped: the first prompt starts the sandbox, waiting then.
+ * r->lock NOT held. */
+static void park_start(struct runner *r, struct rs *x, int for_prompt)
+{
+    pthread_mutex_lock(&r->lock);
+    int park = for_prompt && !x->ended && r->accepting;
+    int first = park && !x->cap_ticket;
+    if (first) {
+        x->cap_ticket = ++r->next_ticket;
+        r->n_waits++;
+    }
+    int user = x->owner && user_full(r, x);
+    int limit = user ? r->cfg.max_sandboxes_per_user : r->cfg.max_sandboxes;
+    pthread_mutex_unlock(&r->lock);
+    if (first) { /* before it can be woken: sandbox.waiting precedes sandbox.starting */
+        json_t *d = json_pack("{s:s,s:s,s:i}", "reason", "capacity", "scope",
+                              user ? "user" : "server", "limit", limit);
+        emit(r, x->id, "sandbox.waiting", jx_dump(d));
+        json_decref(d);
+        LOG_INFO("runner: session %s waits for a sandbox slot (%s cap %d)", x->id,
+                 user ? "per-user" : "server", limit);
+    }
+    if (!park) {
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    if (x->cap_ticket && !x->ended) {
+        x->cap_parked = 1;
+        wake_parked(r); /* a slot may have come free while this start tried */
+    }
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -1061,12 +1453,25 @@ static void start_in_background(struct runner *r, struct rs *x, int for_prompt)
 static int pool_factory(void *arg, const struct sbx_spec *spec, struct sbx **out)
 {
     struct runner *r = arg;
-    struct starter st = {.spec = spec, .out = out};
+    struct sbx_spec sp = *spec;
+    sp.on_end = sbx_ended;
+    sp.on_end_arg = r;
+    struct starter st = {.spec = &sp, .out = out};
+    int pool = 0;
     pthread_mutex_lock(&r->lock);
     if (!r->accepting || !r->nstarters) {
         pthread_mutex_unlock(&r->lock);
         return ERR_UNAVAILABLE;
     }
+    /* Warm-pool sandboxes count against the server cap only, take a free slot only (they
+     * never stop a session's) and at most a quarter of the cap, so that pools, which the
+     * runner cannot stop, never keep the sessions' prompts waiting. ERR_UNAVAILABLE: the
+     * workspace is kept warm without a sandbox (repos logs nothing for it). */
+    if (slots_server(r, &pool) >= r->cfg.max_sandboxes || pool >= r->cfg.max_sandboxes / 4) {
+        pthread_mutex_unlock(&r->lock);
+        return ERR_UNAVAILABLE;
+    }
+    r->reserving++;
     if (r->sq_tail) {
         r->sq_tail->next = &st;
     } else {
@@ -1077,6 +1482,12 @@ static int pool_factory(void *arg, const struct sbx_spec *spec, struct sbx **out
     pthread_cond_broadcast(&r->cond);
     while (!st.done) {
         pthread_cond_wait(&r->cond, &r->lock);
+    }
+    r->reserving--;
+    if (!st.rc && sbx_alive(*out)) {
+        live_add(r, *out, NULL, 0);
+    } else {
+        wake_parked(r);
     }
     pthread_mutex_unlock(&r->lock);
     return st.rc;
@@ -1096,7 +1507,27 @@ void runner_prestart(struct runner *r, const char *sid)
     }
 }
 
+static void start_next_picked(struct runner *r, const char *sid);
+
+/* Start the session's next prompt (control thread). Idle stops run on this thread too, but an
+ * eviction for another start (slot_take) may run on any: x->picking keeps it off the sandbox
+ * that start_next_picked holds without a run yet. */
 static void start_next(struct runner *r, const char *sid)
+{
+    pthread_mutex_lock(&r->lock);
+    struct rs *x = rs_get(r, sid);
+    x->picking++;
+    pthread_mutex_unlock(&r->lock);
+    start_next_picked(r, sid);
+    pthread_mutex_lock(&r->lock);
+    x->picking--;
+    if (!x->picking && !x->run) {
+        wake_parked(r); /* it may be evictable again */
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void start_next_picked(struct runner *r, const char *sid)
 {
     struct next_prompt np = {0};
     struct run *run = NULL;
@@ -1131,8 +1562,15 @@ static void start_next(struct runner *r, const char *sid)
     char *start_err = x->start_err;
     x->start_err = NULL;
     pthread_mutex_unlock(&r->lock);
+    /* A session whose file holds its whole output allowance fails the prompt at once: the
+     * agent's output could not be stored (and no sandbox slot is taken for it). */
+    int64_t budget = r->cfg.session_output_cap - np.out_used;
+    int out_full = budget <= 0;
+    if (budget > r->cfg.prompt_output_cap) {
+        budget = r->cfg.prompt_output_cap;
+    }
     int alive = sbx && sbx_alive(sbx);
-    if (alive) {
+    if (alive || out_full) {
         free(start_err);
         start_err = NULL;
     } else if (!start_err) {
@@ -1179,13 +1617,20 @@ static void start_next(struct runner *r, const char *sid)
     buf_init(&run->hold, 0);
     buf_init(&run->text, 0);
     buf_init(&run->errtext, 0);
+    run->out_budget = budget;
     pthread_mutex_lock(&r->lock);
     x->run = run;
     r->running++;
     pthread_mutex_unlock(&r->lock);
 
     char reason[512] = "";
-    if (start_err) { /* sandbox.failed was emitted by the start */
+    if (out_full) {
+        snprintf(reason, sizeof reason,
+                 "output limit: the session's file holds %lld bytes of agent output, its total "
+                 "cap (max_session_output_bytes %lld); start a new session",
+                 (long long)np.out_used, (long long)r->cfg.session_output_cap);
+        rc = ERR_LIMIT;
+    } else if (start_err) { /* sandbox.failed was emitted by the start */
         snprintf(reason, sizeof reason, "%s", start_err);
         rc = ERR_UNAVAILABLE;
         free(start_err);
@@ -1394,6 +1839,8 @@ void runner_session_ended(struct runner *r, const char *sid, int purge)
     struct rs *x = rs_get(r, sid);
     x->ended = 1;
     x->purge = x->purge || purge;
+    x->cap_parked = 0; /* nothing to start any more */
+    x->cap_ticket = 0;
     struct run *run = x->run;
     if (run) {
         run->cancel_reason = "session ended";
@@ -1439,6 +1886,7 @@ int runner_acquire(struct runner *r, const char *sid, struct sbx **out, int64_t 
     int rc = ensure_sandbox(r, x, out, &ms); /* emits sandbox.ready / sandbox.failed */
     if (rc || ms >= 0) {
         pthread_mutex_lock(&r->lock);
+        r->n_refused += rc == ERR_LIMIT;
         push_job(r, JOB_KICK, sid); /* a prompt may have waited for this start */
         pthread_mutex_unlock(&r->lock);
     }
@@ -1460,6 +1908,34 @@ void runner_release(struct runner *r, const char *sid)
         x->users--;
     }
     x->last_used_ms = clock_mono_ms();
+    if (!x->users) {
+        wake_parked(r);
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+int runner_exec_begin(struct runner *r, const char *sid)
+{
+    int rc = 0;
+    pthread_mutex_lock(&r->lock);
+    struct rs *x = rs_get(r, sid);
+    if (x->execs >= r->cfg.max_execs_per_session) {
+        r->n_exec_refused++;
+        rc = ERR_LIMIT;
+    } else {
+        x->execs++;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+void runner_exec_end(struct runner *r, const char *sid)
+{
+    pthread_mutex_lock(&r->lock);
+    struct rs *x = rs_get(r, sid);
+    if (x->execs > 0) {
+        x->execs--;
+    }
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -1476,6 +1952,7 @@ static void stop_sandbox(struct runner *r, struct rs *x, const char *why)
     if (!x->run && !x->users && x->sbx) {
         s = x->sbx;
         x->sbx = NULL;
+        live_gone(r, s);
     }
     pthread_mutex_unlock(&r->lock);
     if (s) {
@@ -1712,7 +2189,19 @@ int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
         r->cfg.shutdown_grace_s = 10;
     }
     if (!r->cfg.prompt_output_cap) {
-        r->cfg.prompt_output_cap = (int64_t)100 << 20;
+        r->cfg.prompt_output_cap = (int64_t)16 << 20;
+    }
+    if (!r->cfg.session_output_cap) {
+        r->cfg.session_output_cap = (int64_t)256 << 20;
+    }
+    if (!r->cfg.max_sandboxes) {
+        r->cfg.max_sandboxes = 32;
+    }
+    if (!r->cfg.max_sandboxes_per_user) {
+        r->cfg.max_sandboxes_per_user = 8;
+    }
+    if (!r->cfg.max_execs_per_session) {
+        r->cfg.max_execs_per_session = 8;
     }
     if (!r->cfg.idle_stop_s) {
         r->cfg.idle_stop_s = 600;
@@ -1780,6 +2269,23 @@ static void wait_idle(struct runner *r, int64_t ms)
     pthread_mutex_unlock(&r->lock);
 }
 
+/* Wait up to ms for the pump to report the end of every sandbox the runner created (the
+ * warm pools' were destroyed by repos_close before). 1 when none is left. */
+static int wait_ends(struct runner *r, int64_t ms)
+{
+    int64_t end = clock_mono_ms() + ms;
+    pthread_mutex_lock(&r->lock);
+    while (r->live && clock_mono_ms() < end) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+    }
+    int none = r->live == NULL;
+    pthread_mutex_unlock(&r->lock);
+    return none;
+}
+
 void runner_stop(struct runner *r)
 {
     if (!r) {
@@ -1825,15 +2331,25 @@ void runner_stop(struct runner *r)
         pthread_mutex_lock(&r->lock);
         struct sbx *s = x->sbx;
         x->sbx = NULL;
+        if (s) {
+            live_gone(r, s);
+        }
         pthread_mutex_unlock(&r->lock);
         sbx_destroy(s);
     }
     wait_idle(r, 3000);
     commitq_stop(r->cq); /* commit what the runs left */
+    if (!wait_ends(r, 10000)) {
+        /* The pump still owes a sandbox's end report, which points at r: keep r (a leak at
+         * exit) rather than let that report write into freed memory. */
+        LOG_ERROR("runner: sandboxes still running at stop; the runner is not freed");
+        return;
+    }
     struct rs *x = r->sessions;
     while (x) {
         struct rs *n = x->next;
         free(x->start_err);
+        free(x->owner);
         free(x);
         x = n;
     }
@@ -1860,5 +2376,14 @@ void runner_get_stats(struct runner *r, struct runner_stats *out)
     out->completed = r->n_completed;
     out->failed = r->n_failed;
     out->cancelled = r->n_cancelled;
+    out->slots_used = slots_server(r, &out->pool_sandboxes);
+    for (struct rs *x = r->sessions; x; x = x->next) {
+        out->waiting += x->cap_ticket != 0;
+    }
+    out->sandbox_refused = r->n_refused;
+    out->sandbox_waits = r->n_waits;
+    out->sandbox_evicted = r->n_evicted;
+    out->exec_refused = r->n_exec_refused;
+    out->output_truncated = r->n_truncated;
     pthread_mutex_unlock(&r->lock);
 }

@@ -8,7 +8,8 @@
  * left `running` by a crash as failed and resumes the queues. Every state change of a prompt
  * row is committed in the same transaction as the event that reports it.
  *
- * Events: sandbox.starting/ready/stopped/failed, prompt.started, agent.output (merged text,
+ * Events: sandbox.waiting {reason "capacity"} (no sandbox slot: the prompt waits for one),
+ * sandbox.starting/ready/stopped/failed, prompt.started, agent.output (merged text,
  * ≤16 KiB), agent.tool_call, agent.tool_result, agent.file_changed, agent.artifact,
  * agent.status, agent.done, agent.error, agent.truncated, message (role assistant, from the
  * agent's `done` summary), prompt.completed {exit_code, duration_ms,
@@ -36,12 +37,16 @@ struct runner_config {
     /* The default agent: "shell" (default) | a name under agents/bundled | a path to an
      * executable | "COMMAND ARGS" (run with /bin/sh -c inside the sandbox). */
     const char *agent;
-    int prompt_timeout_s;      /* default 5400 (90 min) */
-    int cancel_grace_ms;       /* SIGTERM → SIGKILL; default 5000 */
-    int shutdown_grace_s;      /* wait this long for running prompts on stop; default 10 */
-    int64_t prompt_output_cap; /* bytes of output events per prompt; default 100 MiB */
-    int idle_stop_s;           /* stop a sandbox idle this long; default 600 */
-    int no_recover;            /* tests: skip the start-up scan of sessions */
+    int prompt_timeout_s;       /* default 5400 (90 min) */
+    int cancel_grace_ms;        /* SIGTERM → SIGKILL; default 5000 */
+    int shutdown_grace_s;       /* wait this long for running prompts on stop; default 10 */
+    int64_t prompt_output_cap;  /* bytes of agent events stored per prompt; default 16 MiB */
+    int64_t session_output_cap; /* the same over all prompts of a session; default 256 MiB */
+    int max_sandboxes;          /* live sandboxes (sessions + warm pools); default 32 */
+    int max_sandboxes_per_user; /* live session sandboxes per session creator; default 8 */
+    int max_execs_per_session;  /* concurrent runner_exec_begin holders; default 8 */
+    int idle_stop_s;            /* stop a sandbox idle this long; default 600 */
+    int no_recover;             /* tests: skip the start-up scan of sessions */
     /* Named coding agents (agents.h, issue 7): an agent name found here runs its CLI through
      * its adapter instead of as a command. NULL = none. */
     const struct agents *agents;
@@ -72,9 +77,15 @@ void runner_session_ended(struct runner *r, const char *sid, int purge);
 
 /** The session's sandbox, started if needed (sandbox.ready event). Counts as a use: the
  * sandbox is not stopped for idleness until runner_release(). *created_ms = start time in
- * ms, or -1 if it was already running. */
+ * ms, or -1 if it was already running. ERR_LIMIT when it must start but no slot is free (the
+ * server's or the session creator's sandbox cap, with every counted sandbox in use); the
+ * caller answers 429 and does not wait (a prompt's start waits instead: sandbox.waiting). */
 int runner_acquire(struct runner *r, const char *sid, struct sbx **out, int64_t *created_ms);
 void runner_release(struct runner *r, const char *sid);
+/** Take one of the session's concurrent exec slots (max_execs_per_session): 0, or
+ * ERR_LIMIT when all are taken. runner_exec_end() gives it back. */
+int runner_exec_begin(struct runner *r, const char *sid);
+void runner_exec_end(struct runner *r, const char *sid);
 /** The commit queue (for exec output events). */
 struct commitq *runner_commitq(struct runner *r);
 
@@ -83,6 +94,14 @@ struct runner_stats {
     int sandboxes; /* live sandboxes */
     int running;   /* prompts running */
     uint64_t started, completed, failed, cancelled;
+    int slots_used;            /* sandbox slots taken: live counted sandboxes + starts */
+    int pool_sandboxes;        /* of which warm-pool sandboxes (no session yet) */
+    int waiting;               /* prompt starts waiting for a slot now */
+    uint64_t sandbox_refused;  /* runner_acquire answered ERR_LIMIT */
+    uint64_t sandbox_waits;    /* prompt starts that had to wait for a slot */
+    uint64_t sandbox_evicted;  /* idle sandboxes stopped to free a slot */
+    uint64_t exec_refused;     /* runner_exec_begin answered ERR_LIMIT */
+    uint64_t output_truncated; /* prompts whose output hit a cap */
 };
 void runner_get_stats(struct runner *r, struct runner_stats *out);
 

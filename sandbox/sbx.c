@@ -319,6 +319,8 @@ int sbxi_new(struct sbx_backend *b, const struct sbx_spec *spec, const char *ws_
     s->nofile = c->nofile;
     s->nproc = spec->pids ? spec->pids : c->pids;
     s->cpu_s = c->cpu_s;
+    s->on_end = spec->on_end;
+    s->on_end_arg = spec->on_end_arg;
     s->uid = (uid_t)-1;
     s->gid = (gid_t)-1;
     s->fd = -1;
@@ -645,6 +647,9 @@ static void on_close(void *ctx)
         ex->next = NULL;
         struct sbx_exit st = {.exit_code = -1, .signal = SIGKILL, .lost = 1};
         finish_exec(ex, &st);
+    }
+    if (s->on_end) {
+        s->on_end(s->on_end_arg, s); /* s stays valid: we still hold the pump's reference */
     }
     sbxi_unref(s); /* the pump's reference */
 }

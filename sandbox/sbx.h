@@ -79,6 +79,11 @@ struct sbx_spec {
      * repository's shared object store, which the workspace's .git/objects/info/alternates
      * names. The caller (the workspace layer) knows which store a workspace uses. */
     const char *shared_objects;
+    /* Called once on the output pump thread when the sandbox's control channel closes
+     * (destroyed, stopped, or died), after its commands were reported lost, so that whoever
+     * counts sandboxes frees the slot at once. Must not block. NULL = none. */
+    void (*on_end)(void *arg, struct sbx *s);
+    void *on_end_arg;
 };
 
 /** Where the local backend mounts agents/bundled (read-only) inside a sandbox. */

@@ -32,7 +32,9 @@ struct sbx {
     void *impl;                       /* backend data */
     void (*impl_stop)(struct sbx *s); /* backend: after the init process ended */
     void (*impl_free)(struct sbx *s);
-    long (*impl_oom_kills)(struct sbx *s); /* backend: OOM kills so far, or -1 */
+    long (*impl_oom_kills)(struct sbx *s);    /* backend: OOM kills so far, or -1 */
+    void (*on_end)(void *arg, struct sbx *s); /* sbx_spec.on_end */
+    void *on_end_arg;
 
     pthread_mutex_t lock; /* guards everything below and writes to fd */
     pthread_cond_t cond;

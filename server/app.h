@@ -14,12 +14,13 @@ struct registry;
 struct hub;    /* server/hub.h: WebSocket fan-out (issue 3) */
 struct runner; /* sandbox/runner.h: prompt queue + agent runner (issue 4) */
 struct sbx_backend;
-struct slack;   /* server/slack.h (issue 6) */
-struct repos;   /* sandbox repos/pool (issue 5) */
-struct egress;  /* egress proxy (issue 7) */
-struct metrics; /* server/metrics.h */
-struct agents;  /* agents/bundled.h: named coding agents (issue 7) */
-struct secrets; /* server/secrets.h: sealing of stored user tokens (issue 5) */
+struct slack;     /* server/slack/slack.h */
+struct repos;     /* workspace/repos.h: repositories, images, warm pools */
+struct egress;    /* sandbox/egress/egress.h: the allow-list proxy */
+struct metrics;   /* server/metrics.h */
+struct agents;    /* agents/agents.h: named coding agents */
+struct secrets;   /* server/secrets.h: sealing of stored user tokens */
+struct ratelimit; /* server/ratelimit.h */
 
 struct app {
     const struct config *cfg;
@@ -33,8 +34,9 @@ struct app {
     struct egress *egress;
     struct metrics *metrics;
     struct agents *agents;
-    struct secrets *secrets;  /* NULL: no master key, user tokens cannot be stored */
-    atomic_int shutting_down; /* set by the signal path in main.c, read by any thread */
+    struct secrets *secrets;        /* NULL: no master key, user tokens cannot be stored */
+    struct ratelimit *session_rate; /* session creations per user (max_sessions_per_minute) */
+    atomic_int shutting_down;       /* set by the signal path in main.c, read by any thread */
 };
 
 #endif

@@ -104,6 +104,18 @@ static const struct cfg_field fields[] = {
     FL("blocked_commands", blocked_commands,
        "programs sandboxes may not run (absolute paths or names in /usr/bin:/bin; a policy, "
        "not a boundary: a copy still runs)"),
+    FI("max_sandboxes", max_sandboxes, "32", 1, 100000,
+       "live sandboxes server-wide (sessions + warm pools)"),
+    FI("max_sandboxes_per_user", max_sandboxes_per_user, "8", 1, 100000,
+       "live session sandboxes per session creator (admins: server cap only)"),
+    FI("max_execs_per_session", max_execs_per_session, "8", 1, 10000,
+       "concurrent execs per session (429 above)"),
+    FI("max_sessions_per_minute", max_sessions_per_minute, "60", 1, 1000000,
+       "sessions a user may create per minute (429 above; admins exempt)"),
+    FI("max_prompt_output_bytes", max_prompt_output_bytes, "16777216", 4096, (int64_t)1 << 40,
+       "agent output stored per prompt (bytes; then agent.truncated)"),
+    FI("max_session_output_bytes", max_session_output_bytes, "268435456", 4096, (int64_t)1 << 40,
+       "agent output stored per session (bytes, all prompts)"),
     /* secret: it may hold inline "api_key"s, so config_dump must not print it */
     FSECRET("agents", agents,
             "named coding agents: JSON {\"claude\":{\"kind\":\"claude-code\",...}}"),

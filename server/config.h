@@ -85,6 +85,13 @@ struct config {
     char *repos_file;                 /* repos.file: JSON array of repositories loaded at start */
 
     struct config_list blocked_commands; /* blocked_commands: programs masked in sandboxes */
+    /* ---- caps on what one user, session or prompt may take of the server ---- */
+    int64_t max_sandboxes;            /* live sandboxes server-wide (sessions + warm pools) */
+    int64_t max_sandboxes_per_user;   /* live session sandboxes per session creator */
+    int64_t max_execs_per_session;    /* concurrent execs (sync + async) per session */
+    int64_t max_sessions_per_minute;  /* session creations per user and minute */
+    int64_t max_prompt_output_bytes;  /* agent output stored per prompt */
+    int64_t max_session_output_bytes; /* agent output stored per session, all prompts */
 };
 
 /** Build the configuration from argv (flags), envp (NULL = environ) and the JSON file named

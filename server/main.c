@@ -18,6 +18,7 @@
 #include "server/api/api_repos.h"
 #include "server/app.h"
 #include "server/metrics.h"
+#include "server/ratelimit.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/http.h"
@@ -120,6 +121,7 @@ int main(int argc, char **argv)
     }
     app.cfg = cfg;
     app.metrics = metrics_new();
+    rl_new(cfg->max_sessions_per_minute, &app.session_rate); /* the config checked the range */
 
     /* Signals: block them here so every thread started below inherits the mask. */
     sigemptyset(&sigs);
@@ -232,5 +234,6 @@ out:
     LOG_INFO("main: stopped");
     config_free(cfg);
     metrics_free(app.metrics);
+    rl_free(app.session_rate);
     return exit_code;
 }

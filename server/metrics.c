@@ -11,6 +11,7 @@
 #include "server/app.h"
 #include "server/ws/hub.h"
 #include "server/slack/slack.h"
+#include "server/ratelimit.h"
 #include "storage/store.h"
 
 #include <stdlib.h>
@@ -159,6 +160,30 @@ int api_metrics(struct req *r)
                (double)rs.failed);
         metric(&b, "sessiond_prompts_cancelled_total", "counter", "Prompts cancelled.",
                (double)rs.cancelled);
+        metric(&b, "sessiond_sandbox_slots_used", "gauge",
+               "Sandbox slots taken (live counted sandboxes and starts; max_sandboxes).",
+               (double)rs.slots_used);
+        metric(&b, "sessiond_sandbox_pool_slots_used", "gauge",
+               "Of which warm-pool sandboxes not yet given to a session.",
+               (double)rs.pool_sandboxes);
+        metric(&b, "sessiond_sandbox_waiting", "gauge",
+               "Prompt starts waiting for a sandbox slot now.", (double)rs.waiting);
+        metric(&b, "sessiond_sandbox_limit_refused_total", "counter",
+               "Sandbox starts answered 429 sandbox_limit.", (double)rs.sandbox_refused);
+        metric(&b, "sessiond_sandbox_limit_waits_total", "counter",
+               "Prompt starts that waited for a sandbox slot.", (double)rs.sandbox_waits);
+        metric(&b, "sessiond_sandbox_evicted_total", "counter",
+               "Idle sandboxes stopped to give their slot to a start.", (double)rs.sandbox_evicted);
+        metric(&b, "sessiond_exec_limit_refused_total", "counter",
+               "Execs refused: max_execs_per_session running.", (double)rs.exec_refused);
+        metric(&b, "sessiond_prompt_output_truncated_total", "counter",
+               "Prompts whose stored output hit a cap (agent.truncated).",
+               (double)rs.output_truncated);
+    }
+    if (app->session_rate) {
+        metric(&b, "sessiond_session_create_limited_total", "counter",
+               "Session creations refused: max_sessions_per_minute.",
+               (double)rl_refused(app->session_rate));
     }
     if (app->slack) {
         struct slack_stats ss;

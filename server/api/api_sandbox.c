@@ -83,6 +83,11 @@ int sandbox_start(struct app *app)
         .shutdown_grace_s = (int)cfg->shutdown_grace,
         .idle_stop_s = (int)cfg->sandbox_idle_stop,
         .agents = app->agents, /* issue 7 */
+        .prompt_output_cap = cfg->max_prompt_output_bytes,
+        .session_output_cap = cfg->max_session_output_bytes,
+        .max_sandboxes = (int)cfg->max_sandboxes,
+        .max_sandboxes_per_user = (int)cfg->max_sandboxes_per_user,
+        .max_execs_per_session = (int)cfg->max_execs_per_session,
     };
     rc = runner_start(app->store, app->sbx, g_pump, &rcfg, &app->runner);
     if (rc) {
@@ -138,6 +143,25 @@ static int wait_for_sync(struct req *r, const char *sid, const char *what)
         return req_fail(r, rc, "the workspace sync did not finish: %s", err_str(rc));
     }
     return 0;
+}
+
+#define SANDBOX_RETRY_AFTER "5" /* seconds: a busy sandbox's command usually ends by then */
+
+/* runner_acquire failed: reply. No free sandbox slot is a 429 `sandbox_limit` with
+ * Retry-After (the caller retries; nothing waits on the server's side). */
+static int acquire_failed(struct req *r, int rc)
+{
+    if (rc != ERR_LIMIT) {
+        return req_fail(r, rc, "the sandbox could not start: %s", err_str(rc));
+    }
+    const struct config *cfg = req_app(r)->cfg;
+    char msg[300];
+    snprintf(msg, sizeof msg,
+             "no sandbox slot is free: the session creator's sandboxes (max_sandboxes_per_user "
+             "%lld) or the server's (max_sandboxes %lld) are all in use; retry later",
+             (long long)cfg->max_sandboxes_per_user, (long long)cfg->max_sandboxes);
+    req_add_header(r, "Retry-After", SANDBOX_RETRY_AFTER);
+    return req_fail_status(r, 429, "sandbox_limit", msg);
 }
 
 /* The REST cancel without HTTP (also used by the WebSocket `cancel` frame, ws_api.c). */
@@ -362,6 +386,7 @@ static void x_exit_done(void *arg, int rc)
     if (running_remove(x)) {
         x_unref(x);
     }
+    runner_exec_end(x->runner, x->sid);
     runner_release(x->runner, x->sid);
     pthread_mutex_lock(&x->lock);
     x->done = 1;
@@ -436,7 +461,7 @@ int api_exec(struct req *r)
     const char *script = NULL, *stdin_s = NULL;
     const char **argv = NULL;
     int64_t timeout_s = 0;
-    int async = 0, acquired = 0, counted = 0;
+    int async = 0, acquired = 0, counted = 0, exec_slot = 0;
     char msg[256];
     struct xctx *x = NULL;
     int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
@@ -504,10 +529,18 @@ int api_exec(struct req *r)
         }
         counted = 1;
     }
+    rc = runner_exec_begin(app->runner, sid);
+    if (rc) {
+        req_add_header(r, "Retry-After", "1");
+        rc = req_fail(r, rc, "%lld execs are running in this session (max_execs_per_session)",
+                      (long long)app->cfg->max_execs_per_session);
+        goto out;
+    }
+    exec_slot = 1;
     struct sbx *sbx = NULL;
     rc = runner_acquire(app->runner, sid, &sbx, NULL);
     if (rc) {
-        rc = req_fail(r, rc, "the sandbox could not start: %s", err_str(rc));
+        rc = acquire_failed(r, rc);
         goto out;
     }
     acquired = 1;
@@ -571,7 +604,8 @@ int api_exec(struct req *r)
         atomic_store(&x->paused, 0); /* paused before ex was published */
         sbx_exec_resume(ex);
     }
-    acquired = 0; /* released by x_exit_done */
+    acquired = 0;  /* released by x_exit_done */
+    exec_slot = 0; /* likewise */
     if (async) {
         rc = req_reply_json(r, 202, json_pack("{s:s}", "exec_id", x->xid));
         goto out;
@@ -601,6 +635,9 @@ out:
     }
     if (acquired) {
         runner_release(app->runner, sid);
+    }
+    if (exec_slot) {
+        runner_exec_end(app->runner, sid);
     }
     if (x) {
         x_unref(x);
@@ -712,7 +749,7 @@ int api_files_get(struct req *r)
     struct sbx *sbx = NULL;
     rc = runner_acquire(app->runner, sid, &sbx, NULL);
     if (rc) {
-        return req_fail(r, rc, "the sandbox could not start: %s", err_str(rc));
+        return acquire_failed(r, rc);
     }
     struct buf b;
     buf_init(&b, FILE_READ_MAX);
@@ -761,7 +798,7 @@ int api_files_put(struct req *r)
     struct sbx *sbx = NULL;
     rc = runner_acquire(app->runner, sid, &sbx, NULL);
     if (rc) {
-        return req_fail(r, rc, "the sandbox could not start: %s", err_str(rc));
+        return acquire_failed(r, rc);
     }
     rc = wait_for_sync(r, sid, "the write");
     if (rc) {

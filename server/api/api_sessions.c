@@ -21,6 +21,7 @@
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/ws/hub.h"
+#include "server/ratelimit.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -152,6 +153,27 @@ static int create_tx(struct sess_tx *tx, void *arg)
     return sess_tx_append(tx, "session.created", op->creator, op->data_json, NULL);
 }
 
+/* Session creations per user and minute (max_sessions_per_minute): each one is a file, a
+ * registry row and, with a repository, a workspace and a sandbox start. Admin tokens are
+ * exempt (they can mint users at will: a per-user cap would not bind them). 0, or the 429
+ * reply with Retry-After. */
+static int create_rate_check(struct req *r, const struct auth_info *a)
+{
+    struct app *app = req_app(r);
+    int retry = 0;
+    if (auth_is_admin(a) || !app->session_rate ||
+        rl_take(app->session_rate, a->user_id, clock_mono_ms(), &retry) == 0) {
+        return 0;
+    }
+    char v[16];
+    snprintf(v, sizeof v, "%d", retry);
+    req_add_header(r, "Retry-After", v);
+    return req_fail(r, ERR_LIMIT,
+                    "%s created %lld sessions in the last minute "
+                    "(max_sessions_per_minute); retry in %d s",
+                    a->user_id, (long long)app->cfg->max_sessions_per_minute, retry);
+}
+
 int api_sessions_create(struct req *r)
 {
     struct app *app = req_app(r);
@@ -163,6 +185,10 @@ int api_sessions_create(struct req *r)
     int rc;
     if (strcmp(a->role, "viewer") == 0) {
         return req_fail(r, ERR_FORBIDDEN, "a viewer token cannot create sessions");
+    }
+    rc = create_rate_check(r, a);
+    if (rc) {
+        return rc;
     }
     rc = req_json_body(r, &body);
     if (rc) {

@@ -38,7 +38,10 @@ run() { # run SID SCRIPT -> BODY is the exec result
 # on a slow day, hence a longer timeout there (the `sleep 60` prompt still times out).
 PT=10
 [ "${SANITIZE:-}" = thread ] && PT=30
+# The 50 MB are all stored here to count their merging into events: the per-prompt output cap
+# (16 MiB by default, test_trust_caps.sh tests it) is raised above them.
 start_server --sandbox local --sandbox-memory-mib 256 --sandbox-pids 128 --prompt-timeout $PT \
+  --max-prompt-output-bytes 104857600 \
   --cancel-grace-ms 300 --shutdown-grace 2
 A=$(new_session '{"title":"attacker"}')
 B=$(new_session '{"title":"victim"}')
