@@ -35,7 +35,7 @@ BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps run test unit bench lint format format-check clean agents test-deps bench-rest
 
-all: $(BUILD)/sessiond $(BUILD)/sandbox-init $(UNIT_BIN)
+all: $(BUILD)/sessiond $(BUILD)/sandbox-init $(BUILD)/sessiond-git $(UNIT_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -76,6 +76,12 @@ $(BUILD)/sandbox-init: sandbox/init/sandbox-init.c sandbox/init/egress_fwd.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
 	@$(CC) -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) -o $@ $<
+
+# The helper that runs git operations on workspaces out of the server's process, as the sandbox
+# user (sandbox/gitjob.h); the server finds it next to its own binary.
+$(BUILD)/sessiond-git: $(BUILD)/obj/sandbox/gitjob/sessiond-git.o $(BUILD)/libsessiond.a
+	@echo "  LINK    $@"
+	@$(CC) -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(BUILD)/libsessiond.a
 	@mkdir -p $(dir $@)

@@ -164,6 +164,11 @@ void gitx_cancel_all(int on)
     g_cancel = on;
 }
 
+int gitx_cancelled(void)
+{
+    return g_cancel;
+}
+
 static int progress_cb(const git_indexer_progress *stats, void *payload)
 {
     (void)stats;

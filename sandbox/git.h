@@ -117,6 +117,9 @@ int gitx_push(const char *dir, const char *shared, const char *url, const char *
 /** on = 1: every clone/fetch/push in progress or started later fails (server shutdown). */
 void gitx_cancel_all(int on);
 
+/** 1 after gitx_cancel_all(1): work about to start or waiting should give up. */
+int gitx_cancelled(void);
+
 /** A commit message from a prompt: first line (<= 72 chars) as subject, the prompt (capped
  * at 4 KiB) as body, and a "Co-authored-by: Name <email>" trailer when coauthor is not NULL.
  * Caller frees. */
