@@ -37,9 +37,10 @@
 #define ANSWER_CAP  (8 * 1024 * 1024)
 /* The helper's private staging point: a tmpfs mounted in its own mount namespace only (the
  * local sandbox backend stages its binds at the same place, in namespaces of their own). */
-#define STAGE      "/run/sessiond-stage"
-#define STAGE_WS   STAGE "/ws"
-#define STAGE_OBJS STAGE "/objs"
+#define STAGE        "/run/sessiond-stage"
+#define STAGE_WS     STAGE "/ws"
+#define STAGE_OBJS   STAGE "/objs"
+#define STAGE_REMOTE STAGE "/remote"
 
 /* ---------------------------------------------------------------- server side */
 
@@ -342,15 +343,42 @@ static int fail_at(const char *what)
     return ERR_FORBIDDEN;
 }
 
+/* The directory of a remote on this machine (a path or a file:// URL; the registry's, not the
+ * sandbox's), or NULL for a network remote. */
+static const char *local_remote(const char *url)
+{
+    if (!url) {
+        return NULL;
+    }
+    if (strncmp(url, "file://", 7) == 0) {
+        return url + 7;
+    }
+    return url[0] == '/' ? url : NULL;
+}
+
+/* Bind the directory fd (opened in this namespace) at at; read-only if ro. */
+static int bind_fd(int fd, const char *at, int ro)
+{
+    char src[64];
+    snprintf(src, sizeof(src), "/proc/self/fd/%d", fd);
+    if (mount(src, at, NULL, MS_BIND, NULL) != 0) {
+        return -1;
+    }
+    struct mount_attr a = {.attr_set = ro ? MOUNT_ATTR_RDONLY : 0};
+    return ro ? mount_setattr(AT_FDCWD, at, 0, &a, sizeof(a)) : 0;
+}
+
 /* As root: a private mount namespace where the host tree is read-only, the workspace is bound
  * read-write at STAGE_WS and the shared store read-only at STAGE_OBJS (under a private tmpfs,
  * traversable by the sandbox user, who may not traverse the data dir). Both are opened with
  * O_NOFOLLOW and bound through their descriptors: what is mounted is the directory the server
- * named, never what a symlink the sandbox planted points at. */
-static int stage(const char *dir, const char *shared)
+ * named, never what a symlink the sandbox planted points at. A remote on this machine
+ * (remote, or NULL) is bound at STAGE_REMOTE, read-write if remote_rw. nodev: device nodes
+ * too are closed (a read-only mount does not stop writes to a device), for a helper that
+ * stays root. */
+static int stage(const char *dir, const char *shared, const char *remote, int remote_rw, int nodev)
 {
-    int wfd = -1, ofd = -1, rc = 0;
-    char src[64];
+    int wfd = -1, ofd = -1, rfd = -1, rc = 0;
     struct stat sb;
     if (unshare(CLONE_NEWNS) != 0) {
         return fail_at("unshare");
@@ -371,34 +399,47 @@ static int stage(const char *dir, const char *shared)
             goto out;
         }
     }
+    if (remote) {
+        rfd = open(remote, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (rfd < 0) {
+            rc = fail_at(remote);
+            goto out;
+        }
+    }
     if (mkdir(STAGE, 0755) != 0 && errno != EEXIST) {
         rc = fail_at("mkdir " STAGE);
         goto out;
     }
     if (mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16k") != 0 ||
-        mkdir(STAGE_WS, 0755) != 0 || mkdir(STAGE_OBJS, 0755) != 0) {
+        mkdir(STAGE_WS, 0755) != 0 || mkdir(STAGE_OBJS, 0755) != 0 ||
+        mkdir(STAGE_REMOTE, 0755) != 0) {
         rc = fail_at("staging tmpfs");
         goto out;
     }
-    snprintf(src, sizeof(src), "/proc/self/fd/%d", wfd);
-    if (mount(src, STAGE_WS, NULL, MS_BIND, NULL) != 0) {
+    if (bind_fd(wfd, STAGE_WS, 0) != 0) {
         rc = fail_at("bind the workspace");
         goto out;
     }
-    snprintf(src, sizeof(src), "/proc/self/fd/%d", ofd);
-    if (ofd >= 0 && mount(src, STAGE_OBJS, NULL, MS_BIND, NULL) != 0) {
+    if (ofd >= 0 && bind_fd(ofd, STAGE_OBJS, 1) != 0) {
         rc = fail_at("bind the shared store");
         goto out;
     }
-    /* Everything read-only (and no set-id programs), then the workspace writable again: the
-     * only place this process can write, whatever a path it follows says. */
-    struct mount_attr ro = {.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID};
+    if (rfd >= 0 && bind_fd(rfd, STAGE_REMOTE, !remote_rw) != 0) {
+        rc = fail_at("bind the remote");
+        goto out;
+    }
+    /* Everything read-only (and no set-id programs), then the workspace (and a local remote
+     * being pushed to) writable again: the only places this process can write, whatever a path
+     * it follows says. */
+    struct mount_attr ro = {.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID |
+                                        (nodev ? MOUNT_ATTR_NODEV : 0)};
     struct mount_attr rw = {.attr_clr = MOUNT_ATTR_RDONLY, .attr_set = MOUNT_ATTR_NODEV};
     if (mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, &ro, sizeof(ro)) != 0) {
         rc = fail_at("read-only host tree");
         goto out;
     }
-    if (mount_setattr(AT_FDCWD, STAGE_WS, 0, &rw, sizeof(rw)) != 0) {
+    if (mount_setattr(AT_FDCWD, STAGE_WS, 0, &rw, sizeof(rw)) != 0 ||
+        (rfd >= 0 && remote_rw && mount_setattr(AT_FDCWD, STAGE_REMOTE, 0, &rw, sizeof(rw)) != 0)) {
         rc = fail_at("writable workspace");
         goto out;
     }
@@ -408,6 +449,9 @@ out:
     }
     if (ofd >= 0) {
         close(ofd);
+    }
+    if (rfd >= 0) {
+        close(rfd);
     }
     return rc;
 }
@@ -469,11 +513,12 @@ static const char *jstr(json_t *o, const char *key)
     return json_string_value(json_object_get(o, key));
 }
 
-/* Run the operation req names on dir/shared (already staged); fills ans. */
-static int dispatch(json_t *req, const char *dir, const char *shared, json_t *ans)
+/* Run the operation req names on dir/shared (already staged; url too, when not NULL);
+ * fills ans. */
+static int dispatch(json_t *req, const char *dir, const char *shared, const char *url, json_t *ans)
 {
     const char *op = jstr(req, "op");
-    const char *branch = jstr(req, "branch"), *url = jstr(req, "url");
+    const char *branch = jstr(req, "branch");
     json_t *jc = json_object_get(req, "cred");
     struct gitx_cred cred = {jstr(jc, "username"), jstr(jc, "password")};
     const struct gitx_cred *cp = json_is_object(jc) ? &cred : NULL;
@@ -524,6 +569,7 @@ int gitjob_serve(int in_fd, int out_fd)
 {
     json_t *req = NULL, *ans = json_object();
     int rc = read_request(in_fd, &req);
+    const char *op = jstr(req, "op");
     const char *dir = jstr(req, "dir"), *shared = jstr(req, "shared");
     json_int_t uid = json_integer_value(json_object_get(req, "uid"));
     json_int_t gid = json_integer_value(json_object_get(req, "gid"));
@@ -534,11 +580,19 @@ int gitjob_serve(int in_fd, int out_fd)
     if (rc == 0 && (!dir || dir[0] != '/' || (shared && shared[0] != '/'))) {
         rc = ERR_INVALID;
     }
+    const char *url = jstr(req, "url");
+    const char *remote = local_remote(url);
+    /* A push into a repository on this machine writes that repository's files, which belong to
+     * the server, not to the sandbox user: that one job keeps root, confined to the workspace
+     * and that repository (everything else read-only, no devices). */
+    int push_local = remote && op && strcmp(op, "push") == 0;
+    int drop = uid > 0 && gid >= 0 && uid <= INT_MAX && gid <= INT_MAX && !push_local;
     if (rc == 0 && geteuid() == 0) {
-        rc = stage(dir, shared);
+        rc = stage(dir, shared, remote, push_local, !drop);
         dir = STAGE_WS;
         shared = shared ? STAGE_OBJS : NULL;
-        if (rc == 0 && uid > 0 && gid >= 0 && uid <= INT_MAX && gid <= INT_MAX) {
+        url = remote ? STAGE_REMOTE : url;
+        if (rc == 0 && drop) {
             rc = drop_to((int)uid, (int)gid);
         }
     }
@@ -546,7 +600,7 @@ int gitjob_serve(int in_fd, int out_fd)
         rc = gitx_init(jstr(req, "ca_file"), NULL);
     }
     if (rc == 0) {
-        rc = dispatch(req, dir, shared, ans);
+        rc = dispatch(req, dir, shared, url, ans);
     }
     json_object_set_new(ans, "rc", json_integer(rc));
     char *text = json_dumps(ans, JSON_COMPACT);
