@@ -2,7 +2,7 @@
 # Host-side git never obeys or follows what a sandbox wrote into its workspace's .git. Each
 # attack is set up from inside a local (bubblewrap) sandbox with POST /exec, then a prompt (the
 # shell agent runs it as a script) makes the end-of-prompt commit run on the host:
-#  (a) core.worktree = the server's data dir, then another session's workspace: no host file
+#  (a) core.worktree = the server's session files, then another session's workspace: no host file
 #      and no file of the other workspace may land in a commit;
 #  (b) the session branch's reflog, then the reflog directory, symlinked to host paths, with a
 #      user.name that is a shell line: nothing may be created or appended there;
@@ -46,26 +46,28 @@ expect_status 201 "repository added"
 ADMIN_TOKEN_VALUE=$(cat "$DATA_DIR/admin.token")
 DATA_REAL=$(realpath "$DATA_DIR")
 
-# ---- (a) core.worktree -> the data dir, then -> another session's workspace ----
+# ---- (a) core.worktree -> the server's session files, then -> another session's workspace ----
 V=$(session)
 sx "$V" 'echo victim-secret-42 > secret.txt'
 A=$(session)
-sx "$A" "printf '[core]\\n\\tworktree = %s\\n\\thooksPath = /tmp\\n[include]\\n\\tpath = /tmp/x\\n' '$DATA_REAL' >> .git/config && echo ok"
+sx "$A" "printf '[core]\\n\\tworktree = %s\\n\\thooksPath = /tmp\\n[include]\\n\\tpath = /tmp/x\\n' '$DATA_REAL/sessions' >> .git/config && echo ok"
 check "(a) the sandbox set core.worktree" [ "$(jget .stdout)" = ok ]
 prompt "$A" 'echo a1 > a1.txt' 1
 WSA="$DATA_DIR/workspaces/$A"
 TREE=$($HG --git-dir="$WSA/.git" ls-tree -r --name-only "sessiond/$A" 2>/dev/null)
 check "(a) the commit has the workspace's own change" grep -qx a1.txt <<<"$TREE"
-check "(a) no host file (registry.db, admin.token) in the commit" \
-  bash -c "! grep -qE '(^|/)(registry\.db|admin\.token)$' <<<'$TREE'"
+check "(a) no session file of the server in the commit" \
+  bash -c "! grep -qE '(\.db|\.db-wal|registry|admin\.token)$' <<<'$TREE'"
 sx "$A" "sed -i '/worktree/d' .git/config && printf '[core]\\n\\tworktree = %s\\n' '$DATA_REAL/workspaces/$V' >> .git/config && echo ok"
+check "(a) the sandbox pointed core.worktree at the other workspace" [ "$(jget .stdout)" = ok ]
 prompt "$A" 'echo a2 > a2.txt' 2
 TREE=$($HG --git-dir="$WSA/.git" ls-tree -r --name-only "sessiond/$A" 2>/dev/null)
+check "(a) the second commit has the workspace's own change" grep -qx a2.txt <<<"$TREE"
 check "(a) the other session's file is in no commit" bash -c "! grep -q secret.txt <<<'$TREE'"
 ALL=$($HG --git-dir="$WSA/.git" log -p --all 2>/dev/null)
 check "(a) no host or other-session content in any commit" \
-  bash -c "! grep -qF -e '$ADMIN_TOKEN_VALUE' -e victim-secret-42 -e SQLite <<<\"\$1\"" _ "$ALL"
-sx "$A" 'sed -i "/worktree/d" .git/config; git ls-tree -r --name-only HEAD | grep -c -e registry.db -e secret.txt -e admin.token'
+  bash -c "! grep -qF -e '$ADMIN_TOKEN_VALUE' -e victim-secret-42 <<<\"\$1\"" _ "$ALL"
+sx "$A" 'sed -i "/worktree/d" .git/config; git ls-tree -r --name-only HEAD | grep -c -e "\.db" -e secret.txt'
 check "(a) the next prompt sees no host file with git" [ "$(jget .stdout)" = 0 ]
 
 # ---- (b) the reflog symlinked to a host file, then its directory to a host directory ----
