@@ -34,6 +34,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static char g_ca_file[512];
 static char g_ca_dir[512];
 static int g_init_rc;
+static int g_no_tls; /* gitx_init_local(): no CA locations (set before the once) */
 
 static void init_once(void)
 {
@@ -55,7 +56,7 @@ static void init_once(void)
     }
     const char *file = g_ca_file[0] ? g_ca_file : NULL;
     const char *dir = g_ca_dir[0] ? g_ca_dir : NULL;
-    if (file || dir) {
+    if ((file || dir) && !g_no_tls) {
         if (git_libgit2_opts(GIT_OPT_SET_SSL_CERT_LOCATIONS, file, dir) < 0) {
             const git_error *e = git_error_last();
             LOG_WARN("git: cannot set the CA locations: %s", e ? e->message : "?");
@@ -78,6 +79,18 @@ int gitx_init(const char *ca_file, const char *ca_dir)
         } else if (access("/etc/ssl/certs", R_OK) == 0) {
             snprintf(g_ca_dir, sizeof(g_ca_dir), "%s", "/etc/ssl/certs");
         }
+    }
+    pthread_mutex_unlock(&mu);
+    pthread_once(&g_once, init_once);
+    return g_init_rc;
+}
+
+int gitx_init_local(void)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    if (!g_ca_file[0] && !g_ca_dir[0]) {
+        g_no_tls = 1;
     }
     pthread_mutex_unlock(&mu);
     pthread_once(&g_once, init_once);

@@ -56,6 +56,11 @@ struct gitx_ident {
  * more than once (the first call wins). */
 int gitx_init(const char *ca_file, const char *ca_dir);
 
+/** gitx_init() for a process that never talks HTTPS (the sessiond-git helper's local
+ * operations): the CA locations are not loaded, which costs ~100 ms (the TLS library parses
+ * the whole system bundle at once). Only the first initialisation of a process counts. */
+int gitx_init_local(void);
+
 /** Clone url into dir (must not exist or be empty) with branch checked out.
  * head (may be NULL) gets the 40-hex commit id. ERR_NOT_FOUND if the branch does not
  * exist, ERR_AUTH on refused credentials, ERR_IO otherwise. */

@@ -597,7 +597,9 @@ int gitjob_serve(int in_fd, int out_fd)
         }
     }
     if (rc == 0) {
-        rc = gitx_init(jstr(req, "ca_file"), NULL);
+        /* only a sync or a push over the network needs the CA bundle (~100 ms to load) */
+        int tls = url && !remote;
+        rc = tls ? gitx_init(jstr(req, "ca_file"), NULL) : gitx_init_local();
     }
     if (rc == 0) {
         rc = dispatch(req, dir, shared, url, ans);
