@@ -84,9 +84,11 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-/* Read fd to EOF into b (capped by b's max). While waiting, a server shutdown
- * (gitx_cancel_all) kills the helper: a fetch or push may otherwise wait on the network. */
-static int read_answer(int fd, pid_t pid, struct buf *b)
+/* Read fd to EOF into b (capped by b's max). While waiting for a network job (net), a server
+ * shutdown (gitx_cancel_all) kills the helper: a fetch or push may otherwise wait on the
+ * network. Local jobs (an end-of-prompt commit during the shutdown grace) run to the end, as
+ * they did in the server's process. */
+static int read_answer(int fd, pid_t pid, int net, struct buf *b)
 {
     char chunk[16384];
     for (;;) {
@@ -95,7 +97,7 @@ static int read_answer(int fd, pid_t pid, struct buf *b)
         if (pr < 0 && errno != EINTR) {
             return ERR_IO;
         }
-        if (gitx_cancelled()) {
+        if (net && gitx_cancelled()) {
             kill(pid, SIGKILL);
             return ERR_CANCELLED;
         }
@@ -160,7 +162,8 @@ static int run_job(const struct gitjob_cfg *c, json_t *req, json_t **ans)
     json_object_set_new(req, "gid", json_integer(c->gid));
     json_object_set_new(req, "ca_file", c->ca_file ? json_string(c->ca_file) : json_null());
     json_object_set_new(req, "log", json_integer(log_threshold));
-    int rc = gitx_cancelled() ? ERR_CANCELLED : 0;
+    int net = json_object_get(req, "url") != NULL;
+    int rc = net && gitx_cancelled() ? ERR_CANCELLED : 0;
     if (rc == 0 && (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0)) {
         rc = ERR_IO;
     }
@@ -178,7 +181,7 @@ static int run_job(const struct gitjob_cfg *c, json_t *req, json_t **ans)
     int wrc = text ? write_all(in[1], text, strlen(text)) : ERR_NOMEM;
     close(in[1]);
     in[1] = -1;
-    rc = read_answer(out[0], pid, &b);
+    rc = read_answer(out[0], pid, net, &b);
     int st = 0;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
@@ -568,6 +571,10 @@ static int dispatch(json_t *req, const char *dir, const char *shared, const char
 int gitjob_serve(int in_fd, int out_fd)
 {
     json_t *req = NULL, *ans = json_object();
+    /* never outlive the server (the thread that started us waits for the answer) */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() == 1) {
+        return 1;
+    }
     int rc = read_request(in_fd, &req);
     const char *op = jstr(req, "op");
     const char *dir = jstr(req, "dir"), *shared = jstr(req, "shared");

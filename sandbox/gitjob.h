@@ -14,12 +14,16 @@
  * environment. As root it first makes a private mount namespace in which the whole host tree
  * is read-only, binds the workspace (opened O_NOFOLLOW) read-write and the shared object store
  * read-only under a private tmpfs, then drops to cfg.uid/cfg.gid (the sandbox user) with
- * no_new_privs, and runs the gitx_* operation on the staged paths. Not root: no namespace, no
- * uid to drop to; the operation still runs in the helper with gitx_*'s own protections.
+ * no_new_privs, and runs the gitx_* operation on the staged paths. Exception: a push into a
+ * repository on this machine (a path or file:// URL) writes that repository's files, which are
+ * the server's: that job keeps root, confined to the workspace and that repository (everything
+ * else read-only, no devices). Not root: no namespace, no uid to drop to; the operation still
+ * runs in the helper with gitx_*'s own protections.
  *
  * Every function here has the contract of its gitx_* namesake in git.h. ERR_UNAVAILABLE if the
  * helper cannot be started, ERR_INTERNAL if it died or answered nonsense, ERR_CANCELLED after
- * gitx_cancel_all(1) (the helper is killed). Thread safe: each call spawns its own helper.
+ * gitx_cancel_all(1) for a sync or a push (the helper is killed; local jobs run to the end).
+ * Thread safe: each call spawns its own helper.
  */
 #ifndef SESSIOND_GITJOB_H
 #define SESSIOND_GITJOB_H
