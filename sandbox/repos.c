@@ -1672,6 +1672,12 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         r->git.uid = drop ? (int)uid : -1;
         r->git.gid = drop ? (int)gid : -1;
         r->git.ca_file = r->ca_file;
+        if (access(r->git_bin, X_OK) != 0) {
+            /* no fallback into this process: that is the wall the helper is */
+            LOG_ERROR("repos: the git helper %s is missing (make builds it): commits, syncs "
+                      "and pushes of workspaces will fail",
+                      r->git_bin);
+        }
     }
     char *path = xasprintf("%s/registry.db", r->data_dir);
     if (sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
