@@ -17,9 +17,11 @@
 #include "common/log.h"
 #include "common/xmem.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -30,6 +32,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -338,6 +341,17 @@ int gitjob_push(const struct gitjob_cfg *c, const char *dir, const char *shared,
     return rc;
 }
 
+int gitjob_chown(const struct gitjob_cfg *c, const char *dir)
+{
+    json_t *ans = NULL;
+    if (c->uid <= 0 || c->gid < 0) {
+        return 0; /* no sandbox user to give the tree to */
+    }
+    int rc = run_job(c, request("chown", dir, NULL), &ans);
+    json_decref(ans);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- helper side */
 
 static int fail_at(const char *what)
@@ -479,6 +493,115 @@ static int drop_to(int uid, int gid)
     return 0;
 }
 
+#define CHOWN_MAX_DEPTH 128 /* directories open at once in chown_tree */
+
+/* Own one entry of the directory dfd (stat'ed as *sb) to uid:gid. Never through a symlink
+ * (AT_SYMLINK_NOFOLLOW changes the link itself), and never a file with other links: its
+ * inode may belong to another tree as well (a snapshot store's, a local remote's objects). */
+static void chown_entry(int dfd, const char *name, const struct stat *sb, uid_t uid, gid_t gid)
+{
+    if (sb->st_uid == uid && sb->st_gid == gid) {
+        return;
+    }
+    if (!S_ISDIR(sb->st_mode) && sb->st_nlink > 1) {
+        return;
+    }
+    if (fchownat(dfd, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 && errno != ENOENT) {
+        LOG_DEBUG("sessiond-git: chown %s: %s", name, strerror(errno));
+    }
+}
+
+/* Give the tree dir to uid:gid (files the server wrote as root: a clone, a restore).
+ * The tree may be the sandbox's, changing under us: the walk goes by descriptors only
+ * (openat O_NOFOLLOW|O_DIRECTORY from the parent's descriptor, fchownat(AT_SYMLINK_NOFOLLOW)),
+ * so a directory swapped for a symlink mid-walk is not entered and a symlink's target is never
+ * chowned; it stays on dir's file system and stops CHOWN_MAX_DEPTH levels down. Iterative:
+ * the stack of open directories is bounded, whatever the depth of the tree. */
+static void chown_walk(const char *dir, uid_t uid, gid_t gid)
+{
+    DIR *stack[CHOWN_MAX_DEPTH];
+    int n = 0, deep = 0;
+    struct stat top;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &top) != 0) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        return;
+    }
+    if (top.st_uid != uid || top.st_gid != gid) {
+        if (fchown(fd, uid, gid) != 0) {
+            LOG_DEBUG("sessiond-git: chown %s: %s", dir, strerror(errno));
+        }
+    }
+    stack[n] = fdopendir(fd);
+    if (!stack[n]) {
+        close(fd);
+        return;
+    }
+    n++;
+    while (n > 0) {
+        DIR *d = stack[n - 1];
+        struct dirent *e = readdir(d);
+        if (!e) {
+            closedir(d);
+            n--;
+            continue;
+        }
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
+            continue;
+        }
+        struct stat sb;
+        if (fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+            sb.st_dev != top.st_dev) {
+            continue; /* gone, or another file system mounted there: not ours to change */
+        }
+        chown_entry(dirfd(d), e->d_name, &sb, uid, gid);
+        if (!S_ISDIR(sb.st_mode)) {
+            continue;
+        }
+        if (n >= CHOWN_MAX_DEPTH) {
+            deep = 1;
+            continue;
+        }
+        int cfd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        struct stat cs;
+        if (cfd >= 0 &&
+            (fstat(cfd, &cs) != 0 || cs.st_dev != sb.st_dev || cs.st_ino != sb.st_ino)) {
+            close(cfd); /* swapped between the stat and the open: skip what is there now */
+            cfd = -1;
+        }
+        DIR *cd = cfd >= 0 ? fdopendir(cfd) : NULL;
+        if (cd) {
+            stack[n++] = cd;
+        } else if (cfd >= 0) {
+            close(cfd);
+        }
+    }
+    if (deep) {
+        LOG_WARN("sessiond-git: %s is deeper than %d directories: the rest keeps its owner", dir,
+                 CHOWN_MAX_DEPTH);
+    }
+}
+
+/* Keep root's uid but only the capabilities an ownership walk needs: change owners, read any
+ * directory. No CAP_SYS_ADMIN (no remount of the read-only host tree), no CAP_DAC_OVERRIDE. */
+static int keep_chown_caps_only(void)
+{
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct d[2];
+    memset(d, 0, sizeof(d));
+    unsigned keep = (1U << CAP_CHOWN) | (1U << CAP_DAC_READ_SEARCH);
+    d[0].effective = d[0].permitted = keep;
+    if (syscall(SYS_capset, &h, d) != 0) {
+        return fail_at("capset");
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+        return fail_at("prctl");
+    }
+    return 0;
+}
+
 static int read_request(int fd, json_t **out)
 {
     struct buf b;
@@ -593,7 +716,11 @@ int gitjob_serve(int in_fd, int out_fd)
      * the server, not to the sandbox user: that one job keeps root, confined to the workspace
      * and that repository (everything else read-only, no devices). */
     int push_local = remote && op && strcmp(op, "push") == 0;
-    int drop = uid > 0 && gid >= 0 && uid <= INT_MAX && gid <= INT_MAX && !push_local;
+    /* The ownership walk needs CAP_CHOWN: it keeps root's uid with that capability only, in the
+     * same namespace (only the tree it walks is writable). */
+    int do_chown = op && strcmp(op, "chown") == 0;
+    int valid_user = uid > 0 && gid >= 0 && uid <= INT_MAX && gid <= INT_MAX;
+    int drop = valid_user && !push_local && !do_chown;
     if (rc == 0 && geteuid() == 0) {
         rc = stage(dir, shared, remote, push_local, !drop);
         dir = STAGE_WS;
@@ -602,6 +729,15 @@ int gitjob_serve(int in_fd, int out_fd)
         if (rc == 0 && drop) {
             rc = drop_to((int)uid, (int)gid);
         }
+        if (rc == 0 && do_chown) {
+            rc = keep_chown_caps_only();
+        }
+    }
+    if (rc == 0 && do_chown) {
+        if (geteuid() == 0 && valid_user) {
+            chown_walk(dir, (uid_t)uid, (gid_t)gid);
+        }
+        goto answer;
     }
     if (rc == 0) {
         /* only a sync or a push over the network needs the CA bundle (~100 ms to load) */
@@ -611,6 +747,7 @@ int gitjob_serve(int in_fd, int out_fd)
     if (rc == 0) {
         rc = dispatch(req, dir, shared, url, ans);
     }
+answer:
     json_object_set_new(ans, "rc", json_integer(rc));
     char *text = json_dumps(ans, JSON_COMPACT);
     int wrc = text ? write_all(out_fd, text, strlen(text)) : ERR_NOMEM;

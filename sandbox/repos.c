@@ -199,99 +199,12 @@ static int owner_of_sandboxes(struct repos *r, uid_t *uid, gid_t *gid)
     return 0;
 }
 
-#define CHOWN_MAX_DEPTH 128 /* directories open at once in chown_tree */
-
-/* Own one entry of the directory dfd (stat'ed as *sb) to uid:gid. Never through a symlink
- * (AT_SYMLINK_NOFOLLOW changes the link itself), and never a file with other links: its
- * inode may belong to another tree as well (a snapshot store's, a local remote's objects). */
-static void chown_entry(int dfd, const char *name, const struct stat *sb, uid_t uid, gid_t gid)
-{
-    if (sb->st_uid == uid && sb->st_gid == gid) {
-        return;
-    }
-    if (!S_ISDIR(sb->st_mode) && sb->st_nlink > 1) {
-        return;
-    }
-    if (fchownat(dfd, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 && errno != ENOENT) {
-        LOG_DEBUG("repos: chown %s: %s", name, strerror(errno));
-    }
-}
-
-/* Give a tree to the sandbox user (files we wrote as root: a clone, a restore, a checkout).
- * The tree may be the sandbox's, changing under us: the walk goes by descriptors only
- * (openat O_NOFOLLOW|O_DIRECTORY from the parent's descriptor, fchownat(AT_SYMLINK_NOFOLLOW)),
- * so a directory swapped for a symlink mid-walk is not entered and a symlink's target is never
- * chowned; it stays on dir's file system and stops CHOWN_MAX_DEPTH levels down. Iterative:
- * the stack of open directories is bounded, whatever the depth of the tree. */
+/* Give a tree to the sandbox user (files we wrote as root: a clone, a restore, a checkout):
+ * in the git helper (gitjob_chown), confined to that tree. */
 static void chown_tree(struct repos *r, const char *dir)
 {
-    uid_t uid;
-    gid_t gid;
-    DIR *stack[CHOWN_MAX_DEPTH];
-    int n = 0, deep = 0;
-    struct stat top;
-    if (!owner_of_sandboxes(r, &uid, &gid)) {
-        return;
-    }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0 || fstat(fd, &top) != 0) {
-        if (fd >= 0) {
-            close(fd);
-        }
-        return;
-    }
-    if (top.st_uid != uid || top.st_gid != gid) {
-        if (fchown(fd, uid, gid) != 0) {
-            LOG_DEBUG("repos: chown %s: %s", dir, strerror(errno));
-        }
-    }
-    stack[n] = fdopendir(fd);
-    if (!stack[n]) {
-        close(fd);
-        return;
-    }
-    n++;
-    while (n > 0) {
-        DIR *d = stack[n - 1];
-        struct dirent *e = readdir(d);
-        if (!e) {
-            closedir(d);
-            n--;
-            continue;
-        }
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
-            continue;
-        }
-        struct stat sb;
-        if (fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
-            sb.st_dev != top.st_dev) {
-            continue; /* gone, or another file system mounted there: not ours to change */
-        }
-        chown_entry(dirfd(d), e->d_name, &sb, uid, gid);
-        if (!S_ISDIR(sb.st_mode)) {
-            continue;
-        }
-        if (n >= CHOWN_MAX_DEPTH) {
-            deep = 1;
-            continue;
-        }
-        int cfd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        struct stat cs;
-        if (cfd >= 0 &&
-            (fstat(cfd, &cs) != 0 || cs.st_dev != sb.st_dev || cs.st_ino != sb.st_ino)) {
-            close(cfd); /* swapped between the stat and the open: skip what is there now */
-            cfd = -1;
-        }
-        DIR *cd = cfd >= 0 ? fdopendir(cfd) : NULL;
-        if (cd) {
-            stack[n++] = cd;
-        } else if (cfd >= 0) {
-            close(cfd);
-        }
-    }
-    if (deep) {
-        LOG_WARN("repos: %s is deeper than %d directories: the rest keeps its owner", dir,
-                 CHOWN_MAX_DEPTH);
+    if (r->git.uid > 0) {
+        gitjob_chown(&r->git, dir);
     }
 }
 
