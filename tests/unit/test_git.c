@@ -9,8 +9,10 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/git.h"
+#include "sandbox/gitjob.h"
 
 #include <jansson.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 
@@ -275,6 +277,53 @@ TEST(commondir_refused)
     util_rm_rf(g_tmp);
 }
 
+/* The second wall: as root, the helper commits as the sandbox user in a namespace where only
+ * the workspace is writable, so a refs/ symlink to a host directory leads nowhere; the
+ * ownership walk never follows a symlink. Skipped (passes) when not root or without the
+ * sandbox user. */
+TEST(helper_confines_writes)
+{
+    struct passwd *pw = getpwnam("sessiond-sbx");
+    if (geteuid() != 0 || !pw) {
+        return;
+    }
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    char *bin = gitjob_default_bin();
+    struct gitjob_cfg c = {.bin = bin, .uid = (int)pw->pw_uid, .gid = (int)pw->pw_gid};
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    tsh("mkdir %s/hostdir && echo host > %s/hostfile && chmod 600 %s/hostfile && "
+        "ln -s %s/hostfile %s/ws/link && ln -s %s/hostfile %s/ws/.git/link",
+        g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp);
+    ASSERT_EQ(gitjob_chown(&c, ws), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "%d", (int)pw->pw_uid);
+    char *own = tout1("stat -c %%u %s/ws/.git/HEAD", g_tmp);
+    ASSERT_STREQ(own, want);
+    char *host = tout1("stat -c %%u:%%a %s/hostfile", g_tmp);
+    ASSERT_STREQ(host, "0:600");
+    tsh("rm -rf %s/ws/.git/refs/heads/sessiond && ln -s %s/hostdir %s/ws/.git/refs/heads/sessiond",
+        g_tmp, g_tmp, g_tmp);
+    file_put("ws/h.txt", "h\n");
+    struct gitx_ident a = {"A", "a@example.com"};
+    int committed = 0;
+    char sha[41];
+    ASSERT(gitjob_commit_n(&c, ws, NULL, "sessiond/h", &a, "x\n", sha, &committed, NULL) != 0);
+    char *left = tout1("ls -A %s/hostdir | wc -l", g_tmp);
+    ASSERT_STREQ(left, "0");
+    /* without the trap the same commit works, and what it wrote is the sandbox user's */
+    tsh("rm %s/ws/.git/refs/heads/sessiond", g_tmp);
+    ASSERT_EQ(gitjob_commit_n(&c, ws, NULL, "sessiond/h", &a, "x\n", sha, &committed, NULL), 0);
+    ASSERT_EQ(committed, 1);
+    char *refown = tout1("stat -c %%u %s/ws/.git/refs/heads/sessiond/h", g_tmp);
+    ASSERT_STREQ(refown, want);
+    char head[41];
+    ASSERT_EQ(gitjob_head(&c, ws, NULL, head, NULL), 0);
+    ASSERT_STREQ(head, sha);
+    free(bin);
+    util_rm_rf(g_tmp);
+}
+
 /* The index's inode number of path in ws (git ls-files --debug), and the file's. */
 static void inos(const char *ws, const char *path, char **idx_ino, char **file_ino)
 {
@@ -403,5 +452,6 @@ static const struct test_case tests[] = {
     T(workspace_config_never_read),
     T(reflog_symlink_not_followed),
     T(commondir_refused),
+    T(helper_confines_writes),
 };
 TEST_MAIN(tests)
