@@ -398,7 +398,7 @@ static int stage(const char *dir, const char *shared, const char *remote, int re
     int wfd = -1, ofd = -1, rfd = -1, rc = 0;
     struct stat sb;
     if (unshare(CLONE_NEWNS) != 0) {
-        return fail_at("unshare");
+        return errno == EPERM ? ERR_UNSUPPORTED : fail_at("unshare");
     }
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
         return fail_at("make / private");
@@ -723,9 +723,18 @@ int gitjob_serve(int in_fd, int out_fd)
     int drop = valid_user && !push_local && !do_chown;
     if (rc == 0 && geteuid() == 0) {
         rc = stage(dir, shared, remote, push_local, !drop);
-        dir = STAGE_WS;
-        shared = shared ? STAGE_OBJS : NULL;
-        url = remote ? STAGE_REMOTE : url;
+        if (rc == ERR_UNSUPPORTED && !valid_user) {
+            /* root without CAP_SYS_ADMIN (a restricted container) and no sandbox user: the
+             * process backend, unisolated by the operator's choice. The first wall holds. */
+            LOG_WARN("sessiond-git: no mount namespace here (EPERM): running unconfined");
+            rc = 0;
+        } else if (rc == ERR_UNSUPPORTED) {
+            rc = fail_at("unshare");
+        } else {
+            dir = STAGE_WS;
+            shared = shared ? STAGE_OBJS : NULL;
+            url = remote ? STAGE_REMOTE : url;
+        }
         if (rc == 0 && drop) {
             rc = drop_to((int)uid, (int)gid);
         }
