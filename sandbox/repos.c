@@ -1964,11 +1964,12 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
         snap_store_close(is);
         if (rc == 0) {
             t2 = clock_mono_us();
-            /* restored as root: the sandbox user's before git runs as it */
-            chown_tree(r, workspace);
             if (defer) {
-                sync_req_set(defer, url, branch); /* in the background, after sandbox.ready */
+                /* in the background, after sandbox.ready (the ownership fix first) */
+                sync_req_set(defer, url, branch);
             } else {
+                /* restored as root: the sandbox user's before git runs as it */
+                chown_tree(r, workspace);
                 char *shared = shared_if_any(r, repo);
                 rc = gitjob_sync(&r->git, workspace, shared, url, branch, NULL, NULL);
                 free(shared);
@@ -2471,6 +2472,11 @@ static void *bg_sync_main(void *arg)
     int closing = r->closing;
     pthread_mutex_unlock(&r->lock);
     char *shared = closing ? NULL : session_shared(r, b->sid);
+    if (!closing) {
+        /* a restore (as root) may have made the workspace: the sandbox user's before git
+         * runs as that user */
+        chown_tree(r, b->ws);
+    }
     if (closing) {
         rc = ERR_CANCELLED;
     } else if (b->q.url) {
