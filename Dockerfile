@@ -17,7 +17,7 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN make -j"$(nproc)" build/sessiond build/sandbox-init
+RUN make -j"$(nproc)" build/sessiond build/sandbox-init build/sessiond-git
 
 FROM debian:12-slim
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -26,7 +26,7 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /data --shell /usr/sbin/nologin sessiond \
     && mkdir -p /data && chown sessiond /data
-COPY --from=build /src/build/sessiond /src/build/sandbox-init /usr/local/bin/
+COPY --from=build /src/build/sessiond /src/build/sandbox-init /src/build/sessiond-git /usr/local/bin/
 COPY --from=build /src/agents/bundled /usr/local/share/sessiond/agents
 USER sessiond
 ENV SESSIOND_LISTEN=0.0.0.0:8080 SESSIOND_DATA_DIR=/data

@@ -51,7 +51,7 @@ BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps run test unit bench lint format format-check clean agents test-deps bench-rest
 
-all: $(BUILD)/sessiond $(BUILD)/sandbox-init $(UNIT_BIN)
+all: $(BUILD)/sessiond $(BUILD)/sandbox-init $(BUILD)/sessiond-git $(UNIT_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -92,6 +92,12 @@ $(BUILD)/sandbox-init: sandbox/init/sandbox-init.c sandbox/init/egress_fwd.c san
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
 	@$(CC) -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) -o $@ $<
+
+# The helper that runs git operations on workspaces out of the server's process, as the sandbox
+# user (workspace/gitjob.h); the server finds it next to its own binary.
+$(BUILD)/sessiond-git: $(BUILD)/obj/workspace/gitjob/sessiond-git.o $(LIBS)
+	@echo "  LINK    $@"
+	@$(CC) -o $@ $< $(LIBS) $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(LIBS)
 	@mkdir -p $(dir $@)

@@ -17,7 +17,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <git2.h>
+#include <git2/sys/config.h>
 #include <git2/sys/odb_backend.h>
 #include <git2/sys/repository.h>
 #include <pthread.h>
@@ -32,6 +34,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static char g_ca_file[512];
 static char g_ca_dir[512];
 static int g_init_rc;
+static int g_no_tls; /* gitx_init_local(): no CA locations (set before the once) */
 
 static void init_once(void)
 {
@@ -39,12 +42,21 @@ static void init_once(void)
         g_init_rc = ERR_INTERNAL;
         return;
     }
-    /* We run as root over workspaces owned by the sandbox uid: ownership of a repository is
-     * checked by us (check_gitdir), not by libgit2's safe.directory logic. */
+    /* libgit2's safe.directory check guards a user against config files another user planted
+     * in a repository. We never read a workspace's config at all (open_repo installs our own),
+     * and a workspace is owned by the sandbox uid while the server may be root: the check would
+     * only refuse work, never protect. */
     git_libgit2_opts(GIT_OPT_SET_OWNER_VALIDATION, 0);
+    /* Host-side git uses no configuration file of the machine either (root's ~/.gitconfig,
+     * /etc/gitconfig): what it does must not depend on who set up the host. */
+    static const int levels[] = {GIT_CONFIG_LEVEL_SYSTEM, GIT_CONFIG_LEVEL_XDG,
+                                 GIT_CONFIG_LEVEL_GLOBAL, GIT_CONFIG_LEVEL_PROGRAMDATA};
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+        git_libgit2_opts(GIT_OPT_SET_SEARCH_PATH, levels[i], "");
+    }
     const char *file = g_ca_file[0] ? g_ca_file : NULL;
     const char *dir = g_ca_dir[0] ? g_ca_dir : NULL;
-    if (file || dir) {
+    if ((file || dir) && !g_no_tls) {
         if (git_libgit2_opts(GIT_OPT_SET_SSL_CERT_LOCATIONS, file, dir) < 0) {
             const git_error *e = git_error_last();
             LOG_WARN("git: cannot set the CA locations: %s", e ? e->message : "?");
@@ -67,6 +79,18 @@ int gitx_init(const char *ca_file, const char *ca_dir)
         } else if (access("/etc/ssl/certs", R_OK) == 0) {
             snprintf(g_ca_dir, sizeof(g_ca_dir), "%s", "/etc/ssl/certs");
         }
+    }
+    pthread_mutex_unlock(&mu);
+    pthread_once(&g_once, init_once);
+    return g_init_rc;
+}
+
+int gitx_init_local(void)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    if (!g_ca_file[0] && !g_ca_dir[0]) {
+        g_no_tls = 1;
     }
     pthread_mutex_unlock(&mu);
     pthread_once(&g_once, init_once);
@@ -153,6 +177,11 @@ void gitx_cancel_all(int on)
     g_cancel = on;
 }
 
+int gitx_cancelled(void)
+{
+    return g_cancel;
+}
+
 static int progress_cb(const git_indexer_progress *stats, void *payload)
 {
     (void)stats;
@@ -176,7 +205,7 @@ static void set_callbacks(git_remote_callbacks *cb, struct cbctx *c)
 
 /* The workspace's .git must be a plain directory of its own (see git.h). An alternates file is
  * allowed only when the caller names the shared store (allow_alternates): its content is then
- * never read here (see shared_odb). */
+ * never read here (see workspace_odb). */
 static int check_gitdir(const char *dir, int allow_alternates)
 {
     struct stat sb;
@@ -221,13 +250,199 @@ out:
     return rc;
 }
 
+/* ---------------------------------------------------------------- our own configuration */
+
+/* The only configuration host-side git ever sees for a workspace or a store: a fixed, read-only
+ * in-memory table. Whatever .git/config says (core.worktree, core.hooksPath, include.path,
+ * filter drivers, url.*.insteadOf, a user.name for reflog lines) is never read. Reflogs are
+ * off (core.logAllRefUpdates=false): a reflog is a file named by a ref, appended as root with
+ * text the repository chose, and nothing of ours reads them. Keys are normalised (lower case
+ * section and name), as libgit2 asks its backends for them. */
+static const char *const g_own_config[][2] = {
+    {"core.bare", "false"},       {"core.filemode", "true"},
+    {"core.ignorecase", "false"}, {"core.logallrefupdates", "false"},
+    {"core.symlinks", "true"},
+};
+#define OWN_CONFIG_N (sizeof(g_own_config) / sizeof(g_own_config[0]))
+
+struct own_iter {
+    git_config_iterator parent;
+    size_t i;
+    git_config_entry e;
+};
+
+static void own_entry_free(git_config_entry *e)
+{
+    free(e);
+}
+
+static int own_open(git_config_backend *b, git_config_level_t level, const git_repository *repo)
+{
+    (void)b;
+    (void)level;
+    (void)repo;
+    return 0;
+}
+
+static int own_get(git_config_backend *b, const char *key, git_config_entry **out)
+{
+    (void)b;
+    for (size_t i = 0; i < OWN_CONFIG_N; i++) {
+        if (strcmp(key, g_own_config[i][0]) == 0) {
+            git_config_entry *e = xcalloc(1, sizeof(*e));
+            e->name = g_own_config[i][0];
+            e->value = g_own_config[i][1];
+            e->level = GIT_CONFIG_LEVEL_LOCAL;
+            e->free = own_entry_free;
+            *out = e;
+            return 0;
+        }
+    }
+    return GIT_ENOTFOUND;
+}
+
+static int own_readonly(void)
+{
+    git_error_set_str(GIT_ERROR_CONFIG, "sessiond: the configuration is read-only");
+    return -1;
+}
+
+static int own_set(git_config_backend *b, const char *key, const char *value)
+{
+    (void)b;
+    (void)key;
+    (void)value;
+    return own_readonly();
+}
+
+static int own_set_multivar(git_config_backend *b, const char *name, const char *re, const char *v)
+{
+    (void)b;
+    (void)name;
+    (void)re;
+    (void)v;
+    return own_readonly();
+}
+
+static int own_del(git_config_backend *b, const char *key)
+{
+    (void)b;
+    (void)key;
+    return own_readonly();
+}
+
+static int own_del_multivar(git_config_backend *b, const char *key, const char *re)
+{
+    (void)b;
+    (void)key;
+    (void)re;
+    return own_readonly();
+}
+
+static int own_iter_next(git_config_entry **out, git_config_iterator *it)
+{
+    struct own_iter *o = (struct own_iter *)it;
+    if (o->i >= OWN_CONFIG_N) {
+        return GIT_ITEROVER;
+    }
+    memset(&o->e, 0, sizeof(o->e));
+    o->e.name = g_own_config[o->i][0];
+    o->e.value = g_own_config[o->i][1];
+    o->e.level = GIT_CONFIG_LEVEL_LOCAL;
+    o->i++;
+    *out = &o->e;
+    return 0;
+}
+
+static void own_iter_free(git_config_iterator *it)
+{
+    free(it);
+}
+
+static int own_iterator(git_config_iterator **out, git_config_backend *b)
+{
+    struct own_iter *o = xcalloc(1, sizeof(*o));
+    o->parent.backend = b;
+    o->parent.next = own_iter_next;
+    o->parent.free = own_iter_free;
+    *out = &o->parent;
+    return 0;
+}
+
+static int own_lock(git_config_backend *b)
+{
+    (void)b;
+    return 0;
+}
+
+static int own_unlock(git_config_backend *b, int success)
+{
+    (void)b;
+    (void)success;
+    return 0;
+}
+
+static void own_free(git_config_backend *b)
+{
+    free(b);
+}
+
+static git_config_backend *own_backend(void);
+
+static int own_snapshot(git_config_backend **out, git_config_backend *b)
+{
+    (void)b;
+    *out = own_backend();
+    (*out)->readonly = 1;
+    return 0;
+}
+
+static git_config_backend *own_backend(void)
+{
+    git_config_backend *b = xcalloc(1, sizeof(*b));
+    git_config_init_backend(b, GIT_CONFIG_BACKEND_VERSION);
+    b->open = own_open;
+    b->get = own_get;
+    b->set = own_set;
+    b->set_multivar = own_set_multivar;
+    b->del = own_del;
+    b->del_multivar = own_del_multivar;
+    b->iterator = own_iterator;
+    b->snapshot = own_snapshot;
+    b->lock = own_lock;
+    b->unlock = own_unlock;
+    b->free = own_free;
+    return b;
+}
+
+/* Replace repo's configuration with ours, before anything (index, refdb, odb) has read it. */
+static int own_config(git_repository *repo)
+{
+    git_config *cfg = NULL;
+    git_config_backend *b = own_backend();
+    int grc = git_config_new(&cfg);
+    if (grc == 0) {
+        grc = git_config_add_backend(cfg, b, GIT_CONFIG_LEVEL_LOCAL, repo, 0);
+        b = grc == 0 ? NULL : b; /* owned by cfg once added */
+    }
+    if (grc == 0) {
+        git_repository_set_config(repo, cfg);
+    }
+    if (b) {
+        b->free(b);
+    }
+    git_config_free(cfg); /* the repository holds its own reference */
+    return grc < 0 ? gerr(grc, "config") : 0;
+}
+
 /* Give repo (the workspace dir) an object database made of its own .git/objects (loose objects
- * first, as libgit2 does, then packs) plus the shared store's objects directory as an
- * alternate. Built by hand so that the host never reads .git/objects/info/alternates, which
- * the agent can rewrite: only the sandbox's git follows that file, and inside the sandbox it
- * can reach nothing but the store bound there read-only. The alternate is read-only for
- * libgit2 as well: writes (fetched packs, commits) go to the workspace's own objects. */
-static int shared_odb(git_repository *repo, const char *shared)
+ * first, as libgit2 does, then packs) plus, when shared is not NULL, the shared store's objects
+ * directory as an alternate. Built by hand, for every workspace, so that the host never reads
+ * .git/objects/info/alternates, which the agent can rewrite: only the sandbox's git follows that
+ * file, and inside the sandbox it can reach nothing but the store bound there read-only. The
+ * alternate is read-only for libgit2 as well: writes (fetched packs, commits) go to the
+ * workspace's own objects. */
+static int workspace_odb(git_repository *repo, const char *shared)
 {
     git_odb *odb = NULL;
     git_odb_backend *loose = NULL, *pack = NULL;
@@ -251,7 +466,7 @@ static int shared_odb(git_repository *repo, const char *shared)
             pack->free(pack);
         }
     }
-    if (grc == 0) {
+    if (grc == 0 && shared) {
         grc = git_odb_add_disk_alternate(odb, shared); /* a missing store adds nothing */
     }
     if (grc == 0) {
@@ -262,40 +477,64 @@ static int shared_odb(git_repository *repo, const char *shared)
     return grc < 0 ? gerr(grc, "object database") : 0;
 }
 
-/* Open the workspace dir; shared (may be NULL) is its repository's shared object store. */
+/* Did libgit2 open the directory we checked? It resolves symlinks when it opens, and the
+ * sandbox may have swapped .git for a symlink, or added a `commondir`, after check_gitdir:
+ * the repository must be <realpath of dir>/.git/ and be its own common dir. */
+static int opened_what_we_checked(git_repository *repo, const char *dir)
+{
+    char real[PATH_MAX];
+    if (!realpath(dir, real)) {
+        return ERR_NOT_FOUND;
+    }
+    char *want = xasprintf("%s/.git/", strcmp(real, "/") == 0 ? "" : real);
+    const char *got = git_repository_path(repo);
+    const char *common = git_repository_commondir(repo);
+    int ok = got && strcmp(got, want) == 0 && common && strcmp(common, got) == 0;
+    if (!ok) {
+        LOG_WARN("git: %s/.git opened as %s (common dir %s): refused", dir, got ? got : "?",
+                 common ? common : "?");
+    }
+    free(want);
+    return ok ? 0 : ERR_FORBIDDEN;
+}
+
+/* Open the workspace dir; shared (may be NULL) is its repository's shared object store.
+ * Nothing in the workspace's .git decides what is opened or how: the git dir is opened as a
+ * bare repository (libgit2 then reads no config, so no core.worktree, no gitfile), gets our
+ * configuration and an object database of our making, and dir is set as its working tree. */
 static int open_repo(const char *dir, const char *shared, git_repository **out)
 {
+    git_repository *repo = NULL;
+    char *gitdir = xasprintf("%s/.git", dir);
     *out = NULL;
     int rc = check_gitdir(dir, shared != NULL);
     if (rc != 0) {
-        return rc;
+        goto out;
     }
-    int grc = git_repository_open_ext(out, dir, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL);
+    int grc = git_repository_open_bare(&repo, gitdir);
     if (grc < 0) {
-        *out = NULL;
-        return gerr(grc, "open");
+        rc = gerr(grc, "open");
+        goto out;
     }
-    if (shared) {
-        rc = shared_odb(*out, shared);
-        if (rc != 0) {
-            git_repository_free(*out);
-            *out = NULL;
-        }
+    rc = opened_what_we_checked(repo, dir);
+    if (rc == 0) {
+        rc = own_config(repo);
     }
+    if (rc == 0) {
+        rc = workspace_odb(repo, shared);
+    }
+    if (rc == 0) {
+        grc = git_repository_set_workdir(repo, dir, 0);
+        rc = grc < 0 ? gerr(grc, "workdir") : 0;
+    }
+    if (rc == 0) {
+        *out = repo;
+        repo = NULL;
+    }
+out:
+    git_repository_free(repo);
+    free(gitdir);
     return rc;
-}
-
-/* For network operations: forget whatever the agent put in .git/config. */
-static int sanitize_config(git_repository *repo)
-{
-    git_config *empty = NULL;
-    int grc = git_config_new(&empty);
-    if (grc < 0) {
-        return gerr(grc, "config");
-    }
-    grc = git_repository_set_config(repo, empty);
-    git_config_free(empty);
-    return grc < 0 ? gerr(grc, "config") : 0;
 }
 
 static int anon_remote(git_repository *repo, const char *url, git_remote **out)
@@ -309,12 +548,11 @@ static int anon_remote(git_repository *repo, const char *url, git_remote **out)
     return grc < 0 ? gerr(grc, "remote") : 0;
 }
 
-/* The remote of every fetch and push: the repository's config neutralized first (the agent
- * can edit it), then an anonymous remote from the registry's URL. */
+/* The remote of every fetch and push: an anonymous remote from the registry's URL, on a
+ * repository that carries our configuration only (open_repo, or own_config for a store). */
 static int safe_remote(git_repository *repo, const char *url, git_remote **out)
 {
-    int rc = sanitize_config(repo);
-    return rc ? rc : anon_remote(repo, url, out);
+    return anon_remote(repo, url, out);
 }
 
 static int valid_branch(const char *branch, char *ref, size_t n)
@@ -489,7 +727,10 @@ int gitx_mirror_fetch(const char *gitdir, const char *url, const char *branch,
         rc = gerr(grc, "shared store");
         goto out;
     }
-    rc = safe_remote(repo, url, &remote);
+    rc = own_config(repo);
+    if (rc == 0) {
+        rc = safe_remote(repo, url, &remote);
+    }
     if (rc != 0) {
         goto out;
     }
@@ -550,9 +791,30 @@ int gitx_checkout_shared(const char *dir, const char *shared, const char *url, c
         rc = gerr(grc, "init");
         goto out;
     }
+    /* What a clone leaves in .git/config: origin and the branch set to track it. Written
+     * through the repository just made here (nothing else has had it yet); every later open
+     * goes through open_repo, which never reads that file. */
+    git_remote *origin = NULL;
+    grc = git_remote_create(&origin, repo, "origin", url);
+    git_remote_free(origin);
+    if (grc == 0) {
+        grc = git_repository_config(&cfg, repo);
+    }
+    if (grc == 0) {
+        snprintf(key, sizeof(key), "branch.%s.remote", branch);
+        grc = git_config_set_string(cfg, key, "origin");
+    }
+    if (grc == 0) {
+        snprintf(key, sizeof(key), "branch.%s.merge", branch);
+        grc = git_config_set_string(cfg, key, refname);
+    }
     git_repository_free(repo);
     repo = NULL;
-    /* The file the sandbox's git follows (we never read it back: see shared_odb). */
+    if (grc < 0) {
+        rc = gerr(grc, "shared checkout config");
+        goto out;
+    }
+    /* The file the sandbox's git follows (we never read it back: see workspace_odb). */
     alt = xasprintf("%s/.git/objects/info/alternates", dir);
     f = fopen(alt, "wx");
     if (!f || fprintf(f, "%s\n", shared) < 0 || fclose(f) != 0) {
@@ -566,30 +828,14 @@ int gitx_checkout_shared(const char *dir, const char *shared, const char *url, c
     if (rc != 0) {
         goto out;
     }
-    /* What a clone leaves: origin, its tracking ref, the branch set to track it. */
+    /* The rest of what a clone leaves: origin's tracking ref and the branch. */
     grc = git_commit_lookup(&c, repo, &oid);
-    if (grc == 0) {
-        git_remote *origin = NULL;
-        grc = git_remote_create(&origin, repo, "origin", url);
-        git_remote_free(origin);
-    }
     if (grc == 0) {
         snprintf(key, sizeof(key), "refs/remotes/origin/%s", branch);
         grc = git_reference_create(&rref, repo, key, &oid, 1, "sessiond: shared checkout");
     }
     if (grc == 0) {
         grc = git_reference_create(&ref, repo, refname, &oid, 1, "sessiond: shared checkout");
-    }
-    if (grc == 0) {
-        grc = git_repository_config(&cfg, repo);
-    }
-    if (grc == 0) {
-        snprintf(key, sizeof(key), "branch.%s.remote", branch);
-        grc = git_config_set_string(cfg, key, "origin");
-    }
-    if (grc == 0) {
-        snprintf(key, sizeof(key), "branch.%s.merge", branch);
-        grc = git_config_set_string(cfg, key, refname);
     }
     if (grc == 0) {
         grc = git_repository_set_head(repo, refname);

@@ -56,6 +56,11 @@ struct gitx_ident {
  * more than once (the first call wins). */
 int gitx_init(const char *ca_file, const char *ca_dir);
 
+/** gitx_init() for a process that never talks HTTPS (the sessiond-git helper's local
+ * operations): the CA locations are not loaded, which costs ~100 ms (the TLS library parses
+ * the whole system bundle at once). Only the first initialisation of a process counts. */
+int gitx_init_local(void);
+
 /** Clone url into dir (must not exist or be empty) with branch checked out.
  * head (may be NULL) gets the 40-hex commit id. ERR_NOT_FOUND if the branch does not
  * exist, ERR_AUTH on refused credentials, ERR_IO otherwise. */
@@ -116,6 +121,9 @@ int gitx_push(const char *dir, const char *shared, const char *url, const char *
 
 /** on = 1: every clone/fetch/push in progress or started later fails (server shutdown). */
 void gitx_cancel_all(int on);
+
+/** 1 after gitx_cancel_all(1): work about to start or waiting should give up. */
+int gitx_cancelled(void);
 
 /** A commit message from a prompt: first line (<= 72 chars) as subject, the prompt (capped
  * at 4 KiB) as body, and a "Co-authored-by: Name <email>" trailer when coauthor is not NULL.

@@ -23,6 +23,7 @@
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
 #include "workspace/git.h"
+#include "workspace/gitjob.h"
 #include "sandbox/sbx.h"
 #include "workspace/snap/snap.h"
 #include "storage/registry.h"
@@ -31,7 +32,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <sqlite3.h>
@@ -110,6 +110,8 @@ struct repos {
     char *data_dir;
     char *abs_data_dir; /* realpath of data_dir: shared stores are named by absolute paths */
     char *ca_file;
+    char *git_bin;         /* the sessiond-git helper */
+    struct gitjob_cfg git; /* how workspace git operations run (gitjob.h); set at open */
     sqlite3 *db;
     pthread_mutex_t dblock;
 
@@ -199,33 +201,13 @@ static int owner_of_sandboxes(struct repos *r, uid_t *uid, gid_t *gid)
     return 0;
 }
 
-static uid_t g_chown_uid;
-static gid_t g_chown_gid;
-static pthread_mutex_t g_chown_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static int chown_cb(const char *path, const struct stat *sb, int flag, struct FTW *f)
-{
-    (void)flag;
-    (void)f;
-    if (sb->st_uid != g_chown_uid || sb->st_gid != g_chown_gid) {
-        lchown(path, g_chown_uid, g_chown_gid);
-    }
-    return 0;
-}
-
-/* Give a tree to the sandbox user (files we wrote as root: clone, sync, commit). */
+/* Give a tree to the sandbox user (files we wrote as root: a clone, a restore, a checkout):
+ * in the git helper (gitjob_chown), confined to that tree. */
 static void chown_tree(struct repos *r, const char *dir)
 {
-    uid_t uid;
-    gid_t gid;
-    if (!owner_of_sandboxes(r, &uid, &gid)) {
-        return;
+    if (r->git.uid > 0) {
+        gitjob_chown(&r->git, dir);
     }
-    pthread_mutex_lock(&g_chown_mu); /* nftw has no user pointer */
-    g_chown_uid = uid;
-    g_chown_gid = gid;
-    nftw(dir, chown_cb, 32, FTW_PHYS | FTW_MOUNT);
-    pthread_mutex_unlock(&g_chown_mu);
 }
 
 static void set_msg(char *msg, size_t n, const char *fmt, const char *arg)
@@ -1321,11 +1303,12 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
     snap_store_close(ss);
     char *shared = shared_if_any(r, repo);
     if (rc == 0) {
-        rc = gitx_sync(dir, shared, url, branch, NULL, head);
+        chown_tree(r, dir); /* restored as root: the sandbox user's before git runs as it */
+        rc = gitjob_sync(&r->git, dir, shared, url, branch, NULL, head);
     }
     if (rc == 0) {
-        gitx_refresh_index(dir, shared); /* in the background now, not in the first commit */
-        chown_tree(r, dir);
+        /* in the background now, not in the first commit */
+        gitjob_refresh_index(&r->git, dir, shared);
     }
     free(shared);
     free(snapdir);
@@ -1410,17 +1393,17 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         resync = w->next;
         char head[41] = "";
         char *shared = shared_if_any(r, repo);
-        if (gitx_sync(w->dir, shared, url, branch, NULL, head) != 0) {
+        if (gitjob_sync(&r->git, w->dir, shared, url, branch, NULL, head) != 0) {
             free(shared);
             warm_free(w);
             continue;
         }
         if (strcmp(head, w->head) != 0) {
-            gitx_refresh_index(w->dir, shared); /* the reset left stale stat data: pay it now */
+            /* the reset left stale stat data: pay it now */
+            gitjob_refresh_index(&r->git, w->dir, shared);
             memcpy(w->head, head, sizeof(head));
         }
         free(shared);
-        chown_tree(r, w->dir);
         w->synced_ms = clock_now_ms();
         pthread_mutex_lock(&r->lock);
         w->next = r->warm;
@@ -1596,6 +1579,23 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         }
     }
     gitx_init(r->ca_file, NULL);
+    {
+        /* Workspace git runs in the helper, as the sandbox user when we are root (gitjob.h) */
+        uid_t uid;
+        gid_t gid;
+        int drop = owner_of_sandboxes(r, &uid, &gid);
+        r->git_bin = gitjob_default_bin();
+        r->git.bin = r->git_bin;
+        r->git.uid = drop ? (int)uid : -1;
+        r->git.gid = drop ? (int)gid : -1;
+        r->git.ca_file = r->ca_file;
+        if (access(r->git_bin, X_OK) != 0) {
+            /* no fallback into this process: that is the wall the helper is */
+            LOG_ERROR("repos: the git helper %s is missing (make builds it): commits, syncs "
+                      "and pushes of workspaces will fail",
+                      r->git_bin);
+        }
+    }
     char *path = xasprintf("%s/registry.db", r->data_dir);
     if (sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
@@ -1728,6 +1728,7 @@ void repos_close(struct repos *r)
     free(r->data_dir);
     free(r->abs_data_dir);
     free(r->ca_file);
+    free(r->git_bin);
     free(r);
 }
 
@@ -1968,10 +1969,13 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
         if (rc == 0) {
             t2 = clock_mono_us();
             if (defer) {
-                sync_req_set(defer, url, branch); /* in the background, after sandbox.ready */
+                /* in the background, after sandbox.ready (the ownership fix first) */
+                sync_req_set(defer, url, branch);
             } else {
+                /* restored as root: the sandbox user's before git runs as it */
+                chown_tree(r, workspace);
                 char *shared = shared_if_any(r, repo);
-                rc = gitx_sync(workspace, shared, url, branch, NULL, NULL);
+                rc = gitjob_sync(&r->git, workspace, shared, url, branch, NULL, NULL);
                 free(shared);
             }
             LOG_INFO("repos: session %s: image restore %lld ms (%llu files, %llu spare inodes, "
@@ -1984,9 +1988,6 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
                      (long long)(clock_mono_us() - t2) / 1000, defer ? " (deferred)" : "");
         }
         if (rc == 0) {
-            if (!defer) {
-                chown_tree(r, workspace); /* else the background sync does it, after the reset */
-            }
             src = "image";
             goto done;
         }
@@ -2138,12 +2139,11 @@ int repos_after_prompt(struct repos *r, const char *session_id, const char *work
         int committed = 0;
         size_t nfiles = 0;
         char *shared = shared_if_any(r, json_string_value(json_object_get(row, "repo")));
-        int rc = gitx_commit_n(workspace, shared, branch, &id, msg, sha, &committed, &nfiles);
+        /* in the helper, as the sandbox user: what it writes is the sandbox user's already */
+        int rc =
+            gitjob_commit_n(&r->git, workspace, shared, branch, &id, msg, sha, &committed, &nfiles);
         free(shared);
         if (rc == 0 && committed) {
-            char *gitdir = xasprintf("%s/.git", workspace);
-            chown_tree(r, gitdir); /* objects and refs we wrote as root */
-            free(gitdir);
             json_decref(commit);
             commit = json_pack("{s:s, s:s, s:{s:s, s:s}, s:I, s:s?}", "sha", sha, "branch", branch,
                                "author", "name", name, "email", email, "files", (json_int_t)nfiles,
@@ -2251,11 +2251,12 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
     }
     struct gitx_cred cred = {"x-access-token", token};
     shared = shared_if_any(r, json_string_value(json_object_get(row, "repo")));
-    rc = gitx_push(workspace, shared, url, branch, token ? &cred : NULL);
+    rc = gitjob_push(&r->git, workspace, shared, url, branch, token ? &cred : NULL);
     if (rc != 0) {
         goto out;
     }
-    if (gitx_head(workspace, shared, sha, &cur) != 0 || !cur || strcmp(cur, branch) != 0) {
+    if (gitjob_head(&r->git, workspace, shared, sha, &cur) != 0 || !cur ||
+        strcmp(cur, branch) != 0) {
         sha[0] = 0; /* HEAD moved off the branch (the agent): report no sha */
     }
     const char *args[] = {sha[0] ? sha : NULL, session_id};
@@ -2475,20 +2476,24 @@ static void *bg_sync_main(void *arg)
     int closing = r->closing;
     pthread_mutex_unlock(&r->lock);
     char *shared = closing ? NULL : session_shared(r, b->sid);
+    if (!closing) {
+        /* a restore (as root) may have made the workspace: the sandbox user's before git
+         * runs as that user */
+        chown_tree(r, b->ws);
+    }
     if (closing) {
         rc = ERR_CANCELLED;
     } else if (b->q.url) {
-        gitx_head(b->ws, shared, before, NULL);
-        rc = gitx_sync(b->ws, shared, b->q.url, b->q.branch, NULL, head);
+        gitjob_head(&r->git, b->ws, shared, before, NULL);
+        rc = gitjob_sync(&r->git, b->ws, shared, b->q.url, b->q.branch, NULL, head);
     }
     if (rc == 0) {
         /* the restore (and the reset) left stale stat data: refresh now, before the agent's
          * git or the first commit would re-read every file */
         int64_t t1 = clock_mono_us();
-        int frc = gitx_refresh_index(b->ws, shared);
+        int frc = gitjob_refresh_index(&r->git, b->ws, shared);
         LOG_INFO("repos: session %s: index refresh %lld ms (%s)", b->sid,
                  (long long)(clock_mono_us() - t1) / 1000, err_str(frc));
-        chown_tree(r, b->ws);
     }
     int64_t ms = (clock_mono_us() - t0) / 1000;
     if (rc == 0 && b->q.url) {

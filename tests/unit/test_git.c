@@ -9,7 +9,10 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "workspace/git.h"
+#include "workspace/gitjob.h"
 
+#include <jansson.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 
@@ -192,6 +195,135 @@ TEST(gitfile_and_alternates_refused)
     util_rm_rf(g_tmp);
 }
 
+/* The first wall: nothing in the workspace's .git/config is obeyed by host-side git. */
+TEST(workspace_config_never_read)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    /* a host directory the agent would like committed, and a config full of orders */
+    tsh("mkdir %s/host && echo host-secret > %s/host/secret.key && "
+        "printf '[core]\\n\\tworktree = %s/ws\\n' > %s/inc.cfg",
+        g_tmp, g_tmp, g_tmp, g_tmp);
+    tsh("cd %s/ws && printf '[core]\\n\\tworktree = %s/host\\n\\tbare = true\\n"
+        "\\thooksPath = %s/hooks\\n\\tlogAllRefUpdates = always\\n\\tfilemode = false\\n"
+        "[include]\\n\\tpath = %s/inc.cfg\\n[filter \"evil\"]\\n\\tclean = touch %s/filtered\\n"
+        "\\trequired = true\\n[user]\\n\\tname = $(touch /tmp/x)\\n' >> .git/config && "
+        "echo '* filter=evil' > .gitattributes",
+        g_tmp, g_tmp, g_tmp, g_tmp, g_tmp);
+    file_put("ws/new.txt", "mine\n");
+    json_t *changed = NULL;
+    ASSERT_EQ(gitx_changed(ws, NULL, &changed), 0);
+    char *dump = json_dumps(changed, JSON_COMPACT);
+    ASSERT(strstr(dump, "new.txt") != NULL);
+    ASSERT(strstr(dump, "secret.key") == NULL);
+    free(dump);
+    json_decref(changed);
+    struct gitx_ident a = {"A", "a@example.com"};
+    int committed = 0;
+    char sha[41];
+    ASSERT_EQ(gitx_commit(ws, NULL, "sessiond/cfg", &a, "x\n", sha, &committed), 0);
+    ASSERT_EQ(committed, 1);
+    char *tree =
+        tout1("git --git-dir=%s/ws/.git ls-tree -r --name-only sessiond/cfg | tr '\\n' ' '", g_tmp);
+    ASSERT(strstr(tree, "new.txt") != NULL);
+    ASSERT(strstr(tree, "secret.key") == NULL);
+    /* no reflog (ours say core.logAllRefUpdates=false), no filter ran, the working tree was
+     * the workspace */
+    struct stat sb;
+    char *log = P("ws/.git/logs/refs/heads/sessiond/cfg"), *filtered = P("filtered");
+    ASSERT(lstat(log, &sb) != 0);
+    ASSERT(lstat(filtered, &sb) != 0);
+    char head[41];
+    ASSERT_EQ(gitx_head(ws, NULL, head, NULL), 0);
+    ASSERT_STREQ(head, sha);
+    util_rm_rf(g_tmp);
+}
+
+/* A reflog symlinked to a host path is neither created nor appended: no reflog is written. */
+TEST(reflog_symlink_not_followed)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    tsh("mkdir -p %s/ws/.git/logs/refs/heads/sessiond %s/hostdir && "
+        "ln -s %s/pwned %s/ws/.git/logs/refs/heads/sessiond/rl && "
+        "ln -sfn %s/hostdir %s/ws/.git/logs/HEAD.d && echo keep > %s/appended && "
+        "rm -f %s/ws/.git/logs/HEAD && ln -s %s/appended %s/ws/.git/logs/HEAD",
+        g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp);
+    file_put("ws/r.txt", "r\n");
+    struct gitx_ident a = {"A", "a@example.com"};
+    int committed = 0;
+    ASSERT_EQ(gitx_commit(ws, NULL, "sessiond/rl", &a, "x\n", NULL, &committed), 0);
+    ASSERT_EQ(committed, 1);
+    struct stat sb;
+    char *pwned = P("pwned");
+    ASSERT(lstat(pwned, &sb) != 0);
+    char *kept = tout1("cat %s/appended", g_tmp);
+    ASSERT_STREQ(kept, "keep");
+    util_rm_rf(g_tmp);
+}
+
+/* The workspace's `commondir`, or a .git swapped for a symlink, is refused: what libgit2 opened
+ * must be the directory that was checked. */
+TEST(commondir_refused)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    tsh("echo %s/remote.git > %s/ws/.git/commondir", g_tmp, g_tmp);
+    char head[41];
+    ASSERT_EQ(gitx_head(ws, NULL, head, NULL), ERR_FORBIDDEN);
+    util_rm_rf(g_tmp);
+}
+
+/* The second wall: as root, the helper commits as the sandbox user in a namespace where only
+ * the workspace is writable, so a refs/ symlink to a host directory leads nowhere; the
+ * ownership walk never follows a symlink. Skipped (passes) when not root or without the
+ * sandbox user. */
+TEST(helper_confines_writes)
+{
+    struct passwd *pw = getpwnam("sessiond-sbx");
+    if (geteuid() != 0 || !pw) {
+        return;
+    }
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    char *bin = gitjob_default_bin();
+    struct gitjob_cfg c = {.bin = bin, .uid = (int)pw->pw_uid, .gid = (int)pw->pw_gid};
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, NULL), 0);
+    tsh("mkdir %s/hostdir && echo host > %s/hostfile && chmod 600 %s/hostfile && "
+        "ln -s %s/hostfile %s/ws/link && ln -s %s/hostfile %s/ws/.git/link",
+        g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp, g_tmp);
+    ASSERT_EQ(gitjob_chown(&c, ws), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "%d", (int)pw->pw_uid);
+    char *own = tout1("stat -c %%u %s/ws/.git/HEAD", g_tmp);
+    ASSERT_STREQ(own, want);
+    char *host = tout1("stat -c %%u:%%a %s/hostfile", g_tmp);
+    ASSERT_STREQ(host, "0:600");
+    tsh("rm -rf %s/ws/.git/refs/heads/sessiond && ln -s %s/hostdir %s/ws/.git/refs/heads/sessiond",
+        g_tmp, g_tmp, g_tmp);
+    file_put("ws/h.txt", "h\n");
+    struct gitx_ident a = {"A", "a@example.com"};
+    int committed = 0;
+    char sha[41];
+    ASSERT(gitjob_commit_n(&c, ws, NULL, "sessiond/h", &a, "x\n", sha, &committed, NULL) != 0);
+    char *left = tout1("ls -A %s/hostdir | wc -l", g_tmp);
+    ASSERT_STREQ(left, "0");
+    /* without the trap the same commit works, and what it wrote is the sandbox user's */
+    tsh("rm %s/ws/.git/refs/heads/sessiond", g_tmp);
+    ASSERT_EQ(gitjob_commit_n(&c, ws, NULL, "sessiond/h", &a, "x\n", sha, &committed, NULL), 0);
+    ASSERT_EQ(committed, 1);
+    char *refown = tout1("stat -c %%u %s/ws/.git/refs/heads/sessiond/h", g_tmp);
+    ASSERT_STREQ(refown, want);
+    char head[41];
+    ASSERT_EQ(gitjob_head(&c, ws, NULL, head, NULL), 0);
+    ASSERT_STREQ(head, sha);
+    free(bin);
+    util_rm_rf(g_tmp);
+}
+
 /* The index's inode number of path in ws (git ls-files --debug), and the file's. */
 static void inos(const char *ws, const char *path, char **idx_ino, char **file_ino)
 {
@@ -309,9 +441,17 @@ TEST(shared_store_workspace)
 }
 
 static const struct test_case tests[] = {
-    T(clone_sync_picks_up_new_commits),  T(clone_unknown_branch),
-    T(two_authors_two_commits_and_push), T(push_ignores_workspace_config),
-    T(gitfile_and_alternates_refused),   T(message_shape),
-    T(refresh_index_after_copy_restats), T(shared_store_workspace),
+    T(clone_sync_picks_up_new_commits),
+    T(clone_unknown_branch),
+    T(two_authors_two_commits_and_push),
+    T(push_ignores_workspace_config),
+    T(gitfile_and_alternates_refused),
+    T(message_shape),
+    T(refresh_index_after_copy_restats),
+    T(shared_store_workspace),
+    T(workspace_config_never_read),
+    T(reflog_symlink_not_followed),
+    T(commondir_refused),
+    T(helper_confines_writes),
 };
 TEST_MAIN(tests)
