@@ -605,6 +605,44 @@ static int check_ids(struct req *r)
     return 0;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+/* MHD percent-decodes the path and the query into C strings, so a %00 silently cuts them:
+ * DELETE /v1/sessions/ID%00/artifacts would be routed as DELETE /v1/sessions/ID, a request a
+ * proxy or log in front of us saw as something else. Walk the raw URI the way MHD decodes it
+ * and refuse a NUL anywhere, and any other control byte in the path (no route takes one).
+ * A literal NUL byte never reaches us: MHD already cut the raw URI there, and proxies refuse
+ * it in a request line. */
+static int uri_has_control(const char *raw)
+{
+    int in_query = 0;
+    for (const char *p = raw; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '?') {
+            in_query = 1;
+        } else if (c == '%' && hexval(p[1]) >= 0 && hexval(p[2]) >= 0) {
+            c = (unsigned char)(hexval(p[1]) * 16 + hexval(p[2]));
+            p += 2;
+        }
+        if (c == 0 || (!in_query && (c < 0x20 || c == 0x7f))) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void dispatch(struct req *r);
 
 /* First call: headers are complete, nothing of the body has been read. */
@@ -615,7 +653,12 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
     r->phase = 1;
     r->path = url;
     snprintf(r->method, sizeof(r->method), "%s", strcmp(method, "HEAD") == 0 ? "GET" : method);
-    r->route = http_route_find(http_routes, method, url, &r->pp, r->allow, sizeof(r->allow));
+    if (uri_has_control(r->raw_uri)) {
+        /* Not routed at all: the body is drained and the 400 sent like any early refusal. */
+        req_fail(r, ERR_INVALID, "the request path or query contains a NUL or control byte");
+    } else {
+        r->route = http_route_find(http_routes, method, url, &r->pp, r->allow, sizeof(r->allow));
+    }
     r->body_max = (size_t)cfg->max_body;
     if (r->route && (r->route->flags & ROUTE_ARTIFACT_BODY)) {
         r->body_max = (size_t)cfg->max_artifact_bytes;
