@@ -8,8 +8,8 @@
  *   on_request #1     headers are in: route lookup, WebSocket hand-off, early 413. We never
  *                     reply on this first call (MHD would answer "Connection: close").
  *   on_request #2..n  body chunks: appended to a capped buffer; past the cap the body is
- *                     drained and discarded (TURBO skips graceful close: a 413 sent with
- *                     unread bytes in the socket would reach the client as a reset).
+ *                     drained and discarded for up to DRAIN_MAX_US (a 413 sent with unread
+ *                     bytes in the socket would reach the client as a reset).
  *   on_request last   *upload_data_size == 0: auth, handler, queue the reply.
  *   completed_cb      request log line, ws_upgrade_complete(), free.
  * Threads: a struct req is touched only by the pool thread that owns its connection.
@@ -47,9 +47,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A request body past its cap is drained (read and dropped) up to this many bytes before
- * the 413; beyond it the connection is simply closed. */
-#define DRAIN_MAX         ((uint64_t)64 << 20)
+/* A request body past its cap (or one nobody wants: 401, 404) is drained, read and dropped,
+ * before the answer: MHD can only answer once the body is read, or before it is sent, and
+ * closing a socket with unread bytes resets it, so a client that sends its whole body before
+ * reading (most do) would see a reset instead of the 413. The drain is bounded in time, not
+ * bytes: this many seconds after the request began the connection is closed. */
+#define DRAIN_MAX_US      ((int64_t)30 * 1000000)
 #define MAX_EXTRA_HEADERS 12
 
 struct http {
@@ -793,9 +796,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             r->too_large = 1;
             buf_free(&r->body);
         }
-        if (r->received > r->body_max + DRAIN_MAX) {
-            LOG_WARN("http: closing a connection that sent more than %llu bytes",
-                     (unsigned long long)r->received);
+        if (clock_mono_us() - r->t0_us > DRAIN_MAX_US) {
+            LOG_WARN("http: closing a connection still sending an unwanted body after %lld s "
+                     "(%llu bytes)",
+                     (long long)(DRAIN_MAX_US / 1000000), (unsigned long long)r->received);
             return MHD_NO;
         }
         return MHD_YES;
