@@ -87,6 +87,21 @@ static int write_port_file(const char *path, int port)
     return rc;
 }
 
+/* The data dir holds the registry (token hashes), the session files and the master key: an
+ * existing one made world-readable by hand or by an image (mkdir /data is 0755) is tightened,
+ * and said so, rather than trusted. */
+static void tighten_data_dir(const char *dir)
+{
+    unsigned was = 0;
+    if (util_dir_private(dir, &was) != 0) {
+        LOG_WARN("main: cannot make data_dir %s private (mode %04o): %s", dir, was,
+                 strerror(errno));
+    } else if (was & 07067) {
+        LOG_WARN("main: data_dir %s was mode %04o, now %04o (private to this user)", dir, was,
+                 was & 0710);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct config *cfg = NULL;
@@ -142,6 +157,7 @@ int main(int argc, char **argv)
         LOG_ERROR("main: cannot create data_dir %s", cfg->data_dir);
         goto out;
     }
+    tighten_data_dir(cfg->data_dir);
     struct hub_config hcfg = {.max_frame = (size_t)cfg->ws_max_frame,
                               .send_queue_max = (size_t)cfg->ws_send_queue_max,
                               .ping_secs = (int)cfg->ws_ping_interval};

@@ -390,6 +390,14 @@ static int sess_open_db(struct sess *s, int create)
     int rc = 0;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
 
+    /* SQLite makes a new file 0644 (less the umask) and gives its -wal and -shm the file's
+     * mode: the file is made 0600 first, so all three are private. Wake-ups (create 0) skip
+     * the extra open. */
+    if (create && util_file_private(path) != 0) {
+        LOG_ERROR("store: cannot create %s: %s", path, strerror(errno));
+        rc = ERR_IO;
+        goto out;
+    }
     if (sqlite3_open_v2(path, &db, flags, sqlvfs_name()) != SQLITE_OK) {
         if (!create && access(path, F_OK) != 0) {
             rc = ERR_NOT_FOUND;
@@ -1103,8 +1111,9 @@ int store_session_backup(struct store *st, const char *id, const char *path)
     if (rc) {
         return rc;
     }
-    if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
-        SQLITE_OK) {
+    if (util_file_private(path) != 0 ||
+        sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+            SQLITE_OK) {
         rc = ERR_IO;
         goto out;
     }
