@@ -20,6 +20,7 @@ struct egress;  /* egress proxy (issue 7) */
 struct metrics; /* server/metrics.h */
 struct agents;  /* sandbox/agents.h: named coding agents (issue 7) */
 struct secrets; /* server/secrets.h: sealing of stored user tokens (issue 5) */
+struct wsg;     /* server/ws_guard.h: refuses unmasked WebSocket client frames */
 
 struct app {
     const struct config *cfg;
@@ -34,6 +35,7 @@ struct app {
     struct metrics *metrics;
     struct agents *agents;
     struct secrets *secrets;  /* NULL: no master key, user tokens cannot be stored */
+    struct wsg *wsg;          /* between WebSocket clients and the hub's lws */
     atomic_int shutting_down; /* set by the signal path in main.c, read by any thread */
 };
 

@@ -24,6 +24,7 @@
 #include "server/hub.h"
 #include "server/slack.h"
 #include "server/static.h"
+#include "server/ws_guard.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -196,6 +197,9 @@ int main(int argc, char **argv)
     if (hub_start(hub, &app) != 0) {
         goto out;
     }
+    if (wsg_new(&app.wsg) != 0) {
+        goto out;
+    }
 
     static_set_config(cfg); /* the web UI's CSP (frame-ancestors: extension origins) */
     {
@@ -241,7 +245,8 @@ out:
     agents_stop(&app);    /* issue 7: after the runner */
     slack_free(app.slack);
     app.slack = NULL;
-    hub_free(hub); /* after everything that writes events, before the store */
+    hub_free(hub);     /* after everything that writes events, before the store */
+    wsg_free(app.wsg); /* after the hub: its last close frames go through the guard */
     store_close(st);
     LOG_INFO("main: stopped");
     config_free(cfg);

@@ -1,0 +1,479 @@
+/*
+ * ws_guard.c - the relay between WebSocket clients and libwebsockets that refuses unmasked
+ * client frames (see ws_guard.h for why it exists).
+ *
+ * One thread, one epoll set, non-blocking sockets. Per connection two one-way buffers (up:
+ * client -> lws, down: lws -> client) of BUF_SIZE bytes; a side is read only when the buffer
+ * it fills is empty, so a slow reader on one side slows the writer on the other (the hub's
+ * lag detection still sees a client that does not read: the socketpair's send buffer is kept
+ * small). Each direction's bytes go through a frame scanner that follows the frame headers:
+ * upstream it refuses a header without the mask bit; downstream it only tells whether the
+ * stream is between two frames (where a close frame of our own may be put).
+ *
+ * End of a connection: when lws closes its end, what it wrote is flushed to the client, the
+ * client's write side is shut down, and what the client still sends is read and dropped for
+ * at most LINGER_MS (closing a socket with unread bytes would reset it and could destroy the
+ * close frame before the client read it). When the client goes away first, lws gets an end of
+ * stream once the bytes before it are delivered.
+ *
+ * Threads: struct conn is touched by the guard thread only, after wsg_wrap made it; the list
+ * of connections (for wsg_free) is guarded by g->lock.
+ */
+#include "server/ws_guard.h"
+
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/xmem.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define BUF_SIZE    4096
+#define PAIR_SNDBUF (64 * 1024)
+#define LINGER_MS   2000
+#define MAX_EVENTS  64
+#define MAX_ROUNDS  64 /* per wake-up of one connection: a fast sender cannot hold the thread */
+
+/* The frame layer of one direction of the stream. */
+struct scan {
+    int http; /* 1: inside an HTTP head (downstream: the handshake's answer) */
+    int crlf; /* how much of the "\r\n\r\n" ending that head was seen */
+    uint8_t hdr[14];
+    size_t have;   /* header bytes collected; 0 between frames or inside a payload */
+    size_t need;   /* header length, known from its second byte */
+    uint64_t left; /* payload bytes of the current frame not seen yet */
+};
+
+struct dir {
+    uint8_t buf[BUF_SIZE];
+    size_t off, len;
+};
+
+struct conn;
+
+struct end {
+    int fd;
+    uint32_t events; /* registered with epoll */
+};
+
+struct conn {
+    struct end cli, lws;
+    struct dir up, down;
+    struct scan sup, sdown;
+    uint8_t tail[4]; /* our close frame, after the down buffer */
+    size_t tail_len;
+    int cli_eof, lws_eof; /* no more reads from that side */
+    int up_shut, down_shut;
+    int64_t linger_until; /* >0: the client's write side is shut: drain until then */
+    struct conn *prev, *next;
+};
+
+struct wsg {
+    int ep;
+    int wake; /* eventfd: wsg_free */
+    pthread_t thread;
+    int started;
+    atomic_int stop;
+    pthread_mutex_t lock; /* guards the list */
+    struct conn *head;
+};
+
+static const uint8_t CLOSE_1002[4] = {0x88, 0x02, 0x03, 0xea};
+
+/* Feed n bytes of one direction. want_mask: a frame header without the mask bit is refused:
+ * returns 1 with *ok = the bytes before that header's second byte (what may still be passed
+ * on); else 0. */
+static int scan_feed(struct scan *s, const uint8_t *p, size_t n, int want_mask, size_t *ok)
+{
+    static const char end[] = "\r\n\r\n";
+    size_t i = 0;
+    while (i < n) {
+        if (s->http) {
+            s->crlf = p[i] == (uint8_t)end[s->crlf] ? s->crlf + 1 : (p[i] == '\r' ? 1 : 0);
+            s->http = s->crlf < 4;
+            i++;
+            continue;
+        }
+        if (s->left > 0 && s->have == 0) {
+            uint64_t take = n - i < s->left ? n - i : s->left;
+            s->left -= take;
+            i += (size_t)take;
+            continue;
+        }
+        s->hdr[s->have++] = p[i];
+        if (s->have == 2) {
+            uint8_t len7 = s->hdr[1] & 0x7f;
+            if (want_mask && !(s->hdr[1] & 0x80)) {
+                *ok = i;
+                return 1;
+            }
+            s->need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + (s->hdr[1] & 0x80 ? 4 : 0);
+        }
+        i++;
+        if (s->have >= 2 && s->have == s->need) {
+            uint8_t len7 = s->hdr[1] & 0x7f;
+            uint64_t len = len7;
+            if (len7 == 126) {
+                len = ((uint64_t)s->hdr[2] << 8) | s->hdr[3];
+            } else if (len7 == 127) {
+                len = 0;
+                for (int k = 0; k < 8; k++) {
+                    len = (len << 8) | s->hdr[2 + k];
+                }
+            }
+            s->left = len;
+            s->have = 0;
+        }
+    }
+    *ok = n;
+    return 0;
+}
+
+static int scan_between_frames(const struct scan *s)
+{
+    return !s->http && s->have == 0 && s->left == 0;
+}
+
+/* An end we want nothing from leaves the epoll set: a hung-up peer would else be reported
+ * (EPOLLHUP cannot be masked) on every wait until we can take its bytes. */
+static void set_events(struct wsg *g, struct conn *c, struct end *e, uint32_t want)
+{
+    if (e->fd < 0 || e->events == want) {
+        return;
+    }
+    struct epoll_event ev = {.events = want, .data.ptr = c};
+    int op = !want ? EPOLL_CTL_DEL : !e->events ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    if (epoll_ctl(g->ep, op, e->fd, &ev) == 0) {
+        e->events = want;
+    }
+}
+
+static void conn_close(struct wsg *g, struct conn *c)
+{
+    pthread_mutex_lock(&g->lock);
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        g->head = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    pthread_mutex_unlock(&g->lock);
+    if (c->cli.fd >= 0) {
+        close(c->cli.fd); /* also leaves the epoll set */
+    }
+    if (c->lws.fd >= 0) {
+        close(c->lws.fd);
+    }
+    free(c);
+}
+
+static void close_lws_side(struct conn *c)
+{
+    if (c->lws.fd >= 0) {
+        close(c->lws.fd); /* lws sees the end of its stream and drops the connection */
+        c->lws.fd = -1;
+    }
+    c->lws_eof = 1;
+    c->up.off = c->up.len = 0;
+}
+
+/* An unmasked frame: it never reaches lws; the client gets a close frame 1002 if the
+ * server's side of the stream is between frames (else only the closed connection). */
+static void refuse_unmasked(struct conn *c)
+{
+    LOG_INFO("ws_guard: a client sent an unmasked frame: closing the connection (1002)");
+    close_lws_side(c);
+    if (scan_between_frames(&c->sdown)) {
+        memcpy(c->tail, CLOSE_1002, sizeof(CLOSE_1002));
+        c->tail_len = sizeof(CLOSE_1002);
+    } else {
+        c->down.off = c->down.len = 0;
+    }
+}
+
+static int would_block(ssize_t n)
+{
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+}
+
+/* Client -> up buffer (or dropped while lingering). Returns 1 if anything moved. */
+static int read_client(struct conn *c)
+{
+    uint8_t drop[BUF_SIZE];
+    if (c->cli_eof || (c->up.len && !c->lws_eof)) {
+        return 0;
+    }
+    ssize_t n = read(c->cli.fd, c->lws_eof ? drop : c->up.buf, BUF_SIZE);
+    if (would_block(n)) {
+        return 0;
+    }
+    if (n <= 0) {
+        c->cli_eof = 1;
+        return 1;
+    }
+    if (c->lws_eof) {
+        return 1; /* lws is gone: what the client still sends is dropped */
+    }
+    size_t ok = 0;
+    if (scan_feed(&c->sup, c->up.buf, (size_t)n, 1, &ok)) {
+        refuse_unmasked(c);
+        return 1;
+    }
+    c->up.off = 0;
+    c->up.len = (size_t)n;
+    return 1;
+}
+
+/* Up buffer -> lws; then lws -> down buffer. */
+static int pump_lws(struct conn *c)
+{
+    int moved = 0;
+    if (c->lws.fd >= 0 && c->up.off < c->up.len) {
+        ssize_t n = write(c->lws.fd, c->up.buf + c->up.off, c->up.len - c->up.off);
+        if (n > 0) {
+            c->up.off += (size_t)n;
+            moved = 1;
+            if (c->up.off == c->up.len) {
+                c->up.off = c->up.len = 0;
+            }
+        } else if (!would_block(n)) {
+            close_lws_side(c);
+            return 1;
+        }
+    }
+    if (c->lws.fd >= 0 && c->cli_eof && !c->up.len && !c->up_shut) {
+        shutdown(c->lws.fd, SHUT_WR);
+        c->up_shut = 1;
+    }
+    if (c->lws.fd >= 0 && !c->lws_eof && !c->down.len) {
+        ssize_t n = read(c->lws.fd, c->down.buf, BUF_SIZE);
+        if (n > 0) {
+            size_t ok = 0;
+            scan_feed(&c->sdown, c->down.buf, (size_t)n, 0, &ok);
+            c->down.off = 0;
+            c->down.len = (size_t)n;
+            moved = 1;
+        } else if (!would_block(n)) {
+            close_lws_side(c); /* lws is done: nothing more can go its way either */
+            moved = 1;
+        }
+    }
+    return moved;
+}
+
+/* Down buffer and our close frame -> client; shut its write side once lws is done. */
+static int write_client(struct conn *c)
+{
+    int moved = 0;
+    for (int i = 0; i < 2; i++) {
+        struct dir *d = &c->down;
+        const uint8_t *p = i == 0 ? d->buf + d->off : c->tail;
+        size_t len = i == 0 ? d->len - d->off : c->tail_len;
+        if (len == 0 || (i == 1 && d->len)) {
+            continue;
+        }
+        ssize_t n = write(c->cli.fd, p, len);
+        if (would_block(n)) {
+            return moved;
+        }
+        if (n < 0) {
+            c->cli_eof = 1;
+            c->down.off = c->down.len = c->tail_len = 0;
+            close_lws_side(c);
+            return 1;
+        }
+        moved = 1;
+        if (i == 0) {
+            d->off += (size_t)n;
+            if (d->off == d->len) {
+                d->off = d->len = 0;
+            }
+        } else {
+            memmove(c->tail, c->tail + n, c->tail_len - (size_t)n);
+            c->tail_len -= (size_t)n;
+        }
+    }
+    if (c->lws_eof && !c->down.len && !c->tail_len && !c->down_shut) {
+        shutdown(c->cli.fd, SHUT_WR);
+        c->down_shut = 1;
+        c->linger_until = clock_mono_ms() + LINGER_MS;
+        moved = 1;
+    }
+    return moved;
+}
+
+/* Move what can be moved without blocking, then wait for what is missing. */
+static void pump(struct wsg *g, struct conn *c)
+{
+    int moved = 1;
+    for (int round = 0; moved && round < MAX_ROUNDS; round++) {
+        moved = read_client(c) | pump_lws(c) | write_client(c);
+    }
+    if (c->cli_eof && c->lws_eof && !c->down.len && !c->tail_len) {
+        conn_close(g, c);
+        return;
+    }
+    uint32_t cli = 0, lws = 0;
+    if (!c->cli_eof && (!c->up.len || c->lws_eof)) {
+        cli |= EPOLLIN;
+    }
+    if (c->down.len || c->tail_len) {
+        cli |= EPOLLOUT;
+    }
+    if (!c->lws_eof && !c->down.len) {
+        lws |= EPOLLIN;
+    }
+    if (c->up.len) {
+        lws |= EPOLLOUT;
+    }
+    set_events(g, c, &c->cli, cli);
+    set_events(g, c, &c->lws, lws);
+}
+
+static void sweep_lingering(struct wsg *g)
+{
+    int64_t now = clock_mono_ms();
+    struct conn *c, *next;
+    pthread_mutex_lock(&g->lock);
+    c = g->head;
+    pthread_mutex_unlock(&g->lock);
+    /* Only this thread removes connections, so the list can be walked without the lock
+     * except for links wsg_wrap adds at the head (never after c). */
+    for (; c; c = next) {
+        next = c->next;
+        if (c->linger_until && now >= c->linger_until) {
+            conn_close(g, c);
+        }
+    }
+}
+
+static void *guard_main(void *arg)
+{
+    struct wsg *g = arg;
+    struct epoll_event evs[MAX_EVENTS];
+    int64_t last_sweep = clock_mono_ms();
+    while (!atomic_load(&g->stop)) {
+        int n = epoll_wait(g->ep, evs, MAX_EVENTS, 250);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == NULL) {
+                uint64_t v;
+                ssize_t r = read(g->wake, &v, sizeof(v));
+                (void)r;
+                continue;
+            }
+            /* Both ends of a connection name it: pump it once per batch, so one closed by
+             * its first event is not touched again (only pointers are compared). */
+            struct conn *c = evs[i].data.ptr;
+            int dup = 0;
+            for (int j = 0; j < i; j++) {
+                dup |= evs[j].data.ptr == c;
+            }
+            if (!dup) {
+                pump(g, c);
+            }
+        }
+        if (clock_mono_ms() - last_sweep >= 250) {
+            sweep_lingering(g);
+            last_sweep = clock_mono_ms();
+        }
+    }
+    return NULL;
+}
+
+int wsg_new(struct wsg **out)
+{
+    struct wsg *g = xcalloc(1, sizeof(*g));
+    *out = NULL;
+    pthread_mutex_init(&g->lock, NULL);
+    atomic_init(&g->stop, 0);
+    g->ep = epoll_create1(EPOLL_CLOEXEC);
+    g->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (g->ep < 0 || g->wake < 0 || epoll_ctl(g->ep, EPOLL_CTL_ADD, g->wake, &ev) != 0 ||
+        pthread_create(&g->thread, NULL, guard_main, g) != 0) {
+        LOG_ERROR("ws_guard: cannot start: %s", strerror(errno));
+        wsg_free(g);
+        return ERR_IO;
+    }
+    g->started = 1;
+    *out = g;
+    return 0;
+}
+
+void wsg_free(struct wsg *g)
+{
+    if (!g) {
+        return;
+    }
+    if (g->started) {
+        atomic_store(&g->stop, 1);
+        uint64_t one = 1;
+        ssize_t w = write(g->wake, &one, sizeof(one));
+        (void)w;
+        pthread_join(g->thread, NULL);
+    }
+    while (g->head) {
+        conn_close(g, g->head);
+    }
+    if (g->ep >= 0) {
+        close(g->ep);
+    }
+    if (g->wake >= 0) {
+        close(g->wake);
+    }
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+static int add_end(struct wsg *g, struct conn *c, struct end *e, uint32_t events)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = c};
+    e->events = events;
+    return epoll_ctl(g->ep, EPOLL_CTL_ADD, e->fd, &ev);
+}
+
+int wsg_wrap(struct wsg *g, int client_fd, int *lws_fd)
+{
+    int sp[2] = {-1, -1};
+    *lws_fd = -1;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) {
+        close(client_fd);
+        return ERR_IO;
+    }
+    int sndbuf = PAIR_SNDBUF;
+    setsockopt(sp[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    struct conn *c = xcalloc(1, sizeof(*c));
+    c->cli.fd = client_fd;
+    c->lws.fd = sp[1];
+    c->sdown.http = 1; /* lws answers the handshake first */
+    fcntl(client_fd, F_SETFL, fcntl(client_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(sp[1], F_SETFL, fcntl(sp[1], F_GETFL) | O_NONBLOCK);
+    pthread_mutex_lock(&g->lock);
+    c->next = g->head;
+    if (g->head) {
+        g->head->prev = c;
+    }
+    g->head = c;
+    /* Registered under the lock: the thread may run pump() as soon as an end is added. */
+    int rc = add_end(g, c, &c->lws, EPOLLIN) || add_end(g, c, &c->cli, EPOLLIN) ? ERR_IO : 0;
+    pthread_mutex_unlock(&g->lock);
+    if (rc) {
+        LOG_WARN("ws_guard: epoll_ctl: %s", strerror(errno));
+        close(sp[0]); /* the connection ends: its peer end sees the close */
+        return rc;
+    }
+    *lws_fd = sp[0];
+    return 0;
+}
