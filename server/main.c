@@ -197,7 +197,7 @@ int main(int argc, char **argv)
     if (hub_start(hub, &app) != 0) {
         goto out;
     }
-    if (wsg_new(&app.wsg) != 0) {
+    if (cfg->ws_require_mask && wsg_new(&app.wsg) != 0) {
         goto out;
     }
 

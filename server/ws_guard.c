@@ -2,9 +2,10 @@
  * ws_guard.c - the relay between WebSocket clients and libwebsockets that refuses unmasked
  * client frames (see ws_guard.h for why it exists).
  *
- * One thread, one epoll set, non-blocking sockets. Per connection two one-way buffers (up:
- * client -> lws, down: lws -> client) of BUF_SIZE bytes; a side is read only when the buffer
- * it fills is empty, so a slow reader on one side slows the writer on the other (the hub's
+ * One thread, one epoll set, non-blocking sockets. Bytes read (into one scratch buffer) are
+ * written on at once; what a slow peer does not take is kept in that direction's buffer (up:
+ * client -> lws, down: lws -> client), and that side is not read again until it is gone, so a
+ * slow reader on one side slows the writer on the other (the hub's
  * lag detection still sees a client that does not read: the socketpair's send buffer is kept
  * small). Each direction's bytes go through a frame scanner that follows the frame headers:
  * upstream it refuses a header without the mask bit; downstream it only tells whether the
@@ -38,11 +39,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define BUF_SIZE    4096
+#define BUF_SIZE    16384
 #define PAIR_SNDBUF (64 * 1024)
 #define LINGER_MS   2000
-#define MAX_EVENTS  64
-#define MAX_ROUNDS  64 /* per wake-up of one connection: a fast sender cannot hold the thread */
+#define MAX_EVENTS  256
+#define END_CLI     1u /* tag in the low bit of an epoll event's conn pointer: the client end */
 
 /* The frame layer of one direction of the stream. */
 struct scan {
@@ -55,7 +56,7 @@ struct scan {
 };
 
 struct dir {
-    uint8_t buf[BUF_SIZE];
+    uint8_t *buf; /* NULL when empty: only bytes a slow peer has not taken yet */
     size_t off, len;
 };
 
@@ -75,7 +76,9 @@ struct conn {
     int cli_eof, lws_eof; /* no more reads from that side */
     int up_shut, down_shut;
     int64_t linger_until; /* >0: the client's write side is shut: drain until then */
+    int dead;             /* closed: freed after the current batch of events */
     struct conn *prev, *next;
+    struct conn *next_dead;
 };
 
 struct wsg {
@@ -86,6 +89,8 @@ struct wsg {
     atomic_int stop;
     pthread_mutex_t lock; /* guards the list */
     struct conn *head;
+    struct conn *dead;         /* guard thread only: closed during the current batch */
+    uint8_t scratch[BUF_SIZE]; /* the guard thread's read buffer */
 };
 
 static const uint8_t CLOSE_1002[4] = {0x88, 0x02, 0x03, 0xea};
@@ -151,11 +156,19 @@ static void set_events(struct wsg *g, struct conn *c, struct end *e, uint32_t wa
     if (e->fd < 0 || e->events == want) {
         return;
     }
-    struct epoll_event ev = {.events = want, .data.ptr = c};
+    uintptr_t tag = e == &c->cli ? END_CLI : 0;
+    struct epoll_event ev = {.events = want, .data.u64 = (uintptr_t)c | tag};
     int op = !want ? EPOLL_CTL_DEL : !e->events ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
     if (epoll_ctl(g->ep, op, e->fd, &ev) == 0) {
         e->events = want;
     }
+}
+
+static void dir_clear(struct dir *d)
+{
+    free(d->buf);
+    d->buf = NULL;
+    d->off = d->len = 0;
 }
 
 static void conn_close(struct wsg *g, struct conn *c)
@@ -176,7 +189,22 @@ static void conn_close(struct wsg *g, struct conn *c)
     if (c->lws.fd >= 0) {
         close(c->lws.fd);
     }
-    free(c);
+    c->cli.fd = c->lws.fd = -1;
+    dir_clear(&c->up);
+    dir_clear(&c->down);
+    /* Another event of this batch may name it still: freed when the batch is done. */
+    c->dead = 1;
+    c->next_dead = g->dead;
+    g->dead = c;
+}
+
+static void free_dead(struct wsg *g)
+{
+    while (g->dead) {
+        struct conn *c = g->dead;
+        g->dead = c->next_dead;
+        free(c);
+    }
 }
 
 static void close_lws_side(struct conn *c)
@@ -186,7 +214,7 @@ static void close_lws_side(struct conn *c)
         c->lws.fd = -1;
     }
     c->lws_eof = 1;
-    c->up.off = c->up.len = 0;
+    dir_clear(&c->up);
 }
 
 /* An unmasked frame: it never reaches lws; the client gets a close frame 1002 if the
@@ -199,7 +227,7 @@ static void refuse_unmasked(struct conn *c)
         memcpy(c->tail, CLOSE_1002, sizeof(CLOSE_1002));
         c->tail_len = sizeof(CLOSE_1002);
     } else {
-        c->down.off = c->down.len = 0;
+        dir_clear(&c->down);
     }
 }
 
@@ -208,14 +236,52 @@ static int would_block(ssize_t n)
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
 }
 
-/* Client -> up buffer (or dropped while lingering). Returns 1 if anything moved. */
-static int read_client(struct conn *c)
+/* Write d's pending bytes to fd. 1: something moved; 0: nothing (blocked or empty);
+ * -1: the peer is gone. */
+static int dir_flush(struct dir *d, int fd)
 {
-    uint8_t drop[BUF_SIZE];
+    if (d->off == d->len) {
+        return 0;
+    }
+    ssize_t n = write(fd, d->buf + d->off, d->len - d->off);
+    if (would_block(n)) {
+        return 0;
+    }
+    if (n < 0) {
+        return -1;
+    }
+    d->off += (size_t)n;
+    if (d->off == d->len) {
+        dir_clear(d);
+    }
+    return 1;
+}
+
+/* Send p[0..n) to fd; what does not go now is kept in d (empty before), which holds memory
+ * only while a peer is slow: an idle connection costs no buffer. 0, or -1: the peer is gone. */
+static int send_or_keep(struct dir *d, int fd, const uint8_t *p, size_t n)
+{
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && !would_block(w)) {
+        return -1;
+    }
+    size_t sent = w > 0 ? (size_t)w : 0;
+    if (sent < n) {
+        d->buf = xmalloc(n - sent);
+        memcpy(d->buf, p + sent, n - sent);
+        d->off = 0;
+        d->len = n - sent;
+    }
+    return 0;
+}
+
+/* Client -> lws (or dropped once lws is gone). Returns 1 if anything moved. */
+static int client_to_lws(struct wsg *g, struct conn *c)
+{
     if (c->cli_eof || (c->up.len && !c->lws_eof)) {
         return 0;
     }
-    ssize_t n = read(c->cli.fd, c->lws_eof ? drop : c->up.buf, BUF_SIZE);
+    ssize_t n = read(c->cli.fd, g->scratch, BUF_SIZE);
     if (would_block(n)) {
         return 0;
     }
@@ -227,83 +293,71 @@ static int read_client(struct conn *c)
         return 1; /* lws is gone: what the client still sends is dropped */
     }
     size_t ok = 0;
-    if (scan_feed(&c->sup, c->up.buf, (size_t)n, 1, &ok)) {
+    if (scan_feed(&c->sup, g->scratch, (size_t)n, 1, &ok)) {
         refuse_unmasked(c);
-        return 1;
+    } else if (send_or_keep(&c->up, c->lws.fd, g->scratch, (size_t)n) != 0) {
+        close_lws_side(c);
     }
-    c->up.off = 0;
-    c->up.len = (size_t)n;
     return 1;
 }
 
-/* Up buffer -> lws; then lws -> down buffer. */
-static int pump_lws(struct conn *c)
+/* lws -> client. Returns 1 if anything moved. */
+static int lws_to_client(struct wsg *g, struct conn *c)
 {
-    int moved = 0;
-    if (c->lws.fd >= 0 && c->up.off < c->up.len) {
-        ssize_t n = write(c->lws.fd, c->up.buf + c->up.off, c->up.len - c->up.off);
-        if (n > 0) {
-            c->up.off += (size_t)n;
-            moved = 1;
-            if (c->up.off == c->up.len) {
-                c->up.off = c->up.len = 0;
-            }
-        } else if (!would_block(n)) {
+    if (c->lws_eof || c->down.len) {
+        return 0;
+    }
+    ssize_t n = read(c->lws.fd, g->scratch, BUF_SIZE);
+    if (would_block(n)) {
+        return 0;
+    }
+    if (n <= 0) {
+        close_lws_side(c); /* lws is done: nothing more can go its way either */
+        return 1;
+    }
+    size_t ok = 0;
+    scan_feed(&c->sdown, g->scratch, (size_t)n, 0, &ok);
+    if (send_or_keep(&c->down, c->cli.fd, g->scratch, (size_t)n) != 0) {
+        c->cli_eof = 1;
+        dir_clear(&c->down);
+        close_lws_side(c);
+    }
+    return 1;
+}
+
+/* What waits in the buffers, our close frame last; the ends of the stream. */
+static int flush(struct conn *c)
+{
+    int moved = 0, r;
+    if (c->lws.fd >= 0 && (r = dir_flush(&c->up, c->lws.fd)) != 0) {
+        moved = 1;
+        if (r < 0) {
             close_lws_side(c);
-            return 1;
         }
     }
     if (c->lws.fd >= 0 && c->cli_eof && !c->up.len && !c->up_shut) {
         shutdown(c->lws.fd, SHUT_WR);
         c->up_shut = 1;
     }
-    if (c->lws.fd >= 0 && !c->lws_eof && !c->down.len) {
-        ssize_t n = read(c->lws.fd, c->down.buf, BUF_SIZE);
-        if (n > 0) {
-            size_t ok = 0;
-            scan_feed(&c->sdown, c->down.buf, (size_t)n, 0, &ok);
-            c->down.off = 0;
-            c->down.len = (size_t)n;
-            moved = 1;
-        } else if (!would_block(n)) {
-            close_lws_side(c); /* lws is done: nothing more can go its way either */
-            moved = 1;
-        }
-    }
-    return moved;
-}
-
-/* Down buffer and our close frame -> client; shut its write side once lws is done. */
-static int write_client(struct conn *c)
-{
-    int moved = 0;
-    for (int i = 0; i < 2; i++) {
-        struct dir *d = &c->down;
-        const uint8_t *p = i == 0 ? d->buf + d->off : c->tail;
-        size_t len = i == 0 ? d->len - d->off : c->tail_len;
-        if (len == 0 || (i == 1 && d->len)) {
-            continue;
-        }
-        ssize_t n = write(c->cli.fd, p, len);
-        if (would_block(n)) {
-            return moved;
-        }
-        if (n < 0) {
-            c->cli_eof = 1;
-            c->down.off = c->down.len = c->tail_len = 0;
-            close_lws_side(c);
-            return 1;
-        }
+    if ((r = dir_flush(&c->down, c->cli.fd)) != 0) {
         moved = 1;
-        if (i == 0) {
-            d->off += (size_t)n;
-            if (d->off == d->len) {
-                d->off = d->len = 0;
-            }
-        } else {
+    }
+    if (r >= 0 && !c->down.len && c->tail_len) {
+        ssize_t n = write(c->cli.fd, c->tail, c->tail_len);
+        if (n > 0) {
             memmove(c->tail, c->tail + n, c->tail_len - (size_t)n);
             c->tail_len -= (size_t)n;
+            moved = 1;
+        } else if (!would_block(n)) {
+            r = -1;
         }
+    }
+    if (r < 0) {
+        c->cli_eof = 1;
+        dir_clear(&c->down);
+        c->tail_len = 0;
+        close_lws_side(c);
+        return 1;
     }
     if (c->lws_eof && !c->down.len && !c->tail_len && !c->down_shut) {
         shutdown(c->cli.fd, SHUT_WR);
@@ -314,13 +368,19 @@ static int write_client(struct conn *c)
     return moved;
 }
 
-/* Move what can be moved without blocking, then wait for what is missing. */
-static void pump(struct wsg *g, struct conn *c)
+/* One end of c is ready: read that end once (what is read is written on at once), flush
+ * what waits, then wait for what is missing. A read of the other end would mostly find
+ * nothing: with a thousand clients of one session every event costs one read and one write. */
+static void on_event(struct wsg *g, struct conn *c, int cli_end, uint32_t events)
 {
-    int moved = 1;
-    for (int round = 0; moved && round < MAX_ROUNDS; round++) {
-        moved = read_client(c) | pump_lws(c) | write_client(c);
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        if (cli_end) {
+            client_to_lws(g, c);
+        } else {
+            lws_to_client(g, c);
+        }
     }
+    flush(c);
     if (c->cli_eof && c->lws_eof && !c->down.len && !c->tail_len) {
         conn_close(g, c);
         return;
@@ -367,27 +427,22 @@ static void *guard_main(void *arg)
     while (!atomic_load(&g->stop)) {
         int n = epoll_wait(g->ep, evs, MAX_EVENTS, 250);
         for (int i = 0; i < n; i++) {
-            if (evs[i].data.ptr == NULL) {
+            if (evs[i].data.u64 == 0) {
                 uint64_t v;
                 ssize_t r = read(g->wake, &v, sizeof(v));
                 (void)r;
                 continue;
             }
-            /* Both ends of a connection name it: pump it once per batch, so one closed by
-             * its first event is not touched again (only pointers are compared). */
-            struct conn *c = evs[i].data.ptr;
-            int dup = 0;
-            for (int j = 0; j < i; j++) {
-                dup |= evs[j].data.ptr == c;
-            }
-            if (!dup) {
-                pump(g, c);
+            struct conn *c = (struct conn *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)END_CLI);
+            if (!c->dead) {
+                on_event(g, c, (int)(evs[i].data.u64 & END_CLI), evs[i].events);
             }
         }
         if (clock_mono_ms() - last_sweep >= 250) {
             sweep_lingering(g);
             last_sweep = clock_mono_ms();
         }
+        free_dead(g);
     }
     return NULL;
 }
@@ -400,7 +455,7 @@ int wsg_new(struct wsg **out)
     atomic_init(&g->stop, 0);
     g->ep = epoll_create1(EPOLL_CLOEXEC);
     g->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
     if (g->ep < 0 || g->wake < 0 || epoll_ctl(g->ep, EPOLL_CTL_ADD, g->wake, &ev) != 0 ||
         pthread_create(&g->thread, NULL, guard_main, g) != 0) {
         LOG_ERROR("ws_guard: cannot start: %s", strerror(errno));
@@ -427,6 +482,7 @@ void wsg_free(struct wsg *g)
     while (g->head) {
         conn_close(g, g->head);
     }
+    free_dead(g);
     if (g->ep >= 0) {
         close(g->ep);
     }
@@ -439,7 +495,8 @@ void wsg_free(struct wsg *g)
 
 static int add_end(struct wsg *g, struct conn *c, struct end *e, uint32_t events)
 {
-    struct epoll_event ev = {.events = events, .data.ptr = c};
+    uintptr_t tag = e == &c->cli ? END_CLI : 0;
+    struct epoll_event ev = {.events = events, .data.u64 = (uintptr_t)c | tag};
     e->events = events;
     return epoll_ctl(g->ep, EPOLL_CTL_ADD, e->fd, &ev);
 }
@@ -466,7 +523,7 @@ int wsg_wrap(struct wsg *g, int client_fd, int *lws_fd)
         g->head->prev = c;
     }
     g->head = c;
-    /* Registered under the lock: the thread may run pump() as soon as an end is added. */
+    /* Registered under the lock: the thread may use c as soon as an end is added. */
     int rc = add_end(g, c, &c->lws, EPOLLIN) || add_end(g, c, &c->cli, EPOLLIN) ? ERR_IO : 0;
     pthread_mutex_unlock(&g->lock);
     if (rc) {
