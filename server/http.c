@@ -608,20 +608,6 @@ static int check_ids(struct req *r)
     return 0;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 /* MHD percent-decodes the path and the query into C strings, so a %00 silently cuts them:
  * DELETE /v1/sessions/ID%00/artifacts would be routed as DELETE /v1/sessions/ID, a request a
  * proxy or log in front of us saw as something else. Walk the raw URI the way MHD decodes it
@@ -635,8 +621,8 @@ static int uri_has_control(const char *raw)
         unsigned char c = (unsigned char)*p;
         if (c == '?') {
             in_query = 1;
-        } else if (c == '%' && hexval(p[1]) >= 0 && hexval(p[2]) >= 0) {
-            c = (unsigned char)(hexval(p[1]) * 16 + hexval(p[2]));
+        } else if (c == '%' && util_hexval(p[1]) >= 0 && util_hexval(p[2]) >= 0) {
+            c = (unsigned char)(util_hexval(p[1]) * 16 + util_hexval(p[2]));
             p += 2;
         }
         if (c == 0 || (!in_query && (c < 0x20 || c == 0x7f))) {
