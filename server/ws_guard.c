@@ -96,8 +96,8 @@ struct wsg {
 static const uint8_t CLOSE_1002[4] = {0x88, 0x02, 0x03, 0xea};
 
 /* Feed n bytes of one direction. want_mask: a frame header without the mask bit is refused:
- * returns 1 with *ok = the bytes before that header's second byte (what may still be passed
- * on); else 0. */
+ * returns 1 with *ok = the offset of that header's second byte in p (the caller drops the
+ * whole chunk); else 0 with *ok = n. */
 static int scan_feed(struct scan *s, const uint8_t *p, size_t n, int want_mask, size_t *ok)
 {
     static const char end[] = "\r\n\r\n";
