@@ -25,7 +25,7 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
       bubblewrap ca-certificates git curl tini \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /data --shell /usr/sbin/nologin sessiond \
-    && mkdir -p /data && chown sessiond /data
+    && mkdir -p -m 0700 /data && chown sessiond /data
 COPY --from=build /src/build/sessiond /src/build/sandbox-init /src/build/sessiond-git /usr/local/bin/
 COPY --from=build /src/agents/bundled /usr/local/share/sessiond/agents
 USER sessiond

@@ -9,6 +9,7 @@
 #include "xmem.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <openssl/crypto.h>
@@ -201,6 +202,41 @@ int util_mkdir_p(const char *path, unsigned mode)
         }
     }
     if (mkdir(tmp, mode) != 0 && errno != EEXIST) {
+        return ERR_IO;
+    }
+    return 0;
+}
+
+int util_file_private(const char *path)
+{
+    struct stat st;
+    int rc = 0;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        return ERR_IO;
+    }
+    if (fstat(fd, &st) != 0) {
+        rc = ERR_IO;
+        goto out;
+    }
+    if ((st.st_mode & 077) && fchmod(fd, st.st_mode & 0700) != 0) {
+        rc = ERR_IO;
+    }
+out:
+    close(fd);
+    return rc;
+}
+
+int util_dir_private(const char *path, unsigned *was)
+{
+    struct stat st;
+    *was = 0;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        return ERR_IO;
+    }
+    *was = st.st_mode & 07777;
+    /* Group search (x) alone is kept: the local sandbox grants it to its own group. */
+    if ((st.st_mode & 07067) && chmod(path, st.st_mode & 0710) != 0) {
         return ERR_IO;
     }
     return 0;

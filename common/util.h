@@ -28,6 +28,12 @@ int util_utf8_sanitize(const char *s, size_t n, struct buf *out);
 size_t util_utf8_complete_prefix(const char *s, size_t n);
 /** mkdir -p with mode. Returns 0 or ERR_IO. */
 int util_mkdir_p(const char *path, unsigned mode);
+/** Make path a private file: create it empty with mode 0600 if missing, else take every
+ * group and other bit off it. Never follows a symlink. Returns 0 or ERR_IO. */
+int util_file_private(const char *path);
+/** Take group read/write, every other bit and setuid/setgid/sticky off the directory path
+ * (group search stays). *was gets the mode before. Returns 0 or ERR_IO. */
+int util_dir_private(const char *path, unsigned *was);
 /** Parse a decimal int64 (whole string). Returns 0 or ERR_INVALID. */
 int util_parse_i64(const char *s, int64_t *out);
 /** The value of a hex digit (0-9, a-f, A-F), or -1. */

@@ -83,6 +83,8 @@ static const struct cfg_field fields[] = {
     FI("ws.send_queue_max", ws_send_queue_max, "1048576", 4096, (int64_t)1 << 32,
        "WebSocket per-client lag before a gap (bytes)"),
     FI("ws.ping_interval", ws_ping_interval, "30", 1, 3600, "WebSocket keepalive ping (s)"),
+    FB("ws.require_mask", ws_require_mask, "true",
+       "close WebSocket clients that send unmasked frames (1002); costs 2 fds per client"),
     FSECRET("slack.signing_secret", slack_signing_secret, "Slack signing secret (enables Slack)"),
     FSECRET("slack.bot_token", slack_bot_token, "Slack bot token (xoxb-...) for replies"),
     FS("slack.api_base", slack_api_base, "https://slack.com/api", NULL, "Slack Web API base URL"),

@@ -53,6 +53,7 @@ struct config {
     int64_t ws_max_frame;           /* WebSocket: largest client message (bytes); 1009 above */
     int64_t ws_send_queue_max;      /* WebSocket: per-client lag (bytes) before a `gap` */
     int64_t ws_ping_interval;       /* WebSocket: protocol ping after this many idle seconds */
+    int ws_require_mask;            /* WebSocket: unmasked client frames close with 1002 */
     char *slack_signing_secret;     /* slack.signing_secret (secret); "" = endpoint answers 503 */
     char *slack_bot_token;          /* slack.bot_token (secret) for the Web API */
     char *slack_api_base;           /* slack.api_base, default https://slack.com/api */

@@ -8,8 +8,8 @@
  *   on_request #1     headers are in: route lookup, WebSocket hand-off, early 413. We never
  *                     reply on this first call (MHD would answer "Connection: close").
  *   on_request #2..n  body chunks: appended to a capped buffer; past the cap the body is
- *                     drained and discarded (TURBO skips graceful close: a 413 sent with
- *                     unread bytes in the socket would reach the client as a reset).
+ *                     drained and discarded for up to DRAIN_MAX_US (a 413 sent with unread
+ *                     bytes in the socket would reach the client as a reset).
  *   on_request last   *upload_data_size == 0: auth, handler, queue the reply.
  *   completed_cb      request log line, ws_upgrade_complete(), free.
  * Threads: a struct req is touched only by the pool thread that owns its connection.
@@ -47,9 +47,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A request body past its cap is drained (read and dropped) up to this many bytes before
- * the 413; beyond it the connection is simply closed. */
-#define DRAIN_MAX         ((uint64_t)64 << 20)
+/* A request body past its cap (or one nobody wants: 401, 404) is drained, read and dropped,
+ * before the answer: MHD can only answer once the body is read, or before it is sent, and
+ * closing a socket with unread bytes resets it, so a client that sends its whole body before
+ * reading (most do) would see a reset instead of the 413. The drain is bounded in time, not
+ * bytes: this many seconds after the request began the connection is closed. */
+#define DRAIN_MAX_US      ((int64_t)30 * 1000000)
 #define MAX_EXTRA_HEADERS 12
 
 struct http {
@@ -561,6 +564,30 @@ static int check_ids(struct req *r)
     return 0;
 }
 
+/* MHD percent-decodes the path and the query into C strings, so a %00 silently cuts them:
+ * DELETE /v1/sessions/ID%00/artifacts would be routed as DELETE /v1/sessions/ID, a request a
+ * proxy or log in front of us saw as something else. Walk the raw URI the way MHD decodes it
+ * and refuse a NUL anywhere, and any other control byte in the path (no route takes one).
+ * A literal NUL byte never reaches us: MHD already cut the raw URI there, and proxies refuse
+ * it in a request line. */
+static int uri_has_control(const char *raw)
+{
+    int in_query = 0;
+    for (const char *p = raw; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '?') {
+            in_query = 1;
+        } else if (c == '%' && util_hexval(p[1]) >= 0 && util_hexval(p[2]) >= 0) {
+            c = (unsigned char)(util_hexval(p[1]) * 16 + util_hexval(p[2]));
+            p += 2;
+        }
+        if (c == 0 || (!in_query && (c < 0x20 || c == 0x7f))) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void dispatch(struct req *r);
 
 /* First call: headers are complete, nothing of the body has been read. */
@@ -571,7 +598,12 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
     r->phase = 1;
     r->path = url;
     snprintf(r->method, sizeof(r->method), "%s", strcmp(method, "HEAD") == 0 ? "GET" : method);
-    r->route = http_route_find(http_routes, method, url, &r->pp, r->allow, sizeof(r->allow));
+    if (uri_has_control(r->raw_uri)) {
+        /* Not routed at all: the body is drained and the 400 sent like any early refusal. */
+        req_fail(r, ERR_INVALID, "the request path or query contains a NUL or control byte");
+    } else {
+        r->route = http_route_find(http_routes, method, url, &r->pp, r->allow, sizeof(r->allow));
+    }
     r->body_max = (size_t)cfg->max_body;
     if (r->route && (r->route->flags & ROUTE_ARTIFACT_BODY)) {
         r->body_max = (size_t)cfg->max_artifact_bytes;
@@ -706,9 +738,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             r->too_large = 1;
             buf_free(&r->body);
         }
-        if (r->received > r->body_max + DRAIN_MAX) {
-            LOG_WARN("http: closing a connection that sent more than %llu bytes",
-                     (unsigned long long)r->received);
+        if (clock_mono_us() - r->t0_us > DRAIN_MAX_US) {
+            LOG_WARN("http: closing a connection still sending an unwanted body after %lld s "
+                     "(%llu bytes)",
+                     (long long)(DRAIN_MAX_US / 1000000), (unsigned long long)r->received);
             return MHD_NO;
         }
         return MHD_YES;

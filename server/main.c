@@ -25,6 +25,7 @@
 #include "server/ws/hub.h"
 #include "server/slack/slack.h"
 #include "server/static.h"
+#include "server/ws/ws_guard.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -88,6 +89,21 @@ static int write_port_file(const char *path, int port)
     return rc;
 }
 
+/* The data dir holds the registry (token hashes), the session files and the master key: an
+ * existing one made world-readable by hand or by an image (mkdir /data is 0755) is tightened,
+ * and said so, rather than trusted. */
+static void tighten_data_dir(const char *dir)
+{
+    unsigned was = 0;
+    if (util_dir_private(dir, &was) != 0) {
+        LOG_WARN("main: cannot make data_dir %s private (mode %04o): %s", dir, was,
+                 strerror(errno));
+    } else if (was & 07067) {
+        LOG_WARN("main: data_dir %s was mode %04o, now %04o (private to this user)", dir, was,
+                 was & 0710);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct config *cfg = NULL;
@@ -144,6 +160,7 @@ int main(int argc, char **argv)
         LOG_ERROR("main: cannot create data_dir %s", cfg->data_dir);
         goto out;
     }
+    tighten_data_dir(cfg->data_dir);
     struct hub_config hcfg = {.max_frame = (size_t)cfg->ws_max_frame,
                               .send_queue_max = (size_t)cfg->ws_send_queue_max,
                               .ping_secs = (int)cfg->ws_ping_interval};
@@ -182,6 +199,9 @@ int main(int argc, char **argv)
     }
     app.hub = hub;
     if (hub_start(hub, &app) != 0) {
+        goto out;
+    }
+    if (cfg->ws_require_mask && wsg_new(&app.wsg) != 0) {
         goto out;
     }
 
@@ -229,7 +249,8 @@ out:
     agents_stop(&app);    /* issue 7: after the runner */
     slack_free(app.slack);
     app.slack = NULL;
-    hub_free(hub); /* after everything that writes events, before the store */
+    hub_free(hub);     /* after everything that writes events, before the store */
+    wsg_free(app.wsg); /* after the hub: its last close frames go through the guard */
     store_close(st);
     LOG_INFO("main: stopped");
     config_free(cfg);

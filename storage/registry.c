@@ -13,6 +13,7 @@
 #include "common/xmem.h"
 #include "storage/migrate.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -42,6 +43,11 @@ int registry_open(const char *path, int durability_full, struct registry **out)
     int rc = 0;
     *out = NULL;
     pthread_mutex_init(&r->lock, NULL);
+    if (util_file_private(path) != 0) { /* 0600 for it and its -wal/-shm (SQLite copies it) */
+        LOG_ERROR("registry: cannot create %s: %s", path, strerror(errno));
+        rc = ERR_IO;
+        goto out;
+    }
     if (sqlite3_open_v2(path, &r->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {

@@ -24,8 +24,8 @@ int spool_tx_insert(struct sess_tx *tx, const char *session_id, int64_t seq,
 {
     sqlite3_stmt *st = sess_tx_prepare(
         tx, "INSERT INTO parked(session_id,seq,created_at,type,data_json,author_id,author_name,"
-            "author_email,message_id,content,client_request_id,response_json) "
-            "VALUES(?,?,?,'message',?,?,?,?,?,?,?,?)");
+            "author_email,message_id,content,client_request_id,response_json,request_user,"
+            "request_fingerprint) VALUES(?,?,?,'message',?,?,?,?,?,?,?,?,?,?)");
     if (!st) {
         return ERR_DB;
     }
@@ -50,6 +50,8 @@ int spool_tx_insert(struct sess_tx *tx, const char *session_id, int64_t seq,
     } else {
         sqlite3_bind_null(st, 11);
     }
+    sql_bind_text_opt(st, 12, m->crid ? m->crid_user : NULL);
+    sql_bind_text_opt(st, 13, m->crid ? m->crid_fingerprint : NULL);
     int r = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -76,6 +78,8 @@ void spool_rows_free(struct spool_row *rows, int n)
         free(r->content);
         free(r->crid);
         free(r->response_json);
+        free(r->crid_user);
+        free(r->crid_fingerprint);
     }
     free(rows);
 }
@@ -94,8 +98,8 @@ static int fetch_rd(sqlite3 *db, void *arg)
     int rc = 0;
     if (sqlite3_prepare_v2(db,
                            "SELECT session_id,seq,created_at,type,data_json,author_id,author_name,"
-                           "author_email,message_id,content,client_request_id,response_json "
-                           "FROM parked WHERE rowid=?",
+                           "author_email,message_id,content,client_request_id,response_json,"
+                           "request_user,request_fingerprint FROM parked WHERE rowid=?",
                            -1, &st, NULL) != SQLITE_OK) {
         LOG_ERROR("spool: prepare fetch: %s", sqlite3_errmsg(db));
         return ERR_DB;
@@ -119,6 +123,8 @@ static int fetch_rd(sqlite3 *db, void *arg)
             row->content = col_dup(st, 9);
             row->crid = col_dup(st, 10);
             row->response_json = col_dup(st, 11);
+            row->crid_user = col_dup(st, 12);
+            row->crid_fingerprint = col_dup(st, 13);
         } else if (r != SQLITE_DONE) {
             LOG_ERROR("spool: fetch: %s", sqlite3_errmsg(db));
             rc = ERR_DB;
@@ -231,8 +237,8 @@ int spool_apply(sqlite3 *db, const struct spool_row *rows, int n, int64_t last_s
         "VALUES(?,?,?,?,?,?)",
         "INSERT INTO messages(id,role,content,author_id,author_name,author_email,context_json,"
         "seq,created_at) VALUES(?,'user',?,?,?,?,NULL,?,?)",
-        "INSERT OR IGNORE INTO requests(client_request_id,response_json,created_at) "
-        "VALUES(?,?,?)"};
+        "INSERT OR IGNORE INTO requests(user_id,client_request_id,fingerprint,response_json,"
+        "created_at) VALUES(?,?,?,?,?)"};
     sqlite3_stmt *st[3] = {NULL, NULL, NULL};
     int64_t last = last_seq, ts = 0;
     int rc = 0, began = 0;
@@ -280,9 +286,12 @@ int spool_apply(sqlite3 *db, const struct spool_row *rows, int n, int64_t last_s
         sqlite3_bind_int64(st[1], 7, r->created_at);
         rc = step_done(db, st[1], "message");
         if (!rc && r->crid && r->response_json) {
-            sqlite3_bind_text(st[2], 1, r->crid, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st[2], 2, r->response_json, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st[2], 3, r->created_at);
+            /* A row parked before keys had owners folds under '', which no user matches. */
+            sqlite3_bind_text(st[2], 1, r->crid_user ? r->crid_user : "", -1, SQLITE_STATIC);
+            sqlite3_bind_text(st[2], 2, r->crid, -1, SQLITE_STATIC);
+            sql_bind_text_opt(st[2], 3, r->crid_fingerprint);
+            sqlite3_bind_text(st[2], 4, r->response_json, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st[2], 5, r->created_at);
             rc = step_done(db, st[2], "request");
         }
         last = r->seq;

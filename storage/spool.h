@@ -31,9 +31,11 @@ struct spool_msg {
     const char *message_id;
     const char *content;
     size_t content_len;
-    const struct author *author; /* author->id required */
-    const char *event_data;      /* the `message` event's data, a JSON object */
-    const char *crid;            /* client_request_id or NULL */
+    const struct author *author;  /* author->id required */
+    const char *event_data;       /* the `message` event's data, a JSON object */
+    const char *crid;             /* client_request_id or NULL */
+    const char *crid_user;        /* with a crid: the token's user id (the key is theirs) */
+    const char *crid_fingerprint; /* with a crid: the request's fingerprint (requests.h) */
     /* With a crid: writes the answer stored for idempotent replays, given the seq. */
     int (*answer)(struct buf *out, const struct spool_msg *m, int64_t seq);
 };
@@ -43,6 +45,7 @@ struct spool_row {
     int64_t rowid, seq, created_at;
     char *session_id, *type, *data_json, *author_id, *author_name, *author_email;
     char *message_id, *content, *crid, *response_json;
+    char *crid_user, *crid_fingerprint; /* NULL in rows parked before they existed */
 };
 
 /** Inside a transaction of the spool: append one parked row; *rowid gets its rowid. */
@@ -61,8 +64,9 @@ void spool_rows_free(struct spool_row *rows, int n);
 
 /** Fold rows (seq order) into a session file through its connection db, in one transaction:
  * each row with seq > last_seq becomes its `events`, `messages` and (with a crid) `requests`
- * rows; rows at or below last_seq are already there (a fold interrupted by a crash) and are
- * skipped. *new_last / *new_ts get the highest seq and its created_at (unchanged if none). */
+ * rows (keyed by the row's crid_user, '' for an old row without one); rows at or below last_seq are
+ * already there (a fold interrupted by a crash) and are skipped. *new_last / *new_ts get the
+ * highest seq and its created_at (unchanged if none). */
 int spool_apply(sqlite3 *db, const struct spool_row *rows, int n, int64_t last_seq,
                 int64_t *new_last, int64_t *new_ts);
 

@@ -86,7 +86,7 @@
 /* client_request_ids remembered per stub (8 bytes each); a session whose file holds more (they
  * are kept 24 h) has every request with one wake it, which answers exactly. */
 #define STUB_CRIDS     256
-#define STUB_CRIDS_SQL "SELECT client_request_id FROM requests LIMIT 257"
+#define STUB_CRIDS_SQL "SELECT user_id, client_request_id FROM requests LIMIT 257"
 
 struct pending {
     sess_tx_fn fn;
@@ -467,6 +467,14 @@ static int sess_open_db(struct sess *s, int create)
     int rc = 0;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
 
+    /* SQLite makes a new file 0644 (less the umask) and gives its -wal and -shm the file's
+     * mode: the file is made 0600 first, so all three are private. Wake-ups (create 0) skip
+     * the extra open. */
+    if (create && util_file_private(path) != 0) {
+        LOG_ERROR("store: cannot create %s: %s", path, strerror(errno));
+        rc = ERR_IO;
+        goto out;
+    }
     if (sqlite3_open_v2(path, &db, flags, sqlvfs_name()) != SQLITE_OK) {
         if (!create && access(path, F_OK) != 0) {
             rc = !s->is_spool && was_quarantined(st, s->id) ? ERR_CORRUPT : ERR_NOT_FOUND;
@@ -605,9 +613,15 @@ static unsigned stub_hash(const char *id)
     return fnv1a(id) % STUB_HASH;
 }
 
-static uint64_t crid_hash(const char *c)
+/* An idempotency key is its user's own: the hash covers (user id, key), with the NUL between
+ * them so that ("ab","c") and ("a","bc") differ. */
+static uint64_t crid_hash(const char *user, const char *c)
 {
     uint64_t h = 14695981039346656037ull;
+    for (; *user; user++) {
+        h = (h ^ (unsigned char)*user) * 1099511628211ull;
+    }
+    h = h * 1099511628211ull; /* the NUL */
     for (; *c; c++) {
         h = (h ^ (unsigned char)*c) * 1099511628211ull;
     }
@@ -773,7 +787,9 @@ static struct stub *stub_at_close(struct sess *s, int *keep)
     } else {
         int r;
         while ((r = sqlite3_step(q)) == SQLITE_ROW && !k->crids_unknown) {
-            stub_add_crid(k, crid_hash((const char *)sqlite3_column_text(q, 0)));
+            const char *u = (const char *)sqlite3_column_text(q, 0);
+            const char *c = (const char *)sqlite3_column_text(q, 1);
+            stub_add_crid(k, crid_hash(u ? u : "", c ? c : ""));
         }
         if (r != SQLITE_ROW && r != SQLITE_DONE) {
             k->crids_unknown = 1;
@@ -1191,8 +1207,9 @@ int store_session_backup(struct store *st, const char *id, const char *path)
     if (rc) {
         return rc;
     }
-    if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
-        SQLITE_OK) {
+    if (util_file_private(path) != 0 ||
+        sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+            SQLITE_OK) {
         rc = ERR_IO;
         goto out;
     }
@@ -1520,7 +1537,7 @@ int store_park(struct store *st, const char *id, const struct spool_msg *m, int6
     if (!st->spool || st->cfg.no_spool || !m->author || !util_valid_id(id)) {
         return 0;
     }
-    uint64_t h = m->crid ? crid_hash(m->crid) : 0;
+    uint64_t h = m->crid ? crid_hash(m->crid_user ? m->crid_user : "", m->crid) : 0;
     pthread_mutex_lock(&st->lock);
     if (!st->stopping && !table_find(st, id)) {
         k = stub_find(st, id);

@@ -22,6 +22,7 @@
 #include "server/config.h"
 #include "server/extension.h"
 #include "storage/registry.h"
+#include "storage/requests.h"
 #include "storage/spool.h"
 #include "storage/sqlbind.h"
 #include "storage/store.h"
@@ -60,12 +61,15 @@ struct msg_op {
     size_t content_len;
     const char *context_json; /* NULL if none */
     const char *crid;         /* client_request_id or NULL */
+    const char *crid_user;    /* the token's user id: a key is this user's own */
+    const char *fingerprint;  /* hex SHA-256 of the request's canonical JSON */
     const struct author *author;
     const char *event_data;
     int64_t max_unfinished;
     /* out */
     int64_t seq;
     char *replay; /* the stored answer of an earlier request with the same crid */
+    int mismatch; /* the crid was used before by this user for another request */
     int reopened;
 };
 
@@ -90,20 +94,22 @@ static int msg_tx(struct sess_tx *tx, void *arg)
     int64_t now = sess_tx_now(tx);
     int rc;
     if (op->crid) {
-        st = sess_tx_prepare(tx, "SELECT response_json FROM requests WHERE client_request_id=?");
-        if (!st) {
-            return ERR_DB;
-        }
-        sqlite3_bind_text(st, 1, op->crid, -1, SQLITE_STATIC);
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW) {
-            op->replay = xstrdup((const char *)sqlite3_column_text(st, 0));
-            sqlite3_reset(st);
+        char *fp = NULL, *answer = NULL;
+        rc = requests_tx_find(tx, op->crid_user, op->crid, &fp, &answer);
+        if (rc == 0) {
+            /* A retry gets the first answer; the same key for another request is refused,
+             * or the client would take the first request's answer for this one's. */
+            op->mismatch = fp && strcmp(fp, op->fingerprint) != 0;
+            free(fp);
+            if (op->mismatch) {
+                free(answer);
+                return ERR_UNPROCESSABLE;
+            }
+            op->replay = answer;
             return 0; /* already done: write nothing */
         }
-        sqlite3_reset(st);
-        if (s != SQLITE_DONE) {
-            return ERR_DB;
+        if (rc != ERR_NOT_FOUND) {
+            return rc;
         }
     }
     /* Only a prompt is limited and reopens an ended session ("DELETE ends it; a later prompt
@@ -183,20 +189,10 @@ static int msg_tx(struct sess_tx *tx, void *arg)
         struct buf b;
         buf_init(&b, 0);
         answer_json(&b, op->message_id, op->prompt_id, op->seq);
-        st = sess_tx_prepare(tx, "INSERT INTO requests(client_request_id,response_json,"
-                                 "created_at) VALUES(?,?,?)");
-        if (!st) {
-            buf_free(&b);
-            return ERR_DB;
-        }
-        sqlite3_bind_text(st, 1, op->crid, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, b.data, (int)b.len, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, now);
-        int s = sqlite3_step(st);
-        sqlite3_clear_bindings(st);
+        rc = requests_tx_insert(tx, op->crid_user, op->crid, op->fingerprint, b.data, b.len);
         buf_free(&b);
-        if (s != SQLITE_DONE) {
-            return ERR_DB;
+        if (rc) {
+            return rc;
         }
     }
     return 0;
@@ -206,6 +202,21 @@ static int park_answer(struct buf *out, const struct spool_msg *m, int64_t seq)
 {
     answer_json(out, m->message_id, NULL, seq);
     return 0;
+}
+
+/* The request's fingerprint for its idempotency record: SHA-256 of the canonical JSON (keys
+ * sorted, compact) of what makes the request what it is: content, context, run (as it takes
+ * effect, so an omitted run equals run:true), author and agent. out: 65 bytes, hex. */
+static void request_fingerprint(json_t *body, int run, char out[65])
+{
+    json_t *c =
+        json_pack("{s:O?, s:O?, s:b, s:O?, s:O?}", "content", json_object_get(body, "content"),
+                  "context", json_object_get(body, "context"), "run", run, "author",
+                  json_object_get(body, "author"), "agent", json_object_get(body, "agent"));
+    char *s = c ? json_dumps(c, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    util_sha256_hex(s ? s : "", s ? strlen(s) : 0, out);
+    free(s);
+    json_decref(c);
 }
 
 /* Validate the optional `author` object of a bot/admin token. */
@@ -246,7 +257,7 @@ static int parse_author(json_t *obj, struct author *out, char *emsg, size_t n)
  * (may be NULL) is set when a repeated client_request_id returned the first answer.
  */
 static int message_create(struct app *app, const char *sid, const struct auth_info *a, json_t *body,
-                          json_t **out, int *replayed, char *emsg, size_t n)
+                          json_t **out, int *replayed, int *mismatch, char *emsg, size_t n)
 {
     const struct config *cfg = app->cfg;
     json_t *context = NULL, *author_obj = NULL;
@@ -257,12 +268,16 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
     struct buf ev;
     struct author who = {a->user_id, a->name, a->email};
     struct msg_op op;
+    char fingerprint[65] = "";
     int rc;
     buf_init(&ev, 0);
     memset(&op, 0, sizeof(op));
     *out = NULL;
     if (replayed) {
         *replayed = 0;
+    }
+    if (mismatch) {
+        *mismatch = 0;
     }
     rc = jx_str(body, "content", &content, emsg, n);
     if (!rc) {
@@ -320,6 +335,9 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
         }
         context_json = jx_dump(context);
     }
+    if (crid) {
+        request_fingerprint(body, run, fingerprint);
+    }
     mid = api_new_sorted_id("m_");
     if (run) {
         pid = api_new_sorted_id("p_");
@@ -344,7 +362,15 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
     if (!pid && !context_json) {
         /* A comment to a hibernated session is parked in the spool instead of waking the
          * session file (store_park; it declines when the session is open or unknown). */
-        struct spool_msg pm = {mid, content, clen, &who, ev.data, crid, park_answer};
+        struct spool_msg pm = {.message_id = mid,
+                               .content = content,
+                               .content_len = clen,
+                               .author = &who,
+                               .event_data = ev.data,
+                               .crid = crid,
+                               .crid_user = a->user_id,
+                               .crid_fingerprint = fingerprint,
+                               .answer = park_answer};
         int parked = 0;
         rc = store_park(app->store, sid, &pm, &op.seq, &parked);
         if (rc) {
@@ -366,6 +392,8 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
     op.content_len = clen;
     op.context_json = context_json;
     op.crid = crid;
+    op.crid_user = a->user_id;
+    op.fingerprint = fingerprint;
     op.author = &who;
     op.event_data = ev.data;
     op.max_unfinished = cfg->max_unfinished_prompts;
@@ -373,6 +401,16 @@ static int message_create(struct app *app, const char *sid, const struct auth_in
     if (rc == ERR_LIMIT) {
         snprintf(emsg, n, "this session already has %lld unfinished prompts",
                  (long long)cfg->max_unfinished_prompts);
+        goto out;
+    }
+    if (op.mismatch) {
+        if (mismatch) {
+            *mismatch = 1;
+        }
+        snprintf(emsg, n,
+                 "client_request_id '%s' was already used by you for a different request "
+                 "(content, context, run, author or agent differ)",
+                 crid);
         goto out;
     }
     if (rc) {
@@ -412,7 +450,7 @@ out:
 int api_message_create(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
                        json_t **out, char *msg, size_t n)
 {
-    return message_create(app, sid, who, body, out, NULL, msg, n);
+    return message_create(app, sid, who, body, out, NULL, NULL, msg, n);
 }
 
 int api_messages_post(struct req *r)
@@ -421,7 +459,7 @@ int api_messages_post(struct req *r)
     const char *sid = req_param(r, "id");
     json_t *body = NULL, *answer = NULL;
     char msg[256];
-    int replayed = 0;
+    int replayed = 0, mismatch = 0;
     int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
     if (rc) {
         return rc;
@@ -430,8 +468,12 @@ int api_messages_post(struct req *r)
     if (rc) {
         return rc;
     }
-    rc = message_create(app, sid, req_auth(r), body, &answer, &replayed, msg, sizeof(msg));
+    rc = message_create(app, sid, req_auth(r), body, &answer, &replayed, &mismatch, msg,
+                        sizeof(msg));
     json_decref(body);
+    if (mismatch) {
+        return req_fail_status(r, 422, "idempotency_mismatch", msg);
+    }
     if (rc) {
         return req_fail(r, rc, "%s", msg);
     }

@@ -271,6 +271,30 @@ char *slack_strip_mention(const char *text)
     return r;
 }
 
+char *slack_escape(const char *text, size_t max)
+{
+    struct buf out;
+    buf_init(&out, 0);
+    buf_puts(&out, "");
+    for (const char *p = text ? text : ""; *p; p++) {
+        const char *piece = *p == '&' ? "&amp;" : *p == '<' ? "&lt;" : *p == '>' ? "&gt;" : NULL;
+        size_t n = piece ? strlen(piece) : 1;
+        if (out.len + n > max) {
+            break; /* never half an entity */
+        }
+        if (piece) {
+            buf_puts(&out, piece);
+        } else {
+            buf_putc(&out, *p);
+        }
+    }
+    /* Entities are ASCII, so a cut between pieces can only split a UTF-8 sequence. */
+    out.len = util_utf8_complete_prefix(out.data, out.len);
+    out.data[out.len] = 0;
+    size_t len;
+    return buf_detach(&out, &len);
+}
+
 /* Lowercase s into a new string where every run of non-alphanumerics is one space, with a
  * space at both ends, so " word " and " two words " match on word boundaries. */
 static char *normalize(const char *s)
@@ -439,17 +463,16 @@ json_t *slack_result_blocks(const char *repo, const char *state, const char *sum
         verb = "Cancelled";
     }
     json_t *blocks = json_array();
-    char *head = xasprintf("%s *%s* in `%s`", icon, verb, repo ? repo : "session");
+    char *erepo = slack_escape(repo ? repo : "session", 200);
+    char *head = xasprintf("%s *%s* in `%s`", icon, verb, erepo);
+    free(erepo);
     json_array_append_new(blocks, json_pack("{s:s, s:{s:s, s:s}}", "type", "section", "text",
                                             "type", "mrkdwn", "text", head));
     free(head);
     if (summary && *summary) {
-        size_t n = strlen(summary);
-        char *s = xstrndup(summary, n > MAX_SUMMARY ? MAX_SUMMARY : n);
-        if (n > MAX_SUMMARY) {
-            size_t k = util_utf8_complete_prefix(s, MAX_SUMMARY);
-            s[k] = 0;
-        }
+        /* The summary is the agent's output: escaped, so <!channel>, <@U…> and <url|label>
+         * in it are shown as text, never pinged or linked. */
+        char *s = slack_escape(summary, MAX_SUMMARY);
         json_array_append_new(blocks, json_pack("{s:s, s:{s:s, s:s}}", "type", "section", "text",
                                                 "type", "mrkdwn", "text", s));
         free(s);
@@ -1153,7 +1176,9 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
         const char *m =
             json_string_value(json_object_get(json_object_get(resp, "error"), "message"));
         LOG_WARN("slack: forwarding the prompt failed (status %ld)", status);
-        char *msg = xasprintf(":warning: I could not queue that: %s", m ? m : "server error");
+        char *em = slack_escape(m ? m : "server error", 1000);
+        char *msg = xasprintf(":warning: I could not queue that: %s", em);
+        free(em);
         post_message(sl, channel, root, msg, NULL);
         free(msg);
         goto out;

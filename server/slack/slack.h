@@ -91,6 +91,11 @@ int slack_verify(const char *secret, const char *ts, const char *sig, const char
  * The caller frees. Never NULL. */
 char *slack_strip_mention(const char *text);
 
+/** text with Slack's control characters escaped (& < > as &amp; &lt; &gt;), so mentions
+ * (<!channel>, <@U…>) and links in it are shown literally; at most max bytes, never cut inside
+ * an entity or a UTF-8 sequence. The caller frees. Never NULL. */
+char *slack_escape(const char *text, size_t max);
+
 /** Score each repository against the channel name, thread context and message
  * (deterministic, no network). Returns the index of the single best repository, or -1 when
  * no repository scores or two tie for the top. scores (may be NULL, n entries) gets each. */

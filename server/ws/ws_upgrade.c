@@ -15,6 +15,7 @@
  * Threads: every function runs on an MHD pool thread; the hub functions used are thread safe.
  */
 #include "server/ws/ws_upgrade.h"
+#include "server/ws/ws_guard.h"
 
 #include "common/buf.h"
 #include "common/clock.h"
@@ -256,10 +257,19 @@ int ws_upgrade_begin(struct app *app, struct MHD_Connection *c, const char *raw_
         rc = ERR_IO;
         goto out;
     }
-    ho->fd = fd;
     /* Event frames are small and latency matters: no Nagle delay on the socket. */
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (app->wsg) {
+        /* lws 4.1 cannot refuse unmasked client frames: it adopts the guard's end instead. */
+        int lfd = -1;
+        rc = wsg_wrap(app->wsg, fd, &lfd); /* takes fd over, also on failure */
+        fd = lfd;
+        if (rc) {
+            goto out;
+        }
+    }
+    ho->fd = fd;
     ho->bytes = buf_detach(&b, &ho->len);
     *upgrade_ctx = ho;
     ho = NULL;

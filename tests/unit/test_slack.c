@@ -124,6 +124,23 @@ TEST(pick_repo)
     ASSERT_EQ(slack_pick_repo(NULL, 0, "x", "y", "z", NULL), -1);
 }
 
+TEST(escape)
+{
+    char *s = slack_escape("<!channel> <@U123> <https://x.example|click> a&b", 1000);
+    ASSERT_STREQ(s, "&lt;!channel&gt; &lt;@U123&gt; &lt;https://x.example|click&gt; a&amp;b");
+    free(s);
+    /* The cap never leaves half an entity or half a UTF-8 sequence. */
+    s = slack_escape("ab<c", 5);
+    ASSERT_STREQ(s, "ab");
+    free(s);
+    s = slack_escape("a\xc3\xa9", 2);
+    ASSERT_STREQ(s, "a");
+    free(s);
+    s = slack_escape(NULL, 10);
+    ASSERT_STREQ(s, "");
+    free(s);
+}
+
 TEST(result_blocks)
 {
     json_t *b =
@@ -135,6 +152,9 @@ TEST(result_blocks)
     ASSERT_STREQ(json_string_value(json_object_get(head, "type")), "section");
     const char *t = json_string_value(json_object_get(json_object_get(head, "text"), "text"));
     ASSERT(strstr(t, "acme/api") != NULL);
+    const char *sum =
+        json_string_value(json_object_get(json_object_get(json_array_get(b, 1), "text"), "text"));
+    ASSERT_STREQ(sum, "Fixed it. &lt;b&gt;");
     json_t *act = json_array_get(b, 2);
     ASSERT_STREQ(json_string_value(json_object_get(act, "type")), "actions");
     ASSERT_EQ(json_array_size(json_object_get(act, "elements")), 2);
@@ -235,7 +255,7 @@ TEST(config_repos)
 }
 
 static const struct test_case tests[] = {
-    T(verify_good),   T(verify_bad),          T(strip_mention), T(pick_repo),
-    T(result_blocks), T(handler_without_app), T(config_repos),
+    T(verify_good), T(verify_bad),    T(strip_mention),       T(pick_repo),
+    T(escape),      T(result_blocks), T(handler_without_app), T(config_repos),
 };
 TEST_MAIN(tests)

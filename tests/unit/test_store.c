@@ -310,7 +310,7 @@ static int park(struct store *st, const char *id, const char *mid, const char *c
 {
     char data[128];
     snprintf(data, sizeof(data), "{\"message_id\":\"%s\",\"content\":\"hi\"}", mid);
-    struct spool_msg m = {mid, "hi", 2, &park_author, data, crid, test_answer};
+    struct spool_msg m = {mid, "hi", 2, &park_author, data, crid, "token:park", "fp", test_answer};
     int parked = -1;
     ASSERT_EQ(store_park(st, id, &m, seq, &parked), 0);
     return parked;
@@ -391,6 +391,19 @@ TEST(spool_parks_and_folds)
     ASSERT_EQ(park(st, "pa", "m5", "r1", &seq), 0);
     ASSERT_EQ(park(st, "pa", "m6", "r2", &seq), 1);
     ASSERT_EQ(seq, 4);
+    /* A key is its user's own: another user's r1 is not a hit, it parks. */
+    struct spool_msg other = {"m7", "hi",          2,     &park_author, "{\"message_id\":\"m7\"}",
+                              "r1", "token:other", "fp2", test_answer};
+    int parked = -1;
+    ASSERT_EQ(store_park(st, "pa", &other, &seq, &parked), 0);
+    ASSERT_EQ(parked, 1);
+    ASSERT_EQ(seq, 5);
+    check_seqs(st, "pa", 5); /* folds both users' records, each under its user */
+    ASSERT_EQ(count_rows(st, "pa",
+                         "SELECT count(*) FROM requests WHERE client_request_id='r1' AND "
+                         "((user_id='token:park' AND fingerprint='fp') OR "
+                         "(user_id='token:other' AND fingerprint='fp2'))"),
+              2);
     store_close(st);
 }
 
@@ -509,7 +522,7 @@ static void *mixer_main(void *arg)
         int parked = 0;
         char data[96];
         snprintf(data, sizeof(data), "{\"message_id\":\"%s\"}", mid);
-        struct spool_msg m = {mid, "hi", 2, &park_author, data, NULL, NULL};
+        struct spool_msg m = {mid, "hi", 2, &park_author, data, NULL, NULL, NULL, NULL};
         if (rand_r(&c->seed) % 2 && store_park(c->st, id, &m, &seq, &parked)) {
             c->fails++;
             continue;
