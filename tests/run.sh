@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 export BUILD SESSIOND_BIN="$PWD/$BUILD/sessiond" SANDBOX_INIT_BIN="$PWD/$BUILD/sandbox-init" \
   SESSIOND_GIT_BIN="$PWD/$BUILD/sessiond-git"
-LOGDIR=$(mktemp -d /tmp/sessiond-tests.XXXXXX)
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-tests.XXXXXX")
 if [ "${SANITIZE:-}" = 1 ]; then
   # Reports also go to files, so a report from a server whose stderr a test did not keep is
   # still found (and counted as a failure) below.

@@ -15,7 +15,7 @@
 set -u
 
 TEST_NAME=$(basename "${0%.*}")
-TMP=$(mktemp -d "/tmp/sessiond-${TEST_NAME}.XXXXXX")
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-${TEST_NAME}.XXXXXX")
 DATA_DIR="$TMP/data"
 PORT_FILE="$TMP/port"
 SERVER_LOG="$TMP/server.log"
