@@ -37,6 +37,7 @@ struct cq_job {
     void *fn_arg;
     void (*done)(void *arg, int rc);
     void *done_arg;
+    int rc; /* this job's own outcome when its batch was retried job by job */
     struct cq_job *next;
 };
 
@@ -287,13 +288,13 @@ static void *worker(void *arg)
                 LOG_WARN("commitq: session %s: batch failed (%s); retrying job by job", sid,
                          err_str(rc));
                 for (struct cq_job *j = batch; j; j = j->next) {
-                    int r1 = sess_write(s, run_one, j);
-                    if (r1) {
+                    j->rc = sess_write(s, run_one, j);
+                    if (j->rc) {
                         LOG_ERROR("commitq: session %s: dropped a job of %d events: %s", sid,
-                                  j->nev, err_str(r1));
+                                  j->nev, err_str(j->rc));
                     }
                 }
-                rc = 0;
+                rc = 0; /* each job reports its own outcome (j->rc) */
             } else if (rc) {
                 LOG_ERROR("commitq: session %s: dropped a job of %d events: %s", sid, batch->nev,
                           err_str(rc));
@@ -309,7 +310,7 @@ static void *worker(void *arg)
         while (batch) {
             struct cq_job *n = batch->next;
             if (batch->done) {
-                batch->done(batch->done_arg, rc);
+                batch->done(batch->done_arg, rc ? rc : batch->rc);
             }
             job_free(batch);
             batch = n;
