@@ -182,6 +182,22 @@ const struct route *http_route_find(const struct route *table, const char *metho
     return NULL;
 }
 
+/* Routing sees MHD's decoded path: "%2F" there is a '/' (another route: a proxy in front that
+ * filtered on the raw path saw one segment) and "%00" ends the C string (the rest of the path is
+ * silently dropped). Neither belongs in any of our paths, so such requests are refused. */
+int http_raw_path_ok(const char *uri)
+{
+    for (const char *p = uri; *p && *p != '?' && *p != '#'; p++) {
+        if (*p != '%' || !p[1] || !p[2]) {
+            continue;
+        }
+        if ((p[1] == '2' && (p[2] == 'f' || p[2] == 'F')) || (p[1] == '0' && p[2] == '0')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* ---- request accessors ---- */
 
 struct app *req_app(struct req *r)
@@ -572,6 +588,10 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
     r->path = url;
     snprintf(r->method, sizeof(r->method), "%s", strcmp(method, "HEAD") == 0 ? "GET" : method);
     r->route = http_route_find(http_routes, method, url, &r->pp, r->allow, sizeof(r->allow));
+    if (!http_raw_path_ok(r->raw_uri)) {
+        r->route = NULL; /* neither authenticated, upgraded nor dispatched */
+        req_fail(r, ERR_INVALID, "encoded '/' or NUL byte in the path");
+    }
     r->body_max = (size_t)cfg->max_body;
     if (r->route && (r->route->flags & ROUTE_ARTIFACT_BODY)) {
         r->body_max = (size_t)cfg->max_artifact_bytes;
