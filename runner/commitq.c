@@ -245,6 +245,16 @@ static int run_one(struct sess_tx *tx, void *arg)
     return run_job(tx, arg);
 }
 
+static int batch_is_empty(const struct cq_job *batch)
+{
+    for (const struct cq_job *j = batch; j; j = j->next) {
+        if (j->nev || j->fn) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static void *worker(void *arg)
 {
     struct commitq *q = arg;
@@ -280,8 +290,9 @@ static void *worker(void *arg)
         pthread_mutex_unlock(&q->lock);
 
         struct sess *s = NULL;
-        int rc = store_session_get(q->st, sid, &s);
-        if (!rc) {
+        /* A batch with nothing to write (done callbacks alone) does not open the session. */
+        int rc = batch_is_empty(batch) ? 0 : store_session_get(q->st, sid, &s);
+        if (!rc && s) {
             rc = sess_write(s, run_batch, batch);
             if (rc && batch->next) {
                 /* Isolate the failing job: commit the others one by one. */
@@ -300,7 +311,7 @@ static void *worker(void *arg)
                           err_str(rc));
             }
             sess_put(s);
-        } else {
+        } else if (rc) {
             LOG_ERROR("commitq: session %s: cannot open (%s): dropping output", sid, err_str(rc));
         }
         /* Give the backlog back before the done callbacks (they look at it to resume). */

@@ -492,6 +492,14 @@ TEST(an_empty_job_still_calls_done)
     json_t *ev = events_of(st, "s1");
     ASSERT_EQ(json_array_size(ev), 0);
     json_decref(ev);
+    /* "Just freed": it does not even need the session to exist. */
+    struct done_rec ghost = {.submitter = pthread_self()};
+    j = cq_job_new("ghost");
+    cq_job_done(j, done_count, &ghost);
+    commitq_submit(q, j);
+    commitq_flush(q, "ghost");
+    ASSERT_EQ(atomic_load(&ghost.calls), 1);
+    ASSERT_EQ(atomic_load(&ghost.last_rc), 0);
     commitq_stop(q);
     close_store(st);
 }
