@@ -449,9 +449,11 @@ struct call_arg {
 static void record_call(void *arg)
 {
     struct call_arg *a = arg;
-    int k = atomic_fetch_add(&a->c->n, 1);
+    /* Only the pump thread writes: record, then publish the count. */
+    int k = atomic_load(&a->c->n);
     a->c->order[k] = a->i;
     a->c->th[k] = pthread_self();
+    atomic_store(&a->c->n, k + 1);
 }
 
 TEST(calls_run_in_order_on_the_pump_thread)
