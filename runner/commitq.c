@@ -37,6 +37,7 @@ struct cq_job {
     void *fn_arg;
     void (*done)(void *arg, int rc);
     void *done_arg;
+    int rc; /* this job's own outcome when its batch was retried job by job */
     struct cq_job *next;
 };
 
@@ -244,6 +245,16 @@ static int run_one(struct sess_tx *tx, void *arg)
     return run_job(tx, arg);
 }
 
+static int batch_is_empty(const struct cq_job *batch)
+{
+    for (const struct cq_job *j = batch; j; j = j->next) {
+        if (j->nev || j->fn) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static void *worker(void *arg)
 {
     struct commitq *q = arg;
@@ -279,27 +290,28 @@ static void *worker(void *arg)
         pthread_mutex_unlock(&q->lock);
 
         struct sess *s = NULL;
-        int rc = store_session_get(q->st, sid, &s);
-        if (!rc) {
+        /* A batch with nothing to write (done callbacks alone) does not open the session. */
+        int rc = batch_is_empty(batch) ? 0 : store_session_get(q->st, sid, &s);
+        if (!rc && s) {
             rc = sess_write(s, run_batch, batch);
             if (rc && batch->next) {
                 /* Isolate the failing job: commit the others one by one. */
                 LOG_WARN("commitq: session %s: batch failed (%s); retrying job by job", sid,
                          err_str(rc));
                 for (struct cq_job *j = batch; j; j = j->next) {
-                    int r1 = sess_write(s, run_one, j);
-                    if (r1) {
+                    j->rc = sess_write(s, run_one, j);
+                    if (j->rc) {
                         LOG_ERROR("commitq: session %s: dropped a job of %d events: %s", sid,
-                                  j->nev, err_str(r1));
+                                  j->nev, err_str(j->rc));
                     }
                 }
-                rc = 0;
+                rc = 0; /* each job reports its own outcome (j->rc) */
             } else if (rc) {
                 LOG_ERROR("commitq: session %s: dropped a job of %d events: %s", sid, batch->nev,
                           err_str(rc));
             }
             sess_put(s);
-        } else {
+        } else if (rc) {
             LOG_ERROR("commitq: session %s: cannot open (%s): dropping output", sid, err_str(rc));
         }
         /* Give the backlog back before the done callbacks (they look at it to resume). */
@@ -309,7 +321,7 @@ static void *worker(void *arg)
         while (batch) {
             struct cq_job *n = batch->next;
             if (batch->done) {
-                batch->done(batch->done_arg, rc);
+                batch->done(batch->done_arg, rc ? rc : batch->rc);
             }
             job_free(batch);
             batch = n;

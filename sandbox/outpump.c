@@ -250,8 +250,11 @@ void op_sink_write(struct op_sink *k, int stream, const char *data, size_t n)
     }
     if (k->len) {
         /* After a quiet period the first bytes go out at once (first-byte latency); what
-         * follows within OP_MERGE_MS is merged. */
-        if (!k->queued && clock_mono_us() - k->last_flush_us >= OP_MERGE_MS * 1000) {
+         * follows within OP_MERGE_MS is merged. A read that brought only the start of a
+         * character waits for the rest like merged output does, or it would go out as U+FFFD
+         * and its continuation bytes after it. */
+        if (!k->queued && clock_mono_us() - k->last_flush_us >= OP_MERGE_MS * 1000 &&
+            util_utf8_complete_prefix(k->data, k->len) > 0) {
             sink_flush(k, 0);
         } else {
             pend_add(k);
@@ -305,8 +308,13 @@ int outpump_add(struct outpump *op, int fd, const struct op_src_ops *ops, void *
         free(src);
         return ERR_UNAVAILABLE;
     }
+    /* The pump may call on_data as soon as the fd is in the set, and callbacks reach the
+     * source through the owner's copy of *out: publish it first (the pump takes op->lock
+     * before it reads a source, which orders the two). */
+    *out = src;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = src};
     if (epoll_ctl(op->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        *out = NULL;
         pthread_mutex_unlock(&op->lock);
         LOG_ERROR("outpump: epoll_ctl add: %s", strerror(errno));
         free(src);
@@ -318,7 +326,6 @@ int outpump_add(struct outpump *op, int fd, const struct op_src_ops *ops, void *
     }
     op->srcs = src;
     pthread_mutex_unlock(&op->lock);
-    *out = src;
     return 0;
 }
 

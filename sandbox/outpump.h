@@ -40,7 +40,8 @@ int outpump_start(struct outpump **out);
 void outpump_stop(struct outpump *op);
 
 /** Watch fd (made non-blocking). *out is owned by the caller and freed with
- * outpump_src_free() once on_close has been called. Any thread. */
+ * outpump_src_free() once on_close has been called. *out is set before the pump can call
+ * on_data (callbacks may use it); NULL on failure. Any thread. */
 int outpump_add(struct outpump *op, int fd, const struct op_src_ops *ops, void *ctx,
                 struct op_src **out);
 /** Ask the pump to stop watching the source; on_close follows on the pump thread. */

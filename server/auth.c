@@ -75,7 +75,10 @@ static int token_cached(const char hash[65], struct auth_info *out)
     uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
     int hit = 0;
     pthread_mutex_lock(&token_lock);
-    if (t->gen == gen && t->expires_ms > clock_mono_ms() && strcmp(t->hash, hash) == 0) {
+    /* The token's own expiry is checked too: an entry filled just before it would otherwise
+     * let an expired token in for up to AUTH_CACHE_TTL_MS. */
+    if (t->gen == gen && t->expires_ms > clock_mono_ms() && strcmp(t->hash, hash) == 0 &&
+        (t->who.expires_at_ms == 0 || t->who.expires_at_ms > clock_now_ms())) {
         *out = t->who;
         hit = 1;
     }

@@ -185,6 +185,22 @@ const struct route *http_route_find(const struct route *table, const char *metho
     return NULL;
 }
 
+/* Routing sees MHD's decoded path: "%2F" there is a '/' (another route: a proxy in front that
+ * filtered on the raw path saw one segment) and "%00" ends the C string (the rest of the path is
+ * silently dropped). Neither belongs in any of our paths, so such requests are refused. */
+int http_raw_path_ok(const char *uri)
+{
+    for (const char *p = uri; *p && *p != '?' && *p != '#'; p++) {
+        if (*p != '%' || !p[1] || !p[2]) {
+            continue;
+        }
+        if ((p[1] == '2' && (p[2] == 'f' || p[2] == 'F')) || (p[1] == '0' && p[2] == '0')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* ---- request accessors ---- */
 
 struct app *req_app(struct req *r)
@@ -601,6 +617,10 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
     if (uri_has_control(r->raw_uri)) {
         /* Not routed at all: the body is drained and the 400 sent like any early refusal. */
         req_fail(r, ERR_INVALID, "the request path or query contains a NUL or control byte");
+    } else if (!http_raw_path_ok(r->raw_uri)) {
+        /* An encoded '/' would make the decoded path name another endpoint than the literal
+         * one a proxy saw: neither authenticated, upgraded nor dispatched. */
+        req_fail(r, ERR_INVALID, "encoded '/' or NUL byte in the path");
     } else {
         r->route = http_route_find(http_routes, method, url, &r->pp, r->allow, sizeof(r->allow));
     }

@@ -47,5 +47,8 @@ int http_match(const char *pattern, const char *path, struct path_params *pp);
  * HEAD matches GET routes. */
 const struct route *http_route_find(const struct route *table, const char *method, const char *path,
                                     struct path_params *pp, char *allow, size_t n);
+/** 0 if the path part of a raw request URI (before '?') holds an encoded '/' or NUL ("%2F",
+ * "%00"), which decoding would turn into a separator or an early end; else 1. */
+int http_raw_path_ok(const char *uri);
 
 #endif

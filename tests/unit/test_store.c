@@ -1,6 +1,7 @@
 /*
  * test_store.c - the session store: seq numbering, group commit under concurrency, rollback
- * without gaps, LRU hibernation, migrations, the event shape, and the registry.
+ * without gaps, LRU hibernation, migrations and the event shape. The registry on its own is
+ * tested in test_registry.c.
  */
 #include "common/buf.h"
 #include "common/err.h"
@@ -652,183 +653,6 @@ TEST(event_shape)
     buf_free(&b);
 }
 
-TEST(registry_tokens)
-{
-    struct store *st = open_store(0);
-    struct registry *r = store_registry(st);
-    json_t *tok = NULL;
-    ASSERT_EQ(registry_token_create(r, "token:alice", "Alice", "a@x", "user", 0, &tok), 0);
-    const char *secret = json_string_value(json_object_get(tok, "token"));
-    struct auth_info ai;
-    ASSERT_EQ(registry_token_auth(r, secret, &ai), 0);
-    ASSERT_STREQ(ai.user_id, "token:alice");
-    ASSERT_STREQ(ai.name, "Alice");
-    ASSERT_STREQ(ai.role, "user");
-    ASSERT_EQ(registry_token_auth(r, "sk_wrong", &ai), ERR_AUTH);
-    ASSERT_EQ(registry_token_create(r, "token:x", "X", "", "root", 0, &tok), ERR_INVALID);
-    json_t *list = NULL;
-    ASSERT_EQ(registry_token_list(r, "token:alice", &list), 0);
-    ASSERT_EQ(json_array_size(json_object_get(list, "tokens")), 1);
-    ASSERT(!json_object_get(json_array_get(json_object_get(list, "tokens"), 0), "token"));
-    json_decref(list);
-    ASSERT_EQ(registry_token_delete(r, ai.token_id, "token:bob"), ERR_NOT_FOUND);
-    ASSERT_EQ(registry_token_delete(r, ai.token_id, "token:alice"), 0);
-    ASSERT_EQ(registry_token_auth(r, secret, &ai), ERR_AUTH);
-    json_decref(tok);
-    /* Expired tokens are refused. */
-    ASSERT_EQ(registry_token_create(r, "token:old", "", "", "user", 1, &tok), 0);
-    ASSERT_EQ(registry_token_auth(r, json_string_value(json_object_get(tok, "token")), &ai),
-              ERR_AUTH);
-    json_decref(tok);
-    store_close(st);
-}
-
-TEST(registry_sessions_paging_and_access)
-{
-    struct store *st = open_store(0);
-    struct registry *r = store_registry(st);
-    char id[16];
-    for (int i = 0; i < 7; i++) {
-        snprintf(id, sizeof(id), "p%d", i);
-        struct session_new n = {
-            .id = id, .visibility = i == 3 ? "private" : "org", .created_by = "token:owner"};
-        ASSERT_EQ(registry_session_create(r, &n, NULL), 0);
-    }
-    struct session_new dup = {.id = "p0", .created_by = "x"};
-    ASSERT_EQ(registry_session_create(r, &dup, NULL), ERR_CONFLICT);
-    /* Page through as another user: 6 visible (p3 is private). */
-    int seen = 0;
-    char cursor[128] = "";
-    for (int page = 0; page < 10; page++) {
-        json_t *out = NULL;
-        ASSERT_EQ(registry_session_list(r, "token:other", 0, 4, cursor[0] ? cursor : NULL, &out),
-                  0);
-        seen += (int)json_array_size(json_object_get(out, "sessions"));
-        json_t *next = json_object_get(out, "next_cursor");
-        int more = json_is_string(next);
-        if (more) {
-            snprintf(cursor, sizeof(cursor), "%s", json_string_value(next));
-        }
-        json_decref(out);
-        if (!more) {
-            break;
-        }
-    }
-    ASSERT_EQ(seen, 6);
-    struct auth_info other = {.user_id = "token:other", .role = "user"};
-    struct auth_info viewer = {.user_id = "token:v", .role = "viewer"};
-    const char *role = NULL;
-    ASSERT_EQ(registry_session_access(r, "p3", &other, &role), 0);
-    ASSERT(role == NULL);
-    ASSERT_EQ(registry_member_add(r, "p3", "token:other", "writer"), 0);
-    ASSERT_EQ(registry_session_access(r, "p3", &other, &role), 0);
-    ASSERT_STREQ(role, "writer");
-    ASSERT_EQ(registry_session_access(r, "p1", &viewer, &role), 0);
-    ASSERT_STREQ(role, "viewer");
-    ASSERT_EQ(registry_session_set_state(r, "p1", "purged"), 0);
-    ASSERT_EQ(registry_session_access(r, "p1", &other, &role), ERR_GONE);
-    json_t *row = NULL;
-    ASSERT_EQ(registry_session_get(r, "p1", &row), ERR_GONE);
-    ASSERT_EQ(registry_session_get(r, "zz", &row), ERR_NOT_FOUND);
-    int ins = 0;
-    ASSERT_EQ(registry_kv_put_new(r, "slack:e1", "1", &ins), 0);
-    ASSERT_EQ(ins, 1);
-    ASSERT_EQ(registry_kv_put_new(r, "slack:e1", "1", &ins), 0);
-    ASSERT_EQ(ins, 0);
-    store_close(st);
-}
-
-TEST(registry_bootstrap_rotation_members_audit)
-{
-    struct store *st = open_store(0);
-    struct registry *r = store_registry(st);
-    char id1[40], id1b[40], id2[40];
-    struct auth_info ai;
-    json_t *tok = NULL, *gone = NULL, *out = NULL;
-    /* The bootstrap token: the same secret is the same token; a new one revokes the old. */
-    ASSERT_EQ(registry_token_ensure(r, "adm_one", "token:admin", "admin", id1), 0);
-    ASSERT_EQ(registry_token_ensure(r, "adm_one", "token:admin", "admin", id1b), 0);
-    ASSERT_STREQ(id1, id1b);
-    ASSERT_EQ(registry_token_revoke_bootstrap(r, id1, &gone), 0);
-    ASSERT_EQ(json_array_size(gone), 0);
-    json_decref(gone);
-    ASSERT_EQ(registry_token_create(r, "token:admin", "Ops", "", "admin", 0, &tok), 0);
-    ASSERT_EQ(registry_token_ensure(r, "adm_two", "token:admin", "admin", id2), 0);
-    ASSERT_EQ(registry_token_revoke_bootstrap(r, id2, &gone), 0);
-    ASSERT_EQ(json_array_size(gone), 1);
-    ASSERT_STREQ(json_string_value(json_array_get(gone, 0)), id1);
-    json_decref(gone);
-    ASSERT_EQ(registry_token_auth(r, "adm_one", &ai), ERR_AUTH);
-    ASSERT_EQ(registry_token_get(r, id1, NULL), ERR_NOT_FOUND);
-    ASSERT_EQ(registry_token_auth(r, "adm_two", &ai), 0);
-    ASSERT_EQ(registry_token_get(r, id2, &ai), 0);
-    ASSERT_STREQ(ai.role, "admin");
-    /* An admin token minted through the API is not a bootstrap token: it survives. */
-    ASSERT_EQ(registry_token_auth(r, json_string_value(json_object_get(tok, "token")), &ai), 0);
-    json_decref(tok);
-
-    /* Members: add, list, remove (twice: not found). */
-    struct session_new sn = {.id = "m1", .visibility = "private", .created_by = "token:alice"};
-    ASSERT_EQ(registry_session_create(r, &sn, NULL), 0);
-    ASSERT_EQ(registry_member_add(r, "m1", "token:bob", "writer"), 0);
-    ASSERT_EQ(registry_member_list(r, "m1", &out), 0);
-    ASSERT_EQ(json_array_size(out), 1);
-    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(out, 0), "role")), "writer");
-    json_decref(out);
-    ASSERT_EQ(registry_member_remove(r, "m1", "token:bob"), 0);
-    ASSERT_EQ(registry_member_remove(r, "m1", "token:bob"), ERR_NOT_FOUND);
-
-    /* Audit: newest first, pages that cover everything once, filters, bad input. */
-    const char *actions[] = {"token.create", "exec", "exec", "participant.remove", "exec"};
-    for (int i = 0; i < 5; i++) {
-        struct registry_audit e = {i % 2 ? "token:alice" : "token:bob", "tok_x", actions[i], "t",
-                                   i == 4 ? "{\"n\":4}" : NULL,         NULL};
-        ASSERT_EQ(registry_audit_add(r, &e), 0);
-    }
-    char cursor[64] = "";
-    int seen = 0, pages = 0;
-    int64_t prev = INT64_MAX;
-    for (;;) {
-        ASSERT_EQ(registry_audit_list(r, NULL, NULL, 2, cursor[0] ? cursor : NULL, &out), 0);
-        size_t i;
-        json_t *e;
-        json_array_foreach(json_object_get(out, "entries"), i, e)
-        {
-            int64_t id = json_integer_value(json_object_get(e, "id"));
-            ASSERT(id < prev);
-            prev = id;
-            seen++;
-        }
-        pages++;
-        int more = json_is_true(json_object_get(out, "has_more"));
-        if (more) {
-            snprintf(cursor, sizeof(cursor), "%s",
-                     json_string_value(json_object_get(out, "next_cursor")));
-        }
-        json_decref(out);
-        if (!more) {
-            break;
-        }
-    }
-    ASSERT_EQ(seen, 5);
-    ASSERT_EQ(pages, 3);
-    ASSERT_EQ(registry_audit_list(r, "exec", NULL, 100, NULL, &out), 0);
-    ASSERT_EQ(json_array_size(json_object_get(out, "entries")), 3);
-    ASSERT_EQ(
-        json_integer_value(json_object_get(
-            json_object_get(json_array_get(json_object_get(out, "entries"), 0), "detail"), "n")),
-        4);
-    json_decref(out);
-    ASSERT_EQ(registry_audit_list(r, "exec", "token:alice", 100, NULL, &out), 0);
-    ASSERT_EQ(json_array_size(json_object_get(out, "entries")), 1);
-    json_decref(out);
-    ASSERT_EQ(registry_audit_list(r, NULL, NULL, 0, NULL, &out), ERR_INVALID);
-    ASSERT_EQ(registry_audit_list(r, NULL, NULL, 1001, NULL, &out), ERR_INVALID);
-    ASSERT_EQ(registry_audit_list(r, NULL, NULL, 10, "12", &out), ERR_INVALID);
-    ASSERT_EQ(registry_audit_list(r, NULL, NULL, 10, "a-1", &out), ERR_INVALID);
-    store_close(st);
-}
-
 static const struct test_case tests[] = {
     T(append_assigns_consecutive_seq),
     T(failed_op_leaves_no_gap),
@@ -842,8 +666,5 @@ static const struct test_case tests[] = {
     T(unknown_and_bad_ids),
     T(migrates_v1_file_and_refuses_newer),
     T(event_shape),
-    T(registry_tokens),
-    T(registry_sessions_paging_and_access),
-    T(registry_bootstrap_rotation_members_audit),
 };
 TEST_MAIN(tests)
