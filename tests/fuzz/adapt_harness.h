@@ -26,8 +26,8 @@ struct run {
 
 static void on_line(void *ctx, enum agent_msg type, const char *js, size_t len)
 {
-    static const char *const names[] = {"",      "output", "tool_call", "tool_result",
-                                        "done",  "error",  "status",    "file_changed"};
+    static const char *const names[] = {"",     "output", "tool_call", "tool_result",
+                                        "done", "error",  "status",    "file_changed"};
     struct run *r = ctx;
     FZ_CHECK(memchr(js, 0, len) == NULL);
     FZ_CHECK(!memmem(js, len, FUZZ_SECRET, strlen(FUZZ_SECRET)));

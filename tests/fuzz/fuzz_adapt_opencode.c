@@ -1,5 +1,6 @@
 /*
- * fuzz_adapt_opencode.c - the opencode adapter's parser over hostile CLI output (see adapt_harness.h).
+ * fuzz_adapt_opencode.c - the opencode adapter's parser over hostile CLI output (see
+ * adapt_harness.h).
  */
 #include "sandbox/adapt_opencode.h"
 

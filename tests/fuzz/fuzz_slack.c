@@ -45,8 +45,7 @@ static void sign(const char *ts, const char *body, size_t len, char out[70])
     free(base);
 }
 
-static void check_verify(const char *ts, const char *sig, const char *body, size_t len,
-                         int64_t now)
+static void check_verify(const char *ts, const char *sig, const char *body, size_t len, int64_t now)
 {
     char want[70];
     int64_t t;

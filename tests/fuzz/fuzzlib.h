@@ -74,7 +74,7 @@ static inline uint8_t fz_byte(struct fz *f)
 #define FZ_CHECK(cond)                                                                             \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);           \
+            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);            \
             abort();                                                                               \
         }                                                                                          \
     } while (0)
