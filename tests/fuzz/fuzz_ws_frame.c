@@ -1,6 +1,7 @@
 /*
  * fuzz_ws_frame.c - what the WebSocket side parses from a client: the upgrade request target
- * (the session id in the path, the %-decoded after/ticket/token query parameters) and every
+ * (the session id in the path, the %-decoded after/ticket/token query parameters, and the
+ * request log's redaction of the last two) and every
  * client -> server text frame (hub_frame_parse: ping, typing, status, prompt, cancel).
  *
  * Input: "REQUEST-TARGET\nFRAME" (FRAME is the rest: one reassembled text message).
@@ -46,6 +47,24 @@ static void check_target(const char *uri)
     }
 }
 
+/* What the request log prints of a target hides whatever the server would take from it as
+ * a token or ticket: parsing the logged target gives "REDACTED" (or nothing) in their place. */
+static void check_redacted(const char *uri)
+{
+    size_t n = 2 * strlen(uri) + 64;
+    char *out = malloc(n), val[160];
+    FZ_CHECK(out != NULL);
+    log_redact_uri(uri, out, n);
+    const char *q = strchr(out, '?');
+    static const char *const secret[] = {"token", "ticket"};
+    for (size_t i = 0; q && i < 2; i++) {
+        if (ws_upgrade_query_get(q + 1, secret[i], val, sizeof val)) {
+            FZ_CHECK(val[0] == 0 || strcmp(val, "REDACTED") == 0);
+        }
+    }
+    free(out);
+}
+
 static void check_frame(const char *data, size_t len)
 {
     char msg[200];
@@ -76,6 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *uri = fz_field(&f, NULL);
     char *frame = fz_rest(&f, &len);
     check_target(uri);
+    check_redacted(uri);
     check_frame(frame, len);
     free(uri);
     free(frame);
