@@ -35,8 +35,9 @@ run_one() {
   local seeds="tests/fuzz/corpus/$t" out=${4:-$B/corpus/$t} crashes="$B/crashes/$t"
   mkdir -p "$out" "$crashes"
   [ -x "$bin" ] || { echo "fuzz: $bin is missing (make fuzz-build)" >"$log"; return 1; }
-  # -timeout: a single input running this long is a hang; -rss_limit_mb: a leak or blow-up.
-  nice -n 10 "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+  # -timeout: a single input running this long is a hang (generous: a tree of thousands of
+  # directories takes seconds on a loaded machine); -rss_limit_mb: a leak or blow-up.
+  nice -n 10 "$bin" -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$crashes/" "$out" "$seeds" >"$log" 2>&1
 }
 
