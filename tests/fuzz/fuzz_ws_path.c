@@ -2,12 +2,14 @@
  * fuzz_ws_path.c - workspace path resolution: a client's path (GET/PUT …/files?path=) goes
  * through sbx_path_check and then sbx_read_file / sbx_write_file / sbx_list_files of a real
  * sandbox (the process backend), over a workspace that holds what a hostile sandbox leaves
- * there: symlinks out of it (relative and absolute), a symlink loop, a FIFO.
+ * there: symlinks out of it (relative and absolute), a symlink loop, a FIFO, names that are
+ * not UTF-8.
  *
  * Input: byte 0 picks the operation (read, write, list, check only), then "PATH\nDATA"
  * (PATH any bytes, NULs included; DATA is what a write stores).
  * Properties: an accepted path is 1..4096 bytes, relative, without NUL or ".." component;
- * nothing outside the workspace is ever read, listed or written; no descriptor leaks.
+ * nothing outside the workspace is ever read, listed or written; a listing succeeds with a
+ * result and shows every entry; no descriptor leaks.
  */
 #include "common/buf.h"
 #include "common/err.h"
@@ -63,6 +65,11 @@ static void make_workspace(void)
     FZ_CHECK(symlink(t, p) == 0);
     snprintf(p, sizeof p, "%s/fifo", ws);
     FZ_CHECK(mkfifo(p, 0644) == 0);
+    /* Names are bytes: a sandbox need not use UTF-8. */
+    put(ws, "latin1-\xe9t\xe9.txt", "x");
+    snprintf(p, sizeof p, "%s/dir-\xff\xfe", ws);
+    FZ_CHECK(mkdir(p, 0755) == 0);
+    put(p, "inner-\xc3(", "y");
 }
 
 static void remove_fixture(void)
@@ -144,6 +151,20 @@ static void check_outside(void)
     FZ_CHECK(n == 5); /* ".", "..", ws, outside, data */
 }
 
+/* Entries of directory dir, "." and ".." aside. */
+static size_t count(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    size_t n = 0;
+    FZ_CHECK(d != NULL);
+    while ((de = readdir(d)) != NULL) {
+        n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+    }
+    closedir(d);
+    return n;
+}
+
 /* No descriptor of ours is left open on anything under the fixture (other threads of the
  * sandbox layer hold pipes and sockets: only paths under root count). */
 static void check_no_fd_left(void)
@@ -197,9 +218,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rc = sbx_list_files(sb, path, &list);
         FZ_CHECK(rc <= 0);
         if (rc == 0) {
+            FZ_CHECK(json_is_object(list));
             char *s = json_dumps(list, JSON_COMPACT);
             FZ_CHECK(s && !strstr(s, SECRET_NAME));
             free(s);
+            if (!*path || !strcmp(path, ".")) { /* every entry is listed, whatever its name */
+                FZ_CHECK(json_array_size(json_object_get(list, "entries")) == count(ws));
+            }
         }
         json_decref(list);
         break;
