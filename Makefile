@@ -163,7 +163,7 @@ fuzz-build:
 
 fuzz-bins: $(FUZZ_BIN) $(BUILD)/sandbox-init
 
-$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzzlib.h $(BUILD)/libsessiond.a
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(BUILD)/libsessiond.a
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -o $@ $< $(BUILD)/libsessiond.a $(LDLIBS_ALL)
 
