@@ -18,6 +18,14 @@ BUILD    := build/asan
 else ifeq ($(SANITIZE),thread)
 SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 BUILD    := build/tsan
+else ifeq ($(SANITIZE),fuzz)
+# The libFuzzer build (`make fuzz`, tests/fuzz/README.md): the same sources, instrumented for
+# coverage, with ASan and UBSan; the harnesses link libFuzzer's main. Warnings are not errors
+# here: gcc's build enforces them, and a clang-only warning must not hide a crash.
+CC       := clang
+SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=undefined -Wno-error
+BUILD    := build/fuzz
 endif
 
 # The parts (DESIGN §2), lowest first; tools/layers.txt says which may include which and
@@ -169,5 +177,31 @@ soak: all
 .PHONY: docker-check
 docker-check:
 	@bash tools/docker_check.sh
+
+# ---- fuzzing: libFuzzer harnesses tests/fuzz/fuzz_<target>.c, seeds in tests/fuzz/corpus/ ----
+# `make fuzz-smoke` (CI): corpus replay plus a few seconds per harness, fails on any crash.
+# `make fuzz`: FUZZ_SECONDS per harness, FUZZ_JOBS harnesses at a time; logs, new corpus
+# entries and crashes under build/fuzz/ (safe to run detached). FUZZ_TARGETS picks harnesses.
+FUZZ_SECONDS ?= 600
+FUZZ_JOBS    ?= 1
+FUZZ_TARGETS ?=
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
+
+.PHONY: fuzz fuzz-smoke fuzz-build fuzz-bins
+fuzz-build:
+	@sh tools/deps.sh --fuzz
+	@$(MAKE) --no-print-directory SANITIZE=fuzz fuzz-bins
+
+fuzz-bins: $(FUZZ_BIN) $(BUILD)/sandbox-init
+
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(LIBS)
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -o $@ $< $(LIBS) $(LDLIBS_ALL)
+
+fuzz-smoke: fuzz-build
+	@bash tests/fuzz/run.sh smoke $(FUZZ_TARGETS)
+
+fuzz: fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) bash tests/fuzz/run.sh long $(FUZZ_TARGETS)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1058,6 +1058,23 @@ out:
     return rc;
 }
 
+/* A file name as a JSON string. Names are bytes a sandbox chose: jansson refuses invalid
+ * UTF-8, which would drop the entry from a listing (hiding it) or fail the whole listing, so
+ * invalid bytes are shown as U+FFFD instead. Never NULL. */
+static json_t *name_json(const char *name)
+{
+    json_t *v = json_string(name);
+    if (v) {
+        return v;
+    }
+    struct buf b;
+    buf_init(&b, 0);
+    util_utf8_sanitize(name, strlen(name), &b);
+    v = json_stringn(b.data ? b.data : "", b.len);
+    buf_free(&b);
+    return v ? v : json_string("\xef\xbf\xbd");
+}
+
 int sbxi_list_files(struct sbx *s, const char *path, json_t **out)
 {
     int root = -1, fd = -1, rc = 0;
@@ -1096,11 +1113,11 @@ int sbxi_list_files(struct sbx *s, const char *path, json_t **out)
                            : S_ISDIR(st.st_mode) ? "dir"
                            : S_ISLNK(st.st_mode) ? "link"
                                                  : "other";
-        json_array_append_new(entries, json_pack("{s:s,s:s,s:I}", "name", de->d_name, "type", type,
-                                                 "size", (json_int_t)st.st_size));
+        json_array_append_new(entries, json_pack("{s:o,s:s,s:I}", "name", name_json(de->d_name),
+                                                 "type", type, "size", (json_int_t)st.st_size));
         count++;
     }
-    *out = json_pack("{s:s,s:o}", "path", is_root ? "" : path, "entries", entries);
+    *out = json_pack("{s:o,s:o}", "path", name_json(is_root ? "" : path), "entries", entries);
 out:
     if (d) {
         closedir(d);

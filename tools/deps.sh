@@ -6,6 +6,12 @@ PKGS="gcc make pkg-config libc6-dev libmicrohttpd-dev libwebsockets-dev libsqlit
 libjansson-dev libcurl4-openssl-dev libgit2-dev libssl-dev bubblewrap curl git ca-certificates"
 TEST_PKGS="sqlite3 chromium clang-format"
 want="$PKGS"
+# `--fuzz`: clang and its runtime (libFuzzer, sanitizers) for `make fuzz`; named explicitly,
+# since recommended packages are not installed.
+FUZZ_PKGS="clang libclang-rt-14-dev"
+if [ "${1:-}" = "--fuzz" ]; then
+  want="$PKGS $FUZZ_PKGS"
+fi
 if [ "${1:-}" = "--test" ]; then
   want="$PKGS $TEST_PKGS"
   command -v node >/dev/null 2>&1 || want="$want nodejs"

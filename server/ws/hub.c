@@ -1188,26 +1188,84 @@ static void client_typing_status(struct client *c, const char *kind, const char 
     json_decref(o);
 }
 
+/*
+ * Client frames are parsed without touching any client or hub state (hub_frame_parse), then
+ * acted upon on the lws thread (client_message). Typing/status floods are dropped before their
+ * fields are judged, as they always were: hence the kind is known even when parsing fails.
+ */
+int hub_frame_parse(const char *data, size_t len, struct hub_frame *out, char *msg, size_t n)
+{
+    json_t *o = NULL;
+    const char *type = NULL;
+    int rc;
+    memset(out, 0, sizeof *out);
+    out->typing = 1;
+    rc = jx_parse_object(data, len, &o, msg, n);
+    if (rc) {
+        return rc;
+    }
+    if (jx_str(o, "type", &type, msg, n) || !type) {
+        if (!type) {
+            snprintf(msg, n, "frame needs a string field 'type'");
+        }
+        rc = ERR_INVALID;
+        goto out;
+    }
+    if (strcmp(type, "ping") == 0) {
+        out->kind = HUB_FRAME_PING;
+    } else if (strcmp(type, "typing") == 0) {
+        out->kind = HUB_FRAME_TYPING;
+        rc = jx_bool(o, "typing", &out->typing, msg, n);
+    } else if (strcmp(type, "status") == 0) {
+        out->kind = HUB_FRAME_STATUS;
+        if (jx_str(o, "status", &out->status, msg, n) || !out->status ||
+            (strcmp(out->status, "active") && strcmp(out->status, "idle") &&
+             strcmp(out->status, "away"))) {
+            snprintf(msg, n, "field 'status' must be active, idle or away");
+            out->status = NULL;
+            rc = ERR_INVALID;
+        }
+    } else if (strcmp(type, "prompt") == 0) {
+        out->kind = HUB_FRAME_PROMPT;
+    } else if (strcmp(type, "cancel") == 0) {
+        out->kind = HUB_FRAME_CANCEL;
+    } else {
+        snprintf(msg, n, "unknown frame type '%.60s'", type);
+        rc = ERR_INVALID;
+    }
+out:
+    if (rc) {
+        json_decref(o);
+        o = NULL;
+    }
+    out->obj = o;
+    return rc;
+}
+
 static void client_message(struct client *c, const char *data, size_t len)
 {
     struct hub *h = c->h;
     char msg[200];
-    json_t *o = NULL;
-    const char *type = NULL;
+    struct hub_frame fr;
     if (c->state == C_REFUSED || c->state == C_CLOSING) {
         return;
     }
-    if (jx_parse_object(data, len, &o, msg, sizeof(msg))) {
-        client_error(c, ERR_INVALID, msg, 0);
-        return;
-    }
-    if (jx_str(o, "type", &type, msg, sizeof(msg)) || !type) {
-        client_error(c, ERR_INVALID, type ? msg : "frame needs a string field 'type'", 0);
+    int rc = hub_frame_parse(data, len, &fr, msg, sizeof(msg));
+    if ((fr.kind == HUB_FRAME_TYPING || fr.kind == HUB_FRAME_STATUS) &&
+        clock_mono_ms() - c->last_presence_ms < PRESENCE_MIN_MS) {
+        /* Ephemeral and fanned out to everyone: a flood is dropped, not queued. */
         goto out;
     }
-    if (strcmp(type, "ping") == 0) {
+    if (fr.kind == HUB_FRAME_TYPING || fr.kind == HUB_FRAME_STATUS) {
+        c->last_presence_ms = clock_mono_ms();
+    }
+    if (rc) {
+        client_error(c, ERR_INVALID, msg, 0);
+        goto out;
+    }
+    if (fr.kind == HUB_FRAME_PING) {
         json_t *p = json_pack("{s:s}", "type", "pong");
-        json_t *id = json_object_get(o, "id");
+        json_t *id = json_object_get(fr.obj, "id");
         if (id) {
             json_object_set(p, "id", id);
         }
@@ -1216,36 +1274,21 @@ static void client_message(struct client *c, const char *data, size_t len)
         free(s);
         json_decref(p);
         wake(c);
-    } else if ((strcmp(type, "typing") == 0 || strcmp(type, "status") == 0) &&
-               clock_mono_ms() - c->last_presence_ms < PRESENCE_MIN_MS) {
-        /* Ephemeral and fanned out to everyone: a flood is dropped, not queued. */
-    } else if (strcmp(type, "typing") == 0) {
-        int typing = 1;
-        c->last_presence_ms = clock_mono_ms();
-        if (jx_bool(o, "typing", &typing, msg, sizeof(msg))) {
-            client_error(c, ERR_INVALID, msg, 0);
-            goto out;
-        }
-        client_typing_status(c, "presence.typing", "typing", typing ? json_true() : json_false());
-    } else if (strcmp(type, "status") == 0) {
-        const char *st = NULL;
-        c->last_presence_ms = clock_mono_ms();
-        if (jx_str(o, "status", &st, msg, sizeof(msg)) || !st ||
-            (strcmp(st, "active") && strcmp(st, "idle") && strcmp(st, "away"))) {
-            client_error(c, ERR_INVALID, "field 'status' must be active, idle or away", 0);
-            goto out;
-        }
+    } else if (fr.kind == HUB_FRAME_TYPING) {
+        client_typing_status(c, "presence.typing", "typing",
+                             fr.typing ? json_true() : json_false());
+    } else if (fr.kind == HUB_FRAME_STATUS) {
         pthread_mutex_lock(&h->map_lock);
         for (struct puser *u = c->hs->users; u; u = u->next) {
             if (strcmp(u->id, c->who.user_id) == 0) {
-                snprintf(u->status, sizeof(u->status), "%s", st);
+                snprintf(u->status, sizeof(u->status), "%s", fr.status);
             }
         }
         pthread_mutex_unlock(&h->map_lock);
-        json_t *sv = json_string(st);
+        json_t *sv = json_string(fr.status);
         client_typing_status(c, "presence.status", "status", sv);
         json_decref(sv);
-    } else if (strcmp(type, "prompt") == 0 || strcmp(type, "cancel") == 0) {
+    } else { /* prompt, cancel */
         if (!c->can_write) {
             client_error(c, ERR_FORBIDDEN, "read-only access to this session", 0);
             goto out;
@@ -1255,19 +1298,16 @@ static void client_message(struct client *c, const char *data, size_t len)
             goto out;
         }
         c->writes++;
-        struct job *j = job_new(type[0] == 'p' ? J_PROMPT : J_CANCEL, c, c->hs->id);
+        struct job *j = job_new(fr.kind == HUB_FRAME_PROMPT ? J_PROMPT : J_CANCEL, c, c->hs->id);
         j->who = c->who;
         snprintf(j->role, sizeof(j->role), "%s", c->role);
-        j->body = o;
-        o = NULL;
+        j->body = fr.obj;
+        fr.obj = NULL;
         c->jobs++;
         jq_push(writer_queue(h, j->sid), j);
-    } else {
-        snprintf(msg, sizeof(msg), "unknown frame type '%.60s'", type);
-        client_error(c, ERR_INVALID, msg, 0);
     }
 out:
-    json_decref(o);
+    json_decref(fr.obj);
 }
 
 static int on_receive(struct client *c, struct lws *wsi, const char *in, size_t len)

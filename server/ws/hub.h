@@ -101,6 +101,30 @@ int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who
 int hub_api_cancel(struct app *app, const char *sid, const struct auth_info *who, const char *role,
                    json_t *frame, json_t **out, char *msg, size_t n);
 
+/** The client -> server frames (docs/events.md). */
+enum hub_frame_kind {
+    HUB_FRAME_PING = 1,
+    HUB_FRAME_TYPING,
+    HUB_FRAME_STATUS,
+    HUB_FRAME_PROMPT,
+    HUB_FRAME_CANCEL,
+};
+
+/** One client text message, parsed and checked. */
+struct hub_frame {
+    int kind;           /* enum hub_frame_kind; 0 when the type is missing or unknown */
+    json_t *obj;        /* the frame object (new reference, caller decrefs); NULL on error */
+    int typing;         /* typing frames: the `typing` field (default 1) */
+    const char *status; /* status frames: active | idle | away (borrowed from obj) */
+};
+
+/** Parse a client text message of len bytes (not NUL terminated): a JSON object whose `type`
+ * is known, with valid fields for its kind. 0, or ERR_INVALID with a message in msg; out->kind
+ * is set even then when the type was recognised (a typing/status flood is dropped before its
+ * fields are judged). prompt/cancel bodies are checked later by hub_api_prompt/cancel.
+ * Pure, thread safe. */
+int hub_frame_parse(const char *data, size_t len, struct hub_frame *out, char *msg, size_t n);
+
 /** Counters for /metrics and the benchmark. */
 struct hub_stats {
     uint64_t events_in;  /* events received from the store */

@@ -77,9 +77,7 @@ static enum MHD_Result hdr_cb(void *cls, enum MHD_ValueKind kind, const char *ke
     return MHD_YES;
 }
 
-/* Copy the decoded value of query parameter name from query (after '?') into out. 1 if
- * present. */
-static int query_get(const char *query, const char *name, char *out, size_t n)
+int ws_upgrade_query_get(const char *query, const char *name, char *out, size_t n)
 {
     size_t nl = strlen(name);
     const char *p = query;
@@ -111,8 +109,7 @@ static int query_get(const char *query, const char *name, char *out, size_t n)
     return 0;
 }
 
-/* "/v1/sessions/{id}/ws" -> id. 0 or ERR_INVALID. */
-static int path_sid(const char *uri, char *sid, size_t n)
+int ws_upgrade_path_sid(const char *uri, char *sid, size_t n)
 {
     static const char pre[] = "/v1/sessions/";
     if (strncmp(uri, pre, sizeof(pre) - 1) != 0) {
@@ -164,14 +161,14 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
         snprintf(ho->err_msg, sizeof(ho->err_msg), "origin not allowed");
         return;
     }
-    if (query && query_get(query, "after", val, sizeof(val))) {
+    if (query && ws_upgrade_query_get(query, "after", val, sizeof(val))) {
         if (util_parse_i64(val, &ho->after) || ho->after < 0) {
             ho->err = ERR_INVALID;
             snprintf(ho->err_msg, sizeof(ho->err_msg), "after must be a non-negative integer");
             return;
         }
     }
-    if (query && query_get(query, "ticket", val, sizeof(val))) {
+    if (query && ws_upgrade_query_get(query, "ticket", val, sizeof(val))) {
         char trole[16];
         rc = hub_ticket_take(app->hub, val, ho->sid, &ho->who, trole);
         if (!rc) {
@@ -190,7 +187,7 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
             snprintf(ho->err_msg, sizeof(ho->err_msg), "invalid bearer token");
             return;
         }
-    } else if (query && query_get(query, "token", val, sizeof(val))) {
+    } else if (query && ws_upgrade_query_get(query, "token", val, sizeof(val))) {
         char hdr[600];
         snprintf(hdr, sizeof(hdr), "Bearer %s", val);
         rc = auth_bearer(app->reg, hdr, &ho->who);
@@ -238,7 +235,7 @@ int ws_upgrade_begin(struct app *app, struct MHD_Connection *c, const char *raw_
     ho = xcalloc(1, sizeof(*ho));
     ho->after = -1;
     /* A malformed id is refused like an unknown session: upgraded, then 4404. */
-    int bad_id = path_sid(raw_uri, ho->sid, sizeof(ho->sid)) != 0;
+    int bad_id = ws_upgrade_path_sid(raw_uri, ho->sid, sizeof(ho->sid)) != 0;
     buf_printf(&b, "GET /v1/sessions/%s/ws HTTP/1.1\r\n", bad_id ? "_" : ho->sid);
     MHD_get_connection_values(c, MHD_HEADER_KIND, hdr_cb, &w);
     if (w.too_large || buf_puts(&b, "\r\n")) {

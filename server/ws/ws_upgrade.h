@@ -19,6 +19,8 @@
 #ifndef SESSIOND_WS_UPGRADE_H
 #define SESSIOND_WS_UPGRADE_H
 
+#include <stddef.h>
+
 struct app;
 struct req;
 struct MHD_Connection;
@@ -28,6 +30,15 @@ int ws_upgrade_begin(struct app *app, struct MHD_Connection *c, const char *raw_
                      void **upgrade_ctx);
 /** Finish the hand-off once MHD has let go of the connection; frees upgrade_ctx. */
 void ws_upgrade_complete(struct app *app, void *upgrade_ctx);
+
+/* ---- the request target's parsers (pure; exposed for the fuzz harness) ---- */
+
+/** Copy the %-decoded value ('+' = space) of query parameter name from query (the part after
+ * '?') into out (size n, truncated, NUL terminated). 1 if present, else 0. */
+int ws_upgrade_query_get(const char *query, const char *name, char *out, size_t n);
+/** "/v1/sessions/{id}/ws[?…]" -> the id into sid (size n). 0, or ERR_INVALID when the target
+ * has another shape or the id is not [A-Za-z0-9_-]{1,64}. */
+int ws_upgrade_path_sid(const char *uri, char *sid, size_t n);
 
 /** POST /v1/sessions/{id}/ws-ticket: a one-use, short-lived credential for ?ticket= (browsers
  * cannot set headers on a WebSocket). 201 {"ticket","expires_in","url"}. */

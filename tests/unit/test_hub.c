@@ -112,9 +112,48 @@ TEST(start_publish_stop)
     util_rm_rf(dir);
 }
 
+/* Client frames: kinds, field checks, and the kind kept on a field error (floods of typing or
+ * status frames are dropped before their fields are judged). */
+TEST(frame_parse)
+{
+    struct hub_frame f;
+    char msg[200];
+#define PARSE(s) hub_frame_parse((s), strlen(s), &f, msg, sizeof msg)
+    ASSERT_EQ(PARSE("{\"type\":\"ping\",\"id\":3}"), 0);
+    ASSERT_EQ(f.kind, HUB_FRAME_PING);
+    json_decref(f.obj);
+    ASSERT_EQ(PARSE("{\"type\":\"typing\"}"), 0);
+    ASSERT(f.kind == HUB_FRAME_TYPING && f.typing == 1);
+    json_decref(f.obj);
+    ASSERT_EQ(PARSE("{\"type\":\"typing\",\"typing\":false}"), 0);
+    ASSERT_EQ(f.typing, 0);
+    json_decref(f.obj);
+    ASSERT_EQ(PARSE("{\"type\":\"typing\",\"typing\":1}"), ERR_INVALID);
+    ASSERT(f.kind == HUB_FRAME_TYPING && f.obj == NULL);
+    ASSERT_EQ(PARSE("{\"type\":\"status\",\"status\":\"away\"}"), 0);
+    ASSERT_STREQ(f.status, "away");
+    json_decref(f.obj);
+    ASSERT_EQ(PARSE("{\"type\":\"status\",\"status\":\"gone\"}"), ERR_INVALID);
+    ASSERT(f.kind == HUB_FRAME_STATUS && f.status == NULL);
+    ASSERT_STREQ(msg, "field 'status' must be active, idle or away");
+    ASSERT_EQ(PARSE("{\"type\":\"prompt\",\"content\":\"x\"}"), 0);
+    ASSERT_EQ(f.kind, HUB_FRAME_PROMPT);
+    json_decref(f.obj);
+    ASSERT_EQ(PARSE("{\"type\":\"cancel\"}"), 0);
+    ASSERT_EQ(f.kind, HUB_FRAME_CANCEL);
+    json_decref(f.obj);
+    ASSERT_EQ(PARSE("{\"type\":7}"), ERR_INVALID);
+    ASSERT_STREQ(msg, "frame needs a string field 'type'");
+    ASSERT_EQ(PARSE("{\"type\":\"shout\"}"), ERR_INVALID);
+    ASSERT(f.kind == 0 && strstr(msg, "unknown frame type 'shout'"));
+    ASSERT_EQ(PARSE("[1]"), ERR_INVALID);
+    ASSERT_EQ(hub_frame_parse("{\"type\":\"ping\"}", 5, &f, msg, sizeof msg), ERR_INVALID);
+#undef PARSE
+}
+
 static const struct test_case tests[] = {
     T(ticket_is_one_use),  T(ticket_is_bound_to_its_session_and_burnt_by_a_wrong_use),
     T(ticket_expires),     T(presence_of_unknown_session_is_empty),
-    T(start_publish_stop),
+    T(start_publish_stop), T(frame_parse),
 };
 TEST_MAIN(tests)

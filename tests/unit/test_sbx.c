@@ -305,6 +305,38 @@ TEST(process_backend)
     teardown();
 }
 
+/* Names in a workspace are bytes: a listing shows every entry (invalid UTF-8 as U+FFFD) and a
+ * directory whose own name is not UTF-8 can be listed. */
+TEST(list_files_names_not_utf8)
+{
+    setup("process");
+    struct sbx *s = mk("names");
+    char *p = xasprintf("%s/caf\xe9.sh", sbx_workspace_host(s));
+    FILE *f = fopen(p, "w");
+    ASSERT(f != NULL);
+    fclose(f);
+    free(p);
+    p = xasprintf("%s/d-\xff\xfe", sbx_workspace_host(s));
+    ASSERT_EQ(mkdir(p, 0755), 0);
+    free(p);
+    ASSERT_EQ(sbx_write_file(s, "ok.txt", "x", 1), 0);
+    json_t *l = NULL;
+    ASSERT_EQ(sbx_list_files(s, "", &l), 0);
+    ASSERT(l != NULL);
+    ASSERT_EQ(json_array_size(json_object_get(l, "entries")), 3);
+    char *dump = json_dumps(l, JSON_COMPACT);
+    ASSERT(strstr(dump, "\"caf\xef\xbf\xbd.sh\"") != NULL);
+    free(dump);
+    json_decref(l);
+    l = NULL;
+    ASSERT_EQ(sbx_list_files(s, "d-\xff\xfe", &l), 0);
+    ASSERT(l != NULL);
+    ASSERT_EQ(json_array_size(json_object_get(l, "entries")), 0);
+    json_decref(l);
+    sbx_destroy(s);
+    teardown();
+}
+
 TEST(exec_after_destroy_of_other)
 {
     setup("local");
@@ -403,6 +435,7 @@ static const struct test_case tests[] = {
     T(local_big_output_merged),
     T(local_files),
     T(process_backend),
+    T(list_files_names_not_utf8),
     T(exec_after_destroy_of_other),
 };
 TEST_MAIN(tests)

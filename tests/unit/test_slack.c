@@ -46,6 +46,14 @@ TEST(verify_bad)
     /* stale and future timestamps */
     ASSERT_EQ(slack_verify(secret, "1000000", sig, body, strlen(body), 1000000 + 301), ERR_AUTH);
     ASSERT_EQ(slack_verify(secret, "1000000", sig, body, strlen(body), 1000000 - 301), ERR_AUTH);
+    /* timestamps whose distance from now does not fit in an int64 are stale too */
+    static const char *const far[] = {"-9223372036854775808", "-9223372036854775000",
+                                      "9223372036854775807", "-1"};
+    for (size_t i = 0; i < sizeof far / sizeof far[0]; i++) {
+        char *fs = sign(secret, far[i], body);
+        ASSERT_EQ(slack_verify(secret, far[i], fs, body, strlen(body), 1000000), ERR_AUTH);
+        free(fs);
+    }
     /* tampered body, wrong secret, missing or malformed headers */
     ASSERT_EQ(slack_verify(secret, "1000000", sig, "{}", 2, 1000000), ERR_AUTH);
     ASSERT_EQ(slack_verify("other", "1000000", sig, body, strlen(body), 1000000), ERR_AUTH);
