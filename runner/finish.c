@@ -121,7 +121,7 @@ static void finish_tail(struct finish_op *f)
     runneri_run_unref(run);
 }
 
-/* issue 5: the prompt-end commit + snapshot, on a thread of its own: prompt.completed and the
+/* The prompt-end commit + snapshot, on a thread of its own: prompt.completed and the
  * answer are already committed (clients have them), a commit worker is not held for hundreds
  * of ms (other sessions' output goes on), and the session stays busy (rs->run) until the
  * snapshot has captured the turn, so its next prompt waits. */
@@ -236,7 +236,7 @@ void runneri_finish_run(struct run *run, const struct sbx_exit *st, const char *
                             run->first_us ? json_integer((run->first_us - run->start_us) / 1000)
                                           : json_null());
         if (run->ar) {
-            agent_run_completion(run->ar, d); /* issue 7: usage, turns */
+            agent_run_completion(run->ar, d); /* the CLI's usage and turns */
         }
     }
     if (f->reason) {

@@ -281,7 +281,7 @@ static void handle_line(struct run *run, const char *line, size_t n)
     add_text(run, 0, "\n", 1);
 }
 
-/* issue 7: protocol lines produced by a CLI adapter from the CLI's own stream. */
+/* Protocol lines produced by a CLI adapter from the CLI's own stream. */
 void runneri_adapter_line(void *ctx, enum agent_msg type, const char *json, size_t len)
 {
     (void)type;
@@ -341,7 +341,7 @@ static int run_output(void *ctx, struct sbx_exec *ex, int stream, const char *da
     if (!run->first_us) {
         run->first_us = clock_mono_us();
     }
-    if (run->ar) { /* issue 7: the adapter parses stdout; stderr only feeds failure reasons */
+    if (run->ar) { /* the adapter parses stdout; stderr only feeds failure reasons */
         (stream == SBX_STDERR ? agent_run_stderr : agent_run_stdout)(run->ar, data, n);
     } else if (stream == SBX_STDERR) {
         add_text(run, 1, data, n);
@@ -360,7 +360,7 @@ static void run_exit(void *ctx, struct sbx_exec *ex, const struct sbx_exit *st)
 {
     (void)ex;
     struct run *run = ctx;
-    if (run->ar) { /* issue 7: a cancelled run gets no agent.error of its own */
+    if (run->ar) { /* a cancelled run gets no agent.error of its own */
         pthread_mutex_lock(&run->r->lock);
         int cancelled = run->cancel_reason != NULL;
         pthread_mutex_unlock(&run->r->lock);

@@ -422,14 +422,14 @@ static void *ctl_main(void *arg)
                 if (purge) {
                     runneri_purge_files(r, x, j->sid);
                 }
-                repos_hook_session_end(j->sid); /* issue 5: snapshot in the background */
+                repos_hook_session_end(j->sid); /* its last snapshot, in the background */
             }
             free(j);
         }
         if (clock_mono_ms() >= next_idle) {
             idle_check(r);
             next_idle = clock_mono_ms() + 1000;
-            /* issue 5: prompts waiting for a workspace sync: check the bound */
+            /* prompts waiting for a workspace sync: check the bound */
             pthread_mutex_lock(&r->lock);
             for (struct rs *x = r->sessions; x; x = x->next) {
                 if (x->sync_wait_since) {

@@ -74,11 +74,11 @@ int runneri_ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int
     }
     runneri_emit(r, x->id, "sandbox.starting", xstrdup("{}"));
     int64_t t0 = clock_mono_us();
-    repos_hook_sandbox_start(x->id); /* issue 5: fill a repository workspace first */
+    repos_hook_sandbox_start(x->id); /* fill a repository workspace first */
     char *objs = repos_hook_shared_objects(x->id, NULL);
     struct sbx_spec spec = {
         .name = x->id, .shared_objects = objs, .on_end = runneri_sbx_ended, .on_end_arg = r};
-    ns = repos_hook_take_sandbox(x->id); /* issue 5: the warm pool's, already running */
+    ns = repos_hook_take_sandbox(x->id); /* the warm pool's, already running */
     if (ns && !sbx_alive(ns)) {
         sbx_destroy(ns);
         ns = NULL;
@@ -105,7 +105,7 @@ int runneri_ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int
     if (old) {
         sbx_destroy(old);
     }
-    runneri_emit(r, x->id, "sandbox.ready", repos_hook_ready_json(x->id, *ready_ms)); /* issue 5 */
+    runneri_emit(r, x->id, "sandbox.ready", repos_hook_ready_json(x->id, *ready_ms));
     *out = ns;
 out:
     pthread_mutex_lock(&r->lock);

@@ -93,7 +93,7 @@ static void next_free(struct next_prompt *np)
 
 struct start_op {
     const char *pid;
-    char *data;      /* prompt.started (sandbox.ready is the start's own event, issue 5) */
+    char *data;      /* prompt.started (sandbox.ready is the start's own event) */
     char *busy_data; /* sandbox.busy */
     int changed;
 };

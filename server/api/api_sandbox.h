@@ -1,5 +1,5 @@
 /*
- * api_sandbox.h - the sandbox layer inside the server (issue 4): start/stop of the output
+ * api_sandbox.h - the sandbox layer inside the server: start/stop of the output
  * pump, the sandbox backend and the runner (called by main.c), and the endpoints
  * POST /v1/sessions/{id}/exec, GET/PUT /v1/sessions/{id}/files, POST /v1/sessions/{id}/cancel.
  *
@@ -26,7 +26,7 @@ void sandbox_stop(struct app *app);
 int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
                       json_t **out, char *msg, size_t n);
 
-/** issue 5: a session was created with a repository: start its workspace and sandbox in the
+/** A session was created with a repository: start its workspace and sandbox in the
  * background now (never blocks). */
 void api_session_started(struct app *app, const char *session_id);
 
