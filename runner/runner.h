@@ -47,7 +47,7 @@ struct runner_config {
     int max_execs_per_session;  /* concurrent runner_exec_begin holders; default 8 */
     int idle_stop_s;            /* stop a sandbox idle this long; default 600 */
     int no_recover;             /* tests: skip the start-up scan of sessions */
-    /* Named coding agents (agents.h, issue 7): an agent name found here runs its CLI through
+    /* Named coding agents (agents.h): an agent name found here runs its CLI through
      * its adapter instead of as a command. NULL = none. */
     const struct agents *agents;
 };
@@ -62,7 +62,7 @@ void runner_stop(struct runner *r);
 
 /** A prompt was queued in session sid: start it if the session is idle. Never blocks. */
 void runner_kick(struct runner *r, const char *sid);
-/** Start the sandbox of session sid now, in the background (issue 5: a session created with a
+/** Start the sandbox of session sid now, in the background (a session created with a
  * repository gets its workspace and sandbox before its first prompt; `sandbox.ready` reports
  * the path taken). Never blocks; a no-op if it has a sandbox or one is starting. */
 void runner_prestart(struct runner *r, const char *sid);

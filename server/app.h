@@ -11,8 +11,10 @@
 struct config;
 struct store;
 struct registry;
-struct hub;    /* server/hub.h: WebSocket fan-out (issue 3) */
-struct runner; /* sandbox/runner.h: prompt queue + agent runner (issue 4) */
+struct hub;         /* server/ws/hub.h: WebSocket fan-out */
+struct runner;      /* runner/runner.h: prompt queue + agent runner */
+struct runner_exec; /* runner/exec.h: the exec pipeline */
+struct outpump;     /* sandbox/outpump.h: the output pump of every sandbox */
 struct sbx_backend;
 struct slack;     /* server/slack/slack.h */
 struct repos;     /* workspace/repos.h: repositories, images, warm pools */
@@ -29,6 +31,8 @@ struct app {
     struct registry *reg;
     struct hub *hub;
     struct runner *runner;
+    struct runner_exec *exec;
+    struct outpump *pump;
     struct sbx_backend *sbx;
     struct slack *slack;
     struct repos *repos;

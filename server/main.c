@@ -191,7 +191,7 @@ int main(int argc, char **argv)
     if (agents_start(&app) != 0) { /* issue 7: named agents + egress proxy */
         goto out;
     }
-    if (sandbox_start(&app) != 0) { /* issue 4: sandbox backend + prompt runner */
+    if (sandbox_start(&app) != 0) { /* sandbox backend, prompt runner, exec pipeline */
         goto out;
     }
     if (api_repos_start(&app) != 0) { /* issue 5: repos, images, warm pools, master key */
@@ -245,7 +245,7 @@ out:
     http_stop(http, (int)cfg->shutdown_grace); /* stop accepting, finish requests in flight */
     /* (other subsystems stop here, before the store) */
     api_repos_stop(&app); /* issue 5: before the sandboxes its builds run in */
-    sandbox_stop(&app);   /* issue 4: grace for running prompts, then cancel; sandboxes down */
+    sandbox_stop(&app);   /* grace for running prompts, then cancel; sandboxes down */
     agents_stop(&app);    /* issue 7: after the runner */
     slack_free(app.slack);
     app.slack = NULL;

@@ -1,6 +1,7 @@
 /*
- * api_sandbox.h - the sandbox layer inside the server (issue 4): start/stop of the output
- * pump, the sandbox backend and the runner (called by main.c), and the endpoints
+ * api_sandbox.h - the sandbox layer inside the server: start/stop of the output pump, the
+ * sandbox backend, the runner and the exec pipeline (called by main.c; they go into struct
+ * app), and the endpoints
  * POST /v1/sessions/{id}/exec, GET/PUT /v1/sessions/{id}/files, POST /v1/sessions/{id}/cancel.
  *
  * Threads: sandbox_start/sandbox_stop from the main thread; handlers on HTTP pool threads.
@@ -15,8 +16,9 @@ struct app;
 struct auth_info;
 struct req;
 
-/** Start the sandbox backend (refuses with one log line if it cannot run) and the runner;
- * fills app->sbx and app->runner. 0 or a negative error (the server must not start). */
+/** Start the output pump, the sandbox backend (refuses with one log line if it cannot run),
+ * the runner and the exec pipeline; fills app->pump, app->sbx, app->runner and app->exec.
+ * 0 or a negative error (the server must not start; what was started is stopped). */
 int sandbox_start(struct app *app);
 /** Graceful stop: running prompts get a grace period, then are cancelled ("shutdown"). */
 void sandbox_stop(struct app *app);
@@ -26,7 +28,7 @@ void sandbox_stop(struct app *app);
 int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
                       json_t **out, char *msg, size_t n);
 
-/** issue 5: a session was created with a repository: start its workspace and sandbox in the
+/** A session was created with a repository: start its workspace and sandbox in the
  * background now (never blocks). */
 void api_session_started(struct app *app, const char *session_id);
 

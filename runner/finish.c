@@ -1,0 +1,251 @@
+/*
+ * finish.c - the end of a prompt (runner_int.h): its state, exit code and final event in one
+ * transaction (after every output event of the prompt: the same commitq FIFO), then the
+ * prompt-end commit and snapshot of the workspace, then the session may take its next prompt.
+ *
+ * Thread context: finish_run on the pump thread (or the control thread when the agent never
+ * started); finish_done on a commit worker; the snapshot on a thread of its own.
+ */
+#include "runner/runner_int.h"
+
+#include "agents/agents.h"
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/jsonx.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "runner/commitq.h"
+#include "sandbox/sbx.h"
+#include "storage/registry.h"
+#include "storage/store.h"
+#include "workspace/repos.h"
+#include "workspace/snap/snap.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- finishing a prompt ---- */
+
+struct finish_op {
+    struct run *run;
+    char state[16];
+    char *event;  /* type */
+    char *data;   /* event data */
+    char *reason; /* prompts.reason */
+    int exit_code;
+    int has_exit;
+    int started; /* the agent ran: the sandbox goes back from busy to idle */
+};
+
+static int finish_tx(struct sess_tx *tx, void *arg)
+{
+    struct finish_op *f = arg;
+    sqlite3_stmt *st = sess_tx_prepare(tx, "UPDATE prompts SET state=?, finished_at=?, "
+                                           "exit_code=?, reason=? WHERE id=?");
+    if (!st) {
+        return ERR_DB;
+    }
+    sqlite3_bind_text(st, 1, f->state, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, sess_tx_now(tx));
+    if (f->has_exit) {
+        sqlite3_bind_int(st, 3, f->exit_code);
+    } else {
+        sqlite3_bind_null(st, 3);
+    }
+    if (f->reason) {
+        sqlite3_bind_text(st, 4, f->reason, -1, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, 4);
+    }
+    sqlite3_bind_text(st, 5, f->run->pid, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        return ERR_DB;
+    }
+    if (f->run->out_bytes) {
+        /* The session's running total of stored agent output, for the next prompt's budget
+         * (max_session_output_bytes), in the transaction that ends the prompt. */
+        st = sess_tx_prepare(tx, "INSERT INTO meta(key, value) VALUES('output_bytes', ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET "
+                                 "value = CAST(value AS INTEGER) + excluded.value");
+        if (!st) {
+            return ERR_DB;
+        }
+        sqlite3_bind_int64(st, 1, f->run->out_bytes);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            return ERR_DB;
+        }
+    }
+    int rc = sess_tx_append(tx, f->event, NULL, f->data, NULL);
+    if (!rc && f->started) {
+        char *d = runneri_json_obj_str("prompt_id", f->run->pid, NULL, NULL);
+        rc = sess_tx_append(tx, "sandbox.idle", NULL, d, NULL);
+        free(d);
+    }
+    return rc;
+}
+
+/* The end of a run once its final event is committed: the session may take its next prompt.
+ * Commit worker or prompt-end thread. */
+static void finish_tail(struct finish_op *f)
+{
+    struct run *run = f->run;
+    struct runner *r = run->r;
+    pthread_mutex_lock(&r->lock);
+    if (run->rs->run == run) {
+        run->rs->run = NULL;
+    }
+    run->rs->last_used_ms = clock_mono_ms();
+    r->running--;
+    if (!strcmp(f->state, "completed")) {
+        r->n_completed++;
+    } else if (!strcmp(f->state, "failed")) {
+        r->n_failed++;
+    } else {
+        r->n_cancelled++;
+    }
+    runneri_push_job(r, run->rs->ended ? JOB_ENDED : JOB_KICK, run->sid);
+    runneri_wake_parked(r); /* its sandbox may be idle now: a parked start can take its slot */
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+    free(f->event);
+    free(f->data);
+    free(f->reason);
+    free(f);
+    runneri_run_unref(run);
+}
+
+/* The prompt-end commit + snapshot, on a thread of its own: prompt.completed and the
+ * answer are already committed (clients have them), a commit worker is not held for hundreds
+ * of ms (other sessions' output goes on), and the session stays busy (rs->run) until the
+ * snapshot has captured the turn, so its next prompt waits. */
+static void *prompt_end_main(void *arg)
+{
+    struct finish_op *f = arg;
+    struct runner *r = f->run->r;
+    repos_hook_prompt_end(f->run->sid, f->run->pid);
+    finish_tail(f);
+    pthread_mutex_lock(&r->lock);
+    r->threads_out--;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+static int spawn_detached(void *(*fn)(void *), void *arg)
+{
+    pthread_t th;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&th, &at, fn, arg) == 0 ? 0 : ERR_IO;
+    pthread_attr_destroy(&at);
+    return rc;
+}
+
+static void finish_done(void *arg, int rc)
+{
+    struct finish_op *f = arg;
+    struct run *run = f->run;
+    struct runner *r = run->r;
+    if (rc) {
+        LOG_ERROR("runner: session %s prompt %s: cannot record its end: %s", run->sid, run->pid,
+                  err_str(rc));
+    }
+    if (!f->started) {
+        finish_tail(f); /* the agent never ran: nothing to commit or snapshot */
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    r->threads_out++;
+    pthread_mutex_unlock(&r->lock);
+    if (spawn_detached(prompt_end_main, f) != 0) {
+        pthread_mutex_lock(&r->lock);
+        r->threads_out--;
+        pthread_mutex_unlock(&r->lock);
+        repos_hook_prompt_end(run->sid, run->pid); /* no thread: here, as before */
+        finish_tail(f);
+    }
+}
+
+/* Build and submit the final job of a run. Any thread (pump thread normally). */
+void runneri_finish_run(struct run *run, const struct sbx_exit *st, const char *fail_reason)
+{
+    struct runner *r = run->r;
+    struct finish_op *f = xcalloc(1, sizeof *f);
+    f->run = run; /* takes the caller's reference */
+    pthread_mutex_lock(&r->lock);
+    const char *cancel = run->cancel_reason;
+    pthread_mutex_unlock(&r->lock);
+    int64_t dur_ms = (clock_mono_us() - run->start_us) / 1000;
+    json_t *d = json_pack("{s:s}", "prompt_id", run->pid);
+    f->started = run->ex != NULL || st != NULL;
+    if (st) {
+        f->has_exit = 1;
+        f->exit_code = st->exit_code;
+        json_object_set_new(d, "exit_code",
+                            st->exit_code >= 0 ? json_integer(st->exit_code) : json_null());
+        if (st->signal) {
+            json_object_set_new(d, "signal", json_integer(st->signal));
+        }
+    }
+    json_object_set_new(d, "duration_ms", json_integer(dur_ms));
+    if (run->truncated) {
+        json_object_set_new(d, "truncated", json_true());
+    }
+    char why[512];
+    if (cancel) {
+        snprintf(f->state, sizeof f->state, "cancelled");
+        f->event = xstrdup("prompt.cancelled");
+        f->reason = xstrdup(cancel);
+    } else if (fail_reason || !st || st->exit_code != 0 || run->error_reason) {
+        snprintf(f->state, sizeof f->state, "failed");
+        f->event = xstrdup("prompt.failed");
+        if (fail_reason) {
+            snprintf(why, sizeof why, "%s", fail_reason);
+        } else if (st->lost) {
+            snprintf(why, sizeof why, "the sandbox stopped while the agent ran");
+        } else if (st->timed_out) {
+            snprintf(why, sizeof why, "timeout: the agent ran longer than %d s",
+                     r->cfg.prompt_timeout_s);
+        } else if (run->error_reason) {
+            snprintf(why, sizeof why, "%s", run->error_reason);
+        } else if (st->start_failed) {
+            snprintf(why, sizeof why, "the agent could not be started");
+        } else if (st->oom) {
+            snprintf(why, sizeof why, "the agent was killed: the sandbox's memory limit was hit");
+        } else if (st->signal == SIGKILL) {
+            snprintf(why, sizeof why,
+                     "the agent was killed (signal 9: memory limit or sandbox limit)");
+        } else if (st->signal) {
+            snprintf(why, sizeof why, "the agent was killed by signal %d", st->signal);
+        } else {
+            snprintf(why, sizeof why, "the agent exited with code %d", st->exit_code);
+        }
+        f->reason = xstrdup(why);
+    } else {
+        snprintf(f->state, sizeof f->state, "completed");
+        f->event = xstrdup("prompt.completed");
+        json_object_set_new(d, "time_to_first_token_ms",
+                            run->first_us ? json_integer((run->first_us - run->start_us) / 1000)
+                                          : json_null());
+        if (run->ar) {
+            agent_run_completion(run->ar, d); /* the CLI's usage and turns */
+        }
+    }
+    if (f->reason) {
+        json_object_set_new(d, "reason", json_string(f->reason));
+    }
+    f->data = jx_dump(d);
+    json_decref(d);
+    struct cq_job *j = cq_job_new(run->sid);
+    cq_job_op(j, finish_tx, f);
+    cq_job_done(j, finish_done, f);
+    commitq_submit(r->cq, j);
+}
