@@ -1418,8 +1418,7 @@ static int poll_watch(struct slack *sl, struct watch *w)
     }
     char *url = session_url(sl, w->session_id);
     json_t *blocks = slack_result_blocks(w->repo, state, summary, w->pr_url, url);
-    char *fallback =
-        xasprintf("%s in %s", state_verb(state), w->repo ? w->repo : "the session");
+    char *fallback = xasprintf("%s in %s", state_verb(state), w->repo ? w->repo : "the session");
     post_message(sl, w->channel, w->thread_ts, fallback, blocks);
     free(fallback);
     json_decref(blocks);
