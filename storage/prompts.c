@@ -8,9 +8,11 @@
 #include "storage/prompts.h"
 
 #include "common/err.h"
+#include "common/xmem.h"
 #include "storage/storage_int.h"
 #include "storage/store.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const names[PROMPT_NSTATES] = {
@@ -275,4 +277,71 @@ int prompts_state(struct sess_rd *rd, const char *id, enum prompt_state *out)
                                 : ERR_DB;
     sqlite3_reset(st);
     return rc;
+}
+
+static char *dup_col(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? xstrdup((const char *)t) : NULL;
+}
+
+/* The prompt columns of struct prompt_info, in its order; the caller appends WHERE/ORDER. */
+#define PROMPT_INFO_SELECT                                                                         \
+    "SELECT p.id, p.message_id, p.author_id, coalesce(p.author_name, m.author_name), "             \
+    "coalesce(p.author_email, m.author_email), m.content, m.context_json FROM prompts p "          \
+    "LEFT JOIN messages m ON m.id = p.message_id "
+
+static int info_step(sqlite3_stmt *st, struct prompt_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        out->id = dup_col(st, 0);
+        out->message_id = dup_col(st, 1);
+        out->author_id = dup_col(st, 2);
+        out->author_name = dup_col(st, 3);
+        out->author_email = dup_col(st, 4);
+        out->content = dup_col(st, 5);
+        out->context_json = dup_col(st, 6);
+    }
+    sqlite3_reset(st);
+    return r == SQLITE_ROW ? 0 : r == SQLITE_DONE ? ERR_NOT_FOUND : ERR_DB;
+}
+
+int prompts_next(struct sess_rd *rd, struct prompt_info *out)
+{
+    sqlite3_stmt *st =
+        sess_rd_prepare(rd, PROMPT_INFO_SELECT "WHERE p.state='queued' "
+                                               "ORDER BY p.queued_at, p.rowid LIMIT 1");
+    if (!st) {
+        memset(out, 0, sizeof(*out));
+        return ERR_DB;
+    }
+    return info_step(st, out);
+}
+
+int prompts_get(struct sess_rd *rd, const char *id, struct prompt_info *out)
+{
+    sqlite3_stmt *st = sess_rd_prepare(rd, PROMPT_INFO_SELECT "WHERE p.id=?");
+    if (!st) {
+        memset(out, 0, sizeof(*out));
+        return ERR_DB;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    return info_step(st, out);
+}
+
+void prompt_info_free(struct prompt_info *p)
+{
+    if (!p) {
+        return;
+    }
+    free(p->id);
+    free(p->message_id);
+    free(p->author_id);
+    free(p->author_name);
+    free(p->author_email);
+    free(p->content);
+    free(p->context_json);
+    memset(p, 0, sizeof(*p));
 }

@@ -70,6 +70,19 @@ int prompts_count(struct sess_rd *rd, enum prompt_state st, int64_t *n);
 int prompts_count_unfinished(struct sess_rd *rd, int64_t *n);
 /** fn for the id of each prompt in state st, oldest first; fn's error stops the walk. */
 int prompts_each(struct sess_rd *rd, enum prompt_state st, prompts_id_fn fn, void *ctx);
+/** A prompt with what it asks (its message). Strings owned: prompt_info_free(). */
+struct prompt_info {
+    char *id, *message_id;
+    char *author_id, *author_name, *author_email; /* the prompt's, else its message's */
+    char *content, *context_json;                 /* of its message (NULL if it has none) */
+};
+/** The oldest queued prompt (what the runner starts next): 0, or ERR_NOT_FOUND. */
+int prompts_next(struct sess_rd *rd, struct prompt_info *out);
+/** Prompt id with its message: 0, or ERR_NOT_FOUND. */
+int prompts_get(struct sess_rd *rd, const char *id, struct prompt_info *out);
+/** Free the strings of p (not p). NULL is a no-op. */
+void prompt_info_free(struct prompt_info *p);
+
 /** The state of prompt id: 0, or ERR_NOT_FOUND. */
 int prompts_state(struct sess_rd *rd, const char *id, enum prompt_state *out);
 

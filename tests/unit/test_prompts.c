@@ -6,6 +6,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "storage/messages.h"
+#include "storage/meta.h"
 #include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
@@ -332,10 +333,70 @@ TEST(bulk_cancel_and_recover)
     close_session(st, s);
 }
 
+struct info_arg {
+    const char *id; /* NULL: prompts_next */
+    struct prompt_info p;
+    int64_t out_bytes;
+    char *agent;
+};
+
+static int info_rd(struct sess_rd *rd, void *arg)
+{
+    struct info_arg *a = arg;
+    int rc = a->id ? prompts_get(rd, a->id, &a->p) : prompts_next(rd, &a->p);
+    if (!rc) {
+        rc = meta_output_bytes(rd, &a->out_bytes);
+    }
+    if (!rc) {
+        rc = meta_agent(rd, &a->agent);
+    }
+    return rc;
+}
+
+static int add_bytes_tx(struct sess_tx *tx, void *arg)
+{
+    (void)arg;
+    int rc = meta_add_output_bytes(tx, 100);
+    return rc ? rc : meta_add_output_bytes(tx, 23);
+}
+
+/* What the runner reads to start the next prompt, and what the workspace reads of one. */
+TEST(next_and_get)
+{
+    struct store *st = NULL;
+    struct sess *s = open_session(&st);
+    struct info_arg a = {0};
+    ASSERT_EQ(sess_view(s, info_rd, &a), ERR_NOT_FOUND);
+    reach(s, "p_a", PROMPT_RUNNING);
+    reach(s, "p_b", PROMPT_QUEUED);
+    reach(s, "p_c", PROMPT_QUEUED);
+    ASSERT_EQ(sess_write(s, add_bytes_tx, NULL), 0);
+    ASSERT_EQ(sess_view(s, info_rd, &a), 0);
+    ASSERT_STREQ(a.p.id, "p_b"); /* the oldest queued one; the running one is not next */
+    ASSERT_STREQ(a.p.message_id, "m_p_b");
+    ASSERT_STREQ(a.p.author_id, "token:a");
+    ASSERT_STREQ(a.p.author_name, "A");
+    ASSERT(a.p.author_email == NULL);
+    ASSERT_STREQ(a.p.content, "hi");
+    ASSERT(a.p.context_json == NULL);
+    ASSERT_EQ(a.out_bytes, 123);
+    ASSERT(a.agent == NULL);
+    prompt_info_free(&a.p);
+    struct info_arg g = {.id = "p_a"};
+    ASSERT_EQ(sess_view(s, info_rd, &g), 0);
+    ASSERT_STREQ(g.p.id, "p_a");
+    ASSERT_STREQ(g.p.content, "hi");
+    prompt_info_free(&g.p);
+    prompt_info_free(NULL);
+    struct info_arg none = {.id = "p_zz"};
+    ASSERT_EQ(sess_view(s, info_rd, &none), ERR_NOT_FOUND);
+    close_session(st, s);
+}
+
 static const struct test_case tests[] = {
     T(names_round_trip),        T(transition_table),
     T(transitions_in_the_file), T(finish_refuses_a_non_terminal_target),
-    T(bulk_cancel_and_recover),
+    T(bulk_cancel_and_recover), T(next_and_get),
 };
 
 TEST_MAIN(tests)
