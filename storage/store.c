@@ -51,6 +51,7 @@
 #include "storage/registry.h"
 #include "storage/spool.h"
 #include "storage/sqlvfs.h"
+#include "storage/storage_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
