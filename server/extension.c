@@ -9,6 +9,7 @@
 #include "common/jsonx.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "storage/artifacts.h"
 #include "storage/store.h"
 
 #include <stdio.h>
@@ -109,25 +110,17 @@ int ext_context_store(struct sess_tx *tx, const char *context_json, const char *
     char *aid = util_new_id("a_");
     size_t len = strlen(context_json);
     int rc = ERR_DB;
-    sqlite3_stmt *st = sess_tx_prepare(
-        tx, "INSERT INTO artifacts(id,type,path,mime,content,size,author_id,created_at) "
-            "VALUES(?,'dom_selection','dom_selection.json','application/json',?,?,?,?)");
-    if (!st) {
-        goto out;
-    }
-    sqlite3_bind_text(st, 1, aid, -1, SQLITE_STATIC);
-    sqlite3_bind_blob64(st, 2, context_json, len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)len);
-    if (a && a->id) {
-        sqlite3_bind_text(st, 4, a->id, -1, SQLITE_STATIC);
-    } else {
-        sqlite3_bind_null(st, 4);
-    }
-    sqlite3_bind_int64(st, 5, sess_tx_now(tx));
-    int s = sqlite3_step(st);
-    sqlite3_clear_bindings(st);
-    sqlite3_reset(st);
-    if (s != SQLITE_DONE) {
+    struct artifact_row row = {
+        .id = aid,
+        .type = "dom_selection",
+        .path = "dom_selection.json",
+        .mime = "application/json",
+        .data = context_json,
+        .len = len,
+        .author_id = a ? a->id : NULL,
+    };
+    rc = artifacts_insert(tx, &row);
+    if (rc) {
         goto out;
     }
     json_t *d = json_pack("{s:s,s:s,s:s,s:s,s:I,s:s?,s:I,s:s?}", "artifact_id", aid, "type",

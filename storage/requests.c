@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "common/xmem.h"
+#include "storage/storage_int.h"
 #include "storage/store.h"
 
 #include <sqlite3.h>

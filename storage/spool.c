@@ -7,7 +7,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xmem.h"
-#include "storage/sqlbind.h"
+#include "storage/storage_int.h"
 #include "storage/store.h"
 
 #include <stdlib.h>

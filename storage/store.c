@@ -51,6 +51,7 @@
 #include "storage/registry.h"
 #include "storage/spool.h"
 #include "storage/sqlvfs.h"
+#include "storage/storage_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -112,7 +113,13 @@ struct pub {
     size_t off, len;
 };
 
+/* A read handle: the session whose lock the reader holds. */
+struct sess_rd {
+    struct sess *s;
+};
+
 struct sess_tx {
+    struct sess_rd rd; /* the same session, for the typed reads inside a write */
     struct sess *s;
     int64_t now;
     struct buf *events; /* serialized events of the batch, back to back */
@@ -1301,6 +1308,21 @@ sqlite3_stmt *sess_tx_prepare(struct sess_tx *tx, const char *sql)
     return stmt_cached(tx->s, sql);
 }
 
+struct sess_rd *sess_tx_rd(struct sess_tx *tx)
+{
+    return &tx->rd;
+}
+
+sqlite3_stmt *sess_rd_prepare(struct sess_rd *rd, const char *sql)
+{
+    return stmt_cached(rd->s, sql);
+}
+
+sqlite3 *sess_rd_db(struct sess_rd *rd)
+{
+    return rd->s->db;
+}
+
 int sess_tx_append(struct sess_tx *tx, const char *type, const struct author *a,
                    const char *data_json, int64_t *seq_out)
 {
@@ -1375,7 +1397,7 @@ static int tx_ctl(struct sess *s, const char *sql)
 /* Run one batch (s->lock held). Marks every operation done with its result. */
 static void commit_batch(struct sess *s, struct pending *batch)
 {
-    struct sess_tx tx = {.s = s, .now = clock_now_ms(), .events = &s->batch};
+    struct sess_tx tx = {.rd = {s}, .s = s, .now = clock_now_ms(), .events = &s->batch};
     int64_t seq_before = s->last_seq;
     int commit_rc = 0;
     buf_reset(&s->batch);
@@ -1593,6 +1615,27 @@ int sess_read(struct sess *s, sess_read_fn fn, void *arg)
     int rc = s->db ? fn(s->db, arg) : ERR_UNAVAILABLE;
     pthread_mutex_unlock(&s->lock);
     return rc;
+}
+
+int sess_view(struct sess *s, sess_view_fn fn, void *arg)
+{
+    struct sess_rd rd = {s};
+    pthread_mutex_lock(&s->lock);
+    int rc = s->db ? fn(&rd, arg) : ERR_UNAVAILABLE;
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int sess_rd_max_seq(struct sess_rd *rd, int64_t *out)
+{
+    sqlite3_stmt *st = sess_rd_prepare(rd, "SELECT coalesce(max(seq),0) FROM events");
+    if (!st) {
+        return ERR_DB;
+    }
+    int r = sqlite3_step(st);
+    *out = r == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    return r == SQLITE_ROW ? 0 : ERR_DB;
 }
 
 int sess_events(struct sess *s, int64_t after, int limit, struct buf *out, int *count,

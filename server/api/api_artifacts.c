@@ -17,6 +17,7 @@
 #include "server/app.h"
 #include "server/auth.h"
 #include "server/config.h"
+#include "storage/artifacts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -75,35 +76,25 @@ struct art_op {
 static int art_tx(struct sess_tx *tx, void *arg)
 {
     struct art_op *op = arg;
-    sqlite3_stmt *st = sess_tx_prepare(
-        tx, "INSERT INTO artifacts(id,type,path,mime,content,size,author_id,created_at) "
-            "VALUES(?,?,?,?,?,?,?,?)");
-    if (!st) {
-        return ERR_DB;
-    }
+    struct artifact_row row = {
+        .id = op->id,
+        .type = op->type,
+        .path = op->path,
+        .mime = op->mime,
+        .data = op->data,
+        .len = op->len,
+        .author_id = op->author->id,
+    };
     op->created_at = sess_tx_now(tx);
-    sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, op->type, -1, SQLITE_STATIC);
-    if (op->path) {
-        sqlite3_bind_text(st, 3, op->path, -1, SQLITE_STATIC);
-    } else {
-        sqlite3_bind_null(st, 3);
-    }
-    sqlite3_bind_text(st, 4, op->mime, -1, SQLITE_STATIC);
-    sqlite3_bind_blob64(st, 5, op->data ? op->data : "", op->len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)op->len);
-    sqlite3_bind_text(st, 7, op->author->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 8, op->created_at);
-    int s = sqlite3_step(st);
-    sqlite3_clear_bindings(st);
-    if (s != SQLITE_DONE) {
-        return ERR_DB;
+    int rc = artifacts_insert(tx, &row);
+    if (rc) {
+        return rc;
     }
     json_t *d = json_pack("{s:s,s:s,s:s?,s:s,s:I}", "artifact_id", op->id, "type", op->type, "path",
                           op->path, "mime", op->mime, "size", (json_int_t)op->len);
     char *data = jx_dump(d);
     json_decref(d);
-    int rc = sess_tx_append(tx, "artifact.created", op->author, data, &op->seq);
+    rc = sess_tx_append(tx, "artifact.created", op->author, data, &op->seq);
     free(data);
     return rc;
 }
@@ -232,32 +223,21 @@ struct art_list_rd {
     json_t *arr;
 };
 
-static int art_list_rd(sqlite3 *db, void *arg)
+static int art_json(void *ctx, const struct artifact_row *a)
 {
-    struct art_list_rd *lr = arg;
-    sqlite3_stmt *st = NULL;
-    int s;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT id,type,path,mime,size,author_id,created_at FROM artifacts "
-                           "ORDER BY created_at, rowid",
-                           -1, &st, NULL) != SQLITE_OK) {
-        return ERR_DB;
-    }
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        char ts[32];
-        const char *path = (const char *)sqlite3_column_text(st, 2);
-        const char *author = (const char *)sqlite3_column_text(st, 5);
-        clock_iso8601(sqlite3_column_int64(st, 6), ts, sizeof(ts));
-        json_array_append_new(lr->arr,
-                              json_pack("{s:s,s:s,s:s?,s:s,s:I,s:s?,s:s}", "id",
-                                        (const char *)sqlite3_column_text(st, 0), "type",
-                                        (const char *)sqlite3_column_text(st, 1), "path", path,
-                                        "mime", (const char *)sqlite3_column_text(st, 3), "size",
-                                        (json_int_t)sqlite3_column_int64(st, 4), "author_id",
-                                        author, "created_at", ts));
-    }
-    sqlite3_finalize(st);
-    return s == SQLITE_DONE ? 0 : ERR_DB;
+    struct art_list_rd *lr = ctx;
+    char ts[32];
+    clock_iso8601(a->created_at, ts, sizeof(ts));
+    json_array_append_new(lr->arr,
+                          json_pack("{s:s,s:s,s:s?,s:s,s:I,s:s?,s:s}", "id", a->id, "type", a->type,
+                                    "path", a->path, "mime", a->mime, "size", (json_int_t)a->len,
+                                    "author_id", a->author_id, "created_at", ts));
+    return 0;
+}
+
+static int art_list_rd(struct sess_rd *rd, void *arg)
+{
+    return artifacts_list(rd, art_json, arg);
 }
 
 int api_artifacts_list(struct req *r)
@@ -274,7 +254,7 @@ int api_artifacts_list(struct req *r)
         return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
     }
     lr.arr = json_array();
-    rc = sess_read(s, art_list_rd, &lr);
+    rc = sess_view(s, art_list_rd, &lr);
     sess_put(s);
     if (rc) {
         json_decref(lr.arr);
@@ -290,27 +270,14 @@ struct art_get_rd {
     int found;
 };
 
-static int art_get_rd(sqlite3 *db, void *arg)
+static int art_get_rd(struct sess_rd *rd, void *arg)
 {
     struct art_get_rd *g = arg;
-    sqlite3_stmt *st = NULL;
-    int rc = 0;
-    if (sqlite3_prepare_v2(db, "SELECT mime, content FROM artifacts WHERE id=?", -1, &st, NULL) !=
-        SQLITE_OK) {
-        return ERR_DB;
+    int rc = artifacts_get(rd, g->aid, &g->data, g->mime, sizeof(g->mime));
+    if (rc == ERR_NOT_FOUND) {
+        return 0; /* g->found stays 0: the caller's 404 names the artifact */
     }
-    sqlite3_bind_text(st, 1, g->aid, -1, SQLITE_STATIC);
-    int s = sqlite3_step(st);
-    if (s == SQLITE_ROW) {
-        g->found = 1;
-        snprintf(g->mime, sizeof(g->mime), "%s", (const char *)sqlite3_column_text(st, 0));
-        const void *p = sqlite3_column_blob(st, 1);
-        int n = sqlite3_column_bytes(st, 1);
-        rc = buf_append(&g->data, p ? p : "", (size_t)n);
-    } else if (s != SQLITE_DONE) {
-        rc = ERR_DB;
-    }
-    sqlite3_finalize(st);
+    g->found = rc == 0;
     return rc;
 }
 
@@ -330,7 +297,7 @@ int api_artifact_get(struct req *r)
     if (rc) {
         return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
     }
-    rc = sess_read(s, art_get_rd, &g);
+    rc = sess_view(s, art_get_rd, &g);
     sess_put(s);
     if (!rc && !g.found) {
         rc = req_fail(r, ERR_NOT_FOUND, "no artifact %s in session %s", g.aid, sid);

@@ -21,10 +21,12 @@
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/extension.h"
+#include "storage/messages.h"
+#include "storage/meta.h"
+#include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/requests.h"
 #include "storage/spool.h"
-#include "storage/sqlbind.h"
 #include "storage/store.h"
 
 #include <stdio.h>
@@ -90,8 +92,6 @@ static void answer_json(struct buf *b, const char *mid, const char *pid, int64_t
 static int msg_tx(struct sess_tx *tx, void *arg)
 {
     struct msg_op *op = arg;
-    sqlite3_stmt *st;
-    int64_t now = sess_tx_now(tx);
     int rc;
     if (op->crid) {
         char *fp = NULL, *answer = NULL;
@@ -116,23 +116,22 @@ static int msg_tx(struct sess_tx *tx, void *arg)
      * reopens it"); a comment (run: false) needs neither check, which keeps the statement off
      * the hot path of chat-only traffic. */
     if (op->prompt_id) {
-        st = sess_tx_prepare(tx, "SELECT (SELECT count(*) FROM prompts WHERE state IN "
-                                 "('queued','running')), (SELECT value FROM meta WHERE "
-                                 "key='state')");
-        if (!st || sqlite3_step(st) != SQLITE_ROW) {
-            return ERR_DB;
+        int64_t unfinished = 0;
+        int ended = 0;
+        rc = prompts_count_unfinished(sess_tx_rd(tx), &unfinished);
+        if (!rc) {
+            rc = meta_ended(sess_tx_rd(tx), &ended);
         }
-        int64_t unfinished = sqlite3_column_int64(st, 0);
-        const unsigned char *state = sqlite3_column_text(st, 1);
-        int ended = state && strcmp((const char *)state, "ended") == 0;
-        sqlite3_reset(st);
+        if (rc) {
+            return rc;
+        }
         if (unfinished >= op->max_unfinished) {
             return ERR_LIMIT;
         }
         if (ended) {
-            st = sess_tx_prepare(tx, "DELETE FROM meta WHERE key='state'");
-            if (!st || sqlite3_step(st) != SQLITE_DONE) {
-                return ERR_DB;
+            rc = meta_clear_ended(tx);
+            if (rc) {
+                return rc;
             }
             rc = sess_tx_append(tx, "session.reopened", op->author, NULL, NULL);
             if (rc) {
@@ -145,22 +144,20 @@ static int msg_tx(struct sess_tx *tx, void *arg)
     if (rc) {
         return rc;
     }
-    st = sess_tx_prepare(tx, "INSERT INTO messages(id,role,content,author_id,author_name,"
-                             "author_email,context_json,seq,created_at) "
-                             "VALUES(?,'user',?,?,?,?,?,?,?)");
-    if (!st) {
-        return ERR_DB;
-    }
-    sqlite3_bind_text(st, 1, op->message_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, op->content, (int)op->content_len, SQLITE_STATIC);
-    sql_bind_text_opt(st, 3, op->author->id);
-    sql_bind_text_opt(st, 4, op->author->name);
-    sql_bind_text_opt(st, 5, op->author->email);
-    sql_bind_text_opt(st, 6, op->context_json);
-    sqlite3_bind_int64(st, 7, op->seq);
-    sqlite3_bind_int64(st, 8, now);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
+    struct message_row m = {
+        .id = op->message_id,
+        .role = "user",
+        .content = op->content,
+        .content_len = op->content_len,
+        .author_id = op->author->id,
+        .author_name = op->author->name,
+        .author_email = op->author->email,
+        .context_json = op->context_json,
+        .seq = op->seq,
+    };
+    rc = messages_insert(tx, &m);
+    if (rc) {
+        return rc;
     }
     /* issue 6: a DOM selection also becomes a dom_selection artifact (server/extension.h) */
     rc = ext_context_store(tx, op->context_json, op->message_id, op->author);
@@ -168,19 +165,9 @@ static int msg_tx(struct sess_tx *tx, void *arg)
         return rc;
     }
     if (op->prompt_id) {
-        st = sess_tx_prepare(tx, "INSERT INTO prompts(id,message_id,author_id,author_name,"
-                                 "author_email,state,queued_at) VALUES(?,?,?,?,?,'queued',?)");
-        if (!st) {
-            return ERR_DB;
-        }
-        sqlite3_bind_text(st, 1, op->prompt_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, op->message_id, -1, SQLITE_STATIC);
-        sql_bind_text_opt(st, 3, op->author->id);
-        sql_bind_text_opt(st, 4, op->author->name);
-        sql_bind_text_opt(st, 5, op->author->email);
-        sqlite3_bind_int64(st, 6, now);
-        if (sqlite3_step(st) != SQLITE_DONE) {
-            return ERR_DB;
+        rc = prompts_queue(tx, op->prompt_id, op->message_id, op->author);
+        if (rc) {
+            return rc;
         }
     }
     if (op->crid) {
@@ -492,50 +479,40 @@ struct list_rd {
     int64_t last;
 };
 
-static json_t *col_text(sqlite3_stmt *st, int i)
+static json_t *text_or_null(const char *t)
 {
-    const unsigned char *t = sqlite3_column_text(st, i);
-    return t ? json_string((const char *)t) : json_null();
+    return t ? json_string(t) : json_null();
 }
 
-/* The messages_seq index (migration 0003) makes this paging O(log n). */
-static int messages_rd(sqlite3 *db, void *arg)
+static int message_json(void *ctx, const struct message_row *m)
+{
+    struct list_rd *lr = ctx;
+    char ts[32];
+    json_t *author = json_null(), *cx = json_null();
+    if (m->author_id) {
+        author = json_pack("{s:s,s:o,s:o}", "id", m->author_id, "name",
+                           text_or_null(m->author_name), "email", text_or_null(m->author_email));
+    }
+    if (m->context_json) {
+        json_t *c = json_loads(m->context_json, 0, NULL);
+        if (c) {
+            json_decref(cx);
+            cx = c;
+        }
+    }
+    clock_iso8601(m->created_at, ts, sizeof(ts));
+    lr->last = m->seq;
+    json_array_append_new(
+        lr->arr, json_pack("{s:o,s:o,s:o,s:o,s:o,s:I,s:s}", "id", text_or_null(m->id), "role",
+                           text_or_null(m->role), "content", text_or_null(m->content), "author",
+                           author, "context", cx, "seq", (json_int_t)m->seq, "created_at", ts));
+    return 0;
+}
+
+static int messages_rd(struct sess_rd *rd, void *arg)
 {
     struct list_rd *lr = arg;
-    sqlite3_stmt *st = NULL;
-    int s;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT id,role,content,author_id,author_name,author_email,"
-                           "context_json,seq,created_at FROM messages WHERE seq>? "
-                           "ORDER BY seq LIMIT ?",
-                           -1, &st, NULL) != SQLITE_OK) {
-        return ERR_DB;
-    }
-    sqlite3_bind_int64(st, 1, lr->after);
-    sqlite3_bind_int64(st, 2, lr->limit);
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        char ts[32];
-        json_t *author = json_null(), *ctx = json_null();
-        if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
-            author = json_pack("{s:o,s:o,s:o}", "id", col_text(st, 3), "name", col_text(st, 4),
-                               "email", col_text(st, 5));
-        }
-        if (sqlite3_column_type(st, 6) != SQLITE_NULL) {
-            json_t *c = json_loads((const char *)sqlite3_column_text(st, 6), 0, NULL);
-            if (c) {
-                json_decref(ctx);
-                ctx = c;
-            }
-        }
-        clock_iso8601(sqlite3_column_int64(st, 8), ts, sizeof(ts));
-        lr->last = sqlite3_column_int64(st, 7);
-        json_array_append_new(
-            lr->arr, json_pack("{s:o,s:o,s:o,s:o,s:o,s:I,s:s}", "id", col_text(st, 0), "role",
-                               col_text(st, 1), "content", col_text(st, 2), "author", author,
-                               "context", ctx, "seq", (json_int_t)lr->last, "created_at", ts));
-    }
-    sqlite3_finalize(st);
-    return s == SQLITE_DONE ? 0 : ERR_DB;
+    return messages_list(rd, lr->after, lr->limit, message_json, lr);
 }
 
 int api_messages_list(struct req *r)
@@ -560,7 +537,7 @@ int api_messages_list(struct req *r)
     }
     lr.arr = json_array();
     lr.last = lr.after;
-    rc = sess_read(s, messages_rd, &lr);
+    rc = sess_view(s, messages_rd, &lr);
     sess_put(s);
     if (rc) {
         json_decref(lr.arr);

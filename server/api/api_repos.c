@@ -29,6 +29,8 @@
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/secrets.h"
+#include "storage/artifacts.h"
+#include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -377,19 +379,13 @@ struct running_arg {
     int running;
 };
 
-static int count_running(sqlite3 *db, void *arg)
+static int count_running(struct sess_rd *rd, void *arg)
 {
     struct running_arg *a = arg;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM prompts WHERE state='running'", -1, &st,
-                           NULL) != SQLITE_OK) {
-        return ERR_DB;
-    }
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        a->running = sqlite3_column_int(st, 0);
-    }
-    sqlite3_finalize(st);
-    return 0;
+    int64_t n = 0;
+    int rc = prompts_count(rd, PROMPT_RUNNING, &n);
+    a->running = (int)n;
+    return rc;
 }
 
 /* 409 while a prompt of the session runs (the workspace is the agent's then). */
@@ -399,7 +395,7 @@ static int refuse_if_running(struct req *r, const char *sid, const char *what)
     struct running_arg a = {0};
     int rc = store_session_get(req_app(r)->store, sid, &s);
     if (rc == 0) {
-        rc = sess_read(s, count_running, &a);
+        rc = sess_view(s, count_running, &a);
         sess_put(s);
     }
     if (rc != 0) {
@@ -540,19 +536,18 @@ struct pr_art {
 static int pr_artifact_tx(struct sess_tx *tx, void *arg)
 {
     struct pr_art *a = arg;
-    sqlite3_stmt *st = sess_tx_prepare(
-        tx, "INSERT INTO artifacts(id,type,path,mime,content,size,author_id,created_at) "
-            "VALUES(?,'pr','pull-request.json','application/json',?,?,?,?)");
-    if (!st) {
-        return ERR_DB;
-    }
-    sqlite3_bind_text(st, 1, a->id, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 2, a->json, (int)strlen(a->json), SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)strlen(a->json));
-    sqlite3_bind_text(st, 4, a->author_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, sess_tx_now(tx));
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
+    struct artifact_row row = {
+        .id = a->id,
+        .type = "pr",
+        .path = "pull-request.json",
+        .mime = "application/json",
+        .data = a->json,
+        .len = strlen(a->json),
+        .author_id = a->author_id,
+    };
+    int rc = artifacts_insert(tx, &row);
+    if (rc) {
+        return rc;
     }
     return sess_tx_append(tx, "pr.created", NULL, a->json, NULL);
 }

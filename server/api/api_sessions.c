@@ -22,6 +22,10 @@
 #include "server/config.h"
 #include "server/ws/hub.h"
 #include "server/ratelimit.h"
+#include "storage/messages.h"
+#include "storage/meta.h"
+#include "storage/participants.h"
+#include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -66,20 +70,29 @@ static int get_sess(struct req *r, const char *sid, struct sess **out)
     return 0;
 }
 
-static json_t *ts_json(sqlite3_stmt *st, int col)
+static json_t *ts_json(int64_t ms)
 {
     char ts[32];
-    if (sqlite3_column_type(st, col) == SQLITE_NULL) {
+    if (ms < 0) {
         return json_null();
     }
-    clock_iso8601(sqlite3_column_int64(st, col), ts, sizeof(ts));
+    clock_iso8601(ms, ts, sizeof(ts));
     return json_string(ts);
 }
 
-static json_t *text_json(sqlite3_stmt *st, int col)
+static json_t *text_json(const char *t)
 {
-    const unsigned char *t = sqlite3_column_text(st, col);
-    return t ? json_string((const char *)t) : json_null();
+    return t ? json_string(t) : json_null();
+}
+
+/* One participant as the REST API shows it, appended to the array ctx. */
+static int participant_json(void *ctx, const struct participant_row *p)
+{
+    json_array_append_new(ctx, json_pack("{s:o,s:o,s:o,s:o,s:o}", "user_id", text_json(p->user_id),
+                                         "name", text_json(p->name), "email", text_json(p->email),
+                                         "joined_at", ts_json(p->joined_at), "last_seen",
+                                         ts_json(p->last_seen)));
+    return 0;
 }
 
 /* Check a user-supplied optional string: type (via jx_str) and a byte cap. */
@@ -138,17 +151,9 @@ struct create_op {
 static int create_tx(struct sess_tx *tx, void *arg)
 {
     struct create_op *op = arg;
-    sqlite3_stmt *st = sess_tx_prepare(
-        tx, "INSERT OR IGNORE INTO participants(user_id,name,email,joined_at) VALUES(?,?,?,?)");
-    if (!st) {
-        return ERR_DB;
-    }
-    sqlite3_bind_text(st, 1, op->creator->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, op->creator->name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, op->creator->email, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, sess_tx_now(tx));
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
+    int rc = participants_add_new(tx, op->creator->id, op->creator->name, op->creator->email);
+    if (rc) {
+        return rc;
     }
     return sess_tx_append(tx, "session.created", op->creator, op->data_json, NULL);
 }
@@ -287,39 +292,19 @@ struct status_read {
     int64_t queued, running, messages;
 };
 
-static int status_rd(sqlite3 *db, void *arg)
+static int status_rd(struct sess_rd *rd, void *arg)
 {
     struct status_read *sr = arg;
-    sqlite3_stmt *st = NULL;
-    int rc = ERR_DB;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT user_id,name,email,joined_at,last_seen FROM participants "
-                           "ORDER BY joined_at, user_id",
-                           -1, &st, NULL) != SQLITE_OK) {
-        goto out;
+    int rc = participants_list(rd, participant_json, sr->participants);
+    if (!rc) {
+        rc = prompts_count(rd, PROMPT_QUEUED, &sr->queued);
     }
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        json_array_append_new(sr->participants,
-                              json_pack("{s:o,s:o,s:o,s:o,s:o}", "user_id", text_json(st, 0),
-                                        "name", text_json(st, 1), "email", text_json(st, 2),
-                                        "joined_at", ts_json(st, 3), "last_seen", ts_json(st, 4)));
+    if (!rc) {
+        rc = prompts_count(rd, PROMPT_RUNNING, &sr->running);
     }
-    sqlite3_finalize(st);
-    st = NULL;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT (SELECT count(*) FROM prompts WHERE state='queued'),"
-                           "(SELECT count(*) FROM prompts WHERE state='running'),"
-                           "(SELECT count(*) FROM messages)",
-                           -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW) {
-        goto out;
+    if (!rc) {
+        rc = messages_count(rd, &sr->messages);
     }
-    sr->queued = sqlite3_column_int64(st, 0);
-    sr->running = sqlite3_column_int64(st, 1);
-    sr->messages = sqlite3_column_int64(st, 2);
-    rc = 0;
-out:
-    sqlite3_finalize(st);
     return rc;
 }
 
@@ -362,7 +347,7 @@ int api_session_get(struct req *r)
     if (rc) {
         goto out;
     }
-    rc = sess_read(s, status_rd, &sr);
+    rc = sess_view(s, status_rd, &sr);
     if (rc) {
         rc = req_fail(r, rc, "cannot read the session: %s", err_str(rc));
         goto out;
@@ -395,22 +380,14 @@ struct end_op {
 static int end_tx(struct sess_tx *tx, void *arg)
 {
     struct end_op *op = arg;
-    sqlite3_stmt *st;
-    int64_t cancelled;
+    int64_t cancelled = 0;
     char data[96];
-    st = sess_tx_prepare(tx, "UPDATE prompts SET state='cancelled', reason='session ended', "
-                             "finished_at=? WHERE state='queued'");
-    if (!st) {
-        return ERR_DB;
+    int rc = prompts_cancel_queued(tx, "session ended", &cancelled);
+    if (!rc) {
+        rc = meta_set_ended(tx);
     }
-    sqlite3_bind_int64(st, 1, sess_tx_now(tx));
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
-    }
-    cancelled = sqlite3_changes(sess_tx_db(tx));
-    st = sess_tx_prepare(tx, "INSERT OR REPLACE INTO meta(key,value) VALUES('state','ended')");
-    if (!st || sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
+    if (rc) {
+        return rc;
     }
     snprintf(data, sizeof(data), "{\"cancelled_prompts\":%lld}", (long long)cancelled);
     return sess_tx_append(tx, "session.ended", op->who, data, NULL);
@@ -477,25 +454,15 @@ struct member_op {
 static int member_tx(struct sess_tx *tx, void *arg)
 {
     struct member_op *op = arg;
-    sqlite3_stmt *st = sess_tx_prepare(
-        tx, "INSERT INTO participants(user_id,name,email,joined_at) VALUES(?,?,?,?) "
-            "ON CONFLICT(user_id) DO UPDATE SET name=coalesce(excluded.name,name),"
-            "email=coalesce(excluded.email,email)");
-    if (!st) {
-        return ERR_DB;
-    }
-    sqlite3_bind_text(st, 1, op->user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, op->name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, op->email, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, sess_tx_now(tx));
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
+    int rc = participants_upsert(tx, op->user_id, op->name, op->email);
+    if (rc) {
+        return rc;
     }
     json_t *d = json_pack("{s:s,s:s,s:s?,s:s?}", "user_id", op->user_id, "role", op->role, "name",
                           op->name, "email", op->email);
     char *data = jx_dump(d);
     json_decref(d);
-    int rc = sess_tx_append(tx, "participant.added", op->by, data, NULL);
+    rc = sess_tx_append(tx, "participant.added", op->by, data, NULL);
     free(data);
     return rc;
 }
@@ -566,24 +533,9 @@ out:
     return rc;
 }
 
-static int participants_rd(sqlite3 *db, void *arg)
+static int participants_rd(struct sess_rd *rd, void *arg)
 {
-    json_t *arr = arg;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT user_id,name,email,joined_at,last_seen FROM participants "
-                           "ORDER BY joined_at, user_id",
-                           -1, &st, NULL) != SQLITE_OK) {
-        return ERR_DB;
-    }
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        json_array_append_new(arr,
-                              json_pack("{s:o,s:o,s:o,s:o,s:o}", "user_id", text_json(st, 0),
-                                        "name", text_json(st, 1), "email", text_json(st, 2),
-                                        "joined_at", ts_json(st, 3), "last_seen", ts_json(st, 4)));
-    }
-    sqlite3_finalize(st);
-    return 0;
+    return participants_list(rd, participant_json, arg);
 }
 
 /* The member entry of uid in members, or NULL. */
@@ -660,7 +612,7 @@ int api_session_participants_list(struct req *r)
     if (rc) {
         goto out;
     }
-    rc = sess_read(s, participants_rd, list);
+    rc = sess_view(s, participants_rd, list);
     if (rc) {
         rc = req_fail(r, rc, "cannot read the session: %s", err_str(rc));
         goto out;
@@ -701,21 +653,18 @@ struct unmember_op {
 static int unmember_tx(struct sess_tx *tx, void *arg)
 {
     struct unmember_op *op = arg;
-    sqlite3_stmt *st = sess_tx_prepare(tx, "DELETE FROM participants WHERE user_id=?");
-    if (!st) {
-        return ERR_DB;
+    int removed = 0;
+    int rc = participants_remove(tx, op->user_id, &removed);
+    if (rc) {
+        return rc;
     }
-    sqlite3_bind_text(st, 1, op->user_id, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
-    }
-    if (sqlite3_changes(sess_tx_db(tx)) == 0 && !op->was_member) {
+    if (!removed && !op->was_member) {
         return ERR_NOT_FOUND;
     }
     json_t *d = json_pack("{s:s}", "user_id", op->user_id);
     char *data = jx_dump(d);
     json_decref(d);
-    int rc = sess_tx_append(tx, "participant.removed", op->by, data, NULL);
+    rc = sess_tx_append(tx, "participant.removed", op->by, data, NULL);
     free(data);
     return rc;
 }

@@ -451,17 +451,21 @@ int slack_pick_repo(const struct slack_repo *repos, size_t n, const char *channe
     return tie ? -1 : best;
 }
 
-json_t *slack_result_blocks(const char *repo, const char *state, const char *summary,
+/* What Slack calls the end of a prompt ("Done" for completed and anything else). */
+static const char *state_verb(enum prompt_state state)
+{
+    return state == PROMPT_FAILED ? "Failed" : state == PROMPT_CANCELLED ? "Cancelled" : "Done";
+}
+
+json_t *slack_result_blocks(const char *repo, enum prompt_state state, const char *summary,
                             const char *pr_url, const char *session_url)
 {
     const char *icon = ":white_check_mark:";
-    const char *verb = "Done";
-    if (state && strcmp(state, "failed") == 0) {
+    const char *verb = state_verb(state);
+    if (state == PROMPT_FAILED) {
         icon = ":x:";
-        verb = "Failed";
-    } else if (state && strcmp(state, "cancelled") == 0) {
+    } else if (state == PROMPT_CANCELLED) {
         icon = ":no_entry_sign:";
-        verb = "Cancelled";
     }
     json_t *blocks = json_array();
     char *erepo = slack_escape(repo ? repo : "session", 200);
@@ -1286,7 +1290,7 @@ static int is_pr_url(const char *s)
 }
 
 /* Look at one event of a watched session. Returns 1 when the watched prompt has ended. */
-static int watch_event(struct watch *w, json_t *e, const char **state)
+static int watch_event(struct watch *w, json_t *e, enum prompt_state *state)
 {
     const char *type = obj_str(e, "type");
     json_t *d = json_object_get(e, "data");
@@ -1344,15 +1348,15 @@ static int watch_event(struct watch *w, json_t *e, const char **state)
         }
     } else if (pid && strcmp(pid, w->prompt_id) == 0) {
         if (strcmp(type, "prompt.completed") == 0) {
-            *state = "completed";
+            *state = PROMPT_COMPLETED;
             return 1;
         }
         if (strcmp(type, "prompt.failed") == 0) {
-            *state = "failed";
+            *state = PROMPT_FAILED;
             return 1;
         }
         if (strcmp(type, "prompt.cancelled") == 0) {
-            *state = "cancelled";
+            *state = PROMPT_CANCELLED;
             return 1;
         }
     }
@@ -1368,7 +1372,7 @@ static int poll_watch(struct slack *sl, struct watch *w)
     }
     int64_t before = w->after;
     int done = 0;
-    const char *state = NULL;
+    enum prompt_state state = PROMPT_COMPLETED;
     for (int page = 0; page < 20 && !done; page++) {
         char *path = xasprintf("/v1/sessions/%s/events?after=%lld&limit=500", w->session_id,
                                (long long)w->after);
@@ -1415,11 +1419,7 @@ static int poll_watch(struct slack *sl, struct watch *w)
     }
     char *url = session_url(sl, w->session_id);
     json_t *blocks = slack_result_blocks(w->repo, state, summary, w->pr_url, url);
-    char *fallback = xasprintf("%s in %s",
-                               strcmp(state, "completed") == 0 ? "Done"
-                               : strcmp(state, "failed") == 0  ? "Failed"
-                                                               : "Cancelled",
-                               w->repo ? w->repo : "the session");
+    char *fallback = xasprintf("%s in %s", state_verb(state), w->repo ? w->repo : "the session");
     post_message(sl, w->channel, w->thread_ts, fallback, blocks);
     free(fallback);
     json_decref(blocks);

@@ -16,6 +16,8 @@
 #ifndef SESSIOND_SLACK_H
 #define SESSIOND_SLACK_H
 
+#include "storage/prompts.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -103,9 +105,9 @@ int slack_pick_repo(const struct slack_repo *repos, size_t n, const char *channe
                     const char *thread_text, const char *message, int *scores);
 
 /** Block Kit blocks for a finished prompt: the summary, the PR link (may be NULL) and a link
- * to the session in the web UI (session_url may be NULL). state is completed | failed |
- * cancelled. New reference. */
-json_t *slack_result_blocks(const char *repo, const char *state, const char *summary,
+ * to the session in the web UI (session_url may be NULL). state is how the prompt ended
+ * (completed, failed or cancelled). New reference. */
+json_t *slack_result_blocks(const char *repo, enum prompt_state state, const char *summary,
                             const char *pr_url, const char *session_url);
 
 /** Counters (tests, /metrics). */

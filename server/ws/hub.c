@@ -39,6 +39,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "server/app.h"
+#include "storage/participants.h"
 #include "storage/store.h"
 
 #include <libwebsockets.h>
@@ -1646,40 +1647,26 @@ struct hello_read {
     int64_t last;
 };
 
-static int hello_read_fn(sqlite3 *db, void *arg)
+/* One participant as the hello frame shows it (times in epoch ms). */
+static int hello_participant(void *ctx, const struct participant_row *pr)
+{
+    json_t *p = json_pack("{s:s,s:s?,s:I}", "id", pr->user_id, "name", pr->name, "joined_at",
+                          (json_int_t)(pr->joined_at < 0 ? 0 : pr->joined_at));
+    if (pr->last_seen >= 0) {
+        json_object_set_new(p, "last_seen", json_integer(pr->last_seen));
+    }
+    json_array_append_new(ctx, p);
+    return 0;
+}
+
+static int hello_read_fn(struct sess_rd *rd, void *arg)
 {
     struct hello_read *hr = arg;
-    sqlite3_stmt *st = NULL;
-    int rc = 0;
     hr->participants = json_array();
-    if (sqlite3_prepare_v2(db, "SELECT coalesce(max(seq),0) FROM events", -1, &st, NULL) !=
-        SQLITE_OK) {
-        return ERR_DB;
+    int rc = sess_rd_max_seq(rd, &hr->last);
+    if (!rc) {
+        rc = participants_list(rd, hello_participant, hr->participants);
     }
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        hr->last = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(db,
-                           "SELECT user_id,name,joined_at,last_seen FROM participants ORDER BY "
-                           "joined_at,user_id",
-                           -1, &st, NULL) != SQLITE_OK) {
-        return ERR_DB;
-    }
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(st, 1);
-        json_t *p = json_pack("{s:s,s:s?,s:I}", "id", (const char *)sqlite3_column_text(st, 0),
-                              "name", name, "joined_at", (json_int_t)sqlite3_column_int64(st, 2));
-        if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
-            json_object_set_new(p, "last_seen", json_integer(sqlite3_column_int64(st, 3)));
-        }
-        json_array_append_new(hr->participants, p);
-    }
-    if (r != SQLITE_DONE) {
-        rc = ERR_DB;
-    }
-    sqlite3_finalize(st);
     return rc;
 }
 
@@ -1699,7 +1686,7 @@ static void do_hello(struct hub *h, struct job *j)
         goto out;
     }
     /* Under the session lock: every event <= last has been handed to the hub already. */
-    rc = sess_read(s, hello_read_fn, &hr);
+    rc = sess_view(s, hello_read_fn, &hr);
     if (rc) {
         goto out;
     }
@@ -1765,25 +1752,10 @@ struct presence_op {
 static int presence_tx(struct sess_tx *tx, void *arg)
 {
     struct presence_op *po = arg;
-    int64_t now = sess_tx_now(tx);
-    sqlite3_stmt *st = sess_tx_prepare(
-        tx, po->join ? "INSERT INTO participants(user_id,name,email,joined_at,last_seen) "
-                       "VALUES(?1,?2,?3,?4,?4) ON CONFLICT(user_id) DO UPDATE SET "
-                       "name=excluded.name,email=excluded.email,last_seen=excluded.last_seen"
-                     : "UPDATE participants SET last_seen=?4 WHERE user_id=?1");
-    if (!st) {
-        return ERR_DB;
-    }
-    sqlite3_bind_text(st, 1, po->who->user_id, -1, SQLITE_TRANSIENT);
-    if (po->join) {
-        sqlite3_bind_text(st, 2, po->who->name, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 3, po->who->email, -1, SQLITE_TRANSIENT);
-    }
-    sqlite3_bind_int64(st, 4, now);
-    int r = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (r != SQLITE_DONE) {
-        return ERR_DB;
+    int rc = po->join ? participants_join(tx, po->who->user_id, po->who->name, po->who->email)
+                      : participants_seen(tx, po->who->user_id);
+    if (rc) {
+        return rc;
     }
     struct buf d;
     buf_init(&d, 0);
@@ -1793,8 +1765,7 @@ static int presence_tx(struct sess_tx *tx, void *arg)
     buf_json_str(&d, po->who->name, strlen(po->who->name));
     buf_puts(&d, "}}");
     struct author a = {po->who->user_id, po->who->name, po->who->email};
-    int rc =
-        sess_tx_append(tx, po->join ? "participant.joined" : "participant.left", &a, d.data, NULL);
+    rc = sess_tx_append(tx, po->join ? "participant.joined" : "participant.left", &a, d.data, NULL);
     buf_free(&d);
     return rc;
 }

@@ -152,7 +152,7 @@ TEST(escape)
 TEST(result_blocks)
 {
     json_t *b =
-        slack_result_blocks("acme/api", "completed", "Fixed it. <b>",
+        slack_result_blocks("acme/api", PROMPT_COMPLETED, "Fixed it. <b>",
                             "https://github.com/acme/api/pull/7", "https://s.example/#/s/s_1");
     ASSERT(json_is_array(b));
     ASSERT_EQ(json_array_size(b), 3);
@@ -171,7 +171,7 @@ TEST(result_blocks)
     char big[5000];
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = 0;
-    b = slack_result_blocks(NULL, "failed", big, NULL, NULL);
+    b = slack_result_blocks(NULL, PROMPT_FAILED, big, NULL, NULL);
     ASSERT_EQ(json_array_size(b), 2);
     const char *s =
         json_string_value(json_object_get(json_object_get(json_array_get(b, 1), "text"), "text"));

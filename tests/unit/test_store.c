@@ -9,6 +9,7 @@
 #include "storage/migrate.h"
 #include "storage/registry.h"
 #include "storage/spool.h"
+#include "storage/storage_int.h"
 #include "storage/store.h"
 #include "testlib.h"
 
