@@ -1532,7 +1532,9 @@ TEST(hostile_tree_snapshots_within_bounds_and_restores_consistently)
     ASSERT(wfd >= 0);
     /* 2,500 levels: "deep" is level 1, so levels 2..1024 of d are recorded */
     mkd("ws/deep", 0755);
-    int dfd = open(P("ws/deep"), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char *dfd_p = P("ws/deep");
+    int dfd = open(dfd_p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dfd_p);
     chain_at(dfd, "d", 2500);
     close(dfd);
     /* 255-byte names: "long" + 15 levels fit SNAP_MAX_PATH, the 16th does not */
@@ -1540,7 +1542,9 @@ TEST(hostile_tree_snapshots_within_bounds_and_restores_consistently)
     memset(nm, 'n', 255);
     nm[255] = 0;
     mkd("ws/long", 0755);
-    int lfd = open(P("ws/long"), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char *lfd_p = P("ws/long");
+    int lfd = open(lfd_p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(lfd_p);
     chain_at(lfd, nm, 20);
     close(lfd);
     /* a FIFO nobody writes to (an open for reading would hang the snapshot), a socket */
@@ -1579,7 +1583,9 @@ TEST(hostile_tree_snapshots_within_bounds_and_restores_consistently)
     free(h2);
     /* a wide directory */
     mkd("ws/wide", 0755);
-    int wd = open(P("ws/wide"), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char *wd_p = P("ws/wide");
+    int wd = open(wd_p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(wd_p);
     for (int i = 0; i < 20000; i++) {
         char fn[32];
         snprintf(fn, sizeof(fn), "f%05d", i);
