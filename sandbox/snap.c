@@ -2436,7 +2436,10 @@ static void hash_one(void *vctx, size_t i, void *vtls)
     uint64_t total = 0;
     int64_t ta = clock_mono_us(), tb = 0;
 
-    fd = open_beneath(c->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
+    /* The walk saw a regular file; if it was swapped since, O_NONBLOCK keeps a FIFO from
+     * blocking, O_NOCTTY a terminal from becoming ours, and nothing but a regular file is
+     * read (below). */
+    fd = open_beneath(c->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         e->flag |= F_GONE;
