@@ -131,7 +131,7 @@ TEST(walk_deeper_than_the_bound_on_a_small_stack)
 {
     mk_tmp();
     int root = open_dir("");
-    chain(root, FSWALK_MAX_DEPTH + 900, 0);
+    chain(root, FSWALK_MAX_DEPTH + 50, 0);
     struct deep_job j = {.rootfd = root};
     j.t.fds_base = count_fds();
     on_small_stack(deep_walk, &j);
@@ -175,14 +175,14 @@ static void *rm_thread(void *arg)
     return NULL;
 }
 
-/* Twice the walk's depth bound: what lies beyond is moved up and removed by a later pass. */
+/* Past the walk's depth bound: what lies beyond is moved up and removed by a later pass. */
 TEST(rm_removes_a_tree_of_any_depth_on_a_small_stack)
 {
     mk_tmp();
     char *top = xasprintf("%s/top", g_tmp);
     ASSERT_EQ(mkdir(top, 0755), 0);
     int fd = open_dir("top");
-    chain(fd, 2 * FSWALK_MAX_DEPTH + 100, 1);
+    chain(fd, FSWALK_MAX_DEPTH + 300, 1);
     close(fd);
     int fds = count_fds();
     struct rm_job j = {.path = top};
