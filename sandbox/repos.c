@@ -2054,7 +2054,7 @@ static int snapshot_and_prune(struct repos *r, const char *sid, const char *ws, 
                                (json_int_t)si.bytes, "hashed", (json_int_t)si.hashed, "ms",
                                (json_int_t)(si.duration_us / 1000));
         if (si.too_deep + si.too_long + si.too_big > 0) {
-            /* the tree went past the snapshot limits (docs/sandbox.md): say so, the session
+            /* the tree went past the snapshot limits (docs/repos.md): say so, the session
              * goes on with what the snapshot holds */
             LOG_WARN("repos: snapshot %s of session %s left out %llu too deep, %llu too long, "
                      "%llu too big entries",

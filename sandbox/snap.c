@@ -2919,7 +2919,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     if (om.too_deep + om.too_long + om.too_big > 0) {
         LOG_WARN("snap: %s: left out of its snapshot: %llu entries deeper than %d levels, %llu "
                  "with a path longer than %d bytes, %llu files larger than %llu MiB (see "
-                 "docs/sandbox.md, snapshot limits)",
+                 "docs/repos.md, snapshot limits)",
                  workspace, (unsigned long long)om.too_deep, SNAP_MAX_DEPTH,
                  (unsigned long long)om.too_long, SNAP_MAX_PATH, (unsigned long long)om.too_big,
                  (unsigned long long)(SNAP_MAX_FILE >> 20));

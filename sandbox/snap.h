@@ -26,7 +26,7 @@
  * workspaces by recycling their inodes into those pools.
  * Callers must serialize restores into one workspace (the session actor does).
  *
- * Limits (a sandbox builds any tree; docs/sandbox.md "Snapshot limits"): a snapshot records
+ * Limits (a sandbox builds any tree; docs/repos.md "Snapshots", Limits): a snapshot records
  * entries down to SNAP_MAX_DEPTH levels below the workspace whose path (relative) is at most
  * SNAP_MAX_PATH bytes, and regular files up to SNAP_MAX_FILE bytes; FIFOs, sockets and
  * devices are never recorded nor opened. What lies beyond is left out (counted in snap_info,
