@@ -17,6 +17,7 @@
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/fswalk.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
@@ -24,7 +25,6 @@
 #include "sandbox/sbx_int.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -79,53 +79,34 @@ static void wsnap_free(struct wsnap *w)
     memset(w, 0, sizeof(*w));
 }
 
-static void ws_walk(struct wsnap *w, int dfd, const char *rel, int depth)
+/* One entry of the workspace walk (fswalk: iterative, bounded, never follows a symlink). */
+static int ws_pre(void *ctx, const struct fswalk_ent *e)
 {
-    DIR *d = fdopendir(dfd);
-    if (!d) {
-        close(dfd);
-        return;
+    struct wsnap *w = ctx;
+    const struct stat *st = e->st;
+    if (e->depth == 1 && !strcmp(e->name, ".git")) {
+        return 0;
     }
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        const char *nm = de->d_name;
-        if (!strcmp(nm, ".") || !strcmp(nm, "..") || (depth == 0 && !strcmp(nm, ".git"))) {
-            continue;
-        }
-        struct stat st;
-        if (fstatat(dirfd(d), nm, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-            continue;
-        }
-        char *path = *rel ? xasprintf("%s/%s", rel, nm) : xstrdup(nm);
-        if (S_ISDIR(st.st_mode)) {
-            int sub = depth < WS_MAX_DEPTH
-                          ? openat(dirfd(d), nm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                          : -1;
-            if (sub >= 0) {
-                ws_walk(w, sub, path, depth + 1);
-            }
-            free(path);
-            continue;
-        }
-        if (w->n == WS_MAX_ENTRIES) {
-            w->overflow = 1;
-            free(path);
-            break;
-        }
-        if (w->n == w->cap) {
-            w->cap = w->cap ? w->cap * 2 : 256;
-            w->e = xrealloc(w->e, w->cap * sizeof(*w->e));
-        }
-        w->e[w->n++] = (struct wsent){
-            .path = path,
-            .size = st.st_size,
-            .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
-            .ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec,
-            .ino = st.st_ino,
-            .mode = st.st_mode,
-        };
+    if (S_ISDIR(st->st_mode)) {
+        return e->depth <= WS_MAX_DEPTH ? FSWALK_ENTER : 0;
     }
-    closedir(d);
+    if (w->n == WS_MAX_ENTRIES) {
+        w->overflow = 1;
+        return ERR_LIMIT;
+    }
+    if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 256;
+        w->e = xrealloc(w->e, w->cap * sizeof(*w->e));
+    }
+    w->e[w->n++] = (struct wsent){
+        .path = xstrndup(e->path, e->path_len),
+        .size = st->st_size,
+        .mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+        .ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec,
+        .ino = st->st_ino,
+        .mode = st->st_mode,
+    };
+    return 0;
 }
 
 static int wsent_cmp(const void *a, const void *b)
@@ -138,7 +119,9 @@ static void ws_scan(const char *root, struct wsnap *w)
     memset(w, 0, sizeof(*w));
     int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
-        ws_walk(w, fd, "", 0);
+        struct fswalk fw = {.pre = ws_pre, .ctx = w};
+        fswalk_run(fd, &fw); /* ERR_LIMIT: w->overflow says so */
+        close(fd);
     }
     if (w->n > 1) {
         qsort(w->e, w->n, sizeof(*w->e), wsent_cmp);

@@ -6,11 +6,11 @@
 
 #include "buf.h"
 #include "err.h"
+#include "fswalk.h"
 #include "xmem.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -257,20 +257,10 @@ int util_parse_i64(const char *s, int64_t *out)
     return 0;
 }
 
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path) != 0 && errno != ENOENT ? -1 : 0;
-}
-
 int util_rm_rf(const char *path)
 {
-    if (nftw(path, rm_cb, 32, FTW_DEPTH | FTW_PHYS) != 0 && errno != ENOENT) {
-        return ERR_IO;
-    }
-    return 0;
+    /* Iterative and bounded whatever the tree (a workspace is built by a sandbox). */
+    return fswalk_rm(AT_FDCWD, path, NULL);
 }
 
 int util_hexval(int c)

@@ -38,7 +38,8 @@ int util_dir_private(const char *path, unsigned *was);
 int util_parse_i64(const char *s, int64_t *out);
 /** The value of a hex digit (0-9, a-f, A-F), or -1. */
 int util_hexval(int c);
-/** Remove a directory tree (no symlink following). Returns 0 or ERR_IO. */
+/** Remove a directory tree, however deep (fswalk_rm: iterative, no symlink following, at most
+ * FSWALK_MAX_FDS fds). Returns 0 (also if path does not exist) or ERR_IO. */
 int util_rm_rf(const char *path);
 
 #endif

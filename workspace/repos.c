@@ -2058,6 +2058,21 @@ static int snapshot_and_prune(struct repos *r, const char *sid, const char *ws, 
                                (json_int_t)turn, "files", (json_int_t)si.files, "bytes",
                                (json_int_t)si.bytes, "hashed", (json_int_t)si.hashed, "ms",
                                (json_int_t)(si.duration_us / 1000));
+        if (si.too_deep + si.too_long + si.too_big > 0) {
+            /* the tree went past the snapshot limits (docs/repos.md): say so, the session
+             * goes on with what the snapshot holds */
+            LOG_WARN("repos: snapshot %s of session %s left out %llu too deep, %llu too long, "
+                     "%llu too big entries",
+                     si.id, sid, (unsigned long long)si.too_deep, (unsigned long long)si.too_long,
+                     (unsigned long long)si.too_big);
+        }
+        if (si.too_deep + si.too_long + si.too_big + si.special > 0) {
+            json_object_set_new(
+                ev, "omitted",
+                json_pack("{s:I, s:I, s:I, s:I}", "too_deep", (json_int_t)si.too_deep, "too_long",
+                          (json_int_t)si.too_long, "too_big", (json_int_t)si.too_big, "special",
+                          (json_int_t)si.special));
+        }
         if (out) {
             *out = json_deep_copy(ev);
         }

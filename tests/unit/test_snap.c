@@ -1,6 +1,7 @@
 /*
  * test_snap.c - snapshot store: round trips, incremental hashing, isolation of the store from
- * in-place edits, symlinks, permissions, pruning and garbage collection.
+ * in-place edits, symlinks, permissions, pruning and garbage collection, and the trees a hostile
+ * sandbox builds (deep, long names, FIFOs, sockets, sparse, unreadable, wide).
  */
 #include "testlib.h"
 
@@ -12,7 +13,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -1437,6 +1441,220 @@ TEST(small_snapshot_creates_no_inode)
     finish();
 }
 
+/* ------------------------------------------------------------ trees a hostile sandbox builds */
+
+/* n nested directories named nm under dfd, built by fd (no path gets long). */
+static void chain_at(int dfd, const char *nm, int n)
+{
+    int fd = dup(dfd);
+    for (int i = 0; i < n; i++) {
+        ASSERT_EQ(mkdirat(fd, nm, 0755), 0);
+        int nfd = openat(fd, nm, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        ASSERT(nfd >= 0);
+        close(fd);
+        fd = nfd;
+    }
+    close(fd);
+}
+
+/* Levels of the chain of nm under rel. */
+static int chain_len(const char *rel, const char *nm)
+{
+    char *p = P(rel);
+    int fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(p);
+    ASSERT(fd >= 0);
+    int n = 0;
+    for (;;) {
+        int nfd = openat(fd, nm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(fd);
+        if (nfd < 0) {
+            return n;
+        }
+        fd = nfd;
+        n++;
+    }
+}
+
+static int is_absent(const char *rel)
+{
+    char *p = P(rel);
+    struct stat sb;
+    int r = lstat(p, &sb) != 0 && errno == ENOENT;
+    free(p);
+    return r;
+}
+
+static long long du_kib(const char *rel)
+{
+    char *cmd = xasprintf("du -sk %s/%s", g_tmp, rel);
+    FILE *f = popen(cmd, "r");
+    free(cmd);
+    ASSERT(f != NULL);
+    long long k = -1;
+    ASSERT(fscanf(f, "%lld", &k) == 1);
+    pclose(f);
+    return k;
+}
+
+struct create_job {
+    struct snap_store *st;
+    const char *ws;
+    struct snap_info si;
+    int rc;
+};
+
+static void *create_thread(void *arg)
+{
+    struct create_job *j = arg;
+    j->rc = snap_create(j->st, j->ws, NULL, &j->si);
+    return NULL;
+}
+
+/* snap_create on a thread with a 256 KiB stack: the old recursive walk needed over 4 KiB a
+ * level and overflowed a default 8 MiB stack at about 2,000 levels. */
+static void create_on_small_stack(struct create_job *j)
+{
+    pthread_attr_t a;
+    pthread_t th;
+    ASSERT_EQ(pthread_attr_init(&a), 0);
+    ASSERT_EQ(pthread_attr_setstacksize(&a, 256 << 10), 0);
+    ASSERT_EQ(pthread_create(&th, &a, create_thread, j), 0);
+    ASSERT_EQ(pthread_join(th, NULL), 0);
+    pthread_attr_destroy(&a);
+}
+
+TEST(hostile_tree_snapshots_within_bounds_and_restores_consistently)
+{
+    mk_tmp();
+    mkd("ws", 0755);
+    char *ws = P("ws"), *ws2 = P("ws2");
+    int wfd = open(ws, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ASSERT(wfd >= 0);
+    /* 2,500 levels: "deep" is level 1, so levels 2..1024 of d are recorded */
+    mkd("ws/deep", 0755);
+    char *dfd_p = P("ws/deep");
+    int dfd = open(dfd_p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dfd_p);
+    chain_at(dfd, "d", 2500);
+    close(dfd);
+    /* 255-byte names: "long" + 15 levels fit SNAP_MAX_PATH, the 16th does not */
+    char nm[256];
+    memset(nm, 'n', 255);
+    nm[255] = 0;
+    mkd("ws/long", 0755);
+    char *lfd_p = P("ws/long");
+    int lfd = open(lfd_p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(lfd_p);
+    chain_at(lfd, nm, 20);
+    close(lfd);
+    /* a FIFO nobody writes to (an open for reading would hang the snapshot), a socket */
+    ASSERT_EQ(mkfifoat(wfd, "fifo", 0644), 0);
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    char *sp = P("ws/sock");
+    ASSERT(strlen(sp) < sizeof(sa.sun_path));
+    memcpy(sa.sun_path, sp, strlen(sp) + 1);
+    ASSERT_EQ(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    free(sp);
+    /* symlink loops */
+    lnk("loop", "ws/loop");
+    lnk(".", "ws/self");
+    /* a 10 GiB sparse file (never read: over SNAP_MAX_FILE) and an 8 MiB one that is read
+     * and must stay sparse in the store */
+    int fd = openat(wfd, "sparse10g", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(ftruncate(fd, 10LL << 30), 0);
+    close(fd);
+    fd = openat(wfd, "sparse8m", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(pwrite(fd, "head", 4, 0), 4);
+    ASSERT_EQ(pwrite(fd, "tail", 4, (8 << 20) - 4), 4);
+    close(fd);
+    /* an unreadable directory, hard links */
+    mkd("ws/closed", 0755);
+    put("ws/closed/inner", "hidden\n", 0644);
+    char *cl = P("ws/closed");
+    ASSERT_EQ(chmod(cl, 0), 0);
+    free(cl);
+    put("ws/hard1", "one inode\n", 0644);
+    char *h1 = P("ws/hard1"), *h2 = P("ws/hard2");
+    ASSERT_EQ(link(h1, h2), 0);
+    free(h1);
+    free(h2);
+    /* a wide directory (wider in tests/integration/test_trust_tree.sh) */
+    mkd("ws/wide", 0755);
+    char *wd_p = P("ws/wide");
+    int wd = open(wd_p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(wd_p);
+    for (int i = 0; i < 5000; i++) {
+        char fn[32];
+        snprintf(fn, sizeof(fn), "f%05d", i);
+        int f = openat(wd, fn, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        ASSERT(f >= 0);
+        close(f);
+    }
+    close(wd);
+    close(wfd);
+
+    struct snap_store *st = open_store();
+    struct create_job j = {.st = st, .ws = ws};
+    create_on_small_stack(&j);
+    ASSERT_EQ(j.rc, 0);
+    ASSERT_EQ(j.si.too_deep, 1);
+    ASSERT_EQ(j.si.too_long, 1);
+    ASSERT_EQ(j.si.too_big, 1);
+    ASSERT_EQ(j.si.special, 2);
+    /* deep: 1 + 1023; long: 1 + 15; wide: 1 + 5000; closed + inner, loop, self, sparse8m,
+     * hard1, hard2 */
+    ASSERT_EQ(j.si.entries, 1024 + 16 + 5001 + 2 + 2 + 1 + 2);
+    /* neither sparse file costs the store its size */
+    ASSERT(du_kib("store") < 16 * 1024);
+
+    /* a fresh restore: the snapshot, no more */
+    struct snap_restore_info ri;
+    ASSERT_EQ(snap_restore(st, j.si.id, ws2, &ri), 0);
+    ASSERT_EQ(chain_len("ws2/deep", "d"), 1023);
+    ASSERT_EQ(chain_len("ws2/long", nm), 15);
+    ASSERT(is_absent("ws2/fifo") && is_absent("ws2/sock") && is_absent("ws2/sparse10g"));
+    char tgt[64] = {0};
+    char *lp = P("ws2/loop");
+    ASSERT(readlink(lp, tgt, sizeof(tgt) - 1) == 4);
+    ASSERT_STREQ(tgt, "loop");
+    free(lp);
+    struct stat sb;
+    char *cp = P("ws2/closed");
+    ASSERT_EQ(lstat(cp, &sb), 0);
+    ASSERT_EQ(sb.st_mode & 07777, 0);
+    free(cp);
+    char *v = get("ws2/closed/inner");
+    ASSERT_STREQ(v, "hidden\n");
+    free(v);
+    char *sm = P("ws2/sparse8m");
+    ASSERT_EQ(lstat(sm, &sb), 0);
+    ASSERT_EQ(sb.st_size, 8 << 20);
+    free(sm);
+    ASSERT_EQ(chain_len("ws2/wide", "nothing"), 0);
+    ASSERT(!is_absent("ws2/wide/f04999"));
+
+    /* in place: what the snapshot left out goes, the rest stays, and the next snapshot is
+     * within bounds */
+    ASSERT_EQ(snap_restore(st, j.si.id, ws, &ri), 0);
+    ASSERT_EQ(chain_len("ws/deep", "d"), 1023);
+    ASSERT_EQ(chain_len("ws/long", nm), 15);
+    ASSERT(is_absent("ws/fifo") && is_absent("ws/sock") && is_absent("ws/sparse10g"));
+    struct create_job j2 = {.st = st, .ws = ws};
+    create_on_small_stack(&j2);
+    ASSERT_EQ(j2.rc, 0);
+    ASSERT_EQ(j2.si.too_deep + j2.si.too_long + j2.si.too_big + j2.si.special, 0);
+    ASSERT_EQ(j2.si.entries, j.si.entries);
+    close(s);
+    snap_store_close(st);
+    free(ws);
+    free(ws2);
+    finish();
+}
+
 static const struct test_case tests[] = {
     T(seeded_store_first_snapshot_reads_nothing),
     T(roundtrip_new_dir),
@@ -1464,5 +1682,6 @@ static const struct test_case tests[] = {
     T(seeded_store_adopts_packs),
     T(truncated_pack_fails_the_restore),
     T(small_snapshot_creates_no_inode),
+    T(hostile_tree_snapshots_within_bounds_and_restores_consistently),
 };
 TEST_MAIN(tests)

@@ -40,6 +40,7 @@
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/fswalk.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
@@ -98,8 +99,9 @@ static struct snap_store *g_stores;
 struct ent {
     char *path;         /* relative, no leading '/'; owned */
     char *target;       /* symlink target; owned; NULL otherwise */
-    char type;          /* 'f' 'd' 'l' */
+    char type;          /* 'f' 'd' 'l'; 'x' (walk only): left out, see walk_pre */
     unsigned char flag; /* per-operation marks */
+    unsigned char omit; /* type 'x' (walk only): OMIT_* */
     uint32_t mode;
     uint32_t uid, gid;
     uint64_t size;
@@ -119,6 +121,9 @@ enum {
     F_FIXMETA = 16,
     F_PACKED = 32
 };
+
+/* Why the walk left an entry out of snapshots (type 'x'). */
+enum { OMIT_NONE = 0, OMIT_SPECIAL, OMIT_DEEP, OMIT_LONG, OMIT_BIG };
 
 struct entv {
     struct ent *v;
@@ -1278,54 +1283,27 @@ static int recycle_dir(struct recycler *rc, int cfd, int dfd, const char *name)
     return 0;
 }
 
-/* Remove dfd/name (any type, recursively, never following a symlink), recycling what can be
- * (see above). 0, or -1 if something stayed. */
+static int recycle_file_op(void *ctx, int dfd, const char *name, const struct stat *sb)
+{
+    /* Truncating frees blocks (a discard to the device on this mount): wait while a restore
+     * that has its spares runs. One short of spares does not wait: each recycled file is one
+     * create less for it (measured: always yielding left image starts short of 4-6,000
+     * spares, 3-4 s each). */
+    restore_yield(1);
+    return recycle_file(ctx, dfd, name, sb);
+}
+
+static int recycle_dir_op(void *ctx, int fd, int dfd, const char *name)
+{
+    return recycle_dir(ctx, fd, dfd, name);
+}
+
+/* Remove dfd/name (any type, its whole tree however deep, never following a symlink: an
+ * iterative fswalk_rm), recycling what can be (see above). 0, or -1 if something stayed. */
 static int recycle_at(struct recycler *rc, int dfd, const char *name)
 {
-    struct stat sb;
-    if (fstatat(dfd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
-        return errno == ENOENT ? 0 : -1;
-    }
-    if (!S_ISDIR(sb.st_mode)) {
-        /* Truncating frees blocks (a discard to the device on this mount): wait while a
-         * restore that has its spares runs. One short of spares does not wait: each recycled
-         * file is one create less for it (measured: always yielding left image starts short of
-         * 4-6,000 spares, 3-4 s each). */
-        restore_yield(1);
-        if (recycle_file(rc, dfd, name, &sb) == 0) {
-            return 0;
-        }
-        return unlinkat(dfd, name, 0) == 0 || errno == ENOENT ? 0 : -1;
-    }
-    int cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (cfd < 0) {
-        return rm_at(dfd, name);
-    }
-    DIR *d = fdopendir(cfd);
-    if (!d) {
-        close(cfd);
-        return rm_at(dfd, name);
-    }
-    struct dirent *de;
-    int res = 0;
-    while ((de = readdir(d)) != NULL) {
-        const char *n = de->d_name;
-        if (n[0] == '.' && (!n[1] || (n[1] == '.' && !n[2]))) {
-            continue;
-        }
-        if (recycle_at(rc, dirfd(d), n) != 0) {
-            res = -1;
-        }
-    }
-    if (res == 0 && recycle_dir(rc, dirfd(d), dfd, name) == 0) {
-        closedir(d);
-        return 0;
-    }
-    closedir(d);
-    if (unlinkat(dfd, name, AT_REMOVEDIR) != 0 && errno != ENOENT) {
-        res = -1;
-    }
-    return res;
+    struct fswalk_rm_ops ops = {.file = recycle_file_op, .dir = recycle_dir_op, .ctx = rc};
+    return fswalk_rm(dfd, name, &ops) == 0 ? 0 : -1;
 }
 
 /* recycle_at() on a path. */
@@ -1614,70 +1592,102 @@ static int load_header_at(int dirfd, const char *name, struct mhdr *h)
 
 /* ---------------------------------------------------------------- workspace walk */
 
+/* The walk is iterative and bounded (common/fswalk). What it finds beyond the bounds of a
+ * snapshot (SNAP_MAX_*), and FIFOs, sockets and devices, become 'x' entries: listed so that a
+ * restore in place removes them like anything else the snapshot lacks, never recorded. */
 struct walk {
     struct entv *out;
     dev_t dev;
-    int err;
     int shallow; /* do not descend (the top level of a parallel walk) */
 };
 
-static void walk_dir(struct walk *w, int dfd, const char *prefix)
+static int walk_pre(void *ctx, const struct fswalk_ent *fe)
 {
-    DIR *d = fdopendir(dfd);
-    if (!d) {
-        close(dfd);
-        w->err = ERR_IO;
-        return;
+    struct walk *w = ctx;
+    const struct stat *sb = fe->st;
+    char type;
+    unsigned char why = 0;
+    if (S_ISREG(sb->st_mode)) {
+        type = 'f';
+    } else if (S_ISDIR(sb->st_mode)) {
+        type = 'd';
+        if (sb->st_dev != w->dev) {
+            return 0; /* a mount point: not part of the workspace */
+        }
+    } else if (S_ISLNK(sb->st_mode)) {
+        type = 'l';
+    } else {
+        type = 'x'; /* fifos, sockets, devices are not snapshotted (nor ever opened) */
+        why = OMIT_SPECIAL;
     }
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        const char *name = de->d_name;
-        if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))) {
+    if (fe->depth > SNAP_MAX_DEPTH) {
+        why = OMIT_DEEP;
+    } else if (fe->path_len > SNAP_MAX_PATH) {
+        why = OMIT_LONG;
+    } else if (type == 'f' && (uint64_t)sb->st_size > SNAP_MAX_FILE) {
+        why = OMIT_BIG;
+    }
+    struct ent *e = entv_push(w->out);
+    e->path = xstrndup(fe->path, fe->path_len);
+    e->type = why ? 'x' : type;
+    e->omit = why;
+    e->mode = sb->st_mode & 07777;
+    e->uid = sb->st_uid;
+    e->gid = sb->st_gid;
+    e->size = type == 'f' || type == 'l' ? (uint64_t)sb->st_size : 0;
+    e->mtime_ns = ts_ns(&sb->st_mtim);
+    e->ctime_ns = ts_ns(&sb->st_ctim);
+    e->ino = sb->st_ino;
+    e->nlink = (uint32_t)sb->st_nlink;
+    if (e->type == 'l') {
+        char tgt[SNAP_MAX_PATH + 2];
+        ssize_t n = readlinkat(fe->dirfd, fe->name, tgt, sizeof(tgt) - 1);
+        tgt[n < 0 ? 0 : n] = 0;
+        e->target = xstrdup(tgt);
+    }
+    return e->type == 'd' && !w->shallow ? FSWALK_ENTER : 0;
+}
+
+/* Walk dfd (prefix: its path in the workspace, at depth depth0) into out. */
+static int walk_dir(struct walk *w, int dfd, const char *prefix, int depth0)
+{
+    struct fswalk fw = {.prefix = prefix, .depth0 = depth0, .pre = walk_pre, .ctx = w};
+    return fswalk_run(dfd, &fw);
+}
+
+/* Take the 'x' entries out of v (after a walk), counting them by reason into out. */
+static void drop_omitted(struct entv *v, struct snap_info *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < v->n; i++) {
+        struct ent *e = &v->v[i];
+        if (e->type != 'x') {
+            v->v[k++] = *e;
             continue;
         }
-        struct stat sb;
-        if (fstatat(dirfd(d), name, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
-            continue; /* vanished meanwhile */
-        }
-        char type;
-        if (S_ISREG(sb.st_mode)) {
-            type = 'f';
-        } else if (S_ISDIR(sb.st_mode)) {
-            type = 'd';
-            if (sb.st_dev != w->dev) {
-                continue; /* a mount point: not part of the workspace */
-            }
-        } else if (S_ISLNK(sb.st_mode)) {
-            type = 'l';
-        } else {
-            continue; /* fifos, sockets, devices are not snapshotted */
-        }
-        struct ent *e = entv_push(w->out);
-        e->path = prefix[0] ? xasprintf("%s/%s", prefix, name) : xstrdup(name);
-        e->type = type;
-        e->mode = sb.st_mode & 07777;
-        e->uid = sb.st_uid;
-        e->gid = sb.st_gid;
-        e->size = type == 'd' ? 0 : (uint64_t)sb.st_size;
-        e->mtime_ns = ts_ns(&sb.st_mtim);
-        e->ctime_ns = ts_ns(&sb.st_ctim);
-        e->ino = sb.st_ino;
-        e->nlink = (uint32_t)sb.st_nlink;
-        if (type == 'l') {
-            char tgt[4096];
-            ssize_t n = readlinkat(dirfd(d), name, tgt, sizeof(tgt) - 1);
-            tgt[n < 0 ? 0 : n] = 0;
-            e->target = xstrdup(tgt);
-        } else if (type == 'd' && !w->shallow) {
-            int cfd = openat(dirfd(d), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (cfd >= 0) {
-                char *sub = xstrdup(e->path); /* e may move when the vector grows */
-                walk_dir(w, cfd, sub);
-                free(sub);
-            }
-        }
+        out->special += e->omit == OMIT_SPECIAL;
+        out->too_deep += e->omit == OMIT_DEEP;
+        out->too_long += e->omit == OMIT_LONG;
+        out->too_big += e->omit == OMIT_BIG;
+        ent_free_fields(e);
     }
-    closedir(d);
+    v->n = k;
+}
+
+/* 1 if a manifest entry lies within the bounds of a snapshot. Manifests written before the
+ * bounds existed may name deeper or longer paths: a restore leaves those out, as a snapshot
+ * taken now would (and open_beneath could not reach them anyway). */
+static int within_bounds(const struct ent *e)
+{
+    size_t len = strlen(e->path);
+    if (len > SNAP_MAX_PATH) {
+        return 0;
+    }
+    int depth = 1;
+    for (const char *p = e->path; *p; p++) {
+        depth += *p == '/';
+    }
+    return depth <= SNAP_MAX_DEPTH;
 }
 
 /* ---------------------------------------------------------------- workers */
@@ -1788,30 +1798,27 @@ static void subwalk_job(void *vctx, size_t i, void *tls)
     if (fd < 0) {
         return; /* vanished or replaced meanwhile: its entry stays, its contents do not */
     }
-    struct walk w = {.out = &sw->out, .dev = c->dev, .err = 0, .shallow = 0};
-    walk_dir(&w, fd, sw->path);
-    sw->err = w.err;
+    struct walk w = {.out = &sw->out, .dev = c->dev, .shallow = 0};
+    sw->err = walk_dir(&w, fd, sw->path, 1);
+    close(fd);
 }
 
 /* Walk the tree under rootfd into out, in pre-order, without following symlinks or crossing
- * mount points. The top-level directories are walked in parallel (a walk is stat-bound: on a
- * loaded 2-core machine two walkers get twice the CPU), then stitched back in order. */
+ * mount points, bounded (SNAP_MAX_*: see walk_pre). The top-level directories are walked in
+ * parallel (a walk is stat-bound: on a loaded 2-core machine two walkers get twice the CPU), then
+ * stitched back in order. */
 static int walk_tree(int rootfd, struct entv *out)
 {
     struct stat sb;
     if (fstat(rootfd, &sb) != 0) {
         return ERR_IO;
     }
-    int fd = openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        return ERR_IO;
-    }
     struct entv top = {0};
-    struct walk w = {.out = &top, .dev = sb.st_dev, .err = 0, .shallow = 1};
-    walk_dir(&w, fd, "");
-    if (w.err != 0) {
+    struct walk w = {.out = &top, .dev = sb.st_dev, .shallow = 1};
+    int trc = walk_dir(&w, rootfd, "", 0);
+    if (trc != 0) {
         entv_free(&top);
-        return w.err;
+        return trc;
     }
     size_t nd = 0;
     for (size_t i = 0; i < top.n; i++) {
@@ -2429,7 +2436,10 @@ static void hash_one(void *vctx, size_t i, void *vtls)
     uint64_t total = 0;
     int64_t ta = clock_mono_us(), tb = 0;
 
-    fd = open_beneath(c->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
+    /* The walk saw a regular file; if it was swapped since, O_NONBLOCK keeps a FIFO from
+     * blocking, O_NOCTTY a terminal from becoming ours, and nothing but a regular file is
+     * read (below). */
+    fd = open_beneath(c->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         e->flag |= F_GONE;
@@ -2524,15 +2534,33 @@ static void hash_one(void *vctx, size_t i, void *vtls)
         if (r < 0 && errno == EINTR) {
             continue;
         }
-        if (r < 0 || (r > 0 && write_all(tfd, t->buf, (size_t)r) != 0)) {
+        if (r < 0) {
             atomic_store(&c->err, ERR_IO);
             goto out;
         }
         if (r == 0) {
             break;
         }
+        if (total + (uint64_t)r > SNAP_MAX_FILE) {
+            /* grew past the bound while we read: left out, as the walk would have */
+            e->flag |= F_GONE;
+            if (o.name[0]) {
+                spare_put(c->st->pool, tfd, o.name);
+            }
+            goto out;
+        }
+        /* Runs of zeros stay holes: a sparse file costs the store what it costs the disk. */
+        int zero = t->buf[0] == 0 && memcmp(t->buf, t->buf + 1, (size_t)r - 1) == 0;
+        if (zero ? lseek(tfd, r, SEEK_CUR) < 0 : write_all(tfd, t->buf, (size_t)r) != 0) {
+            atomic_store(&c->err, ERR_IO);
+            goto out;
+        }
         EVP_DigestUpdate(t->md, t->buf, (size_t)r);
         total += (uint64_t)r;
+    }
+    if (ftruncate(tfd, (off_t)total) != 0) { /* a trailing hole */
+        atomic_store(&c->err, ERR_IO);
+        goto out;
     }
     EVP_DigestFinal_ex(t->md, dg, &dlen);
     hex32(dg, e->hash);
@@ -2832,6 +2860,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     struct entv cur = {0}, cache = {0};
     struct mhdr ch, h;
     struct buf m;
+    struct snap_info om; /* what the walk left out */
     struct ent **jobs = NULL;
     int rootfd = -1, seedfd = -1, seedpacks = -1;
     struct pidx *seedx = NULL;
@@ -2851,6 +2880,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
 
     buf_init(&m, 0);
     memset(&h, 0, sizeof(h));
+    memset(&om, 0, sizeof(om));
     pthread_mutex_init(&pw.mu, NULL);
     atomic_init(&pw.end, 0);
     pthread_mutex_lock(&st->lock);
@@ -2884,6 +2914,15 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     tree_us = clock_mono_us() - tp;
     if (rc != 0) {
         goto out;
+    }
+    drop_omitted(&cur, &om);
+    if (om.too_deep + om.too_long + om.too_big > 0) {
+        LOG_WARN("snap: %s: left out of its snapshot: %llu entries deeper than %d levels, %llu "
+                 "with a path longer than %d bytes, %llu files larger than %llu MiB (see "
+                 "docs/repos.md, snapshot limits)",
+                 workspace, (unsigned long long)om.too_deep, SNAP_MAX_DEPTH,
+                 (unsigned long long)om.too_long, SNAP_MAX_PATH, (unsigned long long)om.too_big,
+                 (unsigned long long)(SNAP_MAX_FILE >> 20));
     }
     size_t nj = 0;
     jobs = xmalloc((cur.n + 1) * sizeof(*jobs));
@@ -3011,6 +3050,10 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
         out->lock_us = lock_us;
         out->cache_us = cache_us;
         out->cpu_us = cpu_us;
+        out->special = om.special;
+        out->too_deep = om.too_deep;
+        out->too_long = om.too_long;
+        out->too_big = om.too_big;
     }
     /* Spares for the next snapshot or restore of this workspace (in the background). */
     pool_kick(st->pool, (size_t)h.files, (size_t)(h.entries - h.files));
@@ -3059,40 +3102,11 @@ out:
 
 /* ---------------------------------------------------------------- restore */
 
-/* Remove name (any type, recursively) relative to dfd without following symlinks. */
+/* Remove name (any type, its whole tree, however deep) relative to dfd without following
+ * symlinks. */
 static int rm_at(int dfd, const char *name)
 {
-    if (unlinkat(dfd, name, 0) == 0 || errno == ENOENT) {
-        return 0;
-    }
-    if (errno != EISDIR && errno != EPERM) {
-        return -1;
-    }
-    int cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (cfd < 0) {
-        return -1;
-    }
-    DIR *d = fdopendir(cfd);
-    if (!d) {
-        close(cfd);
-        return -1;
-    }
-    struct dirent *de;
-    int rc = 0;
-    while ((de = readdir(d)) != NULL) {
-        const char *n = de->d_name;
-        if (n[0] == '.' && (!n[1] || (n[1] == '.' && !n[2]))) {
-            continue;
-        }
-        if (rm_at(dirfd(d), n) != 0) {
-            rc = -1;
-        }
-    }
-    closedir(d);
-    if (unlinkat(dfd, name, AT_REMOVEDIR) != 0 && errno != ENOENT) {
-        rc = -1;
-    }
-    return rc;
+    return fswalk_rm(dfd, name, NULL) == 0 ? 0 : -1;
 }
 
 struct rctx {
@@ -3507,6 +3521,19 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
     rc = load_manifest_at(st->snapfd, name, &th, &tgt);
     if (rc != 0) {
         goto out;
+    }
+    size_t kept_n = 0;
+    for (size_t i = 0; i < tgt.n; i++) {
+        if (within_bounds(&tgt.v[i])) {
+            tgt.v[kept_n++] = tgt.v[i];
+        } else {
+            ent_free_fields(&tgt.v[i]);
+        }
+    }
+    if (kept_n < tgt.n) {
+        LOG_WARN("snap: restore of %s into %s: %zu entries beyond the snapshot limits left out", id,
+                 workspace, tgt.n - kept_n);
+        tgt.n = kept_n;
     }
     entv_index(&tgt);
     pool_check(st->pool);

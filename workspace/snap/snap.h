@@ -26,6 +26,14 @@
  * workspaces by recycling their inodes into those pools.
  * Callers must serialize restores into one workspace (the session actor does).
  *
+ * Limits (a sandbox builds any tree; docs/repos.md "Snapshots", Limits): a snapshot records
+ * entries down to SNAP_MAX_DEPTH levels below the workspace whose path (relative) is at most
+ * SNAP_MAX_PATH bytes, and regular files up to SNAP_MAX_FILE bytes; FIFOs, sockets and
+ * devices are never recorded nor opened. What lies beyond is left out (counted in snap_info,
+ * logged as a warning): the snapshot is still made. A restore makes the workspace identical
+ * to the snapshot, so it removes such entries from a workspace it updates in place. Every
+ * walk is iterative (common/fswalk), with a bounded number of open fds.
+ *
  * Paths inside the workspace are resolved beneath it without following symlinks
  * (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so a sandbox that swaps a directory for a
  * symlink cannot make a restore write outside the workspace.
@@ -40,6 +48,14 @@
 #include <stdint.h>
 
 struct snap_store;
+
+/** Deepest entry a snapshot records (1 = a child of the workspace). */
+#define SNAP_MAX_DEPTH 1024
+/** Longest path (relative to the workspace, bytes) a snapshot records: PATH_MAX - 1, so that
+ * every recorded entry can be opened by its path. */
+#define SNAP_MAX_PATH 4095
+/** Largest regular file a snapshot records (logical size: a sparse file counts whole). */
+#define SNAP_MAX_FILE (1ULL << 30)
 
 /** Figures of one snapshot (from its manifest header), filled by snap_create/snap_get. */
 struct snap_info {
@@ -59,6 +75,11 @@ struct snap_info {
     int64_t lock_us;     /* of walk_us: waiting for the store (another operation on it) */
     int64_t cache_us;    /* of walk_us: loading the stat cache */
     int64_t cpu_us;      /* CPU time of the calling thread (its workers not counted) */
+    /* Entries of the workspace left out of this snapshot (see "Limits" above): */
+    uint64_t special;  /* FIFOs, sockets, devices (never recorded) */
+    uint64_t too_deep; /* deeper than SNAP_MAX_DEPTH (their contents not even walked) */
+    uint64_t too_long; /* path longer than SNAP_MAX_PATH (likewise) */
+    uint64_t too_big;  /* regular files larger than SNAP_MAX_FILE */
 };
 
 /** What a restore did. */
