@@ -2,8 +2,8 @@
  * repos.c - repository registry, images, warm pools, session workspaces, per-prompt commits
  * and snapshots (see repos.h for the layout and the contracts).
  *
- * Threads: r->db is one SQLite connection to registry.db guarded by r->dblock (statements
- * are short). r->lock guards the warm list, the build queue and the flags; it is never held
+ * Threads: the repository tables are reached through r->db (storage/repos_db.h, thread
+ * safe). r->lock guards the warm list, the build queue and the flags; it is never held
  * across file system or network work: entries are unlinked under the lock, then worked on.
  * The builder thread pops build jobs; the pool thread runs the schedule every tick_ms or when
  * kicked (repos_warm, a claim, a finished build).
@@ -27,6 +27,7 @@
 #include "sandbox/sbx.h"
 #include "workspace/snap/snap.h"
 #include "storage/registry.h"
+#include "storage/repos_db.h"
 #include "storage/store.h"
 
 #include <dirent.h>
@@ -34,7 +35,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <pwd.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,8 +112,7 @@ struct repos {
     char *ca_file;
     char *git_bin;         /* the sessiond-git helper */
     struct gitjob_cfg git; /* how workspace git operations run (gitjob.h); set at open */
-    sqlite3 *db;
-    pthread_mutex_t dblock;
+    struct repos_db *db;   /* the repository tables (thread safe) */
 
     pthread_mutex_t lock; /* guards everything below */
     pthread_cond_t cond;
@@ -271,105 +270,10 @@ static void emit(struct repos *r, const char *sid, const char *type, json_t *dat
     free(js);
 }
 
-/* ---------------------------------------------------------------- database */
-
-static int db_prep(struct repos *r, const char *sql, sqlite3_stmt **st)
-{
-    if (sqlite3_prepare_v2(r->db, sql, -1, st, NULL) != SQLITE_OK) {
-        LOG_ERROR("repos: prepare: %s", sqlite3_errmsg(r->db));
-        return ERR_DB;
-    }
-    return 0;
-}
-
-static void bind_text(sqlite3_stmt *st, int i, const char *s)
-{
-    if (s) {
-        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
-    } else {
-        sqlite3_bind_null(st, i);
-    }
-}
-
-static const char *col_text(sqlite3_stmt *st, int i)
-{
-    const unsigned char *t = sqlite3_column_text(st, i);
-    return t ? (const char *)t : NULL;
-}
-
-static json_t *json_or_empty_array(const char *s)
-{
-    json_t *j = s ? json_loads(s, 0, NULL) : NULL;
-    if (!json_is_array(j)) {
-        json_decref(j);
-        j = json_array();
-    }
-    return j;
-}
-
-#define REPO_COLS                                                                                  \
-    "name,url,default_branch,setup,hints,description,pool_size,image_interval_min,created_at,"     \
-    "updated_at,egress,agent"
-
-static json_t *repo_row_json(sqlite3_stmt *st)
-{
-    const char *agent = col_text(st, 11);
-    return json_pack(
-        "{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I, s:I, s:I, s:o, s:s?}", "name", col_text(st, 0),
-        "url", col_text(st, 1), "default_branch", col_text(st, 2), "setup",
-        json_or_empty_array(col_text(st, 3)), "hints", json_or_empty_array(col_text(st, 4)),
-        "description", col_text(st, 5) ? col_text(st, 5) : "", "pool_size",
-        (json_int_t)sqlite3_column_int64(st, 6), "image_interval_min",
-        (json_int_t)sqlite3_column_int64(st, 7), "created_at",
-        (json_int_t)sqlite3_column_int64(st, 8), "updated_at",
-        (json_int_t)sqlite3_column_int64(st, 9), "egress", json_or_empty_array(col_text(st, 10)),
-        "agent", agent && *agent ? agent : NULL);
-}
-
-/* The repo row as JSON. Caller holds nothing; takes dblock. */
+/* The repo row as JSON. */
 static int repo_load(struct repos *r, const char *name, json_t **out)
 {
-    sqlite3_stmt *st = NULL;
-    *out = NULL;
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r, "SELECT " REPO_COLS " FROM repos WHERE name=?", &st);
-    if (rc == 0) {
-        bind_text(st, 1, name);
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW) {
-            *out = repo_row_json(st);
-        } else {
-            rc = s == SQLITE_DONE ? ERR_NOT_FOUND : ERR_DB;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    return rc;
-}
-
-/* Run one statement with text/NULL bindings (NULL-terminated list of strings is not enough
- * for integers, so callers bind through a callback-free helper per shape). */
-static int db_exec_text(struct repos *r, const char *sql, int n, const char *const *args,
-                        int *changes)
-{
-    sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r, sql, &st);
-    if (rc == 0) {
-        for (int i = 0; i < n; i++) {
-            bind_text(st, i + 1, args[i]);
-        }
-        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
-        if (rc != 0) {
-            LOG_ERROR("repos: %s", sqlite3_errmsg(r->db));
-        }
-        if (changes) {
-            *changes = sqlite3_changes(r->db);
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    return rc;
+    return repos_db_repo_get(r->db, name, out);
 }
 
 /* ---------------------------------------------------------------- registry of repos */
@@ -523,53 +427,7 @@ static void kick_pool(struct repos *r)
 /* Write the full row j (validated) with INSERT (create) or UPDATE. */
 static int repo_store(struct repos *r, json_t *j, int create)
 {
-    sqlite3_stmt *st = NULL;
-    int64_t now = clock_now_ms();
-    char *setup = jx_dump(json_object_get(j, "setup"));
-    char *hints = jx_dump(json_object_get(j, "hints"));
-    json_t *eg = json_object_get(j, "egress");
-    json_t *none = json_array();
-    char *egress = jx_dump(json_is_array(eg) ? eg : none); /* issue 7 */
-    json_decref(none);
-    const char *agent = json_string_value(json_object_get(j, "agent"));
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r,
-                     create ? "INSERT INTO repos(url,default_branch,setup,hints,description,"
-                              "pool_size,image_interval_min,updated_at,created_at,name,egress,"
-                              "agent) VALUES(?,?,?,?,?,?,?,?,?,?,?11,?12)"
-                            : "UPDATE repos SET url=?,default_branch=?,setup=?,hints=?,"
-                              "description=?,pool_size=?,image_interval_min=?,updated_at=?,"
-                              "egress=?11,agent=?12 WHERE ?9 IS NOT NULL AND name=?10",
-                     &st);
-    if (rc == 0) {
-        bind_text(st, 1, json_string_value(json_object_get(j, "url")));
-        bind_text(st, 2, json_string_value(json_object_get(j, "default_branch")));
-        bind_text(st, 3, setup);
-        bind_text(st, 4, hints);
-        bind_text(st, 5, json_string_value(json_object_get(j, "description")));
-        sqlite3_bind_int64(st, 6, json_integer_value(json_object_get(j, "pool_size")));
-        sqlite3_bind_int64(st, 7, json_integer_value(json_object_get(j, "image_interval_min")));
-        sqlite3_bind_int64(st, 8, now);
-        sqlite3_bind_int64(st, 9, now);
-        bind_text(st, 10, json_string_value(json_object_get(j, "name")));
-        bind_text(st, 11, egress);
-        bind_text(st, 12, agent ? agent : "");
-        int s = sqlite3_step(st);
-        if (s == SQLITE_CONSTRAINT) {
-            rc = ERR_CONFLICT;
-        } else if (s != SQLITE_DONE) {
-            LOG_ERROR("repos: store: %s", sqlite3_errmsg(r->db));
-            rc = ERR_DB;
-        } else if (!create && sqlite3_changes(r->db) == 0) {
-            rc = ERR_NOT_FOUND;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    free(setup);
-    free(hints);
-    free(egress);
-    return rc;
+    return repos_db_repo_put(r->db, j, create, clock_now_ms());
 }
 
 int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t n)
@@ -614,27 +472,13 @@ int repos_get(struct repos *r, const char *name, json_t **out)
 
 int repos_list(struct repos *r, json_t **out)
 {
-    sqlite3_stmt *st = NULL;
-    json_t *arr = json_array();
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r, "SELECT " REPO_COLS " FROM repos ORDER BY name", &st);
-    while (rc == 0) {
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW) {
-            json_array_append_new(arr, repo_row_json(st));
-        } else {
-            rc = s == SQLITE_DONE ? 1 : ERR_DB;
-        }
+    json_t *arr = NULL;
+    *out = NULL;
+    int rc = repos_db_repo_list(r->db, &arr);
+    if (rc == 0) {
+        *out = json_pack("{s:o}", "repos", arr);
     }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    if (rc < 0) {
-        json_decref(arr);
-        *out = NULL;
-        return rc;
-    }
-    *out = json_pack("{s:o}", "repos", arr);
-    return 0;
+    return rc;
 }
 
 int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out, char *msg,
@@ -703,17 +547,8 @@ static char *shared_if_any(struct repos *r, const char *repo)
 /* shared_if_any() of the repository session sid was prepared from. Caller frees. */
 static char *session_shared(struct repos *r, const char *sid)
 {
-    sqlite3_stmt *st = NULL;
     char *repo = NULL;
-    pthread_mutex_lock(&r->dblock);
-    if (db_prep(r, "SELECT repo FROM session_repos WHERE session_id=?", &st) == 0) {
-        bind_text(st, 1, sid);
-        if (sqlite3_step(st) == SQLITE_ROW && col_text(st, 0)) {
-            repo = xstrdup(col_text(st, 0));
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
+    repos_db_session_repo(r->db, sid, &repo);
     char *p = shared_if_any(r, repo);
     free(repo);
     return p;
@@ -721,19 +556,13 @@ static char *session_shared(struct repos *r, const char *sid)
 
 int repos_delete(struct repos *r, const char *name)
 {
-    const char *args[] = {name};
-    int changes = 0;
     if (!util_valid_id(name)) {
         return ERR_NOT_FOUND;
     }
-    int rc = db_exec_text(r, "DELETE FROM repos WHERE name=?", 1, args, &changes);
-    if (rc == 0 && changes == 0) {
-        return ERR_NOT_FOUND;
-    }
+    int rc = repos_db_repo_delete(r->db, name); /* its images are marked deleted too */
     if (rc != 0) {
         return rc;
     }
-    db_exec_text(r, "UPDATE images SET state='deleted' WHERE repo=?", 1, args, NULL);
     /* Take its warm workspaces out of the pool, then delete the files. */
     struct warm *gone = NULL;
     pthread_mutex_lock(&r->lock);
@@ -780,61 +609,16 @@ int repos_delete(struct repos *r, const char *name)
 
 /* ---------------------------------------------------------------- images */
 
-#define IMAGE_COLS                                                                                 \
-    "id,repo,state,step,commit_sha,snapshot_id,started_at,built_at,duration_ms,size_bytes,"        \
-    "files,error,substr(log,-4000)"
-
-static json_t *image_row_json(sqlite3_stmt *st)
-{
-    json_t *j =
-        json_pack("{s:s, s:s, s:s, s:I}", "id", col_text(st, 0), "repo", col_text(st, 1), "state",
-                  col_text(st, 2), "started_at", (json_int_t)sqlite3_column_int64(st, 6));
-    static const char *const tnames[] = {NULL, NULL, NULL, "step", "commit_sha", "snapshot_id"};
-    for (int i = 3; i <= 5; i++) {
-        json_object_set_new(j, tnames[i],
-                            col_text(st, i) ? json_string(col_text(st, i)) : json_null());
-    }
-    static const char *const inames[] = {"built_at", "duration_ms", "size_bytes", "files"};
-    for (int i = 7; i <= 10; i++) {
-        json_object_set_new(j, inames[i - 7],
-                            sqlite3_column_type(st, i) == SQLITE_NULL
-                                ? json_null()
-                                : json_integer(sqlite3_column_int64(st, i)));
-    }
-    json_object_set_new(j, "error", col_text(st, 11) ? json_string(col_text(st, 11)) : json_null());
-    const char *log = col_text(st, 12);
-    struct buf b;
-    buf_init(&b, 0);
-    util_utf8_sanitize(log ? log : "", log ? strlen(log) : 0, &b);
-    json_object_set_new(j, "log_tail", json_string(b.data ? b.data : ""));
-    buf_free(&b);
-    return j;
-}
-
 int repos_images(struct repos *r, const char *name, json_t **out)
 {
-    sqlite3_stmt *st = NULL;
-    json_t *repo = NULL;
+    json_t *repo = NULL, *arr = NULL;
     *out = NULL;
     int rc = repo_load(r, name, &repo);
     json_decref(repo);
     if (rc != 0) {
         return rc;
     }
-    json_t *arr = json_array();
-    pthread_mutex_lock(&r->dblock);
-    rc = db_prep(r,
-                 "SELECT " IMAGE_COLS " FROM images WHERE repo=? AND state!='deleted' "
-                 "ORDER BY started_at DESC, rowid DESC LIMIT 50",
-                 &st);
-    if (rc == 0) {
-        bind_text(st, 1, name);
-        while (sqlite3_step(st) == SQLITE_ROW) {
-            json_array_append_new(arr, image_row_json(st));
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
+    rc = repos_db_image_list(r->db, name, &arr);
     *out = json_pack("{s:o}", "images", arr);
     return rc;
 }
@@ -842,52 +626,17 @@ int repos_images(struct repos *r, const char *name, json_t **out)
 /* The latest ready image of repo: id and snapshot id (buffers of 64). ERR_NOT_FOUND. */
 static int latest_image(struct repos *r, const char *repo, char *id, char *snap, int64_t *started)
 {
-    sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r,
-                     "SELECT id, snapshot_id, started_at FROM images WHERE repo=? AND "
-                     "state='ready' ORDER BY started_at DESC, rowid DESC LIMIT 1",
-                     &st);
-    if (rc == 0) {
-        bind_text(st, 1, repo);
-        if (sqlite3_step(st) == SQLITE_ROW && col_text(st, 0) && col_text(st, 1)) {
-            snprintf(id, 64, "%s", col_text(st, 0));
-            snprintf(snap, 64, "%s", col_text(st, 1));
-            if (started) {
-                *started = sqlite3_column_int64(st, 2);
-            }
-        } else {
-            rc = ERR_NOT_FOUND;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    return rc;
+    return repos_db_image_latest(r->db, repo, id, snap, started);
 }
 
-static void image_set(struct repos *r, const char *id, const char *col, const char *val)
+static void image_set(struct repos *r, const char *id, enum repos_db_image_col col, const char *val)
 {
-    char sql[128];
-    snprintf(sql, sizeof(sql), "UPDATE images SET %s=? WHERE id=?", col);
-    const char *args[] = {val, id};
-    db_exec_text(r, sql, 2, args, NULL);
+    repos_db_image_set(r->db, id, col, val);
 }
 
 static void image_log(struct repos *r, const char *id, const char *text, size_t n)
 {
-    sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&r->dblock);
-    if (db_prep(r,
-                "UPDATE images SET log = CASE WHEN length(log) > ?3 THEN log ELSE log || ?1 END "
-                "WHERE id=?2",
-                &st) == 0) {
-        sqlite3_bind_text(st, 1, text, (int)n, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 3, LOG_CAP);
-        sqlite3_step(st);
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
+    repos_db_image_log(r->db, id, text, n, LOG_CAP);
 }
 
 static int open_image_store(struct repos *r, const char *repo, struct snap_store **out)
@@ -901,33 +650,18 @@ static int open_image_store(struct repos *r, const char *repo, struct snap_store
 /* Delete ready images beyond the newest image_keep (their snapshots and objects). */
 static void prune_images(struct repos *r, const char *repo)
 {
-    sqlite3_stmt *st = NULL;
     char *ids[64];
     char *snaps[64];
     int n = 0;
     int keep = r->cfg.image_keep;
-    pthread_mutex_lock(&r->dblock);
-    if (db_prep(r,
-                "SELECT id, snapshot_id FROM images WHERE repo=? AND state='ready' "
-                "ORDER BY started_at DESC, rowid DESC LIMIT 64 OFFSET ?",
-                &st) == 0) {
-        bind_text(st, 1, repo);
-        sqlite3_bind_int(st, 2, keep);
-        while (n < 64 && sqlite3_step(st) == SQLITE_ROW) {
-            ids[n] = xstrdup(col_text(st, 0));
-            snaps[n] = xstrdup(col_text(st, 1) ? col_text(st, 1) : "");
-            n++;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
+    repos_db_image_beyond(r->db, repo, keep, 64, ids, snaps, &n);
     if (n == 0) {
         return;
     }
     struct snap_store *ss = NULL;
     open_image_store(r, repo, &ss);
     for (int i = 0; i < n; i++) {
-        image_set(r, ids[i], "state", "deleted");
+        image_set(r, ids[i], REPOS_DB_IMAGE_STATE, "deleted");
         if (ss && snaps[i][0]) {
             snap_delete(ss, snaps[i]);
         }
@@ -966,7 +700,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     /* Fetch into the repository's shared object store (only what it lacks), then check out
      * a workspace that borrows the objects from it: the image holds the files and a small
      * .git, never the packs (docs/repos.md "Shared object store"). */
-    image_set(r, image_id, "step", "clone");
+    image_set(r, image_id, REPOS_DB_IMAGE_STEP, "clone");
     LOG_INFO("repos: %s: image %s: fetching %s at %s", repo, image_id, url, branch);
     store = repo_dir(r, repo, "objects.git");
     objects = shared_objects(r, repo);
@@ -982,7 +716,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
         buf_printf(&err, "clone of %s (branch %s) failed: %s", url, branch, err_str(rc));
         goto out;
     }
-    image_set(r, image_id, "commit_sha", sha);
+    image_set(r, image_id, REPOS_DB_IMAGE_COMMIT, sha);
     chown_tree(r, dir);
     size_t nsteps = json_array_size(setup);
     if (nsteps > 0 && !r->cfg.sbx) {
@@ -1011,7 +745,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
         const char *cmd = json_string_value(json_array_get(setup, i));
         char step[160];
         snprintf(step, sizeof(step), "setup %zu/%zu", i + 1, nsteps);
-        image_set(r, image_id, "step", step);
+        image_set(r, image_id, REPOS_DB_IMAGE_STEP, step);
         char *hdr = xasprintf("$ %s\n", cmd);
         image_log(r, image_id, hdr, strlen(hdr));
         free(hdr);
@@ -1045,7 +779,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     pthread_mutex_unlock(&r->lock);
     sbx_destroy(sb);
     sb = NULL;
-    image_set(r, image_id, "step", "snapshot");
+    image_set(r, image_id, REPOS_DB_IMAGE_STEP, "snapshot");
     struct snap_info si;
     rc = open_image_store(r, repo, &ss);
     if (rc == 0) {
@@ -1056,24 +790,12 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
         goto out;
     }
     int64_t ms = clock_mono_ms() - t0;
-    sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&r->dblock);
-    if (db_prep(r,
-                "UPDATE images SET state='ready', step=NULL, snapshot_id=?, built_at=?, "
-                "duration_ms=?, size_bytes=?, files=? WHERE id=?",
-                &st) == 0) {
-        bind_text(st, 1, si.id);
-        sqlite3_bind_int64(st, 2, clock_now_ms());
-        sqlite3_bind_int64(st, 3, ms);
-        sqlite3_bind_int64(st, 4, (int64_t)si.bytes);
-        sqlite3_bind_int64(st, 5, (int64_t)si.files);
-        bind_text(st, 6, image_id);
-        if (sqlite3_step(st) != SQLITE_DONE) {
-            rc = ERR_DB;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
+    struct repos_db_built built = {.snapshot_id = si.id,
+                                   .built_at = clock_now_ms(),
+                                   .duration_ms = ms,
+                                   .size_bytes = (int64_t)si.bytes,
+                                   .files = (int64_t)si.files};
+    rc = repos_db_image_ready(r->db, image_id, &built);
     LOG_INFO("repos: %s: image %s ready (commit %.12s, %llu files, %lld ms)", repo, image_id, sha,
              (unsigned long long)si.files, (long long)ms);
 out:
@@ -1085,20 +807,8 @@ out:
     sbx_destroy(sb);
     snap_store_close(ss);
     if (rc != 0) {
-        sqlite3_stmt *fs = NULL;
-        pthread_mutex_lock(&r->dblock);
-        if (db_prep(r,
-                    "UPDATE images SET state='failed', error=?, duration_ms=?, built_at=? "
-                    "WHERE id=?",
-                    &fs) == 0) {
-            bind_text(fs, 1, err.data ? err.data : err_str(rc));
-            sqlite3_bind_int64(fs, 2, clock_mono_ms() - t0);
-            sqlite3_bind_int64(fs, 3, clock_now_ms());
-            bind_text(fs, 4, image_id);
-            sqlite3_step(fs);
-        }
-        sqlite3_finalize(fs);
-        pthread_mutex_unlock(&r->dblock);
+        repos_db_image_failed(r->db, image_id, err.data ? err.data : err_str(rc),
+                              clock_mono_ms() - t0, clock_now_ms());
         LOG_WARN("repos: %s: image %s failed: %s", repo, image_id,
                  err.data ? err.data : err_str(rc));
     }
@@ -1120,25 +830,8 @@ out:
 /* Insert the image row (state building). ERR_CONFLICT if one is queued or running. */
 static int image_new(struct repos *r, const char *repo, char **id_out)
 {
-    sqlite3_stmt *st = NULL;
     char *id = util_new_id("img_");
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r,
-                     "INSERT INTO images(id, repo, state, step, started_at) SELECT ?, ?, "
-                     "'building', 'queued', ? WHERE NOT EXISTS (SELECT 1 FROM images WHERE "
-                     "repo=?2 AND state='building')",
-                     &st);
-    if (rc == 0) {
-        bind_text(st, 1, id);
-        bind_text(st, 2, repo);
-        sqlite3_bind_int64(st, 3, clock_now_ms());
-        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
-        if (rc == 0 && sqlite3_changes(r->db) == 0) {
-            rc = ERR_CONFLICT;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
+    int rc = repos_db_image_new(r->db, id, repo, clock_now_ms());
     if (rc != 0) {
         free(id);
         return rc;
@@ -1149,21 +842,7 @@ static int image_new(struct repos *r, const char *repo, char **id_out)
 
 static int image_row(struct repos *r, const char *id, json_t **out)
 {
-    sqlite3_stmt *st = NULL;
-    *out = NULL;
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r, "SELECT " IMAGE_COLS " FROM images WHERE id=?", &st);
-    if (rc == 0) {
-        bind_text(st, 1, id);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            *out = image_row_json(st);
-        } else {
-            rc = ERR_NOT_FOUND;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    return rc;
+    return repos_db_image_get(r->db, id, out);
 }
 
 int repos_image_build(struct repos *r, const char *name, json_t **out)
@@ -1342,16 +1021,7 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         json_t *row = NULL;
         /* ERR_CONFLICT = already building: fine. A failed build retries next interval. */
         int64_t last_any = 0;
-        sqlite3_stmt *st = NULL;
-        pthread_mutex_lock(&r->dblock);
-        if (db_prep(r, "SELECT max(started_at) FROM images WHERE repo=?", &st) == 0) {
-            bind_text(st, 1, repo);
-            if (sqlite3_step(st) == SQLITE_ROW) {
-                last_any = sqlite3_column_int64(st, 0);
-            }
-        }
-        sqlite3_finalize(st);
-        pthread_mutex_unlock(&r->dblock);
+        repos_db_image_last_start(r->db, repo, &last_any);
         if (last_any + interval_min * 60000 <= now) {
             repos_image_build(r, repo, &row);
             json_decref(row);
@@ -1557,7 +1227,6 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
     if (r->cfg.tick_ms <= 0) {
         r->cfg.tick_ms = 30000;
     }
-    pthread_mutex_init(&r->dblock, NULL);
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->cond, NULL);
     pthread_cond_init(&r->pool_done, NULL);
@@ -1596,30 +1265,15 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
                       r->git_bin);
         }
     }
-    char *path = xasprintf("%s/registry.db", r->data_dir);
-    if (sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        LOG_ERROR("repos: open %s: %s", path, r->db ? sqlite3_errmsg(r->db) : "no memory");
-        rc = ERR_DB;
-    }
-    free(path);
-    if (rc == 0) {
-        sqlite3_busy_timeout(r->db, 5000);
-        sqlite3_exec(r->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
-        sqlite3_stmt *st = NULL;
-        /* the migration is applied by registry_open(); make sure it ran */
-        if (sqlite3_prepare_v2(r->db, "SELECT 1 FROM repos LIMIT 1", -1, &st, NULL) != SQLITE_OK) {
-            LOG_ERROR("repos: registry.db has no repos table (migration 0002 not applied)");
-            rc = ERR_DB;
-        }
-        sqlite3_finalize(st);
+    if (!cfg->store) {
+        LOG_ERROR("repos: no store (registry.db holds the repository tables)");
+        rc = ERR_INVALID;
+    } else {
+        rc = repos_db_open(store_registry(cfg->store), &r->db);
     }
     if (rc == 0) {
         /* Builds interrupted by a stop or a crash will never finish. */
-        db_exec_text(r,
-                     "UPDATE images SET state='failed', error='interrupted by a server restart' "
-                     "WHERE state='building'",
-                     0, NULL, NULL);
+        repos_db_image_interrupt(r->db, "interrupted by a server restart");
         char *warm_glob = xasprintf("%s/repos", r->data_dir);
         util_mkdir_p(warm_glob, 0700);
         free(warm_glob);
@@ -1705,11 +1359,8 @@ void repos_close(struct repos *r)
         warm_free(w);
     }
     if (r->db) {
-        db_exec_text(r,
-                     "UPDATE images SET state='failed', error='interrupted by a server stop' "
-                     "WHERE state='building'",
-                     0, NULL, NULL);
-        sqlite3_close(r->db);
+        repos_db_image_interrupt(r->db, "interrupted by a server stop");
+        repos_db_close(r->db);
     }
     json_decref(r->ready_src);
     json_decref(r->preparing);
@@ -1724,7 +1375,6 @@ void repos_close(struct repos *r)
     pthread_cond_destroy(&r->cond);
     pthread_cond_destroy(&r->pool_done);
     pthread_mutex_destroy(&r->lock);
-    pthread_mutex_destroy(&r->dblock);
     free(r->data_dir);
     free(r->abs_data_dir);
     free(r->ca_file);
@@ -1753,38 +1403,7 @@ static int open_session_store(struct repos *r, const char *sid, struct snap_stor
 /* The session's repo row joined with the repo: repo, branch, url, default_branch. */
 static int session_row(struct repos *r, const char *sid, json_t **out)
 {
-    sqlite3_stmt *st = NULL;
-    *out = NULL;
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r,
-                     "SELECT s.repo, s.branch, r.url, r.default_branch, s.source, s.ready_ms, "
-                     "s.image_id, s.turn, s.pushed_sha, s.pr_url FROM session_repos s "
-                     "LEFT JOIN repos r ON r.name = s.repo WHERE s.session_id=?",
-                     &st);
-    if (rc == 0) {
-        bind_text(st, 1, sid);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            json_t *j = json_object();
-            static const char *const names[] = {
-                "repo", "branch",   "url", "default_branch", "source",
-                NULL,   "image_id", NULL,  "pushed_sha",     "pr_url"};
-            for (int i = 0; i < 10; i++) {
-                if (!names[i]) {
-                    continue;
-                }
-                json_object_set_new(j, names[i],
-                                    col_text(st, i) ? json_string(col_text(st, i)) : json_null());
-            }
-            json_object_set_new(j, "ready_ms", json_integer(sqlite3_column_int64(st, 5)));
-            json_object_set_new(j, "turn", json_integer(sqlite3_column_int64(st, 7)));
-            *out = j;
-        } else {
-            rc = ERR_NOT_FOUND;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    return rc;
+    return repos_db_session_get(r->db, sid, out);
 }
 
 int repos_session_info(struct repos *r, const char *session_id, json_t **out)
@@ -1794,8 +1413,7 @@ int repos_session_info(struct repos *r, const char *session_id, json_t **out)
 
 int repos_session_set_pr(struct repos *r, const char *session_id, const char *url)
 {
-    const char *args[] = {url, session_id};
-    return db_exec_text(r, "UPDATE session_repos SET pr_url=? WHERE session_id=?", 2, args, NULL);
+    return repos_db_session_set_pr(r->db, session_id, url);
 }
 
 /* Take a valid warm workspace of repo made from image img out of the pool. */
@@ -1857,22 +1475,7 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
     const char *url = json_string_value(json_object_get(j, "url"));
     const char *branch = json_string_value(json_object_get(j, "default_branch"));
     char *sbranch = xasprintf("sessiond/%s", session_id);
-    {
-        sqlite3_stmt *st = NULL;
-        pthread_mutex_lock(&r->dblock);
-        if (db_prep(r,
-                    "INSERT OR IGNORE INTO session_repos(session_id, repo, branch, created_at) "
-                    "VALUES(?,?,?,?)",
-                    &st) == 0) {
-            bind_text(st, 1, session_id);
-            bind_text(st, 2, repo);
-            bind_text(st, 3, sbranch);
-            sqlite3_bind_int64(st, 4, clock_now_ms());
-            sqlite3_step(st);
-        }
-        sqlite3_finalize(st);
-        pthread_mutex_unlock(&r->dblock);
-    }
+    repos_db_session_add(r->db, session_id, repo, sbranch, clock_now_ms());
     /* The target must be absent or an empty directory (rmdir fails otherwise). */
     if (rmdir(workspace) != 0 && errno != ENOENT) {
         LOG_WARN("repos: workspace %s exists and is not empty", workspace);
@@ -2007,22 +1610,7 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
 done:
     rc = 0;
     int64_t took = (clock_mono_us() - t0) / 1000;
-    {
-        sqlite3_stmt *st = NULL;
-        pthread_mutex_lock(&r->dblock);
-        if (db_prep(r,
-                    "UPDATE session_repos SET source=?, ready_ms=?, image_id=? "
-                    "WHERE session_id=?",
-                    &st) == 0) {
-            bind_text(st, 1, src);
-            sqlite3_bind_int64(st, 2, took);
-            bind_text(st, 3, img[0] ? img : NULL);
-            bind_text(st, 4, session_id);
-            sqlite3_step(st);
-        }
-        sqlite3_finalize(st);
-        pthread_mutex_unlock(&r->dblock);
-    }
+    repos_db_session_ready(r->db, session_id, src, took, img[0] ? img : NULL);
     snprintf(source, 16, "%s", src);
     if (ms) {
         *ms = took;
@@ -2119,8 +1707,7 @@ int repos_after_prompt(struct repos *r, const char *session_id, const char *work
     }
     int has_repo = session_row(r, session_id, &row) == 0;
     if (has_repo) {
-        const char *args[] = {session_id};
-        db_exec_text(r, "UPDATE session_repos SET turn=turn+1 WHERE session_id=?", 1, args, NULL);
+        repos_db_session_next_turn(r->db, session_id);
         turn = json_integer_value(json_object_get(row, "turn")) + 1;
         const char *branch = json_string_value(json_object_get(row, "branch"));
         const char *name = who && who->name && who->name[0] ? who->name
@@ -2259,8 +1846,7 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
         strcmp(cur, branch) != 0) {
         sha[0] = 0; /* HEAD moved off the branch (the agent): report no sha */
     }
-    const char *args[] = {sha[0] ? sha : NULL, session_id};
-    db_exec_text(r, "UPDATE session_repos SET pushed_sha=? WHERE session_id=?", 2, args, NULL);
+    repos_db_session_set_pushed(r->db, session_id, sha[0] ? sha : NULL);
     *out = json_pack("{s:s, s:s?, s:s}", "branch", branch, "sha", sha[0] ? sha : NULL, "url", url);
     emit(r, session_id, "git.pushed", json_deep_copy(*out));
 out:
@@ -2274,52 +1860,17 @@ out:
 
 int repos_cred_put(struct repos *r, const char *user_id, const char *provider, const char *sealed)
 {
-    sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r,
-                     "INSERT INTO user_credentials(user_id, provider, sealed, updated_at) "
-                     "VALUES(?,?,?,?) ON CONFLICT(user_id, provider) DO UPDATE SET "
-                     "sealed=excluded.sealed, updated_at=excluded.updated_at",
-                     &st);
-    if (rc == 0) {
-        bind_text(st, 1, user_id);
-        bind_text(st, 2, provider);
-        bind_text(st, 3, sealed);
-        sqlite3_bind_int64(st, 4, clock_now_ms());
-        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    return rc;
+    return repos_db_cred_put(r->db, user_id, provider, sealed, clock_now_ms());
 }
 
 int repos_cred_get(struct repos *r, const char *user_id, const char *provider, char **sealed)
 {
-    sqlite3_stmt *st = NULL;
-    *sealed = NULL;
-    pthread_mutex_lock(&r->dblock);
-    int rc = db_prep(r, "SELECT sealed FROM user_credentials WHERE user_id=? AND provider=?", &st);
-    if (rc == 0) {
-        bind_text(st, 1, user_id);
-        bind_text(st, 2, provider);
-        if (sqlite3_step(st) == SQLITE_ROW && col_text(st, 0)) {
-            *sealed = xstrdup(col_text(st, 0));
-        } else {
-            rc = ERR_NOT_FOUND;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->dblock);
-    return rc;
+    return repos_db_cred_get(r->db, user_id, provider, sealed);
 }
 
 int repos_cred_delete(struct repos *r, const char *user_id, const char *provider)
 {
-    const char *args[] = {user_id, provider};
-    int changes = 0;
-    int rc = db_exec_text(r, "DELETE FROM user_credentials WHERE user_id=? AND provider=?", 2, args,
-                          &changes);
-    return rc == 0 && changes == 0 ? ERR_NOT_FOUND : rc;
+    return repos_db_cred_delete(r->db, user_id, provider);
 }
 
 /* ---------------------------------------------------------------- runner hooks */
@@ -2342,16 +1893,7 @@ static char *session_repo_name(struct repos *r, const char *sid)
         if (util_valid_id(v) && repo_load(r, v, &repo) == 0) {
             name = xstrdup(v);
         } else {
-            sqlite3_stmt *st = NULL;
-            pthread_mutex_lock(&r->dblock);
-            if (db_prep(r, "SELECT name FROM repos WHERE url=? ORDER BY name LIMIT 1", &st) == 0) {
-                bind_text(st, 1, v);
-                if (sqlite3_step(st) == SQLITE_ROW && col_text(st, 0)) {
-                    name = xstrdup(col_text(st, 0));
-                }
-            }
-            sqlite3_finalize(st);
-            pthread_mutex_unlock(&r->dblock);
+            repos_db_repo_by_url(r->db, v, &name);
         }
     }
     json_decref(repo);
@@ -2791,51 +2333,13 @@ char *repos_hook_ready_json(const char *sid, int64_t ms)
                      pooled ? "pool" : "new", syncing ? ",\"syncing\":true" : "");
 }
 
-struct prompt_row {
-    const char *pid;
-    char *author_id, *author_name, *author_email, *content;
-};
-
-static int read_prompt(sqlite3 *db, void *arg)
-{
-    struct prompt_row *p = arg;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT p.author_id, coalesce(p.author_name, m.author_name), "
-                           "coalesce(p.author_email, m.author_email), m.content FROM prompts p "
-                           "LEFT JOIN messages m ON m.id = p.message_id WHERE p.id=?",
-                           -1, &st, NULL) != SQLITE_OK) {
-        return ERR_DB;
-    }
-    sqlite3_bind_text(st, 1, p->pid, -1, SQLITE_STATIC);
-    int rc = ERR_NOT_FOUND;
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        for (int i = 0; i < 4; i++) {
-            const unsigned char *t = sqlite3_column_text(st, i);
-            char *v = t ? xstrdup((const char *)t) : NULL;
-            if (i == 0) {
-                p->author_id = v;
-            } else if (i == 1) {
-                p->author_name = v;
-            } else if (i == 2) {
-                p->author_email = v;
-            } else {
-                p->content = v;
-            }
-        }
-        rc = 0;
-    }
-    sqlite3_finalize(st);
-    return rc;
-}
-
 void repos_hook_prompt_end(const char *sid, const char *prompt_id)
 {
     struct repos *r = hook_enter();
     if (!r) {
         return;
     }
-    struct prompt_row p = {.pid = prompt_id};
+    struct repos_db_prompt p = {0};
     struct sess *s = NULL;
     struct stat sb;
     char *ws = default_workspace(r, sid);
@@ -2850,7 +2354,7 @@ void repos_hook_prompt_end(const char *sid, const char *prompt_id)
     json_object_set_new(r->ending, sid, json_true());
     pthread_mutex_unlock(&r->lock);
     if (r->cfg.store && stat(ws, &sb) == 0 && store_session_get(r->cfg.store, sid, &s) == 0) {
-        int rc = sess_read(s, read_prompt, &p);
+        int rc = repos_db_prompt_read(s, prompt_id, &p);
         sess_put(s);
         if (rc == 0) {
             struct author a = {p.author_id, p.author_name, p.author_email};
@@ -2861,10 +2365,7 @@ void repos_hook_prompt_end(const char *sid, const char *prompt_id)
     json_object_del(r->ending, sid);
     pthread_cond_broadcast(&r->sync_cv);
     pthread_mutex_unlock(&r->lock);
-    free(p.author_id);
-    free(p.author_name);
-    free(p.author_email);
-    free(p.content);
+    repos_db_prompt_free(&p);
     free(ws);
     hook_leave();
 }
@@ -2889,8 +2390,7 @@ static void *bg_snap_main(void *arg)
         char *dir = session_snap_dir(r, b->sid);
         util_rm_rf(dir);
         free(dir);
-        const char *args[] = {b->sid};
-        db_exec_text(r, "DELETE FROM session_repos WHERE session_id=?", 1, args, NULL);
+        repos_db_session_delete(r->db, b->sid);
     } else if (stat(ws, &sb) == 0) {
         repos_snapshot(r, b->sid, ws, "session end", NULL);
     }
