@@ -644,7 +644,7 @@ static void *prompt_end_main(void *arg)
 {
     struct finish_op *f = arg;
     struct runner *r = f->run->r;
-    repos_hook_prompt_end(f->run->sid, f->run->pid);
+    repos_prompt_end(r->cfg.repos, f->run->sid, f->run->pid);
     finish_tail(f);
     pthread_mutex_lock(&r->lock);
     r->threads_out--;
@@ -684,7 +684,7 @@ static void finish_done(void *arg, int rc)
         pthread_mutex_lock(&r->lock);
         r->threads_out--;
         pthread_mutex_unlock(&r->lock);
-        repos_hook_prompt_end(run->sid, run->pid); /* no thread: here, as before */
+        repos_prompt_end(r->cfg.repos, run->sid, run->pid); /* no thread: here, as before */
         finish_tail(f);
     }
 }
@@ -1254,11 +1254,11 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
     }
     emit(r, x->id, "sandbox.starting", xstrdup("{}"));
     int64_t t0 = clock_mono_us();
-    repos_hook_sandbox_start(x->id); /* issue 5: fill a repository workspace first */
-    char *objs = repos_hook_shared_objects(x->id, NULL);
+    repos_sandbox_start(r->cfg.repos, x->id); /* issue 5: fill a repository workspace first */
+    char *objs = repos_shared_objects(r->cfg.repos, x->id, NULL);
     struct sbx_spec spec = {
         .name = x->id, .shared_objects = objs, .on_end = sbx_ended, .on_end_arg = r};
-    ns = repos_hook_take_sandbox(x->id); /* issue 5: the warm pool's, already running */
+    ns = repos_take_sandbox(r->cfg.repos, x->id); /* issue 5: the warm pool's, already running */
     if (ns && !sbx_alive(ns)) {
         sbx_destroy(ns);
         ns = NULL;
@@ -1285,7 +1285,7 @@ static int ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int6
     if (old) {
         sbx_destroy(old);
     }
-    emit(r, x->id, "sandbox.ready", repos_hook_ready_json(x->id, *ready_ms)); /* issue 5 */
+    emit(r, x->id, "sandbox.ready", repos_ready_json(r->cfg.repos, x->id, *ready_ms)); /* issue 5 */
     *out = ns;
 out:
     pthread_mutex_lock(&r->lock);
@@ -1448,7 +1448,7 @@ static void park_start(struct runner *r, struct rs *x, int for_prompt)
     pthread_mutex_unlock(&r->lock);
 }
 
-/* repos_hook_set_sandbox_factory: create a sandbox for the warm pool on a starter thread
+/* repos_runner.make_sandbox: create a sandbox for the warm pool on a starter thread
  * (they live until runner_stop: a sandbox dies with the thread that created it) and wait. */
 static int pool_factory(void *arg, const struct sbx_spec *spec, struct sbx **out)
 {
@@ -1579,7 +1579,7 @@ static void start_next_picked(struct runner *r, const char *sid)
         return;
     }
     int sync_timeout = 0;
-    if (alive && repos_hook_syncing(sid)) {
+    if (alive && repos_syncing(r->cfg.repos, sid)) {
         int64_t now = clock_mono_ms();
         pthread_mutex_lock(&r->lock);
         if (!x->sync_wait_since) {
@@ -1587,7 +1587,7 @@ static void start_next_picked(struct runner *r, const char *sid)
         }
         int64_t waited = now - x->sync_wait_since;
         pthread_mutex_unlock(&r->lock);
-        if (waited < repos_hook_sync_wait_ms()) {
+        if (waited < repos_sync_wait_ms(r->cfg.repos)) {
             next_free(&np);
             return;
         }
@@ -1637,7 +1637,7 @@ static void start_next_picked(struct runner *r, const char *sid)
     } else if (sync_timeout) {
         snprintf(reason, sizeof reason,
                  "timeout: the workspace was still syncing with the repository after %d s",
-                 repos_hook_sync_wait_ms() / 1000);
+                 repos_sync_wait_ms(r->cfg.repos) / 1000);
         rc = ERR_TIMEOUT;
     }
     if (!rc) {
@@ -1646,7 +1646,7 @@ static void start_next_picked(struct runner *r, const char *sid)
          * prompt: a PATCH of the repository applies from the next prompt on). */
         json_t *reg = NULL;
         char ragent[80];
-        repos_hook_session_policy(sid, &reg, ragent, sizeof ragent);
+        repos_session_policy(r->cfg.repos, sid, &reg, ragent, sizeof ragent);
         if (!np.agent && ragent[0]) {
             np.agent = xstrdup(ragent);
         }
@@ -2136,7 +2136,7 @@ static void *ctl_main(void *arg)
                 if (purge) {
                     purge_files(r, x, j->sid);
                 }
-                repos_hook_session_end(j->sid); /* issue 5: snapshot in the background */
+                repos_session_end(r->cfg.repos, j->sid); /* issue 5: snapshot in the background */
             }
             free(j);
         }
@@ -2158,7 +2158,7 @@ static void *ctl_main(void *arg)
     return NULL;
 }
 
-/* repos_hook_set_synced_cb: a workspace sync ended, a prompt may wait for it. Unlike
+/* repos_runner.synced: a workspace sync ended, a prompt may wait for it. Unlike
  * runner_kick this does not reopen an ended session. */
 static void synced_cb(void *arg, const char *sid)
 {
@@ -2244,8 +2244,8 @@ int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
         free(r);
         return ERR_IO;
     }
-    repos_hook_set_synced_cb(synced_cb, r);
-    repos_hook_set_sandbox_factory(pool_factory, r);
+    struct repos_runner ops = {.make_sandbox = pool_factory, .synced = synced_cb, .ctx = r};
+    repos_set_runner(r->cfg.repos, &ops);
     LOG_INFO("runner: started (agent %s, sandbox %s, prompt timeout %d s)", r->cfg.agent,
              sbx_backend_name(be), r->cfg.prompt_timeout_s);
     *out = r;
@@ -2291,8 +2291,7 @@ void runner_stop(struct runner *r)
     if (!r) {
         return;
     }
-    repos_hook_set_synced_cb(NULL, NULL);
-    repos_hook_set_sandbox_factory(NULL, NULL);
+    repos_set_runner(r->cfg.repos, NULL);
     pthread_mutex_lock(&r->lock);
     r->accepting = 0;
     int running = r->running;

@@ -32,6 +32,7 @@ struct outpump;
 struct commitq;
 struct author;
 struct agents;
+struct repos;
 
 struct runner_config {
     /* The default agent: "shell" (default) | a name under agents/bundled | a path to an
@@ -50,6 +51,10 @@ struct runner_config {
     /* Named coding agents (agents.h, issue 7): an agent name found here runs its CLI through
      * its adapter instead of as a command. NULL = none. */
     const struct agents *agents;
+    /* The repository layer (workspaces, warm pool, syncs, per-prompt commits); it must
+     * outlive the runner (repos_shutdown() before runner_stop(), repos_close() after). NULL =
+     * none: sessions get empty workspaces. */
+    struct repos *repos;
 };
 
 /** Start the runner (and its commit workers). be and pump must outlive it. *out:

@@ -61,30 +61,12 @@ struct warm {
 };
 
 /* A pre-created sandbox that came with a claimed warm workspace, until the runner takes it
- * (repos_hook_take_sandbox). In r->handoffs, guarded by r->lock. */
+ * (repos_take_sandbox). In r->handoffs, guarded by r->lock. */
 struct handoff {
     struct handoff *next;
     char sid[72];
     struct sbx *sbx;
 };
-
-/* The runner's sandbox factory (repos_hook_set_sandbox_factory): a sandbox dies with the
- * thread that created it (bubblewrap --die-with-parent), so the pool thread, which ends at
- * repos_close() while claimed sandboxes still run prompts, asks the runner's starter threads.
- * g_factory_mu is held across a call so that unregistering waits for it. */
-static pthread_mutex_t g_factory_mu = PTHREAD_MUTEX_INITIALIZER;
-static int (*g_factory)(void *arg, const struct sbx_spec *spec, struct sbx **out);
-static void *g_factory_arg;
-
-void repos_hook_set_sandbox_factory(int (*fn)(void *arg, const struct sbx_spec *spec,
-                                              struct sbx **out),
-                                    void *arg)
-{
-    pthread_mutex_lock(&g_factory_mu);
-    g_factory = fn;
-    g_factory_arg = arg;
-    pthread_mutex_unlock(&g_factory_mu);
-}
 
 /* Destroy a sandbox made for the pool and its private dir + log (priv: taken over). */
 static void pool_sbx_free(struct sbx *s, char *priv)
@@ -140,35 +122,44 @@ struct repos {
     json_t *ready_src_sbx;    /* sids whose sandbox came from the pool, for sandbox.ready */
     pthread_cond_t sync_cv;   /* a sync or a prompt end finished, a release, or closing */
     int bg_syncs;             /* sync threads running (repos_close waits for them) */
-    int closing;              /* repos_close started: waiters give up */
+    int closing;              /* repos_shutdown started: waiters give up */
+
+    /* The runner's calls in progress (hook_enter) and the runner's callbacks
+     * (repos_set_runner): runner_mu is held across a callback, so that unregistering waits
+     * for a call in progress. */
+    pthread_mutex_t hook_mu; /* guards shut, hooks_in */
+    pthread_cond_t hook_cv;
+    int shut;     /* repos_shutdown() began: the runner's calls answer "no repository" */
+    int hooks_in; /* the runner's calls inside the instance */
+    pthread_mutex_t runner_mu; /* guards runner */
+    struct repos_runner runner;
 };
 
-/* The instance the runner's hooks use (repos.h), and how many hooks are inside it:
- * repos_close() unpublishes it, then waits for the hooks to leave. Guarded by g_hook_mu. */
-static pthread_mutex_t g_hook_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_hook_cv = PTHREAD_COND_INITIALIZER;
-static struct repos *g_active;
-static int g_hooks_in;
-
-static struct repos *hook_enter(void)
+/* The runner's calls (repos.h "calls of the runner") enter the instance: r, or NULL when
+ * there is none or repos_shutdown() has begun, when the call answers as if there were no
+ * repository layer. repos_shutdown() waits for the calls inside to leave. */
+static struct repos *hook_enter(struct repos *r)
 {
-    pthread_mutex_lock(&g_hook_mu);
-    struct repos *r = g_active;
-    if (r) {
-        g_hooks_in++;
+    if (!r) {
+        return NULL;
     }
-    pthread_mutex_unlock(&g_hook_mu);
-    return r;
+    pthread_mutex_lock(&r->hook_mu);
+    int in = !r->shut;
+    if (in) {
+        r->hooks_in++;
+    }
+    pthread_mutex_unlock(&r->hook_mu);
+    return in ? r : NULL;
 }
 
 static char *shared_for(struct repos *r, const char *name, const char *workspace);
 
-static void hook_leave(void)
+static void hook_leave(struct repos *r)
 {
-    pthread_mutex_lock(&g_hook_mu);
-    g_hooks_in--;
-    pthread_cond_broadcast(&g_hook_cv);
-    pthread_mutex_unlock(&g_hook_mu);
+    pthread_mutex_lock(&r->hook_mu);
+    r->hooks_in--;
+    pthread_cond_broadcast(&r->hook_cv);
+    pthread_mutex_unlock(&r->hook_mu);
 }
 
 /* ---------------------------------------------------------------- small helpers */
@@ -945,11 +936,11 @@ static void warm_sandbox(struct repos *r, struct warm *w)
     char *objs = shared_for(r, name, w->dir);
     struct sbx_spec spec = {.name = name, .workspace = w->dir, .shared_objects = objs};
     int rc = ERR_UNAVAILABLE;
-    pthread_mutex_lock(&g_factory_mu);
-    if (g_factory) {
-        rc = g_factory(g_factory_arg, &spec, &w->sbx);
+    pthread_mutex_lock(&r->runner_mu);
+    if (r->runner.make_sandbox) {
+        rc = r->runner.make_sandbox(r->runner.ctx, &spec, &w->sbx);
     }
-    pthread_mutex_unlock(&g_factory_mu);
+    pthread_mutex_unlock(&r->runner_mu);
     free(objs);
     if (rc == 0) {
         w->sbx_priv = xasprintf("%s/sandboxes/%s", r->data_dir, name);
@@ -1028,8 +1019,13 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         }
     }
     /* Expire: too old, or made from an image that is no longer the latest. */
-    struct warm *gone = NULL, *resync = NULL;
+    struct warm *gone = NULL, *resync = NULL, *bare = NULL;
     int count = 0;
+    /* Warm workspaces made before the runner registered its sandbox factory (the layer starts
+     * first) get their sandbox now. */
+    pthread_mutex_lock(&r->runner_mu);
+    int factory = r->runner.make_sandbox != NULL;
+    pthread_mutex_unlock(&r->runner_mu);
     pthread_mutex_lock(&r->lock);
     for (struct warm **pp = &r->warm; *pp;) {
         struct warm *w = *pp;
@@ -1047,6 +1043,10 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
             *pp = w->next; /* taken out while it syncs */
             w->next = resync;
             resync = w;
+        } else if (factory && !w->sbx) {
+            *pp = w->next; /* taken out while its sandbox starts */
+            w->next = bare;
+            bare = w;
         } else {
             count++;
             pp = &w->next;
@@ -1057,6 +1057,16 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         struct warm *w = gone;
         gone = w->next;
         warm_free(w);
+    }
+    while (bare) {
+        struct warm *w = bare;
+        bare = w->next;
+        warm_sandbox(r, w);
+        pthread_mutex_lock(&r->lock);
+        w->next = r->warm;
+        r->warm = w;
+        count++;
+        pthread_mutex_unlock(&r->lock);
     }
     while (resync) {
         struct warm *w = resync;
@@ -1228,6 +1238,9 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         r->cfg.tick_ms = 30000;
     }
     pthread_mutex_init(&r->lock, NULL);
+    pthread_mutex_init(&r->hook_mu, NULL);
+    pthread_cond_init(&r->hook_cv, NULL);
+    pthread_mutex_init(&r->runner_mu, NULL);
     pthread_cond_init(&r->cond, NULL);
     pthread_cond_init(&r->pool_done, NULL);
     pthread_cond_init(&r->sync_cv, NULL);
@@ -1296,30 +1309,31 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
     r->ready_src = json_object();
     r->preparing = json_object();
     pthread_cond_init(&r->prep_cv, NULL);
-    pthread_mutex_lock(&g_hook_mu);
-    g_active = r;
-    pthread_mutex_unlock(&g_hook_mu);
     *out = r;
     return 0;
 }
 
-void repos_close(struct repos *r)
+void repos_shutdown(struct repos *r)
 {
     if (!r) {
         return;
     }
+    pthread_mutex_lock(&r->hook_mu);
+    int again = r->shut;
+    r->shut = 1; /* the runner's calls from now on answer "no repository" */
+    pthread_mutex_unlock(&r->hook_mu);
+    if (again) {
+        return;
+    }
     pthread_mutex_lock(&r->lock);
-    r->closing = 1; /* hooks waiting for a sync give up now */
+    r->closing = 1; /* calls waiting for a sync give up now */
     pthread_cond_broadcast(&r->sync_cv);
     pthread_mutex_unlock(&r->lock);
-    pthread_mutex_lock(&g_hook_mu);
-    if (g_active == r) {
-        g_active = NULL;
-        while (g_hooks_in > 0) {
-            pthread_cond_wait(&g_hook_cv, &g_hook_mu);
-        }
+    pthread_mutex_lock(&r->hook_mu);
+    while (r->hooks_in > 0) {
+        pthread_cond_wait(&r->hook_cv, &r->hook_mu);
     }
-    pthread_mutex_unlock(&g_hook_mu);
+    pthread_mutex_unlock(&r->hook_mu);
     pthread_mutex_lock(&r->lock);
     r->stopping = 1;
     if (r->build_sbx) {
@@ -1360,8 +1374,16 @@ void repos_close(struct repos *r)
     }
     if (r->db) {
         repos_db_image_interrupt(r->db, "interrupted by a server stop");
-        repos_db_close(r->db);
     }
+}
+
+void repos_close(struct repos *r)
+{
+    if (!r) {
+        return;
+    }
+    repos_shutdown(r);
+    repos_db_close(r->db);
     json_decref(r->ready_src);
     json_decref(r->preparing);
     json_decref(r->syncing);
@@ -1375,6 +1397,9 @@ void repos_close(struct repos *r)
     pthread_cond_destroy(&r->cond);
     pthread_cond_destroy(&r->pool_done);
     pthread_mutex_destroy(&r->lock);
+    pthread_mutex_destroy(&r->hook_mu);
+    pthread_cond_destroy(&r->hook_cv);
+    pthread_mutex_destroy(&r->runner_mu);
     free(r->data_dir);
     free(r->abs_data_dir);
     free(r->ca_file);
@@ -1927,11 +1952,15 @@ int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *
     return 0;
 }
 
-int repos_session_policy(struct repos *r, const char *sid, json_t **egress, char *agent, size_t n)
+int repos_session_policy(struct repos *rp, const char *sid, json_t **egress, char *agent, size_t n)
 {
-    char *name = session_repo_name(r, sid);
+    struct repos *r = hook_enter(rp);
+    char *name = r ? session_repo_name(r, sid) : NULL;
     int rc = name ? repos_repo_policy(r, name, egress, agent, n) : ERR_NOT_FOUND;
     free(name);
+    if (r) {
+        hook_leave(r);
+    }
     if (rc != 0) {
         if (egress) {
             *egress = json_array();
@@ -1943,36 +1972,23 @@ int repos_session_policy(struct repos *r, const char *sid, json_t **egress, char
     return 0;
 }
 
-void repos_hook_session_policy(const char *sid, json_t **egress, char *agent, size_t n)
-{
-    struct repos *r = hook_enter();
-    if (!r) {
-        if (egress) {
-            *egress = json_array();
-        }
-        if (agent && n) {
-            agent[0] = '\0';
-        }
-        return;
-    }
-    repos_session_policy(r, sid, egress, agent, n);
-    hook_leave();
-}
-
 /* ---- the background workspace sync ---- */
 
-/* The runner's "a sync ended" callback (repos_hook_set_synced_cb). g_cb_mu is held across a
- * call, so that unregistering waits for a call in progress. */
-static pthread_mutex_t g_cb_mu = PTHREAD_MUTEX_INITIALIZER;
-static void (*g_synced_cb)(void *arg, const char *sid);
-static void *g_synced_arg;
-
-void repos_hook_set_synced_cb(void (*cb)(void *arg, const char *sid), void *arg)
+void repos_set_runner(struct repos *r, const struct repos_runner *ops)
 {
-    pthread_mutex_lock(&g_cb_mu);
-    g_synced_cb = cb;
-    g_synced_arg = arg;
-    pthread_mutex_unlock(&g_cb_mu);
+    if (!r) {
+        return;
+    }
+    pthread_mutex_lock(&r->runner_mu);
+    if (ops) {
+        r->runner = *ops;
+    } else {
+        memset(&r->runner, 0, sizeof(r->runner));
+    }
+    pthread_mutex_unlock(&r->runner_mu);
+    if (ops && ops->make_sandbox) {
+        kick_pool(r); /* the pool's workspaces made so far get their sandboxes */
+    }
 }
 
 struct bg_sync {
@@ -2060,11 +2076,11 @@ static void *bg_sync_main(void *arg)
     json_object_del(r->syncing, sid);
     pthread_cond_broadcast(&r->sync_cv);
     pthread_mutex_unlock(&r->lock);
-    pthread_mutex_lock(&g_cb_mu);
-    if (g_synced_cb) {
-        g_synced_cb(g_synced_arg, sid);
+    pthread_mutex_lock(&r->runner_mu);
+    if (r->runner.synced) {
+        r->runner.synced(r->runner.ctx, sid);
     }
-    pthread_mutex_unlock(&g_cb_mu);
+    pthread_mutex_unlock(&r->runner_mu);
     pthread_mutex_lock(&r->lock);
     r->bg_syncs--; /* last touch of r: repos_close may free it after this */
     pthread_cond_broadcast(&r->pool_done);
@@ -2132,20 +2148,20 @@ static char *shared_for(struct repos *r, const char *name, const char *workspace
     return out;
 }
 
-char *repos_hook_shared_objects(const char *name, const char *workspace)
+char *repos_shared_objects(struct repos *rp, const char *name, const char *workspace)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     if (!r) {
         return NULL;
     }
     char *out = shared_for(r, name, workspace);
-    hook_leave();
+    hook_leave(r);
     return out;
 }
 
-struct sbx *repos_hook_take_sandbox(const char *sid)
+struct sbx *repos_take_sandbox(struct repos *rp, const char *sid)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     struct sbx *s = NULL;
     if (r) {
         pthread_mutex_lock(&r->lock);
@@ -2160,44 +2176,44 @@ struct sbx *repos_hook_take_sandbox(const char *sid)
             }
         }
         pthread_mutex_unlock(&r->lock);
-        hook_leave();
+        hook_leave(r);
     }
     return s;
 }
 
-int repos_hook_syncing(const char *sid)
+int repos_syncing(struct repos *rp, const char *sid)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     int on = 0;
     if (r) {
         pthread_mutex_lock(&r->lock);
         on = json_object_get(r->syncing, sid) != NULL;
         pthread_mutex_unlock(&r->lock);
-        hook_leave();
+        hook_leave(r);
     }
     return on;
 }
 
-int repos_hook_session_has_repo(const char *sid)
+int repos_session_has_repo(struct repos *rp, const char *sid)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     char *name = NULL;
     if (r) {
         name = util_valid_id(sid) ? session_repo_name(r, sid) : NULL;
-        hook_leave();
+        hook_leave(r);
     }
     int has = name != NULL;
     free(name);
     return has;
 }
 
-int repos_hook_sync_wait_ms(void)
+int repos_sync_wait_ms(struct repos *rp)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     int ms = 30000;
     if (r) {
         ms = r->cfg.sync_wait_ms;
-        hook_leave();
+        hook_leave(r);
     }
     return ms;
 }
@@ -2220,16 +2236,16 @@ static int wait_not_in(struct repos *r, const char *sid, json_t *a, json_t *b, i
     }
 }
 
-int repos_hook_wait_synced(const char *sid, int timeout_ms)
+int repos_wait_synced(struct repos *rp, const char *sid, int timeout_ms)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     int rc = 0;
     if (r) {
         pthread_mutex_lock(&r->lock);
         rc = wait_not_in(r, sid, r->syncing, NULL,
                          timeout_ms < 0 ? r->cfg.sync_wait_ms : timeout_ms);
         pthread_mutex_unlock(&r->lock);
-        hook_leave();
+        hook_leave(r);
     }
     return rc;
 }
@@ -2243,9 +2259,9 @@ static int wait_quiet(struct repos *r, const char *sid)
     return rc;
 }
 
-void repos_hook_sandbox_start(const char *sid)
+void repos_sandbox_start(struct repos *rp, const char *sid)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     if (!r) {
         return;
     }
@@ -2304,14 +2320,14 @@ void repos_hook_sandbox_start(const char *sid)
     pthread_mutex_unlock(&r->lock);
     free(name);
     free(ws);
-    hook_leave();
+    hook_leave(r);
 }
 
-char *repos_hook_ready_json(const char *sid, int64_t ms)
+char *repos_ready_json(struct repos *rp, const char *sid, int64_t ms)
 {
     char source[16] = "empty";
     int syncing = 0, pooled = 0;
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     if (r) {
         pthread_mutex_lock(&r->lock);
         pooled = json_object_get(r->ready_src_sbx, sid) != NULL;
@@ -2327,15 +2343,15 @@ char *repos_hook_ready_json(const char *sid, int64_t ms)
             pthread_cond_broadcast(&r->sync_cv);
         }
         pthread_mutex_unlock(&r->lock);
-        hook_leave();
+        hook_leave(r);
     }
     return xasprintf("{\"source\":\"%s\",\"ms\":%lld,\"sandbox\":\"%s\"%s}", source, (long long)ms,
                      pooled ? "pool" : "new", syncing ? ",\"syncing\":true" : "");
 }
 
-void repos_hook_prompt_end(const char *sid, const char *prompt_id)
+void repos_prompt_end(struct repos *rp, const char *sid, const char *prompt_id)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     if (!r) {
         return;
     }
@@ -2345,7 +2361,7 @@ void repos_hook_prompt_end(const char *sid, const char *prompt_id)
     char *ws = default_workspace(r, sid);
     if (!util_valid_id(sid)) {
         free(ws);
-        hook_leave();
+        hook_leave(r);
         return;
     }
     pthread_mutex_lock(&r->lock);
@@ -2367,7 +2383,7 @@ void repos_hook_prompt_end(const char *sid, const char *prompt_id)
     pthread_mutex_unlock(&r->lock);
     repos_db_prompt_free(&p);
     free(ws);
-    hook_leave();
+    hook_leave(r);
 }
 
 struct bg_snap {
@@ -2403,9 +2419,9 @@ static void *bg_snap_main(void *arg)
     return NULL;
 }
 
-void repos_hook_session_end(const char *sid)
+void repos_session_end(struct repos *rp, const char *sid)
 {
-    struct repos *r = hook_enter();
+    struct repos *r = hook_enter(rp);
     if (!r) {
         return;
     }
@@ -2428,5 +2444,5 @@ void repos_hook_session_end(const char *sid)
         }
         pthread_attr_destroy(&at);
     }
-    hook_leave();
+    hook_leave(r);
 }

@@ -74,8 +74,13 @@ int sandbox_start(struct app *app)
         /* the backend logged the one line saying why and what to do */
         outpump_stop(g_pump);
         g_pump = NULL;
-        return rc;
     }
+    return rc;
+}
+
+int sandbox_runner_start(struct app *app)
+{
+    const struct config *cfg = app->cfg;
     struct runner_config rcfg = {
         .agent = cfg->agent,
         .prompt_timeout_s = (int)cfg->prompt_timeout,
@@ -88,15 +93,9 @@ int sandbox_start(struct app *app)
         .max_sandboxes = (int)cfg->max_sandboxes,
         .max_sandboxes_per_user = (int)cfg->max_sandboxes_per_user,
         .max_execs_per_session = (int)cfg->max_execs_per_session,
+        .repos = app->repos,
     };
-    rc = runner_start(app->store, app->sbx, g_pump, &rcfg, &app->runner);
-    if (rc) {
-        sbx_backend_free(app->sbx);
-        app->sbx = NULL;
-        outpump_stop(g_pump);
-        g_pump = NULL;
-    }
-    return rc;
+    return runner_start(app->store, app->sbx, g_pump, &rcfg, &app->runner);
 }
 
 void sandbox_stop(struct app *app)
@@ -123,7 +122,7 @@ void api_session_ended(struct app *app, const char *session_id, int purged)
 
 void api_session_started(struct app *app, const char *session_id)
 {
-    if (repos_hook_session_has_repo(session_id)) {
+    if (repos_session_has_repo(app->repos, session_id)) {
         runner_prestart(app->runner, session_id);
     }
 }
@@ -132,12 +131,12 @@ void api_session_started(struct app *app, const char *session_id)
  * failed with 503 after the bounded wait. */
 static int wait_for_sync(struct req *r, const char *sid, const char *what)
 {
-    int rc = repos_hook_wait_synced(sid, -1);
+    int rc = repos_wait_synced(req_app(r)->repos, sid, -1);
     if (rc == ERR_TIMEOUT) {
         return req_fail(r, ERR_UNAVAILABLE,
                         "the workspace is still syncing with the repository after %d s: %s "
                         "refused, retry later",
-                        repos_hook_sync_wait_ms() / 1000, what);
+                        repos_sync_wait_ms(req_app(r)->repos) / 1000, what);
     }
     if (rc) {
         return req_fail(r, rc, "the workspace sync did not finish: %s", err_str(rc));

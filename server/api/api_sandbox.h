@@ -15,9 +15,12 @@ struct app;
 struct auth_info;
 struct req;
 
-/** Start the sandbox backend (refuses with one log line if it cannot run) and the runner;
- * fills app->sbx and app->runner. 0 or a negative error (the server must not start). */
+/** Start the sandbox backend (refuses with one log line if it cannot run); fills app->sbx.
+ * 0 or a negative error (the server must not start). */
 int sandbox_start(struct app *app);
+/** Start the runner on app->sbx, handing it app->repos (so after api_repos_start); fills
+ * app->runner. 0 or a negative error. */
+int sandbox_runner_start(struct app *app);
 /** Graceful stop: running prompts get a grace period, then are cancelled ("shutdown"). */
 void sandbox_stop(struct app *app);
 
