@@ -1,18 +1,17 @@
 /*
- * repos.c - repository registry, images, warm pools, session workspaces, per-prompt commits
- * and snapshots (see repos.h for the layout and the contracts).
+ * repos.c - the repository layer's instance (open, shutdown, close), the registry of
+ * repositories (create, update, delete, the egress policy and default agent), users' sealed
+ * credentials, and the helpers the other files of the layer share (workspace_int.h).
+ * repos.h holds the layout under <data_dir> and the contracts.
  *
  * Threads: the repository tables are reached through r->db (storage/repos_db.h, thread
  * safe). r->lock guards the warm list, the build queue and the flags; it is never held
  * across file system or network work: entries are unlinked under the lock, then worked on.
- * The builder thread pops build jobs; the pool thread runs the schedule every tick_ms or when
- * kicked (repos_warm, a claim, a finished build).
- *
- * Invariant: a warm workspace belongs to exactly one of {the warm list, a top-up in progress,
- * a claim in progress}; only the owner touches its directory.
+ * The runner's calls enter through repos__hook_enter(), which repos_shutdown() closes and
+ * waits on; lock order: hook_mu, runner_mu and lock are never held together, except
+ * runner_mu around a runner callback that takes the runner's own locks.
  */
-
-#include "workspace/repos.h"
+#include "workspace/workspace_int.h"
 
 #include "common/buf.h"
 #include "common/clock.h"
@@ -22,13 +21,13 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
-#include "workspace/git.h"
-#include "workspace/gitjob.h"
 #include "sandbox/sbx.h"
-#include "workspace/snap/snap.h"
 #include "storage/registry.h"
 #include "storage/repos_db.h"
 #include "storage/store.h"
+#include "workspace/git.h"
+#include "workspace/gitjob.h"
+#include "workspace/snap/snap.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -41,104 +40,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define LOG_CAP         (256 * 1024)
-#define SETUP_OUT_CAP   (128 * 1024)
-#define RESYNC_MS       60000
-#define REFILL_DELAY_MS 250
-#define CLAIM_RESYNC_MS 5000 /* a claimed warm workspace synced longer ago re-syncs */
-#define SYNC_HOLD_MS    100  /* a background sync waits this long at most for sandbox.ready */
-
-struct warm {
-    struct warm *next;
-    char *repo;
-    char *dir;
-    char *image_id;
-    int64_t created_ms;
-    int64_t synced_ms;
-    char head[41];   /* the commit it is synced to */
-    struct sbx *sbx; /* its sandbox, created ahead (through the runner's factory), or NULL */
-    char *sbx_priv;  /* that sandbox's private dir (removed with an unclaimed one) */
-};
-
-/* A pre-created sandbox that came with a claimed warm workspace, until the runner takes it
- * (repos_take_sandbox). In r->handoffs, guarded by r->lock. */
-struct handoff {
-    struct handoff *next;
-    char sid[72];
-    struct sbx *sbx;
-};
-
-/* Destroy a sandbox made for the pool and its private dir + log (priv: taken over). */
-static void pool_sbx_free(struct sbx *s, char *priv)
-{
-    sbx_destroy(s);
-    if (priv) {
-        char *log = xasprintf("%s.log", priv);
-        util_rm_rf(priv);
-        unlink(log);
-        free(log);
-        free(priv);
-    }
-}
-
-struct job {
-    struct job *next;
-    char *repo;
-    char *image_id;
-};
-
-struct repos {
-    struct repos_config cfg;
-    char *data_dir;
-    char *abs_data_dir; /* realpath of data_dir: shared stores are named by absolute paths */
-    char *ca_file;
-    char *git_bin;         /* the sessiond-git helper */
-    struct gitjob_cfg git; /* how workspace git operations run (gitjob.h); set at open */
-    struct repos_db *db;   /* the repository tables (thread safe) */
-
-    pthread_mutex_t lock; /* guards everything below */
-    pthread_cond_t cond;
-    struct warm *warm;
-    struct job *jobs, *jobs_tail;
-    char *building;        /* repo of the running build, or NULL */
-    struct sbx *build_sbx; /* the sandbox of the running setup step, or NULL */
-    int stopping;
-    int kick;             /* pool thread: run a tick now */
-    int64_t refill_at_ms; /* pool thread: run a tick then (after a claim); 0 = none */
-    int64_t next_tick_ms; /* pool thread: the next scheduled tick */
-    int pool_running;     /* a pool tick is in progress */
-    pthread_cond_t pool_done;
-    pthread_t builder, pooler;
-    int threads;
-    json_t *ready_src;      /* sid -> source of the last prepare, consumed by the ready event */
-    json_t *preparing;      /* sids whose workspace a hook is filling now */
-    pthread_cond_t prep_cv; /* signalled when one is done */
-    int bg_snapshots;       /* background end-of-session snapshots running */
-    /* Background workspace syncs (repos.h "The workspace sync") and prompt ends. */
-    json_t *syncing;          /* sid -> true while its workspace sync runs */
-    json_t *released;         /* sids whose sandbox.ready was built: their sync may start */
-    json_t *ending;           /* sids whose prompt-end commit + snapshot runs now */
-    struct handoff *handoffs; /* pre-created sandboxes of claimed warm workspaces */
-    json_t *ready_src_sbx;    /* sids whose sandbox came from the pool, for sandbox.ready */
-    pthread_cond_t sync_cv;   /* a sync or a prompt end finished, a release, or closing */
-    int bg_syncs;             /* sync threads running (repos_close waits for them) */
-    int closing;              /* repos_shutdown started: waiters give up */
-
-    /* The runner's calls in progress (hook_enter) and the runner's callbacks
-     * (repos_set_runner): runner_mu is held across a callback, so that unregistering waits
-     * for a call in progress. */
-    pthread_mutex_t hook_mu; /* guards shut, hooks_in */
-    pthread_cond_t hook_cv;
-    int shut;     /* repos_shutdown() began: the runner's calls answer "no repository" */
-    int hooks_in; /* the runner's calls inside the instance */
-    pthread_mutex_t runner_mu; /* guards runner */
-    struct repos_runner runner;
-};
-
 /* The runner's calls (repos.h "calls of the runner") enter the instance: r, or NULL when
  * there is none or repos_shutdown() has begun, when the call answers as if there were no
  * repository layer. repos_shutdown() waits for the calls inside to leave. */
-static struct repos *hook_enter(struct repos *r)
+struct repos *repos__hook_enter(struct repos *r)
 {
     if (!r) {
         return NULL;
@@ -152,17 +57,13 @@ static struct repos *hook_enter(struct repos *r)
     return in ? r : NULL;
 }
 
-static char *shared_for(struct repos *r, const char *name, const char *workspace);
-
-static void hook_leave(struct repos *r)
+void repos__hook_leave(struct repos *r)
 {
     pthread_mutex_lock(&r->hook_mu);
     r->hooks_in--;
     pthread_cond_broadcast(&r->hook_cv);
     pthread_mutex_unlock(&r->hook_mu);
 }
-
-/* ---------------------------------------------------------------- small helpers */
 
 static int owner_of_sandboxes(struct repos *r, uid_t *uid, gid_t *gid)
 {
@@ -193,7 +94,7 @@ static int owner_of_sandboxes(struct repos *r, uid_t *uid, gid_t *gid)
 
 /* Give a tree to the sandbox user (files we wrote as root: a clone, a restore, a checkout):
  * in the git helper (gitjob_chown), confined to that tree. */
-static void chown_tree(struct repos *r, const char *dir)
+void repos__chown_tree(struct repos *r, const char *dir)
 {
     if (r->git.uid > 0) {
         gitjob_chown(&r->git, dir);
@@ -241,7 +142,7 @@ static int valid_url(const char *u)
 }
 
 /* Append an event to a session (system author). Best effort: logged on failure. */
-static void emit(struct repos *r, const char *sid, const char *type, json_t *data)
+void repos__emit(struct repos *r, const char *sid, const char *type, json_t *data)
 {
     struct sess *s = NULL;
     if (!r->cfg.store) {
@@ -262,12 +163,10 @@ static void emit(struct repos *r, const char *sid, const char *type, json_t *dat
 }
 
 /* The repo row as JSON. */
-static int repo_load(struct repos *r, const char *name, json_t **out)
+int repos__repo_load(struct repos *r, const char *name, json_t **out)
 {
     return repos_db_repo_get(r->db, name, out);
 }
-
-/* ---------------------------------------------------------------- registry of repos */
 
 /* Check the fields of spec (create: all required ones present; else a patch). */
 static int validate(json_t *spec, int create, char *msg, size_t n)
@@ -346,8 +245,9 @@ static int validate(json_t *spec, int create, char *msg, size_t n)
     return 0;
 }
 
-/* issue 7: check egress and agent of spec. *egress_out = the normalised, de-duplicated list
- * when spec has one (caller decrefs), else NULL. */
+/* Check the egress list and the default agent of spec (what its sessions may reach and run).
+ * *egress_out = the normalised, de-duplicated list when spec has one (caller decrefs), else NULL.
+ */
 static int validate_policy(struct repos *r, json_t *spec, json_t **egress_out, char *msg, size_t n)
 {
     json_t *v = json_object_get(spec, "egress");
@@ -407,14 +307,6 @@ bad:
     return ERR_INVALID;
 }
 
-static void kick_pool(struct repos *r)
-{
-    pthread_mutex_lock(&r->lock);
-    r->kick = 1;
-    pthread_cond_broadcast(&r->cond);
-    pthread_mutex_unlock(&r->lock);
-}
-
 /* Write the full row j (validated) with INSERT (create) or UPDATE. */
 static int repo_store(struct repos *r, json_t *j, int create)
 {
@@ -448,9 +340,9 @@ int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t 
     }
     if (rc == 0) {
         LOG_INFO("repos: added %s", json_string_value(json_object_get(spec, "name")));
-        kick_pool(r); /* first image build, pool */
+        repos__kick_pool(r); /* first image build, pool */
         if (out) {
-            rc = repo_load(r, json_string_value(json_object_get(spec, "name")), out);
+            rc = repos__repo_load(r, json_string_value(json_object_get(spec, "name")), out);
         }
     }
     return rc;
@@ -458,7 +350,7 @@ int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t 
 
 int repos_get(struct repos *r, const char *name, json_t **out)
 {
-    return repo_load(r, name, out);
+    return repos__repo_load(r, name, out);
 }
 
 int repos_list(struct repos *r, json_t **out)
@@ -485,7 +377,7 @@ int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out,
         rc = validate_policy(r, patch, &egress, msg, n);
     }
     if (rc == 0) {
-        rc = repo_load(r, name, &cur);
+        rc = repos__repo_load(r, name, &cur);
     }
     if (rc == 0) {
         json_object_update(cur, patch);
@@ -497,15 +389,15 @@ int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out,
     json_decref(egress);
     json_decref(cur);
     if (rc == 0) {
-        kick_pool(r);
+        repos__kick_pool(r);
         if (out) {
-            rc = repo_load(r, name, out);
+            rc = repos__repo_load(r, name, out);
         }
     }
     return rc;
 }
 
-static char *repo_dir(struct repos *r, const char *name, const char *sub)
+char *repos__repo_dir(struct repos *r, const char *name, const char *sub)
 {
     return sub ? xasprintf("%s/repos/%s/%s", r->data_dir, name, sub)
                : xasprintf("%s/repos/%s", r->data_dir, name);
@@ -514,20 +406,20 @@ static char *repo_dir(struct repos *r, const char *name, const char *sub)
 /* The objects directory of repo's shared object store (docs/repos.md "Shared object store"):
  * an absolute path, since it is written into workspaces' alternates files and bound at the same
  * path inside sandboxes. Caller frees. */
-static char *shared_objects(struct repos *r, const char *repo)
+char *repos__shared_objects(struct repos *r, const char *repo)
 {
     return xasprintf("%s/repos/%s/objects.git/objects", r->abs_data_dir, repo);
 }
 
-/* shared_objects() if that store exists (its repo has built an image since stores exist),
+/* repos__shared_objects() if that store exists (its repo has built an image since stores exist),
  * else NULL: what the gitx_* calls on a workspace of repo get. Caller frees. */
-static char *shared_if_any(struct repos *r, const char *repo)
+char *repos__shared_if_any(struct repos *r, const char *repo)
 {
     struct stat sb;
     if (!repo || !util_valid_id(repo)) {
         return NULL;
     }
-    char *p = shared_objects(r, repo);
+    char *p = repos__shared_objects(r, repo);
     if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
         free(p);
         return NULL;
@@ -535,12 +427,12 @@ static char *shared_if_any(struct repos *r, const char *repo)
     return p;
 }
 
-/* shared_if_any() of the repository session sid was prepared from. Caller frees. */
-static char *session_shared(struct repos *r, const char *sid)
+/* repos__shared_if_any() of the repository session sid was prepared from. Caller frees. */
+char *repos__session_shared(struct repos *r, const char *sid)
 {
     char *repo = NULL;
     repos_db_session_repo(r->db, sid, &repo);
-    char *p = shared_if_any(r, repo);
+    char *p = repos__shared_if_any(r, repo);
     free(repo);
     return p;
 }
@@ -578,7 +470,7 @@ int repos_delete(struct repos *r, const char *name)
     }
     /* Everything but the shared object store: the workspaces and snapshots of its sessions
      * (which outlive the repository) still borrow objects from it (docs/repos.md). */
-    char *dir = repo_dir(r, name, NULL);
+    char *dir = repos__repo_dir(r, name, NULL);
     DIR *d = opendir(dir);
     struct dirent *de;
     while (d && (de = readdir(d)) != NULL) {
@@ -597,620 +489,6 @@ int repos_delete(struct repos *r, const char *name)
     LOG_INFO("repos: deleted %s (its shared object store stays)", name);
     return 0;
 }
-
-/* ---------------------------------------------------------------- images */
-
-int repos_images(struct repos *r, const char *name, json_t **out)
-{
-    json_t *repo = NULL, *arr = NULL;
-    *out = NULL;
-    int rc = repo_load(r, name, &repo);
-    json_decref(repo);
-    if (rc != 0) {
-        return rc;
-    }
-    rc = repos_db_image_list(r->db, name, &arr);
-    *out = json_pack("{s:o}", "images", arr);
-    return rc;
-}
-
-/* The latest ready image of repo: id and snapshot id (buffers of 64). ERR_NOT_FOUND. */
-static int latest_image(struct repos *r, const char *repo, char *id, char *snap, int64_t *started)
-{
-    return repos_db_image_latest(r->db, repo, id, snap, started);
-}
-
-static void image_set(struct repos *r, const char *id, enum repos_db_image_col col, const char *val)
-{
-    repos_db_image_set(r->db, id, col, val);
-}
-
-static void image_log(struct repos *r, const char *id, const char *text, size_t n)
-{
-    repos_db_image_log(r->db, id, text, n, LOG_CAP);
-}
-
-static int open_image_store(struct repos *r, const char *repo, struct snap_store **out)
-{
-    char *dir = repo_dir(r, repo, "images");
-    int rc = snap_store_open(dir, out);
-    free(dir);
-    return rc;
-}
-
-/* Delete ready images beyond the newest image_keep (their snapshots and objects). */
-static void prune_images(struct repos *r, const char *repo)
-{
-    char *ids[64];
-    char *snaps[64];
-    int n = 0;
-    int keep = r->cfg.image_keep;
-    repos_db_image_beyond(r->db, repo, keep, 64, ids, snaps, &n);
-    if (n == 0) {
-        return;
-    }
-    struct snap_store *ss = NULL;
-    open_image_store(r, repo, &ss);
-    for (int i = 0; i < n; i++) {
-        image_set(r, ids[i], REPOS_DB_IMAGE_STATE, "deleted");
-        if (ss && snaps[i][0]) {
-            snap_delete(ss, snaps[i]);
-        }
-        LOG_INFO("repos: %s: image %s deleted (keeping %d)", repo, ids[i], keep);
-        free(ids[i]);
-        free(snaps[i]);
-    }
-    if (ss) {
-        snap_gc(ss, NULL, NULL);
-        snap_store_close(ss);
-    }
-}
-
-/* Build one image: clone, setup commands in a sandbox, snapshot into the image store. */
-static int build_image(struct repos *r, const char *repo, const char *image_id)
-{
-    json_t *j = NULL;
-    struct sbx *sb = NULL;
-    struct snap_store *ss = NULL;
-    char sha[41] = "";
-    char *dir = NULL, *sub = NULL, *store = NULL, *objects = NULL;
-    int64_t t0 = clock_mono_ms();
-    struct buf err;
-    int rc = repo_load(r, repo, &j);
-    buf_init(&err, 4096);
-    if (rc != 0) {
-        buf_printf(&err, "repository %s is gone", repo);
-        goto out;
-    }
-    const char *url = json_string_value(json_object_get(j, "url"));
-    const char *branch = json_string_value(json_object_get(j, "default_branch"));
-    json_t *setup = json_object_get(j, "setup");
-    sub = xasprintf("build-%s", image_id);
-    dir = repo_dir(r, repo, sub);
-    util_rm_rf(dir);
-    /* Fetch into the repository's shared object store (only what it lacks), then check out
-     * a workspace that borrows the objects from it: the image holds the files and a small
-     * .git, never the packs (docs/repos.md "Shared object store"). */
-    image_set(r, image_id, REPOS_DB_IMAGE_STEP, "clone");
-    LOG_INFO("repos: %s: image %s: fetching %s at %s", repo, image_id, url, branch);
-    store = repo_dir(r, repo, "objects.git");
-    objects = shared_objects(r, repo);
-    int64_t tf = clock_mono_ms(), tc = 0;
-    rc = gitx_mirror_fetch(store, url, branch, NULL, sha);
-    if (rc == 0) {
-        tc = clock_mono_ms();
-        rc = gitx_checkout_shared(dir, objects, url, branch, sha);
-        LOG_INFO("repos: %s: image %s: fetch into the shared store %lld ms, checkout %lld ms", repo,
-                 image_id, (long long)(tc - tf), (long long)(clock_mono_ms() - tc));
-    }
-    if (rc != 0) {
-        buf_printf(&err, "clone of %s (branch %s) failed: %s", url, branch, err_str(rc));
-        goto out;
-    }
-    image_set(r, image_id, REPOS_DB_IMAGE_COMMIT, sha);
-    chown_tree(r, dir);
-    size_t nsteps = json_array_size(setup);
-    if (nsteps > 0 && !r->cfg.sbx) {
-        buf_printf(&err, "no sandbox backend to run the setup commands");
-        rc = ERR_UNAVAILABLE;
-        goto out;
-    }
-    if (nsteps > 0) {
-        char name[80];
-        snprintf(name, sizeof(name), "img-%s", image_id);
-        struct sbx_spec spec = {.name = name, .workspace = dir, .shared_objects = objects};
-        rc = sbx_create(r->cfg.sbx, &spec, &sb);
-        if (rc != 0) {
-            buf_printf(&err, "cannot start a sandbox for the setup: %s", err_str(rc));
-            goto out;
-        }
-        pthread_mutex_lock(&r->lock);
-        r->build_sbx = sb; /* repos_close stops it: a shutdown does not wait for npm ci */
-        int stopping = r->stopping;
-        pthread_mutex_unlock(&r->lock);
-        if (stopping) {
-            sbx_stop(sb);
-        }
-    }
-    for (size_t i = 0; i < nsteps; i++) {
-        const char *cmd = json_string_value(json_array_get(setup, i));
-        char step[160];
-        snprintf(step, sizeof(step), "setup %zu/%zu", i + 1, nsteps);
-        image_set(r, image_id, REPOS_DB_IMAGE_STEP, step);
-        char *hdr = xasprintf("$ %s\n", cmd);
-        image_log(r, image_id, hdr, strlen(hdr));
-        free(hdr);
-        const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
-        struct sbx_exec_req req = {.argv = argv, .timeout_ms = 30 * 60 * 1000};
-        struct sbx_result res;
-        memset(&res, 0, sizeof(res));
-        rc = sbx_run(sb, &req, SETUP_OUT_CAP, &res);
-        if (rc == 0) {
-            image_log(r, image_id, res.out ? res.out : "", res.out_len);
-            image_log(r, image_id, res.err ? res.err : "", res.err_len);
-            char tail[64];
-            snprintf(tail, sizeof(tail), "[exit %d%s]\n", res.exit.exit_code,
-                     res.exit.timed_out ? ", timed out" : "");
-            image_log(r, image_id, tail, strlen(tail));
-            if (res.exit.exit_code != 0 || res.exit.signal != 0) {
-                buf_printf(&err, "setup step %zu (%s) failed with exit code %d", i + 1, cmd,
-                           res.exit.exit_code);
-                rc = ERR_UNPROCESSABLE;
-            }
-        } else {
-            buf_printf(&err, "setup step %zu could not run: %s", i + 1, err_str(rc));
-        }
-        sbx_result_free(&res);
-        if (rc != 0) {
-            goto out;
-        }
-    }
-    pthread_mutex_lock(&r->lock);
-    r->build_sbx = NULL;
-    pthread_mutex_unlock(&r->lock);
-    sbx_destroy(sb);
-    sb = NULL;
-    image_set(r, image_id, REPOS_DB_IMAGE_STEP, "snapshot");
-    struct snap_info si;
-    rc = open_image_store(r, repo, &ss);
-    if (rc == 0) {
-        rc = snap_create(ss, dir, image_id, &si);
-    }
-    if (rc != 0) {
-        buf_printf(&err, "snapshot of the built workspace failed: %s", err_str(rc));
-        goto out;
-    }
-    int64_t ms = clock_mono_ms() - t0;
-    struct repos_db_built built = {.snapshot_id = si.id,
-                                   .built_at = clock_now_ms(),
-                                   .duration_ms = ms,
-                                   .size_bytes = (int64_t)si.bytes,
-                                   .files = (int64_t)si.files};
-    rc = repos_db_image_ready(r->db, image_id, &built);
-    LOG_INFO("repos: %s: image %s ready (commit %.12s, %llu files, %lld ms)", repo, image_id, sha,
-             (unsigned long long)si.files, (long long)ms);
-out:
-    if (sb) {
-        pthread_mutex_lock(&r->lock);
-        r->build_sbx = NULL;
-        pthread_mutex_unlock(&r->lock);
-    }
-    sbx_destroy(sb);
-    snap_store_close(ss);
-    if (rc != 0) {
-        repos_db_image_failed(r->db, image_id, err.data ? err.data : err_str(rc),
-                              clock_mono_ms() - t0, clock_now_ms());
-        LOG_WARN("repos: %s: image %s failed: %s", repo, image_id,
-                 err.data ? err.data : err_str(rc));
-    }
-    if (dir) {
-        snap_discard_tree(dir); /* its sandbox is gone: inodes to the spare pool */
-    }
-    if (rc == 0) {
-        prune_images(r, repo);
-    }
-    free(dir);
-    free(sub);
-    free(store);
-    free(objects);
-    buf_free(&err);
-    json_decref(j);
-    return rc;
-}
-
-/* Insert the image row (state building). ERR_CONFLICT if one is queued or running. */
-static int image_new(struct repos *r, const char *repo, char **id_out)
-{
-    char *id = util_new_id("img_");
-    int rc = repos_db_image_new(r->db, id, repo, clock_now_ms());
-    if (rc != 0) {
-        free(id);
-        return rc;
-    }
-    *id_out = id;
-    return 0;
-}
-
-static int image_row(struct repos *r, const char *id, json_t **out)
-{
-    return repos_db_image_get(r->db, id, out);
-}
-
-int repos_image_build(struct repos *r, const char *name, json_t **out)
-{
-    json_t *repo = NULL;
-    char *id = NULL;
-    if (out) {
-        *out = NULL;
-    }
-    int rc = repo_load(r, name, &repo);
-    json_decref(repo);
-    if (rc == 0) {
-        rc = image_new(r, name, &id);
-    }
-    if (rc != 0) {
-        return rc;
-    }
-    if (r->cfg.no_threads) {
-        build_image(r, name, id);
-    } else {
-        struct job *jb = xcalloc(1, sizeof(*jb));
-        jb->repo = xstrdup(name);
-        jb->image_id = xstrdup(id);
-        pthread_mutex_lock(&r->lock);
-        if (r->jobs_tail) {
-            r->jobs_tail->next = jb;
-        } else {
-            r->jobs = jb;
-        }
-        r->jobs_tail = jb;
-        pthread_cond_broadcast(&r->cond);
-        pthread_mutex_unlock(&r->lock);
-    }
-    if (out) {
-        image_row(r, id, out);
-    }
-    free(id);
-    return 0;
-}
-
-static void *builder_main(void *arg)
-{
-    struct repos *r = arg;
-    pthread_mutex_lock(&r->lock);
-    while (!r->stopping) {
-        struct job *jb = r->jobs;
-        if (!jb) {
-            pthread_cond_wait(&r->cond, &r->lock);
-            continue;
-        }
-        r->jobs = jb->next;
-        if (!r->jobs) {
-            r->jobs_tail = NULL;
-        }
-        r->building = jb->repo;
-        pthread_mutex_unlock(&r->lock);
-        int rc = build_image(r, jb->repo, jb->image_id);
-        pthread_mutex_lock(&r->lock);
-        r->building = NULL;
-        if (rc == 0) {
-            r->kick = 1; /* new image: refresh the pool */
-            pthread_cond_broadcast(&r->cond);
-        }
-        free(jb->repo);
-        free(jb->image_id);
-        free(jb);
-    }
-    pthread_mutex_unlock(&r->lock);
-    return NULL;
-}
-
-/* ---------------------------------------------------------------- warm pool */
-
-static void warm_free(struct warm *w)
-{
-    if (w) {
-        if (w->sbx) {
-            pool_sbx_free(w->sbx, w->sbx_priv);
-            w->sbx_priv = NULL;
-        }
-        free(w->sbx_priv);
-        char *snapdir = xasprintf("%s.snap", w->dir);
-        util_rm_rf(snapdir);
-        free(snapdir);
-        snap_discard_tree(w->dir); /* its sandbox is gone: inodes to the spare pool */
-        free(w->repo);
-        free(w->dir);
-        free(w->image_id);
-        free(w);
-    }
-}
-
-/* Start the sandbox of a new warm workspace now (issue 5: a claim then costs a rename, not a
- * namespace setup), if the runner registered its factory. Failure only costs that gain. */
-static void warm_sandbox(struct repos *r, struct warm *w)
-{
-    const char *base = strrchr(w->dir, '/');
-    char name[64];
-    snprintf(name, sizeof(name), "warm-%s", base ? base + 1 : "x");
-    char *objs = shared_for(r, name, w->dir);
-    struct sbx_spec spec = {.name = name, .workspace = w->dir, .shared_objects = objs};
-    int rc = ERR_UNAVAILABLE;
-    pthread_mutex_lock(&r->runner_mu);
-    if (r->runner.make_sandbox) {
-        rc = r->runner.make_sandbox(r->runner.ctx, &spec, &w->sbx);
-    }
-    pthread_mutex_unlock(&r->runner_mu);
-    free(objs);
-    if (rc == 0) {
-        w->sbx_priv = xasprintf("%s/sandboxes/%s", r->data_dir, name);
-    } else {
-        w->sbx = NULL;
-        if (rc != ERR_UNAVAILABLE) {
-            LOG_WARN("repos: cannot start a sandbox for warm workspace %s: %s", w->dir,
-                     err_str(rc));
-        }
-    }
-}
-
-/* Restore the latest image into a fresh directory and sync it to the branch head. */
-static int warm_make(struct repos *r, const char *repo, const char *url, const char *branch,
-                     const char *image_id, const char *snap_id, struct warm **out)
-{
-    struct snap_store *ss = NULL;
-    char rnd[17];
-    util_random_hex(rnd, 8);
-    char *sub = xasprintf("warm/%s", rnd);
-    char *dir = repo_dir(r, repo, sub);
-    free(sub);
-    char head[41] = "";
-    /* <dir>.snap becomes the session's snapshot store at claim, seeded from the image */
-    char *snapdir = xasprintf("%s.snap", dir);
-    int rc = open_image_store(r, repo, &ss);
-    if (rc == 0) {
-        rc = snap_restore_seed(ss, snap_id, dir, snapdir, NULL);
-    }
-    snap_store_close(ss);
-    char *shared = shared_if_any(r, repo);
-    if (rc == 0) {
-        chown_tree(r, dir); /* restored as root: the sandbox user's before git runs as it */
-        rc = gitjob_sync(&r->git, dir, shared, url, branch, NULL, head);
-    }
-    if (rc == 0) {
-        /* in the background now, not in the first commit */
-        gitjob_refresh_index(&r->git, dir, shared);
-    }
-    free(shared);
-    free(snapdir);
-    if (rc != 0) {
-        LOG_WARN("repos: %s: cannot prepare a warm workspace: %s", repo, err_str(rc));
-        util_rm_rf(dir);
-        snapdir = xasprintf("%s.snap", dir);
-        util_rm_rf(snapdir);
-        free(snapdir);
-        free(dir);
-        return rc;
-    }
-    struct warm *w = xcalloc(1, sizeof(*w));
-    w->repo = xstrdup(repo);
-    w->dir = dir;
-    w->image_id = xstrdup(image_id);
-    w->created_ms = w->synced_ms = clock_now_ms();
-    memcpy(w->head, head, sizeof(head));
-    *out = w;
-    return 0;
-}
-
-/* One pass of the schedule for one repo: rebuild when due, expire, re-sync, top up. */
-static void pool_tick_repo(struct repos *r, const char *repo, const char *url, const char *branch,
-                           int64_t pool_size, int64_t interval_min, int filling)
-{
-    char img[64], snap[64];
-    int64_t started = 0, now = clock_now_ms();
-    int have_image = latest_image(r, repo, img, snap, &started) == 0;
-    if (interval_min > 0 && !filling && (!have_image || started + interval_min * 60000 <= now)) {
-        json_t *row = NULL;
-        /* ERR_CONFLICT = already building: fine. A failed build retries next interval. */
-        int64_t last_any = 0;
-        repos_db_image_last_start(r->db, repo, &last_any);
-        if (last_any + interval_min * 60000 <= now) {
-            repos_image_build(r, repo, &row);
-            json_decref(row);
-        }
-    }
-    /* Expire: too old, or made from an image that is no longer the latest. */
-    struct warm *gone = NULL, *resync = NULL, *bare = NULL;
-    int count = 0;
-    /* Warm workspaces made before the runner registered its sandbox factory (the layer starts
-     * first) get their sandbox now. */
-    pthread_mutex_lock(&r->runner_mu);
-    int factory = r->runner.make_sandbox != NULL;
-    pthread_mutex_unlock(&r->runner_mu);
-    pthread_mutex_lock(&r->lock);
-    for (struct warm **pp = &r->warm; *pp;) {
-        struct warm *w = *pp;
-        if (strcmp(w->repo, repo) != 0) {
-            pp = &w->next;
-            continue;
-        }
-        int expired = w->created_ms + (int64_t)r->cfg.pool_max_age_s * 1000 <= now || !have_image ||
-                      strcmp(w->image_id, img) != 0 || count >= pool_size;
-        if (expired) {
-            *pp = w->next;
-            w->next = gone;
-            gone = w;
-        } else if (w->synced_ms + RESYNC_MS <= now) {
-            *pp = w->next; /* taken out while it syncs */
-            w->next = resync;
-            resync = w;
-        } else if (factory && !w->sbx) {
-            *pp = w->next; /* taken out while its sandbox starts */
-            w->next = bare;
-            bare = w;
-        } else {
-            count++;
-            pp = &w->next;
-        }
-    }
-    pthread_mutex_unlock(&r->lock);
-    while (gone) {
-        struct warm *w = gone;
-        gone = w->next;
-        warm_free(w);
-    }
-    while (bare) {
-        struct warm *w = bare;
-        bare = w->next;
-        warm_sandbox(r, w);
-        pthread_mutex_lock(&r->lock);
-        w->next = r->warm;
-        r->warm = w;
-        count++;
-        pthread_mutex_unlock(&r->lock);
-    }
-    while (resync) {
-        struct warm *w = resync;
-        resync = w->next;
-        char head[41] = "";
-        char *shared = shared_if_any(r, repo);
-        if (gitjob_sync(&r->git, w->dir, shared, url, branch, NULL, head) != 0) {
-            free(shared);
-            warm_free(w);
-            continue;
-        }
-        if (strcmp(head, w->head) != 0) {
-            /* the reset left stale stat data: pay it now */
-            gitjob_refresh_index(&r->git, w->dir, shared);
-            memcpy(w->head, head, sizeof(head));
-        }
-        free(shared);
-        w->synced_ms = clock_now_ms();
-        pthread_mutex_lock(&r->lock);
-        w->next = r->warm;
-        r->warm = w;
-        count++;
-        pthread_mutex_unlock(&r->lock);
-    }
-    while (have_image && count < pool_size) {
-        struct warm *w = NULL;
-        pthread_mutex_lock(&r->lock);
-        int stop = r->stopping;
-        pthread_mutex_unlock(&r->lock);
-        if (stop || warm_make(r, repo, url, branch, img, snap, &w) != 0) {
-            break;
-        }
-        warm_sandbox(r, w);
-        pthread_mutex_lock(&r->lock);
-        w->next = r->warm;
-        r->warm = w;
-        pthread_mutex_unlock(&r->lock);
-        count++;
-    }
-}
-
-/* One pass over every repo (or only `only`). */
-static void pool_tick(struct repos *r, const char *only, int filling)
-{
-    json_t *list = NULL;
-    if (repos_list(r, &list) != 0) {
-        return;
-    }
-    size_t i;
-    json_t *j;
-    json_array_foreach(json_object_get(list, "repos"), i, j)
-    {
-        const char *name = json_string_value(json_object_get(j, "name"));
-        if (only && strcmp(only, name) != 0) {
-            continue;
-        }
-        pool_tick_repo(r, name, json_string_value(json_object_get(j, "url")),
-                       json_string_value(json_object_get(j, "default_branch")),
-                       json_integer_value(json_object_get(j, "pool_size")),
-                       json_integer_value(json_object_get(j, "image_interval_min")), filling);
-    }
-    json_decref(list);
-}
-
-static void *pool_main(void *arg)
-{
-    struct repos *r = arg;
-    pthread_mutex_lock(&r->lock);
-    while (!r->stopping) {
-        int64_t now = clock_mono_ms();
-        int due = r->kick || (r->refill_at_ms && now >= r->refill_at_ms) || now >= r->next_tick_ms;
-        if (!due) {
-            int64_t until = r->next_tick_ms;
-            if (r->refill_at_ms && r->refill_at_ms < until) {
-                until = r->refill_at_ms;
-            }
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            int64_t ns = ts.tv_nsec + (until - now) * 1000000;
-            ts.tv_sec += ns / 1000000000;
-            ts.tv_nsec = ns % 1000000000;
-            pthread_cond_timedwait(&r->cond, &r->lock, &ts);
-            continue;
-        }
-        r->kick = 0;
-        r->refill_at_ms = 0;
-        r->next_tick_ms = now + r->cfg.tick_ms;
-        r->pool_running = 1;
-        pthread_mutex_unlock(&r->lock);
-        pool_tick(r, NULL, 0);
-        pthread_mutex_lock(&r->lock);
-        r->pool_running = 0;
-        pthread_cond_broadcast(&r->pool_done);
-    }
-    pthread_mutex_unlock(&r->lock);
-    return NULL;
-}
-
-static int warm_count(struct repos *r, const char *repo)
-{
-    int n = 0;
-    pthread_mutex_lock(&r->lock);
-    for (struct warm *w = r->warm; w; w = w->next) {
-        n += strcmp(w->repo, repo) == 0;
-    }
-    pthread_mutex_unlock(&r->lock);
-    return n;
-}
-
-int repos_warm(struct repos *r, const char *name, json_t **out)
-{
-    json_t *j = NULL;
-    char img[64], snap[64];
-    int rc = repo_load(r, name, &j);
-    if (rc != 0) {
-        return rc;
-    }
-    kick_pool(r);
-    int have = latest_image(r, name, img, snap, NULL) == 0;
-    *out = json_pack("{s:O, s:i, s:s?}", "pool_size", json_object_get(j, "pool_size"), "warm",
-                     warm_count(r, name), "image_id", have ? img : NULL);
-    json_decref(j);
-    return 0;
-}
-
-int repos_pool_fill(struct repos *r, const char *name)
-{
-    /* Wait for a running tick, then run one for this repo on the caller's thread. Two
-     * ticks at once would only over-fill (the surplus expires at the next tick). */
-    pthread_mutex_lock(&r->lock);
-    while (r->pool_running) {
-        pthread_cond_wait(&r->pool_done, &r->lock);
-    }
-    r->pool_running = 1;
-    pthread_mutex_unlock(&r->lock);
-    pool_tick(r, name, 1);
-    pthread_mutex_lock(&r->lock);
-    r->pool_running = 0;
-    pthread_cond_broadcast(&r->pool_done);
-    pthread_mutex_unlock(&r->lock);
-    return 0;
-}
-
-/* ---------------------------------------------------------------- open / close */
 
 int repos_open(const struct repos_config *cfg, struct repos **out)
 {
@@ -1295,10 +573,10 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         free(abs);
     }
     if (rc == 0 && !cfg->no_threads) {
-        if (pthread_create(&r->builder, NULL, builder_main, r) == 0) {
+        if (pthread_create(&r->builder, NULL, repos__builder_main, r) == 0) {
             r->threads |= 1;
         }
-        if (pthread_create(&r->pooler, NULL, pool_main, r) == 0) {
+        if (pthread_create(&r->pooler, NULL, repos__pool_main, r) == 0) {
             r->threads |= 2;
         }
     }
@@ -1370,7 +648,7 @@ void repos_shutdown(struct repos *r)
     while (r->warm) {
         struct warm *w = r->warm;
         r->warm = w->next;
-        warm_free(w);
+        repos__warm_free(w);
     }
     if (r->db) {
         repos_db_image_interrupt(r->db, "interrupted by a server stop");
@@ -1407,481 +685,37 @@ void repos_close(struct repos *r)
     free(r);
 }
 
-/* ---------------------------------------------------------------- sessions */
-
-static char *session_snap_dir(struct repos *r, const char *sid)
+char *repos__session_snap_dir(struct repos *r, const char *sid)
 {
     return xasprintf("%s/snapshots/%s", r->data_dir, sid);
 }
 
-static int open_session_store(struct repos *r, const char *sid, struct snap_store **out)
+int repos__open_session_store(struct repos *r, const char *sid, struct snap_store **out)
 {
     if (!util_valid_id(sid)) {
         return ERR_INVALID;
     }
-    char *dir = session_snap_dir(r, sid);
+    char *dir = repos__session_snap_dir(r, sid);
     int rc = snap_store_open(dir, out);
     free(dir);
     return rc;
 }
 
 /* The session's repo row joined with the repo: repo, branch, url, default_branch. */
-static int session_row(struct repos *r, const char *sid, json_t **out)
+int repos__session_row(struct repos *r, const char *sid, json_t **out)
 {
     return repos_db_session_get(r->db, sid, out);
 }
 
 int repos_session_info(struct repos *r, const char *session_id, json_t **out)
 {
-    return session_row(r, session_id, out);
+    return repos__session_row(r, session_id, out);
 }
 
 int repos_session_set_pr(struct repos *r, const char *session_id, const char *url)
 {
     return repos_db_session_set_pr(r->db, session_id, url);
 }
-
-/* Take a valid warm workspace of repo made from image img out of the pool. */
-static struct warm *warm_claim(struct repos *r, const char *repo, const char *img)
-{
-    struct warm *found = NULL;
-    int64_t now = clock_now_ms();
-    pthread_mutex_lock(&r->lock);
-    for (struct warm **pp = &r->warm; *pp; pp = &(*pp)->next) {
-        struct warm *w = *pp;
-        if (strcmp(w->repo, repo) == 0 && strcmp(w->image_id, img) == 0 &&
-            w->created_ms + (int64_t)r->cfg.pool_max_age_s * 1000 > now) {
-            *pp = w->next;
-            found = w;
-            break;
-        }
-    }
-    /* Top the pool up again, a moment later: refilling (a 100 MiB restore) right now would
-     * compete for the CPUs with the start of the session that just claimed. */
-    if (!r->refill_at_ms) {
-        r->refill_at_ms = clock_mono_ms() + REFILL_DELAY_MS;
-        pthread_cond_broadcast(&r->cond);
-    }
-    pthread_mutex_unlock(&r->lock);
-    return found;
-}
-
-/* A sync that prepare_ws leaves to the background (repos.h "The workspace sync"): fetch +
- * hard reset to url/branch, or with url NULL only the index refresh after a restore. */
-struct sync_req {
-    int want;
-    char *url, *branch;
-};
-
-static int wait_quiet(struct repos *r, const char *sid);
-
-static void sync_req_set(struct sync_req *q, const char *url, const char *branch)
-{
-    q->want = 1;
-    q->url = url ? xstrdup(url) : NULL;
-    q->branch = branch ? xstrdup(branch) : NULL;
-}
-
-/* repos_prepare_workspace(); with defer, the sync (or index refresh) is not done here but
- * described in *defer for the caller to run in the background. */
-static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
-                      const char *workspace, char *source, int64_t *ms, struct sync_req *defer)
-{
-    json_t *j = NULL;
-    struct snap_store *ss = NULL;
-    char img[64] = "", snap[64], latest[32];
-    const char *src = NULL;
-    char *sdir = NULL;
-    int64_t t0 = clock_mono_us();
-    int rc = util_valid_id(session_id) ? repo_load(r, repo, &j) : ERR_INVALID;
-    if (rc != 0) {
-        return rc;
-    }
-    const char *url = json_string_value(json_object_get(j, "url"));
-    const char *branch = json_string_value(json_object_get(j, "default_branch"));
-    char *sbranch = xasprintf("sessiond/%s", session_id);
-    repos_db_session_add(r->db, session_id, repo, sbranch, clock_now_ms());
-    /* The target must be absent or an empty directory (rmdir fails otherwise). */
-    if (rmdir(workspace) != 0 && errno != ENOENT) {
-        LOG_WARN("repos: workspace %s exists and is not empty", workspace);
-        rc = ERR_CONFLICT;
-        goto out;
-    }
-    char *parent = xstrdup(workspace);
-    char *slash = strrchr(parent, '/');
-    if (slash && slash != parent) {
-        *slash = 0;
-        util_mkdir_p(parent, 0755);
-    }
-    free(parent);
-
-    /* 1. the session's own latest snapshot (a reopened session keeps its work) */
-    sdir = session_snap_dir(r, session_id);
-    char *ssnaps = xasprintf("%s/snaps", sdir);
-    struct stat ssb;
-    int has_store = stat(ssnaps, &ssb) == 0;
-    free(ssnaps);
-    int had_snaps = 0;
-    if (has_store && open_session_store(r, session_id, &ss) == 0 &&
-        snap_latest(ss, latest, sizeof(latest)) == 0) {
-        had_snaps = 1;
-        rc = snap_restore(ss, latest, workspace, NULL);
-        if (rc == 0) {
-            src = "snapshot";
-            if (defer) {
-                sync_req_set(defer, NULL, NULL); /* restored inodes: refresh the index */
-            }
-            goto done;
-        }
-        LOG_WARN("repos: %s: restore of %s failed; starting fresh", session_id, latest);
-        util_rm_rf(workspace);
-    }
-    int have_image = latest_image(r, repo, img, snap, NULL) == 0;
-    /* 2. a warm workspace of the latest image */
-    struct warm *w = have_image ? warm_claim(r, repo, img) : NULL;
-    if (w) {
-        if (rename(w->dir, workspace) == 0) {
-            src = "warm";
-            if (defer && w->synced_ms + CLAIM_RESYNC_MS <= clock_now_ms()) {
-                sync_req_set(defer, url, branch); /* the head may have moved since */
-            }
-            if (w->sbx && defer && sbx_alive(w->sbx) &&
-                sbx_rehome(w->sbx, session_id, workspace) == 0) {
-                struct handoff *h = xcalloc(1, sizeof(*h));
-                snprintf(h->sid, sizeof(h->sid), "%s", session_id);
-                h->sbx = w->sbx;
-                pthread_mutex_lock(&r->lock);
-                h->next = r->handoffs;
-                r->handoffs = h;
-                pthread_mutex_unlock(&r->lock);
-                free(w->sbx_priv); /* now the session's private dir */
-            } else if (w->sbx) {
-                pool_sbx_free(w->sbx, w->sbx_priv); /* the caller starts its own */
-            }
-            w->sbx = NULL;
-            w->sbx_priv = NULL;
-            /* its seeded snapshot store becomes the session's (no snapshot exists yet) */
-            char *wsnap = xasprintf("%s.snap", w->dir);
-            snap_store_close(ss);
-            ss = NULL;
-            if (!had_snaps) { /* never replace a store that holds snapshots */
-                util_rm_rf(sdir);
-                char *parent_s = xasprintf("%s/snapshots", r->data_dir);
-                util_mkdir_p(parent_s, 0700);
-                free(parent_s);
-            }
-            if (had_snaps || rename(wsnap, sdir) != 0) {
-                util_rm_rf(wsnap); /* the first snapshot will read everything */
-            }
-            free(wsnap);
-            free(w->repo);
-            free(w->dir);
-            free(w->image_id);
-            free(w);
-            goto done;
-        }
-        LOG_WARN("repos: rename of a warm workspace failed: %s", strerror(errno));
-        warm_free(w);
-    }
-    /* 3. a cold start from the latest image */
-    if (have_image) {
-        struct snap_store *is = NULL;
-        struct snap_restore_info ri;
-        memset(&ri, 0, sizeof(ri));
-        int64_t t1 = clock_mono_us(), t2 = 0;
-        rc = open_image_store(r, repo, &is);
-        if (rc == 0) {
-            rc = snap_restore_seed(is, snap, workspace, sdir, &ri);
-        }
-        snap_store_close(is);
-        if (rc == 0) {
-            t2 = clock_mono_us();
-            if (defer) {
-                /* in the background, after sandbox.ready (the ownership fix first) */
-                sync_req_set(defer, url, branch);
-            } else {
-                /* restored as root: the sandbox user's before git runs as it */
-                chown_tree(r, workspace);
-                char *shared = shared_if_any(r, repo);
-                rc = gitjob_sync(&r->git, workspace, shared, url, branch, NULL, NULL);
-                free(shared);
-            }
-            LOG_INFO("repos: session %s: image restore %lld ms (%llu files, %llu spare inodes, "
-                     "%llu MiB; walk %lld, "
-                     "dirs %lld, copy %lld, meta %lld ms), sync %lld ms%s",
-                     session_id, (long long)(t2 - t1) / 1000, (unsigned long long)ri.copied,
-                     (unsigned long long)ri.spares, (unsigned long long)(ri.copied_bytes >> 20),
-                     (long long)ri.walk_us / 1000, (long long)ri.dirs_us / 1000,
-                     (long long)ri.copy_us / 1000, (long long)ri.meta_us / 1000,
-                     (long long)(clock_mono_us() - t2) / 1000, defer ? " (deferred)" : "");
-        }
-        if (rc == 0) {
-            src = "image";
-            goto done;
-        }
-        LOG_WARN("repos: %s: start from image %s failed: %s; cloning", session_id, img,
-                 err_str(rc));
-        util_rm_rf(workspace);
-        img[0] = 0;
-    }
-    /* 4. a plain clone */
-    rc = gitx_clone(url, branch, workspace, NULL, NULL);
-    if (rc != 0) {
-        goto out;
-    }
-    chown_tree(r, workspace);
-    src = "clone";
-    img[0] = 0;
-done:
-    rc = 0;
-    int64_t took = (clock_mono_us() - t0) / 1000;
-    repos_db_session_ready(r->db, session_id, src, took, img[0] ? img : NULL);
-    snprintf(source, 16, "%s", src);
-    if (ms) {
-        *ms = took;
-    }
-    LOG_INFO("repos: session %s workspace ready from %s in %lld ms", session_id, src,
-             (long long)took);
-out:
-    snap_store_close(ss);
-    free(sdir);
-    free(sbranch);
-    json_decref(j);
-    return rc;
-}
-
-int repos_prepare_workspace(struct repos *r, const char *session_id, const char *repo,
-                            const char *workspace, char *source, int64_t *ms)
-{
-    return prepare_ws(r, session_id, repo, workspace, source, ms, NULL);
-}
-
-static int snapshot_and_prune(struct repos *r, const char *sid, const char *ws, const char *label,
-                              int64_t turn, json_t **out)
-{
-    struct snap_store *ss = NULL;
-    struct snap_info si;
-    int rc = open_session_store(r, sid, &ss);
-    if (rc == 0) {
-        rc = snap_create(ss, ws, label, &si);
-    }
-    if (rc == 0) {
-        snap_prune(ss, r->cfg.snapshot_keep, (uint64_t)r->cfg.snapshot_quota, NULL);
-        json_t *ev = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "snapshot_id", si.id, "turn",
-                               (json_int_t)turn, "files", (json_int_t)si.files, "bytes",
-                               (json_int_t)si.bytes, "hashed", (json_int_t)si.hashed, "ms",
-                               (json_int_t)(si.duration_us / 1000));
-        if (out) {
-            *out = json_deep_copy(ev);
-        }
-        emit(r, sid, "session.snapshot", ev);
-    } else {
-        LOG_WARN("repos: snapshot of session %s failed: %s", sid, err_str(rc));
-    }
-    snap_store_close(ss);
-    return rc;
-}
-
-int repos_snapshot(struct repos *r, const char *session_id, const char *workspace,
-                   const char *label, json_t **out)
-{
-    json_t *row = NULL;
-    int64_t turn = 0;
-    if (out) {
-        *out = NULL;
-    }
-    int rc = util_valid_id(session_id) ? wait_quiet(r, session_id) : ERR_INVALID;
-    if (rc != 0) {
-        return rc;
-    }
-    if (session_row(r, session_id, &row) == 0) {
-        turn = json_integer_value(json_object_get(row, "turn"));
-    }
-    json_decref(row);
-    return snapshot_and_prune(r, session_id, workspace, label ? label : "manual", turn, out);
-}
-
-/* Plain ASCII local part from a user id ("token:alice" -> "token-alice"). */
-static char *noreply_email(const char *id)
-{
-    struct buf b;
-    buf_init(&b, 0);
-    for (const char *p = id ? id : "user"; *p && b.len < 60; p++) {
-        char c = *p;
-        buf_putc(&b, ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                      c == '.' || c == '_')
-                         ? c
-                         : '-');
-    }
-    buf_puts(&b, "@users.noreply.sessiond");
-    return buf_detach(&b, NULL);
-}
-
-int repos_after_prompt(struct repos *r, const char *session_id, const char *workspace,
-                       const char *prompt_id, const struct author *who, const char *prompt_text,
-                       json_t **out)
-{
-    json_t *row = NULL, *commit = json_null(), *snapj = NULL;
-    int64_t turn = 0;
-    char label[64];
-    if (out) {
-        *out = NULL;
-    }
-    if (!util_valid_id(session_id)) {
-        return ERR_INVALID;
-    }
-    int has_repo = session_row(r, session_id, &row) == 0;
-    if (has_repo) {
-        repos_db_session_next_turn(r->db, session_id);
-        turn = json_integer_value(json_object_get(row, "turn")) + 1;
-        const char *branch = json_string_value(json_object_get(row, "branch"));
-        const char *name = who && who->name && who->name[0] ? who->name
-                           : who && who->id                 ? who->id
-                                                            : "sessiond";
-        char *email = who && who->email && who->email[0] ? xstrdup(who->email)
-                                                         : noreply_email(who ? who->id : NULL);
-        struct gitx_ident id = {name, email};
-        /* Without a stored token of their own, the push will use the app token: name the
-         * author in a trailer so that the host credits them. */
-        char *sealed = NULL;
-        int own = who && who->id && repos_cred_get(r, who->id, "github", &sealed) == 0;
-        free(sealed);
-        char *msg = gitx_message(prompt_text, own ? NULL : &id);
-        char sha[41];
-        int committed = 0;
-        size_t nfiles = 0;
-        char *shared = shared_if_any(r, json_string_value(json_object_get(row, "repo")));
-        /* in the helper, as the sandbox user: what it writes is the sandbox user's already */
-        int rc =
-            gitjob_commit_n(&r->git, workspace, shared, branch, &id, msg, sha, &committed, &nfiles);
-        free(shared);
-        if (rc == 0 && committed) {
-            json_decref(commit);
-            commit = json_pack("{s:s, s:s, s:{s:s, s:s}, s:I, s:s?}", "sha", sha, "branch", branch,
-                               "author", "name", name, "email", email, "files", (json_int_t)nfiles,
-                               "prompt_id", prompt_id);
-            emit(r, session_id, "git.commit", json_deep_copy(commit));
-        } else if (rc != 0) {
-            LOG_WARN("repos: commit in session %s failed: %s", session_id, err_str(rc));
-        }
-        free(msg);
-        free(email);
-    } else {
-        /* no repository: count turns by snapshots */
-        struct snap_store *ss = NULL;
-        json_t *list = NULL;
-        if (open_session_store(r, session_id, &ss) == 0 && snap_list(ss, &list) == 0) {
-            size_t n = json_array_size(list);
-            const char *last =
-                n ? json_string_value(json_object_get(json_array_get(list, n - 1), "label")) : NULL;
-            int64_t t = 0;
-            if (last && strncmp(last, "turn ", 5) == 0) {
-                util_parse_i64(last + 5, &t);
-            }
-            turn = t + 1;
-        }
-        json_decref(list);
-        snap_store_close(ss);
-    }
-    snprintf(label, sizeof(label), "turn %lld", (long long)turn);
-    int rc = snapshot_and_prune(r, session_id, workspace, label, turn, &snapj);
-    if (out) {
-        *out = json_pack("{s:O?, s:I, s:o}", "snapshot_id",
-                         snapj ? json_object_get(snapj, "snapshot_id") : NULL, "turn",
-                         (json_int_t)turn, "commit", commit);
-        commit = NULL;
-    }
-    json_decref(commit);
-    json_decref(snapj);
-    json_decref(row);
-    return rc;
-}
-
-int repos_snapshots(struct repos *r, const char *session_id, json_t **out)
-{
-    struct snap_store *ss = NULL;
-    json_t *list = NULL;
-    *out = NULL;
-    int rc = open_session_store(r, session_id, &ss);
-    if (rc == 0) {
-        rc = snap_list(ss, &list);
-    }
-    snap_store_close(ss);
-    if (rc == 0) {
-        *out = json_pack("{s:o}", "snapshots", list);
-    }
-    return rc;
-}
-
-int repos_rollback(struct repos *r, const char *session_id, const char *snapshot_id,
-                   const char *workspace, json_t **out)
-{
-    struct snap_store *ss = NULL;
-    struct snap_restore_info ri;
-    if (out) {
-        *out = NULL;
-    }
-    if (!snap_valid_id(snapshot_id)) {
-        return ERR_NOT_FOUND;
-    }
-    int rc = wait_quiet(r, session_id); /* not under a sync or the last turn's snapshot */
-    if (rc == 0) {
-        rc = open_session_store(r, session_id, &ss);
-    }
-    if (rc == 0) {
-        rc = snap_restore(ss, snapshot_id, workspace, &ri);
-    }
-    snap_store_close(ss);
-    if (rc == 0) {
-        json_t *ev = json_pack("{s:s, s:I, s:I, s:I, s:I}", "snapshot_id", snapshot_id, "copied",
-                               (json_int_t)ri.copied, "kept", (json_int_t)ri.kept, "removed",
-                               (json_int_t)ri.removed, "ms", (json_int_t)(ri.duration_us / 1000));
-        if (out) {
-            *out = json_deep_copy(ev);
-        }
-        emit(r, session_id, "session.rollback", ev);
-    }
-    return rc;
-}
-
-int repos_push(struct repos *r, const char *session_id, const char *workspace, const char *token,
-               json_t **out)
-{
-    json_t *row = NULL;
-    char sha[41] = "";
-    char *cur = NULL, *shared = NULL;
-    *out = NULL;
-    int rc = session_row(r, session_id, &row);
-    if (rc != 0) {
-        return rc;
-    }
-    const char *url = json_string_value(json_object_get(row, "url"));
-    const char *branch = json_string_value(json_object_get(row, "branch"));
-    if (!url) {
-        rc = ERR_NOT_FOUND; /* the repository was deleted */
-        goto out;
-    }
-    struct gitx_cred cred = {"x-access-token", token};
-    shared = shared_if_any(r, json_string_value(json_object_get(row, "repo")));
-    rc = gitjob_push(&r->git, workspace, shared, url, branch, token ? &cred : NULL);
-    if (rc != 0) {
-        goto out;
-    }
-    if (gitjob_head(&r->git, workspace, shared, sha, &cur) != 0 || !cur ||
-        strcmp(cur, branch) != 0) {
-        sha[0] = 0; /* HEAD moved off the branch (the agent): report no sha */
-    }
-    repos_db_session_set_pushed(r->db, session_id, sha[0] ? sha : NULL);
-    *out = json_pack("{s:s, s:s?, s:s}", "branch", branch, "sha", sha[0] ? sha : NULL, "url", url);
-    emit(r, session_id, "git.pushed", json_deep_copy(*out));
-out:
-    free(cur);
-    free(shared);
-    json_decref(row);
-    return rc;
-}
-
-/* ---------------------------------------------------------------- credentials */
 
 int repos_cred_put(struct repos *r, const char *user_id, const char *provider, const char *sealed)
 {
@@ -1898,15 +732,13 @@ int repos_cred_delete(struct repos *r, const char *user_id, const char *provider
     return repos_db_cred_delete(r->db, user_id, provider);
 }
 
-/* ---------------------------------------------------------------- runner hooks */
-
-static char *default_workspace(struct repos *r, const char *sid)
+char *repos__default_workspace(struct repos *r, const char *sid)
 {
     return xasprintf("%s/workspaces/%s", r->data_dir, sid);
 }
 
 /* The registered repo a session names (its `repo` field: a name or a URL), or NULL. */
-static char *session_repo_name(struct repos *r, const char *sid)
+char *repos__session_repo_name(struct repos *r, const char *sid)
 {
     json_t *row = NULL, *repo = NULL;
     char *name = NULL;
@@ -1915,7 +747,7 @@ static char *session_repo_name(struct repos *r, const char *sid)
     }
     const char *v = json_string_value(json_object_get(row, "repo"));
     if (v && *v) {
-        if (util_valid_id(v) && repo_load(r, v, &repo) == 0) {
+        if (util_valid_id(v) && repos__repo_load(r, v, &repo) == 0) {
             name = xstrdup(v);
         } else {
             repos_db_repo_by_url(r->db, v, &name);
@@ -1926,8 +758,6 @@ static char *session_repo_name(struct repos *r, const char *sid)
     return name;
 }
 
-/* ---- issue 7: the egress list and default agent of a repository / a session's repository */
-
 int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *agent, size_t n)
 {
     json_t *row = NULL;
@@ -1937,7 +767,7 @@ int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *
     if (agent && n) {
         agent[0] = '\0';
     }
-    int rc = repo_load(r, name, &row);
+    int rc = repos__repo_load(r, name, &row);
     if (rc != 0) {
         return rc;
     }
@@ -1954,12 +784,12 @@ int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *
 
 int repos_session_policy(struct repos *rp, const char *sid, json_t **egress, char *agent, size_t n)
 {
-    struct repos *r = hook_enter(rp);
-    char *name = r ? session_repo_name(r, sid) : NULL;
+    struct repos *r = repos__hook_enter(rp);
+    char *name = r ? repos__session_repo_name(r, sid) : NULL;
     int rc = name ? repos_repo_policy(r, name, egress, agent, n) : ERR_NOT_FOUND;
     free(name);
     if (r) {
-        hook_leave(r);
+        repos__hook_leave(r);
     }
     if (rc != 0) {
         if (egress) {
@@ -1971,8 +801,6 @@ int repos_session_policy(struct repos *rp, const char *sid, json_t **egress, cha
     }
     return 0;
 }
-
-/* ---- the background workspace sync ---- */
 
 void repos_set_runner(struct repos *r, const struct repos_runner *ops)
 {
@@ -1987,142 +815,12 @@ void repos_set_runner(struct repos *r, const struct repos_runner *ops)
     }
     pthread_mutex_unlock(&r->runner_mu);
     if (ops && ops->make_sandbox) {
-        kick_pool(r); /* the pool's workspaces made so far get their sandboxes */
+        repos__kick_pool(r); /* the pool's workspaces made so far get their sandboxes */
     }
-}
-
-struct bg_sync {
-    struct repos *r;
-    char sid[72];
-    char *ws;
-    struct sync_req q;
-};
-
-/* Wait on r->sync_cv (r->lock held) until deadline (mono ms) at most. */
-static void sync_cv_wait_until(struct repos *r, int64_t deadline)
-{
-    int64_t left = deadline - clock_mono_ms();
-    if (left <= 0) {
-        return;
-    }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t ns = ts.tv_nsec + left * 1000000;
-    ts.tv_sec += ns / 1000000000;
-    ts.tv_nsec = ns % 1000000000;
-    pthread_cond_timedwait(&r->sync_cv, &r->lock, &ts);
-}
-
-static void *bg_sync_main(void *arg)
-{
-    struct bg_sync *b = arg;
-    struct repos *r = b->r;
-    char before[41] = "", head[41] = "";
-    int rc = 0;
-    /* Let the sandbox start first (sandbox.ready releases us), then the test delay. */
-    pthread_mutex_lock(&r->lock);
-    int64_t hold = clock_mono_ms() + SYNC_HOLD_MS;
-    while (!r->closing && !json_object_get(r->released, b->sid) && clock_mono_ms() < hold) {
-        sync_cv_wait_until(r, hold);
-    }
-    json_object_del(r->released, b->sid);
-    int64_t t0 = clock_mono_us();
-    int64_t until = clock_mono_ms() + r->cfg.sync_delay_ms;
-    while (!r->closing && clock_mono_ms() < until) {
-        sync_cv_wait_until(r, until);
-    }
-    int closing = r->closing;
-    pthread_mutex_unlock(&r->lock);
-    char *shared = closing ? NULL : session_shared(r, b->sid);
-    if (!closing) {
-        /* a restore (as root) may have made the workspace: the sandbox user's before git
-         * runs as that user */
-        chown_tree(r, b->ws);
-    }
-    if (closing) {
-        rc = ERR_CANCELLED;
-    } else if (b->q.url) {
-        gitjob_head(&r->git, b->ws, shared, before, NULL);
-        rc = gitjob_sync(&r->git, b->ws, shared, b->q.url, b->q.branch, NULL, head);
-    }
-    if (rc == 0) {
-        /* the restore (and the reset) left stale stat data: refresh now, before the agent's
-         * git or the first commit would re-read every file */
-        int64_t t1 = clock_mono_us();
-        int frc = gitjob_refresh_index(&r->git, b->ws, shared);
-        LOG_INFO("repos: session %s: index refresh %lld ms (%s)", b->sid,
-                 (long long)(clock_mono_us() - t1) / 1000, err_str(frc));
-    }
-    int64_t ms = (clock_mono_us() - t0) / 1000;
-    if (rc == 0 && b->q.url) {
-        emit(r, b->sid, "git.synced",
-             json_pack("{s:s, s:s?, s:I}", "head", head, "previous", before[0] ? before : NULL,
-                       "ms", (json_int_t)ms));
-    } else if (rc != 0) {
-        LOG_WARN("repos: session %s: workspace sync failed: %s", b->sid, err_str(rc));
-        emit(r, b->sid, "git.sync_failed",
-             json_pack("{s:s, s:I}", "error", err_str(rc), "ms", (json_int_t)ms));
-    }
-    LOG_INFO("repos: session %s: background %s done in %lld ms", b->sid,
-             b->q.url ? "sync" : "index refresh", (long long)ms);
-    free(shared);
-    char sid[72];
-    snprintf(sid, sizeof(sid), "%s", b->sid);
-    free(b->ws);
-    free(b->q.url);
-    free(b->q.branch);
-    free(b);
-    pthread_mutex_lock(&r->lock);
-    json_object_del(r->syncing, sid);
-    pthread_cond_broadcast(&r->sync_cv);
-    pthread_mutex_unlock(&r->lock);
-    pthread_mutex_lock(&r->runner_mu);
-    if (r->runner.synced) {
-        r->runner.synced(r->runner.ctx, sid);
-    }
-    pthread_mutex_unlock(&r->runner_mu);
-    pthread_mutex_lock(&r->lock);
-    r->bg_syncs--; /* last touch of r: repos_close may free it after this */
-    pthread_cond_broadcast(&r->pool_done);
-    pthread_mutex_unlock(&r->lock);
-    return NULL;
-}
-
-/* Mark sid syncing and start the sync of ws described by q (taken over). */
-static void start_bg_sync(struct repos *r, const char *sid, const char *ws, struct sync_req *q)
-{
-    struct bg_sync *b = xcalloc(1, sizeof(*b));
-    b->r = r;
-    snprintf(b->sid, sizeof(b->sid), "%s", sid);
-    b->ws = xstrdup(ws);
-    b->q = *q;
-    memset(q, 0, sizeof(*q));
-    pthread_t th;
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    pthread_mutex_lock(&r->lock);
-    json_object_set_new(r->syncing, sid, json_true());
-    json_object_del(r->released, sid);
-    r->bg_syncs++;
-    pthread_mutex_unlock(&r->lock);
-    if (pthread_create(&th, &at, bg_sync_main, b) != 0) {
-        LOG_WARN("repos: session %s: cannot start the workspace sync thread", sid);
-        pthread_mutex_lock(&r->lock);
-        json_object_del(r->syncing, sid);
-        r->bg_syncs--;
-        pthread_cond_broadcast(&r->sync_cv);
-        pthread_mutex_unlock(&r->lock);
-        free(b->ws);
-        free(b->q.url);
-        free(b->q.branch);
-        free(b);
-    }
-    pthread_attr_destroy(&at);
 }
 
 /* The shared object store a sandbox on workspace (session name) must see, or NULL. */
-static char *shared_for(struct repos *r, const char *name, const char *workspace)
+char *repos__shared_for(struct repos *r, const char *name, const char *workspace)
 {
     char *out = NULL;
     /* Our own directories first: image builds and warm workspaces live under repos/<repo>/. */
@@ -2137,312 +835,24 @@ static char *shared_for(struct repos *r, const char *name, const char *workspace
                 char repo[128];
                 memcpy(repo, p, len);
                 repo[len] = 0;
-                out = shared_if_any(r, repo);
+                out = repos__shared_if_any(r, repo);
                 matched = 1;
             }
         }
     }
     if (!matched && name && util_valid_id(name)) {
-        out = session_shared(r, name);
+        out = repos__session_shared(r, name);
     }
     return out;
 }
 
 char *repos_shared_objects(struct repos *rp, const char *name, const char *workspace)
 {
-    struct repos *r = hook_enter(rp);
+    struct repos *r = repos__hook_enter(rp);
     if (!r) {
         return NULL;
     }
-    char *out = shared_for(r, name, workspace);
-    hook_leave(r);
+    char *out = repos__shared_for(r, name, workspace);
+    repos__hook_leave(r);
     return out;
-}
-
-struct sbx *repos_take_sandbox(struct repos *rp, const char *sid)
-{
-    struct repos *r = hook_enter(rp);
-    struct sbx *s = NULL;
-    if (r) {
-        pthread_mutex_lock(&r->lock);
-        for (struct handoff **pp = &r->handoffs; *pp; pp = &(*pp)->next) {
-            if (strcmp((*pp)->sid, sid) == 0) {
-                struct handoff *h = *pp;
-                *pp = h->next;
-                s = h->sbx;
-                free(h);
-                json_object_set_new(r->ready_src_sbx, sid, json_true()); /* for the event */
-                break;
-            }
-        }
-        pthread_mutex_unlock(&r->lock);
-        hook_leave(r);
-    }
-    return s;
-}
-
-int repos_syncing(struct repos *rp, const char *sid)
-{
-    struct repos *r = hook_enter(rp);
-    int on = 0;
-    if (r) {
-        pthread_mutex_lock(&r->lock);
-        on = json_object_get(r->syncing, sid) != NULL;
-        pthread_mutex_unlock(&r->lock);
-        hook_leave(r);
-    }
-    return on;
-}
-
-int repos_session_has_repo(struct repos *rp, const char *sid)
-{
-    struct repos *r = hook_enter(rp);
-    char *name = NULL;
-    if (r) {
-        name = util_valid_id(sid) ? session_repo_name(r, sid) : NULL;
-        hook_leave(r);
-    }
-    int has = name != NULL;
-    free(name);
-    return has;
-}
-
-int repos_sync_wait_ms(struct repos *rp)
-{
-    struct repos *r = hook_enter(rp);
-    int ms = 30000;
-    if (r) {
-        ms = r->cfg.sync_wait_ms;
-        hook_leave(r);
-    }
-    return ms;
-}
-
-/* Wait (r->lock held) until sid is in none of the given sets, or the deadline. */
-static int wait_not_in(struct repos *r, const char *sid, json_t *a, json_t *b, int timeout_ms)
-{
-    int64_t deadline = clock_mono_ms() + timeout_ms;
-    for (;;) {
-        if (r->closing) {
-            return ERR_UNAVAILABLE;
-        }
-        if (!json_object_get(a, sid) && (!b || !json_object_get(b, sid))) {
-            return 0;
-        }
-        if (clock_mono_ms() >= deadline) {
-            return ERR_TIMEOUT;
-        }
-        sync_cv_wait_until(r, deadline);
-    }
-}
-
-int repos_wait_synced(struct repos *rp, const char *sid, int timeout_ms)
-{
-    struct repos *r = hook_enter(rp);
-    int rc = 0;
-    if (r) {
-        pthread_mutex_lock(&r->lock);
-        rc = wait_not_in(r, sid, r->syncing, NULL,
-                         timeout_ms < 0 ? r->cfg.sync_wait_ms : timeout_ms);
-        pthread_mutex_unlock(&r->lock);
-        hook_leave(r);
-    }
-    return rc;
-}
-
-/* Before a rollback or a manual snapshot: the session's sync and prompt end are over. */
-static int wait_quiet(struct repos *r, const char *sid)
-{
-    pthread_mutex_lock(&r->lock);
-    int rc = wait_not_in(r, sid, r->syncing, r->ending, r->cfg.sync_wait_ms);
-    pthread_mutex_unlock(&r->lock);
-    return rc;
-}
-
-void repos_sandbox_start(struct repos *rp, const char *sid)
-{
-    struct repos *r = hook_enter(rp);
-    if (!r) {
-        return;
-    }
-    struct stat sb;
-    char *ws = default_workspace(r, sid);
-    char *name = NULL;
-    /* One filler per session: a prompt and a files request may start the sandbox at once. */
-    pthread_mutex_lock(&r->lock);
-    while (json_object_get(r->preparing, sid)) {
-        pthread_cond_wait(&r->prep_cv, &r->lock);
-    }
-    json_object_set_new(r->preparing, sid, json_true());
-    pthread_mutex_unlock(&r->lock);
-    /* An existing non-empty workspace is the session's state: leave it alone. */
-    int empty = stat(ws, &sb) != 0;
-    if (!empty && S_ISDIR(sb.st_mode)) {
-        DIR *d = opendir(ws);
-        struct dirent *de;
-        empty = 1;
-        while (d && (de = readdir(d)) != NULL) {
-            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
-                empty = 0;
-                break;
-            }
-        }
-        if (d) {
-            closedir(d);
-        }
-    }
-    if (empty && util_valid_id(sid)) {
-        name = session_repo_name(r, sid);
-    }
-    if (name) {
-        char source[16];
-        int64_t ms = 0;
-        struct sync_req q = {0};
-        int rc = prepare_ws(r, sid, name, ws, source, &ms, &q);
-        if (rc == 0) {
-            pthread_mutex_lock(&r->lock);
-            json_object_set_new(r->ready_src, sid, json_string(source));
-            pthread_mutex_unlock(&r->lock);
-            if (q.want) {
-                start_bg_sync(r, sid, ws, &q); /* marked syncing before we return */
-            }
-        }
-        free(q.url);
-        free(q.branch);
-        if (rc != 0) {
-            LOG_WARN("repos: session %s: cannot prepare the workspace of %s: %s", sid, name,
-                     err_str(rc));
-        }
-    }
-    pthread_mutex_lock(&r->lock);
-    json_object_del(r->preparing, sid);
-    pthread_cond_broadcast(&r->prep_cv);
-    pthread_mutex_unlock(&r->lock);
-    free(name);
-    free(ws);
-    hook_leave(r);
-}
-
-char *repos_ready_json(struct repos *rp, const char *sid, int64_t ms)
-{
-    char source[16] = "empty";
-    int syncing = 0, pooled = 0;
-    struct repos *r = hook_enter(rp);
-    if (r) {
-        pthread_mutex_lock(&r->lock);
-        pooled = json_object_get(r->ready_src_sbx, sid) != NULL;
-        json_object_del(r->ready_src_sbx, sid);
-        const char *s = json_string_value(json_object_get(r->ready_src, sid));
-        if (s) {
-            snprintf(source, sizeof(source), "%s", s);
-            json_object_del(r->ready_src, sid);
-        }
-        syncing = json_object_get(r->syncing, sid) != NULL;
-        if (syncing) {
-            json_object_set_new(r->released, sid, json_true()); /* the sync may start */
-            pthread_cond_broadcast(&r->sync_cv);
-        }
-        pthread_mutex_unlock(&r->lock);
-        hook_leave(r);
-    }
-    return xasprintf("{\"source\":\"%s\",\"ms\":%lld,\"sandbox\":\"%s\"%s}", source, (long long)ms,
-                     pooled ? "pool" : "new", syncing ? ",\"syncing\":true" : "");
-}
-
-void repos_prompt_end(struct repos *rp, const char *sid, const char *prompt_id)
-{
-    struct repos *r = hook_enter(rp);
-    if (!r) {
-        return;
-    }
-    struct repos_db_prompt p = {0};
-    struct sess *s = NULL;
-    struct stat sb;
-    char *ws = default_workspace(r, sid);
-    if (!util_valid_id(sid)) {
-        free(ws);
-        hook_leave(r);
-        return;
-    }
-    pthread_mutex_lock(&r->lock);
-    /* a prompt only runs after the sync; one that failed to start may not have waited */
-    wait_not_in(r, sid, r->syncing, NULL, r->cfg.sync_wait_ms);
-    json_object_set_new(r->ending, sid, json_true());
-    pthread_mutex_unlock(&r->lock);
-    if (r->cfg.store && stat(ws, &sb) == 0 && store_session_get(r->cfg.store, sid, &s) == 0) {
-        int rc = repos_db_prompt_read(s, prompt_id, &p);
-        sess_put(s);
-        if (rc == 0) {
-            struct author a = {p.author_id, p.author_name, p.author_email};
-            repos_after_prompt(r, sid, ws, prompt_id, &a, p.content, NULL);
-        }
-    }
-    pthread_mutex_lock(&r->lock);
-    json_object_del(r->ending, sid);
-    pthread_cond_broadcast(&r->sync_cv);
-    pthread_mutex_unlock(&r->lock);
-    repos_db_prompt_free(&p);
-    free(ws);
-    hook_leave(r);
-}
-
-struct bg_snap {
-    struct repos *r;
-    char sid[72];
-};
-
-static void *bg_snap_main(void *arg)
-{
-    struct bg_snap *b = arg;
-    struct repos *r = b->r;
-    char *ws = default_workspace(r, b->sid);
-    struct stat sb;
-    json_t *row = NULL;
-    int st = r->cfg.store ? registry_session_get(store_registry(r->cfg.store), b->sid, &row)
-                          : ERR_NOT_FOUND;
-    json_decref(row);
-    if (st == ERR_GONE || st == ERR_NOT_FOUND) {
-        /* purged: its snapshots and repository state go with it */
-        char *dir = session_snap_dir(r, b->sid);
-        util_rm_rf(dir);
-        free(dir);
-        repos_db_session_delete(r->db, b->sid);
-    } else if (stat(ws, &sb) == 0) {
-        repos_snapshot(r, b->sid, ws, "session end", NULL);
-    }
-    free(ws);
-    free(b);
-    pthread_mutex_lock(&r->lock);
-    r->bg_snapshots--;
-    pthread_cond_broadcast(&r->pool_done);
-    pthread_mutex_unlock(&r->lock);
-    return NULL;
-}
-
-void repos_session_end(struct repos *rp, const char *sid)
-{
-    struct repos *r = hook_enter(rp);
-    if (!r) {
-        return;
-    }
-    if (util_valid_id(sid)) {
-        struct bg_snap *b = xcalloc(1, sizeof(*b));
-        b->r = r;
-        snprintf(b->sid, sizeof(b->sid), "%s", sid);
-        pthread_t th;
-        pthread_attr_t at;
-        pthread_attr_init(&at);
-        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        pthread_mutex_lock(&r->lock);
-        r->bg_snapshots++;
-        pthread_mutex_unlock(&r->lock);
-        if (pthread_create(&th, &at, bg_snap_main, b) != 0) {
-            pthread_mutex_lock(&r->lock);
-            r->bg_snapshots--;
-            pthread_mutex_unlock(&r->lock);
-            free(b);
-        }
-        pthread_attr_destroy(&at);
-    }
-    hook_leave(r);
 }
