@@ -352,14 +352,14 @@ static int x_admit(struct runner_exec *e, const struct rexec_req *req, struct cl
         return rc;
     }
     c->acquired = 1;
-    rc = repos_hook_wait_synced(req->sid, -1); /* a command may write */
+    rc = repos_wait_synced(runner_repos(e->runner), req->sid, -1); /* a command may write */
     if (rc) {
         *stage = REXEC_SYNCING;
         if (rc == ERR_TIMEOUT) {
             snprintf(msg, n,
                      "the workspace is still syncing with the repository after %d s: exec "
                      "refused, retry later",
-                     repos_hook_sync_wait_ms() / 1000);
+                     repos_sync_wait_ms(runner_repos(e->runner)) / 1000);
             return ERR_UNAVAILABLE;
         }
         snprintf(msg, n, "the workspace sync did not finish: %s", err_str(rc));

@@ -129,7 +129,7 @@ static void *prompt_end_main(void *arg)
 {
     struct finish_op *f = arg;
     struct runner *r = f->run->r;
-    repos_hook_prompt_end(f->run->sid, f->run->pid);
+    repos_prompt_end(r->cfg.repos, f->run->sid, f->run->pid);
     finish_tail(f);
     pthread_mutex_lock(&r->lock);
     r->threads_out--;
@@ -169,7 +169,7 @@ static void finish_done(void *arg, int rc)
         pthread_mutex_lock(&r->lock);
         r->threads_out--;
         pthread_mutex_unlock(&r->lock);
-        repos_hook_prompt_end(run->sid, run->pid); /* no thread: here, as before */
+        repos_prompt_end(r->cfg.repos, run->sid, run->pid); /* no thread: here, as before */
         finish_tail(f);
     }
 }

@@ -422,7 +422,7 @@ static void *ctl_main(void *arg)
                 if (purge) {
                     runneri_purge_files(r, x, j->sid);
                 }
-                repos_hook_session_end(j->sid); /* its last snapshot, in the background */
+                repos_session_end(r->cfg.repos, j->sid); /* its last snapshot, in the background */
             }
             free(j);
         }
@@ -444,7 +444,7 @@ static void *ctl_main(void *arg)
     return NULL;
 }
 
-/* repos_hook_set_synced_cb: a workspace sync ended, a prompt may wait for it. Unlike
+/* repos_runner.synced: a workspace sync ended, a prompt may wait for it. Unlike
  * runner_kick this does not reopen an ended session. */
 static void synced_cb(void *arg, const char *sid)
 {
@@ -530,8 +530,8 @@ int runner_start(struct store *st, struct sbx_backend *be, struct outpump *pump,
         free(r);
         return ERR_IO;
     }
-    repos_hook_set_synced_cb(synced_cb, r);
-    repos_hook_set_sandbox_factory(runneri_pool_factory, r);
+    struct repos_runner ops = {.make_sandbox = runneri_pool_factory, .synced = synced_cb, .ctx = r};
+    repos_set_runner(r->cfg.repos, &ops);
     LOG_INFO("runner: started (agent %s, sandbox %s, prompt timeout %d s)", r->cfg.agent,
              sbx_backend_name(be), r->cfg.prompt_timeout_s);
     *out = r;
@@ -577,8 +577,7 @@ void runner_stop(struct runner *r)
     if (!r) {
         return;
     }
-    repos_hook_set_synced_cb(NULL, NULL);
-    repos_hook_set_sandbox_factory(NULL, NULL);
+    repos_set_runner(r->cfg.repos, NULL);
     pthread_mutex_lock(&r->lock);
     r->accepting = 0;
     int running = r->running;
@@ -672,4 +671,9 @@ void runner_get_stats(struct runner *r, struct runner_stats *out)
     out->exec_refused = r->n_exec_refused;
     out->output_truncated = r->n_truncated;
     pthread_mutex_unlock(&r->lock);
+}
+
+struct repos *runner_repos(struct runner *r)
+{
+    return r->cfg.repos;
 }

@@ -32,6 +32,7 @@ struct outpump;
 struct commitq;
 struct author;
 struct agents;
+struct repos;
 
 struct runner_config {
     /* The default agent: "shell" (default) | a name under agents/bundled | a path to an
@@ -50,6 +51,10 @@ struct runner_config {
     /* Named coding agents (agents.h): an agent name found here runs its CLI through
      * its adapter instead of as a command. NULL = none. */
     const struct agents *agents;
+    /* The repository layer (workspaces, warm pool, syncs, per-prompt commits); it must
+     * outlive the runner (repos_shutdown() before runner_stop(), repos_close() after). NULL =
+     * none: sessions get empty workspaces. */
+    struct repos *repos;
 };
 
 /** Start the runner (and its commit workers). be and pump must outlive it. *out:
@@ -104,5 +109,8 @@ struct runner_stats {
     uint64_t output_truncated; /* prompts whose output hit a cap */
 };
 void runner_get_stats(struct runner *r, struct runner_stats *out);
+
+/** The repository layer the runner was given (NULL: none). */
+struct repos *runner_repos(struct runner *r);
 
 #endif

@@ -182,7 +182,7 @@ void *runneri_starter_main(void *arg);
 void runneri_queue_start_locked(struct runner *r, struct rs *x, int for_prompt);
 /** The same, r->lock NOT held. */
 void runneri_start_in_background(struct runner *r, struct rs *x, int for_prompt);
-/** The warm pool's sandbox factory (repos_hook_set_sandbox_factory); arg: the runner. */
+/** The warm pool's sandbox factory (repos_runner.make_sandbox); arg: the runner. */
 int runneri_pool_factory(void *arg, const struct sbx_spec *spec, struct sbx **out);
 
 /* ---- slots.c (r->lock held unless said otherwise) ---- */

@@ -74,11 +74,11 @@ int runneri_ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int
     }
     runneri_emit(r, x->id, "sandbox.starting", xstrdup("{}"));
     int64_t t0 = clock_mono_us();
-    repos_hook_sandbox_start(x->id); /* fill a repository workspace first */
-    char *objs = repos_hook_shared_objects(x->id, NULL);
+    repos_sandbox_start(r->cfg.repos, x->id); /* fill a repository workspace first */
+    char *objs = repos_shared_objects(r->cfg.repos, x->id, NULL);
     struct sbx_spec spec = {
         .name = x->id, .shared_objects = objs, .on_end = runneri_sbx_ended, .on_end_arg = r};
-    ns = repos_hook_take_sandbox(x->id); /* the warm pool's, already running */
+    ns = repos_take_sandbox(r->cfg.repos, x->id); /* the warm pool's, already running */
     if (ns && !sbx_alive(ns)) {
         sbx_destroy(ns);
         ns = NULL;
@@ -105,7 +105,7 @@ int runneri_ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int
     if (old) {
         sbx_destroy(old);
     }
-    runneri_emit(r, x->id, "sandbox.ready", repos_hook_ready_json(x->id, *ready_ms));
+    runneri_emit(r, x->id, "sandbox.ready", repos_ready_json(r->cfg.repos, x->id, *ready_ms));
     *out = ns;
 out:
     pthread_mutex_lock(&r->lock);
@@ -219,7 +219,7 @@ void runneri_start_in_background(struct runner *r, struct rs *x, int for_prompt)
     pthread_mutex_unlock(&r->lock);
 }
 
-/* repos_hook_set_sandbox_factory: create a sandbox for the warm pool on a starter thread
+/* repos_runner.make_sandbox: create a sandbox for the warm pool on a starter thread
  * (they live until runner_stop: a sandbox dies with the thread that created it) and wait. */
 int runneri_pool_factory(void *arg, const struct sbx_spec *spec, struct sbx **out)
 {

@@ -265,7 +265,7 @@ static int start_budget_and_sandbox(struct start *p)
 static int start_sync_wait(struct start *p)
 {
     struct runner *r = p->r;
-    if (p->alive && repos_hook_syncing(p->sid)) {
+    if (p->alive && repos_syncing(p->r->cfg.repos, p->sid)) {
         int64_t now = clock_mono_ms();
         pthread_mutex_lock(&r->lock);
         if (!p->x->sync_wait_since) {
@@ -273,7 +273,7 @@ static int start_sync_wait(struct start *p)
         }
         int64_t waited = now - p->x->sync_wait_since;
         pthread_mutex_unlock(&r->lock);
-        if (waited < repos_hook_sync_wait_ms()) {
+        if (waited < repos_sync_wait_ms(p->r->cfg.repos)) {
             return ERR_UNAVAILABLE;
         }
         p->sync_timeout = 1;
@@ -336,7 +336,7 @@ static int start_precheck(struct start *p)
     if (p->sync_timeout) {
         snprintf(p->reason, sizeof p->reason,
                  "timeout: the workspace was still syncing with the repository after %d s",
-                 repos_hook_sync_wait_ms() / 1000);
+                 repos_sync_wait_ms(p->r->cfg.repos) / 1000);
         return ERR_TIMEOUT;
     }
     return 0;
@@ -352,7 +352,7 @@ static int start_choose_agent(struct start *p)
     struct run *run = p->run;
     json_t *reg = NULL;
     char ragent[80];
-    repos_hook_session_policy(p->sid, &reg, ragent, sizeof ragent);
+    repos_session_policy(p->r->cfg.repos, p->sid, &reg, ragent, sizeof ragent);
     if (!p->np.agent && ragent[0]) {
         p->np.agent = xstrdup(ragent);
     }

@@ -191,10 +191,13 @@ int main(int argc, char **argv)
     if (agents_start(&app) != 0) { /* issue 7: named agents + egress proxy */
         goto out;
     }
-    if (sandbox_start(&app) != 0) { /* sandbox backend, prompt runner, exec pipeline */
+    if (sandbox_start(&app) != 0) { /* output pump and the sandbox backend */
         goto out;
     }
-    if (api_repos_start(&app) != 0) { /* issue 5: repos, images, warm pools, master key */
+    if (api_repos_start(&app) != 0) { /* repos, images, warm pools, master key */
+        goto out;
+    }
+    if (sandbox_runner_start(&app) != 0) { /* the prompt runner, on the repository layer */
         goto out;
     }
     app.hub = hub;
@@ -244,8 +247,9 @@ out:
     app.shutting_down = 1;
     http_stop(http, (int)cfg->shutdown_grace); /* stop accepting, finish requests in flight */
     /* (other subsystems stop here, before the store) */
-    api_repos_stop(&app); /* issue 5: before the sandboxes its builds run in */
+    api_repos_stop(&app); /* its threads and warm pool, before the sandboxes its builds use */
     sandbox_stop(&app);   /* grace for running prompts, then cancel; sandboxes down */
+    api_repos_free(&app); /* after the runner, which holds it */
     agents_stop(&app);    /* issue 7: after the runner */
     slack_free(app.slack);
     app.slack = NULL;

@@ -12,6 +12,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "storage/migrate.h"
+#include "storage/storage_int.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -905,4 +906,15 @@ out:
     pthread_mutex_unlock(&r->lock);
     json_decref(arr);
     return rc;
+}
+
+sqlite3 *registry_db_lock(struct registry *r)
+{
+    pthread_mutex_lock(&r->lock);
+    return r->db;
+}
+
+void registry_db_unlock(struct registry *r)
+{
+    pthread_mutex_unlock(&r->lock);
 }

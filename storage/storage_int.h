@@ -4,6 +4,8 @@
  * a read (struct sess_rd). The typed functions of prompts.c, messages.c, artifacts.c,
  * participants.c, meta.c and requests.c are built on these; callers above storage/ use those.
  *
+ * It also gives repos_db.c the registry's one connection, under the registry's lock.
+ *
  * Thread safety: as the handle they are given (the session's lock is held).
  */
 #ifndef SESSIOND_STORAGE_INT_H
@@ -43,5 +45,13 @@ static inline void sql_bind_text_opt(sqlite3_stmt *st, int i, const char *s)
         sqlite3_bind_null(st, i);
     }
 }
+struct registry;
+
+/** Take the registry's lock and return its connection, for the other table families of
+ * registry.db (repos_db.c): one connection and one lock for the whole file, so that their
+ * statements serialize with the registry's instead of contending on SQLite's file lock.
+ * Hold it for one short statement or a few; registry_db_unlock() gives it back. */
+sqlite3 *registry_db_lock(struct registry *r);
+void registry_db_unlock(struct registry *r);
 
 #endif

@@ -17,7 +17,7 @@
  *   workspaces/<session-id>/    the session's workspace (sbx.h default)
  *
  * registry.db tables repos, images, session_repos, user_credentials
- * (migrations/registry/0002_repos.sql), through a connection of this module.
+ * (migrations/registry/0002_repos.sql), through storage/repos_db.h on the store's registry.
  *
  * Threads: every function is thread safe. One builder thread runs image builds in order; one
  * pool thread runs the schedule (rebuilds every image_interval_min, pool top-up, expiry).
@@ -40,7 +40,7 @@ struct author;
 
 struct repos_config {
     const char *data_dir;    /* required */
-    struct store *store;     /* events on sessions (may be NULL in unit tests) */
+    struct store *store;     /* required: events on sessions, registry.db */
     struct sbx_backend *sbx; /* runs image setup commands; NULL: setup steps fail */
     int snapshot_keep;       /* per session; default 20 */
     int64_t snapshot_quota;  /* bytes per session; default 2 GiB */
@@ -49,11 +49,11 @@ struct repos_config {
     int tick_ms;             /* scheduler period; default 30000 */
     const char *ca_file;     /* HTTPS CA bundle for git; NULL = system */
     int no_threads;          /* tests: no builder/pool threads; builds run inline */
-    int sync_wait_ms;        /* bound of repos_hook_wait_synced; default 30000 (config
+    int sync_wait_ms;        /* bound of repos_wait_synced; default 30000 (config
                                 repos.sync_wait_ms) */
     int sync_delay_ms;       /* tests: a background sync sleeps this long first (env
                                 SESSIOND_TEST_SYNC_DELAY_MS) */
-    /* issue 7: 1 if name may be a repository's default agent (a configured agent); NULL:
+    /* 1 if name may be a repository's default agent (a configured agent); NULL:
      * any well-formed name is accepted. Called on HTTP / main threads. */
     int (*agent_known)(void *ctx, const char *name);
     void *agent_ctx;
@@ -61,7 +61,12 @@ struct repos_config {
 
 /** Open (registry.db must have been migrated by the store). *out: repos_close(). */
 int repos_open(const struct repos_config *cfg, struct repos **out);
-/** Stop the threads (a running build is abandoned and marked failed). NULL is a no-op. */
+/** Stop the threads, destroy the warm pool (and its sandboxes) and wait for the background
+ * syncs and snapshots (a running build is abandoned and marked failed); the runner's calls
+ * answer "no repository" from then on. The instance stays valid for the calls of those who
+ * hold it (the runner) until repos_close(). A second call is a no-op. */
+void repos_shutdown(struct repos *r);
+/** repos_shutdown() if not done, then free. NULL is a no-op. */
 void repos_close(struct repos *r);
 
 /* ---- the registry ---- */
@@ -79,12 +84,13 @@ int repos_list(struct repos *r, json_t **out);
 /** Change the given fields (name cannot change). */
 int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out, char *msg,
                  size_t n);
-/** The egress policy and default agent of repository name (issue 7): *egress (may be NULL) =
+/** The egress policy and default agent of repository name: *egress (may be NULL) =
  * a new JSON array of normalised "host:port" (caller decrefs); agent gets its default agent or
  * "" (n >= 65). ERR_NOT_FOUND. */
 int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *agent, size_t n);
 /** The same for the registered repository of session sid (its `repo`: a name or a URL): an
- * empty list and "" when it has none (returns 0). */
+ * empty list and "" when it has none or r is NULL (returns 0). The runner asks before each
+ * prompt: the list is read anew, so a PATCH applies from the next prompt on. */
 int repos_session_policy(struct repos *r, const char *sid, json_t **egress, char *agent, size_t n);
 /** Delete the repo, its images and warm workspaces (sessions keep their workspaces). */
 int repos_delete(struct repos *r, const char *name);
@@ -140,18 +146,34 @@ int repos_session_info(struct repos *r, const char *session_id, json_t **out);
 /** Remember the PR URL of a session. */
 int repos_session_set_pr(struct repos *r, const char *session_id, const char *url);
 
-/* ---- hooks for the runner (sandbox/runner.c): no-ops when no repos layer is open ----
- * The last repos_open() of the process is the one the hooks use (there is one per server). */
+/* ---- calls of the runner ----
+ * The runner is handed the instance in its config (runner.h); server/ calls the same. Each
+ * accepts r == NULL and, once repos_shutdown() has begun, answers as if there were no
+ * repository layer (the runner outlives the layer's threads at a stop). */
+
+/** What the runner provides to the warm pool and the sync, registered by runner_start() with
+ * repos_set_runner() (the runner is started after the layer, which it needs). make_sandbox
+ * creates a sandbox for a warm workspace (blocking) on the runner's long-lived starter threads,
+ * as a sandbox dies with the thread that created it; without it the pool holds workspaces
+ * only. synced(ctx, sid) is called from a sync thread each time a workspace sync ends (the
+ * runner kicks the session: a prompt that waited for the sync starts then). */
+struct repos_runner {
+    int (*make_sandbox)(void *ctx, const struct sbx_spec *spec, struct sbx **out);
+    void (*synced)(void *ctx, const char *sid);
+    void *ctx;
+};
+/** Register ops (copied), or unregister with NULL: returns once no callback is in progress. */
+void repos_set_runner(struct repos *r, const struct repos_runner *ops);
 
 /** Before the runner creates the sandbox of session sid (control or HTTP thread): if the
  * session names a registered repository (by name or URL) and its workspace does not exist,
  * fill it (snapshot, warm, image or clone) and remember the source for the ready event. */
-void repos_hook_sandbox_start(const char *sid);
-/** The data of `sandbox.ready`: {"source": what repos_hook_sandbox_start did for sid (consumed),
+void repos_sandbox_start(struct repos *r, const char *sid);
+/** The data of `sandbox.ready`: {"source": what repos_sandbox_start did for sid (consumed),
  * else "empty", "ms": ms, "syncing": true while its sync runs}. Caller frees. Also releases
  * the session's background sync, which waits for the sandbox to be ready (at most 100 ms) so
  * that it does not compete with the start for the CPUs. */
-char *repos_hook_ready_json(const char *sid, int64_t ms);
+char *repos_ready_json(struct repos *r, const char *sid, int64_t ms);
 
 /* The workspace sync. A session started from an image (or a warm workspace synced more than a
  * few seconds ago, or its own snapshot) is usable as soon as the files are in place: the
@@ -161,53 +183,38 @@ char *repos_hook_ready_json(const char *sid, int64_t ms);
 
 /** 1 if the workspace of sid is being synced now (non-blocking; the runner's control thread
  * asks this before it starts a prompt). */
-int repos_hook_syncing(const char *sid);
-/** The sandbox that came with the warm workspace repos_hook_sandbox_start claimed for sid
+int repos_syncing(struct repos *r, const char *sid);
+/** The sandbox that came with the warm workspace repos_sandbox_start claimed for sid
  * (created ahead for the pool, already given the session's name and workspace), or NULL. The
  * caller owns it (sbx_destroy). */
-struct sbx *repos_hook_take_sandbox(const char *sid);
-/** The warm pool keeps a running sandbox per warm workspace, created by fn(arg, spec, &out)
- * (blocking), which the runner provides: its long-lived starter threads create them, as a
- * sandbox dies with the thread that created it. NULL unregisters (waits for a call in
- * progress). Without a factory the pool holds workspaces only. */
-void repos_hook_set_sandbox_factory(int (*fn)(void *arg, const struct sbx_spec *spec,
-                                              struct sbx **out),
-                                    void *arg);
+struct sbx *repos_take_sandbox(struct repos *r, const char *sid);
 /** 1 if session sid names a registered repository (by name or URL): its sandbox is started at
  * creation (a session with an unknown `repo` string gets an empty workspace on first use). */
-int repos_hook_session_has_repo(const char *sid);
+int repos_session_has_repo(struct repos *r, const char *sid);
 /** Wait until the workspace sync of sid (if any) is over: 0, or ERR_TIMEOUT after timeout_ms
  * (< 0: the configured sync_wait_ms), ERR_UNAVAILABLE if the layer is closing. */
-int repos_hook_wait_synced(const char *sid, int timeout_ms);
-/** The configured bound of a wait for a sync (sync_wait_ms). */
-int repos_hook_sync_wait_ms(void);
-/** cb(arg, sid) is called (from the sync thread) each time a sync ends; NULL unregisters and
- * returns once no call is in progress. The runner registers runner_kick: a prompt that
- * waited for the sync starts then. */
-void repos_hook_set_synced_cb(void (*cb)(void *arg, const char *sid), void *arg);
+int repos_wait_synced(struct repos *r, const char *sid, int timeout_ms);
+/** The configured bound of a wait for a sync (sync_wait_ms; 30000 without a layer). */
+int repos_sync_wait_ms(struct repos *r);
 /** A prompt of sid ended (any final state), before the next one may start: commit its changes
  * as its author and snapshot the workspace (repos_after_prompt, reading the prompt's author
  * and text from the session file). Blocks for the commit + snapshot (tens to hundreds of ms):
  * the runner calls it on a thread of its own, after prompt.completed is committed, and starts
  * the next prompt of the session only when it returns. A rollback or a manual snapshot of
  * the session waits for it. */
-void repos_hook_prompt_end(const char *sid, const char *prompt_id);
-/** issue 7: repos_session_policy() of sid through the active instance (the runner, before each
- * prompt: the list is read anew, so a PATCH applies from the next prompt on). An empty list
- * and "" when no repos layer is open. *egress: caller decrefs. */
-void repos_hook_session_policy(const char *sid, json_t **egress, char *agent, size_t n);
+void repos_prompt_end(struct repos *r, const char *sid, const char *prompt_id);
 /** The session ended and its sandbox is stopped: snapshot its workspace in the background
  * (a purged session's snapshots and repository state are deleted instead). */
-void repos_hook_session_end(const char *sid);
+void repos_session_end(struct repos *r, const char *sid);
 
-/** The shared object store the local sandbox backend binds read-only into sandbox `name` over
- * host directory `workspace` (sbx_local.c, before it starts bubblewrap), at the same absolute
- * path, so that the workspace's .git/objects/info/alternates resolves inside. Decided from our
- * own records, never from the workspace (whose alternates file the agent can rewrite): a
- * workspace under <data_dir>/repos/<repo>/ (an image build, a warm workspace) belongs to
- * <repo>; a session's to the repository it was prepared from. Returns the objects directory
- * (caller frees), or NULL: no repos layer, no repository, or no store yet. Any thread. */
-char *repos_hook_shared_objects(const char *name, const char *workspace);
+/** The shared object store the sandbox `name` over host directory `workspace` must see
+ * read-only at the same absolute path (sbx_spec.shared_objects), so that the workspace's
+ * .git/objects/info/alternates resolves inside. Decided from our own records, never from the
+ * workspace (whose alternates file the agent can rewrite): a workspace under
+ * <data_dir>/repos/<repo>/ (an image build, a warm workspace) belongs to <repo>; a session's to
+ * the repository it was prepared from. Returns the objects directory (caller frees), or NULL:
+ * no repos layer, no repository, or no store yet. Any thread. */
+char *repos_shared_objects(struct repos *r, const char *name, const char *workspace);
 
 /* ---- users' sealed credentials (opaque here: sealed by server/secrets.h) ---- */
 

@@ -124,7 +124,7 @@ int api_repos_start(struct app *app)
         .sync_wait_ms = (int)cfg->repos_sync_wait_ms,
         .tick_ms = (int)cfg->repos_tick_ms,
         .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
-        .agent_known = agent_known, /* issue 7 */
+        .agent_known = agent_known,
         .agent_ctx = app,
     };
     rc = repos_open(&rcfg, &app->repos);
@@ -138,6 +138,7 @@ int api_repos_start(struct app *app)
         rc = load_repos_file(app->repos, cfg->repos_file);
         if (rc != 0) {
             api_repos_stop(app);
+            api_repos_free(app);
         }
     }
     return rc;
@@ -145,10 +146,15 @@ int api_repos_start(struct app *app)
 
 void api_repos_stop(struct app *app)
 {
-    repos_close(app->repos);
-    app->repos = NULL;
+    repos_shutdown(app->repos);
     secrets_free(app->secrets);
     app->secrets = NULL;
+}
+
+void api_repos_free(struct app *app)
+{
+    repos_close(app->repos);
+    app->repos = NULL;
 }
 
 /* ---- helpers ---- */

@@ -66,8 +66,15 @@ int sandbox_start(struct app *app)
     rc = sbx_backend_open(&sc, app->pump, &app->sbx); /* copies sc, with its defaults */
     if (rc) {
         /* the backend logged the one line saying why and what to do */
-        goto out;
+        outpump_stop(app->pump);
+        app->pump = NULL;
     }
+    return rc;
+}
+
+int sandbox_runner_start(struct app *app)
+{
+    const struct config *cfg = app->cfg;
     struct runner_config rcfg = {
         .agent = cfg->agent,
         .prompt_timeout_s = (int)cfg->prompt_timeout,
@@ -80,10 +87,11 @@ int sandbox_start(struct app *app)
         .max_sandboxes = (int)cfg->max_sandboxes,
         .max_sandboxes_per_user = (int)cfg->max_sandboxes_per_user,
         .max_execs_per_session = (int)cfg->max_execs_per_session,
+        .repos = app->repos,
     };
-    rc = runner_start(app->store, app->sbx, app->pump, &rcfg, &app->runner);
+    int rc = runner_start(app->store, app->sbx, app->pump, &rcfg, &app->runner);
     if (rc) {
-        goto out;
+        return rc;
     }
     /* A synchronous exec holds no HTTP thread while it waits but buffers its output: at most
      * half the HTTP threads' worth of them, as the API has always promised. */
@@ -93,12 +101,7 @@ int sandbox_start(struct app *app)
         .blocked_commands = app->sbx->cfg.blocked_commands,
         .n_blocked_commands = app->sbx->cfg.n_blocked_commands,
     };
-    rc = rexec_new(app->runner, &xc, &app->exec);
-out:
-    if (rc) {
-        sandbox_stop(app);
-    }
-    return rc;
+    return rexec_new(app->runner, &xc, &app->exec);
 }
 
 void sandbox_stop(struct app *app)
@@ -127,7 +130,7 @@ void api_session_ended(struct app *app, const char *session_id, int purged)
 
 void api_session_started(struct app *app, const char *session_id)
 {
-    if (repos_hook_session_has_repo(session_id)) {
+    if (repos_session_has_repo(app->repos, session_id)) {
         runner_prestart(app->runner, session_id);
     }
 }
@@ -136,12 +139,12 @@ void api_session_started(struct app *app, const char *session_id)
  * failed with 503 after the bounded wait. */
 static int wait_for_sync(struct req *r, const char *sid, const char *what)
 {
-    int rc = repos_hook_wait_synced(sid, -1);
+    int rc = repos_wait_synced(req_app(r)->repos, sid, -1);
     if (rc == ERR_TIMEOUT) {
         return req_fail(r, ERR_UNAVAILABLE,
                         "the workspace is still syncing with the repository after %d s: %s "
                         "refused, retry later",
-                        repos_hook_sync_wait_ms() / 1000, what);
+                        repos_sync_wait_ms(req_app(r)->repos) / 1000, what);
     }
     if (rc) {
         return req_fail(r, rc, "the workspace sync did not finish: %s", err_str(rc));

@@ -16,10 +16,12 @@ struct app;
 struct auth_info;
 struct req;
 
-/** Start the output pump, the sandbox backend (refuses with one log line if it cannot run),
- * the runner and the exec pipeline; fills app->pump, app->sbx, app->runner and app->exec.
- * 0 or a negative error (the server must not start; what was started is stopped). */
+/** Start the output pump and the sandbox backend (refuses with one log line if it cannot
+ * run); fills app->pump and app->sbx. 0 or a negative error (the server must not start). */
 int sandbox_start(struct app *app);
+/** Start the runner on app->sbx, handing it app->repos (so after api_repos_start), and the
+ * exec pipeline; fills app->runner and app->exec. 0 or a negative error. */
+int sandbox_runner_start(struct app *app);
 /** Graceful stop: running prompts get a grace period, then are cancelled ("shutdown"). */
 void sandbox_stop(struct app *app);
 

@@ -1,0 +1,362 @@
+/*
+ * images.c - repository images: a build (fetch into the shared object store, check out, run
+ * the setup commands in a sandbox, snapshot into the image store), the build queue and its
+ * builder thread, the pruning of old images.
+ *
+ * Threads: builds run on the builder thread in order (inline with no_threads); the running
+ * build's sandbox is published in r->build_sbx (r->lock) so that a shutdown can stop it.
+ */
+#include "workspace/workspace_int.h"
+
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/jsonx.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmem.h"
+#include "sandbox/egress/egress.h"
+#include "sandbox/sbx.h"
+#include "storage/registry.h"
+#include "storage/repos_db.h"
+#include "storage/store.h"
+#include "workspace/git.h"
+#include "workspace/gitjob.h"
+#include "workspace/snap/snap.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int repos_images(struct repos *r, const char *name, json_t **out)
+{
+    json_t *repo = NULL, *arr = NULL;
+    *out = NULL;
+    int rc = repos__repo_load(r, name, &repo);
+    json_decref(repo);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = repos_db_image_list(r->db, name, &arr);
+    *out = json_pack("{s:o}", "images", arr);
+    return rc;
+}
+
+/* The latest ready image of repo: id and snapshot id (buffers of 64). ERR_NOT_FOUND. */
+int repos__latest_image(struct repos *r, const char *repo, char *id, char *snap, int64_t *started)
+{
+    return repos_db_image_latest(r->db, repo, id, snap, started);
+}
+
+static void image_set(struct repos *r, const char *id, enum repos_db_image_col col, const char *val)
+{
+    repos_db_image_set(r->db, id, col, val);
+}
+
+static void image_log(struct repos *r, const char *id, const char *text, size_t n)
+{
+    repos_db_image_log(r->db, id, text, n, LOG_CAP);
+}
+
+int repos__open_image_store(struct repos *r, const char *repo, struct snap_store **out)
+{
+    char *dir = repos__repo_dir(r, repo, "images");
+    int rc = snap_store_open(dir, out);
+    free(dir);
+    return rc;
+}
+
+/* Delete ready images beyond the newest image_keep (their snapshots and objects). */
+static void prune_images(struct repos *r, const char *repo)
+{
+    char *ids[64];
+    char *snaps[64];
+    int n = 0;
+    int keep = r->cfg.image_keep;
+    repos_db_image_beyond(r->db, repo, keep, 64, ids, snaps, &n);
+    if (n == 0) {
+        return;
+    }
+    struct snap_store *ss = NULL;
+    repos__open_image_store(r, repo, &ss);
+    for (int i = 0; i < n; i++) {
+        image_set(r, ids[i], REPOS_DB_IMAGE_STATE, "deleted");
+        if (ss && snaps[i][0]) {
+            snap_delete(ss, snaps[i]);
+        }
+        LOG_INFO("repos: %s: image %s deleted (keeping %d)", repo, ids[i], keep);
+        free(ids[i]);
+        free(snaps[i]);
+    }
+    if (ss) {
+        snap_gc(ss, NULL, NULL);
+        snap_store_close(ss);
+    }
+}
+
+/* The sandbox of a build's setup commands over dir, published in r->build_sbx: a shutdown
+ * stops it, so that it does not wait for a long setup (npm ci). */
+static int setup_sandbox(struct repos *r, const char *image_id, const char *dir,
+                         const char *objects, struct sbx **out)
+{
+    char name[80];
+    snprintf(name, sizeof(name), "img-%s", image_id);
+    struct sbx_spec spec = {.name = name, .workspace = dir, .shared_objects = objects};
+    int rc = sbx_create(r->cfg.sbx, &spec, out);
+    if (rc != 0) {
+        return rc;
+    }
+    pthread_mutex_lock(&r->lock);
+    r->build_sbx = *out;
+    int stopping = r->stopping;
+    pthread_mutex_unlock(&r->lock);
+    if (stopping) {
+        sbx_stop(*out);
+    }
+    return 0;
+}
+
+/* Run setup command cmd (step i of n) of a build in its sandbox sb, its output into the
+ * image's log. 0, or an error with the reason in *err. */
+static int setup_step(struct repos *r, const char *image_id, struct sbx *sb, const char *cmd,
+                      size_t i, size_t n, struct buf *err)
+{
+    char step[160];
+    snprintf(step, sizeof(step), "setup %zu/%zu", i + 1, n);
+    image_set(r, image_id, REPOS_DB_IMAGE_STEP, step);
+    char *hdr = xasprintf("$ %s\n", cmd);
+    image_log(r, image_id, hdr, strlen(hdr));
+    free(hdr);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    struct sbx_exec_req req = {.argv = argv, .timeout_ms = 30 * 60 * 1000};
+    struct sbx_result res;
+    memset(&res, 0, sizeof(res));
+    int rc = sbx_run(sb, &req, SETUP_OUT_CAP, &res);
+    if (rc == 0) {
+        image_log(r, image_id, res.out ? res.out : "", res.out_len);
+        image_log(r, image_id, res.err ? res.err : "", res.err_len);
+        char tail[64];
+        snprintf(tail, sizeof(tail), "[exit %d%s]\n", res.exit.exit_code,
+                 res.exit.timed_out ? ", timed out" : "");
+        image_log(r, image_id, tail, strlen(tail));
+        if (res.exit.exit_code != 0 || res.exit.signal != 0) {
+            buf_printf(err, "setup step %zu (%s) failed with exit code %d", i + 1, cmd,
+                       res.exit.exit_code);
+            rc = ERR_UNPROCESSABLE;
+        }
+    } else {
+        buf_printf(err, "setup step %zu could not run: %s", i + 1, err_str(rc));
+    }
+    sbx_result_free(&res);
+    return rc;
+}
+
+/* Build one image: clone, setup commands in a sandbox, snapshot into the image store. */
+static int build_image(struct repos *r, const char *repo, const char *image_id)
+{
+    json_t *j = NULL;
+    struct sbx *sb = NULL;
+    struct snap_store *ss = NULL;
+    char sha[41] = "";
+    char *dir = NULL, *sub = NULL, *store = NULL, *objects = NULL;
+    int64_t t0 = clock_mono_ms();
+    struct buf err;
+    int rc = repos__repo_load(r, repo, &j);
+    buf_init(&err, 4096);
+    if (rc != 0) {
+        buf_printf(&err, "repository %s is gone", repo);
+        goto out;
+    }
+    const char *url = json_string_value(json_object_get(j, "url"));
+    const char *branch = json_string_value(json_object_get(j, "default_branch"));
+    json_t *setup = json_object_get(j, "setup");
+    sub = xasprintf("build-%s", image_id);
+    dir = repos__repo_dir(r, repo, sub);
+    util_rm_rf(dir);
+    /* Fetch into the repository's shared object store (only what it lacks), then check out
+     * a workspace that borrows the objects from it: the image holds the files and a small
+     * .git, never the packs (docs/repos.md "Shared object store"). */
+    image_set(r, image_id, REPOS_DB_IMAGE_STEP, "clone");
+    LOG_INFO("repos: %s: image %s: fetching %s at %s", repo, image_id, url, branch);
+    store = repos__repo_dir(r, repo, "objects.git");
+    objects = repos__shared_objects(r, repo);
+    int64_t tf = clock_mono_ms(), tc = 0;
+    rc = gitx_mirror_fetch(store, url, branch, NULL, sha);
+    if (rc == 0) {
+        tc = clock_mono_ms();
+        rc = gitx_checkout_shared(dir, objects, url, branch, sha);
+        LOG_INFO("repos: %s: image %s: fetch into the shared store %lld ms, checkout %lld ms", repo,
+                 image_id, (long long)(tc - tf), (long long)(clock_mono_ms() - tc));
+    }
+    if (rc != 0) {
+        buf_printf(&err, "clone of %s (branch %s) failed: %s", url, branch, err_str(rc));
+        goto out;
+    }
+    image_set(r, image_id, REPOS_DB_IMAGE_COMMIT, sha);
+    repos__chown_tree(r, dir);
+    size_t nsteps = json_array_size(setup);
+    if (nsteps > 0 && !r->cfg.sbx) {
+        buf_printf(&err, "no sandbox backend to run the setup commands");
+        rc = ERR_UNAVAILABLE;
+        goto out;
+    }
+    if (nsteps > 0) {
+        rc = setup_sandbox(r, image_id, dir, objects, &sb);
+        if (rc != 0) {
+            buf_printf(&err, "cannot start a sandbox for the setup: %s", err_str(rc));
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < nsteps; i++) {
+        rc = setup_step(r, image_id, sb, json_string_value(json_array_get(setup, i)), i, nsteps,
+                        &err);
+        if (rc != 0) {
+            goto out;
+        }
+    }
+    pthread_mutex_lock(&r->lock);
+    r->build_sbx = NULL;
+    pthread_mutex_unlock(&r->lock);
+    sbx_destroy(sb);
+    sb = NULL;
+    image_set(r, image_id, REPOS_DB_IMAGE_STEP, "snapshot");
+    struct snap_info si;
+    rc = repos__open_image_store(r, repo, &ss);
+    if (rc == 0) {
+        rc = snap_create(ss, dir, image_id, &si);
+    }
+    if (rc != 0) {
+        buf_printf(&err, "snapshot of the built workspace failed: %s", err_str(rc));
+        goto out;
+    }
+    int64_t ms = clock_mono_ms() - t0;
+    struct repos_db_built built = {.snapshot_id = si.id,
+                                   .built_at = clock_now_ms(),
+                                   .duration_ms = ms,
+                                   .size_bytes = (int64_t)si.bytes,
+                                   .files = (int64_t)si.files};
+    rc = repos_db_image_ready(r->db, image_id, &built);
+    LOG_INFO("repos: %s: image %s ready (commit %.12s, %llu files, %lld ms)", repo, image_id, sha,
+             (unsigned long long)si.files, (long long)ms);
+out:
+    if (sb) {
+        pthread_mutex_lock(&r->lock);
+        r->build_sbx = NULL;
+        pthread_mutex_unlock(&r->lock);
+    }
+    sbx_destroy(sb);
+    snap_store_close(ss);
+    if (rc != 0) {
+        repos_db_image_failed(r->db, image_id, err.data ? err.data : err_str(rc),
+                              clock_mono_ms() - t0, clock_now_ms());
+        LOG_WARN("repos: %s: image %s failed: %s", repo, image_id,
+                 err.data ? err.data : err_str(rc));
+    }
+    if (dir) {
+        snap_discard_tree(dir); /* its sandbox is gone: inodes to the spare pool */
+    }
+    if (rc == 0) {
+        prune_images(r, repo);
+    }
+    free(dir);
+    free(sub);
+    free(store);
+    free(objects);
+    buf_free(&err);
+    json_decref(j);
+    return rc;
+}
+
+/* Insert the image row (state building). ERR_CONFLICT if one is queued or running. */
+static int image_new(struct repos *r, const char *repo, char **id_out)
+{
+    char *id = util_new_id("img_");
+    int rc = repos_db_image_new(r->db, id, repo, clock_now_ms());
+    if (rc != 0) {
+        free(id);
+        return rc;
+    }
+    *id_out = id;
+    return 0;
+}
+
+static int image_row(struct repos *r, const char *id, json_t **out)
+{
+    return repos_db_image_get(r->db, id, out);
+}
+
+int repos_image_build(struct repos *r, const char *name, json_t **out)
+{
+    json_t *repo = NULL;
+    char *id = NULL;
+    if (out) {
+        *out = NULL;
+    }
+    int rc = repos__repo_load(r, name, &repo);
+    json_decref(repo);
+    if (rc == 0) {
+        rc = image_new(r, name, &id);
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    if (r->cfg.no_threads) {
+        build_image(r, name, id);
+    } else {
+        struct job *jb = xcalloc(1, sizeof(*jb));
+        jb->repo = xstrdup(name);
+        jb->image_id = xstrdup(id);
+        pthread_mutex_lock(&r->lock);
+        if (r->jobs_tail) {
+            r->jobs_tail->next = jb;
+        } else {
+            r->jobs = jb;
+        }
+        r->jobs_tail = jb;
+        pthread_cond_broadcast(&r->cond);
+        pthread_mutex_unlock(&r->lock);
+    }
+    if (out) {
+        image_row(r, id, out);
+    }
+    free(id);
+    return 0;
+}
+
+void *repos__builder_main(void *arg)
+{
+    struct repos *r = arg;
+    pthread_mutex_lock(&r->lock);
+    while (!r->stopping) {
+        struct job *jb = r->jobs;
+        if (!jb) {
+            pthread_cond_wait(&r->cond, &r->lock);
+            continue;
+        }
+        r->jobs = jb->next;
+        if (!r->jobs) {
+            r->jobs_tail = NULL;
+        }
+        r->building = jb->repo;
+        pthread_mutex_unlock(&r->lock);
+        int rc = build_image(r, jb->repo, jb->image_id);
+        pthread_mutex_lock(&r->lock);
+        r->building = NULL;
+        if (rc == 0) {
+            r->kick = 1; /* new image: refresh the pool */
+            pthread_cond_broadcast(&r->cond);
+        }
+        free(jb->repo);
+        free(jb->image_id);
+        free(jb);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
