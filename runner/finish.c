@@ -18,6 +18,8 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "storage/meta.h"
+#include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "workspace/repos.h"
@@ -35,10 +37,10 @@
 
 struct finish_op {
     struct run *run;
-    char state[16];
-    char *event;  /* type */
-    char *data;   /* event data */
-    char *reason; /* prompts.reason */
+    enum prompt_state state; /* completed, failed or cancelled */
+    char *event;             /* type */
+    char *data;              /* event data */
+    char *reason;            /* prompts.reason */
     int exit_code;
     int has_exit;
     int started; /* the agent ran: the sandbox goes back from busy to idle */
@@ -47,42 +49,26 @@ struct finish_op {
 static int finish_tx(struct sess_tx *tx, void *arg)
 {
     struct finish_op *f = arg;
-    sqlite3_stmt *st = sess_tx_prepare(tx, "UPDATE prompts SET state=?, finished_at=?, "
-                                           "exit_code=?, reason=? WHERE id=?");
-    if (!st) {
-        return ERR_DB;
+    int rc =
+        prompts_finish(tx, f->run->pid, f->state, f->has_exit ? &f->exit_code : NULL, f->reason);
+    int ended_elsewhere = rc == ERR_NOT_FOUND;
+    if (ended_elsewhere) {
+        /* The prompt is not running in the file any more. Only this run ends its prompt once
+         * start_tx has marked it running, so this means the file was changed under us; the
+         * file is the truth: no second end event contradicts it. Its output is stored all the
+         * same (budget) and its sandbox is idle again, so the rest of the end is written. */
+        LOG_WARN("runner: session %s prompt %s: not running at its end; %s not recorded",
+                 f->run->sid, f->run->pid, f->event);
+        rc = 0;
     }
-    sqlite3_bind_text(st, 1, f->state, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, sess_tx_now(tx));
-    if (f->has_exit) {
-        sqlite3_bind_int(st, 3, f->exit_code);
-    } else {
-        sqlite3_bind_null(st, 3);
-    }
-    if (f->reason) {
-        sqlite3_bind_text(st, 4, f->reason, -1, SQLITE_STATIC);
-    } else {
-        sqlite3_bind_null(st, 4);
-    }
-    sqlite3_bind_text(st, 5, f->run->pid, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
-    }
-    if (f->run->out_bytes) {
+    if (!rc && f->run->out_bytes) {
         /* The session's running total of stored agent output, for the next prompt's budget
          * (max_session_output_bytes), in the transaction that ends the prompt. */
-        st = sess_tx_prepare(tx, "INSERT INTO meta(key, value) VALUES('output_bytes', ?) "
-                                 "ON CONFLICT(key) DO UPDATE SET "
-                                 "value = CAST(value AS INTEGER) + excluded.value");
-        if (!st) {
-            return ERR_DB;
-        }
-        sqlite3_bind_int64(st, 1, f->run->out_bytes);
-        if (sqlite3_step(st) != SQLITE_DONE) {
-            return ERR_DB;
-        }
+        rc = meta_add_output_bytes(tx, f->run->out_bytes);
     }
-    int rc = sess_tx_append(tx, f->event, NULL, f->data, NULL);
+    if (!rc && !ended_elsewhere) {
+        rc = sess_tx_append(tx, f->event, NULL, f->data, NULL);
+    }
     if (!rc && f->started) {
         char *d = runneri_json_obj_str("prompt_id", f->run->pid, NULL, NULL);
         rc = sess_tx_append(tx, "sandbox.idle", NULL, d, NULL);
@@ -103,9 +89,9 @@ static void finish_tail(struct finish_op *f)
     }
     run->rs->last_used_ms = clock_mono_ms();
     r->running--;
-    if (!strcmp(f->state, "completed")) {
+    if (f->state == PROMPT_COMPLETED) {
         r->n_completed++;
-    } else if (!strcmp(f->state, "failed")) {
+    } else if (f->state == PROMPT_FAILED) {
         r->n_failed++;
     } else {
         r->n_cancelled++;
@@ -201,11 +187,11 @@ void runneri_finish_run(struct run *run, const struct sbx_exit *st, const char *
     }
     char why[512];
     if (cancel) {
-        snprintf(f->state, sizeof f->state, "cancelled");
+        f->state = PROMPT_CANCELLED;
         f->event = xstrdup("prompt.cancelled");
         f->reason = xstrdup(cancel);
     } else if (fail_reason || !st || st->exit_code != 0 || run->error_reason) {
-        snprintf(f->state, sizeof f->state, "failed");
+        f->state = PROMPT_FAILED;
         f->event = xstrdup("prompt.failed");
         if (fail_reason) {
             snprintf(why, sizeof why, "%s", fail_reason);
@@ -230,7 +216,7 @@ void runneri_finish_run(struct run *run, const struct sbx_exit *st, const char *
         }
         f->reason = xstrdup(why);
     } else {
-        snprintf(f->state, sizeof f->state, "completed");
+        f->state = PROMPT_COMPLETED;
         f->event = xstrdup("prompt.completed");
         json_object_set_new(d, "time_to_first_token_ms",
                             run->first_us ? json_integer((run->first_us - run->start_us) / 1000)

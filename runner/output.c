@@ -18,6 +18,7 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "storage/messages.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "workspace/repos.h"
@@ -149,20 +150,13 @@ static int assistant_tx(struct sess_tx *tx, void *arg)
     int64_t seq = 0;
     int rc = sess_tx_append(tx, "message", &a, data, &seq);
     if (!rc) {
-        sqlite3_stmt *st = sess_tx_prepare(
-            tx, "INSERT INTO messages(id, role, content, author_id, author_name, seq, "
-                "created_at) VALUES(?, 'assistant', ?, ?, ?, ?, ?)");
-        if (!st) {
-            rc = ERR_DB;
-        } else {
-            sqlite3_bind_text(st, 1, mid, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_text(st, 2, m->content, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_text(st, 3, aid, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_text(st, 4, m->agent, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 5, seq);
-            sqlite3_bind_int64(st, 6, sess_tx_now(tx));
-            rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
-        }
+        rc = messages_insert(tx, &(struct message_row){.id = mid,
+                                                       .role = "assistant",
+                                                       .content = m->content,
+                                                       .content_len = strlen(m->content),
+                                                       .author_id = aid,
+                                                       .author_name = m->agent,
+                                                       .seq = seq});
     }
     free(data);
     free(mid);

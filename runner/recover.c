@@ -17,6 +17,7 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "workspace/repos.h"
@@ -32,55 +33,25 @@
 
 /* ---- recovery ---- */
 
+/* Each prompt prompts_recover failed is reported in the same transaction. */
+static int report_failed(void *ctx, const char *id)
+{
+    struct sess_tx *tx = ctx;
+    char *d = runneri_json_obj_str("prompt_id", id, "reason",
+                                   "the server restarted while the prompt ran");
+    int rc = sess_tx_append(tx, "prompt.failed", NULL, d, NULL);
+    free(d);
+    return rc;
+}
+
 static int recover_tx(struct sess_tx *tx, void *arg)
 {
-    int *queued = arg;
-    sqlite3_stmt *st = sess_tx_prepare(tx, "SELECT id FROM prompts WHERE state='running'");
-    if (!st) {
-        return ERR_DB;
-    }
-    json_t *ids = json_array();
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        json_array_append_new(ids, json_string((const char *)sqlite3_column_text(st, 0)));
-    }
-    sqlite3_reset(st);
-    size_t i;
-    json_t *v;
-    int rc = 0;
-    json_array_foreach(ids, i, v)
-    {
-        sqlite3_stmt *u = sess_tx_prepare(
-            tx, "UPDATE prompts SET state='failed', finished_at=?, reason=? WHERE id=?");
-        if (!u) {
-            rc = ERR_DB;
-            break;
-        }
-        sqlite3_bind_int64(u, 1, sess_tx_now(tx));
-        sqlite3_bind_text(u, 2, "server restarted", -1, SQLITE_STATIC);
-        sqlite3_bind_text(u, 3, json_string_value(v), -1, SQLITE_STATIC);
-        if (sqlite3_step(u) != SQLITE_DONE) {
-            rc = ERR_DB;
-            break;
-        }
-        char *d = runneri_json_obj_str("prompt_id", json_string_value(v), "reason",
-                                       "the server restarted while the prompt ran");
-        rc = sess_tx_append(tx, "prompt.failed", NULL, d, NULL);
-        free(d);
-        if (rc) {
-            break;
-        }
-    }
-    json_decref(ids);
+    int64_t *queued = arg;
+    int rc = prompts_recover(tx, "server restarted", report_failed, tx);
     if (rc) {
         return rc;
     }
-    st = sess_tx_prepare(tx, "SELECT count(*) FROM prompts WHERE state='queued'");
-    if (!st || sqlite3_step(st) != SQLITE_ROW) {
-        return ERR_DB;
-    }
-    *queued = sqlite3_column_int(st, 0);
-    sqlite3_reset(st);
-    return 0;
+    return prompts_count(sess_tx_rd(tx), PROMPT_QUEUED, queued);
 }
 
 void runneri_recover(struct runner *r)
@@ -103,7 +74,7 @@ void runneri_recover(struct runner *r)
             if (!sid) {
                 continue;
             }
-            int queued = 0;
+            int64_t queued = 0;
             if (runneri_write_op(r, sid, recover_tx, &queued) == 0 && queued) {
                 runner_kick(r, sid);
                 resumed++;

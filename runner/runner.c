@@ -30,6 +30,7 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "workspace/repos.h"
@@ -101,34 +102,21 @@ char *runneri_json_obj_str(const char *k1, const char *v1, const char *k2, const
     return s;
 }
 
-struct fail_op {
+/* Cancel a prompt that never started (queued -> cancelled) with its event. */
+struct cancel_op {
     const char *pid;
-    const char *state; /* failed | cancelled */
-    const char *event;
-    const char *reason;
-    const char *where; /* SQL condition on state */
-    char *data;
+    const char *reason; /* prompts.reason */
+    char *data;         /* prompt.cancelled */
 };
 
-static int fail_queued_tx(struct sess_tx *tx, void *arg)
+static int cancel_queued_tx(struct sess_tx *tx, void *arg)
 {
-    struct fail_op *o = arg;
-    sqlite3_stmt *st = sess_tx_prepare(tx, "UPDATE prompts SET state=?, finished_at=?, reason=? "
-                                           "WHERE id=? AND state='queued'");
-    if (!st) {
-        return ERR_DB;
+    struct cancel_op *o = arg;
+    int rc = prompts_cancel(tx, o->pid, o->reason); /* ERR_NOT_FOUND: no longer queued */
+    if (rc) {
+        return rc;
     }
-    sqlite3_bind_text(st, 1, o->state, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, sess_tx_now(tx));
-    sqlite3_bind_text(st, 3, o->reason, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, o->pid, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
-    }
-    if (!sqlite3_changes(sess_tx_db(tx))) {
-        return ERR_NOT_FOUND;
-    }
-    return sess_tx_append(tx, o->event, NULL, o->data, NULL);
+    return sess_tx_append(tx, "prompt.cancelled", NULL, o->data, NULL);
 }
 
 int runneri_write_op(struct runner *r, const char *sid, sess_tx_fn fn, void *arg)
@@ -185,26 +173,22 @@ int runner_cancel(struct runner *r, const char *sid, const char *prompt_id,
     if (who && who->id) {
         json_object_set_new(d, "by", json_pack("{s:s,s:s?}", "id", who->id, "name", who->name));
     }
-    struct fail_op o = {prompt_id, "cancelled", "prompt.cancelled", "cancelled", NULL, jx_dump(d)};
+    struct cancel_op o = {prompt_id, "cancelled", jx_dump(d)};
     json_decref(d);
-    int rc = runneri_write_op(r, sid, fail_queued_tx, &o);
+    int rc = runneri_write_op(r, sid, cancel_queued_tx, &o);
     free(o.data);
     return rc;
 }
 
-static int list_queued(sqlite3 *db, void *arg)
+static int append_id(void *ctx, const char *id)
 {
-    json_t *arr = arg;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT id FROM prompts WHERE state='queued'", -1, &st, NULL) !=
-        SQLITE_OK) {
-        return ERR_DB;
-    }
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        json_array_append_new(arr, json_string((const char *)sqlite3_column_text(st, 0)));
-    }
-    sqlite3_finalize(st);
+    json_array_append_new(ctx, json_string(id));
     return 0;
+}
+
+static int list_queued(struct sess_rd *rd, void *arg)
+{
+    return prompts_each(rd, PROMPT_QUEUED, append_id, arg);
 }
 
 void runner_session_ended(struct runner *r, const char *sid, int purge)
@@ -234,7 +218,7 @@ void runner_session_ended(struct runner *r, const char *sid, int purge)
         return;
     }
     json_t *ids = json_array();
-    sess_read(s, list_queued, ids);
+    sess_view(s, list_queued, ids);
     sess_put(s);
     size_t i;
     json_t *v;
@@ -242,8 +226,8 @@ void runner_session_ended(struct runner *r, const char *sid, int purge)
     {
         const char *pid = json_string_value(v);
         char *data = runneri_json_obj_str("prompt_id", pid, "reason", "session ended");
-        struct fail_op o = {pid, "cancelled", "prompt.cancelled", "session ended", NULL, data};
-        runneri_write_op(r, sid, fail_queued_tx, &o);
+        struct cancel_op o = {pid, "session ended", data};
+        runneri_write_op(r, sid, cancel_queued_tx, &o);
         free(data);
     }
     json_decref(ids);

@@ -18,6 +18,8 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "storage/meta.h"
+#include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "workspace/repos.h"
@@ -39,44 +41,33 @@ struct next_prompt {
     int64_t out_used; /* agent output the session's file holds already (meta output_bytes) */
 };
 
-static char *col(sqlite3_stmt *st, int i)
-{
-    const unsigned char *t = sqlite3_column_text(st, i);
-    return t ? xstrdup((const char *)t) : NULL;
-}
-
-static int read_next(sqlite3 *db, void *arg)
+/* The head of the queue with the session's agent and output total, in one read. */
+static int read_next(struct sess_rd *rd, void *arg)
 {
     struct next_prompt *np = arg;
-    sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(
-        db,
-        "SELECT p.id, p.message_id, p.author_id, p.author_name, p.author_email, m.content, "
-        "m.context_json, (SELECT value FROM meta WHERE key='agent'), "
-        "(SELECT CAST(value AS INTEGER) FROM meta WHERE key='output_bytes') FROM prompts p "
-        "JOIN messages m ON m.id = p.message_id WHERE p.state='queued' "
-        "ORDER BY p.queued_at, p.rowid LIMIT 1",
-        -1, &st, NULL);
-    if (rc != SQLITE_OK) {
-        return ERR_DB;
+    struct prompt_info info;
+    int rc = prompts_next(rd, &info);
+    if (!rc) {
+        rc = meta_agent(rd, &np->agent);
     }
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        np->id = col(st, 0);
-        np->mid = col(st, 1);
-        np->author_id = col(st, 2);
-        np->author_name = col(st, 3);
-        np->author_email = col(st, 4);
-        np->content = col(st, 5);
-        np->context = col(st, 6);
-        np->agent = col(st, 7);
-        np->out_used = sqlite3_column_int64(st, 8);
-        rc = 0;
-    } else {
-        rc = rc == SQLITE_DONE ? ERR_NOT_FOUND : ERR_DB;
+    if (!rc) {
+        rc = meta_output_bytes(rd, &np->out_used);
     }
-    sqlite3_finalize(st);
-    return rc;
+    if (rc) {
+        prompt_info_free(&info);
+        return rc;
+    }
+    /* the strings move to np (next_free frees them) */
+    np->id = info.id;
+    np->mid = info.message_id;
+    np->author_id = info.author_id;
+    np->author_name = info.author_name;
+    np->author_email = info.author_email;
+    /* a prompt's message_id references its message (schema); should the row be missing
+     * anyway, the agent gets an empty prompt rather than a NULL one */
+    np->content = info.content ? info.content : xstrdup("");
+    np->context = info.context_json;
+    return 0;
 }
 
 static void next_free(struct next_prompt *np)
@@ -101,21 +92,15 @@ struct start_op {
 static int start_tx(struct sess_tx *tx, void *arg)
 {
     struct start_op *o = arg;
-    sqlite3_stmt *st = sess_tx_prepare(
-        tx, "UPDATE prompts SET state='running', started_at=? WHERE id=? AND state='queued'");
-    if (!st) {
-        return ERR_DB;
+    int rc = prompts_start(tx, o->pid);
+    if (rc == ERR_NOT_FOUND) {
+        return 0; /* no longer queued: cancelled meanwhile (o->changed stays 0) */
     }
-    sqlite3_bind_int64(st, 1, sess_tx_now(tx));
-    sqlite3_bind_text(st, 2, o->pid, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        return ERR_DB;
+    if (rc) {
+        return rc;
     }
-    o->changed = sqlite3_changes(sess_tx_db(tx));
-    if (!o->changed) {
-        return 0; /* cancelled meanwhile */
-    }
-    int rc = sess_tx_append(tx, "prompt.started", NULL, o->data, NULL);
+    o->changed = 1;
+    rc = sess_tx_append(tx, "prompt.started", NULL, o->data, NULL);
     if (!rc) {
         rc = sess_tx_append(tx, "sandbox.busy", NULL, o->busy_data, NULL);
     }
@@ -223,7 +208,7 @@ static int start_pick(struct start *p)
     if (rc) {
         return rc;
     }
-    rc = sess_read(s, read_next, &p->np);
+    rc = sess_view(s, read_next, &p->np);
     sess_put(s);
     if (rc && rc != ERR_NOT_FOUND) {
         LOG_ERROR("runner: session %s: cannot read its queue: %s", p->sid, err_str(rc));

@@ -12,6 +12,8 @@
 #include "sandbox/outpump.h"
 #include "runner/runner.h"
 #include "sandbox/sbx.h"
+#include "storage/messages.h"
+#include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "testlib.h"
@@ -62,31 +64,27 @@ struct qp {
     const char *pid, *content, *author, *state;
 };
 
+/* A user's message and its prompt, queued; state "running" then starts it (a prompt a crash
+ * left running, for the recovery test). */
 static int queue_tx(struct sess_tx *tx, void *arg)
 {
     struct qp *q = arg;
     char mid[80];
     snprintf(mid, sizeof mid, "m_%s", q->pid);
-    sqlite3_stmt *s = sess_tx_prepare(tx, "INSERT INTO messages(id, role, content, author_id, "
-                                          "author_name, created_at) VALUES(?, 'user', ?, ?, ?, ?)");
-    sqlite3_bind_text(s, 1, mid, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(s, 2, q->content, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, q->author, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 4, q->author, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 5, sess_tx_now(tx));
-    if (sqlite3_step(s) != SQLITE_DONE) {
-        return ERR_DB;
+    int rc = messages_insert(tx, &(struct message_row){.id = mid,
+                                                       .role = "user",
+                                                       .content = q->content,
+                                                       .content_len = strlen(q->content),
+                                                       .author_id = q->author,
+                                                       .author_name = q->author});
+    struct author a = {q->author, q->author, "a@example.com"};
+    if (!rc) {
+        rc = prompts_queue(tx, q->pid, mid, &a);
     }
-    s = sess_tx_prepare(tx, "INSERT INTO prompts(id, message_id, author_id, author_name, "
-                            "author_email, state, queued_at) VALUES(?, ?, ?, ?, ?, ?, ?)");
-    sqlite3_bind_text(s, 1, q->pid, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, mid, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(s, 3, q->author, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 4, q->author, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 5, "a@example.com", -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 6, q->state ? q->state : "queued", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 7, sess_tx_now(tx));
-    return sqlite3_step(s) == SQLITE_DONE ? 0 : ERR_DB;
+    if (!rc && q->state && !strcmp(q->state, "running")) {
+        rc = prompts_start(tx, q->pid);
+    }
+    return rc;
 }
 
 static void queue(const char *sid, const char *pid, const char *content, const char *author,
@@ -104,17 +102,14 @@ struct stq {
     char state[32];
 };
 
-static int state_rd(sqlite3 *db, void *arg)
+static int state_rd(struct sess_rd *rd, void *arg)
 {
     struct stq *q = arg;
-    sqlite3_stmt *s;
-    sqlite3_prepare_v2(db, "SELECT state FROM prompts WHERE id=?", -1, &s, NULL);
-    sqlite3_bind_text(s, 1, q->pid, -1, SQLITE_STATIC);
+    enum prompt_state ps;
     q->state[0] = 0;
-    if (sqlite3_step(s) == SQLITE_ROW) {
-        snprintf(q->state, sizeof q->state, "%s", (const char *)sqlite3_column_text(s, 0));
+    if (!prompts_state(rd, q->pid, &ps)) {
+        snprintf(q->state, sizeof q->state, "%s", prompt_state_str(ps));
     }
-    sqlite3_finalize(s);
     return 0;
 }
 
@@ -125,7 +120,7 @@ static const char *wait_state(const char *sid, const char *pid, const char *want
     for (int i = 0; i < secs * 50; i++) {
         struct sess *s;
         ASSERT_EQ(store_session_get(st, sid, &s), 0);
-        sess_read(s, state_rd, &q);
+        sess_view(s, state_rd, &q);
         sess_put(s);
         if (!strcmp(q.state, want)) {
             break;
