@@ -141,9 +141,4 @@ int sess_rd_max_seq(struct sess_rd *rd, int64_t *out);
 int sess_events(struct sess *s, int64_t after, int limit, struct buf *out, int *count,
                 int64_t *last);
 
-/* Until runner/ and workspace/repos.c call typed functions of storage/ instead of SQL of
- * their own, they reach the raw connection through this header; that include goes then, and
- * store.h no longer shows <sqlite3.h> to anyone. Nothing new may use it. */
-#include "storage/storage_int.h"
-
 #endif
