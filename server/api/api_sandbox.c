@@ -1,8 +1,8 @@
 /*
  * api_sandbox.c - the sandbox endpoints and the glue between the server and sandbox/
  * (api_sandbox.h): exec (sync and async, over the exec pipeline of runner/exec.h), files
- * (confined to the workspace), cancel, and the api_prompt_queued / api_session_ended /
- * api_prompt_cancel hooks of the other subsystems.
+ * (confined to the workspace), cancel (a thin handler over ops_prompt_cancel, server/ops.c), and
+ * the api_prompt_queued / api_session_ended hooks of the other subsystems.
  *
  * Threads: handlers run on HTTP pool threads and may block (a file write or an exec waits
  * for a workspace sync). A synchronous exec does not hold its thread while the command runs:
