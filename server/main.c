@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,12 +105,33 @@ static void tighten_data_dir(const char *dir)
     }
 }
 
+/* Who hears of each committed event: the WebSocket hub always, the Slack integration once it
+ * exists (it starts after the store, whose runner may already commit events; hence atomic). */
+struct event_fanout {
+    struct hub *hub;
+    struct slack *_Atomic slack;
+};
+
+/* The store's on_event observer: called under the session's lock, so each target only
+ * queues. */
+static void fanout_event(void *ctx, const char *session_id, int64_t seq, const char *json,
+                         size_t len)
+{
+    struct event_fanout *f = ctx;
+    hub_on_event(f->hub, session_id, seq, json, len);
+    struct slack *sl = atomic_load_explicit(&f->slack, memory_order_acquire);
+    if (sl) {
+        slack_on_event(sl, session_id, seq, json, len);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct config *cfg = NULL;
     struct store *st = NULL;
     struct http *http = NULL;
     struct hub *hub = NULL;
+    struct event_fanout fan = {0};
     struct app app;
     char msg[512];
     int rc, exit_code = 1;
@@ -165,13 +187,14 @@ int main(int argc, char **argv)
                               .send_queue_max = (size_t)cfg->ws_send_queue_max,
                               .ping_secs = (int)cfg->ws_ping_interval};
     hub_new(&hcfg, &hub);
+    fan.hub = hub;
     struct store_config scfg = {
         .data_dir = cfg->data_dir,
         .durability_full = strcmp(cfg->durability, "full") == 0,
         .max_open = (int)cfg->max_open_sessions,
         .no_spool = !cfg->park_comments,
-        .on_event = hub_on_event, /* the WebSocket hub fans committed events out */
-        .on_event_ctx = hub,
+        .on_event = fanout_event, /* the WebSocket hub and Slack hear committed events */
+        .on_event_ctx = &fan,
     };
     rc = store_open(&scfg, &st);
     if (rc) {
@@ -188,7 +211,7 @@ int main(int argc, char **argv)
     }
 
     /* (other subsystems start here: hub, runner, repos, slack, ...) */
-    if (agents_start(&app) != 0) { /* issue 7: named agents + egress proxy */
+    if (agents_start(&app) != 0) { /* named agents + egress proxy */
         goto out;
     }
     if (sandbox_start(&app) != 0) { /* output pump and the sandbox backend */
@@ -213,6 +236,7 @@ int main(int argc, char **argv)
         struct slack_config slc; /* Slack: answers 503 until a signing secret is set */
         slack_config_from(&slc, cfg);
         slack_new(&slc, &app, &app.slack);
+        atomic_store_explicit(&fan.slack, app.slack, memory_order_release);
         json_decref(slc.repos);
     }
     rc = http_start(&app, connection_limit(nofile, cfg), &http);
@@ -247,15 +271,17 @@ out:
     app.shutting_down = 1;
     http_stop(http, (int)cfg->shutdown_grace); /* stop accepting, finish requests in flight */
     /* (other subsystems stop here, before the store) */
-    api_repos_stop(&app); /* its threads and warm pool, before the sandboxes its builds use */
-    sandbox_stop(&app);   /* grace for running prompts, then cancel; sandboxes down */
-    api_repos_free(&app); /* after the runner, which holds it */
-    agents_stop(&app);    /* issue 7: after the runner */
-    slack_free(app.slack);
-    app.slack = NULL;
-    hub_free(hub);     /* after everything that writes events, before the store */
-    wsg_free(app.wsg); /* after the hub: its last close frames go through the guard */
+    api_repos_stop(&app);  /* its threads and warm pool, before the sandboxes its builds use */
+    sandbox_stop(&app);    /* grace for running prompts, then cancel; sandboxes down */
+    api_repos_free(&app);  /* after the runner, which holds it */
+    agents_stop(&app);     /* after the runner */
+    slack_stop(app.slack); /* its threads call into the store and the runner */
+    hub_free(hub);         /* after everything that writes events, before the store */
+    wsg_free(app.wsg);     /* after the hub: its last close frames go through the guard */
     store_close(st);
+    atomic_store_explicit(&fan.slack, NULL, memory_order_release);
+    slack_free(app.slack); /* after the store: no event can reach it any more */
+    app.slack = NULL;
     LOG_INFO("main: stopped");
     config_free(cfg);
     metrics_free(app.metrics);

@@ -155,13 +155,6 @@ int api_cors(struct req *r, const char *origin, int preflight);
 
 /* ---- the endpoints of issue 2 (server/api_*.c) ---- */
 
-/** POST …/messages without HTTP (also used by the WebSocket `prompt` frame): body is the
- * request object {content, context?, client_request_id?, run?, author?}; the caller has checked
- * write access. *out = the 202 answer {message_id, prompt_id, seq} (new reference). Returns 0
- * or an err.h code with a message in msg. */
-int api_message_create(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
-                       json_t **out, char *msg, size_t n);
-
 int api_healthz(struct req *r);
 int api_me(struct req *r);
 int api_sessions_create(struct req *r);

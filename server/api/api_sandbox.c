@@ -1,8 +1,8 @@
 /*
  * api_sandbox.c - the sandbox endpoints and the glue between the server and sandbox/
  * (api_sandbox.h): exec (sync and async, over the exec pipeline of runner/exec.h), files
- * (confined to the workspace), cancel, and the api_prompt_queued / api_session_ended /
- * api_prompt_cancel hooks of the other subsystems.
+ * (confined to the workspace), cancel (a thin handler over ops_prompt_cancel, server/ops.c), and
+ * the api_prompt_queued / api_session_ended hooks of the other subsystems.
  *
  * Threads: handlers run on HTTP pool threads and may block (a file write or an exec waits
  * for a workspace sync). A synchronous exec does not hold its thread while the command runs:
@@ -27,6 +27,7 @@
 #include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
+#include "server/ops.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 
@@ -171,37 +172,6 @@ static int acquire_failed(struct req *r, int rc)
     return req_fail_status(r, 429, "sandbox_limit", msg);
 }
 
-/* The REST cancel without HTTP (also used by the WebSocket `cancel` frame, ws_api.c). */
-int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
-                      json_t **out, char *msg, size_t n)
-{
-    const char *pid = NULL;
-    int rc = body ? jx_str(body, "prompt_id", &pid, msg, n) : 0;
-    if (rc) {
-        return rc;
-    }
-    if (pid && !util_valid_id(pid)) {
-        snprintf(msg, n, "prompt_id is not a valid id");
-        return ERR_INVALID;
-    }
-    if (!app->runner) {
-        snprintf(msg, n, "the sandbox runner is not running");
-        return ERR_UNAVAILABLE;
-    }
-    struct author a = {who ? who->user_id : NULL, who ? who->name : NULL, NULL};
-    rc = runner_cancel(app->runner, sid, pid, &a);
-    if (rc == ERR_NOT_FOUND) {
-        snprintf(msg, n, pid ? "prompt %s is not queued or running" : "no prompt is running", pid);
-        return rc;
-    }
-    if (rc) {
-        snprintf(msg, n, "cannot cancel: %s", err_str(rc));
-        return rc;
-    }
-    *out = json_pack("{s:b,s:s?}", "cancelled", 1, "prompt_id", pid);
-    return 0;
-}
-
 /* ---- POST /v1/sessions/{id}/cancel ---- */
 
 int api_cancel(struct req *r)
@@ -220,14 +190,15 @@ int api_cancel(struct req *r)
             return rc;
         }
     }
-    char msg[256];
-    json_t *out = NULL;
-    rc = api_prompt_cancel(req_app(r), sid, req_auth(r), body, &out, msg, sizeof msg);
+    struct ops_answer ans = {0};
+    rc = ops_prompt_cancel(req_app(r), req_auth(r), sid, body, &ans);
     json_decref(body);
     if (rc) {
-        return req_fail(r, rc, "%s", msg);
+        return req_fail(r, rc, "%s", ans.msg);
     }
-    return req_reply_json(r, 200, out);
+    rc = req_reply_json(r, 200, ans.json);
+    ans.json = NULL;
+    return rc;
 }
 
 /* ---- exec ---- */

@@ -25,11 +25,6 @@ int sandbox_runner_start(struct app *app);
 /** Graceful stop: running prompts get a grace period, then are cancelled ("shutdown"). */
 void sandbox_stop(struct app *app);
 
-/** POST …/cancel without HTTP (the WebSocket `cancel` frame): body {prompt_id?} (may be
- * NULL). *out = {"cancelled":true,"prompt_id":…}. 0 or an err.h code with msg set. */
-int api_prompt_cancel(struct app *app, const char *sid, const struct auth_info *who, json_t *body,
-                      json_t **out, char *msg, size_t n);
-
 /** A session was created with a repository: start its workspace and sandbox in the
  * background now (never blocks). */
 void api_session_started(struct app *app, const char *session_id);

@@ -20,6 +20,7 @@
 #include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
+#include "server/ops.h"
 #include "server/ws/hub.h"
 #include "server/ratelimit.h"
 #include "storage/messages.h"
@@ -143,119 +144,33 @@ int api_session_ws_plain(struct req *r)
 
 /* ---- create ---- */
 
-struct create_op {
-    const struct author *creator;
-    const char *data_json;
-};
-
-static int create_tx(struct sess_tx *tx, void *arg)
-{
-    struct create_op *op = arg;
-    int rc = participants_add_new(tx, op->creator->id, op->creator->name, op->creator->email);
-    if (rc) {
-        return rc;
-    }
-    return sess_tx_append(tx, "session.created", op->creator, op->data_json, NULL);
-}
-
-/* Session creations per user and minute (max_sessions_per_minute): each one is a file, a
- * registry row and, with a repository, a workspace and a sandbox start. Admin tokens are
- * exempt (they can mint users at will: a per-user cap would not bind them). 0, or the 429
- * reply with Retry-After. */
-static int create_rate_check(struct req *r, const struct auth_info *a)
-{
-    struct app *app = req_app(r);
-    int retry = 0;
-    if (auth_is_admin(a) || !app->session_rate ||
-        rl_take(app->session_rate, a->user_id, clock_mono_ms(), &retry) == 0) {
-        return 0;
-    }
-    char v[16];
-    snprintf(v, sizeof v, "%d", retry);
-    req_add_header(r, "Retry-After", v);
-    return req_fail(r, ERR_LIMIT,
-                    "%s created %lld sessions in the last minute "
-                    "(max_sessions_per_minute); retry in %d s",
-                    a->user_id, (long long)app->cfg->max_sessions_per_minute, retry);
-}
-
 int api_sessions_create(struct req *r)
 {
     struct app *app = req_app(r);
     const struct auth_info *a = req_auth(r);
-    json_t *body = NULL, *row = NULL, *ev = NULL;
-    const char *title = NULL, *repo = NULL, *vis = "org", *agent = NULL;
-    char *id = NULL, *data = NULL;
-    struct sess *s = NULL;
-    int rc;
-    if (strcmp(a->role, "viewer") == 0) {
-        return req_fail(r, ERR_FORBIDDEN, "a viewer token cannot create sessions");
-    }
-    rc = create_rate_check(r, a);
+    struct ops_answer ans = {0};
+    json_t *body = NULL;
+    /* Admission first: a refused creation never has its body parsed. */
+    int rc = ops_session_admit(app, a, &ans);
     if (rc) {
-        return rc;
+        if (ans.retry_after > 0) {
+            char v[16];
+            snprintf(v, sizeof v, "%d", ans.retry_after);
+            req_add_header(r, "Retry-After", v);
+        }
+        return req_fail(r, rc, "%s", ans.msg);
     }
     rc = req_json_body(r, &body);
     if (rc) {
         return rc;
     }
-    rc = opt_str(r, body, "title", 500, &title);
-    if (!rc) {
-        rc = opt_str(r, body, "repo", 500, &repo);
-    }
-    if (!rc) {
-        rc = opt_str(r, body, "visibility", 16, &vis);
-    }
-    if (!rc) {
-        rc = opt_str(r, body, "agent", 200, &agent);
-    }
-    if (rc) {
-        goto out;
-    }
-    if (strcmp(vis, "org") != 0 && strcmp(vis, "private") != 0) {
-        rc = req_fail(r, ERR_INVALID, "field 'visibility' must be \"org\" or \"private\"");
-        goto out;
-    }
-    id = util_new_id("s_");
-    struct session_new n = {id, title, repo, vis, agent, a->user_id};
-    rc = registry_session_create(app->reg, &n, &row);
-    if (rc) {
-        rc = req_fail(r, rc, "cannot create the session: %s", err_str(rc));
-        goto out;
-    }
-    rc = store_session_create(app->store, id);
-    if (!rc) {
-        rc = store_session_get(app->store, id, &s);
-    }
-    if (!rc) {
-        struct author who = {a->user_id, a->name, a->email};
-        ev = json_pack("{s:s?,s:s?,s:s,s:s?}", "title", title, "repo", repo, "visibility", vis,
-                       "agent", agent);
-        data = jx_dump(ev);
-        struct create_op op = {&who, data};
-        rc = sess_write(s, create_tx, &op);
-    }
-    if (rc) {
-        LOG_ERROR("api: session %s: cannot create its file: %s", id, err_str(rc));
-        registry_session_set_state(app->reg, id, "purged");
-        auth_cache_invalidate();
-        rc = req_fail(r, rc, "cannot create the session file");
-        goto out;
-    }
-    json_object_set_new(row, "last_seq", json_integer(sess_last_seq(s)));
-    rc = req_reply_json(r, 201, row);
-    row = NULL;
-    LOG_INFO("api: session %s created by %s", id, a->user_id);
-    if (repo && *repo) {
-        api_session_started(app, id); /* issue 5: workspace + sandbox in the background now */
-    }
-out:
-    sess_put(s);
+    rc = ops_session_create(app, a, body, 1, &ans);
     json_decref(body);
-    json_decref(row);
-    json_decref(ev);
-    free(data);
-    free(id);
+    if (rc) {
+        return req_fail(r, rc, "%s", ans.msg);
+    }
+    rc = req_reply_json(r, 201, ans.json);
+    ans.json = NULL;
     return rc;
 }
 

@@ -11,19 +11,23 @@
  * (slack_pick_repo over hints and descriptions, optionally an OpenAI-compatible classifier
  * first, with the hints as the fallback on any error). It then starts or continues the
  * session mapped to the thread (kv "slack:thread:{channel}:{thread_ts}" -> session id) and
- * forwards the prompt. Sessions and messages are created through our own REST API on the
- * loopback address with a bot token the integration creates for itself, so a Slack prompt
- * goes through exactly the same validation, idempotency (client_request_id = event_id) and
- * queueing as any client, and the Slack user is the author (bot tokens may pass `author`).
+ * forwards the prompt. Sessions and messages are created in process through the operations
+ * every transport uses (server/ops.h), as the actor "slack:bot" (role bot), so a Slack prompt
+ * gets exactly the same validation, idempotency (client_request_id = event_id) and queueing
+ * as any client, and the Slack user is the author (bots may pass `author`). No token exists
+ * for the integration and no request goes back to our own HTTP port.
  *
- * The watcher thread polls the events of sessions with a prompt in flight (GET
- * /v1/sessions/{id}/events?after=N, cheap) and, when the prompt ends, posts the result in
- * the thread as Block Kit blocks. The watches are saved in the registry kv ("slack:watches")
- * and resumed at start, so a result is posted even across a restart of the server.
+ * The watcher thread learns how a prompt ends from the session's events: the store's event
+ * observer (slack_on_event, on the committing thread under the session lock) copies each
+ * event of a watched session into a bounded queue and wakes the watcher, never blocking.
+ * A new or resumed watch (and one whose events overflowed the queue) first reads what it
+ * missed from the session file; events are de-duplicated by seq. When the prompt ends the
+ * result is posted in the thread as Block Kit blocks. The watches are saved in the registry kv
+ * ("slack:watches") and resumed at start, so a result is posted even across a restart.
  *
  * Threads: HTTP threads (handle_events), one worker, one watcher. Shared state (queue,
  * watches, counters) is guarded by sl->lock. Slack Web API calls honour 429 Retry-After.
- * Secrets (signing secret, bot token, our loopback token) never reach a log line.
+ * Secrets (signing secret, bot token) never reach a log line.
  */
 #include "server/slack/slack.h"
 
@@ -36,11 +40,15 @@
 #include "common/xmem.h"
 #include "server/api/api.h"
 #include "server/app.h"
+#include "server/auth.h"
 #include "server/config.h"
+#include "server/ops.h"
 #include "workspace/repos.h"
 #include "storage/registry.h"
+#include "storage/store.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -50,9 +58,11 @@
 
 #define MAX_QUEUE      1000
 #define MAX_WATCHES    1000
+#define MAX_EVENTS     4096 /* queued events of watched sessions; beyond, a re-read */
 #define MAX_RESP       (4u << 20)
 #define MAX_SUMMARY    2800 /* Slack section text limit is 3000 */
 #define API_TRIES      4
+#define SLACK_ACTOR_ID "slack:bot" /* sessions the integration starts are owned by it */
 #define MAX_RETRY_WAIT 30
 
 struct job {
@@ -72,8 +82,18 @@ struct watch {
     char *summary;     /* from an assistant message / agent done */
     char *pr_url;
     int64_t started_ms;
-    int64_t next_ms; /* monotonic ms of the next poll */
-    int interval_ms; /* poll_ms, doubled while the session is quiet (capped at 2 s) */
+    int resync;              /* read the file after `after` first; guarded by sl->lock */
+    int done, gone, catchup; /* watcher thread only */
+    enum prompt_state state; /* watcher thread only: how the prompt ended */
+};
+
+/* An event of a watched session, copied by slack_on_event for the watcher. */
+struct sevent {
+    struct sevent *next;
+    char *session_id;
+    int64_t seq;
+    char *json;
+    size_t len;
 };
 
 struct slack {
@@ -85,7 +105,6 @@ struct slack {
     char *classifier_key;
     char *classifier_model;
     json_t *repos; /* config fallback list */
-    int poll_ms;
     struct app *app;
 
     pthread_mutex_t lock; /* guards everything below */
@@ -94,10 +113,11 @@ struct slack {
     int stopping;         /* also read without the lock (atomic) by the curl progress callback */
     struct job *head, *tail;
     int qlen;
-    struct watch *watches;
+    struct watch *watches; /* added by the worker, removed (and freed) by the watcher only */
     int nwatches;
-    char *local_url;   /* http://127.0.0.1:PORT, set once the server listens */
-    char *local_token; /* our bot token's secret (memory only) */
+    struct sevent *ev_head, *ev_tail; /* from slack_on_event to the watcher */
+    int nev;
+    char *local_url; /* http://127.0.0.1:PORT, for links when public_url is not set */
     struct slack_stats stats;
 
     json_t *persist;           /* {"sid/pid": {watch}}: the watches, saved in kv "slack:watches" */
@@ -622,9 +642,10 @@ static void nap(struct slack *sl, long ms)
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000L;
     }
+    /* wcond is also signalled for every event of a watched session: sleep on until the
+     * deadline, or a Retry-After would be cut short. */
     pthread_mutex_lock(&sl->lock);
-    if (!sl->stopping) {
-        pthread_cond_timedwait(&sl->wcond, &sl->lock, &ts);
+    while (!sl->stopping && pthread_cond_timedwait(&sl->wcond, &sl->lock, &ts) != ETIMEDOUT) {
     }
     pthread_mutex_unlock(&sl->lock);
 }
@@ -724,42 +745,6 @@ static int post_message(struct slack *sl, const char *channel, const char *threa
         pthread_mutex_lock(&sl->lock);
         sl->stats.posted++;
         pthread_mutex_unlock(&sl->lock);
-    }
-    return rc;
-}
-
-/* Our own REST API on the loopback address, as the integration's bot user. */
-static int local_call(struct slack *sl, const char *method, const char *path, json_t *body,
-                      long *status, json_t **out)
-{
-    *out = NULL;
-    pthread_mutex_lock(&sl->lock);
-    char *base = sl->local_url ? xstrdup(sl->local_url) : NULL;
-    char *tok = sl->local_token ? xstrdup(sl->local_token) : NULL;
-    pthread_mutex_unlock(&sl->lock);
-    int rc = ERR_UNAVAILABLE;
-    if (!base || !tok) {
-        LOG_DEBUG("slack: the local API address is not known yet");
-        goto out;
-    }
-    char *url = xasprintf("%s%s", base, path);
-    char *b = body ? jx_dump(body) : NULL;
-    struct buf resp;
-    buf_init(&resp, MAX_RESP);
-    long retry = 0;
-    rc = http_do(&sl->stopping, method, url, tok, b ? "application/json" : NULL, b, 30000, status,
-                 &resp, &retry);
-    if (rc == 0 && resp.len) {
-        *out = json_loadb(resp.data, resp.len, 0, NULL);
-    }
-    buf_free(&resp);
-    free(b);
-    free(url);
-out:
-    free(base);
-    if (tok) {
-        memset(tok, 0, strlen(tok));
-        free(tok);
     }
     return rc;
 }
@@ -939,6 +924,7 @@ static void add_watch(struct slack *sl, const char *sid, const char *pid, int64_
     w->repo = dup_or_null(repo);
     w->after = after > 0 ? after - 1 : 0; /* see our own message event too */
     w->started_ms = clock_now_ms();
+    w->resync = 1; /* events committed before the watch was added: read them from the file */
     buf_init(&w->output, 64 * 1024);
     pthread_mutex_lock(&sl->lock);
     if (sl->nwatches < MAX_WATCHES) {
@@ -1066,8 +1052,14 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
     char *uname = NULL, *email = NULL, *chan = NULL, *thread = NULL;
     char *kthread = NULL, *kpending = NULL, *sid = NULL, *prompt = NULL, *repo = NULL;
     struct repo_list rl = {0};
-    json_t *resp = NULL, *body = NULL;
-    long status = 0;
+    json_t *body = NULL;
+    struct ops_answer ans = {0};
+    struct auth_info actor;
+    memset(&actor, 0, sizeof(actor));
+    /* The integration's identity: a bot, which may name the Slack user as the author. */
+    snprintf(actor.user_id, sizeof(actor.user_id), "%s", SLACK_ACTOR_ID);
+    snprintf(actor.name, sizeof(actor.name), "Slack");
+    snprintf(actor.role, sizeof(actor.role), "bot");
     if (!channel || !user || !root) {
         LOG_WARN("slack: app_mention without channel/user/ts ignored");
         goto out;
@@ -1147,20 +1139,17 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
                 *p = ' ';
             }
         }
-        body = json_pack("{s:s, s:s, s:O}", "title", title, "repo", repo, "author", author);
-        if (local_call(sl, "POST", "/v1/sessions", body, &status, &resp) != 0 || status != 201) {
-            LOG_WARN("slack: creating a session failed (status %ld)", status);
-            post_message(sl, channel, root, ":warning: I could not start a session.", NULL);
-            json_decref(author);
-            goto out;
-        }
-        const char *id = obj_str(resp, "id");
+        body = json_pack("{s:s, s:s}", "title", title, "repo", repo);
+        struct ops_answer cans = {0};
+        int crc = ops_session_create(sl->app, &actor, body, 0, &cans);
+        const char *id = crc ? NULL : obj_str(cans.json, "id");
         sid = id ? xstrdup(id) : NULL;
-        json_decref(resp);
-        resp = NULL;
+        ops_answer_free(&cans);
         json_decref(body);
         body = NULL;
         if (!sid) {
+            LOG_WARN("slack: creating a session failed: %s", err_str(crc ? crc : ERR_INTERNAL));
+            post_message(sl, channel, root, ":warning: I could not start a session.", NULL);
             json_decref(author);
             goto out;
         }
@@ -1174,31 +1163,27 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
     if (event_id) {
         json_object_set_new(body, "client_request_id", json_string(event_id));
     }
-    char *path = xasprintf("/v1/sessions/%s/messages", sid);
-    int rc = local_call(sl, "POST", path, body, &status, &resp);
-    free(path);
-    if (rc != 0 || status / 100 != 2) {
-        const char *m =
-            json_string_value(json_object_get(json_object_get(resp, "error"), "message"));
-        LOG_WARN("slack: forwarding the prompt failed (status %ld)", status);
-        char *em = slack_escape(m ? m : "server error", 1000);
+    int rc = ops_session_access(sl->app, &actor, sid, AUTH_WRITE, &ans);
+    if (!rc) {
+        rc = ops_message_create(sl->app, &actor, sid, body, &ans);
+    }
+    if (rc) {
+        LOG_WARN("slack: forwarding the prompt failed: %s", err_str(rc));
+        char *em = slack_escape(ans.msg[0] ? ans.msg : "server error", 1000);
         char *msg = xasprintf(":warning: I could not queue that: %s", em);
         free(em);
         post_message(sl, channel, root, msg, NULL);
         free(msg);
         goto out;
     }
-    const char *pid = obj_str(resp, "prompt_id");
-    json_t *seqv = json_object_get(resp, "seq");
+    const char *pid = obj_str(ans.json, "prompt_id");
+    json_t *seqv = json_object_get(ans.json, "seq");
     if (pid) {
         if (!repo) {
             json_t *srow = NULL;
-            long st2 = 0;
-            char *p2 = xasprintf("/v1/sessions/%s", sid);
-            if (local_call(sl, "GET", p2, NULL, &st2, &srow) == 0 && st2 == 200) {
+            if (registry_session_get(sl->app->reg, sid, &srow) == 0) {
                 repo = dup_or_null(obj_str(srow, "repo"));
             }
-            free(p2);
             json_decref(srow);
         }
         add_watch(sl, sid, pid, json_is_integer(seqv) ? json_integer_value(seqv) : 0, channel, root,
@@ -1206,7 +1191,7 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
     }
     LOG_INFO("slack: prompt forwarded to session %s", sid);
 out:
-    json_decref(resp);
+    ops_answer_free(&ans);
     json_decref(body);
     repo_list_free(&rl);
     free(text);
@@ -1363,68 +1348,145 @@ static int watch_event(struct watch *w, json_t *e, enum prompt_state *state)
     return 0;
 }
 
-/* Poll one watch. Returns 1 when it is finished (result posted) and may be freed. */
-static int poll_watch(struct slack *sl, struct watch *w)
+/* Feed one event to the watch unless it was seen already (the catch-up read and the queue may
+ * both carry it). */
+static void watch_feed(struct watch *w, json_t *e)
 {
-    int64_t now = clock_mono_ms();
-    if (now < w->next_ms) {
-        return 0;
+    json_t *sq = json_object_get(e, "seq");
+    if (w->done || !json_is_integer(sq) || json_integer_value(sq) <= w->after) {
+        return;
     }
-    int64_t before = w->after;
-    int done = 0;
-    enum prompt_state state = PROMPT_COMPLETED;
-    for (int page = 0; page < 20 && !done; page++) {
-        char *path = xasprintf("/v1/sessions/%s/events?after=%lld&limit=500", w->session_id,
-                               (long long)w->after);
-        long status = 0;
-        json_t *resp = NULL;
-        int rc = local_call(sl, "GET", path, NULL, &status, &resp);
-        free(path);
-        if (rc != 0 || status != 200) {
-            json_decref(resp);
-            if (status == 404 || status == 410) {
-                return 1; /* the session is gone */
-            }
-            return 0;
+    w->after = json_integer_value(sq);
+    w->done = watch_event(w, e, &w->state);
+}
+
+/* Read the session's events after w->after from its file (in process, no HTTP): what was
+ * committed before the watch was registered, or what overflowed the event queue. */
+static void watch_catch_up(struct slack *sl, struct watch *w)
+{
+    struct sess *s = NULL;
+    int rc = store_session_get(sl->app->store, w->session_id, &s);
+    if (rc == ERR_NOT_FOUND || rc == ERR_GONE) {
+        w->done = w->gone = 1; /* the session is gone: nobody to tell */
+        return;
+    }
+    if (rc) {
+        LOG_WARN("slack: session %s: cannot read its events: %s", w->session_id, err_str(rc));
+        return;
+    }
+    for (int page = 0; page < 1000 && !w->done; page++) {
+        struct buf b;
+        int count = 0;
+        int64_t last = 0;
+        buf_init(&b, 0);
+        buf_putc(&b, '[');
+        rc = sess_events(s, w->after, 500, &b, &count, &last);
+        buf_putc(&b, ']');
+        json_t *evs = rc ? NULL : json_loadb(b.data, b.len, 0, NULL);
+        buf_free(&b);
+        size_t i;
+        json_t *e;
+        json_array_foreach(evs, i, e)
+        {
+            watch_feed(w, e);
         }
-        json_t *evs = json_is_array(resp) ? resp : json_object_get(resp, "events");
-        size_t n = json_array_size(evs);
-        for (size_t i = 0; i < n && !done; i++) {
-            json_t *e = json_array_get(evs, i);
-            json_t *sq = json_object_get(e, "seq");
-            if (json_is_integer(sq)) {
-                w->after = json_integer_value(sq);
-            }
-            done = watch_event(w, e, &state);
-        }
-        json_decref(resp);
-        if (n < 500) {
+        json_decref(evs);
+        if (rc || count < 500) {
             break;
         }
     }
-    if (!done) {
-        /* Quiet sessions are polled less often; any new event resets the pace. */
-        w->interval_ms = w->after != before
-                             ? sl->poll_ms
-                             : (w->interval_ms * 2 > 2000 ? 2000 : w->interval_ms * 2);
-        if (w->interval_ms < sl->poll_ms) {
-            w->interval_ms = sl->poll_ms;
-        }
-        w->next_ms = now + w->interval_ms;
-        return 0;
-    }
+    sess_put(s);
+}
+
+/* The prompt ended: post its result in the thread. */
+static void watch_post(struct slack *sl, struct watch *w)
+{
     const char *summary = w->summary;
     if (!summary || !*summary) {
         summary = w->output.len ? w->output.data : "(no output)";
     }
     char *url = session_url(sl, w->session_id);
-    json_t *blocks = slack_result_blocks(w->repo, state, summary, w->pr_url, url);
-    char *fallback = xasprintf("%s in %s", state_verb(state), w->repo ? w->repo : "the session");
+    json_t *blocks = slack_result_blocks(w->repo, w->state, summary, w->pr_url, url);
+    char *fallback = xasprintf("%s in %s", state_verb(w->state), w->repo ? w->repo : "the session");
     post_message(sl, w->channel, w->thread_ts, fallback, blocks);
     free(fallback);
     json_decref(blocks);
     free(url);
-    return 1;
+}
+
+static void sevent_free(struct sevent *e)
+{
+    free(e->session_id);
+    free(e->json);
+    free(e);
+}
+
+/* Whether a watch waits for its catch-up read. Caller holds sl->lock. */
+static int any_resync(struct slack *sl)
+{
+    for (struct watch *w = sl->watches; w; w = w->next) {
+        if (w->resync) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The store's event observer: runs on the committing thread under the session's lock, so it
+ * only copies the event of a watched session into the queue (bounded: on overflow the watch
+ * re-reads the file instead) and wakes the watcher. */
+void slack_on_event(void *ctx, const char *session_id, int64_t seq, const char *json, size_t len)
+{
+    struct slack *sl = ctx;
+    if (!sl) {
+        return;
+    }
+    pthread_mutex_lock(&sl->lock);
+    int watched = 0;
+    for (struct watch *w = sl->watches; w; w = w->next) {
+        if (strcmp(w->session_id, session_id) == 0) {
+            watched = 1;
+            if (sl->nev >= MAX_EVENTS) {
+                w->resync = 1;
+            }
+        }
+    }
+    if (watched && !sl->stopping && sl->nev < MAX_EVENTS) {
+        struct sevent *e = xcalloc(1, sizeof(*e));
+        e->session_id = xstrdup(session_id);
+        e->seq = seq;
+        e->json = xmalloc(len + 1);
+        memcpy(e->json, json, len);
+        e->json[len] = 0;
+        e->len = len;
+        if (sl->ev_tail) {
+            sl->ev_tail->next = e;
+        } else {
+            sl->ev_head = e;
+        }
+        sl->ev_tail = e;
+        sl->nev++;
+    }
+    if (watched) {
+        pthread_cond_broadcast(&sl->wcond);
+    }
+    pthread_mutex_unlock(&sl->lock);
+}
+
+/* Unlink a finished watch (only this thread removes watches) and free it. */
+static void watch_remove(struct slack *sl, struct watch *w)
+{
+    pthread_mutex_lock(&sl->lock);
+    for (struct watch **pp = &sl->watches; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            sl->nwatches--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&sl->lock);
+    persist_set(sl, w->session_id, w->prompt_id, NULL);
+    watch_free(w);
 }
 
 static void *watcher_main(void *arg)
@@ -1432,43 +1494,59 @@ static void *watcher_main(void *arg)
     struct slack *sl = arg;
     for (;;) {
         pthread_mutex_lock(&sl->lock);
-        while (!sl->stopping && !sl->watches) {
+        while (!sl->stopping && !sl->ev_head && !any_resync(sl)) {
             pthread_cond_wait(&sl->wcond, &sl->lock);
         }
         if (sl->stopping) {
             pthread_mutex_unlock(&sl->lock);
             break;
         }
-        /* Take the list; poll without the lock; put back what is still pending. */
+        /* Take the queued events and note which watches need a catch-up read. The watch list
+         * is walked without the lock afterwards: the worker only prepends to it and only
+         * this thread unlinks, so the nodes from this head on stay valid. */
+        struct sevent *evs = sl->ev_head;
+        sl->ev_head = sl->ev_tail = NULL;
+        sl->nev = 0;
         struct watch *list = sl->watches;
-        sl->watches = NULL;
-        sl->nwatches = 0;
+        for (struct watch *w = list; w; w = w->next) {
+            w->catchup = w->resync;
+            w->resync = 0;
+        }
         pthread_mutex_unlock(&sl->lock);
-        struct watch *keep = NULL;
-        int nkeep = 0;
-        while (list) {
-            struct watch *w = list;
-            list = w->next;
-            if (poll_watch(sl, w)) {
-                persist_set(sl, w->session_id, w->prompt_id, NULL);
-                watch_free(w);
-            } else {
-                w->next = keep;
-                keep = w;
-                nkeep++;
+        for (struct watch *w = list; w; w = w->next) {
+            if (w->catchup && !w->done) {
+                watch_catch_up(sl, w);
             }
         }
-        pthread_mutex_lock(&sl->lock);
-        while (keep) {
-            struct watch *w = keep;
-            keep = w->next;
-            w->next = sl->watches;
-            sl->watches = w;
-            sl->nwatches++;
+        while (evs) {
+            struct sevent *e = evs;
+            evs = e->next;
+            json_t *j = NULL;
+            for (struct watch *w = list; w; w = w->next) {
+                if (w->done || e->seq <= w->after || strcmp(w->session_id, e->session_id) != 0) {
+                    continue;
+                }
+                if (!j) {
+                    j = json_loadb(e->json, e->len, 0, NULL);
+                }
+                if (j) {
+                    watch_feed(w, j);
+                }
+            }
+            json_decref(j);
+            sevent_free(e);
         }
-        pthread_mutex_unlock(&sl->lock);
-        (void)nkeep;
-        nap(sl, sl->poll_ms);
+        struct watch *w = list;
+        while (w) {
+            struct watch *next = w->next;
+            if (w->done) {
+                if (!w->gone) {
+                    watch_post(sl, w);
+                }
+                watch_remove(sl, w);
+            }
+            w = next;
+        }
     }
     return NULL;
 }
@@ -1476,31 +1554,24 @@ static void *watcher_main(void *arg)
 /* ------------------------------------------------------------------------------------------ */
 /* lifecycle                                                                                   */
 
-/* Create (or replace) the integration's own bot token for the loopback calls. The previous
- * one, recorded by id in the kv, is deleted so restarts do not pile up tokens. */
-static void make_local_token(struct slack *sl)
+/* Earlier versions reached our REST API over loopback with a bot token they minted for
+ * themselves at start (id in kv "slack:bot_token_id"). Nothing uses it any more: revoke it, so
+ * no live credential for "slack:bot" is left in the registry. */
+static void revoke_old_token(struct slack *sl)
 {
     struct registry *reg = sl->app && sl->app->reg ? sl->app->reg : NULL;
+    char *old = NULL;
     if (!reg) {
         return;
     }
-    char *old = NULL;
     if (registry_kv_get(reg, "slack:bot_token_id", &old) == 0 && old && *old) {
-        registry_token_delete(reg, old, NULL);
+        if (registry_token_delete(reg, old, NULL) == 0) {
+            auth_cache_invalidate();
+            LOG_INFO("slack: revoked the integration's old loopback token");
+        }
+        registry_kv_put(reg, "slack:bot_token_id", "");
     }
     free(old);
-    json_t *t = NULL;
-    if (registry_token_create(reg, "slack:bot", "Slack", NULL, "bot", 0, &t) == 0) {
-        const char *id = obj_str(t, "id");
-        const char *secret = obj_str(t, "token");
-        if (id && secret) {
-            registry_kv_put(reg, "slack:bot_token_id", id);
-            sl->local_token = xstrdup(secret);
-        }
-    } else {
-        LOG_WARN("slack: could not create the integration's bot token");
-    }
-    json_decref(t);
 }
 
 /* Resume the watches of prompts that were running when the server stopped. */
@@ -1549,7 +1620,6 @@ int slack_new(const struct slack_config *cfg, struct app *app, struct slack **ou
     sl->classifier_key = dup_or_null(cfg->classifier_key);
     sl->classifier_model = dup_or_null(cfg->classifier_model);
     sl->repos = cfg->repos ? json_deep_copy(cfg->repos) : NULL;
-    sl->poll_ms = cfg->poll_ms > 0 ? cfg->poll_ms : 250;
     sl->app = app;
     pthread_mutex_init(&sl->lock, NULL);
     pthread_cond_init(&sl->cond, NULL);
@@ -1558,7 +1628,7 @@ int slack_new(const struct slack_config *cfg, struct app *app, struct slack **ou
     sl->persist = json_object();
     pthread_mutex_init(&sl->save_lock, NULL);
     if (sl->signing_secret) {
-        make_local_token(sl);
+        revoke_old_token(sl);
         load_watches(sl);
         if (pthread_create(&sl->worker, NULL, worker_main, sl) == 0) {
             sl->threads |= 1;
@@ -1607,7 +1677,7 @@ void slack_set_local_address(struct slack *sl, const char *listen, int port)
     free(url);
 }
 
-void slack_free(struct slack *sl)
+void slack_stop(struct slack *sl)
 {
     if (!sl) {
         return;
@@ -1622,6 +1692,20 @@ void slack_free(struct slack *sl)
     }
     if (sl->threads & 2) {
         pthread_join(sl->watcher, NULL);
+    }
+    sl->threads = 0;
+}
+
+void slack_free(struct slack *sl)
+{
+    if (!sl) {
+        return;
+    }
+    slack_stop(sl);
+    while (sl->ev_head) {
+        struct sevent *e = sl->ev_head;
+        sl->ev_head = e->next;
+        sevent_free(e);
     }
     while (sl->head) {
         struct job *j = sl->head;
@@ -1642,9 +1726,6 @@ void slack_free(struct slack *sl)
     if (sl->signing_secret) {
         memset(sl->signing_secret, 0, strlen(sl->signing_secret));
     }
-    if (sl->local_token) {
-        memset(sl->local_token, 0, strlen(sl->local_token));
-    }
     free(sl->signing_secret);
     free(sl->bot_token);
     free(sl->api_base);
@@ -1653,7 +1734,6 @@ void slack_free(struct slack *sl)
     free(sl->classifier_key);
     free(sl->classifier_model);
     free(sl->local_url);
-    free(sl->local_token);
     json_decref(sl->repos);
     free(sl);
 }

@@ -50,7 +50,7 @@ struct slack_config {
     const char *classifier_key; /* bearer key for it; may be NULL */
     const char *classifier_model;
     json_t *repos; /* fallback repository list [{name,description,hints:[…]}] */
-    int poll_ms;   /* result watcher period; default 250 */
+    int poll_ms;   /* unused: results arrive as session events (slack_on_event) */
 };
 
 /** Fill sc from the server configuration (slack.* keys; the environment variables
@@ -62,14 +62,24 @@ void slack_config_from(struct slack_config *sc, const struct config *c);
 /** Create the integration and start its threads. app may be NULL in unit tests (then events
  * are verified and queued but not acted upon). *out owned by the caller: slack_free(). */
 int slack_new(const struct slack_config *cfg, struct app *app, struct slack **out);
-/** Tell the integration where our own REST API listens ("http://127.0.0.1:8080"): it
- * creates sessions and forwards prompts through it with its own bot token. Thread safe. */
+/** Tell the integration where our own web UI listens ("http://127.0.0.1:8080"), for the
+ * "Open session" link when no public_url is set (sessions and prompts are created in process,
+ * server/ops.h). Thread safe. */
 void slack_set_local_url(struct slack *sl, const char *base_url);
 /** The same from the listen setting ("HOST:PORT", wildcard hosts become loopback) and the
  * port actually bound. NULL sl is a no-op. */
 void slack_set_local_address(struct slack *sl, const char *listen, int port);
-/** Stop the threads (pending work is dropped) and free. NULL is a no-op. */
+/** Stop the threads (pending work is dropped); slack_on_event stays callable (it only
+ * queues) until slack_free. NULL is a no-op. */
+void slack_stop(struct slack *sl);
+/** Stop (if not yet) and free. Call only once no thread can call slack_on_event any more
+ * (after the store is closed). NULL is a no-op. */
 void slack_free(struct slack *sl);
+
+/** The store's event observer (store_event_fn; ctx is the struct slack, NULL is a no-op):
+ * copies events of sessions with a Slack prompt in flight to the watcher thread. Called under
+ * the session's lock; never blocks beyond the integration's own short lock. */
+void slack_on_event(void *ctx, const char *session_id, int64_t seq, const char *json, size_t len);
 
 /** Whether a signing secret is configured (the endpoint answers 503 otherwise). */
 int slack_enabled(const struct slack *sl);

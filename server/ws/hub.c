@@ -39,6 +39,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "server/app.h"
+#include "server/ops.h"
 #include "storage/participants.h"
 #include "storage/store.h"
 
@@ -1744,45 +1745,14 @@ out:
     j->rc = rc;
 }
 
-struct presence_op {
-    const struct auth_info *who;
-    int join;
-};
-
-static int presence_tx(struct sess_tx *tx, void *arg)
-{
-    struct presence_op *po = arg;
-    int rc = po->join ? participants_join(tx, po->who->user_id, po->who->name, po->who->email)
-                      : participants_seen(tx, po->who->user_id);
-    if (rc) {
-        return rc;
-    }
-    struct buf d;
-    buf_init(&d, 0);
-    buf_puts(&d, "{\"user\":{\"id\":");
-    buf_json_str(&d, po->who->user_id, strlen(po->who->user_id));
-    buf_puts(&d, ",\"name\":");
-    buf_json_str(&d, po->who->name, strlen(po->who->name));
-    buf_puts(&d, "}}");
-    struct author a = {po->who->user_id, po->who->name, po->who->email};
-    rc = sess_tx_append(tx, po->join ? "participant.joined" : "participant.left", &a, d.data, NULL);
-    buf_free(&d);
-    return rc;
-}
-
 static void do_presence(struct hub *h, struct job *j)
 {
-    struct sess *s = NULL;
-    int rc = store_session_get(h->app->store, j->sid, &s);
-    if (!rc) {
-        struct presence_op po = {&j->who, j->kind == J_JOIN};
-        rc = sess_write(s, presence_tx, &po);
-    }
+    struct ops_answer ans = {0};
+    int rc = ops_session_join(h->app, &j->who, j->sid, j->kind == J_JOIN, &ans);
     if (rc) {
         LOG_WARN("hub: presence %s in session %s: %s", j->kind == J_JOIN ? "join" : "leave", j->sid,
                  err_str(rc));
     }
-    sess_put(s);
 }
 
 static void do_client_write(struct hub *h, struct job *j)

@@ -93,9 +93,9 @@ void hub_revoke_token(struct hub *h, const char *token_id);
 void hub_revoke_member(struct hub *h, const char *sid, const char *user_id);
 
 /** Client -> server `prompt` / `cancel` frames: the same effect as the REST endpoints
- * (server/ws_api.c bridges to them). Run on the hub's writer thread. frame is the client's
- * JSON object; *out (new reference, may stay NULL) is sent back in an `ack` frame. On error
- * returns a negative err.h code with a message in msg. */
+ * (server/ws/ws_api.c calls server/ops.h, as they do). Run on the hub's writer thread. frame is the
+ * client's JSON object; *out (new reference, may stay NULL) is sent back in an `ack` frame. On
+ * error returns a negative err.h code with a message in msg. */
 int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who, const char *role,
                    json_t *frame, json_t **out, char *msg, size_t n);
 int hub_api_cancel(struct app *app, const char *sid, const struct auth_info *who, const char *role,

@@ -3,17 +3,16 @@
  * endpoints, through the functions those endpoints use (never a second copy of their
  * transaction).
  *
- * The REST side provides them as plain functions without a struct req:
- *   api_message_create()  - what POST /v1/sessions/{id}/messages does (server/api_messages.c)
- *   api_prompt_cancel()   - what POST /v1/sessions/{id}/cancel does (server/api_sandbox.c)
+ * Both call the transport-neutral operations of server/ops.h:
+ *   ops_message_create()  - what POST /v1/sessions/{id}/messages does
+ *   ops_prompt_cancel()   - what POST /v1/sessions/{id}/cancel does
  *
  * Threads: called on the hub's writer thread; may block on the session's group commit.
  */
 #include "common/err.h"
 #include "common/jsonx.h"
-#include "server/api/api.h"
-#include "server/api/api_sandbox.h"
 #include "server/app.h"
+#include "server/ops.h"
 #include "server/ws/hub.h"
 
 #include <stdio.h>
@@ -34,8 +33,11 @@ int hub_api_prompt(struct app *app, const char *sid, const struct auth_info *who
     json_object_del(body, "type");
     json_object_del(body, "id");
     json_object_del(body, "author"); /* impersonation is a REST-only feature of bot tokens */
-    int rc = api_message_create(app, sid, who, body, out, msg, n);
+    struct ops_answer ans = {0};
+    int rc = ops_message_create(app, who, sid, body, &ans);
     json_decref(body);
+    *out = ans.json;
+    snprintf(msg, n, "%s", ans.msg);
     return rc;
 }
 
@@ -46,7 +48,10 @@ int hub_api_cancel(struct app *app, const char *sid, const struct auth_info *who
     json_t *body = json_deep_copy(frame);
     json_object_del(body, "type");
     json_object_del(body, "id");
-    int rc = api_prompt_cancel(app, sid, who, body, out, msg, n);
+    struct ops_answer ans = {0};
+    int rc = ops_prompt_cancel(app, who, sid, body, &ans);
     json_decref(body);
+    *out = ans.json;
+    snprintf(msg, n, "%s", ans.msg);
     return rc;
 }

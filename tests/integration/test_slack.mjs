@@ -217,6 +217,24 @@ let sid = null;
   }
 }
 
+// ---- 6b. a Slack prompt never goes back through our own HTTP port ---------------------------
+// The integration creates the session and the message in process (server/ops.h) and learns the
+// result from the session's events: the request log shows none of the calls a loopback client
+// would make (this test never POSTs sessions or messages itself, nor reads events 500 at a
+// time), and no token exists for the integration.
+{
+  const reqs = srv.logTail(1e9).split('\n').flatMap((l) => { try { return [JSON.parse(l)]; } catch { return []; } })
+    .filter((l) => l.msg === 'http: request' && typeof l.path === 'string');
+  const self = reqs.filter((l) => (l.method === 'POST' && /^\/v1\/sessions(\/[^/]+\/messages)?$/.test(l.path)) ||
+    (l.method === 'GET' && /^\/v1\/sessions\/[^/]+(\/events\?after=\d+&limit=500)?$/.test(l.path)));
+  t.ok('request log has lines (request_log on)', reqs.some((l) => l.path === '/v1/slack/events'), reqs.length);
+  t.ok('no HTTP request from the server to itself for a Slack prompt', self.length === 0, self.slice(0, 5));
+  const tk = await api(srv, 'GET', '/v1/tokens');
+  const list = Array.isArray(tk.body) ? tk.body : (tk.body && tk.body.tokens) || [];
+  t.ok('GET /v1/tokens answered', tk.status === 200, tk);
+  t.ok('no token exists for the Slack integration', !list.some((x) => /^slack:/.test(x.user_id || '') || x.role === 'bot'), list);
+}
+
 // ---- 7. a reply in the same thread continues the session -------------------------------------
 {
   const nStart = posts().filter((c) => /Starting work/.test(c.args.text || '')).length;

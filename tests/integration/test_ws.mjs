@@ -48,7 +48,7 @@ try {
   await postMessage(srv, sid, 'from alice over REST', alice);
   const ackA = await a.next((f) => f.type === 'ack' || f.type === 'error', 5000, startA);
   const ackB = await b.next((f) => f.type === 'ack' || f.type === 'error', 5000, startB);
-  // Prompts over the socket reuse the REST code path (api_message_create in api_messages.c).
+  // Prompts over the socket reuse the REST code path (ops_message_create in server/ops.c).
   const wsPrompts = true;
   const skip = '';
   t.ok('prompt frame is acked with the REST answer (message_id, seq)' + skip, !wsPrompts || (ackA && ackA.type === 'ack' && ackA.id === 'a1' &&
