@@ -172,7 +172,7 @@ const char *sbx_name(const struct sbx *s);
 const char *sbx_workspace_host(const struct sbx *s);
 /** The workspace path as seen by commands ("/workspace" when isolated). */
 const char *sbx_workspace_inside(const struct sbx *s);
-/** Give a sandbox created ahead of time (a warm pool's, issue 5) its session: the caller has
+/** Give a sandbox created ahead of time (a warm pool's) its session: the caller has
  * already renamed its workspace directory to workspace; its private directory is renamed to
  * <data_dir>/sandboxes/<name> (the mounts inside follow the renames) and its name becomes
  * name. Only while no other thread uses the sandbox and no command runs in it. ERR_IO if the

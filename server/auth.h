@@ -33,7 +33,7 @@ int auth_session(struct registry *reg, const char *sid, const struct auth_info *
                  const char **role_out);
 
 /** Forget every cached token and access decision (see auth.c): call after revoking a token,
- * changing a membership or purging a session outside the API handlers of issue 2 (which
+ * changing a membership or purging a session outside the API handlers (which
  * already do). Without it such a change takes effect within AUTH_CACHE_TTL_MS. */
 void auth_cache_invalidate(void);
 #define AUTH_CACHE_TTL_MS 1000

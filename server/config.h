@@ -29,7 +29,7 @@ struct config_list {
 };
 
 struct config {
-    /* ---- server (issue 2) ---- */
+    /* ---- server ---- */
     char *listen;                   /* "HOST:PORT"; port 0 = a free port (see port_file) */
     char *data_dir;                 /* registry.db, sessions/, admin.token */
     char *config_file;              /* the JSON file read (informational) */
@@ -61,8 +61,8 @@ struct config {
     char *slack_classifier_key;     /* slack.classifier_key (secret) */
     char *slack_classifier_model;   /* slack.classifier_model */
     struct config_list slack_repos; /* slack.repos: "name:hint;hint|description" fallback list */
-    char *sandbox;                  /* sandbox: local | process (issue 4) */
-    char *agent;                    /* agent: shell | NAME | PATH | "COMMAND ARGS" (issue 4) */
+    char *sandbox;                  /* sandbox: local | process */
+    char *agent;                    /* agent: shell | NAME | PATH | "COMMAND ARGS" */
     int64_t sandbox_uid;            /* sandbox_uid: host uid for sandboxes; 0 = user sessiond-sbx */
     int64_t sandbox_memory_mib;     /* sandbox_memory_mib: per-sandbox memory cap (cgroup) */
     int64_t sandbox_pids;           /* sandbox_pids: per-sandbox process cap */
@@ -71,9 +71,9 @@ struct config {
     int64_t exec_timeout;           /* exec_timeout: default exec timeout (s) */
     int64_t prompt_timeout;         /* prompt_timeout: default prompt timeout (s) */
     int64_t cancel_grace_ms;        /* cancel_grace_ms: SIGTERM -> SIGKILL on cancel (ms) */
-    char *agents;                   /* agents: JSON object of named agents (issue 7, agents.h) */
-    char *secrets_key_file; /* secrets.key_file: master key for stored user tokens (issue 5) */
-    char *secrets_key_env;  /* secrets.key_env: env var holding the master key instead */
+    char *agents;                   /* agents: JSON object of named agents (agents/agents.h) */
+    char *secrets_key_file;         /* secrets.key_file: master key for stored user tokens */
+    char *secrets_key_env;          /* secrets.key_env: env var holding the master key instead */
     char *github_api_base;  /* github.api_base: REST API base (GitHub Enterprise: …/api/v3) */
     char *github_app_token; /* github.app_token (secret): push when a user has no token */
     char *git_ca_file;      /* git.ca_file: CA bundle for HTTPS git/GitHub ("" = system) */

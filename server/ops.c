@@ -194,7 +194,7 @@ static int msg_tx(struct sess_tx *tx, void *arg)
     if (rc) {
         return rc;
     }
-    /* issue 6: a DOM selection also becomes a dom_selection artifact (server/extension.h) */
+    /* a DOM selection also becomes a dom_selection artifact (server/extension.h) */
     rc = ext_context_store(tx, op->context_json, op->message_id, op->author);
     if (rc) {
         return rc;
@@ -348,7 +348,7 @@ int ops_message_create(struct app *app, const struct auth_info *a, const char *s
         }
     }
     if (context) {
-        if (ext_context_check(context, emsg, n)) { /* issue 6: DOM selection shape */
+        if (ext_context_check(context, emsg, n)) { /* DOM selection shape */
             rc = ERR_INVALID;
             goto out;
         }

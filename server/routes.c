@@ -17,14 +17,14 @@
 #include <stddef.h>
 
 const struct route http_routes[] = {
-    /* ---- core (issue 2) ---- */
+    /* ---- core ---- */
     {"GET", "/healthz", api_healthz, ROUTE_PUBLIC},
     {"GET", "/metrics", api_metrics, ROUTE_PUBLIC},
     {"GET", "/v1/me", api_me, 0},
     {"POST", "/v1/tokens", api_tokens_create, 0},
     {"GET", "/v1/tokens", api_tokens_list, 0},
     {"DELETE", "/v1/tokens/{id}", api_tokens_delete, 0},
-    {"GET", "/v1/agents", api_agents_list, 0}, /* issue 7 */
+    {"GET", "/v1/agents", api_agents_list, 0},
     {"POST", "/v1/sessions", api_sessions_create, 0},
     {"GET", "/v1/sessions", api_sessions_list, 0},
     {"GET", "/v1/sessions/{id}", api_session_get, 0},
@@ -41,18 +41,18 @@ const struct route http_routes[] = {
     {"GET", "/v1/sessions/{id}/artifacts", api_artifacts_list, 0},
     {"GET", "/v1/sessions/{id}/artifacts/{aid}", api_artifact_get, 0},
 
-    /* ---- WebSocket hub (issue 3): upgrades are handed off before routing to fn ---- */
+    /* ---- WebSocket hub: upgrades are handed off before routing to fn ---- */
     {"GET", "/v1/sessions/{id}/ws", api_session_ws_plain, ROUTE_PUBLIC | ROUTE_WEBSOCKET},
     {"POST", "/v1/sessions/{id}/ws-ticket", api_session_ws_ticket, 0},
 
-    /* ---- sandbox (issue 4): exec, files, cancel ---- */
+    /* ---- sandbox: exec, files, cancel ---- */
     {"POST", "/v1/sessions/{id}/exec", api_exec, 0},
     {"POST", "/v1/sessions/{id}/exec/{xid}/kill", api_exec_kill, 0},
     {"GET", "/v1/sessions/{id}/files", api_files_get, 0},
     {"PUT", "/v1/sessions/{id}/files", api_files_put, ROUTE_ARTIFACT_BODY | ROUTE_RAW_BODY},
     {"POST", "/v1/sessions/{id}/cancel", api_cancel, 0},
 
-    /* ---- repositories (issue 5) ---- */
+    /* ---- repositories ---- */
     {"POST", "/v1/repos", api_repos_create, 0},
     {"GET", "/v1/repos", api_repos_list, 0},
     {"GET", "/v1/repos/{name}", api_repo_get, 0},
@@ -70,7 +70,7 @@ const struct route http_routes[] = {
     {"PUT", "/v1/me/credentials/github", api_credentials_github_put, 0},
     {"DELETE", "/v1/me/credentials/github", api_credentials_github_delete, 0},
 
-    /* ---- clients (issue 6): slack, extension, static web UI (keep {*path} last) ---- */
+    /* ---- clients: slack, extension, static web UI (keep {*path} last) ---- */
     {"POST", "/v1/slack/events", api_slack_events, ROUTE_PUBLIC | ROUTE_RAW_BODY},
     {"GET", "/", api_static, ROUTE_PUBLIC},
     {"GET", "/ui/{*path}", api_static, ROUTE_PUBLIC},

@@ -1,5 +1,5 @@
 /*
- * egress_fwd.c - `sandbox-init --egress-forward PORT SOCKET -- COMMAND ARGS...` (issue 7).
+ * egress_fwd.c - `sandbox-init --egress-forward PORT SOCKET -- COMMAND ARGS...`.
  * Included by sandbox-init.c (one binary, no dependency but libc); owned by the egress work.
  *
  * Inside an isolated sandbox there is no network: sessiond's egress proxy is a Unix socket

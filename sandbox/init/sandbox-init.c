@@ -653,7 +653,7 @@ static void reap(int sfd)
     }
 }
 
-/* ---- issue 7: the loopback forwarder to the egress proxy (egress_fwd.c) ---- */
+/* ---- the loopback forwarder to the egress proxy (egress_fwd.c) ---- */
 #include "egress_fwd.c"
 
 /* ---- the seccomp filter and the Landlock domain every command inherits ---- */
@@ -662,7 +662,7 @@ static void reap(int sfd)
 
 int main(int argc, char **argv)
 {
-    if (argc > 1 && !strcmp(argv[1], "--egress-forward")) { /* issue 7: a separate mode */
+    if (argc > 1 && !strcmp(argv[1], "--egress-forward")) { /* a separate mode */
         return egress_forward_main(argc, argv);
     }
     struct policy pol = {.nblocked = 0};

@@ -1,5 +1,5 @@
 /*
- * api_agents.h - named coding agents and the egress proxy in the server (issue 7):
+ * api_agents.h - named coding agents and the egress proxy in the server:
  * GET /v1/agents, and the start-up glue that loads the "agents" config, starts the egress
  * proxy (server/egress.h) and records each refused request as a sandbox.egress_denied event.
  *

@@ -81,7 +81,7 @@ static int load_repos_file(struct repos *rp, const char *path)
     return rc;
 }
 
-/* issue 7: a repository's default agent must be a configured agent (or the server default). */
+/* a repository's default agent must be a configured agent (or the server default). */
 static int agent_known(void *ctx, const char *name)
 {
     struct app *app = ctx;

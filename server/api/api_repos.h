@@ -1,5 +1,5 @@
 /*
- * api_repos.h - the repository endpoints (issue 5) and their start/stop:
+ * api_repos.h - the repository endpoints and their start/stop:
  *   POST/GET /v1/repos, GET/PATCH/DELETE /v1/repos/{name}, POST/GET /v1/repos/{name}/images,
  *   POST /v1/repos/{name}/warm, GET/POST /v1/sessions/{id}/snapshots,
  *   POST /v1/sessions/{id}/rollback, POST /v1/sessions/{id}/push,

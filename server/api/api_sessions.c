@@ -223,7 +223,7 @@ static int status_rd(struct sess_rd *rd, void *arg)
     return rc;
 }
 
-/* issue 7: the agent a prompt of the session runs when it names none: the session's own, else
+/* the agent a prompt of the session runs when it names none: the session's own, else
  * its repository's default, else the server default ("effective_agent", "agent_source"). */
 static void session_effective_agent(struct app *app, const char *sid, json_t *row)
 {
@@ -276,7 +276,7 @@ int api_session_get(struct req *r)
     sr.participants = NULL;
     json_object_set_new(row, "connected", presence ? presence : json_array());
     json_object_set_new(row, "your_role", json_string(role));
-    session_effective_agent(app, sid, row); /* issue 7 */
+    session_effective_agent(app, sid, row);
     rc = req_reply_json(r, 200, row);
     row = NULL;
 out:
