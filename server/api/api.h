@@ -153,7 +153,7 @@ json_t *api_session_presence(struct app *app, const char *session_id);
  * Origins from config_origin_allowed() (static.c). */
 int api_cors(struct req *r, const char *origin, int preflight);
 
-/* ---- the REST endpoints (server/api/*.c) ---- */
+/* ---- the REST endpoints (server/api/) ---- */
 
 int api_healthz(struct req *r);
 int api_me(struct req *r);
