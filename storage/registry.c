@@ -38,6 +38,32 @@ static int prep(struct registry *r, const char *sql, sqlite3_stmt **out)
     return 0;
 }
 
+/* Run one write statement whose parameters are all text (NULL binds NULL), under the lock.
+ * must_change: ERR_NOT_FOUND when it changed no row. */
+static int exec_texts(struct registry *r, const char *sql, int n, const char *const *args,
+                      int must_change)
+{
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&r->lock);
+    int rc = prep(r, sql, &st);
+    for (int i = 0; !rc && i < n; i++) {
+        if (args[i]) {
+            sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_TRANSIENT);
+        } else {
+            sqlite3_bind_null(st, i + 1);
+        }
+    }
+    if (!rc) {
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
+    }
+    if (!rc && must_change && sqlite3_changes(r->db) == 0) {
+        rc = ERR_NOT_FOUND;
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
 int registry_open(const char *path, int durability_full, struct registry **out)
 {
     struct registry *r = xcalloc(1, sizeof(*r));
@@ -411,21 +437,9 @@ out:
 
 int registry_token_delete(struct registry *r, const char *token_id, const char *owner_user_id)
 {
-    sqlite3_stmt *st = NULL;
-    int rc;
-    pthread_mutex_lock(&r->lock);
-    rc = prep(r, "DELETE FROM tokens WHERE id=?1 AND (?2 IS NULL OR user_id=?2)", &st);
-    if (!rc) {
-        sqlite3_bind_text(st, 1, token_id, -1, SQLITE_TRANSIENT);
-        bind_text_or_null(st, 2, owner_user_id);
-        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
-        if (!rc && sqlite3_changes(r->db) == 0) {
-            rc = ERR_NOT_FOUND;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->lock);
-    return rc;
+    const char *args[] = {token_id, owner_user_id};
+    return exec_texts(r, "DELETE FROM tokens WHERE id=?1 AND (?2 IS NULL OR user_id=?2)", 2, args,
+                      1);
 }
 
 /* ---- sessions ---- */
@@ -585,21 +599,8 @@ out:
 
 int registry_session_set_state(struct registry *r, const char *id, const char *state)
 {
-    sqlite3_stmt *st = NULL;
-    int rc;
-    pthread_mutex_lock(&r->lock);
-    rc = prep(r, "UPDATE sessions SET state=? WHERE id=?", &st);
-    if (!rc) {
-        sqlite3_bind_text(st, 1, state, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
-        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
-        if (!rc && sqlite3_changes(r->db) == 0) {
-            rc = ERR_NOT_FOUND;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->lock);
-    return rc;
+    const char *args[] = {state, id};
+    return exec_texts(r, "UPDATE sessions SET state=? WHERE id=?", 2, args, 1);
 }
 
 int registry_session_touch(struct registry *r, const char *id, int64_t last_seq,
@@ -684,26 +685,15 @@ out:
 int registry_member_add(struct registry *r, const char *session_id, const char *user_id,
                         const char *role)
 {
-    sqlite3_stmt *st = NULL;
-    int rc;
     if (!role || (strcmp(role, "writer") != 0 && strcmp(role, "viewer") != 0) || !user_id ||
         !*user_id) {
         return ERR_INVALID;
     }
-    pthread_mutex_lock(&r->lock);
-    rc = prep(r,
-              "INSERT INTO members(session_id,user_id,role) VALUES(?,?,?) "
-              "ON CONFLICT(session_id,user_id) DO UPDATE SET role=excluded.role",
-              &st);
-    if (!rc) {
-        sqlite3_bind_text(st, 1, session_id, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 2, user_id, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 3, role, -1, SQLITE_TRANSIENT);
-        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->lock);
-    return rc;
+    const char *args[] = {session_id, user_id, role};
+    return exec_texts(r,
+                      "INSERT INTO members(session_id,user_id,role) VALUES(?,?,?) "
+                      "ON CONFLICT(session_id,user_id) DO UPDATE SET role=excluded.role",
+                      3, args, 0);
 }
 
 /* ---- key/value ---- */
@@ -768,21 +758,8 @@ int registry_kv_put_new(struct registry *r, const char *key, const char *value, 
 
 int registry_member_remove(struct registry *r, const char *session_id, const char *user_id)
 {
-    sqlite3_stmt *st = NULL;
-    int rc;
-    pthread_mutex_lock(&r->lock);
-    rc = prep(r, "DELETE FROM members WHERE session_id=? AND user_id=?", &st);
-    if (!rc) {
-        sqlite3_bind_text(st, 1, session_id, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 2, user_id, -1, SQLITE_TRANSIENT);
-        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_DB;
-        if (!rc && sqlite3_changes(r->db) == 0) {
-            rc = ERR_NOT_FOUND;
-        }
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&r->lock);
-    return rc;
+    const char *args[] = {session_id, user_id};
+    return exec_texts(r, "DELETE FROM members WHERE session_id=? AND user_id=?", 2, args, 1);
 }
 
 int registry_member_list(struct registry *r, const char *session_id, json_t **out)

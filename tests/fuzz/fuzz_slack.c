@@ -81,7 +81,7 @@ static void check_text(json_t *payload, const char *chan, const char *thread)
             FZ_CHECK(scores[i] >= 0 && (i == best || scores[i] < scores[best]));
         }
     }
-    json_t *blocks = slack_result_blocks(best >= 0 ? repos[best].name : NULL, "completed", msg,
+    json_t *blocks = slack_result_blocks(best >= 0 ? repos[best].name : NULL, PROMPT_COMPLETED, msg,
                                          json_string_value(json_object_get(ev, "pr")), text);
     char *s = json_dumps(blocks, JSON_COMPACT);
     FZ_CHECK(s != NULL);
