@@ -158,6 +158,103 @@ char *session_url(struct slack *sl, const char *sid)
     return u;
 }
 
+/* A new thread (or one where we asked which repository): picks the repository for text and
+ * sets *repo, or asks in the thread which one and leaves *repo NULL. When the thread was
+ * waiting for that answer, *prompt becomes the original request (plus the reply when it
+ * says more than the repository's name). */
+static void mention_pick_repo(struct slack *sl, const char *channel, const char *ts,
+                              const char *thread_ts, const char *text, const char *kpending,
+                              char **prompt, char **repo)
+{
+    const char *root = thread_ts ? thread_ts : ts;
+    struct repo_list rl = {0};
+    char *chan = NULL, *thread = NULL;
+    repo_list_load(sl, &rl);
+    chan = channel_name(sl, channel);
+    thread = thread_ts ? thread_text(sl, channel, thread_ts, ts) : xstrdup("");
+    int pick = classify(sl, &rl, chan, thread, text);
+    if (pick < 0) {
+        pick = slack_pick_repo(rl.r, rl.n, chan, thread, text, NULL);
+    }
+    char *pending = kv_get(sl, kpending);
+    if (pending && !*pending) {
+        free(pending); /* "" = answered earlier */
+        pending = NULL;
+    }
+    if (pick < 0) {
+        struct buf q;
+        buf_init(&q, 0);
+        buf_puts(&q, "Which repository should I work in? Reply in this thread mentioning me "
+                     "and the repository name");
+        if (rl.n) {
+            buf_puts(&q, ": ");
+            for (size_t i = 0; i < rl.n && i < 20; i++) {
+                buf_printf(&q, "%s`%s`", i ? ", " : "", rl.r[i].name);
+            }
+        }
+        buf_puts(&q, ".");
+        post_message(sl, channel, root, q.data, NULL);
+        buf_free(&q);
+        if (!pending) {
+            kv_put(sl, kpending, text);
+        }
+        free(pending);
+        goto out; /* asked */
+    }
+    *repo = xstrdup(rl.r[pick].name);
+    if (pending) {
+        /* The reply named the repository: run the original request (plus the reply when
+         * it says more than the repository's name). */
+        char *nr = normalize(text), *nn = normalize(*repo);
+        free(*prompt);
+        *prompt = strcmp(nr, nn) == 0 ? xstrdup(pending) : xasprintf("%s\n\n%s", pending, text);
+        free(nr);
+        free(nn);
+        free(pending);
+        kv_put(sl, kpending, "");
+    }
+out:
+    repo_list_free(&rl);
+    free(chan);
+    free(thread);
+}
+
+/* Starts the thread's session in repo, titled after the prompt's first 80 bytes, and maps
+ * the thread to it (kv kthread); NULL (and a warning in the thread) when it could not. */
+static char *mention_new_session(struct slack *sl, const struct auth_info *actor,
+                                 const char *prompt, const char *repo, const char *channel,
+                                 const char *root, const char *kthread)
+{
+    json_t *body;
+    char *sid;
+    char title[81];
+    size_t n = util_utf8_complete_prefix(prompt, strlen(prompt) > 80 ? 80 : strlen(prompt));
+    memcpy(title, prompt, n);
+    title[n] = 0;
+    for (char *p = title; *p; p++) {
+        if (*p == '\n') {
+            *p = ' ';
+        }
+    }
+    body = json_pack("{s:s, s:s}", "title", title, "repo", repo);
+    struct ops_answer cans = {0};
+    int crc = ops_session_create(sl->app, actor, body, 0, &cans);
+    const char *id = crc ? NULL : obj_str(cans.json, "id");
+    sid = id ? xstrdup(id) : NULL;
+    ops_answer_free(&cans);
+    json_decref(body);
+    if (!sid) {
+        LOG_WARN("slack: creating a session failed: %s", err_str(crc ? crc : ERR_INTERNAL));
+        post_message(sl, channel, root, ":warning: I could not start a session.", NULL);
+        return NULL;
+    }
+    kv_put(sl, kthread, sid);
+    char *msg = xasprintf("Starting work in `%s`…", repo);
+    post_message(sl, channel, root, msg, NULL);
+    free(msg);
+    return sid;
+}
+
 static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
 {
     const char *channel = obj_str(ev, "channel");
@@ -167,9 +264,8 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
     const char *event_id = obj_str(payload, "event_id");
     const char *root = thread_ts ? thread_ts : ts;
     char *text = slack_strip_mention(obj_str(ev, "text"));
-    char *uname = NULL, *email = NULL, *chan = NULL, *thread = NULL;
+    char *uname = NULL, *email = NULL;
     char *kthread = NULL, *kpending = NULL, *sid = NULL, *prompt = NULL, *repo = NULL;
-    struct repo_list rl = {0};
     json_t *body = NULL;
     struct ops_answer ans = {0};
     struct auth_info actor;
@@ -194,50 +290,9 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
     sid = kv_get(sl, kthread);
     prompt = xstrdup(text);
     if (!sid) {
-        /* A new thread (or one where we asked which repository): pick the repository. */
-        repo_list_load(sl, &rl);
-        chan = channel_name(sl, channel);
-        thread = thread_ts ? thread_text(sl, channel, thread_ts, ts) : xstrdup("");
-        int pick = classify(sl, &rl, chan, thread, text);
-        if (pick < 0) {
-            pick = slack_pick_repo(rl.r, rl.n, chan, thread, text, NULL);
-        }
-        char *pending = kv_get(sl, kpending);
-        if (pending && !*pending) {
-            free(pending); /* "" = answered earlier */
-            pending = NULL;
-        }
-        if (pick < 0) {
-            struct buf q;
-            buf_init(&q, 0);
-            buf_puts(&q, "Which repository should I work in? Reply in this thread mentioning me "
-                         "and the repository name");
-            if (rl.n) {
-                buf_puts(&q, ": ");
-                for (size_t i = 0; i < rl.n && i < 20; i++) {
-                    buf_printf(&q, "%s`%s`", i ? ", " : "", rl.r[i].name);
-                }
-            }
-            buf_puts(&q, ".");
-            post_message(sl, channel, root, q.data, NULL);
-            buf_free(&q);
-            if (!pending) {
-                kv_put(sl, kpending, text);
-            }
-            free(pending);
-            goto out;
-        }
-        repo = xstrdup(rl.r[pick].name);
-        if (pending) {
-            /* The reply named the repository: run the original request (plus the reply when
-             * it says more than the repository's name). */
-            char *nr = normalize(text), *nn = normalize(repo);
-            free(prompt);
-            prompt = strcmp(nr, nn) == 0 ? xstrdup(pending) : xasprintf("%s\n\n%s", pending, text);
-            free(nr);
-            free(nn);
-            free(pending);
-            kv_put(sl, kpending, "");
+        mention_pick_repo(sl, channel, ts, thread_ts, text, kpending, &prompt, &repo);
+        if (!repo) {
+            goto out; /* we asked which repository */
         }
     }
     user_info(sl, user, &uname, &email);
@@ -248,33 +303,11 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
         json_object_set_new(author, "email", json_string(email));
     }
     if (!sid) {
-        char title[81];
-        size_t n = util_utf8_complete_prefix(prompt, strlen(prompt) > 80 ? 80 : strlen(prompt));
-        memcpy(title, prompt, n);
-        title[n] = 0;
-        for (char *p = title; *p; p++) {
-            if (*p == '\n') {
-                *p = ' ';
-            }
-        }
-        body = json_pack("{s:s, s:s}", "title", title, "repo", repo);
-        struct ops_answer cans = {0};
-        int crc = ops_session_create(sl->app, &actor, body, 0, &cans);
-        const char *id = crc ? NULL : obj_str(cans.json, "id");
-        sid = id ? xstrdup(id) : NULL;
-        ops_answer_free(&cans);
-        json_decref(body);
-        body = NULL;
+        sid = mention_new_session(sl, &actor, prompt, repo, channel, root, kthread);
         if (!sid) {
-            LOG_WARN("slack: creating a session failed: %s", err_str(crc ? crc : ERR_INTERNAL));
-            post_message(sl, channel, root, ":warning: I could not start a session.", NULL);
             json_decref(author);
             goto out;
         }
-        kv_put(sl, kthread, sid);
-        char *msg = xasprintf("Starting work in `%s`…", repo);
-        post_message(sl, channel, root, msg, NULL);
-        free(msg);
     }
     body = json_pack("{s:s, s:O}", "content", prompt, "author", author);
     json_decref(author);
@@ -311,12 +344,9 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
 out:
     ops_answer_free(&ans);
     json_decref(body);
-    repo_list_free(&rl);
     free(text);
     free(uname);
     free(email);
-    free(chan);
-    free(thread);
     free(kthread);
     free(kpending);
     free(sid);
