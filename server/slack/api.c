@@ -14,7 +14,7 @@ static void curl_init_once(void)
 }
 
 /* curl_global_init once per process, before the first handle (slack_new calls it). */
-void api_curl_init(void)
+void sl_curl_init(void)
 {
     pthread_once(&curl_once, curl_init_once);
 }
@@ -52,9 +52,9 @@ static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, cu
     return __atomic_load_n((const int *)ud, __ATOMIC_RELAXED) ? 1 : 0;
 }
 
-int http_do(const int *abort_flag, const char *method, const char *url, const char *bearer,
-            const char *ctype, const char *body, long timeout_ms, long *status, struct buf *resp,
-            long *retry_after)
+int sl_http_do(const int *abort_flag, const char *method, const char *url, const char *bearer,
+               const char *ctype, const char *body, long timeout_ms, long *status, struct buf *resp,
+               long *retry_after)
 {
     pthread_once(&curl_once, curl_init_once);
     CURL *c = curl_easy_init();
@@ -174,9 +174,10 @@ static int slack_api(struct slack *sl, const char *method, json_t *args, int for
         struct buf resp;
         buf_init(&resp, MAX_RESP);
         long status = 0, retry = 0;
-        rc = http_do(&sl->stopping, "POST", url, sl->bot_token,
-                     form ? "application/x-www-form-urlencoded" : "application/json; charset=utf-8",
-                     body, 15000, &status, &resp, &retry);
+        rc = sl_http_do(&sl->stopping, "POST", url, sl->bot_token,
+                        form ? "application/x-www-form-urlencoded"
+                             : "application/json; charset=utf-8",
+                        body, 15000, &status, &resp, &retry);
         if (rc == 0 && status == 429) {
             long wait = retry > 0 ? retry : 1;
             if (wait > MAX_RETRY_WAIT) {
@@ -214,8 +215,8 @@ static int slack_api(struct slack *sl, const char *method, json_t *args, int for
     return rc;
 }
 
-int post_message(struct slack *sl, const char *channel, const char *thread_ts, const char *text,
-                 json_t *blocks)
+int sl_post_message(struct slack *sl, const char *channel, const char *thread_ts, const char *text,
+                    json_t *blocks)
 {
     json_t *a = json_pack("{s:s, s:s}", "channel", channel, "text", text);
     if (thread_ts) {
@@ -235,7 +236,7 @@ int post_message(struct slack *sl, const char *channel, const char *thread_ts, c
 }
 
 /* The Slack user's display name and email (users.info); falls back to the user id. */
-void user_info(struct slack *sl, const char *uid, char **name, char **email)
+void sl_user_info(struct slack *sl, const char *uid, char **name, char **email)
 {
     *name = NULL;
     *email = NULL;
@@ -244,18 +245,18 @@ void user_info(struct slack *sl, const char *uid, char **name, char **email)
     if (slack_api(sl, "users.info", a, 1, &r) == 0) {
         json_t *u = json_object_get(r, "user");
         json_t *p = json_object_get(u, "profile");
-        const char *n = obj_str(p, "real_name");
+        const char *n = sl_obj_str(p, "real_name");
         if (!n) {
-            n = obj_str(u, "real_name");
+            n = sl_obj_str(u, "real_name");
         }
         if (!n) {
-            n = obj_str(p, "display_name");
+            n = sl_obj_str(p, "display_name");
         }
         if (!n) {
-            n = obj_str(u, "name");
+            n = sl_obj_str(u, "name");
         }
-        *name = dup_or_null(n);
-        *email = dup_or_null(obj_str(p, "email"));
+        *name = sl_dup_or_null(n);
+        *email = sl_dup_or_null(sl_obj_str(p, "email"));
     }
     json_decref(a);
     json_decref(r);
@@ -264,13 +265,13 @@ void user_info(struct slack *sl, const char *uid, char **name, char **email)
     }
 }
 
-char *channel_name(struct slack *sl, const char *channel)
+char *sl_channel_name(struct slack *sl, const char *channel)
 {
     json_t *r = NULL;
     json_t *a = json_pack("{s:s}", "channel", channel);
     char *name = NULL;
     if (slack_api(sl, "conversations.info", a, 1, &r) == 0) {
-        name = dup_or_null(obj_str(json_object_get(r, "channel"), "name"));
+        name = sl_dup_or_null(sl_obj_str(json_object_get(r, "channel"), "name"));
     }
     json_decref(a);
     json_decref(r);
@@ -278,7 +279,8 @@ char *channel_name(struct slack *sl, const char *channel)
 }
 
 /* The text of the thread's earlier messages (conversations.replies), capped. */
-char *thread_text(struct slack *sl, const char *channel, const char *thread_ts, const char *skip_ts)
+char *sl_thread_text(struct slack *sl, const char *channel, const char *thread_ts,
+                     const char *skip_ts)
 {
     struct buf b;
     buf_init(&b, 32 * 1024);
@@ -290,8 +292,8 @@ char *thread_text(struct slack *sl, const char *channel, const char *thread_ts, 
         size_t i;
         json_array_foreach(json_object_get(r, "messages"), i, m)
         {
-            const char *ts = obj_str(m, "ts");
-            const char *t = obj_str(m, "text");
+            const char *ts = sl_obj_str(m, "ts");
+            const char *t = sl_obj_str(m, "text");
             if (t && !(ts && skip_ts && strcmp(ts, skip_ts) == 0)) {
                 buf_puts(&b, t);
                 buf_putc(&b, '\n');

@@ -33,7 +33,7 @@
 /* ------------------------------------------------------------------------------------------ */
 /* configuration                                                                               */
 
-const char *obj_str(json_t *obj, const char *key)
+const char *sl_obj_str(json_t *obj, const char *key)
 {
     json_t *v = obj ? json_object_get(obj, key) : NULL;
     return json_is_string(v) && json_string_length(v) ? json_string_value(v) : NULL;
@@ -91,7 +91,7 @@ void slack_config_from(struct slack_config *sc, const struct config *c)
     }
 }
 
-char *dup_or_null(const char *s)
+char *sl_dup_or_null(const char *s)
 {
     return s && *s ? xstrdup(s) : NULL;
 }
@@ -122,39 +122,39 @@ static void revoke_old_token(struct slack *sl)
 int slack_new(const struct slack_config *cfg, struct app *app, struct slack **out)
 {
     struct slack *sl = xcalloc(1, sizeof(*sl));
-    sl->signing_secret = dup_or_null(cfg->signing_secret);
-    sl->bot_token = dup_or_null(cfg->bot_token);
+    sl->signing_secret = sl_dup_or_null(cfg->signing_secret);
+    sl->bot_token = sl_dup_or_null(cfg->bot_token);
     sl->api_base =
         xstrdup(cfg->api_base && *cfg->api_base ? cfg->api_base : SLACK_DEFAULT_API_BASE);
     size_t n = strlen(sl->api_base);
     while (n > 0 && sl->api_base[n - 1] == '/') {
         sl->api_base[--n] = 0;
     }
-    sl->public_url = dup_or_null(cfg->public_url);
+    sl->public_url = sl_dup_or_null(cfg->public_url);
     if (sl->public_url) {
         size_t m = strlen(sl->public_url);
         while (m > 0 && sl->public_url[m - 1] == '/') {
             sl->public_url[--m] = 0;
         }
     }
-    sl->classifier_url = dup_or_null(cfg->classifier_url);
-    sl->classifier_key = dup_or_null(cfg->classifier_key);
-    sl->classifier_model = dup_or_null(cfg->classifier_model);
+    sl->classifier_url = sl_dup_or_null(cfg->classifier_url);
+    sl->classifier_key = sl_dup_or_null(cfg->classifier_key);
+    sl->classifier_model = sl_dup_or_null(cfg->classifier_model);
     sl->repos = cfg->repos ? json_deep_copy(cfg->repos) : NULL;
     sl->app = app;
     pthread_mutex_init(&sl->lock, NULL);
     pthread_cond_init(&sl->cond, NULL);
     pthread_cond_init(&sl->wcond, NULL);
-    api_curl_init();
+    sl_curl_init();
     sl->persist = json_object();
     pthread_mutex_init(&sl->save_lock, NULL);
     if (sl->signing_secret) {
         revoke_old_token(sl);
-        load_watches(sl);
-        if (pthread_create(&sl->worker, NULL, worker_main, sl) == 0) {
+        sl_load_watches(sl);
+        if (pthread_create(&sl->worker, NULL, sl_worker_main, sl) == 0) {
             sl->threads |= 1;
         }
-        if (pthread_create(&sl->watcher, NULL, watcher_main, sl) == 0) {
+        if (pthread_create(&sl->watcher, NULL, sl_watcher_main, sl) == 0) {
             sl->threads |= 2;
         }
         LOG_INFO("slack: enabled (api %s, %s)", sl->api_base,
@@ -173,7 +173,7 @@ void slack_set_local_url(struct slack *sl, const char *base_url)
     }
     pthread_mutex_lock(&sl->lock);
     free(sl->local_url);
-    sl->local_url = dup_or_null(base_url);
+    sl->local_url = sl_dup_or_null(base_url);
     pthread_mutex_unlock(&sl->lock);
 }
 
@@ -226,7 +226,7 @@ void slack_free(struct slack *sl)
     while (sl->ev_head) {
         struct sevent *e = sl->ev_head;
         sl->ev_head = e->next;
-        sevent_free(e);
+        sl_sevent_free(e);
     }
     while (sl->head) {
         struct job *j = sl->head;
@@ -237,7 +237,7 @@ void slack_free(struct slack *sl)
     while (sl->watches) {
         struct watch *w = sl->watches;
         sl->watches = w->next;
-        watch_free(w);
+        sl_watch_free(w);
     }
     pthread_cond_destroy(&sl->cond);
     pthread_cond_destroy(&sl->wcond);
@@ -307,7 +307,7 @@ void slack_handle_events(struct slack *sl, const char *ts, const char *sig, cons
         return;
     }
     json_t *j = json_loadb(body, len, 0, NULL);
-    const char *type = obj_str(j, "type");
+    const char *type = sl_obj_str(j, "type");
     if (!json_is_object(j) || !type) {
         json_decref(j);
         *status = 400;
@@ -315,7 +315,7 @@ void slack_handle_events(struct slack *sl, const char *ts, const char *sig, cons
         return;
     }
     if (strcmp(type, "url_verification") == 0) {
-        const char *ch = obj_str(j, "challenge");
+        const char *ch = sl_obj_str(j, "challenge");
         json_t *r = json_pack("{s:s}", "challenge", ch ? ch : "");
         *status = 200;
         *body_out = jx_dump(r);
@@ -330,7 +330,7 @@ void slack_handle_events(struct slack *sl, const char *ts, const char *sig, cons
         return;
     }
     /* De-duplicate retries: the first delivery of an event_id wins. */
-    const char *eid = obj_str(j, "event_id");
+    const char *eid = sl_obj_str(j, "event_id");
     int fresh = 1;
     if (eid && sl->app && sl->app->reg) {
         char *key = xasprintf("slack:event:%s", eid);

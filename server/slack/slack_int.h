@@ -105,38 +105,38 @@ struct slack {
 };
 
 /* slack.c */
-const char *obj_str(json_t *obj, const char *key);
-char *dup_or_null(const char *s);
+const char *sl_obj_str(json_t *obj, const char *key);
+char *sl_dup_or_null(const char *s);
 
 /* text.c */
-char *normalize(const char *s);
-const char *state_verb(enum prompt_state state);
+char *sl_normalize(const char *s);
+const char *sl_state_verb(enum prompt_state state);
 
 /* api.c */
-void api_curl_init(void);
-int http_do(const int *abort_flag, const char *method, const char *url, const char *bearer,
-            const char *ctype, const char *body, long timeout_ms, long *status, struct buf *resp,
-            long *retry_after);
-int post_message(struct slack *sl, const char *channel, const char *thread_ts, const char *text,
-                 json_t *blocks);
-void user_info(struct slack *sl, const char *uid, char **name, char **email);
-char *channel_name(struct slack *sl, const char *channel);
-char *thread_text(struct slack *sl, const char *channel, const char *thread_ts,
-                  const char *skip_ts);
+void sl_curl_init(void);
+int sl_http_do(const int *abort_flag, const char *method, const char *url, const char *bearer,
+               const char *ctype, const char *body, long timeout_ms, long *status, struct buf *resp,
+               long *retry_after);
+int sl_post_message(struct slack *sl, const char *channel, const char *thread_ts, const char *text,
+                    json_t *blocks);
+void sl_user_info(struct slack *sl, const char *uid, char **name, char **email);
+char *sl_channel_name(struct slack *sl, const char *channel);
+char *sl_thread_text(struct slack *sl, const char *channel, const char *thread_ts,
+                     const char *skip_ts);
 
 /* worker.c */
-char *kv_get(struct slack *sl, const char *key);
-void kv_put(struct slack *sl, const char *key, const char *val);
-char *session_url(struct slack *sl, const char *sid);
-void worker_process(struct slack *sl, json_t *payload);
-void *worker_main(void *arg);
+char *sl_kv_get(struct slack *sl, const char *key);
+void sl_kv_put(struct slack *sl, const char *key, const char *val);
+char *sl_session_url(struct slack *sl, const char *sid);
+void sl_worker_process(struct slack *sl, json_t *payload);
+void *sl_worker_main(void *arg);
 
 /* watch.c */
-void add_watch(struct slack *sl, const char *sid, const char *pid, int64_t after,
-               const char *channel, const char *thread_ts, const char *repo);
-void watch_free(struct watch *w);
-void sevent_free(struct sevent *e);
-void *watcher_main(void *arg);
-void load_watches(struct slack *sl);
+void sl_add_watch(struct slack *sl, const char *sid, const char *pid, int64_t after,
+                  const char *channel, const char *thread_ts, const char *repo);
+void sl_watch_free(struct watch *w);
+void sl_sevent_free(struct sevent *e);
+void *sl_watcher_main(void *arg);
+void sl_load_watches(struct slack *sl);
 
 #endif

@@ -128,7 +128,7 @@ char *slack_escape(const char *text, size_t max)
 
 /* Lowercase s into a new string where every run of non-alphanumerics is one space, with a
  * space at both ends, so " word " and " two words " match on word boundaries. */
-char *normalize(const char *s)
+char *sl_normalize(const char *s)
 {
     struct buf b;
     buf_init(&b, 0);
@@ -187,10 +187,10 @@ static int score_one(const struct slack_repo *r, const char *chan, const char *t
                      const char *msg)
 {
     int score = 0;
-    char *name = normalize(r->name);
+    char *name = sl_normalize(r->name);
     /* "org/name" -> also try the last path part. */
     const char *slash = r->name ? strrchr(r->name, '/') : NULL;
-    char *base = slash ? normalize(slash + 1) : NULL;
+    char *base = slash ? sl_normalize(slash + 1) : NULL;
     if (has_phrase(msg, name) || (base && has_phrase(msg, base))) {
         score += 10;
     }
@@ -203,7 +203,7 @@ static int score_one(const struct slack_repo *r, const char *chan, const char *t
     free(name);
     free(base);
     for (size_t i = 0; i < r->nhints; i++) {
-        char *h = normalize(r->hints[i]);
+        char *h = sl_normalize(r->hints[i]);
         if (has_phrase(chan, h)) {
             score += 4;
         }
@@ -216,7 +216,7 @@ static int score_one(const struct slack_repo *r, const char *chan, const char *t
         free(h);
     }
     if (r->description) {
-        char *d = normalize(r->description);
+        char *d = sl_normalize(r->description);
         int thread_hits = 0;
         /* Walk the distinct words of the description. */
         for (char *w = d + 1; *w;) {
@@ -258,9 +258,9 @@ static int score_one(const struct slack_repo *r, const char *chan, const char *t
 int slack_pick_repo(const struct slack_repo *repos, size_t n, const char *channel_name,
                     const char *thread_text, const char *message, int *scores)
 {
-    char *chan = normalize(channel_name);
-    char *thread = normalize(thread_text);
-    char *msg = normalize(message);
+    char *chan = sl_normalize(channel_name);
+    char *thread = sl_normalize(thread_text);
+    char *msg = sl_normalize(message);
     int best = -1, best_score = 0, tie = 0;
     for (size_t i = 0; i < n; i++) {
         int s = score_one(&repos[i], chan, thread, msg);
@@ -282,7 +282,7 @@ int slack_pick_repo(const struct slack_repo *repos, size_t n, const char *channe
 }
 
 /* What Slack calls the end of a prompt ("Done" for completed and anything else). */
-const char *state_verb(enum prompt_state state)
+const char *sl_state_verb(enum prompt_state state)
 {
     return state == PROMPT_FAILED ? "Failed" : state == PROMPT_CANCELLED ? "Cancelled" : "Done";
 }
@@ -291,7 +291,7 @@ json_t *slack_result_blocks(const char *repo, enum prompt_state state, const cha
                             const char *pr_url, const char *session_url)
 {
     const char *icon = ":white_check_mark:";
-    const char *verb = state_verb(state);
+    const char *verb = sl_state_verb(state);
     if (state == PROMPT_FAILED) {
         icon = ":x:";
     } else if (state == PROMPT_CANCELLED) {

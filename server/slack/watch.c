@@ -12,7 +12,7 @@ static void persist_save(struct slack *sl)
     pthread_mutex_lock(&sl->lock);
     char *s = jx_dump(sl->persist);
     pthread_mutex_unlock(&sl->lock);
-    kv_put(sl, "slack:watches", s);
+    sl_kv_put(sl, "slack:watches", s);
     pthread_mutex_unlock(&sl->save_lock);
     free(s);
 }
@@ -31,15 +31,15 @@ static void persist_set(struct slack *sl, const char *sid, const char *pid, json
     persist_save(sl);
 }
 
-void add_watch(struct slack *sl, const char *sid, const char *pid, int64_t after,
-               const char *channel, const char *thread_ts, const char *repo)
+void sl_add_watch(struct slack *sl, const char *sid, const char *pid, int64_t after,
+                  const char *channel, const char *thread_ts, const char *repo)
 {
     struct watch *w = xcalloc(1, sizeof(*w));
     w->session_id = xstrdup(sid);
     w->prompt_id = xstrdup(pid);
     w->channel = xstrdup(channel);
     w->thread_ts = xstrdup(thread_ts);
-    w->repo = dup_or_null(repo);
+    w->repo = sl_dup_or_null(repo);
     w->after = after > 0 ? after - 1 : 0; /* see our own message event too */
     w->started_ms = clock_now_ms();
     w->resync = 1; /* events committed before the watch was added: read them from the file */
@@ -73,7 +73,7 @@ void add_watch(struct slack *sl, const char *sid, const char *pid, int64_t after
 /* ------------------------------------------------------------------------------------------ */
 /* the watcher: post results when prompts end                                                  */
 
-void watch_free(struct watch *w)
+void sl_watch_free(struct watch *w)
 {
     free(w->session_id);
     free(w->prompt_id);
@@ -95,37 +95,37 @@ static int is_pr_url(const char *s)
 /* Look at one event of a watched session. Returns 1 when the watched prompt has ended. */
 static int watch_event(struct watch *w, json_t *e, enum prompt_state *state)
 {
-    const char *type = obj_str(e, "type");
+    const char *type = sl_obj_str(e, "type");
     json_t *d = json_object_get(e, "data");
-    const char *pid = obj_str(d, "prompt_id");
+    const char *pid = sl_obj_str(d, "prompt_id");
     if (!type) {
         return 0;
     }
     int mine = !pid || strcmp(pid, w->prompt_id) == 0;
     if (strcmp(type, "message") == 0 && mine) {
-        const char *role = obj_str(d, "role");
-        const char *content = obj_str(d, "content");
+        const char *role = sl_obj_str(d, "role");
+        const char *content = sl_obj_str(d, "content");
         if (role && strcmp(role, "assistant") == 0 && content) {
             free(w->summary);
             w->summary = xstrdup(content);
         }
     } else if (strncmp(type, "agent.", 6) == 0 && mine) {
-        const char *s = obj_str(d, "summary");
+        const char *s = sl_obj_str(d, "summary");
         if (s) {
             free(w->summary);
             w->summary = xstrdup(s);
         }
-        const char *pr = obj_str(d, "pr_url");
+        const char *pr = sl_obj_str(d, "pr_url");
         if (!pr) {
-            pr = obj_str(d, "url");
+            pr = sl_obj_str(d, "url");
         }
         if (is_pr_url(pr)) {
             free(w->pr_url);
             w->pr_url = xstrdup(pr);
         }
-        const char *text = obj_str(d, "text");
+        const char *text = sl_obj_str(d, "text");
         if (!text) {
-            text = obj_str(d, "data");
+            text = sl_obj_str(d, "data");
         }
         if (strcmp(type, "agent.output") == 0 && text) {
             if (buf_puts(&w->output, text) != 0) {
@@ -137,14 +137,14 @@ static int watch_event(struct watch *w, json_t *e, enum prompt_state *state)
             }
         }
     } else if (strcmp(type, "pr.created") == 0) {
-        const char *u = obj_str(d, "url");
+        const char *u = sl_obj_str(d, "url");
         if (is_pr_url(u)) {
             free(w->pr_url);
             w->pr_url = xstrdup(u);
         }
     } else if (strcmp(type, "artifact") == 0 || strcmp(type, "artifact.created") == 0) {
-        const char *t = obj_str(d, "type");
-        const char *u = obj_str(d, "url");
+        const char *t = sl_obj_str(d, "type");
+        const char *u = sl_obj_str(d, "url");
         if (t && strcmp(t, "pr") == 0 && is_pr_url(u)) {
             free(w->pr_url);
             w->pr_url = xstrdup(u);
@@ -223,16 +223,17 @@ static void watch_post(struct slack *sl, struct watch *w)
     if (!summary || !*summary) {
         summary = w->output.len ? w->output.data : "(no output)";
     }
-    char *url = session_url(sl, w->session_id);
+    char *url = sl_session_url(sl, w->session_id);
     json_t *blocks = slack_result_blocks(w->repo, w->state, summary, w->pr_url, url);
-    char *fallback = xasprintf("%s in %s", state_verb(w->state), w->repo ? w->repo : "the session");
-    post_message(sl, w->channel, w->thread_ts, fallback, blocks);
+    char *fallback =
+        xasprintf("%s in %s", sl_state_verb(w->state), w->repo ? w->repo : "the session");
+    sl_post_message(sl, w->channel, w->thread_ts, fallback, blocks);
     free(fallback);
     json_decref(blocks);
     free(url);
 }
 
-void sevent_free(struct sevent *e)
+void sl_sevent_free(struct sevent *e)
 {
     free(e->session_id);
     free(e->json);
@@ -304,10 +305,10 @@ static void watch_remove(struct slack *sl, struct watch *w)
     }
     pthread_mutex_unlock(&sl->lock);
     persist_set(sl, w->session_id, w->prompt_id, NULL);
-    watch_free(w);
+    sl_watch_free(w);
 }
 
-void *watcher_main(void *arg)
+void *sl_watcher_main(void *arg)
 {
     struct slack *sl = arg;
     for (;;) {
@@ -352,7 +353,7 @@ void *watcher_main(void *arg)
                 }
             }
             json_decref(j);
-            sevent_free(e);
+            sl_sevent_free(e);
         }
         struct watch *w = list;
         while (w) {
@@ -370,21 +371,21 @@ void *watcher_main(void *arg)
 }
 
 /* Resume the watches of prompts that were running when the server stopped. */
-void load_watches(struct slack *sl)
+void sl_load_watches(struct slack *sl)
 {
-    char *v = kv_get(sl, "slack:watches");
+    char *v = sl_kv_get(sl, "slack:watches");
     json_t *o = v ? json_loads(v, 0, NULL) : NULL;
     free(v);
     const char *k;
     json_t *w;
     json_object_foreach(o, k, w)
     {
-        const char *sid = obj_str(w, "session_id"), *pid = obj_str(w, "prompt_id");
-        const char *ch = obj_str(w, "channel"), *ts = obj_str(w, "thread_ts");
+        const char *sid = sl_obj_str(w, "session_id"), *pid = sl_obj_str(w, "prompt_id");
+        const char *ch = sl_obj_str(w, "channel"), *ts = sl_obj_str(w, "thread_ts");
         json_t *after = json_object_get(w, "after");
         if (sid && pid && ch && ts) {
-            add_watch(sl, sid, pid, json_is_integer(after) ? json_integer_value(after) : 0, ch, ts,
-                      obj_str(w, "repo"));
+            sl_add_watch(sl, sid, pid, json_is_integer(after) ? json_integer_value(after) : 0, ch,
+                         ts, sl_obj_str(w, "repo"));
         }
     }
     if (json_object_size(o)) {

@@ -45,16 +45,16 @@ static void repo_list_load(struct slack *sl, struct repo_list *l)
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         json_t *o = json_array_get(l->arr, i);
-        const char *name = obj_str(o, "name");
+        const char *name = sl_obj_str(o, "name");
         if (!name) {
-            name = obj_str(o, "id");
+            name = sl_obj_str(o, "id");
         }
         if (!name) {
             continue;
         }
         struct slack_repo *r = &l->r[l->n++];
         r->name = name;
-        r->description = obj_str(o, "description");
+        r->description = sl_obj_str(o, "description");
         r->hints = &l->hints[k];
         json_t *h = json_object_get(o, "hints");
         for (size_t j = 0; j < json_array_size(h); j++) {
@@ -96,16 +96,16 @@ static int classify(struct slack *sl, const struct repo_list *l, const char *cha
     buf_init(&resp, MAX_RESP);
     long status = 0, retry = 0;
     int pick = -1;
-    int rc = http_do(&sl->stopping, "POST", sl->classifier_url, sl->classifier_key,
-                     "application/json", body, 10000, &status, &resp, &retry);
+    int rc = sl_http_do(&sl->stopping, "POST", sl->classifier_url, sl->classifier_key,
+                        "application/json", body, 10000, &status, &resp, &retry);
     free(body);
     json_t *j = rc == 0 && status == 200 ? json_loadb(resp.data, resp.len, 0, NULL) : NULL;
     json_t *msgo = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message");
     const char *ans = json_string_value(json_object_get(msgo, "content"));
     if (ans) {
-        char *a = normalize(ans);
+        char *a = sl_normalize(ans);
         for (size_t i = 0; i < l->n; i++) {
-            char *nm = normalize(l->r[i].name);
+            char *nm = sl_normalize(l->r[i].name);
             if (strcmp(a, nm) == 0) {
                 pick = (int)i;
             }
@@ -124,7 +124,7 @@ static int classify(struct slack *sl, const struct repo_list *l, const char *cha
 /* ------------------------------------------------------------------------------------------ */
 /* the worker                                                                                  */
 
-char *kv_get(struct slack *sl, const char *key)
+char *sl_kv_get(struct slack *sl, const char *key)
 {
     char *v = NULL;
     if (sl->app && sl->app->reg && registry_kv_get(sl->app->reg, key, &v) == 0) {
@@ -133,14 +133,14 @@ char *kv_get(struct slack *sl, const char *key)
     return NULL;
 }
 
-void kv_put(struct slack *sl, const char *key, const char *val)
+void sl_kv_put(struct slack *sl, const char *key, const char *val)
 {
     if (sl->app && sl->app->reg) {
         registry_kv_put(sl->app->reg, key, val);
     }
 }
 
-char *session_url(struct slack *sl, const char *sid)
+char *sl_session_url(struct slack *sl, const char *sid)
 {
     const char *base = sl->public_url;
     pthread_mutex_lock(&sl->lock);
@@ -170,13 +170,13 @@ static void mention_pick_repo(struct slack *sl, const char *channel, const char 
     struct repo_list rl = {0};
     char *chan = NULL, *thread = NULL;
     repo_list_load(sl, &rl);
-    chan = channel_name(sl, channel);
-    thread = thread_ts ? thread_text(sl, channel, thread_ts, ts) : xstrdup("");
+    chan = sl_channel_name(sl, channel);
+    thread = thread_ts ? sl_thread_text(sl, channel, thread_ts, ts) : xstrdup("");
     int pick = classify(sl, &rl, chan, thread, text);
     if (pick < 0) {
         pick = slack_pick_repo(rl.r, rl.n, chan, thread, text, NULL);
     }
-    char *pending = kv_get(sl, kpending);
+    char *pending = sl_kv_get(sl, kpending);
     if (pending && !*pending) {
         free(pending); /* "" = answered earlier */
         pending = NULL;
@@ -193,10 +193,10 @@ static void mention_pick_repo(struct slack *sl, const char *channel, const char 
             }
         }
         buf_puts(&q, ".");
-        post_message(sl, channel, root, q.data, NULL);
+        sl_post_message(sl, channel, root, q.data, NULL);
         buf_free(&q);
         if (!pending) {
-            kv_put(sl, kpending, text);
+            sl_kv_put(sl, kpending, text);
         }
         free(pending);
         goto out; /* asked */
@@ -205,13 +205,13 @@ static void mention_pick_repo(struct slack *sl, const char *channel, const char 
     if (pending) {
         /* The reply named the repository: run the original request (plus the reply when
          * it says more than the repository's name). */
-        char *nr = normalize(text), *nn = normalize(*repo);
+        char *nr = sl_normalize(text), *nn = sl_normalize(*repo);
         free(*prompt);
         *prompt = strcmp(nr, nn) == 0 ? xstrdup(pending) : xasprintf("%s\n\n%s", pending, text);
         free(nr);
         free(nn);
         free(pending);
-        kv_put(sl, kpending, "");
+        sl_kv_put(sl, kpending, "");
     }
 out:
     repo_list_free(&rl);
@@ -239,31 +239,31 @@ static char *mention_new_session(struct slack *sl, const struct auth_info *actor
     body = json_pack("{s:s, s:s}", "title", title, "repo", repo);
     struct ops_answer cans = {0};
     int crc = ops_session_create(sl->app, actor, body, 0, &cans);
-    const char *id = crc ? NULL : obj_str(cans.json, "id");
+    const char *id = crc ? NULL : sl_obj_str(cans.json, "id");
     sid = id ? xstrdup(id) : NULL;
     ops_answer_free(&cans);
     json_decref(body);
     if (!sid) {
         LOG_WARN("slack: creating a session failed: %s", err_str(crc ? crc : ERR_INTERNAL));
-        post_message(sl, channel, root, ":warning: I could not start a session.", NULL);
+        sl_post_message(sl, channel, root, ":warning: I could not start a session.", NULL);
         return NULL;
     }
-    kv_put(sl, kthread, sid);
+    sl_kv_put(sl, kthread, sid);
     char *msg = xasprintf("Starting work in `%s`…", repo);
-    post_message(sl, channel, root, msg, NULL);
+    sl_post_message(sl, channel, root, msg, NULL);
     free(msg);
     return sid;
 }
 
 static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
 {
-    const char *channel = obj_str(ev, "channel");
-    const char *user = obj_str(ev, "user");
-    const char *ts = obj_str(ev, "ts");
-    const char *thread_ts = obj_str(ev, "thread_ts");
-    const char *event_id = obj_str(payload, "event_id");
+    const char *channel = sl_obj_str(ev, "channel");
+    const char *user = sl_obj_str(ev, "user");
+    const char *ts = sl_obj_str(ev, "ts");
+    const char *thread_ts = sl_obj_str(ev, "thread_ts");
+    const char *event_id = sl_obj_str(payload, "event_id");
     const char *root = thread_ts ? thread_ts : ts;
-    char *text = slack_strip_mention(obj_str(ev, "text"));
+    char *text = slack_strip_mention(sl_obj_str(ev, "text"));
     char *uname = NULL, *email = NULL;
     char *kthread = NULL, *kpending = NULL, *sid = NULL, *prompt = NULL, *repo = NULL;
     json_t *body = NULL;
@@ -279,15 +279,15 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
         goto out;
     }
     if (!*text) {
-        post_message(sl, channel, root,
-                     "Hi! Mention me with what you want done, e.g. `@sessiond fix the flaky "
-                     "login test in webapp`.",
-                     NULL);
+        sl_post_message(sl, channel, root,
+                        "Hi! Mention me with what you want done, e.g. `@sessiond fix the flaky "
+                        "login test in webapp`.",
+                        NULL);
         goto out;
     }
     kthread = xasprintf("slack:thread:%s:%s", channel, root);
     kpending = xasprintf("slack:pending:%s:%s", channel, root);
-    sid = kv_get(sl, kthread);
+    sid = sl_kv_get(sl, kthread);
     prompt = xstrdup(text);
     if (!sid) {
         mention_pick_repo(sl, channel, ts, thread_ts, text, kpending, &prompt, &repo);
@@ -295,7 +295,7 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
             goto out; /* we asked which repository */
         }
     }
-    user_info(sl, user, &uname, &email);
+    sl_user_info(sl, user, &uname, &email);
     char uid[160];
     snprintf(uid, sizeof(uid), "slack:%s", user);
     json_t *author = json_pack("{s:s, s:s}", "id", uid, "name", uname);
@@ -323,22 +323,22 @@ static void handle_mention(struct slack *sl, json_t *payload, json_t *ev)
         char *em = slack_escape(ans.msg[0] ? ans.msg : "server error", 1000);
         char *msg = xasprintf(":warning: I could not queue that: %s", em);
         free(em);
-        post_message(sl, channel, root, msg, NULL);
+        sl_post_message(sl, channel, root, msg, NULL);
         free(msg);
         goto out;
     }
-    const char *pid = obj_str(ans.json, "prompt_id");
+    const char *pid = sl_obj_str(ans.json, "prompt_id");
     json_t *seqv = json_object_get(ans.json, "seq");
     if (pid) {
         if (!repo) {
             json_t *srow = NULL;
             if (registry_session_get(sl->app->reg, sid, &srow) == 0) {
-                repo = dup_or_null(obj_str(srow, "repo"));
+                repo = sl_dup_or_null(sl_obj_str(srow, "repo"));
             }
             json_decref(srow);
         }
-        add_watch(sl, sid, pid, json_is_integer(seqv) ? json_integer_value(seqv) : 0, channel, root,
-                  repo);
+        sl_add_watch(sl, sid, pid, json_is_integer(seqv) ? json_integer_value(seqv) : 0, channel,
+                     root, repo);
     }
     LOG_INFO("slack: prompt forwarded to session %s", sid);
 out:
@@ -354,16 +354,16 @@ out:
     free(repo);
 }
 
-void worker_process(struct slack *sl, json_t *payload)
+void sl_worker_process(struct slack *sl, json_t *payload)
 {
     json_t *ev = json_object_get(payload, "event");
-    const char *type = obj_str(ev, "type");
+    const char *type = sl_obj_str(ev, "type");
     if (!type) {
         return;
     }
     if (strcmp(type, "app_mention") == 0) {
         /* Ignore our own messages and edits. */
-        if (obj_str(ev, "bot_id") || obj_str(ev, "subtype")) {
+        if (sl_obj_str(ev, "bot_id") || sl_obj_str(ev, "subtype")) {
             return;
         }
         handle_mention(sl, payload, ev);
@@ -372,7 +372,7 @@ void worker_process(struct slack *sl, json_t *payload)
     }
 }
 
-void *worker_main(void *arg)
+void *sl_worker_main(void *arg)
 {
     struct slack *sl = arg;
     for (;;) {
@@ -392,7 +392,7 @@ void *worker_main(void *arg)
         sl->qlen--;
         pthread_mutex_unlock(&sl->lock);
         if (sl->app && j->payload) {
-            worker_process(sl, j->payload);
+            sl_worker_process(sl, j->payload);
         }
         json_decref(j->payload);
         free(j);

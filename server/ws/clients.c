@@ -8,7 +8,7 @@
 static void client_gap(struct client *c);
 /* ---- small helpers ---- */
 
-uint32_t hash_str(const char *s)
+uint32_t ws_hash_str(const char *s)
 {
     uint32_t h = 2166136261u;
     for (; *s; s++) {
@@ -18,9 +18,9 @@ uint32_t hash_str(const char *s)
 }
 
 /* Caller holds map_lock, or is the lws thread (the only writer of the structure). */
-struct hsess *map_find(struct hub *h, const char *sid)
+struct hsess *ws_map_find(struct hub *h, const char *sid)
 {
-    for (struct hsess *hs = h->map[hash_str(sid) & (MAP_BUCKETS - 1)]; hs; hs = hs->hnext) {
+    for (struct hsess *hs = h->map[ws_hash_str(sid) & (MAP_BUCKETS - 1)]; hs; hs = hs->hnext) {
         if (strcmp(hs->id, sid) == 0) {
             return hs;
         }
@@ -29,7 +29,7 @@ struct hsess *map_find(struct hub *h, const char *sid)
 }
 
 /* A private frame holding a copy of s (n bytes). */
-struct pframe *pframe_new(const char *s, size_t n, int kind)
+struct pframe *ws_pframe_new(const char *s, size_t n, int kind)
 {
     struct pframe *f = xmalloc(sizeof(*f) + LWS_PRE + n);
     f->next = NULL;
@@ -43,7 +43,7 @@ struct pframe *pframe_new(const char *s, size_t n, int kind)
 }
 
 /* A private frame taking a buf whose first LWS_PRE bytes are padding. */
-struct pframe *pframe_from_buf(struct buf *b, int kind)
+struct pframe *ws_pframe_from_buf(struct buf *b, int kind)
 {
     struct pframe *f = xmalloc(sizeof(*f));
     size_t len;
@@ -65,7 +65,7 @@ static void pframe_free(struct pframe *f)
     }
 }
 
-void pq_push(struct client *c, struct pframe *f)
+void ws_pq_push(struct client *c, struct pframe *f)
 {
     if (c->pq_tail) {
         c->pq_tail->next = f;
@@ -75,7 +75,7 @@ void pq_push(struct client *c, struct pframe *f)
     c->pq_tail = f;
 }
 
-void wake(struct client *c)
+void ws_wake(struct client *c)
 {
     if (c->wsi) {
         lws_callback_on_writable(c->wsi);
@@ -83,7 +83,7 @@ void wake(struct client *c)
 }
 
 /* Queue {"type":"error",...}; close_code != 0 closes the connection after it. */
-void client_error(struct client *c, int err, const char *msg, int close_code)
+void ws_client_error(struct client *c, int err, const char *msg, int close_code)
 {
     struct buf b;
     buf_init(&b, 0);
@@ -93,17 +93,17 @@ void client_error(struct client *c, int err, const char *msg, int close_code)
     const char *m = msg && *msg ? msg : err_str(err);
     buf_json_str(&b, m, strlen(m));
     buf_puts(&b, "}");
-    pq_push(c, pframe_new(b.data, b.len, PF_PLAIN));
+    ws_pq_push(c, ws_pframe_new(b.data, b.len, PF_PLAIN));
     buf_free(&b);
     if (close_code) {
         c->close_code = close_code;
         snprintf(c->close_reason, sizeof(c->close_reason), "%s", err_code(err));
         c->state = C_CLOSING;
     }
-    wake(c);
+    ws_wake(c);
 }
 
-void pad_pre(struct buf *b)
+void ws_pad_pre(struct buf *b)
 {
     static const char zeros[LWS_PRE] = {0};
     buf_append(b, zeros, LWS_PRE);
@@ -170,7 +170,7 @@ static void ring_push(struct hub *h, struct hsess *hs, struct chunk *ch)
 }
 
 /* Free what no live client needs any more, keeping the RETAIN newest for hand-overs. */
-void ring_trim(struct hsess *hs)
+void ws_ring_trim(struct hsess *hs)
 {
     uint64_t min = hs->head;
     for (struct client *c = hs->clients; c; c = c->next) {
@@ -215,13 +215,13 @@ static void client_gap(struct client *c)
     char tmp[160];
     int n = snprintf(tmp, sizeof(tmp), "{\"type\":\"gap\",\"after_seq\":%lld,\"next_seq\":%lld}",
                      (long long)c->delivered, (long long)hs->max_seq + 1);
-    pq_push(c, pframe_new(tmp, (size_t)n, PF_GAP));
+    ws_pq_push(c, ws_pframe_new(tmp, (size_t)n, PF_GAP));
     c->gap_pending = 1;
     c->tail = hs->head;
     if (hs->max_seq > c->delivered) {
         c->delivered = hs->max_seq;
     }
-    wake(c);
+    ws_wake(c);
 }
 
 /* Wake live clients after new chunks and cut the laggards. */
@@ -235,9 +235,9 @@ static void hs_notify(struct hub *h, struct hsess *hs)
         if (client_lag(c) > cap) {
             client_gap(c);
         }
-        wake(c);
+        ws_wake(c);
     }
-    ring_trim(hs);
+    ws_ring_trim(hs);
 }
 
 /* Turn the pending events of hs into chunks (one frame per event, or `events` batches). */
@@ -311,7 +311,7 @@ static void hs_flush(struct hub *h, struct hsess *hs)
     hs_notify(h, hs);
 }
 
-void flush_touched(struct hub *h)
+void ws_flush_touched(struct hub *h)
 {
     struct hsess *hs = h->touched;
     h->touched = NULL;
@@ -325,7 +325,7 @@ void flush_touched(struct hub *h)
 }
 
 /* A frame for everybody in the session, outside the seq stream (typing, status). */
-void hs_broadcast(struct hub *h, struct hsess *hs, const char *s, size_t n)
+void ws_hs_broadcast(struct hub *h, struct hsess *hs, const char *s, size_t n)
 {
     struct chunk *ch = xcalloc(1, sizeof(*ch));
     unsigned char *mem = xmalloc(LWS_PRE + n);
@@ -340,16 +340,16 @@ void hs_broadcast(struct hub *h, struct hsess *hs, const char *s, size_t n)
 
 /* ---- sessions and presence (lws thread; map changes under map_lock) ---- */
 
-struct hsess *hs_get(struct hub *h, const char *sid)
+struct hsess *ws_hs_get(struct hub *h, const char *sid)
 {
-    struct hsess *hs = map_find(h, sid);
+    struct hsess *hs = ws_map_find(h, sid);
     if (hs) {
         return hs;
     }
     hs = xcalloc(1, sizeof(*hs));
     snprintf(hs->id, sizeof(hs->id), "%s", sid);
     pthread_mutex_lock(&h->map_lock);
-    uint32_t b = hash_str(sid) & (MAP_BUCKETS - 1);
+    uint32_t b = ws_hash_str(sid) & (MAP_BUCKETS - 1);
     hs->hnext = h->map[b];
     h->map[b] = hs;
     h->nsessions++;
@@ -357,13 +357,13 @@ struct hsess *hs_get(struct hub *h, const char *sid)
     return hs;
 }
 
-void hs_maybe_free(struct hub *h, struct hsess *hs)
+void ws_hs_maybe_free(struct hub *h, struct hsess *hs)
 {
     if (hs->clients || hs->touched) {
         return;
     }
     pthread_mutex_lock(&h->map_lock);
-    struct hsess **pp = &h->map[hash_str(hs->id) & (MAP_BUCKETS - 1)];
+    struct hsess **pp = &h->map[ws_hash_str(hs->id) & (MAP_BUCKETS - 1)];
     while (*pp && *pp != hs) {
         pp = &(*pp)->hnext;
     }
@@ -392,17 +392,17 @@ void hs_maybe_free(struct hub *h, struct hsess *hs)
 
 /* ---- replay → live (lws thread) ---- */
 
-void post_page(struct client *c)
+void ws_post_page(struct client *c)
 {
-    struct job *j = job_new(J_PAGE, c, c->hs->id);
+    struct job *j = ws_job_new(J_PAGE, c, c->hs->id);
     j->after = c->delivered;
     c->jobs++;
     c->page_wait = 1;
-    jq_push(&c->h->rq, j);
+    ws_jq_push(&c->h->rq, j);
 }
 
 /* Start live delivery after c->delivered if the ring still holds what follows; else page. */
-void try_go_live(struct client *c)
+void ws_try_go_live(struct client *c)
 {
     struct hsess *hs = c->hs;
     int64_t d = c->delivered;
@@ -420,7 +420,7 @@ void try_go_live(struct client *c)
         if (hs->max_seq > d) {
             /* What follows d has left the ring already: read it from the file. */
             c->state = C_REPLAY;
-            post_page(c);
+            ws_post_page(c);
             return;
         }
         c->state = C_LIVE;
@@ -431,14 +431,14 @@ void try_go_live(struct client *c)
     if (ch->first > d + 1) {
         /* The ring starts after a hole (d+1 .. first-1 was trimmed). */
         c->state = C_REPLAY;
-        post_page(c);
+        ws_post_page(c);
         return;
     }
     if (ch->first <= d) {
         /* A batch straddles d: send only the events after d, privately. */
         struct buf b;
         buf_init(&b, 0);
-        pad_pre(&b);
+        ws_pad_pre(&b);
         buf_puts(&b, EVS_PREFIX);
         int n = 0;
         for (int k = 0; k < ch->n; k++) {
@@ -451,18 +451,18 @@ void try_go_live(struct client *c)
             buf_append(&b, ch->pay + ch->ev[k].off, ch->ev[k].len);
         }
         buf_puts(&b, "]}");
-        struct pframe *f = pframe_from_buf(&b, PF_PLAIN);
+        struct pframe *f = ws_pframe_from_buf(&b, PF_PLAIN);
         f->events = n;
-        pq_push(c, f);
+        ws_pq_push(c, f);
         c->delivered = ch->last;
         i++;
     }
     c->state = C_LIVE;
     c->tail = i;
-    wake(c);
+    ws_wake(c);
 }
 
-void client_maybe_free(struct client *c)
+void ws_client_maybe_free(struct client *c)
 {
     if (c->wsi || c->jobs > 0) {
         return;
@@ -481,7 +481,7 @@ void client_maybe_free(struct client *c)
 
 /* Drop what is queued for c and close it: the error frame goes first, then the close code. A
  * peer that does not read is dropped without a close frame after STUCK_KILL_SECS. */
-void client_kick(struct client *c, int err, const char *msg)
+void ws_client_kick(struct client *c, int err, const char *msg)
 {
     if (c->state == C_CLOSING || c->state == C_REFUSED) {
         return;
@@ -494,7 +494,7 @@ void client_kick(struct client *c, int err, const char *msg)
     }
     c->pq = c->pq_tail = NULL;
     c->gap_pending = 0;
-    client_error(c, err, msg, err_ws_close(err));
+    ws_client_error(c, err, msg, err_ws_close(err));
     if (c->wsi) {
         lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, STUCK_KILL_SECS);
     }
@@ -510,7 +510,7 @@ static void lat_record(struct hub *h, int64_t t_ns)
     h->lat_hist[b < 0 ? 0 : (b > LAT_BUCKETS ? LAT_BUCKETS : b)]++;
 }
 
-int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
+int ws_on_writeable(struct hub *h, struct client *c, struct lws *wsi)
 {
     struct hsess *hs = c->hs;
     if (c->pq) {
@@ -531,7 +531,7 @@ int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
         }
         if (!c->pq && c->state == C_REPLAY && c->page_more && !c->page_wait) {
             c->page_more = 0;
-            post_page(c);
+            ws_post_page(c);
         }
     } else if (c->state == C_LIVE && hs && c->tail < hs->head) {
         struct chunk *ch = ring_at(hs, c->tail);
@@ -543,7 +543,7 @@ int on_writeable(struct hub *h, struct client *c, struct lws *wsi)
             int n = 0;
             int64_t t_first = ch->t_ns;
             buf_reset(b);
-            pad_pre(b);
+            ws_pad_pre(b);
             buf_puts(b, EVS_PREFIX);
             while (c->tail < hs->head) {
                 ch = ring_at(hs, c->tail);

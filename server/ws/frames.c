@@ -5,7 +5,7 @@
  */
 #include "server/ws/ws_int.h"
 /* Count a connection of who in hs; returns 1 if the user just became present. */
-int presence_add(struct hub *h, struct hsess *hs, const struct auth_info *who)
+int ws_presence_add(struct hub *h, struct hsess *hs, const struct auth_info *who)
 {
     int joined = 0;
     pthread_mutex_lock(&h->map_lock);
@@ -30,7 +30,7 @@ int presence_add(struct hub *h, struct hsess *hs, const struct auth_info *who)
 }
 
 /* Returns 1 if the user's last connection to hs just went away. */
-int presence_remove(struct hub *h, struct hsess *hs, const char *user_id)
+int ws_presence_remove(struct hub *h, struct hsess *hs, const char *user_id)
 {
     int left = 0;
     pthread_mutex_lock(&h->map_lock);
@@ -56,7 +56,7 @@ json_t *hub_presence(struct hub *h, const char *sid)
         return arr;
     }
     pthread_mutex_lock(&h->map_lock);
-    struct hsess *hs = map_find(h, sid);
+    struct hsess *hs = ws_map_find(h, sid);
     for (struct puser *u = hs ? hs->users : NULL; u; u = u->next) {
         json_array_append_new(arr, json_pack("{s:s,s:s,s:i,s:s}", "id", u->id, "name", u->name,
                                              "connections", u->conns, "status", u->status));
@@ -73,7 +73,7 @@ static void client_typing_status(struct client *c, const char *kind, const char 
                           c->who.name);
     json_object_set(o, field, v);
     char *s = jx_dump(o);
-    hs_broadcast(c->h, c->hs, s, strlen(s));
+    ws_hs_broadcast(c->h, c->hs, s, strlen(s));
     free(s);
     json_decref(o);
 }
@@ -150,7 +150,7 @@ static void client_message(struct client *c, const char *data, size_t len)
         c->last_presence_ms = clock_mono_ms();
     }
     if (rc) {
-        client_error(c, ERR_INVALID, msg, 0);
+        ws_client_error(c, ERR_INVALID, msg, 0);
         goto out;
     }
     if (fr.kind == HUB_FRAME_PING) {
@@ -160,10 +160,10 @@ static void client_message(struct client *c, const char *data, size_t len)
             json_object_set(p, "id", id);
         }
         char *s = jx_dump(p);
-        pq_push(c, pframe_new(s, strlen(s), PF_PLAIN));
+        ws_pq_push(c, ws_pframe_new(s, strlen(s), PF_PLAIN));
         free(s);
         json_decref(p);
-        wake(c);
+        ws_wake(c);
     } else if (fr.kind == HUB_FRAME_TYPING) {
         client_typing_status(c, "presence.typing", "typing",
                              fr.typing ? json_true() : json_false());
@@ -180,27 +180,27 @@ static void client_message(struct client *c, const char *data, size_t len)
         json_decref(sv);
     } else { /* prompt, cancel */
         if (!c->can_write) {
-            client_error(c, ERR_FORBIDDEN, "read-only access to this session", 0);
+            ws_client_error(c, ERR_FORBIDDEN, "read-only access to this session", 0);
             goto out;
         }
         if (c->writes >= MAX_CLIENT_WRITES) {
-            client_error(c, ERR_LIMIT, "too many prompt/cancel frames in flight", 0);
+            ws_client_error(c, ERR_LIMIT, "too many prompt/cancel frames in flight", 0);
             goto out;
         }
         c->writes++;
-        struct job *j = job_new(fr.kind == HUB_FRAME_PROMPT ? J_PROMPT : J_CANCEL, c, c->hs->id);
+        struct job *j = ws_job_new(fr.kind == HUB_FRAME_PROMPT ? J_PROMPT : J_CANCEL, c, c->hs->id);
         j->who = c->who;
         snprintf(j->role, sizeof(j->role), "%s", c->role);
         j->body = fr.obj;
         fr.obj = NULL;
         c->jobs++;
-        jq_push(writer_queue(h, j->sid), j);
+        ws_jq_push(ws_writer_queue(h, j->sid), j);
     }
 out:
     json_decref(fr.obj);
 }
 
-int on_receive(struct client *c, struct lws *wsi, const char *in, size_t len)
+int ws_on_receive(struct client *c, struct lws *wsi, const char *in, size_t len)
 {
     if (lws_frame_is_binary(wsi)) {
         lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,

@@ -32,7 +32,7 @@
 #include "server/ws/ws_int.h"
 /* ---- the inbox ---- */
 
-void inbox_push(struct hub *h, struct inmsg *m)
+void ws_inbox_push(struct hub *h, struct inmsg *m)
 {
     m->next = NULL;
     pthread_mutex_lock(&h->in_lock);
@@ -60,7 +60,7 @@ void hub_on_event(void *ctx, const char *session_id, int64_t seq, const char *js
     /* Skip sessions nobody watches. A session becomes watched (under map_lock) before its
      * first worker read, so nothing committed after that read is skipped. */
     pthread_mutex_lock(&h->map_lock);
-    int watched = map_find(h, session_id) != NULL;
+    int watched = ws_map_find(h, session_id) != NULL;
     pthread_mutex_unlock(&h->map_lock);
     if (!watched) {
         LOG_DEBUG("hub: unwatched event %lld of %s", (long long)seq, session_id);
@@ -78,7 +78,7 @@ void hub_on_event(void *ctx, const char *session_id, int64_t seq, const char *js
     memcpy(m->pay + EV_PREFIX_LEN, json, len);
     m->pay[flen - 1] = '}';
     snprintf(m->sid, sizeof(m->sid), "%s", session_id);
-    inbox_push(h, m);
+    ws_inbox_push(h, m);
 }
 
 void hub_adopt(struct hub *h, struct hub_handoff *ho)
@@ -94,7 +94,7 @@ void hub_adopt(struct hub *h, struct hub_handoff *ho)
     struct inmsg *m = xcalloc(1, sizeof(*m));
     m->kind = IN_ADOPT;
     m->ho = ho;
-    inbox_push(h, m);
+    ws_inbox_push(h, m);
 }
 
 /* ---- lws thread: adopting and results ---- */
@@ -122,66 +122,66 @@ static void handle_result(struct hub *h, struct job *j)
 {
     struct client *c = j->c;
     if (!c) {
-        job_free(j);
+        ws_job_free(j);
         return;
     }
     c->jobs--;
     if (!c->wsi || c->state == C_CLOSING) {
-        client_maybe_free(c);
-        job_free(j);
+        ws_client_maybe_free(c);
+        ws_job_free(j);
         return;
     }
     switch (j->kind) {
     case J_HELLO:
         if (j->rc) {
-            client_error(c, j->rc, j->msg, err_ws_close(j->rc));
+            ws_client_error(c, j->rc, j->msg, err_ws_close(j->rc));
             break;
         }
-        pq_push(c, pframe_from_buf(&j->out, PF_PLAIN));
+        ws_pq_push(c, ws_pframe_from_buf(&j->out, PF_PLAIN));
         if (c->after >= 0) {
             c->delivered = c->after;
             if (c->after < j->last) {
                 c->state = C_REPLAY;
-                post_page(c);
+                ws_post_page(c);
                 break;
             }
         } else {
             c->delivered = j->last;
         }
-        try_go_live(c);
+        ws_try_go_live(c);
         break;
     case J_PAGE:
         c->page_wait = 0;
         if (j->rc) {
-            client_error(c, j->rc, j->msg, err_ws_close(j->rc));
+            ws_client_error(c, j->rc, j->msg, err_ws_close(j->rc));
             break;
         }
         if (j->count > 0) {
-            struct pframe *f = pframe_from_buf(&j->out, PF_PAGE);
+            struct pframe *f = ws_pframe_from_buf(&j->out, PF_PAGE);
             f->events = j->count;
-            pq_push(c, f);
+            ws_pq_push(c, f);
             c->delivered = j->last;
         }
         if (j->count >= h->cfg.replay_page) {
             c->page_more = 1; /* the next page once this one is written */
         } else {
-            try_go_live(c);
+            ws_try_go_live(c);
         }
         break;
     case J_PROMPT:
     case J_CANCEL:
         c->writes--;
         if (j->rc) {
-            client_error(c, j->rc, j->msg, 0);
+            ws_client_error(c, j->rc, j->msg, 0);
         } else if (j->out.len) {
-            pq_push(c, pframe_new(j->out.data, j->out.len, PF_PLAIN));
+            ws_pq_push(c, ws_pframe_new(j->out.data, j->out.len, PF_PLAIN));
         }
         break;
     default:
         break;
     }
-    wake(c);
-    job_free(j);
+    ws_wake(c);
+    ws_job_free(j);
 }
 
 static void drain_inbox(struct hub *h)
@@ -195,7 +195,7 @@ static void drain_inbox(struct hub *h)
         m->next = NULL;
         switch (m->kind) {
         case IN_EVENT: {
-            struct hsess *hs = map_find(h, m->sid);
+            struct hsess *hs = ws_map_find(h, m->sid);
             if (!hs) {
                 LOG_DEBUG("hub: drop event %lld of %s", (long long)m->seq, m->sid);
                 free(m);
@@ -216,24 +216,24 @@ static void drain_inbox(struct hub *h)
             break;
         }
         case IN_ADOPT:
-            flush_touched(h);
+            ws_flush_touched(h);
             do_adopt(h, m->ho);
             free(m);
             break;
         case IN_RESULT:
             /* Everything before the result goes into the rings first (hand-over order). */
-            flush_touched(h);
+            ws_flush_touched(h);
             handle_result(h, m->job);
             free(m);
             break;
         case IN_REVOKE:
-            apply_revoke(h, m->rv);
+            ws_apply_revoke(h, m->rv);
             free(m);
             break;
         }
         m = nx;
     }
-    flush_touched(h);
+    ws_flush_touched(h);
 }
 
 /* A token with an expiry ends its connections when it expires, like a revoked one. Called
@@ -246,7 +246,7 @@ static void expiry_arm(struct client *c)
     }
     int64_t left_ms = c->who.expires_at_ms - clock_now_ms();
     if (left_ms <= 0) {
-        client_kick(c, ERR_AUTH, "the token expired");
+        ws_client_kick(c, ERR_AUTH, "the token expired");
         return;
     }
     lws_set_timer_usecs(c->wsi, (lws_usec_t)left_ms * 1000);
@@ -271,11 +271,11 @@ static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
     atomic_fetch_add(&h->st_clients, 1);
     if (!ho) {
         c->state = C_REFUSED;
-        client_error(c, ERR_INTERNAL, "connection without a hand-off", 1011);
+        ws_client_error(c, ERR_INTERNAL, "connection without a hand-off", 1011);
         return;
     }
     int fromopaque = ho != h->adopting;
-    if (!ho->err && (ho->err = handoff_revoked(h, ho)) != 0) {
+    if (!ho->err && (ho->err = ws_handoff_revoked(h, ho)) != 0) {
         LOG_INFO("hub: refusing a connection of %s to %s authenticated before a revocation",
                  ho->who.user_id, ho->sid);
         snprintf(ho->err_msg, sizeof(ho->err_msg), "%s",
@@ -284,7 +284,7 @@ static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
     }
     if (ho->err) {
         c->state = C_REFUSED;
-        client_error(c, ho->err, ho->err_msg, err_ws_close(ho->err));
+        ws_client_error(c, ho->err, ho->err_msg, err_ws_close(ho->err));
         c->state = C_REFUSED;
     } else {
         c->who = ho->who;
@@ -292,23 +292,23 @@ static void on_established(struct hub *h, struct lws *wsi, struct client **pss)
         c->after = ho->after;
         snprintf(c->role, sizeof(c->role), "%s", ho->role);
         c->state = C_HELLO;
-        struct hsess *hs = hs_get(h, ho->sid);
+        struct hsess *hs = ws_hs_get(h, ho->sid);
         c->hs = hs;
         c->next = hs->clients;
         if (hs->clients) {
             hs->clients->prev = c;
         }
         hs->clients = c;
-        if (presence_add(h, hs, &c->who)) {
-            struct job *j = job_new(J_JOIN, NULL, hs->id);
+        if (ws_presence_add(h, hs, &c->who)) {
+            struct job *j = ws_job_new(J_JOIN, NULL, hs->id);
             j->who = c->who;
-            jq_push(writer_queue(h, j->sid), j);
+            ws_jq_push(ws_writer_queue(h, j->sid), j);
         }
-        struct job *j = job_new(J_HELLO, c, hs->id);
+        struct job *j = ws_job_new(J_HELLO, c, hs->id);
         j->who = c->who;
         snprintf(j->role, sizeof(j->role), "%s", c->role);
         c->jobs++;
-        jq_push(&h->rq, j);
+        ws_jq_push(&h->rq, j);
         expiry_arm(c);
     }
     if (fromopaque) {
@@ -334,16 +334,16 @@ static void on_closed(struct hub *h, struct client *c)
         c->prev = c->next = NULL;
         /* Also at shutdown: the writers drain their queues before the store closes, so a
          * graceful restart leaves participant.left for everyone who was connected. */
-        if (presence_remove(h, hs, c->who.user_id)) {
-            struct job *j = job_new(J_LEAVE, NULL, hs->id);
+        if (ws_presence_remove(h, hs, c->who.user_id)) {
+            struct job *j = ws_job_new(J_LEAVE, NULL, hs->id);
             j->who = c->who;
-            jq_push(writer_queue(h, j->sid), j);
+            ws_jq_push(ws_writer_queue(h, j->sid), j);
         }
         c->hs = NULL;
-        ring_trim(hs);
-        hs_maybe_free(h, hs);
+        ws_ring_trim(hs);
+        ws_hs_maybe_free(h, hs);
     }
-    client_maybe_free(c);
+    ws_client_maybe_free(c);
 }
 
 static int hub_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -366,12 +366,12 @@ static int hub_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
         if (!pss || !*pss) {
             return 0;
         }
-        return on_writeable(h, *pss, wsi);
+        return ws_on_writeable(h, *pss, wsi);
     case LWS_CALLBACK_RECEIVE:
         if (!pss || !*pss) {
             return -1;
         }
-        return on_receive(*pss, wsi, in, len);
+        return ws_on_receive(*pss, wsi, in, len);
     case LWS_CALLBACK_TIMER:
         if (pss && *pss) {
             expiry_arm(*pss);
@@ -420,7 +420,7 @@ static void close_all(struct hub *h)
                     /* Bounds the flush below for peers that do not read. */
                     lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 1);
                 }
-                wake(c);
+                ws_wake(c);
             }
         }
     }
@@ -482,9 +482,9 @@ int hub_new(const struct hub_config *cfg, struct hub **out)
     pthread_mutex_init(&h->in_lock, NULL);
     pthread_mutex_init(&h->map_lock, NULL);
     pthread_mutex_init(&h->tk_lock, NULL);
-    jq_init(&h->rq);
+    ws_jq_init(&h->rq);
     for (int i = 0; i < NWRITERS; i++) {
-        jq_init(&h->wq[i]);
+        ws_jq_init(&h->wq[i]);
     }
     *out = h;
     return 0;
@@ -529,7 +529,7 @@ int hub_start(struct hub *h, struct app *app)
     h->lat_hist = xcalloc(LAT_BUCKETS + 1, sizeof(uint64_t));
     h->readers = xcalloc((size_t)h->cfg.workers, sizeof(pthread_t));
     for (int i = 0; i < h->cfg.workers; i++) {
-        if (pthread_create(&h->readers[i], NULL, reader_main, h) != 0) {
+        if (pthread_create(&h->readers[i], NULL, ws_reader_main, h) != 0) {
             return ERR_INTERNAL;
         }
         h->nreaders++;
@@ -538,7 +538,7 @@ int hub_start(struct hub *h, struct app *app)
         struct writer_arg *wa = xmalloc(sizeof(*wa));
         wa->h = h;
         wa->q = i;
-        if (pthread_create(&h->writers[i], NULL, writer_main, wa) != 0) {
+        if (pthread_create(&h->writers[i], NULL, ws_writer_main, wa) != 0) {
             free(wa);
             return ERR_INTERNAL;
         }
@@ -563,9 +563,9 @@ void hub_free(struct hub *h)
         lws_cancel_service(h->ctx);
         pthread_join(h->lws_thread, NULL);
     }
-    jq_stop(&h->rq);
+    ws_jq_stop(&h->rq);
     for (int i = 0; i < NWRITERS; i++) {
-        jq_stop(&h->wq[i]);
+        ws_jq_stop(&h->wq[i]);
     }
     for (int i = 0; i < h->nreaders; i++) {
         pthread_join(h->readers[i], NULL);
@@ -586,9 +586,9 @@ void hub_free(struct hub *h)
             struct client *c = m->job->c;
             if (c) {
                 c->jobs--;
-                client_maybe_free(c);
+                ws_client_maybe_free(c);
             }
-            job_free(m->job);
+            ws_job_free(m->job);
         } else if (m->kind == IN_ADOPT) {
             close(m->ho->fd);
             free(m->ho->bytes);
@@ -610,9 +610,9 @@ void hub_free(struct hub *h)
             struct job *nx = j->next;
             if (j->c) {
                 j->c->jobs--;
-                client_maybe_free(j->c);
+                ws_client_maybe_free(j->c);
             }
-            job_free(j);
+            ws_job_free(j);
             j = nx;
         }
     }

@@ -36,7 +36,7 @@ static void revoked_prune(struct hub *h)
     }
 }
 
-void apply_revoke(struct hub *h, struct revoked *rv)
+void ws_apply_revoke(struct hub *h, struct revoked *rv)
 {
     revoked_prune(h);
     rv->next = h->revoked;
@@ -52,7 +52,7 @@ void apply_revoke(struct hub *h, struct revoked *rv)
             }
             for (struct client *c = hs->clients; c; c = c->next) {
                 if (revoke_hits(rv, hs->id, &c->who) && c->state != C_CLOSING) {
-                    client_kick(c, err, msg);
+                    ws_client_kick(c, err, msg);
                     kicked++;
                 }
             }
@@ -67,7 +67,7 @@ void apply_revoke(struct hub *h, struct revoked *rv)
 /* A hand-off authenticated before a revocation that concerns it: refuse it (0 = fine). The
  * registry change happened before the revocation was posted, so one authenticated later has
  * seen it already. */
-int handoff_revoked(struct hub *h, const struct hub_handoff *ho)
+int ws_handoff_revoked(struct hub *h, const struct hub_handoff *ho)
 {
     revoked_prune(h);
     if (h->revoked_floor_ns && ho->auth_ns <= h->revoked_floor_ns) {
@@ -174,7 +174,7 @@ static void revoke_post(struct hub *h, struct revoked *rv)
     struct inmsg *m = xcalloc(1, sizeof(*m));
     m->kind = IN_REVOKE;
     m->rv = rv;
-    inbox_push(h, m);
+    ws_inbox_push(h, m);
 }
 
 void hub_revoke_token(struct hub *h, const char *token_id)

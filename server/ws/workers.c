@@ -6,7 +6,7 @@
 #include "server/ws/ws_int.h"
 /* ---- job queues ---- */
 
-void jq_init(struct jqueue *q)
+void ws_jq_init(struct jqueue *q)
 {
     pthread_mutex_init(&q->lock, NULL);
     pthread_cond_init(&q->cond, NULL);
@@ -14,7 +14,7 @@ void jq_init(struct jqueue *q)
     q->stop = 0;
 }
 
-void jq_push(struct jqueue *q, struct job *j)
+void ws_jq_push(struct jqueue *q, struct job *j)
 {
     pthread_mutex_lock(&q->lock);
     j->next = NULL;
@@ -47,7 +47,7 @@ static struct job *jq_pop(struct jqueue *q, int drain)
     return j;
 }
 
-void job_free(struct job *j)
+void ws_job_free(struct job *j)
 {
     if (j) {
         json_decref(j->body);
@@ -56,7 +56,7 @@ void job_free(struct job *j)
     }
 }
 
-struct job *job_new(int kind, struct client *c, const char *sid)
+struct job *ws_job_new(int kind, struct client *c, const char *sid)
 {
     struct job *j = xcalloc(1, sizeof(*j));
     j->kind = kind;
@@ -69,9 +69,9 @@ struct job *job_new(int kind, struct client *c, const char *sid)
 /* The writer queue of a session: per-session order (join before leave, prompts of a client in
  * order) with sessions spread over NWRITERS threads, so one slow session file does not hold
  * up the presence and prompts of every other session. */
-struct jqueue *writer_queue(struct hub *h, const char *sid)
+struct jqueue *ws_writer_queue(struct hub *h, const char *sid)
 {
-    return &h->wq[hash_str(sid) % NWRITERS];
+    return &h->wq[ws_hash_str(sid) % NWRITERS];
 }
 
 static void post_result(struct hub *h, struct job *j)
@@ -79,7 +79,7 @@ static void post_result(struct hub *h, struct job *j)
     struct inmsg *m = xcalloc(1, sizeof(*m));
     m->kind = IN_RESULT;
     m->job = j;
-    inbox_push(h, m);
+    ws_inbox_push(h, m);
 }
 
 /* ---- workers ---- */
@@ -158,7 +158,7 @@ static void do_hello(struct hub *h, struct job *j)
     hr.participants = NULL;
     char *txt = jx_dump(hello);
     json_decref(hello);
-    pad_pre(&j->out);
+    ws_pad_pre(&j->out);
     buf_puts(&j->out, txt);
     free(txt);
     j->last = hr.last;
@@ -177,7 +177,7 @@ static void do_page(struct hub *h, struct job *j)
         snprintf(j->msg, sizeof(j->msg), "no session %s", j->sid);
         goto out;
     }
-    pad_pre(&j->out);
+    ws_pad_pre(&j->out);
     buf_puts(&j->out, EVS_PREFIX);
     rc = sess_events(s, j->after, h->cfg.replay_page, &j->out, &j->count, &j->last);
     buf_puts(&j->out, "]}");
@@ -221,7 +221,7 @@ static void do_client_write(struct hub *h, struct job *j)
     }
 }
 
-void *reader_main(void *arg)
+void *ws_reader_main(void *arg)
 {
     struct hub *h = arg;
     pthread_setname_np(pthread_self(), "hub-reader");
@@ -237,7 +237,7 @@ void *reader_main(void *arg)
     return NULL;
 }
 
-void *writer_main(void *arg)
+void *ws_writer_main(void *arg)
 {
     struct writer_arg *wa = arg;
     struct hub *h = wa->h;
@@ -249,11 +249,11 @@ void *writer_main(void *arg)
     while ((j = jq_pop(q, 1))) {
         if (j->kind == J_JOIN || j->kind == J_LEAVE) {
             do_presence(h, j);
-            job_free(j);
+            ws_job_free(j);
             continue;
         }
         if (atomic_load(&h->stopping)) {
-            job_free(j);
+            ws_job_free(j);
             continue;
         }
         do_client_write(h, j);
@@ -262,7 +262,7 @@ void *writer_main(void *arg)
     return NULL;
 }
 
-void jq_stop(struct jqueue *q)
+void ws_jq_stop(struct jqueue *q)
 {
     pthread_mutex_lock(&q->lock);
     q->stop = 1;

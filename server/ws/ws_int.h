@@ -242,45 +242,45 @@ struct writer_arg {
 };
 
 /* clients.c */
-uint32_t hash_str(const char *s);
-struct hsess *map_find(struct hub *h, const char *sid);
-struct pframe *pframe_new(const char *s, size_t n, int kind);
-struct pframe *pframe_from_buf(struct buf *b, int kind);
-void pq_push(struct client *c, struct pframe *f);
-void wake(struct client *c);
-void client_error(struct client *c, int err, const char *msg, int close_code);
-void pad_pre(struct buf *b);
-void ring_trim(struct hsess *hs);
-void flush_touched(struct hub *h);
-void hs_broadcast(struct hub *h, struct hsess *hs, const char *s, size_t n);
-struct hsess *hs_get(struct hub *h, const char *sid);
-void hs_maybe_free(struct hub *h, struct hsess *hs);
-void post_page(struct client *c);
-void try_go_live(struct client *c);
-void client_maybe_free(struct client *c);
-void client_kick(struct client *c, int err, const char *msg);
-int on_writeable(struct hub *h, struct client *c, struct lws *wsi);
+uint32_t ws_hash_str(const char *s);
+struct hsess *ws_map_find(struct hub *h, const char *sid);
+struct pframe *ws_pframe_new(const char *s, size_t n, int kind);
+struct pframe *ws_pframe_from_buf(struct buf *b, int kind);
+void ws_pq_push(struct client *c, struct pframe *f);
+void ws_wake(struct client *c);
+void ws_client_error(struct client *c, int err, const char *msg, int close_code);
+void ws_pad_pre(struct buf *b);
+void ws_ring_trim(struct hsess *hs);
+void ws_flush_touched(struct hub *h);
+void ws_hs_broadcast(struct hub *h, struct hsess *hs, const char *s, size_t n);
+struct hsess *ws_hs_get(struct hub *h, const char *sid);
+void ws_hs_maybe_free(struct hub *h, struct hsess *hs);
+void ws_post_page(struct client *c);
+void ws_try_go_live(struct client *c);
+void ws_client_maybe_free(struct client *c);
+void ws_client_kick(struct client *c, int err, const char *msg);
+int ws_on_writeable(struct hub *h, struct client *c, struct lws *wsi);
 
 /* workers.c */
-void jq_init(struct jqueue *q);
-void jq_push(struct jqueue *q, struct job *j);
-void job_free(struct job *j);
-struct job *job_new(int kind, struct client *c, const char *sid);
-struct jqueue *writer_queue(struct hub *h, const char *sid);
-void *reader_main(void *arg);
-void *writer_main(void *arg);
-void jq_stop(struct jqueue *q);
+void ws_jq_init(struct jqueue *q);
+void ws_jq_push(struct jqueue *q, struct job *j);
+void ws_job_free(struct job *j);
+struct job *ws_job_new(int kind, struct client *c, const char *sid);
+struct jqueue *ws_writer_queue(struct hub *h, const char *sid);
+void *ws_reader_main(void *arg);
+void *ws_writer_main(void *arg);
+void ws_jq_stop(struct jqueue *q);
 
 /* hub.c */
-void inbox_push(struct hub *h, struct inmsg *m);
+void ws_inbox_push(struct hub *h, struct inmsg *m);
 
 /* frames.c */
-int presence_add(struct hub *h, struct hsess *hs, const struct auth_info *who);
-int presence_remove(struct hub *h, struct hsess *hs, const char *user_id);
-int on_receive(struct client *c, struct lws *wsi, const char *in, size_t len);
+int ws_presence_add(struct hub *h, struct hsess *hs, const struct auth_info *who);
+int ws_presence_remove(struct hub *h, struct hsess *hs, const char *user_id);
+int ws_on_receive(struct client *c, struct lws *wsi, const char *in, size_t len);
 
 /* tickets.c */
-void apply_revoke(struct hub *h, struct revoked *rv);
-int handoff_revoked(struct hub *h, const struct hub_handoff *ho);
+void ws_apply_revoke(struct hub *h, struct revoked *rv);
+int ws_handoff_revoked(struct hub *h, const struct hub_handoff *ho);
 
 #endif
