@@ -1,6 +1,11 @@
 /*
  * slack.c - the Slack Events API webhook target and the bot that works in Slack threads.
  *
+ * Files: slack.c (instance, configuration, the HTTP endpoint), text.c (signature check,
+ * escaping, repository scoring, result blocks; no I/O), api.c (Slack Web API calls),
+ * worker.c (the worker thread), watch.c (result watches, the watcher thread); slack_int.h
+ * holds what they share.
+ *
  * Flow: an HTTP thread calls slack_handle_events(); it verifies the signature, answers
  * url_verification at once, and for an event_callback records the event_id in the registry
  * kv (a retry finds it there and is dropped), queues the payload for the worker thread and

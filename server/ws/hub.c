@@ -1,6 +1,11 @@
 /*
  * hub.c - the WebSocket hub (libwebsockets 4.1, one service thread) and its SQLite workers.
  *
+ * Files: hub.c (life cycle, the lws service thread, the protocol callback, the inbox),
+ * clients.c (rings, client send queues, lag/gap/cull, writing), frames.c (what clients send,
+ * presence), tickets.c (tickets, revocation), workers.c (SQLite workers); ws_int.h holds what
+ * they share. Moving code between them never moves it to another thread.
+ *
  * Threads and who touches what:
  *  - producers (any thread holding a session lock) call hub_on_event(): copy the event once
  *    into a frame {"type":"event","event":…} with LWS_PRE headroom, push it on the inbox
