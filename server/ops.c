@@ -272,6 +272,152 @@ static int parse_author(json_t *obj, struct author *out, char *emsg, size_t n)
     return 0;
 }
 
+/* A message request's fields, checked (message_parse) before anything is written. */
+struct msg_req {
+    const char *content;
+    size_t clen;
+    const char *crid; /* client_request_id or NULL */
+    int run;
+    char *context_json; /* owned; NULL if none */
+    struct author who;  /* the token's user, or `author` when a bot or admin sets it */
+    char fingerprint[65];
+};
+
+/* The body's fields in the order their errors are reported; nothing is written yet. */
+static int message_parse(const struct config *cfg, const struct auth_info *a, json_t *body,
+                         struct msg_req *rq, char *emsg, size_t n)
+{
+    json_t *context = NULL, *author_obj = NULL;
+    int rc = jx_str(body, "content", &rq->content, emsg, n);
+    if (!rc) {
+        rc = jx_obj(body, "context", &context, emsg, n);
+    }
+    if (!rc) {
+        rc = jx_str(body, "client_request_id", &rq->crid, emsg, n);
+    }
+    if (!rc) {
+        rc = jx_bool(body, "run", &rq->run, emsg, n);
+    }
+    if (!rc) {
+        rc = jx_obj(body, "author", &author_obj, emsg, n);
+    }
+    if (rc) {
+        return rc;
+    }
+    if (!rq->content) {
+        snprintf(emsg, n, "field 'content' is required");
+        return ERR_INVALID;
+    }
+    rq->clen = json_string_length(json_object_get(body, "content"));
+    if (rq->clen == 0) {
+        snprintf(emsg, n, "field 'content' must not be empty");
+        return ERR_INVALID;
+    }
+    if (utf8_chars(rq->content, rq->clen) > (size_t)cfg->max_content_chars) {
+        snprintf(emsg, n, "content is longer than %lld characters",
+                 (long long)cfg->max_content_chars);
+        return ERR_TOO_LARGE;
+    }
+    if (rq->crid && (!*rq->crid || strlen(rq->crid) > 128)) {
+        snprintf(emsg, n, "client_request_id must be 1 to 128 bytes");
+        return ERR_INVALID;
+    }
+    if (author_obj) {
+        if (!auth_may_impersonate(a)) {
+            snprintf(emsg, n, "only bot and admin tokens may set 'author'");
+            return ERR_FORBIDDEN;
+        }
+        rc = parse_author(author_obj, &rq->who, emsg, n);
+        if (rc) {
+            return rc;
+        }
+    }
+    if (context) {
+        if (ext_context_check(context, emsg, n)) { /* DOM selection shape */
+            return ERR_INVALID;
+        }
+        rq->context_json = jx_dump(context);
+    }
+    if (rq->crid) {
+        request_fingerprint(body, rq->run, rq->fingerprint);
+    }
+    return 0;
+}
+
+/* The event's data, built outside the session lock. */
+static void message_event(struct buf *ev, const struct msg_req *rq, const char *mid,
+                          const char *pid)
+{
+    buf_puts(ev, "{\"message_id\":");
+    buf_json_str(ev, mid, strlen(mid));
+    buf_puts(ev, ",\"prompt_id\":");
+    if (pid) {
+        buf_json_str(ev, pid, strlen(pid));
+    } else {
+        buf_puts(ev, "null");
+    }
+    buf_puts(ev, ",\"role\":\"user\",\"content\":");
+    buf_json_str(ev, rq->content, rq->clen);
+    if (rq->context_json) {
+        buf_puts(ev, ",\"context\":");
+        buf_puts(ev, rq->context_json);
+    }
+    buf_putc(ev, '}');
+}
+
+/* A comment to a hibernated session is parked in the spool instead of waking the session
+ * file (store_park; it declines when the session is open or unknown): *parked says which. */
+static int message_park(struct app *app, const char *sid, struct msg_op *op, int *parked,
+                        char *emsg, size_t n)
+{
+    struct spool_msg pm = {.message_id = op->message_id,
+                           .content = op->content,
+                           .content_len = op->content_len,
+                           .author = op->author,
+                           .event_data = op->event_data,
+                           .crid = op->crid,
+                           .crid_user = op->crid_user,
+                           .crid_fingerprint = op->fingerprint,
+                           .answer = park_answer};
+    int rc = store_park(app->store, sid, &pm, &op->seq, parked);
+    if (rc) {
+        snprintf(emsg, n, "cannot store the message: %s", err_str(rc));
+    }
+    return rc;
+}
+
+/* The message (and its prompt) in one transaction of the session file. The caller puts *ps,
+ * after the answer is built, as before the split. */
+static int message_write(struct app *app, const char *sid, struct msg_op *op, struct sess **ps,
+                         struct ops_answer *ans)
+{
+    char *emsg = ans->msg;
+    size_t n = sizeof(ans->msg);
+    int rc = store_session_get(app->store, sid, ps);
+    if (rc) {
+        snprintf(emsg, n, "cannot open session %s: %s", sid, err_str(rc));
+        return rc;
+    }
+    rc = sess_write(*ps, msg_tx, op);
+    if (rc == ERR_LIMIT) {
+        snprintf(emsg, n, "this session already has %lld unfinished prompts",
+                 (long long)op->max_unfinished);
+        return rc;
+    }
+    if (op->mismatch) {
+        ans->mismatch = 1;
+        snprintf(emsg, n,
+                 "client_request_id '%s' was already used by you for a different request "
+                 "(content, context, run, author or agent differ)",
+                 op->crid);
+        return rc;
+    }
+    if (rc) {
+        snprintf(emsg, n, "cannot store the message: %s", err_str(rc));
+    }
+    return rc;
+}
+
 /*
  * The message path, shared by POST …/messages, the WebSocket `prompt` frame and the Slack
  * worker, so all validate the same object and write the same transaction.
@@ -280,158 +426,51 @@ int ops_message_create(struct app *app, const struct auth_info *a, const char *s
                        struct ops_answer *ans)
 {
     const struct config *cfg = app->cfg;
-    json_t *context = NULL, *author_obj = NULL;
-    const char *content = NULL, *crid = NULL;
-    char *context_json = NULL, *mid = NULL, *pid = NULL;
-    int run = 1;
+    struct msg_req rq = {.run = 1, .who = {a->user_id, a->name, a->email}};
+    char *mid = NULL, *pid = NULL;
     struct sess *s = NULL;
     struct buf ev;
-    struct author who = {a->user_id, a->name, a->email};
     struct msg_op op;
-    char fingerprint[65] = "";
     int rc;
     buf_init(&ev, 0);
     memset(&op, 0, sizeof(op));
-    char *emsg = ans->msg;
-    size_t n = sizeof(ans->msg);
     json_t **out = &ans->json;
     *out = NULL;
     ans->replayed = 0;
     ans->mismatch = 0;
-    rc = jx_str(body, "content", &content, emsg, n);
-    if (!rc) {
-        rc = jx_obj(body, "context", &context, emsg, n);
-    }
-    if (!rc) {
-        rc = jx_str(body, "client_request_id", &crid, emsg, n);
-    }
-    if (!rc) {
-        rc = jx_bool(body, "run", &run, emsg, n);
-    }
-    if (!rc) {
-        rc = jx_obj(body, "author", &author_obj, emsg, n);
-    }
+    rc = message_parse(cfg, a, body, &rq, ans->msg, sizeof(ans->msg));
     if (rc) {
         goto out;
     }
-    if (!content) {
-        snprintf(emsg, n, "field 'content' is required");
-        rc = ERR_INVALID;
-        goto out;
-    }
-    size_t clen = json_string_length(json_object_get(body, "content"));
-    if (clen == 0) {
-        snprintf(emsg, n, "field 'content' must not be empty");
-        rc = ERR_INVALID;
-        goto out;
-    }
-    if (utf8_chars(content, clen) > (size_t)cfg->max_content_chars) {
-        snprintf(emsg, n, "content is longer than %lld characters",
-                 (long long)cfg->max_content_chars);
-        rc = ERR_TOO_LARGE;
-        goto out;
-    }
-    if (crid && (!*crid || strlen(crid) > 128)) {
-        snprintf(emsg, n, "client_request_id must be 1 to 128 bytes");
-        rc = ERR_INVALID;
-        goto out;
-    }
-    if (author_obj) {
-        if (!auth_may_impersonate(a)) {
-            snprintf(emsg, n, "only bot and admin tokens may set 'author'");
-            rc = ERR_FORBIDDEN;
-            goto out;
-        }
-        rc = parse_author(author_obj, &who, emsg, n);
-        if (rc) {
-            goto out;
-        }
-    }
-    if (context) {
-        if (ext_context_check(context, emsg, n)) { /* DOM selection shape */
-            rc = ERR_INVALID;
-            goto out;
-        }
-        context_json = jx_dump(context);
-    }
-    if (crid) {
-        request_fingerprint(body, run, fingerprint);
-    }
     mid = api_new_sorted_id("m_");
-    if (run) {
+    if (rq.run) {
         pid = api_new_sorted_id("p_");
     }
-    /* The event's data, built outside the session lock. */
-    buf_puts(&ev, "{\"message_id\":");
-    buf_json_str(&ev, mid, strlen(mid));
-    buf_puts(&ev, ",\"prompt_id\":");
-    if (pid) {
-        buf_json_str(&ev, pid, strlen(pid));
-    } else {
-        buf_puts(&ev, "null");
-    }
-    buf_puts(&ev, ",\"role\":\"user\",\"content\":");
-    buf_json_str(&ev, content, clen);
-    if (context_json) {
-        buf_puts(&ev, ",\"context\":");
-        buf_puts(&ev, context_json);
-    }
-    buf_putc(&ev, '}');
+    message_event(&ev, &rq, mid, pid);
+    op.message_id = mid;
+    op.prompt_id = pid;
+    op.content = rq.content;
+    op.content_len = rq.clen;
+    op.context_json = rq.context_json;
+    op.crid = rq.crid;
+    op.crid_user = a->user_id;
+    op.fingerprint = rq.fingerprint;
+    op.author = &rq.who;
+    op.event_data = ev.data;
+    op.max_unfinished = cfg->max_unfinished_prompts;
 
-    if (!pid && !context_json) {
-        /* A comment to a hibernated session is parked in the spool instead of waking the
-         * session file (store_park; it declines when the session is open or unknown). */
-        struct spool_msg pm = {.message_id = mid,
-                               .content = content,
-                               .content_len = clen,
-                               .author = &who,
-                               .event_data = ev.data,
-                               .crid = crid,
-                               .crid_user = a->user_id,
-                               .crid_fingerprint = fingerprint,
-                               .answer = park_answer};
+    if (!pid && !rq.context_json) {
         int parked = 0;
-        rc = store_park(app->store, sid, &pm, &op.seq, &parked);
+        rc = message_park(app, sid, &op, &parked, ans->msg, sizeof(ans->msg));
         if (rc) {
-            snprintf(emsg, n, "cannot store the message: %s", err_str(rc));
             goto out;
         }
         if (parked) {
             goto answer; /* no prompt, no replay, nothing reopened */
         }
     }
-    rc = store_session_get(app->store, sid, &s);
-    if (rc) {
-        snprintf(emsg, n, "cannot open session %s: %s", sid, err_str(rc));
-        goto out;
-    }
-    op.message_id = mid;
-    op.prompt_id = pid;
-    op.content = content;
-    op.content_len = clen;
-    op.context_json = context_json;
-    op.crid = crid;
-    op.crid_user = a->user_id;
-    op.fingerprint = fingerprint;
-    op.author = &who;
-    op.event_data = ev.data;
-    op.max_unfinished = cfg->max_unfinished_prompts;
-    rc = sess_write(s, msg_tx, &op);
-    if (rc == ERR_LIMIT) {
-        snprintf(emsg, n, "this session already has %lld unfinished prompts",
-                 (long long)cfg->max_unfinished_prompts);
-        goto out;
-    }
-    if (op.mismatch) {
-        ans->mismatch = 1;
-        snprintf(emsg, n,
-                 "client_request_id '%s' was already used by you for a different request "
-                 "(content, context, run, author or agent differ)",
-                 crid);
-        goto out;
-    }
-    if (rc) {
-        snprintf(emsg, n, "cannot store the message: %s", err_str(rc));
+    rc = message_write(app, sid, &op, &s, ans);
+    if (rc || op.mismatch) {
         goto out;
     }
     if (op.replay) {
@@ -454,7 +493,7 @@ answer:
         json_pack("{s:s,s:s?,s:I}", "message_id", mid, "prompt_id", pid, "seq", (json_int_t)op.seq);
 out:
     sess_put(s);
-    free(context_json);
+    free(rq.context_json);
     free(mid);
     free(pid);
     free(op.replay);
