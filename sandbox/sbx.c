@@ -140,6 +140,11 @@ const char *sbx_workspace_host(const struct sbx *s)
     return s->ws_host;
 }
 
+int sbx_uid(const struct sbx *s)
+{
+    return s->uid == (uid_t)-1 ? -1 : (int)s->uid;
+}
+
 const char *sbx_workspace_inside(const struct sbx *s)
 {
     return s->ws_inside;

@@ -33,14 +33,23 @@ struct sbx_exec;
 
 /** Sandbox configuration shared by every backend (filled from flags and the config file). */
 struct sbx_config {
-    const char *backend;     /* "local" (default) | "process" */
-    const char *data_dir;    /* workspaces at <data_dir>/workspaces/<name>, private dirs at
-                              * <data_dir>/sandboxes/<name> */
-    const char *init_path;   /* the sandbox-init binary; NULL = next to the server binary */
-    const char *agents_dir;  /* agents/bundled; NULL = <server binary dir>/../agents/bundled */
-    const char *user;        /* host user the sandboxes run as (local backend, when root);
-                              * NULL = "sessiond-sbx", created if missing */
-    int uid;                 /* > 0: run as this uid instead of looking up user */
+    const char *backend;    /* "local" (default) | "process" */
+    const char *data_dir;   /* workspaces at <data_dir>/workspaces/<name>, private dirs at
+                             * <data_dir>/sandboxes/<name> */
+    const char *init_path;  /* the sandbox-init binary; NULL = next to the server binary */
+    const char *agents_dir; /* agents/bundled; NULL = <server binary dir>/../agents/bundled */
+    const char *user;       /* host user the sandboxes run as (local backend, when root);
+                             * NULL = "sessiond-sbx", created if missing */
+    int uid;                /* > 0: run as this uid instead of looking up user (all share it) */
+    /* > 0: each sandbox of the local backend (when root) runs as its own uid (gid the same
+     * number) from uid_lo..uid_hi, free again when it is destroyed: no processes, keyring or
+     * files shared between sandboxes. 0: every sandbox runs as uid / user. */
+    int uid_lo, uid_hi;
+    /* Called (when set) before a sandbox with its own uid starts, to give its workspace tree to
+     * that uid (the tree may hold files of root or of an earlier sandbox). Any thread; may
+     * block. A failure is logged by the callee and does not stop the sandbox. */
+    void (*own_workspace)(void *arg, const char *dir, int uid, int gid);
+    void *own_workspace_arg;
     int memory_mib;          /* per sandbox (cgroup); default 2048 */
     int pids;                /* per sandbox (cgroup) and RLIMIT_NPROC; default 512 */
     int cpus;                /* per sandbox (cgroup cpu quota); default 0 = no cap */
@@ -170,6 +179,8 @@ int sbx_alive(struct sbx *s);
 const char *sbx_name(const struct sbx *s);
 /** Host path of the workspace (local backends), or NULL. */
 const char *sbx_workspace_host(const struct sbx *s);
+/** The host uid the sandbox's commands run as, or -1 when the backend does not switch uid. */
+int sbx_uid(const struct sbx *s);
 /** The workspace path as seen by commands ("/workspace" when isolated). */
 const char *sbx_workspace_inside(const struct sbx *s);
 /** Give a sandbox created ahead of time (a warm pool's) its session: the caller has

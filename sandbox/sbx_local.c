@@ -56,8 +56,13 @@ struct local_backend {
     char *init_path;
     char *agents_dir;
     int as_root; /* the server is root: drop to uid/gid */
-    uid_t uid;
+    uid_t uid;   /* the shared sandbox user (no uid range), else the owner of workspaces that
+                  * no sandbox holds (resolve_user: the workspace layer's git helper uses it) */
     gid_t gid;
+    /* cfg.uid_lo..uid_hi: one uid per sandbox; bit i of uid_used set while uid_lo + i is a
+     * live sandbox's. Guarded by uid_mu. */
+    pthread_mutex_t uid_mu;
+    unsigned char *uid_used;
     char *cg_pids; /* parent cgroup dirs (v1 or v2), NULL when unavailable */
     char *cg_mem;
     char *cg_cpu;
@@ -77,6 +82,7 @@ struct local_sbx {
     char *cg_cpu; /* only when the sandbox has a cpu cap */
     int mem_v2;
     char *log_path;
+    int own_uid; /* 1: s->uid was taken from the backend's range (released at free) */
 };
 
 /* ---- helpers ---- */
@@ -345,6 +351,38 @@ static int resolve_masks(struct local_backend *lb)
     return 0;
 }
 
+/* ---- one uid per sandbox ---- */
+
+/* The lowest free uid of the range, marked used; ERR_LIMIT when every one is taken. */
+static int uid_take(struct local_backend *lb, uid_t *out)
+{
+    const struct sbx_config *c = &lb->base.cfg;
+    int rc = ERR_LIMIT;
+    pthread_mutex_lock(&lb->uid_mu);
+    for (int i = 0; i <= c->uid_hi - c->uid_lo; i++) {
+        if (!(lb->uid_used[i / 8] & (1u << (i % 8)))) {
+            lb->uid_used[i / 8] |= (unsigned char)(1u << (i % 8));
+            *out = (uid_t)(c->uid_lo + i);
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lb->uid_mu);
+    return rc;
+}
+
+static void uid_release(struct local_backend *lb, uid_t uid)
+{
+    const struct sbx_config *c = &lb->base.cfg;
+    if ((int64_t)uid < c->uid_lo || (int64_t)uid > c->uid_hi) {
+        return;
+    }
+    int i = (int)(uid - (uid_t)c->uid_lo);
+    pthread_mutex_lock(&lb->uid_mu);
+    lb->uid_used[i / 8] &= (unsigned char)~(1u << (i % 8));
+    pthread_mutex_unlock(&lb->uid_mu);
+}
+
 /* ---- create ---- */
 
 static void local_impl_stop(struct sbx *s)
@@ -405,6 +443,10 @@ static void local_impl_free(struct sbx *s)
     struct local_sbx *ls = s->impl;
     if (!ls) {
         return;
+    }
+    if (ls->own_uid) {
+        /* only now: until the sandbox is freed its processes may still hold the uid */
+        uid_release((struct local_backend *)s->b, s->uid);
     }
     free(ls->cg_pids);
     free(ls->cg_mem);
@@ -486,6 +528,7 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     int sp[2] = {-1, -1};
     int ws_fd = -1, priv_fd = -1, init_fd = -1, agents_fd = -1, log_fd = -1, objs_fd = -1;
     char *objs = NULL; /* the shared object store to bind read-only, or NULL */
+    char *procs_pids = NULL, *procs_mem = NULL, *procs_cpu = NULL;
     const char **av = NULL;
     size_t n = 0, cap = 0;
     char *keep[16] = {0};
@@ -501,12 +544,28 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     s->impl_free = local_impl_free;
     s->impl_oom_kills = local_oom_kills;
     ls->mem_v2 = lb->mem_v2;
-    if (lb->as_root) {
+    if (lb->as_root && lb->uid_used) {
+        uid_t u = 0;
+        rc = uid_take(lb, &u);
+        if (rc) {
+            LOG_ERROR("sandbox: %s: every uid of sandbox_uid_range %d-%d is in use", spec->name,
+                      b->cfg.uid_lo, b->cfg.uid_hi);
+            goto out;
+        }
+        ls->own_uid = 1;
+        s->uid = u;
+        s->gid = (gid_t)u;
+        /* the tree may hold files of root (a clone, a restore) or of the uid an earlier
+         * sandbox of this workspace had: all of it becomes this sandbox's before it starts */
+        if (b->cfg.own_workspace) {
+            b->cfg.own_workspace(b->cfg.own_workspace_arg, s->ws_host, (int)u, (int)u);
+        }
+    } else if (lb->as_root) {
         s->uid = lb->uid;
         s->gid = lb->gid;
-        if (chown(s->ws_host, lb->uid, lb->gid) < 0) {
-            LOG_WARN("sandbox: chown %s: %s", s->ws_host, strerror(errno));
-        }
+    }
+    if (lb->as_root && chown(s->ws_host, s->uid, s->gid) < 0) {
+        LOG_WARN("sandbox: chown %s: %s", s->ws_host, strerror(errno));
     }
     int mem = spec->memory_mib ? spec->memory_mib : b->cfg.memory_mib;
     int pids = spec->pids ? spec->pids : b->cfg.pids;
@@ -523,9 +582,9 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
         ls->cg_cpu = make_cgroup(lb->cg_cpu, spec->name, lb->cpu_v2,
                                  lb->cpu_v2 ? "cpu.max" : "cpu.cfs_quota_us", val);
     }
-    char *procs_pids = ls->cg_pids ? xasprintf("%s/cgroup.procs", ls->cg_pids) : NULL;
-    char *procs_mem = ls->cg_mem ? xasprintf("%s/cgroup.procs", ls->cg_mem) : NULL;
-    char *procs_cpu = ls->cg_cpu ? xasprintf("%s/cgroup.procs", ls->cg_cpu) : NULL;
+    procs_pids = ls->cg_pids ? xasprintf("%s/cgroup.procs", ls->cg_pids) : NULL;
+    procs_mem = ls->cg_mem ? xasprintf("%s/cgroup.procs", ls->cg_mem) : NULL;
+    procs_cpu = ls->cg_cpu ? xasprintf("%s/cgroup.procs", ls->cg_cpu) : NULL;
 
     ls->log_path = xasprintf("%s/sandboxes/%s.log", b->cfg.data_dir, spec->name);
     log_fd = open(ls->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -713,7 +772,7 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
             }
         }
         if (lb->as_root) {
-            if (setgroups(0, NULL) < 0 || setgid(lb->gid) < 0 || setuid(lb->uid) < 0) {
+            if (setgroups(0, NULL) < 0 || setgid(s->gid) < 0 || setuid(s->uid) < 0) {
                 _exit(125);
             }
         }
@@ -794,6 +853,8 @@ static void local_free(struct sbx_backend *b)
     }
     free(lb->masks);
     free(lb->empty);
+    free(lb->uid_used);
+    pthread_mutex_destroy(&lb->uid_mu);
     free(lb);
 }
 
@@ -866,6 +927,7 @@ int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sb
     lb->base.pump = pump;
     lb->init_path = sbxi_init_path(cfg);
     lb->agents_dir = sbxi_agents_dir(cfg);
+    pthread_mutex_init(&lb->uid_mu, NULL);
     if (access(BWRAP, X_OK) != 0) {
         LOG_ERROR("sandbox: %s not found: install bubblewrap (make deps) or run with "
                   "--sandbox process (no isolation)",
@@ -896,6 +958,17 @@ int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sb
         rc = resolve_user(lb, cfg);
         if (rc) {
             goto out;
+        }
+        if (cfg->uid_lo > 0) {
+            if (cfg->uid_hi < cfg->uid_lo || cfg->uid_hi - cfg->uid_lo >= 65536 ||
+                ((int64_t)lb->uid >= cfg->uid_lo && (int64_t)lb->uid <= cfg->uid_hi)) {
+                LOG_ERROR("sandbox: sandbox_uid_range %d-%d is empty, wider than 65536 uids, or "
+                          "holds the uid %d of the workspaces no sandbox holds",
+                          cfg->uid_lo, cfg->uid_hi, (int)lb->uid);
+                rc = ERR_INVALID;
+                goto out;
+            }
+            lb->uid_used = xcalloc((size_t)(cfg->uid_hi - cfg->uid_lo) / 8 + 1, 1);
         }
         const char *sub[] = {"", "/workspaces", "/sandboxes"};
         for (size_t i = 0; i < 3; i++) {
@@ -928,6 +1001,14 @@ int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sb
                      "without a %s cap, only per-command rlimits",
                      lb->cg_pids ? "" : "pids", !lb->cg_pids && !lb->cg_mem ? " and " : "",
                      lb->cg_mem ? "" : "memory", !lb->cg_mem ? "memory" : "process count");
+        }
+        if (lb->uid_used) {
+            LOG_INFO("sandbox: each sandbox runs as its own uid from %d-%d", cfg->uid_lo,
+                     cfg->uid_hi);
+        } else {
+            LOG_WARN("sandbox: every sandbox runs as the one uid %d (sandbox_uid): sandboxes can "
+                     "see and signal each other's processes; use sandbox_uid_range",
+                     (int)lb->uid);
         }
         LOG_INFO("sandbox: sandboxes run as uid %d; cgroups pids=%s%s memory=%s%s", (int)lb->uid,
                  lb->cg_pids ? lb->cg_pids : "none",

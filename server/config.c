@@ -94,7 +94,10 @@ static const struct cfg_field fields[] = {
     FL("slack.repos", slack_repos, "repos for Slack when no registry: name:hint;hint|description"),
     FS("sandbox", sandbox, "local", "local|process", "sandbox backend (process: NO isolation)"),
     FS("agent", agent, "shell", NULL, "default agent: shell | NAME | PATH | \"COMMAND ARGS\""),
-    FI("sandbox_uid", sandbox_uid, "0", 0, 2147483647, "host uid of sandboxes (0: sessiond-sbx)"),
+    FI("sandbox_uid", sandbox_uid, "0", 0, 2147483647,
+       "one host uid shared by all sandboxes (legacy; not with sandbox_uid_range)"),
+    FS("sandbox_uid_range", sandbox_uid_range, "", NULL,
+       "LO-HI: host uids, one per sandbox (\"\": 200000-265535 unless sandbox_uid is set)"),
     FI("sandbox_memory_mib", sandbox_memory_mib, "2048", 16, 1 << 20, "memory per sandbox (MiB)"),
     FI("sandbox_pids", sandbox_pids, "512", 8, 1 << 22, "processes per sandbox"),
     FI("sandbox_cpus", sandbox_cpus, "0", 0, 1024, "CPUs per sandbox (cgroup quota; 0: no cap)"),
@@ -515,6 +518,52 @@ static int apply_flags(struct config *c, int argc, char *const *argv, int apply,
     return 0;
 }
 
+/* sandbox_uid_range "LO-HI" into sandbox_uid_lo/hi: one host uid per sandbox. Both it and the
+ * legacy shared sandbox_uid would leave it unclear which one the sandboxes run as: refused. */
+static int check_uid_range(struct config *c, char *msg, size_t msglen)
+{
+    const char *r = c->sandbox_uid_range;
+    c->sandbox_uid_lo = c->sandbox_uid_hi = 0;
+    if (!*r) {
+        if (c->sandbox_uid == 0) {
+            c->sandbox_uid_lo = 200000;
+            c->sandbox_uid_hi = 265535;
+        }
+        return 0;
+    }
+    if (c->sandbox_uid > 0) {
+        snprintf(msg, msglen,
+                 "config: sandbox_uid and sandbox_uid_range are both set: give only "
+                 "sandbox_uid_range (one uid per sandbox)");
+        return ERR_INVALID;
+    }
+    const char *dash = strchr(r, '-');
+    char lo_s[32];
+    int64_t lo = 0, hi = 0;
+    size_t ll = dash ? (size_t)(dash - r) : 0;
+    if (!dash || ll == 0 || ll >= sizeof(lo_s)) {
+        goto bad;
+    }
+    memcpy(lo_s, r, ll);
+    lo_s[ll] = 0;
+    if (util_parse_i64(lo_s, &lo) != 0 || util_parse_i64(dash + 1, &hi) != 0) {
+        goto bad;
+    }
+    /* uid 0 is root, and the top of the 32-bit space holds (uid_t)-1 and the overflow ids */
+    if (lo <= 0 || hi < lo || hi >= 2147483647 || hi - lo + 1 > 65536) {
+        goto bad;
+    }
+    c->sandbox_uid_lo = lo;
+    c->sandbox_uid_hi = hi;
+    return 0;
+bad:
+    snprintf(msg, msglen,
+             "config: sandbox_uid_range must be LO-HI with 0 < LO <= HI < 2147483647 and at "
+             "most 65536 uids, got '%s'",
+             r);
+    return ERR_INVALID;
+}
+
 int config_load(int argc, char *const *argv, char *const *envp, struct config **out, char *msg,
                 size_t msglen)
 {
@@ -580,6 +629,10 @@ int config_load(int argc, char *const *argv, char *const *envp, struct config **
         goto out;
     }
     rc = check_blocked(&c->blocked_commands, msg, msglen);
+    if (rc) {
+        goto out;
+    }
+    rc = check_uid_range(c, msg, msglen);
     if (rc) {
         goto out;
     }

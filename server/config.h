@@ -63,7 +63,10 @@ struct config {
     struct config_list slack_repos; /* slack.repos: "name:hint;hint|description" fallback list */
     char *sandbox;                  /* sandbox: local | process */
     char *agent;                    /* agent: shell | NAME | PATH | "COMMAND ARGS" */
-    int64_t sandbox_uid;            /* sandbox_uid: host uid for sandboxes; 0 = user sessiond-sbx */
+    int64_t sandbox_uid;            /* sandbox_uid: one host uid shared by all sandboxes (legacy) */
+    char *sandbox_uid_range;        /* sandbox_uid_range: "LO-HI", one uid per sandbox */
+    int64_t sandbox_uid_lo;         /* parsed sandbox_uid_range (default 200000-265535 unless */
+    int64_t sandbox_uid_hi;         /* sandbox_uid is set); 0 = none */
     int64_t sandbox_memory_mib;     /* sandbox_memory_mib: per-sandbox memory cap (cgroup) */
     int64_t sandbox_pids;           /* sandbox_pids: per-sandbox process cap */
     int64_t sandbox_cpus;           /* sandbox_cpus: per-sandbox CPU cap (0 = none) */

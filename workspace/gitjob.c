@@ -163,6 +163,10 @@ static int run_job(const struct gitjob_cfg *c, json_t *req, json_t **ans)
     *ans = NULL;
     json_object_set_new(req, "uid", json_integer(c->uid));
     json_object_set_new(req, "gid", json_integer(c->gid));
+    if (c->owner_lo > 0 && c->owner_hi >= c->owner_lo) {
+        json_object_set_new(req, "owner_lo", json_integer(c->owner_lo));
+        json_object_set_new(req, "owner_hi", json_integer(c->owner_hi));
+    }
     json_object_set_new(req, "ca_file", c->ca_file ? json_string(c->ca_file) : json_null());
     json_object_set_new(req, "log", json_integer(log_threshold));
     int net = json_object_get(req, "url") != NULL;
@@ -691,6 +695,30 @@ static int dispatch(json_t *req, const char *dir, const char *shared, const char
     return rc;
 }
 
+/* With one uid per sandbox (owner_lo..owner_hi in the request), a workspace whose directory
+ * belongs to a uid of that range is that sandbox's: the job runs as (or gives the tree to) that
+ * uid, so what git writes stays the sandbox's. A sandbox cannot change who owns its workspace
+ * directory (no CAP_CHOWN), and a directory of any other owner (root after a restore) gets the
+ * request's uid. Opened without following a symlink, as root, before anything is staged. */
+static void owner_of(json_t *req, const char *dir, json_int_t *uid, json_int_t *gid)
+{
+    json_int_t lo = json_integer_value(json_object_get(req, "owner_lo"));
+    json_int_t hi = json_integer_value(json_object_get(req, "owner_hi"));
+    struct stat st;
+    if (lo <= 0 || hi < lo || !dir || dir[0] != '/') {
+        return;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        return;
+    }
+    if (fstat(fd, &st) == 0 && (json_int_t)st.st_uid >= lo && (json_int_t)st.st_uid <= hi) {
+        *uid = (json_int_t)st.st_uid;
+        *gid = (json_int_t)st.st_uid;
+    }
+    close(fd);
+}
+
 int gitjob_serve(int in_fd, int out_fd)
 {
     json_t *req = NULL, *ans = json_object();
@@ -703,6 +731,7 @@ int gitjob_serve(int in_fd, int out_fd)
     const char *dir = jstr(req, "dir"), *shared = jstr(req, "shared");
     json_int_t uid = json_integer_value(json_object_get(req, "uid"));
     json_int_t gid = json_integer_value(json_object_get(req, "gid"));
+    owner_of(req, dir, &uid, &gid);
     json_t *lvl = json_object_get(req, "log");
     if (json_is_integer(lvl)) {
         log_set_level((int)json_integer_value(lvl));

@@ -39,6 +39,10 @@ struct gitjob_cfg {
     int uid, gid;        /* the user the helper becomes when started as root; -1: stays root
                             (no sandbox user: the process backend) */
     const char *ca_file; /* HTTPS CA bundle for sync/push, or NULL */
+    /* > 0: one uid per sandbox (sbx_config.uid_lo..uid_hi). A workspace whose directory
+     * belongs to a uid of this range is worked on as, and chowned to, that uid instead of
+     * uid/gid above (which then own only workspaces no sandbox holds). */
+    int owner_lo, owner_hi;
 };
 
 /** The helper's path: $SESSIOND_GIT_BIN, else sessiond-git next to the running program (or

@@ -548,6 +548,11 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         r->git.bin = r->git_bin;
         r->git.uid = drop ? (int)uid : -1;
         r->git.gid = drop ? (int)gid : -1;
+        if (drop && r->cfg.sbx->cfg.uid_lo > 0) {
+            /* one uid per sandbox: git runs as the uid that owns the workspace */
+            r->git.owner_lo = r->cfg.sbx->cfg.uid_lo;
+            r->git.owner_hi = r->cfg.sbx->cfg.uid_hi;
+        }
         r->git.ca_file = r->ca_file;
         if (access(r->git_bin, X_OK) != 0) {
             /* no fallback into this process: that is the wall the helper is */

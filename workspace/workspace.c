@@ -228,6 +228,9 @@ int repos_rollback(struct repos *r, const char *session_id, const char *snapshot
         return ERR_NOT_FOUND;
     }
     int rc = wait_quiet(r, session_id); /* not under a sync or the last turn's snapshot */
+    struct stat wst;
+    int owned = r->git.owner_lo > 0 && stat(workspace, &wst) == 0 &&
+                (int64_t)wst.st_uid >= r->git.owner_lo && (int64_t)wst.st_uid <= r->git.owner_hi;
     if (rc == 0) {
         rc = repos__open_session_store(r, session_id, &ss);
     }
@@ -235,6 +238,14 @@ int repos_rollback(struct repos *r, const char *session_id, const char *snapshot
         rc = snap_restore(ss, snapshot_id, workspace, &ri);
     }
     snap_store_close(ss);
+    if (rc == 0 && owned) {
+        /* the restore wrote the owners the snapshot recorded (maybe the uid of an earlier
+         * sandbox of this session): the tree goes back to the running sandbox's uid */
+        struct gitjob_cfg gc = r->git;
+        gc.uid = gc.gid = (int)wst.st_uid;
+        gc.owner_lo = gc.owner_hi = 0;
+        gitjob_chown(&gc, workspace);
+    }
     if (rc == 0) {
         json_t *ev = json_pack("{s:s, s:I, s:I, s:I, s:I}", "snapshot_id", snapshot_id, "copied",
                                (json_int_t)ri.copied, "kept", (json_int_t)ri.kept, "removed",

@@ -19,6 +19,7 @@
 #include "common/xmem.h"
 #include "runner/exec.h"
 #include "sandbox/outpump.h"
+#include "workspace/gitjob.h"
 #include "workspace/repos.h"
 #include "runner/runner.h"
 #include "sandbox/sbx.h"
@@ -45,6 +46,24 @@
 
 /* ---- start / stop ---- */
 
+/* sbx_config.own_workspace: the ownership walk of the git helper (by descriptors, never through
+ * a symlink, confined to the tree), so that the server itself never chowns workspace paths. */
+static void own_workspace(void *arg, const char *dir, int uid, int gid)
+{
+    (void)arg;
+    char *bin = gitjob_default_bin();
+    struct gitjob_cfg gc = {.bin = bin, .uid = uid, .gid = gid};
+    int64_t t0 = clock_mono_us();
+    int rc = gitjob_chown(&gc, dir);
+    if (rc) {
+        LOG_WARN("sandbox: cannot give %s to uid %d: %s", dir, uid, err_str(rc));
+    } else {
+        LOG_INFO("sandbox: %s given to uid %d in %lld us", dir, uid,
+                 (long long)(clock_mono_us() - t0));
+    }
+    free(bin);
+}
+
 int sandbox_start(struct app *app)
 {
     const struct config *cfg = app->cfg;
@@ -56,6 +75,9 @@ int sandbox_start(struct app *app)
         .backend = cfg->sandbox,
         .data_dir = cfg->data_dir,
         .uid = (int)cfg->sandbox_uid,
+        .uid_lo = (int)cfg->sandbox_uid_lo,
+        .uid_hi = (int)cfg->sandbox_uid_hi,
+        .own_workspace = own_workspace,
         .memory_mib = (int)cfg->sandbox_memory_mib,
         .pids = (int)cfg->sandbox_pids,
         .cpus = (int)cfg->sandbox_cpus,
