@@ -25,8 +25,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* ---- group commit ---- */
-
 const char *sess_id(const struct sess *s)
 {
     return s->id;

@@ -22,8 +22,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* ---- reads ---- */
-
 int sess_read(struct sess *s, sess_read_fn fn, void *arg)
 {
     pthread_mutex_lock(&s->lock);

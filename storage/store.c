@@ -1,6 +1,8 @@
 /*
- * store.c - the session store: per-session SQLite files, group commit, the LRU of open
- * sessions (hibernation), background closes and checkpoints, the lazy registry flusher.
+ * store.c - the session store: per-session SQLite files (open, close, quarantine), the LRU of
+ * open sessions (hibernation), background closes and checkpoints, the lazy registry flusher.
+ * The group commit is in commit.c, the stubs of hibernated sessions and the spool glue in
+ * park.c, reads in read.c; what they share is in store_int.h.
  *
  * Threads and locks (take them in this order, never the reverse):
  *   st->lock  guards the hash table, the LRU and close lists, the checkpoint queue, refcounts
@@ -11,8 +13,8 @@
  * A session is opened by the thread that inserted it into the table, while holding s->lock,
  * so a second getter simply blocks on s->lock until the open is done.
  *
- * Group commit: sess_write() queues its operation, then takes s->lock. Whoever holds s->lock
- * takes every queued operation and commits them in one transaction; the others find their
+ * Group commit (commit.c): sess_write() queues its operation, then takes s->lock. Whoever holds
+ * s->lock takes every queued operation and commits them in one transaction; the others find their
  * operation done when they get the lock and return at once. seq is assigned inside the
  * transaction and restored if an operation or the commit fails, so there is never a gap.
  *
@@ -583,6 +585,32 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* The opener's open (or fold) failed with rc: unpublish the session (waiters holding refs
+ * see open_rc) and put back or drop the stub k it took, if any. s->lock is not held. */
+static void unpublish_failed(struct store *st, struct sess *s, struct stub *k, int rc)
+{
+    if (k) {
+        stub_mark_taken(k);
+    }
+    pthread_mutex_lock(&st->lock);
+    if (k && rc != ERR_NOT_FOUND && rc != ERR_CORRUPT) {
+        stub_insert_locked(st, k); /* its parked rows wait for the next open */
+    } else if (k) {
+        /* The file is gone (or quarantined): no comment may be parked and acknowledged
+         * for it any more; rows parked before stay in the spool. */
+        stub_drop_locked(st, k);
+    }
+    if (s->in_table) {
+        table_remove(st, s);
+        st->open_count--;
+    }
+    int last = --s->refs == 0;
+    pthread_mutex_unlock(&st->lock);
+    if (last) {
+        sess_destroy(s);
+    }
+}
+
 int store_get_or_open(struct store *st, const char *id, int create, struct sess **out)
 {
     struct sess *s = NULL;
@@ -660,27 +688,7 @@ int store_get_or_open(struct store *st, const char *id, int create, struct sess 
         }
         pthread_mutex_unlock(&s->lock);
         if (rc) {
-            if (k) {
-                stub_mark_taken(k);
-            }
-            /* Unpublish the failed session; waiters holding refs see open_rc. */
-            pthread_mutex_lock(&st->lock);
-            if (k && rc != ERR_NOT_FOUND && rc != ERR_CORRUPT) {
-                stub_insert_locked(st, k); /* its parked rows wait for the next open */
-            } else if (k) {
-                /* The file is gone (or quarantined): no comment may be parked and acknowledged
-                 * for it any more; rows parked before stay in the spool. */
-                stub_drop_locked(st, k);
-            }
-            if (s->in_table) {
-                table_remove(st, s);
-                st->open_count--;
-            }
-            int last = --s->refs == 0;
-            pthread_mutex_unlock(&st->lock);
-            if (last) {
-                sess_destroy(s);
-            }
+            unpublish_failed(st, s, k, rc);
             return rc;
         }
     } else {
