@@ -2,7 +2,7 @@
  * commit.c - the group commit of a session: sess_write queues an operation, whoever holds
  * s->lock commits every queued one in one transaction, assigns seq inside it (restored if the
  * batch fails, so there is never a gap), then publishes the batch's events (on_event). Also
- * the statement cache and the handles an operation gets (sess_tx, sess_rd). Lock order and
+ * the statement cache and the handles an operation is given (sess_tx, sess_rd). Lock order and
  * the reasoning behind the batch: the comment at the top of store.c.
  */
 #include "storage/store.h"
