@@ -1,6 +1,8 @@
 /*
- * store.c - the session store: per-session SQLite files, group commit, the LRU of open
- * sessions (hibernation), background closes and checkpoints, the lazy registry flusher.
+ * store.c - the session store: per-session SQLite files (open, close, quarantine), the LRU of
+ * open sessions (hibernation), background closes and checkpoints, the lazy registry flusher.
+ * The group commit is in commit.c, the stubs of hibernated sessions and the spool glue in
+ * park.c, reads in read.c; what they share is in store_int.h.
  *
  * Threads and locks (take them in this order, never the reverse):
  *   st->lock  guards the hash table, the LRU and close lists, the checkpoint queue, refcounts
@@ -11,8 +13,8 @@
  * A session is opened by the thread that inserted it into the table, while holding s->lock,
  * so a second getter simply blocks on s->lock until the open is done.
  *
- * Group commit: sess_write() queues its operation, then takes s->lock. Whoever holds s->lock
- * takes every queued operation and commits them in one transaction; the others find their
+ * Group commit (commit.c): sess_write() queues its operation, then takes s->lock. Whoever holds
+ * s->lock takes every queued operation and commits them in one transaction; the others find their
  * operation done when they get the lock and return at once. seq is assigned inside the
  * transaction and restored if an operation or the commit fails, so there is never a gap.
  *
@@ -52,6 +54,7 @@
 #include "storage/spool.h"
 #include "storage/sqlvfs.h"
 #include "storage/storage_int.h"
+#include "storage/store_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -64,180 +67,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#define HASH_SIZE      4096
-#define IDLE_CLOSE_MS  60000
-#define FLUSH_EVERY_MS 1000
-#define WORKERS        2    /* close workers */
-#define CLOSE_BATCH    64   /* sessions closed per registry transaction */
-#define CLOSE_BACKLOG  128  /* beyond this, evicting threads close sessions themselves */
-#ifndef CLOSE_CKPT_PAGES    /* -D for bench runs: a trade-off measured with bench/rest.sh */
-#define CLOSE_CKPT_PAGES 24 /* ~100 KiB of WAL: checkpoint + truncate at close above this */
-#endif
-#define CKPT_PAGES 256 /* checkpoint of a live session WAL above this (in a commit) */
-/* The spool (spool.h): hibernated sessions are remembered by a stub, up to STUB_MAX of them
- * (~100 bytes each); a write to a session without a stub wakes it. A stub's parked rows are
- * folded into its file when the session opens, or by the flusher once there are FOLD_ROWS of
- * them or the oldest is FOLD_AGE_MS old (at most FOLD_PER_PASS sessions a second). */
-#define STUB_HASH     16384
-#define STUB_MAX      100000
-#define FOLD_ROWS     256
-#define FOLD_AGE_MS   30000
-#define FOLD_PER_PASS 256
-/* client_request_ids remembered per stub (8 bytes each); a session whose file holds more (they
- * are kept 24 h) has every request with one wake it, which answers exactly. */
-#define STUB_CRIDS     256
-#define STUB_CRIDS_SQL "SELECT user_id, client_request_id FROM requests LIMIT 257"
-
-struct pending {
-    sess_tx_fn fn;
-    void *arg;
-    int rc;
-    int done;
-    struct pending *next;
-};
-
-struct sync_req {
-    struct sync_req *next;
-    char path[]; /* the -wal file to fdatasync */
-};
-
-struct stmt_slot {
-    char *sql; /* owned copy of the SQL text, the cache key */
-    sqlite3_stmt *stmt;
-};
-
-/* A published event inside the batch buffer. */
-struct pub {
-    int64_t seq;
-    size_t off, len;
-};
-
-/* A read handle: the session whose lock the reader holds. */
-struct sess_rd {
-    struct sess *s;
-};
-
-struct sess_tx {
-    struct sess_rd rd; /* the same session, for the typed reads inside a write */
-    struct sess *s;
-    int64_t now;
-    struct buf *events; /* serialized events of the batch, back to back */
-    struct pub *pubs;
-    size_t npubs, cappubs;
-};
-
-/* What the store remembers of a hibernated session so that a comment can be parked in the
- * spool without opening its file (store_park). Taken out of the stub table by whoever opens
- * the session (it folds the parked rows first) and put back when the session closes. */
-struct stub {
-    char id[65];
-    struct stub *hnext;   /* st->stubs chain; st->lock */
-    int refs;             /* st->lock: parkers and the flusher holding it */
-    int orphan;           /* st->lock: dropped while referenced; the last unref frees it */
-    pthread_mutex_t lock; /* serializes the parkers of the session; guards what follows */
-    int taken;            /* not in the stub table (the session is open, or the stub dropped):
-                           * a parker that got it earlier must not park any more */
-    int seq_unknown;      /* rebuilt from the spool after a restart: fold before any park */
-    int64_t last_seq, last_activity; /* the session's, parked rows included */
-    int64_t flushed_seq, flushed_activity;
-    int64_t *rowids; /* its rows in the spool, in seq order */
-    int nrows, caprows;
-    int64_t oldest_ms; /* clock_mono_ms() of the first parked row */
-    /* FNV-1a hashes of the client_request_ids in the file and in the parked rows: a request
-     * whose id hashes to one of them (or any, when crids_unknown) wakes the session instead,
-     * whose `requests` table then answers exactly. */
-    uint64_t *crids;
-    int ncrids, crids_unknown;
-};
-
-/* A doubly linked list of sessions through lru_prev/lru_next (the LRU or the close list; a
- * session is on at most one, s->on says which). */
-struct slist {
-    struct sess *head, *tail;
-    int len;
-};
-
-struct sess {
-    struct store *st;
-    char id[65];
-    int refs;                         /* guarded by st->lock */
-    int in_table;                     /* guarded by st->lock */
-    int doomed;                       /* delete requested: close when refs drop to 0 */
-    int closing;                      /* st->lock: on st->closeq or being closed */
-    int close_taken;                  /* st->lock: a worker is closing it */
-    struct sess *hnext;               /* hash chain, st->lock */
-    struct sess *lru_prev, *lru_next; /* st->lru or st->closeq, st->lock */
-    struct slist *on;                 /* the list it is on, or NULL; st->lock */
-    int64_t last_used_ms;             /* st->lock */
-    struct stub *stub;                /* taken out of the stub table at open; s->lock */
-
-    pthread_mutex_t lock; /* the actor lock */
-    int is_spool;         /* the spool actor: spool.db, spool migrations, no events */
-    sqlite3 *db;
-    int open_rc;
-    int wal_pages; /* frames in the WAL after the last commit of this open (wal hook) */
-    int presynced; /* the WAL was handed to the syncer since it last restarted */
-    int64_t last_seq;
-    int64_t last_activity;
-    int64_t flushed_seq;
-    int64_t flushed_activity;
-    /* Prepared statements by SQL text. Never evicted while open: the set of distinct SQL
-     * strings is fixed by the code (literals), and a caller may hold one across calls that
-     * prepare others within the same operation. */
-    struct stmt_slot *stmts;
-    int nstmts;
-    struct buf batch;
-
-    pthread_mutex_t qlock;
-    struct pending *qhead, *qtail;
-};
-
-struct store {
-    char *data_dir;
-    char *sessions_dir;
-    struct store_config cfg;
-    struct registry *reg;
-
-    pthread_mutex_t lock;
-    struct sess *table[HASH_SIZE];
-    struct slist lru;    /* unreferenced open sessions; head = most recently released */
-    struct slist closeq; /* evicted sessions waiting for a worker; head = newest */
-    int open_count;      /* sessions in the table, closing ones included */
-    int nclosing;        /* sessions with `closing` set */
-
-    struct sess *spool;            /* the spool actor (spool.h); never in the table */
-    struct stub *stubs[STUB_HASH]; /* hibernated sessions; st->lock */
-    int nstubs;
-    struct store_stats stats;
-
-    pthread_t flusher;
-    int flusher_started;
-    pthread_t workers[WORKERS];
-    /* The WAL pre-syncer (see wal_hook): a queue of -wal paths under its own leaf lock,
-     * since the hook runs under a session lock and must not take st->lock. */
-    pthread_t syncer;
-    int syncer_started;
-    pthread_mutex_t sync_lock;
-    pthread_cond_t sync_cond;
-    struct sync_req *sync_head;
-    int sync_stop;
-    int nworkers;
-    int stopping;
-    pthread_cond_t stop_cond;   /* wakes the flusher at close */
-    pthread_cond_t work_cond;   /* wakes the workers */
-    pthread_cond_t closed_cond; /* a batch of closes finished */
-};
-
-/* FNV-1a of an id: the session table and the stub table index by it. */
-static unsigned fnv1a(const char *id)
-{
-    unsigned h = 2166136261u;
-    for (; *id; id++) {
-        h = (h ^ (unsigned char)*id) * 16777619u;
-    }
-    return h;
-}
 
 static unsigned hash_id(const char *id)
 {
@@ -294,7 +123,7 @@ static void table_remove(struct store *st, struct sess *s)
     s->in_table = 0;
 }
 
-static struct sess *table_find(struct store *st, const char *id)
+struct sess *store_table_find(struct store *st, const char *id)
 {
     for (struct sess *s = st->table[hash_id(id)]; s; s = s->hnext) {
         if (strcmp(s->id, id) == 0) {
@@ -578,8 +407,6 @@ static void sess_close_db(struct sess *s)
     }
 }
 
-static void stub_drop_locked(struct store *st, struct stub *k);
-
 static void sess_free(struct sess *s)
 {
     if (s->stub) {
@@ -613,248 +440,6 @@ static struct sess *sess_alloc(struct store *st, const char *id)
     return s;
 }
 
-/* ---- stubs of hibernated sessions (st->lock guards the table; see struct stub) ---- */
-
-static unsigned stub_hash(const char *id)
-{
-    return fnv1a(id) % STUB_HASH;
-}
-
-/* An idempotency key is its user's own: the hash covers (user id, key), with the NUL between
- * them so that ("ab","c") and ("a","bc") differ. */
-static uint64_t crid_hash(const char *user, const char *c)
-{
-    uint64_t h = 14695981039346656037ull;
-    for (; *user; user++) {
-        h = (h ^ (unsigned char)*user) * 1099511628211ull;
-    }
-    h = h * 1099511628211ull; /* the NUL */
-    for (; *c; c++) {
-        h = (h ^ (unsigned char)*c) * 1099511628211ull;
-    }
-    return h;
-}
-
-static struct stub *stub_new(const char *id)
-{
-    struct stub *k = xcalloc(1, sizeof(*k));
-    snprintf(k->id, sizeof(k->id), "%s", id);
-    pthread_mutex_init(&k->lock, NULL);
-    k->taken = 1;
-    return k;
-}
-
-static void stub_free(struct stub *k)
-{
-    if (!k) {
-        return;
-    }
-    pthread_mutex_destroy(&k->lock);
-    free(k->rowids);
-    free(k->crids);
-    free(k);
-}
-
-static struct stub *stub_find(struct store *st, const char *id)
-{
-    for (struct stub *k = st->stubs[stub_hash(id)]; k; k = k->hnext) {
-        if (strcmp(k->id, id) == 0) {
-            return k;
-        }
-    }
-    return NULL;
-}
-
-/* Remove id's stub from the table (st->lock held); the caller then sets its `taken`. */
-static struct stub *stub_take(struct store *st, const char *id)
-{
-    struct stub **pp = &st->stubs[stub_hash(id)];
-    while (*pp && strcmp((*pp)->id, id) != 0) {
-        pp = &(*pp)->hnext;
-    }
-    struct stub *k = *pp;
-    if (k) {
-        *pp = k->hnext;
-        k->hnext = NULL;
-        st->nstubs--;
-    }
-    return k;
-}
-
-/* Mark a stub taken: waits for a parker inside it to finish. No other lock needed. */
-static void stub_mark_taken(struct stub *k)
-{
-    pthread_mutex_lock(&k->lock);
-    k->taken = 1;
-    pthread_mutex_unlock(&k->lock);
-}
-
-/* Free a stub out of the table, or leave that to its last user (st->lock held). */
-static void stub_drop_locked(struct store *st, struct stub *k)
-{
-    (void)st;
-    if (k->refs > 0) {
-        k->orphan = 1;
-    } else {
-        stub_free(k);
-    }
-}
-
-/* Put a taken stub (back) into the table, or drop it when the table is full or another stub
- * is there (st->lock held). */
-static void stub_insert_locked(struct store *st, struct stub *k)
-{
-    if (st->nstubs >= STUB_MAX || stub_find(st, k->id)) {
-        stub_drop_locked(st, k);
-        return;
-    }
-    unsigned h = stub_hash(k->id);
-    k->hnext = st->stubs[h];
-    st->stubs[h] = k;
-    st->nstubs++;
-    /* st->lock then k->lock: k->lock is only ever held briefly by a parker that finds it
-     * taken, or by the flusher. */
-    pthread_mutex_lock(&k->lock);
-    k->taken = 0;
-    pthread_mutex_unlock(&k->lock);
-}
-
-static void stub_unref(struct store *st, struct stub *k)
-{
-    pthread_mutex_lock(&st->lock);
-    int last = --k->refs == 0 && k->orphan;
-    pthread_mutex_unlock(&st->lock);
-    if (last) {
-        stub_free(k);
-    }
-}
-
-static int stub_crid_maybe(const struct stub *k, uint64_t h)
-{
-    if (k->crids_unknown) {
-        return 1;
-    }
-    for (int i = 0; i < k->ncrids; i++) {
-        if (k->crids[i] == h) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static void stub_add_crid(struct stub *k, uint64_t h)
-{
-    if (k->ncrids >= STUB_CRIDS) {
-        k->crids_unknown = 1;
-        return;
-    }
-    k->crids = xrealloc(k->crids, (size_t)(k->ncrids + 1) * sizeof(*k->crids));
-    k->crids[k->ncrids++] = h;
-}
-
-static void stub_add_row(struct stub *k, int64_t rowid)
-{
-    if (k->nrows == k->caprows) {
-        k->caprows = k->caprows ? k->caprows * 2 : 8;
-        k->rowids = xrealloc(k->rowids, (size_t)k->caprows * sizeof(*k->rowids));
-    }
-    if (k->nrows == 0) {
-        k->oldest_ms = clock_mono_ms();
-    }
-    k->rowids[k->nrows++] = rowid;
-}
-
-static sqlite3_stmt *stmt_cached(struct sess *s, const char *sql);
-
-/* The stub a closing session leaves behind (s->lock held, s->db still open): its seq and
- * activity, and the client_request_ids its file knows. NULL when it should leave none. */
-static struct stub *stub_at_close(struct sess *s, int *keep)
-{
-    struct stub *k = s->stub;
-    s->stub = NULL;
-    *keep = 0;
-    if (!s->db || s->doomed || s->is_spool) {
-        return k; /* the caller drops it */
-    }
-    *keep = 1;
-    if (!k) {
-        k = stub_new(s->id);
-    }
-    pthread_mutex_lock(&k->lock);
-    k->last_seq = s->last_seq;
-    k->last_activity = s->last_activity;
-    k->flushed_seq = s->flushed_seq;
-    k->flushed_activity = s->flushed_activity;
-    k->seq_unknown = 0;
-    k->ncrids = 0;
-    k->crids_unknown = 0;
-    sqlite3_stmt *q = stmt_cached(s, STUB_CRIDS_SQL);
-    if (!q) {
-        k->crids_unknown = 1;
-    } else {
-        int r;
-        while ((r = sqlite3_step(q)) == SQLITE_ROW && !k->crids_unknown) {
-            const char *u = (const char *)sqlite3_column_text(q, 0);
-            const char *c = (const char *)sqlite3_column_text(q, 1);
-            stub_add_crid(k, crid_hash(u ? u : "", c ? c : ""));
-        }
-        if (r != SQLITE_ROW && r != SQLITE_DONE) {
-            k->crids_unknown = 1;
-        }
-        sqlite3_reset(q);
-    }
-    pthread_mutex_unlock(&k->lock);
-    return k;
-}
-
-/* Fold k's parked rows into s's file (s->lock held, s->db open, k out of the table). */
-static int stub_fold(struct sess *s, struct stub *k)
-{
-    struct store *st = s->st;
-    struct spool_row *rows = NULL;
-    int nrows = 0;
-    int rc = 0;
-    pthread_mutex_lock(&k->lock);
-    k->taken = 1; /* a parker still inside finishes first (we waited for k->lock) */
-    if (k->nrows == 0) {
-        goto out;
-    }
-    rc = spool_fetch(st->spool, k->rowids, k->nrows, &rows, &nrows);
-    if (!rc) {
-        int64_t last = s->last_seq, ts = s->last_activity;
-        rc = spool_apply(s->db, rows, nrows, s->last_seq, &last, &ts);
-        if (!rc) {
-            s->last_seq = last;
-            s->last_activity = ts;
-        }
-    }
-    if (rc) {
-        LOG_ERROR("store: %s: cannot fold %d parked rows: %s", s->id, k->nrows, err_str(rc));
-        goto out;
-    }
-    /* Folded: the spool's copies may go. If that fails they stay behind, harmless (their seq
-     * is in the file now, so a later fold skips them) until the next start deletes them. */
-    int drc = spool_delete(st->spool, k->rowids, k->nrows);
-    if (drc) {
-        LOG_WARN("store: %s: cannot delete %d folded spool rows: %s", s->id, k->nrows,
-                 err_str(drc));
-    }
-    __atomic_fetch_add(&st->stats.folds, 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&st->stats.folded, (uint64_t)k->nrows, __ATOMIC_RELAXED);
-    k->nrows = 0;
-    if (k->flushed_seq) {
-        /* What the registry holds: the stub's flushes were made while it was hibernated. */
-        s->flushed_seq = k->flushed_seq;
-        s->flushed_activity = k->flushed_activity;
-    }
-out:
-    pthread_mutex_unlock(&k->lock);
-    spool_rows_free(rows, nrows);
-    return rc;
-}
-
-/* Write the lazy registry columns of n sessions in one registry transaction. The sessions
- * are referenced or being closed by the caller. */
 static void flush_registry(struct store *st, struct sess **v, int n)
 {
     struct registry_touch *t = xmalloc((size_t)(n > 0 ? n : 1) * sizeof(*t));
@@ -1000,7 +585,33 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static int get_or_open(struct store *st, const char *id, int create, struct sess **out)
+/* The opener's open (or fold) failed with rc: unpublish the session (waiters holding refs
+ * see open_rc) and put back or drop the stub k it took, if any. s->lock is not held. */
+static void unpublish_failed(struct store *st, struct sess *s, struct stub *k, int rc)
+{
+    if (k) {
+        stub_mark_taken(k);
+    }
+    pthread_mutex_lock(&st->lock);
+    if (k && rc != ERR_NOT_FOUND && rc != ERR_CORRUPT) {
+        stub_insert_locked(st, k); /* its parked rows wait for the next open */
+    } else if (k) {
+        /* The file is gone (or quarantined): no comment may be parked and acknowledged
+         * for it any more; rows parked before stay in the spool. */
+        stub_drop_locked(st, k);
+    }
+    if (s->in_table) {
+        table_remove(st, s);
+        st->open_count--;
+    }
+    int last = --s->refs == 0;
+    pthread_mutex_unlock(&st->lock);
+    if (last) {
+        sess_destroy(s);
+    }
+}
+
+int store_get_or_open(struct store *st, const char *id, int create, struct sess **out)
 {
     struct sess *s = NULL;
     struct stub *k = NULL;
@@ -1017,7 +628,7 @@ static int get_or_open(struct store *st, const char *id, int create, struct sess
             pthread_mutex_unlock(&st->lock);
             return ERR_UNAVAILABLE;
         }
-        s = table_find(st, id);
+        s = store_table_find(st, id);
         if (!s || !s->closing) {
             break;
         }
@@ -1077,27 +688,7 @@ static int get_or_open(struct store *st, const char *id, int create, struct sess
         }
         pthread_mutex_unlock(&s->lock);
         if (rc) {
-            if (k) {
-                stub_mark_taken(k);
-            }
-            /* Unpublish the failed session; waiters holding refs see open_rc. */
-            pthread_mutex_lock(&st->lock);
-            if (k && rc != ERR_NOT_FOUND && rc != ERR_CORRUPT) {
-                stub_insert_locked(st, k); /* its parked rows wait for the next open */
-            } else if (k) {
-                /* The file is gone (or quarantined): no comment may be parked and acknowledged
-                 * for it any more; rows parked before stay in the spool. */
-                stub_drop_locked(st, k);
-            }
-            if (s->in_table) {
-                table_remove(st, s);
-                st->open_count--;
-            }
-            int last = --s->refs == 0;
-            pthread_mutex_unlock(&st->lock);
-            if (last) {
-                sess_destroy(s);
-            }
+            unpublish_failed(st, s, k, rc);
             return rc;
         }
     } else {
@@ -1141,14 +732,14 @@ void sess_put(struct sess *s)
 int store_session_create(struct store *st, const char *id)
 {
     struct sess *s = NULL;
-    int rc = get_or_open(st, id, 1, &s);
+    int rc = store_get_or_open(st, id, 1, &s);
     sess_put(s);
     return rc;
 }
 
 int store_session_get(struct store *st, const char *id, struct sess **out)
 {
-    return get_or_open(st, id, 0, out);
+    return store_get_or_open(st, id, 0, out);
 }
 
 int store_session_delete_file(struct store *st, const char *id)
@@ -1161,7 +752,7 @@ int store_session_delete_file(struct store *st, const char *id)
     struct stub *k = stub_take(st, id);
     struct sess *s;
     /* A worker closing the file right now: wait for it, the file must be closed first. */
-    while ((s = table_find(st, id)) && s->closing && s->close_taken) {
+    while ((s = store_table_find(st, id)) && s->closing && s->close_taken) {
         pthread_cond_wait(&st->closed_cond, &st->lock);
     }
     if (s) {
@@ -1257,437 +848,6 @@ out:
     return rc;
 }
 
-/* ---- group commit ---- */
-
-const char *sess_id(const struct sess *s)
-{
-    return s->id;
-}
-
-int64_t sess_last_seq(struct sess *s)
-{
-    pthread_mutex_lock(&s->lock);
-    int64_t v = s->last_seq;
-    pthread_mutex_unlock(&s->lock);
-    return v;
-}
-
-sqlite3 *sess_tx_db(struct sess_tx *tx)
-{
-    return tx->s->db;
-}
-
-int64_t sess_tx_now(struct sess_tx *tx)
-{
-    return tx->now;
-}
-
-static sqlite3_stmt *stmt_cached(struct sess *s, const char *sql)
-{
-    for (int i = 0; i < s->nstmts; i++) {
-        if (strcmp(s->stmts[i].sql, sql) == 0) {
-            sqlite3_reset(s->stmts[i].stmt);
-            sqlite3_clear_bindings(s->stmts[i].stmt);
-            return s->stmts[i].stmt;
-        }
-    }
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
-        LOG_ERROR("store: prepare failed: %s", sqlite3_errmsg(s->db));
-        return NULL;
-    }
-    s->stmts = xrealloc(s->stmts, (size_t)(s->nstmts + 1) * sizeof(*s->stmts));
-    s->stmts[s->nstmts].sql = xstrdup(sql); /* the caller's string may not be a literal */
-    s->stmts[s->nstmts].stmt = st;
-    s->nstmts++;
-    return st;
-}
-
-sqlite3_stmt *sess_tx_prepare(struct sess_tx *tx, const char *sql)
-{
-    return stmt_cached(tx->s, sql);
-}
-
-struct sess_rd *sess_tx_rd(struct sess_tx *tx)
-{
-    return &tx->rd;
-}
-
-sqlite3_stmt *sess_rd_prepare(struct sess_rd *rd, const char *sql)
-{
-    return stmt_cached(rd->s, sql);
-}
-
-sqlite3 *sess_rd_db(struct sess_rd *rd)
-{
-    return rd->s->db;
-}
-
-int sess_tx_append(struct sess_tx *tx, const char *type, const struct author *a,
-                   const char *data_json, int64_t *seq_out)
-{
-    struct sess *s = tx->s;
-    const char *data = data_json && *data_json ? data_json : "{}";
-    const char *aid = a ? a->id : NULL;
-    const char *aname = a && a->id ? a->name : NULL;
-    sqlite3_stmt *st = stmt_cached(s, "INSERT INTO events(seq,type,data_json,author_id,"
-                                      "author_name,created_at) VALUES(?,?,?,?,?,?)");
-    if (!st) {
-        return ERR_DB;
-    }
-    int64_t seq = s->last_seq + 1;
-    sqlite3_bind_int64(st, 1, seq);
-    sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, data, -1, SQLITE_STATIC);
-    if (aid) {
-        sqlite3_bind_text(st, 4, aid, -1, SQLITE_STATIC);
-    }
-    if (aname) {
-        sqlite3_bind_text(st, 5, aname, -1, SQLITE_STATIC);
-    }
-    sqlite3_bind_int64(st, 6, tx->now);
-    int r = sqlite3_step(st);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (r != SQLITE_DONE) {
-        LOG_ERROR("store: %s: insert event: %s", s->id, sqlite3_errmsg(s->db));
-        return ERR_DB;
-    }
-    size_t off = tx->events->len;
-    int rc = event_serialize(tx->events, seq, type, tx->now, aid, aname, data);
-    if (rc) {
-        return rc;
-    }
-    if (tx->npubs == tx->cappubs) {
-        tx->cappubs = tx->cappubs ? tx->cappubs * 2 : 16;
-        tx->pubs = xrealloc(tx->pubs, tx->cappubs * sizeof(*tx->pubs));
-    }
-    tx->pubs[tx->npubs++] = (struct pub){seq, off, tx->events->len - off};
-    s->last_seq = seq;
-    if (seq_out) {
-        *seq_out = seq;
-    }
-    return 0;
-}
-
-/* Run a cached transaction-control statement (BEGIN, SAVEPOINT, ...): parsing them for every
- * operation was a measurable share of a commit. */
-/* The error of a failed write: a full volume is told apart (507: the client may retry later,
- * an operator must free space), everything else is ERR_DB. */
-static int write_err(sqlite3 *db)
-{
-    return (sqlite3_errcode(db) & 0xff) == SQLITE_FULL ? ERR_NOSPACE : ERR_DB;
-}
-
-static int tx_ctl(struct sess *s, const char *sql)
-{
-    sqlite3_stmt *st = stmt_cached(s, sql);
-    if (!st) {
-        return ERR_DB;
-    }
-    int r = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (r != SQLITE_DONE) {
-        LOG_ERROR("store: %s: %s: %s", s->id, sql, sqlite3_errmsg(s->db));
-        return write_err(s->db);
-    }
-    return 0;
-}
-
-/* Run one batch (s->lock held). Marks every operation done with its result. */
-static void commit_batch(struct sess *s, struct pending *batch)
-{
-    struct sess_tx tx = {.rd = {s}, .s = s, .now = clock_now_ms(), .events = &s->batch};
-    int64_t seq_before = s->last_seq;
-    int commit_rc = 0;
-    buf_reset(&s->batch);
-
-    /* A batch of one operation needs no savepoint: if it fails, the whole transaction is
-     * rolled back instead (two statements fewer per commit, and two fewer to prepare after
-     * each wake-up, the common case when writes are spread over many sessions). */
-    int single = batch && !batch->next;
-    commit_rc = tx_ctl(s, "BEGIN IMMEDIATE");
-    for (struct pending *p = batch; p && !commit_rc; p = p->next) {
-        int64_t seq_op = s->last_seq;
-        size_t npubs_op = tx.npubs;
-        size_t len_op = s->batch.len;
-        if (!single && tx_ctl(s, "SAVEPOINT op")) {
-            p->rc = ERR_DB;
-            continue;
-        }
-        p->rc = p->fn(&tx, p->arg);
-        if (p->rc == ERR_DB) {
-            p->rc = write_err(s->db); /* a statement that hit a full volume */
-        }
-        if (p->rc) {
-            if (!single) {
-                tx_ctl(s, "ROLLBACK TO op");
-            }
-            s->last_seq = seq_op;
-            tx.npubs = npubs_op;
-            s->batch.len = len_op;
-        }
-        if (!single) {
-            tx_ctl(s, "RELEASE op");
-        }
-    }
-    if (!commit_rc && single && batch->rc) {
-        /* The only operation failed: undo it by rolling the transaction back; its own error
-         * stays its result. */
-        if (tx_ctl(s, "ROLLBACK")) {
-            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-        }
-    } else if (!commit_rc) {
-        commit_rc = tx_ctl(s, "COMMIT");
-    }
-    if (commit_rc) {
-        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-        s->last_seq = seq_before;
-        for (struct pending *p = batch; p; p = p->next) {
-            p->rc = commit_rc;
-        }
-    } else {
-        if (tx.npubs) {
-            s->last_activity = tx.now;
-        }
-        struct store *st = s->st;
-        if (st->cfg.on_event) {
-            for (size_t i = 0; i < tx.npubs; i++) {
-                st->cfg.on_event(st->cfg.on_event_ctx, s->id, tx.pubs[i].seq,
-                                 s->batch.data + tx.pubs[i].off, tx.pubs[i].len);
-            }
-        }
-    }
-    free(tx.pubs);
-    int n = 0;
-    pthread_mutex_lock(&s->qlock);
-    for (struct pending *p = batch; p; p = p->next) {
-        p->done = 1;
-        n++;
-    }
-    pthread_mutex_unlock(&s->qlock);
-    /* Atomics, not st->lock: the order is st->lock before s->lock, and we hold s->lock. */
-    __atomic_fetch_add(&s->st->stats.commits, 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&s->st->stats.ops, (uint64_t)n, __ATOMIC_RELAXED);
-}
-
-int sess_write(struct sess *s, sess_tx_fn fn, void *arg)
-{
-    struct pending me = {.fn = fn, .arg = arg};
-    pthread_mutex_lock(&s->qlock);
-    if (s->qtail) {
-        s->qtail->next = &me;
-    } else {
-        s->qhead = &me;
-    }
-    s->qtail = &me;
-    pthread_mutex_unlock(&s->qlock);
-
-    pthread_mutex_lock(&s->lock);
-    pthread_mutex_lock(&s->qlock);
-    int done = me.done;
-    struct pending *batch = NULL;
-    if (!done) {
-        batch = s->qhead;
-        s->qhead = s->qtail = NULL;
-    }
-    pthread_mutex_unlock(&s->qlock);
-    if (!done) {
-        if (!s->db) {
-            pthread_mutex_lock(&s->qlock);
-            for (struct pending *p = batch; p; p = p->next) {
-                p->rc = ERR_UNAVAILABLE;
-                p->done = 1;
-            }
-            pthread_mutex_unlock(&s->qlock);
-        } else {
-            commit_batch(s, batch);
-        }
-    }
-    pthread_mutex_unlock(&s->lock);
-    /* me.done was set under qlock by whoever committed us; reading rc is safe now that we
-     * have held s->lock after it. */
-    return me.rc;
-}
-
-struct append_args {
-    const char *type;
-    const struct author *a;
-    const char *data;
-    int64_t seq;
-};
-
-static int append_op(struct sess_tx *tx, void *arg)
-{
-    struct append_args *aa = arg;
-    return sess_tx_append(tx, aa->type, aa->a, aa->data, &aa->seq);
-}
-
-int sess_append(struct sess *s, const char *type, const struct author *a, const char *data_json,
-                int64_t *seq_out)
-{
-    struct append_args aa = {type, a, data_json, 0};
-    int rc = sess_write(s, append_op, &aa);
-    if (!rc && seq_out) {
-        *seq_out = aa.seq;
-    }
-    return rc;
-}
-
-/* ---- parking comments in the spool ---- */
-
-struct park_args {
-    const char *id;
-    const struct spool_msg *m;
-    int64_t seq;
-    int64_t rowid, now; /* out */
-};
-
-static int park_tx(struct sess_tx *tx, void *arg)
-{
-    struct park_args *pa = arg;
-    pa->now = sess_tx_now(tx);
-    return spool_tx_insert(tx, pa->id, pa->seq, pa->m, &pa->rowid);
-}
-
-int store_park(struct store *st, const char *id, const struct spool_msg *m, int64_t *seq_out,
-               int *parked)
-{
-    struct stub *k = NULL;
-    int rc = 0;
-    *parked = 0;
-    if (!st->spool || st->cfg.no_spool || !m->author || !util_valid_id(id)) {
-        return 0;
-    }
-    uint64_t h = m->crid ? crid_hash(m->crid_user ? m->crid_user : "", m->crid) : 0;
-    pthread_mutex_lock(&st->lock);
-    if (!st->stopping && !table_find(st, id)) {
-        k = stub_find(st, id);
-        if (k) {
-            k->refs++;
-        }
-    }
-    pthread_mutex_unlock(&st->lock);
-    if (!k) {
-        return 0;
-    }
-    /* k->lock is the hibernated session's actor lock: held across the spool commit, so the
-     * session's seq order is the commit order, and an opener (stub_fold) waits for us. */
-    pthread_mutex_lock(&k->lock);
-    if (k->taken || k->seq_unknown || (m->crid && stub_crid_maybe(k, h))) {
-        goto out;
-    }
-    struct park_args pa = {id, m, k->last_seq + 1, 0, 0};
-    rc = sess_write(st->spool, park_tx, &pa);
-    if (rc) {
-        goto out;
-    }
-    k->last_seq = pa.seq;
-    k->last_activity = pa.now;
-    stub_add_row(k, pa.rowid);
-    if (m->crid) {
-        stub_add_crid(k, h);
-    }
-    *parked = 1;
-    *seq_out = pa.seq;
-    __atomic_fetch_add(&st->stats.parked, 1, __ATOMIC_RELAXED);
-    if (st->cfg.on_event) {
-        struct buf ev;
-        buf_init(&ev, 0);
-        const char *aid = m->author->id;
-        if (event_serialize(&ev, pa.seq, "message", pa.now, aid, aid ? m->author->name : NULL,
-                            m->event_data) == 0) {
-            st->cfg.on_event(st->cfg.on_event_ctx, id, pa.seq, ev.data, ev.len);
-        }
-        buf_free(&ev);
-    }
-out:
-    pthread_mutex_unlock(&k->lock);
-    stub_unref(st, k);
-    return rc;
-}
-
-/* ---- reads ---- */
-
-int sess_read(struct sess *s, sess_read_fn fn, void *arg)
-{
-    pthread_mutex_lock(&s->lock);
-    int rc = s->db ? fn(s->db, arg) : ERR_UNAVAILABLE;
-    pthread_mutex_unlock(&s->lock);
-    return rc;
-}
-
-int sess_view(struct sess *s, sess_view_fn fn, void *arg)
-{
-    struct sess_rd rd = {s};
-    pthread_mutex_lock(&s->lock);
-    int rc = s->db ? fn(&rd, arg) : ERR_UNAVAILABLE;
-    pthread_mutex_unlock(&s->lock);
-    return rc;
-}
-
-int sess_rd_max_seq(struct sess_rd *rd, int64_t *out)
-{
-    sqlite3_stmt *st = sess_rd_prepare(rd, "SELECT coalesce(max(seq),0) FROM events");
-    if (!st) {
-        return ERR_DB;
-    }
-    int r = sqlite3_step(st);
-    *out = r == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-    sqlite3_reset(st);
-    return r == SQLITE_ROW ? 0 : ERR_DB;
-}
-
-int sess_events(struct sess *s, int64_t after, int limit, struct buf *out, int *count,
-                int64_t *last)
-{
-    int rc = 0;
-    int n = 0;
-    int64_t lastseq = after;
-    pthread_mutex_lock(&s->lock);
-    sqlite3_stmt *st = s->db ? stmt_cached(s, "SELECT seq,type,data_json,author_id,author_name,"
-                                              "created_at FROM events WHERE seq>? ORDER BY seq "
-                                              "LIMIT ?")
-                             : NULL;
-    if (!st) {
-        rc = ERR_DB;
-        goto out;
-    }
-    sqlite3_bind_int64(st, 1, after);
-    sqlite3_bind_int(st, 2, limit);
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n > 0) {
-            rc = buf_putc(out, ',');
-            if (rc) {
-                break;
-            }
-        }
-        lastseq = sqlite3_column_int64(st, 0);
-        rc = event_serialize(out, lastseq, (const char *)sqlite3_column_text(st, 1),
-                             sqlite3_column_int64(st, 5), (const char *)sqlite3_column_text(st, 3),
-                             (const char *)sqlite3_column_text(st, 4),
-                             (const char *)sqlite3_column_text(st, 2));
-        if (rc) {
-            break;
-        }
-        n++;
-    }
-    if (!rc && r != SQLITE_DONE) {
-        rc = ERR_DB;
-    }
-    sqlite3_reset(st);
-out:
-    pthread_mutex_unlock(&s->lock);
-    if (count) {
-        *count = n;
-    }
-    if (last) {
-        *last = lastseq;
-    }
-    return rc;
-}
-
 /* ---- the store ---- */
 
 /* Flush lazy registry columns of open sessions (one registry transaction) and queue idle
@@ -1748,72 +908,6 @@ static void flush_pass(struct store *st, int64_t idle_ms)
     free(list);
 }
 
-/* The stubs' share of the flusher's pass: their lazy registry columns, and (fold) the
- * background folding of sessions with many or old parked rows, by opening them. */
-static void flush_stubs(struct store *st, int fold)
-{
-    struct stub **list = NULL;
-    size_t n = 0;
-    pthread_mutex_lock(&st->lock);
-    if (st->nstubs > 0) {
-        list = xmalloc((size_t)st->nstubs * sizeof(*list));
-        for (int h = 0; h < STUB_HASH; h++) {
-            for (struct stub *k = st->stubs[h]; k; k = k->hnext) {
-                k->refs++;
-                list[n++] = k;
-            }
-        }
-    }
-    pthread_mutex_unlock(&st->lock);
-    if (!n) {
-        return;
-    }
-    struct registry_touch t[CLOSE_BATCH];
-    struct stub *tk[CLOSE_BATCH];
-    char(*folds)[65] = fold ? xmalloc(FOLD_PER_PASS * sizeof(*folds)) : NULL;
-    int nt = 0, nfold = 0;
-    int64_t now = clock_mono_ms();
-    for (size_t i = 0; i <= n; i++) {
-        if (i < n) {
-            struct stub *k = list[i];
-            pthread_mutex_lock(&k->lock);
-            if (!k->taken &&
-                (k->last_seq != k->flushed_seq || k->last_activity != k->flushed_activity)) {
-                t[nt] = (struct registry_touch){k->id, k->last_seq, k->last_activity};
-                tk[nt++] = k;
-            }
-            if (folds && !k->taken && k->nrows > 0 && nfold < FOLD_PER_PASS &&
-                (k->nrows >= FOLD_ROWS || now - k->oldest_ms >= FOLD_AGE_MS)) {
-                memcpy(folds[nfold++], k->id, sizeof(k->id));
-            }
-            pthread_mutex_unlock(&k->lock);
-        }
-        if (nt == CLOSE_BATCH || (i == n && nt > 0)) {
-            if (registry_session_touch_many(st->reg, t, (size_t)nt) == 0) {
-                for (int j = 0; j < nt; j++) {
-                    pthread_mutex_lock(&tk[j]->lock);
-                    tk[j]->flushed_seq = t[j].last_seq;
-                    tk[j]->flushed_activity = t[j].last_activity_ms;
-                    pthread_mutex_unlock(&tk[j]->lock);
-                }
-            }
-            nt = 0;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        stub_unref(st, list[i]);
-    }
-    free(list);
-    /* Folding = opening: get_or_open folds the parked rows into the file. */
-    for (int i = 0; i < nfold; i++) {
-        struct sess *s = NULL;
-        if (get_or_open(st, folds[i], 0, &s) == 0) {
-            sess_put(s);
-        }
-    }
-    free(folds);
-}
-
 static void *flusher_main(void *arg)
 {
     struct store *st = arg;
@@ -1828,104 +922,11 @@ static void *flusher_main(void *arg)
         }
         pthread_mutex_unlock(&st->lock);
         flush_pass(st, IDLE_CLOSE_MS);
-        flush_stubs(st, 1);
+        stubs_flush(st, 1);
         pthread_mutex_lock(&st->lock);
     }
     pthread_mutex_unlock(&st->lock);
     return NULL;
-}
-
-/* ---- the spool at start and stop ---- */
-
-struct recovered {
-    int64_t *rowids;
-    char (*ids)[65];
-    size_t n, cap;
-};
-
-static void recover_row(void *ctx, int64_t rowid, const char *sid, int64_t seq)
-{
-    struct recovered *rv = ctx;
-    (void)seq;
-    if (rv->n == rv->cap) {
-        rv->cap = rv->cap ? rv->cap * 2 : 256;
-        rv->rowids = xrealloc(rv->rowids, rv->cap * sizeof(*rv->rowids));
-        rv->ids = xrealloc(rv->ids, rv->cap * sizeof(*rv->ids));
-    }
-    rv->rowids[rv->n] = rowid;
-    snprintf(rv->ids[rv->n], sizeof(rv->ids[0]), "%s", sid ? sid : "");
-    rv->n++;
-}
-
-/* Rows left in the spool by the previous process (its stubs died with it): rebuild stubs
- * for them and fold each session at once, so every later park has an exact seq. */
-static int spool_recover(struct store *st)
-{
-    struct recovered rv = {0};
-    int rc = spool_scan(st->spool, recover_row, &rv);
-    int nsess = 0, ngone = 0;
-    if (rc || rv.n == 0) {
-        goto out;
-    }
-    pthread_mutex_lock(&st->lock);
-    for (size_t i = 0; i < rv.n; i++) {
-        if (!util_valid_id(rv.ids[i])) {
-            continue;
-        }
-        struct stub *k = stub_find(st, rv.ids[i]);
-        if (!k) {
-            k = stub_new(rv.ids[i]); /* taken: nothing parks before its fold */
-            k->seq_unknown = 1;
-            unsigned h = stub_hash(k->id);
-            k->hnext = st->stubs[h];
-            st->stubs[h] = k;
-            st->nstubs++;
-        }
-        stub_add_row(k, rv.rowids[i]);
-    }
-    pthread_mutex_unlock(&st->lock);
-    for (size_t i = 0; i < rv.n; i++) {
-        int64_t *mine = NULL;
-        int nmine = 0;
-        pthread_mutex_lock(&st->lock);
-        struct stub *k = stub_find(st, rv.ids[i]);
-        if (k && k->seq_unknown && k->nrows) {
-            mine = xmalloc((size_t)k->nrows * sizeof(*mine));
-            memcpy(mine, k->rowids, (size_t)k->nrows * sizeof(*mine));
-            nmine = k->nrows;
-        }
-        pthread_mutex_unlock(&st->lock);
-        if (!mine) {
-            continue; /* folded already, or not a valid id */
-        }
-        struct sess *s = NULL;
-        int r = get_or_open(st, rv.ids[i], 0, &s);
-        sess_put(s);
-        if (r == ERR_NOT_FOUND) {
-            spool_delete(st->spool, mine, nmine); /* its session was purged */
-            ngone += nmine;
-        } else if (r) {
-            LOG_ERROR("store: spool: cannot fold session %s: %s (its %d rows stay parked)",
-                      rv.ids[i], err_str(r), nmine);
-        } else {
-            nsess++;
-        }
-        free(mine);
-    }
-    /* Rows under an invalid id cannot belong to any session. */
-    for (size_t i = 0; i < rv.n; i++) {
-        if (!util_valid_id(rv.ids[i])) {
-            spool_delete(st->spool, &rv.rowids[i], 1);
-            ngone++;
-        }
-    }
-    LOG_INFO("store: spool: %zu parked rows from the last run: folded into %d sessions, %d "
-             "dropped (session gone)",
-             rv.n, nsess, ngone);
-out:
-    free(rv.rowids);
-    free(rv.ids);
-    return rc;
 }
 
 static int spool_open(struct store *st)
@@ -1940,41 +941,7 @@ static int spool_open(struct store *st)
         return rc;
     }
     st->spool = sp;
-    return spool_recover(st);
-}
-
-/* Stop: wait for parkers still inside, write the stubs' registry columns, free them. */
-static void stubs_close(struct store *st)
-{
-    pthread_mutex_lock(&st->lock);
-    for (;;) {
-        int busy = 0;
-        for (int h = 0; h < STUB_HASH && !busy; h++) {
-            for (struct stub *k = st->stubs[h]; k && !busy; k = k->hnext) {
-                busy = k->refs > 0;
-            }
-        }
-        if (!busy) {
-            break;
-        }
-        pthread_mutex_unlock(&st->lock);
-        usleep(1000); /* rare: a request still parking while the server stops */
-        pthread_mutex_lock(&st->lock);
-    }
-    pthread_mutex_unlock(&st->lock);
-    if (st->reg) {
-        flush_stubs(st, 0);
-    }
-    pthread_mutex_lock(&st->lock);
-    for (int h = 0; h < STUB_HASH; h++) {
-        while (st->stubs[h]) {
-            struct stub *k = st->stubs[h];
-            st->stubs[h] = k->hnext;
-            stub_free(k);
-        }
-    }
-    st->nstubs = 0;
-    pthread_mutex_unlock(&st->lock);
+    return stubs_recover(st);
 }
 
 int store_open(const struct store_config *cfg, struct store **out)
