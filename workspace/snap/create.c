@@ -135,9 +135,9 @@ int within_bounds(const struct ent *e)
 
 /* ---------------------------------------------------------------- workers */
 
-static void *pool_thread(void *arg)
+static void *par_thread(void *arg)
 {
-    struct pool_job *j = arg;
+    struct par_job *j = arg;
     void *tls = j->tls_new ? j->tls_new(j->ctx) : NULL;
     for (;;) {
         size_t g = atomic_fetch_add(&j->next, 1);
@@ -185,7 +185,7 @@ size_t *group_by_dir(struct ent **jobs, size_t n, size_t *ngroups)
 }
 
 /* Run fn(ctx, i) for i in [0, n) on up to MAX_WORKERS threads (the caller is one of them). */
-void pool_run(struct pool_job *j)
+void par_run(struct par_job *j)
 {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     size_t par_min = j->par_min ? j->par_min : PAR_MIN_JOBS;
@@ -194,12 +194,12 @@ void pool_run(struct pool_job *j)
     int started = 0;
     atomic_store(&j->next, 0);
     for (int i = 1; i < nt; i++) {
-        if (pthread_create(&th[started], NULL, pool_thread, j) == 0) {
+        if (pthread_create(&th[started], NULL, par_thread, j) == 0) {
             pthread_setname_np(th[started], "snap-worker");
             started++;
         }
     }
-    pool_thread(j);
+    par_thread(j);
     for (int i = 0; i < started; i++) {
         pthread_join(th[i], NULL);
     }
@@ -261,8 +261,8 @@ int walk_tree(int rootfd, struct entv *out)
         }
     }
     struct wctx wc = {.rootfd = rootfd, .dev = sb.st_dev, .subs = subs};
-    struct pool_job pj = {.n = nd, .par_min = 2, .ctx = &wc, .fn = subwalk_job};
-    pool_run(&pj);
+    struct par_job pj = {.n = nd, .par_min = 2, .ctx = &wc, .fn = subwalk_job};
+    par_run(&pj);
     /* stitch: each top-level entry, then (for a directory) its subtree; fields are moved */
     int rc = 0;
     k = 0;
@@ -421,13 +421,13 @@ static int obj_exists(int objfd, const char *hash)
 /* A new object being written: into a spare (name set) or an O_TMPFILE (name empty). */
 struct objtmp {
     int fd;
-    int pooldfd;
+    int sparedfd;
     char name[24];
 };
 
 static int objtmp_open(struct snap_store *st, struct objtmp *o)
 {
-    o->fd = spare_take(st->pool, o->name, &o->pooldfd);
+    o->fd = spare_take(st->spares, o->name, &o->sparedfd);
     if (o->fd >= 0) {
         return 0;
     }
@@ -450,7 +450,7 @@ static int objtmp_commit(struct snap_store *st, struct objtmp *o, const char *ha
         return ERR_IO;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (renameat2(o->pooldfd, o->name, st->objfd, name, RENAME_NOREPLACE) == 0) {
+        if (renameat2(o->sparedfd, o->name, st->objfd, name, RENAME_NOREPLACE) == 0) {
             o->name[0] = 0;
             *created = 1;
             return 0;
@@ -459,7 +459,7 @@ static int objtmp_commit(struct snap_store *st, struct objtmp *o, const char *ha
             break;
         }
         char sub[3] = {hash[0], hash[1], 0};
-        if (spare_mkdir(st->pool, st->objfd, sub) != 0 && errno != EEXIST) {
+        if (spare_mkdir(st->spares, st->objfd, sub) != 0 && errno != EEXIST) {
             break;
         }
     }
@@ -483,8 +483,152 @@ static int objtmp_commit(struct snap_store *st, struct objtmp *o, const char *ha
             close(tfd);
         }
     }
-    spare_put(st->pool, o->fd, o->name);
+    spare_put(st->spares, o->fd, o->name);
     o->name[0] = 0;
+    return rc;
+}
+
+/* Read a small file whole into t->buf: want is one byte more than its size, so that *grew tells
+ * that it grew while we read. */
+static int read_whole(int fd, struct htls *t, size_t want, uint64_t *total, int *grew)
+{
+    if (want > t->cap) {
+        t->cap = want;
+        t->buf = xrealloc(t->buf, t->cap);
+    }
+    *total = 0;
+    while (*total < want) {
+        ssize_t r = read(fd, t->buf + *total, want - *total);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            return ERR_IO;
+        }
+        if (r == 0) {
+            break;
+        }
+        *total += (uint64_t)r;
+    }
+    *grew = *total == want;
+    return 0;
+}
+
+/* Hash the total bytes of t->buf (a small file read whole) and store them unless the store has
+ * them already: into the snapshot's pack when there is one, else as a loose object. *tb gets the
+ * time the store part began (the rest counts as reading). */
+static int store_whole(struct hctx *c, struct htls *t, struct ent *e, uint64_t total, int64_t *tb)
+{
+    unsigned char dg[32];
+    unsigned int dlen = 0;
+    int tfd = -1, rc = 0;
+
+    EVP_DigestUpdate(t->md, t->buf, total);
+    EVP_DigestFinal_ex(t->md, dg, &dlen);
+    hex32(dg, e->hash);
+    e->size = total;
+    *tb = clock_mono_us();
+    if (pidx_get(c->st->px, e->hash) || obj_exists(c->st->objfd, e->hash)) {
+        goto out;
+    }
+    atomic_fetch_add(&c->n_new, 1);
+    if (c->pw) {
+        if (pack_append(c->pw, t->buf, total, &e->poff) != 0) {
+            rc = ERR_IO;
+            goto out;
+        }
+        e->flag |= F_PACKED;
+        atomic_fetch_add(&c->new_bytes, total);
+        goto out;
+    }
+    struct objtmp o;
+    int created = 0;
+    int ok = objtmp_open(c->st, &o) == 0;
+    atomic_fetch_add(o.name[0] ? &c->n_spare : &c->n_tmpfile, 1);
+    tfd = o.fd;
+    if (!ok || write_all(tfd, t->buf, total) != 0 ||
+        objtmp_commit(c->st, &o, e->hash, &created) != 0) {
+        rc = ERR_IO;
+        goto out;
+    }
+    if (created) {
+        atomic_fetch_add(&c->new_bytes, total);
+    }
+out:
+    if (tfd >= 0) {
+        close(tfd);
+    }
+    return rc;
+}
+
+/* A large file (or one that grew while read whole): stream it from fd (at offset 0, digest
+ * initialised) into an anonymous object file while hashing. */
+static int store_stream(struct hctx *c, struct htls *t, struct ent *e, int fd)
+{
+    unsigned char dg[32];
+    unsigned int dlen = 0;
+    uint64_t total = 0;
+    int rc = 0;
+    struct objtmp o;
+    int ok = objtmp_open(c->st, &o) == 0;
+    int tfd = o.fd;
+
+    if (!ok) {
+        rc = ERR_IO;
+        goto out;
+    }
+    if (t->cap < CHUNK) {
+        t->cap = CHUNK;
+        t->buf = xrealloc(t->buf, t->cap);
+    }
+    for (;;) {
+        ssize_t r = read(fd, t->buf, CHUNK);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            rc = ERR_IO;
+            goto out;
+        }
+        if (r == 0) {
+            break;
+        }
+        if (total + (uint64_t)r > SNAP_MAX_FILE) {
+            /* grew past the bound while we read: left out, as the walk would have */
+            e->flag |= F_GONE;
+            if (o.name[0]) {
+                spare_put(c->st->spares, tfd, o.name);
+            }
+            goto out;
+        }
+        /* Runs of zeros stay holes: a sparse file costs the store what it costs the disk. */
+        int zero = t->buf[0] == 0 && memcmp(t->buf, t->buf + 1, (size_t)r - 1) == 0;
+        if (zero ? lseek(tfd, r, SEEK_CUR) < 0 : write_all(tfd, t->buf, (size_t)r) != 0) {
+            rc = ERR_IO;
+            goto out;
+        }
+        EVP_DigestUpdate(t->md, t->buf, (size_t)r);
+        total += (uint64_t)r;
+    }
+    if (ftruncate(tfd, (off_t)total) != 0) { /* a trailing hole */
+        rc = ERR_IO;
+        goto out;
+    }
+    EVP_DigestFinal_ex(t->md, dg, &dlen);
+    hex32(dg, e->hash);
+    e->size = total;
+    int created = 0;
+    if (objtmp_commit(c->st, &o, e->hash, &created) != 0) {
+        rc = ERR_IO;
+        goto out;
+    }
+    if (created) {
+        atomic_fetch_add(&c->new_bytes, total);
+    }
+out:
+    if (tfd >= 0) {
+        close(tfd);
+    }
     return rc;
 }
 
@@ -495,11 +639,7 @@ static void hash_one(void *vctx, size_t i, void *vtls)
     struct hctx *c = vctx;
     struct htls *t = vtls;
     struct ent *e = c->jobs[i];
-    int objfd = c->st->objfd;
-    int fd = -1, tfd = -1;
-    unsigned char dg[32];
-    unsigned int dlen = 0;
-    uint64_t total = 0;
+    int fd = -1, rc = 0;
     int64_t ta = clock_mono_us(), tb = 0;
 
     /* The walk saw a regular file; if it was swapped since, O_NONBLOCK keeps a FIFO from
@@ -518,133 +658,29 @@ static void hash_one(void *vctx, size_t i, void *vtls)
     e->mode = sb.st_mode & 07777;
     EVP_DigestInit_ex(t->md, sha256_md(), NULL);
     if ((uint64_t)sb.st_size <= SMALL_FILE) {
-        /* Read it whole (one more byte to notice growth), hash, write only if new. */
-        size_t want = (size_t)sb.st_size + 1;
-        if (want > t->cap) {
-            t->cap = want;
-            t->buf = xrealloc(t->buf, t->cap);
-        }
+        uint64_t total = 0;
         int grew = 0;
-        while (total < want) {
-            ssize_t r = read(fd, t->buf + total, want - total);
-            if (r < 0 && errno == EINTR) {
-                continue;
-            }
-            if (r < 0) {
-                atomic_store(&c->err, ERR_IO);
-                goto out;
-            }
-            if (r == 0) {
-                break;
-            }
-            total += (uint64_t)r;
-        }
-        if (total == want) {
-            grew = 1; /* grew while we read: fall back to streaming */
-        }
-        if (!grew) {
-            EVP_DigestUpdate(t->md, t->buf, total);
-            EVP_DigestFinal_ex(t->md, dg, &dlen);
-            hex32(dg, e->hash);
-            e->size = total;
-            tb = clock_mono_us();
-            if (pidx_get(c->st->px, e->hash) || obj_exists(objfd, e->hash)) {
-                goto out;
-            }
-            atomic_fetch_add(&c->n_new, 1);
-            if (c->pw) {
-                if (pack_append(c->pw, t->buf, total, &e->poff) != 0) {
-                    atomic_store(&c->err, ERR_IO);
-                    goto out;
-                }
-                e->flag |= F_PACKED;
-                atomic_fetch_add(&c->new_bytes, total);
-                goto out;
-            }
-            struct objtmp o;
-            int created = 0;
-            int ok = objtmp_open(c->st, &o) == 0;
-            atomic_fetch_add(o.name[0] ? &c->n_spare : &c->n_tmpfile, 1);
-            tfd = o.fd;
-            if (!ok || write_all(tfd, t->buf, total) != 0 ||
-                objtmp_commit(c->st, &o, e->hash, &created) != 0) {
-                atomic_store(&c->err, ERR_IO);
-                goto out;
-            }
-            if (created) {
-                atomic_fetch_add(&c->new_bytes, total);
-            }
+        rc = read_whole(fd, t, (size_t)sb.st_size + 1, &total, &grew);
+        if (rc == 0 && !grew) {
+            rc = store_whole(c, t, e, total, &tb);
             goto out;
         }
-        if (lseek(fd, 0, SEEK_SET) != 0) {
-            atomic_store(&c->err, ERR_IO);
+        /* grew while we read: fall back to streaming */
+        if (rc == 0 && lseek(fd, 0, SEEK_SET) != 0) {
+            rc = ERR_IO;
+        }
+        if (rc != 0) {
             goto out;
         }
         EVP_DigestInit_ex(t->md, sha256_md(), NULL);
-        total = 0;
     }
-    /* Large file: stream into an anonymous object file while hashing. */
-    struct objtmp o;
-    int ok = objtmp_open(c->st, &o) == 0;
-    tfd = o.fd;
-    if (!ok) {
-        atomic_store(&c->err, ERR_IO);
-        goto out;
-    }
-    if (t->cap < CHUNK) {
-        t->cap = CHUNK;
-        t->buf = xrealloc(t->buf, t->cap);
-    }
-    for (;;) {
-        ssize_t r = read(fd, t->buf, CHUNK);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r < 0) {
-            atomic_store(&c->err, ERR_IO);
-            goto out;
-        }
-        if (r == 0) {
-            break;
-        }
-        if (total + (uint64_t)r > SNAP_MAX_FILE) {
-            /* grew past the bound while we read: left out, as the walk would have */
-            e->flag |= F_GONE;
-            if (o.name[0]) {
-                spare_put(c->st->pool, tfd, o.name);
-            }
-            goto out;
-        }
-        /* Runs of zeros stay holes: a sparse file costs the store what it costs the disk. */
-        int zero = t->buf[0] == 0 && memcmp(t->buf, t->buf + 1, (size_t)r - 1) == 0;
-        if (zero ? lseek(tfd, r, SEEK_CUR) < 0 : write_all(tfd, t->buf, (size_t)r) != 0) {
-            atomic_store(&c->err, ERR_IO);
-            goto out;
-        }
-        EVP_DigestUpdate(t->md, t->buf, (size_t)r);
-        total += (uint64_t)r;
-    }
-    if (ftruncate(tfd, (off_t)total) != 0) { /* a trailing hole */
-        atomic_store(&c->err, ERR_IO);
-        goto out;
-    }
-    EVP_DigestFinal_ex(t->md, dg, &dlen);
-    hex32(dg, e->hash);
-    e->size = total;
-    int created = 0;
-    if (objtmp_commit(c->st, &o, e->hash, &created) != 0) {
-        atomic_store(&c->err, ERR_IO);
-        goto out;
-    }
-    if (created) {
-        atomic_fetch_add(&c->new_bytes, total);
-    }
+    rc = store_stream(c, t, e, fd);
 out:
+    if (rc != 0) {
+        atomic_store(&c->err, rc);
+    }
     if (fd >= 0) {
         close(fd);
-    }
-    if (tfd >= 0) {
-        close(tfd);
     }
     int64_t tc = clock_mono_us();
     atomic_fetch_add(&c->read_us, (tb ? tb : tc) - ta);
@@ -718,6 +754,105 @@ static int adopt(struct snap_store *st, int seedfd, int *seedpacks, struct pidx 
     return obj_adopt(seedfd, st->objfd, hash);
 }
 
+/* Log what the walk left out of the snapshot, if anything. */
+static void warn_omitted(const char *workspace, const struct snap_info *om)
+{
+    if (om->too_deep + om->too_long + om->too_big > 0) {
+        LOG_WARN("snap: %s: left out of its snapshot: %llu entries deeper than %d levels, %llu "
+                 "with a path longer than %d bytes, %llu files larger than %llu MiB (see "
+                 "docs/repos.md, snapshot limits)",
+                 workspace, (unsigned long long)om->too_deep, SNAP_MAX_DEPTH,
+                 (unsigned long long)om->too_long, SNAP_MAX_PATH, (unsigned long long)om->too_big,
+                 (unsigned long long)(SNAP_MAX_FILE >> 20));
+    }
+}
+
+/* The files of cur that must be read: those the stat cache (made at cache_ns) cannot vouch
+ * for, and those a seeded store could not adopt from its seed. Trusted ones take their hash
+ * from the cache. Fills jobs (room for cur->n) and returns their number. */
+static size_t pick_jobs(struct snap_store *st, struct entv *cur, const struct entv *cache,
+                        int64_t cache_ns, int seedfd, int *seedpacks, struct pidx **seedx,
+                        struct ent **jobs)
+{
+    size_t nj = 0;
+    for (size_t i = 0; i < cur->n; i++) {
+        struct ent *e = &cur->v[i];
+        if (e->type != 'f') {
+            continue;
+        }
+        struct ent *c = entv_find(cache, e->path);
+        if (cache_trusted(c, e, cache_ns)) {
+            memcpy(e->hash, c->hash, 65);
+            /* A seeded store (snap_restore_seed) takes the objects of its cache from the
+             * store it was restored from, once, by hard link. */
+            if (seedfd >= 0 && adopt(st, seedfd, seedpacks, seedx, e->hash) != 0) {
+                jobs[nj++] = e; /* the seed lost it: read the file */
+            }
+        } else {
+            jobs[nj++] = e;
+        }
+    }
+    return nj;
+}
+
+/* Hash the nj jobs of hc (st, rootfd and jobs set) on the worker threads and store their new
+ * objects: into the pack of pw when there are many, else as loose objects. The pack is
+ * complete with its index on success. 0 or ERR_IO. */
+static int hash_jobs(struct hctx *hc, struct pwriter *pw, size_t nj)
+{
+    size_t pack_min = atomic_load(&g_pack_min);
+    if (pack_min > 0 && nj >= pack_min) {
+        hc->pw = pw; /* many new objects likely: one pack instead of nj inodes */
+    }
+    atomic_init(&hc->new_bytes, 0);
+    atomic_init(&hc->err, 0);
+    atomic_init(&hc->read_us, 0);
+    atomic_init(&hc->store_us, 0);
+    atomic_init(&hc->n_spare, 0);
+    atomic_init(&hc->n_tmpfile, 0);
+    atomic_init(&hc->n_new, 0);
+    size_t ngroups = 0;
+    size_t *starts = group_by_dir(hc->jobs, nj, &ngroups);
+    struct par_job pj = {.n = nj,
+                         .starts = starts,
+                         .ngroups = ngroups,
+                         .ctx = hc,
+                         .fn = hash_job,
+                         .tls_new = htls_new,
+                         .tls_free = htls_free};
+    par_run(&pj);
+    free(starts);
+    int rc = atomic_load(&hc->err);
+    /* the pack's index before the manifest (and before the syncfs of a durable snapshot) */
+    int prc = pack_finish(hc->st, pw, hc->jobs, nj, rc != 0);
+    return rc != 0 ? rc : prc;
+}
+
+/* Count the entries of cur into h and write the manifest text (h, then the entries) into m.
+ * Entries under a vanished directory are still listed (the walk saw them); only files that
+ * vanished between the walk and the hashing are dropped. */
+static void build_manifest(struct buf *m, struct mhdr *h, const struct entv *cur, int64_t t0)
+{
+    for (size_t i = 0; i < cur->n; i++) {
+        const struct ent *e = &cur->v[i];
+        if (e->flag & F_GONE) {
+            continue;
+        }
+        h->entries++;
+        if (e->type == 'f') {
+            h->files++;
+            h->bytes += e->size;
+        }
+    }
+    h->duration_us = clock_mono_us() - t0;
+    put_header(m, h);
+    for (size_t i = 0; i < cur->n; i++) {
+        if (!(cur->v[i].flag & F_GONE)) {
+            put_ent(m, &cur->v[i]);
+        }
+    }
+}
+
 int snap_create(struct snap_store *st, const char *workspace, const char *label,
                 struct snap_info *out)
 {
@@ -728,10 +863,10 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     struct ent **jobs = NULL;
     int rootfd = -1, seedfd = -1, seedpacks = -1;
     struct pidx *seedx = NULL;
-    struct pwriter pw = {.packfd = st->packfd, .fd = -1, .pooldfd = -1};
-    int rc = 0, pool_checked = 0;
+    struct pwriter pw = {.packfd = st->packfd, .fd = -1, .sparedfd = -1};
+    int rc = 0, spares_checked = 0;
     int64_t t0 = clock_mono_us(), tp = t0, walk_us = 0, hash_us = 0;
-    int64_t cpu0 = thread_cpu_us(), lock_us = 0, pool_us = 0, cache_us = 0, tree_us = 0;
+    int64_t cpu0 = thread_cpu_us(), lock_us = 0, spares_us = 0, cache_us = 0, tree_us = 0;
     int64_t write_us = 0, pidx_us = 0;
     int64_t started_ns = now_real_ns();
     char id[32], name[40];
@@ -763,10 +898,10 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
         goto out;
     }
     tp = clock_mono_us();
-    pool_check(st->pool);
-    pool_checked = 1;
-    pw.pool = st->pool;
-    pool_us = clock_mono_us() - tp;
+    spares_check(st->spares);
+    spares_checked = 1;
+    pw.spares = st->spares;
+    spares_us = clock_mono_us() - tp;
     tp = clock_mono_us();
     load_cache(st, &rsb, &ch, &cache);
     seedfd = open_seed(st);
@@ -778,64 +913,13 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
         goto out;
     }
     drop_omitted(&cur, &om);
-    if (om.too_deep + om.too_long + om.too_big > 0) {
-        LOG_WARN("snap: %s: left out of its snapshot: %llu entries deeper than %d levels, %llu "
-                 "with a path longer than %d bytes, %llu files larger than %llu MiB (see "
-                 "docs/repos.md, snapshot limits)",
-                 workspace, (unsigned long long)om.too_deep, SNAP_MAX_DEPTH,
-                 (unsigned long long)om.too_long, SNAP_MAX_PATH, (unsigned long long)om.too_big,
-                 (unsigned long long)(SNAP_MAX_FILE >> 20));
-    }
-    size_t nj = 0;
+    warn_omitted(workspace, &om);
     jobs = xmalloc((cur.n + 1) * sizeof(*jobs));
-    for (size_t i = 0; i < cur.n; i++) {
-        struct ent *e = &cur.v[i];
-        if (e->type != 'f') {
-            continue;
-        }
-        struct ent *c = entv_find(&cache, e->path);
-        if (cache_trusted(c, e, ch.started_ns)) {
-            memcpy(e->hash, c->hash, 65);
-            /* A seeded store (snap_restore_seed) takes the objects of its cache from the
-             * store it was restored from, once, by hard link. */
-            if (seedfd >= 0 && adopt(st, seedfd, &seedpacks, &seedx, e->hash) != 0) {
-                jobs[nj++] = e; /* the seed lost it: read the file */
-            }
-        } else {
-            jobs[nj++] = e;
-        }
-    }
+    size_t nj = pick_jobs(st, &cur, &cache, ch.started_ns, seedfd, &seedpacks, &seedx, jobs);
     walk_us = clock_mono_us() - t0;
     tp = clock_mono_us();
     struct hctx hc = {.st = st, .rootfd = rootfd, .jobs = jobs};
-    size_t pack_min = atomic_load(&g_pack_min);
-    if (pack_min > 0 && nj >= pack_min) {
-        hc.pw = &pw; /* many new objects likely: one pack instead of nj inodes */
-    }
-    atomic_init(&hc.new_bytes, 0);
-    atomic_init(&hc.err, 0);
-    atomic_init(&hc.read_us, 0);
-    atomic_init(&hc.store_us, 0);
-    atomic_init(&hc.n_spare, 0);
-    atomic_init(&hc.n_tmpfile, 0);
-    atomic_init(&hc.n_new, 0);
-    size_t ngroups = 0;
-    size_t *starts = group_by_dir(jobs, nj, &ngroups);
-    struct pool_job pj = {.n = nj,
-                          .starts = starts,
-                          .ngroups = ngroups,
-                          .ctx = &hc,
-                          .fn = hash_job,
-                          .tls_new = htls_new,
-                          .tls_free = htls_free};
-    pool_run(&pj);
-    free(starts);
-    rc = atomic_load(&hc.err);
-    /* the pack's index before the manifest (and before the syncfs of a durable snapshot) */
-    int prc = pack_finish(st, &pw, jobs, nj, rc != 0);
-    if (rc == 0) {
-        rc = prc;
-    }
+    rc = hash_jobs(&hc, &pw, nj);
     hash_us = clock_mono_us() - tp;
     tp = clock_mono_us();
     if (rc != 0) {
@@ -849,26 +933,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     h.hashed = nj;
     h.new_bytes = atomic_load(&hc.new_bytes);
     snprintf(h.label, sizeof(h.label), "%s", label ? label : "");
-    /* Entries under a vanished directory are still listed (the walk saw them); only files
-     * that vanished between the walk and the hashing are dropped. */
-    for (size_t i = 0; i < cur.n; i++) {
-        struct ent *e = &cur.v[i];
-        if (e->flag & F_GONE) {
-            continue;
-        }
-        h.entries++;
-        if (e->type == 'f') {
-            h.files++;
-            h.bytes += e->size;
-        }
-    }
-    h.duration_us = clock_mono_us() - t0;
-    put_header(&m, &h);
-    for (size_t i = 0; i < cur.n; i++) {
-        if (!(cur.v[i].flag & F_GONE)) {
-            put_ent(&m, &cur.v[i]);
-        }
-    }
+    build_manifest(&m, &h, &cur, t0);
     snap_id_of(st->next_seq, id, sizeof(id));
     snprintf(name, sizeof(name), "%s.m", id);
     /* Durability. The manifest is written after every object it names is complete under its
@@ -882,7 +947,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
         goto out;
     }
     int64_t tw = clock_mono_us();
-    rc = write_new_file(st->pool, st->snapfd, name, m.data, m.len, durable);
+    rc = write_new_file(st->spares, st->snapfd, name, m.data, m.len, durable);
     if (rc != 0) {
         goto out;
     }
@@ -918,20 +983,20 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
         out->too_big = om.too_big;
     }
     /* Spares for the next snapshot or restore of this workspace (in the background). */
-    pool_kick(st->pool, (size_t)h.files, (size_t)(h.entries - h.files));
+    spares_kick(st->spares, (size_t)h.files, (size_t)(h.entries - h.files));
     struct rusage ru1;
     getrusage(RUSAGE_THREAD, &ru1);
     LOG_INFO(
         "snap: %s of %s: %llu files, %llu hashed, %llu new bytes in %lld ms (lock %lld, "
-        "pack index %lld, pool %lld, cache %lld, walk %lld, compare %lld, hash %lld [read "
+        "pack index %lld, spares %lld, cache %lld, walk %lld, compare %lld, hash %lld [read "
         "%lld, store %lld ms of threads; %llu new objects, loose ones: %llu in spares, %llu "
         "in tmpfiles], manifest %lld [write %lld] ms; cpu %lld ms, %ld in-blocks, %ld/%ld "
         "vol/invol switches; background threads %d, restores %d)",
         id, workspace, (unsigned long long)h.files, (unsigned long long)h.hashed,
         (unsigned long long)h.new_bytes, (long long)h.duration_us / 1000, (long long)lock_us / 1000,
-        (long long)pidx_us / 1000, (long long)pool_us / 1000, (long long)cache_us / 1000,
+        (long long)pidx_us / 1000, (long long)spares_us / 1000, (long long)cache_us / 1000,
         (long long)tree_us / 1000,
-        (long long)(walk_us - lock_us - pidx_us - pool_us - cache_us - tree_us) / 1000,
+        (long long)(walk_us - lock_us - pidx_us - spares_us - cache_us - tree_us) / 1000,
         (long long)hash_us / 1000, (long long)atomic_load(&hc.read_us) / 1000,
         (long long)atomic_load(&hc.store_us) / 1000, (unsigned long long)atomic_load(&hc.n_new),
         (unsigned long long)atomic_load(&hc.n_spare),
@@ -939,8 +1004,8 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
         (long long)write_us / 1000, (long long)cpu_us / 1000, ru1.ru_inblock - ru0.ru_inblock,
         ru1.ru_nvcsw - ru0.ru_nvcsw, ru1.ru_nivcsw - ru0.ru_nivcsw, bg0, rest0);
 out:
-    if (pool_checked) {
-        pool_release(st->pool);
+    if (spares_checked) {
+        spares_release(st->spares);
     }
     restoring_end();
     pthread_mutex_unlock(&st->lock);

@@ -218,7 +218,7 @@ int pack_append(struct pwriter *w, const void *data, size_t len, uint64_t *off)
         snprintf(w->name, sizeof(w->name), "p-%s", rnd);
         snprintf(fn, sizeof(fn), "%s.pack", w->name);
         w->spare[0] = 0;
-        w->fd = w->pool ? spare_take(w->pool, w->spare, &w->pooldfd) : -1;
+        w->fd = w->spares ? spare_take(w->spares, w->spare, &w->sparedfd) : -1;
         if (w->fd < 0) {
             w->spare[0] = 0;
             w->fd = openat(w->packfd, fn, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
@@ -260,7 +260,7 @@ int pack_finish(struct snap_store *st, struct pwriter *w, struct ent **jobs, siz
     if (!fail && w->spare[0]) {
         /* the pack is complete: give it its name (before its index exists) */
         snprintf(fn, sizeof(fn), "%s.pack", w->name);
-        rc = fchmod(w->fd, 0444) == 0 ? file_commit(w->fd, w->pooldfd, w->spare, w->packfd, fn)
+        rc = fchmod(w->fd, 0444) == 0 ? file_commit(w->fd, w->sparedfd, w->spare, w->packfd, fn)
                                       : ERR_IO;
         if (rc == 0) {
             w->spare[0] = 0;
@@ -284,14 +284,14 @@ int pack_finish(struct snap_store *st, struct pwriter *w, struct ent **jobs, siz
             }
         }
         snprintf(fn, sizeof(fn), "%s.idx", w->name);
-        rc = write_new_file(w->pool, w->packfd, fn, b.data, b.len, 0);
+        rc = write_new_file(w->spares, w->packfd, fn, b.data, b.len, 0);
         buf_free(&b);
         if (rc == 0) {
             rc = pack_add(pidx_of(st), w->packfd, w->name);
         }
     }
     if (w->spare[0]) {
-        spare_put(w->pool, w->fd, w->spare); /* never renamed: truncated and given back */
+        spare_put(w->spares, w->fd, w->spare); /* never renamed: truncated and given back */
         w->spare[0] = 0;
     }
     close(w->fd);

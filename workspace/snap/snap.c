@@ -101,7 +101,7 @@ static int store_new(const char *dir, struct snap_store **out)
     st->dirfd = st->objfd = st->snapfd = st->packfd = -1;
     pthread_mutex_init(&st->lock, NULL);
     st->dir = xstrdup(dir);
-    st->pool = pool_for(dir);
+    st->spares = spares_for(dir);
     if (util_mkdir_p(dir, 0700) != 0) {
         rc = ERR_IO;
         goto out;
@@ -132,9 +132,9 @@ static int store_new(const char *dir, struct snap_store **out)
      * snapshot runs. A new store waits for its first operation to say how many it needs. */
     struct mhdr ch;
     if (rc == 0 && load_header_at(st->dirfd, "cache", &ch) == 0 && ch.entries >= ch.files) {
-        pool_check(st->pool);
-        pool_kick(st->pool, (size_t)ch.files, (size_t)(ch.entries - ch.files));
-        pool_release(st->pool);
+        spares_check(st->spares);
+        spares_kick(st->spares, (size_t)ch.files, (size_t)(ch.entries - ch.files));
+        spares_release(st->spares);
     }
 out:
     if (rc != 0) {

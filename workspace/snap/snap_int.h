@@ -31,10 +31,10 @@
  *
  * Threads: the public functions take st->lock. Inside, walking, hashing and copying are
  * spread over a few short-lived worker threads that share nothing but an atomic job index and
- * atomic counters. Spare-inode pools (shared by sibling stores, guarded by their own mutex)
- * are topped up by detached filler threads, and trash is deleted (or recycled into the pools)
- * by detached janitor threads; snap_background_wait() waits for both. Fillers wait while a
- * restore or a snapshot runs, recyclers unless it is short of spares (restore_yield).
+ * atomic counters. Spare-inode directories (shared by sibling stores, guarded by their own mutex)
+ * are topped up by detached filler threads, and trash is deleted (or recycled into the spare
+ * directories) by detached janitor threads; snap_background_wait() waits for both. Fillers wait
+ * while a restore or a snapshot runs, recyclers unless it is short of spares (restore_yield).
  */
 #ifndef SESSIOND_SNAP_INT_H
 #define SESSIOND_SNAP_INT_H
@@ -58,7 +58,7 @@
 #define PAR_MIN_JOBS   32
 #define MANIFEST_MAGIC "sessiond-snap"
 
-    struct snap_store {
+struct snap_store {
     pthread_mutex_t lock;
     char *dir;
     int dirfd;       /* the store directory */
@@ -67,7 +67,7 @@
     int packfd;      /* packs/ */
     struct pidx *px; /* pack index, loaded on first use (pidx_load); guarded by lock */
     int64_t next_seq;
-    struct spool *pool; /* spare inodes (shared with sibling stores) */
+    struct spares *spares; /* spare inodes (shared with sibling stores) */
     /* One instance per directory in the process (g_stores), so that every user of a store
      * shares its lock: a GC must never run while another writer links objects that its
      * manifest does not name yet, and two creates must not pick the same id. */
@@ -132,22 +132,22 @@ struct pdir {
 
 enum { SP_FILE = 0, SP_DIR = 1 }; /* kinds of spares: empty files "<hex>", empty dirs "d<hex>" */
 
-struct spool {
+struct spares {
     pthread_mutex_t mu;
     char *dir;           /* immutable */
-    int dfd;             /* the pool directory, -1 until opened; guarded by mu */
+    int dfd;             /* the spares directory, -1 until opened; guarded by mu */
     unsigned gen;        /* bumped when dfd is reopened; guarded by mu */
     uint64_t *names[2];  /* spares ready to take, per kind (stacks); guarded by mu */
     size_t n[2], cap[2]; /* guarded by mu */
     uint64_t next_name;  /* next name to create (shared by the kinds); guarded by mu */
     size_t want[2];      /* target sizes; guarded by mu */
     int filling;         /* a filler thread runs; guarded by mu */
-    int users;           /* operations between pool_check and pool_release; guarded by mu */
+    int users;           /* operations between spares_check and spares_release; guarded by mu */
     dev_t dev;           /* file system of dfd (recycling only goes there); guarded by mu */
-    struct spool *next;  /* set before the pool is published in g_pools, then immutable */
+    struct spares *next; /* set before the spares is published in g_spares, then immutable */
 };
 
-struct pool_job {
+struct par_job {
     size_t n;
     /* Optional grouping: jobs [starts[g], starts[g + 1]) go to one thread together (files of
      * one directory, so that threads do not fight over the same directory's lock). */
@@ -164,8 +164,8 @@ struct pool_job {
 /*
  * Why packs: a snapshot that adds thousands of objects (the first snapshot of a store, an
  * `npm install`) would create thousands of inodes, and on ext4 without a journal every create
- * scans past the inodes freed in the last minutes (see the spare pools above): 10,000 creates
- * took 3.4-6.9 s under load right after a mass delete. A snapshot (one that reads at least
+ * scans past the inodes freed in the last minutes (see the spare spare directories above): 10,000
+ * creates took 3.4-6.9 s under load right after a mass delete. A snapshot (one that reads at least
  * g_pack_min files: by default any) instead appends its new small objects (up to SMALL_FILE) to
  * one pack file, packs/p-<random>.pack, written in parallel at reserved offsets, and lists them in
  * packs/p-<random>.idx ("sessiond-pack 1 <count> <size>" then "<hash> <offset> <length>" a
@@ -178,7 +178,7 @@ struct pool_job {
  * off (snap_set_pack_min(0)).
  * Small snapshots pack too: in the server, a turn that changed 1% of 10,000 files made ~200
  * loose objects (its files plus git's), i.e. ~200 inode creates and ~140 mkdirs of objects/xx/
- * while a warm-pool refill and the spare filler ran: 300-530 ms instead of ~50 ms (perf: 35% of
+ * while a warm-spares refill and the spare filler ran: 300-530 ms instead of ~50 ms (perf: 35% of
  * all samples in find_inode_bit/recently_deleted). The pack and its index (and the manifest)
  * are written into spare inodes and renamed into place, so such a snapshot creates no inode.
  */
@@ -207,19 +207,19 @@ struct pidx {
 };
 
 /* One pack being written by a snapshot's workers. The pack is written into a spare inode
- * when the pool has one (renamed to packs/<name>.pack by pack_finish), else created in place:
- * a snapshot then creates no inode at all (see the spare pools above). */
+ * when the spares has one (renamed to packs/<name>.pack by pack_finish), else created in place:
+ * a snapshot then creates no inode at all (see the spare spare directories above). */
 struct pwriter {
     pthread_mutex_t mu;
-    int packfd;           /* the store's packs/ */
-    struct spool *pool;   /* spares (held by the caller's pool_check), or NULL */
-    int fd;               /* -1 until the first object; guarded by mu */
-    int failed;           /* guarded by mu */
-    char name[32];        /* set with fd */
-    char spare[24];       /* fd is this spare of pool (pooldfd) until renamed; "" if not */
-    int pooldfd;          /* valid until the caller's pool_release */
-    int named;            /* packs/<name>.pack is ours (created or renamed there) */
-    _Atomic uint64_t end; /* next free offset */
+    int packfd;            /* the store's packs/ */
+    struct spares *spares; /* spares (held by the caller's spares_check), or NULL */
+    int fd;                /* -1 until the first object; guarded by mu */
+    int failed;            /* guarded by mu */
+    char name[32];         /* set with fd */
+    char spare[24];        /* fd is this spare of spares (sparedfd) until renamed; "" if not */
+    int sparedfd;          /* valid until the caller's spares_release */
+    int named;             /* packs/<name>.pack is ours (created or renamed there) */
+    _Atomic uint64_t end;  /* next free offset */
 };
 
 /* io.c */
@@ -282,57 +282,57 @@ void restoring_begin(void);
 
 void restoring_end(void);
 
-/* A restore found its pool empty: wake the recyclers that wait in restore_yield(). */
+/* A restore found its spares empty: wake the recyclers that wait in restore_yield(). */
 void restore_mark_short(void);
 
-/* The pool for the store directory store_dir (created on first use; never freed). */
-struct spool *pool_for(const char *store_dir);
+/* The spares for the store directory store_dir (created on first use; never freed). */
+struct spares *spares_for(const char *store_dir);
 
-/* Make sure the pool directory is open and still linked (someone may have deleted the tree
+/* Make sure the spares directory is open and still linked (someone may have deleted the tree
  * it lives in); on (re)open, take stock of the spares a previous process left. */
-void pool_check(struct spool *p);
+void spares_check(struct spares *p);
 
-/* The end of an operation that called pool_check(). */
-void pool_release(struct spool *p);
+/* The end of an operation that called spares_check(). */
+void spares_release(struct spares *p);
 
 /* Ask for at least files spare files and dirs spare directories (capped); starts a filler if
  * none runs. */
-void pool_kick(struct spool *p, size_t files, size_t dirs);
+void spares_kick(struct spares *p, size_t files, size_t dirs);
 
 /* Take a spare file: an fd open for reading and writing on an empty file of ours with
- * SPARE_MODE, and its name in name. -1 if the pool is empty or unusable. The caller renames
- * it away or gives it back (spare_put). The pool directory fd stays valid until the caller's
- * pool_release(). */
-int spare_take(struct spool *p, char name[24], int *pooldfd);
+ * SPARE_MODE, and its name in name. -1 if the spares is empty or unusable. The caller renames
+ * it away or gives it back (spare_put). The spares directory fd stays valid until the caller's
+ * spares_release(). */
+int spare_take(struct spares *p, char name[24], int *sparedfd);
 
-/* Take a spare file from another open pool on own's file system when own is empty: the
- * sessions' pool and each repository's share one file system, and a rename from a sibling
- * pool costs what one from our own does, where a create may cost milliseconds (a restore
- * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the pool it
- * came from, held (pool_release() after the rename; spare_put() to it if unused). */
-int spare_borrow(struct spool *own, char name[24], int *pooldfd, struct spool **from);
+/* Take a spare file from another open spares on own's file system when own is empty: the
+ * sessions' spares and each repository's share one file system, and a rename from a sibling
+ * spares costs what one from our own does, where a create may cost milliseconds (a restore
+ * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spares it
+ * came from, held (spares_release() after the rename; spare_put() to it if unused). */
+int spare_borrow(struct spares *own, char name[24], int *sparedfd, struct spares **from);
 
-/* The spare files a restore from own's pool can take: its own and those spare_borrow() may
- * take from the other open pools on its file system. */
-size_t spares_in_reach(struct spool *own);
+/* The spare files a restore from own's spares can take: its own and those spare_borrow() may
+ * take from the other open spare directories on its file system. */
+size_t spares_in_reach(struct spares *own);
 
 /* Give an unused spare file back (its contents are dropped). */
-void spare_put(struct spool *p, int fd, const char *name);
+void spare_put(struct spares *p, int fd, const char *name);
 
 /* Make the directory pfd/name (mode 0700, as mkdirat(..., 0700)) from a spare if there is
  * one. Returns like mkdirat. */
-int spare_mkdir(struct spool *p, int pfd, const char *name);
+int spare_mkdir(struct spares *p, int pfd, const char *name);
 
-/* Give the complete file fd, the spare pooldfd/spare, the name dirfd/name (which must not
+/* Give the complete file fd, the spare sparedfd/spare, the name dirfd/name (which must not
  * exist: a random or new name). If the rename fails (EXDEV: the store is a mount point of
  * its own), the bytes are copied into a file created under that name. 0 or ERR_IO; either way
- * the spare is no longer in the pool directory on success. */
-int file_commit(int fd, int pooldfd, const char *spare, int dirfd, const char *name);
+ * the spare is no longer in the spares directory on success. */
+int file_commit(int fd, int sparedfd, const char *spare, int dirfd, const char *name);
 
-/* write_file_atomic_d() into a spare of pool (NULL: none) when there is one, so that writing a
+/* write_file_atomic_d() into a spare of spares (NULL: none) when there is one, so that writing a
  * manifest or a pack index allocates no inode; the spare is renamed over name (replacing it).
- * Caller holds pool (pool_check). */
-int write_new_file(struct spool *pool, int dirfd, const char *name, const char *data, size_t len,
+ * Caller holds spares (spares_check). */
+int write_new_file(struct spares *sp, int dirfd, const char *name, const char *data, size_t len,
                    int durable);
 
 /* Delete the tree at path (ours: a trash or staging directory) in the background, or now if
@@ -365,7 +365,7 @@ int within_bounds(const struct ent *e);
 size_t *group_by_dir(struct ent **jobs, size_t n, size_t *ngroups);
 
 /* Run fn(ctx, i) for i in [0, n) on up to MAX_WORKERS threads (the caller is one of them). */
-void pool_run(struct pool_job *j);
+void par_run(struct par_job *j);
 
 /* Walk the tree under rootfd into out, in pre-order, without following symlinks or crossing
  * mount points, bounded (SNAP_MAX_*: see walk_pre). The top-level directories are walked in

@@ -36,7 +36,7 @@
 /* ---------------------------------------------------------------- spare inodes, janitor */
 
 /*
- * Why a pool of spare inodes: ext4 without a journal (this host's root file system) refuses to
+ * Why a directory of spare inodes: ext4 without a journal (this host's root file system) refuses to
  * reuse an inode freed in the last 60 s (360 s while its inode table block is dirty):
  * find_inode_bit() calls recently_deleted() -- a buffer-cache lookup -- for every free slot
  * from the start of the group until it finds an older one. After any mass delete in the group
@@ -47,22 +47,22 @@
  * ("spares", named by a hex counter) next to the stores is topped up by a background thread;
  * restore and snapshot write a spare through its fd and rename it to its final name
  * (renameat2 RENAME_NOREPLACE: a rename allocates no inode, and the file appears complete).
- * With a journal the scan does not exist and the pool only takes the ordinary create cost
+ * With a journal the scan does not exist and the spares only takes the ordinary create cost
  * off the critical path.
  *
- * One pool per directory <parent of the store>/.snap-spare (sessions' stores share
+ * One spares directory per directory <parent of the store>/.snap-spare (sessions' stores share
  * <data>/snapshots/.snap-spare, a repository's image store <data>/repos/<name>/.snap-spare).
- * Pools live as long as the process (a handful of small structs). A spare is a file we created
- * empty, or a file of a dead tree recycled under the checks of "Recycling" below (no xattrs,
- * no flags, one link, open nowhere), which leave it indistinguishable from a new one.
+ * Spare directories live as long as the process (a handful of small structs). A spare is a file we
+ * created empty, or a file of a dead tree recycled under the checks of "Recycling" below (no
+ * xattrs, no flags, one link, open nowhere), which leave it indistinguishable from a new one.
  */
 #define SPARE_DIR    "/.snap-spare"
-#define TRASH_PREFIX "t-" /* a discarded tree waiting in a pool directory (snap_discard_tree) */
+#define TRASH_PREFIX "t-" /* a discarded tree waiting in a spares directory (snap_discard_tree) */
 
-static pthread_mutex_t g_pools_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_spares_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_bg_cv = PTHREAD_COND_INITIALIZER;
-static struct spool *g_pools; /* guarded by g_pools_mu */
-static int g_bg_running;      /* background threads alive; guarded by g_pools_mu */
+static struct spares *g_spares; /* guarded by g_spares_mu */
+static int g_bg_running;        /* background threads alive; guarded by g_spares_mu */
 static _Atomic size_t g_spare_max = 65536;
 
 void snap_set_spare_max(size_t n)
@@ -77,7 +77,7 @@ void snap_set_spare_max(size_t n)
  * CPU from it).
  * The filler waits even for a restore that ran out of spares (g_restore_short): its create
  * costs the same inode scan as the restore's own, on a CPU the restore's workers need, and
- * it holds the pool directory's lock for the whole scan -- the lock each rename of a spare
+ * it holds the spares directory's lock for the whole scan -- the lock each rename of a spare
  * out of that directory takes (with the file system's rename mutex held meanwhile, which
  * stalls the other workers' renames too). Measured with a filler that kept going for
  * restores marked short: image starts of 10,000 files in bench/pool.sh copied for 1.1-9.5 s
@@ -90,9 +90,9 @@ void snap_set_spare_max(size_t n)
  * image starts short of 4-6,000 spares, 3-4 s each). */
 static pthread_mutex_t g_rest_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_rest_cv = PTHREAD_COND_INITIALIZER;
-_Atomic int g_restoring;            /* written under g_rest_mu; read without it as a hint */
-_Atomic int g_restore_short; /* a running restore found its pool empty */
-#define YIELD_MAX_MS 3000           /* a restore longer than this no longer holds the others */
+_Atomic int g_restoring;     /* written under g_rest_mu; read without it as a hint */
+_Atomic int g_restore_short; /* a running restore found its spares empty */
+#define YIELD_MAX_MS 3000    /* a restore longer than this no longer holds the others */
 
 void restoring_begin(void)
 {
@@ -111,7 +111,7 @@ void restoring_end(void)
     pthread_mutex_unlock(&g_rest_mu);
 }
 
-/* A restore found its pool empty: wake the recyclers that wait in restore_yield(). */
+/* A restore found its spares empty: wake the recyclers that wait in restore_yield(). */
 void restore_mark_short(void)
 {
     pthread_mutex_lock(&g_rest_mu);
@@ -141,35 +141,35 @@ static void restore_yield(int feed_short)
 
 static void bg_enter(void)
 {
-    pthread_mutex_lock(&g_pools_mu);
+    pthread_mutex_lock(&g_spares_mu);
     g_bg_running++;
-    pthread_mutex_unlock(&g_pools_mu);
+    pthread_mutex_unlock(&g_spares_mu);
 }
 
 static void bg_leave(void)
 {
-    pthread_mutex_lock(&g_pools_mu);
+    pthread_mutex_lock(&g_spares_mu);
     g_bg_running--;
     pthread_cond_broadcast(&g_bg_cv);
-    pthread_mutex_unlock(&g_pools_mu);
+    pthread_mutex_unlock(&g_spares_mu);
 }
 
 /* Background threads alive now (for the timing log of a snapshot). */
 int bg_running(void)
 {
-    pthread_mutex_lock(&g_pools_mu);
+    pthread_mutex_lock(&g_spares_mu);
     int n = g_bg_running;
-    pthread_mutex_unlock(&g_pools_mu);
+    pthread_mutex_unlock(&g_spares_mu);
     return n;
 }
 
 void snap_background_wait(void)
 {
-    pthread_mutex_lock(&g_pools_mu);
+    pthread_mutex_lock(&g_spares_mu);
     while (g_bg_running > 0) {
-        pthread_cond_wait(&g_bg_cv, &g_pools_mu);
+        pthread_cond_wait(&g_bg_cv, &g_spares_mu);
     }
-    pthread_mutex_unlock(&g_pools_mu);
+    pthread_mutex_unlock(&g_spares_mu);
 }
 
 /* Start fn(arg) on a detached thread counted by snap_background_wait(). -1 if it could not. */
@@ -189,8 +189,8 @@ static int bg_start(void *(*fn)(void *), void *arg)
     return 0;
 }
 
-/* The pool for the store directory store_dir (created on first use; never freed). */
-struct spool *pool_for(const char *store_dir)
+/* The spares for the store directory store_dir (created on first use; never freed). */
+struct spares *spares_for(const char *store_dir)
 {
     char *dir = NULL;
     const char *slash = strrchr(store_dir, '/');
@@ -199,8 +199,8 @@ struct spool *pool_for(const char *store_dir)
     } else {
         dir = xasprintf("%.*s%s", (int)(slash - store_dir), store_dir, SPARE_DIR);
     }
-    pthread_mutex_lock(&g_pools_mu);
-    struct spool *p = g_pools;
+    pthread_mutex_lock(&g_spares_mu);
+    struct spares *p = g_spares;
     while (p && strcmp(p->dir, dir) != 0) {
         p = p->next;
     }
@@ -210,15 +210,15 @@ struct spool *pool_for(const char *store_dir)
         p->dir = dir;
         dir = NULL;
         p->dfd = -1;
-        p->next = g_pools;
-        g_pools = p;
+        p->next = g_spares;
+        g_spares = p;
     }
-    pthread_mutex_unlock(&g_pools_mu);
+    pthread_mutex_unlock(&g_spares_mu);
     free(dir);
     return p;
 }
 
-static void pool_push_locked(struct spool *p, int kind, uint64_t name)
+static void spares_push_locked(struct spares *p, int kind, uint64_t name)
 {
     if (p->n[kind] == p->cap[kind]) {
         p->cap[kind] = p->cap[kind] ? p->cap[kind] * 2 : 1024;
@@ -232,9 +232,9 @@ static void spare_name(int kind, uint64_t v, char name[24])
     snprintf(name, 24, "%s%llx", kind == SP_DIR ? "d-" : "f-", (unsigned long long)v);
 }
 
-/* Make sure the pool directory is open and still linked (someone may have deleted the tree
+/* Make sure the spares directory is open and still linked (someone may have deleted the tree
  * it lives in); on (re)open, take stock of the spares a previous process left. */
-void pool_check(struct spool *p)
+void spares_check(struct spares *p)
 {
     pthread_mutex_lock(&p->mu);
     p->users++;
@@ -278,7 +278,7 @@ void pool_check(struct spool *p)
             nm += 2;
             uint64_t v = strtoull(nm, &end, 16);
             if (*end == 0) {
-                pool_push_locked(p, kind, v);
+                spares_push_locked(p, kind, v);
                 if (v >= p->next_name) {
                     p->next_name = v + 1;
                 }
@@ -293,8 +293,8 @@ void pool_check(struct spool *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* The end of an operation that called pool_check(). */
-void pool_release(struct spool *p)
+/* The end of an operation that called spares_check(). */
+void spares_release(struct spares *p)
 {
     pthread_mutex_lock(&p->mu);
     p->users--;
@@ -302,15 +302,15 @@ void pool_release(struct spool *p)
 }
 
 struct filler {
-    struct spool *p;
-    int dfd; /* our own dup of the pool directory */
+    struct spares *p;
+    int dfd; /* our own dup of the spares directory */
     unsigned gen;
 };
 
 static void *filler_main(void *arg)
 {
     struct filler *f = arg;
-    struct spool *p = f->p;
+    struct spares *p = f->p;
     pthread_setname_np(pthread_self(), "snap-filler");
     for (;;) {
         pthread_mutex_lock(&p->mu);
@@ -354,7 +354,7 @@ static void *filler_main(void *arg)
             break;
         }
         if (p->gen == f->gen) {
-            pool_push_locked(p, kind, v);
+            spares_push_locked(p, kind, v);
         }
         pthread_mutex_unlock(&p->mu);
     }
@@ -366,7 +366,7 @@ static void *filler_main(void *arg)
 
 /* Ask for at least files spare files and dirs spare directories (capped); starts a filler if
  * none runs. */
-void pool_kick(struct spool *p, size_t files, size_t dirs)
+void spares_kick(struct spares *p, size_t files, size_t dirs)
 {
     size_t max = atomic_load(&g_spare_max);
     size_t want[2] = {files < max ? files : max, dirs < max ? dirs : max};
@@ -394,8 +394,8 @@ void pool_kick(struct spool *p, size_t files, size_t dirs)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Pop a spare name of kind. 0, or -1 if the pool is empty or unusable. */
-static int spare_pop(struct spool *p, int kind, char name[24], int *pooldfd)
+/* Pop a spare name of kind. 0, or -1 if the spares is empty or unusable. */
+static int spare_pop(struct spares *p, int kind, char name[24], int *sparedfd)
 {
     if (!p || atomic_load(&g_spare_max) == 0) {
         return -1;
@@ -406,16 +406,16 @@ static int spare_pop(struct spool *p, int kind, char name[24], int *pooldfd)
         return -1;
     }
     spare_name(kind, p->names[kind][--p->n[kind]], name);
-    *pooldfd = p->dfd;
+    *sparedfd = p->dfd;
     pthread_mutex_unlock(&p->mu);
     return 0;
 }
 
 /* Take a spare file: an fd open for reading and writing on an empty file of ours with
- * SPARE_MODE, and its name in name. -1 if the pool is empty or unusable. The caller renames
- * it away or gives it back (spare_put). The pool directory fd stays valid until the caller's
- * pool_release(). */
-int spare_take(struct spool *p, char name[24], int *pooldfd)
+ * SPARE_MODE, and its name in name. -1 if the spares is empty or unusable. The caller renames
+ * it away or gives it back (spare_put). The spares directory fd stays valid until the caller's
+ * spares_release(). */
+int spare_take(struct spares *p, char name[24], int *sparedfd)
 {
     for (int tries = 0; tries < 4; tries++) {
         int dfd = -1;
@@ -430,7 +430,7 @@ int spare_take(struct spool *p, char name[24], int *pooldfd)
         int ok = fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_nlink == 1 &&
                  sb.st_size == 0 && (sb.st_mode & 07777) == SPARE_MODE && sb.st_uid == geteuid();
         if (ok) {
-            *pooldfd = dfd;
+            *sparedfd = dfd;
             return fd;
         }
         if (fd >= 0) {
@@ -441,10 +441,10 @@ int spare_take(struct spool *p, char name[24], int *pooldfd)
     return -1;
 }
 
-/* For a walk over the pools that may lend own spares: own's device, its spare file count
- * (own_files, may be NULL) and the head of the process-wide list. -1 when own is closed or
+/* For a walk over the spare directories that may lend own spares: own's device, its spare file
+ * count (own_files, may be NULL) and the head of the process-wide list. -1 when own is closed or
  * spares are off. */
-static int sibling_pools(struct spool *own, dev_t *dev, size_t *own_files, struct spool **head)
+static int sibling_spares(struct spares *own, dev_t *dev, size_t *own_files, struct spares **head)
 {
     pthread_mutex_lock(&own->mu);
     int open_ = own->dfd >= 0;
@@ -456,59 +456,59 @@ static int sibling_pools(struct spool *own, dev_t *dev, size_t *own_files, struc
     if (!open_ || atomic_load(&g_spare_max) == 0) {
         return -1;
     }
-    pthread_mutex_lock(&g_pools_mu);
-    *head = g_pools; /* nodes are never freed, their next never changes */
-    pthread_mutex_unlock(&g_pools_mu);
+    pthread_mutex_lock(&g_spares_mu);
+    *head = g_spares; /* nodes are never freed, their next never changes */
+    pthread_mutex_unlock(&g_spares_mu);
     return 0;
 }
 
-/* Take a spare file from another open pool on own's file system when own is empty: the
- * sessions' pool and each repository's share one file system, and a rename from a sibling
- * pool costs what one from our own does, where a create may cost milliseconds (a restore
- * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the pool it
- * came from, held (pool_release() after the rename; spare_put() to it if unused). */
-int spare_borrow(struct spool *own, char name[24], int *pooldfd, struct spool **from)
+/* Take a spare file from another open spares on own's file system when own is empty: the
+ * sessions' spares and each repository's share one file system, and a rename from a sibling
+ * spares costs what one from our own does, where a create may cost milliseconds (a restore
+ * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spares it
+ * came from, held (spares_release() after the rename; spare_put() to it if unused). */
+int spare_borrow(struct spares *own, char name[24], int *sparedfd, struct spares **from)
 {
     *from = NULL;
     dev_t dev;
-    struct spool *head = NULL;
-    if (!own || sibling_pools(own, &dev, NULL, &head) != 0) {
+    struct spares *head = NULL;
+    if (!own || sibling_spares(own, &dev, NULL, &head) != 0) {
         return -1;
     }
-    for (struct spool *p = head; p; p = p->next) {
+    for (struct spares *p = head; p; p = p->next) {
         if (p == own) {
             continue;
         }
         pthread_mutex_lock(&p->mu);
         int ok = p->dfd >= 0 && p->dev == dev && p->n[SP_FILE] > 0;
         if (ok) {
-            p->users++; /* its dfd stays open until pool_release */
+            p->users++; /* its dfd stays open until spares_release */
         }
         pthread_mutex_unlock(&p->mu);
         if (!ok) {
             continue;
         }
-        int fd = spare_take(p, name, pooldfd);
+        int fd = spare_take(p, name, sparedfd);
         if (fd >= 0) {
             *from = p;
             return fd;
         }
-        pool_release(p);
+        spares_release(p);
     }
     return -1;
 }
 
-/* The spare files a restore from own's pool can take: its own and those spare_borrow() may
- * take from the other open pools on its file system. */
-size_t spares_in_reach(struct spool *own)
+/* The spare files a restore from own's spares can take: its own and those spare_borrow() may
+ * take from the other open spare directories on its file system. */
+size_t spares_in_reach(struct spares *own)
 {
     size_t n = 0;
     dev_t dev;
-    struct spool *head = NULL;
-    if (sibling_pools(own, &dev, &n, &head) != 0) {
+    struct spares *head = NULL;
+    if (sibling_spares(own, &dev, &n, &head) != 0) {
         return 0;
     }
-    for (struct spool *p = head; p; p = p->next) {
+    for (struct spares *p = head; p; p = p->next) {
         if (p == own) {
             continue;
         }
@@ -522,20 +522,20 @@ size_t spares_in_reach(struct spool *own)
 }
 
 /* Give an unused spare file back (its contents are dropped). */
-void spare_put(struct spool *p, int fd, const char *name)
+void spare_put(struct spares *p, int fd, const char *name)
 {
     if (ftruncate(fd, 0) != 0 || fchmod(fd, SPARE_MODE) != 0) {
         return; /* leave it: the next scan of the directory takes it */
     }
     uint64_t v = strtoull(name + 2, NULL, 16);
     pthread_mutex_lock(&p->mu);
-    pool_push_locked(p, SP_FILE, v);
+    spares_push_locked(p, SP_FILE, v);
     pthread_mutex_unlock(&p->mu);
 }
 
 /* Make the directory pfd/name (mode 0700, as mkdirat(..., 0700)) from a spare if there is
  * one. Returns like mkdirat. */
-int spare_mkdir(struct spool *p, int pfd, const char *name)
+int spare_mkdir(struct spares *p, int pfd, const char *name)
 {
     char sname[24];
     int dfd = -1;
@@ -557,13 +557,13 @@ int spare_mkdir(struct spool *p, int pfd, const char *name)
     return mkdirat(pfd, name, 0700);
 }
 
-/* Give the complete file fd, the spare pooldfd/spare, the name dirfd/name (which must not
+/* Give the complete file fd, the spare sparedfd/spare, the name dirfd/name (which must not
  * exist: a random or new name). If the rename fails (EXDEV: the store is a mount point of
  * its own), the bytes are copied into a file created under that name. 0 or ERR_IO; either way
- * the spare is no longer in the pool directory on success. */
-int file_commit(int fd, int pooldfd, const char *spare, int dirfd, const char *name)
+ * the spare is no longer in the spares directory on success. */
+int file_commit(int fd, int sparedfd, const char *spare, int dirfd, const char *name)
 {
-    if (renameat2(pooldfd, spare, dirfd, name, RENAME_NOREPLACE) == 0) {
+    if (renameat2(sparedfd, spare, dirfd, name, RENAME_NOREPLACE) == 0) {
         return 0;
     }
     if (errno == EEXIST) {
@@ -589,22 +589,22 @@ int file_commit(int fd, int pooldfd, const char *spare, int dirfd, const char *n
     return rc;
 }
 
-/* write_file_atomic_d() into a spare of pool (NULL: none) when there is one, so that writing a
+/* write_file_atomic_d() into a spare of spares (NULL: none) when there is one, so that writing a
  * manifest or a pack index allocates no inode; the spare is renamed over name (replacing it).
- * Caller holds pool (pool_check). */
-int write_new_file(struct spool *pool, int dirfd, const char *name, const char *data, size_t len,
+ * Caller holds spares (spares_check). */
+int write_new_file(struct spares *sp, int dirfd, const char *name, const char *data, size_t len,
                    int durable)
 {
     char spare[24];
-    int pooldfd = -1;
-    int fd = pool ? spare_take(pool, spare, &pooldfd) : -1;
+    int sparedfd = -1;
+    int fd = sp ? spare_take(sp, spare, &sparedfd) : -1;
     if (fd < 0) {
         return write_file_atomic_d(dirfd, name, data, len, durable);
     }
     int ok = write_all(fd, data, len) == 0 && (!durable || fsync(fd) == 0) &&
-             fchmod(fd, 0444) == 0 && renameat(pooldfd, spare, dirfd, name) == 0;
+             fchmod(fd, 0444) == 0 && renameat(sparedfd, spare, dirfd, name) == 0;
     if (!ok) {
-        spare_put(pool, fd, spare);
+        spare_put(sp, fd, spare);
         close(fd);
         return write_file_atomic_d(dirfd, name, data, len, durable);
     }
@@ -619,7 +619,7 @@ int write_new_file(struct spool *pool, int dirfd, const char *name, const char *
  * Recycling: deleting a tree frees its inodes, which is what makes the next creates slow (see
  * above), and the filler then pays again to create the spares a restore takes. So a tree that
  * nobody but us can reach any more (the workspace of a destroyed sandbox, a restore's staging
- * directory) gives its plain files and empty directories to a spare pool of the same file
+ * directory) gives its plain files and empty directories to a spare spares of the same file
  * system instead: truncated, chmod-ed and renamed in, without freeing or allocating an inode.
  * A recycled inode ends up in another session's workspace, so it must carry nothing of its
  * past and nobody may still reach it:
@@ -634,7 +634,7 @@ int write_new_file(struct spool *pool, int dirfd, const char *name, const char *
  *   (nor another fd of ours, e.g. a file read in flight) has the file open;
  * - directories: empty, ours, one block, no xattrs (a default ACL would reach the files
  *   later created in it).
- * Anything else is deleted as before. The pool that needs spares most gets each one, up to
+ * Anything else is deleted as before. The spares that needs spares most gets each one, up to
  * the cap (snap_set_spare_max); past it, files are deleted.
  * Not recycled: the trash of an in-place restore (the workspace's sandbox still runs and may
  * hold an O_PATH fd or a cwd that no lease reveals) and snapshot stores (their objects may be
@@ -649,18 +649,18 @@ struct recycler {
     uint64_t files, dirs; /* recycled */
 };
 
-/* The open pool on dev that should get a spare of kind: the largest shortfall against its
- * target first, else the fewest spares under the cap. Returned with users held (pool_release)
+/* The open spares on dev that should get a spare of kind: the largest shortfall against its
+ * target first, else the fewest spares under the cap. Returned with users held (spares_release)
  * and its directory fd in *dfd. NULL if none has room. */
-static struct spool *recycle_pool(dev_t dev, int kind, int *dfd)
+static struct spares *recycle_spares(dev_t dev, int kind, int *dfd)
 {
     size_t max = atomic_load(&g_spare_max);
-    pthread_mutex_lock(&g_pools_mu);
-    struct spool *head = g_pools; /* nodes are never freed, their next never changes */
-    pthread_mutex_unlock(&g_pools_mu);
-    struct spool *best = NULL;
+    pthread_mutex_lock(&g_spares_mu);
+    struct spares *head = g_spares; /* nodes are never freed, their next never changes */
+    pthread_mutex_unlock(&g_spares_mu);
+    struct spares *best = NULL;
     long long best_score = 0;
-    for (struct spool *p = head; p; p = p->next) {
+    for (struct spares *p = head; p; p = p->next) {
         pthread_mutex_lock(&p->mu);
         if (p->dfd >= 0 && p->dev == dev && p->n[kind] < max) {
             long long need = (long long)p->want[kind] - (long long)p->n[kind];
@@ -687,15 +687,16 @@ static struct spool *recycle_pool(dev_t dev, int kind, int *dfd)
     return best;
 }
 
-/* Rename dfd/name (checked by the caller) into a pool as a spare of kind. 0 if done. leasefd
+/* Rename dfd/name (checked by the caller) into a spares directory as a spare of kind. 0 if done.
+ * leasefd
  * (-1 for a directory) holds our write lease on the file: if somebody started opening it, the
  * lease is being broken, and after the rename the opener would hold a spare. Such a file is
- * unlinked from the pool instead (it is gone either way). The lease is released before the
+ * unlinked from the spares instead (it is gone either way). The lease is released before the
  * spare is published, so a restore that takes it does not wait on it. */
-static int recycle_into_pool(dev_t dev, int kind, int dfd, const char *name, int leasefd)
+static int recycle_into_spares(dev_t dev, int kind, int dfd, const char *name, int leasefd)
 {
     int pdfd = -1;
-    struct spool *p = recycle_pool(dev, kind, &pdfd);
+    struct spares *p = recycle_spares(dev, kind, &pdfd);
     if (!p) {
         return -1;
     }
@@ -716,7 +717,7 @@ static int recycle_into_pool(dev_t dev, int kind, int dfd, const char *name, int
     }
     pthread_mutex_lock(&p->mu);
     if (rc == 0) {
-        pool_push_locked(p, kind, v);
+        spares_push_locked(p, kind, v);
     }
     p->users--;
     pthread_mutex_unlock(&p->mu);
@@ -737,9 +738,9 @@ static int plain_inode(int fd)
     return 1;
 }
 
-/* Recycle the regular file dfd/name (lstat data in sb) into a pool. 0 if done (or the file is
- * gone); else the caller unlinks it. A file with other links is never opened for writing; one
- * that somebody opens while we hold its lease may already be empty when they get it (it was
+/* Recycle the regular file dfd/name (lstat data in sb) into a spares directory. 0 if done (or the
+ * file is gone); else the caller unlinks it. A file with other links is never opened for writing;
+ * one that somebody opens while we hold its lease may already be empty when they get it (it was
  * being deleted either way). */
 static int recycle_file(struct recycler *rc, int dfd, const char *name, const struct stat *sb)
 {
@@ -760,7 +761,7 @@ static int recycle_file(struct recycler *rc, int dfd, const char *name, const st
         goto out;
     }
     /* A lease break is signalled to us (SIGIO by default, which would end the process): a
-     * signal ignored by default stands in, and the lease is polled (recycle_into_pool). */
+     * signal ignored by default stands in, and the lease is polled (recycle_into_spares). */
     if (fcntl(fd, F_SETSIG, LEASE_SIG) != 0 || fcntl(fd, F_SETLEASE, F_WRLCK) != 0) {
         goto out; /* open elsewhere (or leases are off) */
     }
@@ -776,7 +777,7 @@ static int recycle_file(struct recycler *rc, int dfd, const char *name, const st
     if (fcntl(fd, F_GETLEASE) != F_WRLCK) {
         goto out; /* somebody is opening it: deleted by the caller, as before */
     }
-    int r = recycle_into_pool(fsb.st_dev, SP_FILE, dfd, name, fd);
+    int r = recycle_into_spares(fsb.st_dev, SP_FILE, dfd, name, fd);
     leased = 0; /* released there when the rename was done */
     if (r < 0) {
         leased = 1; /* not renamed: still ours, still leased */
@@ -792,7 +793,8 @@ out:
     return ok ? 0 : -1;
 }
 
-/* Recycle the directory cfd (= dfd/name, emptied by the caller) into a pool. 0 if done. */
+/* Recycle the directory cfd (= dfd/name, emptied by the caller) into a spares directory. 0 if done.
+ */
 static int recycle_dir(struct recycler *rc, int cfd, int dfd, const char *name)
 {
     struct stat sb;
@@ -803,7 +805,7 @@ static int recycle_dir(struct recycler *rc, int cfd, int dfd, const char *name)
     if ((sb.st_mode & 07777) != 0700 && fchmod(cfd, 0700) != 0) {
         return -1;
     }
-    if (recycle_into_pool(sb.st_dev, SP_DIR, dfd, name, -1) != 0) {
+    if (recycle_into_spares(sb.st_dev, SP_DIR, dfd, name, -1) != 0) {
         return -1;
     }
     rc->dirs++;
@@ -906,9 +908,9 @@ void trash_later(char *path, int recycle)
     }
 }
 
-/* The tree of a discard waits in the directory of a pool of its file system, named
+/* The tree of a discard waits in the directory of a spares directory of its file system, named
  * TRASH_PREFIX<random>: out of its caller's way at once, recycled by a janitor thread, and
- * found again by pool_check() after a crash. */
+ * found again by spares_check() after a crash. */
 
 int snap_discard_tree(const char *path)
 {
@@ -918,7 +920,7 @@ int snap_discard_tree(const char *path)
     }
     if (S_ISDIR(sb.st_mode)) {
         int pdfd = -1;
-        struct spool *p = recycle_pool(sb.st_dev, SP_FILE, &pdfd);
+        struct spares *p = recycle_spares(sb.st_dev, SP_FILE, &pdfd);
         if (p) {
             char rnd[17], nm[24];
             util_random_hex(rnd, 8);
@@ -927,14 +929,14 @@ int snap_discard_tree(const char *path)
             if (renameat(AT_FDCWD, path, pdfd, nm) == 0) {
                 tpath = xasprintf("%s/%s", p->dir, nm);
             }
-            pool_release(p);
+            spares_release(p);
             if (tpath) {
                 trash_later(tpath, 1);
                 return 0;
             }
         }
     }
-    /* no pool with room on its file system (or not a directory): now, recycling if it can */
+    /* no spares with room on its file system (or not a directory): now, recycling if it can */
     struct recycler rc = {.euid = geteuid(), .egid = getegid()};
     return recycle_path(path, &rc) == 0 ? 0 : ERR_IO;
 }
