@@ -853,6 +853,71 @@ static void build_manifest(struct buf *m, struct mhdr *h, const struct entv *cur
     }
 }
 
+/* Timings of one snap_create, for its snap_info and its log line. */
+struct ctimes {
+    int64_t t0, cpu0, cpu_us;
+    int64_t lock_us, pidx_us, spares_us, cache_us, tree_us, walk_us, hash_us, write_us;
+    int64_t tm; /* when the manifest phase began */
+    struct rusage ru0;
+    int bg0, rest0; /* background threads and restores running when it began */
+};
+
+/* The snap_info of a new snapshot (header h, left out om). */
+static void fill_info(struct snap_info *out, const char *id, const struct mhdr *h,
+                      const struct snap_info *om, const struct ctimes *ct)
+{
+    memset(out, 0, sizeof(*out));
+    snprintf(out->id, sizeof(out->id), "%s", id);
+    out->created_ms = h->created_ms;
+    out->files = h->files;
+    out->entries = h->entries;
+    out->bytes = h->bytes;
+    out->hashed = h->hashed;
+    out->new_bytes = h->new_bytes;
+    out->duration_us = h->duration_us;
+    snprintf(out->label, sizeof(out->label), "%s", h->label);
+    out->walk_us = ct->walk_us;
+    out->hash_us = ct->hash_us;
+    out->manifest_us = clock_mono_us() - ct->tm;
+    out->lock_us = ct->lock_us;
+    out->cache_us = ct->cache_us;
+    out->cpu_us = ct->cpu_us;
+    out->special = om->special;
+    out->too_deep = om->too_deep;
+    out->too_long = om->too_long;
+    out->too_big = om->too_big;
+}
+
+/* One log line per snapshot with where its time went: the numbers to look at first when a
+ * prompt waits for its snapshot. */
+static void log_created(const char *id, const char *workspace, const struct mhdr *h,
+                        struct hctx *hc, const struct ctimes *ct)
+{
+    struct rusage ru1;
+    getrusage(RUSAGE_THREAD, &ru1);
+    LOG_INFO(
+        "snap: %s of %s: %llu files, %llu hashed, %llu new bytes in %lld ms (lock %lld, "
+        "pack index %lld, spares %lld, cache %lld, walk %lld, compare %lld, hash %lld [read "
+        "%lld, store %lld ms of threads; %llu new objects, loose ones: %llu in spares, %llu "
+        "in tmpfiles], manifest %lld [write %lld] ms; cpu %lld ms, %ld in-blocks, %ld/%ld "
+        "vol/invol switches; background threads %d, restores %d)",
+        id, workspace, (unsigned long long)h->files, (unsigned long long)h->hashed,
+        (unsigned long long)h->new_bytes, (long long)h->duration_us / 1000,
+        (long long)ct->lock_us / 1000, (long long)ct->pidx_us / 1000,
+        (long long)ct->spares_us / 1000, (long long)ct->cache_us / 1000,
+        (long long)ct->tree_us / 1000,
+        (long long)(ct->walk_us - ct->lock_us - ct->pidx_us - ct->spares_us - ct->cache_us -
+                    ct->tree_us) /
+            1000,
+        (long long)ct->hash_us / 1000, (long long)atomic_load(&hc->read_us) / 1000,
+        (long long)atomic_load(&hc->store_us) / 1000, (unsigned long long)atomic_load(&hc->n_new),
+        (unsigned long long)atomic_load(&hc->n_spare),
+        (unsigned long long)atomic_load(&hc->n_tmpfile),
+        (long long)(clock_mono_us() - ct->tm) / 1000, (long long)ct->write_us / 1000,
+        (long long)ct->cpu_us / 1000, ru1.ru_inblock - ct->ru0.ru_inblock,
+        ru1.ru_nvcsw - ct->ru0.ru_nvcsw, ru1.ru_nivcsw - ct->ru0.ru_nivcsw, ct->bg0, ct->rest0);
+}
+
 int snap_create(struct snap_store *st, const char *workspace, const char *label,
                 struct snap_info *out)
 {
@@ -865,15 +930,13 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     struct pidx *seedx = NULL;
     struct pwriter pw = {.packfd = st->packfd, .fd = -1, .sparedfd = -1};
     int rc = 0, spares_checked = 0;
-    int64_t t0 = clock_mono_us(), tp = t0, walk_us = 0, hash_us = 0;
-    int64_t cpu0 = thread_cpu_us(), lock_us = 0, spares_us = 0, cache_us = 0, tree_us = 0;
-    int64_t write_us = 0, pidx_us = 0;
+    struct ctimes ct = {.t0 = clock_mono_us(), .cpu0 = thread_cpu_us()};
+    int64_t t0 = ct.t0, tp = t0;
     int64_t started_ns = now_real_ns();
     char id[32], name[40];
-    struct rusage ru0;
-    getrusage(RUSAGE_THREAD, &ru0);
-    int bg0 = bg_running();
-    int rest0 = atomic_load(&g_restoring);
+    getrusage(RUSAGE_THREAD, &ct.ru0);
+    ct.bg0 = bg_running();
+    ct.rest0 = atomic_load(&g_restoring);
 
     buf_init(&m, 0);
     memset(&h, 0, sizeof(h));
@@ -881,12 +944,12 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     pthread_mutex_init(&pw.mu, NULL);
     atomic_init(&pw.end, 0);
     pthread_mutex_lock(&st->lock);
-    lock_us = clock_mono_us() - t0;
+    ct.lock_us = clock_mono_us() - t0;
     /* Spare-making and recycling wait while we run, as they do for a restore: a user waits for
      * this snapshot (the session's next prompt does). */
     restoring_begin();
     pidx_of(st);
-    pidx_us = clock_mono_us() - t0 - lock_us;
+    ct.pidx_us = clock_mono_us() - t0 - ct.lock_us;
     rootfd = open(workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (rootfd < 0) {
         rc = errno == ENOENT ? ERR_NOT_FOUND : ERR_IO;
@@ -901,14 +964,14 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     spares_check(st->spares);
     spares_checked = 1;
     pw.spares = st->spares;
-    spares_us = clock_mono_us() - tp;
+    ct.spares_us = clock_mono_us() - tp;
     tp = clock_mono_us();
     load_cache(st, &rsb, &ch, &cache);
     seedfd = open_seed(st);
-    cache_us = clock_mono_us() - tp;
+    ct.cache_us = clock_mono_us() - tp;
     tp = clock_mono_us();
     rc = walk_tree(rootfd, &cur);
-    tree_us = clock_mono_us() - tp;
+    ct.tree_us = clock_mono_us() - tp;
     if (rc != 0) {
         goto out;
     }
@@ -916,11 +979,11 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     warn_omitted(workspace, &om);
     jobs = xmalloc((cur.n + 1) * sizeof(*jobs));
     size_t nj = pick_jobs(st, &cur, &cache, ch.started_ns, seedfd, &seedpacks, &seedx, jobs);
-    walk_us = clock_mono_us() - t0;
+    ct.walk_us = clock_mono_us() - t0;
     tp = clock_mono_us();
     struct hctx hc = {.st = st, .rootfd = rootfd, .jobs = jobs};
     rc = hash_jobs(&hc, &pw, nj);
-    hash_us = clock_mono_us() - tp;
+    ct.hash_us = clock_mono_us() - tp;
     tp = clock_mono_us();
     if (rc != 0) {
         goto out;
@@ -957,52 +1020,16 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     if (seedfd >= 0) {
         unlinkat(st->dirfd, "seed", 0); /* every object of the snapshot is ours now */
     }
-    write_us = clock_mono_us() - tw;
+    ct.write_us = clock_mono_us() - tw;
     h.duration_us = clock_mono_us() - t0;
-    int64_t cpu_us = thread_cpu_us() - cpu0;
+    ct.cpu_us = thread_cpu_us() - ct.cpu0;
+    ct.tm = tp;
     if (out) {
-        memset(out, 0, sizeof(*out));
-        snprintf(out->id, sizeof(out->id), "%s", id);
-        out->created_ms = h.created_ms;
-        out->files = h.files;
-        out->entries = h.entries;
-        out->bytes = h.bytes;
-        out->hashed = h.hashed;
-        out->new_bytes = h.new_bytes;
-        out->duration_us = h.duration_us;
-        snprintf(out->label, sizeof(out->label), "%s", h.label);
-        out->walk_us = walk_us;
-        out->hash_us = hash_us;
-        out->manifest_us = clock_mono_us() - tp;
-        out->lock_us = lock_us;
-        out->cache_us = cache_us;
-        out->cpu_us = cpu_us;
-        out->special = om.special;
-        out->too_deep = om.too_deep;
-        out->too_long = om.too_long;
-        out->too_big = om.too_big;
+        fill_info(out, id, &h, &om, &ct);
     }
     /* Spares for the next snapshot or restore of this workspace (in the background). */
     spares_kick(st->spares, (size_t)h.files, (size_t)(h.entries - h.files));
-    struct rusage ru1;
-    getrusage(RUSAGE_THREAD, &ru1);
-    LOG_INFO(
-        "snap: %s of %s: %llu files, %llu hashed, %llu new bytes in %lld ms (lock %lld, "
-        "pack index %lld, spares %lld, cache %lld, walk %lld, compare %lld, hash %lld [read "
-        "%lld, store %lld ms of threads; %llu new objects, loose ones: %llu in spares, %llu "
-        "in tmpfiles], manifest %lld [write %lld] ms; cpu %lld ms, %ld in-blocks, %ld/%ld "
-        "vol/invol switches; background threads %d, restores %d)",
-        id, workspace, (unsigned long long)h.files, (unsigned long long)h.hashed,
-        (unsigned long long)h.new_bytes, (long long)h.duration_us / 1000, (long long)lock_us / 1000,
-        (long long)pidx_us / 1000, (long long)spares_us / 1000, (long long)cache_us / 1000,
-        (long long)tree_us / 1000,
-        (long long)(walk_us - lock_us - pidx_us - spares_us - cache_us - tree_us) / 1000,
-        (long long)hash_us / 1000, (long long)atomic_load(&hc.read_us) / 1000,
-        (long long)atomic_load(&hc.store_us) / 1000, (unsigned long long)atomic_load(&hc.n_new),
-        (unsigned long long)atomic_load(&hc.n_spare),
-        (unsigned long long)atomic_load(&hc.n_tmpfile), (long long)(clock_mono_us() - tp) / 1000,
-        (long long)write_us / 1000, (long long)cpu_us / 1000, ru1.ru_inblock - ru0.ru_inblock,
-        ru1.ru_nvcsw - ru0.ru_nvcsw, ru1.ru_nivcsw - ru0.ru_nivcsw, bg0, rest0);
+    log_created(id, workspace, &h, &hc, &ct);
 out:
     if (spares_checked) {
         spares_release(st->spares);

@@ -706,6 +706,35 @@ out:
     return rc;
 }
 
+/* The manifest of snapshot id (header th, entries tgt, indexed), without the entries beyond
+ * the snapshot limits. */
+static int load_target(struct snap_store *st, const char *id, const char *workspace,
+                       struct mhdr *th, struct entv *tgt)
+{
+    char name[40];
+    snprintf(name, sizeof(name), "%s.m", id);
+    int rc = load_manifest_at(st->snapfd, name, th, tgt);
+    if (rc != 0) {
+        return rc;
+    }
+    drop_out_of_bounds(tgt, id, workspace);
+    entv_index(tgt);
+    return 0;
+}
+
+/* Rename the staging directory of a fresh restore to the workspace path. */
+static int move_into_place(const char *stage, const char *workspace)
+{
+    if (renameat2(AT_FDCWD, stage, AT_FDCWD, workspace, RENAME_NOREPLACE) != 0 &&
+        (errno != EEXIST || rename(stage, workspace) != 0)) {
+        /* rename() replaces an empty directory someone made meanwhile, nothing else */
+        LOG_WARN("snap: restore: cannot move the restored tree to %s: %s", workspace,
+                 strerror(errno));
+        return ERR_IO;
+    }
+    return 0;
+}
+
 static int restore_impl(struct snap_store *st, const char *id, const char *workspace,
                         const char *seed_dir, struct snap_restore_info *out)
 {
@@ -720,7 +749,6 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
     int64_t t0 = clock_mono_us(), tp = t0;
     int64_t started_ns = now_real_ns();
     int as_root = geteuid() == 0;
-    char name[40];
     char *parent = NULL, *leaf = NULL, *stage = NULL;
     size_t nj = 0;
 
@@ -733,13 +761,10 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
     }
     pthread_mutex_lock(&st->lock);
     pidx_of(st);
-    snprintf(name, sizeof(name), "%s.m", id);
-    rc = load_manifest_at(st->snapfd, name, &th, &tgt);
+    rc = load_target(st, id, workspace, &th, &tgt);
     if (rc != 0) {
         goto out;
     }
-    drop_out_of_bounds(&tgt, id, workspace);
-    entv_index(&tgt);
     spares_check(st->spares);
     spares_checked = 1;
     restoring_begin();
@@ -803,12 +828,8 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
      * workspace's stat data. A crash before the cache is written costs the next snapshot a
      * full read, never a wrong one. */
     if (stage) {
-        if (renameat2(AT_FDCWD, stage, AT_FDCWD, workspace, RENAME_NOREPLACE) != 0 &&
-            (errno != EEXIST || rename(stage, workspace) != 0)) {
-            /* rename() replaces an empty directory someone made meanwhile, nothing else */
-            LOG_WARN("snap: restore: cannot move the restored tree to %s: %s", workspace,
-                     strerror(errno));
-            rc = ERR_IO;
+        rc = move_into_place(stage, workspace);
+        if (rc != 0) {
             goto out;
         }
         free(stage);
