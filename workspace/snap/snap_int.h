@@ -1,7 +1,8 @@
 /*
  * snap_int.h - internals shared by the files of workspace/snap/ (never by its callers).
  *
- * snap.c - incremental immutable snapshots: a content-addressed object store + manifests.
+ * The snapshot store: incremental immutable snapshots, a content-addressed object store +
+ * manifests.
  *
  * Manifest format (snaps/<id>.m, text, one entry a line, fields separated by one space):
  *   sessiond-snap 1 <created_ms> <started_ns> <dev> <root_ino> <files> <entries> <bytes>
