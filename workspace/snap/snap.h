@@ -6,7 +6,7 @@
  *                         snapshot of the store (never hard-linked into a live workspace)
  *   packs/p-<r>.pack/.idx many small objects in one read-only file + its index (hash ->
  *                         offset, length): what a snapshot that reads many files writes
- *   snaps/<id>.m          one manifest per snapshot (text; see snap.c), immutable
+ *   snaps/<id>.m          one manifest per snapshot (text; see snap_int.h), immutable
  *   cache                 the last known state of the workspace (path -> stat -> hash)
  *
  * snap_create() walks the workspace and reads only files whose (size, mtime, ctime, inode)
@@ -20,11 +20,11 @@
  * edit in the workspace can never reach the store.
  *
  * New files and directories (objects and restored entries) take pre-made empty inodes from a
- * pool (<parent of the store>/.snap-spare, topped up in the background, or from a sibling
- * pool on the same file system when it is empty), because ext4 without a journal makes every
- * create slow for minutes after a mass delete (see snap.c). snap_discard_tree() deletes dead
- * workspaces by recycling their inodes into those pools.
- * Callers must serialize restores into one workspace (the session actor does).
+ * spares directory (<parent of the store>/.snap-spare, topped up in the background, or from a
+ * sibling spares directory on the same file system when it is empty), because ext4 without a
+ * journal makes every create slow for minutes after a mass delete (see spares.c).
+ * snap_discard_tree() deletes dead workspaces by recycling their inodes into those spare
+ * directories. Callers must serialize restores into one workspace (the session actor does).
  *
  * Limits (a sandbox builds any tree; docs/repos.md "Snapshots", Limits): a snapshot records
  * entries down to SNAP_MAX_DEPTH levels below the workspace whose path (relative) is at most
@@ -124,13 +124,13 @@ int snap_restore_seed(struct snap_store *st, const char *id, const char *workspa
                       const char *seed_dir, struct snap_restore_info *out);
 
 /** Delete the tree at path like util_rm_rf(), but give its plain files and empty directories
- * (one link, ours, no xattrs, open nowhere) to a spare-inode pool of the same file system
- * instead of freeing their inodes (see snap.c "Recycling"). Only for a tree nobody else can
+ * (one link, ours, no xattrs, open nowhere) to a spare-inode directory of the same file system
+ * instead of freeing their inodes (see spares.c "Recycling"). Only for a tree nobody else can
  * reach any more (the workspace of a destroyed sandbox, a build directory): never for a live
  * workspace, nor for a snapshot store. Files with several links (objects shared with a store)
- * are unlinked, never truncated. When a pool of this process lives on the same file system,
- * the tree is renamed into it and recycled in the background (snap_background_wait() waits
- * for that; a crash leaves it to the next process that opens the pool); else it is removed
+ * are unlinked, never truncated. When a spares directory of this process lives on the same file
+ * system, the tree is renamed into it and recycled in the background (snap_background_wait() waits
+ * for that; a crash leaves it to the next process that opens the spares); else it is removed
  * now. Either way path is gone on return. 0, or ERR_IO if something could not be removed. */
 int snap_discard_tree(const char *path);
 
@@ -168,11 +168,11 @@ void snap_set_durable(int on);
  * never) put their new objects of up to 4 MiB into one pack file instead of one file each, so
  * that a first snapshot of 10,000 files creates two inodes, not 10,000, and a later one that
  * read a few hundred none (the pack, its index and the manifest take spare inodes; see
- * snap.c). Process-wide; for benchmarks and tests. */
+ * pack.c). Process-wide; for benchmarks and tests. */
 void snap_set_pack_min(size_t n);
 
-/** Upper bound of each spare-inode pool (default 65536; 0 disables the pools: every file is
- * created where it lands). Process-wide; for benchmarks and tests. */
+/** Upper bound of each spare-inode directory (default 65536; 0 disables the spare directories:
+ * every file is created where it lands). Process-wide; for benchmarks and tests. */
 void snap_set_spare_max(size_t n);
 /** Wait until the background work started by snapshot operations is done (spare inodes being
  * created, trees removed by restores being deleted). For tests, benchmarks and shutdown. */
