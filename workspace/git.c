@@ -23,6 +23,7 @@
 #include <git2/sys/odb_backend.h>
 #include <git2/sys/repository.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,24 +170,25 @@ static int push_ref_cb(const char *refname, const char *status, void *payload)
     return 0;
 }
 
-/* Set by gitx_cancel_all() at shutdown: transfers in progress stop at the next callback. */
-static volatile int g_cancel;
+/* Set by gitx_cancel_all() at shutdown (any thread); read by the transfer callbacks of every
+ * git thread, which stop at their next call. Process-wide like libgit2 itself. */
+static atomic_int g_cancel;
 
 void gitx_cancel_all(int on)
 {
-    g_cancel = on;
+    atomic_store(&g_cancel, on);
 }
 
 int gitx_cancelled(void)
 {
-    return g_cancel;
+    return atomic_load(&g_cancel);
 }
 
 static int progress_cb(const git_indexer_progress *stats, void *payload)
 {
     (void)stats;
     (void)payload;
-    if (g_cancel) {
+    if (atomic_load(&g_cancel)) {
         git_error_set_str(GIT_ERROR_NET, "cancelled: the server is stopping");
         return -1;
     }
