@@ -520,37 +520,40 @@ static void add_system_dirs(const char ***av, size_t *n, size_t *cap, char **kee
     }
 }
 
-static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, struct sbx **out)
+/* Everything local_create hands to its child, prepared before fork(): the child of a threaded
+ * process may make async-signal-safe calls only, so it allocates and formats nothing. */
+struct launch {
+    struct sbx *s;
+    struct local_backend *lb;
+    int sp[2]; /* sp[0]: the server's end (sbxi_attach); sp[1]: sandbox-init's fd 3 */
+    int ws_fd, priv_fd, init_fd, agents_fd, log_fd, objs_fd;
+    char *objs;     /* the shared object store to bind read-only, or NULL */
+    char *procs[3]; /* cgroup.procs of the pids, memory and cpu cgroups, or NULL */
+    char tmpsize[32];
+    const char **av; /* bwrap's argv */
+    size_t n, cap;
+    char *keep[16]; /* strings av points at (symlink targets) */
+    int nkeep;
+};
+
+static void launch_add(struct launch *L, const char *a)
 {
-    struct local_backend *lb = (struct local_backend *)b;
-    struct sbx *s = NULL;
-    struct local_sbx *ls = NULL;
-    int sp[2] = {-1, -1};
-    int ws_fd = -1, priv_fd = -1, init_fd = -1, agents_fd = -1, log_fd = -1, objs_fd = -1;
-    char *objs = NULL; /* the shared object store to bind read-only, or NULL */
-    char *procs_pids = NULL, *procs_mem = NULL, *procs_cpu = NULL;
-    const char **av = NULL;
-    size_t n = 0, cap = 0;
-    char *keep[16] = {0};
-    int nkeep = 0;
-    int rc = sbxi_new(b, spec, "/workspace", "/run/sessiond", &s);
-    if (rc) {
-        return rc;
-    }
-    ls = xcalloc(1, sizeof *ls);
-    s->agents_inside = xstrdup(SBX_AGENTS_INSIDE);
-    s->impl = ls;
-    s->impl_stop = local_impl_stop;
-    s->impl_free = local_impl_free;
-    s->impl_oom_kills = local_oom_kills;
-    ls->mem_v2 = lb->mem_v2;
+    arg(&L->av, &L->n, &L->cap, a);
+}
+
+/* The sandbox's host uid: one of the range (the workspace becomes its), else the shared
+ * sandbox user; the workspace is chowned to it when the server is root. */
+static int take_identity(struct local_backend *lb, const struct sbx_spec *spec, struct sbx *s,
+                         struct local_sbx *ls)
+{
+    struct sbx_backend *b = &lb->base;
     if (lb->as_root && lb->uid_used) {
         uid_t u = 0;
-        rc = uid_take(lb, &u);
+        int rc = uid_take(lb, &u);
         if (rc) {
             LOG_ERROR("sandbox: %s: every uid of sandbox_uid_range %d-%d is in use", spec->name,
                       b->cfg.uid_lo, b->cfg.uid_hi);
-            goto out;
+            return rc;
         }
         ls->own_uid = 1;
         s->uid = u;
@@ -567,7 +570,15 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
     if (lb->as_root && chown(s->ws_host, s->uid, s->gid) < 0) {
         LOG_WARN("sandbox: chown %s: %s", s->ws_host, strerror(errno));
     }
-    int mem = spec->memory_mib ? spec->memory_mib : b->cfg.memory_mib;
+    return 0;
+}
+
+/* This sandbox's pids, memory and cpu cgroups, and the cgroup.procs files the child joins. */
+static void make_cgroups(struct launch *L, const struct sbx_spec *spec, struct local_sbx *ls,
+                         int mem)
+{
+    struct local_backend *lb = L->lb;
+    struct sbx_backend *b = &lb->base;
     int pids = spec->pids ? spec->pids : b->cfg.pids;
     char val[64];
     snprintf(val, sizeof val, "%d", pids);
@@ -582,38 +593,44 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
         ls->cg_cpu = make_cgroup(lb->cg_cpu, spec->name, lb->cpu_v2,
                                  lb->cpu_v2 ? "cpu.max" : "cpu.cfs_quota_us", val);
     }
-    procs_pids = ls->cg_pids ? xasprintf("%s/cgroup.procs", ls->cg_pids) : NULL;
-    procs_mem = ls->cg_mem ? xasprintf("%s/cgroup.procs", ls->cg_mem) : NULL;
-    procs_cpu = ls->cg_cpu ? xasprintf("%s/cgroup.procs", ls->cg_cpu) : NULL;
+    L->procs[0] = ls->cg_pids ? xasprintf("%s/cgroup.procs", ls->cg_pids) : NULL;
+    L->procs[1] = ls->cg_mem ? xasprintf("%s/cgroup.procs", ls->cg_mem) : NULL;
+    L->procs[2] = ls->cg_cpu ? xasprintf("%s/cgroup.procs", ls->cg_cpu) : NULL;
+}
 
-    ls->log_path = xasprintf("%s/sandboxes/%s.log", b->cfg.data_dir, spec->name);
-    log_fd = open(ls->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    ws_fd = open(s->ws_host, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    priv_fd = open(s->priv_host, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    init_fd = open(lb->init_path, O_PATH | O_CLOEXEC);
-    agents_fd = open(lb->agents_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    objs = spec->shared_objects ? xstrdup(spec->shared_objects) : NULL;
-    if (objs) {
-        objs_fd = open(objs, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (objs_fd < 0) {
-            LOG_WARN("sandbox: %s: cannot open the shared object store %s: %s", spec->name, objs,
+/* The log file (the child's stderr), the bind sources as fds, and the socket pair to
+ * sandbox-init; every fd the child keeps is moved above 64. */
+static int open_sources(struct launch *L, const struct sbx_spec *spec, struct local_sbx *ls)
+{
+    struct local_backend *lb = L->lb;
+    struct sbx *s = L->s;
+    ls->log_path = xasprintf("%s/sandboxes/%s.log", lb->base.cfg.data_dir, spec->name);
+    L->log_fd = open(ls->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    L->ws_fd = open(s->ws_host, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    L->priv_fd = open(s->priv_host, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    L->init_fd = open(lb->init_path, O_PATH | O_CLOEXEC);
+    L->agents_fd = open(lb->agents_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    L->objs = spec->shared_objects ? xstrdup(spec->shared_objects) : NULL;
+    if (L->objs) {
+        L->objs_fd = open(L->objs, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (L->objs_fd < 0) {
+            LOG_WARN("sandbox: %s: cannot open the shared object store %s: %s", spec->name, L->objs,
                      strerror(errno));
-            free(objs);
-            objs = NULL;
+            free(L->objs);
+            L->objs = NULL;
         }
     }
-    if (ws_fd < 0 || priv_fd < 0 || init_fd < 0 || log_fd < 0) {
+    if (L->ws_fd < 0 || L->priv_fd < 0 || L->init_fd < 0 || L->log_fd < 0) {
         LOG_ERROR("sandbox: %s: cannot open %s (%s)", spec->name,
-                  init_fd < 0 ? lb->init_path : s->ws_host, strerror(errno));
-        rc = ERR_IO;
-        goto out;
+                  L->init_fd < 0 ? lb->init_path : s->ws_host, strerror(errno));
+        return ERR_IO;
     }
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
-        rc = ERR_IO;
-        goto out;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, L->sp) < 0) {
+        return ERR_IO;
     }
     /* Move the child's fds above 64 so the dup2() to 0..8 in the child never clobbers one. */
-    int *mv[] = {&sp[1], &ws_fd, &priv_fd, &init_fd, &agents_fd, &log_fd, &objs_fd};
+    int *mv[] = {&L->sp[1],     &L->ws_fd,  &L->priv_fd, &L->init_fd,
+                 &L->agents_fd, &L->log_fd, &L->objs_fd};
     for (size_t i = 0; i < sizeof mv / sizeof mv[0]; i++) {
         if (*mv[i] >= 0 && *mv[i] < 64) {
             int nfd = fcntl(*mv[i], F_DUPFD_CLOEXEC, 64);
@@ -623,191 +640,262 @@ static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, stru
             }
         }
     }
-    char tmpsize[32];
-    snprintf(tmpsize, sizeof tmpsize, "%lld", (long long)mem << 20);
-    arg(&av, &n, &cap, BWRAP);
-    arg(&av, &n, &cap, "--unshare-all");
-    if (spec->egress) {
-        arg(&av, &n, &cap, "--share-net");
+    return 0;
+}
+
+/* The bind mounts of the workspace, the private dir, sandbox-init, the agents and the object
+ * store. As root, the child stages them in a private mount namespace under STAGE (see
+ * stage_mounts), because bwrap resolves sources as the sandbox user, who may not traverse
+ * the data dir's parents. Otherwise bwrap gets the fds (child_exec numbers them 4..8). */
+static void add_binds(struct launch *L)
+{
+    int stage = L->lb->as_root;
+    launch_add(L, stage ? "--bind" : "--bind-fd");
+    launch_add(L, stage ? STAGE "/ws" : "4");
+    launch_add(L, "/workspace");
+    launch_add(L, stage ? "--ro-bind" : "--ro-bind-fd");
+    launch_add(L, stage ? STAGE "/priv" : "5");
+    launch_add(L, "/run/sessiond");
+    launch_add(L, stage ? "--ro-bind" : "--ro-bind-fd");
+    launch_add(L, stage ? STAGE "/init" : "6");
+    launch_add(L, "/run/sessiond-init");
+    if (L->agents_fd >= 0) {
+        launch_add(L, stage ? "--ro-bind" : "--ro-bind-fd");
+        launch_add(L, stage ? STAGE "/agents" : "7");
+        launch_add(L, SBX_AGENTS_INSIDE);
     }
-    arg(&av, &n, &cap, "--unshare-user"); /* explicit: --disable-userns needs it */
-    arg(&av, &n, &cap, "--disable-userns");
-    arg(&av, &n, &cap, "--die-with-parent");
+    if (L->objs) {
+        /* read-only: the store is shared by every session of the repository */
+        launch_add(L, stage ? "--ro-bind" : "--ro-bind-fd");
+        launch_add(L, stage ? STAGE "/objs" : "8");
+        launch_add(L, L->objs);
+    }
+}
+
+/* bwrap's argv: namespaces, an environment from scratch, the system dirs, the blocked
+ * command masks, /proc, /dev, /tmp, the binds, then sandbox-init and its arguments. */
+static void build_argv(struct launch *L, const struct sbx_spec *spec, int mem)
+{
+    struct local_backend *lb = L->lb;
+    snprintf(L->tmpsize, sizeof L->tmpsize, "%lld", (long long)mem << 20);
+    launch_add(L, BWRAP);
+    launch_add(L, "--unshare-all");
+    if (spec->egress) {
+        launch_add(L, "--share-net");
+    }
+    launch_add(L, "--unshare-user"); /* explicit: --disable-userns needs it */
+    launch_add(L, "--disable-userns");
+    launch_add(L, "--die-with-parent");
     /* sandbox-init is pid 1 itself (it reaps orphans; see its header): without this flag
      * bwrap leaves a monitor of its own as pid 1, a process of the sandbox's uid that runs
      * outside sandbox-init's seccomp filter and Landlock domain. */
-    arg(&av, &n, &cap, "--as-pid-1");
-    arg(&av, &n, &cap, "--new-session");
-    arg(&av, &n, &cap, "--cap-drop");
-    arg(&av, &n, &cap, "ALL");
-    arg(&av, &n, &cap, "--clearenv");
-    arg(&av, &n, &cap, "--setenv");
-    arg(&av, &n, &cap, "PATH");
-    arg(&av, &n, &cap, "/usr/bin:/bin");
-    arg(&av, &n, &cap, "--hostname");
-    arg(&av, &n, &cap, "sandbox");
-    add_system_dirs(&av, &n, &cap, keep, &nkeep);
+    launch_add(L, "--as-pid-1");
+    launch_add(L, "--new-session");
+    launch_add(L, "--cap-drop");
+    launch_add(L, "ALL");
+    launch_add(L, "--clearenv");
+    launch_add(L, "--setenv");
+    launch_add(L, "PATH");
+    launch_add(L, "/usr/bin:/bin");
+    launch_add(L, "--hostname");
+    launch_add(L, "sandbox");
+    add_system_dirs(&L->av, &L->n, &L->cap, L->keep, &L->nkeep);
     /* blocked_commands: an empty, non-executable file over each (after the system dirs they
      * lie in). A policy, not a boundary: a copy of the program still runs. */
     for (size_t i = 0; i < lb->nmasks; i++) {
-        arg(&av, &n, &cap, "--ro-bind");
-        arg(&av, &n, &cap, lb->as_root ? STAGE "/empty" : lb->empty);
-        arg(&av, &n, &cap, lb->masks[i]);
+        launch_add(L, "--ro-bind");
+        launch_add(L, lb->as_root ? STAGE "/empty" : lb->empty);
+        launch_add(L, lb->masks[i]);
     }
-    arg(&av, &n, &cap, "--proc");
-    arg(&av, &n, &cap, "/proc");
-    arg(&av, &n, &cap, "--dev");
-    arg(&av, &n, &cap, "/dev");
-    arg(&av, &n, &cap, "--size");
-    arg(&av, &n, &cap, tmpsize);
-    arg(&av, &n, &cap, "--tmpfs");
-    arg(&av, &n, &cap, "/tmp");
-    /* Bind sources. As root, the child stages them in a private mount namespace under
-     * STAGE (see the child below), because bwrap resolves sources as the sandbox user, who
-     * may not traverse the data dir's parents. Otherwise bwrap gets the fds. */
-    int stage = lb->as_root;
-    arg(&av, &n, &cap, stage ? "--bind" : "--bind-fd");
-    arg(&av, &n, &cap, stage ? STAGE "/ws" : "4");
-    arg(&av, &n, &cap, "/workspace");
-    arg(&av, &n, &cap, stage ? "--ro-bind" : "--ro-bind-fd");
-    arg(&av, &n, &cap, stage ? STAGE "/priv" : "5");
-    arg(&av, &n, &cap, "/run/sessiond");
-    arg(&av, &n, &cap, stage ? "--ro-bind" : "--ro-bind-fd");
-    arg(&av, &n, &cap, stage ? STAGE "/init" : "6");
-    arg(&av, &n, &cap, "/run/sessiond-init");
-    if (agents_fd >= 0) {
-        arg(&av, &n, &cap, stage ? "--ro-bind" : "--ro-bind-fd");
-        arg(&av, &n, &cap, stage ? STAGE "/agents" : "7");
-        arg(&av, &n, &cap, SBX_AGENTS_INSIDE);
-    }
-    if (objs) {
-        /* read-only: the store is shared by every session of the repository */
-        arg(&av, &n, &cap, stage ? "--ro-bind" : "--ro-bind-fd");
-        arg(&av, &n, &cap, stage ? STAGE "/objs" : "8");
-        arg(&av, &n, &cap, objs);
-    }
-    arg(&av, &n, &cap, "--remount-ro"); /* the sandbox's own root tmpfs: no stray writes */
-    arg(&av, &n, &cap, "/");
-    arg(&av, &n, &cap, "--chdir");
-    arg(&av, &n, &cap, "/workspace");
-    arg(&av, &n, &cap, "/run/sessiond-init");
-    arg(&av, &n, &cap, "--fd");
-    arg(&av, &n, &cap, "3");
+    launch_add(L, "--proc");
+    launch_add(L, "/proc");
+    launch_add(L, "--dev");
+    launch_add(L, "/dev");
+    launch_add(L, "--size");
+    launch_add(L, L->tmpsize);
+    launch_add(L, "--tmpfs");
+    launch_add(L, "/tmp");
+    add_binds(L);
+    launch_add(L, "--remount-ro"); /* the sandbox's own root tmpfs: no stray writes */
+    launch_add(L, "/");
+    launch_add(L, "--chdir");
+    launch_add(L, "/workspace");
+    launch_add(L, "/run/sessiond-init");
+    launch_add(L, "--fd");
+    launch_add(L, "3");
     for (size_t i = 0; i < lb->nmasks; i++) {
-        arg(&av, &n, &cap, "--block"); /* sandbox-init refuses to start them, with a reason */
-        arg(&av, &n, &cap, lb->masks[i]);
+        launch_add(L, "--block"); /* sandbox-init refuses to start them, with a reason */
+        launch_add(L, lb->masks[i]);
     }
+}
 
+/* Child only (async-signal-safe): a mount namespace of our own (it dies with the sandbox:
+ * nothing to clean up) with a tmpfs on STAGE and the bind sources mounted in it, traversable
+ * by all. By path: an fd opened in the old namespace cannot be bind-mounted here. Exits 124
+ * with the failed step on stderr (the sandbox log). */
+static void stage_mounts(const struct launch *L)
+{
+    static const char *const what[] = {"unshare",   "make-private", "tmpfs",
+                                       "mkdir",     "bind ws",      "bind priv",
+                                       "bind init", "bind agents",  "bind objects"};
+    const struct local_backend *lb = L->lb;
+    int step = -1;
+    if (unshare(CLONE_NEWNS) < 0) {
+        step = 0;
+    } else if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
+        step = 1;
+    } else if (mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16k") < 0) {
+        step = 2;
+    } else if (mkdir(STAGE "/ws", 0755) < 0 || mkdir(STAGE "/priv", 0755) < 0 ||
+               mkdir(STAGE "/agents", 0755) < 0 || mkdir(STAGE "/objs", 0755) < 0 ||
+               close(open(STAGE "/init", O_WRONLY | O_CREAT, 0755)) < 0 ||
+               close(open(STAGE "/empty", O_WRONLY | O_CREAT, 0444)) < 0) {
+        step = 3;
+    } else if (mount(L->s->ws_host, STAGE "/ws", NULL, MS_BIND, NULL) < 0) {
+        step = 4;
+    } else if (mount(L->s->priv_host, STAGE "/priv", NULL, MS_BIND, NULL) < 0) {
+        step = 5;
+    } else if (mount(lb->init_path, STAGE "/init", NULL, MS_BIND, NULL) < 0) {
+        step = 6;
+    } else if (L->agents_fd >= 0 &&
+               mount(lb->agents_dir, STAGE "/agents", NULL, MS_BIND, NULL) < 0) {
+        step = 7;
+    } else if (L->objs && mount(L->objs, STAGE "/objs", NULL, MS_BIND, NULL) < 0) {
+        step = 8;
+    }
+    if (step >= 0) {
+        const char *e = strerror(errno); /* not async-signal-safe in theory; we exit */
+        ssize_t w = write(2, "sandbox: staging mounts: ", 25);
+        w = write(2, what[step], strlen(what[step]));
+        w = write(2, ": ", 2);
+        w = write(2, e, strlen(e));
+        w = write(2, "\n", 1);
+        (void)w;
+        _exit(124);
+    }
+}
+
+/* Child only (async-signal-safe: no malloc, no stdio): join the cgroups, set up fds 0..8,
+ * stage the binds (as root), drop to the sandbox's uid and exec bwrap. Never returns. */
+static _Noreturn void child_exec(const struct launch *L)
+{
+    const struct local_backend *lb = L->lb;
+    char me[] = "0";
+    for (int i = 0; i < 3; i++) {
+        const char *pp = L->procs[i];
+        if (pp) {
+            int cfd = open(pp, O_WRONLY);
+            if (cfd >= 0) {
+                ssize_t w = write(cfd, me, 1);
+                (void)w;
+                close(cfd);
+            }
+        }
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    int nul = open("/dev/null", O_RDWR);
+    if (dup2(L->sp[1], 3) < 0 || dup2(L->ws_fd, 4) < 0 || dup2(L->priv_fd, 5) < 0 ||
+        dup2(L->init_fd, 6) < 0 || (L->agents_fd >= 0 && dup2(L->agents_fd, 7) < 0) ||
+        (L->objs_fd >= 0 && dup2(L->objs_fd, 8) < 0) || dup2(nul, 0) < 0 || dup2(nul, 1) < 0 ||
+        dup2(L->log_fd, 2) < 0) {
+        _exit(126);
+    }
+    close_range(9, ~0U, 0);
+    if (lb->as_root) {
+        stage_mounts(L);
+    }
+    if (lb->as_root) {
+        if (setgroups(0, NULL) < 0 || setgid(L->s->gid) < 0 || setuid(L->s->uid) < 0) {
+            _exit(125);
+        }
+    }
+    /* bwrap gets an empty environment, not ours: it stays pid 1's ancestor inside the
+     * sandbox (its pid-1 monitor is a fork of it), so /proc/1/environ shows whatever it
+     * was exec'd with, and --clearenv only clears the environment of its child. */
+    static char *const no_env[] = {NULL};
+    execve(BWRAP, (char *const *)L->av, no_env);
+    _exit(127);
+}
+
+/* sandbox-init never said it was ready: reap bwrap if it exited and say why, with the first
+ * line of the sandbox log (in health_msg for the self-test, else in the server log). */
+static void report_start_failure(struct local_backend *lb, const struct sbx_spec *spec,
+                                 struct sbx *s, struct local_sbx *ls, pid_t pid)
+{
+    int st = 0;
+    char status[64] = "";
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+        s->reaped = 1;
+        snprintf(status, sizeof status, " (exit status %d)",
+                 WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    }
+    char *why = read_small(ls->log_path);
+    if (why) {
+        why[strcspn(why, "\n")] = 0;
+    }
+    if (lb->quiet) {
+        /* the self-test reports it, in its one line */
+        snprintf(lb->health_msg, sizeof lb->health_msg, "bubblewrap did not start%s: %s", status,
+                 why && *why ? why : "no ready signal from sandbox-init");
+    } else {
+        LOG_ERROR("sandbox: %s: bubblewrap did not start%s: %s", spec->name, status,
+                  why && *why ? why : "no ready signal from sandbox-init");
+    }
+    free(why);
+}
+
+static int local_create(struct sbx_backend *b, const struct sbx_spec *spec, struct sbx **out)
+{
+    struct local_backend *lb = (struct local_backend *)b;
+    struct sbx *s = NULL;
+    struct local_sbx *ls = NULL;
+    struct launch L = {.lb = lb,
+                       .sp = {-1, -1},
+                       .ws_fd = -1,
+                       .priv_fd = -1,
+                       .init_fd = -1,
+                       .agents_fd = -1,
+                       .log_fd = -1,
+                       .objs_fd = -1};
+    int rc = sbxi_new(b, spec, "/workspace", "/run/sessiond", &s);
+    if (rc) {
+        return rc;
+    }
+    L.s = s;
+    ls = xcalloc(1, sizeof *ls);
+    s->agents_inside = xstrdup(SBX_AGENTS_INSIDE);
+    s->impl = ls;
+    s->impl_stop = local_impl_stop;
+    s->impl_free = local_impl_free;
+    s->impl_oom_kills = local_oom_kills;
+    ls->mem_v2 = lb->mem_v2;
+    rc = take_identity(lb, spec, s, ls);
+    if (rc) {
+        goto out;
+    }
+    int mem = spec->memory_mib ? spec->memory_mib : b->cfg.memory_mib;
+    make_cgroups(&L, spec, ls, mem);
+    rc = open_sources(&L, spec, ls);
+    if (rc) {
+        goto out;
+    }
+    build_argv(&L, spec, mem);
     pid_t pid = fork();
     if (pid < 0) {
         rc = ERR_IO;
         goto out;
     }
     if (pid == 0) {
-        /* Child of a threaded process: async-signal-safe calls only. */
-        char me[] = "0";
-        for (int i = 0; i < 3; i++) {
-            const char *pp = i == 0 ? procs_pids : i == 1 ? procs_mem : procs_cpu;
-            if (pp) {
-                int cfd = open(pp, O_WRONLY);
-                if (cfd >= 0) {
-                    ssize_t w = write(cfd, me, 1);
-                    (void)w;
-                    close(cfd);
-                }
-            }
-        }
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        int nul = open("/dev/null", O_RDWR);
-        if (dup2(sp[1], 3) < 0 || dup2(ws_fd, 4) < 0 || dup2(priv_fd, 5) < 0 ||
-            dup2(init_fd, 6) < 0 || (agents_fd >= 0 && dup2(agents_fd, 7) < 0) ||
-            (objs_fd >= 0 && dup2(objs_fd, 8) < 0) || dup2(nul, 0) < 0 || dup2(nul, 1) < 0 ||
-            dup2(log_fd, 2) < 0) {
-            _exit(126);
-        }
-        close_range(9, ~0U, 0);
-        if (stage) {
-            /* A mount namespace of our own (it dies with the sandbox: nothing to clean up):
-             * a tmpfs on STAGE with the bind sources mounted in it, traversable by all. By
-             * path: an fd opened in the old namespace cannot be bind-mounted here. */
-            static const char *const what[] = {"unshare",   "make-private", "tmpfs",
-                                               "mkdir",     "bind ws",      "bind priv",
-                                               "bind init", "bind agents",  "bind objects"};
-            int step = -1;
-            if (unshare(CLONE_NEWNS) < 0) {
-                step = 0;
-            } else if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
-                step = 1;
-            } else if (mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16k") <
-                       0) {
-                step = 2;
-            } else if (mkdir(STAGE "/ws", 0755) < 0 || mkdir(STAGE "/priv", 0755) < 0 ||
-                       mkdir(STAGE "/agents", 0755) < 0 || mkdir(STAGE "/objs", 0755) < 0 ||
-                       close(open(STAGE "/init", O_WRONLY | O_CREAT, 0755)) < 0 ||
-                       close(open(STAGE "/empty", O_WRONLY | O_CREAT, 0444)) < 0) {
-                step = 3;
-            } else if (mount(s->ws_host, STAGE "/ws", NULL, MS_BIND, NULL) < 0) {
-                step = 4;
-            } else if (mount(s->priv_host, STAGE "/priv", NULL, MS_BIND, NULL) < 0) {
-                step = 5;
-            } else if (mount(lb->init_path, STAGE "/init", NULL, MS_BIND, NULL) < 0) {
-                step = 6;
-            } else if (agents_fd >= 0 &&
-                       mount(lb->agents_dir, STAGE "/agents", NULL, MS_BIND, NULL) < 0) {
-                step = 7;
-            } else if (objs && mount(objs, STAGE "/objs", NULL, MS_BIND, NULL) < 0) {
-                step = 8;
-            }
-            if (step >= 0) {
-                const char *e = strerror(errno); /* not async-signal-safe in theory; we exit */
-                ssize_t w = write(2, "sandbox: staging mounts: ", 25);
-                w = write(2, what[step], strlen(what[step]));
-                w = write(2, ": ", 2);
-                w = write(2, e, strlen(e));
-                w = write(2, "\n", 1);
-                (void)w;
-                _exit(124);
-            }
-        }
-        if (lb->as_root) {
-            if (setgroups(0, NULL) < 0 || setgid(s->gid) < 0 || setuid(s->uid) < 0) {
-                _exit(125);
-            }
-        }
-        /* bwrap gets an empty environment, not ours: it stays pid 1's ancestor inside the
-         * sandbox (its pid-1 monitor is a fork of it), so /proc/1/environ shows whatever it
-         * was exec'd with, and --clearenv only clears the environment of its child. */
-        static char *const no_env[] = {NULL};
-        execve(BWRAP, (char *const *)av, no_env);
-        _exit(127);
+        child_exec(&L);
     }
-    close(sp[1]);
-    sp[1] = -1;
-    rc = sbxi_attach(s, sp[0], pid, START_TIMEOUT_MS);
-    sp[0] = -1; /* owned by s now */
+    close(L.sp[1]);
+    L.sp[1] = -1;
+    rc = sbxi_attach(s, L.sp[0], pid, START_TIMEOUT_MS);
+    L.sp[0] = -1; /* owned by s now */
     if (rc) {
-        int st = 0;
-        char status[64] = "";
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            s->reaped = 1;
-            snprintf(status, sizeof status, " (exit status %d)",
-                     WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
-        }
-        char *why = read_small(ls->log_path);
-        if (why) {
-            why[strcspn(why, "\n")] = 0;
-        }
-        if (lb->quiet) {
-            /* the self-test reports it, in its one line */
-            snprintf(lb->health_msg, sizeof lb->health_msg, "bubblewrap did not start%s: %s",
-                     status, why && *why ? why : "no ready signal from sandbox-init");
-        } else {
-            LOG_ERROR("sandbox: %s: bubblewrap did not start%s: %s", spec->name, status,
-                      why && *why ? why : "no ready signal from sandbox-init");
-        }
-        free(why);
+        report_start_failure(lb, spec, s, ls, pid);
         goto out;
     }
     *out = s;
@@ -816,20 +904,20 @@ out:
     if (s) {
         sbxi_destroy(s);
     }
-    int fds[] = {sp[0], sp[1], ws_fd, priv_fd, init_fd, agents_fd, log_fd, objs_fd};
+    int fds[] = {L.sp[0], L.sp[1], L.ws_fd, L.priv_fd, L.init_fd, L.agents_fd, L.log_fd, L.objs_fd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
         if (fds[i] >= 0) {
             close(fds[i]);
         }
     }
-    for (int i = 0; i < nkeep; i++) {
-        free(keep[i]);
+    for (int i = 0; i < L.nkeep; i++) {
+        free(L.keep[i]);
     }
-    free(av);
-    free(objs);
-    free(procs_pids);
-    free(procs_mem);
-    free(procs_cpu);
+    free(L.av);
+    free(L.objs);
+    for (int i = 0; i < 3; i++) {
+        free(L.procs[i]);
+    }
     return rc;
 }
 
