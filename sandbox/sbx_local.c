@@ -1006,6 +1006,36 @@ static int self_test(struct local_backend *lb)
     return rc;
 }
 
+/* The parent cgroups of the pids, cpu and memory controllers, v1 where writable, else v2;
+ * one warning when pids or memory has neither. */
+static void find_cgroups(struct local_backend *lb)
+{
+    char *v1 = setup_v1("pids", "cgroup.procs");
+    if (v1) {
+        lb->cg_pids = v1;
+    } else if ((lb->cg_pids = setup_v2("pids")) != NULL) {
+        lb->pids_v2 = 1;
+    }
+    v1 = setup_v1("cpu", "cpu.cfs_quota_us");
+    if (v1) {
+        lb->cg_cpu = v1;
+    } else if ((lb->cg_cpu = setup_v2("cpu")) != NULL) {
+        lb->cpu_v2 = 1;
+    }
+    v1 = setup_v1("memory", "cgroup.procs");
+    if (v1) {
+        lb->cg_mem = v1;
+    } else if ((lb->cg_mem = setup_v2("memory")) != NULL) {
+        lb->mem_v2 = 1;
+    }
+    if (!lb->cg_pids || !lb->cg_mem) {
+        LOG_WARN("sandbox: cgroup %s%s%s controller not writable (v1 or v2): sandboxes run "
+                 "without a %s cap, only per-command rlimits",
+                 lb->cg_pids ? "" : "pids", !lb->cg_pids && !lb->cg_mem ? " and " : "",
+                 lb->cg_mem ? "" : "memory", !lb->cg_mem ? "memory" : "process count");
+    }
+}
+
 int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sbx_backend **out)
 {
     struct local_backend *lb = xcalloc(1, sizeof *lb);
@@ -1064,32 +1094,7 @@ int sbx_local_open(const struct sbx_config *cfg, struct outpump *pump, struct sb
             grant_traverse(d, lb->gid);
             free(d);
         }
-        {
-            char *v1 = setup_v1("pids", "cgroup.procs");
-            if (v1) {
-                lb->cg_pids = v1;
-            } else if ((lb->cg_pids = setup_v2("pids")) != NULL) {
-                lb->pids_v2 = 1;
-            }
-            v1 = setup_v1("cpu", "cpu.cfs_quota_us");
-            if (v1) {
-                lb->cg_cpu = v1;
-            } else if ((lb->cg_cpu = setup_v2("cpu")) != NULL) {
-                lb->cpu_v2 = 1;
-            }
-            v1 = setup_v1("memory", "cgroup.procs");
-            if (v1) {
-                lb->cg_mem = v1;
-            } else if ((lb->cg_mem = setup_v2("memory")) != NULL) {
-                lb->mem_v2 = 1;
-            }
-        }
-        if (!lb->cg_pids || !lb->cg_mem) {
-            LOG_WARN("sandbox: cgroup %s%s%s controller not writable (v1 or v2): sandboxes run "
-                     "without a %s cap, only per-command rlimits",
-                     lb->cg_pids ? "" : "pids", !lb->cg_pids && !lb->cg_mem ? " and " : "",
-                     lb->cg_mem ? "" : "memory", !lb->cg_mem ? "memory" : "process count");
-        }
+        find_cgroups(lb);
         if (lb->uid_used) {
             LOG_INFO("sandbox: each sandbox runs as its own uid from %d-%d", cfg->uid_lo,
                      cfg->uid_hi);
