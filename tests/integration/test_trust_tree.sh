@@ -100,6 +100,10 @@ END=$((SECONDS + 60))
 while [ $SECONDS -lt $END ] && { [ -e "$DATA_DIR/workspaces/$SID" ] ||
   ls -d "$DATA_DIR"/*/.snap-spare/t-* >/dev/null 2>&1; }; do sleep 0.3; done
 check "the workspace is gone" [ ! -e "$DATA_DIR/workspaces/$SID" ]
+# The discard moves the tree through a trash name before the spares take it: wait for the
+# spares' copy too (a snapshot between the two polls above can see neither).
+END=$((SECONDS + 60))
+while [ $SECONDS -lt $END ] && ls -d "$DATA_DIR"/*/.snap-spare/t-* >/dev/null 2>&1; do sleep 0.3; done
 check "and so is its discarded tree (recycled, not left behind)" bash -c "! ls -d '$DATA_DIR'/*/.snap-spare/t-* >/dev/null 2>&1"
 healthy "after purging the session"
 finish
