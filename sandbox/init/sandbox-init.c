@@ -339,13 +339,131 @@ static int refuse_blocked(const struct policy *pol, uint32_t id, const char *a0,
     return 0;
 }
 
-static void do_exec(const struct policy *pol, uint32_t id, const char *p, size_t n)
-{
+/* One EXEC request (proto.h): its strings point into the request's NUL-terminated copy. */
+struct exec_req {
     char *argv[MAX_ARGS + 1];
     char *envp[MAX_ARGS + 1];
-    int argc = 0, envc = 0, want_stdin = 0;
-    const char *cwd = "/";
-    uint64_t timeout_ms = 0, cpu_s = 0, data = 0, fsize = 0, nofile = 0, nproc = 0;
+    int argc, envc, want_stdin;
+    const char *cwd;
+    uint64_t timeout_ms, cpu_s, data, fsize, nofile, nproc;
+};
+
+/* Read the NUL-separated key=value pairs of an EXEC frame, copy[0..n), into r (whose cwd is
+ * the default). Unknown keys and arguments past MAX_ARGS are ignored. */
+static void parse_exec(char *copy, size_t n, struct exec_req *r)
+{
+    for (size_t i = 0; i < n;) {
+        char *kv = copy + i;
+        size_t l = strlen(kv);
+        i += l + 1;
+        if (!strncmp(kv, "arg=", 4) && r->argc < MAX_ARGS) {
+            r->argv[r->argc++] = kv + 4;
+        } else if (!strncmp(kv, "env=", 4) && r->envc < MAX_ARGS) {
+            r->envp[r->envc++] = kv + 4;
+        } else if (!strncmp(kv, "cwd=", 4)) {
+            r->cwd = kv + 4;
+        } else if (!strncmp(kv, "timeout_ms=", 11)) {
+            r->timeout_ms = num(kv + 11);
+        } else if (!strncmp(kv, "cpu_s=", 6)) {
+            r->cpu_s = num(kv + 6);
+        } else if (!strncmp(kv, "data_bytes=", 11)) {
+            r->data = num(kv + 11);
+        } else if (!strncmp(kv, "fsize_bytes=", 12)) {
+            r->fsize = num(kv + 12);
+        } else if (!strncmp(kv, "nofile=", 7)) {
+            r->nofile = num(kv + 7);
+        } else if (!strncmp(kv, "nproc=", 6)) {
+            r->nproc = num(kv + 6);
+        } else if (!strcmp(kv, "stdin=1")) {
+            r->want_stdin = 1;
+        }
+    }
+    r->argv[r->argc] = NULL;
+    r->envp[r->envc] = NULL;
+}
+
+/* In the child, when it cannot exec: errno to the parent on status_fd, exit 127. */
+static _Noreturn void child_fail(int status_fd)
+{
+    int e = errno;
+    ssize_t w = write(status_fd, &e, sizeof e);
+    (void)w;
+    _exit(127);
+}
+
+/* In the forked child: its own process group, stdio on the pipes (pi, po, pe: stdin, stdout,
+ * stderr), the request's rlimits and cwd, then exec. status_fd is close-on-exec: the parent
+ * reads EOF from it on a successful exec. */
+static _Noreturn void child_exec(const struct exec_req *r, const int pi[2], const int po[2],
+                                 const int pe[2], int status_fd)
+{
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    setpgid(0, 0);
+    int in = r->want_stdin ? pi[0] : open("/dev/null", O_RDONLY);
+    if (in < 0 || dup2(in, 0) < 0 || dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) {
+        child_fail(status_fd);
+    }
+    set_limit(RLIMIT_CPU, r->cpu_s);
+    set_limit(RLIMIT_DATA, r->data);
+    set_limit(RLIMIT_FSIZE, r->fsize);
+    set_limit(RLIMIT_NOFILE, r->nofile);
+    set_limit(RLIMIT_NPROC, r->nproc);
+    set_limit(RLIMIT_CORE, 0);
+    {
+        struct rlimit z = {0, 0};
+        setrlimit(RLIMIT_CORE, &z);
+    }
+    /* Under memory pressure the kernel should pick a command, not sandbox-init (or the
+     * server, outside): raising one's own oom_score_adj needs no privilege. */
+    int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (oom >= 0) {
+        ssize_t w = write(oom, "1000", 4);
+        (void)w;
+        close(oom);
+    }
+    if (chdir(r->cwd) < 0) {
+        child_fail(status_fd);
+    }
+    execvpe(r->argv[0], r->argv, r->envp);
+    child_fail(status_fd);
+}
+
+/* Put a started command in the table, taking the parent's pipe ends (*out_r, *err_r, *in_w,
+ * set to -1 here), and report STARTED with its pid. */
+static void add_cmd(uint32_t id, pid_t pid, int64_t start, uint64_t timeout_ms, int *out_r,
+                    int *err_r, int *in_w)
+{
+    struct cmd *c = calloc(1, sizeof *c);
+    if (!c) {
+        die("calloc");
+    }
+    c->id = id;
+    c->pid = pid;
+    c->out_fd = *out_r;
+    c->err_fd = *err_r;
+    c->in_fd = *in_w;
+    *out_r = *err_r = *in_w = -1;
+    if (c->in_fd >= 0) {
+        fcntl(c->in_fd, F_SETFL, O_NONBLOCK);
+    }
+    fcntl(c->out_fd, F_SETFL, O_NONBLOCK);
+    fcntl(c->err_fd, F_SETFL, O_NONBLOCK);
+    c->start_us = start;
+    c->deadline_us = timeout_ms ? start + (int64_t)timeout_ms * 1000 : 0;
+    c->next = cmds;
+    cmds = c;
+    ncmds++;
+    unsigned char pp[4];
+    init_put32(pp, (uint32_t)pid);
+    send_frame(INIT_STARTED, id, pp, sizeof pp);
+}
+
+static void do_exec(const struct policy *pol, uint32_t id, const char *p, size_t n)
+{
+    struct exec_req req = {.cwd = "/"};
     char *copy = NULL;
     int po[2] = {-1, -1}, pe[2] = {-1, -1}, pi[2] = {-1, -1}, ps[2] = {-1, -1};
 
@@ -359,50 +477,23 @@ static void do_exec(const struct policy *pol, uint32_t id, const char *p, size_t
     }
     memcpy(copy, p, n);
     copy[n] = 0;
-    for (size_t i = 0; i < n;) {
-        char *kv = copy + i;
-        size_t l = strlen(kv);
-        i += l + 1;
-        if (!strncmp(kv, "arg=", 4) && argc < MAX_ARGS) {
-            argv[argc++] = kv + 4;
-        } else if (!strncmp(kv, "env=", 4) && envc < MAX_ARGS) {
-            envp[envc++] = kv + 4;
-        } else if (!strncmp(kv, "cwd=", 4)) {
-            cwd = kv + 4;
-        } else if (!strncmp(kv, "timeout_ms=", 11)) {
-            timeout_ms = num(kv + 11);
-        } else if (!strncmp(kv, "cpu_s=", 6)) {
-            cpu_s = num(kv + 6);
-        } else if (!strncmp(kv, "data_bytes=", 11)) {
-            data = num(kv + 11);
-        } else if (!strncmp(kv, "fsize_bytes=", 12)) {
-            fsize = num(kv + 12);
-        } else if (!strncmp(kv, "nofile=", 7)) {
-            nofile = num(kv + 7);
-        } else if (!strncmp(kv, "nproc=", 6)) {
-            nproc = num(kv + 6);
-        } else if (!strcmp(kv, "stdin=1")) {
-            want_stdin = 1;
-        }
-    }
-    argv[argc] = NULL;
-    envp[envc] = NULL;
-    if (!argc) {
+    parse_exec(copy, n, &req);
+    if (!req.argc) {
         fail_start(id, "exec", EINVAL);
         goto out;
     }
     if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC) || pipe2(ps, O_CLOEXEC) ||
-        (want_stdin && pipe2(pi, O_CLOEXEC))) {
+        (req.want_stdin && pipe2(pi, O_CLOEXEC))) {
         fail_start(id, "pipe", errno);
         goto out;
     }
     /* Look the program up in the command's own PATH (execvpe reads the caller's environ). */
-    for (int i = 0; i < envc; i++) {
-        if (!strncmp(envp[i], "PATH=", 5)) {
-            setenv("PATH", envp[i] + 5, 1);
+    for (int i = 0; i < req.envc; i++) {
+        if (!strncmp(req.envp[i], "PATH=", 5)) {
+            setenv("PATH", req.envp[i] + 5, 1);
         }
     }
-    if (refuse_blocked(pol, id, argv[0], cwd)) {
+    if (refuse_blocked(pol, id, req.argv[0], req.cwd)) {
         goto out;
     }
     int64_t start = now_us();
@@ -412,43 +503,7 @@ static void do_exec(const struct policy *pol, uint32_t id, const char *p, size_t
         goto out;
     }
     if (pid == 0) {
-        sigset_t all;
-        sigemptyset(&all);
-        sigprocmask(SIG_SETMASK, &all, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        setpgid(0, 0);
-        int in = want_stdin ? pi[0] : open("/dev/null", O_RDONLY);
-        if (in < 0 || dup2(in, 0) < 0 || dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) {
-            goto child_fail;
-        }
-        set_limit(RLIMIT_CPU, cpu_s);
-        set_limit(RLIMIT_DATA, data);
-        set_limit(RLIMIT_FSIZE, fsize);
-        set_limit(RLIMIT_NOFILE, nofile);
-        set_limit(RLIMIT_NPROC, nproc);
-        set_limit(RLIMIT_CORE, 0);
-        {
-            struct rlimit z = {0, 0};
-            setrlimit(RLIMIT_CORE, &z);
-        }
-        /* Under memory pressure the kernel should pick a command, not sandbox-init (or the
-         * server, outside): raising one's own oom_score_adj needs no privilege. */
-        int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-        if (oom >= 0) {
-            ssize_t w = write(oom, "1000", 4);
-            (void)w;
-            close(oom);
-        }
-        if (chdir(cwd) < 0) {
-            goto child_fail;
-        }
-        execvpe(argv[0], argv, envp);
-child_fail : {
-    int e = errno;
-    ssize_t w = write(ps[1], &e, sizeof e);
-    (void)w;
-    _exit(127);
-}
+        child_exec(&req, pi, po, pe, ps[1]);
     }
     close_fd(&po[1]);
     close_fd(&pe[1]);
@@ -463,32 +518,10 @@ child_fail : {
     if (r == (ssize_t)sizeof e) {
         /* The child failed before exec; it exits 127 and is reaped by the SIGCHLD loop as an
          * unknown pid. */
-        fail_start(id, argv[0], e);
+        fail_start(id, req.argv[0], e);
         goto out;
     }
-    struct cmd *c = calloc(1, sizeof *c);
-    if (!c) {
-        die("calloc");
-    }
-    c->id = id;
-    c->pid = pid;
-    c->out_fd = po[0];
-    c->err_fd = pe[0];
-    c->in_fd = pi[1];
-    po[0] = pe[0] = pi[1] = -1;
-    if (c->in_fd >= 0) {
-        fcntl(c->in_fd, F_SETFL, O_NONBLOCK);
-    }
-    fcntl(c->out_fd, F_SETFL, O_NONBLOCK);
-    fcntl(c->err_fd, F_SETFL, O_NONBLOCK);
-    c->start_us = start;
-    c->deadline_us = timeout_ms ? start + (int64_t)timeout_ms * 1000 : 0;
-    c->next = cmds;
-    cmds = c;
-    ncmds++;
-    unsigned char pp[4];
-    init_put32(pp, (uint32_t)pid);
-    send_frame(INIT_STARTED, id, pp, sizeof pp);
+    add_cmd(id, pid, start, req.timeout_ms, &po[0], &pe[0], &pi[1]);
 out:
     for (int i = 0; i < 2; i++) {
         if (po[i] >= 0)
@@ -660,26 +693,32 @@ static void reap(int sfd)
 #include "filter.c"
 #include "landlock.c"
 
-int main(int argc, char **argv)
+/* The command line: --fd N (the control socket), --block FILE (repeatable), --version.
+ * 1 if the program is done (it printed its version), else 0. */
+static int parse_args(int argc, char **argv, struct policy *pol)
 {
-    if (argc > 1 && !strcmp(argv[1], "--egress-forward")) { /* a separate mode */
-        return egress_forward_main(argc, argv);
-    }
-    struct policy pol = {.nblocked = 0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--fd") && i + 1 < argc) {
             ctl = (int)strtol(argv[++i], NULL, 10);
         } else if (!strcmp(argv[i], "--block") && i + 1 < argc) {
-            if (pol.nblocked == MAX_BLOCKED) {
+            if (pol->nblocked == MAX_BLOCKED) {
                 errno = E2BIG;
                 die("--block");
             }
-            pol.blocked[pol.nblocked++] = argv[++i];
+            pol->blocked[pol->nblocked++] = argv[++i];
         } else if (!strcmp(argv[i], "--version")) {
             puts(INIT_VERSION);
-            return 0;
+            return 1;
         }
     }
+    return 0;
+}
+
+/* Everything before READY: close what the host left open, become the subreaper, undumpable,
+ * take SIGCHLD through a signalfd (returned), install the seccomp filter and the Landlock
+ * domain that every command inherits. */
+static int setup_self(void)
+{
     /* Nothing of the host may stay open in here (bwrap passes its fds through): keep only
      * stdio and the control socket. */
     if (ctl > 3) {
@@ -712,10 +751,118 @@ int main(int argc, char **argv)
                 "processes of their uid outside the sandbox's commands (pid 1)\n",
                 what, strerror(errno));
     }
-    send_frame(INIT_READY, 0, INIT_VERSION, strlen(INIT_VERSION));
+    return sfd;
+}
 
+/* The descriptors of one poll round, each with the command it belongs to (NULL for the
+ * control socket and the signalfd, always the first two). */
+struct pollset {
     struct pollfd pfd[2 + 3 * MAX_CMDS];
     struct cmd *who[2 + 3 * MAX_CMDS];
+    int n;
+};
+
+static void watch(struct pollset *ps, int fd, short events, struct cmd *c)
+{
+    ps->pfd[ps->n].fd = fd;
+    ps->pfd[ps->n].events = events;
+    ps->who[ps->n++] = c;
+}
+
+/* Kill the command whose timeout or kill grace period has passed; lower *next to its next
+ * deadline (timeout, kill, or the end of its drain period once exited). */
+static void check_deadlines(struct cmd *c, int64_t now, int64_t *next)
+{
+    if (c->deadline_us && !c->exited && now >= c->deadline_us) {
+        c->flags |= INIT_F_TIMEOUT;
+        c->deadline_us = 0;
+        kill_group(c, SIGKILL);
+    }
+    if (c->kill_at_us && !c->exited && now >= c->kill_at_us) {
+        c->kill_at_us = 0;
+        kill_group(c, SIGKILL);
+    }
+    int64_t t[3] = {c->exited ? 0 : c->deadline_us, c->exited ? 0 : c->kill_at_us,
+                    c->exited ? c->drain_us : 0};
+    for (int k = 0; k < 3; k++) {
+        if (t[k] && (*next < 0 || t[k] < *next)) {
+            *next = t[k];
+        }
+    }
+}
+
+/* Fill ps for the next poll: the control socket (POLLOUT while frames wait), the signalfd,
+ * and every command's pipes (its output only while less than OUT_HIGH waits for the control
+ * socket: back-pressure). Enforces deadlines on the way; returns poll's timeout. */
+static int build_pollset(struct pollset *ps, int sfd)
+{
+    ps->n = 0;
+    watch(ps, ctl, POLLIN | (obuf_pending(&out) ? POLLOUT : 0), NULL);
+    watch(ps, sfd, POLLIN, NULL);
+    int64_t now = now_us(), next = -1;
+    int reading = obuf_pending(&out) < OUT_HIGH;
+    for (struct cmd *c = cmds; c; c = c->next) {
+        check_deadlines(c, now, &next);
+        if (reading && c->out_fd >= 0) {
+            watch(ps, c->out_fd, POLLIN, c);
+        }
+        if (reading && c->err_fd >= 0) {
+            watch(ps, c->err_fd, POLLIN, c);
+        }
+        if (c->in_fd >= 0 && obuf_pending(&c->in)) {
+            watch(ps, c->in_fd, POLLOUT, c);
+        }
+    }
+    int timeout = -1;
+    if (next >= 0) {
+        timeout = next <= now ? 0 : (int)((next - now + 999) / 1000);
+    }
+    return timeout;
+}
+
+/* Serve what poll reported ready: control frames, reaped children, command pipes. */
+static void dispatch(const struct pollset *ps, const struct policy *pol, int sfd)
+{
+    const struct pollfd *pfd = ps->pfd;
+    if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+        read_ctl(pol);
+    }
+    if (pfd[1].revents & POLLIN) {
+        reap(sfd);
+    }
+    for (int i = 2; i < ps->n; i++) {
+        struct cmd *c = ps->who[i];
+        if (!pfd[i].revents) { /* commands are only freed after this loop */
+            continue;
+        }
+        if (pfd[i].fd == c->out_fd) {
+            read_pipe(c, &c->out_fd, INIT_STDOUT);
+        } else if (pfd[i].fd == c->err_fd) {
+            read_pipe(c, &c->err_fd, INIT_STDERR);
+        } else if (pfd[i].fd == c->in_fd) {
+            if (pfd[i].revents & (POLLERR | POLLHUP)) {
+                c->in.off = c->in.len = 0;
+                close_fd(&c->in_fd);
+            } else {
+                write_stdin(c);
+            }
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--egress-forward")) { /* a separate mode */
+        return egress_forward_main(argc, argv);
+    }
+    struct policy pol = {.nblocked = 0};
+    if (parse_args(argc, argv, &pol)) {
+        return 0;
+    }
+    int sfd = setup_self();
+    send_frame(INIT_READY, 0, INIT_VERSION, strlen(INIT_VERSION));
+
+    struct pollset ps;
     for (;;) {
         if (flush_out() < 0) {
             for (struct cmd *c = cmds; c; c = c->next) {
@@ -723,81 +870,13 @@ int main(int argc, char **argv)
             }
             _exit(0);
         }
-        int n = 0;
-        pfd[n].fd = ctl;
-        pfd[n].events = POLLIN | (obuf_pending(&out) ? POLLOUT : 0);
-        who[n++] = NULL;
-        pfd[n].fd = sfd;
-        pfd[n].events = POLLIN;
-        who[n++] = NULL;
-        int64_t now = now_us(), next = -1;
-        int reading = obuf_pending(&out) < OUT_HIGH;
-        for (struct cmd *c = cmds; c; c = c->next) {
-            if (c->deadline_us && !c->exited && now >= c->deadline_us) {
-                c->flags |= INIT_F_TIMEOUT;
-                c->deadline_us = 0;
-                kill_group(c, SIGKILL);
-            }
-            if (c->kill_at_us && !c->exited && now >= c->kill_at_us) {
-                c->kill_at_us = 0;
-                kill_group(c, SIGKILL);
-            }
-            int64_t t[3] = {c->exited ? 0 : c->deadline_us, c->exited ? 0 : c->kill_at_us,
-                            c->exited ? c->drain_us : 0};
-            for (int k = 0; k < 3; k++) {
-                if (t[k] && (next < 0 || t[k] < next)) {
-                    next = t[k];
-                }
-            }
-            if (reading && c->out_fd >= 0) {
-                pfd[n].fd = c->out_fd;
-                pfd[n].events = POLLIN;
-                who[n++] = c;
-            }
-            if (reading && c->err_fd >= 0) {
-                pfd[n].fd = c->err_fd;
-                pfd[n].events = POLLIN;
-                who[n++] = c;
-            }
-            if (c->in_fd >= 0 && obuf_pending(&c->in)) {
-                pfd[n].fd = c->in_fd;
-                pfd[n].events = POLLOUT;
-                who[n++] = c;
-            }
-        }
-        int timeout = -1;
-        if (next >= 0) {
-            timeout = next <= now ? 0 : (int)((next - now + 999) / 1000);
-        }
-        int r = poll(pfd, (nfds_t)n, timeout);
+        int timeout = build_pollset(&ps, sfd);
+        int r = poll(ps.pfd, (nfds_t)ps.n, timeout);
         if (r < 0 && errno != EINTR) {
             die("poll");
         }
         if (r > 0) {
-            if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-                read_ctl(&pol);
-            }
-            if (pfd[1].revents & POLLIN) {
-                reap(sfd);
-            }
-            for (int i = 2; i < n; i++) {
-                struct cmd *c = who[i];
-                if (!pfd[i].revents) { /* commands are only freed after this loop */
-                    continue;
-                }
-                if (pfd[i].fd == c->out_fd) {
-                    read_pipe(c, &c->out_fd, INIT_STDOUT);
-                } else if (pfd[i].fd == c->err_fd) {
-                    read_pipe(c, &c->err_fd, INIT_STDERR);
-                } else if (pfd[i].fd == c->in_fd) {
-                    if (pfd[i].revents & (POLLERR | POLLHUP)) {
-                        c->in.off = c->in.len = 0;
-                        close_fd(&c->in_fd);
-                    } else {
-                        write_stdin(c);
-                    }
-                }
-            }
+            dispatch(&ps, &pol, sfd);
         }
         for (struct cmd *c = cmds, *nx; c; c = nx) {
             nx = c->next;
