@@ -61,6 +61,24 @@ static int map_errno(int e)
     }
 }
 
+/* Write all of data[0..n) to fd (a regular file); 0 or the error of the failed write. */
+static int write_full(int fd, const void *data, size_t n)
+{
+    const char *c = data;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w < 0) {
+            return map_errno(errno);
+        }
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 static int ws_root(struct sbx *s)
 {
     int fd = open(s->ws_host, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -178,19 +196,7 @@ int sbxi_write_file(struct sbx *s, const char *path, const void *data, size_t n)
     if (s->uid != (uid_t)-1 && fchown(fd, s->uid, s->gid) < 0) {
         LOG_WARN("sandbox: chown %s: %s", path, strerror(errno));
     }
-    const char *c = data;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w < 0) {
-            rc = map_errno(errno);
-            goto out;
-        }
-        c += w;
-        n -= (size_t)w;
-    }
+    rc = write_full(fd, data, n);
 out:
     if (fd >= 0) {
         close(fd);
@@ -290,18 +296,8 @@ int sbxi_put_private(struct sbx *s, const char *name, const void *data, size_t n
         goto out;
     }
     fchmod(fd, executable ? 0755 : 0644);
-    const char *c = data;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w < 0) {
-            rc = ERR_IO;
-            break;
-        }
-        c += w;
-        n -= (size_t)w;
+    if (write_full(fd, data, n)) {
+        rc = ERR_IO;
     }
     close(fd);
     if (!rc && rename(tmp, host) < 0) {
