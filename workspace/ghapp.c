@@ -53,8 +53,11 @@ struct inst {
 struct repo_inst {
     struct repo_inst *next;
     char *key;
-    int64_t id;
+    int64_t id; /* 0: the app is not installed there (as of `at`) */
+    int64_t at; /* when that was learnt (epoch seconds) */
 };
+
+#define NOT_INSTALLED_TTL_S 60
 
 struct ghapp {
     int64_t app_id;
@@ -68,7 +71,6 @@ struct ghapp {
     pthread_cond_t cv; /* a renewal ended */
     struct inst *insts;
     struct repo_inst *repos;
-    int64_t issued;
 };
 
 static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
@@ -454,21 +456,32 @@ static int installation_of(struct ghapp *a, const char *owner, const char *repo,
     for (char *p = key; *p; p++) {
         *p = (char)tolower((unsigned char)*p); /* GitHub names are case-insensitive */
     }
+    int64_t now = (int64_t)time(NULL);
     pthread_mutex_lock(&a->lock);
-    for (struct repo_inst *ri = a->repos; ri; ri = ri->next) {
-        if (strcmp(ri->key, key) == 0) {
-            *id = ri->id;
+    for (struct repo_inst **pp = &a->repos; *pp; pp = &(*pp)->next) {
+        struct repo_inst *ri = *pp;
+        if (strcmp(ri->key, key) != 0) {
+            continue;
+        }
+        if (ri->id > 0 || now - ri->at < NOT_INSTALLED_TTL_S) {
+            int64_t found = ri->id;
             pthread_mutex_unlock(&a->lock);
             free(key);
-            return 0;
+            *id = found;
+            return found > 0 ? 0 : ERR_NOT_FOUND;
         }
+        *pp = ri->next; /* "not installed" is old news: ask again */
+        free(ri->key);
+        free(ri);
+        break;
     }
     pthread_mutex_unlock(&a->lock);
     int rc = lookup_installation(a, owner, repo, id);
-    if (rc == 0) {
+    if (rc == 0 || rc == ERR_NOT_FOUND) {
         struct repo_inst *ri = xcalloc(1, sizeof(*ri));
         ri->key = key;
-        ri->id = *id;
+        ri->id = rc == 0 ? *id : 0;
+        ri->at = now;
         key = NULL;
         pthread_mutex_lock(&a->lock);
         ri->next = a->repos;
@@ -479,7 +492,8 @@ static int installation_of(struct ghapp *a, const char *owner, const char *repo,
     return rc;
 }
 
-/* Forget the repositories mapped to installation id (it was deleted: look them up again). */
+/* Forget the repositories mapped to installation id (it was deleted: look them up again).
+ * Called with a->lock held. */
 static void forget_installation(struct ghapp *a, int64_t id)
 {
     struct repo_inst **pp = &a->repos;
@@ -553,7 +567,6 @@ int ghapp_token(struct ghapp *a, const char *owner, const char *repo, const char
             ghapp_wipe(in->token);
             in->token = fresh;
             in->expires_at = exp;
-            a->issued++;
             LOG_INFO("ghapp: new token for installation %lld, valid %llds", (long long)id,
                      (long long)(exp - (int64_t)time(NULL)));
         } else if (rc == ERR_NOT_FOUND) {
@@ -584,14 +597,6 @@ int ghapp_token_for_url(struct ghapp *a, const char *url, const char *stale, cha
     free(owner);
     free(repo);
     return rc;
-}
-
-int64_t ghapp_tokens_issued(struct ghapp *a)
-{
-    pthread_mutex_lock(&a->lock);
-    int64_t n = a->issued;
-    pthread_mutex_unlock(&a->lock);
-    return n;
 }
 
 /* ---------------------------------------------------------------- lifetime */

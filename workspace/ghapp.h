@@ -71,11 +71,10 @@ int ghapp_token(struct ghapp *a, const char *owner, const char *repo, const char
 
 /** ghapp_token() for a repository URL: *token = NULL and 0 when a is NULL, the URL is not on
  * the app's host (ghapp_covers) or the app is not installed for it (a public repository is
- * then read without credentials); other failures are returned (and logged). */
+ * then read without credentials; "not installed" is remembered for a minute, so the background
+ * syncs of such a repository do not ask GitHub each time); other failures are returned (and
+ * logged). */
 int ghapp_token_for_url(struct ghapp *a, const char *url, const char *stale, char **token);
-
-/** The number of installation tokens issued to this instance so far (metrics, tests). */
-int64_t ghapp_tokens_issued(struct ghapp *a);
 
 /** Wipe and free a token (or a JWT). NULL is a no-op. */
 void ghapp_wipe(char *token);
