@@ -35,6 +35,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#if LIBCURL_VERSION_NUM < 0x075400
+#error "ghapp.c pairs curl_global_init/cleanup per instance: libcurl 7.84 or later needed"
+#endif
+
 #define MAX_KEY_FILE   (64 * 1024)
 #define MAX_RESPONSE   (256 * 1024)
 #define JWT_BACKDATE_S 60  /* iat in the past: GitHub's clock may be behind ours */
@@ -72,13 +76,6 @@ struct ghapp {
     struct inst *insts;
     struct repo_inst *repos;
 };
-
-static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
-
-static void curl_once(void)
-{
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 void ghapp_wipe(char *token)
 {
@@ -285,7 +282,6 @@ static int api_call(struct ghapp *a, const char *method, const char *path, const
     *out = NULL;
     *status = 0;
     buf_init(&resp, MAX_RESPONSE);
-    pthread_once(&g_curl_once, curl_once);
     hdr = curl_slist_append(hdr, auth);
     hdr = curl_slist_append(hdr, "Accept: application/vnd.github+json");
     hdr = curl_slist_append(hdr, "X-GitHub-Api-Version: 2022-11-28");
@@ -621,6 +617,13 @@ int ghapp_open(const struct ghapp_config *cfg, struct ghapp **out, char *msg, si
         free(web);
         return rc;
     }
+    /* reference-counted and thread safe since libcurl 7.84; paired in ghapp_free */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        EVP_PKEY_free(key);
+        free(web);
+        snprintf(msg, n, "cannot initialise libcurl");
+        return ERR_INTERNAL;
+    }
     struct ghapp *a = xcalloc(1, sizeof(*a));
     a->app_id = cfg->app_id;
     a->installation_id = cfg->installation_id;
@@ -662,4 +665,5 @@ void ghapp_free(struct ghapp *a)
     free(a->web);
     free(a->ca_file);
     free(a);
+    curl_global_cleanup();
 }
