@@ -18,13 +18,13 @@ struct outpump;     /* sandbox/outpump.h: the output pump of every sandbox */
 struct sbx_backend;
 struct slack;     /* server/slack/slack.h */
 struct repos;     /* workspace/repos.h: repositories, images, warm pools */
+struct ghapp;     /* workspace/ghapp.h: GitHub App installation tokens */
 struct egress;    /* sandbox/egress/egress.h: the allow-list proxy */
 struct metrics;   /* server/metrics.h */
 struct agents;    /* agents/agents.h: named coding agents */
 struct secrets;   /* server/secrets.h: sealing of stored user tokens */
 struct ratelimit; /* server/ratelimit.h */
 struct wsg;       /* server/ws/ws_guard.h: refuses unmasked WebSocket client frames */
-struct ghapp;     /* workspace/ghapp.h: GitHub App installation tokens */
 
 struct app {
     const struct config *cfg;
@@ -37,11 +37,11 @@ struct app {
     struct sbx_backend *sbx;
     struct slack *slack;
     struct repos *repos;
+    struct ghapp *ghapp; /* the GitHub App (github.app_id), NULL: none */
     struct egress *egress;
     struct metrics *metrics;
     struct agents *agents;
     struct secrets *secrets;        /* NULL: no master key, user tokens cannot be stored */
-    struct ghapp *ghapp;            /* workspace/ghapp.h: the GitHub App, NULL: none */
     struct ratelimit *session_rate; /* session creations per user (max_sessions_per_minute) */
     struct wsg *wsg;                /* between WebSocket clients and the hub's lws */
     atomic_int shutting_down;       /* set by the signal path in main.c, read by any thread */
