@@ -91,7 +91,8 @@ static int agent_known(void *ctx, const char *name)
 }
 
 /* The GitHub App (app->ghapp) when github.app_id or github.app_key_file is set: both are then
- * required and the key must load, or the server does not start. */
+ * required and the key must load, or the server does not start. Freed by api_repos_free (which
+ * main calls after a failed start too). */
 static int open_ghapp(struct app *app)
 {
     const struct config *cfg = app->cfg;
@@ -148,8 +149,6 @@ int api_repos_start(struct app *app)
         }
         free(path);
         if (rc != 0) {
-            ghapp_free(app->ghapp);
-            app->ghapp = NULL;
             return rc;
         }
     }
@@ -173,8 +172,6 @@ int api_repos_start(struct app *app)
         LOG_ERROR("main: cannot start the repository layer: %s", err_str(rc));
         secrets_free(app->secrets);
         app->secrets = NULL;
-        ghapp_free(app->ghapp);
-        app->ghapp = NULL;
         return rc;
     }
     if (*cfg->repos_file) {
