@@ -18,6 +18,7 @@ struct outpump;     /* sandbox/outpump.h: the output pump of every sandbox */
 struct sbx_backend;
 struct slack;     /* server/slack/slack.h */
 struct repos;     /* workspace/repos.h: repositories, images, warm pools */
+struct ghapp;     /* workspace/ghapp.h: GitHub App installation tokens */
 struct egress;    /* sandbox/egress/egress.h: the allow-list proxy */
 struct metrics;   /* server/metrics.h */
 struct agents;    /* agents/agents.h: named coding agents */
@@ -36,6 +37,7 @@ struct app {
     struct sbx_backend *sbx;
     struct slack *slack;
     struct repos *repos;
+    struct ghapp *ghapp; /* the GitHub App (github.app_id), NULL: none */
     struct egress *egress;
     struct metrics *metrics;
     struct agents *agents;

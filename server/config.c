@@ -130,7 +130,15 @@ static const struct cfg_field fields[] = {
        "environment variable holding the master key (hex or base64), used if set"),
     FS("github.api_base", github_api_base, "https://api.github.com", NULL,
        "GitHub REST API base (Enterprise: https://HOST/api/v3)"),
-    FSECRET("github.app_token", github_app_token, "token used to push for users without one"),
+    FI("github.app_id", github_app_id, "0", 0, INT64_MAX,
+       "GitHub App id (with github.app_key_file: installation tokens for git and pull requests)"),
+    FS("github.app_key_file", github_app_key_file, "", NULL,
+       "the GitHub App's private key (PEM; mode 0600 or 0400)"),
+    FI("github.installation_id", github_installation_id, "0", 0, INT64_MAX,
+       "the App installation to use (0: looked up per repository owner)"),
+    FSECRET("github.token", github_token,
+            "static token to push with when neither the user nor the App has one"),
+    FSECRET("github.app_token", github_app_token, "deprecated name of github.token"),
     FS("git.ca_file", git_ca_file, "", NULL, "CA bundle for HTTPS git and GitHub (\"\": system)"),
     FI("repos.snapshot_keep", repos_snapshot_keep, "20", 1, 10000, "snapshots kept per session"),
     FI("repos.snapshot_quota_mib", repos_snapshot_quota_mib, "2048", 1, 1 << 30,
@@ -635,6 +643,11 @@ int config_load(int argc, char *const *argv, char *const *envp, struct config **
     rc = check_uid_range(c, msg, msglen);
     if (rc) {
         goto out;
+    }
+    if (*c->github_app_token && !*c->github_token) {
+        /* the old name of the static token: still honoured, and said so at start */
+        free(c->github_token);
+        c->github_token = xstrdup(c->github_app_token);
     }
     *out = c;
     c = NULL;

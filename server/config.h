@@ -77,10 +77,15 @@ struct config {
     char *agents;                   /* agents: JSON object of named agents (agents/agents.h) */
     char *secrets_key_file;         /* secrets.key_file: master key for stored user tokens */
     char *secrets_key_env;          /* secrets.key_env: env var holding the master key instead */
-    char *github_api_base;  /* github.api_base: REST API base (GitHub Enterprise: …/api/v3) */
-    char *github_app_token; /* github.app_token (secret): push when a user has no token */
-    char *git_ca_file;      /* git.ca_file: CA bundle for HTTPS git/GitHub ("" = system) */
-    int64_t repos_snapshot_keep;      /* repos.snapshot_keep: snapshots kept per session */
+    char *github_api_base;     /* github.api_base: REST API base (GitHub Enterprise: …/api/v3) */
+    int64_t github_app_id;     /* github.app_id: GitHub App (0 = none) */
+    char *github_app_key_file; /* github.app_key_file: its private key (PEM) */
+    int64_t github_installation_id; /* github.installation_id: 0 = looked up per repository */
+    char *github_token;          /* github.token (secret): push when neither user nor App has one */
+    char *github_app_token;      /* github.app_token (secret): deprecated alias, copied into
+                                    github_token at load when that is unset */
+    char *git_ca_file;           /* git.ca_file: CA bundle for HTTPS git/GitHub ("" = system) */
+    int64_t repos_snapshot_keep; /* repos.snapshot_keep: snapshots kept per session */
     int64_t repos_snapshot_quota_mib; /* repos.snapshot_quota_mib: snapshot disk per session */
     int64_t repos_image_keep;         /* repos.image_keep: ready images kept per repository */
     int64_t repos_pool_max_age;       /* repos.pool_max_age: warm workspace lifetime (s) */

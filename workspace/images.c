@@ -188,7 +188,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     store = repos__repo_dir(r, repo, "objects.git");
     objects = repos__shared_objects(r, repo);
     int64_t tf = clock_mono_ms(), tc = 0;
-    rc = gitx_mirror_fetch(store, url, branch, NULL, sha);
+    rc = repos__mirror_fetch(r, store, url, branch, sha);
     if (rc == 0) {
         tc = clock_mono_ms();
         rc = gitx_checkout_shared(dir, objects, url, branch, sha);

@@ -124,7 +124,7 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
     char *shared = repos__shared_if_any(r, repo);
     if (rc == 0) {
         repos__chown_tree(r, dir); /* restored as root: the sandbox user's before git runs as it */
-        rc = gitjob_sync(&r->git, dir, shared, url, branch, NULL, head);
+        rc = repos__sync(r, dir, shared, url, branch, head);
     }
     if (rc == 0) {
         /* in the background now, not in the first commit */
@@ -223,7 +223,7 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         resync = w->next;
         char head[41] = "";
         char *shared = repos__shared_if_any(r, repo);
-        if (gitjob_sync(&r->git, w->dir, shared, url, branch, NULL, head) != 0) {
+        if (repos__sync(r, w->dir, shared, url, branch, head) != 0) {
             free(shared);
             repos__warm_free(w);
             continue;

@@ -119,7 +119,7 @@ static int from_image(struct repos *r, const char *sid, const char *repo, const 
         /* restored as root: the sandbox user's before git runs as it */
         repos__chown_tree(r, workspace);
         char *shared = repos__shared_if_any(r, repo);
-        rc = gitjob_sync(&r->git, workspace, shared, url, branch, NULL, NULL);
+        rc = repos__sync(r, workspace, shared, url, branch, NULL);
         free(shared);
     }
     LOG_INFO("repos: session %s: image restore %lld ms (%llu files, %llu spare inodes, "
@@ -211,7 +211,7 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
         img[0] = 0;
     }
     /* 4. a plain clone */
-    rc = gitx_clone(url, branch, workspace, NULL, NULL);
+    rc = repos__clone(r, url, branch, workspace);
     if (rc != 0) {
         goto out;
     }
@@ -294,7 +294,7 @@ static void *bg_sync_main(void *arg)
         rc = ERR_CANCELLED;
     } else if (b->q.url) {
         gitjob_head(&r->git, b->ws, shared, before, NULL);
-        rc = gitjob_sync(&r->git, b->ws, shared, b->q.url, b->q.branch, NULL, head);
+        rc = repos__sync(r, b->ws, shared, b->q.url, b->q.branch, head);
     }
     if (rc == 0) {
         /* the restore (and the reset) left stale stat data: refresh now, before the agent's

@@ -37,6 +37,7 @@ struct sbx;
 struct sbx_backend;
 struct sbx_spec;
 struct author;
+struct ghapp;
 
 struct repos_config {
     const char *data_dir;    /* required */
@@ -48,6 +49,8 @@ struct repos_config {
     int pool_max_age_s;      /* warm workspace lifetime; default 1500 (25 min) */
     int tick_ms;             /* scheduler period; default 30000 */
     const char *ca_file;     /* HTTPS CA bundle for git; NULL = system */
+    struct ghapp *ghapp;     /* borrowed, NULL: none. Clones and fetches of repositories it
+                                covers use its installation tokens (ghapp.h) */
     int no_threads;          /* tests: no builder/pool threads; builds run inline */
     int sync_wait_ms;        /* bound of repos_wait_synced; default 30000 (config
                                 repos.sync_wait_ms) */

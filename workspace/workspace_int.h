@@ -121,6 +121,14 @@ void repos__warm_free(struct warm *w);
 /* prepare.c */
 int repos__wait_not_in(struct repos *r, const char *sid, json_t *a, json_t *b, int timeout_ms);
 
+/* remote.c: clone, sync and store fetch with the GitHub App's installation token when it
+ * covers the URL (ghapp.h), renewed and retried once on a refusal */
+int repos__sync(struct repos *r, const char *dir, const char *shared, const char *url,
+                const char *branch, char head[41]);
+int repos__clone(struct repos *r, const char *url, const char *branch, const char *dir);
+int repos__mirror_fetch(struct repos *r, const char *gitdir, const char *url, const char *branch,
+                        char head[41]);
+
 /* repos.c */
 void repos__chown_tree(struct repos *r, const char *dir);
 char *repos__default_workspace(struct repos *r, const char *sid);

@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "agents/agents.h"
+#include "workspace/ghapp.h"
 #include "workspace/github.h"
 #include "workspace/repos.h"
 #include "workspace/snap/snap.h"
@@ -89,10 +90,48 @@ static int agent_known(void *ctx, const char *name)
            (app->cfg->agent && strcmp(app->cfg->agent, name) == 0);
 }
 
+/* The GitHub App (app->ghapp) when github.app_id or github.app_key_file is set: both are then
+ * required and the key must load, or the server does not start. Freed by api_repos_free (which
+ * main calls after a failed start too). */
+static int open_ghapp(struct app *app)
+{
+    const struct config *cfg = app->cfg;
+    char msg[300] = "";
+    if (*cfg->github_app_token) {
+        LOG_WARN("config: github.app_token is deprecated: name the static token github.token "
+                 "(SESSIOND_GITHUB_TOKEN, --github-token)%s",
+                 strcmp(cfg->github_app_token, cfg->github_token) != 0
+                     ? "; github.token is set too and wins"
+                     : "");
+    }
+    if (cfg->github_app_id <= 0 && !*cfg->github_app_key_file) {
+        return 0;
+    }
+    struct ghapp_config gc = {
+        .app_id = cfg->github_app_id,
+        .key_file = cfg->github_app_key_file,
+        .installation_id = cfg->github_installation_id,
+        .api_base = cfg->github_api_base,
+        .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
+    };
+    int rc = ghapp_open(&gc, &app->ghapp, msg, sizeof(msg));
+    if (rc != 0) {
+        LOG_ERROR("main: cannot use the GitHub App: %s", msg);
+        return rc;
+    }
+    LOG_INFO("main: GitHub App %lld, installation %s", (long long)cfg->github_app_id,
+             cfg->github_installation_id > 0 ? "configured" : "looked up per repository");
+    return 0;
+}
+
 int api_repos_start(struct app *app)
 {
     const struct config *cfg = app->cfg;
-    int rc = ERR_NOT_FOUND;
+    int rc = open_ghapp(app);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = ERR_NOT_FOUND;
     if (cfg->secrets_key_env && *cfg->secrets_key_env) {
         rc = secrets_new_from_env(cfg->secrets_key_env, &app->secrets);
         if (rc == ERR_INVALID) {
@@ -124,6 +163,7 @@ int api_repos_start(struct app *app)
         .sync_wait_ms = (int)cfg->repos_sync_wait_ms,
         .tick_ms = (int)cfg->repos_tick_ms,
         .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
+        .ghapp = app->ghapp,
         .agent_known = agent_known,
         .agent_ctx = app,
     };
@@ -155,6 +195,8 @@ void api_repos_free(struct app *app)
 {
     repos_close(app->repos);
     app->repos = NULL;
+    ghapp_free(app->ghapp); /* after the layer, whose clones and fetches use it */
+    app->ghapp = NULL;
 }
 
 /* ---- helpers ---- */
@@ -476,22 +518,101 @@ out:
 
 /* ---- push and pull requests ---- */
 
+/* The credentials of a push or a pull request. */
+struct cred {
+    char *tok;        /* owned, wiped by cred_wipe; NULL: none */
+    size_t len;       /* the bytes to wipe */
+    const char *kind; /* the answers' `credentials`: "user" | "app" | "token" | "none" */
+};
+
+/* In order: the caller's stored token; the GitHub App's installation token when the app
+ * covers url (its host, installed for the repository); github.token if static_ok (pushes);
+ * none. */
+static void cred_pick(struct req *r, const char *url, int static_ok, struct cred *c)
+{
+    const struct config *cfg = req_app(r)->cfg;
+    memset(c, 0, sizeof(*c));
+    c->tok = own_token(r, &c->len);
+    c->kind = "user";
+    if (c->tok) {
+        return;
+    }
+    if (ghapp_token_for_url(req_app(r)->ghapp, url, NULL, &c->tok) == 0 && c->tok) {
+        c->len = strlen(c->tok);
+        c->kind = "app";
+        return;
+    }
+    c->tok = NULL;
+    if (static_ok && cfg->github_token && *cfg->github_token) {
+        c->tok = xstrdup(cfg->github_token);
+        c->len = strlen(c->tok);
+        c->kind = "token";
+        return;
+    }
+    c->kind = "none";
+}
+
+/* The remote or the API refused c: if it is the app's token, take a renewed one (the cached
+ * one may have expired or been revoked early). 1 if there is a new token to retry with. */
+static int cred_renew(struct req *r, const char *url, struct cred *c)
+{
+    char *fresh = NULL;
+    if (strcmp(c->kind, "app") != 0 ||
+        ghapp_token_for_url(req_app(r)->ghapp, url, c->tok, &fresh) != 0 || !fresh) {
+        return 0;
+    }
+    LOG_INFO("api: %s refused the installation token: retrying once with a renewed one", url);
+    secrets_wipe(c->tok, c->len);
+    c->tok = fresh;
+    c->len = strlen(fresh);
+    return 1;
+}
+
+static void cred_wipe(struct cred *c)
+{
+    secrets_wipe(c->tok, c->len);
+    c->tok = NULL;
+}
+
+/* The session's registry URL (caller frees), or NULL. */
+static char *session_url(struct req *r, const char *sid)
+{
+    json_t *info = NULL;
+    char *url = NULL;
+    if (repos_session_info(R(r), sid, &info) == 0) {
+        const char *u = json_string_value(json_object_get(info, "url"));
+        url = u ? xstrdup(u) : NULL;
+    }
+    json_decref(info);
+    return url;
+}
+
+/* repos_push with c, retried once with a renewed installation token after a refusal. */
+static int push_with(struct req *r, const char *sid, const char *url, struct cred *c, json_t **out)
+{
+    char *ws = workspace_of(r, sid);
+    int rc = repos_push(R(r), sid, ws, c->tok, out);
+    if (rc == ERR_AUTH && cred_renew(r, url, c)) {
+        rc = repos_push(R(r), sid, ws, c->tok, out);
+    }
+    free(ws);
+    return rc;
+}
+
 int api_push(struct req *r)
 {
     const char *sid = req_param(r, "id");
     json_t *out = NULL;
-    size_t tlen = 0;
+    struct cred c;
     int rc = need_repos(r);
     if (rc || (rc = api_session_access(r, sid, AUTH_WRITE, NULL))) {
         return rc;
     }
-    char *tok = own_token(r, &tlen);
-    const char *app_tok = req_app(r)->cfg->github_app_token;
-    const char *use = tok ? tok : (app_tok && *app_tok ? app_tok : NULL);
-    char *ws = workspace_of(r, sid);
-    rc = repos_push(R(r), sid, ws, use, &out);
-    free(ws);
-    secrets_wipe(tok, tlen);
+    char *url = session_url(r, sid);
+    cred_pick(r, url, 1, &c);
+    rc = push_with(r, sid, url, &c, &out);
+    cred_wipe(&c);
+    free(url);
     if (rc == ERR_NOT_FOUND) {
         return req_fail(r, rc, "session %s has no repository branch to push", sid);
     }
@@ -501,7 +622,7 @@ int api_push(struct req *r)
     if (rc != 0) {
         return req_fail(r, rc, "push failed: %s", err_str(rc));
     }
-    json_object_set_new(out, "credentials", json_string(tok ? "user" : use ? "app" : "none"));
+    json_object_set_new(out, "credentials", json_string(c.kind));
     return req_reply_json(r, 200, out);
 }
 
@@ -563,9 +684,9 @@ int api_pull_request(struct req *r)
     const char *sid = req_param(r, "id");
     const char *title = NULL, *prbody = NULL;
     json_t *body = NULL, *info = NULL, *pushed = NULL, *pr = NULL;
-    char *tok = NULL, *owner = NULL, *repo = NULL, *art_json = NULL, *aid = NULL, *ws = NULL;
+    char *owner = NULL, *repo = NULL, *art_json = NULL, *aid = NULL;
     char *deftitle = NULL;
-    size_t tlen = 0;
+    struct cred c = {0};
     char msg[400];
     int draft = 0;
     int rc = need_repos(r);
@@ -589,21 +710,21 @@ int api_pull_request(struct req *r)
                       sid);
         goto out;
     }
-    tok = own_token(r, &tlen);
-    if (!tok) {
+    const char *url = json_string_value(json_object_get(info, "url"));
+    cred_pick(r, url, 0, &c);
+    if (!c.tok) {
         rc = req_fail(r, ERR_FORBIDDEN,
-                      "a pull request is opened with your own GitHub token: store it with "
-                      "PUT /v1/me/credentials/github");
+                      "a pull request is opened with your own GitHub token (store it with "
+                      "PUT /v1/me/credentials/github) or by the GitHub App installed for the "
+                      "repository");
         goto out;
     }
-    const char *url = json_string_value(json_object_get(info, "url"));
     if (!url || owner_repo(url, &owner, &repo) != 0) {
         rc = req_fail(r, ERR_UNPROCESSABLE, "the repository URL does not name OWNER/REPO");
         goto out;
     }
     /* The branch must be on the remote first: push it with the same token. */
-    ws = workspace_of(r, sid);
-    rc = repos_push(R(r), sid, ws, tok, &pushed);
+    rc = push_with(r, sid, url, &c, &pushed);
     if (rc != 0) {
         rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc,
                       "push before the pull request "
@@ -617,7 +738,7 @@ int api_pull_request(struct req *r)
         .api_base = cfg->github_api_base,
         .owner = owner,
         .repo = repo,
-        .token = tok,
+        .token = c.tok,
         .title = title && *title ? title : deftitle,
         .body = prbody,
         .head = json_string_value(json_object_get(info, "branch")),
@@ -626,6 +747,10 @@ int api_pull_request(struct req *r)
         .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
     };
     rc = github_create_pr(&req, &pr, msg, sizeof(msg));
+    if (rc == ERR_AUTH && cred_renew(r, url, &c)) {
+        req.token = c.tok;
+        rc = github_create_pr(&req, &pr, msg, sizeof(msg));
+    }
     if (rc != 0) {
         rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc, "%s", msg);
         goto out;
@@ -633,6 +758,7 @@ int api_pull_request(struct req *r)
     json_object_set_new(pr, "branch", json_string(req.head));
     json_object_set_new(pr, "base", json_string(req.base));
     json_object_set_new(pr, "title", json_string(req.title));
+    json_object_set_new(pr, "credentials", json_string(c.kind));
     art_json = jx_dump(pr);
     aid = util_new_id("a_");
     json_object_set_new(pr, "artifact_id", json_string(aid));
@@ -648,7 +774,7 @@ int api_pull_request(struct req *r)
     rc = req_reply_json(r, 201, pr);
     pr = NULL;
 out:
-    secrets_wipe(tok, tlen);
+    cred_wipe(&c);
     json_decref(body);
     json_decref(info);
     json_decref(pushed);
@@ -657,7 +783,6 @@ out:
     free(repo);
     free(art_json);
     free(aid);
-    free(ws);
     free(deftitle);
     return rc;
 }

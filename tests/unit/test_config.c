@@ -237,6 +237,30 @@ TEST(dump_masks_secrets)
     config_free(c);
 }
 
+/* github.app_token is the old name of github.token: honoured when github.token is unset. */
+TEST(github_token_alias)
+{
+    char *envp[] = {"SESSIOND_GITHUB_APP_TOKEN=old_name_tok", NULL};
+    char *argv[] = {"sessiond", NULL};
+    struct config *c = load(1, argv, envp);
+    ASSERT_STREQ(c->github_token, "old_name_tok");
+    config_free(c);
+    char *argv2[] = {"sessiond", "--github-token", "new_name_tok", NULL};
+    c = load(3, argv2, envp);
+    ASSERT_STREQ(c->github_token, "new_name_tok");
+    char *d = config_dump(c);
+    ASSERT(!strstr(d, "name_tok"));
+    free(d);
+    config_free(c);
+    char *argv3[] = {"sessiond", "--github-app-id", "123", "--github-installation-id", "9", NULL};
+    char *none[] = {NULL};
+    c = load(5, argv3, none);
+    ASSERT_EQ(c->github_app_id, 123);
+    ASSERT_EQ(c->github_installation_id, 9);
+    ASSERT_STREQ(c->github_token, "");
+    config_free(c);
+}
+
 static const struct test_case tests[] = {
     T(defaults),
     T(flags_both_forms),
@@ -249,5 +273,6 @@ static const struct test_case tests[] = {
     T(origins),
     T(blocked_commands),
     T(dump_masks_secrets),
+    T(github_token_alias),
 };
 TEST_MAIN(tests)

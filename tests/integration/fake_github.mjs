@@ -1,0 +1,238 @@
+// fake_github.mjs - a local stand-in for GitHub for the integration tests: the REST calls a
+// GitHub App makes (installation lookup, installation tokens, pull requests) and git's smart
+// HTTP (clone, fetch, push through `git http-backend`), on one loopback port, as github.com
+// would serve them from api.github.com and github.com.
+//
+//   node fake_github.mjs --port-file F --public-key app.pub --app-id 4242 --git-root DIR
+//        [--installed octo=77,...] [--user-token ghp_x,...] [--log FILE]
+//
+// REST (under /api/v3):
+//   GET  /repos/{owner}/{repo}/installation       JWT → {id} (404 if the owner has none)
+//   POST /app/installations/{id}/access_tokens    JWT → 201 {token, expires_at}
+//   POST /repos/{owner}/{repo}/pulls              Bearer installation or user token → 201
+// A JWT must be RS256 over base64url(header).base64url(claims), verify with the app's public
+// key (crypto.verify), and have iss = the app id, iat <= now + 30 s, exp > now and
+// exp - iat <= 600 s (GitHub's 10 minutes); else 401.
+// Git: /{owner}/{repo}.git/... needs Basic auth whose password is a live installation token
+// of the owner's installation, or a --user-token; else 401 with WWW-Authenticate (what makes
+// libgit2 ask its credential callback).
+//
+// Test knobs: POST /_fake/config {token_life_s, claimed_life_s, revoke_on_pr} — tokens really
+// expire after token_life_s (default 3600) and their expires_at says claimed_life_s (default:
+// token_life_s); revoke_on_pr: the next pull request revokes the token it came with and
+// answers 401. GET /_fake/stats → counters. Every request is a JSON line in --log.
+import http from 'node:http';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { spawn } from 'node:child_process';
+
+const args = {};
+for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, '')] = process.argv[i + 1];
+const publicKey = crypto.createPublicKey(fs.readFileSync(args['public-key']));
+const appId = String(args['app-id']);
+const gitRoot = args['git-root'];
+const installed = Object.fromEntries((args.installed || 'octo=77').split(',').map((p) => p.split('=')).map(([o, id]) => [o.toLowerCase(), Number(id)]));
+const userTokens = new Set((args['user-token'] || '').split(',').filter(Boolean));
+const logFile = args.log;
+
+const knobs = { token_life_s: 3600, claimed_life_s: null, revoke_on_pr: false };
+const tokens = new Map(); // token -> {installation, expires_ms, revoked}
+const stats = { jwt_ok: 0, jwt_bad: 0, tokens_issued: 0, lookups: 0, git_ok: 0, git_app: 0, git_user: 0,
+  git_401: 0, git_401_expired: 0, git_401_anonymous: 0, pulls: 0, pulls_401: 0, receive_pack: 0 };
+let prs = 0;
+
+function log(o) {
+  if (logFile) fs.appendFileSync(logFile, JSON.stringify(o) + '\n');
+}
+
+function b64urlDecode(s) {
+  return Buffer.from(s.replace(/-/g, '+').replace(/_/g, '/'), 'base64');
+}
+
+// The JWT's problem, or null if it is good.
+function jwtProblem(auth) {
+  const m = /^Bearer (.+)$/.exec(auth || '');
+  if (!m) return 'no bearer JWT';
+  const parts = m[1].split('.');
+  if (parts.length !== 3) return 'not a JWT';
+  let header, claims;
+  try {
+    header = JSON.parse(b64urlDecode(parts[0]));
+    claims = JSON.parse(b64urlDecode(parts[1]));
+  } catch {
+    return 'undecodable';
+  }
+  if (header.alg !== 'RS256' || header.typ !== 'JWT') return 'header';
+  const ok = crypto.verify('RSA-SHA256', Buffer.from(parts[0] + '.' + parts[1]), publicKey, b64urlDecode(parts[2]));
+  if (!ok) return 'signature';
+  const now = Math.floor(Date.now() / 1000);
+  if (String(claims.iss) !== appId) return 'iss';
+  if (!Number.isInteger(claims.iat) || !Number.isInteger(claims.exp)) return 'iat/exp';
+  if (claims.iat > now + 30) return 'iat in the future';
+  if (claims.exp <= now) return 'expired';
+  if (claims.exp - claims.iat > 600) return 'exp too far';
+  return null;
+}
+
+function send(res, status, obj, headers = {}) {
+  res.writeHead(status, { 'Content-Type': 'application/json', ...headers });
+  res.end(JSON.stringify(obj));
+}
+
+// A live installation token of owner's installation (or a user token): its kind, or why not.
+function tokenCheck(token, owner) {
+  if (userTokens.has(token)) return { kind: 'user' };
+  const t = tokens.get(token);
+  if (!t) return { why: 'unknown' };
+  if (t.revoked) return { why: 'revoked' };
+  if (Date.now() >= t.expires_ms) return { why: 'expired' };
+  if (installed[owner.toLowerCase()] !== t.installation) return { why: 'other installation' };
+  return { kind: 'app' };
+}
+
+function api(req, res, path, body) {
+  let m;
+  if ((m = /^\/repos\/([^/]+)\/([^/]+)\/installation$/.exec(path)) && req.method === 'GET') {
+    const why = jwtProblem(req.headers.authorization);
+    log({ api: 'installation', owner: m[1], jwt: why || 'ok' });
+    if (why) {
+      stats.jwt_bad++;
+      return send(res, 401, { message: `A JSON web token could not be decoded (${why})` });
+    }
+    stats.jwt_ok++;
+    stats.lookups++;
+    const id = installed[m[1].toLowerCase()];
+    return id ? send(res, 200, { id, account: { login: m[1] } }) : send(res, 404, { message: 'Not Found' });
+  }
+  if ((m = /^\/app\/installations\/(\d+)\/access_tokens$/.exec(path)) && req.method === 'POST') {
+    const why = jwtProblem(req.headers.authorization);
+    log({ api: 'access_tokens', installation: Number(m[1]), jwt: why || 'ok' });
+    if (why) {
+      stats.jwt_bad++;
+      return send(res, 401, { message: `A JSON web token could not be decoded (${why})` });
+    }
+    stats.jwt_ok++;
+    if (!Object.values(installed).includes(Number(m[1]))) return send(res, 404, { message: 'Not Found' });
+    const token = 'ghs_' + crypto.randomBytes(18).toString('hex');
+    const now = Date.now();
+    const claimed = knobs.claimed_life_s ?? knobs.token_life_s;
+    tokens.set(token, { installation: Number(m[1]), expires_ms: now + knobs.token_life_s * 1000 });
+    stats.tokens_issued++;
+    const expires_at = new Date(now + claimed * 1000).toISOString().replace(/\.\d+Z$/, 'Z');
+    return send(res, 201, { token, expires_at });
+  }
+  if ((m = /^\/repos\/([^/]+)\/([^/]+)\/pulls$/.exec(path)) && req.method === 'POST') {
+    const tm = /^Bearer (.+)$/.exec(req.headers.authorization || '');
+    const check = tm ? tokenCheck(tm[1], m[1]) : { why: 'none' };
+    if (check.kind && knobs.revoke_on_pr) {
+      knobs.revoke_on_pr = false;
+      if (tokens.has(tm[1])) tokens.get(tm[1]).revoked = true;
+      check.kind = undefined;
+      check.why = 'revoked';
+    }
+    log({ api: 'pulls', owner: m[1], repo: m[2], auth: check.kind || check.why, body });
+    if (!check.kind) {
+      stats.pulls_401++;
+      return send(res, 401, { message: 'Bad credentials' });
+    }
+    stats.pulls++;
+    prs++;
+    return send(res, 201, { number: prs, html_url: `https://github.example/${m[1]}/${m[2]}/pull/${prs}`,
+      url: `http://api.example/repos/${m[1]}/${m[2]}/pulls/${prs}`, by: check.kind });
+  }
+  return send(res, 404, { message: 'Not Found' });
+}
+
+// git smart HTTP through `git http-backend` (CGI).
+function git(req, res, url) {
+  const m = /^\/([^/]+)\/([^/]+?\.git)(\/.*)$/.exec(url.pathname);
+  if (!m) return send(res, 404, { message: 'Not Found' });
+  const [, owner, repo, rest] = m;
+  const basic = /^Basic (.+)$/.exec(req.headers.authorization || '');
+  let check = { why: 'anonymous' };
+  if (basic) {
+    const pass = Buffer.from(basic[1], 'base64').toString().split(':').slice(1).join(':');
+    check = tokenCheck(pass, owner);
+  }
+  log({ git: rest, query: url.search, host: req.headers.host, auth: check.kind || check.why });
+  if (!check.kind) {
+    stats.git_401++;
+    if (check.why === 'expired' || check.why === 'revoked') stats.git_401_expired++;
+    if (check.why === 'anonymous') stats.git_401_anonymous++;
+    req.resume();
+    res.writeHead(401, { 'WWW-Authenticate': 'Basic realm="fake GitHub"', 'Content-Type': 'text/plain' });
+    return res.end('authentication required\n');
+  }
+  stats.git_ok++;
+  stats[check.kind === 'app' ? 'git_app' : 'git_user']++;
+  if (rest === '/git-receive-pack') stats.receive_pack++;
+  const env = {
+    PATH: process.env.PATH,
+    GIT_PROJECT_ROOT: gitRoot,
+    GIT_HTTP_EXPORT_ALL: '1',
+    PATH_INFO: `/${owner}/${repo}${rest}`,
+    QUERY_STRING: url.search.replace(/^\?/, ''),
+    REQUEST_METHOD: req.method,
+    CONTENT_TYPE: req.headers['content-type'] || '',
+    REMOTE_USER: 'x-access-token', // enables receive-pack
+    REMOTE_ADDR: '127.0.0.1',
+    GIT_CONFIG_NOSYSTEM: '1',
+    HOME: gitRoot,
+  };
+  if (req.headers['content-length']) env.CONTENT_LENGTH = req.headers['content-length'];
+  if (req.headers['content-encoding']) env.HTTP_CONTENT_ENCODING = req.headers['content-encoding'];
+  if (req.headers['git-protocol']) env.GIT_PROTOCOL = req.headers['git-protocol'];
+  const cgi = spawn('git', ['http-backend'], { env, stdio: ['pipe', 'pipe', 'inherit'] });
+  req.pipe(cgi.stdin);
+  let head = Buffer.alloc(0);
+  let headersDone = false;
+  cgi.stdout.on('data', (chunk) => {
+    if (headersDone) return res.write(chunk);
+    head = Buffer.concat([head, chunk]);
+    let sep = head.indexOf('\r\n\r\n');
+    let sepLen = 4;
+    if (sep < 0) {
+      sep = head.indexOf('\n\n');
+      sepLen = 2;
+    }
+    if (sep < 0) return;
+    headersDone = true;
+    let status = 200;
+    const headers = {};
+    for (const line of head.subarray(0, sep).toString().split(/\r?\n/)) {
+      const i = line.indexOf(':');
+      if (i < 0) continue;
+      const k = line.slice(0, i).trim();
+      const v = line.slice(i + 1).trim();
+      if (k.toLowerCase() === 'status') status = parseInt(v, 10);
+      else headers[k] = v;
+    }
+    res.writeHead(status, headers);
+    res.write(head.subarray(sep + sepLen));
+  });
+  cgi.on('close', () => {
+    if (!headersDone) res.writeHead(500);
+    res.end();
+  });
+}
+
+const srv = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://fake');
+  if (url.pathname.startsWith('/_fake/')) {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      if (url.pathname === '/_fake/config' && req.method === 'POST') Object.assign(knobs, JSON.parse(body || '{}'));
+      send(res, 200, url.pathname === '/_fake/stats' ? stats : knobs);
+    });
+    return;
+  }
+  if (url.pathname.startsWith('/api/v3/')) {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => api(req, res, url.pathname.slice(7), body));
+    return;
+  }
+  git(req, res, url);
+});
+srv.listen(0, '127.0.0.1', () => fs.writeFileSync(args['port-file'], String(srv.address().port)));
