@@ -13,8 +13,9 @@
  *     of the server's nor of a sandbox's, outside the sandbox uid range), keeps one
  *     capability, CAP_DAC_READ_SEARCH (the walk as root read files and directories the sandbox
  *     made unreadable, mode 0000; it still does, and changes nothing), has no_new_privs, is not
- *     dumpable, has RLIMIT_FSIZE 0 (a write into any file fails: the walk writes none) and dies
- *     with the server (PDEATHSIG);
+ *     dumpable, has RLIMIT_FSIZE 0 (a write into any file fails: the walk writes none), cannot
+ *     open files by handle (seccomp: the one way CAP_DAC_READ_SEARCH leads past a chroot) and
+ *     dies with the server (PDEATHSIG);
  *   - resets every signal handler the server installed (they would write to the server's
  *     descriptors).
  * It walks (readdir, lstat, readlink), sends the entries to the server, then opens the files
@@ -45,7 +46,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/audit.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +62,14 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#if defined(__x86_64__)
+#define WALK_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define WALK_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "walker: no seccomp architecture constant for this target"
+#endif
 
 #define MSG_MAX (64 * 1024) /* one message of the walk or of open requests */
 #define BATCH   64          /* files a request names (and fds a reply carries) at most */
@@ -161,8 +174,9 @@ static int keep_fds(int rootfd, int sock)
     if (r < 0 || s < 0 || nul < 0) {
         return -1;
     }
-    if (dup2(r, FD_ROOT) < 0 || dup2(s, FD_SOCK) < 0 || dup2(nul, 0) < 0 || dup2(nul, 1) < 0 ||
-        dup2(nul, 2) < 0) {
+    /* /dev/null first: it may have landed on FD_ROOT or FD_SOCK (r and s cannot) */
+    if (dup2(nul, 0) < 0 || dup2(nul, 1) < 0 || dup2(nul, 2) < 0 || dup2(r, FD_ROOT) < 0 ||
+        dup2(s, FD_SOCK) < 0) {
         return -1;
     }
     return close_range(FD_SOCK + 1, ~0U, 0);
@@ -200,6 +214,30 @@ static int drop_root(const char **step)
     return 0;
 }
 
+/* CAP_DAC_READ_SEARCH also opens any file of a file system by handle (open_by_handle_at), past
+ * the chroot: the one way it gives out of the workspace. The walk never needs it. */
+static int deny_handles(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (__u32)offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, WALK_ARCH, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (__u32)offsetof(struct seccomp_data, nr)),
+#if defined(__x86_64__)
+        /* the x32 ABI: the same arch value, numbers with bit 30 set */
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, 2, 0),
+#else
+        BPF_JUMP(BPF_JMP | BPF_JA, 0, 0, 0),
+#endif
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_open_by_handle_at, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_name_to_handle_at, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = (unsigned short)(sizeof(f) / sizeof(f[0])), .filter = f};
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
 int walker_confine(int rootfd, int sock, pid_t parent, const char **step)
 {
     struct rlimit nofile = {0, 0};
@@ -218,6 +256,10 @@ int walker_confine(int rootfd, int sock, pid_t parent, const char **step)
     *step = "limits";
     if (setrlimit(RLIMIT_FSIZE, &nofile) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+        return -1;
+    }
+    *step = "seccomp";
+    if (deny_handles() != 0) {
         return -1;
     }
     /* after the credential change, which cleared it: never outlive the server */
