@@ -260,7 +260,7 @@ TEST(walk_child_runs_unprivileged_with_only_its_descriptors)
     free(ws);
 }
 
-/* What a buggy walker would try, and the errno each gets (0: it worked). */
+/* What a buggy walker would try; each gets an errno (0: it worked). */
 enum {
     A_FOLLOW_WRITE, /* open the planted absolute symlink for writing */
     A_FOLLOW_TRUNC, /* ... with O_TRUNC, through the workspace fd */

@@ -387,7 +387,8 @@ void walker_free(struct walker *w);
 /* What the child does before it walks (exposed for the test that attacks from inside it): name
  * it, reset signals, keep rootfd and sock only (as fds 3 and 4), chroot into rootfd, become
  * WALK_UID/WALK_GID with CAP_DAC_READ_SEARCH only (when root), RLIMIT_FSIZE 0, no_new_privs,
- * not dumpable, no open by handle (seccomp), die with parent. 0, or -1 with errno and *step naming the failed step. */
+ * not dumpable, no open by handle (seccomp), die with parent. 0, or -1 with errno and *step naming
+ * the failed step. */
 int walker_confine(int rootfd, int sock, pid_t parent, const char **step);
 
 /* create.c */
