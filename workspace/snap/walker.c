@@ -599,7 +599,7 @@ int walker_fd(struct walker *w, size_t i, int *fd)
     int rc = 0;
     *fd = -1;
     pthread_mutex_lock(&w->mu);
-    while (!w->broken && i >= w->answered) {
+    while (!w->broken && i < w->n && i >= w->answered) {
         if (request_more(w) != 0 || receive_answer(w) != 0) {
             w->broken = 1;
         }
