@@ -588,20 +588,36 @@ static void chown_walk(const char *dir, uid_t uid, gid_t gid)
     }
 }
 
-/* Keep root's uid but only the capabilities an ownership walk needs: change owners, read any
- * directory. No CAP_SYS_ADMIN (no remount of the read-only host tree), no CAP_DAC_OVERRIDE. */
-static int keep_chown_caps_only(void)
+/* Become uid/gid (the owner-to-be: the tree goes to it anyway) keeping only the capabilities an
+ * ownership walk needs: change owners, read any directory. Not root's uid: a process of uid 0
+ * may still signal every root process, write every root-owned file its mount namespace leaves
+ * writable, and connect to root-only sockets; no CAP_SYS_ADMIN (no remount of the read-only
+ * host tree), no CAP_DAC_OVERRIDE, no CAP_FOWNER. */
+static int keep_chown_caps_only(int uid, int gid)
 {
     struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct d[2];
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 || setgroups(0, NULL) != 0 ||
+        setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0 ||
+        setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) {
+        return fail_at("drop privileges");
+    }
     memset(d, 0, sizeof(d));
     unsigned keep = (1U << CAP_CHOWN) | (1U << CAP_DAC_READ_SEARCH);
     d[0].effective = d[0].permitted = keep;
-    if (syscall(SYS_capset, &h, d) != 0) {
+    if (syscall(SYS_capset, &h, d) != 0 || prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0) {
         return fail_at("capset");
+    }
+    if (setuid(0) == 0 || geteuid() != (uid_t)uid) {
+        LOG_ERROR("sessiond-git: still able to regain root: refused");
+        return ERR_FORBIDDEN;
     }
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
         return fail_at("prctl");
+    }
+    /* the credential change cleared it: the helper must not outlive the server */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() == 1) {
+        return fail_at("parent death signal");
     }
     return 0;
 }
@@ -750,7 +766,8 @@ int gitjob_serve(int in_fd, int out_fd)
     int do_chown = op && strcmp(op, "chown") == 0;
     int valid_user = uid > 0 && gid >= 0 && uid <= INT_MAX && gid <= INT_MAX;
     int drop = valid_user && !push_local && !do_chown;
-    if (rc == 0 && geteuid() == 0) {
+    int staged_root = rc == 0 && geteuid() == 0; /* the ownership walk needs to start as root */
+    if (staged_root) {
         rc = stage(dir, shared, remote, push_local, !drop);
         if (rc == ERR_UNSUPPORTED && !valid_user) {
             /* root without CAP_SYS_ADMIN (a restricted container) and no sandbox user: the
@@ -768,11 +785,13 @@ int gitjob_serve(int in_fd, int out_fd)
             rc = drop_to((int)uid, (int)gid);
         }
         if (rc == 0 && do_chown) {
-            rc = keep_chown_caps_only();
+            /* no user to give the tree to: nothing is changed (below), as nobody */
+            rc = valid_user ? keep_chown_caps_only((int)uid, (int)gid)
+                            : keep_chown_caps_only(65534, 65534);
         }
     }
     if (rc == 0 && do_chown) {
-        if (geteuid() == 0 && valid_user) {
+        if (staged_root && valid_user) {
             chown_walk(dir, (uid_t)uid, (gid_t)gid);
         }
         goto answer;

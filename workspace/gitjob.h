@@ -64,9 +64,9 @@ int gitjob_push(const struct gitjob_cfg *c, const char *dir, const char *shared,
 /** Give the tree dir to cfg's uid:gid (files the server wrote there as root: a clone, a
  * restore). The helper walks it by descriptors (openat O_NOFOLLOW|O_DIRECTORY from the
  * parent's descriptor, fchownat AT_SYMLINK_NOFOLLOW), never through a symlink, never onto
- * another file system, skipping files with other links, at most 128 directories deep; it keeps
- * root's uid with CAP_CHOWN and CAP_DAC_READ_SEARCH only, in the read-only namespace where
- * only dir is writable. A no-op without a sandbox user (uid <= 0). */
+ * another file system, skipping files with other links, at most 128 directories deep; it runs
+ * as uid:gid (not root) with CAP_CHOWN and CAP_DAC_READ_SEARCH only, in the read-only
+ * namespace where only dir is writable. A no-op without a sandbox user (uid <= 0). */
 int gitjob_chown(const struct gitjob_cfg *c, const char *dir);
 
 /** The helper's main: one request from in_fd, one answer to out_fd. Returns the exit status. */

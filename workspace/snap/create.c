@@ -187,7 +187,7 @@ size_t *group_by_dir(struct ent **jobs, size_t n, size_t *ngroups)
 /* Run fn(ctx, i) for i in [0, n) on up to MAX_WORKERS threads (the caller is one of them). */
 void par_run(struct par_job *j)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = j->cpus > 0 ? j->cpus : sysconf(_SC_NPROCESSORS_ONLN);
     size_t par_min = j->par_min ? j->par_min : PAR_MIN_JOBS;
     int nt = j->n < par_min ? 1 : (int)(cpus < 1 ? 1 : cpus > MAX_WORKERS ? MAX_WORKERS : cpus);
     pthread_t th[MAX_WORKERS];
@@ -238,6 +238,12 @@ static void subwalk_job(void *vctx, size_t i, void *tls)
  * stitched back in order. */
 int walk_tree(int rootfd, struct entv *out)
 {
+    return walk_tree_n(rootfd, out, 0);
+}
+
+/* walk_tree() counting with cpus CPUs (0: ask sysconf). */
+int walk_tree_n(int rootfd, struct entv *out, int cpus)
+{
     struct stat sb;
     if (fstat(rootfd, &sb) != 0) {
         return ERR_IO;
@@ -261,7 +267,7 @@ int walk_tree(int rootfd, struct entv *out)
         }
     }
     struct wctx wc = {.rootfd = rootfd, .dev = sb.st_dev, .subs = subs};
-    struct par_job pj = {.n = nd, .par_min = 2, .ctx = &wc, .fn = subwalk_job};
+    struct par_job pj = {.n = nd, .par_min = 2, .cpus = cpus, .ctx = &wc, .fn = subwalk_job};
     par_run(&pj);
     /* stitch: each top-level entry, then (for a directory) its subtree; fields are moved */
     int rc = 0;
@@ -291,7 +297,8 @@ int walk_tree(int rootfd, struct entv *out)
 
 struct hctx {
     struct snap_store *st;
-    int rootfd;
+    struct walker *walker; /* opens the files (jobs[i] is its i-th) */
+    dev_t dev;             /* the workspace's file system */
     struct ent **jobs;
     struct pwriter *pw; /* non-NULL: new small objects go into this pack */
     _Atomic uint64_t new_bytes;
@@ -642,12 +649,15 @@ static void hash_one(void *vctx, size_t i, void *vtls)
     int fd = -1, rc = 0;
     int64_t ta = clock_mono_us(), tb = 0;
 
-    /* The walk saw a regular file; if it was swapped since, O_NONBLOCK keeps a FIFO from
-     * blocking, O_NOCTTY a terminal from becoming ours, and nothing but a regular file is
-     * read (below). */
-    fd = open_beneath(c->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0);
+    /* The walk child opened it as it walked (beneath the root, no symlink, O_NONBLOCK: a
+     * file swapped for a FIFO does not block). Only a regular file of the workspace's file
+     * system is read: whatever the child hands us, nothing else reaches the store. */
+    rc = walker_fd(c->walker, i, &fd);
+    if (rc != 0) {
+        goto out;
+    }
     struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_dev != c->dev) {
         e->flag |= F_GONE;
         goto out;
     }
@@ -918,138 +928,211 @@ static void log_created(const char *id, const char *workspace, const struct mhdr
         ru1.ru_nvcsw - ct->ru0.ru_nvcsw, ru1.ru_nivcsw - ct->ru0.ru_nivcsw, ct->bg0, ct->rest0);
 }
 
-int snap_create(struct snap_store *st, const char *workspace, const char *label,
-                struct snap_info *out)
-{
-    struct entv cur = {0}, cache = {0};
-    struct mhdr ch, h;
-    struct buf m;
-    struct snap_info om; /* what the walk left out */
-    struct ent **jobs = NULL;
-    int rootfd = -1, seedfd = -1, seedpacks = -1;
-    struct pidx *seedx = NULL;
-    struct pwriter pw = {.packfd = st->packfd, .fd = -1, .sparedfd = -1};
-    int rc = 0, spares_checked = 0;
-    struct ctimes ct = {.t0 = clock_mono_us(), .cpu0 = thread_cpu_us()};
-    int64_t t0 = ct.t0, tp = t0;
-    int64_t started_ns = now_real_ns();
-    char id[32], name[40];
-    getrusage(RUSAGE_THREAD, &ct.ru0);
-    ct.bg0 = bg_running();
-    ct.rest0 = atomic_load(&g_restoring);
+/* One snap_create: its inputs, what it holds until create_end, and its figures. */
+struct create {
+    struct snap_store *st;
+    const char *workspace, *label;
+    int rootfd, seedfd, seedpacks; /* the workspace; the seed store's objects/ and packs/ */
+    struct stat rsb;               /* the workspace directory */
+    struct pidx *seedx;            /* the seed store's packs (adopt) */
+    struct walker *walker;         /* the walk child (walker.c) */
+    struct entv cur, cache;        /* the workspace now; the stat cache */
+    struct mhdr ch, h;             /* the cache's header; the new manifest's */
+    struct snap_info om;           /* what the walk left out */
+    struct ent **jobs;             /* files of cur to read */
+    size_t nj;
+    struct pwriter pw;
+    struct hctx hc;
+    struct buf m; /* the manifest text */
+    int locked, spares_checked;
+    struct ctimes ct;
+    int64_t started_ns;
+    char id[32];
+};
 
-    buf_init(&m, 0);
-    memset(&h, 0, sizeof(h));
-    memset(&om, 0, sizeof(om));
-    pthread_mutex_init(&pw.mu, NULL);
-    atomic_init(&pw.end, 0);
-    pthread_mutex_lock(&st->lock);
-    ct.lock_us = clock_mono_us() - t0;
+/* Take the store (its lock, the spares, the pack index), open the workspace and start its walk
+ * child, then load what the walk will be compared with (the stat cache, the seed store). */
+static int create_begin(struct create *c)
+{
+    int64_t t0 = c->ct.t0;
+    pthread_mutex_lock(&c->st->lock);
+    c->locked = 1;
+    c->ct.lock_us = clock_mono_us() - t0;
     /* Spare-making and recycling wait while we run, as they do for a restore: a user waits for
      * this snapshot (the session's next prompt does). */
     restoring_begin();
-    pidx_of(st);
-    ct.pidx_us = clock_mono_us() - t0 - ct.lock_us;
-    rootfd = open(workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-    if (rootfd < 0) {
-        rc = errno == ENOENT ? ERR_NOT_FOUND : ERR_IO;
-        goto out;
+    pidx_of(c->st);
+    c->ct.pidx_us = clock_mono_us() - t0 - c->ct.lock_us;
+    c->rootfd = open(c->workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (c->rootfd < 0) {
+        return errno == ENOENT ? ERR_NOT_FOUND : ERR_IO;
     }
-    struct stat rsb;
-    if (fstat(rootfd, &rsb) != 0) {
-        rc = ERR_IO;
-        goto out;
+    if (fstat(c->rootfd, &c->rsb) != 0) {
+        return ERR_IO;
     }
-    tp = clock_mono_us();
-    spares_check(st->spares);
-    spares_checked = 1;
-    pw.spares = st->spares;
-    ct.spares_us = clock_mono_us() - tp;
-    tp = clock_mono_us();
-    load_cache(st, &rsb, &ch, &cache);
-    seedfd = open_seed(st);
-    ct.cache_us = clock_mono_us() - tp;
-    tp = clock_mono_us();
-    rc = walk_tree(rootfd, &cur);
-    ct.tree_us = clock_mono_us() - tp;
+    /* the child walks while we load the cache */
+    int64_t tp = clock_mono_us();
+    int rc = walker_start(c->rootfd, &c->walker);
+    c->ct.tree_us = clock_mono_us() - tp;
     if (rc != 0) {
-        goto out;
+        return rc;
     }
-    drop_omitted(&cur, &om);
-    warn_omitted(workspace, &om);
-    jobs = xmalloc((cur.n + 1) * sizeof(*jobs));
-    size_t nj = pick_jobs(st, &cur, &cache, ch.started_ns, seedfd, &seedpacks, &seedx, jobs);
-    ct.walk_us = clock_mono_us() - t0;
     tp = clock_mono_us();
-    struct hctx hc = {.st = st, .rootfd = rootfd, .jobs = jobs};
-    rc = hash_jobs(&hc, &pw, nj);
-    ct.hash_us = clock_mono_us() - tp;
+    spares_check(c->st->spares);
+    c->spares_checked = 1;
+    c->pw.spares = c->st->spares;
+    c->ct.spares_us = clock_mono_us() - tp;
     tp = clock_mono_us();
-    if (rc != 0) {
-        goto out;
-    }
+    load_cache(c->st, &c->rsb, &c->ch, &c->cache);
+    c->seedfd = open_seed(c->st);
+    c->ct.cache_us = clock_mono_us() - tp;
+    return 0;
+}
 
-    h.created_ms = clock_now_ms();
-    h.started_ns = started_ns;
-    h.dev = (uint64_t)rsb.st_dev;
-    h.root_ino = (uint64_t)rsb.st_ino;
-    h.hashed = nj;
-    h.new_bytes = atomic_load(&hc.new_bytes);
-    snprintf(h.label, sizeof(h.label), "%s", label ? label : "");
-    build_manifest(&m, &h, &cur, t0);
-    snap_id_of(st->next_seq, id, sizeof(id));
-    snprintf(name, sizeof(name), "%s.m", id);
+/* Receive the walk, drop what a snapshot leaves out, and pick the files to read; the child
+ * starts opening them. */
+static int create_walk(struct create *c)
+{
+    int64_t tp = clock_mono_us();
+    int rc = walker_entries(c->walker, &c->cur);
+    c->ct.tree_us += clock_mono_us() - tp;
+    if (rc != 0) {
+        return rc;
+    }
+    drop_omitted(&c->cur, &c->om);
+    warn_omitted(c->workspace, &c->om);
+    c->jobs = xmalloc((c->cur.n + 1) * sizeof(*c->jobs));
+    c->nj = pick_jobs(c->st, &c->cur, &c->cache, c->ch.started_ns, c->seedfd, &c->seedpacks,
+                      &c->seedx, c->jobs);
+    walker_plan(c->walker, c->jobs, c->nj);
+    c->ct.walk_us = clock_mono_us() - c->ct.t0;
+    return 0;
+}
+
+/* Read, hash and store the picked files (their fds come from the walk child). */
+static int create_hash(struct create *c)
+{
+    int64_t tp = clock_mono_us();
+    c->hc.st = c->st;
+    c->hc.walker = c->walker;
+    c->hc.dev = c->rsb.st_dev;
+    c->hc.jobs = c->jobs;
+    int rc = hash_jobs(&c->hc, &c->pw, c->nj);
+    c->ct.hash_us = clock_mono_us() - tp;
+    return rc;
+}
+
+/* Write the manifest (after every object it names is complete), make it the cache, and report
+ * the new snapshot into out (may be NULL). */
+static int create_commit(struct create *c, struct snap_info *out)
+{
+    struct snap_store *st = c->st;
+    struct mhdr *h = &c->h;
+    char name[40];
+    c->ct.tm = clock_mono_us();
+    h->created_ms = clock_now_ms();
+    h->started_ns = c->started_ns;
+    h->dev = (uint64_t)c->rsb.st_dev;
+    h->root_ino = (uint64_t)c->rsb.st_ino;
+    h->hashed = c->nj;
+    h->new_bytes = atomic_load(&c->hc.new_bytes);
+    snprintf(h->label, sizeof(h->label), "%s", c->label ? c->label : "");
+    build_manifest(&c->m, h, &c->cur, c->ct.t0);
+    snap_id_of(st->next_seq, c->id, sizeof(c->id));
+    snprintf(name, sizeof(name), "%s.m", c->id);
     /* Durability. The manifest is written after every object it names is complete under its
      * name, so a crash of the process at any point leaves no manifest or a whole snapshot
      * (the page cache outlives the process). Against power loss (snap_set_durable): one
      * syncfs for the objects (cheaper than an fsync per object, and ordered before the
      * manifest), then the manifest and its directory entry are fsynced. */
     int durable = atomic_load(&g_durable);
-    if (durable && h.new_bytes > 0 && syncfs(st->objfd) != 0) {
-        rc = ERR_IO;
-        goto out;
+    if (durable && h->new_bytes > 0 && syncfs(st->objfd) != 0) {
+        return ERR_IO;
     }
     int64_t tw = clock_mono_us();
-    rc = write_new_file(st->spares, st->snapfd, name, m.data, m.len, durable);
+    int rc = write_new_file(st->spares, st->snapfd, name, c->m.data, c->m.len, durable);
     if (rc != 0) {
-        goto out;
+        return rc;
     }
     st->next_seq++;
     /* The cache is the same text: another name of the manifest (immutable, never edited). */
     link_atomic(st->snapfd, name, st->dirfd, "cache");
-    if (seedfd >= 0) {
+    if (c->seedfd >= 0) {
         unlinkat(st->dirfd, "seed", 0); /* every object of the snapshot is ours now */
     }
-    ct.write_us = clock_mono_us() - tw;
-    h.duration_us = clock_mono_us() - t0;
-    ct.cpu_us = thread_cpu_us() - ct.cpu0;
-    ct.tm = tp;
+    c->ct.write_us = clock_mono_us() - tw;
+    h->duration_us = clock_mono_us() - c->ct.t0;
+    c->ct.cpu_us = thread_cpu_us() - c->ct.cpu0;
     if (out) {
-        fill_info(out, id, &h, &om, &ct);
+        fill_info(out, c->id, h, &c->om, &c->ct);
     }
     /* Spares for the next snapshot or restore of this workspace (in the background). */
-    spares_kick(st->spares, (size_t)h.files, (size_t)(h.entries - h.files));
-    log_created(id, workspace, &h, &hc, &ct);
-out:
-    if (spares_checked) {
-        spares_release(st->spares);
+    spares_kick(st->spares, (size_t)h->files, (size_t)(h->entries - h->files));
+    log_created(c->id, c->workspace, h, &c->hc, &c->ct);
+    return 0;
+}
+
+/* Release what create_begin and the steps after it took (whether they succeeded or not). */
+static void create_end(struct create *c)
+{
+    walker_free(c->walker);
+    if (c->spares_checked) {
+        spares_release(c->st->spares);
     }
-    restoring_end();
-    pthread_mutex_unlock(&st->lock);
-    if (rootfd >= 0) {
-        close(rootfd);
+    if (c->locked) {
+        restoring_end();
+        pthread_mutex_unlock(&c->st->lock);
     }
-    if (seedfd >= 0) {
-        close(seedfd);
+    if (c->rootfd >= 0) {
+        close(c->rootfd);
     }
-    if (seedpacks >= 0) {
-        close(seedpacks);
+    if (c->seedfd >= 0) {
+        close(c->seedfd);
     }
-    pidx_free(seedx);
-    pthread_mutex_destroy(&pw.mu);
-    free(jobs);
-    entv_free(&cur);
-    entv_free(&cache);
-    buf_free(&m);
+    if (c->seedpacks >= 0) {
+        close(c->seedpacks);
+    }
+    pidx_free(c->seedx);
+    pthread_mutex_destroy(&c->pw.mu);
+    free(c->jobs);
+    entv_free(&c->cur);
+    entv_free(&c->cache);
+    buf_free(&c->m);
+}
+
+/* The story of a snapshot: take the store, walk the workspace (in the walk child), read what
+ * the stat cache cannot vouch for, write the manifest. */
+int snap_create(struct snap_store *st, const char *workspace, const char *label,
+                struct snap_info *out)
+{
+    struct create *c = xcalloc(1, sizeof(*c));
+    c->st = st;
+    c->workspace = workspace;
+    c->label = label;
+    c->rootfd = c->seedfd = c->seedpacks = -1;
+    c->pw.packfd = st->packfd;
+    c->pw.fd = c->pw.sparedfd = -1;
+    pthread_mutex_init(&c->pw.mu, NULL);
+    atomic_init(&c->pw.end, 0);
+    buf_init(&c->m, 0);
+    c->ct.t0 = clock_mono_us();
+    c->ct.cpu0 = thread_cpu_us();
+    c->started_ns = now_real_ns();
+    getrusage(RUSAGE_THREAD, &c->ct.ru0);
+    c->ct.bg0 = bg_running();
+    c->ct.rest0 = atomic_load(&g_restoring);
+
+    int rc = create_begin(c);
+    if (rc == 0) {
+        rc = create_walk(c);
+    }
+    if (rc == 0) {
+        rc = create_hash(c);
+    }
+    if (rc == 0) {
+        rc = create_commit(c, out);
+    }
+    create_end(c);
+    free(c);
     return rc;
 }

@@ -36,7 +36,11 @@
  *
  * Paths inside the workspace are resolved beneath it without following symlinks
  * (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so a sandbox that swaps a directory for a
- * symlink cannot make a restore write outside the workspace.
+ * symlink cannot make a restore write outside the workspace. The walk of snap_create (and the
+ * opening of the files it reads) runs in a child process that cannot write as root (see
+ * walker.c): chrooted into the workspace, uid 65534 with CAP_DAC_READ_SEARCH alone, holding the
+ * workspace and a socket only; it passes the server the fds of the files to read, and the
+ * server, root, writes the store.
  *
  * Thread safety: a store serializes its operations with an internal mutex; distinct stores
  * are independent. Operations use a few worker threads of their own for hashing/copying.

@@ -156,6 +156,7 @@ struct par_job {
     size_t ngroups;
     _Atomic size_t next;
     size_t par_min; /* fewer jobs than this run on the calling thread (0: PAR_MIN_JOBS) */
+    int cpus;       /* CPUs to count with (0: ask sysconf; a chrooted walk child cannot) */
     void *ctx;
     void (*fn)(void *ctx, size_t i, void *tls);
     void *(*tls_new)(void *ctx);
@@ -355,6 +356,41 @@ int load_manifest_at(int dirfd, const char *name, struct mhdr *h, struct entv *v
 /* Read only the header line of a manifest. */
 int load_header_at(int dirfd, const char *name, struct mhdr *h);
 
+/* walker.c: the walk of snap_create in a child that cannot write as root (see walker.c) */
+#define WALK_UID 65534 /* "nobody": owns no file of the server's nor of a sandbox's */
+#define WALK_GID 65534
+struct walker;
+
+/* Fork the walk child on the workspace rootfd (not closed; the child keeps its own copy).
+ * *out is freed with walker_free(). 0 or ERR_IO. */
+int walker_start(int rootfd, struct walker **out);
+
+/* Receive the walk into out: what walk_tree() would have listed. 0, or ERR_IO if the child
+ * failed (logged) or sent anything malformed. */
+int walker_entries(struct walker *w, struct entv *out);
+
+/* The files to read, in the order the child should open them (jobs borrowed until
+ * walker_free). */
+void walker_plan(struct walker *w, struct ent **jobs, size_t n);
+
+/* *fd = a read-only fd on jobs[i] opened by the child (the caller closes it; each taken once),
+ * or -1 if the child could not open it (vanished, swapped for a symlink). ERR_IO if the child
+ * died or broke the protocol. Thread safe. */
+int walker_fd(struct walker *w, size_t i, int *fd);
+
+/* The child's pid (for tests that inspect it). */
+pid_t walker_pid(const struct walker *w);
+
+/* Kill and reap the child; close the fds nobody took. NULL is a no-op. */
+void walker_free(struct walker *w);
+
+/* What the child does before it walks (exposed for the test that attacks from inside it): name
+ * it, reset signals, keep rootfd and sock only (as fds 3 and 4), chroot into rootfd, become
+ * WALK_UID/WALK_GID with CAP_DAC_READ_SEARCH only (when root), RLIMIT_FSIZE 0, no_new_privs,
+ * not dumpable, no open by handle (seccomp), die with parent. 0, or -1 with errno and *step naming
+ * the failed step. */
+int walker_confine(int rootfd, int sock, pid_t parent, const char **step);
+
 /* create.c */
 /* 1 if a manifest entry lies within the bounds of a snapshot. Manifests written before the
  * bounds existed may name deeper or longer paths: a restore leaves those out, as a snapshot
@@ -373,6 +409,9 @@ void par_run(struct par_job *j);
  * parallel (a walk is stat-bound: on a loaded 2-core machine two walkers get twice the CPU), then
  * stitched back in order. */
 int walk_tree(int rootfd, struct entv *out);
+
+/* walk_tree() counting with cpus CPUs (0: ask sysconf). */
+int walk_tree_n(int rootfd, struct entv *out, int cpus);
 
 void obj_name(const char *hash, char out[68]);
 
