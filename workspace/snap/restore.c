@@ -26,6 +26,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
@@ -159,14 +160,22 @@ static int place_spare(struct rctx *c, int pfd, const char *leaf)
     return dst;
 }
 
-/* Copy size bytes at base of src into dst (at its offset 0). The bytes copied. */
+/* Copy size bytes at base of src into dst (at its offset 0). The bytes copied. Between two file
+ * systems (a workspace that is a disk of its own, sandbox/wsdisk.h) copy_file_range answers
+ * EXDEV: sendfile copies there, in the kernel as well. */
 static uint64_t copy_range(int src, uint64_t base, int dst, uint64_t size)
 {
     uint64_t done = 0;
+    int cross = 0;
     while (done < size) {
         loff_t off = (loff_t)(base + done);
-        ssize_t r = copy_file_range(src, &off, dst, NULL, size - done, 0);
+        ssize_t r = cross ? sendfile(dst, src, &off, size - done)
+                          : copy_file_range(src, &off, dst, NULL, size - done, 0);
         if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0 && errno == EXDEV && !cross) {
+            cross = 1;
             continue;
         }
         if (r <= 0) {
