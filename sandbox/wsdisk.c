@@ -22,6 +22,7 @@
  */
 #include "sandbox/wsdisk.h"
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -369,14 +370,21 @@ int wsdisk_make(struct wsdisk *d, const char *dir)
     }
     int rc = util_mkdir_p(dir, 0755) == 0 ? 0 : ERR_IO;
     char *img = img_path(dir);
+    int64_t t0 = clock_mono_us(), t1 = t0;
     if (rc == 0) {
         rc = make_image(img, d->mib);
+        t1 = clock_mono_us();
     }
     if (rc == 0) {
         rc = mount_image(img, dir, 1);
         if (rc != 0) {
             unlink(img);
         }
+    }
+    if (rc == 0) {
+        LOG_INFO("wsdisk: %s: disk of %lld MiB made in %lld us (mkfs %lld, mount %lld)", dir,
+                 (long long)d->mib, (long long)(clock_mono_us() - t0), (long long)(t1 - t0),
+                 (long long)(clock_mono_us() - t1));
     }
     free(img);
     return rc;
