@@ -31,6 +31,9 @@ cleanup() {
   [ -n "${SPID:-}" ] && kill "$SPID" 2>/dev/null
   wait 2>/dev/null
   [ -n "${POOL_BENCH_LOG:-}" ] && cp "$TMP/sessiond.log" "$POOL_BENCH_LOG" # keep the server log
+  # session workspaces with a disk quota stay mounted after the server (sandbox/wsdisk.h)
+  awk -v t="$TMP/" 'index($5, t) == 1 {print $5}' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT

@@ -99,7 +99,7 @@ void sbx_backend_free(struct sbx_backend *b)
     if (b) {
         struct wsdisk *d = b->disk;
         b->ops->free(b);
-        wsdisk_close(d); /* after every sandbox is gone: unmounts the workspaces */
+        wsdisk_close(d); /* after every sandbox is gone: removes the warm and build disks */
     }
 }
 

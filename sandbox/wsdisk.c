@@ -476,10 +476,10 @@ static int is_session_ws(const struct wsdisk *d, const char *mp)
            util_valid_id(mp + l + 12);
 }
 
-/* Every disk mounted under the data dir: session workspaces are unmounted (keep = 0) or left
- * (keep = 1); every other one (warm pool, builds, fills in progress) is removed. The mount
- * points are read first, then acted on (the table changes under the reader otherwise). */
-static void sweep_mounts(struct wsdisk *d, int keep)
+/* Every disk mounted under the data dir but the session workspaces' (warm pool, builds, fills
+ * in progress) is removed. The mount points are read first, then acted on (the table changes
+ * under the reader otherwise). */
+static void sweep_mounts(struct wsdisk *d)
 {
     FILE *f = fopen("/proc/self/mountinfo", "re");
     char *line = NULL;
@@ -512,20 +512,16 @@ static void sweep_mounts(struct wsdisk *d, int keep)
     }
     for (size_t i = 0; i < n; i++) {
         const char *mp = mps[i];
-        if (!wsdisk_is_disk(mp)) {
-            /* not one of ours */
-        } else if (!is_session_ws(d, mp)) {
+        if (wsdisk_is_disk(mp) && !is_session_ws(d, mp)) {
             wsdisk_remove(d, mp);
-        } else if (!keep && umount2(mp, 0) != 0 && umount2(mp, MNT_DETACH) != 0) {
-            LOG_WARN("wsdisk: cannot unmount %s: %s", mp, strerror(errno));
         }
         free(mps[i]);
     }
     free(mps);
 }
 
-/* Mount the images of the session workspaces that are not mounted (after a reboot, or a clean
- * stop); delete images of anything else (fills that did not finish). */
+/* Mount the images of the session workspaces that are not mounted (after a reboot); delete
+ * images of anything else (fills that did not finish). */
 static void adopt_workspaces(struct wsdisk *d)
 {
     char *wd = xasprintf("%s/workspaces", d->data_dir);
@@ -632,7 +628,7 @@ int wsdisk_open(const struct wsdisk_config *cfg, struct wsdisk **out)
     free(wd);
     d->can_mount = probe(d);
     if (d->can_mount) {
-        sweep_mounts(d, 1);
+        sweep_mounts(d);
         adopt_workspaces(d);
     }
     if (d->mib > 0 && d->can_mount && self_test(d)) {
@@ -659,7 +655,7 @@ void wsdisk_close(struct wsdisk *d)
         return;
     }
     if (d->can_mount) {
-        sweep_mounts(d, 0);
+        sweep_mounts(d);
     }
     free(d->data_dir);
     free(d);

@@ -10,8 +10,9 @@
  *
  * Only session workspaces (<data_dir>/workspaces/<session id>) outlive the server: the others
  * (warm pool, image builds, fills in progress) are removed when it starts and stops. The
- * session workspaces are unmounted at a clean stop and mounted again at start, before anything
- * reads them (after a crash they are still mounted: adopted as they are).
+ * session workspaces stay mounted when the server stops or dies and are adopted as they are at
+ * the next start (same device: the snapshot stat caches, which record it, stay valid); after a
+ * reboot they are mounted again at start, before anything reads them.
  *
  * Threads: every function is thread safe; calls on the same directory must be serialized by
  * the caller (the workspace layer owns each directory at one place at a time).
@@ -36,8 +37,8 @@ struct wsdisk_config {
  * wsdisk_close.
  */
 int wsdisk_open(const struct wsdisk_config *cfg, struct wsdisk **out);
-/** Unmount the session workspaces (their images stay for the next start), remove every other
- * disk, free. NULL is a no-op. */
+/** Remove every disk but the session workspaces' (which stay mounted for the next start), free.
+ * NULL is a no-op. */
 void wsdisk_close(struct wsdisk *d);
 
 /** 1 if new workspaces get a disk of their own (quota on and possible here). */

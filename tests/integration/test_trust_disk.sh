@@ -8,8 +8,8 @@
 #   - another session's sandbox writes fine while the first one's disk is full
 #   - the full session keeps working: delete the files, write again
 #   - the workspace root belongs to the sandbox's uid and shows no lost+found
-#   - files and quota survive a killed server (the mount is adopted) and a clean restart (the
-#     image is mounted again at start)
+#   - files and quota survive a killed server and a clean restart (the mount stays and is
+#     adopted), and a lost mount (a reboot: unmounted here by hand) is mounted again at start
 . "$(dirname "$0")/lib.sh"
 
 if [ "$(id -u)" != 0 ]; then
@@ -62,17 +62,24 @@ run "$A" 'rm -f /workspace/x* /workspace/y; dd if=/dev/zero of=/workspace/z bs=1
 check "the full session writes again after deleting" grep -q "rc=0" <<<"$OUT"
 check "and its files are there" grep -q keep <<<"$OUT"
 
-# ---- a killed server: the mount stays and is adopted; a clean stop: mounted again ----
+# ---- a killed server, a clean stop: the mount stays and is adopted; a reboot: mounted again ----
 stop_server KILL
 start_server
 run "$A" 'cat /workspace/marker; fallocate -l 200M /workspace/big; echo "rc=$?"'
 check "after a killed server the files are there" grep -q keep <<<"$OUT"
 check "and the quota holds" grep -q "rc=1" <<<"$OUT"
 stop_server TERM
-check "a clean stop unmounts the workspaces" [ "$(grep -c " $DATA_DIR/workspaces/" /proc/self/mountinfo)" = 0 ]
+check "a clean stop leaves the session's workspace mounted" \
+  [ "$(grep -c " $DATA_DIR/workspaces/$A " /proc/self/mountinfo)" = 1 ]
 start_server
 run "$A" 'cat /workspace/marker; rm -f /workspace/big; fallocate -l 200M /workspace/big; echo "rc=$?"'
 check "after a clean restart the files are there" grep -q keep <<<"$OUT"
+check "and the quota holds" grep -q "rc=1" <<<"$OUT"
+stop_server TERM
+umount "$DATA_DIR/workspaces/$A" "$DATA_DIR/workspaces/$B" # what a reboot does
+start_server
+run "$A" 'cat /workspace/marker; rm -f /workspace/big; fallocate -l 200M /workspace/big; echo "rc=$?"'
+check "after a reboot the workspace is mounted again with its files" grep -q keep <<<"$OUT"
 check "and the quota holds" grep -q "rc=1" <<<"$OUT"
 
 # ---- purge: the disk goes with the session ----
