@@ -193,7 +193,9 @@ for line in $(cut -d' ' -f4 "$TMP/image" | head -3); do
   wait_ev "$sid" session.snapshot 1 >/dev/null
   api DELETE "/v1/sessions/$sid" >/dev/null
   sleep 1
-  rm -rf "$TMP/data/workspaces/$sid"
+  # a workspace with a disk quota is a mount with its image next to it (sandbox/wsdisk.h)
+  umount -l "$TMP/data/workspaces/$sid" 2>/dev/null
+  rm -rf "$TMP/data/workspaces/$sid" "$TMP/data/workspaces/$sid.disk"
   start_one big "$sid" >>"$TMP/snap"
 done
 report snapshot "$TMP/snap"
