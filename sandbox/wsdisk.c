@@ -550,13 +550,14 @@ static void adopt_workspaces(struct wsdisk *d)
                 n++;
             } else {
                 /* never leave an empty directory where the workspace was: a snapshot of it
-                 * would look like a session that deleted everything. Without it, the session
-                 * starts again from its latest snapshot. */
+                 * would look like a session that deleted everything. Without it, a session
+                 * with a repository starts again from its latest snapshot; the image is kept
+                 * for a recovery by hand (e2fsck, then mount it). */
                 char *aside = xasprintf("%s.broken", img);
                 rename(img, aside);
                 rmdir(ws);
-                LOG_ERROR("wsdisk: the disk of workspace %s cannot be mounted: kept as %s; the "
-                          "session restarts from its latest snapshot",
+                LOG_ERROR("wsdisk: the disk of workspace %s cannot be mounted: kept as %s; a "
+                          "session with a repository restarts from its latest snapshot",
                           ws, aside);
                 free(aside);
                 failed++;
