@@ -31,6 +31,9 @@ cleanup() {
   [ -n "${SPID:-}" ] && kill "$SPID" 2>/dev/null
   wait 2>/dev/null
   [ -n "${POOL_BENCH_LOG:-}" ] && cp "$TMP/sessiond.log" "$POOL_BENCH_LOG" # keep the server log
+  # session workspaces with a disk quota stay mounted after the server (sandbox/wsdisk.h)
+  awk -v t="$TMP/" 'index($5, t) == 1 {print $5}' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -190,7 +193,9 @@ for line in $(cut -d' ' -f4 "$TMP/image" | head -3); do
   wait_ev "$sid" session.snapshot 1 >/dev/null
   api DELETE "/v1/sessions/$sid" >/dev/null
   sleep 1
-  rm -rf "$TMP/data/workspaces/$sid"
+  # a workspace with a disk quota is a mount with its image next to it (sandbox/wsdisk.h)
+  umount -l "$TMP/data/workspaces/$sid" 2>/dev/null
+  rm -rf "$TMP/data/workspaces/$sid" "$TMP/data/workspaces/$sid.disk"
   start_one big "$sid" >>"$TMP/snap"
 done
 report snapshot "$TMP/snap"

@@ -30,6 +30,7 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "sandbox/wsdisk.h"
 #include "storage/prompts.h"
 #include "storage/registry.h"
 #include "storage/store.h"
@@ -336,6 +337,10 @@ void runneri_purge_files(struct runner *r, struct rs *x, const char *sid)
     pthread_mutex_unlock(&r->lock);
     for (int i = 0; i < 2; i++) {
         char *p = xasprintf("%s/%s/%s", dd, sub[i], sid);
+        if (i == 0 && wsdisk_remove(sbx_backend_disk(r->be), p) == 0) {
+            free(p); /* a disk of its own (wsdisk.h): unmounted and its image deleted */
+            continue;
+        }
         if ((gone ? snap_discard_tree(p) : util_rm_rf(p)) != 0) {
             LOG_WARN("runner: session %s: cannot remove %s", sid, p);
         }

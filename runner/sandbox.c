@@ -21,6 +21,7 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "sandbox/wsdisk.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "workspace/repos.h"
@@ -33,6 +34,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Make the session's workspace if the repository layer did not (a session without a
+ * repository): with the disk quota, a file system of its own (wsdisk.h) that the sandbox then
+ * finds in place. A failure leaves the sandbox to make a plain directory. */
+static void make_workspace(struct runner *r, const char *sid)
+{
+    struct wsdisk *d = sbx_backend_disk(r->be);
+    if (!wsdisk_enforced(d)) {
+        return;
+    }
+    char *ws = xasprintf("%s/workspaces/%s", store_data_dir(r->st), sid);
+    if (wsdisk_make(d, ws) != 0) {
+        LOG_WARN("runner: session %s: no disk for its workspace: it runs without the quota", sid);
+    }
+    free(ws);
+}
 
 /* Ensure the session has a live sandbox. Called by a starter thread or by runner_acquire
  * (HTTP threads) with r->lock NOT held; one start per session at a time (x->starting: a second
@@ -75,6 +92,7 @@ int runneri_ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int
     runneri_emit(r, x->id, "sandbox.starting", xstrdup("{}"));
     int64_t t0 = clock_mono_us();
     repos_sandbox_start(r->cfg.repos, x->id); /* fill a repository workspace first */
+    make_workspace(r, x->id);
     char *objs = repos_shared_objects(r->cfg.repos, x->id, NULL);
     struct sbx_spec spec = {
         .name = x->id, .shared_objects = objs, .on_end = runneri_sbx_ended, .on_end_arg = r};

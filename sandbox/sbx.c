@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/outpump.h"
+#include "sandbox/wsdisk.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -62,9 +63,20 @@ int sbx_backend_open(const struct sbx_config *cfg, struct outpump *pump, struct 
     struct sbx_config c = *cfg;
     sbx_config_defaults(&c);
     if (!strcmp(c.backend, "local")) {
-        return sbx_local_open(&c, pump, out);
+        int rc = sbx_local_open(&c, pump, out);
+        if (rc == 0) {
+            /* the disks of the workspaces (wsdisk.h): adopted before any sandbox starts */
+            struct wsdisk_config dc = {.data_dir = c.data_dir, .mib = c.disk_mib};
+            rc = wsdisk_open(&dc, &(*out)->disk);
+        }
+        return rc;
     }
     if (!strcmp(c.backend, "process")) {
+        if (c.disk_mib > 0) {
+            LOG_WARN("sandbox: disk quota NOT enforced (sandbox_disk_mib %lld): the process "
+                     "backend keeps workspaces as plain directories",
+                     (long long)c.disk_mib);
+        }
         return sbx_process_open(&c, pump, out);
     }
     LOG_ERROR("sandbox: unknown backend \"%s\" (local | process)", c.backend);
@@ -74,8 +86,15 @@ int sbx_backend_open(const struct sbx_config *cfg, struct outpump *pump, struct 
 void sbx_backend_free(struct sbx_backend *b)
 {
     if (b) {
+        struct wsdisk *d = b->disk;
         b->ops->free(b);
+        wsdisk_close(d); /* after every sandbox is gone: removes the warm and build disks */
     }
+}
+
+struct wsdisk *sbx_backend_disk(struct sbx_backend *b)
+{
+    return b ? b->disk : NULL;
 }
 
 const char *sbx_backend_name(const struct sbx_backend *b)

@@ -30,6 +30,7 @@ struct outpump;
 struct sbx;
 struct sbx_backend;
 struct sbx_exec;
+struct wsdisk;
 
 /** Sandbox configuration shared by every backend (filled from flags and the config file). */
 struct sbx_config {
@@ -56,6 +57,7 @@ struct sbx_config {
     int cpu_s;               /* per command RLIMIT_CPU; default 0 = none */
     int64_t fsize_bytes;     /* per command RLIMIT_FSIZE; default 4 GiB */
     int64_t data_bytes;      /* per command RLIMIT_DATA; default 0 = memory_mib */
+    int64_t disk_mib;        /* per workspace file system (wsdisk.h, local backend); 0 = none */
     int nofile;              /* per command RLIMIT_NOFILE; default 4096 */
     int exec_timeout_s;      /* default per-exec wall clock timeout; default 600 */
     int64_t exec_output_cap; /* per exec; default 10 MiB */
@@ -158,6 +160,7 @@ struct sbx_backend {
     const struct sbx_ops *ops;
     struct sbx_config cfg; /* strings borrowed from the caller of sbx_backend_open */
     struct outpump *pump;  /* not owned */
+    struct wsdisk *disk;   /* the workspaces' disks (local backend; owned), or NULL */
 };
 
 /** Open the configured backend (cfg->backend). For "local", checks that bubblewrap works and
@@ -166,6 +169,9 @@ struct sbx_backend {
 int sbx_backend_open(const struct sbx_config *cfg, struct outpump *pump, struct sbx_backend **out);
 void sbx_backend_free(struct sbx_backend *b);
 const char *sbx_backend_name(const struct sbx_backend *b);
+/** The workspaces' disks of the backend (wsdisk.h: the per-sandbox disk quota), or NULL (the
+ * process backend, or b NULL). Valid until sbx_backend_free. */
+struct wsdisk *sbx_backend_disk(struct sbx_backend *b);
 /** 0 if the backend can start sandboxes; else an error with a reason in msg. */
 int sbx_health(struct sbx_backend *b, char *msg, size_t n);
 

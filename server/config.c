@@ -99,6 +99,8 @@ static const struct cfg_field fields[] = {
     FS("sandbox_uid_range", sandbox_uid_range, "", NULL,
        "LO-HI: host uids, one per sandbox (\"\": 200000-265535 unless sandbox_uid is set)"),
     FI("sandbox_memory_mib", sandbox_memory_mib, "2048", 16, 1 << 20, "memory per sandbox (MiB)"),
+    FI("sandbox_disk_mib", sandbox_disk_mib, "10240", 0, 1 << 24,
+       "disk per sandbox workspace (MiB; a loop-mounted file system each; 0: no quota)"),
     FI("sandbox_pids", sandbox_pids, "512", 8, 1 << 22, "processes per sandbox"),
     FI("sandbox_cpus", sandbox_cpus, "0", 0, 1024, "CPUs per sandbox (cgroup quota; 0: no cap)"),
     FI("sandbox_idle_stop", sandbox_idle_stop, "600", 1, 1 << 30, "stop idle sandboxes after (s)"),

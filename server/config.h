@@ -68,6 +68,7 @@ struct config {
     int64_t sandbox_uid_lo;         /* parsed sandbox_uid_range (default 200000-265535 unless */
     int64_t sandbox_uid_hi;         /* sandbox_uid is set); 0 = none */
     int64_t sandbox_memory_mib;     /* sandbox_memory_mib: per-sandbox memory cap (cgroup) */
+    int64_t sandbox_disk_mib;       /* sandbox_disk_mib: per-workspace disk quota (0 = none) */
     int64_t sandbox_pids;           /* sandbox_pids: per-sandbox process cap */
     int64_t sandbox_cpus;           /* sandbox_cpus: per-sandbox CPU cap (0 = none) */
     int64_t sandbox_idle_stop;      /* sandbox_idle_stop: stop idle sandboxes after (s) */

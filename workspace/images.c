@@ -17,6 +17,7 @@
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
 #include "sandbox/sbx.h"
+#include "sandbox/wsdisk.h"
 #include "storage/registry.h"
 #include "storage/repos_db.h"
 #include "storage/store.h"
@@ -179,7 +180,14 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     json_t *setup = json_object_get(j, "setup");
     sub = xasprintf("build-%s", image_id);
     dir = repos__repo_dir(r, repo, sub);
-    util_rm_rf(dir);
+    if (wsdisk_remove(r->disk, dir) != 0) {
+        util_rm_rf(dir);
+    }
+    /* the setup commands run in a sandbox on it: with the disk quota, a disk of its own */
+    if (wsdisk_enforced(r->disk) && wsdisk_make(r->disk, dir) != 0) {
+        LOG_WARN("repos: %s: image %s: no disk for the build: it runs without the quota", repo,
+                 image_id);
+    }
     /* Fetch into the repository's shared object store (only what it lacks), then check out
      * a workspace that borrows the objects from it: the image holds the files and a small
      * .git, never the packs (docs/repos.md "Shared object store"). */
@@ -259,7 +267,7 @@ out:
         LOG_WARN("repos: %s: image %s failed: %s", repo, image_id,
                  err.data ? err.data : err_str(rc));
     }
-    if (dir) {
+    if (dir && wsdisk_remove(r->disk, dir) != 0) {
         snap_discard_tree(dir); /* its sandbox is gone: inodes to the spare pool */
     }
     if (rc == 0) {

@@ -18,6 +18,7 @@
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
 #include "sandbox/sbx.h"
+#include "sandbox/wsdisk.h"
 #include "storage/registry.h"
 #include "storage/repos_db.h"
 #include "storage/store.h"
@@ -57,7 +58,7 @@ void repos__kick_pool(struct repos *r)
     pthread_mutex_unlock(&r->lock);
 }
 
-void repos__warm_free(struct warm *w)
+void repos__warm_free(struct repos *r, struct warm *w)
 {
     if (w) {
         if (w->sbx) {
@@ -68,7 +69,9 @@ void repos__warm_free(struct warm *w)
         char *snapdir = xasprintf("%s.snap", w->dir);
         util_rm_rf(snapdir);
         free(snapdir);
-        snap_discard_tree(w->dir); /* its sandbox is gone: inodes to the spare pool */
+        if (wsdisk_remove(r->disk, w->dir) != 0) {
+            snap_discard_tree(w->dir); /* its sandbox is gone: inodes to the spare pool */
+        }
         free(w->repo);
         free(w->dir);
         free(w->image_id);
@@ -116,7 +119,11 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
     char head[41] = "";
     /* <dir>.snap becomes the session's snapshot store at claim, seeded from the image */
     char *snapdir = xasprintf("%s.snap", dir);
-    int rc = repos__open_image_store(r, repo, &ss);
+    /* with the disk quota, a disk of its own (wsdisk.h) that the restore fills in place */
+    int rc = wsdisk_enforced(r->disk) ? wsdisk_make(r->disk, dir) : 0;
+    if (rc == 0) {
+        rc = repos__open_image_store(r, repo, &ss);
+    }
     if (rc == 0) {
         rc = snap_restore_seed(ss, snap_id, dir, snapdir, NULL);
     }
@@ -134,7 +141,9 @@ static int warm_make(struct repos *r, const char *repo, const char *url, const c
     free(snapdir);
     if (rc != 0) {
         LOG_WARN("repos: %s: cannot prepare a warm workspace: %s", repo, err_str(rc));
-        util_rm_rf(dir);
+        if (wsdisk_remove(r->disk, dir) != 0) {
+            util_rm_rf(dir);
+        }
         snapdir = xasprintf("%s.snap", dir);
         util_rm_rf(snapdir);
         free(snapdir);
@@ -206,7 +215,7 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
     while (gone) {
         struct warm *w = gone;
         gone = w->next;
-        repos__warm_free(w);
+        repos__warm_free(r, w);
     }
     while (bare) {
         struct warm *w = bare;
@@ -225,7 +234,7 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         char *shared = repos__shared_if_any(r, repo);
         if (repos__sync(r, w->dir, shared, url, branch, head) != 0) {
             free(shared);
-            repos__warm_free(w);
+            repos__warm_free(r, w);
             continue;
         }
         if (strcmp(head, w->head) != 0) {

@@ -18,6 +18,7 @@
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
 #include "sandbox/sbx.h"
+#include "sandbox/wsdisk.h"
 #include "storage/registry.h"
 #include "storage/repos_db.h"
 #include "storage/store.h"
@@ -51,9 +52,10 @@ static int from_warm(struct repos *r, const char *sid, struct warm *w, const cha
                      const char *sdir, int had_snaps, const char *url, const char *branch,
                      struct sync_req *defer)
 {
-    if (rename(w->dir, workspace) != 0) {
-        LOG_WARN("repos: rename of a warm workspace failed: %s", strerror(errno));
-        repos__warm_free(w);
+    /* a rename, or with the disk quota the move of its mount (and image) */
+    if (wsdisk_move(r->disk, w->dir, workspace) != 0) {
+        LOG_WARN("repos: the move of a warm workspace failed");
+        repos__warm_free(r, w);
         return ERR_IO;
     }
     if (defer && w->synced_ms + CLAIM_RESYNC_MS <= clock_now_ms()) {
@@ -133,6 +135,61 @@ static int from_image(struct repos *r, const char *sid, const char *repo, const 
     return rc;
 }
 
+/* 1 if dir is an empty directory. */
+static int dir_is_empty(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int empty = d != NULL;
+    while (d && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+            empty = 0;
+            break;
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
+    return empty;
+}
+
+/* Where prepare_ws fills the workspace from a snapshot, an image or a clone (made on first use
+ * in *fill): with the disk quota, a disk of its own (wsdisk.h) mounted on a staging path next to
+ * the workspace and moved into place when full, so that a crash leaves a staging disk (removed
+ * at the next start) and never a half-filled workspace; else the workspace itself (a restore
+ * stages a fresh tree by itself). A warm workspace is moved into place directly. */
+static const char *fill_dir(struct repos *r, const char *workspace, char **fill)
+{
+    if (*fill) {
+        return *fill;
+    }
+    const char *slash = strrchr(workspace, '/');
+    if (!wsdisk_enforced(r->disk) || !slash) {
+        *fill = xstrdup(workspace);
+        return *fill;
+    }
+    *fill = xasprintf("%.*s/.%s.fill", (int)(slash - workspace), workspace, slash + 1);
+    if (wsdisk_remove(r->disk, *fill) != 0) {
+        util_rm_rf(*fill); /* a leftover */
+    }
+    if (wsdisk_make(r->disk, *fill) != 0) {
+        LOG_WARN("repos: no disk for %s: it is filled without the quota", workspace);
+        free(*fill);
+        *fill = xstrdup(workspace);
+    }
+    return *fill;
+}
+
+/* Empty the fill directory after a failed source, for the next one. */
+static void fill_drop(struct repos *r, char **fill)
+{
+    if (*fill && wsdisk_remove(r->disk, *fill) != 0) {
+        util_rm_rf(*fill);
+    }
+    free(*fill);
+    *fill = NULL;
+}
+
 /* repos_prepare_workspace(); with defer, the sync (or index refresh) is not done here but
  * described in *defer for the caller to run in the background. */
 static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
@@ -142,7 +199,7 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
     struct snap_store *ss = NULL;
     char img[64] = "", snap[64], latest[32];
     const char *src = NULL;
-    char *sdir = NULL;
+    char *sdir = NULL, *fill = NULL;
     int64_t t0 = clock_mono_us();
     int rc = util_valid_id(session_id) ? repos__repo_load(r, repo, &j) : ERR_INVALID;
     if (rc != 0) {
@@ -152,8 +209,10 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
     const char *branch = json_string_value(json_object_get(j, "default_branch"));
     char *sbranch = xasprintf("sessiond/%s", session_id);
     repos_db_session_add(r->db, session_id, repo, sbranch, clock_now_ms());
-    /* The target must be absent or an empty directory (rmdir fails otherwise). */
-    if (rmdir(workspace) != 0 && errno != ENOENT) {
+    /* The target must be absent or an empty directory (rmdir fails otherwise); an empty disk
+     * (wsdisk.h) goes too: a source is filled aside and moved there. */
+    if (rmdir(workspace) != 0 && errno != ENOENT &&
+        !(errno == EBUSY && dir_is_empty(workspace) && wsdisk_remove(r->disk, workspace) == 0)) {
         LOG_WARN("repos: workspace %s exists and is not empty", workspace);
         rc = ERR_CONFLICT;
         goto out;
@@ -176,7 +235,7 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
     if (has_store && repos__open_session_store(r, session_id, &ss) == 0 &&
         snap_latest(ss, latest, sizeof(latest)) == 0) {
         had_snaps = 1;
-        rc = snap_restore(ss, latest, workspace, NULL);
+        rc = snap_restore(ss, latest, fill_dir(r, workspace, &fill), NULL);
         if (rc == 0) {
             src = "snapshot";
             if (defer) {
@@ -185,6 +244,7 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
             goto done;
         }
         LOG_WARN("repos: %s: restore of %s failed; starting fresh", session_id, latest);
+        fill_drop(r, &fill);
         util_rm_rf(workspace);
     }
     int have_image = repos__latest_image(r, repo, img, snap, NULL) == 0;
@@ -200,25 +260,35 @@ static int prepare_ws(struct repos *r, const char *session_id, const char *repo,
     }
     /* 3. a cold start from the latest image */
     if (have_image) {
-        rc = from_image(r, session_id, repo, snap, workspace, sdir, url, branch, defer);
+        rc = from_image(r, session_id, repo, snap, fill_dir(r, workspace, &fill), sdir, url, branch,
+                        defer);
         if (rc == 0) {
             src = "image";
             goto done;
         }
         LOG_WARN("repos: %s: start from image %s failed: %s; cloning", session_id, img,
                  err_str(rc));
+        fill_drop(r, &fill);
         util_rm_rf(workspace);
         img[0] = 0;
     }
     /* 4. a plain clone */
-    rc = repos__clone(r, url, branch, workspace);
+    rc = repos__clone(r, url, branch, fill_dir(r, workspace, &fill));
     if (rc != 0) {
         goto out;
     }
-    repos__chown_tree(r, workspace);
+    repos__chown_tree(r, fill);
     src = "clone";
     img[0] = 0;
 done:
+    if (fill && strcmp(fill, workspace) != 0) {
+        rc = wsdisk_move(r->disk, fill, workspace); /* the filled disk into place */
+        if (rc != 0) {
+            goto out;
+        }
+    }
+    free(fill);
+    fill = NULL;
     rc = 0;
     int64_t took = (clock_mono_us() - t0) / 1000;
     repos_db_session_ready(r->db, session_id, src, took, img[0] ? img : NULL);
@@ -229,6 +299,10 @@ done:
     LOG_INFO("repos: session %s workspace ready from %s in %lld ms", session_id, src,
              (long long)took);
 out:
+    if (fill && strcmp(fill, workspace) != 0) {
+        fill_drop(r, &fill); /* a failed fill leaves no disk behind */
+    }
+    free(fill);
     snap_store_close(ss);
     free(sdir);
     free(sbranch);

@@ -22,6 +22,7 @@
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
 #include "sandbox/sbx.h"
+#include "sandbox/wsdisk.h"
 #include "storage/registry.h"
 #include "storage/repos_db.h"
 #include "storage/store.h"
@@ -463,6 +464,7 @@ int repos_delete(struct repos *r, const char *name)
     while (gone) {
         struct warm *w = gone;
         gone = w->next;
+        wsdisk_remove(r->disk, w->dir); /* a disk of its own (wsdisk.h): its mount first */
         free(w->repo);
         free(w->dir);
         free(w->image_id);
@@ -575,6 +577,7 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         free(warm_glob);
         char *abs = realpath(r->data_dir, NULL);
         r->abs_data_dir = abs ? xstrdup(abs) : xstrdup(r->data_dir);
+        r->disk = sbx_backend_disk(cfg->sbx);
         free(abs);
     }
     if (rc == 0 && !cfg->no_threads) {
@@ -653,7 +656,7 @@ void repos_shutdown(struct repos *r)
     while (r->warm) {
         struct warm *w = r->warm;
         r->warm = w->next;
-        repos__warm_free(w);
+        repos__warm_free(r, w);
     }
     if (r->db) {
         repos_db_image_interrupt(r->db, "interrupted by a server stop");

@@ -17,6 +17,7 @@
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
 #include "sandbox/sbx.h"
+#include "sandbox/wsdisk.h"
 #include "storage/registry.h"
 #include "storage/repos_db.h"
 #include "storage/store.h"
@@ -233,6 +234,10 @@ int repos_rollback(struct repos *r, const char *session_id, const char *snapshot
                 (int64_t)wst.st_uid >= r->git.owner_lo && (int64_t)wst.st_uid <= r->git.owner_hi;
     if (rc == 0) {
         rc = repos__open_session_store(r, session_id, &ss);
+    }
+    if (rc == 0 && stat(workspace, &wst) != 0 && wsdisk_enforced(r->disk)) {
+        /* no workspace (never started, or purged files): a disk of its own, as a start makes */
+        rc = wsdisk_make(r->disk, workspace);
     }
     if (rc == 0) {
         rc = snap_restore(ss, snapshot_id, workspace, &ri);

@@ -15,6 +15,7 @@
 struct sbx;
 struct snap_store;
 struct repos_db;
+struct wsdisk;
 
 #define LOG_CAP         (256 * 1024)
 #define SETUP_OUT_CAP   (128 * 1024)
@@ -56,6 +57,7 @@ struct repos {
     char *ca_file;
     char *git_bin;         /* the sessiond-git helper */
     struct gitjob_cfg git; /* how workspace git operations run (gitjob.h); set at open */
+    struct wsdisk *disk;   /* the workspaces' disks (sandbox/wsdisk.h), or NULL; set at open */
     struct repos_db *db;   /* the repository tables (thread safe) */
 
     pthread_mutex_t lock; /* guards everything below */
@@ -116,7 +118,7 @@ void repos__kick_pool(struct repos *r);
 void *repos__pool_main(void *arg);
 void repos__pool_sbx_free(struct sbx *s, char *priv);
 struct warm *repos__warm_claim(struct repos *r, const char *repo, const char *img);
-void repos__warm_free(struct warm *w);
+void repos__warm_free(struct repos *r, struct warm *w);
 
 /* prepare.c */
 int repos__wait_not_in(struct repos *r, const char *sid, json_t *a, json_t *b, int timeout_ms);

@@ -79,6 +79,7 @@ int sandbox_start(struct app *app)
         .uid_hi = (int)cfg->sandbox_uid_hi,
         .own_workspace = own_workspace,
         .memory_mib = (int)cfg->sandbox_memory_mib,
+        .disk_mib = cfg->sandbox_disk_mib,
         .pids = (int)cfg->sandbox_pids,
         .cpus = (int)cfg->sandbox_cpus,
         .exec_timeout_s = (int)cfg->exec_timeout,

@@ -13,6 +13,8 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "sandbox/sbx.h"
+#include "sandbox/wsdisk.h"
 #include "workspace/repos.h"
 #include "server/api/api.h"
 #include "server/api/api_sandbox.h"
@@ -118,13 +120,32 @@ static char *normalize_user_id(const char *u)
 
 /* ---- /healthz, /v1/me, plain GET …/ws ---- */
 
+/* The per-sandbox disk quota (sandbox/wsdisk.h) as /healthz reports it: whether it is
+ * enforced and, if not, why (an operator must see that workspaces can fill the host's disk). */
+static json_t *disk_quota_json(struct app *app)
+{
+    int64_t mib = app->cfg->sandbox_disk_mib;
+    struct wsdisk *d = sbx_backend_disk(app->sbx);
+    if (mib == 0) {
+        return json_pack("{s:b,s:I,s:s}", "enforced", 0, "mib", (json_int_t)0, "reason",
+                         "off (sandbox_disk_mib is 0)");
+    }
+    if (wsdisk_enforced(d)) {
+        return json_pack("{s:b,s:I}", "enforced", 1, "mib", (json_int_t)mib);
+    }
+    return json_pack("{s:b,s:I,s:s}", "enforced", 0, "mib", (json_int_t)mib, "reason",
+                     d ? wsdisk_reason(d)
+                       : "the process backend keeps workspaces as plain directories");
+}
+
 int api_healthz(struct req *r)
 {
     if (req_app(r)->shutting_down) {
         return req_reply_json(r, 503, json_pack("{s:s}", "status", "stopping"));
     }
     return req_reply_json(r, 200,
-                          json_pack("{s:s,s:s}", "status", "ok", "version", SESSIOND_VERSION));
+                          json_pack("{s:s,s:s,s:o}", "status", "ok", "version", SESSIOND_VERSION,
+                                    "disk_quota", disk_quota_json(req_app(r))));
 }
 
 int api_me(struct req *r)

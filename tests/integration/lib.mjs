@@ -15,7 +15,7 @@
 // The server runs $SESSIOND_BIN (default build/sessiond) on 127.0.0.1:0 with a temp data dir;
 // its port comes from --port-file. It is SIGKILLed if the test process exits without stop().
 // Its stderr (JSON log lines) is kept in srv.logPath; srv.logLines() parses it.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -197,6 +197,12 @@ export class Server {
 
   /** Remove the temp dir (call after stop; done() keeps it when a test failed). */
   cleanup() {
+    // workspaces with a disk quota are loop mounts (sandbox/wsdisk.h) that a killed server leaves
+    let mounts = '';
+    try { mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch { /* none */ }
+    const under = mounts.split('\n').map((l) => l.split(' ')[4])
+      .filter((m) => m && m.startsWith(`${this.tmp}/`)).sort().reverse();
+    for (const m of under) spawnSync('umount', ['-l', m]);
     fs.rmSync(this.tmp, { recursive: true, force: true });
   }
 }

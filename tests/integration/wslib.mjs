@@ -9,7 +9,7 @@
 //   await srv.stop(); t.done();
 //
 // The server is the real $SESSIOND_BIN on 127.0.0.1:0 with a temp data dir, killed at exit.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,7 +38,7 @@ export class Tap {
     for (const s of servers) {
       s.kill();
       // Keep the data dir and log of a failed run (and when KEEP_TMP is set) for diagnosis.
-      if (!this.failed && !process.env.KEEP_TMP) fs.rmSync(s.tmp, { recursive: true, force: true });
+      if (!this.failed && !process.env.KEEP_TMP) s.cleanup();
       else console.error(`# server log: ${s.logFile}`);
     }
     process.exit(this.failed ? 1 : 0);
@@ -92,6 +92,17 @@ export class Server {
   }
   logTail(n = 30) {
     try { return fs.readFileSync(this.logFile, 'utf8').split('\n').slice(-n).join('\n'); } catch { return ''; }
+  }
+  /** Remove the temp dir, after unmounting the workspaces' disks (sandbox/wsdisk.h), which stay
+   * mounted after the server. */
+  cleanup() {
+    let mounts = '';
+    try { mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch { /* none */ }
+    for (const m of mounts.split('\n').map((l) => l.split(' ')[4])
+      .filter((x) => x && x.startsWith(`${this.tmp}/`)).sort().reverse()) {
+      spawnSync('umount', ['-l', m]);
+    }
+    fs.rmSync(this.tmp, { recursive: true, force: true });
   }
 }
 

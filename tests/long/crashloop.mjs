@@ -359,6 +359,11 @@ if (TAP) {
   ok('every acknowledged prompt finished after the restarts (interrupted ones failed)', stats.promptsDone === stats.promptsAcked);
   ok('WebSocket clients saw contiguous seqs', stats.wsGaps === 0);
 }
+// the workspaces' disks (sandbox/wsdisk.h) stay mounted after the server: unmount them first
+for (const m of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4])
+  .filter((x) => x && x.startsWith(`${tmp}/`)).sort().reverse()) {
+  try { execFileSync('umount', ['-l', m]); } catch { /* gone */ }
+}
 if (!problems.length && !process.env.KEEP_TMP) fs.rmSync(tmp, { recursive: true, force: true });
 else console.error(`# data and log kept in ${tmp}`);
 process.exit(problems.length ? 1 : 0);

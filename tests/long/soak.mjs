@@ -133,5 +133,5 @@ if (broken || connectFailures > NCLIENTS / 100 || counts.messages === 0) {
   srv.kill();
   process.exit(1);
 }
-if (!process.env.KEEP_TMP) fs.rmSync(srv.tmp, { recursive: true, force: true });
+if (!process.env.KEEP_TMP) srv.cleanup(); // unmounts the workspaces' disks first
 process.exit(0);

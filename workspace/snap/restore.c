@@ -26,6 +26,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
@@ -159,14 +160,22 @@ static int place_spare(struct rctx *c, int pfd, const char *leaf)
     return dst;
 }
 
-/* Copy size bytes at base of src into dst (at its offset 0). The bytes copied. */
+/* Copy size bytes at base of src into dst (at its offset 0). The bytes copied. Between two file
+ * systems (a workspace that is a disk of its own, sandbox/wsdisk.h) copy_file_range answers
+ * EXDEV: sendfile copies there, in the kernel as well. */
 static uint64_t copy_range(int src, uint64_t base, int dst, uint64_t size)
 {
     uint64_t done = 0;
+    int cross = 0;
     while (done < size) {
         loff_t off = (loff_t)(base + done);
-        ssize_t r = copy_file_range(src, &off, dst, NULL, size - done, 0);
+        ssize_t r = cross ? sendfile(dst, src, &off, size - done)
+                          : copy_file_range(src, &off, dst, NULL, size - done, 0);
         if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0 && errno == EXDEV && !cross) {
+            cross = 1;
             continue;
         }
         if (r <= 0) {
@@ -574,7 +583,7 @@ out:
 /* Step 2: directories and symlinks of tgt in order (fixing the metadata of those present);
  * files become copy jobs (*nj of them in jobs). Directories' metadata is fixed last. */
 static int make_dirs_links(struct snap_store *st, struct entv *tgt, struct pdir *pd, int rootfd,
-                           int as_root, struct ent **jobs, size_t *nj)
+                           int as_root, int spares_ok, struct ent **jobs, size_t *nj)
 {
     for (size_t i = 0; i < tgt->n; i++) {
         struct ent *t = &tgt->v[i];
@@ -608,7 +617,8 @@ static int make_dirs_links(struct snap_store *st, struct entv *tgt, struct pdir 
             return ERR_IO;
         }
         if (t->type == 'd') {
-            if (spare_mkdir(st->spares, pfd, lf) != 0 && errno != EEXIST) {
+            int mrc = spares_ok ? spare_mkdir(st->spares, pfd, lf) : mkdirat(pfd, lf, 0700);
+            if (mrc != 0 && errno != EEXIST) {
                 return ERR_IO;
             }
         } else {
@@ -628,11 +638,11 @@ static int make_dirs_links(struct snap_store *st, struct entv *tgt, struct pdir 
  * drained the image's spares) was short while the sessions' spares held thousands (seen: 820 of
  * its own, 10,967 in reach). */
 static int copy_files(struct snap_store *st, const char *id, const char *workspace, int rootfd,
-                      struct ent **jobs, size_t nj, struct snap_restore_info *ri)
+                      int spares_ok, struct ent **jobs, size_t nj, struct snap_restore_info *ri)
 {
     int as_root = geteuid() == 0;
     pthread_mutex_lock(&st->spares->mu);
-    size_t own = st->spares->n[SP_FILE];
+    size_t own = spares_ok ? st->spares->n[SP_FILE] : nj;
     pthread_mutex_unlock(&st->spares->mu);
     size_t in_reach = own < nj ? spares_in_reach(st->spares) : own;
     if (own < nj) {
@@ -652,7 +662,7 @@ static int copy_files(struct snap_store *st, const char *id, const char *workspa
     atomic_init(&rcx.bytes, 0);
     atomic_init(&rcx.rewritten, 0);
     atomic_init(&rcx.spares, 0);
-    atomic_init(&rcx.no_spares, 0);
+    atomic_init(&rcx.no_spares, !spares_ok);
     atomic_init(&rcx.err, 0);
     size_t ngroups = 0;
     size_t *starts = group_by_dir(jobs, nj, &ngroups);
@@ -780,6 +790,11 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
         rc = ERR_IO;
         goto out;
     }
+    /* A workspace on another file system than the spares (a disk of its own,
+     * sandbox/wsdisk.h) cannot take spare inodes: created in place, none taken. */
+    pthread_mutex_lock(&st->spares->mu);
+    int spares_ok = st->spares->dfd < 0 || st->spares->dev == rsb.st_dev;
+    pthread_mutex_unlock(&st->spares->mu);
     if (!ri.fresh) {
         load_cache(st, &rsb, &ch, &cache);
         rc = walk_tree(rootfd, &cur);
@@ -800,7 +815,7 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
 
     /* 2. Directories and symlinks in order; files become copy jobs. */
     jobs = xmalloc((tgt.n + 1) * sizeof(*jobs));
-    rc = make_dirs_links(st, &tgt, &pd, rootfd, as_root, jobs, &nj);
+    rc = make_dirs_links(st, &tgt, &pd, rootfd, as_root, spares_ok, jobs, &nj);
     if (rc != 0) {
         goto out;
     }
@@ -809,7 +824,7 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
     tp = clock_mono_us();
 
     /* 3. Copy the files, in parallel. */
-    rc = copy_files(st, id, workspace, rootfd, jobs, nj, &ri);
+    rc = copy_files(st, id, workspace, rootfd, spares_ok, jobs, nj, &ri);
     ri.copy_us = clock_mono_us() - tp;
     tp = clock_mono_us();
     if (rc != 0) {
