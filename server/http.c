@@ -58,6 +58,7 @@
 struct http {
     struct MHD_Daemon *d;
     struct app *app;
+    struct http_config hc;
     int port;
     atomic_int inflight;
 };
@@ -604,6 +605,34 @@ static int uri_has_control(const char *raw)
     return 0;
 }
 
+/* CORS, for every request with an Origin: Access-Control-* headers for an allowed one; a
+ * preflight (OPTIONS) is answered here. Allowed origins are public_url's origin and cfg->origins
+ * (configure the extension as "chrome-extension://<id>"). Allowed origins get credentials mode
+ * too, so the extension may use cookies or the Authorization header alike; a preflight from any
+ * other origin is refused with 403 and no CORS headers. */
+static int cors(struct req *r, const char *origin, int preflight)
+{
+    struct app *app = req_app(r);
+    int allowed = origin && app && app->cfg && config_origin_allowed(app->cfg, origin);
+    req_add_header(r, "Vary", "Origin");
+    if (allowed) {
+        req_add_header(r, "Access-Control-Allow-Origin", origin);
+        req_add_header(r, "Access-Control-Allow-Credentials", "true");
+        req_add_header(r, "Access-Control-Expose-Headers", "ETag, Retry-After, Location");
+    }
+    if (!preflight) {
+        return 0;
+    }
+    if (!allowed) {
+        return req_fail(r, ERR_FORBIDDEN, "origin %s is not allowed", origin ? origin : "(none)");
+    }
+    req_add_header(r, "Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
+    req_add_header(r, "Access-Control-Allow-Headers",
+                   "Authorization, Content-Type, If-None-Match, X-Requested-With");
+    req_add_header(r, "Access-Control-Max-Age", "600");
+    return req_reply_empty(r, 204);
+}
+
 static void dispatch(struct req *r);
 
 /* First call: headers are complete, nothing of the body has been read. */
@@ -622,7 +651,8 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
          * one a proxy saw: neither authenticated, upgraded nor dispatched. */
         req_fail(r, ERR_INVALID, "encoded '/' or NUL byte in the path");
     } else {
-        r->route = http_route_find(http_routes, method, url, &r->pp, r->allow, sizeof(r->allow));
+        r->route =
+            http_route_find(r->h->hc.routes, method, url, &r->pp, r->allow, sizeof(r->allow));
     }
     r->body_max = (size_t)cfg->max_body;
     if (r->route && (r->route->flags & ROUTE_ARTIFACT_BODY)) {
@@ -682,14 +712,14 @@ static void dispatch(struct req *r)
         return;
     }
     if (strcmp(r->method, "OPTIONS") == 0) {
-        api_cors(r, origin, 1);
+        cors(r, origin, 1);
         if (!r->reply_set) {
             req_reply_empty(r, 204);
         }
         return;
     }
     if (origin) {
-        api_cors(r, origin, 0);
+        cors(r, origin, 0);
     }
     if (!r->route) {
         if (r->allow[0]) {
@@ -786,7 +816,7 @@ static void mhd_log(void *cls, const char *fm, va_list ap)
     LOG_WARN("mhd: %s", msg);
 }
 
-int http_start(struct app *app, unsigned conn_limit, struct http **out)
+int http_start(struct app *app, const struct http_config *hc, struct http **out)
 {
     const struct config *cfg = app->cfg;
     char host[256];
@@ -817,12 +847,13 @@ int http_start(struct app *app, unsigned conn_limit, struct http **out)
     }
     h = xcalloc(1, sizeof(*h));
     h->app = app;
+    h->hc = *hc;
     atomic_init(&h->inflight, 0);
     h->d = MHD_start_daemon(
         flags, (uint16_t)port, NULL, NULL, &on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_URI_LOG_CALLBACK,
         uri_log_cb, h, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h, MHD_OPTION_CONNECTION_LIMIT,
-        conn_limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout,
+        hc->conn_limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
         MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_END);
     freeaddrinfo(ai);
@@ -856,7 +887,9 @@ void http_stop(struct http *h, int grace_s)
     if (atomic_load(&h->inflight) > 0) {
         /* Deferred requests (suspended connections) must be answered before the daemon
          * stops: MHD would free them while another thread still holds them. */
-        api_abort_deferred(h->app);
+        if (h->hc.abort_deferred) {
+            h->hc.abort_deferred(h->hc.ctx);
+        }
         deadline = clock_mono_ms() + 1000;
         while (atomic_load(&h->inflight) > 0 && clock_mono_ms() < deadline) {
             struct timespec ts = {0, 10000000L};

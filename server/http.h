@@ -2,7 +2,7 @@
  * http.h - the libmicrohttpd daemon: listening socket, request collection, routing, replies,
  * the request log and the WebSocket hand-off. Endpoints themselves are in api.h/routes.c.
  *
- * Threads: http_start/http_stop are called by main.c only. Requests run on the MHD thread
+ * Threads: http_start/http_stop are called by app.c only. Requests run on the MHD thread
  * pool (cfg->threads, epoll, TURBO); each request's state belongs to the thread serving it.
  */
 #ifndef SESSIOND_HTTP_H
@@ -15,9 +15,20 @@ struct app;
 struct http;
 struct route;
 
-/** Bind cfg->listen and start serving. conn_limit caps simultaneous connections (matched to
- * RLIMIT_NOFILE by main.c). *out owned by the caller: http_stop(). */
-int http_start(struct app *app, unsigned conn_limit, struct http **out);
+/** What the daemon serves and whom it tells at shutdown (filled by app.c). */
+struct http_config {
+    const struct route *routes; /* the route table (api.h), terminated by method NULL */
+    unsigned conn_limit;        /* simultaneous connections (matched to RLIMIT_NOFILE) */
+    /* Called by http_stop (main thread) after the grace period when requests are still in
+     * flight: it must answer every deferred request (req_defer) so none is freed while
+     * suspended. May be NULL. */
+    void (*abort_deferred)(void *ctx);
+    void *ctx;
+};
+
+/** Bind app->cfg->listen and start serving hc->routes (hc is copied). *out owned by the
+ * caller: http_stop(). */
+int http_start(struct app *app, const struct http_config *hc, struct http **out);
 /** The port actually bound (useful with port 0). */
 int http_port(const struct http *h);
 /** Stop accepting, let requests in flight finish (at most grace_s seconds), stop the threads

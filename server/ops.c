@@ -25,8 +25,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/runner.h"
-#include "server/api/api.h"
-#include "server/api/api_sandbox.h"
+#include "workspace/repos.h"
 #include "server/app.h"
 #include "server/auth.h"
 #include "server/config.h"
@@ -51,6 +50,17 @@ void ops_answer_free(struct ops_answer *ans)
         json_decref(ans->json);
         ans->json = NULL;
     }
+}
+
+/* The wall clock in ms leads the hex part so ids sort by creation time: messages.id and
+ * prompts.id are TEXT primary keys, and random ids would scatter every insert over the whole
+ * index b-tree (one more random page per message in the WAL and the page cache); time-ordered
+ * ids append to its rightmost leaf. 12 hex digits of ms + 8 random. */
+char *ops_new_id(const char *prefix)
+{
+    char rnd[9];
+    util_random_hex(rnd, 4);
+    return xasprintf("%s%012llx%s", prefix, (unsigned long long)clock_now_ms(), rnd);
 }
 
 int ops_session_access(struct app *app, const struct auth_info *actor, const char *sid, int need,
@@ -442,9 +452,9 @@ int ops_message_create(struct app *app, const struct auth_info *a, const char *s
     if (rc) {
         goto out;
     }
-    mid = api_new_sorted_id("m_");
+    mid = ops_new_id("m_");
     if (rq.run) {
-        pid = api_new_sorted_id("p_");
+        pid = ops_new_id("p_");
     }
     message_event(&ev, &rq, mid, pid);
     op.message_id = mid;
@@ -486,7 +496,7 @@ int ops_message_create(struct app *app, const struct auth_info *a, const char *s
         }
     }
     if (pid) {
-        api_prompt_queued(app, sid);
+        runner_kick(app->runner, sid); /* committed: the runner may start it */
     }
 answer:
     *out =
@@ -618,8 +628,8 @@ int ops_session_create(struct app *app, const struct auth_info *a, json_t *body,
     ans->json = row;
     row = NULL;
     LOG_INFO("api: session %s created by %s", id, a->user_id);
-    if (repo && *repo) {
-        api_session_started(app, id); /* workspace + sandbox in the background now */
+    if (repo && *repo && repos_session_has_repo(app->repos, id)) {
+        runner_prestart(app->runner, id); /* workspace + sandbox in the background now */
     }
 out:
     sess_put(s);

@@ -34,6 +34,10 @@ struct ops_answer {
 /** Drop ans->json (the struct itself is the caller's). */
 void ops_answer_free(struct ops_answer *ans);
 
+/** A new id "<prefix><12 hex ms><8 hex random>" for a message, prompt or artifact: unique, and
+ * sorted by creation time (cheap inserts into TEXT primary keys). Caller frees. */
+char *ops_new_id(const char *prefix);
+
 /** Check actor's access to session sid (AUTH_READ/WRITE/OWNER of auth.h), with the REST
  * API's messages: ERR_NOT_FOUND, ERR_GONE, ERR_FORBIDDEN. */
 int ops_session_access(struct app *app, const struct auth_info *actor, const char *sid, int need,

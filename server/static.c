@@ -1,6 +1,5 @@
 /*
- * static.c - serves the embedded web UI (see static.h) and answers CORS for the browser
- * extension's origins.
+ * static.c - serves the embedded web UI (see static.h).
  *
  * The files live in static_files[] (build/gen/webfiles.c, generated from web/ by
  * tools/embed_web.sh), so the installed binary needs no web root on disk. Lookups are a
@@ -132,33 +131,4 @@ int api_static(struct req *r)
         return req_reply_empty(r, 304);
     }
     return req_reply_bytes(r, 200, sr.file->ctype, sr.file->data, sr.file->len);
-}
-
-/*
- * CORS (declared in api.h, called by http.c for every request with an Origin). Allowed origins are
- * public_url's origin and cfg->origins (configure the extension as "chrome-extension://<id>").
- * Allowed origins get credentials mode too, so the extension may use cookies or the Authorization
- * header alike; a preflight from any other origin is refused with 403 and no CORS headers.
- */
-int api_cors(struct req *r, const char *origin, int preflight)
-{
-    struct app *app = req_app(r);
-    int allowed = origin && app && app->cfg && config_origin_allowed(app->cfg, origin);
-    req_add_header(r, "Vary", "Origin");
-    if (allowed) {
-        req_add_header(r, "Access-Control-Allow-Origin", origin);
-        req_add_header(r, "Access-Control-Allow-Credentials", "true");
-        req_add_header(r, "Access-Control-Expose-Headers", "ETag, Retry-After, Location");
-    }
-    if (!preflight) {
-        return 0;
-    }
-    if (!allowed) {
-        return req_fail(r, ERR_FORBIDDEN, "origin %s is not allowed", origin ? origin : "(none)");
-    }
-    req_add_header(r, "Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
-    req_add_header(r, "Access-Control-Allow-Headers",
-                   "Authorization, Content-Type, If-None-Match, X-Requested-With");
-    req_add_header(r, "Access-Control-Max-Age", "600");
-    return req_reply_empty(r, 204);
 }

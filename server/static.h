@@ -6,7 +6,7 @@
  * connections to our own origin only, framing by our origin and the configured
  * chrome-extension:// origins, for the extension's side panel), a strong ETag (If-None-Match
  * gets 304) and "Cache-Control: no-cache" (always revalidated, so a new binary's UI is picked
- * up at once). Also here: the CORS hook of api.h for the extension's origins.
+ * up at once). CORS for the extension's origins is answered by http.c for every route.
  *
  * Threads: static_set_config() once at start-up (before the HTTP threads); everything else is
  * read-only and thread safe.

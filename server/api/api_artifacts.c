@@ -15,6 +15,7 @@
 #include "common/xmem.h"
 #include "server/api/api.h"
 #include "server/app.h"
+#include "server/ops.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "storage/artifacts.h"
@@ -192,7 +193,7 @@ int api_artifacts_post(struct req *r)
         rc = req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
         goto out;
     }
-    id = api_new_sorted_id("a_");
+    id = ops_new_id("a_");
     struct author who = {a->user_id, a->name, a->email};
     op.id = id;
     op.type = type;

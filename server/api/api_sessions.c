@@ -13,11 +13,11 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "runner/runner.h"
 #include "workspace/repos.h"
 #include "server/api/api.h"
-#include "server/api/api_sandbox.h"
+#include "server/api/api_audit.h"
 #include "server/app.h"
-#include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/ops.h"
@@ -267,7 +267,7 @@ int api_session_get(struct req *r)
         rc = req_fail(r, rc, "cannot read the session: %s", err_str(rc));
         goto out;
     }
-    presence = api_session_presence(app, sid);
+    presence = hub_presence(app->hub, sid);
     json_object_set_new(row, "last_seq", json_integer(sess_last_seq(s)));
     json_object_set_new(row, "messages", json_integer(sr.messages));
     json_object_set_new(row, "queued_prompts", json_integer(sr.queued));
@@ -331,7 +331,7 @@ int api_session_delete(struct req *r)
         if (rc) {
             return req_fail(r, rc, NULL);
         }
-        api_session_ended(app, sid, 1);
+        runner_session_ended(app->runner, sid, 1); /* stop its sandbox */
         rc = store_session_delete_file(app->store, sid);
         if (rc && rc != ERR_NOT_FOUND) {
             LOG_ERROR("api: session %s: cannot delete its file: %s", sid, err_str(rc));
@@ -354,7 +354,7 @@ int api_session_delete(struct req *r)
     if (rc) {
         return req_fail(r, rc, "cannot end the session: %s", err_str(rc));
     }
-    api_session_ended(app, sid, 0);
+    runner_session_ended(app->runner, sid, 0); /* stop its sandbox */
     LOG_INFO("api: session %s ended by %s", sid, a->user_id);
     return req_reply_json(r, 200, json_pack("{s:s,s:s}", "id", sid, "state", "ended"));
 }
@@ -542,7 +542,7 @@ int api_session_participants_list(struct req *r)
         }
     }
     const char *created_by = json_string_value(json_object_get(row, "created_by"));
-    presence = api_session_presence(app, sid);
+    presence = hub_presence(app->hub, sid);
     json_array_foreach(list, i, p)
     {
         const char *uid = json_string_value(json_object_get(p, "user_id"));

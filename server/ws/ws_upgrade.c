@@ -285,11 +285,6 @@ void ws_upgrade_complete(struct app *app, void *upgrade_ctx)
     hub_adopt(app->hub, ho);
 }
 
-json_t *api_session_presence(struct app *app, const char *session_id)
-{
-    return app->hub ? hub_presence(app->hub, session_id) : NULL;
-}
-
 /* POST /v1/sessions/{id}/ws-ticket -> {"ticket","expires_in","url"}: a one-use credential for
  * browsers, which cannot set an Authorization header on a WebSocket. */
 int api_session_ws_ticket(struct req *r)
