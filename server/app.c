@@ -38,6 +38,7 @@
 #include "server/static.h"
 #include "server/ws/hub.h"
 #include "server/ws/ws_guard.h"
+#include "server/ws/ws_upgrade.h"
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "workspace/gitjob.h"
@@ -311,7 +312,8 @@ static int start_store(struct app_root *ar)
         return rc;
     }
     ar->app.reg = store_registry(ar->app.store);
-    return auth_bootstrap_admin(ar->app.reg, cfg);
+    auth_new(ar->app.reg, &ar->app.auth);
+    return auth_bootstrap_admin(ar->app.auth, cfg);
 }
 
 /* The named agents (cfg->agents) and the egress proxy they reach their model through. */
@@ -483,6 +485,8 @@ static int start_http(struct app_root *ar)
         .conn_limit = connection_limit(ar->nofile, cfg),
         .abort_deferred = abort_deferred,
         .ctx = app,
+        .upgrade_begin = ws_upgrade_begin,
+        .upgrade_complete = ws_upgrade_complete,
     };
     int rc = http_start(app, &hc, &app->http);
     if (rc) {
@@ -551,7 +555,7 @@ int app_start(struct app *app)
         rc = start_ws(app, hub);
     }
     if (rc == 0) {
-        static_set_config(cfg); /* the web UI's CSP (frame-ancestors: extension origins) */
+        app->csp = static_csp_new(cfg); /* the web UI's (frame-ancestors: extension origins) */
         start_slack(ar);
         rc = start_http(ar);
     }
@@ -569,9 +573,7 @@ void app_stop(struct app *app)
     http_stop(app->http, (int)ar->cfg->shutdown_grace); /* finish requests in flight */
     app->http = NULL;
     repos_shutdown(app->repos); /* its threads and warm pool, before the sandboxes they use */
-    secrets_free(app->secrets);
-    app->secrets = NULL;
-    runner_stop(app->runner); /* grace for running prompts, then cancel; sandboxes down */
+    runner_stop(app->runner);   /* grace for running prompts, then cancel; sandboxes down */
     app->runner = NULL;
     rexec_free(app->exec); /* after the runner: every exec has ended */
     app->exec = NULL;
@@ -581,6 +583,8 @@ void app_stop(struct app *app)
     app->pump = NULL;
     repos_close(app->repos); /* after the runner, which holds it */
     app->repos = NULL;
+    secrets_free(app->secrets); /* after every part that may seal or open with it */
+    app->secrets = NULL;
     egress_stop(app->egress); /* after the runner */
     app->egress = NULL;
     agents_free(app->agents);
@@ -590,6 +594,8 @@ void app_stop(struct app *app)
     app->hub = NULL;
     wsg_free(app->wsg); /* after the hub: its last close frames go through the guard */
     app->wsg = NULL;
+    auth_free(app->auth); /* before the registry it reads */
+    app->auth = NULL;
     store_close(app->store);
     app->store = NULL;
     app->reg = NULL;
@@ -608,6 +614,7 @@ void app_destroy(struct app *app)
     app_stop(app);
     metrics_free(app->metrics);
     rl_free(app->session_rate);
+    free(app->csp);
     config_free(ar->cfg);
     free(ar);
 }

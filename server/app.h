@@ -16,6 +16,7 @@
 struct config;
 struct store;
 struct registry;
+struct auth;        /* server/auth.h: token and access caches over the registry */
 struct hub;         /* server/ws/hub.h: WebSocket fan-out */
 struct runner;      /* runner/runner.h: prompt queue + agent runner */
 struct runner_exec; /* runner/exec.h: the exec pipeline */
@@ -35,6 +36,7 @@ struct app {
     const struct config *cfg;
     struct store *store;
     struct registry *reg;
+    struct auth *auth;
     struct hub *hub;
     struct runner *runner;
     struct runner_exec *exec;
@@ -49,6 +51,7 @@ struct app {
     struct ratelimit *session_rate; /* session creations per user (max_sessions_per_minute) */
     struct wsg *wsg;                /* between WebSocket clients and the hub's lws */
     struct http *http;
+    char *csp;                /* the web UI's Content-Security-Policy (static_csp_new) */
     atomic_int shutting_down; /* set by app_stop, read by any thread */
 };
 

@@ -11,7 +11,7 @@
  *                     drained and discarded for up to DRAIN_MAX_US (a 413 sent with unread
  *                     bytes in the socket would reach the client as a reset).
  *   on_request last   *upload_data_size == 0: auth, handler, queue the reply.
- *   completed_cb      request log line, ws_upgrade_complete(), free.
+ *   completed_cb      request log line, http_config.upgrade_complete(), free.
  * Threads: a struct req is touched only by the pool thread that owns its connection.
  * http->inflight is atomic (read by http_stop on the main thread).
  */
@@ -29,7 +29,6 @@
 #include "server/app.h"
 #include "server/auth.h"
 #include "server/config.h"
-#include "server/ws/ws_upgrade.h"
 #include "storage/registry.h"
 
 #include <arpa/inet.h>
@@ -263,7 +262,7 @@ int req_authenticate(struct req *r)
     if (r->authed) {
         return 0;
     }
-    int rc = auth_bearer(r->app->reg, req_header(r, "Authorization"), &r->auth);
+    int rc = auth_bearer(r->app->auth, req_header(r, "Authorization"), &r->auth);
     if (rc == 0) {
         r->authed = 1;
     }
@@ -483,7 +482,7 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
     if (r->upgrade_ctx) {
         void *u = r->upgrade_ctx;
         r->upgrade_ctx = NULL;
-        ws_upgrade_complete(h->app, u);
+        h->hc.upgrade_complete(h->app, u); /* set with upgrade_begin, which made u */
     }
     int status = r->upgraded ? 101 : (r->phase == 2 ? r->status : 0);
     if (h->app->cfg->request_log && LOG_LEVEL_INFO >= log_threshold) {
@@ -667,7 +666,8 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
     if (r->route && (r->route->flags & ROUTE_WEBSOCKET) && strcmp(r->method, "GET") == 0 &&
         is_websocket_upgrade(r)) {
         void *ctx = NULL;
-        int rc = ws_upgrade_begin(r->app, r->conn, r->raw_uri, &ctx);
+        int rc = r->h->hc.upgrade_begin ? r->h->hc.upgrade_begin(r->app, r->conn, r->raw_uri, &ctx)
+                                        : ERR_UNSUPPORTED;
         if (rc == 0) {
             r->upgrade_ctx = ctx;
             r->upgraded = 1;

@@ -1,6 +1,8 @@
 /*
  * http.h - the libmicrohttpd daemon: listening socket, request collection, routing, replies,
- * the request log and the WebSocket hand-off. Endpoints themselves are in api.h/routes.c.
+ * CORS, the request log and the WebSocket hand-off. The route table (api.h/routes.c), the
+ * hand-off itself (ws/) and the shutdown of deferred requests are handed in by app.c through
+ * struct http_config, so this file knows no endpoint and no part above it.
  *
  * Threads: http_start/http_stop are called by app.c only. Requests run on the MHD thread
  * pool (cfg->threads, epoll, TURBO); each request's state belongs to the thread serving it.
@@ -14,6 +16,7 @@
 struct app;
 struct http;
 struct route;
+struct MHD_Connection;
 
 /** What the daemon serves and whom it tells at shutdown (filled by app.c). */
 struct http_config {
@@ -24,6 +27,11 @@ struct http_config {
      * suspended. May be NULL. */
     void (*abort_deferred)(void *ctx);
     void *ctx;
+    /* The WebSocket hand-off (server/ws/ws_upgrade.h: ws_upgrade_begin/complete), for routes
+     * flagged ROUTE_WEBSOCKET. NULL: upgrades are answered 501. */
+    int (*upgrade_begin)(struct app *app, struct MHD_Connection *c, const char *raw_uri,
+                         void **upgrade_ctx);
+    void (*upgrade_complete)(struct app *app, void *upgrade_ctx);
 };
 
 /** Bind app->cfg->listen and start serving hc->routes (hc is copied). *out owned by the

@@ -63,10 +63,20 @@ char *ops_new_id(const char *prefix)
     return xasprintf("%s%012llx%s", prefix, (unsigned long long)clock_now_ms(), rnd);
 }
 
+int ops_tx_append_json(struct sess_tx *tx, const char *type, const struct author *by, json_t *data,
+                       int64_t *seq_out)
+{
+    char *js = jx_dump(data);
+    json_decref(data);
+    int rc = sess_tx_append(tx, type, by, js, seq_out);
+    free(js);
+    return rc;
+}
+
 int ops_session_access(struct app *app, const struct auth_info *actor, const char *sid, int need,
                        struct ops_answer *ans)
 {
-    int rc = auth_session(app->reg, sid, actor, need, NULL);
+    int rc = auth_session(app->auth, sid, actor, need, NULL);
     switch (rc) {
     case 0:
         break;
@@ -620,7 +630,7 @@ int ops_session_create(struct app *app, const struct auth_info *a, json_t *body,
     if (rc) {
         LOG_ERROR("api: session %s: cannot create its file: %s", id, err_str(rc));
         registry_session_set_state(app->reg, id, "purged");
-        auth_cache_invalidate();
+        auth_cache_invalidate(app->auth);
         snprintf(ans->msg, sizeof(ans->msg), "cannot create the session file");
         goto out;
     }

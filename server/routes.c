@@ -12,7 +12,7 @@
 #include "server/slack/slack.h"
 #include "server/static.h"
 #include "server/ws/ws_upgrade.h"
-#include "server/metrics.h"
+#include "server/api/api_metrics.h"
 
 #include <stddef.h>
 

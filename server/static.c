@@ -5,8 +5,7 @@
  * tools/embed_web.sh), so the installed binary needs no web root on disk. Lookups are a
  * linear scan of a dozen entries: cheaper than anything else we could build.
  *
- * Threads: csp is written once by static_set_config() before the HTTP threads start and only
- * read afterwards.
+ * Threads: any; the CSP is app->csp, built once by app.c before the HTTP threads start.
  */
 #include "server/static.h"
 
@@ -23,8 +22,6 @@
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "        \
     "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "                  \
     "form-action 'none'; object-src 'none'; frame-ancestors 'self'"
-
-static char *csp; /* NULL until static_set_config(); then owned here for the process life */
 
 const struct static_file *static_find(const char *path)
 {
@@ -88,7 +85,7 @@ void static_lookup(const char *url_path, const char *if_none_match, struct stati
     out->status = etag_matches(if_none_match, out->file->etag) ? 304 : 200;
 }
 
-void static_set_config(const struct config *cfg)
+char *static_csp_new(const struct config *cfg)
 {
     struct buf b;
     buf_init(&b, 0);
@@ -103,13 +100,7 @@ void static_set_config(const struct config *cfg)
             }
         }
     }
-    free(csp);
-    csp = buf_detach(&b, &(size_t){0});
-}
-
-const char *static_csp(void)
-{
-    return csp ? csp : CSP_BASE;
+    return buf_detach(&b, &(size_t){0});
 }
 
 int api_static(struct req *r)
@@ -124,7 +115,8 @@ int api_static(struct req *r)
     req_add_header(r, "X-Content-Type-Options", "nosniff");
     req_add_header(r, "Referrer-Policy", "no-referrer");
     if (strncmp(sr.file->ctype, "text/html", 9) == 0) {
-        req_add_header(r, "Content-Security-Policy", static_csp());
+        const char *csp = req_app(r)->csp;
+        req_add_header(r, "Content-Security-Policy", csp ? csp : CSP_BASE);
         req_add_header(r, "Cross-Origin-Opener-Policy", "same-origin");
     }
     if (sr.status == 304) {

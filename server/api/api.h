@@ -164,4 +164,13 @@ int api_tokens_delete(struct req *r);
  * NULL. */
 int api_session_access(struct req *r, const char *sid, int need, const char **role_out);
 
+/** Answer a page of a registry listing (rc and page from the listing call; page stolen): 200,
+ * or 400 "malformed cursor" for ERR_INVALID, or the error of rc. */
+int api_reply_page(struct req *r, int rc, json_t *page);
+
+struct sess;
+/** Open session sid's file for this request (*out: sess_put when done). On error the reply
+ * "cannot open session <sid>: <reason>" is set. */
+int api_session_open(struct req *r, const char *sid, struct sess **out);
+
 #endif

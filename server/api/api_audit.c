@@ -116,11 +116,5 @@ int api_audit_list(struct req *r)
     rc = registry_audit_list(req_app(r)->reg, action && *action ? action : NULL,
                              user && *user ? user : NULL, (int)limit,
                              cursor && *cursor ? cursor : NULL, &out);
-    if (rc == ERR_INVALID) {
-        return req_fail(r, rc, "malformed cursor");
-    }
-    if (rc) {
-        return req_fail(r, rc, NULL);
-    }
-    return req_reply_json(r, 200, out);
+    return api_reply_page(r, rc, out);
 }

@@ -122,9 +122,9 @@ int api_messages_list(struct req *r)
     if (rc) {
         return rc;
     }
-    rc = store_session_get(req_app(r)->store, sid, &s);
+    rc = api_session_open(r, sid, &s);
     if (rc) {
-        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        return rc;
     }
     lr.arr = json_array();
     lr.last = lr.after;
@@ -160,9 +160,9 @@ int api_events_list(struct req *r)
     if (rc) {
         return rc;
     }
-    rc = store_session_get(req_app(r)->store, sid, &s);
+    rc = api_session_open(r, sid, &s);
     if (rc) {
-        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        return rc;
     }
     buf_init(&b, 0);
     buf_puts(&b, "{\"events\":[");

@@ -80,21 +80,27 @@ static int acquire_failed(struct req *r, int rc)
 
 /* ---- POST /v1/sessions/{id}/cancel ---- */
 
-int api_cancel(struct req *r)
+/* The caller's write access to session {id}, and its JSON body when it sent one (*body stays
+ * NULL for an empty body; else a new reference). */
+static int write_access_opt_body(struct req *r, json_t **body)
 {
-    const char *sid = req_param(r, "id");
-    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
+    size_t blen = 0;
+    *body = NULL;
+    int rc = api_session_access(r, req_param(r, "id"), AUTH_WRITE, NULL);
     if (rc) {
         return rc;
     }
-    json_t *body = NULL;
-    size_t blen = 0;
     req_body(r, &blen);
-    if (blen) {
-        rc = req_json_body(r, &body);
-        if (rc) {
-            return rc;
-        }
+    return blen ? req_json_body(r, body) : 0;
+}
+
+int api_cancel(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    json_t *body = NULL;
+    int rc = write_access_opt_body(r, &body);
+    if (rc) {
+        return rc;
     }
     struct ops_answer ans = {0};
     rc = ops_prompt_cancel(req_app(r), req_auth(r), sid, body, &ans);
@@ -272,14 +278,9 @@ int api_exec_kill(struct req *r)
 {
     const char *sid = req_param(r, "id");
     const char *xid = req_param(r, "xid");
-    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
-    if (rc) {
-        return rc;
-    }
     json_t *body = NULL;
-    size_t blen = 0;
-    req_body(r, &blen);
-    if (blen && (rc = req_json_body(r, &body)) != 0) {
+    int rc = write_access_opt_body(r, &body);
+    if (rc) {
         return rc;
     }
     const char *sig_s = NULL;
@@ -338,26 +339,37 @@ static int file_path(struct req *r, const char **out, int allow_root)
     return 0;
 }
 
-int api_files_get(struct req *r)
+/* The common start of a files request: the caller's access (need), the checked path, and the
+ * session's sandbox, acquired (the caller releases it with runner_release). */
+static int files_acquire(struct req *r, int need, int allow_root, const char **path,
+                         struct sbx **sbx)
 {
     struct app *app = req_app(r);
     const char *sid = req_param(r, "id");
-    const char *path = NULL;
-    int rc = api_session_access(r, sid, AUTH_READ, NULL);
+    int rc = api_session_access(r, sid, need, NULL);
     if (rc) {
         return rc;
     }
-    rc = file_path(r, &path, 1);
+    rc = file_path(r, path, allow_root);
     if (rc) {
         return rc;
     }
     if (!app->runner) {
         return req_fail(r, ERR_UNAVAILABLE, "the sandbox is not running");
     }
+    rc = runner_acquire(app->runner, sid, sbx, NULL);
+    return rc ? acquire_failed(r, rc) : 0;
+}
+
+int api_files_get(struct req *r)
+{
+    struct app *app = req_app(r);
+    const char *sid = req_param(r, "id");
+    const char *path = NULL;
     struct sbx *sbx = NULL;
-    rc = runner_acquire(app->runner, sid, &sbx, NULL);
+    int rc = files_acquire(r, AUTH_READ, 1, &path, &sbx);
     if (rc) {
-        return acquire_failed(r, rc);
+        return rc;
     }
     struct buf b;
     buf_init(&b, FILE_READ_MAX);
@@ -390,23 +402,12 @@ int api_files_put(struct req *r)
     struct app *app = req_app(r);
     const char *sid = req_param(r, "id");
     const char *path = NULL;
-    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
-    if (rc) {
-        return rc;
-    }
-    rc = file_path(r, &path, 0);
-    if (rc) {
-        return rc;
-    }
-    if (!app->runner) {
-        return req_fail(r, ERR_UNAVAILABLE, "the sandbox is not running");
-    }
+    struct sbx *sbx = NULL;
     size_t n = 0;
     const char *data = req_body(r, &n);
-    struct sbx *sbx = NULL;
-    rc = runner_acquire(app->runner, sid, &sbx, NULL);
+    int rc = files_acquire(r, AUTH_WRITE, 0, &path, &sbx);
     if (rc) {
-        return acquire_failed(r, rc);
+        return rc;
     }
     rc = wait_for_sync(r, sid, "the write");
     if (rc) {

@@ -181,7 +181,7 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
             return;
         }
     } else if (authorization) {
-        rc = auth_bearer(app->reg, authorization, &ho->who);
+        rc = auth_bearer(app->auth, authorization, &ho->who);
         if (rc) {
             ho->err = ERR_AUTH;
             snprintf(ho->err_msg, sizeof(ho->err_msg), "invalid bearer token");
@@ -190,7 +190,7 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
     } else if (query && ws_upgrade_query_get(query, "token", val, sizeof(val))) {
         char hdr[600];
         snprintf(hdr, sizeof(hdr), "Bearer %s", val);
-        rc = auth_bearer(app->reg, hdr, &ho->who);
+        rc = auth_bearer(app->auth, hdr, &ho->who);
         if (rc) {
             ho->err = ERR_AUTH;
             snprintf(ho->err_msg, sizeof(ho->err_msg), "invalid token");
@@ -203,7 +203,7 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
         return;
     }
     /* Access is checked now even for a ticket: membership may have changed since. */
-    rc = auth_session(app->reg, ho->sid, &ho->who, AUTH_READ, &role);
+    rc = auth_session(app->auth, ho->sid, &ho->who, AUTH_READ, &role);
     if (rc) {
         ho->err = rc == ERR_GONE ? ERR_NOT_FOUND : rc;
         snprintf(ho->err_msg, sizeof(ho->err_msg), "%s",
