@@ -1,7 +1,12 @@
 /*
- * app.h - the application object: pointers to every subsystem, built by main.c and handed to
- * every handler. main.c owns it and everything it points to; the pointers do not change after
- * start-up, so any thread may read them. A subsystem that is not configured is NULL.
+ * app.h - the application object and its composition root (server/app.c): pointers to every
+ * part, created, wired, started and stopped in order by app.c alone, and handed to every
+ * handler. Within server/, a part reaches its peers through these pointers; a part that is not
+ * configured is NULL.
+ *
+ * Lifetime: app_create() -> app_start() -> (serve) -> app_stop() -> app_destroy(), all on the
+ * main thread. The pointers do not change between the end of app_start() and the start of
+ * app_stop(), so any thread may read them while the server serves.
  */
 #ifndef SESSIOND_APP_H
 #define SESSIOND_APP_H
@@ -11,6 +16,7 @@
 struct config;
 struct store;
 struct registry;
+struct auth;        /* server/auth.h: token and access caches over the registry */
 struct hub;         /* server/ws/hub.h: WebSocket fan-out */
 struct runner;      /* runner/runner.h: prompt queue + agent runner */
 struct runner_exec; /* runner/exec.h: the exec pipeline */
@@ -25,11 +31,13 @@ struct agents;    /* agents/agents.h: named coding agents */
 struct secrets;   /* server/secrets.h: sealing of stored user tokens */
 struct ratelimit; /* server/ratelimit.h */
 struct wsg;       /* server/ws/ws_guard.h: refuses unmasked WebSocket client frames */
+struct http;      /* server/http.h: the listening daemon */
 
 struct app {
     const struct config *cfg;
     struct store *store;
     struct registry *reg;
+    struct auth *auth;
     struct hub *hub;
     struct runner *runner;
     struct runner_exec *exec;
@@ -44,7 +52,27 @@ struct app {
     struct secrets *secrets;        /* NULL: no master key, user tokens cannot be stored */
     struct ratelimit *session_rate; /* session creations per user (max_sessions_per_minute) */
     struct wsg *wsg;                /* between WebSocket clients and the hub's lws */
-    atomic_int shutting_down;       /* set by the signal path in main.c, read by any thread */
+    struct http *http;
+    char *csp;                /* the web UI's Content-Security-Policy (static_csp_new) */
+    atomic_int shutting_down; /* set by app_stop, read by any thread */
 };
+
+/** Build the application around cfg (taken: app_destroy frees it) and the parts that run no
+ * thread yet (metrics, the session rate limit). *out: app_destroy(). */
+int app_create(struct config *cfg, struct app **out);
+
+/** Start every part in dependency order (data dir, store, admin token, agents and egress,
+ * sandbox backend, repositories, runner and exec pipeline, hub, Slack, HTTP), then write the
+ * port file. 0, or a negative error after one log line saying why: the caller then calls
+ * app_stop(), which stops whatever had started. Signals the server waits for must be blocked
+ * before this call (every thread started here inherits the mask). */
+int app_start(struct app *app);
+
+/** Stop every part in the reverse order (requests in flight get cfg->shutdown_grace seconds,
+ * running prompts a grace period). Idempotent; safe after a failed or partial app_start(). */
+void app_stop(struct app *app);
+
+/** Free what app_create() made, and the configuration. NULL is a no-op. */
+void app_destroy(struct app *app);
 
 #endif

@@ -3,10 +3,11 @@
  *
  * Two small direct-mapped caches sit in front of the registry (whose one connection is
  * behind one mutex, so every lookup would serialize all HTTP threads): token hash -> owner,
- * and (session, user, token role) -> access. Entries live AUTH_CACHE_TTL_MS; a generation
- * counter bumped by auth_cache_invalidate() drops them all at once. Only successes are
- * cached (an unknown token or session always asks the registry). No secret is kept: the
- * token cache is keyed by the SHA-256 of the secret.
+ * and (session, user, token role) -> access. They belong to a struct auth (one per registry,
+ * made by app.c). Entries live AUTH_CACHE_TTL_MS; a generation counter bumped by
+ * auth_cache_invalidate() drops them all at once. Only successes are cached (an unknown token
+ * or session always asks the registry). No secret is kept: the token cache is keyed by the
+ * SHA-256 of the secret.
  * Thread safe: each cache has its own mutex, held for a few memcpy's.
  */
 #include "server/auth.h"
@@ -50,15 +51,41 @@ struct access_slot {
     int rank;
 };
 
-static pthread_mutex_t token_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t access_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct token_slot token_cache[TOKEN_SLOTS];
-static struct access_slot access_cache[ACCESS_SLOTS];
-static uint64_t cache_gen = 1; /* atomics; 0 marks an empty slot */
+struct auth {
+    struct registry *reg; /* borrowed */
+    pthread_mutex_t token_lock;
+    pthread_mutex_t access_lock;
+    uint64_t gen;                                  /* atomics; 0 marks an empty slot */
+    struct token_slot token_cache[TOKEN_SLOTS];    /* guarded by token_lock */
+    struct access_slot access_cache[ACCESS_SLOTS]; /* guarded by access_lock */
+};
 
-void auth_cache_invalidate(void)
+int auth_new(struct registry *reg, struct auth **out)
 {
-    __atomic_fetch_add(&cache_gen, 1, __ATOMIC_RELEASE);
+    struct auth *a = xcalloc(1, sizeof(*a));
+    a->reg = reg;
+    a->gen = 1;
+    pthread_mutex_init(&a->token_lock, NULL);
+    pthread_mutex_init(&a->access_lock, NULL);
+    *out = a;
+    return 0;
+}
+
+void auth_free(struct auth *a)
+{
+    if (!a) {
+        return;
+    }
+    pthread_mutex_destroy(&a->token_lock);
+    pthread_mutex_destroy(&a->access_lock);
+    free(a);
+}
+
+void auth_cache_invalidate(struct auth *a)
+{
+    if (a) {
+        __atomic_fetch_add(&a->gen, 1, __ATOMIC_RELEASE);
+    }
 }
 
 static uint64_t fnv1a(const char *s, uint64_t h)
@@ -69,12 +96,17 @@ static uint64_t fnv1a(const char *s, uint64_t h)
     return h;
 }
 
-static int token_cached(const char hash[65], struct auth_info *out)
+static struct token_slot *token_slot_for(struct auth *a, const char hash[65])
 {
-    struct token_slot *t = &token_cache[fnv1a(hash, 1469598103934665603ull) % TOKEN_SLOTS];
-    uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
+    return &a->token_cache[fnv1a(hash, 1469598103934665603ull) % TOKEN_SLOTS];
+}
+
+static int token_cached(struct auth *a, const char hash[65], struct auth_info *out)
+{
+    struct token_slot *t = token_slot_for(a, hash);
+    uint64_t gen = __atomic_load_n(&a->gen, __ATOMIC_ACQUIRE);
     int hit = 0;
-    pthread_mutex_lock(&token_lock);
+    pthread_mutex_lock(&a->token_lock);
     /* The token's own expiry is checked too: an entry filled just before it would otherwise
      * let an expired token in for up to AUTH_CACHE_TTL_MS. */
     if (t->gen == gen && t->expires_ms > clock_mono_ms() && strcmp(t->hash, hash) == 0 &&
@@ -82,62 +114,65 @@ static int token_cached(const char hash[65], struct auth_info *out)
         *out = t->who;
         hit = 1;
     }
-    pthread_mutex_unlock(&token_lock);
+    pthread_mutex_unlock(&a->token_lock);
     return hit;
 }
 
-static void token_store(const char hash[65], uint64_t gen, const struct auth_info *who)
+static void token_store(struct auth *a, const char hash[65], uint64_t gen,
+                        const struct auth_info *who)
 {
-    struct token_slot *t = &token_cache[fnv1a(hash, 1469598103934665603ull) % TOKEN_SLOTS];
-    pthread_mutex_lock(&token_lock);
+    struct token_slot *t = token_slot_for(a, hash);
+    pthread_mutex_lock(&a->token_lock);
     memcpy(t->hash, hash, 65);
     t->gen = gen;
     t->expires_ms = clock_mono_ms() + AUTH_CACHE_TTL_MS;
     t->who = *who;
-    pthread_mutex_unlock(&token_lock);
+    pthread_mutex_unlock(&a->token_lock);
 }
 
-static struct access_slot *access_slot_for(const char *sid, const struct auth_info *who)
+static struct access_slot *access_slot_for(struct auth *a, const char *sid,
+                                           const struct auth_info *who)
 {
     uint64_t h = fnv1a(sid, 1469598103934665603ull);
     h = fnv1a(who->user_id, h ^ 0xff);
     h = fnv1a(who->role, h ^ 0xfe);
-    return &access_cache[h % ACCESS_SLOTS];
+    return &a->access_cache[h % ACCESS_SLOTS];
 }
 
-static int access_cached(const char *sid, const struct auth_info *who, int *rank)
+static int access_cached(struct auth *a, const char *sid, const struct auth_info *who, int *rank)
 {
-    struct access_slot *a = access_slot_for(sid, who);
-    uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
+    struct access_slot *x = access_slot_for(a, sid, who);
+    uint64_t gen = __atomic_load_n(&a->gen, __ATOMIC_ACQUIRE);
     int hit = 0;
-    pthread_mutex_lock(&access_lock);
-    if (a->gen == gen && a->expires_ms > clock_mono_ms() && strcmp(a->sid, sid) == 0 &&
-        strcmp(a->user, who->user_id) == 0 && strcmp(a->trole, who->role) == 0) {
-        *rank = a->rank;
+    pthread_mutex_lock(&a->access_lock);
+    if (x->gen == gen && x->expires_ms > clock_mono_ms() && strcmp(x->sid, sid) == 0 &&
+        strcmp(x->user, who->user_id) == 0 && strcmp(x->trole, who->role) == 0) {
+        *rank = x->rank;
         hit = 1;
     }
-    pthread_mutex_unlock(&access_lock);
+    pthread_mutex_unlock(&a->access_lock);
     return hit;
 }
 
-static void access_store(const char *sid, const struct auth_info *who, uint64_t gen, int rank)
+static void access_store(struct auth *a, const char *sid, const struct auth_info *who, uint64_t gen,
+                         int rank)
 {
-    struct access_slot *a = access_slot_for(sid, who);
-    if (strlen(sid) >= sizeof(a->sid) || strlen(who->user_id) >= sizeof(a->user) ||
-        strlen(who->role) >= sizeof(a->trole)) {
+    struct access_slot *x = access_slot_for(a, sid, who);
+    if (strlen(sid) >= sizeof(x->sid) || strlen(who->user_id) >= sizeof(x->user) ||
+        strlen(who->role) >= sizeof(x->trole)) {
         return;
     }
-    pthread_mutex_lock(&access_lock);
-    snprintf(a->sid, sizeof(a->sid), "%s", sid);
-    snprintf(a->user, sizeof(a->user), "%s", who->user_id);
-    snprintf(a->trole, sizeof(a->trole), "%s", who->role);
-    a->gen = gen;
-    a->expires_ms = clock_mono_ms() + AUTH_CACHE_TTL_MS;
-    a->rank = rank;
-    pthread_mutex_unlock(&access_lock);
+    pthread_mutex_lock(&a->access_lock);
+    snprintf(x->sid, sizeof(x->sid), "%s", sid);
+    snprintf(x->user, sizeof(x->user), "%s", who->user_id);
+    snprintf(x->trole, sizeof(x->trole), "%s", who->role);
+    x->gen = gen;
+    x->expires_ms = clock_mono_ms() + AUTH_CACHE_TTL_MS;
+    x->rank = rank;
+    pthread_mutex_unlock(&a->access_lock);
 }
 
-int auth_bearer(struct registry *reg, const char *authorization, struct auth_info *out)
+int auth_bearer(struct auth *a, const char *authorization, struct auth_info *out)
 {
     const char *p = authorization;
     char secret[256];
@@ -166,16 +201,16 @@ int auth_bearer(struct registry *reg, const char *authorization, struct auth_inf
     secret[n] = 0;
     char hash[65];
     util_sha256_hex(secret, n, hash);
-    if (token_cached(hash, out)) {
+    if (token_cached(a, hash, out)) {
         explicit_bzero(secret, sizeof(secret));
         return 0;
     }
     /* The generation is read before the lookup: an invalidation racing with it wins. */
-    uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
-    int rc = registry_token_auth(reg, secret, out);
+    uint64_t gen = __atomic_load_n(&a->gen, __ATOMIC_ACQUIRE);
+    int rc = registry_token_auth(a->reg, secret, out);
     explicit_bzero(secret, sizeof(secret));
     if (rc == 0) {
-        token_store(hash, gen, out);
+        token_store(a, hash, gen, out);
     }
     return rc == 0 ? 0 : ERR_AUTH;
 }
@@ -197,21 +232,21 @@ static int rank(const char *role)
     return 0;
 }
 
-int auth_session(struct registry *reg, const char *sid, const struct auth_info *who, int need,
+int auth_session(struct auth *a, const char *sid, const struct auth_info *who, int need,
                  const char **role_out)
 {
-    static const char *names[] = {NULL, "viewer", "writer", "owner"};
+    static const char *const names[] = {NULL, "viewer", "writer", "owner"};
     const char *role = NULL;
     int have;
-    if (!access_cached(sid, who, &have)) {
-        uint64_t gen = __atomic_load_n(&cache_gen, __ATOMIC_ACQUIRE);
-        int rc = registry_session_access(reg, sid, who, &role);
+    if (!access_cached(a, sid, who, &have)) {
+        uint64_t gen = __atomic_load_n(&a->gen, __ATOMIC_ACQUIRE);
+        int rc = registry_session_access(a->reg, sid, who, &role);
         if (rc) {
             return rc;
         }
         have = rank(role);
         if (have) {
-            access_store(sid, who, gen, have);
+            access_store(a, sid, who, gen, have);
         }
     }
     if (have == 0) {
@@ -281,8 +316,9 @@ out:
 /* The bootstrap admin token is whichever secret the environment or admin.token gives now: one
  * registered by an earlier start with another secret is revoked, so rotating
  * SESSIOND_ADMIN_TOKEN ends the old one. Admin tokens minted through the API are kept. */
-static int revoke_previous_bootstrap(struct registry *reg, const char *keep_id)
+static int revoke_previous_bootstrap(struct auth *a, const char *keep_id)
 {
+    struct registry *reg = a->reg;
     json_t *gone = NULL;
     size_t i;
     json_t *v;
@@ -300,14 +336,15 @@ static int revoke_previous_bootstrap(struct registry *reg, const char *keep_id)
                             keep_id));
     }
     if (json_array_size(gone)) {
-        auth_cache_invalidate();
+        auth_cache_invalidate(a);
     }
     json_decref(gone);
     return 0;
 }
 
-int auth_bootstrap_admin(struct registry *reg, const struct config *cfg)
+int auth_bootstrap_admin(struct auth *a, const struct config *cfg)
 {
+    struct registry *reg = a->reg;
     char secret[256];
     char id[40];
     char *path = xasprintf("%s/admin.token", cfg->data_dir);
@@ -339,7 +376,7 @@ int auth_bootstrap_admin(struct registry *reg, const struct config *cfg)
         LOG_ERROR("auth: cannot register the admin token: %s", err_str(rc));
         goto out;
     }
-    rc = revoke_previous_bootstrap(reg, id);
+    rc = revoke_previous_bootstrap(a, id);
 out:
     explicit_bzero(secret, sizeof(secret));
     free(path);

@@ -11,7 +11,7 @@
  *                     drained and discarded for up to DRAIN_MAX_US (a 413 sent with unread
  *                     bytes in the socket would reach the client as a reset).
  *   on_request last   *upload_data_size == 0: auth, handler, queue the reply.
- *   completed_cb      request log line, ws_upgrade_complete(), free.
+ *   completed_cb      request log line, http_config.upgrade_complete(), free.
  * Threads: a struct req is touched only by the pool thread that owns its connection.
  * http->inflight is atomic (read by http_stop on the main thread).
  */
@@ -29,7 +29,6 @@
 #include "server/app.h"
 #include "server/auth.h"
 #include "server/config.h"
-#include "server/ws/ws_upgrade.h"
 #include "storage/registry.h"
 
 #include <arpa/inet.h>
@@ -58,6 +57,7 @@
 struct http {
     struct MHD_Daemon *d;
     struct app *app;
+    struct http_config hc;
     int port;
     atomic_int inflight;
 };
@@ -262,7 +262,7 @@ int req_authenticate(struct req *r)
     if (r->authed) {
         return 0;
     }
-    int rc = auth_bearer(r->app->reg, req_header(r, "Authorization"), &r->auth);
+    int rc = auth_bearer(r->app->auth, req_header(r, "Authorization"), &r->auth);
     if (rc == 0) {
         r->authed = 1;
     }
@@ -482,7 +482,7 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
     if (r->upgrade_ctx) {
         void *u = r->upgrade_ctx;
         r->upgrade_ctx = NULL;
-        ws_upgrade_complete(h->app, u);
+        h->hc.upgrade_complete(h->app, u); /* set with upgrade_begin, which made u */
     }
     int status = r->upgraded ? 101 : (r->phase == 2 ? r->status : 0);
     if (h->app->cfg->request_log && LOG_LEVEL_INFO >= log_threshold) {
@@ -604,6 +604,34 @@ static int uri_has_control(const char *raw)
     return 0;
 }
 
+/* CORS, for every request with an Origin: Access-Control-* headers for an allowed one; a
+ * preflight (OPTIONS) is answered here. Allowed origins are public_url's origin and cfg->origins
+ * (configure the extension as "chrome-extension://<id>"). Allowed origins get credentials mode
+ * too, so the extension may use cookies or the Authorization header alike; a preflight from any
+ * other origin is refused with 403 and no CORS headers. */
+static int cors(struct req *r, const char *origin, int preflight)
+{
+    struct app *app = req_app(r);
+    int allowed = origin && app && app->cfg && config_origin_allowed(app->cfg, origin);
+    req_add_header(r, "Vary", "Origin");
+    if (allowed) {
+        req_add_header(r, "Access-Control-Allow-Origin", origin);
+        req_add_header(r, "Access-Control-Allow-Credentials", "true");
+        req_add_header(r, "Access-Control-Expose-Headers", "ETag, Retry-After, Location");
+    }
+    if (!preflight) {
+        return 0;
+    }
+    if (!allowed) {
+        return req_fail(r, ERR_FORBIDDEN, "origin %s is not allowed", origin ? origin : "(none)");
+    }
+    req_add_header(r, "Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
+    req_add_header(r, "Access-Control-Allow-Headers",
+                   "Authorization, Content-Type, If-None-Match, X-Requested-With");
+    req_add_header(r, "Access-Control-Max-Age", "600");
+    return req_reply_empty(r, 204);
+}
+
 static void dispatch(struct req *r);
 
 /* First call: headers are complete, nothing of the body has been read. */
@@ -622,7 +650,8 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
          * one a proxy saw: neither authenticated, upgraded nor dispatched. */
         req_fail(r, ERR_INVALID, "encoded '/' or NUL byte in the path");
     } else {
-        r->route = http_route_find(http_routes, method, url, &r->pp, r->allow, sizeof(r->allow));
+        r->route =
+            http_route_find(r->h->hc.routes, method, url, &r->pp, r->allow, sizeof(r->allow));
     }
     r->body_max = (size_t)cfg->max_body;
     if (r->route && (r->route->flags & ROUTE_ARTIFACT_BODY)) {
@@ -637,7 +666,8 @@ static enum MHD_Result on_headers(struct req *r, const char *url, const char *me
     if (r->route && (r->route->flags & ROUTE_WEBSOCKET) && strcmp(r->method, "GET") == 0 &&
         is_websocket_upgrade(r)) {
         void *ctx = NULL;
-        int rc = ws_upgrade_begin(r->app, r->conn, r->raw_uri, &ctx);
+        int rc = r->h->hc.upgrade_begin ? r->h->hc.upgrade_begin(r->app, r->conn, r->raw_uri, &ctx)
+                                        : ERR_UNSUPPORTED;
         if (rc == 0) {
             r->upgrade_ctx = ctx;
             r->upgraded = 1;
@@ -682,14 +712,14 @@ static void dispatch(struct req *r)
         return;
     }
     if (strcmp(r->method, "OPTIONS") == 0) {
-        api_cors(r, origin, 1);
+        cors(r, origin, 1);
         if (!r->reply_set) {
             req_reply_empty(r, 204);
         }
         return;
     }
     if (origin) {
-        api_cors(r, origin, 0);
+        cors(r, origin, 0);
     }
     if (!r->route) {
         if (r->allow[0]) {
@@ -786,7 +816,7 @@ static void mhd_log(void *cls, const char *fm, va_list ap)
     LOG_WARN("mhd: %s", msg);
 }
 
-int http_start(struct app *app, unsigned conn_limit, struct http **out)
+int http_start(struct app *app, const struct http_config *hc, struct http **out)
 {
     const struct config *cfg = app->cfg;
     char host[256];
@@ -817,12 +847,13 @@ int http_start(struct app *app, unsigned conn_limit, struct http **out)
     }
     h = xcalloc(1, sizeof(*h));
     h->app = app;
+    h->hc = *hc;
     atomic_init(&h->inflight, 0);
     h->d = MHD_start_daemon(
         flags, (uint16_t)port, NULL, NULL, &on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_URI_LOG_CALLBACK,
         uri_log_cb, h, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h, MHD_OPTION_CONNECTION_LIMIT,
-        conn_limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout,
+        hc->conn_limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
         MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_END);
     freeaddrinfo(ai);
@@ -856,7 +887,9 @@ void http_stop(struct http *h, int grace_s)
     if (atomic_load(&h->inflight) > 0) {
         /* Deferred requests (suspended connections) must be answered before the daemon
          * stops: MHD would free them while another thread still holds them. */
-        api_abort_deferred(h->app);
+        if (h->hc.abort_deferred) {
+            h->hc.abort_deferred(h->hc.ctx);
+        }
         deadline = clock_mono_ms() + 1000;
         while (atomic_load(&h->inflight) > 0 && clock_mono_ms() < deadline) {
             struct timespec ts = {0, 10000000L};

@@ -1,8 +1,10 @@
 /*
  * http.h - the libmicrohttpd daemon: listening socket, request collection, routing, replies,
- * the request log and the WebSocket hand-off. Endpoints themselves are in api.h/routes.c.
+ * CORS, the request log and the WebSocket hand-off. The route table (api.h/routes.c), the
+ * hand-off itself (ws/) and the shutdown of deferred requests are handed in by app.c through
+ * struct http_config, so this file knows no endpoint and no part above it.
  *
- * Threads: http_start/http_stop are called by main.c only. Requests run on the MHD thread
+ * Threads: http_start/http_stop are called by app.c only. Requests run on the MHD thread
  * pool (cfg->threads, epoll, TURBO); each request's state belongs to the thread serving it.
  */
 #ifndef SESSIOND_HTTP_H
@@ -14,10 +16,27 @@
 struct app;
 struct http;
 struct route;
+struct MHD_Connection;
 
-/** Bind cfg->listen and start serving. conn_limit caps simultaneous connections (matched to
- * RLIMIT_NOFILE by main.c). *out owned by the caller: http_stop(). */
-int http_start(struct app *app, unsigned conn_limit, struct http **out);
+/** What the daemon serves and whom it tells at shutdown (filled by app.c). */
+struct http_config {
+    const struct route *routes; /* the route table (api.h), terminated by method NULL */
+    unsigned conn_limit;        /* simultaneous connections (matched to RLIMIT_NOFILE) */
+    /* Called by http_stop (main thread) after the grace period when requests are still in
+     * flight: it must answer every deferred request (req_defer) so none is freed while
+     * suspended. May be NULL. */
+    void (*abort_deferred)(void *ctx);
+    void *ctx;
+    /* The WebSocket hand-off (server/ws/ws_upgrade.h: ws_upgrade_begin/complete), for routes
+     * flagged ROUTE_WEBSOCKET. NULL: upgrades are answered 501. */
+    int (*upgrade_begin)(struct app *app, struct MHD_Connection *c, const char *raw_uri,
+                         void **upgrade_ctx);
+    void (*upgrade_complete)(struct app *app, void *upgrade_ctx);
+};
+
+/** Bind app->cfg->listen and start serving hc->routes (hc is copied). *out owned by the
+ * caller: http_stop(). */
+int http_start(struct app *app, const struct http_config *hc, struct http **out);
 /** The port actually bound (useful with port 0). */
 int http_port(const struct http *h);
 /** Stop accepting, let requests in flight finish (at most grace_s seconds), stop the threads

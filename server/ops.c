@@ -25,8 +25,7 @@
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/runner.h"
-#include "server/api/api.h"
-#include "server/api/api_sandbox.h"
+#include "workspace/repos.h"
 #include "server/app.h"
 #include "server/auth.h"
 #include "server/config.h"
@@ -53,10 +52,31 @@ void ops_answer_free(struct ops_answer *ans)
     }
 }
 
+/* The wall clock in ms leads the hex part so ids sort by creation time: messages.id and
+ * prompts.id are TEXT primary keys, and random ids would scatter every insert over the whole
+ * index b-tree (one more random page per message in the WAL and the page cache); time-ordered
+ * ids append to its rightmost leaf. 12 hex digits of ms + 8 random. */
+char *ops_new_id(const char *prefix)
+{
+    char rnd[9];
+    util_random_hex(rnd, 4);
+    return xasprintf("%s%012llx%s", prefix, (unsigned long long)clock_now_ms(), rnd);
+}
+
+int ops_tx_append_json(struct sess_tx *tx, const char *type, const struct author *by, json_t *data,
+                       int64_t *seq_out)
+{
+    char *js = jx_dump(data);
+    json_decref(data);
+    int rc = sess_tx_append(tx, type, by, js, seq_out);
+    free(js);
+    return rc;
+}
+
 int ops_session_access(struct app *app, const struct auth_info *actor, const char *sid, int need,
                        struct ops_answer *ans)
 {
-    int rc = auth_session(app->reg, sid, actor, need, NULL);
+    int rc = auth_session(app->auth, sid, actor, need, NULL);
     switch (rc) {
     case 0:
         break;
@@ -442,9 +462,9 @@ int ops_message_create(struct app *app, const struct auth_info *a, const char *s
     if (rc) {
         goto out;
     }
-    mid = api_new_sorted_id("m_");
+    mid = ops_new_id("m_");
     if (rq.run) {
-        pid = api_new_sorted_id("p_");
+        pid = ops_new_id("p_");
     }
     message_event(&ev, &rq, mid, pid);
     op.message_id = mid;
@@ -486,7 +506,7 @@ int ops_message_create(struct app *app, const struct auth_info *a, const char *s
         }
     }
     if (pid) {
-        api_prompt_queued(app, sid);
+        runner_kick(app->runner, sid); /* committed: the runner may start it */
     }
 answer:
     *out =
@@ -610,7 +630,7 @@ int ops_session_create(struct app *app, const struct auth_info *a, json_t *body,
     if (rc) {
         LOG_ERROR("api: session %s: cannot create its file: %s", id, err_str(rc));
         registry_session_set_state(app->reg, id, "purged");
-        auth_cache_invalidate();
+        auth_cache_invalidate(app->auth);
         snprintf(ans->msg, sizeof(ans->msg), "cannot create the session file");
         goto out;
     }
@@ -618,8 +638,8 @@ int ops_session_create(struct app *app, const struct auth_info *a, json_t *body,
     ans->json = row;
     row = NULL;
     LOG_INFO("api: session %s created by %s", id, a->user_id);
-    if (repo && *repo) {
-        api_session_started(app, id); /* workspace + sandbox in the background now */
+    if (repo && *repo && repos_session_has_repo(app->repos, id)) {
+        runner_prestart(app->runner, id); /* workspace + sandbox in the background now */
     }
 out:
     sess_put(s);

@@ -18,9 +18,12 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct app;
 struct auth_info;
+struct author;
+struct sess_tx;
 
 /** The outcome of an operation. Initialise with {0}; free with ops_answer_free(). */
 struct ops_answer {
@@ -33,6 +36,15 @@ struct ops_answer {
 
 /** Drop ans->json (the struct itself is the caller's). */
 void ops_answer_free(struct ops_answer *ans);
+
+/** A new id "<prefix><12 hex ms><8 hex random>" for a message, prompt or artifact: unique, and
+ * sorted by creation time (cheap inserts into TEXT primary keys). Caller frees. */
+char *ops_new_id(const char *prefix);
+
+/** Inside a session write (sess_write's callback): append an event of type whose data is the
+ * JSON object data (stolen), by author by (may be NULL). *seq_out (may be NULL) gets its seq. */
+int ops_tx_append_json(struct sess_tx *tx, const char *type, const struct author *by, json_t *data,
+                       int64_t *seq_out);
 
 /** Check actor's access to session sid (AUTH_READ/WRITE/OWNER of auth.h), with the REST
  * API's messages: ERR_NOT_FOUND, ERR_GONE, ERR_FORBIDDEN. */

@@ -5,14 +5,14 @@
  * patterns ({*path}) last.
  */
 #include "server/api/api.h"
+#include "server/api/api_audit.h"
 #include "server/api/api_repos.h"
 #include "server/api/api_agents.h"
 #include "server/api/api_sandbox.h"
 #include "server/slack/slack.h"
-#include "server/audit.h"
 #include "server/static.h"
 #include "server/ws/ws_upgrade.h"
-#include "server/metrics.h"
+#include "server/api/api_metrics.h"
 
 #include <stddef.h>
 

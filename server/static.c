@@ -1,13 +1,11 @@
 /*
- * static.c - serves the embedded web UI (see static.h) and answers CORS for the browser
- * extension's origins.
+ * static.c - serves the embedded web UI (see static.h).
  *
  * The files live in static_files[] (build/gen/webfiles.c, generated from web/ by
  * tools/embed_web.sh), so the installed binary needs no web root on disk. Lookups are a
  * linear scan of a dozen entries: cheaper than anything else we could build.
  *
- * Threads: csp is written once by static_set_config() before the HTTP threads start and only
- * read afterwards.
+ * Threads: any; the CSP is app->csp, built once by app.c before the HTTP threads start.
  */
 #include "server/static.h"
 
@@ -24,8 +22,6 @@
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "        \
     "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "                  \
     "form-action 'none'; object-src 'none'; frame-ancestors 'self'"
-
-static char *csp; /* NULL until static_set_config(); then owned here for the process life */
 
 const struct static_file *static_find(const char *path)
 {
@@ -89,7 +85,7 @@ void static_lookup(const char *url_path, const char *if_none_match, struct stati
     out->status = etag_matches(if_none_match, out->file->etag) ? 304 : 200;
 }
 
-void static_set_config(const struct config *cfg)
+char *static_csp_new(const struct config *cfg)
 {
     struct buf b;
     buf_init(&b, 0);
@@ -104,13 +100,7 @@ void static_set_config(const struct config *cfg)
             }
         }
     }
-    free(csp);
-    csp = buf_detach(&b, &(size_t){0});
-}
-
-const char *static_csp(void)
-{
-    return csp ? csp : CSP_BASE;
+    return buf_detach(&b, &(size_t){0});
 }
 
 int api_static(struct req *r)
@@ -125,40 +115,12 @@ int api_static(struct req *r)
     req_add_header(r, "X-Content-Type-Options", "nosniff");
     req_add_header(r, "Referrer-Policy", "no-referrer");
     if (strncmp(sr.file->ctype, "text/html", 9) == 0) {
-        req_add_header(r, "Content-Security-Policy", static_csp());
+        const char *csp = req_app(r)->csp;
+        req_add_header(r, "Content-Security-Policy", csp ? csp : CSP_BASE);
         req_add_header(r, "Cross-Origin-Opener-Policy", "same-origin");
     }
     if (sr.status == 304) {
         return req_reply_empty(r, 304);
     }
     return req_reply_bytes(r, 200, sr.file->ctype, sr.file->data, sr.file->len);
-}
-
-/*
- * CORS (declared in api.h, called by http.c for every request with an Origin). Allowed origins are
- * public_url's origin and cfg->origins (configure the extension as "chrome-extension://<id>").
- * Allowed origins get credentials mode too, so the extension may use cookies or the Authorization
- * header alike; a preflight from any other origin is refused with 403 and no CORS headers.
- */
-int api_cors(struct req *r, const char *origin, int preflight)
-{
-    struct app *app = req_app(r);
-    int allowed = origin && app && app->cfg && config_origin_allowed(app->cfg, origin);
-    req_add_header(r, "Vary", "Origin");
-    if (allowed) {
-        req_add_header(r, "Access-Control-Allow-Origin", origin);
-        req_add_header(r, "Access-Control-Allow-Credentials", "true");
-        req_add_header(r, "Access-Control-Expose-Headers", "ETag, Retry-After, Location");
-    }
-    if (!preflight) {
-        return 0;
-    }
-    if (!allowed) {
-        return req_fail(r, ERR_FORBIDDEN, "origin %s is not allowed", origin ? origin : "(none)");
-    }
-    req_add_header(r, "Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
-    req_add_header(r, "Access-Control-Allow-Headers",
-                   "Authorization, Content-Type, If-None-Match, X-Requested-With");
-    req_add_header(r, "Access-Control-Max-Age", "600");
-    return req_reply_empty(r, 204);
 }

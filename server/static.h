@@ -6,10 +6,9 @@
  * connections to our own origin only, framing by our origin and the configured
  * chrome-extension:// origins, for the extension's side panel), a strong ETag (If-None-Match
  * gets 304) and "Cache-Control: no-cache" (always revalidated, so a new binary's UI is picked
- * up at once). Also here: the CORS hook of api.h for the extension's origins.
+ * up at once). CORS for the extension's origins is answered by http.c for every route.
  *
- * Threads: static_set_config() once at start-up (before the HTTP threads); everything else is
- * read-only and thread safe.
+ * Threads: read-only and thread safe.
  */
 #ifndef SESSIOND_STATIC_H
 #define SESSIOND_STATIC_H
@@ -43,11 +42,10 @@ struct static_reply {
  * NULL). */
 void static_lookup(const char *url_path, const char *if_none_match, struct static_reply *out);
 
-/** Build the Content-Security-Policy from the configuration (frame-ancestors gets the
- * chrome-extension:// origins of cfg->origins). cfg may be NULL. Call once at start-up. */
-void static_set_config(const struct config *cfg);
-/** The Content-Security-Policy header value. */
-const char *static_csp(void);
+/** The Content-Security-Policy header value for the configuration (frame-ancestors gets the
+ * chrome-extension:// origins of cfg->origins; cfg NULL: the base policy). Caller frees; app.c
+ * keeps it in app->csp, which api_static sends. */
+char *static_csp_new(const struct config *cfg);
 
 /** GET / and GET /ui/{*path} (route handler, ROUTE_PUBLIC). */
 int api_static(struct req *r);

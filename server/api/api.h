@@ -133,25 +133,6 @@ void req_defer(struct req *r);
 /** From any thread, after req_defer: set the reply first (req_reply_* / req_fail), then call
  * this; the pool thread sends it. r must not be touched afterwards. */
 void req_resume(struct req *r);
-/** Shutdown hook (http_stop, after the grace period, before the daemon stops): answer every
- * request still deferred (503) so none is freed while suspended. The sandbox API
- * (synchronous execs, api_sandbox.c) implements it. */
-void api_abort_deferred(struct app *app);
-
-/* ---- calls between the parts of server/ (each implemented once, by the part named) ---- */
-
-/** A prompt was queued in session_id (committed). Called on the HTTP thread right after the
- * commit; must not block. api_sandbox.c implements it (kicks the runner). */
-void api_prompt_queued(struct app *app, const char *session_id);
-/** The session was ended (DELETE) or purged: stop its sandbox (api_sandbox.c). */
-void api_session_ended(struct app *app, const char *session_id, int purged);
-/** Who is connected to session_id now: a JSON array (new reference) or NULL when unknown.
- * The WebSocket side implements it (ws_upgrade.c). */
-json_t *api_session_presence(struct app *app, const char *session_id);
-/** CORS: add Access-Control-* headers for an allowed Origin. preflight = 1 for an OPTIONS
- * request, which must then be answered here (req_reply_empty(r, 204) or req_fail).
- * Origins from config_origin_allowed() (static.c). */
-int api_cors(struct req *r, const char *origin, int preflight);
 
 /* ---- the REST endpoints (server/api/) ---- */
 
@@ -178,13 +159,18 @@ int api_tokens_delete(struct req *r);
 
 /* ---- shared by the api_*.c files ---- */
 
-/** A new id "<prefix><12 hex ms><8 hex random>": unique, and sorted by creation time (cheap
- * inserts into TEXT primary keys). Caller frees. */
-char *api_new_sorted_id(const char *prefix);
-
 /** Look up the session {id} for the caller with the needed access (AUTH_READ / AUTH_WRITE /
  * AUTH_OWNER, auth.h). Sets the error reply (404, 410, 403) on failure. *role_out may be
  * NULL. */
 int api_session_access(struct req *r, const char *sid, int need, const char **role_out);
+
+/** Answer a page of a registry listing (rc and page from the listing call; page stolen): 200,
+ * or 400 "malformed cursor" for ERR_INVALID, or the error of rc. */
+int api_reply_page(struct req *r, int rc, json_t *page);
+
+struct sess;
+/** Open session sid's file for this request (*out: sess_put when done). On error the reply
+ * "cannot open session <sid>: <reason>" is set. */
+int api_session_open(struct req *r, const char *sid, struct sess **out);
 
 #endif

@@ -15,6 +15,7 @@
 #include "common/xmem.h"
 #include "server/api/api.h"
 #include "server/app.h"
+#include "server/ops.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "storage/artifacts.h"
@@ -90,13 +91,11 @@ static int art_tx(struct sess_tx *tx, void *arg)
     if (rc) {
         return rc;
     }
-    json_t *d = json_pack("{s:s,s:s,s:s?,s:s,s:I}", "artifact_id", op->id, "type", op->type, "path",
-                          op->path, "mime", op->mime, "size", (json_int_t)op->len);
-    char *data = jx_dump(d);
-    json_decref(d);
-    rc = sess_tx_append(tx, "artifact.created", op->author, data, &op->seq);
-    free(data);
-    return rc;
+    return ops_tx_append_json(tx, "artifact.created", op->author,
+                              json_pack("{s:s,s:s,s:s?,s:s,s:I}", "artifact_id", op->id, "type",
+                                        op->type, "path", op->path, "mime", op->mime, "size",
+                                        (json_int_t)op->len),
+                              &op->seq);
 }
 
 static int is_json_ctype(const char *ct)
@@ -111,7 +110,6 @@ static int is_json_ctype(const char *ct)
 
 int api_artifacts_post(struct req *r)
 {
-    struct app *app = req_app(r);
     const struct auth_info *a = req_auth(r);
     const char *sid = req_param(r, "id");
     const char *ctype = req_header(r, "Content-Type");
@@ -187,12 +185,11 @@ int api_artifacts_post(struct req *r)
         rc = req_fail(r, ERR_INVALID, "path (1024) or mime (127 bytes) too long");
         goto out;
     }
-    rc = store_session_get(app->store, sid, &s);
+    rc = api_session_open(r, sid, &s);
     if (rc) {
-        rc = req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
         goto out;
     }
-    id = api_new_sorted_id("a_");
+    id = ops_new_id("a_");
     struct author who = {a->user_id, a->name, a->email};
     op.id = id;
     op.type = type;
@@ -249,9 +246,9 @@ int api_artifacts_list(struct req *r)
     if (rc) {
         return rc;
     }
-    rc = store_session_get(req_app(r)->store, sid, &s);
+    rc = api_session_open(r, sid, &s);
     if (rc) {
-        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        return rc;
     }
     lr.arr = json_array();
     rc = sess_view(s, art_list_rd, &lr);
@@ -293,9 +290,9 @@ int api_artifact_get(struct req *r)
     memset(&g, 0, sizeof(g));
     g.aid = req_param(r, "aid");
     buf_init(&g.data, 0);
-    rc = store_session_get(req_app(r)->store, sid, &s);
+    rc = api_session_open(r, sid, &s);
     if (rc) {
-        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        return rc;
     }
     rc = sess_view(s, art_get_rd, &g);
     sess_put(s);

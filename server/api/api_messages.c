@@ -31,18 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A new id whose hex part starts with the wall clock in ms, so ids sort by creation time.
- * messages.id and prompts.id are TEXT primary keys: random ids would scatter every insert
- * over the whole index b-tree (one more random page per message in the WAL and the page
- * cache); time-ordered ids append to its rightmost leaf. 12 hex digits of ms + 8 random.
- * Caller frees. */
-char *api_new_sorted_id(const char *prefix)
-{
-    char rnd[9];
-    util_random_hex(rnd, 4);
-    return xasprintf("%s%012llx%s", prefix, (unsigned long long)clock_now_ms(), rnd);
-}
-
 int api_messages_post(struct req *r)
 {
     struct app *app = req_app(r);
@@ -134,9 +122,9 @@ int api_messages_list(struct req *r)
     if (rc) {
         return rc;
     }
-    rc = store_session_get(req_app(r)->store, sid, &s);
+    rc = api_session_open(r, sid, &s);
     if (rc) {
-        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        return rc;
     }
     lr.arr = json_array();
     lr.last = lr.after;
@@ -172,9 +160,9 @@ int api_events_list(struct req *r)
     if (rc) {
         return rc;
     }
-    rc = store_session_get(req_app(r)->store, sid, &s);
+    rc = api_session_open(r, sid, &s);
     if (rc) {
-        return req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc));
+        return rc;
     }
     buf_init(&b, 0);
     buf_puts(&b, "{\"events\":[");

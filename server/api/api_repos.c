@@ -19,14 +19,13 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
-#include "agents/agents.h"
 #include "workspace/ghapp.h"
 #include "workspace/github.h"
 #include "workspace/repos.h"
 #include "workspace/snap/snap.h"
 #include "server/api/api.h"
+#include "server/api/api_audit.h"
 #include "server/app.h"
-#include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/secrets.h"
@@ -38,166 +37,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- start / stop ---- */
-
-/* Add (or update) every repository of the config's repos.file: [{name, url, ...}] or
- * {"repos":[…]}. A bad entry stops the start with a clear message. */
-static int load_repos_file(struct repos *rp, const char *path)
-{
-    json_error_t jerr;
-    json_t *doc = json_load_file(path, 0, &jerr);
-    json_t *list = json_is_object(doc) ? json_object_get(doc, "repos") : doc;
-    int rc = 0;
-    if (!json_is_array(list)) {
-        LOG_ERROR("main: %s must hold a JSON array of repositories (%s)", path,
-                  doc ? "not an array" : jerr.text);
-        json_decref(doc);
-        return ERR_INVALID;
-    }
-    size_t i;
-    json_t *spec;
-    json_array_foreach(list, i, spec)
-    {
-        char msg[200] = "";
-        json_t *out = NULL;
-        rc = repos_create(rp, spec, NULL, msg, sizeof(msg));
-        if (rc == ERR_CONFLICT) {
-            json_t *patch = json_deep_copy(spec);
-            const char *name = json_string_value(json_object_get(spec, "name"));
-            json_object_del(patch, "name");
-            rc = repos_update(rp, name, patch, &out, msg, sizeof(msg));
-            json_decref(patch);
-            json_decref(out);
-        }
-        if (rc != 0) {
-            LOG_ERROR("main: %s: repository #%zu: %s", path, i + 1, msg[0] ? msg : err_str(rc));
-            break;
-        }
-    }
-    if (rc == 0) {
-        LOG_INFO("main: %zu repositories from %s", json_array_size(list), path);
-    }
-    json_decref(doc);
-    return rc;
-}
-
-/* a repository's default agent must be a configured agent (or the server default). */
-static int agent_known(void *ctx, const char *name)
-{
-    struct app *app = ctx;
-    return agents_find(app->agents, name) != NULL ||
-           (app->cfg->agent && strcmp(app->cfg->agent, name) == 0);
-}
-
-/* The GitHub App (app->ghapp) when github.app_id or github.app_key_file is set: both are then
- * required and the key must load, or the server does not start. Freed by api_repos_free (which
- * main calls after a failed start too). */
-static int open_ghapp(struct app *app)
-{
-    const struct config *cfg = app->cfg;
-    char msg[300] = "";
-    if (*cfg->github_app_token) {
-        LOG_WARN("config: github.app_token is deprecated: name the static token github.token "
-                 "(SESSIOND_GITHUB_TOKEN, --github-token)%s",
-                 strcmp(cfg->github_app_token, cfg->github_token) != 0
-                     ? "; github.token is set too and wins"
-                     : "");
-    }
-    if (cfg->github_app_id <= 0 && !*cfg->github_app_key_file) {
-        return 0;
-    }
-    struct ghapp_config gc = {
-        .app_id = cfg->github_app_id,
-        .key_file = cfg->github_app_key_file,
-        .installation_id = cfg->github_installation_id,
-        .api_base = cfg->github_api_base,
-        .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
-    };
-    int rc = ghapp_open(&gc, &app->ghapp, msg, sizeof(msg));
-    if (rc != 0) {
-        LOG_ERROR("main: cannot use the GitHub App: %s", msg);
-        return rc;
-    }
-    LOG_INFO("main: GitHub App %lld, installation %s", (long long)cfg->github_app_id,
-             cfg->github_installation_id > 0 ? "configured" : "looked up per repository");
-    return 0;
-}
-
-int api_repos_start(struct app *app)
-{
-    const struct config *cfg = app->cfg;
-    int rc = open_ghapp(app);
-    if (rc != 0) {
-        return rc;
-    }
-    rc = ERR_NOT_FOUND;
-    if (cfg->secrets_key_env && *cfg->secrets_key_env) {
-        rc = secrets_new_from_env(cfg->secrets_key_env, &app->secrets);
-        if (rc == ERR_INVALID) {
-            LOG_ERROR("main: %s does not hold a 32-byte key (64 hex chars or base64)",
-                      cfg->secrets_key_env);
-            return rc;
-        }
-    }
-    if (rc == ERR_NOT_FOUND) {
-        char *path = *cfg->secrets_key_file ? xstrdup(cfg->secrets_key_file)
-                                            : xasprintf("%s/secrets.key", cfg->data_dir);
-        rc = secrets_new_from_file(path, 1, &app->secrets);
-        if (rc != 0) {
-            LOG_ERROR("main: cannot load the master key %s: %s", path, err_str(rc));
-        }
-        free(path);
-        if (rc != 0) {
-            return rc;
-        }
-    }
-    struct repos_config rcfg = {
-        .data_dir = cfg->data_dir,
-        .store = app->store,
-        .sbx = app->sbx,
-        .snapshot_keep = (int)cfg->repos_snapshot_keep,
-        .snapshot_quota = cfg->repos_snapshot_quota_mib << 20,
-        .image_keep = (int)cfg->repos_image_keep,
-        .pool_max_age_s = (int)cfg->repos_pool_max_age,
-        .sync_wait_ms = (int)cfg->repos_sync_wait_ms,
-        .tick_ms = (int)cfg->repos_tick_ms,
-        .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
-        .ghapp = app->ghapp,
-        .agent_known = agent_known,
-        .agent_ctx = app,
-    };
-    rc = repos_open(&rcfg, &app->repos);
-    if (rc != 0) {
-        LOG_ERROR("main: cannot start the repository layer: %s", err_str(rc));
-        secrets_free(app->secrets);
-        app->secrets = NULL;
-        return rc;
-    }
-    if (*cfg->repos_file) {
-        rc = load_repos_file(app->repos, cfg->repos_file);
-        if (rc != 0) {
-            api_repos_stop(app);
-            api_repos_free(app);
-        }
-    }
-    return rc;
-}
-
-void api_repos_stop(struct app *app)
-{
-    repos_shutdown(app->repos);
-    secrets_free(app->secrets);
-    app->secrets = NULL;
-}
-
-void api_repos_free(struct app *app)
-{
-    repos_close(app->repos);
-    app->repos = NULL;
-    ghapp_free(app->ghapp); /* after the layer, whose clones and fetches use it */
-    app->ghapp = NULL;
-}
 
 /* ---- helpers ---- */
 

@@ -1,8 +1,7 @@
 /*
  * api_sandbox.c - the sandbox endpoints and the glue between the server and sandbox/
  * (api_sandbox.h): exec (sync and async, over the exec pipeline of runner/exec.h), files
- * (confined to the workspace), cancel (a thin handler over ops_prompt_cancel, server/ops.c), and
- * the api_prompt_queued / api_session_ended hooks of the other subsystems.
+ * (confined to the workspace) and cancel (a thin handler over ops_prompt_cancel, server/ops.c).
  *
  * Threads: handlers run on HTTP pool threads and may block (a file write or an exec waits
  * for a workspace sync). A synchronous exec does not hold its thread while the command runs:
@@ -11,21 +10,18 @@
 #include "server/api/api_sandbox.h"
 
 #include "common/buf.h"
-#include "common/clock.h"
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/exec.h"
-#include "sandbox/outpump.h"
-#include "workspace/gitjob.h"
 #include "workspace/repos.h"
 #include "runner/runner.h"
 #include "sandbox/sbx.h"
 #include "server/api/api.h"
+#include "server/api/api_audit.h"
 #include "server/app.h"
-#include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/ops.h"
@@ -44,120 +40,7 @@
 
 #define FILE_READ_MAX ((size_t)64 << 20)
 
-/* ---- start / stop ---- */
-
-/* sbx_config.own_workspace: the ownership walk of the git helper (by descriptors, never through
- * a symlink, confined to the tree), so that the server itself never chowns workspace paths. */
-static void own_workspace(void *arg, const char *dir, int uid, int gid)
-{
-    (void)arg;
-    char *bin = gitjob_default_bin();
-    struct gitjob_cfg gc = {.bin = bin, .uid = uid, .gid = gid};
-    int64_t t0 = clock_mono_us();
-    int rc = gitjob_chown(&gc, dir);
-    if (rc) {
-        LOG_WARN("sandbox: cannot give %s to uid %d: %s", dir, uid, err_str(rc));
-    } else {
-        LOG_INFO("sandbox: %s given to uid %d in %lld us", dir, uid,
-                 (long long)(clock_mono_us() - t0));
-    }
-    free(bin);
-}
-
-int sandbox_start(struct app *app)
-{
-    const struct config *cfg = app->cfg;
-    int rc = outpump_start(&app->pump);
-    if (rc) {
-        return rc;
-    }
-    struct sbx_config sc = {
-        .backend = cfg->sandbox,
-        .data_dir = cfg->data_dir,
-        .uid = (int)cfg->sandbox_uid,
-        .uid_lo = (int)cfg->sandbox_uid_lo,
-        .uid_hi = (int)cfg->sandbox_uid_hi,
-        .own_workspace = own_workspace,
-        .memory_mib = (int)cfg->sandbox_memory_mib,
-        .disk_mib = cfg->sandbox_disk_mib,
-        .pids = (int)cfg->sandbox_pids,
-        .cpus = (int)cfg->sandbox_cpus,
-        .exec_timeout_s = (int)cfg->exec_timeout,
-        .idle_stop_s = (int)cfg->sandbox_idle_stop,
-        .blocked_commands = (const char *const *)cfg->blocked_commands.v,
-        .n_blocked_commands = cfg->blocked_commands.n,
-    };
-    rc = sbx_backend_open(&sc, app->pump, &app->sbx); /* copies sc, with its defaults */
-    if (rc) {
-        /* the backend logged the one line saying why and what to do */
-        outpump_stop(app->pump);
-        app->pump = NULL;
-    }
-    return rc;
-}
-
-int sandbox_runner_start(struct app *app)
-{
-    const struct config *cfg = app->cfg;
-    struct runner_config rcfg = {
-        .agent = cfg->agent,
-        .prompt_timeout_s = (int)cfg->prompt_timeout,
-        .cancel_grace_ms = (int)cfg->cancel_grace_ms,
-        .shutdown_grace_s = (int)cfg->shutdown_grace,
-        .idle_stop_s = (int)cfg->sandbox_idle_stop,
-        .agents = app->agents,
-        .prompt_output_cap = cfg->max_prompt_output_bytes,
-        .session_output_cap = cfg->max_session_output_bytes,
-        .max_sandboxes = (int)cfg->max_sandboxes,
-        .max_sandboxes_per_user = (int)cfg->max_sandboxes_per_user,
-        .max_execs_per_session = (int)cfg->max_execs_per_session,
-        .repos = app->repos,
-    };
-    int rc = runner_start(app->store, app->sbx, app->pump, &rcfg, &app->runner);
-    if (rc) {
-        return rc;
-    }
-    /* A synchronous exec holds no HTTP thread while it waits but buffers its output: at most
-     * half the HTTP threads' worth of them, as the API has always promised. */
-    struct rexec_config xc = {
-        .output_cap = app->sbx->cfg.exec_output_cap,
-        .max_sync = (int)cfg->threads / 2 > 0 ? (int)cfg->threads / 2 : 1,
-        .blocked_commands = app->sbx->cfg.blocked_commands,
-        .n_blocked_commands = app->sbx->cfg.n_blocked_commands,
-    };
-    return rexec_new(app->runner, &xc, &app->exec);
-}
-
-void sandbox_stop(struct app *app)
-{
-    runner_stop(app->runner);
-    app->runner = NULL;
-    rexec_free(app->exec); /* after the runner: every exec has ended */
-    app->exec = NULL;
-    sbx_backend_free(app->sbx);
-    app->sbx = NULL;
-    outpump_stop(app->pump);
-    app->pump = NULL;
-}
-
 /* ---- hooks ---- */
-
-void api_prompt_queued(struct app *app, const char *session_id)
-{
-    runner_kick(app->runner, session_id);
-}
-
-void api_session_ended(struct app *app, const char *session_id, int purged)
-{
-    runner_session_ended(app->runner, session_id, purged);
-}
-
-void api_session_started(struct app *app, const char *session_id)
-{
-    if (repos_session_has_repo(app->repos, session_id)) {
-        runner_prestart(app->runner, session_id);
-    }
-}
 
 /* Writes wait for the session's workspace sync (reads do not). 0, or the request
  * failed with 503 after the bounded wait. */
@@ -197,21 +80,27 @@ static int acquire_failed(struct req *r, int rc)
 
 /* ---- POST /v1/sessions/{id}/cancel ---- */
 
-int api_cancel(struct req *r)
+/* The caller's write access to session {id}, and its JSON body when it sent one (*body stays
+ * NULL for an empty body; else a new reference). */
+static int write_access_opt_body(struct req *r, json_t **body)
 {
-    const char *sid = req_param(r, "id");
-    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
+    size_t blen = 0;
+    *body = NULL;
+    int rc = api_session_access(r, req_param(r, "id"), AUTH_WRITE, NULL);
     if (rc) {
         return rc;
     }
-    json_t *body = NULL;
-    size_t blen = 0;
     req_body(r, &blen);
-    if (blen) {
-        rc = req_json_body(r, &body);
-        if (rc) {
-            return rc;
-        }
+    return blen ? req_json_body(r, body) : 0;
+}
+
+int api_cancel(struct req *r)
+{
+    const char *sid = req_param(r, "id");
+    json_t *body = NULL;
+    int rc = write_access_opt_body(r, &body);
+    if (rc) {
+        return rc;
     }
     struct ops_answer ans = {0};
     rc = ops_prompt_cancel(req_app(r), req_auth(r), sid, body, &ans);
@@ -225,11 +114,6 @@ int api_cancel(struct req *r)
 }
 
 /* ---- exec ---- */
-
-void api_abort_deferred(struct app *app)
-{
-    rexec_abort_waiters(app->exec);
-}
 
 /* The answer of a synchronous exec (after its exit event is committed). */
 static void exec_reply(struct req *r, const struct rexec_result *x)
@@ -394,14 +278,9 @@ int api_exec_kill(struct req *r)
 {
     const char *sid = req_param(r, "id");
     const char *xid = req_param(r, "xid");
-    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
-    if (rc) {
-        return rc;
-    }
     json_t *body = NULL;
-    size_t blen = 0;
-    req_body(r, &blen);
-    if (blen && (rc = req_json_body(r, &body)) != 0) {
+    int rc = write_access_opt_body(r, &body);
+    if (rc) {
         return rc;
     }
     const char *sig_s = NULL;
@@ -460,26 +339,37 @@ static int file_path(struct req *r, const char **out, int allow_root)
     return 0;
 }
 
-int api_files_get(struct req *r)
+/* The common start of a files request: the caller's access (need), the checked path, and the
+ * session's sandbox, acquired (the caller releases it with runner_release). */
+static int files_acquire(struct req *r, int need, int allow_root, const char **path,
+                         struct sbx **sbx)
 {
     struct app *app = req_app(r);
     const char *sid = req_param(r, "id");
-    const char *path = NULL;
-    int rc = api_session_access(r, sid, AUTH_READ, NULL);
+    int rc = api_session_access(r, sid, need, NULL);
     if (rc) {
         return rc;
     }
-    rc = file_path(r, &path, 1);
+    rc = file_path(r, path, allow_root);
     if (rc) {
         return rc;
     }
     if (!app->runner) {
         return req_fail(r, ERR_UNAVAILABLE, "the sandbox is not running");
     }
+    rc = runner_acquire(app->runner, sid, sbx, NULL);
+    return rc ? acquire_failed(r, rc) : 0;
+}
+
+int api_files_get(struct req *r)
+{
+    struct app *app = req_app(r);
+    const char *sid = req_param(r, "id");
+    const char *path = NULL;
     struct sbx *sbx = NULL;
-    rc = runner_acquire(app->runner, sid, &sbx, NULL);
+    int rc = files_acquire(r, AUTH_READ, 1, &path, &sbx);
     if (rc) {
-        return acquire_failed(r, rc);
+        return rc;
     }
     struct buf b;
     buf_init(&b, FILE_READ_MAX);
@@ -512,23 +402,12 @@ int api_files_put(struct req *r)
     struct app *app = req_app(r);
     const char *sid = req_param(r, "id");
     const char *path = NULL;
-    int rc = api_session_access(r, sid, AUTH_WRITE, NULL);
-    if (rc) {
-        return rc;
-    }
-    rc = file_path(r, &path, 0);
-    if (rc) {
-        return rc;
-    }
-    if (!app->runner) {
-        return req_fail(r, ERR_UNAVAILABLE, "the sandbox is not running");
-    }
+    struct sbx *sbx = NULL;
     size_t n = 0;
     const char *data = req_body(r, &n);
-    struct sbx *sbx = NULL;
-    rc = runner_acquire(app->runner, sid, &sbx, NULL);
+    int rc = files_acquire(r, AUTH_WRITE, 0, &path, &sbx);
     if (rc) {
-        return acquire_failed(r, rc);
+        return rc;
     }
     rc = wait_for_sync(r, sid, "the write");
     if (rc) {

@@ -13,13 +13,13 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "runner/runner.h"
 #include "sandbox/sbx.h"
 #include "sandbox/wsdisk.h"
 #include "workspace/repos.h"
 #include "server/api/api.h"
-#include "server/api/api_sandbox.h"
+#include "server/api/api_audit.h"
 #include "server/app.h"
-#include "server/audit.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/ops.h"
@@ -43,7 +43,7 @@
 
 int api_session_access(struct req *r, const char *sid, int need, const char **role_out)
 {
-    int rc = auth_session(req_app(r)->reg, sid, req_auth(r), need, role_out);
+    int rc = auth_session(req_app(r)->auth, sid, req_auth(r), need, role_out);
     switch (rc) {
     case 0:
         return 0;
@@ -61,6 +61,21 @@ int api_session_access(struct req *r, const char *sid, int need, const char **ro
 }
 
 /* Get the open session or reply with the error. */
+int api_reply_page(struct req *r, int rc, json_t *page)
+{
+    if (rc == ERR_INVALID) {
+        return req_fail(r, rc, "malformed cursor");
+    }
+    return rc ? req_fail(r, rc, NULL) : req_reply_json(r, 200, page);
+}
+
+int api_session_open(struct req *r, const char *sid, struct sess **out)
+{
+    int rc = store_session_get(req_app(r)->store, sid, out);
+    return rc ? req_fail(r, rc, "cannot open session %s: %s", sid, err_str(rc)) : 0;
+}
+
+/* The same, with a plainer answer for a session that has no file. */
 static int get_sess(struct req *r, const char *sid, struct sess **out)
 {
     int rc = store_session_get(req_app(r)->store, sid, out);
@@ -212,13 +227,7 @@ int api_sessions_list(struct req *r)
     }
     rc = registry_session_list(req_app(r)->reg, a->user_id, auth_is_admin(a), (int)limit,
                                cursor && *cursor ? cursor : NULL, &out);
-    if (rc == ERR_INVALID) {
-        return req_fail(r, rc, "malformed cursor");
-    }
-    if (rc) {
-        return req_fail(r, rc, NULL);
-    }
-    return req_reply_json(r, 200, out);
+    return api_reply_page(r, rc, out);
 }
 
 /* ---- status ---- */
@@ -288,7 +297,7 @@ int api_session_get(struct req *r)
         rc = req_fail(r, rc, "cannot read the session: %s", err_str(rc));
         goto out;
     }
-    presence = api_session_presence(app, sid);
+    presence = hub_presence(app->hub, sid);
     json_object_set_new(row, "last_seq", json_integer(sess_last_seq(s)));
     json_object_set_new(row, "messages", json_integer(sr.messages));
     json_object_set_new(row, "queued_prompts", json_integer(sr.queued));
@@ -348,11 +357,11 @@ int api_session_delete(struct req *r)
     if (do_purge) {
         /* Registry first: from now on every request for the id answers 410. */
         rc = registry_session_set_state(app->reg, sid, "purged");
-        auth_cache_invalidate();
+        auth_cache_invalidate(app->auth);
         if (rc) {
             return req_fail(r, rc, NULL);
         }
-        api_session_ended(app, sid, 1);
+        runner_session_ended(app->runner, sid, 1); /* stop its sandbox */
         rc = store_session_delete_file(app->store, sid);
         if (rc && rc != ERR_NOT_FOUND) {
             LOG_ERROR("api: session %s: cannot delete its file: %s", sid, err_str(rc));
@@ -375,7 +384,7 @@ int api_session_delete(struct req *r)
     if (rc) {
         return req_fail(r, rc, "cannot end the session: %s", err_str(rc));
     }
-    api_session_ended(app, sid, 0);
+    runner_session_ended(app->runner, sid, 0); /* stop its sandbox */
     LOG_INFO("api: session %s ended by %s", sid, a->user_id);
     return req_reply_json(r, 200, json_pack("{s:s,s:s}", "id", sid, "state", "ended"));
 }
@@ -394,13 +403,10 @@ static int member_tx(struct sess_tx *tx, void *arg)
     if (rc) {
         return rc;
     }
-    json_t *d = json_pack("{s:s,s:s,s:s?,s:s?}", "user_id", op->user_id, "role", op->role, "name",
-                          op->name, "email", op->email);
-    char *data = jx_dump(d);
-    json_decref(d);
-    rc = sess_tx_append(tx, "participant.added", op->by, data, NULL);
-    free(data);
-    return rc;
+    return ops_tx_append_json(tx, "participant.added", op->by,
+                              json_pack("{s:s,s:s,s:s?,s:s?}", "user_id", op->user_id, "role",
+                                        op->role, "name", op->name, "email", op->email),
+                              NULL);
 }
 
 int api_session_participants_add(struct req *r)
@@ -443,7 +449,7 @@ int api_session_participants_add(struct req *r)
     }
     uid = normalize_user_id(user);
     rc = registry_member_add(app->reg, sid, uid, role);
-    auth_cache_invalidate();
+    auth_cache_invalidate(app->auth);
     if (rc) {
         rc = req_fail(r, rc, NULL);
         goto out;
@@ -563,7 +569,7 @@ int api_session_participants_list(struct req *r)
         }
     }
     const char *created_by = json_string_value(json_object_get(row, "created_by"));
-    presence = api_session_presence(app, sid);
+    presence = hub_presence(app->hub, sid);
     json_array_foreach(list, i, p)
     {
         const char *uid = json_string_value(json_object_get(p, "user_id"));
@@ -597,12 +603,8 @@ static int unmember_tx(struct sess_tx *tx, void *arg)
     if (!removed && !op->was_member) {
         return ERR_NOT_FOUND;
     }
-    json_t *d = json_pack("{s:s}", "user_id", op->user_id);
-    char *data = jx_dump(d);
-    json_decref(d);
-    rc = sess_tx_append(tx, "participant.removed", op->by, data, NULL);
-    free(data);
-    return rc;
+    return ops_tx_append_json(tx, "participant.removed", op->by,
+                              json_pack("{s:s}", "user_id", op->user_id), NULL);
 }
 
 /* DELETE /v1/sessions/{id}/participants/{user}: the creator (with a non-viewer token) and
@@ -647,7 +649,7 @@ int api_session_participant_remove(struct req *r)
         goto out;
     }
     int mrc = registry_member_remove(app->reg, sid, uid);
-    auth_cache_invalidate();
+    auth_cache_invalidate(app->auth);
     if (mrc && mrc != ERR_NOT_FOUND) {
         rc = req_fail(r, mrc, NULL);
         goto out;

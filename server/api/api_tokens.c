@@ -10,8 +10,8 @@
 #include "common/log.h"
 #include "common/xmem.h"
 #include "server/api/api.h"
+#include "server/api/api_audit.h"
 #include "server/app.h"
-#include "server/audit.h"
 #include "server/auth.h"
 #include "server/ws/hub.h"
 #include "storage/registry.h"
@@ -109,7 +109,8 @@ int api_tokens_delete(struct req *r)
      * decides whether the caller may). */
     int known = registry_token_get(app->reg, id, &gone) == 0;
     int rc = registry_token_delete(app->reg, id, auth_is_admin(a) ? NULL : a->user_id);
-    auth_cache_invalidate(); /* the token stops working now, not after the cache TTL */
+    auth_cache_invalidate(
+        req_app(r)->auth); /* the token stops working now, not after the cache TTL */
     if (rc == ERR_NOT_FOUND) {
         return req_fail(r, rc, "no token %s", id);
     }

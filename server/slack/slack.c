@@ -116,7 +116,7 @@ static void revoke_old_token(struct slack *sl)
     }
     if (registry_kv_get(reg, "slack:bot_token_id", &old) == 0 && old && *old) {
         if (registry_token_delete(reg, old, NULL) == 0) {
-            auth_cache_invalidate();
+            auth_cache_invalidate(sl->app->auth);
             LOG_INFO("slack: revoked the integration's old loopback token");
         }
         registry_kv_put(reg, "slack:bot_token_id", "");

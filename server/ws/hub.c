@@ -497,8 +497,8 @@ int hub_new(const struct hub_config *cfg, struct hub **out)
 
 int hub_start(struct hub *h, struct app *app)
 {
-    static lws_retry_bo_t retry;
     struct lws_context_creation_info info;
+    lws_retry_bo_t *retry = &h->retry;
     h->app = app;
 
     /* lws sizes its fd table from the limit at context creation: allow many connections. */
@@ -509,8 +509,8 @@ int hub_start(struct hub *h, struct app *app)
     }
     lws_set_log_level(LLL_ERR | (log_threshold <= LOG_LEVEL_DEBUG ? LLL_WARN : 0), lws_log);
 
-    retry.secs_since_valid_ping = (uint16_t)h->cfg.ping_secs;
-    retry.secs_since_valid_hangup = (uint16_t)(h->cfg.ping_secs * 2 + 10);
+    retry->secs_since_valid_ping = (uint16_t)h->cfg.ping_secs;
+    retry->secs_since_valid_hangup = (uint16_t)(h->cfg.ping_secs * 2 + 10);
     memset(&info, 0, sizeof(info));
     info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
     info.protocols = protocols;
@@ -518,7 +518,7 @@ int hub_start(struct hub *h, struct app *app)
     info.max_http_header_data = 16384;
     info.max_http_header_pool = 64;
     info.timeout_secs = 20;
-    info.retry_and_idle_policy = &retry;
+    info.retry_and_idle_policy = retry;
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_DISABLE_IPV6;
     info.vhost_name = "sessiond";
     h->ctx = lws_create_context(&info);

@@ -12,7 +12,7 @@
  * protocol is documented in docs/events.md.
  *
  * Threads: hub_on_event(), hub_adopt(), hub_presence(), hub_revoke_*() and the ticket
- * functions are thread safe. hub_new/hub_start/hub_free are called by main.c only.
+ * functions are thread safe. hub_new/hub_start/hub_free are called by app.c only.
  */
 #ifndef SESSIOND_HUB_H
 #define SESSIOND_HUB_H

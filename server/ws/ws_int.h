@@ -200,6 +200,7 @@ struct hub {
     struct app *app;
     struct lws_context *ctx;
     struct lws_vhost *vh;
+    lws_retry_bo_t retry; /* ping/hang-up policy: lws keeps a pointer to it for ctx's life */
     pthread_t lws_thread;
     int lws_started;
     atomic_int stopping;

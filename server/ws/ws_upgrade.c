@@ -181,7 +181,7 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
             return;
         }
     } else if (authorization) {
-        rc = auth_bearer(app->reg, authorization, &ho->who);
+        rc = auth_bearer(app->auth, authorization, &ho->who);
         if (rc) {
             ho->err = ERR_AUTH;
             snprintf(ho->err_msg, sizeof(ho->err_msg), "invalid bearer token");
@@ -190,7 +190,7 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
     } else if (query && ws_upgrade_query_get(query, "token", val, sizeof(val))) {
         char hdr[600];
         snprintf(hdr, sizeof(hdr), "Bearer %s", val);
-        rc = auth_bearer(app->reg, hdr, &ho->who);
+        rc = auth_bearer(app->auth, hdr, &ho->who);
         if (rc) {
             ho->err = ERR_AUTH;
             snprintf(ho->err_msg, sizeof(ho->err_msg), "invalid token");
@@ -203,7 +203,7 @@ static void ws_authenticate(struct app *app, struct hub_handoff *ho, const char 
         return;
     }
     /* Access is checked now even for a ticket: membership may have changed since. */
-    rc = auth_session(app->reg, ho->sid, &ho->who, AUTH_READ, &role);
+    rc = auth_session(app->auth, ho->sid, &ho->who, AUTH_READ, &role);
     if (rc) {
         ho->err = rc == ERR_GONE ? ERR_NOT_FOUND : rc;
         snprintf(ho->err_msg, sizeof(ho->err_msg), "%s",
@@ -283,11 +283,6 @@ void ws_upgrade_complete(struct app *app, void *upgrade_ctx)
         return;
     }
     hub_adopt(app->hub, ho);
-}
-
-json_t *api_session_presence(struct app *app, const char *session_id)
-{
-    return app->hub ? hub_presence(app->hub, session_id) : NULL;
 }
 
 /* POST /v1/sessions/{id}/ws-ticket -> {"ticket","expires_in","url"}: a one-use credential for

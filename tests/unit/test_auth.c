@@ -1,19 +1,17 @@
 /*
  * test_auth.c - bearer tokens and session access (server/auth.h) over a real registry: header
  * parsing, the token and access caches (what they keep, for how long, and what drops them),
- * expiry, roles against needs, the admin token bootstrap and its rotation, and the one-use
- * WebSocket tickets that the hub hands out on behalf of auth (single use, expiry, roles,
- * voided on revoke).
+ * expiry, roles against needs, the admin token bootstrap and its rotation. (The one-use
+ * WebSocket tickets the hub hands out are tested with the hub, in test_hub.c.)
  *
- * The caches are process globals of auth.c; each test runs in its own process, so each starts
- * with empty caches.
+ * The caches belong to a struct auth made by open_reg(); each test starts with empty ones.
+ * Links auth.o and audit.o of server/, storage/ and common/ only.
  */
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/util.h"
 #include "server/auth.h"
 #include "server/config.h"
-#include "server/ws/hub.h"
 #include "storage/registry.h"
 #include "testlib.h"
 
@@ -22,6 +20,7 @@
 #include <sys/stat.h>
 
 static char dir[256];
+static struct auth *au; /* the caches under test, over the registry of open_reg() */
 
 static struct registry *open_reg(void)
 {
@@ -31,11 +30,14 @@ static struct registry *open_reg(void)
     snprintf(path, sizeof(path), "%s/registry.db", dir);
     struct registry *r = NULL;
     ASSERT_EQ(registry_open(path, 0, &r), 0);
+    ASSERT_EQ(auth_new(r, &au), 0);
     return r;
 }
 
 static void close_reg(struct registry *r)
 {
+    auth_free(au);
+    au = NULL;
     registry_close(r);
     util_rm_rf(dir);
 }
@@ -62,8 +64,9 @@ static char *bearer(const char *fmt, const char *secret)
 
 static int auth_as(struct registry *r, const char *fmt, const char *secret, struct auth_info *out)
 {
+    (void)r; /* au (over r) answers */
     char *h = bearer(fmt, secret);
-    int rc = auth_bearer(r, h, out);
+    int rc = auth_bearer(au, h, out);
     free(h);
     return rc;
 }
@@ -106,20 +109,20 @@ TEST(bearer_header_forms)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char *h = NULL;
         ASSERT(asprintf(&h, bad[i], secret, secret) >= 0);
-        if (auth_bearer(r, h, &ai) != ERR_AUTH) {
+        if (auth_bearer(au, h, &ai) != ERR_AUTH) {
             TFAIL("\"%s\" was accepted", h);
         }
         free(h);
     }
-    ASSERT_EQ(auth_bearer(r, NULL, &ai), ERR_AUTH);
+    ASSERT_EQ(auth_bearer(au, NULL, &ai), ERR_AUTH);
     /* Secrets longer than any of ours are refused without a lookup, at any length. */
     char big[1200];
     memcpy(big, "Bearer ", 7);
     memset(big + 7, 'k', sizeof(big) - 8);
     big[sizeof(big) - 1] = 0;
-    ASSERT_EQ(auth_bearer(r, big, &ai), ERR_AUTH);
+    ASSERT_EQ(auth_bearer(au, big, &ai), ERR_AUTH);
     big[7 + 255] = 0; /* 255 characters: the longest accepted, still unknown */
-    ASSERT_EQ(auth_bearer(r, big, &ai), ERR_AUTH);
+    ASSERT_EQ(auth_bearer(au, big, &ai), ERR_AUTH);
     free(secret);
     free(id);
     close_reg(r);
@@ -142,7 +145,7 @@ TEST(token_cache_lifetime_and_invalidation)
     ASSERT_EQ(auth_as(r, "Bearer %s", s1, &ai), 0);
     ASSERT_STREQ(ai.user_id, "token:a");
     /* ... until an invalidation, */
-    auth_cache_invalidate();
+    auth_cache_invalidate(au);
     ASSERT_EQ(auth_as(r, "Bearer %s", s1, &ai), ERR_AUTH);
     /* or the end of the entry's life without one. */
     int64_t t0 = clock_mono_ms();
@@ -218,7 +221,7 @@ static void *hammer_main(void *arg)
             h->wrong++;
         }
         if (k % 500 == 0) {
-            auth_cache_invalidate();
+            auth_cache_invalidate(au);
         }
     }
     return NULL;
@@ -300,7 +303,7 @@ TEST(session_roles_against_needs)
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
             struct auth_info a = who(cases[i].user, cases[i].trole);
             const char *role = NULL;
-            int rc = auth_session(r, cases[i].sid, &a, cases[i].need, &role);
+            int rc = auth_session(au, cases[i].sid, &a, cases[i].need, &role);
             if (rc != cases[i].want_rc) {
                 TFAIL("round %d case %zu: rc %d, want %d", round, i, rc, cases[i].want_rc);
             }
@@ -311,12 +314,12 @@ TEST(session_roles_against_needs)
         }
     }
     struct auth_info a = who("token:alice", "user");
-    ASSERT_EQ(auth_session(r, "org", &a, AUTH_READ, NULL), 0); /* role_out may be NULL */
+    ASSERT_EQ(auth_session(au, "org", &a, AUTH_READ, NULL), 0); /* role_out may be NULL */
     /* The cache is keyed by the token's role too: the same user with a viewer token does not
      * inherit the writer decision cached for their user token. */
     struct auth_info bob_user = who("token:bob", "user"), bob_viewer = who("token:bob", "viewer");
-    ASSERT_EQ(auth_session(r, "org", &bob_user, AUTH_WRITE, NULL), 0);
-    ASSERT_EQ(auth_session(r, "org", &bob_viewer, AUTH_WRITE, NULL), ERR_FORBIDDEN);
+    ASSERT_EQ(auth_session(au, "org", &bob_user, AUTH_WRITE, NULL), 0);
+    ASSERT_EQ(auth_session(au, "org", &bob_viewer, AUTH_WRITE, NULL), ERR_FORBIDDEN);
     close_reg(r);
 }
 
@@ -327,27 +330,27 @@ TEST(access_cache_follows_membership_and_purge_after_invalidation)
     ASSERT_EQ(registry_session_create(r, &priv, NULL), 0);
     struct auth_info bob = who("token:bob", "user");
     /* No access is never cached: adding a member takes effect at once. */
-    ASSERT_EQ(auth_session(r, "priv", &bob, AUTH_READ, NULL), ERR_NOT_FOUND);
+    ASSERT_EQ(auth_session(au, "priv", &bob, AUTH_READ, NULL), ERR_NOT_FOUND);
     ASSERT_EQ(registry_member_add(r, "priv", "token:bob", "writer"), 0);
-    ASSERT_EQ(auth_session(r, "priv", &bob, AUTH_WRITE, NULL), 0);
+    ASSERT_EQ(auth_session(au, "priv", &bob, AUTH_WRITE, NULL), 0);
     /* Removal: cached until invalidated. */
     ASSERT_EQ(registry_member_remove(r, "priv", "token:bob"), 0);
-    ASSERT_EQ(auth_session(r, "priv", &bob, AUTH_WRITE, NULL), 0);
-    auth_cache_invalidate();
-    ASSERT_EQ(auth_session(r, "priv", &bob, AUTH_READ, NULL), ERR_NOT_FOUND);
+    ASSERT_EQ(auth_session(au, "priv", &bob, AUTH_WRITE, NULL), 0);
+    auth_cache_invalidate(au);
+    ASSERT_EQ(auth_session(au, "priv", &bob, AUTH_READ, NULL), ERR_NOT_FOUND);
     /* Purge: likewise, then 410. */
     struct auth_info alice = who("token:alice", "user");
-    ASSERT_EQ(auth_session(r, "priv", &alice, AUTH_OWNER, NULL), 0);
+    ASSERT_EQ(auth_session(au, "priv", &alice, AUTH_OWNER, NULL), 0);
     ASSERT_EQ(registry_session_set_state(r, "priv", "purged"), 0);
-    auth_cache_invalidate();
-    ASSERT_EQ(auth_session(r, "priv", &alice, AUTH_READ, NULL), ERR_GONE);
+    auth_cache_invalidate(au);
+    ASSERT_EQ(auth_session(au, "priv", &alice, AUTH_READ, NULL), ERR_GONE);
     /* Without an invalidation the decision ends with the entry's life. */
     struct session_new org = {.id = "org", .visibility = "org", .created_by = "token:alice"};
     ASSERT_EQ(registry_session_create(r, &org, NULL), 0);
-    ASSERT_EQ(auth_session(r, "org", &bob, AUTH_WRITE, NULL), 0);
+    ASSERT_EQ(auth_session(au, "org", &bob, AUTH_WRITE, NULL), 0);
     ASSERT_EQ(registry_session_set_state(r, "org", "purged"), 0);
     usleep((AUTH_CACHE_TTL_MS + 100) * 1000);
-    ASSERT_EQ(auth_session(r, "org", &bob, AUTH_READ, NULL), ERR_GONE);
+    ASSERT_EQ(auth_session(au, "org", &bob, AUTH_READ, NULL), ERR_GONE);
     close_reg(r);
 }
 
@@ -385,7 +388,7 @@ TEST(bootstrap_writes_reuses_and_rotates_the_admin_token)
     cfg.data_dir = dir;
     cfg.admin_token = "";
     /* First start: a new secret in <data_dir>/admin.token, mode 0600, that works as admin. */
-    ASSERT_EQ(auth_bootstrap_admin(r, &cfg), 0);
+    ASSERT_EQ(auth_bootstrap_admin(au, &cfg), 0);
     char file[400];
     snprintf(file, sizeof(file), "%s/admin.token", dir);
     struct stat sb;
@@ -399,7 +402,7 @@ TEST(bootstrap_writes_reuses_and_rotates_the_admin_token)
     char first_id[40];
     snprintf(first_id, sizeof(first_id), "%s", ai.token_id);
     /* Second start: the same file, the same token, nothing new. */
-    ASSERT_EQ(auth_bootstrap_admin(r, &cfg), 0);
+    ASSERT_EQ(auth_bootstrap_admin(au, &cfg), 0);
     ASSERT_EQ(count_tokens(r), 1);
     /* An admin minted through the API survives rotations. */
     char *api_secret = NULL;
@@ -408,7 +411,7 @@ TEST(bootstrap_writes_reuses_and_rotates_the_admin_token)
     /* The environment names another secret: the old bootstrap token is revoked at once, even
      * while it sits in the cache, and the rotation is audited. */
     cfg.admin_token = "sk_rotated_admin_secret_000000000000";
-    ASSERT_EQ(auth_bootstrap_admin(r, &cfg), 0);
+    ASSERT_EQ(auth_bootstrap_admin(au, &cfg), 0);
     ASSERT_EQ(auth_as(r, "Bearer %s", secret, &ai), ERR_AUTH);
     ASSERT_EQ(auth_as(r, "Bearer %s", cfg.admin_token, &ai), 0);
     ASSERT(auth_is_admin(&ai));
@@ -437,94 +440,37 @@ TEST(bootstrap_refuses_an_unusable_admin_token_file)
     cfg.data_dir = dir;
     cfg.admin_token = "";
     tsh("printf '' > %s/admin.token", dir); /* empty: not a secret */
-    ASSERT(auth_bootstrap_admin(r, &cfg) < 0);
+    ASSERT(auth_bootstrap_admin(au, &cfg) < 0);
     ASSERT_EQ(count_tokens(r), 0);
     tsh("rm %s/admin.token && mkdir %s/admin.token", dir, dir); /* unreadable */
-    ASSERT(auth_bootstrap_admin(r, &cfg) < 0);
+    ASSERT(auth_bootstrap_admin(au, &cfg) < 0);
     ASSERT_EQ(count_tokens(r), 0);
     close_reg(r);
 }
 
-/* ---- WebSocket tickets (kept by the hub; auth's short-lived credential for browsers) ---- */
-
-TEST(tickets_carry_identity_and_role_and_are_single_use)
+/* The caches belong to their instance: an invalidation of one leaves another's entries. */
+TEST(caches_belong_to_their_instance)
 {
-    struct hub *h = NULL;
-    ASSERT_EQ(hub_new(NULL, &h), 0);
-    struct auth_info a = who("token:alice", "user"), got;
-    char t1[65], t2[65], role[16];
-    ASSERT_EQ(hub_ticket_create(h, "s1", &a, "owner", 60000, t1), 0);
-    ASSERT_EQ(hub_ticket_create(h, "s1", &a, NULL, 60000, t2), 0);
-    ASSERT(strcmp(t1, t2) != 0);
-    ASSERT_EQ(hub_ticket_take(h, t2, "s1", &got, role), 0);
-    ASSERT_STREQ(role, "viewer"); /* no role given: the least */
-    ASSERT_EQ(hub_ticket_take(h, t1, "s1", &got, role), 0);
-    ASSERT_STREQ(role, "owner");
-    ASSERT_STREQ(got.user_id, "token:alice");
-    ASSERT_STREQ(got.token_id, "tok_user");
-    ASSERT_EQ(hub_ticket_take(h, t1, "s1", &got, role), ERR_AUTH);
-    /* A ticket differing in one character is not a ticket. */
-    ASSERT_EQ(hub_ticket_create(h, "s1", &a, "writer", 60000, t1), 0);
-    char wrong[65];
-    memcpy(wrong, t1, 65);
-    wrong[0] = wrong[0] == 'a' ? 'b' : 'a';
-    ASSERT_EQ(hub_ticket_take(h, wrong, "s1", &got, role), ERR_AUTH);
-    ASSERT_EQ(hub_ticket_take(h, t1, "s1", &got, role), 0);
-    hub_free(h);
-}
-
-TEST(tickets_are_voided_when_their_token_or_membership_ends)
-{
-    struct hub *h = NULL;
-    ASSERT_EQ(hub_new(NULL, &h), 0);
-    struct auth_info alice = who("token:alice", "user"), bob = who("token:bob", "user"),
-                     root = who("token:bob", "admin"), got;
-    snprintf(alice.token_id, sizeof(alice.token_id), "tok_alice");
-    snprintf(bob.token_id, sizeof(bob.token_id), "tok_bob");
-    snprintf(root.token_id, sizeof(root.token_id), "tok_root");
-    char ta1[65], ta2[65], tb1[65], tb2[65], tr[65], role[16];
-    ASSERT_EQ(hub_ticket_create(h, "s1", &alice, "writer", 60000, ta1), 0);
-    ASSERT_EQ(hub_ticket_create(h, "s2", &alice, "writer", 60000, ta2), 0);
-    ASSERT_EQ(hub_ticket_create(h, "s1", &bob, "writer", 60000, tb1), 0);
-    ASSERT_EQ(hub_ticket_create(h, "s2", &bob, "writer", 60000, tb2), 0);
-    ASSERT_EQ(hub_ticket_create(h, "s1", &root, "owner", 60000, tr), 0);
-    /* Alice's token is revoked: all her tickets, in every session, are void. */
-    hub_revoke_token(h, "tok_alice");
-    ASSERT_EQ(hub_ticket_take(h, ta1, "s1", &got, role), ERR_AUTH);
-    ASSERT_EQ(hub_ticket_take(h, ta2, "s2", &got, role), ERR_AUTH);
-    /* Bob leaves s1: his ticket for s1 is void, the one for s2 is not, and the same user's
-     * admin token keeps its ticket (admins see every session). */
-    hub_revoke_member(h, "s1", "token:bob");
-    ASSERT_EQ(hub_ticket_take(h, tb1, "s1", &got, role), ERR_AUTH);
-    ASSERT_EQ(hub_ticket_take(h, tb2, "s2", &got, role), 0);
-    ASSERT_EQ(hub_ticket_take(h, tr, "s1", &got, role), 0);
-    ASSERT_STREQ(got.role, "admin");
-    hub_revoke_token(NULL, "tok_x");
-    hub_revoke_token(h, "");
-    hub_revoke_member(h, NULL, "x");
-    hub_free(h);
-}
-
-TEST(tickets_expire_and_are_capped)
-{
-    struct hub *h = NULL;
-    ASSERT_EQ(hub_new(NULL, &h), 0);
-    struct auth_info a = who("token:alice", "user"), got;
-    char t[65], role[16];
-    ASSERT_EQ(hub_ticket_create(h, "s1", &a, "writer", 50, t), 0);
-    usleep(80000);
-    ASSERT_EQ(hub_ticket_take(h, t, "s1", &got, role), ERR_AUTH);
-    /* 10,000 outstanding: the next is refused, until some are used. */
-    char first[65];
-    int i;
-    for (i = 0; i < 10000; i++) {
-        ASSERT_EQ(hub_ticket_create(h, "s1", &a, "writer", 60000, i == 0 ? first : t), 0);
-    }
-    ASSERT_EQ(hub_ticket_create(h, "s1", &a, "writer", 60000, t), ERR_LIMIT);
-    ASSERT_EQ(t[0], 0);
-    ASSERT_EQ(hub_ticket_take(h, first, "s1", &got, role), 0);
-    ASSERT_EQ(hub_ticket_create(h, "s1", &a, "writer", 60000, t), 0);
-    hub_free(h);
+    struct registry *r = open_reg();
+    struct auth *other = NULL;
+    ASSERT_EQ(auth_new(r, &other), 0);
+    char *s = NULL, *id = NULL;
+    mint(r, "token:a", "user", 0, &s, &id);
+    char *h = bearer("Bearer %s", s);
+    struct auth_info ai;
+    ASSERT_EQ(auth_bearer(au, h, &ai), 0);
+    ASSERT_EQ(auth_bearer(other, h, &ai), 0);
+    ASSERT_EQ(registry_token_delete(r, id, NULL), 0);
+    auth_cache_invalidate(other);
+    ASSERT_EQ(auth_bearer(other, h, &ai), ERR_AUTH);
+    ASSERT_EQ(auth_bearer(au, h, &ai), 0); /* still within its own cache entry's life */
+    auth_cache_invalidate(NULL);           /* a no-op */
+    auth_free(other);
+    auth_free(NULL);
+    free(h);
+    free(s);
+    free(id);
+    close_reg(r);
 }
 
 static const struct test_case tests[] = {
@@ -537,8 +483,6 @@ static const struct test_case tests[] = {
     T(admin_and_impersonation_by_role),
     T(bootstrap_writes_reuses_and_rotates_the_admin_token),
     T(bootstrap_refuses_an_unusable_admin_token_file),
-    T(tickets_carry_identity_and_role_and_are_single_use),
-    T(tickets_are_voided_when_their_token_or_membership_ends),
-    T(tickets_expire_and_are_capped),
+    T(caches_belong_to_their_instance),
 };
 TEST_MAIN(tests)
