@@ -147,6 +147,9 @@ int api_session_participants_list(struct req *r);
 int api_session_participant_remove(struct req *r);
 int api_session_export(struct req *r);
 int api_session_ws_plain(struct req *r);
+/** POST /v1/sessions/{id}/ws-ticket: a one-use, short-lived credential for ?ticket= (browsers
+ * cannot set headers on a WebSocket). 201 {"ticket","expires_in","url"}. */
+int api_session_ws_ticket(struct req *r);
 int api_messages_post(struct req *r);
 int api_messages_list(struct req *r);
 int api_events_list(struct req *r);
