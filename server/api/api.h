@@ -1,6 +1,8 @@
 /*
- * api.h - what an HTTP endpoint sees: the request object, reply helpers, the route table and
- * the hooks other subsystems fill in.
+ * api.h - what an HTTP endpoint sees: the request object and reply helpers (implemented by
+ * server/http.c), the route table (server/routes.c, handed to http by app.c) and the helpers the
+ * api_*.c handlers share. Handlers are thin: a session is changed by the transport-neutral
+ * operations of server/ops.h, and other parts are reached through struct app.
  *
  * Adding an endpoint = one handler function plus one line in the route table in
  * server/routes.c:
