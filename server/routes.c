@@ -11,7 +11,6 @@
 #include "server/api/api_sandbox.h"
 #include "server/slack/slack.h"
 #include "server/static.h"
-#include "server/ws/ws_upgrade.h"
 #include "server/api/api_metrics.h"
 
 #include <stddef.h>

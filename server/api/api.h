@@ -1,6 +1,8 @@
 /*
- * api.h - what an HTTP endpoint sees: the request object, reply helpers, the route table and
- * the hooks other subsystems fill in.
+ * api.h - what an HTTP endpoint sees: the request object and reply helpers (implemented by
+ * server/http.c), the route table (server/routes.c, handed to http by app.c) and the helpers the
+ * api_*.c handlers share. Handlers are thin: a session is changed by the transport-neutral
+ * operations of server/ops.h, and other parts are reached through struct app.
  *
  * Adding an endpoint = one handler function plus one line in the route table in
  * server/routes.c:
@@ -147,6 +149,9 @@ int api_session_participants_list(struct req *r);
 int api_session_participant_remove(struct req *r);
 int api_session_export(struct req *r);
 int api_session_ws_plain(struct req *r);
+/** POST /v1/sessions/{id}/ws-ticket: a one-use, short-lived credential for ?ticket= (browsers
+ * cannot set headers on a WebSocket). 201 {"ticket","expires_in","url"}. */
+int api_session_ws_ticket(struct req *r);
 int api_messages_post(struct req *r);
 int api_messages_list(struct req *r);
 int api_events_list(struct req *r);

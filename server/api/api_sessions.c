@@ -178,6 +178,34 @@ int api_session_ws_plain(struct req *r)
                            "this endpoint speaks WebSocket: send Upgrade: websocket");
 }
 
+#define WS_TICKET_TTL_MS 60000
+
+/* POST /v1/sessions/{id}/ws-ticket -> {"ticket","expires_in","url"}: a one-use credential for
+ * browsers, which cannot set an Authorization header on a WebSocket. */
+int api_session_ws_ticket(struct req *r)
+{
+    struct app *app = req_app(r);
+    const char *sid = req_param(r, "id");
+    const char *role = NULL;
+    char ticket[65];
+    int rc = api_session_access(r, sid, AUTH_READ, &role);
+    if (rc) {
+        return rc;
+    }
+    if (!app->hub) {
+        return req_fail(r, ERR_UNAVAILABLE, "WebSocket hub not running");
+    }
+    rc = hub_ticket_create(app->hub, sid, req_auth(r), role, WS_TICKET_TTL_MS, ticket);
+    if (rc) {
+        return rc;
+    }
+    char url[200];
+    snprintf(url, sizeof(url), "/v1/sessions/%s/ws?ticket=%s", sid, ticket);
+    return req_reply_json(r, 201,
+                          json_pack("{s:s,s:i,s:s}", "ticket", ticket, "expires_in",
+                                    WS_TICKET_TTL_MS / 1000, "url", url));
+}
+
 /* ---- create ---- */
 
 int api_sessions_create(struct req *r)

@@ -65,6 +65,16 @@ static void pframe_free(struct pframe *f)
     }
 }
 
+/* Free a client's whole queue from its head f (the caller resets pq/pq_tail if it goes on). */
+static void pframe_list_free(struct pframe *f)
+{
+    while (f) {
+        struct pframe *nx = f->next;
+        pframe_free(f);
+        f = nx;
+    }
+}
+
 void ws_pq_push(struct client *c, struct pframe *f)
 {
     if (c->pq_tail) {
@@ -467,12 +477,7 @@ void ws_client_maybe_free(struct client *c)
     if (c->wsi || c->jobs > 0) {
         return;
     }
-    struct pframe *f = c->pq;
-    while (f) {
-        struct pframe *nx = f->next;
-        pframe_free(f);
-        f = nx;
-    }
+    pframe_list_free(c->pq);
     buf_free(&c->rx);
     free(c);
 }
@@ -486,12 +491,7 @@ void ws_client_kick(struct client *c, int err, const char *msg)
     if (c->state == C_CLOSING || c->state == C_REFUSED) {
         return;
     }
-    struct pframe *f = c->pq;
-    while (f) {
-        struct pframe *nx = f->next;
-        pframe_free(f);
-        f = nx;
-    }
+    pframe_list_free(c->pq);
     c->pq = c->pq_tail = NULL;
     c->gap_pending = 0;
     ws_client_error(c, err, msg, err_ws_close(err));

@@ -1,7 +1,7 @@
 /*
  * ws_upgrade.c - the WebSocket side of the HTTP server: the hand-off of an upgrade request to
  * the hub, WebSocket authentication (bearer header, one-use ?ticket=, ?token=), the origin
- * allow-list, POST /v1/sessions/{id}/ws-ticket and the presence hook of GET /v1/sessions/{id}.
+ * allow-list. (The tickets are minted by POST /v1/sessions/{id}/ws-ticket, server/api.)
  *
  * Authentication happens here, on the libmicrohttpd thread (registry reads are short), but a
  * refusal is not answered with an HTTP status: browsers only see 1006 for that and retry
@@ -23,7 +23,6 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
-#include "server/api/api.h"
 #include "server/app.h"
 #include "server/auth.h"
 #include "server/config.h"
@@ -41,8 +40,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define WS_TICKET_TTL_MS 60000
-#define MAX_REQUEST      (16 * 1024)
+#define MAX_REQUEST (16 * 1024)
 
 struct hdr_walk {
     struct buf *out;
@@ -283,30 +281,4 @@ void ws_upgrade_complete(struct app *app, void *upgrade_ctx)
         return;
     }
     hub_adopt(app->hub, ho);
-}
-
-/* POST /v1/sessions/{id}/ws-ticket -> {"ticket","expires_in","url"}: a one-use credential for
- * browsers, which cannot set an Authorization header on a WebSocket. */
-int api_session_ws_ticket(struct req *r)
-{
-    struct app *app = req_app(r);
-    const char *sid = req_param(r, "id");
-    const char *role = NULL;
-    char ticket[65];
-    int rc = api_session_access(r, sid, AUTH_READ, &role);
-    if (rc) {
-        return rc;
-    }
-    if (!app->hub) {
-        return req_fail(r, ERR_UNAVAILABLE, "WebSocket hub not running");
-    }
-    rc = hub_ticket_create(app->hub, sid, req_auth(r), role, WS_TICKET_TTL_MS, ticket);
-    if (rc) {
-        return rc;
-    }
-    char url[200];
-    snprintf(url, sizeof(url), "/v1/sessions/%s/ws?ticket=%s", sid, ticket);
-    return req_reply_json(r, 201,
-                          json_pack("{s:s,s:i,s:s}", "ticket", ticket, "expires_in",
-                                    WS_TICKET_TTL_MS / 1000, "url", url));
 }

@@ -22,7 +22,6 @@
 #include <stddef.h>
 
 struct app;
-struct req;
 struct MHD_Connection;
 
 /** Take over a WebSocket upgrade request (see above). 0 or a negative err.h code. */
@@ -39,9 +38,5 @@ int ws_upgrade_query_get(const char *query, const char *name, char *out, size_t 
 /** "/v1/sessions/{id}/ws[?…]" -> the id into sid (size n). 0, or ERR_INVALID when the target
  * has another shape or the id is not [A-Za-z0-9_-]{1,64}. */
 int ws_upgrade_path_sid(const char *uri, char *sid, size_t n);
-
-/** POST /v1/sessions/{id}/ws-ticket: a one-use, short-lived credential for ?ticket= (browsers
- * cannot set headers on a WebSocket). 201 {"ticket","expires_in","url"}. */
-int api_session_ws_ticket(struct req *r);
 
 #endif
