@@ -47,6 +47,7 @@ static void listener_free(struct listener *l)
         unlink(l->unix_path);
     }
     free(l->name);
+    free(l->owner);
     free(l->unix_path);
     free(l->allow);
     free(l);
@@ -62,10 +63,17 @@ static void wake(struct egress *e)
 int egress_open(struct egress *e, const char *name, const char *const *allow, const char *unix_path,
                 int *port_out)
 {
+    return egress_open_owned(e, name, name, allow, unix_path, port_out);
+}
+
+int egress_open_owned(struct egress *e, const char *name, const char *owner,
+                      const char *const *allow, const char *unix_path, int *port_out)
+{
     struct listener *l = xcalloc(1, sizeof(*l));
     int rc = 0;
     l->fd = -1;
     l->name = xstrdup(name);
+    l->owner = xstrdup(owner ? owner : name);
     for (size_t i = 0; allow && allow[i]; i++) {
         l->nallow++;
     }
@@ -163,6 +171,26 @@ int egress_close(struct egress *e, const char *name)
     return 0;
 }
 
+int egress_denials(struct egress *e, const char *name, char *last, size_t n)
+{
+    int count = 0;
+    if (last && n) {
+        last[0] = '\0';
+    }
+    pthread_mutex_lock(&e->lock);
+    for (size_t i = 0; i < e->nls; i++) {
+        if (strcmp(e->ls[i]->name, name) == 0) {
+            count = e->ls[i]->denials;
+            if (last && n) {
+                snprintf(last, n, "%s", e->ls[i]->last);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    return count;
+}
+
 /* ---- connection threads ---- */
 
 static void *conn_main(void *arg)
@@ -219,6 +247,7 @@ static void accept_one(struct egress *e, int lfd)
         return;
     }
     snprintf(j->name, sizeof(j->name), "%s", l->name);
+    snprintf(j->owner, sizeof(j->owner), "%s", l->owner);
     j->nallow = l->nallow;
     j->allow = xcalloc(l->nallow + 1, sizeof(*j->allow));
     memcpy(j->allow, l->allow, l->nallow * sizeof(*j->allow));
@@ -284,10 +313,37 @@ static void *acceptor_main(void *arg)
     return NULL;
 }
 
+/* Copy and check the operator's host map into e, and say at start what it maps: a mapped
+ * name reaches a private address, which an operator should see in the log. */
+static int load_hosts(struct egress *e, const struct egress_config *cfg)
+{
+    e->hosts = xcalloc(cfg->nhosts + 1, sizeof(*e->hosts));
+    for (size_t i = 0; i < cfg->nhosts; i++) {
+        const struct egress_host *h = &cfg->hosts[i];
+        char why[128];
+        if (egress_host_check(h->name, h->addr, why, sizeof(why)) != 0 ||
+            egri_hostmap_norm(h->name, h->addr, &e->hosts[e->nhosts]) != 0) {
+            LOG_ERROR("egress: egress.hosts \"%s\": %s", h->name ? h->name : "", why);
+            return ERR_INVALID;
+        }
+        LOG_INFO("egress: egress.hosts maps %s to %s (for allow-lists that name it)",
+                 e->hosts[e->nhosts].host, e->hosts[e->nhosts].addr);
+        e->nhosts++;
+    }
+    return 0;
+}
+
 int egress_start(const struct egress_config *cfg, struct egress **out)
 {
     struct egress *e = xcalloc(1, sizeof(*e));
     e->cfg = *cfg;
+    e->cfg.hosts = NULL; /* borrowed: e->hosts is the copy */
+    e->cfg.nhosts = 0;
+    if (load_hosts(e, cfg) != 0) {
+        free(e->hosts);
+        free(e);
+        return ERR_INVALID;
+    }
     if (e->cfg.connect_timeout_ms <= 0) {
         e->cfg.connect_timeout_ms = 10000;
     }
@@ -300,12 +356,14 @@ int egress_start(const struct egress_config *cfg, struct egress **out)
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->idle, NULL);
     if (pipe2(e->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+        free(e->hosts);
         free(e);
         return ERR_IO;
     }
     if (pthread_create(&e->acceptor, NULL, acceptor_main, e) != 0) {
         close(e->wake[0]);
         close(e->wake[1]);
+        free(e->hosts);
         free(e);
         return ERR_IO;
     }
@@ -341,6 +399,7 @@ void egress_stop(struct egress *e)
         listener_free(e->ls[i]);
     }
     free(e->ls);
+    free(e->hosts);
     close(e->wake[0]);
     close(e->wake[1]);
     pthread_cond_destroy(&e->idle);

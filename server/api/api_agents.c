@@ -54,11 +54,12 @@ static char *agents_dir_host(void)
 }
 
 /* A refused egress request becomes a sandbox.egress_denied event of the session. */
-static void on_deny(void *ctx, const char *name, const char *host, int port, const char *reason)
+static void on_deny(void *ctx, const char *owner, const char *host, int port, const char *reason)
 {
     struct app *app = ctx;
     struct sess *s = NULL;
-    if (!app->store || store_session_get(app->store, name, &s) != 0) {
+    if (!app->store || store_session_get(app->store, owner, &s) != 0) {
+        /* not a session's (an image build's): that build reads its refusals itself */
         return;
     }
     json_t *d = json_pack("{s:s, s:i, s:s}", "host", host, "port", port, "reason", reason);
@@ -66,7 +67,7 @@ static void on_deny(void *ctx, const char *name, const char *host, int port, con
     json_decref(d);
     int rc = sess_append(s, "sandbox.egress_denied", NULL, js, NULL);
     if (rc) {
-        LOG_WARN("agents: session %s: cannot record an egress refusal: %s", name, err_str(rc));
+        LOG_WARN("agents: session %s: cannot record an egress refusal: %s", owner, err_str(rc));
     }
     free(js);
     sess_put(s);
@@ -76,6 +77,23 @@ static int egress_hook(void *ctx, const char *name, const char *const *allow, co
                        int *port_out)
 {
     return egress_open(ctx, name, allow, unix_path, port_out);
+}
+
+/* The egress.hosts setting (JSON text, checked by config_load) as the proxy's host map: the
+ * entries point into *root, which the caller decrefs after egress_start. */
+static struct egress_host *host_map(const char *text, json_t **root, size_t *n)
+{
+    const char *k;
+    json_t *v;
+    *n = 0;
+    *root = *text ? json_loads(text, 0, NULL) : NULL;
+    struct egress_host *h = xcalloc(json_object_size(*root) + 1, sizeof(*h));
+    json_object_foreach(*root, k, v)
+    {
+        h[*n].name = k;
+        h[(*n)++].addr = json_string_value(v);
+    }
+    return h;
 }
 
 int agents_start(struct app *app)
@@ -88,8 +106,13 @@ int agents_start(struct app *app)
         LOG_ERROR("main: %s", msg);
         return rc;
     }
+    json_t *hosts_json = NULL;
     struct egress_config ecfg = {.on_deny = on_deny, .ctx = app};
+    struct egress_host *hosts = host_map(app->cfg->egress_hosts, &hosts_json, &ecfg.nhosts);
+    ecfg.hosts = hosts;
     rc = egress_start(&ecfg, &app->egress);
+    free(hosts);
+    json_decref(hosts_json);
     if (rc) {
         LOG_ERROR("main: cannot start the egress proxy: %s", err_str(rc));
         agents_free(app->agents);
