@@ -126,6 +126,9 @@ int api_repos_start(struct app *app)
         .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
         .agent_known = agent_known,
         .agent_ctx = app,
+        .egress = app->egress,
+        .egress_default = (const char *const *)cfg->egress_default.v,
+        .n_egress_default = cfg->egress_default.n,
     };
     rc = repos_open(&rcfg, &app->repos);
     if (rc != 0) {

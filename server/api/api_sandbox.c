@@ -111,6 +111,7 @@ int sandbox_runner_start(struct app *app)
         .max_sandboxes_per_user = (int)cfg->max_sandboxes_per_user,
         .max_execs_per_session = (int)cfg->max_execs_per_session,
         .repos = app->repos,
+        .egress = app->egress,
     };
     int rc = runner_start(app->store, app->sbx, app->pump, &rcfg, &app->runner);
     if (rc) {
@@ -123,6 +124,7 @@ int sandbox_runner_start(struct app *app)
         .max_sync = (int)cfg->threads / 2 > 0 ? (int)cfg->threads / 2 : 1,
         .blocked_commands = app->sbx->cfg.blocked_commands,
         .n_blocked_commands = app->sbx->cfg.n_blocked_commands,
+        .egress = app->egress,
     };
     return rexec_new(app->runner, &xc, &app->exec);
 }
