@@ -60,6 +60,43 @@ static void wake(struct egress *e)
     (void)w;
 }
 
+/* If a listener of l->name exists on the same endpoint (the same socket path, or both TCP),
+ * give it l's owner and policy in place and return 1 (l gets the old ones, for the caller to
+ * free): its socket stays, so the commands of a sandbox that are using it keep their route
+ * (and a TCP listener its port) when another command of the sandbox sets the list anew. New
+ * connections get the new policy (accept_one copies it under e->lock); open ones keep theirs. */
+static int update_in_place(struct egress *e, struct listener *l, const char *unix_path,
+                           int *port_out)
+{
+    int done = 0;
+    pthread_mutex_lock(&e->lock);
+    for (size_t i = 0; i < e->nls; i++) {
+        struct listener *old = e->ls[i];
+        if (strcmp(old->name, l->name) != 0) {
+            continue;
+        }
+        if (unix_path ? old->unix_path && strcmp(old->unix_path, unix_path) == 0
+                      : !old->unix_path) {
+            struct allow *a = old->allow;
+            size_t na = old->nallow;
+            char *owner = old->owner;
+            old->allow = l->allow;
+            old->nallow = l->nallow;
+            old->owner = l->owner;
+            l->allow = a;
+            l->nallow = na;
+            l->owner = owner;
+            if (port_out && !unix_path) {
+                *port_out = old->port;
+            }
+            done = 1;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return done;
+}
+
 int egress_open(struct egress *e, const char *name, const char *const *allow, const char *unix_path,
                 int *port_out)
 {
@@ -90,6 +127,9 @@ int egress_open_owned(struct egress *e, const char *name, const char *owner,
         }
         l->allow[i].literal = egri_is_literal(l->allow[i].host);
     }
+    if (update_in_place(e, l, unix_path, port_out)) {
+        goto out; /* l now holds the old policy, freed below */
+    }
     if (unix_path) {
         struct sockaddr_un sun = {.sun_family = AF_UNIX};
         if (strlen(unix_path) >= sizeof(sun.sun_path)) {
@@ -116,8 +156,9 @@ int egress_open_owned(struct egress *e, const char *name, const char *owner,
             rc = ERR_IO;
             goto out;
         }
+        l->port = ntohs(sin.sin_port);
         if (port_out) {
-            *port_out = ntohs(sin.sin_port);
+            *port_out = l->port;
         }
     }
     pthread_mutex_lock(&e->lock);

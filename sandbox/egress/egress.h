@@ -63,6 +63,8 @@ void egress_stop(struct egress *e);
  * entries (host a name, an IPv4 literal or a [IPv6] literal; case-insensitive). unix_path
  * non-NULL: a Unix socket at that path (an old file there is replaced; mode 0666 so the
  * sandbox's user can connect); NULL: a TCP listener on 127.0.0.1, its port in *port_out.
+ * A listener of name already on the same endpoint keeps its socket (and port) and gets the
+ * new list for the connections it accepts from now on.
  * ERR_INVALID for a malformed entry, ERR_IO if the socket cannot be bound. */
 int egress_open(struct egress *e, const char *name, const char *const *allow, const char *unix_path,
                 int *port_out);

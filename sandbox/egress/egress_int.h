@@ -39,6 +39,7 @@ struct listener {
     char *owner;     /* given to on_deny */
     char *unix_path; /* NULL for TCP */
     int fd;
+    int port; /* TCP: the bound port */
     struct allow *allow;
     size_t nallow;
     int denials;               /* refused requests (egress_denials) */

@@ -310,9 +310,11 @@ int egress_host_check(const char *name, const char *addr, char *why, size_t whyl
         return egress_fail(why, whylen, "the name must be a DNS name");
     }
     snprintf(entry, sizeof(entry), "%s:1", name);
-    if (egress_entry_norm(entry, norm, sizeof(norm), NULL, 0) != 0 || name[0] == '[' ||
-        strspn(name, "0123456789.") == strlen(name)) {
+    if (name[0] == '[' || strspn(name, "0123456789.") == strlen(name)) {
         return egress_fail(why, whylen, "the name must be a DNS name, not an address");
+    }
+    if (egress_entry_norm(entry, norm, sizeof(norm), NULL, 0) != 0) {
+        return egress_fail(why, whylen, "the name must be a DNS name");
     }
     if (inet_pton(AF_INET, addr, bin) != 1 && inet_pton(AF_INET6, addr, bin) != 1) {
         return egress_fail(why, whylen,

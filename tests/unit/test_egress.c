@@ -526,6 +526,35 @@ TEST(unix_listener_replace_close)
     egress_stop(e);
 }
 
+/* Setting a listener's list anew keeps its socket: a TCP listener keeps its port (commands
+ * already given it keep their route) and the new list applies to the next connection. */
+TEST(reopen_keeps_port)
+{
+    upstream_start();
+    struct egress *e = start_proxy();
+    char allow0[64];
+    snprintf(allow0, sizeof(allow0), "127.0.0.1:%d", up_port);
+    const char *allow[] = {allow0, NULL};
+    const char *other[] = {"example.com:443", NULL};
+    int p1 = 0, p2 = 0;
+    ASSERT_EQ(egress_open_owned(e, "s_keep/cmd", "s_keep", allow, NULL, &p1), 0);
+    ASSERT_EQ(egress_open_owned(e, "s_keep/cmd", "s_keep", other, NULL, &p2), 0);
+    ASSERT_EQ(p1, p2);
+    char req[128];
+    snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n", up_port);
+    expect_denied(p1, req, "the old list no longer applies");
+    ASSERT(strncmp(deny_last, "s_keep 127.0.0.1:", 17) == 0);
+    ASSERT_EQ(egress_open_owned(e, "s_keep/cmd", "s_keep", allow, NULL, &p2), 0);
+    ASSERT_EQ(p1, p2);
+    int fd = tcp_connect(p1);
+    char resp[1024];
+    send_str(fd, req);
+    read_head(fd, resp, sizeof(resp));
+    ASSERT(strncmp(resp, "HTTP/1.1 200", 12) == 0);
+    close(fd);
+    egress_stop(e);
+}
+
 /* Stopping with a tunnel open returns (the tunnel is shut down). */
 TEST(stop_with_open_tunnel)
 {
@@ -556,6 +585,7 @@ static const struct test_case tests[] = {
     T(addr_rules),
     T(bad_requests),
     T(unix_listener_replace_close),
+    T(reopen_keeps_port),
     T(stop_with_open_tunnel),
 };
 
