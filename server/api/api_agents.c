@@ -79,6 +79,11 @@ static int egress_hook(void *ctx, const char *name, const char *const *allow, co
     return egress_open(ctx, name, allow, unix_path, port_out);
 }
 
+static void egress_close_hook(void *ctx, const char *name)
+{
+    egress_close(ctx, name);
+}
+
 /* The egress.hosts setting (JSON text, checked by config_load) as the proxy's host map: the
  * entries point into *root, which the caller decrefs after egress_start. */
 static struct egress_host *host_map(const char *text, json_t **root, size_t *n)
@@ -119,7 +124,7 @@ int agents_start(struct app *app)
         app->agents = NULL;
         return rc;
     }
-    agents_set_egress(app->agents, egress_hook, app->egress);
+    agents_set_egress(app->agents, egress_hook, egress_close_hook, app->egress);
     return 0;
 }
 
