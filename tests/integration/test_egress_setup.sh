@@ -10,7 +10,8 @@
 #     sandbox.egress_denied event names registry.test:PORT;
 #   - a PATCH of the repository's egress applies to the next exec;
 #   - localhost:PORT (not in egress.hosts, resolves to 127.0.0.1) stays refused even listed;
-#   - with an empty list a command has no proxy variables and no network at all.
+#   - with an empty list a command has no proxy variables and no network at all;
+#   - a stopped sandbox's listener is closed.
 . "$(dirname "$0")/lib.sh"
 
 G="git -c user.name=Seed -c user.email=seed@example.com -c init.defaultBranch=main"
@@ -137,6 +138,13 @@ P=$(prompt "$S2" "$FETCH")
 check "shell agent, not listed: the prompt fails" [ "$(prompt_end "$S2" "$P")" = prompt.failed ]
 check "shell agent: sandbox.egress_denied names registry.test" denied_for "$S2" "$REG"
 check "shell agent: the registry saw nothing" [ "$(hits)" = "$n0" ]
+
+# ---- the commands' listener goes with the sandbox ----
+check "the session's commands' listener socket exists" [ -S "$DATA_DIR/sandboxes/$S2/egress-cmd.sock" ]
+api DELETE "/v1/sessions/$S2"
+for i in $(seq 1 50); do [ -e "$DATA_DIR/sandboxes/$S2/egress-cmd.sock" ] || break; sleep 0.1; done
+check "a stopped sandbox's commands' listener is closed (socket gone)" [ ! -e "$DATA_DIR/sandboxes/$S2/egress-cmd.sock" ]
+check "(its private directory is still there)" [ -d "$DATA_DIR/sandboxes/$S2" ]
 
 # ---- egress.default: every sandbox may reach it ----
 printf '{"egress":{"hosts":{"registry.test":"127.0.0.1"},"default":["%s"]}}' "$REG" >"$TMP/config.json"
