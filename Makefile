@@ -112,7 +112,7 @@ $(BUILD)/sessiond-git: $(BUILD)/obj/workspace/gitjob/sessiond-git.o $(LIBS)
 # dependency that creeps in (the auth test needing the runner) fails their link.
 UNIT_PARTS_test_auth      := server storage common
 UNIT_PARTS_test_static    := server storage common
-UNIT_PARTS_test_config    := server common
+UNIT_PARTS_test_config    := server sandbox common
 UNIT_PARTS_test_secrets   := server common
 UNIT_PARTS_test_ratelimit := server common
 unit_libs = $(if $(UNIT_PARTS_$(1)),$(foreach l,$(UNIT_PARTS_$(1)),$(BUILD)/lib/$(l).a),$(LIBS))

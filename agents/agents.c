@@ -48,6 +48,7 @@ struct agents {
     size_t n;
     char *dir_host;
     agent_egress_fn egress_fn;
+    agent_egress_close_fn egress_close_fn;
     void *egress_ctx;
 };
 
@@ -979,11 +980,15 @@ struct agent_run {
     struct agent_launch launch;
     struct agent_strv argv; /* the full command (with the egress forwarder when proxied) */
     struct agent_parser *parser;
+    const struct agents *a;
+    char *egress_name; /* the listener this run opened, closed when it exits; or NULL */
 };
 
-void agents_set_egress(struct agents *a, agent_egress_fn fn, void *ctx)
+void agents_set_egress(struct agents *a, agent_egress_fn fn, agent_egress_close_fn close_fn,
+                       void *ctx)
 {
     a->egress_fn = fn;
+    a->egress_close_fn = close_fn;
     a->egress_ctx = ctx;
 }
 
@@ -1052,6 +1057,8 @@ int agent_run_new(const struct agents *a, const char *name, struct sbx *sbx, con
         if (rc) {
             goto out;
         }
+        ar->a = a;
+        ar->egress_name = xstrdup(sid);
         if (na > 1) {
             LOG_INFO("agents: session %s: egress allows the model endpoint and %zu repository "
                      "entr%s",
@@ -1114,6 +1121,7 @@ void agent_run_free(struct agent_run *ar)
     agent_launch_free(&ar->launch);
     strv_free(&ar->argv);
     agent_parser_free(ar->parser);
+    free(ar->egress_name);
     free(ar);
 }
 
@@ -1161,6 +1169,11 @@ void agent_run_stderr(struct agent_run *ar, const char *data, size_t n)
 
 void agent_run_exit(struct agent_run *ar, int exit_code)
 {
+    if (ar->egress_name && ar->a->egress_close_fn) {
+        ar->a->egress_close_fn(ar->a->egress_ctx, ar->egress_name);
+    }
+    free(ar->egress_name);
+    ar->egress_name = NULL;
     if (exit_code == AGENT_EXIT_CANCELLED) {
         ar->parser->cancelled = 1;
         exit_code = -1;

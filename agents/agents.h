@@ -191,8 +191,11 @@ struct agent_run;
  * never includes server headers. */
 typedef int (*agent_egress_fn)(void *ctx, const char *name, const char *const *allow,
                                const char *unix_path, int *port_out);
-/** Call once at start-up, before any run. */
-void agents_set_egress(struct agents *a, agent_egress_fn fn, void *ctx);
+/** Closes the egress listener of sandbox name (the run ended). Quick; any thread. */
+typedef void (*agent_egress_close_fn)(void *ctx, const char *name);
+/** Call once at start-up, before any run. close_fn may be NULL. */
+void agents_set_egress(struct agents *a, agent_egress_fn fn, agent_egress_close_fn close_fn,
+                       void *ctx);
 
 /** Prepare a run of the agent named name in sbx for session sid: the launch (argv, env with
  * the key), the egress policy (the model endpoint plus extra_allow, the NULL-terminated
@@ -216,7 +219,9 @@ void agent_run_stdout(struct agent_run *ar, const char *data, size_t n);
 void agent_run_stderr(struct agent_run *ar, const char *data, size_t n);
 #define AGENT_EXIT_CANCELLED (-1000)
 /** The command ended (exit_code -1 if killed, AGENT_EXIT_CANCELLED when the caller cancelled
- * it): last lines, file changes, then done or error (no error for a cancelled run). */
+ * it): its egress listener is closed (the sandbox keeps no route to the model endpoint once
+ * the CLI is gone), then last lines, file changes, then done or error (no error for a
+ * cancelled run). */
 void agent_run_exit(struct agent_run *ar, int exit_code);
 /** {"usage":{…},"turns":N} of the run's done line into obj (for prompt.completed). */
 void agent_run_completion(struct agent_run *ar, json_t *obj);

@@ -23,6 +23,7 @@
 #include "runner/runner.h"
 #include "sandbox/blocked.h"
 #include "sandbox/sbx.h"
+#include "sandbox/sbx_egress.h"
 #include "storage/store.h"
 #include "workspace/repos.h"
 
@@ -400,12 +401,32 @@ static void x_started_event(struct xctx *x, const struct rexec_req *req)
     commitq_submit(x->e->cq, j);
 }
 
+/* The command's route to the network: the egress proxy with the session's list of this moment
+ * (its repository's egress plus egress.default), argv and env set for it; none when empty. */
+static void x_route(struct runner_exec *e, const char *sid, struct sbx *sbx,
+                    const struct rexec_req *req, char ***argv, char ***env)
+{
+    json_t *list = NULL;
+    struct sbx_egress route = {0};
+    if (e->cfg.egress) {
+        repos_session_policy(runner_repos(e->runner), sid, &list, NULL, 0);
+        sbx_egress_open_json(e->cfg.egress, sbx, list, &route);
+    }
+    *argv = sbx_egress_argv(&route, req->argv);
+    *env = sbx_egress_env(&route, NULL);
+    sbx_egress_free(&route);
+    json_decref(list);
+}
+
 /* Step 3: run it. The claims pass to the exec (x_exit_done gives them back). */
 static int x_launch(struct xctx *x, struct sbx *sbx, const struct rexec_req *req, struct claims *c)
 {
     struct runner_exec *e = x->e;
+    char **argv = NULL, **env = NULL;
+    x_route(e, x->sid, sbx, req, &argv, &env);
     struct sbx_exec_req er = {
-        .argv = req->argv,
+        .argv = (const char *const *)argv,
+        .env = (const char *const *)env,
         .timeout_ms = req->timeout_s ? req->timeout_s * 1000 : 0,
         .stdin_data = req->stdin_data,
         .stdin_len = req->stdin_len,
@@ -413,6 +434,8 @@ static int x_launch(struct xctx *x, struct sbx *sbx, const struct rexec_req *req
     atomic_fetch_add(&x->refs, 1); /* the callbacks' */
     struct sbx_exec *ex = NULL;
     int rc = sbx_exec(sbx, &er, &x_cb, x, &ex);
+    sbx_egress_strv_free(argv);
+    sbx_egress_strv_free(env);
     if (rc) {
         atomic_fetch_sub(&x->refs, 1);
         char *ed = xasprintf("{\"exec_id\":\"%s\",\"exit_code\":null,\"error\":\"%s\"}", x->xid,

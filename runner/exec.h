@@ -23,6 +23,7 @@ struct runner;
 struct runner_exec;
 struct author;
 struct sbx_exit;
+struct egress;
 
 struct rexec_config {
     int64_t output_cap; /* bytes of output kept (and stored as events) per exec */
@@ -30,6 +31,9 @@ struct rexec_config {
     /* Programs commands may not run (sandbox/blocked.h); borrowed, like the sandbox's. */
     const char *const *blocked_commands;
     size_t n_blocked_commands;
+    /* The egress proxy commands reach the network through, with the session's repository's
+     * egress list plus egress.default, read at each exec; NULL: no network. */
+    struct egress *egress;
 };
 
 /** What a finished synchronous exec hands its waiter. Valid during the callback only. */

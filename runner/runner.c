@@ -30,6 +30,7 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "sandbox/sbx_egress.h"
 #include "sandbox/wsdisk.h"
 #include "storage/prompts.h"
 #include "storage/registry.h"
@@ -318,6 +319,7 @@ void runneri_stop_sandbox(struct runner *r, struct rs *x, const char *why)
     }
     pthread_mutex_unlock(&r->lock);
     if (s) {
+        sbx_egress_close(r->cfg.egress, s); /* its commands' listener, if they had one */
         sbx_destroy(s);
         runneri_emit(r, x->id, "sandbox.stopped", runneri_json_obj_str("reason", why, NULL, NULL));
     }

@@ -33,6 +33,7 @@ struct commitq;
 struct author;
 struct agents;
 struct repos;
+struct egress;
 
 struct runner_config {
     /* The default agent: "shell" (default) | a name under agents/bundled | a path to an
@@ -55,6 +56,9 @@ struct runner_config {
      * outlive the runner (repos_shutdown() before runner_stop(), repos_close() after). NULL =
      * none: sessions get empty workspaces. */
     struct repos *repos;
+    /* The egress proxy command agents reach the network through (the session's repository's
+     * egress list plus egress.default; CLI agents get theirs from agents). NULL: none. */
+    struct egress *egress;
 };
 
 /** Start the runner (and its commit workers). be and pump must outlive it. *out:

@@ -21,6 +21,7 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "sandbox/sbx_egress.h"
 #include "sandbox/wsdisk.h"
 #include "storage/registry.h"
 #include "storage/store.h"
@@ -78,6 +79,7 @@ int runneri_ensure_sandbox(struct runner *r, struct rs *x, struct sbx **out, int
     rc = runneri_slot_take(r, x, &victim, &vsbx);
     pthread_mutex_unlock(&r->lock);
     if (vsbx) {
+        sbx_egress_close(r->cfg.egress, vsbx);
         sbx_destroy(vsbx);
         runneri_emit(r, victim->id, "sandbox.stopped",
                      runneri_json_obj_str("reason", "capacity", NULL, NULL));

@@ -18,6 +18,7 @@
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
+#include "sandbox/sbx_egress.h"
 #include "storage/meta.h"
 #include "storage/prompts.h"
 #include "storage/registry.h"
@@ -187,7 +188,8 @@ struct start {
     char **argv;         /* the agent's */
     char *prompt_inside; /* PROMPT_FILE and CONTEXT_FILE, as the sandbox sees them */
     char *ctx_inside;
-    char reason[512]; /* why the prompt fails without running, when a step failed */
+    struct sbx_egress route; /* a command agent's route to the egress proxy */
+    char reason[512];        /* why the prompt fails without running, when a step failed */
 };
 
 /* Step 1: the head of the session's queue, unless the session is busy (a run, a sandbox
@@ -327,6 +329,22 @@ static int start_precheck(struct start *p)
     return 0;
 }
 
+/* A command agent goes through the egress proxy like exec: argv behind the route. The
+ * commands' listener is set anew for every prompt, a CLI agent's too (its own listener adds
+ * the model endpoint), so that what the sandbox may reach is the list of this prompt. */
+static void command_route(struct start *p, json_t *list, int command)
+{
+    if (!p->r->cfg.egress) {
+        return;
+    }
+    sbx_egress_open_json(p->r->cfg.egress, p->sbx, list, &p->route);
+    if (command && p->argv) {
+        char **av = sbx_egress_argv(&p->route, (const char *const *)p->argv);
+        argv_free(p->argv);
+        p->argv = av;
+    }
+}
+
 /* Step 6: the agent and its argv. The session's repository names the agent when neither the
  * prompt nor the session does, and adds its egress list to the policy (both read anew for
  * each prompt: a PATCH of the repository applies from the next prompt on). A configured agent
@@ -350,7 +368,6 @@ static int start_choose_agent(struct start *p)
     int rc = agent_run_new(r->cfg.agents, aname, p->sbx, p->sid, extra, runneri_adapter_line, run,
                            &run->ar);
     free(extra);
-    json_decref(reg);
     if (!rc) {
         const char *const *av = agent_run_argv(run->ar);
         size_t na = 0;
@@ -365,6 +382,10 @@ static int start_choose_agent(struct start *p)
     } else if (rc == ERR_NOT_FOUND) {
         rc = agent_argv(r, p->sbx, p->np.agent, &p->argv, &run->agent_name);
     }
+    if (!rc) {
+        command_route(p, reg, run->ar == NULL);
+    }
+    json_decref(reg);
     if (rc) {
         snprintf(p->reason, sizeof p->reason, "the agent command is not usable: %s", err_str(rc));
     }
@@ -451,11 +472,13 @@ static void start_launch(struct start *p)
     struct run *run = p->run;
     char *env[12];
     int ne = agent_env(p, env);
-    /* a CLI adapter adds its key to the environment (and wipes it below) */
+    /* a CLI adapter adds its key to the environment (and wipes it below); a command agent
+     * its proxy variables */
     char **aenv = run->ar ? agent_run_env(run->ar, (const char *const *)env) : NULL;
+    char **cenv = run->ar ? NULL : sbx_egress_env(&p->route, (const char *const *)env);
     struct sbx_exec_req req = {
         .argv = (const char *const *)p->argv,
-        .env = (const char *const *)(aenv ? aenv : env),
+        .env = (const char *const *)(aenv ? aenv : cenv),
         .timeout_ms = r->cfg.prompt_timeout_s > 0 ? r->cfg.prompt_timeout_s * 1000 : -1,
         .stdin_data = p->np.content,
         .stdin_len = strlen(p->np.content),
@@ -473,6 +496,7 @@ static void start_launch(struct start *p)
         free(env[i]);
     }
     agent_run_env_free(aenv);
+    sbx_egress_strv_free(cenv);
     if (rc) {
         runneri_run_unref(run); /* the callbacks' reference: they will not run */
         snprintf(p->reason, sizeof p->reason, "the agent could not be started: %s", err_str(rc));
@@ -521,6 +545,7 @@ out:
     argv_free(p.argv);
     free(p.prompt_inside);
     free(p.ctx_inside);
+    sbx_egress_free(&p.route);
     next_free(&p.np);
 }
 

@@ -96,6 +96,7 @@ static void egress_denied(void *ctx, const char *name, const char *host, int por
     struct app *app = ctx;
     struct sess *s = NULL;
     if (!app->store || store_session_get(app->store, name, &s) != 0) {
+        /* not a session's (an image build's): that build reads its refusals itself */
         return;
     }
     json_t *d = json_pack("{s:s, s:i, s:s}", "host", host, "port", port, "reason", reason);
@@ -114,6 +115,28 @@ static int egress_hook(void *ctx, const char *name, const char *const *allow, co
                        int *port_out)
 {
     return egress_open(ctx, name, allow, unix_path, port_out);
+}
+
+static void egress_close_hook(void *ctx, const char *name)
+{
+    egress_close(ctx, name);
+}
+
+/* The egress.hosts setting (JSON text, checked by config_load) as the proxy's host map: the
+ * entries point into *root, which the caller decrefs after egress_start. */
+static struct egress_host *host_map(const char *text, json_t **root, size_t *n)
+{
+    const char *k;
+    json_t *v;
+    *n = 0;
+    *root = *text ? json_loads(text, 0, NULL) : NULL;
+    struct egress_host *h = xcalloc(json_object_size(*root) + 1, sizeof(*h));
+    json_object_foreach(*root, k, v)
+    {
+        h[*n].name = k;
+        h[(*n)++].addr = json_string_value(v);
+    }
+    return h;
 }
 
 /* sbx_config.own_workspace: the ownership walk of the git helper (by descriptors, never through
@@ -328,13 +351,18 @@ static int start_agents(struct app *app)
         LOG_ERROR("main: %s", msg);
         return rc;
     }
+    json_t *hosts_json = NULL;
     struct egress_config ecfg = {.on_deny = egress_denied, .ctx = app};
+    struct egress_host *hosts = host_map(app->cfg->egress_hosts, &hosts_json, &ecfg.nhosts);
+    ecfg.hosts = hosts;
     rc = egress_start(&ecfg, &app->egress);
+    free(hosts);
+    json_decref(hosts_json);
     if (rc) {
         LOG_ERROR("main: cannot start the egress proxy: %s", err_str(rc));
         return rc;
     }
-    agents_set_egress(app->agents, egress_hook, app->egress);
+    agents_set_egress(app->agents, egress_hook, egress_close_hook, app->egress);
     return 0;
 }
 
@@ -445,6 +473,9 @@ static int start_repos(struct app *app)
         .ghapp = app->ghapp,
         .agent_known = agent_known,
         .agent_ctx = app,
+        .egress = app->egress,
+        .egress_default = (const char *const *)cfg->egress_default.v,
+        .n_egress_default = cfg->egress_default.n,
     };
     int rc = repos_open(&rcfg, &app->repos);
     if (rc != 0) {
@@ -472,6 +503,7 @@ static int start_runner(struct app *app)
         .max_sandboxes_per_user = (int)cfg->max_sandboxes_per_user,
         .max_execs_per_session = (int)cfg->max_execs_per_session,
         .repos = app->repos,
+        .egress = app->egress,
     };
     int rc = runner_start(app->store, app->sbx, app->pump, &rcfg, &app->runner);
     if (rc) {
@@ -484,6 +516,7 @@ static int start_runner(struct app *app)
         .max_sync = (int)cfg->threads / 2 > 0 ? (int)cfg->threads / 2 : 1,
         .blocked_commands = app->sbx->cfg.blocked_commands,
         .n_blocked_commands = app->sbx->cfg.n_blocked_commands,
+        .egress = app->egress,
     };
     return rexec_new(app->runner, &xc, &app->exec);
 }

@@ -12,6 +12,7 @@
 #include "common/jsonx.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "sandbox/egress/egress.h"
 
 #include <ctype.h>
 #include <jansson.h>
@@ -111,6 +112,12 @@ static const struct cfg_field fields[] = {
     FL("blocked_commands", blocked_commands,
        "programs sandboxes may not run (absolute paths or names in /usr/bin:/bin; a policy, "
        "not a boundary: a copy still runs)"),
+    FL("egress.default", egress_default,
+       "\"host:port\" pairs every sandbox may reach through the egress proxy, besides its "
+       "repository's egress list (package registries)"),
+    FS("egress.hosts", egress_hosts, "", NULL,
+       "JSON {\"name\":\"IP\"}: names the egress proxy connects to that address (private "
+       "ones too), e.g. an internal registry"),
     FI("max_sandboxes", max_sandboxes, "32", 1, 100000,
        "live sandboxes server-wide (sessions + warm pools)"),
     FI("max_sandboxes_per_user", max_sandboxes_per_user, "8", 1, 100000,
@@ -248,6 +255,51 @@ static int check_blocked(const struct config_list *l, char *msg, size_t msglen)
     return 0;
 }
 
+/* egress.default: each entry a valid "host:port" (stored normalised, as a repository's egress
+ * list is); egress.hosts: a JSON object of DNS name -> IP address. */
+static int check_egress(struct config *c, char *msg, size_t msglen)
+{
+    char norm[EGRESS_ENTRY_MAX], why[160];
+    const char *k;
+    json_t *v, *hosts = NULL;
+    int rc = 0;
+    for (size_t i = 0; i < c->egress_default.n; i++) {
+        if (egress_entry_norm(c->egress_default.v[i], norm, sizeof(norm), why, sizeof(why))) {
+            snprintf(msg, msglen, "config: egress.default entry '%s': %s", c->egress_default.v[i],
+                     why);
+            return ERR_INVALID;
+        }
+        free(c->egress_default.v[i]);
+        c->egress_default.v[i] = xstrdup(norm);
+    }
+    if (!*c->egress_hosts) {
+        return 0;
+    }
+    hosts = json_loads(c->egress_hosts, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(hosts)) {
+        snprintf(msg, msglen, "config: egress.hosts must be an object {\"name\": \"IP\"}");
+        rc = ERR_INVALID;
+        goto out;
+    }
+    json_object_foreach(hosts, k, v)
+    {
+        if (!json_is_string(v)) {
+            snprintf(msg, msglen, "config: egress.hosts \"%s\" must map to an IP address string",
+                     k);
+            rc = ERR_INVALID;
+            goto out;
+        }
+        if (egress_host_check(k, json_string_value(v), why, sizeof(why))) {
+            snprintf(msg, msglen, "config: egress.hosts \"%s\": %s", k, why);
+            rc = ERR_INVALID;
+            goto out;
+        }
+    }
+out:
+    json_decref(hosts);
+    return rc;
+}
+
 static int parse_bool(const char *s, int *out)
 {
     if (!strcasecmp(s, "1") || !strcasecmp(s, "true") || !strcasecmp(s, "yes") ||
@@ -336,8 +388,8 @@ static int set_json(struct config *c, const struct cfg_field *f, json_t *v, char
     switch (f->type) {
     case CFG_STR:
     case CFG_SECRET:
-        if (json_is_object(v) && !strcmp(f->key, "agents")) {
-            /* The one structured setting: kept as JSON text, validated by its owner. */
+        if (json_is_object(v) && (!strcmp(f->key, "agents") || !strcmp(f->key, "egress.hosts"))) {
+            /* The structured settings: kept as JSON text, validated by their owner. */
             char *js = jx_dump(v);
             int rc = set_text(c, f, js, msg, msglen);
             free(js);
@@ -650,6 +702,10 @@ int config_load(int argc, char *const *argv, char *const *envp, struct config **
         /* the old name of the static token: still honoured, and said so at start */
         free(c->github_token);
         c->github_token = xstrdup(c->github_app_token);
+    }
+    rc = check_egress(c, msg, msglen);
+    if (rc) {
+        goto out;
     }
     *out = c;
     c = NULL;

@@ -95,6 +95,8 @@ struct config {
     char *repos_file;                 /* repos.file: JSON array of repositories loaded at start */
 
     struct config_list blocked_commands; /* blocked_commands: programs masked in sandboxes */
+    struct config_list egress_default;   /* egress.default: "host:port" every sandbox may reach */
+    char *egress_hosts; /* egress.hosts: JSON {"name":"IP"} the egress proxy maps ("" = none) */
     /* ---- caps on what one user, session or prompt may take of the server ---- */
     int64_t max_sandboxes;            /* live sandboxes server-wide (sessions + warm pools) */
     int64_t max_sandboxes_per_user;   /* live session sandboxes per session creator */

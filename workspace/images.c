@@ -18,6 +18,7 @@
 #include "sandbox/egress/egress.h"
 #include "sandbox/sbx.h"
 #include "sandbox/wsdisk.h"
+#include "sandbox/sbx_egress.h"
 #include "storage/registry.h"
 #include "storage/repos_db.h"
 #include "storage/store.h"
@@ -124,10 +125,42 @@ static int setup_sandbox(struct repos *r, const char *image_id, const char *dir,
     return 0;
 }
 
-/* Run setup command cmd (step i of n) of a build in its sandbox sb, its output into the
- * image's log. 0, or an error with the reason in *err. */
-static int setup_step(struct repos *r, const char *image_id, struct sbx *sb, const char *cmd,
-                      size_t i, size_t n, struct buf *err)
+/* The setup steps' route to the network: the egress proxy with the repository's egress list
+ * plus egress.default, read when the build starts; none (no network) when both are empty. */
+static void setup_route(struct repos *r, const char *repo, struct sbx *sb, struct sbx_egress *out)
+{
+    json_t *list = NULL;
+    memset(out, 0, sizeof(*out));
+    if (!r->cfg.egress || repos_repo_policy(r, repo, &list, NULL, 0) != 0) {
+        return;
+    }
+    sbx_egress_open_json(r->cfg.egress, sb, list, out);
+    json_decref(list);
+}
+
+/* A failed step whose connections the egress proxy refused says so: the refusal is the likely
+ * cause, and where to list the host is the fix. */
+static void setup_denials(struct repos *r, const char *image_id, struct sbx *sb, struct buf *err)
+{
+    char last[400];
+    int n = sbx_egress_denials(r->cfg.egress, sb, last, sizeof(last));
+    if (n == 0) {
+        return;
+    }
+    buf_printf(err,
+               "; the egress proxy refused %d connection%s (last: %s; list the host:port in the "
+               "repository's egress or in egress.default)",
+               n, n == 1 ? "" : "s", last);
+    char *line = xasprintf("[sandbox.egress_denied %s]\n", last);
+    image_log(r, image_id, line, strlen(line));
+    free(line);
+}
+
+/* Run setup command cmd (step i of n) of a build in its sandbox sb, through route, its output
+ * into the image's log. 0, or an error with the reason in *err. */
+static int setup_step(struct repos *r, const char *image_id, struct sbx *sb,
+                      const struct sbx_egress *route, const char *cmd, size_t i, size_t n,
+                      struct buf *err)
 {
     char step[160];
     snprintf(step, sizeof(step), "setup %zu/%zu", i + 1, n);
@@ -136,10 +169,15 @@ static int setup_step(struct repos *r, const char *image_id, struct sbx *sb, con
     image_log(r, image_id, hdr, strlen(hdr));
     free(hdr);
     const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
-    struct sbx_exec_req req = {.argv = argv, .timeout_ms = 30 * 60 * 1000};
+    char **av = sbx_egress_argv(route, argv), **env = sbx_egress_env(route, NULL);
+    struct sbx_exec_req req = {.argv = (const char *const *)av,
+                               .env = (const char *const *)env,
+                               .timeout_ms = 30 * 60 * 1000};
     struct sbx_result res;
     memset(&res, 0, sizeof(res));
     int rc = sbx_run(sb, &req, SETUP_OUT_CAP, &res);
+    sbx_egress_strv_free(av);
+    sbx_egress_strv_free(env);
     if (rc == 0) {
         image_log(r, image_id, res.out ? res.out : "", res.out_len);
         image_log(r, image_id, res.err ? res.err : "", res.err_len);
@@ -150,6 +188,7 @@ static int setup_step(struct repos *r, const char *image_id, struct sbx *sb, con
         if (res.exit.exit_code != 0 || res.exit.signal != 0) {
             buf_printf(err, "setup step %zu (%s) failed with exit code %d", i + 1, cmd,
                        res.exit.exit_code);
+            setup_denials(r, image_id, sb, err);
             rc = ERR_UNPROCESSABLE;
         }
     } else {
@@ -164,6 +203,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
 {
     json_t *j = NULL;
     struct sbx *sb = NULL;
+    struct sbx_egress route = {0};
     struct snap_store *ss = NULL;
     char sha[41] = "";
     char *dir = NULL, *sub = NULL, *store = NULL, *objects = NULL;
@@ -221,10 +261,11 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
             buf_printf(&err, "cannot start a sandbox for the setup: %s", err_str(rc));
             goto out;
         }
+        setup_route(r, repo, sb, &route);
     }
     for (size_t i = 0; i < nsteps; i++) {
-        rc = setup_step(r, image_id, sb, json_string_value(json_array_get(setup, i)), i, nsteps,
-                        &err);
+        rc = setup_step(r, image_id, sb, &route, json_string_value(json_array_get(setup, i)), i,
+                        nsteps, &err);
         if (rc != 0) {
             goto out;
         }
@@ -232,6 +273,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     pthread_mutex_lock(&r->lock);
     r->build_sbx = NULL;
     pthread_mutex_unlock(&r->lock);
+    sbx_egress_close(r->cfg.egress, sb);
     sbx_destroy(sb);
     sb = NULL;
     image_set(r, image_id, REPOS_DB_IMAGE_STEP, "snapshot");
@@ -258,7 +300,9 @@ out:
         pthread_mutex_lock(&r->lock);
         r->build_sbx = NULL;
         pthread_mutex_unlock(&r->lock);
+        sbx_egress_close(r->cfg.egress, sb);
     }
+    sbx_egress_free(&route);
     sbx_destroy(sb);
     snap_store_close(ss);
     if (rc != 0) {

@@ -766,6 +766,31 @@ char *repos__session_repo_name(struct repos *r, const char *sid)
     return name;
 }
 
+/* list (an array, or NULL for a new one) plus the server-wide egress.default entries it lacks:
+ * every sandbox may reach those. Returns the array (a new reference). */
+static json_t *with_defaults(const struct repos *r, json_t *list)
+{
+    json_t *out = json_array();
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        json_array_append(out, v);
+    }
+    for (size_t d = 0; d < r->cfg.n_egress_default; d++) {
+        int dup = 0;
+        json_array_foreach(out, i, v)
+        {
+            const char *sv = json_string_value(v);
+            dup |= sv && strcmp(sv, r->cfg.egress_default[d]) == 0;
+        }
+        if (!dup) {
+            json_array_append_new(out, json_string(r->cfg.egress_default[d]));
+        }
+    }
+    return out;
+}
+
 int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *agent, size_t n)
 {
     json_t *row = NULL;
@@ -780,7 +805,7 @@ int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *
         return rc;
     }
     if (egress) {
-        *egress = json_incref(json_object_get(row, "egress"));
+        *egress = with_defaults(r, json_object_get(row, "egress"));
     }
     const char *a = json_string_value(json_object_get(row, "agent"));
     if (agent && n && a) {
@@ -801,7 +826,7 @@ int repos_session_policy(struct repos *rp, const char *sid, json_t **egress, cha
     }
     if (rc != 0) {
         if (egress) {
-            *egress = json_array();
+            *egress = r ? with_defaults(r, NULL) : json_array();
         }
         if (agent && n) {
             agent[0] = '\0';

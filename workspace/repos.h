@@ -38,6 +38,7 @@ struct sbx_backend;
 struct sbx_spec;
 struct author;
 struct ghapp;
+struct egress;
 
 struct repos_config {
     const char *data_dir;    /* required */
@@ -60,6 +61,13 @@ struct repos_config {
      * any well-formed name is accepted. Called on HTTP / main threads. */
     int (*agent_known)(void *ctx, const char *name);
     void *agent_ctx;
+    /* The egress proxy the setup steps of image builds reach the network through (with the
+     * repository's egress list plus egress_default); NULL: setup steps have no network. */
+    struct egress *egress;
+    /* "host:port" pairs every sandbox may reach besides its repository's list (the
+     * egress.default setting, normalised); borrowed. */
+    const char *const *egress_default;
+    size_t n_egress_default;
 };
 
 /** Open (registry.db must have been migrated by the store). *out: repos_close(). */
@@ -88,12 +96,13 @@ int repos_list(struct repos *r, json_t **out);
 int repos_update(struct repos *r, const char *name, json_t *patch, json_t **out, char *msg,
                  size_t n);
 /** The egress policy and default agent of repository name: *egress (may be NULL) =
- * a new JSON array of normalised "host:port" (caller decrefs); agent gets its default agent or
- * "" (n >= 65). ERR_NOT_FOUND. */
+ * a new JSON array of normalised "host:port" (caller decrefs): the repository's list, then the
+ * server-wide egress_default entries it lacks; agent gets its default agent or "" (n >= 65).
+ * ERR_NOT_FOUND. */
 int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *agent, size_t n);
-/** The same for the registered repository of session sid (its `repo`: a name or a URL): an
- * empty list and "" when it has none or r is NULL (returns 0). The runner asks before each
- * prompt: the list is read anew, so a PATCH applies from the next prompt on. */
+/** The same for the registered repository of session sid (its `repo`: a name or a URL):
+ * egress_default alone and "" when it has none, an empty list if r is NULL (returns 0). The runner
+ * asks before each prompt: the list is read anew, so a PATCH applies from the next prompt on. */
 int repos_session_policy(struct repos *r, const char *sid, json_t **egress, char *agent, size_t n);
 /** Delete the repo, its images and warm workspaces (sessions keep their workspaces). */
 int repos_delete(struct repos *r, const char *name);

@@ -47,6 +47,7 @@ static void listener_free(struct listener *l)
         unlink(l->unix_path);
     }
     free(l->name);
+    free(l->owner);
     free(l->unix_path);
     free(l->allow);
     free(l);
@@ -59,13 +60,57 @@ static void wake(struct egress *e)
     (void)w;
 }
 
+/* If a listener of l->name exists on the same endpoint (the same socket path, or both TCP),
+ * give it l's owner and policy in place and return 1 (l gets the old ones, for the caller to
+ * free): its socket stays, so the commands of a sandbox that are using it keep their route
+ * (and a TCP listener its port) when another command of the sandbox sets the list anew. New
+ * connections get the new policy (accept_one copies it under e->lock); open ones keep theirs. */
+static int update_in_place(struct egress *e, struct listener *l, const char *unix_path,
+                           int *port_out)
+{
+    int done = 0;
+    pthread_mutex_lock(&e->lock);
+    for (size_t i = 0; i < e->nls; i++) {
+        struct listener *old = e->ls[i];
+        if (strcmp(old->name, l->name) != 0) {
+            continue;
+        }
+        if (unix_path ? old->unix_path && strcmp(old->unix_path, unix_path) == 0
+                      : !old->unix_path) {
+            struct allow *a = old->allow;
+            size_t na = old->nallow;
+            char *owner = old->owner;
+            old->allow = l->allow;
+            old->nallow = l->nallow;
+            old->owner = l->owner;
+            l->allow = a;
+            l->nallow = na;
+            l->owner = owner;
+            if (port_out && !unix_path) {
+                *port_out = old->port;
+            }
+            done = 1;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return done;
+}
+
 int egress_open(struct egress *e, const char *name, const char *const *allow, const char *unix_path,
                 int *port_out)
+{
+    return egress_open_owned(e, name, name, allow, unix_path, port_out);
+}
+
+int egress_open_owned(struct egress *e, const char *name, const char *owner,
+                      const char *const *allow, const char *unix_path, int *port_out)
 {
     struct listener *l = xcalloc(1, sizeof(*l));
     int rc = 0;
     l->fd = -1;
     l->name = xstrdup(name);
+    l->owner = xstrdup(owner ? owner : name);
     for (size_t i = 0; allow && allow[i]; i++) {
         l->nallow++;
     }
@@ -81,6 +126,9 @@ int egress_open(struct egress *e, const char *name, const char *const *allow, co
             goto out;
         }
         l->allow[i].literal = egri_is_literal(l->allow[i].host);
+    }
+    if (update_in_place(e, l, unix_path, port_out)) {
+        goto out; /* l now holds the old policy, freed below */
     }
     if (unix_path) {
         struct sockaddr_un sun = {.sun_family = AF_UNIX};
@@ -108,8 +156,9 @@ int egress_open(struct egress *e, const char *name, const char *const *allow, co
             rc = ERR_IO;
             goto out;
         }
+        l->port = ntohs(sin.sin_port);
         if (port_out) {
-            *port_out = ntohs(sin.sin_port);
+            *port_out = l->port;
         }
     }
     pthread_mutex_lock(&e->lock);
@@ -161,6 +210,26 @@ int egress_close(struct egress *e, const char *name)
     wake(e);
     listener_free(l);
     return 0;
+}
+
+int egress_denials(struct egress *e, const char *name, char *last, size_t n)
+{
+    int count = 0;
+    if (last && n) {
+        last[0] = '\0';
+    }
+    pthread_mutex_lock(&e->lock);
+    for (size_t i = 0; i < e->nls; i++) {
+        if (strcmp(e->ls[i]->name, name) == 0) {
+            count = e->ls[i]->denials;
+            if (last && n) {
+                snprintf(last, n, "%s", e->ls[i]->last);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    return count;
 }
 
 /* ---- connection threads ---- */
@@ -219,6 +288,7 @@ static void accept_one(struct egress *e, int lfd)
         return;
     }
     snprintf(j->name, sizeof(j->name), "%s", l->name);
+    snprintf(j->owner, sizeof(j->owner), "%s", l->owner);
     j->nallow = l->nallow;
     j->allow = xcalloc(l->nallow + 1, sizeof(*j->allow));
     memcpy(j->allow, l->allow, l->nallow * sizeof(*j->allow));
@@ -284,10 +354,37 @@ static void *acceptor_main(void *arg)
     return NULL;
 }
 
+/* Copy and check the operator's host map into e, and say at start what it maps: a mapped
+ * name reaches a private address, which an operator should see in the log. */
+static int load_hosts(struct egress *e, const struct egress_config *cfg)
+{
+    e->hosts = xcalloc(cfg->nhosts + 1, sizeof(*e->hosts));
+    for (size_t i = 0; i < cfg->nhosts; i++) {
+        const struct egress_host *h = &cfg->hosts[i];
+        char why[128];
+        if (egress_host_check(h->name, h->addr, why, sizeof(why)) != 0 ||
+            egri_hostmap_norm(h->name, h->addr, &e->hosts[e->nhosts]) != 0) {
+            LOG_ERROR("egress: egress.hosts \"%s\": %s", h->name ? h->name : "", why);
+            return ERR_INVALID;
+        }
+        LOG_INFO("egress: egress.hosts maps %s to %s (for allow-lists that name it)",
+                 e->hosts[e->nhosts].host, e->hosts[e->nhosts].addr);
+        e->nhosts++;
+    }
+    return 0;
+}
+
 int egress_start(const struct egress_config *cfg, struct egress **out)
 {
     struct egress *e = xcalloc(1, sizeof(*e));
     e->cfg = *cfg;
+    e->cfg.hosts = NULL; /* borrowed: e->hosts is the copy */
+    e->cfg.nhosts = 0;
+    if (load_hosts(e, cfg) != 0) {
+        free(e->hosts);
+        free(e);
+        return ERR_INVALID;
+    }
     if (e->cfg.connect_timeout_ms <= 0) {
         e->cfg.connect_timeout_ms = 10000;
     }
@@ -300,12 +397,14 @@ int egress_start(const struct egress_config *cfg, struct egress **out)
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->idle, NULL);
     if (pipe2(e->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+        free(e->hosts);
         free(e);
         return ERR_IO;
     }
     if (pthread_create(&e->acceptor, NULL, acceptor_main, e) != 0) {
         close(e->wake[0]);
         close(e->wake[1]);
+        free(e->hosts);
         free(e);
         return ERR_IO;
     }
@@ -341,6 +440,7 @@ void egress_stop(struct egress *e)
         listener_free(e->ls[i]);
     }
     free(e->ls);
+    free(e->hosts);
     close(e->wake[0]);
     close(e->wake[1]);
     pthread_cond_destroy(&e->idle);

@@ -11,7 +11,10 @@
  * The proxy resolves names itself and connects to the address it resolved (no rebinding
  * between check and use). It refuses loopback, private, link-local (cloud metadata),
  * CGNAT, multicast and reserved addresses unless the allow-list names that address as an IP
- * literal ("127.0.0.1:8080"): a name that resolves to such an address is refused. Every
+ * literal ("127.0.0.1:8080"): a name that resolves to such an address is refused. The one
+ * exception is the operator's host map (egress_config.hosts, the `egress.hosts` setting): a
+ * name in it is not looked up but connects to its mapped address, restricted or not; the map
+ * applies to exactly that name (no subdomain, no other name resolving to the address). Every
  * refusal answers 403 and calls on_deny (the server records a sandbox.egress_denied event).
  *
  * Threads: one acceptor thread; one short-lived thread per proxied connection. All functions
@@ -25,9 +28,15 @@
 
 struct egress;
 
-/** A refused request: name is the listener's (the session id), reason a short sentence. */
-typedef void (*egress_deny_fn)(void *ctx, const char *name, const char *host, int port,
+/** A refused request: owner is the listener's (the session id), reason a short sentence. */
+typedef void (*egress_deny_fn)(void *ctx, const char *owner, const char *host, int port,
                                const char *reason);
+
+/** One entry of the operator's host map: a DNS name and the IP literal it connects to. */
+struct egress_host {
+    const char *name; /* "registry.internal" (any case, one trailing dot allowed) */
+    const char *addr; /* "10.0.0.5" or "fd00::5" (no brackets) */
+};
 
 struct egress_config {
     int connect_timeout_ms; /* 0 = 10000 */
@@ -35,10 +44,18 @@ struct egress_config {
     int head_timeout_ms;    /* time to send the request head; 0 = 10000 */
     egress_deny_fn on_deny; /* may be NULL */
     void *ctx;
+    /* The host map (borrowed for egress_start, which copies it): each name connects to its
+     * address, even a restricted one, when an allow-list lists the name. */
+    const struct egress_host *hosts;
+    size_t nhosts;
 };
 
-/** Start the proxy (no listener yet). *out: egress_stop(). */
+/** Start the proxy (no listener yet). ERR_INVALID (logged) for a bad host map entry.
+ * *out: egress_stop(). */
 int egress_start(const struct egress_config *cfg, struct egress **out);
+/** Check one host map entry: name a DNS name (as in an egress entry), addr an IPv4 or IPv6
+ * literal. 0 or ERR_INVALID; why (may be NULL) gets a short reason. */
+int egress_host_check(const char *name, const char *addr, char *why, size_t whylen);
 /** Close every listener and connection, wait for the connection threads. NULL is a no-op. */
 void egress_stop(struct egress *e);
 
@@ -46,12 +63,21 @@ void egress_stop(struct egress *e);
  * entries (host a name, an IPv4 literal or a [IPv6] literal; case-insensitive). unix_path
  * non-NULL: a Unix socket at that path (an old file there is replaced; mode 0666 so the
  * sandbox's user can connect); NULL: a TCP listener on 127.0.0.1, its port in *port_out.
+ * A listener of name already on the same endpoint keeps its socket (and port) and gets the
+ * new list for the connections it accepts from now on.
  * ERR_INVALID for a malformed entry, ERR_IO if the socket cannot be bound. */
 int egress_open(struct egress *e, const char *name, const char *const *allow, const char *unix_path,
                 int *port_out);
+/** The same, with refusals reported to on_deny as owner's instead of name's: one owner (a
+ * session) may have several listeners (its coding agent's, its commands'). */
+int egress_open_owned(struct egress *e, const char *name, const char *owner,
+                      const char *const *allow, const char *unix_path, int *port_out);
 /** Close the listener of name (its socket file is removed). Open tunnels finish on their
  * own. ERR_NOT_FOUND if there is none. */
 int egress_close(struct egress *e, const char *name);
+/** How many requests the listener of name refused since it was opened (0 if there is no such
+ * listener); the last refusal's message ("host:port refused: why") into last (may be NULL). */
+int egress_denials(struct egress *e, const char *name, char *last, size_t n);
 
 struct egress_stats {
     uint64_t connections; /* accepted */

@@ -70,10 +70,20 @@ void egri_deny(struct job *j, const char *host, int port, const char *reason)
     char msg[512];
     snprintf(msg, sizeof(msg), "sessiond egress: %s:%d refused: %s", host, port, reason);
     egri_reply(j->c->cfd, 403, "Forbidden", msg);
-    egri_count(j->e, &j->e->st.denied, 1);
+    pthread_mutex_lock(&j->e->lock);
+    j->e->st.denied++;
+    for (size_t i = 0; i < j->e->nls; i++) {
+        struct listener *l = j->e->ls[i];
+        if (strcmp(l->name, j->name) == 0) {
+            l->denials++;
+            snprintf(l->last, sizeof(l->last), "%s:%d refused: %s", host, port, reason);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&j->e->lock);
     LOG_INFO("egress: %s: refused %s:%d: %s", j->name, host, port, reason);
     if (j->e->cfg.on_deny) {
-        j->e->cfg.on_deny(j->e->cfg.ctx, j->name, host, port, reason);
+        j->e->cfg.on_deny(j->e->cfg.ctx, j->owner, host, port, reason);
     }
 }
 

@@ -36,10 +36,20 @@ struct allow {
 
 struct listener {
     char *name;
+    char *owner;     /* given to on_deny */
     char *unix_path; /* NULL for TCP */
     int fd;
+    int port; /* TCP: the bound port */
     struct allow *allow;
     size_t nallow;
+    int denials;               /* refused requests (egress_denials) */
+    char last[HOST_MAX + 128]; /* the last refusal */
+};
+
+/* The operator's host map entry, normalised: host as struct allow's, addr an IP literal. */
+struct hostmap {
+    char host[HOST_MAX];
+    char addr[64];
 };
 
 struct conn {
@@ -58,13 +68,16 @@ struct egress {
     int stopping;
     pthread_t acceptor;
     struct egress_stats st;
+    struct hostmap *hosts; /* fixed after egress_start */
+    size_t nhosts;
 };
 
 /* One accepted connection, owned by its thread: the policy was copied from its listener. */
 struct job {
     struct egress *e;
     struct conn *c;
-    char name[128];
+    char name[128];  /* the listener's */
+    char owner[128]; /* its owner's (on_deny) */
     struct allow *allow;
     size_t nallow;
 };
@@ -89,6 +102,8 @@ int egri_split_hostport(const char *s, size_t n, char *host, int *port);
 int egri_split_authority(const char *a, size_t n, char *host, int *port);
 /** 1 if host is an IPv4 or IPv6 literal. */
 int egri_is_literal(const char *host);
+/** Normalise a checked host map entry (egress_host_check) into out. 0 or ERR_INVALID. */
+int egri_hostmap_norm(const char *name, const char *addr, struct hostmap *out);
 /** Check the policy, resolve and connect j->c->ufd. Replies (403/502) and returns non-zero
  * when the request must not go on. */
 int egri_open_upstream(struct job *j, const char *host, int port);

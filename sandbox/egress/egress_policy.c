@@ -300,6 +300,54 @@ int egress_entry_norm(const char *entry, char *norm, size_t n, char *why, size_t
     return 0;
 }
 
+/* ---- the operator's host map ---- */
+
+int egress_host_check(const char *name, const char *addr, char *why, size_t whylen)
+{
+    char norm[EGRESS_ENTRY_MAX], entry[300];
+    unsigned char bin[16];
+    if (!name || !addr || strlen(name) > 254) {
+        return egress_fail(why, whylen, "the name must be a DNS name");
+    }
+    snprintf(entry, sizeof(entry), "%s:1", name);
+    if (name[0] == '[' || strspn(name, "0123456789.") == strlen(name)) {
+        return egress_fail(why, whylen, "the name must be a DNS name, not an address");
+    }
+    if (egress_entry_norm(entry, norm, sizeof(norm), NULL, 0) != 0) {
+        return egress_fail(why, whylen, "the name must be a DNS name");
+    }
+    if (inet_pton(AF_INET, addr, bin) != 1 && inet_pton(AF_INET6, addr, bin) != 1) {
+        return egress_fail(why, whylen,
+                           "the address must be an IPv4 or IPv6 address (\"10.0.0.5\", "
+                           "\"fd00::5\")");
+    }
+    return 0;
+}
+
+int egri_hostmap_norm(const char *name, const char *addr, struct hostmap *out)
+{
+    unsigned char bin[16];
+    int v4 = inet_pton(AF_INET, addr, bin) == 1;
+    if (!v4 && inet_pton(AF_INET6, addr, bin) != 1) {
+        return ERR_INVALID;
+    }
+    if (!inet_ntop(v4 ? AF_INET : AF_INET6, bin, out->addr, sizeof(out->addr))) {
+        return ERR_INVALID;
+    }
+    return norm_host(name, strlen(name), out->host);
+}
+
+/* The mapped address of host (normalised) in the operator's host map, or NULL. */
+static const char *mapped_addr(const struct egress *e, const char *host)
+{
+    for (size_t i = 0; i < e->nhosts; i++) {
+        if (strcmp(e->hosts[i].host, host) == 0) {
+            return e->hosts[i].addr;
+        }
+    }
+    return NULL;
+}
+
 /* ---- the upstream connection ---- */
 
 /* Non-blocking connect with a timeout; 0 with *fd_out or an error. */
@@ -348,21 +396,24 @@ int egri_open_upstream(struct job *j, const char *host, int port)
         egri_deny(j, host, port, "not on this sandbox's egress allow-list");
         return ERR_FORBIDDEN;
     }
-    /* Resolve ourselves; connect only to addresses that pass the address rules. */
+    /* Resolve ourselves; connect only to addresses that pass the address rules. A name of the
+     * operator's host map is not looked up: it means its mapped address and only that one,
+     * which the operator vouched for, so the address rules do not apply to it. */
+    const char *mapped = a->literal ? NULL : mapped_addr(j->e, host);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     char pstr[8];
     snprintf(pstr, sizeof(pstr), "%d", port);
-    if (a->literal) {
+    if (a->literal || mapped) {
         hints.ai_flags = AI_NUMERICHOST;
     }
-    if (getaddrinfo(host, pstr, &hints, &res) != 0 || !res) {
+    if (getaddrinfo(mapped ? mapped : host, pstr, &hints, &res) != 0 || !res) {
         egri_reply(j->c->cfd, 502, "Bad Gateway", "sessiond egress: cannot resolve host");
         egri_count(j->e, &j->e->st.failed, 1);
         return ERR_IO;
     }
     int tried = 0, restricted = 0;
     for (struct addrinfo *ai = res; ai && j->c->ufd < 0; ai = ai->ai_next) {
-        if (egress_addr_restricted(ai->ai_addr) && !a->literal) {
+        if (egress_addr_restricted(ai->ai_addr) && !a->literal && !mapped) {
             restricted++;
             continue;
         }
@@ -378,8 +429,8 @@ int egri_open_upstream(struct job *j, const char *host, int port)
     if (j->c->ufd < 0) {
         if (!tried && restricted) {
             egri_deny(j, host, port,
-                      "resolves to a private, loopback or link-local address (name it as an IP "
-                      "literal to allow it)");
+                      "resolves to a private, loopback or link-local address (list it as an IP "
+                      "literal, or have an admin map the name in egress.hosts)");
             return ERR_FORBIDDEN;
         }
         egri_reply(j->c->cfd, 502, "Bad Gateway", "sessiond egress: cannot connect upstream");

@@ -10,6 +10,11 @@
  * The forwarder has the parent-death signal set: it dies with COMMAND. Its stdio is
  * /dev/null, so COMMAND's output pipes close when COMMAND ends. If PORT is taken (another
  * run of this sandbox forwards to the same socket), COMMAND runs without a new forwarder.
+ *
+ * PORT 0 (the sandbox's commands: setup steps, exec, command agents, several of which may run
+ * at once): a free port of the loopback, and COMMAND gets HTTP_PROXY/HTTPS_PROXY (both cases)
+ * pointing at it, with NO_PROXY naming the sandbox's own loopback. Each such command has its
+ * own forwarder, so none loses its route when another ends.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -99,9 +104,11 @@ static int egress_forward_main(int argc, char **argv)
         fprintf(stderr, "usage: sandbox-init --egress-forward PORT SOCKET -- COMMAND ARGS...\n");
         return 2;
     }
-    long port = strtol(argv[2], NULL, 10);
+    char *end = NULL;
+    long port = strtol(argv[2], &end, 10);
     const char *sock = argv[3];
-    if (port < 1 || port > 65535 || strlen(sock) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+    if (end == argv[2] || *end || port < 0 || port > 65535 ||
+        strlen(sock) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         fprintf(stderr, "sandbox-init: --egress-forward: bad port or socket path\n");
         return 2;
     }
@@ -119,6 +126,19 @@ static int egress_forward_main(int argc, char **argv)
             }
             close(lfd);
             lfd = -1;
+        }
+    }
+    if (lfd >= 0 && port == 0) {
+        socklen_t sl = sizeof(sin);
+        char url[64];
+        if (getsockname(lfd, (struct sockaddr *)&sin, &sl) == 0) {
+            snprintf(url, sizeof(url), "http://127.0.0.1:%u", (unsigned)ntohs(sin.sin_port));
+            setenv("HTTP_PROXY", url, 1);
+            setenv("HTTPS_PROXY", url, 1);
+            setenv("http_proxy", url, 1);
+            setenv("https_proxy", url, 1);
+            setenv("NO_PROXY", "localhost,127.0.0.1,::1", 1);
+            setenv("no_proxy", "localhost,127.0.0.1,::1", 1);
         }
     }
     if (lfd >= 0) {

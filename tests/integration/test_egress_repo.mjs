@@ -13,6 +13,7 @@
 //     sandbox.egress_denied {host, port}; after a PATCH adding B, the next prompt reaches B.
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -166,6 +167,21 @@ await t.test('PATCH egress adding the other port: the next prompt reaches it', a
   if (b.status !== 200 || !b.text.includes('other-says-hello/from-sandbox')) throw new Error(`b2.txt: ${b.status} ${b.text.slice(0, 200)}`);
   const n1 = evs.filter((e) => e.type === 'sandbox.egress_denied').length;
   if (n1 !== n0) throw new Error('a new refusal was recorded');
+}, { timeoutMs: 100000 });
+
+await t.test('the agent\'s proxy listener closes when the CLI exits (later commands get no route to the model endpoint)', async () => {
+  const pid = await prompt(sid, 'Proxy. [[cmd:printf %s "$HTTPS_PROXY" > proxy.txt]] [[shell-only]]');
+  const [end] = await finish(sid, pid);
+  if (end.type !== 'prompt.completed') throw new Error(`prompt failed: ${end.data.reason}`);
+  const f = await srv.api('GET', `/v1/sessions/${sid}/files`, { query: { path: 'proxy.txt' } });
+  const m = /^http:\/\/127\.0\.0\.1:(\d+)$/.exec(f.text.trim());
+  if (f.status !== 200 || !m) throw new Error(`proxy.txt: ${f.status} ${f.text.slice(0, 200)}`);
+  const open = await new Promise((res) => {
+    const c = net.connect(Number(m[1]), '127.0.0.1');
+    c.on('connect', () => { c.destroy(); res(true); });
+    c.on('error', () => res(false));
+  });
+  if (open) throw new Error(`the agent's listener on port ${m[1]} is still open after the prompt`);
 }, { timeoutMs: 100000 });
 
 await t.test('a session naming its own agent runs it, not the repo\'s', async () => {

@@ -225,6 +225,35 @@ TEST(blocked_commands)
     }
 }
 
+/* egress.default entries are checked and normalised; egress.hosts is an object of DNS name ->
+ * IP address, from the file's nested object or as JSON text. */
+TEST(egress_settings)
+{
+    char *path = write_tmp("{\"egress\":{\"default\":[\"Registry.NPMjs.org.:443\"],"
+                           "\"hosts\":{\"registry.internal\":\"10.0.0.5\"}}}");
+    char *argv[] = {"sessiond", "--config", path, NULL};
+    char *envp[] = {NULL};
+    struct config *c = load(3, argv, envp);
+    ASSERT_EQ((long)c->egress_default.n, 1L);
+    ASSERT_STREQ(c->egress_default.v[0], "registry.npmjs.org:443");
+    ASSERT(strstr(c->egress_hosts, "\"registry.internal\":\"10.0.0.5\"") != NULL);
+    config_free(c);
+    unlink(path);
+    static const char *const bad[][2] = {
+        {"--egress-default", "registry.npmjs.org"},
+        {"--egress-hosts", "[\"registry.internal\"]"},
+        {"--egress-hosts", "{\"registry.internal\":5}"},
+        {"--egress-hosts", "{\"registry.internal\":\"registry.other\"}"},
+        {"--egress-hosts", "{\"10.0.0.5\":\"10.0.0.5\"}"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *av[] = {"sessiond", (char *)bad[i][0], (char *)bad[i][1], NULL};
+        char msg[256] = "";
+        ASSERT_EQ(load_err(3, av, envp, msg, sizeof msg), ERR_INVALID);
+        ASSERT(strstr(msg, "egress."));
+    }
+}
+
 TEST(dump_masks_secrets)
 {
     char *argv[] = {"sessiond", "--admin-token", "topsecret", NULL};
@@ -272,6 +301,7 @@ static const struct test_case tests[] = {
     T(split_listen),
     T(origins),
     T(blocked_commands),
+    T(egress_settings),
     T(dump_masks_secrets),
     T(github_token_alias),
 };

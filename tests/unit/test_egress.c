@@ -353,6 +353,58 @@ TEST(private_address_by_name_refused)
     egress_stop(e);
 }
 
+/* The operator's host map: a mapped name reaches its (loopback) address when listed; the map
+ * applies to exactly that name (not a subdomain, not another name of the same address), and a
+ * refusal goes to the listener's owner and its own count. */
+TEST(host_map)
+{
+    upstream_start();
+    struct egress_host map[] = {{"Registry.Test.", "127.0.0.1"}};
+    struct egress_config cfg = {
+        .connect_timeout_ms = 2000, .on_deny = on_deny, .hosts = map, .nhosts = 1};
+    struct egress *e;
+    ASSERT_EQ(egress_start(&cfg, &e), 0);
+    char a0[64], a1[64], a2[64];
+    snprintf(a0, sizeof(a0), "registry.test:%d", up_port);
+    snprintf(a1, sizeof(a1), "sub.registry.test:%d", up_port);
+    snprintf(a2, sizeof(a2), "localhost:%d", up_port);
+    const char *allow[] = {a0, a1, a2, NULL};
+    int port = 0;
+    ASSERT_EQ(egress_open_owned(e, "s_map/cmd", "s_map", allow, NULL, &port), 0);
+    char req[256], resp[16384];
+    int fd = tcp_connect(port);
+    snprintf(req, sizeof(req),
+             "GET http://registry.test:%d/pkg.tgz HTTP/1.1\r\nHost: registry.test\r\n\r\n",
+             up_port);
+    send_str(fd, req);
+    read_all(fd, resp, sizeof(resp));
+    close(fd);
+    ASSERT(strstr(resp, "GET /pkg.tgz HTTP/1.1") != NULL);
+    ASSERT_EQ(egress_denials(e, "s_map/cmd", NULL, 0), 0);
+    snprintf(req, sizeof(req), "CONNECT localhost:%d HTTP/1.1\r\n\r\n", up_port);
+    expect_denied(port, req, "another name of the mapped address");
+    ASSERT(strncmp(deny_last, "s_map localhost:", 16) == 0);
+    char last[256];
+    ASSERT_EQ(egress_denials(e, "s_map/cmd", last, sizeof(last)), 1);
+    ASSERT(strstr(last, "localhost:") != NULL && strstr(last, "egress.hosts") != NULL);
+    /* a subdomain is not mapped: it is looked up (and does not resolve) */
+    fd = tcp_connect(port);
+    snprintf(req, sizeof(req), "CONNECT sub.registry.test:%d HTTP/1.1\r\n\r\n", up_port);
+    send_str(fd, req);
+    read_all(fd, resp, sizeof(resp));
+    close(fd);
+    ASSERT(strncmp(resp, "HTTP/1.1 200", 12) != 0);
+    egress_stop(e);
+    /* bad entries are refused at start */
+    struct egress_host bad[][1] = {{{"10.0.0.5", "10.0.0.5"}},
+                                   {{"registry.test", "registry.other"}},
+                                   {{"bad_name!", "10.0.0.5"}}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct egress_config bc = {.hosts = bad[i], .nhosts = 1};
+        ASSERT_EQ(egress_start(&bc, &e), ERR_INVALID);
+    }
+}
+
 TEST(addr_rules)
 {
     static const char *const restricted[] = {"10.1.2.3",
@@ -474,6 +526,35 @@ TEST(unix_listener_replace_close)
     egress_stop(e);
 }
 
+/* Setting a listener's list anew keeps its socket: a TCP listener keeps its port (commands
+ * already given it keep their route) and the new list applies to the next connection. */
+TEST(reopen_keeps_port)
+{
+    upstream_start();
+    struct egress *e = start_proxy();
+    char allow0[64];
+    snprintf(allow0, sizeof(allow0), "127.0.0.1:%d", up_port);
+    const char *allow[] = {allow0, NULL};
+    const char *other[] = {"example.com:443", NULL};
+    int p1 = 0, p2 = 0;
+    ASSERT_EQ(egress_open_owned(e, "s_keep/cmd", "s_keep", allow, NULL, &p1), 0);
+    ASSERT_EQ(egress_open_owned(e, "s_keep/cmd", "s_keep", other, NULL, &p2), 0);
+    ASSERT_EQ(p1, p2);
+    char req[128];
+    snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n", up_port);
+    expect_denied(p1, req, "the old list no longer applies");
+    ASSERT(strncmp(deny_last, "s_keep 127.0.0.1:", 17) == 0);
+    ASSERT_EQ(egress_open_owned(e, "s_keep/cmd", "s_keep", allow, NULL, &p2), 0);
+    ASSERT_EQ(p1, p2);
+    int fd = tcp_connect(p1);
+    char resp[1024];
+    send_str(fd, req);
+    read_head(fd, resp, sizeof(resp));
+    ASSERT(strncmp(resp, "HTTP/1.1 200", 12) == 0);
+    close(fd);
+    egress_stop(e);
+}
+
 /* Stopping with a tunnel open returns (the tunnel is shut down). */
 TEST(stop_with_open_tunnel)
 {
@@ -500,9 +581,11 @@ static const struct test_case tests[] = {
     T(http_forward),
     T(denied_host_and_port),
     T(private_address_by_name_refused),
+    T(host_map),
     T(addr_rules),
     T(bad_requests),
     T(unix_listener_replace_close),
+    T(reopen_keeps_port),
     T(stop_with_open_tunnel),
 };
 
