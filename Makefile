@@ -111,7 +111,7 @@ $(BUILD)/sessiond-git: $(BUILD)/obj/workspace/gitjob/sessiond-git.o $(LIBS)
 # takes only the objects it references). Those listed here get only their parts, so a
 # dependency that creeps in (the auth test needing the runner) fails their link.
 UNIT_PARTS_test_auth      := server storage common
-UNIT_PARTS_test_static    := server storage common
+UNIT_PARTS_test_static    := server storage sandbox common
 UNIT_PARTS_test_config    := server sandbox common
 UNIT_PARTS_test_secrets   := server common
 UNIT_PARTS_test_ratelimit := server common
