@@ -57,7 +57,7 @@ void repos__kick_pool(struct repos *r)
     pthread_mutex_unlock(&r->lock);
 }
 
-void repos__warm_free(struct warm *w)
+void repos__warm_free(struct repos *r, struct warm *w)
 {
     if (w) {
         if (w->sbx) {
@@ -68,7 +68,7 @@ void repos__warm_free(struct warm *w)
         char *snapdir = xasprintf("%s.snap", w->dir);
         util_rm_rf(snapdir);
         free(snapdir);
-        snap_discard_tree(w->dir); /* its sandbox is gone: inodes to the spare pool */
+        snap_discard_tree(r->snap, w->dir); /* its sandbox is gone: inodes to the spares */
         free(w->repo);
         free(w->dir);
         free(w->image_id);
@@ -206,7 +206,7 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
     while (gone) {
         struct warm *w = gone;
         gone = w->next;
-        repos__warm_free(w);
+        repos__warm_free(r, w);
     }
     while (bare) {
         struct warm *w = bare;
@@ -225,7 +225,7 @@ static void pool_tick_repo(struct repos *r, const char *repo, const char *url, c
         char *shared = repos__shared_if_any(r, repo);
         if (gitjob_sync(&r->git, w->dir, shared, url, branch, NULL, head) != 0) {
             free(shared);
-            repos__warm_free(w);
+            repos__warm_free(r, w);
             continue;
         }
         if (strcmp(head, w->head) != 0) {

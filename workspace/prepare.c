@@ -53,7 +53,7 @@ static int from_warm(struct repos *r, const char *sid, struct warm *w, const cha
 {
     if (rename(w->dir, workspace) != 0) {
         LOG_WARN("repos: rename of a warm workspace failed: %s", strerror(errno));
-        repos__warm_free(w);
+        repos__warm_free(r, w);
         return ERR_IO;
     }
     if (defer && w->synced_ms + CLAIM_RESYNC_MS <= clock_now_ms()) {

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 struct sbx;
+struct snap_ctx;
 struct snap_store;
 struct repos_db;
 
@@ -57,6 +58,8 @@ struct repos {
     char *git_bin;         /* the sessiond-git helper */
     struct gitjob_cfg git; /* how workspace git operations run (gitjob.h); set at open */
     struct repos_db *db;   /* the repository tables (thread safe) */
+    struct snap_ctx *snap; /* the snapshot stores' context: spares and their threads (thread
+                              safe); freed last by repos_close */
 
     pthread_mutex_t lock; /* guards everything below */
     pthread_cond_t cond;
@@ -116,7 +119,7 @@ void repos__kick_pool(struct repos *r);
 void *repos__pool_main(void *arg);
 void repos__pool_sbx_free(struct sbx *s, char *priv);
 struct warm *repos__warm_claim(struct repos *r, const char *repo, const char *img);
-void repos__warm_free(struct warm *w);
+void repos__warm_free(struct repos *r, struct warm *w);
 
 /* prepare.c */
 int repos__wait_not_in(struct repos *r, const char *sid, json_t *a, json_t *b, int timeout_ms);

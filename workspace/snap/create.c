@@ -800,7 +800,7 @@ static size_t pick_jobs(struct snap_store *st, struct entv *cur, const struct en
  * complete with its index on success. 0 or ERR_IO. */
 static int hash_jobs(struct hctx *hc, struct pwriter *pw, size_t nj)
 {
-    size_t pack_min = atomic_load(&g_pack_min);
+    size_t pack_min = atomic_load(&hc->st->ctx->pack_min);
     if (pack_min > 0 && nj >= pack_min) {
         hc->pw = pw; /* many new objects likely: one pack instead of nj inodes */
     }
@@ -935,8 +935,8 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     int64_t started_ns = now_real_ns();
     char id[32], name[40];
     getrusage(RUSAGE_THREAD, &ct.ru0);
-    ct.bg0 = bg_running();
-    ct.rest0 = atomic_load(&g_restoring);
+    ct.bg0 = bg_running(&st->ctx->spares);
+    ct.rest0 = atomic_load(&st->ctx->spares.restoring);
 
     buf_init(&m, 0);
     memset(&h, 0, sizeof(h));
@@ -947,7 +947,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     ct.lock_us = clock_mono_us() - t0;
     /* Spare-making and recycling wait while we run, as they do for a restore: a user waits for
      * this snapshot (the session's next prompt does). */
-    restoring_begin();
+    restoring_begin(&st->ctx->spares);
     pidx_of(st);
     ct.pidx_us = clock_mono_us() - t0 - ct.lock_us;
     rootfd = open(workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
@@ -1004,7 +1004,7 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
      * (the page cache outlives the process). Against power loss (snap_set_durable): one
      * syncfs for the objects (cheaper than an fsync per object, and ordered before the
      * manifest), then the manifest and its directory entry are fsynced. */
-    int durable = atomic_load(&g_durable);
+    int durable = atomic_load(&st->ctx->durable);
     if (durable && h.new_bytes > 0 && syncfs(st->objfd) != 0) {
         rc = ERR_IO;
         goto out;
@@ -1034,7 +1034,7 @@ out:
     if (spares_checked) {
         spares_release(st->spares);
     }
-    restoring_end();
+    restoring_end(&st->ctx->spares);
     pthread_mutex_unlock(&st->lock);
     if (rootfd >= 0) {
         close(rootfd);

@@ -127,7 +127,8 @@ static int open_source(struct rctx *c, const struct ent *e, int *src, int *share
  * its contents follow through the fd: one stat at the end then serves for the cache. */
 static int place_spare(struct rctx *c, int pfd, const char *leaf)
 {
-    struct spares *from = c->st->spares, *borrowed = NULL;
+    struct spare_dir *from = c->st->spares, *borrowed = NULL;
+    struct snap_spares *ss = &c->st->ctx->spares;
     char sname[24] = "";
     int sparedfd = -1;
     int dst = spare_take(c->st->spares, sname, &sparedfd);
@@ -135,8 +136,8 @@ static int place_spare(struct rctx *c, int pfd, const char *leaf)
         dst = spare_borrow(c->st->spares, sname, &sparedfd, &borrowed);
         from = borrowed ? borrowed : from;
     }
-    if (dst < 0 && !atomic_load(&g_restore_short)) {
-        restore_mark_short();
+    if (dst < 0 && !atomic_load(&ss->restore_short)) {
+        restore_mark_short(ss);
     }
     if (dst >= 0) {
         int ok = renameat2(sparedfd, sname, pfd, leaf, RENAME_NOREPLACE) == 0;
@@ -321,7 +322,7 @@ static int is_under(const char *path, const char *dir, size_t dlen)
 static int seed_store(struct snap_store *st, const char *seed_dir, const char *m, size_t len)
 {
     struct snap_store *dst = NULL;
-    int rc = snap_store_open(seed_dir, &dst);
+    int rc = snap_store_open(st->ctx, seed_dir, &dst);
     if (rc != 0) {
         return rc;
     }
@@ -339,8 +340,9 @@ static int seed_store(struct snap_store *st, const char *seed_dir, const char *m
  * (same file system: a rename, whatever the size of the tree), deleted in the background
  * once the restore is done, so that a restore never waits for a mass delete. */
 struct trash {
-    const char *parent; /* the workspace's parent directory */
-    const char *leaf;   /* the workspace's name */
+    struct snap_spares *ss; /* its janitor's */
+    const char *parent;     /* the workspace's parent directory */
+    const char *leaf;       /* the workspace's name */
     char *path;
     int fd;
     unsigned n;
@@ -382,14 +384,14 @@ static void trash_done(struct trash *tr)
         tr->fd = -1;
     }
     if (tr->path) {
-        trash_later(tr->path, 0); /* the sandbox may still reach these inodes */
+        trash_later(tr->ss, tr->path, 0); /* the sandbox may still reach these inodes */
         tr->path = NULL;
     }
 }
 
 /* Leftovers of restores into parent/leaf that did not finish (a crash): staging and trash
  * directories. Queued for deletion. */
-static void sweep_leftovers(const char *parent, const char *leaf)
+static void sweep_leftovers(struct snap_spares *ss, const char *parent, const char *leaf)
 {
     DIR *d = opendir(parent);
     if (!d) {
@@ -420,7 +422,7 @@ static void sweep_leftovers(const char *parent, const char *leaf)
             path = aside;
         }
         /* a staging tree was never seen by a sandbox; a trash may have been */
-        trash_later(path, is_stage);
+        trash_later(ss, path, is_stage);
     }
     closedir(d);
     free(stage);
@@ -478,8 +480,8 @@ static void drop_out_of_bounds(struct entv *tgt, const char *id, const char *wor
  * workspace (only a staging directory the next restore sweeps away). An existing one is updated
  * in place: it may be bind-mounted into a running sandbox, which must keep seeing the same
  * directory. */
-static int open_root(const char *workspace, const char *parent, const char *leaf, char **stage,
-                     int *fresh, int *rootfd)
+static int open_root(struct snap_spares *ss, const char *workspace, const char *parent,
+                     const char *leaf, char **stage, int *fresh, int *rootfd)
 {
     struct stat wsb;
     if (lstat(workspace, &wsb) != 0) {
@@ -487,7 +489,7 @@ static int open_root(const char *workspace, const char *parent, const char *leaf
             return ERR_IO;
         }
         *fresh = 1;
-        sweep_leftovers(parent, leaf);
+        sweep_leftovers(ss, parent, leaf);
         *stage = xasprintf("%s/.%s.snap-restore", parent, leaf);
         if (mkdir(*stage, 0755) != 0) {
             LOG_WARN("snap: restore: cannot create %s: %s", *stage, strerror(errno));
@@ -640,8 +642,8 @@ static int copy_files(struct snap_store *st, const char *id, const char *workspa
                  "reach%s",
                  id, workspace, nj, own, in_reach, in_reach < nj ? ": short" : "");
     }
-    if (in_reach < nj && !atomic_load(&g_restore_short)) {
-        restore_mark_short();
+    if (in_reach < nj && !atomic_load(&st->ctx->spares.restore_short)) {
+        restore_mark_short(&st->ctx->spares);
     }
     struct rctx rcx = {.st = st,
                        .rootfd = rootfd,
@@ -767,11 +769,12 @@ static int restore_impl(struct snap_store *st, const char *id, const char *works
     }
     spares_check(st->spares);
     spares_checked = 1;
-    restoring_begin();
+    restoring_begin(&st->ctx->spares);
+    tr.ss = &st->ctx->spares;
     tr.parent = parent;
     tr.leaf = leaf;
 
-    rc = open_root(workspace, parent, leaf, &stage, &ri.fresh, &rootfd);
+    rc = open_root(&st->ctx->spares, workspace, parent, leaf, &stage, &ri.fresh, &rootfd);
     if (rc != 0) {
         goto out;
     }
@@ -858,7 +861,7 @@ out:
     }
     if (spares_checked) {
         spares_release(st->spares);
-        restoring_end();
+        restoring_end(&st->ctx->spares);
     }
     pthread_mutex_unlock(&st->lock);
     pdir_close(&pd);
@@ -868,7 +871,7 @@ out:
     trash_done(&tr);
     if (stage) {
         /* a failed fresh restore leaves no workspace behind */
-        sweep_leftovers(parent, leaf);
+        sweep_leftovers(&st->ctx->spares, parent, leaf);
         free(stage);
     }
     /* Top the spares up for the next restore of this size (in the background). */
