@@ -141,7 +141,7 @@ struct spare_dir {
     struct snap_spares *ss; /* the set it belongs to; immutable */
     pthread_mutex_t mu;
     char *dir;              /* immutable */
-    int dfd;                /* the spares directory, -1 until opened; guarded by mu */
+    int dfd;                /* the spare directory, -1 until opened; guarded by mu */
     unsigned gen;           /* bumped when dfd is reopened; guarded by mu */
     uint64_t *names[2];     /* spares ready to take, per kind (stacks); guarded by mu */
     size_t n[2], cap[2];    /* guarded by mu */
@@ -207,7 +207,7 @@ struct par_job {
 /*
  * Why packs: a snapshot that adds thousands of objects (the first snapshot of a store, an
  * `npm install`) would create thousands of inodes, and on ext4 without a journal every create
- * scans past the inodes freed in the last minutes (see the spare spare directories above): 10,000
+ * scans past the inodes freed in the last minutes (see the spare directories above): 10,000
  * creates took 3.4-6.9 s under load right after a mass delete. A snapshot (one that reads at least
  * pack_min files (snap_set_pack_min: by default any) instead appends its new small objects (up to
  * SMALL_FILE) to one pack file, packs/p-<random>.pack, written in parallel at reserved offsets, and
@@ -251,7 +251,7 @@ struct pidx {
 
 /* One pack being written by a snapshot's workers. The pack is written into a spare inode
  * when its spare directory has one (renamed to packs/<name>.pack by pack_finish), else created in
- * place: a snapshot then creates no inode at all (see the spare spare directories above). */
+ * place: a snapshot then creates no inode at all (see the spare directories above). */
 struct pwriter {
     pthread_mutex_t mu;
     int packfd;               /* the store's packs/ */
@@ -335,7 +335,7 @@ void restore_mark_short(struct snap_spares *ss);
  * with ss). */
 struct spare_dir *spares_for(struct snap_spares *ss, const char *store_dir);
 
-/* Make sure the spares directory is open and still linked (someone may have deleted the tree
+/* Make sure the spare directory is open and still linked (someone may have deleted the tree
  * it lives in); on (re)open, take stock of the spares a previous process left. */
 void spares_check(struct spare_dir *p);
 
@@ -347,16 +347,16 @@ void spares_release(struct spare_dir *p);
 void spares_kick(struct spare_dir *p, size_t files, size_t dirs);
 
 /* Take a spare file: an fd open for reading and writing on an empty file of ours with
- * SPARE_MODE, and its name in name. -1 if the spares is empty or unusable. The caller renames
- * it away or gives it back (spare_put). The spares directory fd stays valid until the caller's
- * spares_release(). */
+ * SPARE_MODE, and its name in name. -1 if the spare directory is empty or unusable. The caller
+ * renames it away or gives it back (spare_put). The spare directory fd stays valid until the
+ * caller's spares_release(). */
 int spare_take(struct spare_dir *p, char name[24], int *sparedfd);
 
-/* Take a spare file from another open spares on own's file system when own is empty: the
+/* Take a spare file from another open spare directory on own's file system when own is empty: the
  * sessions' spares and each repository's share one file system, and a rename from a sibling
- * spares costs what one from our own does, where a create may cost milliseconds (a restore
- * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spares it
- * came from, held (spares_release() after the rename; spare_put() to it if unused). */
+ * spare directory costs what one from our own does, where a create may cost milliseconds (a restore
+ * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spare directory
+ * it came from, held (spares_release() after the rename; spare_put() to it if unused). */
 int spare_borrow(struct spare_dir *own, char name[24], int *sparedfd, struct spare_dir **from);
 
 /* The spare files a restore from own's spares can take: its own and those spare_borrow() may
@@ -373,7 +373,7 @@ int spare_mkdir(struct spare_dir *p, int pfd, const char *name);
 /* Give the complete file fd, the spare sparedfd/spare, the name dirfd/name (which must not
  * exist: a random or new name). If the rename fails (EXDEV: the store is a mount point of
  * its own), the bytes are copied into a file created under that name. 0 or ERR_IO; either way
- * the spare is no longer in the spares directory on success. */
+ * the spare is no longer in the spare directory on success. */
 int file_commit(int fd, int sparedfd, const char *spare, int dirfd, const char *name);
 
 /* write_file_atomic_d() into a spare of spares (NULL: none) when there is one, so that writing a

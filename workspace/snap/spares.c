@@ -47,17 +47,17 @@
  * ("spares", named by a hex counter) next to the stores is topped up by a background thread;
  * restore and snapshot write a spare through its fd and rename it to its final name
  * (renameat2 RENAME_NOREPLACE: a rename allocates no inode, and the file appears complete).
- * With a journal the scan does not exist and the spares only takes the ordinary create cost
+ * With a journal the scan does not exist and the spares only take the ordinary create cost
  * off the critical path.
  *
- * One spares directory per directory <parent of the store>/.snap-spare (sessions' stores share
+ * One spare directory per directory <parent of the store>/.snap-spare (sessions' stores share
  * <data>/snapshots/.snap-spare, a repository's image store <data>/repos/<name>/.snap-spare).
  * Spare directories live as long as the process (a handful of small structs). A spare is a file we
  * created empty, or a file of a dead tree recycled under the checks of "Recycling" below (no
  * xattrs, no flags, one link, open nowhere), which leave it indistinguishable from a new one.
  */
 #define SPARE_DIR    "/.snap-spare"
-#define TRASH_PREFIX "t-" /* a discarded tree waiting in a spares directory (snap_discard_tree) */
+#define TRASH_PREFIX "t-" /* a discarded tree waiting in a spare directory (snap_discard_tree) */
 
 void spares_init(struct snap_spares *ss)
 {
@@ -84,7 +84,7 @@ void snap_set_spare_max(struct snap_ctx *ctx, size_t n)
  * CPU from it).
  * The filler waits even for a restore that ran out of spares (restore_short): its create
  * costs the same inode scan as the restore's own, on a CPU the restore's workers need, and
- * it holds the spares directory's lock for the whole scan -- the lock each rename of a spare
+ * it holds the spare directory's lock for the whole scan -- the lock each rename of a spare
  * out of that directory takes (with the file system's rename mutex held meanwhile, which
  * stalls the other workers' renames too). Measured with a filler that kept going for
  * restores marked short: image starts of 10,000 files in bench/pool.sh copied for 1.1-9.5 s
@@ -319,7 +319,7 @@ static void spare_name(int kind, uint64_t v, char name[24])
     snprintf(name, 24, "%s%llx", kind == SP_DIR ? "d-" : "f-", (unsigned long long)v);
 }
 
-/* Make sure the spares directory is open and still linked (someone may have deleted the tree
+/* Make sure the spare directory is open and still linked (someone may have deleted the tree
  * it lives in); on (re)open, take stock of the spares a previous process left. */
 void spares_check(struct spare_dir *p)
 {
@@ -390,7 +390,7 @@ void spares_release(struct spare_dir *p)
 
 struct filler {
     struct spare_dir *p;
-    int dfd; /* our own dup of the spares directory */
+    int dfd; /* our own dup of the spare directory */
     unsigned gen;
 };
 
@@ -483,7 +483,7 @@ void spares_kick(struct spare_dir *p, size_t files, size_t dirs)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Pop a spare name of kind. 0, or -1 if the spares is empty or unusable. */
+/* Pop a spare name of kind. 0, or -1 if the spare directory is empty or unusable. */
 static int spare_pop(struct spare_dir *p, int kind, char name[24], int *sparedfd)
 {
     if (!p || atomic_load(&p->ss->max) == 0) {
@@ -501,9 +501,9 @@ static int spare_pop(struct spare_dir *p, int kind, char name[24], int *sparedfd
 }
 
 /* Take a spare file: an fd open for reading and writing on an empty file of ours with
- * SPARE_MODE, and its name in name. -1 if the spares is empty or unusable. The caller renames
- * it away or gives it back (spare_put). The spares directory fd stays valid until the caller's
- * spares_release(). */
+ * SPARE_MODE, and its name in name. -1 if the spare directory is empty or unusable. The caller
+ * renames it away or gives it back (spare_put). The spare directory fd stays valid until the
+ * caller's spares_release(). */
 int spare_take(struct spare_dir *p, char name[24], int *sparedfd)
 {
     for (int tries = 0; tries < 4; tries++) {
@@ -552,11 +552,11 @@ static int sibling_spares(struct spare_dir *own, dev_t *dev, size_t *own_files,
     return 0;
 }
 
-/* Take a spare file from another open spares on own's file system when own is empty: the
+/* Take a spare file from another open spare directory on own's file system when own is empty: the
  * sessions' spares and each repository's share one file system, and a rename from a sibling
- * spares costs what one from our own does, where a create may cost milliseconds (a restore
- * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spares it
- * came from, held (spares_release() after the rename; spare_put() to it if unused). */
+ * spare directory costs what one from our own does, where a create may cost milliseconds (a restore
+ * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spare directory
+ * it came from, held (spares_release() after the rename; spare_put() to it if unused). */
 int spare_borrow(struct spare_dir *own, char name[24], int *sparedfd, struct spare_dir **from)
 {
     *from = NULL;
@@ -650,7 +650,7 @@ int spare_mkdir(struct spare_dir *p, int pfd, const char *name)
 /* Give the complete file fd, the spare sparedfd/spare, the name dirfd/name (which must not
  * exist: a random or new name). If the rename fails (EXDEV: the store is a mount point of
  * its own), the bytes are copied into a file created under that name. 0 or ERR_IO; either way
- * the spare is no longer in the spares directory on success. */
+ * the spare is no longer in the spare directory on success. */
 int file_commit(int fd, int sparedfd, const char *spare, int dirfd, const char *name)
 {
     if (renameat2(sparedfd, spare, dirfd, name, RENAME_NOREPLACE) == 0) {
@@ -709,7 +709,7 @@ int write_new_file(struct spare_dir *sp, int dirfd, const char *name, const char
  * Recycling: deleting a tree frees its inodes, which is what makes the next creates slow (see
  * above), and the filler then pays again to create the spares a restore takes. So a tree that
  * nobody but us can reach any more (the workspace of a destroyed sandbox, a restore's staging
- * directory) gives its plain files and empty directories to a spare spares of the same file
+ * directory) gives its plain files and empty directories to a spare directory of the same file
  * system instead: truncated, chmod-ed and renamed in, without freeing or allocating an inode.
  * A recycled inode ends up in another session's workspace, so it must carry nothing of its
  * past and nobody may still reach it:
@@ -724,11 +724,10 @@ int write_new_file(struct spare_dir *sp, int dirfd, const char *name, const char
  *   (nor another fd of ours, e.g. a file read in flight) has the file open;
  * - directories: empty, ours, one block, no xattrs (a default ACL would reach the files
  *   later created in it).
- * Anything else is deleted as before. The spares that needs spares most gets each one, up to
- * the cap (snap_set_spare_max); past it, files are deleted.
- * Not recycled: the trash of an in-place restore (the workspace's sandbox still runs and may
- * hold an O_PATH fd or a cwd that no lease reveals) and snapshot stores (their objects may be
- * read through open fds by a restore).
+ * Anything else is deleted as before. The spare directory that needs spares most gets each one, up
+ * to the cap (snap_set_spare_max); past it, files are deleted. Not recycled: the trash of an
+ * in-place restore (the workspace's sandbox still runs and may hold an O_PATH fd or a cwd that no
+ * lease reveals) and snapshot stores (their objects may be read through open fds by a restore).
  */
 #define RECYCLE_FLAGS_OK (FS_EXTENT_FL | FS_INLINE_DATA_FL) /* set by ext4 itself */
 #define LEASE_SIG        SIGWINCH /* default action: ignore; the server never handles it */
@@ -740,8 +739,8 @@ struct recycler {
     uint64_t files, dirs; /* recycled */
 };
 
-/* The open spares on dev that should get a spare of kind: the largest shortfall against its
- * target first, else the fewest spares under the cap. Returned with users held (spares_release)
+/* The open spare directory on dev that should get a spare of kind: the largest shortfall against
+ * its target first, else the fewest spares under the cap. Returned with users held (spares_release)
  * and its directory fd in *dfd. NULL if none has room. */
 static struct spare_dir *recycle_spares(struct snap_spares *ss, dev_t dev, int kind, int *dfd)
 {
@@ -781,12 +780,12 @@ static struct spare_dir *recycle_spares(struct snap_spares *ss, dev_t dev, int k
     return best;
 }
 
-/* Rename dfd/name (checked by the caller) into a spares directory as a spare of kind. 0 if done.
+/* Rename dfd/name (checked by the caller) into a spare directory as a spare of kind. 0 if done.
  * leasefd
  * (-1 for a directory) holds our write lease on the file: if somebody started opening it, the
  * lease is being broken, and after the rename the opener would hold a spare. Such a file is
- * unlinked from the spares instead (it is gone either way). The lease is released before the
- * spare is published, so a restore that takes it does not wait on it. */
+ * unlinked from the spare directory instead (it is gone either way). The lease is released before
+ * the spare is published, so a restore that takes it does not wait on it. */
 static int recycle_into_spares(struct snap_spares *ss, dev_t dev, int kind, int dfd,
                                const char *name, int leasefd)
 {
@@ -833,7 +832,7 @@ static int plain_inode(int fd)
     return 1;
 }
 
-/* Recycle the regular file dfd/name (lstat data in sb) into a spares directory. 0 if done (or the
+/* Recycle the regular file dfd/name (lstat data in sb) into a spare directory. 0 if done (or the
  * file is gone); else the caller unlinks it. A file with other links is never opened for writing;
  * one that somebody opens while we hold its lease may already be empty when they get it (it was
  * being deleted either way). */
@@ -888,7 +887,7 @@ out:
     return ok ? 0 : -1;
 }
 
-/* Recycle the directory cfd (= dfd/name, emptied by the caller) into a spares directory. 0 if done.
+/* Recycle the directory cfd (= dfd/name, emptied by the caller) into a spare directory. 0 if done.
  */
 static int recycle_dir(struct recycler *rc, int cfd, int dfd, const char *name)
 {
@@ -1005,7 +1004,7 @@ void trash_later(struct snap_spares *ss, char *path, int recycle)
     }
 }
 
-/* The tree of a discard waits in the directory of a spares directory of its file system, named
+/* The tree of a discard waits in the directory of a spare directory of its file system, named
  * TRASH_PREFIX<random>: out of its caller's way at once, recycled by a janitor thread, and
  * found again by spares_check() after a crash. */
 
