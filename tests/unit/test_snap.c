@@ -885,7 +885,7 @@ TEST(spare_inodes_are_used_and_checked)
     struct snap_info si;
     char *ws = P("ws"), *ws2 = P("ws2"), *ref = P("ref");
     ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
-    snap_background_wait(g_ctx); /* the pool is topped up */
+    snap_background_wait(g_ctx); /* the spares are topped up */
     struct snap_restore_info ri;
     ASSERT_EQ(snap_restore(st, si.id, ws2, &ri), 0);
     ASSERT(ri.spares > 0);
@@ -921,7 +921,7 @@ TEST(spare_inodes_are_used_and_checked)
     finish();
 }
 
-/* Count the spare files ("f-*") of the pool dir next to the store; each must be an empty,
+/* Count the spare files ("f-*") of the spare directory next to the store; each must be an empty,
  * singly-linked 0644 file without xattrs (and each "d-*" an empty 0700 directory). */
 static int count_spares(void)
 {
@@ -953,7 +953,7 @@ static int count_spares(void)
     return n;
 }
 
-/* Deleting a dead workspace recycles its inodes into the spare pool, but a file that shares
+/* Deleting a dead workspace recycles its inodes into the spare directory, but a file that shares
  * its inode with a snapshot object (or anything else) is only unlinked: the objects, the
  * snapshots and outside files survive byte for byte, and a restore from the recycled spares
  * is exact. A file still open somewhere, or with an xattr, is not recycled either. */
@@ -967,7 +967,8 @@ TEST(discard_recycles_but_never_truncates_shared_inodes)
     struct snap_restore_info ri;
     char *ws = P("ws"), *ws2 = P("ws2"), *ref = P("ref"), *dead = P("dead");
     ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
-    ASSERT_EQ(snap_restore(st, si.id, ws2, &ri), 0); /* opens the pool and sets its target */
+    ASSERT_EQ(snap_restore(st, si.id, ws2, &ri),
+              0); /* opens the spare directory and sets its target */
     snap_background_wait(g_ctx);
     int before = count_spares();
 
@@ -1082,8 +1083,8 @@ TEST(discard_recycles_but_never_truncates_shared_inodes)
     finish();
 }
 
-/* With no pool open (or the cap reached), discarding is a plain recursive delete. */
-TEST(discard_without_pool_deletes)
+/* With no spare directory open (or the cap reached), discarding is a plain recursive delete. */
+TEST(discard_without_spare_dir_deletes)
 {
     mk_tmp();
     make_tree();
@@ -1096,8 +1097,8 @@ TEST(discard_without_pool_deletes)
     finish();
 }
 
-/* A discarded tree that a crash left in the pool directory is recycled by the next process
- * that opens the pool. */
+/* A discarded tree that a crash left in the spare directory is recycled by the next
+ * context that opens it. */
 TEST(discard_leftover_is_recycled_at_next_open)
 {
     mk_tmp();
@@ -1109,7 +1110,7 @@ TEST(discard_leftover_is_recycled_at_next_open)
     struct snap_store *st = open_store();
     struct snap_info si;
     char *ws = P("ws");
-    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0); /* opens the pool */
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0); /* opens the spare directory */
     snap_background_wait(g_ctx);
     char *left = P(".snap-spare/t-0123456789abcdef");
     struct stat sb;
@@ -1121,9 +1122,9 @@ TEST(discard_leftover_is_recycled_at_next_open)
     finish();
 }
 
-/* A restore whose own pool is empty takes spares from a sibling pool on the same file system
- * (sessions' and repositories' pools) rather than creating files. */
-TEST(restore_borrows_spares_from_a_sibling_pool)
+/* A restore whose own spare directory is empty takes spares from a sibling one on the same file
+ * system (the sessions' and the repositories') rather than creating files. */
+TEST(restore_borrows_spares_from_a_sibling_dir)
 {
     mk_tmp();
     make_tree();
@@ -1137,16 +1138,16 @@ TEST(restore_borrows_spares_from_a_sibling_pool)
     struct snap_restore_info ri;
     ASSERT_EQ(snap_create(sa, ws, NULL, &si_a), 0);
     char *wa = P("wa");
-    ASSERT_EQ(snap_restore(sa, si_a.id, wa, &ri), 0); /* a's pool gets its target */
+    ASSERT_EQ(snap_restore(sa, si_a.id, wa, &ri), 0); /* a's spare directory gets its target */
     ASSERT_EQ(snap_create(sb_, ws, NULL, &si_b), 0);
     snap_background_wait(g_ctx);
-    /* b's pool: empty on disk (its stack names files that are gone) */
+    /* b's spare directory: empty on disk (its stack names files that are gone) */
     char *cmd = xasprintf("rm -f %s/b/.snap-spare/f-*", g_tmp);
     ASSERT_EQ(system(cmd), 0);
     free(cmd);
     char *wb = P("wb");
     ASSERT_EQ(snap_restore(sb_, si_b.id, wb, &ri), 0);
-    ASSERT(ri.spares > 0); /* from a's pool */
+    ASSERT(ri.spares > 0); /* from a's spare directory */
     tree_eq(ref, wb);
     tree_eq(wb, ref);
     snap_store_close(sa);
@@ -1388,7 +1389,8 @@ TEST(truncated_pack_fails_the_restore)
     finish();
 }
 
-/* Inode numbers of the spare files ("f-*") of the pool next to the store; *n gets the count. */
+/* Inode numbers of the spare files ("f-*") of the spare directory next to the store; *n gets
+ * the count. */
 static ino_t *spare_inos(size_t *n)
 {
     char *dir = P(".snap-spare");
@@ -1438,7 +1440,7 @@ static int spares_in(const char *store, const char *sub, const ino_t *v, size_t 
     return k;
 }
 
-/* A snapshot after a turn that changed a few files creates no inode when the spare pool has
+/* A snapshot after a turn that changed a few files creates no inode when the spare directory has
  * some: its new objects go into one pack, and the pack, its index and the manifest are spare
  * inodes renamed into place (ext4 without a journal makes creates slow after mass deletes;
  * this is what kept the in-server snapshot of issue 5 slow). Contents must still round-trip,
@@ -1451,7 +1453,7 @@ TEST(small_snapshot_creates_no_inode)
     struct snap_info s1, s2, s3;
     char *ws = P("ws"), *ws2 = P("ws2"), *store = P("store");
     ASSERT_EQ(snap_create(st, ws, NULL, &s1), 0);
-    snap_background_wait(g_ctx); /* the pool is topped up */
+    snap_background_wait(g_ctx); /* the spares are topped up */
     int objects0 = count_objects(store), packs0 = count_packs(store, ".pack");
     size_t n = 0;
     ino_t *inos = spare_inos(&n);
@@ -1733,9 +1735,9 @@ static const struct test_case tests[] = {
     T(fresh_restore_is_all_or_nothing_under_kill),
     T(spare_inodes_are_used_and_checked),
     T(discard_recycles_but_never_truncates_shared_inodes),
-    T(discard_without_pool_deletes),
+    T(discard_without_spare_dir_deletes),
     T(discard_leftover_is_recycled_at_next_open),
-    T(restore_borrows_spares_from_a_sibling_pool),
+    T(restore_borrows_spares_from_a_sibling_dir),
     T(durable_snapshot_roundtrip),
     T(packed_snapshot_roundtrip_and_isolation),
     T(pack_gc_rewrites_half_dead_and_deletes_dead_packs),
