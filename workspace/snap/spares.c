@@ -52,9 +52,10 @@
  *
  * One spare directory per directory <parent of the store>/.snap-spare (sessions' stores share
  * <data>/snapshots/.snap-spare, a repository's image store <data>/repos/<name>/.snap-spare).
- * Spare directories live as long as the process (a handful of small structs). A spare is a file we
- * created empty, or a file of a dead tree recycled under the checks of "Recycling" below (no
- * xattrs, no flags, one link, open nowhere), which leave it indistinguishable from a new one.
+ * The struct of a spare directory lives as long as its snap_ctx (a handful of small structs). A
+ * spare is a file we created empty, or a file of a dead tree recycled under the checks of
+ * "Recycling" below (no xattrs, no flags, one link, open nowhere), which leave it
+ * indistinguishable from a new one.
  */
 #define SPARE_DIR    "/.snap-spare"
 #define TRASH_PREFIX "t-" /* a discarded tree waiting in a spare directory (snap_discard_tree) */
