@@ -134,7 +134,7 @@ struct pdir {
 
 #define SPARE_MODE 0644 /* the usual mode of a file: most restored files need no chmod */
 
-enum { SP_FILE = 0, SP_DIR = 1 }; /* kinds of spares: empty files "<hex>", empty dirs "d<hex>" */
+enum { SP_FILE = 0, SP_DIR = 1 }; /* kinds of spares: empty files "f-<hex>", empty dirs "d-<hex>" */
 
 /* One spare-inode directory (<parent of a store>/.snap-spare), shared by the stores beside it. */
 struct spare_dir {
