@@ -842,7 +842,9 @@ TEST(fresh_restore_is_all_or_nothing_under_kill)
         ASSERT(pid >= 0);
         if (pid == 0) {
             snap_set_spare_max(g_ctx, round % 2 ? 0 : 65536);
-            _exit(snap_restore(st, si.id, dst, NULL) == 0 ? 0 : 1);
+            int rc = snap_restore(st, si.id, dst, NULL);
+            snap_background_wait(g_ctx); /* joins the threads it started */
+            _exit(rc == 0 ? 0 : 1);
         }
         long ns = full_ns / 10 + full_ns * round / 8;
         struct timespec d = {ns / 1000000000L, ns % 1000000000L};
