@@ -4,10 +4,10 @@
  * Usage: build/bench/snap [--files N] [--mib M] [--dir D] [--rounds R]
  * Prints one line per measurement (with its phases) and a JSON summary line with the 1-minute
  * load average. Page cache is warm (the tree has just been written), as it is at the end of a
- * prompt. Restores are measured with the spare-inode pool (see sandbox/snap.c) and without it.
- * The first snapshot into a fresh store (its own, empty spare pool) is also measured right
- * after a mass delete (10,000 files deleted just before each round; ext4 without a journal is
- * slow to create files then), with packs (the default) and once without (snap_set_pack_min(0):
+ * prompt. Restores are measured with the spare inodes (see workspace/snap/spares.c) and without
+ * them. The first snapshot into a fresh store (its own, empty spare directory) is also measured
+ * right after a mass delete (10,000 files deleted just before each round; ext4 without a journal is
+ * slow to create files then), with packs (the default) and once without (snap_set_pack_min(ctx, 0):
  * one object file per file).
  */
 #include "common/clock.h"
@@ -150,8 +150,10 @@ int main(int argc, char **argv)
     }
     printf("tree: %d files, %.1f MiB in %s\n", files, (double)total / (1 << 20), ws);
 
+    struct snap_ctx *ctx = NULL;
+    snap_ctx_new(&ctx);
     struct snap_store *st = NULL;
-    if (snap_store_open(store, &st) != 0) {
+    if (snap_store_open(ctx, store, &st) != 0) {
         return 1;
     }
     struct snap_info si;
@@ -167,7 +169,7 @@ int main(int argc, char **argv)
     print_create_phases(&si);
     /* Spare inodes are made in the background after each operation; between two prompts there
      * is time for that, so the steady-state figures below wait for it. */
-    snap_background_wait();
+    snap_background_wait(ctx);
 
     t0 = clock_mono_us();
     snap_create(st, ws, "unchanged", &si);
@@ -183,7 +185,7 @@ int main(int argc, char **argv)
             int i = (int)(xr() % (uint64_t)files);
             write_file(paths[i], (size_t)(xr() % (2 * mean + 1)), 0);
         }
-        snap_background_wait();
+        snap_background_wait(ctx);
         c0 = cpu_ms();
         t0 = clock_mono_us();
         snap_create(st, ws, "1pct", &si);
@@ -199,9 +201,9 @@ int main(int argc, char **argv)
         int i = (int)(xr() % (uint64_t)files);
         write_file(paths[i], (size_t)(xr() % (2 * mean + 1)), 0);
     }
-    snap_background_wait();
+    snap_background_wait(ctx);
     t0 = clock_mono_us();
-    if (snap_store_open(store, &st) != 0 || snap_create(st, ws, "1pct reopened", &si) != 0) {
+    if (snap_store_open(ctx, store, &st) != 0 || snap_create(st, ws, "1pct reopened", &si) != 0) {
         return 1;
     }
     int64_t reopen_us = clock_mono_us() - t0;
@@ -215,13 +217,13 @@ int main(int argc, char **argv)
     int64_t rs[3], rs_nospare[3];
     char *dirs[6];
     for (int r = 0; r < 6; r++) {
-        /* fresh directories; odd rounds without the spare-inode pool (every file created in
-         * place: what a restore costs when the pool is empty) */
+        /* fresh directories; odd rounds without spare inodes (every file created in place:
+         * what a restore costs when the spares are used up) */
         int nospare = r % 2;
         dirs[r] = xasprintf("%s-%d", ws2, r);
-        snap_background_wait();
+        snap_background_wait(ctx);
         sync();
-        snap_set_spare_max(nospare ? 0 : 65536);
+        snap_set_spare_max(ctx, nospare ? 0 : 65536);
         c0 = cpu_ms();
         t0 = clock_mono_us();
         if (snap_restore(st, last, dirs[r], &ri) != 0) {
@@ -229,7 +231,7 @@ int main(int argc, char **argv)
         }
         int64_t us = clock_mono_us() - t0;
         double cpu = cpu_ms() - c0;
-        snap_set_spare_max(65536);
+        snap_set_spare_max(ctx, 65536);
         if (nospare) {
             rs_nospare[r / 2] = us;
         } else {
@@ -250,14 +252,14 @@ int main(int argc, char **argv)
     int64_t after_del_us[2];
     for (int nospare = 0; nospare < 2; nospare++) {
         char *d = xasprintf("%s-del%d", ws2, nospare);
-        snap_background_wait();
-        snap_set_spare_max(nospare ? 0 : 65536);
+        snap_background_wait(ctx);
+        snap_set_spare_max(ctx, nospare ? 0 : 65536);
         t0 = clock_mono_us();
         double c1 = cpu_ms();
         snap_restore(st, last, d, &ri);
         after_del_us[nospare] = clock_mono_us() - t0;
         c1 = cpu_ms() - c1;
-        snap_set_spare_max(65536);
+        snap_set_spare_max(ctx, 65536);
         printf("restore into a new dir right after deleting 60,000 files%s: %.1f ms, cpu %.0f "
                "ms (%llu spares)",
                nospare ? ", no spares" : "", after_del_us[nospare] / 1000.0, c1,
@@ -265,7 +267,7 @@ int main(int argc, char **argv)
         print_restore_phases(&ri);
         free(d);
     }
-    /* back-to-back restores (an image-start burst): the previous restore drained the pool and
+    /* back-to-back restores (an image-start burst): the previous restore drained the spares and
      * its filler runs, while the workspace of an ended session goes away -- deleted (its
      * inodes freed, so the creates that follow scan past them) or discarded (its inodes
      * recycled as spares, see snap_discard_tree) */
@@ -276,11 +278,11 @@ int main(int argc, char **argv)
             char *a = xasprintf("%s-b2b-a%d%d", ws2, round, recycle);
             char *c = xasprintf("%s-b2b-c%d%d", ws2, round, recycle);
             snap_restore(st, last, old, &ri); /* the ended session's workspace */
-            snap_background_wait();           /* the pool is full again */
-            snap_restore(st, last, a, &ri);   /* drains it; the filler starts */
+            snap_background_wait(ctx);        /* the spares are topped up again */
+            snap_restore(st, last, a, &ri);   /* drains them; the filler starts */
             int64_t t1 = clock_mono_us();
             if (recycle) {
-                snap_discard_tree(old); /* recycled in the background from now on */
+                snap_discard_tree(ctx, old); /* recycled in the background from now on */
             } else {
                 util_rm_rf(old);
             }
@@ -293,7 +295,7 @@ int main(int argc, char **argv)
                    recycle ? "discarding" : "deleting", gone_us / 1000.0,
                    b2b_us[recycle][round] / 1000.0, (unsigned long long)ri.spares, load1());
             print_restore_phases(&ri);
-            snap_background_wait();
+            snap_background_wait(ctx);
             util_rm_rf(a);
             util_rm_rf(c);
             free(old);
@@ -311,11 +313,11 @@ int main(int argc, char **argv)
         char *victim = xasprintf("%s/victim-%d", dir, r);
         char *fstore = xasprintf("%s/fresh-%d/store", dir, r);
         snap_restore(st, last, victim, &ri);
-        snap_background_wait();
+        snap_background_wait(ctx);
         util_rm_rf(victim); /* 10,000 files freed just now */
-        snap_set_pack_min(nopack ? 0 : 1);
+        snap_set_pack_min(ctx, nopack ? 0 : 1);
         struct snap_store *fs = NULL;
-        if (snap_store_open(fstore, &fs) != 0) {
+        if (snap_store_open(ctx, fstore, &fs) != 0) {
             return 1;
         }
         c0 = cpu_ms();
@@ -325,7 +327,7 @@ int main(int argc, char **argv)
         }
         int64_t us = clock_mono_us() - t0;
         double cpu = cpu_ms() - c0;
-        snap_set_pack_min(1); /* the default */
+        snap_set_pack_min(ctx, 1); /* the default */
         if (nopack) {
             fad_nopack = us;
         } else {
@@ -337,7 +339,7 @@ int main(int argc, char **argv)
                (double)si.new_bytes / (1 << 20), load1());
         print_create_phases(&si);
         snap_store_close(fs);
-        snap_background_wait();
+        snap_background_wait(ctx);
         free(victim);
         free(fstore);
     }
@@ -353,7 +355,7 @@ int main(int argc, char **argv)
     for (int k = 0; k < changed; k++) {
         write_file(paths[xr() % (uint64_t)files], 100, 0);
     }
-    snap_background_wait();
+    snap_background_wait(ctx);
     t0 = clock_mono_us();
     snap_restore(st, last, ws, &ri);
     int64_t rollback_us = clock_mono_us() - t0;
@@ -385,8 +387,9 @@ int main(int argc, char **argv)
            fad[rounds - 1] / 1000.0, fad_nopack / 1000.0, reopen_us / 1000.0,
            (b2b_us[0][0] > b2b_us[0][1] ? b2b_us[0][0] : b2b_us[0][1]) / 1000.0,
            (b2b_us[1][0] > b2b_us[1][1] ? b2b_us[1][0] : b2b_us[1][1]) / 1000.0, load1());
-    snap_background_wait();
+    snap_background_wait(ctx);
     snap_store_close(st);
+    snap_ctx_free(ctx);
     util_rm_rf(dir);
     for (int i = 0; i < files; i++) {
         free(paths[i]);

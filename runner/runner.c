@@ -36,7 +36,6 @@
 #include "storage/registry.h"
 #include "storage/store.h"
 #include "workspace/repos.h"
-#include "workspace/snap/snap.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -326,8 +325,8 @@ void runneri_stop_sandbox(struct runner *r, struct rs *x, const char *why)
 }
 
 /* Delete the workspace and private dir of a purged session (local backends), after
- * runneri_stop_sandbox(). When the sandbox is really gone its inodes go to the spare pools
- * (snap_discard_tree: deleting 10k files makes ext4 without a journal slow at creating files
+ * runneri_stop_sandbox(). When the sandbox is really gone its inodes go to the snapshot spares
+ * (repos_discard_tree: deleting 10k files makes ext4 without a journal slow at creating files
  * for minutes, which is what image starts and restores do); a sandbox still in use
  * (stop_sandbox skips it) may hold files there, so its tree is only deleted. */
 void runneri_purge_files(struct runner *r, struct rs *x, const char *sid)
@@ -343,7 +342,7 @@ void runneri_purge_files(struct runner *r, struct rs *x, const char *sid)
             free(p); /* a disk of its own (wsdisk.h): unmounted and its image deleted */
             continue;
         }
-        if ((gone ? snap_discard_tree(p) : util_rm_rf(p)) != 0) {
+        if ((gone ? repos_discard_tree(r->cfg.repos, p) : util_rm_rf(p)) != 0) {
             LOG_WARN("runner: session %s: cannot remove %s", sid, p);
         }
         free(p);

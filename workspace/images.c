@@ -70,7 +70,7 @@ static void image_log(struct repos *r, const char *id, const char *text, size_t 
 int repos__open_image_store(struct repos *r, const char *repo, struct snap_store **out)
 {
     char *dir = repos__repo_dir(r, repo, "images");
-    int rc = snap_store_open(dir, out);
+    int rc = snap_store_open(r->snap, dir, out);
     free(dir);
     return rc;
 }
@@ -312,7 +312,7 @@ out:
                  err.data ? err.data : err_str(rc));
     }
     if (dir && wsdisk_remove(r->disk, dir) != 0) {
-        snap_discard_tree(dir); /* its sandbox is gone: inodes to the spare pool */
+        snap_discard_tree(r->snap, dir); /* its sandbox is gone: inodes to the spares */
     }
     if (rc == 0) {
         prune_images(r, repo);

@@ -70,7 +70,7 @@ void repos__warm_free(struct repos *r, struct warm *w)
         util_rm_rf(snapdir);
         free(snapdir);
         if (wsdisk_remove(r->disk, w->dir) != 0) {
-            snap_discard_tree(w->dir); /* its sandbox is gone: inodes to the spare pool */
+            snap_discard_tree(r->snap, w->dir); /* its sandbox is gone: inodes to the spares */
         }
         free(w->repo);
         free(w->dir);

@@ -498,6 +498,7 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
     int rc = 0;
     *out = NULL;
     r->cfg = *cfg;
+    snap_ctx_new(&r->snap);
     r->data_dir = xstrdup(cfg->data_dir);
     r->ca_file = cfg->ca_file ? xstrdup(cfg->ca_file) : NULL;
     r->cfg.ca_file = r->ca_file;
@@ -686,6 +687,7 @@ void repos_close(struct repos *r)
     pthread_mutex_destroy(&r->hook_mu);
     pthread_cond_destroy(&r->hook_cv);
     pthread_mutex_destroy(&r->runner_mu);
+    snap_ctx_free(r->snap); /* no store is open any more: joins the spares' threads */
     free(r->data_dir);
     free(r->abs_data_dir);
     free(r->ca_file);
@@ -704,9 +706,14 @@ int repos__open_session_store(struct repos *r, const char *sid, struct snap_stor
         return ERR_INVALID;
     }
     char *dir = repos__session_snap_dir(r, sid);
-    int rc = snap_store_open(dir, out);
+    int rc = snap_store_open(r->snap, dir, out);
     free(dir);
     return rc;
+}
+
+int repos_discard_tree(struct repos *r, const char *path)
+{
+    return snap_discard_tree(r ? r->snap : NULL, path);
 }
 
 /* The session's repo row joined with the repo: repo, branch, url, default_branch. */

@@ -106,6 +106,10 @@ int repos_repo_policy(struct repos *r, const char *name, json_t **egress, char *
 int repos_session_policy(struct repos *r, const char *sid, json_t **egress, char *agent, size_t n);
 /** Delete the repo, its images and warm workspaces (sessions keep their workspaces). */
 int repos_delete(struct repos *r, const char *name);
+/** Delete the tree at path, which nobody can reach any more (the workspace of a purged session
+ * whose sandbox is gone), giving its inodes to the spare directories of the layer's snapshot
+ * stores (snap_discard_tree); r NULL: deleted now. Valid until repos_close(). 0 or ERR_IO. */
+int repos_discard_tree(struct repos *r, const char *path);
 
 /* ---- images and the warm pool ---- */
 

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 struct sbx;
+struct snap_ctx;
 struct snap_store;
 struct repos_db;
 struct wsdisk;
@@ -59,6 +60,8 @@ struct repos {
     struct gitjob_cfg git; /* how workspace git operations run (gitjob.h); set at open */
     struct wsdisk *disk;   /* the workspaces' disks (sandbox/wsdisk.h), or NULL; set at open */
     struct repos_db *db;   /* the repository tables (thread safe) */
+    struct snap_ctx *snap; /* the snapshot stores' context: spares and their threads (thread
+                              safe); freed last by repos_close */
 
     pthread_mutex_t lock; /* guards everything below */
     pthread_cond_t cond;

@@ -42,7 +42,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     log_set_level(LOG_LEVEL_OFF);
-    snap_set_spare_max(0); /* no background inode pools: one input, one tree, all synchronous */
     /* tmpfs when there is one: creating and deleting thousands of directories per input on
      * a disk file system is what would bound the executions per second. */
     struct stat st;
@@ -213,7 +212,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FZ_CHECK(wsfd >= 0);
     build(wsfd, &f, &m);
     close(wsfd);
-    FZ_CHECK(snap_store_open(store, &st) == 0);
+    struct snap_ctx *ctx = NULL;
+    FZ_CHECK(snap_ctx_new(&ctx) == 0);
+    snap_set_spare_max(ctx, 0); /* no spare directories: one input, one tree, all synchronous */
+    FZ_CHECK(snap_store_open(ctx, store, &st) == 0);
     int rc = snap_create(st, ws, label, &si);
     FZ_CHECK(rc == 0);
     if (!m.over) {
@@ -229,7 +231,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FZ_CHECK(rc == 0);
     FZ_CHECK(si2.files == si.files && si2.entries == si.entries && si2.bytes == si.bytes);
     snap_store_close(st);
-    snap_background_wait();
+    snap_ctx_free(ctx); /* joins its threads: the trash of the restore is gone */
     FZ_CHECK(util_rm_rf(ws) == 0 && util_rm_rf(ws2) == 0 && util_rm_rf(store) == 0);
     free(label);
     return 0;

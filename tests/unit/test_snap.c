@@ -26,17 +26,21 @@
 #include <time.h>
 
 static char g_tmp[256];
+static struct snap_ctx *g_ctx; /* the test's stores and spares (one test per process) */
 
 static void mk_tmp(void)
 {
     snprintf(g_tmp, sizeof(g_tmp), "/tmp/test_snap.XXXXXX");
     ASSERT(mkdtemp(g_tmp) != NULL);
+    ASSERT_EQ(snap_ctx_new(&g_ctx), 0);
 }
 
 /* End of a test: let the background work (spare inodes, trash) finish, then clean up. */
 static void finish(void)
 {
-    snap_background_wait();
+    snap_background_wait(g_ctx);
+    snap_ctx_free(g_ctx);
+    g_ctx = NULL;
     util_rm_rf(g_tmp);
 }
 
@@ -222,7 +226,7 @@ static struct snap_store *open_store(void)
 {
     struct snap_store *st = NULL;
     char *p = P("store");
-    ASSERT_EQ(snap_store_open(p, &st), 0);
+    ASSERT_EQ(snap_store_open(g_ctx, p, &st), 0);
     free(p);
     return st;
 }
@@ -413,7 +417,7 @@ static int count_objects(const char *store)
 TEST(prune_and_gc)
 {
     mk_tmp();
-    snap_set_pack_min(0); /* loose objects (one file each), counted below */
+    snap_set_pack_min(g_ctx, 0); /* loose objects (one file each), counted below */
     mkd("ws", 0755);
     struct snap_store *st = open_store();
     char *ws = P("ws"), *store = P("store");
@@ -506,6 +510,69 @@ TEST(many_files_parallel)
     finish();
 }
 
+/* Threads of this process named "snap-*" (the spares' fillers and janitors name themselves so). */
+static int snap_thread_count(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    ASSERT(d != NULL);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') {
+            continue;
+        }
+        char *p = xasprintf("/proc/self/task/%s/comm", de->d_name);
+        char comm[32] = "";
+        FILE *f = fopen(p, "r");
+        if (f) { /* NULL: the thread ended meanwhile */
+            n += fgets(comm, sizeof(comm), f) && strncmp(comm, "snap-", 5) == 0;
+            fclose(f);
+        }
+        free(p);
+    }
+    closedir(d);
+    return n;
+}
+
+/* The spares' threads belong to their context: freeing it stops the filler (mid-way through 2,000
+ * spares), lets the janitor finish the trash of an in-place restore, and joins both; nothing of
+ * it runs after, and a new context takes over the spares made so far. */
+TEST(context_free_joins_its_threads)
+{
+    mk_tmp();
+    mkd("ws", 0755);
+    char *cmd = xasprintf("cd %s/ws && for d in 0 1 2 3; do mkdir d$d; "
+                          "for f in $(seq 1 500); do echo \"$d/$f\" > d$d/f$f; done; done",
+                          g_tmp);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+    struct snap_store *st = open_store();
+    char *ws = P("ws");
+    struct snap_info si;
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0); /* starts a filler for ~2,000 spares */
+    cmd = xasprintf("cp -a %s/ws/d0 %s/ws/extra", g_tmp, g_tmp);
+    ASSERT_EQ(system(cmd), 0);
+    free(cmd);
+    struct snap_restore_info ri;
+    ASSERT_EQ(snap_restore(st, si.id, ws, &ri), 0); /* extra/ goes to a trash janitor */
+    ASSERT_EQ(ri.removed, 1);
+    snap_store_close(st);
+    snap_ctx_free(g_ctx);
+    g_ctx = NULL;
+    ASSERT_EQ(snap_thread_count(), 0);
+    cmd = xasprintf("test -z \"$(ls -A %s | grep snap-trash)\"", g_tmp);
+    ASSERT_EQ(system(cmd), 0); /* the janitor finished before the free returned */
+    free(cmd);
+    /* a new context finds the spares the first one made */
+    ASSERT_EQ(snap_ctx_new(&g_ctx), 0);
+    st = open_store();
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
+    ASSERT_EQ(si.hashed, 0);
+    snap_store_close(st);
+    free(ws);
+    finish();
+}
+
 TEST(bad_ids)
 {
     mk_tmp();
@@ -536,7 +603,7 @@ TEST(seeded_store_first_snapshot_reads_nothing)
     ASSERT_EQ(snap_restore_seed(img, si.id, ws2, sess_dir, NULL), 0);
     snap_store_close(img);
     struct snap_store *sess = NULL;
-    ASSERT_EQ(snap_store_open(sess_dir, &sess), 0);
+    ASSERT_EQ(snap_store_open(g_ctx, sess_dir, &sess), 0);
     put("ws2/a.txt", "changed in the session\n", 0644);
     ASSERT_EQ(snap_create(sess, ws2, "turn 1", &s2), 0);
     ASSERT_EQ(s2.hashed, 1);
@@ -662,7 +729,7 @@ TEST(incremental_restore_every_kind_of_change)
     ASSERT_EQ(snap_create(st, ws, NULL, &s2), 0);
     ASSERT_EQ(s2.hashed, 0);
     snap_store_close(st);
-    snap_background_wait();
+    snap_background_wait(g_ctx);
     ASSERT_EQ(count_prefix(".ws.snap-"), 0); /* the trash is gone */
     free(ws);
     free(ref);
@@ -724,7 +791,7 @@ TEST(symlinks_never_lead_restore_outside)
     ASSERT_EQ(snap_restore(st, si.id, ws, NULL), 0);
     tree_eq(ref, ws);
     tree_eq(ws, ref);
-    snap_background_wait(); /* the trash (holding the symlinks) is deleted by now */
+    snap_background_wait(g_ctx); /* the trash (holding the symlinks) is deleted by now */
     char *k = get("outside/keep");
     ASSERT_STREQ(k, "outside");
     free(k);
@@ -768,14 +835,16 @@ TEST(fresh_restore_is_all_or_nothing_under_kill)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     long full_ns = (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec);
     rm("dst");
-    snap_background_wait();
+    snap_background_wait(g_ctx);
     int complete = 0, absent = 0;
     for (int round = 0; round < 12; round++) {
         pid_t pid = fork();
         ASSERT(pid >= 0);
         if (pid == 0) {
-            snap_set_spare_max(round % 2 ? 0 : 65536);
-            _exit(snap_restore(st, si.id, dst, NULL) == 0 ? 0 : 1);
+            snap_set_spare_max(g_ctx, round % 2 ? 0 : 65536);
+            int rc = snap_restore(st, si.id, dst, NULL);
+            snap_background_wait(g_ctx); /* joins the threads it started */
+            _exit(rc == 0 ? 0 : 1);
         }
         long ns = full_ns / 10 + full_ns * round / 8;
         struct timespec d = {ns / 1000000000L, ns % 1000000000L};
@@ -804,7 +873,7 @@ TEST(fresh_restore_is_all_or_nothing_under_kill)
     ASSERT_EQ(ri.fresh, 1);
     tree_eq(ws, dst);
     tree_eq(dst, ws);
-    snap_background_wait();
+    snap_background_wait(g_ctx);
     ASSERT_EQ(count_prefix(".dst.snap-"), 0);
     fprintf(stderr, "# %d killed restores left a complete workspace, %d none\n", complete, absent);
     snap_store_close(st);
@@ -829,7 +898,7 @@ TEST(spare_inodes_are_used_and_checked)
     struct snap_info si;
     char *ws = P("ws"), *ws2 = P("ws2"), *ref = P("ref");
     ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
-    snap_background_wait(); /* the pool is topped up */
+    snap_background_wait(g_ctx); /* the spares are topped up */
     struct snap_restore_info ri;
     ASSERT_EQ(snap_restore(st, si.id, ws2, &ri), 0);
     ASSERT(ri.spares > 0);
@@ -851,12 +920,12 @@ TEST(spare_inodes_are_used_and_checked)
     ASSERT_EQ(snap_create(st, ws2, NULL, &s2), 0);
     ASSERT_EQ(s2.hashed, 0);
     /* and without spares the result is the same */
-    snap_set_spare_max(0);
+    snap_set_spare_max(g_ctx, 0);
     char *ws3 = P("ws3");
     ASSERT_EQ(snap_restore(st, si.id, ws3, &ri), 0);
     ASSERT_EQ(ri.spares, 0);
     tree_eq(ref, ws3);
-    snap_set_spare_max(65536);
+    snap_set_spare_max(g_ctx, 65536);
     snap_store_close(st);
     free(ws);
     free(ws2);
@@ -865,7 +934,7 @@ TEST(spare_inodes_are_used_and_checked)
     finish();
 }
 
-/* Count the spare files ("f-*") of the pool dir next to the store; each must be an empty,
+/* Count the spare files ("f-*") of the spare directory next to the store; each must be an empty,
  * singly-linked 0644 file without xattrs (and each "d-*" an empty 0700 directory). */
 static int count_spares(void)
 {
@@ -897,7 +966,7 @@ static int count_spares(void)
     return n;
 }
 
-/* Deleting a dead workspace recycles its inodes into the spare pool, but a file that shares
+/* Deleting a dead workspace recycles its inodes into the spare directory, but a file that shares
  * its inode with a snapshot object (or anything else) is only unlinked: the objects, the
  * snapshots and outside files survive byte for byte, and a restore from the recycled spares
  * is exact. A file still open somewhere, or with an xattr, is not recycled either. */
@@ -905,14 +974,15 @@ TEST(discard_recycles_but_never_truncates_shared_inodes)
 {
     mk_tmp();
     make_tree();
-    snap_set_pack_min(0); /* objects as files, so that they can be hard-linked */
+    snap_set_pack_min(g_ctx, 0); /* objects as files, so that they can be hard-linked */
     struct snap_store *st = open_store();
     struct snap_info si;
     struct snap_restore_info ri;
     char *ws = P("ws"), *ws2 = P("ws2"), *ref = P("ref"), *dead = P("dead");
     ASSERT_EQ(snap_create(st, ws, NULL, &si), 0);
-    ASSERT_EQ(snap_restore(st, si.id, ws2, &ri), 0); /* opens the pool and sets its target */
-    snap_background_wait();
+    ASSERT_EQ(snap_restore(st, si.id, ws2, &ri),
+              0); /* opens the spare directory and sets its target */
+    snap_background_wait(g_ctx);
     int before = count_spares();
 
     /* the dead workspace: a copy of the tree, plus hard links to every object of the store
@@ -967,10 +1037,10 @@ TEST(discard_recycles_but_never_truncates_shared_inodes)
     char *xf = P("dead/xattr-file");
     int has_xattr = setxattr(xf, "user.agent", "x", 1, 0) == 0;
 
-    ASSERT_EQ(snap_discard_tree(dead), 0);
+    ASSERT_EQ(snap_discard_tree(g_ctx, dead), 0);
     struct stat sb;
     ASSERT(lstat(dead, &sb) != 0 && errno == ENOENT); /* gone at once */
-    snap_background_wait();                           /* recycled by a janitor */
+    snap_background_wait(g_ctx);                      /* recycled by a janitor */
     int after = count_spares();  /* also checks every spare is empty, 0644, one link */
     ASSERT(after >= before + 8); /* the plain files of the copy (at least) */
     char *trash_left = P(".snap-spare");
@@ -1007,10 +1077,10 @@ TEST(discard_recycles_but_never_truncates_shared_inodes)
     tree_eq(ref, ws3);
     tree_eq(ws3, ref);
     char *ws4 = P("ws4");
-    snap_set_spare_max(0); /* and the same without any spare */
+    snap_set_spare_max(g_ctx, 0); /* and the same without any spare */
     ASSERT_EQ(snap_restore(st, si.id, ws4, &ri), 0);
     tree_eq(ref, ws4);
-    snap_set_spare_max(65536);
+    snap_set_spare_max(g_ctx, 65536);
     snap_store_close(st);
     free(ws);
     free(ws2);
@@ -1026,22 +1096,22 @@ TEST(discard_recycles_but_never_truncates_shared_inodes)
     finish();
 }
 
-/* With no pool open (or the cap reached), discarding is a plain recursive delete. */
-TEST(discard_without_pool_deletes)
+/* With no spare directory open (or the cap reached), discarding is a plain recursive delete. */
+TEST(discard_without_spare_dir_deletes)
 {
     mk_tmp();
     make_tree();
     char *ws = P("ws");
-    ASSERT_EQ(snap_discard_tree(ws), 0);
+    ASSERT_EQ(snap_discard_tree(g_ctx, ws), 0);
     struct stat sb;
     ASSERT(lstat(ws, &sb) != 0 && errno == ENOENT);
-    ASSERT_EQ(snap_discard_tree(ws), 0); /* already gone */
+    ASSERT_EQ(snap_discard_tree(g_ctx, ws), 0); /* already gone */
     free(ws);
     finish();
 }
 
-/* A discarded tree that a crash left in the pool directory is recycled by the next process
- * that opens the pool. */
+/* A discarded tree that a crash left in the spare directory is recycled by the next
+ * context that opens it. */
 TEST(discard_leftover_is_recycled_at_next_open)
 {
     mk_tmp();
@@ -1053,8 +1123,8 @@ TEST(discard_leftover_is_recycled_at_next_open)
     struct snap_store *st = open_store();
     struct snap_info si;
     char *ws = P("ws");
-    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0); /* opens the pool */
-    snap_background_wait();
+    ASSERT_EQ(snap_create(st, ws, NULL, &si), 0); /* opens the spare directory */
+    snap_background_wait(g_ctx);
     char *left = P(".snap-spare/t-0123456789abcdef");
     struct stat sb;
     ASSERT(lstat(left, &sb) != 0 && errno == ENOENT);
@@ -1065,9 +1135,9 @@ TEST(discard_leftover_is_recycled_at_next_open)
     finish();
 }
 
-/* A restore whose own pool is empty takes spares from a sibling pool on the same file system
- * (sessions' and repositories' pools) rather than creating files. */
-TEST(restore_borrows_spares_from_a_sibling_pool)
+/* A restore whose own spare directory is empty takes spares from a sibling one on the same file
+ * system (the sessions' and the repositories') rather than creating files. */
+TEST(restore_borrows_spares_from_a_sibling_dir)
 {
     mk_tmp();
     make_tree();
@@ -1075,22 +1145,22 @@ TEST(restore_borrows_spares_from_a_sibling_pool)
     mkd("b", 0755);
     struct snap_store *sa = NULL, *sb_ = NULL;
     char *pa = P("a/store"), *pb = P("b/store"), *ws = P("ws"), *ref = P("ref");
-    ASSERT_EQ(snap_store_open(pa, &sa), 0);
-    ASSERT_EQ(snap_store_open(pb, &sb_), 0);
+    ASSERT_EQ(snap_store_open(g_ctx, pa, &sa), 0);
+    ASSERT_EQ(snap_store_open(g_ctx, pb, &sb_), 0);
     struct snap_info si_a, si_b;
     struct snap_restore_info ri;
     ASSERT_EQ(snap_create(sa, ws, NULL, &si_a), 0);
     char *wa = P("wa");
-    ASSERT_EQ(snap_restore(sa, si_a.id, wa, &ri), 0); /* a's pool gets its target */
+    ASSERT_EQ(snap_restore(sa, si_a.id, wa, &ri), 0); /* a's spare directory gets its target */
     ASSERT_EQ(snap_create(sb_, ws, NULL, &si_b), 0);
-    snap_background_wait();
-    /* b's pool: empty on disk (its stack names files that are gone) */
+    snap_background_wait(g_ctx);
+    /* b's spare directory: empty on disk (its stack names files that are gone) */
     char *cmd = xasprintf("rm -f %s/b/.snap-spare/f-*", g_tmp);
     ASSERT_EQ(system(cmd), 0);
     free(cmd);
     char *wb = P("wb");
     ASSERT_EQ(snap_restore(sb_, si_b.id, wb, &ri), 0);
-    ASSERT(ri.spares > 0); /* from a's pool */
+    ASSERT(ri.spares > 0); /* from a's spare directory */
     tree_eq(ref, wb);
     tree_eq(wb, ref);
     snap_store_close(sa);
@@ -1106,10 +1176,10 @@ TEST(restore_borrows_spares_from_a_sibling_pool)
 
 TEST(durable_snapshot_roundtrip)
 {
-    /* snap_set_durable(1): syncfs + fsyncs on the way; same results */
+    /* snap_set_durable(g_ctx, 1): syncfs + fsyncs on the way; same results */
     mk_tmp();
     make_tree();
-    snap_set_durable(1);
+    snap_set_durable(g_ctx, 1);
     struct snap_store *st = open_store();
     struct snap_info si, s2;
     char *ws = P("ws"), *ws2 = P("ws2"), *ref = P("ref");
@@ -1119,7 +1189,7 @@ TEST(durable_snapshot_roundtrip)
     ASSERT_EQ(snap_restore(st, s2.id, ws2, NULL), 0);
     tree_eq(ref, ws2);
     tree_eq(ws2, ref);
-    snap_set_durable(0);
+    snap_set_durable(g_ctx, 0);
     snap_store_close(st);
     free(ws);
     free(ws2);
@@ -1164,7 +1234,7 @@ TEST(packed_snapshot_roundtrip_and_isolation)
 {
     mk_tmp();
     make_tree();
-    snap_set_pack_min(1); /* every snapshot that reads a file packs its small objects */
+    snap_set_pack_min(g_ctx, 1); /* every snapshot that reads a file packs its small objects */
     struct snap_store *st = open_store();
     struct snap_info si, s2;
     char *ws = P("ws"), *ws2 = P("ws2"), *ws3 = P("ws3"), *ws4 = P("ws4"), *ref = P("ref");
@@ -1232,7 +1302,7 @@ TEST(pack_gc_rewrites_half_dead_and_deletes_dead_packs)
 {
     mk_tmp();
     mkd("ws", 0755);
-    snap_set_pack_min(1);
+    snap_set_pack_min(g_ctx, 1);
     const uint64_t S = 199; /* bytes of each file */
     struct snap_store *st = open_store();
     char *ws = P("ws"), *ws2 = P("ws2"), *store = P("store");
@@ -1285,7 +1355,7 @@ TEST(seeded_store_adopts_packs)
 {
     mk_tmp();
     make_tree();
-    snap_set_pack_min(1);
+    snap_set_pack_min(g_ctx, 1);
     struct snap_store *img = open_store();
     struct snap_info si, s2;
     char *ws = P("ws"), *ws2 = P("ws2"), *ws3 = P("ws3"), *ref = P("ref");
@@ -1295,7 +1365,7 @@ TEST(seeded_store_adopts_packs)
     ASSERT_EQ(snap_restore_seed(img, si.id, ws2, sess_dir, NULL), 0);
     snap_store_close(img);
     struct snap_store *sess = NULL;
-    ASSERT_EQ(snap_store_open(sess_dir, &sess), 0);
+    ASSERT_EQ(snap_store_open(g_ctx, sess_dir, &sess), 0);
     put("ws2/a.txt", "changed in the session\n", 0644);
     ASSERT_EQ(snap_create(sess, ws2, "turn 1", &s2), 0);
     ASSERT_EQ(s2.hashed, 1);
@@ -1315,7 +1385,7 @@ TEST(truncated_pack_fails_the_restore)
 {
     mk_tmp();
     make_tree();
-    snap_set_pack_min(1);
+    snap_set_pack_min(g_ctx, 1);
     struct snap_store *st = open_store();
     struct snap_info si;
     char *ws = P("ws"), *ws2 = P("ws2"), *store = P("store");
@@ -1332,7 +1402,8 @@ TEST(truncated_pack_fails_the_restore)
     finish();
 }
 
-/* Inode numbers of the spare files ("f-*") of the pool next to the store; *n gets the count. */
+/* Inode numbers of the spare files ("f-*") of the spare directory next to the store; *n gets
+ * the count. */
 static ino_t *spare_inos(size_t *n)
 {
     char *dir = P(".snap-spare");
@@ -1382,7 +1453,7 @@ static int spares_in(const char *store, const char *sub, const ino_t *v, size_t 
     return k;
 }
 
-/* A snapshot after a turn that changed a few files creates no inode when the spare pool has
+/* A snapshot after a turn that changed a few files creates no inode when the spare directory has
  * some: its new objects go into one pack, and the pack, its index and the manifest are spare
  * inodes renamed into place (ext4 without a journal makes creates slow after mass deletes;
  * this is what kept the in-server snapshot of issue 5 slow). Contents must still round-trip,
@@ -1395,7 +1466,7 @@ TEST(small_snapshot_creates_no_inode)
     struct snap_info s1, s2, s3;
     char *ws = P("ws"), *ws2 = P("ws2"), *store = P("store");
     ASSERT_EQ(snap_create(st, ws, NULL, &s1), 0);
-    snap_background_wait(); /* the pool is topped up */
+    snap_background_wait(g_ctx); /* the spares are topped up */
     int objects0 = count_objects(store), packs0 = count_packs(store, ".pack");
     size_t n = 0;
     ino_t *inos = spare_inos(&n);
@@ -1669,6 +1740,7 @@ static const struct test_case tests[] = {
     T(prune_and_gc),
     T(restore_then_prune_then_snapshot),
     T(many_files_parallel),
+    T(context_free_joins_its_threads),
     T(bad_ids),
     T(incremental_restore_every_kind_of_change),
     T(rewrite_never_writes_through_a_hard_link),
@@ -1676,9 +1748,9 @@ static const struct test_case tests[] = {
     T(fresh_restore_is_all_or_nothing_under_kill),
     T(spare_inodes_are_used_and_checked),
     T(discard_recycles_but_never_truncates_shared_inodes),
-    T(discard_without_pool_deletes),
+    T(discard_without_spare_dir_deletes),
     T(discard_leftover_is_recycled_at_next_open),
-    T(restore_borrows_spares_from_a_sibling_pool),
+    T(restore_borrows_spares_from_a_sibling_dir),
     T(durable_snapshot_roundtrip),
     T(packed_snapshot_roundtrip_and_isolation),
     T(pack_gc_rewrites_half_dead_and_deletes_dead_packs),

@@ -810,7 +810,7 @@ static size_t pick_jobs(struct snap_store *st, struct entv *cur, const struct en
  * complete with its index on success. 0 or ERR_IO. */
 static int hash_jobs(struct hctx *hc, struct pwriter *pw, size_t nj)
 {
-    size_t pack_min = atomic_load(&g_pack_min);
+    size_t pack_min = atomic_load(&hc->st->ctx->pack_min);
     if (pack_min > 0 && nj >= pack_min) {
         hc->pw = pw; /* many new objects likely: one pack instead of nj inodes */
     }
@@ -960,7 +960,7 @@ static int create_begin(struct create *c)
     c->ct.lock_us = clock_mono_us() - t0;
     /* Spare-making and recycling wait while we run, as they do for a restore: a user waits for
      * this snapshot (the session's next prompt does). */
-    restoring_begin();
+    restoring_begin(&c->st->ctx->spares);
     pidx_of(c->st);
     c->ct.pidx_us = clock_mono_us() - t0 - c->ct.lock_us;
     c->rootfd = open(c->workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
@@ -1045,7 +1045,7 @@ static int create_commit(struct create *c, struct snap_info *out)
      * (the page cache outlives the process). Against power loss (snap_set_durable): one
      * syncfs for the objects (cheaper than an fsync per object, and ordered before the
      * manifest), then the manifest and its directory entry are fsynced. */
-    int durable = atomic_load(&g_durable);
+    int durable = atomic_load(&c->st->ctx->durable);
     if (durable && h->new_bytes > 0 && syncfs(st->objfd) != 0) {
         return ERR_IO;
     }
@@ -1080,7 +1080,7 @@ static void create_end(struct create *c)
         spares_release(c->st->spares);
     }
     if (c->locked) {
-        restoring_end();
+        restoring_end(&c->st->ctx->spares);
         pthread_mutex_unlock(&c->st->lock);
     }
     if (c->rootfd >= 0) {
@@ -1119,8 +1119,8 @@ int snap_create(struct snap_store *st, const char *workspace, const char *label,
     c->ct.cpu0 = thread_cpu_us();
     c->started_ns = now_real_ns();
     getrusage(RUSAGE_THREAD, &c->ct.ru0);
-    c->ct.bg0 = bg_running();
-    c->ct.rest0 = atomic_load(&g_restoring);
+    c->ct.bg0 = bg_running(&c->st->ctx->spares);
+    c->ct.rest0 = atomic_load(&c->st->ctx->spares.restoring);
 
     int rc = create_begin(c);
     if (rc == 0) {

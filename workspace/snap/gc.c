@@ -135,7 +135,7 @@ static int pack_rewrite(struct snap_store *st, const struct pidx *x, uint32_t pi
             left -= (uint64_t)r;
         }
     }
-    if (rc == 0 && atomic_load(&g_durable) && fsync(fd) != 0) {
+    if (rc == 0 && atomic_load(&st->ctx->durable) && fsync(fd) != 0) {
         rc = ERR_IO;
     }
     close(fd);
@@ -145,7 +145,7 @@ static int pack_rewrite(struct snap_store *st, const struct pidx *x, uint32_t pi
         buf_printf(&hb, "%s 1 %zu %llu\n", PACK_MAGIC, cnt, (unsigned long long)noff);
         buf_append(&hb, b.data, b.len);
         snprintf(fn, sizeof(fn), "%s.idx", name);
-        rc = write_file_atomic_d(st->packfd, fn, hb.data, hb.len, atomic_load(&g_durable));
+        rc = write_file_atomic_d(st->packfd, fn, hb.data, hb.len, atomic_load(&st->ctx->durable));
         buf_free(&hb);
     }
     if (rc != 0) {

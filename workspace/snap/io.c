@@ -322,14 +322,6 @@ out:
     return rc;
 }
 
-/* snap_set_durable(): manifests reach the disk before snap_create returns. */
-_Atomic int g_durable;
-
-void snap_set_durable(int on)
-{
-    atomic_store(&g_durable, on ? 1 : 0);
-}
-
 /* Write data to dirfd/name atomically (tmp + rename; with fsyncs if durable). */
 int write_file_atomic_d(int dirfd, const char *name, const char *data, size_t len, int durable)
 {

@@ -34,13 +34,6 @@
 
 /* ---------------------------------------------------------------- packs */
 
-_Atomic size_t g_pack_min = 1;
-
-void snap_set_pack_min(size_t n)
-{
-    atomic_store(&g_pack_min, n);
-}
-
 void pidx_free(struct pidx *x)
 {
     if (!x) {

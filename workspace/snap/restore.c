@@ -52,7 +52,7 @@ struct rctx {
     _Atomic uint64_t bytes;
     _Atomic uint64_t rewritten;
     _Atomic uint64_t spares;
-    _Atomic int no_spares; /* a rename out of the spares failed (EXDEV): create in place */
+    _Atomic int no_spares; /* a rename out of a spare directory failed (EXDEV): create in place */
     _Atomic int err;
 };
 
@@ -128,7 +128,8 @@ static int open_source(struct rctx *c, const struct ent *e, int *src, int *share
  * its contents follow through the fd: one stat at the end then serves for the cache. */
 static int place_spare(struct rctx *c, int pfd, const char *leaf)
 {
-    struct spares *from = c->st->spares, *borrowed = NULL;
+    struct spare_dir *from = c->st->spares, *borrowed = NULL;
+    struct snap_spares *ss = &c->st->ctx->spares;
     char sname[24] = "";
     int sparedfd = -1;
     int dst = spare_take(c->st->spares, sname, &sparedfd);
@@ -136,8 +137,8 @@ static int place_spare(struct rctx *c, int pfd, const char *leaf)
         dst = spare_borrow(c->st->spares, sname, &sparedfd, &borrowed);
         from = borrowed ? borrowed : from;
     }
-    if (dst < 0 && !atomic_load(&g_restore_short)) {
-        restore_mark_short();
+    if (dst < 0 && !atomic_load(&ss->restore_short)) {
+        restore_mark_short(ss);
     }
     if (dst >= 0) {
         int ok = renameat2(sparedfd, sname, pfd, leaf, RENAME_NOREPLACE) == 0;
@@ -330,7 +331,7 @@ static int is_under(const char *path, const char *dir, size_t dlen)
 static int seed_store(struct snap_store *st, const char *seed_dir, const char *m, size_t len)
 {
     struct snap_store *dst = NULL;
-    int rc = snap_store_open(seed_dir, &dst);
+    int rc = snap_store_open(st->ctx, seed_dir, &dst);
     if (rc != 0) {
         return rc;
     }
@@ -348,8 +349,9 @@ static int seed_store(struct snap_store *st, const char *seed_dir, const char *m
  * (same file system: a rename, whatever the size of the tree), deleted in the background
  * once the restore is done, so that a restore never waits for a mass delete. */
 struct trash {
-    const char *parent; /* the workspace's parent directory */
-    const char *leaf;   /* the workspace's name */
+    struct snap_spares *ss; /* its janitor's */
+    const char *parent;     /* the workspace's parent directory */
+    const char *leaf;       /* the workspace's name */
     char *path;
     int fd;
     unsigned n;
@@ -391,14 +393,14 @@ static void trash_done(struct trash *tr)
         tr->fd = -1;
     }
     if (tr->path) {
-        trash_later(tr->path, 0); /* the sandbox may still reach these inodes */
+        trash_later(tr->ss, tr->path, 0); /* the sandbox may still reach these inodes */
         tr->path = NULL;
     }
 }
 
 /* Leftovers of restores into parent/leaf that did not finish (a crash): staging and trash
  * directories. Queued for deletion. */
-static void sweep_leftovers(const char *parent, const char *leaf)
+static void sweep_leftovers(struct snap_spares *ss, const char *parent, const char *leaf)
 {
     DIR *d = opendir(parent);
     if (!d) {
@@ -429,7 +431,7 @@ static void sweep_leftovers(const char *parent, const char *leaf)
             path = aside;
         }
         /* a staging tree was never seen by a sandbox; a trash may have been */
-        trash_later(path, is_stage);
+        trash_later(ss, path, is_stage);
     }
     closedir(d);
     free(stage);
@@ -487,8 +489,8 @@ static void drop_out_of_bounds(struct entv *tgt, const char *id, const char *wor
  * workspace (only a staging directory the next restore sweeps away). An existing one is updated
  * in place: it may be bind-mounted into a running sandbox, which must keep seeing the same
  * directory. */
-static int open_root(const char *workspace, const char *parent, const char *leaf, char **stage,
-                     int *fresh, int *rootfd)
+static int open_root(struct snap_spares *ss, const char *workspace, const char *parent,
+                     const char *leaf, char **stage, int *fresh, int *rootfd)
 {
     struct stat wsb;
     if (lstat(workspace, &wsb) != 0) {
@@ -496,7 +498,7 @@ static int open_root(const char *workspace, const char *parent, const char *leaf
             return ERR_IO;
         }
         *fresh = 1;
-        sweep_leftovers(parent, leaf);
+        sweep_leftovers(ss, parent, leaf);
         *stage = xasprintf("%s/.%s.snap-restore", parent, leaf);
         if (mkdir(*stage, 0755) != 0) {
             LOG_WARN("snap: restore: cannot create %s: %s", *stage, strerror(errno));
@@ -650,8 +652,8 @@ static int copy_files(struct snap_store *st, const char *id, const char *workspa
                  "reach%s",
                  id, workspace, nj, own, in_reach, in_reach < nj ? ": short" : "");
     }
-    if (in_reach < nj && !atomic_load(&g_restore_short)) {
-        restore_mark_short();
+    if (in_reach < nj && !atomic_load(&st->ctx->spares.restore_short)) {
+        restore_mark_short(&st->ctx->spares);
     }
     struct rctx rcx = {.st = st,
                        .rootfd = rootfd,
@@ -745,157 +747,210 @@ static int move_into_place(const char *stage, const char *workspace)
     return 0;
 }
 
-static int restore_impl(struct snap_store *st, const char *id, const char *workspace,
-                        const char *seed_dir, struct snap_restore_info *out)
-{
-    struct entv tgt = {0}, cur = {0}, cache = {0};
-    struct mhdr th, ch = {0};
-    struct ent **jobs = NULL;
-    struct pdir pd = {.path = NULL, .fd = -1};
-    struct trash tr = {.fd = -1};
+/* One restore of snapshot id into workspace: what its steps share. */
+struct restore {
+    struct snap_store *st;
+    const char *id, *workspace;
+    const char *seed_dir; /* snap_restore_seed: the store to seed, else NULL */
+    char *parent, *leaf;  /* of workspace */
+    char *stage;          /* a fresh restore's staging directory until it is in place */
+    int rootfd;           /* the directory restored into (stage or workspace) */
+    struct stat rsb;      /* its stat */
+    struct mhdr th, ch;   /* headers of the snapshot and of the workspace's stat cache */
+    struct entv tgt, cur; /* the snapshot's entries and the live workspace's */
+    struct entv cache;    /* the stat cache (an existing workspace only) */
+    struct ent **jobs;    /* files to copy */
+    size_t nj;
+    struct pdir pd;  /* parent directory handle of the sequential steps */
+    struct trash tr; /* what the workspace had and the snapshot has not */
     struct snap_restore_info ri;
-    int rootfd = -1;
-    int rc = 0, spares_checked = 0;
-    int64_t t0 = clock_mono_us(), tp = t0;
-    int64_t started_ns = now_real_ns();
-    int as_root = geteuid() == 0;
-    char *parent = NULL, *leaf = NULL, *stage = NULL;
-    size_t nj = 0;
+    int as_root;
+    int spares_ok;      /* the workspace is on the spares' file system (not a disk of its own) */
+    int spares_held;    /* spares_check and restoring_begin done */
+    int64_t t0, tp;     /* start, start of the current phase (clock_mono_us) */
+    int64_t started_ns; /* wall clock at the start, for the new cache */
+};
 
-    memset(&ri, 0, sizeof(ri));
-    if (!snap_valid_id(id)) {
-        return ERR_NOT_FOUND;
-    }
-    if (split_path(workspace, &parent, &leaf) != 0) {
-        return ERR_INVALID;
-    }
-    pthread_mutex_lock(&st->lock);
+/* Load the snapshot, take the spares and open the directory to restore into; an existing
+ * workspace is walked (with its stat cache). Caller holds st->lock. */
+static int restore_load(struct restore *r)
+{
+    struct snap_store *st = r->st;
     pidx_of(st);
-    rc = load_target(st, id, workspace, &th, &tgt);
+    int rc = load_target(st, r->id, r->workspace, &r->th, &r->tgt);
     if (rc != 0) {
-        goto out;
+        return rc;
     }
     spares_check(st->spares);
-    spares_checked = 1;
-    restoring_begin();
-    tr.parent = parent;
-    tr.leaf = leaf;
-
-    rc = open_root(workspace, parent, leaf, &stage, &ri.fresh, &rootfd);
+    restoring_begin(&st->ctx->spares);
+    r->spares_held = 1;
+    rc = open_root(&st->ctx->spares, r->workspace, r->parent, r->leaf, &r->stage, &r->ri.fresh,
+                   &r->rootfd);
     if (rc != 0) {
-        goto out;
+        return rc;
     }
-    struct stat rsb;
-    if (rootfd < 0 || fstat(rootfd, &rsb) != 0) {
-        rc = ERR_IO;
-        goto out;
+    if (r->rootfd < 0 || fstat(r->rootfd, &r->rsb) != 0) {
+        return ERR_IO;
     }
     /* A workspace on another file system than the spares (a disk of its own,
      * sandbox/wsdisk.h) cannot take spare inodes: created in place, none taken. */
     pthread_mutex_lock(&st->spares->mu);
-    int spares_ok = st->spares->dfd < 0 || st->spares->dev == rsb.st_dev;
+    r->spares_ok = st->spares->dfd < 0 || st->spares->dev == r->rsb.st_dev;
     pthread_mutex_unlock(&st->spares->mu);
-    if (!ri.fresh) {
-        load_cache(st, &rsb, &ch, &cache);
-        rc = walk_tree(rootfd, &cur);
+    if (!r->ri.fresh) {
+        load_cache(st, &r->rsb, &r->ch, &r->cache);
+        rc = walk_tree(r->rootfd, &r->cur);
         if (rc != 0) {
-            goto out;
+            return rc;
         }
     }
-    ri.walk_us = clock_mono_us() - tp;
-    tp = clock_mono_us();
+    return 0;
+}
 
+/* The time since the last phase mark; sets the mark to now. */
+static int64_t phase_us(struct restore *r)
+{
+    int64_t now = clock_mono_us();
+    int64_t d = now - r->tp;
+    r->tp = now;
+    return d;
+}
+
+/* Make the tree under rootfd identical to the snapshot, in four steps. */
+static int restore_apply(struct restore *r)
+{
     /* 1. Take out what the snapshot does not have (or has with another type). */
-    rc = remove_extra(&cur, &tgt, &cache, ch.started_ns, &pd, rootfd, &tr, &ri, workspace);
+    int rc = remove_extra(&r->cur, &r->tgt, &r->cache, r->ch.started_ns, &r->pd, r->rootfd, &r->tr,
+                          &r->ri, r->workspace);
     if (rc != 0) {
-        goto out;
+        return rc;
     }
-    ri.remove_us = clock_mono_us() - tp;
-    tp = clock_mono_us();
+    r->ri.remove_us = phase_us(r);
 
     /* 2. Directories and symlinks in order; files become copy jobs. */
-    jobs = xmalloc((tgt.n + 1) * sizeof(*jobs));
-    rc = make_dirs_links(st, &tgt, &pd, rootfd, as_root, spares_ok, jobs, &nj);
+    r->jobs = xmalloc((r->tgt.n + 1) * sizeof(*r->jobs));
+    rc = make_dirs_links(r->st, &r->tgt, &r->pd, r->rootfd, r->as_root, r->spares_ok, r->jobs,
+                         &r->nj);
     if (rc != 0) {
-        goto out;
+        return rc;
     }
-    pdir_close(&pd);
-    ri.dirs_us = clock_mono_us() - tp;
-    tp = clock_mono_us();
+    pdir_close(&r->pd);
+    r->ri.dirs_us = phase_us(r);
 
     /* 3. Copy the files, in parallel. */
-    rc = copy_files(st, id, workspace, rootfd, spares_ok, jobs, nj, &ri);
-    ri.copy_us = clock_mono_us() - tp;
-    tp = clock_mono_us();
+    rc = copy_files(r->st, r->id, r->workspace, r->rootfd, r->spares_ok, r->jobs, r->nj, &r->ri);
+    r->ri.copy_us = phase_us(r);
     if (rc != 0) {
-        goto out;
+        return rc;
     }
 
     /* 4. Directory modes and mtimes, deepest first (creating entries changed the mtimes). */
-    for (size_t i = tgt.n; i-- > 0;) {
-        struct ent *t = &tgt.v[i];
+    for (size_t i = r->tgt.n; i-- > 0;) {
+        struct ent *t = &r->tgt.v[i];
         if (t->type == 'd') {
-            fix_meta(&pd, rootfd, t, as_root);
+            fix_meta(&r->pd, r->rootfd, t, r->as_root);
         }
     }
+    return 0;
+}
 
-    /* 5. Into place (a fresh workspace), then the new cache: the snapshot's entries with the
-     * workspace's stat data. A crash before the cache is written costs the next snapshot a
-     * full read, never a wrong one. */
-    if (stage) {
-        rc = move_into_place(stage, workspace);
+/* 5. Into place (a fresh workspace), then the new cache: the snapshot's entries with the
+ * workspace's stat data. A crash before the cache is written costs the next snapshot a full
+ * read, never a wrong one. */
+static int restore_commit(struct restore *r)
+{
+    if (r->stage) {
+        int rc = move_into_place(r->stage, r->workspace);
         if (rc != 0) {
-            goto out;
+            return rc;
         }
-        free(stage);
-        stage = NULL;
+        free(r->stage);
+        r->stage = NULL;
     }
-    rc = write_cache(st, id, &th, &tgt, &rsb, started_ns, seed_dir);
-    if (rc != 0) {
-        goto out;
-    }
-    ri.meta_us = clock_mono_us() - tp;
+    int rc = write_cache(r->st, r->id, &r->th, &r->tgt, &r->rsb, r->started_ns, r->seed_dir);
+    r->ri.meta_us = phase_us(r);
+    return rc;
+}
 
-    ri.copied = nj;
-    ri.duration_us = clock_mono_us() - t0;
-    if (out) {
-        *out = ri;
-    }
-    LOG_DEBUG("snap: restored %s into %s: %zu copied (%llu rewritten, %llu spares), %llu kept, "
-              "%llu removed, %lld us",
-              id, workspace, nj, (unsigned long long)ri.rewritten, (unsigned long long)ri.spares,
-              (unsigned long long)ri.kept, (unsigned long long)ri.removed,
-              (long long)ri.duration_us);
-out:
+/* The end of every restore, done or failed (rc): give back the spares and the store's lock,
+ * queue the trash, sweep a failed fresh restore away, top the spares up. */
+static void restore_release(struct restore *r, int rc)
+{
+    struct snap_store *st = r->st;
     if (rc != 0) {
         /* The workspace is in between: make sure the next snapshot rehashes everything. */
         unlinkat(st->dirfd, "cache", 0);
     }
-    if (spares_checked) {
+    if (r->spares_held) {
         spares_release(st->spares);
-        restoring_end();
+        restoring_end(&st->ctx->spares);
     }
     pthread_mutex_unlock(&st->lock);
-    pdir_close(&pd);
-    if (rootfd >= 0) {
-        close(rootfd);
+    pdir_close(&r->pd);
+    if (r->rootfd >= 0) {
+        close(r->rootfd);
     }
-    trash_done(&tr);
-    if (stage) {
+    trash_done(&r->tr);
+    if (r->stage) {
         /* a failed fresh restore leaves no workspace behind */
-        sweep_leftovers(parent, leaf);
-        free(stage);
+        sweep_leftovers(&st->ctx->spares, r->parent, r->leaf);
+        free(r->stage);
     }
     /* Top the spares up for the next restore of this size (in the background). */
-    if (tgt.n > 0) {
-        spares_kick(st->spares, (size_t)th.files, (size_t)(th.entries - th.files));
+    if (r->tgt.n > 0) {
+        spares_kick(st->spares, (size_t)r->th.files, (size_t)(r->th.entries - r->th.files));
     }
-    free(parent);
-    free(leaf);
-    free(jobs);
-    entv_free(&tgt);
-    entv_free(&cur);
-    entv_free(&cache);
+    free(r->parent);
+    free(r->leaf);
+    free(r->jobs);
+    entv_free(&r->tgt);
+    entv_free(&r->cur);
+    entv_free(&r->cache);
+}
+
+static int restore_impl(struct snap_store *st, const char *id, const char *workspace,
+                        const char *seed_dir, struct snap_restore_info *out)
+{
+    if (!snap_valid_id(id)) {
+        return ERR_NOT_FOUND;
+    }
+    struct restore r = {.st = st,
+                        .id = id,
+                        .workspace = workspace,
+                        .seed_dir = seed_dir,
+                        .rootfd = -1,
+                        .pd = {.path = NULL, .fd = -1},
+                        .tr = {.ss = &st->ctx->spares, .fd = -1},
+                        .as_root = geteuid() == 0,
+                        .started_ns = now_real_ns()};
+    r.t0 = r.tp = clock_mono_us();
+    if (split_path(workspace, &r.parent, &r.leaf) != 0) {
+        return ERR_INVALID;
+    }
+    r.tr.parent = r.parent;
+    r.tr.leaf = r.leaf;
+    pthread_mutex_lock(&st->lock);
+    int rc = restore_load(&r);
+    if (rc == 0) {
+        r.ri.walk_us = phase_us(&r);
+        rc = restore_apply(&r);
+    }
+    if (rc == 0) {
+        rc = restore_commit(&r);
+    }
+    if (rc == 0) {
+        r.ri.copied = r.nj;
+        r.ri.duration_us = clock_mono_us() - r.t0;
+        if (out) {
+            *out = r.ri;
+        }
+        LOG_DEBUG("snap: restored %s into %s: %zu copied (%llu rewritten, %llu spares), %llu "
+                  "kept, %llu removed, %lld us",
+                  id, workspace, r.nj, (unsigned long long)r.ri.rewritten,
+                  (unsigned long long)r.ri.spares, (unsigned long long)r.ri.kept,
+                  (unsigned long long)r.ri.removed, (long long)r.ri.duration_us);
+    }
+    restore_release(&r, rc);
     return rc;
 }
 

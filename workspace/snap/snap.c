@@ -1,5 +1,6 @@
 /*
- * snap.c - store open/close (one instance per directory in the process), listing and delete.
+ * snap.c - the context (snap_ctx: settings, open stores, spares), store open/close (one
+ * instance per directory in a context), listing and delete.
  */
 
 #include "workspace/snap/snap_int.h"
@@ -32,8 +33,42 @@
 #include <time.h>
 #include <unistd.h>
 
-static pthread_mutex_t g_stores_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct snap_store *g_stores;
+/* ---------------------------------------------------------------- context */
+
+int snap_ctx_new(struct snap_ctx **out)
+{
+    struct snap_ctx *ctx = xcalloc(1, sizeof(*ctx));
+    spares_init(&ctx->spares);
+    atomic_init(&ctx->durable, 0);
+    atomic_init(&ctx->pack_min, 1);
+    pthread_mutex_init(&ctx->stores_mu, NULL);
+    *out = ctx;
+    return 0;
+}
+
+void snap_ctx_free(struct snap_ctx *ctx)
+{
+    if (!ctx) {
+        return;
+    }
+    if (ctx->stores) {
+        /* a store outliving its ctx would reach freed spares: a caller's bug */
+        LOG_ERROR("snap: a store is still open (%s) when its context is freed", ctx->stores->dir);
+    }
+    spares_fini(&ctx->spares);
+    pthread_mutex_destroy(&ctx->stores_mu);
+    free(ctx);
+}
+
+void snap_set_durable(struct snap_ctx *ctx, int on)
+{
+    atomic_store(&ctx->durable, on ? 1 : 0);
+}
+
+void snap_set_pack_min(struct snap_ctx *ctx, size_t n)
+{
+    atomic_store(&ctx->pack_min, n);
+}
 
 /* ---------------------------------------------------------------- store */
 
@@ -94,14 +129,15 @@ int list_seqs(struct snap_store *st, int64_t **ids, size_t *n)
 
 static void store_free(struct snap_store *st);
 
-static int store_new(const char *dir, struct snap_store **out)
+static int store_new(struct snap_ctx *ctx, const char *dir, struct snap_store **out)
 {
     struct snap_store *st = xcalloc(1, sizeof(*st));
     int rc = 0;
     st->dirfd = st->objfd = st->snapfd = st->packfd = -1;
     pthread_mutex_init(&st->lock, NULL);
     st->dir = xstrdup(dir);
-    st->spares = spares_for(dir);
+    st->ctx = ctx;
+    st->spares = spares_for(&ctx->spares, dir);
     if (util_mkdir_p(dir, 0700) != 0) {
         rc = ERR_IO;
         goto out;
@@ -169,7 +205,7 @@ static void store_free(struct snap_store *st)
     free(st);
 }
 
-int snap_store_open(const char *dir, struct snap_store **out)
+int snap_store_open(struct snap_ctx *ctx, const char *dir, struct snap_store **out)
 {
     struct stat sb;
     *out = NULL;
@@ -177,28 +213,28 @@ int snap_store_open(const char *dir, struct snap_store **out)
         LOG_ERROR("snap: cannot create the store directory %s", dir);
         return ERR_IO;
     }
-    pthread_mutex_lock(&g_stores_mu);
-    for (struct snap_store *p = g_stores; p; p = p->next) {
+    pthread_mutex_lock(&ctx->stores_mu);
+    for (struct snap_store *p = ctx->stores; p; p = p->next) {
         if (p->dev == sb.st_dev && p->ino == sb.st_ino) {
             p->refs++;
             *out = p;
             break;
         }
     }
-    pthread_mutex_unlock(&g_stores_mu);
+    pthread_mutex_unlock(&ctx->stores_mu);
     if (*out) {
         return 0;
     }
     struct snap_store *st = NULL;
-    int rc = store_new(dir, &st);
+    int rc = store_new(ctx, dir, &st);
     if (rc != 0) {
         return rc;
     }
     st->dev = sb.st_dev;
     st->ino = sb.st_ino;
     st->refs = 1;
-    pthread_mutex_lock(&g_stores_mu);
-    for (struct snap_store *p = g_stores; p; p = p->next) {
+    pthread_mutex_lock(&ctx->stores_mu);
+    for (struct snap_store *p = ctx->stores; p; p = p->next) {
         if (p->dev == st->dev && p->ino == st->ino) {
             p->refs++; /* another thread opened it meanwhile: use theirs */
             *out = p;
@@ -206,12 +242,12 @@ int snap_store_open(const char *dir, struct snap_store **out)
         }
     }
     if (!*out) {
-        st->next = g_stores;
-        g_stores = st;
+        st->next = ctx->stores;
+        ctx->stores = st;
         *out = st;
         st = NULL;
     }
-    pthread_mutex_unlock(&g_stores_mu);
+    pthread_mutex_unlock(&ctx->stores_mu);
     store_free(st);
     return 0;
 }
@@ -221,18 +257,19 @@ void snap_store_close(struct snap_store *st)
     if (!st) {
         return;
     }
-    pthread_mutex_lock(&g_stores_mu);
+    struct snap_ctx *ctx = st->ctx;
+    pthread_mutex_lock(&ctx->stores_mu);
     if (--st->refs > 0) {
-        pthread_mutex_unlock(&g_stores_mu);
+        pthread_mutex_unlock(&ctx->stores_mu);
         return;
     }
-    for (struct snap_store **pp = &g_stores; *pp; pp = &(*pp)->next) {
+    for (struct snap_store **pp = &ctx->stores; *pp; pp = &(*pp)->next) {
         if (*pp == st) {
             *pp = st->next;
             break;
         }
     }
-    pthread_mutex_unlock(&g_stores_mu);
+    pthread_mutex_unlock(&ctx->stores_mu);
     store_free(st);
 }
 

@@ -20,11 +20,18 @@
  * edit in the workspace can never reach the store.
  *
  * New files and directories (objects and restored entries) take pre-made empty inodes from a
- * spares directory (<parent of the store>/.snap-spare, topped up in the background, or from a
- * sibling spares directory on the same file system when it is empty), because ext4 without a
+ * spare directory (<parent of the store>/.snap-spare, topped up in the background, or from a
+ * sibling spare directory on the same file system when it is empty), because ext4 without a
  * journal makes every create slow for minutes after a mass delete (see spares.c).
  * snap_discard_tree() deletes dead workspaces by recycling their inodes into those spare
  * directories. Callers must serialize restores into one workspace (the session actor does).
+ *
+ * Stores are opened through a context (struct snap_ctx) that its owner creates and frees (the
+ * repository layer in the server, the test or the benchmark otherwise): it holds the settings
+ * below, the open stores (one instance per directory) and the spares: the spare directories and
+ * the background threads that fill them or delete and recycle dead trees, all joined when the
+ * context is freed. Use one context per data directory: two would share spare directories
+ * without knowing of each other.
  *
  * Limits (a sandbox builds any tree; docs/repos.md "Snapshots", Limits): a snapshot records
  * entries down to SNAP_MAX_DEPTH levels below the workspace whose path (relative) is at most
@@ -43,7 +50,8 @@
  * server, root, writes the store.
  *
  * Thread safety: a store serializes its operations with an internal mutex; distinct stores
- * are independent. Operations use a few worker threads of their own for hashing/copying.
+ * are independent. Operations use a few worker threads of their own for hashing/copying. A
+ * context is thread safe; it must outlive every store opened through it.
  */
 #ifndef SESSIOND_SNAP_H
 #define SESSIOND_SNAP_H
@@ -51,6 +59,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+struct snap_ctx;
 struct snap_store;
 
 /** Deepest entry a snapshot records (1 = a child of the workspace). */
@@ -104,8 +113,16 @@ struct snap_restore_info {
     int64_t meta_us;   /* directory modes/mtimes, the new cache, the final rename */
 };
 
-/** Open (creating if missing) the store at dir. *out is freed with snap_store_close(). */
-int snap_store_open(const char *dir, struct snap_store **out);
+/** A new context with the default settings. *out is freed with snap_ctx_free(). */
+int snap_ctx_new(struct snap_ctx **out);
+/** Stop the spare fillers (the spares made so far stay for the next context), wait for the trees
+ * being deleted or recycled, join every background thread, then free. No store may be open and
+ * no operation running. NULL is a no-op. */
+void snap_ctx_free(struct snap_ctx *ctx);
+
+/** Open (creating if missing) the store at dir through ctx (the same instance for every opener
+ * of that directory). *out is freed with snap_store_close(). */
+int snap_store_open(struct snap_ctx *ctx, const char *dir, struct snap_store **out);
 /** Close the store. NULL is a no-op. No operation may be running. */
 void snap_store_close(struct snap_store *st);
 
@@ -128,15 +145,16 @@ int snap_restore_seed(struct snap_store *st, const char *id, const char *workspa
                       const char *seed_dir, struct snap_restore_info *out);
 
 /** Delete the tree at path like util_rm_rf(), but give its plain files and empty directories
- * (one link, ours, no xattrs, open nowhere) to a spare-inode directory of the same file system
+ * (one link, ours, no xattrs, open nowhere) to a spare directory of ctx on the same file system
  * instead of freeing their inodes (see spares.c "Recycling"). Only for a tree nobody else can
  * reach any more (the workspace of a destroyed sandbox, a build directory): never for a live
  * workspace, nor for a snapshot store. Files with several links (objects shared with a store)
- * are unlinked, never truncated. When a spares directory of this process lives on the same file
- * system, the tree is renamed into it and recycled in the background (snap_background_wait() waits
- * for that; a crash leaves it to the next process that opens the spares); else it is removed
- * now. Either way path is gone on return. 0, or ERR_IO if something could not be removed. */
-int snap_discard_tree(const char *path);
+ * are unlinked, never truncated. When a spare directory of ctx lives on the same file system,
+ * the tree is renamed into it and recycled in the background (snap_background_wait() waits for
+ * that; a crash or snap_ctx_free() leaves the rest to the next context that opens that spare
+ * directory); else (or ctx NULL) it is removed now. Either way path is gone on return. 0, or
+ * ERR_IO if something could not be removed. */
+int snap_discard_tree(struct snap_ctx *ctx, const char *path);
 
 /** Header figures of snapshot id. ERR_NOT_FOUND if unknown. */
 int snap_get(struct snap_store *st, const char *id, struct snap_info *out);
@@ -160,26 +178,26 @@ int snap_gc(struct snap_store *st, uint64_t *kept_bytes, uint64_t *freed_bytes);
 /** 1 if s is a well-formed snapshot id ("snap-" + digits), else 0. */
 int snap_valid_id(const char *s);
 
-/** Durability of snap_create() (process-wide, default 0). 0: an acknowledged snapshot
+/** Durability of snap_create() through ctx (default 0). 0: an acknowledged snapshot
  * survives a crash or SIGKILL of the server (it is complete before its manifest exists; the
  * page cache outlives the process), not a power loss. 1: also a power loss -- syncfs() of the
  * store's file system before the manifest is written, then fsync of the manifest and its
  * directory (set it with `durability: full`). Restores are never synced: a workspace is as
  * durable as any file the agent writes. */
-void snap_set_durable(int on);
+void snap_set_durable(struct snap_ctx *ctx, int on);
 
 /** Snapshots that read at least n files (default 1: every snapshot that reads a file; 0:
  * never) put their new objects of up to 4 MiB into one pack file instead of one file each, so
  * that a first snapshot of 10,000 files creates two inodes, not 10,000, and a later one that
  * read a few hundred none (the pack, its index and the manifest take spare inodes; see
- * pack.c). Process-wide; for benchmarks and tests. */
-void snap_set_pack_min(size_t n);
+ * pack.c). For the stores of ctx; for benchmarks and tests. */
+void snap_set_pack_min(struct snap_ctx *ctx, size_t n);
 
-/** Upper bound of each spare-inode directory (default 65536; 0 disables the spare directories:
- * every file is created where it lands). Process-wide; for benchmarks and tests. */
-void snap_set_spare_max(size_t n);
-/** Wait until the background work started by snapshot operations is done (spare inodes being
- * created, trees removed by restores being deleted). For tests, benchmarks and shutdown. */
-void snap_background_wait(void);
+/** Upper bound of each spare directory of ctx (default 65536; 0 disables the spare directories:
+ * every file is created where it lands). For benchmarks and tests. */
+void snap_set_spare_max(struct snap_ctx *ctx, size_t n);
+/** Wait until the background work started by the operations of ctx is done (spare inodes being
+ * created, trees removed by restores being deleted). For tests and benchmarks. */
+void snap_background_wait(struct snap_ctx *ctx);
 
 #endif

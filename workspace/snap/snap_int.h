@@ -32,10 +32,12 @@
  *
  * Threads: the public functions take st->lock. Inside, walking, hashing and copying are
  * spread over a few short-lived worker threads that share nothing but an atomic job index and
- * atomic counters. Spare-inode directories (shared by sibling stores, guarded by their own mutex)
- * are topped up by detached filler threads, and trash is deleted (or recycled into the spare
- * directories) by detached janitor threads; snap_background_wait() waits for both. Fillers wait
- * while a restore or a snapshot runs, recyclers unless it is short of spares (restore_yield).
+ * atomic counters. Spare-inode directories (shared by sibling stores, each guarded by its own
+ * mutex) are topped up by filler threads, and trash is deleted (or recycled into the spare
+ * directories) by janitor threads; both belong to the snap_ctx's spares (struct snap_spares),
+ * which joins them (snap_background_wait() waits for them, snap_ctx_free() joins them all).
+ * Fillers wait while a restore or a snapshot runs, recyclers unless it is short of spares
+ * (restore_yield).
  */
 #ifndef SESSIOND_SNAP_INT_H
 #define SESSIOND_SNAP_INT_H
@@ -68,14 +70,15 @@ struct snap_store {
     int packfd;      /* packs/ */
     struct pidx *px; /* pack index, loaded on first use (pidx_load); guarded by lock */
     int64_t next_seq;
-    struct spares *spares; /* spare inodes (shared with sibling stores) */
-    /* One instance per directory in the process (g_stores), so that every user of a store
+    struct snap_ctx *ctx;     /* what it was opened through; outlives it */
+    struct spare_dir *spares; /* spare inodes (shared with sibling stores) */
+    /* One instance per directory in its ctx (ctx->stores), so that every user of a store
      * shares its lock: a GC must never run while another writer links objects that its
      * manifest does not name yet, and two creates must not pick the same id. */
     dev_t dev;
     ino_t ino;
-    int refs;                /* guarded by g_stores_mu */
-    struct snap_store *next; /* guarded by g_stores_mu */
+    int refs;                /* guarded by ctx->stores_mu */
+    struct snap_store *next; /* guarded by ctx->stores_mu */
 };
 
 /* One workspace entry (or manifest line). */
@@ -131,21 +134,60 @@ struct pdir {
 
 #define SPARE_MODE 0644 /* the usual mode of a file: most restored files need no chmod */
 
-enum { SP_FILE = 0, SP_DIR = 1 }; /* kinds of spares: empty files "<hex>", empty dirs "d<hex>" */
+enum { SP_FILE = 0, SP_DIR = 1 }; /* kinds of spares: empty files "f-<hex>", empty dirs "d-<hex>" */
 
-struct spares {
+/* One spare-inode directory (<parent of a store>/.snap-spare), shared by the stores beside it. */
+struct spare_dir {
+    struct snap_spares *ss; /* the set it belongs to; immutable */
     pthread_mutex_t mu;
-    char *dir;           /* immutable */
-    int dfd;             /* the spares directory, -1 until opened; guarded by mu */
-    unsigned gen;        /* bumped when dfd is reopened; guarded by mu */
-    uint64_t *names[2];  /* spares ready to take, per kind (stacks); guarded by mu */
-    size_t n[2], cap[2]; /* guarded by mu */
-    uint64_t next_name;  /* next name to create (shared by the kinds); guarded by mu */
-    size_t want[2];      /* target sizes; guarded by mu */
-    int filling;         /* a filler thread runs; guarded by mu */
-    int users;           /* operations between spares_check and spares_release; guarded by mu */
-    dev_t dev;           /* file system of dfd (recycling only goes there); guarded by mu */
-    struct spares *next; /* set before the spares is published in g_spares, then immutable */
+    char *dir;              /* immutable */
+    int dfd;                /* the spare directory, -1 until opened; guarded by mu */
+    unsigned gen;           /* bumped when dfd is reopened; guarded by mu */
+    uint64_t *names[2];     /* spares ready to take, per kind (stacks); guarded by mu */
+    size_t n[2], cap[2];    /* guarded by mu */
+    uint64_t next_name;     /* next name to create (shared by the kinds); guarded by mu */
+    size_t want[2];         /* target sizes; guarded by mu */
+    int filling;            /* a filler thread runs; guarded by mu */
+    int users;              /* operations between spares_check and spares_release; guarded by mu */
+    dev_t dev;              /* file system of dfd (recycling only goes there); guarded by mu */
+    struct spare_dir *next; /* set before it is published in ss->dirs, then immutable */
+};
+
+/* A background thread of a snap_spares (a filler or a janitor), joined by whoever finds it done
+ * (bg_start, snap_background_wait, snap_ctx_free). */
+struct bg_thread {
+    struct bg_thread *next; /* guarded by ss->mu */
+    struct snap_spares *ss;
+    pthread_t th;
+    int done; /* fn returned; guarded by ss->mu */
+    void *(*fn)(void *);
+    void *arg;
+};
+
+/* The spare directories of a snap_ctx, the threads that fill them or recycle dead trees into them,
+ * and the restores (and snapshots) running now, which those threads yield to. Lock order: a
+ * spare_dir's mu, then mu; rest_mu is taken alone. */
+struct snap_spares {
+    pthread_mutex_t mu;        /* guards dirs, threads, running */
+    pthread_cond_t bg_cv;      /* a background thread ended */
+    struct spare_dir *dirs;    /* created on first use, freed with the ctx */
+    struct bg_thread *threads; /* started and not joined yet */
+    int running;               /* background threads whose fn has not returned */
+    _Atomic int stopping;      /* snap_ctx_free began: fillers stop, nobody yields */
+    _Atomic size_t max;        /* cap of each spare directory (snap_set_spare_max); 0: none */
+    pthread_mutex_t rest_mu;   /* with rest_cv: restore_yield's wait */
+    pthread_cond_t rest_cv;
+    _Atomic int restoring;     /* restores/snapshots running now; written under rest_mu */
+    _Atomic int restore_short; /* a running restore found its spares empty */
+};
+
+/* The shared side of a set of stores (snap.h). */
+struct snap_ctx {
+    struct snap_spares spares;
+    _Atomic int durable;     /* snap_set_durable */
+    _Atomic size_t pack_min; /* snap_set_pack_min */
+    pthread_mutex_t stores_mu;
+    struct snap_store *stores; /* open stores, one per directory; guarded by stores_mu */
 };
 
 struct par_job {
@@ -166,12 +208,12 @@ struct par_job {
 /*
  * Why packs: a snapshot that adds thousands of objects (the first snapshot of a store, an
  * `npm install`) would create thousands of inodes, and on ext4 without a journal every create
- * scans past the inodes freed in the last minutes (see the spare spare directories above): 10,000
+ * scans past the inodes freed in the last minutes (see the spare directories above): 10,000
  * creates took 3.4-6.9 s under load right after a mass delete. A snapshot (one that reads at least
- * g_pack_min files: by default any) instead appends its new small objects (up to SMALL_FILE) to
- * one pack file, packs/p-<random>.pack, written in parallel at reserved offsets, and lists them in
- * packs/p-<random>.idx ("sessiond-pack 1 <count> <size>" then "<hash> <offset> <length>" a
- * line), written atomically after the pack is complete and before the manifest. A pack
+ * pack_min files (snap_set_pack_min: by default any) instead appends its new small objects (up to
+ * SMALL_FILE) to one pack file, packs/p-<random>.pack, written in parallel at reserved offsets, and
+ * lists them in packs/p-<random>.idx ("sessiond-pack 1 <count> <size>" then "<hash> <offset>
+ * <length>" a line), written atomically after the pack is complete and before the manifest. A pack
  * without an index is an unfinished one (a crash) and is deleted by the GC. Packs are
  * immutable like objects: a restore copies ranges out of them (copy_file_range), a seeded
  * store hard-links the seed's packs (never a workspace file). GC deletes packs with no live
@@ -209,19 +251,19 @@ struct pidx {
 };
 
 /* One pack being written by a snapshot's workers. The pack is written into a spare inode
- * when the spares has one (renamed to packs/<name>.pack by pack_finish), else created in place:
- * a snapshot then creates no inode at all (see the spare spare directories above). */
+ * when its spare directory has one (renamed to packs/<name>.pack by pack_finish), else created in
+ * place: a snapshot then creates no inode at all (see the spare directories above). */
 struct pwriter {
     pthread_mutex_t mu;
-    int packfd;            /* the store's packs/ */
-    struct spares *spares; /* spares (held by the caller's spares_check), or NULL */
-    int fd;                /* -1 until the first object; guarded by mu */
-    int failed;            /* guarded by mu */
-    char name[32];         /* set with fd */
-    char spare[24];        /* fd is this spare of spares (sparedfd) until renamed; "" if not */
-    int sparedfd;          /* valid until the caller's spares_release */
-    int named;             /* packs/<name>.pack is ours (created or renamed there) */
-    _Atomic uint64_t end;  /* next free offset */
+    int packfd;               /* the store's packs/ */
+    struct spare_dir *spares; /* held by the caller's spares_check, or NULL */
+    int fd;                   /* -1 until the first object; guarded by mu */
+    int failed;               /* guarded by mu */
+    char name[32];            /* set with fd */
+    char spare[24];           /* fd is this spare of spares (sparedfd) until renamed; "" if not */
+    int sparedfd;             /* valid until the caller's spares_release */
+    int named;                /* packs/<name>.pack is ours (created or renamed there) */
+    _Atomic uint64_t end;     /* next free offset */
 };
 
 /* io.c */
@@ -264,7 +306,6 @@ int write_all(int fd, const void *p, size_t n);
 /* Read a whole small file relative to dirfd. Caller frees *out. */
 int read_file_at(int dirfd, const char *name, char **out, size_t *len);
 
-extern _Atomic int g_durable;
 /* Write data to dirfd/name atomically (tmp + rename; with fsyncs if durable). */
 int write_file_atomic_d(int dirfd, const char *name, const char *data, size_t len, int durable);
 
@@ -274,72 +315,77 @@ int write_file_atomic(int dirfd, const char *name, const char *data, size_t len)
 void link_atomic(int fromfd, const char *from, int dirfd, const char *name);
 
 /* spares.c */
+void spares_init(struct snap_spares *ss);
+
+/* Stop the fillers, let the janitors finish, join every background thread and free the spare
+ * directories. */
+void spares_fini(struct snap_spares *ss);
+
 /* Background threads alive now (for the timing log of a snapshot). */
-int bg_running(void);
+int bg_running(struct snap_spares *ss);
 
-extern _Atomic int g_restoring;     /* restores/snapshots running now; a hint */
-extern _Atomic int g_restore_short; /* a running restore found its spares empty */
+/* A restore or a snapshot begins / ends: the fillers and recyclers of ss wait meanwhile. */
+void restoring_begin(struct snap_spares *ss);
 
-void restoring_begin(void);
-
-void restoring_end(void);
+void restoring_end(struct snap_spares *ss);
 
 /* A restore found its spares empty: wake the recyclers that wait in restore_yield(). */
-void restore_mark_short(void);
+void restore_mark_short(struct snap_spares *ss);
 
-/* The spares for the store directory store_dir (created on first use; never freed). */
-struct spares *spares_for(const char *store_dir);
+/* The spare directory of ss for the store directory store_dir (created on first use; freed
+ * with ss). */
+struct spare_dir *spares_for(struct snap_spares *ss, const char *store_dir);
 
-/* Make sure the spares directory is open and still linked (someone may have deleted the tree
+/* Make sure the spare directory is open and still linked (someone may have deleted the tree
  * it lives in); on (re)open, take stock of the spares a previous process left. */
-void spares_check(struct spares *p);
+void spares_check(struct spare_dir *p);
 
 /* The end of an operation that called spares_check(). */
-void spares_release(struct spares *p);
+void spares_release(struct spare_dir *p);
 
 /* Ask for at least files spare files and dirs spare directories (capped); starts a filler if
  * none runs. */
-void spares_kick(struct spares *p, size_t files, size_t dirs);
+void spares_kick(struct spare_dir *p, size_t files, size_t dirs);
 
 /* Take a spare file: an fd open for reading and writing on an empty file of ours with
- * SPARE_MODE, and its name in name. -1 if the spares is empty or unusable. The caller renames
- * it away or gives it back (spare_put). The spares directory fd stays valid until the caller's
- * spares_release(). */
-int spare_take(struct spares *p, char name[24], int *sparedfd);
+ * SPARE_MODE, and its name in name. -1 if the spare directory is empty or unusable. The caller
+ * renames it away or gives it back (spare_put). The spare directory fd stays valid until the
+ * caller's spares_release(). */
+int spare_take(struct spare_dir *p, char name[24], int *sparedfd);
 
-/* Take a spare file from another open spares on own's file system when own is empty: the
+/* Take a spare file from another open spare directory on own's file system when own is empty: the
  * sessions' spares and each repository's share one file system, and a rename from a sibling
- * spares costs what one from our own does, where a create may cost milliseconds (a restore
- * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spares it
- * came from, held (spares_release() after the rename; spare_put() to it if unused). */
-int spare_borrow(struct spares *own, char name[24], int *sparedfd, struct spares **from);
+ * spare directory costs what one from our own does, where a create may cost milliseconds (a restore
+ * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spare directory
+ * it came from, held (spares_release() after the rename; spare_put() to it if unused). */
+int spare_borrow(struct spare_dir *own, char name[24], int *sparedfd, struct spare_dir **from);
 
 /* The spare files a restore from own's spares can take: its own and those spare_borrow() may
  * take from the other open spare directories on its file system. */
-size_t spares_in_reach(struct spares *own);
+size_t spares_in_reach(struct spare_dir *own);
 
 /* Give an unused spare file back (its contents are dropped). */
-void spare_put(struct spares *p, int fd, const char *name);
+void spare_put(struct spare_dir *p, int fd, const char *name);
 
 /* Make the directory pfd/name (mode 0700, as mkdirat(..., 0700)) from a spare if there is
  * one. Returns like mkdirat. */
-int spare_mkdir(struct spares *p, int pfd, const char *name);
+int spare_mkdir(struct spare_dir *p, int pfd, const char *name);
 
 /* Give the complete file fd, the spare sparedfd/spare, the name dirfd/name (which must not
  * exist: a random or new name). If the rename fails (EXDEV: the store is a mount point of
  * its own), the bytes are copied into a file created under that name. 0 or ERR_IO; either way
- * the spare is no longer in the spares directory on success. */
+ * the spare is no longer in the spare directory on success. */
 int file_commit(int fd, int sparedfd, const char *spare, int dirfd, const char *name);
 
 /* write_file_atomic_d() into a spare of spares (NULL: none) when there is one, so that writing a
  * manifest or a pack index allocates no inode; the spare is renamed over name (replacing it).
  * Caller holds spares (spares_check). */
-int write_new_file(struct spares *sp, int dirfd, const char *name, const char *data, size_t len,
+int write_new_file(struct spare_dir *sp, int dirfd, const char *name, const char *data, size_t len,
                    int durable);
 
 /* Delete the tree at path (ours: a trash or staging directory) in the background, or now if
  * no thread can be started. Takes ownership of path. */
-void trash_later(char *path, int recycle);
+void trash_later(struct snap_spares *ss, char *path, int recycle);
 
 /* manifest.c */
 void put_header(struct buf *b, const struct mhdr *h);
@@ -422,7 +468,6 @@ int load_cache(struct snap_store *st, const struct stat *root, struct mhdr *h, s
 int cache_trusted(const struct ent *c, const struct ent *e, int64_t cache_ns);
 
 /* pack.c */
-extern _Atomic size_t g_pack_min;
 void pidx_free(struct pidx *x);
 
 const struct ploc *pidx_get(const struct pidx *x, const char *hash);

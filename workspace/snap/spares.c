@@ -47,27 +47,35 @@
  * ("spares", named by a hex counter) next to the stores is topped up by a background thread;
  * restore and snapshot write a spare through its fd and rename it to its final name
  * (renameat2 RENAME_NOREPLACE: a rename allocates no inode, and the file appears complete).
- * With a journal the scan does not exist and the spares only takes the ordinary create cost
+ * With a journal the scan does not exist and the spares only take the ordinary create cost
  * off the critical path.
  *
- * One spares directory per directory <parent of the store>/.snap-spare (sessions' stores share
+ * One spare directory per directory <parent of the store>/.snap-spare (sessions' stores share
  * <data>/snapshots/.snap-spare, a repository's image store <data>/repos/<name>/.snap-spare).
- * Spare directories live as long as the process (a handful of small structs). A spare is a file we
- * created empty, or a file of a dead tree recycled under the checks of "Recycling" below (no
- * xattrs, no flags, one link, open nowhere), which leave it indistinguishable from a new one.
+ * The struct of a spare directory lives as long as its snap_ctx (a handful of small structs). A
+ * spare is a file we created empty, or a file of a dead tree recycled under the checks of
+ * "Recycling" below (no xattrs, no flags, one link, open nowhere), which leave it
+ * indistinguishable from a new one.
  */
 #define SPARE_DIR    "/.snap-spare"
-#define TRASH_PREFIX "t-" /* a discarded tree waiting in a spares directory (snap_discard_tree) */
+#define TRASH_PREFIX "t-" /* a discarded tree waiting in a spare directory (snap_discard_tree) */
 
-static pthread_mutex_t g_spares_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_bg_cv = PTHREAD_COND_INITIALIZER;
-static struct spares *g_spares; /* guarded by g_spares_mu */
-static int g_bg_running;        /* background threads alive; guarded by g_spares_mu */
-static _Atomic size_t g_spare_max = 65536;
-
-void snap_set_spare_max(size_t n)
+void spares_init(struct snap_spares *ss)
 {
-    atomic_store(&g_spare_max, n);
+    memset(ss, 0, sizeof(*ss));
+    pthread_mutex_init(&ss->mu, NULL);
+    pthread_cond_init(&ss->bg_cv, NULL);
+    pthread_mutex_init(&ss->rest_mu, NULL);
+    pthread_cond_init(&ss->rest_cv, NULL);
+    atomic_init(&ss->stopping, 0);
+    atomic_init(&ss->max, 65536);
+    atomic_init(&ss->restoring, 0);
+    atomic_init(&ss->restore_short, 0);
+}
+
+void snap_set_spare_max(struct snap_ctx *ctx, size_t n)
+{
+    atomic_store(&ctx->spares.max, n);
 }
 
 /* Restores running now (snapshots count too). The spare filler and the recycler wait for them:
@@ -75,9 +83,9 @@ void snap_set_spare_max(size_t n)
  * slower, and the restore is what a user waits for (so is a snapshot: the session's next prompt
  * starts after it, and on 2 cores a filler's creates, CPU-bound in ext4's inode scan, took a
  * CPU from it).
- * The filler waits even for a restore that ran out of spares (g_restore_short): its create
+ * The filler waits even for a restore that ran out of spares (restore_short): its create
  * costs the same inode scan as the restore's own, on a CPU the restore's workers need, and
- * it holds the spares directory's lock for the whole scan -- the lock each rename of a spare
+ * it holds the spare directory's lock for the whole scan -- the lock each rename of a spare
  * out of that directory takes (with the file system's rename mutex held meanwhile, which
  * stalls the other workers' renames too). Measured with a filler that kept going for
  * restores marked short: image starts of 10,000 files in bench/pool.sh copied for 1.1-9.5 s
@@ -88,109 +96,188 @@ void snap_set_spare_max(size_t n)
  * The recycler keeps going for a short restore: a recycled spare costs no inode scan (a
  * truncate and a rename) and saves the restore a create (measured: always yielding left
  * image starts short of 4-6,000 spares, 3-4 s each). */
-static pthread_mutex_t g_rest_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_rest_cv = PTHREAD_COND_INITIALIZER;
-_Atomic int g_restoring;     /* written under g_rest_mu; read without it as a hint */
-_Atomic int g_restore_short; /* a running restore found its spares empty */
-#define YIELD_MAX_MS 3000    /* a restore longer than this no longer holds the others */
+#define YIELD_MAX_MS 3000 /* a restore longer than this no longer holds the others */
 
-void restoring_begin(void)
+void restoring_begin(struct snap_spares *ss)
 {
-    pthread_mutex_lock(&g_rest_mu);
-    atomic_fetch_add(&g_restoring, 1);
-    pthread_mutex_unlock(&g_rest_mu);
+    pthread_mutex_lock(&ss->rest_mu);
+    atomic_fetch_add(&ss->restoring, 1);
+    pthread_mutex_unlock(&ss->rest_mu);
 }
 
-void restoring_end(void)
+void restoring_end(struct snap_spares *ss)
 {
-    pthread_mutex_lock(&g_rest_mu);
-    if (atomic_fetch_sub(&g_restoring, 1) == 1) {
-        atomic_store(&g_restore_short, 0);
+    pthread_mutex_lock(&ss->rest_mu);
+    if (atomic_fetch_sub(&ss->restoring, 1) == 1) {
+        atomic_store(&ss->restore_short, 0);
     }
-    pthread_cond_broadcast(&g_rest_cv);
-    pthread_mutex_unlock(&g_rest_mu);
+    pthread_cond_broadcast(&ss->rest_cv);
+    pthread_mutex_unlock(&ss->rest_mu);
 }
 
 /* A restore found its spares empty: wake the recyclers that wait in restore_yield(). */
-void restore_mark_short(void)
+void restore_mark_short(struct snap_spares *ss)
 {
-    pthread_mutex_lock(&g_rest_mu);
-    atomic_store(&g_restore_short, 1);
-    pthread_cond_broadcast(&g_rest_cv);
-    pthread_mutex_unlock(&g_rest_mu);
+    pthread_mutex_lock(&ss->rest_mu);
+    atomic_store(&ss->restore_short, 1);
+    pthread_cond_broadcast(&ss->rest_cv);
+    pthread_mutex_unlock(&ss->rest_mu);
+}
+
+/* 1 while the background threads of ss should wait for the restores that run (see above). */
+static int must_yield(struct snap_spares *ss, int feed_short)
+{
+    return atomic_load(&ss->restoring) > 0 && !(feed_short && atomic_load(&ss->restore_short)) &&
+           !atomic_load(&ss->stopping);
 }
 
 /* Wait (at most YIELD_MAX_MS) until no restore runs; unless one is short of spares and
- * feed_short is set (the recycler: see above). Never call it from a restore. */
-static void restore_yield(int feed_short)
+ * feed_short is set (the recycler: see above), or ss is being freed. Never call it from a
+ * restore. ss NULL: no wait. */
+static void restore_yield(struct snap_spares *ss, int feed_short)
 {
-    if (atomic_load(&g_restoring) == 0 || (feed_short && atomic_load(&g_restore_short))) {
+    if (!ss || !must_yield(ss, feed_short)) {
         return;
     }
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += YIELD_MAX_MS / 1000;
-    pthread_mutex_lock(&g_rest_mu);
-    while (atomic_load(&g_restoring) > 0 && !(feed_short && atomic_load(&g_restore_short))) {
-        if (pthread_cond_timedwait(&g_rest_cv, &g_rest_mu, &dl) == ETIMEDOUT) {
+    pthread_mutex_lock(&ss->rest_mu);
+    while (must_yield(ss, feed_short)) {
+        if (pthread_cond_timedwait(&ss->rest_cv, &ss->rest_mu, &dl) == ETIMEDOUT) {
             break;
         }
     }
-    pthread_mutex_unlock(&g_rest_mu);
-}
-
-static void bg_enter(void)
-{
-    pthread_mutex_lock(&g_spares_mu);
-    g_bg_running++;
-    pthread_mutex_unlock(&g_spares_mu);
-}
-
-static void bg_leave(void)
-{
-    pthread_mutex_lock(&g_spares_mu);
-    g_bg_running--;
-    pthread_cond_broadcast(&g_bg_cv);
-    pthread_mutex_unlock(&g_spares_mu);
+    pthread_mutex_unlock(&ss->rest_mu);
 }
 
 /* Background threads alive now (for the timing log of a snapshot). */
-int bg_running(void)
+int bg_running(struct snap_spares *ss)
 {
-    pthread_mutex_lock(&g_spares_mu);
-    int n = g_bg_running;
-    pthread_mutex_unlock(&g_spares_mu);
+    pthread_mutex_lock(&ss->mu);
+    int n = ss->running;
+    pthread_mutex_unlock(&ss->mu);
     return n;
 }
 
-void snap_background_wait(void)
+/* Unlink the threads of ss whose fn has returned (caller holds ss->mu). Their joins are left to
+ * the caller (bg_join), outside the lock. */
+static struct bg_thread *bg_take_done_locked(struct snap_spares *ss)
 {
-    pthread_mutex_lock(&g_spares_mu);
-    while (g_bg_running > 0) {
-        pthread_cond_wait(&g_bg_cv, &g_spares_mu);
+    struct bg_thread *done = NULL;
+    for (struct bg_thread **pp = &ss->threads; *pp;) {
+        struct bg_thread *t = *pp;
+        if (t->done) {
+            *pp = t->next;
+            t->next = done;
+            done = t;
+        } else {
+            pp = &t->next;
+        }
     }
-    pthread_mutex_unlock(&g_spares_mu);
+    return done;
 }
 
-/* Start fn(arg) on a detached thread counted by snap_background_wait(). -1 if it could not. */
-static int bg_start(void *(*fn)(void *), void *arg)
+/* Join and free a list from bg_take_done_locked(). Each has returned from fn: a join only waits
+ * for its last instructions. */
+static void bg_join(struct bg_thread *list)
 {
-    pthread_t th;
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    bg_enter();
-    int rc = pthread_create(&th, &at, fn, arg);
-    pthread_attr_destroy(&at);
+    while (list) {
+        struct bg_thread *t = list;
+        list = t->next;
+        pthread_join(t->th, NULL);
+        free(t);
+    }
+}
+
+static void *bg_main(void *arg)
+{
+    struct bg_thread *t = arg;
+    struct snap_spares *ss = t->ss;
+    t->fn(t->arg);
+    pthread_mutex_lock(&ss->mu);
+    t->done = 1;
+    ss->running--;
+    pthread_cond_broadcast(&ss->bg_cv);
+    pthread_mutex_unlock(&ss->mu);
+    return NULL;
+}
+
+/* Start fn(arg) on a thread of ss, joined by the next bg_start, snap_background_wait or
+ * snap_ctx_free that finds it done. -1 if it could not (fn is not called). May be called with a
+ * spare_dir's mu held. */
+static int bg_start(struct snap_spares *ss, void *(*fn)(void *), void *arg)
+{
+    struct bg_thread *t = xcalloc(1, sizeof(*t));
+    t->ss = ss;
+    t->fn = fn;
+    t->arg = arg;
+    pthread_mutex_lock(&ss->mu);
+    struct bg_thread *done = bg_take_done_locked(ss);
+    int rc = pthread_create(&t->th, NULL, bg_main, t);
+    if (rc == 0) {
+        ss->running++;
+        t->next = ss->threads;
+        ss->threads = t;
+    }
+    pthread_mutex_unlock(&ss->mu);
+    bg_join(done);
     if (rc != 0) {
-        bg_leave();
+        free(t);
         return -1;
     }
     return 0;
 }
 
-/* The spares for the store directory store_dir (created on first use; never freed). */
-struct spares *spares_for(const char *store_dir)
+void snap_background_wait(struct snap_ctx *ctx)
+{
+    struct snap_spares *ss = &ctx->spares;
+    pthread_mutex_lock(&ss->mu);
+    while (ss->running > 0) {
+        pthread_cond_wait(&ss->bg_cv, &ss->mu);
+    }
+    struct bg_thread *done = bg_take_done_locked(ss);
+    pthread_mutex_unlock(&ss->mu);
+    bg_join(done);
+}
+
+void spares_fini(struct snap_spares *ss)
+{
+    /* The fillers stop at their next spare; the janitors finish their tree (an in-place
+     * restore's trash is found again only by a fresh restore into the same path) without
+     * yielding to anybody. Nobody starts a thread any more: no operation runs. */
+    pthread_mutex_lock(&ss->rest_mu);
+    atomic_store(&ss->stopping, 1);
+    pthread_cond_broadcast(&ss->rest_cv);
+    pthread_mutex_unlock(&ss->rest_mu);
+    pthread_mutex_lock(&ss->mu);
+    while (ss->running > 0) {
+        pthread_cond_wait(&ss->bg_cv, &ss->mu);
+    }
+    struct bg_thread *done = bg_take_done_locked(ss);
+    pthread_mutex_unlock(&ss->mu);
+    bg_join(done);
+    while (ss->dirs) {
+        struct spare_dir *p = ss->dirs;
+        ss->dirs = p->next;
+        if (p->dfd >= 0) {
+            close(p->dfd);
+        }
+        free(p->names[SP_FILE]);
+        free(p->names[SP_DIR]);
+        free(p->dir);
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+    }
+    pthread_mutex_destroy(&ss->mu);
+    pthread_cond_destroy(&ss->bg_cv);
+    pthread_mutex_destroy(&ss->rest_mu);
+    pthread_cond_destroy(&ss->rest_cv);
+}
+
+/* The spare directory of ss for the store directory store_dir (created on first use; freed
+ * with ss). */
+struct spare_dir *spares_for(struct snap_spares *ss, const char *store_dir)
 {
     char *dir = NULL;
     const char *slash = strrchr(store_dir, '/');
@@ -199,26 +286,27 @@ struct spares *spares_for(const char *store_dir)
     } else {
         dir = xasprintf("%.*s%s", (int)(slash - store_dir), store_dir, SPARE_DIR);
     }
-    pthread_mutex_lock(&g_spares_mu);
-    struct spares *p = g_spares;
+    pthread_mutex_lock(&ss->mu);
+    struct spare_dir *p = ss->dirs;
     while (p && strcmp(p->dir, dir) != 0) {
         p = p->next;
     }
     if (!p) {
         p = xcalloc(1, sizeof(*p));
+        p->ss = ss;
         pthread_mutex_init(&p->mu, NULL);
         p->dir = dir;
         dir = NULL;
         p->dfd = -1;
-        p->next = g_spares;
-        g_spares = p;
+        p->next = ss->dirs;
+        ss->dirs = p;
     }
-    pthread_mutex_unlock(&g_spares_mu);
+    pthread_mutex_unlock(&ss->mu);
     free(dir);
     return p;
 }
 
-static void spares_push_locked(struct spares *p, int kind, uint64_t name)
+static void spares_push_locked(struct spare_dir *p, int kind, uint64_t name)
 {
     if (p->n[kind] == p->cap[kind]) {
         p->cap[kind] = p->cap[kind] ? p->cap[kind] * 2 : 1024;
@@ -232,13 +320,13 @@ static void spare_name(int kind, uint64_t v, char name[24])
     snprintf(name, 24, "%s%llx", kind == SP_DIR ? "d-" : "f-", (unsigned long long)v);
 }
 
-/* Make sure the spares directory is open and still linked (someone may have deleted the tree
+/* Make sure the spare directory is open and still linked (someone may have deleted the tree
  * it lives in); on (re)open, take stock of the spares a previous process left. */
-void spares_check(struct spares *p)
+void spares_check(struct spare_dir *p)
 {
     pthread_mutex_lock(&p->mu);
     p->users++;
-    if (atomic_load(&g_spare_max) == 0) {
+    if (atomic_load(&p->ss->max) == 0) {
         pthread_mutex_unlock(&p->mu);
         return;
     }
@@ -266,7 +354,7 @@ void spares_check(struct spares *p)
             const char *nm = de->d_name;
             if (strncmp(nm, TRASH_PREFIX, 2) == 0) {
                 /* a discarded tree a previous process did not finish recycling */
-                trash_later(xasprintf("%s/%s", p->dir, nm), 1);
+                trash_later(p->ss, xasprintf("%s/%s", p->dir, nm), 1);
                 continue;
             }
             int kind = strncmp(nm, "d-", 2) == 0 ? SP_DIR : SP_FILE;
@@ -294,7 +382,7 @@ void spares_check(struct spares *p)
 }
 
 /* The end of an operation that called spares_check(). */
-void spares_release(struct spares *p)
+void spares_release(struct spare_dir *p)
 {
     pthread_mutex_lock(&p->mu);
     p->users--;
@@ -302,21 +390,24 @@ void spares_release(struct spares *p)
 }
 
 struct filler {
-    struct spares *p;
-    int dfd; /* our own dup of the spares directory */
+    struct spare_dir *p;
+    int dfd; /* our own dup of the spare directory */
     unsigned gen;
 };
 
 static void *filler_main(void *arg)
 {
     struct filler *f = arg;
-    struct spares *p = f->p;
+    struct spare_dir *p = f->p;
     pthread_setname_np(pthread_self(), "snap-filler");
     for (;;) {
         pthread_mutex_lock(&p->mu);
         int kind = p->n[SP_FILE] < p->want[SP_FILE] ? SP_FILE
                    : p->n[SP_DIR] < p->want[SP_DIR] ? SP_DIR
                                                     : -1;
+        if (atomic_load(&p->ss->stopping)) {
+            kind = -1; /* the ctx is being freed: what is made so far stays for the next one */
+        }
         if (p->gen != f->gen || kind < 0) {
             if (p->gen == f->gen) {
                 p->filling = 0;
@@ -326,7 +417,7 @@ static void *filler_main(void *arg)
         }
         uint64_t v = p->next_name++;
         pthread_mutex_unlock(&p->mu);
-        restore_yield(0);
+        restore_yield(p->ss, 0);
         char nm[24];
         spare_name(kind, v, nm);
         int ok = 0;
@@ -360,15 +451,14 @@ static void *filler_main(void *arg)
     }
     close(f->dfd);
     free(f);
-    bg_leave();
     return NULL;
 }
 
 /* Ask for at least files spare files and dirs spare directories (capped); starts a filler if
  * none runs. */
-void spares_kick(struct spares *p, size_t files, size_t dirs)
+void spares_kick(struct spare_dir *p, size_t files, size_t dirs)
 {
-    size_t max = atomic_load(&g_spare_max);
+    size_t max = atomic_load(&p->ss->max);
     size_t want[2] = {files < max ? files : max, dirs < max ? dirs : max};
     pthread_mutex_lock(&p->mu);
     for (int k = 0; k < 2; k++) {
@@ -382,7 +472,7 @@ void spares_kick(struct spares *p, size_t files, size_t dirs)
         f->p = p;
         f->gen = p->gen;
         f->dfd = dup(p->dfd);
-        if (f->dfd >= 0 && bg_start(filler_main, f) == 0) {
+        if (f->dfd >= 0 && bg_start(p->ss, filler_main, f) == 0) {
             p->filling = 1;
         } else {
             if (f->dfd >= 0) {
@@ -394,10 +484,10 @@ void spares_kick(struct spares *p, size_t files, size_t dirs)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Pop a spare name of kind. 0, or -1 if the spares is empty or unusable. */
-static int spare_pop(struct spares *p, int kind, char name[24], int *sparedfd)
+/* Pop a spare name of kind. 0, or -1 if the spare directory is empty or unusable. */
+static int spare_pop(struct spare_dir *p, int kind, char name[24], int *sparedfd)
 {
-    if (!p || atomic_load(&g_spare_max) == 0) {
+    if (!p || atomic_load(&p->ss->max) == 0) {
         return -1;
     }
     pthread_mutex_lock(&p->mu);
@@ -412,10 +502,10 @@ static int spare_pop(struct spares *p, int kind, char name[24], int *sparedfd)
 }
 
 /* Take a spare file: an fd open for reading and writing on an empty file of ours with
- * SPARE_MODE, and its name in name. -1 if the spares is empty or unusable. The caller renames
- * it away or gives it back (spare_put). The spares directory fd stays valid until the caller's
- * spares_release(). */
-int spare_take(struct spares *p, char name[24], int *sparedfd)
+ * SPARE_MODE, and its name in name. -1 if the spare directory is empty or unusable. The caller
+ * renames it away or gives it back (spare_put). The spare directory fd stays valid until the
+ * caller's spares_release(). */
+int spare_take(struct spare_dir *p, char name[24], int *sparedfd)
 {
     for (int tries = 0; tries < 4; tries++) {
         int dfd = -1;
@@ -442,9 +532,10 @@ int spare_take(struct spares *p, char name[24], int *sparedfd)
 }
 
 /* For a walk over the spare directories that may lend own spares: own's device, its spare file
- * count (own_files, may be NULL) and the head of the process-wide list. -1 when own is closed or
+ * count (own_files, may be NULL) and the head of its set's list. -1 when own is closed or
  * spares are off. */
-static int sibling_spares(struct spares *own, dev_t *dev, size_t *own_files, struct spares **head)
+static int sibling_spares(struct spare_dir *own, dev_t *dev, size_t *own_files,
+                          struct spare_dir **head)
 {
     pthread_mutex_lock(&own->mu);
     int open_ = own->dfd >= 0;
@@ -453,29 +544,29 @@ static int sibling_spares(struct spares *own, dev_t *dev, size_t *own_files, str
         *own_files = open_ ? own->n[SP_FILE] : 0;
     }
     pthread_mutex_unlock(&own->mu);
-    if (!open_ || atomic_load(&g_spare_max) == 0) {
+    if (!open_ || atomic_load(&own->ss->max) == 0) {
         return -1;
     }
-    pthread_mutex_lock(&g_spares_mu);
-    *head = g_spares; /* nodes are never freed, their next never changes */
-    pthread_mutex_unlock(&g_spares_mu);
+    pthread_mutex_lock(&own->ss->mu);
+    *head = own->ss->dirs; /* nodes live as long as the set, their next never changes */
+    pthread_mutex_unlock(&own->ss->mu);
     return 0;
 }
 
-/* Take a spare file from another open spares on own's file system when own is empty: the
+/* Take a spare file from another open spare directory on own's file system when own is empty: the
  * sessions' spares and each repository's share one file system, and a rename from a sibling
- * spares costs what one from our own does, where a create may cost milliseconds (a restore
- * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spares it
- * came from, held (spares_release() after the rename; spare_put() to it if unused). */
-int spare_borrow(struct spares *own, char name[24], int *sparedfd, struct spares **from)
+ * spare directory costs what one from our own does, where a create may cost milliseconds (a restore
+ * short of a few hundred spares took 3 s more). Like spare_take(); *from gets the spare directory
+ * it came from, held (spares_release() after the rename; spare_put() to it if unused). */
+int spare_borrow(struct spare_dir *own, char name[24], int *sparedfd, struct spare_dir **from)
 {
     *from = NULL;
     dev_t dev;
-    struct spares *head = NULL;
+    struct spare_dir *head = NULL;
     if (!own || sibling_spares(own, &dev, NULL, &head) != 0) {
         return -1;
     }
-    for (struct spares *p = head; p; p = p->next) {
+    for (struct spare_dir *p = head; p; p = p->next) {
         if (p == own) {
             continue;
         }
@@ -500,15 +591,15 @@ int spare_borrow(struct spares *own, char name[24], int *sparedfd, struct spares
 
 /* The spare files a restore from own's spares can take: its own and those spare_borrow() may
  * take from the other open spare directories on its file system. */
-size_t spares_in_reach(struct spares *own)
+size_t spares_in_reach(struct spare_dir *own)
 {
     size_t n = 0;
     dev_t dev;
-    struct spares *head = NULL;
+    struct spare_dir *head = NULL;
     if (sibling_spares(own, &dev, &n, &head) != 0) {
         return 0;
     }
-    for (struct spares *p = head; p; p = p->next) {
+    for (struct spare_dir *p = head; p; p = p->next) {
         if (p == own) {
             continue;
         }
@@ -522,7 +613,7 @@ size_t spares_in_reach(struct spares *own)
 }
 
 /* Give an unused spare file back (its contents are dropped). */
-void spare_put(struct spares *p, int fd, const char *name)
+void spare_put(struct spare_dir *p, int fd, const char *name)
 {
     if (ftruncate(fd, 0) != 0 || fchmod(fd, SPARE_MODE) != 0) {
         return; /* leave it: the next scan of the directory takes it */
@@ -535,7 +626,7 @@ void spare_put(struct spares *p, int fd, const char *name)
 
 /* Make the directory pfd/name (mode 0700, as mkdirat(..., 0700)) from a spare if there is
  * one. Returns like mkdirat. */
-int spare_mkdir(struct spares *p, int pfd, const char *name)
+int spare_mkdir(struct spare_dir *p, int pfd, const char *name)
 {
     char sname[24];
     int dfd = -1;
@@ -560,7 +651,7 @@ int spare_mkdir(struct spares *p, int pfd, const char *name)
 /* Give the complete file fd, the spare sparedfd/spare, the name dirfd/name (which must not
  * exist: a random or new name). If the rename fails (EXDEV: the store is a mount point of
  * its own), the bytes are copied into a file created under that name. 0 or ERR_IO; either way
- * the spare is no longer in the spares directory on success. */
+ * the spare is no longer in the spare directory on success. */
 int file_commit(int fd, int sparedfd, const char *spare, int dirfd, const char *name)
 {
     if (renameat2(sparedfd, spare, dirfd, name, RENAME_NOREPLACE) == 0) {
@@ -592,7 +683,7 @@ int file_commit(int fd, int sparedfd, const char *spare, int dirfd, const char *
 /* write_file_atomic_d() into a spare of spares (NULL: none) when there is one, so that writing a
  * manifest or a pack index allocates no inode; the spare is renamed over name (replacing it).
  * Caller holds spares (spares_check). */
-int write_new_file(struct spares *sp, int dirfd, const char *name, const char *data, size_t len,
+int write_new_file(struct spare_dir *sp, int dirfd, const char *name, const char *data, size_t len,
                    int durable)
 {
     char spare[24];
@@ -619,7 +710,7 @@ int write_new_file(struct spares *sp, int dirfd, const char *name, const char *d
  * Recycling: deleting a tree frees its inodes, which is what makes the next creates slow (see
  * above), and the filler then pays again to create the spares a restore takes. So a tree that
  * nobody but us can reach any more (the workspace of a destroyed sandbox, a restore's staging
- * directory) gives its plain files and empty directories to a spare spares of the same file
+ * directory) gives its plain files and empty directories to a spare directory of the same file
  * system instead: truncated, chmod-ed and renamed in, without freeing or allocating an inode.
  * A recycled inode ends up in another session's workspace, so it must carry nothing of its
  * past and nobody may still reach it:
@@ -634,33 +725,36 @@ int write_new_file(struct spares *sp, int dirfd, const char *name, const char *d
  *   (nor another fd of ours, e.g. a file read in flight) has the file open;
  * - directories: empty, ours, one block, no xattrs (a default ACL would reach the files
  *   later created in it).
- * Anything else is deleted as before. The spares that needs spares most gets each one, up to
- * the cap (snap_set_spare_max); past it, files are deleted.
- * Not recycled: the trash of an in-place restore (the workspace's sandbox still runs and may
- * hold an O_PATH fd or a cwd that no lease reveals) and snapshot stores (their objects may be
- * read through open fds by a restore).
+ * Anything else is deleted as before. The spare directory that needs spares most gets each one, up
+ * to the cap (snap_set_spare_max); past it, files are deleted. Not recycled: the trash of an
+ * in-place restore (the workspace's sandbox still runs and may hold an O_PATH fd or a cwd that no
+ * lease reveals) and snapshot stores (their objects may be read through open fds by a restore).
  */
 #define RECYCLE_FLAGS_OK (FS_EXTENT_FL | FS_INLINE_DATA_FL) /* set by ext4 itself */
 #define LEASE_SIG        SIGWINCH /* default action: ignore; the server never handles it */
 
 struct recycler {
+    struct snap_spares *ss; /* where the spares go; NULL: nowhere (everything is deleted) */
     uid_t euid;
     gid_t egid;
     uint64_t files, dirs; /* recycled */
 };
 
-/* The open spares on dev that should get a spare of kind: the largest shortfall against its
- * target first, else the fewest spares under the cap. Returned with users held (spares_release)
+/* The open spare directory on dev that should get a spare of kind: the largest shortfall against
+ * its target first, else the fewest spares under the cap. Returned with users held (spares_release)
  * and its directory fd in *dfd. NULL if none has room. */
-static struct spares *recycle_spares(dev_t dev, int kind, int *dfd)
+static struct spare_dir *recycle_spares(struct snap_spares *ss, dev_t dev, int kind, int *dfd)
 {
-    size_t max = atomic_load(&g_spare_max);
-    pthread_mutex_lock(&g_spares_mu);
-    struct spares *head = g_spares; /* nodes are never freed, their next never changes */
-    pthread_mutex_unlock(&g_spares_mu);
-    struct spares *best = NULL;
+    if (!ss) {
+        return NULL;
+    }
+    size_t max = atomic_load(&ss->max);
+    pthread_mutex_lock(&ss->mu);
+    struct spare_dir *head = ss->dirs; /* nodes live as long as ss, their next never changes */
+    pthread_mutex_unlock(&ss->mu);
+    struct spare_dir *best = NULL;
     long long best_score = 0;
-    for (struct spares *p = head; p; p = p->next) {
+    for (struct spare_dir *p = head; p; p = p->next) {
         pthread_mutex_lock(&p->mu);
         if (p->dfd >= 0 && p->dev == dev && p->n[kind] < max) {
             long long need = (long long)p->want[kind] - (long long)p->n[kind];
@@ -687,16 +781,17 @@ static struct spares *recycle_spares(dev_t dev, int kind, int *dfd)
     return best;
 }
 
-/* Rename dfd/name (checked by the caller) into a spares directory as a spare of kind. 0 if done.
+/* Rename dfd/name (checked by the caller) into a spare directory as a spare of kind. 0 if done.
  * leasefd
  * (-1 for a directory) holds our write lease on the file: if somebody started opening it, the
  * lease is being broken, and after the rename the opener would hold a spare. Such a file is
- * unlinked from the spares instead (it is gone either way). The lease is released before the
- * spare is published, so a restore that takes it does not wait on it. */
-static int recycle_into_spares(dev_t dev, int kind, int dfd, const char *name, int leasefd)
+ * unlinked from the spare directory instead (it is gone either way). The lease is released before
+ * the spare is published, so a restore that takes it does not wait on it. */
+static int recycle_into_spares(struct snap_spares *ss, dev_t dev, int kind, int dfd,
+                               const char *name, int leasefd)
 {
     int pdfd = -1;
-    struct spares *p = recycle_spares(dev, kind, &pdfd);
+    struct spare_dir *p = recycle_spares(ss, dev, kind, &pdfd);
     if (!p) {
         return -1;
     }
@@ -738,7 +833,7 @@ static int plain_inode(int fd)
     return 1;
 }
 
-/* Recycle the regular file dfd/name (lstat data in sb) into a spares directory. 0 if done (or the
+/* Recycle the regular file dfd/name (lstat data in sb) into a spare directory. 0 if done (or the
  * file is gone); else the caller unlinks it. A file with other links is never opened for writing;
  * one that somebody opens while we hold its lease may already be empty when they get it (it was
  * being deleted either way). */
@@ -777,7 +872,7 @@ static int recycle_file(struct recycler *rc, int dfd, const char *name, const st
     if (fcntl(fd, F_GETLEASE) != F_WRLCK) {
         goto out; /* somebody is opening it: deleted by the caller, as before */
     }
-    int r = recycle_into_spares(fsb.st_dev, SP_FILE, dfd, name, fd);
+    int r = recycle_into_spares(rc->ss, fsb.st_dev, SP_FILE, dfd, name, fd);
     leased = 0; /* released there when the rename was done */
     if (r < 0) {
         leased = 1; /* not renamed: still ours, still leased */
@@ -793,7 +888,7 @@ out:
     return ok ? 0 : -1;
 }
 
-/* Recycle the directory cfd (= dfd/name, emptied by the caller) into a spares directory. 0 if done.
+/* Recycle the directory cfd (= dfd/name, emptied by the caller) into a spare directory. 0 if done.
  */
 static int recycle_dir(struct recycler *rc, int cfd, int dfd, const char *name)
 {
@@ -805,7 +900,7 @@ static int recycle_dir(struct recycler *rc, int cfd, int dfd, const char *name)
     if ((sb.st_mode & 07777) != 0700 && fchmod(cfd, 0700) != 0) {
         return -1;
     }
-    if (recycle_into_spares(sb.st_dev, SP_DIR, dfd, name, -1) != 0) {
+    if (recycle_into_spares(rc->ss, sb.st_dev, SP_DIR, dfd, name, -1) != 0) {
         return -1;
     }
     rc->dirs++;
@@ -818,8 +913,9 @@ static int recycle_file_op(void *ctx, int dfd, const char *name, const struct st
      * that has its spares runs. One short of spares does not wait: each recycled file is one
      * create less for it (measured: always yielding left image starts short of 4-6,000
      * spares, 3-4 s each). */
-    restore_yield(1);
-    return recycle_file(ctx, dfd, name, sb);
+    struct recycler *rc = ctx;
+    restore_yield(rc->ss, 1);
+    return recycle_file(rc, dfd, name, sb);
 }
 
 static int recycle_dir_op(void *ctx, int fd, int dfd, const char *name)
@@ -854,6 +950,7 @@ static int recycle_path(const char *path, struct recycler *rc)
 }
 
 struct trash_job {
+    struct snap_spares *ss;
     char *path;
     int recycle; /* nobody else can reach it: recycle its inodes (else delete) */
 };
@@ -877,7 +974,7 @@ static void *trash_main(void *arg)
     struct trash_job *j = arg;
     pthread_setname_np(pthread_self(), j->recycle ? "snap-recycler" : "snap-trash");
     if (j->recycle) {
-        struct recycler rc = {.euid = geteuid(), .egid = getegid()};
+        struct recycler rc = {.ss = j->ss, .euid = geteuid(), .egid = getegid()};
         int64_t t0 = clock_mono_us();
         recycle_path(j->path, &rc);
         if (rc.files + rc.dirs > 0) {
@@ -890,37 +987,38 @@ static void *trash_main(void *arg)
     }
     free(j->path);
     free(j);
-    bg_leave();
     return NULL;
 }
 
 /* Delete the tree at path (ours: a trash or staging directory) in the background, or now if
  * no thread can be started. Takes ownership of path. */
-void trash_later(char *path, int recycle)
+void trash_later(struct snap_spares *ss, char *path, int recycle)
 {
     struct trash_job *j = xcalloc(1, sizeof(*j));
+    j->ss = ss;
     j->path = path;
     j->recycle = recycle;
-    if (bg_start(trash_main, j) != 0) {
+    if (bg_start(ss, trash_main, j) != 0) {
         rm_path(path);
         free(path);
         free(j);
     }
 }
 
-/* The tree of a discard waits in the directory of a spares directory of its file system, named
+/* The tree of a discard waits in the directory of a spare directory of its file system, named
  * TRASH_PREFIX<random>: out of its caller's way at once, recycled by a janitor thread, and
  * found again by spares_check() after a crash. */
 
-int snap_discard_tree(const char *path)
+int snap_discard_tree(struct snap_ctx *ctx, const char *path)
 {
+    struct snap_spares *ss = ctx ? &ctx->spares : NULL;
     struct stat sb;
     if (lstat(path, &sb) != 0) {
         return errno == ENOENT ? 0 : ERR_IO;
     }
     if (S_ISDIR(sb.st_mode)) {
         int pdfd = -1;
-        struct spares *p = recycle_spares(sb.st_dev, SP_FILE, &pdfd);
+        struct spare_dir *p = recycle_spares(ss, sb.st_dev, SP_FILE, &pdfd);
         if (p) {
             char rnd[17], nm[24];
             util_random_hex(rnd, 8);
@@ -931,12 +1029,12 @@ int snap_discard_tree(const char *path)
             }
             spares_release(p);
             if (tpath) {
-                trash_later(tpath, 1);
+                trash_later(ss, tpath, 1);
                 return 0;
             }
         }
     }
     /* no spares with room on its file system (or not a directory): now, recycling if it can */
-    struct recycler rc = {.euid = geteuid(), .egid = getegid()};
+    struct recycler rc = {.ss = ss, .euid = geteuid(), .egid = getegid()};
     return recycle_path(path, &rc) == 0 ? 0 : ERR_IO;
 }
