@@ -24,6 +24,7 @@ struct agents;    /* agents/agents.h: named coding agents */
 struct secrets;   /* server/secrets.h: sealing of stored user tokens */
 struct ratelimit; /* server/ratelimit.h */
 struct wsg;       /* server/ws/ws_guard.h: refuses unmasked WebSocket client frames */
+struct vault;     /* server/vault.h: admin-managed secrets */
 
 struct app {
     const struct config *cfg;
@@ -42,6 +43,7 @@ struct app {
     struct secrets *secrets;        /* NULL: no master key, user tokens cannot be stored */
     struct ratelimit *session_rate; /* session creations per user (max_sessions_per_minute) */
     struct wsg *wsg;                /* between WebSocket clients and the hub's lws */
+    struct vault *vault;            /* admin-managed secrets (NULL before the master key) */
     atomic_int shutting_down;       /* set by the signal path in main.c, read by any thread */
 };
 

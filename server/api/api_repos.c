@@ -24,6 +24,7 @@
 #include "workspace/repos.h"
 #include "workspace/snap/snap.h"
 #include "server/api/api.h"
+#include "server/api/api_secrets.h"
 #include "server/app.h"
 #include "server/audit.h"
 #include "server/auth.h"
@@ -113,6 +114,7 @@ int api_repos_start(struct app *app)
             return rc;
         }
     }
+    api_secrets_start(app); /* the vault, over the key just loaded */
     struct repos_config rcfg = {
         .data_dir = cfg->data_dir,
         .store = app->store,
@@ -130,6 +132,7 @@ int api_repos_start(struct app *app)
     rc = repos_open(&rcfg, &app->repos);
     if (rc != 0) {
         LOG_ERROR("main: cannot start the repository layer: %s", err_str(rc));
+        api_secrets_free(app);
         secrets_free(app->secrets);
         app->secrets = NULL;
         return rc;
@@ -147,14 +150,15 @@ int api_repos_start(struct app *app)
 void api_repos_stop(struct app *app)
 {
     repos_shutdown(app->repos);
-    secrets_free(app->secrets);
-    app->secrets = NULL;
 }
 
 void api_repos_free(struct app *app)
 {
     repos_close(app->repos);
     app->repos = NULL;
+    api_secrets_free(app);      /* after the repository layer and the runner, its users */
+    secrets_free(app->secrets); /* after the vault, which seals and opens with it */
+    app->secrets = NULL;
 }
 
 /* ---- helpers ---- */
