@@ -153,15 +153,18 @@ static void add_base64(struct redact_set *s, size_t idx, const char *v, size_t n
     add_form(s, idx, form, end - start);
 }
 
-/* Percent-encoding as encodeURIComponent does it (hex digits from hex). */
-static void add_percent(struct redact_set *s, size_t idx, const char *v, size_t n, const char *hex)
+/* Percent-encoding with hex digits from hex, keeping the unreserved characters and those of
+ * keep: encoders differ there (RFC 3986 keeps none, encodeURIComponent and jq keep !*'(),
+ * Python's quote keeps /). */
+static void add_percent(struct redact_set *s, size_t idx, const char *v, size_t n, const char *hex,
+                        const char *keep)
 {
     struct buf b;
     buf_init(&b, 0);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)v[i];
         if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '_' || c == '.' || c == '~') {
+            c == '-' || c == '_' || c == '.' || c == '~' || (c && strchr(keep, c))) {
             buf_putc(&b, (char)c);
         } else {
             char e[3] = {'%', hex[c >> 4], hex[c & 15]};
@@ -213,8 +216,11 @@ int redact_set_add(struct redact_set *s, const char *name, const char *value, si
         add_base64(s, idx, value, n, k, std);
         add_base64(s, idx, value, n, k, url);
     }
-    add_percent(s, idx, value, n, "0123456789ABCDEF");
-    add_percent(s, idx, value, n, "0123456789abcdef");
+    static const char *const keeps[] = {"", "!*'()", "/"};
+    for (int k = 0; k < 3; k++) {
+        add_percent(s, idx, value, n, "0123456789ABCDEF", keeps[k]);
+        add_percent(s, idx, value, n, "0123456789abcdef", keeps[k]);
+    }
     add_json(s, idx, value, n);
     qsort(s->forms, s->nforms, sizeof(*s->forms), form_cmp);
     memset(s->table, 0, sizeof(s->table));

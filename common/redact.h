@@ -4,7 +4,8 @@
  * A set holds named secret values. Each value is searched in several forms: as is, its base64
  * (standard and URL-safe alphabets, at the three alignments it can have inside a longer base64
  * text, so `printf %s "$V" | base64` and a value in the middle of a base64 blob are both
- * caught), percent-encoded (upper and lower case hex) and JSON-escaped, whichever differ from
+ * caught), percent-encoded (upper and lower case hex; the RFC 3986, encodeURIComponent and
+ * Python quote choices of kept characters) and JSON-escaped, whichever differ from
  * the value. At a position the longest form wins.
  *
  * A redactor runs a set over a stream cut in arbitrary chunks: it holds back the last

@@ -24,6 +24,7 @@
 #include "runner/runner.h"
 #include "sandbox/sbx.h"
 #include "server/api/api.h"
+#include "server/api/api_secrets.h"
 #include "server/app.h"
 #include "server/audit.h"
 #include "server/auth.h"
@@ -111,6 +112,8 @@ int sandbox_runner_start(struct app *app)
         .max_sandboxes_per_user = (int)cfg->max_sandboxes_per_user,
         .max_execs_per_session = (int)cfg->max_execs_per_session,
         .repos = app->repos,
+        .secrets = api_secrets_for, /* the vault: env and redaction of a session's secrets */
+        .secrets_ctx = app,
     };
     int rc = runner_start(app->store, app->sbx, app->pump, &rcfg, &app->runner);
     if (rc) {

@@ -17,7 +17,7 @@ start_server --repos-tick-ms 200 --secrets-key-file "$TMP/master.key" --shutdown
 ALICE=$(make_token alice user)
 
 GLOBAL_VAL='gLoBaL-v4lue-0001'
-REPO_VAL='rEpO-s3cret-Zq9xK7'
+REPO_VAL='rEpO/s3cr3t+Zq9=xK7!'
 OTHER_VAL='0ther-gl0bal-Wv5'
 
 # ---- the API ----
@@ -65,4 +65,55 @@ expect_error 404 not_found "deleting it again is 404"
 api GET "/v1/audit?action=secret.set"
 check "secret changes are audited without values" jq -e '[.entries[]|select(.action=="secret.set")]|length>=3' <<<"$BODY"
 check "the audit log holds no value" bash -c "! grep -q -- '$GLOBAL_VAL' <<<'$BODY'"
+
+sha() { printf %s "$1" | sha256sum | cut -c1-64; }
+
+# ---- injection ----
+SID=$(new_session '{"title":"with repo","repo":"hello"}' "$ALICE")
+api POST "/v1/sessions/$SID/exec" '{"script":"printenv NPM_TOKEN | tr -d \"\\n\" | sha256sum | cut -c1-64; printenv OTHER_ONE | tr -d \"\\n\" | sha256sum | cut -c1-64"}' "$ALICE"
+expect_status 200 "exec in a repository session"
+check "the repository's value beats the global one" [ "$(jget .stdout | sed -n 1p)" = "$(sha "$REPO_VAL")" ]
+check "a global secret reaches a repository session" [ "$(jget .stdout | sed -n 2p)" = "$(sha "$OTHER_VAL")" ]
+api POST "/v1/sessions/$SID/exec" '{"argv":["printenv","NPM_TOKEN"]}' "$ALICE"
+check "printenv shows the marker, not the value" [ "$(jget .stdout)" = "[REDACTED:NPM_TOKEN]" ]
+NOREPO=$(new_session '{"title":"no repo"}' "$ALICE")
+api POST "/v1/sessions/$NOREPO/exec" '{"script":"env | grep -c -e NPM_TOKEN -e OTHER_ONE; true"}' "$ALICE"
+check "a session without a repository gets no secrets" [ "$(jget .stdout)" = "0" ]
+
+# ---- redaction: pieces across chunks, base64, URL-encoded, in exec and in a prompt ----
+WS_OUT="$TMP/ws.frames"
+node "$(dirname "$0")/wscapture.mjs" "ws://127.0.0.1:$PORT/v1/sessions/$SID/ws?token=$ADMIN&after=0" "$WS_OUT" 30 &
+WS_PID=$!
+for i in $(seq 1 100); do [ -f "$WS_OUT.ready" ] && break; sleep 0.05; done
+PIECES='v=$NPM_TOKEN; printf %s "${v:0:7}"; sleep 0.3; printf %s "${v:7}"; echo; printf %s "$v" | base64; printf %s "$v" | jq -sRr @uri; printf %s "$v" >&2; printf "x%s" "$v" | base64 -w0; echo'
+SCRIPT_JSON=$(jq -n --arg s "bash -c '$PIECES'" '{script:$s}')
+api POST "/v1/sessions/$SID/exec" "$SCRIPT_JSON" "$ALICE"
+check "exec output in pieces is redacted" jq -e '(.stdout|split("\n")[0])=="[REDACTED:NPM_TOKEN]" and (.stderr=="[REDACTED:NPM_TOKEN]")' <<<"$BODY"
+check "base64 and URL-encoded forms are redacted" jq -e '(.stdout|split("\n")[1]|test("REDACTED:NPM_TOKEN")) and (.stdout|split("\n")[2]=="[REDACTED:NPM_TOKEN]")' <<<"$BODY"
+EXEC_OUT=$BODY
+api POST "/v1/sessions/$SID/messages" "$(jq -n --arg c "$PIECES" '{content:$c}')" "$ALICE"
+expect_status 202 "a prompt printing the secret"
+wait_event "$SID" prompt.completed 1 >/dev/null
+check "the prompt completed" [ $? = 0 ]
+api GET "/v1/sessions/$SID/events?limit=1000" "" "$ALICE"
+check "agent output shows the marker" bash -c "grep -q 'REDACTED:NPM_TOKEN' <<<'$(printf %s "$BODY" | tr -d "'")'"
+sleep 0.5
+kill $WS_PID 2>/dev/null; wait $WS_PID 2>/dev/null
+check "WebSocket frames were captured" [ -s "$WS_OUT" ]
+
+# leaks VALUE WHERE... - fails if the value or its base64 / URL-encoded forms is in any file.
+B64=$(printf %s "$REPO_VAL" | base64 -w0 | tr -d '=')
+URI=$(printf %s "$REPO_VAL" | jq -sRr @uri)
+no_leak() {
+  local what=$1; shift
+  check "the value is nowhere in $what" bash -c '! grep -r -a -q -F -e "$0" -e "$1" -e "$2" "$@"' "$REPO_VAL" "$B64" "$URI" "$@"
+}
+check "the events hold the marker" bash -c 'grep -r -a -q -F "[REDACTED:NPM_TOKEN]" "$0"/sessions' "$DATA_DIR"
+no_leak "the data dir (session files, spool, registry)" "$DATA_DIR"
+no_leak "the server log" "$SERVER_LOG"
+no_leak "the WebSocket frames" "$WS_OUT"
+check "the WebSocket frames hold the marker" grep -q -F 'REDACTED:NPM_TOKEN' "$WS_OUT"
+api GET "/v1/sessions/$SID/export" "" "$ALICE"
+printf %s "$BODY" > "$TMP/export.json"
+no_leak "the export" "$TMP/export.json"
 finish
