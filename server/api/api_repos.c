@@ -128,6 +128,8 @@ int api_repos_start(struct app *app)
         .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
         .agent_known = agent_known,
         .agent_ctx = app,
+        .secrets = api_secrets_for, /* setup steps' env and log, the scan before a push */
+        .secrets_ctx = app,
     };
     rc = repos_open(&rcfg, &app->repos);
     if (rc != 0) {
@@ -502,7 +504,17 @@ int api_push(struct req *r)
     if (rc == ERR_AUTH) {
         return req_fail(r, ERR_FORBIDDEN, "the remote refused the credentials");
     }
+    if (rc == ERR_UNPROCESSABLE && out) { /* git.push_blocked: the change holds a secret */
+        rc = req_fail(r, rc, "push blocked: the secret %s is in %s",
+                      json_string_value(json_object_get(out, "secret")),
+                      *json_string_value(json_object_get(out, "path"))
+                          ? json_string_value(json_object_get(out, "path"))
+                          : "a commit message");
+        json_decref(out);
+        return rc;
+    }
     if (rc != 0) {
+        json_decref(out);
         return req_fail(r, rc, "push failed: %s", err_str(rc));
     }
     json_object_set_new(out, "credentials", json_string(tok ? "user" : use ? "app" : "none"));
@@ -608,6 +620,12 @@ int api_pull_request(struct req *r)
     /* The branch must be on the remote first: push it with the same token. */
     ws = workspace_of(r, sid);
     rc = repos_push(R(r), sid, ws, tok, &pushed);
+    if (rc == ERR_UNPROCESSABLE && pushed) {
+        rc = req_fail(r, rc, "push before the pull request blocked: the secret %s is in %s",
+                      json_string_value(json_object_get(pushed, "secret")),
+                      json_string_value(json_object_get(pushed, "path")));
+        goto out;
+    }
     if (rc != 0) {
         rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc,
                       "push before the pull request "

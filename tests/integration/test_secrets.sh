@@ -116,4 +116,49 @@ check "the WebSocket frames hold the marker" grep -q -F 'REDACTED:NPM_TOKEN' "$W
 api GET "/v1/sessions/$SID/export" "" "$ALICE"
 printf %s "$BODY" > "$TMP/export.json"
 no_leak "the export" "$TMP/export.json"
+
+# ---- push scan ----
+# A clean change pushes.
+CLEAN=$(new_session '{"title":"clean","repo":"hello"}' "$ALICE")
+api POST "/v1/sessions/$CLEAN/messages" '{"content":"echo harmless > notes.txt"}' "$ALICE"
+wait_event "$CLEAN" git.commit 1 >/dev/null
+api POST "/v1/sessions/$CLEAN/push" "" "$ALICE"
+check "a change without secrets pushes" [ "$STATUS" = 200 ]
+# A file holding the value blocks the push, even after it is deleted again (history).
+api POST "/v1/sessions/$SID/messages" '{"content":"printf \"//registry/:_authToken=%s\\n\" \"$NPM_TOKEN\" > .npmrc"}' "$ALICE"
+wait_event "$SID" git.commit 1 >/dev/null
+api POST "/v1/sessions/$SID/messages" '{"content":"rm .npmrc; echo later > later.txt"}' "$ALICE"
+wait_event "$SID" git.commit 2 >/dev/null
+api POST "/v1/sessions/$SID/push" "" "$ALICE"
+expect_error 422 unprocessable "a push with the secret in its history is blocked"
+BLK=$(wait_event "$SID" git.push_blocked 1 5)
+check "git.push_blocked names the secret and the file" [ "$(jget .data.secret "$BLK")" = NPM_TOKEN -a "$(jget .data.path "$BLK")" = .npmrc ]
+check "nothing reached the remote" [ -z "$(git --git-dir="$REMOTE" rev-parse --verify -q "sessiond/$SID")" ]
+# The base64 of the value in a file blocks it too.
+B64S=$(new_session '{"title":"b64","repo":"hello"}' "$ALICE")
+api POST "/v1/sessions/$B64S/messages" '{"content":"printf %s \"$NPM_TOKEN\" | base64 > conf/enc.txt || { mkdir -p conf; printf %s \"$NPM_TOKEN\" | base64 > conf/enc.txt; }"}' "$ALICE"
+wait_event "$B64S" git.commit 1 >/dev/null
+api POST "/v1/sessions/$B64S/push" "" "$ALICE"
+expect_error 422 unprocessable "a push with the base64 of the value is blocked"
+api POST "/v1/sessions/$B64S/pull-request" '{}' "$ALICE"
+check "a pull request cannot push it either" [ "$STATUS" != 200 -a "$STATUS" != 201 ]
+
+# A setup step that writes .npmrc into the image: its log is scrubbed, and the file cannot
+# reach a pushed branch.
+api POST /v1/repos "{\"name\":\"withsetup\",\"url\":\"$REMOTE\",\"pool_size\":0,\"image_interval_min\":0,\"setup\":[\"printf '//r/:_authToken=%s\\\\n' \\\"\$NPM_TOKEN\\\" > .npmrc; echo setup saw \$NPM_TOKEN\"]}"
+expect_status 201 "a repository with a setup step using the secret"
+api PUT /v1/repos/withsetup/secrets/NPM_TOKEN "{\"value\":\"$REPO_VAL\"}"
+api POST /v1/repos/withsetup/images
+wait_image withsetup 60
+check "the image was built" [ "$state" = ready ]
+check "the setup log shows the marker, not the value" bash -c 'grep -q "setup saw \[REDACTED:NPM_TOKEN\]" <<<"$0"' "$(jget '.images[0].log_tail')"
+IMGS=$(new_session '{"title":"from image","repo":"withsetup"}' "$ALICE")
+api POST "/v1/sessions/$IMGS/messages" '{"content":"echo change > change.txt"}' "$ALICE"
+wait_event "$IMGS" git.commit 1 >/dev/null
+api POST "/v1/sessions/$IMGS/push" "" "$ALICE"
+expect_error 422 unprocessable "the image's .npmrc blocks the push"
+check "the event names .npmrc" [ "$(jget .data.path "$(wait_event "$IMGS" git.push_blocked 1 5)")" = .npmrc ]
+no_leak "the remote repository" "$REMOTE"
+no_leak "the data dir after the pushes (registry, sessions, spool)" "$DATA_DIR/registry.db" "$DATA_DIR/sessions" "$DATA_DIR"/spool*
+no_leak "the server log after the pushes" "$SERVER_LOG"
 finish
