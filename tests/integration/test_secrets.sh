@@ -158,7 +158,11 @@ wait_event "$IMGS" git.commit 1 >/dev/null
 api POST "/v1/sessions/$IMGS/push" "" "$ALICE"
 expect_error 422 unprocessable "the image's .npmrc blocks the push"
 check "the event names .npmrc" [ "$(jget .data.path "$(wait_event "$IMGS" git.push_blocked 1 5)")" = .npmrc ]
-no_leak "the remote repository" "$REMOTE"
+# git stores objects compressed: look at what the remote holds through git itself.
+git --git-dir="$REMOTE" log --all -p --format='%H %B' >"$TMP/remote.txt" 2>&1
+git --git-dir="$REMOTE" for-each-ref >>"$TMP/remote.txt"
+check "the remote dump covers the clean push" grep -q harmless "$TMP/remote.txt"
+no_leak "the remote repository" "$TMP/remote.txt" "$REMOTE"
 no_leak "the data dir after the pushes (registry, sessions, spool)" "$DATA_DIR/registry.db" "$DATA_DIR/sessions" "$DATA_DIR"/spool*
 no_leak "the server log after the pushes" "$SERVER_LOG"
 finish
