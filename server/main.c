@@ -19,6 +19,7 @@
 #include "server/app.h"
 #include "server/metrics.h"
 #include "server/ratelimit.h"
+#include "server/rotate.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/http.h"
@@ -138,6 +139,9 @@ int main(int argc, char **argv)
     sigset_t sigs;
 
     memset(&app, 0, sizeof(app));
+    if (argc > 1 && strcmp(argv[1], "rotate-secrets-key") == 0) {
+        return rotate_secrets_key_main(argc - 1, argv + 1);
+    }
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             config_usage(stdout, argv[0]);

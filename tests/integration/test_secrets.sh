@@ -165,4 +165,24 @@ check "the remote dump covers the clean push" grep -q harmless "$TMP/remote.txt"
 no_leak "the remote repository" "$TMP/remote.txt" "$REMOTE"
 no_leak "the data dir after the pushes (registry, sessions, spool)" "$DATA_DIR/registry.db" "$DATA_DIR/sessions" "$DATA_DIR"/spool*
 no_leak "the server log after the pushes" "$SERVER_LOG"
+
+# ---- key rotation: every sealed value opens with the new key, none with the old one ----
+api PUT /v1/me/credentials/github '{"token":"ghp_rotate_me_0123456789"}' "$ALICE"
+expect_status 204 "alice stores a GitHub token (re-sealed too)"
+OLD_KEY=$(cat "$TMP/master.key")
+cp "$TMP/master.key" "$TMP/old.key"
+stop_server
+"$SESSIOND_BIN" rotate-secrets-key --data-dir "$DATA_DIR" --secrets-key-file "$TMP/master.key" >"$TMP/rotate.out" 2>&1
+check "rotate-secrets-key succeeds" [ $? = 0 ]
+check "it re-sealed the secrets and the token" grep -q "re-sealed 5 values" "$TMP/rotate.out"
+check "the key file changed" [ "$(cat "$TMP/master.key")" != "$OLD_KEY" -a ! -e "$TMP/master.key.new" ]
+check "the key file stays private" [ "$(stat -c %a "$TMP/master.key")" = 600 ]
+"$SESSIOND_BIN" rotate-secrets-key --data-dir "$DATA_DIR" --secrets-key-file "$TMP/old.key" >"$TMP/rotate2.out" 2>&1
+check "the old key opens nothing any more" [ $? != 0 ] && check "and changes nothing" [ "$(cat "$TMP/old.key")" = "$OLD_KEY" -a ! -e "$TMP/old.key.new" ]
+restart_server
+api POST "/v1/sessions/$SID/exec" '{"script":"printenv NPM_TOKEN | tr -d \"\\n\" | sha256sum | cut -c1-64"}' "$ALICE"
+check "after the rotation the secret still reaches the session" [ "$(jget .stdout | sed -n 1p)" = "$(sha "$REPO_VAL")" ]
+api POST "/v1/sessions/$CLEAN/push" "" "$ALICE"
+check "after the rotation the stored token still opens (push with the user's token)" [ "$STATUS" = 200 -a "$(jget .credentials)" = user ]
+no_leak "the rotation's output" "$TMP/rotate.out" "$TMP/rotate2.out"
 finish
