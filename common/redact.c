@@ -1,11 +1,12 @@
 /*
  * redact.c - secret values and their encodings found in text (redact.h).
  *
- * Matching: every form is at least REDACT_MIN_LEN - 2 bytes, so its first two bytes index a
- * 65536-bit table; a position whose two bytes are not in the table (nearly all of them) costs
- * one load and one test. The forms sharing a two-byte prefix sit next to each other in a
- * sorted array, longest first, and are compared in full only on a table hit. For the tens of
- * secrets a server holds this is faster than an automaton and needs no construction.
+ * Matching (Wu-Manber): every form is at least 8 bytes; a window of the shortest form's length
+ * moves over the text by a shift looked up from its last two bytes, which is its full length
+ * minus one for nearly every pair, so most bytes are never looked at. Where the shift is 0, the
+ * forms sharing the window's first two bytes (next to each other in a sorted array, longest
+ * first) are compared in full. For the tens of secrets a server holds this needs no automaton
+ * and runs at memory speed (bench/redact.c).
  *
  * Threads: see redact.h. Invariant: a set's forms, table and order only change in
  * redact_set_add, which runs before the set is shared.
@@ -20,6 +21,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define SHIFT_WINDOW 200 /* longest scan window (shifts are bytes) */
 
 struct secret {
     char *name;
@@ -43,7 +46,11 @@ struct redact_set {
     struct form *forms; /* sorted by (pfx, len descending) */
     size_t nforms;
     size_t maxlen;
+    size_t minlen;              /* of the forms, at most SHIFT_WINDOW: the scan's window */
     uint64_t table[65536 / 64]; /* bit pfx set: some form starts with these two bytes */
+    /* Wu-Manber: how far the window may move when its last two bytes are these; 0 where a
+     * form's first minlen bytes end with them (a candidate, checked in full). */
+    uint8_t shift[65536];
 };
 
 struct redactor {
@@ -224,8 +231,23 @@ int redact_set_add(struct redact_set *s, const char *name, const char *value, si
     add_json(s, idx, value, n);
     qsort(s->forms, s->nforms, sizeof(*s->forms), form_cmp);
     memset(s->table, 0, sizeof(s->table));
+    s->minlen = SHIFT_WINDOW;
     for (size_t i = 0; i < s->nforms; i++) {
         s->table[s->forms[i].pfx >> 6] |= (uint64_t)1 << (s->forms[i].pfx & 63);
+        if (s->forms[i].len < s->minlen) {
+            s->minlen = s->forms[i].len;
+        }
+    }
+    size_t m = s->minlen;
+    memset(s->shift, (int)(m - 1), sizeof(s->shift));
+    for (size_t i = 0; i < s->nforms; i++) {
+        const unsigned char *t = (const unsigned char *)s->forms[i].text;
+        for (size_t q = 0; q + 2 <= m; q++) {
+            unsigned x = (unsigned)t[q] << 8 | t[q + 1];
+            if (m - 2 - q < s->shift[x]) {
+                s->shift[x] = (uint8_t)(m - 2 - q);
+            }
+        }
     }
     return 0;
 }
@@ -278,36 +300,59 @@ static const struct form *match_at(const struct redact_set *s, const char *p, si
     return NULL;
 }
 
-int redact_find(const struct redact_set *s, const char *in, size_t n, size_t *off, size_t *len,
-                const char **name)
+/* The first form starting at or after *pos in in[0..n): 1 with *pos its start and *fo the
+ * form. 0 when there is none: *pos is then the first position not proven free of a form start,
+ * n when final (nothing more will come), else a position from which more bytes are needed
+ * (n - *pos < maxlen). The window of minlen bytes moves by the shift of its last two bytes;
+ * only a shift of 0 costs a look at the forms. */
+static int next_form(const struct redact_set *s, const char *in, size_t n, int final, size_t *pos,
+                     const struct form **fo)
 {
-    if (!s || !s->nforms) {
-        return 0;
-    }
-    for (size_t i = 0; i + 1 < n; i++) {
+    const unsigned char *u = (const unsigned char *)in;
+    size_t i = *pos, m = s->minlen;
+    while (i + m <= n) {
+        unsigned sh = s->shift[(unsigned)u[i + m - 2] << 8 | u[i + m - 1]];
+        if (sh) {
+            i += sh;
+            continue;
+        }
+        if (!final && i + s->maxlen > n) {
+            break; /* a longer form may start here: wait for more */
+        }
         const struct form *f = match_at(s, in + i, n - i);
         if (f) {
-            *off = i;
-            *len = f->len;
-            *name = s->secrets[f->secret].name;
+            *pos = i;
+            *fo = f;
             return 1;
         }
+        i++;
     }
+    *pos = final ? n : i;
     return 0;
 }
 
-/* Redact in[0..limit) (forms may extend to n); appends to out. Returns where it stopped
- * (>= limit unless limit == 0) and counts hits. */
-static size_t scan(const struct redact_set *s, const char *in, size_t n, size_t limit,
+int redact_find(const struct redact_set *s, const char *in, size_t n, size_t *off, size_t *len,
+                const char **name)
+{
+    size_t i = 0;
+    const struct form *f = NULL;
+    if (!s || !s->nforms || !next_form(s, in, n, 1, &i, &f)) {
+        return 0;
+    }
+    *off = i;
+    *len = f->len;
+    *name = s->secrets[f->secret].name;
+    return 1;
+}
+
+/* Redact in[start..n) into out; final: the stream ends here. Returns up to where in was
+ * released (n when final; otherwise the rest may be the start of a form) and counts hits. */
+static size_t scan(const struct redact_set *s, const char *in, size_t start, size_t n, int final,
                    struct buf *out, size_t *hits)
 {
-    size_t i = 0, copied = 0;
-    while (i < limit) {
-        const struct form *f = i + 1 < n ? match_at(s, in + i, n - i) : NULL;
-        if (!f) {
-            i++;
-            continue;
-        }
+    size_t i = start, copied = start;
+    const struct form *f = NULL;
+    while (next_form(s, in, n, final, &i, &f)) {
         buf_append(out, in + copied, i - copied);
         buf_append(out, s->secrets[f->secret].marker, s->secrets[f->secret].marker_len);
         i += f->len;
@@ -325,7 +370,7 @@ size_t redact_buf(const struct redact_set *s, const char *in, size_t n, struct b
         buf_append(out, in, n);
         return 0;
     }
-    scan(s, in, n, n, out, &hits);
+    scan(s, in, 0, n, 1, out, &hits);
     return hits;
 }
 
@@ -347,40 +392,64 @@ struct redactor *redactor_new(struct redact_set *s)
     return r;
 }
 
+/* Bytes at the end of p[0..n) that begin a UTF-8 sequence without finishing it (0 to 3). */
+static size_t utf8_cut(const char *p, size_t n)
+{
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = (unsigned char)p[n - k];
+        if ((c & 0xC0) == 0x80) {
+            continue; /* a continuation byte: look further back */
+        }
+        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        return need > k ? k : 0;
+    }
+    return 0;
+}
+
+/* End of a feed: hold back a[0..an) then b[0..bn), preceded by the unfinished UTF-8 sequence
+ * at the end of what this feed released (out from base on): the event that carries a release
+ * is JSON text. a may point into the held bytes: the new ones are built apart. */
+static void hold(struct redactor *r, struct buf *out, size_t base, const char *a, size_t an,
+                 const char *b, size_t bn)
+{
+    struct buf nb;
+    size_t k = out->len > base ? utf8_cut(out->data + base, out->len - base) : 0;
+    buf_init(&nb, 0);
+    buf_append(&nb, out->data + out->len - k, k);
+    out->len -= k;
+    buf_append(&nb, a, an);
+    buf_append(&nb, b, bn);
+    if (r->pend.data) {
+        explicit_bzero(r->pend.data, r->pend.len);
+    }
+    buf_free(&r->pend);
+    r->pend = nb;
+}
+
 void redactor_feed(struct redactor *r, const char *in, size_t n, struct buf *out)
 {
     const struct redact_set *s = r->set;
+    size_t hits = 0, start = 0, base = out->len;
     if (!s || !s->nforms) {
         buf_append(out, in, n);
         return;
     }
-    const char *p = in;
-    size_t len = n;
     if (r->pend.len) {
-        buf_append(&r->pend, in, n);
-        p = r->pend.data;
-        len = r->pend.len;
+        /* The held bytes and the chunk's first maxlen bytes: enough to decide every position
+         * of the held part, without copying the whole chunk behind them. */
+        size_t plen = r->pend.len, take = n < s->maxlen ? n : s->maxlen;
+        buf_append(&r->pend, in, take);
+        size_t d = scan(s, r->pend.data, 0, r->pend.len, 0, out, &hits);
+        if (d < plen) { /* a short chunk: still undecided, hold it all */
+            hold(r, out, base, r->pend.data + d, r->pend.len - d, in + take, n - take);
+            return;
+        }
+        start = d - plen; /* in[0..start) went out with the held part */
     }
-    /* A form starting before limit lies wholly inside p[0..len); one starting later may
-     * still be cut: hold those bytes back for the next chunk. */
-    size_t keep = s->maxlen - 1, limit = len > keep ? len - keep : 0;
-    size_t hits = 0;
-    size_t done = scan(s, p, len, limit, out, &hits);
-    /* Never end a release inside a UTF-8 sequence: the event that carries it is JSON text. */
-    size_t back = 0;
-    while (done > 0 && back < 3 && done < len && ((unsigned char)p[done] & 0xC0) == 0x80 &&
-           out->len > 0 && ((unsigned char)out->data[out->len - 1] & 0x80)) {
-        done--;
-        out->len--;
-        back++;
-    }
-    if (p == in) {
-        buf_append(&r->pend, in + done, len - done);
-    } else {
-        memmove(r->pend.data, r->pend.data + done, len - done);
-        explicit_bzero(r->pend.data + (len - done), done);
-        r->pend.len = len - done;
-    }
+    /* What may be the start of a form cut by the chunk's end (less than the longest form) is
+     * held back for the next chunk. */
+    size_t done = scan(s, in, start, n, 0, out, &hits);
+    hold(r, out, base, NULL, 0, in + done, n - done);
 }
 
 void redactor_flush(struct redactor *r, struct buf *out)
@@ -389,7 +458,7 @@ void redactor_flush(struct redactor *r, struct buf *out)
     if (!r->pend.len) {
         return;
     }
-    scan(r->set, r->pend.data, r->pend.len, r->pend.len, out, &hits);
+    scan(r->set, r->pend.data, 0, r->pend.len, 1, out, &hits);
     explicit_bzero(r->pend.data, r->pend.len);
     r->pend.len = 0;
 }
