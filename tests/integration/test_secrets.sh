@@ -163,7 +163,7 @@ git --git-dir="$REMOTE" log --all -p --format='%H %B' >"$TMP/remote.txt" 2>&1
 git --git-dir="$REMOTE" for-each-ref >>"$TMP/remote.txt"
 check "the remote dump covers the clean push" grep -q harmless "$TMP/remote.txt"
 no_leak "the remote repository" "$TMP/remote.txt" "$REMOTE"
-no_leak "the data dir after the pushes (registry, sessions, spool)" "$DATA_DIR/registry.db" "$DATA_DIR/sessions" "$DATA_DIR"/spool*
+no_leak "the data dir after the pushes (registry, sessions, spool)" "$DATA_DIR"/registry.db* "$DATA_DIR/sessions" "$DATA_DIR"/spool*
 no_leak "the server log after the pushes" "$SERVER_LOG"
 
 # ---- key rotation: every sealed value opens with the new key, none with the old one ----
@@ -185,4 +185,13 @@ check "after the rotation the secret still reaches the session" [ "$(jget .stdou
 api POST "/v1/sessions/$CLEAN/push" "" "$ALICE"
 check "after the rotation the stored token still opens (push with the user's token)" [ "$STATUS" = 200 -a "$(jget .credentials)" = user ]
 no_leak "the rotation's output" "$TMP/rotate.out" "$TMP/rotate2.out"
+
+# ---- a value typed on the command line: scrubbed from exec.started and the audit log ----
+api POST "/v1/sessions/$SID/exec" "$(jq -n --arg v "$REPO_VAL" '{argv:["echo",$v]}')" "$ALICE"
+check "typed value: the answer shows the marker" [ "$(jget .stdout)" = "[REDACTED:NPM_TOKEN]" ]
+api POST "/v1/sessions/$SID/exec" "$(jq -n --arg v "$REPO_VAL" '{script:("echo " + $v + " | wc -c")}')" "$ALICE"
+api GET "/v1/audit?action=exec&limit=2"
+check "the audit entries show the marker" jq -e '[.entries[].detail | tostring | test("REDACTED:NPM_TOKEN")] | all' <<<"$BODY"
+# (the workspaces, their snapshots and the image hold the files the test wrote on purpose)
+no_leak "the registry (audit log), session files and spool after typed values" "$DATA_DIR"/registry.db* "$DATA_DIR/sessions" "$DATA_DIR"/spool*
 finish
