@@ -22,12 +22,14 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/runner.h"
 #include "server/api/api.h"
 #include "server/api/api_sandbox.h"
 #include "server/app.h"
+#include "server/api/api_secrets.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/extension.h"
@@ -422,12 +424,30 @@ static int message_write(struct app *app, const char *sid, struct msg_op *op, st
  * The message path, shared by POST …/messages, the WebSocket `prompt` frame and the Slack
  * worker, so all validate the same object and write the same transaction.
  */
+/* A secret value pasted into a message is stored, broadcast and handed to the agent as its
+ * marker, like the agent's own output (the agent reads the value from its environment).
+ * Returns the scrubbed copy rq now points at (caller frees), or NULL if nothing changed. */
+static char *scrub_content(struct app *app, const char *sid, struct msg_req *rq)
+{
+    struct redact_set *sec = NULL;
+    char *clean = NULL;
+    size_t off = 0, len = 0;
+    const char *name = NULL;
+    api_secrets_for(app, sid, NULL, &sec);
+    if (sec && rq->content && redact_find(sec, rq->content, rq->clen, &off, &len, &name)) {
+        clean = redact_str(sec, rq->content, rq->clen, &rq->clen);
+        rq->content = clean;
+    }
+    redact_set_unref(sec);
+    return clean;
+}
+
 int ops_message_create(struct app *app, const struct auth_info *a, const char *sid, json_t *body,
                        struct ops_answer *ans)
 {
     const struct config *cfg = app->cfg;
     struct msg_req rq = {.run = 1, .who = {a->user_id, a->name, a->email}};
-    char *mid = NULL, *pid = NULL;
+    char *mid = NULL, *pid = NULL, *scrubbed = NULL;
     struct sess *s = NULL;
     struct buf ev;
     struct msg_op op;
@@ -442,6 +462,7 @@ int ops_message_create(struct app *app, const struct auth_info *a, const char *s
     if (rc) {
         goto out;
     }
+    scrubbed = scrub_content(app, sid, &rq);
     mid = api_new_sorted_id("m_");
     if (rq.run) {
         pid = api_new_sorted_id("p_");
@@ -494,6 +515,7 @@ answer:
 out:
     sess_put(s);
     free(rq.context_json);
+    free(scrubbed);
     free(mid);
     free(pid);
     free(op.replay);

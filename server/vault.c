@@ -17,6 +17,7 @@
 #include "storage/secrets_db.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,11 +70,14 @@ struct vault {
     const struct secrets *sec;
     char **extra; /* NULL terminated */
     pthread_mutex_t lock;
-    uint64_t gen; /* bumped by every change; guarded by lock */
+    uint64_t gen;    /* bumped by every change; guarded by lock */
+    _Atomic int any; /* some secret exists (recounted at every change) */
     uint64_t cache_gen;
     struct cached cache[CACHE_MAX];
     int ncache;
 };
+
+static void recount(struct vault *v);
 
 static void cache_clear(struct vault *v)
 {
@@ -99,6 +103,7 @@ int vault_new(struct registry *reg, const struct secrets *sec, const char *const
     v->reg = reg;
     v->sec = sec;
     pthread_mutex_init(&v->lock, NULL);
+    recount(v);
     *out = v;
     return 0;
 }
@@ -161,11 +166,24 @@ static char *aad_of(const char *repo, const char *name)
     return xasprintf("secret:%s:%s", repo, name);
 }
 
+static void recount(struct vault *v)
+{
+    int64_t n = 1; /* a failed count keeps the lookups on */
+    secrets_db_count(v->reg, &n);
+    atomic_store(&v->any, n > 0);
+}
+
 static void changed(struct vault *v)
 {
     pthread_mutex_lock(&v->lock);
     v->gen++;
     pthread_mutex_unlock(&v->lock);
+    recount(v);
+}
+
+int vault_any(struct vault *v)
+{
+    return v && atomic_load(&v->any);
 }
 
 int vault_put(struct vault *v, const char *repo, const char *name, const char *value, size_t n,

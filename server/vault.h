@@ -44,6 +44,9 @@ int vault_put(struct vault *v, const char *repo, const char *name, const char *v
 int vault_delete(struct vault *v, const char *repo, const char *name);
 /** [{name, updated_at, set_by}] of repo ("" = global): never a value. New reference. */
 int vault_list(struct vault *v, const char *repo, json_t **out);
+/** 1 if any secret exists (global or of any repository): a cheap test before a lookup on a
+ * hot path. */
+int vault_any(struct vault *v);
 /** The secrets that apply to repository repo (its own, then the global ones it does not
  * override): *out is a new reference (redact_set_unref) or NULL when there are none or repo
  * is NULL/"". A value that no longer opens (another master key) is skipped with a warning. */

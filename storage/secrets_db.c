@@ -114,6 +114,24 @@ out:
     return rc;
 }
 
+int secrets_db_count(struct registry *reg, int64_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db = registry_db_lock(reg);
+    int rc = prepare(db, "SELECT count(*) FROM secrets", &st);
+    *n = 0;
+    if (rc == 0) {
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            *n = sqlite3_column_int64(st, 0);
+        } else {
+            rc = ERR_DB;
+        }
+    }
+    sqlite3_finalize(st);
+    registry_db_unlock(reg);
+    return rc;
+}
+
 struct row3 {
     char *repo, *name, *sealed;
 };

@@ -24,6 +24,9 @@ int secrets_db_delete(struct registry *reg, const char *repo, const char *name);
  * *out = [{name, updated_at, set_by}] (new reference). */
 int secrets_db_list(struct registry *reg, const char *repo, json_t **out);
 
+/** How many secrets there are, global and per repository: *n. */
+int secrets_db_count(struct registry *reg, int64_t *n);
+
 /** Called for each secret that applies to a repository: its scope (repo or "") and sealed
  * text, borrowed for the call. Return 0 to go on. */
 typedef int (*secrets_db_row_fn)(void *ctx, const char *repo, const char *name, const char *sealed);

@@ -194,4 +194,12 @@ api GET "/v1/audit?action=exec&limit=2"
 check "the audit entries show the marker" jq -e '[.entries[].detail | tostring | test("REDACTED:NPM_TOKEN")] | all' <<<"$BODY"
 # (the workspaces, their snapshots and the image hold the files the test wrote on purpose)
 no_leak "the registry (audit log), session files and spool after typed values" "$DATA_DIR"/registry.db* "$DATA_DIR/sessions" "$DATA_DIR"/spool*
+
+# ---- a value pasted into a message: stored and run as its marker ----
+api POST "/v1/sessions/$SID/messages" "$(jq -n --arg v "$REPO_VAL" '{content:("echo pasted " + $v)}')" "$ALICE"
+expect_status 202 "a message holding the value"
+wait_event "$SID" prompt.completed 4 30 >/dev/null
+api GET "/v1/sessions/$SID/messages?limit=100" "" "$ALICE"
+check "the stored message shows the marker" jq -e '[.messages[] | select(.content | test("echo pasted \\[REDACTED:NPM_TOKEN\\]"))] | length == 1' <<<"$BODY"
+no_leak "the session files after a pasted value" "$DATA_DIR/sessions" "$DATA_DIR"/spool*
 finish
