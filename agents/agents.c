@@ -19,6 +19,7 @@
 #include "common/err.h"
 #include "common/fswalk.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
@@ -37,8 +38,6 @@
 #define LINE_MAX_BYTES  (16u << 20) /* a longer CLI line is dropped (counted as bad) */
 #define TOOL_OUTPUT_MAX (64u << 10) /* tool_result output kept per call */
 #define STDERR_TAIL_MAX 2048
-#define SECRET_MIN_LEN  8 /* shorter values would scrub ordinary words */
-#define REDACTED        "[REDACTED]"
 
 static const struct agent_adapter *const adapters[] = {&adapt_claude, &adapt_codex,
                                                        &adapt_opencode};
@@ -505,9 +504,8 @@ struct agent_parser {
     int line_overflow; /* the current line passed LINE_MAX_BYTES: drop it */
     char *errtail;     /* the last STDERR_TAIL_MAX bytes of stderr */
     size_t errlen;
-    char *errscrub; /* scrubbed copy returned by agent_parser_stderr_tail */
-    char **secrets;
-    size_t nsecrets;
+    char *errscrub;             /* scrubbed copy returned by agent_parser_stderr_tail */
+    struct redact_set *secrets; /* replaced by [REDACTED:NAME] in every emitted line */
     int ended;
     int finished;
     struct agent_parser_stats stats;
@@ -566,13 +564,27 @@ static void ws_check(struct agent_parser *p, int final)
     p->snap = now;
 }
 
+/* "NAME=value", or a bare value named after the adapter's key variable. Values shorter than
+ * REDACT_MIN_LEN are not registered (they would scrub ordinary words). */
 static void add_secret(struct agent_parser *p, const char *s)
 {
-    if (!s || strlen(s) < SECRET_MIN_LEN) {
+    const char *eq = s ? strchr(s, '=') : NULL;
+    size_t nl = eq ? (size_t)(eq - s) : 0;
+    int named = eq && nl > 0 && nl <= 64 && strlen(eq + 1) >= REDACT_MIN_LEN;
+    for (size_t i = 0; named && i < nl; i++) {
+        named = (s[i] >= 'A' && s[i] <= 'Z') || s[i] == '_' || (i && s[i] >= '0' && s[i] <= '9');
+    }
+    if (!s) {
         return;
     }
-    p->secrets = xrealloc(p->secrets, (p->nsecrets + 1) * sizeof(char *));
-    p->secrets[p->nsecrets++] = xstrdup(s);
+    if (named) {
+        char *name = xstrndup(s, nl);
+        redact_set_add(p->secrets, name, eq + 1, strlen(eq + 1));
+        free(name);
+    } else {
+        const char *name = p->ad->default_key_env ? p->ad->default_key_env : "API_KEY";
+        redact_set_add(p->secrets, name, s, strlen(s));
+    }
 }
 
 int agent_parser_new_adapter(const struct agent_adapter *ad, const char *const *secrets,
@@ -586,6 +598,7 @@ int agent_parser_new_adapter(const struct agent_adapter *ad, const char *const *
     buf_init(&p->line, 0);
     p->errtail = xmalloc(STDERR_TAIL_MAX + 1);
     p->errtail[0] = '\0';
+    p->secrets = redact_set_new();
     for (size_t i = 0; secrets && secrets[i]; i++) {
         add_secret(p, secrets[i]);
     }
@@ -596,8 +609,17 @@ int agent_parser_new_adapter(const struct agent_adapter *ad, const char *const *
 int agent_parser_new(const struct agent_def *d, agent_line_fn fn, void *ctx,
                      struct agent_parser **out)
 {
-    const char *sec[2] = {agents_key(d), NULL};
-    return agent_parser_new_adapter(d->adapter, sec[0] ? sec : NULL, fn, ctx, out);
+    const char *key = agents_key(d);
+    const char *env =
+        d->api_key_env && *d->api_key_env ? d->api_key_env : d->adapter->default_key_env;
+    char *named = key ? xasprintf("%s=%s", env ? env : "API_KEY", key) : NULL;
+    const char *sec[2] = {named, NULL};
+    int rc = agent_parser_new_adapter(d->adapter, named ? sec : NULL, fn, ctx, out);
+    if (named) {
+        explicit_bzero(named, strlen(named));
+        free(named);
+    }
+    return rc;
 }
 
 void agent_parser_free(struct agent_parser *p)
@@ -609,11 +631,7 @@ void agent_parser_free(struct agent_parser *p)
         p->ad->state_free(p->st);
     }
     buf_free(&p->line);
-    for (size_t i = 0; i < p->nsecrets; i++) {
-        explicit_bzero(p->secrets[i], strlen(p->secrets[i]));
-        free(p->secrets[i]);
-    }
-    free(p->secrets);
+    redact_set_unref(p->secrets);
     free(p->errtail);
     free(p->errscrub);
     free(p->ws_root);
@@ -622,43 +640,10 @@ void agent_parser_free(struct agent_parser *p)
     free(p);
 }
 
-/* Replace every secret in s[0..n) by REDACTED; returns a new string (caller frees). */
+/* Replace every secret in s[0..n) by its marker; returns a new string (caller frees). */
 static char *scrub(const struct agent_parser *p, const char *s, size_t n, size_t *outlen)
 {
-    struct buf b;
-    buf_init(&b, 0);
-    size_t i = 0;
-    while (i < n) {
-        size_t hit = 0;
-        for (size_t k = 0; k < p->nsecrets && !hit; k++) {
-            size_t sl = strlen(p->secrets[k]);
-            if (sl <= n - i && memcmp(s + i, p->secrets[k], sl) == 0) {
-                hit = sl;
-            }
-        }
-        if (hit) {
-            buf_puts(&b, REDACTED);
-            i += hit;
-        } else {
-            /* Copy up to the next possible secret start in one go. */
-            size_t j = i + 1;
-            while (j < n) {
-                int maybe = 0;
-                for (size_t k = 0; k < p->nsecrets && !maybe; k++) {
-                    maybe = s[j] == p->secrets[k][0];
-                }
-                if (maybe) {
-                    break;
-                }
-                j++;
-            }
-            buf_append(&b, s + i, j - i);
-            i = j;
-        }
-    }
-    buf_putc(&b, '\0');
-    b.len--;
-    return buf_detach(&b, outlen);
+    return redact_str(p->secrets, s, n, outlen);
 }
 
 static void emit_json(struct agent_parser *p, enum agent_msg type, json_t *o)

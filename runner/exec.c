@@ -17,6 +17,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/commitq.h"
@@ -66,6 +67,10 @@ struct xctx {
     struct buf out, err;
     struct sbx_exit st;
     struct xctx *rnext; /* e->running, guarded by e->lock */
+    /* The session's secrets (in the command's environment) and the redactors of stdout (0)
+     * and stderr (1) that scrub them from its output; pump thread after the launch. */
+    struct redact_set *secrets;
+    struct redactor *red[2];
 };
 
 int rexec_new(struct runner *r, const struct rexec_config *cfg, struct runner_exec **out)
@@ -108,6 +113,9 @@ static void x_unref(struct xctx *x)
         return;
     }
     sbx_exec_put(atomic_load(&x->ex));
+    redactor_free(x->red[0]);
+    redactor_free(x->red[1]);
+    redact_set_unref(x->secrets);
     buf_free(&x->out);
     buf_free(&x->err);
     pthread_mutex_destroy(&x->lock);
@@ -197,10 +205,10 @@ static void x_job_done(void *arg, int rc)
     x_unref(x);
 }
 
-static int x_output(void *ctx, struct sbx_exec *ex, int stream, const char *data, size_t n)
+/* Output the secrets are scrubbed from: kept for a synchronous answer and queued as an
+ * exec.output event, up to the cap. */
+static int x_emit(struct xctx *x, int stream, const char *data, size_t n)
 {
-    (void)ex;
-    struct xctx *x = ctx;
     if (x->truncated) {
         return 0;
     }
@@ -233,6 +241,39 @@ static int x_output(void *ctx, struct sbx_exec *ex, int stream, const char *data
         return SBX_PAUSE;
     }
     return 0;
+}
+
+static int x_output(void *ctx, struct sbx_exec *ex, int stream, const char *data, size_t n)
+{
+    (void)ex;
+    struct xctx *x = ctx;
+    struct redactor *red = x->red[stream == SBX_STDERR];
+    if (!red) {
+        return x_emit(x, stream, data, n);
+    }
+    /* A value split across two chunks is held back until it can be seen whole. */
+    struct buf clean;
+    buf_init(&clean, 0);
+    redactor_feed(red, data, n, &clean);
+    int rc = clean.len ? x_emit(x, stream, clean.data, clean.len) : 0;
+    buf_free(&clean);
+    return rc;
+}
+
+/* The held-back tails, before exec.exited. */
+static void x_flush(struct xctx *x)
+{
+    for (int i = 0; i < 2; i++) {
+        if (x->red[i]) {
+            struct buf clean;
+            buf_init(&clean, 0);
+            redactor_flush(x->red[i], &clean);
+            if (clean.len) {
+                x_emit(x, i ? SBX_STDERR : SBX_STDOUT, clean.data, clean.len);
+            }
+            buf_free(&clean);
+        }
+    }
 }
 
 /* exec.exited is committed: the exec slot and the sandbox use go back, and a synchronous
@@ -269,6 +310,7 @@ static void x_exit(void *ctx, struct sbx_exec *ex, const struct sbx_exit *st)
 {
     (void)ex;
     struct xctx *x = ctx;
+    x_flush(x);
     x->st = *st;
     json_t *d = json_pack("{s:s,s:o,s:o,s:I,s:b,s:b}", "exec_id", x->xid, "exit_code",
                           st->exit_code >= 0 ? json_integer(st->exit_code) : json_null(), "signal",
@@ -382,6 +424,11 @@ static struct xctx *x_new(struct runner_exec *e, const struct rexec_req *req)
     buf_init(&x->out, 0);
     buf_init(&x->err, 0);
     pthread_mutex_init(&x->lock, NULL);
+    runner_secrets(e->runner, req->sid, &x->secrets);
+    if (x->secrets) {
+        x->red[0] = redactor_new(x->secrets);
+        x->red[1] = redactor_new(x->secrets);
+    }
     return x;
 }
 
@@ -395,16 +442,22 @@ static void x_started_event(struct xctx *x, const struct rexec_req *req)
         json_object_set(d, "argv", req->argv_json);
     }
     json_object_set_new(d, "async", json_boolean(x->async));
-    struct cq_job *j = cq_job_new(x->sid);
-    cq_job_event(j, "exec.started", req->who, jx_dump(d));
+    char *data = jx_dump(d);
     json_decref(d);
+    if (x->secrets) { /* a value typed into the command line is scrubbed like its output */
+        char *clean = redact_str(x->secrets, data, strlen(data), NULL);
+        free(data);
+        data = clean;
+    }
+    struct cq_job *j = cq_job_new(x->sid);
+    cq_job_event(j, "exec.started", req->who, data);
     commitq_submit(x->e->cq, j);
 }
 
 /* The command's route to the network: the egress proxy with the session's list of this moment
  * (its repository's egress plus egress.default), argv and env set for it; none when empty. */
 static void x_route(struct runner_exec *e, const char *sid, struct sbx *sbx,
-                    const struct rexec_req *req, char ***argv, char ***env)
+                    const struct rexec_req *req, const char *const *base, char ***argv, char ***env)
 {
     json_t *list = NULL;
     struct sbx_egress route = {0};
@@ -413,7 +466,7 @@ static void x_route(struct runner_exec *e, const char *sid, struct sbx *sbx,
         sbx_egress_open_json(e->cfg.egress, sbx, list, &route);
     }
     *argv = sbx_egress_argv(&route, req->argv);
-    *env = sbx_egress_env(&route, NULL);
+    *env = sbx_egress_env(&route, base);
     sbx_egress_free(&route);
     json_decref(list);
 }
@@ -422,8 +475,12 @@ static void x_route(struct runner_exec *e, const char *sid, struct sbx *sbx,
 static int x_launch(struct xctx *x, struct sbx *sbx, const struct rexec_req *req, struct claims *c)
 {
     struct runner_exec *e = x->e;
-    char **argv = NULL, **env = NULL;
-    x_route(e, x->sid, sbx, req, &argv, &env);
+    /* the session's secrets, then the route's proxy variables */
+    char **argv = NULL, **env = NULL, **senv = NULL;
+    size_t ne = 0;
+    runner_env_add_secrets(&senv, &ne, x->secrets);
+    x_route(e, x->sid, sbx, req, (const char *const *)senv, &argv, &env);
+    runner_env_free(senv);
     struct sbx_exec_req er = {
         .argv = (const char *const *)argv,
         .env = (const char *const *)env,
@@ -435,7 +492,7 @@ static int x_launch(struct xctx *x, struct sbx *sbx, const struct rexec_req *req
     struct sbx_exec *ex = NULL;
     int rc = sbx_exec(sbx, &er, &x_cb, x, &ex);
     sbx_egress_strv_free(argv);
-    sbx_egress_strv_free(env);
+    sbx_egress_strv_free(env); /* sbx_exec copied it (wiped: it holds the secrets) */
     if (rc) {
         atomic_fetch_sub(&x->refs, 1);
         char *ed = xasprintf("{\"exec_id\":\"%s\",\"exit_code\":null,\"error\":\"%s\"}", x->xid,

@@ -14,6 +14,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/commitq.h"
@@ -44,6 +45,9 @@ void runneri_run_unref(struct run *run)
     free(run->agent_name);
     free(run->error_reason);
     agent_run_free(run->ar);
+    redactor_free(run->red[0]);
+    redactor_free(run->red[1]);
+    redact_set_unref(run->secrets);
     free(run);
 }
 
@@ -328,12 +332,11 @@ static void job_done(void *arg, int rc)
     runneri_run_unref(run);
 }
 
-static int run_output(void *ctx, struct sbx_exec *ex, int stream, const char *data, size_t n)
+/* Output the secrets are scrubbed from already. */
+static void run_clean_output(struct run *run, int stream, const char *data, size_t n)
 {
-    (void)ex;
-    struct run *run = ctx;
-    if (!run->first_us) {
-        run->first_us = clock_mono_us();
+    if (!n) {
+        return;
     }
     if (run->ar) { /* the adapter parses stdout; stderr only feeds failure reasons */
         (stream == SBX_STDERR ? agent_run_stderr : agent_run_stdout)(run->ar, data, n);
@@ -341,6 +344,40 @@ static int run_output(void *ctx, struct sbx_exec *ex, int stream, const char *da
         add_text(run, 1, data, n);
     } else {
         parse_stdout(run, data, n);
+    }
+}
+
+/* The held-back tails of both streams, at the end of the run. */
+static void run_flush_redactors(struct run *run)
+{
+    for (int i = 0; i < 2; i++) {
+        if (run->red[i]) {
+            struct buf clean;
+            buf_init(&clean, 0);
+            redactor_flush(run->red[i], &clean);
+            run_clean_output(run, i ? SBX_STDERR : SBX_STDOUT, clean.data, clean.len);
+            buf_free(&clean);
+        }
+    }
+}
+
+static int run_output(void *ctx, struct sbx_exec *ex, int stream, const char *data, size_t n)
+{
+    (void)ex;
+    struct run *run = ctx;
+    if (!run->first_us) {
+        run->first_us = clock_mono_us();
+    }
+    struct redactor *red = run->red[stream == SBX_STDERR];
+    if (red) {
+        /* A value split across two chunks is held back until it can be seen whole. */
+        struct buf clean;
+        buf_init(&clean, 0);
+        redactor_feed(red, data, n, &clean);
+        run_clean_output(run, stream, clean.data, clean.len);
+        buf_free(&clean);
+    } else {
+        run_clean_output(run, stream, data, n);
     }
     submit_job(run);
     if (commitq_backlog(run->r->cq, run->sid) > BACKLOG_HIGH) {
@@ -354,6 +391,7 @@ static void run_exit(void *ctx, struct sbx_exec *ex, const struct sbx_exit *st)
 {
     (void)ex;
     struct run *run = ctx;
+    run_flush_redactors(run);
     if (run->ar) { /* a cancelled run gets no agent.error of its own */
         pthread_mutex_lock(&run->r->lock);
         int cancelled = run->cancel_reason != NULL;

@@ -26,6 +26,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/commitq.h"
@@ -666,4 +667,37 @@ void runner_get_stats(struct runner *r, struct runner_stats *out)
 struct repos *runner_repos(struct runner *r)
 {
     return r->cfg.repos;
+}
+
+void runner_secrets(struct runner *r, const char *sid, struct redact_set **out)
+{
+    *out = NULL;
+    if (r->cfg.secrets && r->cfg.secrets(r->cfg.secrets_ctx, sid, NULL, out) != 0) {
+        LOG_WARN("runner: session %s: cannot read its secrets", sid);
+        *out = NULL;
+    }
+}
+
+void runner_env_add_secrets(char ***env, size_t *n, const struct redact_set *set)
+{
+    size_t k = redact_set_count(set);
+    if (!k) {
+        return;
+    }
+    *env = xrealloc(*env, (*n + k + 1) * sizeof(char *));
+    for (size_t i = 0; i < k; i++) {
+        size_t vn = 0;
+        const char *v = redact_set_value(set, i, &vn);
+        (*env)[(*n)++] = xasprintf("%s=%s", redact_set_name(set, i), v);
+    }
+    (*env)[*n] = NULL;
+}
+
+void runner_env_free(char **env)
+{
+    for (size_t i = 0; env && env[i]; i++) {
+        explicit_bzero(env[i], strlen(env[i]));
+        free(env[i]);
+    }
+    free(env);
 }

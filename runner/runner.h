@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 struct runner;
+struct redact_set;
 struct store;
 struct sbx;
 struct sbx_backend;
@@ -59,7 +60,22 @@ struct runner_config {
     /* The egress proxy command agents reach the network through (the session's repository's
      * egress list plus egress.default; CLI agents get theirs from agents). NULL: none. */
     struct egress *egress;
+    /* The secrets of session sid (the server's vault): their values go into the environment
+     * of its agent and execs, and every form of them is replaced by [REDACTED:NAME] in their
+     * output before it becomes an event. *out: a new reference or NULL (none). Called on the
+     * control thread and HTTP threads; may read the registry. NULL = no secrets. */
+    int (*secrets)(void *ctx, const char *sid, const char *repo, struct redact_set **out);
+    void *secrets_ctx;
 };
+
+/** "NAME=value" for each secret of set, appended to env[0..*n) (grown; NULL terminated).
+ * The caller wipes and frees them with runner_env_free. */
+void runner_env_add_secrets(char ***env, size_t *n, const struct redact_set *set);
+/** Wipe and free a NULL-terminated env built with runner_env_add_secrets. NULL is a no-op. */
+void runner_env_free(char **env);
+/** The secrets of session sid (runner_config.secrets): *out a new reference or NULL. A failed
+ * lookup is logged and gives none. */
+void runner_secrets(struct runner *r, const char *sid, struct redact_set **out);
 
 /** Start the runner (and its commit workers). be and pump must outlive it. *out:
  * runner_stop(). The start-up recovery runs in the background. */

@@ -108,6 +108,10 @@ struct run {
     char *error_reason;
     _Atomic int paused;
     struct agent_run *ar; /* a named agent's CLI adapter (agents.h), or NULL */
+    /* The session's secrets (runner_secrets), or NULL; set before the exec. red[0] (stdout)
+     * and red[1] (stderr) scrub them from the raw output, pump thread only. */
+    struct redact_set *secrets;
+    struct redactor *red[2];
 };
 
 struct runner {

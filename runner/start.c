@@ -14,6 +14,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/commitq.h"
@@ -470,8 +471,19 @@ static void start_launch(struct start *p)
 {
     struct runner *r = p->r;
     struct run *run = p->run;
-    char *env[12];
-    int ne = agent_env(p, env);
+    char *base[12];
+    int nb = agent_env(p, base);
+    size_t ne = (size_t)nb;
+    char **env = xcalloc(ne + 1, sizeof(char *));
+    memcpy(env, base, ne * sizeof(char *));
+    /* The repository's secrets join the environment; their forms are scrubbed from the
+     * output (output.c) from the first byte on, so the redactors exist before the exec. */
+    runner_secrets(r, p->sid, &run->secrets);
+    if (run->secrets) {
+        runner_env_add_secrets(&env, &ne, run->secrets);
+        run->red[0] = redactor_new(run->secrets);
+        run->red[1] = redactor_new(run->secrets);
+    }
     /* a CLI adapter adds its key to the environment (and wipes it below); a command agent
      * its proxy variables */
     char **aenv = run->ar ? agent_run_env(run->ar, (const char *const *)env) : NULL;
@@ -492,9 +504,7 @@ static void start_launch(struct start *p)
     run->ex = ex;
     const char *cancel = run->cancel_reason;
     pthread_mutex_unlock(&r->lock);
-    for (int i = 0; i < ne; i++) {
-        free(env[i]);
-    }
+    runner_env_free(env);
     agent_run_env_free(aenv);
     sbx_egress_strv_free(cenv);
     if (rc) {

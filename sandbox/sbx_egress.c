@@ -186,6 +186,7 @@ char **sbx_egress_env(const struct sbx_egress *r, const char *const *env)
 void sbx_egress_strv_free(char **v)
 {
     for (size_t i = 0; v && v[i]; i++) {
+        explicit_bzero(v[i], strlen(v[i])); /* an env may hold the session's secrets */
         free(v[i]);
     }
     free(v);

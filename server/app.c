@@ -31,11 +31,13 @@
 #include "server/config.h"
 #include "server/http.h"
 #include "server/metrics.h"
+#include "server/ops.h"
 #include "server/ratelimit.h"
 #include "server/api/api.h"
 #include "server/secrets.h"
 #include "server/slack/slack.h"
 #include "server/static.h"
+#include "server/vault.h"
 #include "server/ws/hub.h"
 #include "server/ws/ws_guard.h"
 #include "server/ws/ws_upgrade.h"
@@ -420,6 +422,30 @@ static int open_secrets(struct app *app)
     return rc;
 }
 
+/* The admin-managed secrets, over the master key just loaded. The configured agents' key
+ * variables are reserved too: a secret of that name would replace the model key the server
+ * hands the agent. Without a vault, sessions get no secrets and the endpoints answer 503. */
+static void open_vault(struct app *app)
+{
+    json_t *agents = app->agents ? agents_list_json(app->agents, NULL) : NULL;
+    json_t *list = json_object_get(agents, "agents");
+    size_t n = json_array_size(list), k = 0;
+    const char **extra = xcalloc(n + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++) {
+        const char *env =
+            json_string_value(json_object_get(json_array_get(list, i), "api_key_env"));
+        if (env && *env) {
+            extra[k++] = env;
+        }
+    }
+    int rc = vault_new(app->reg, app->secrets, extra, &app->vault);
+    if (rc) {
+        LOG_WARN("main: admin-managed secrets are unavailable: %s", err_str(rc));
+    }
+    free(extra);
+    json_decref(agents);
+}
+
 /* The GitHub App (app->ghapp) when github.app_id or github.app_key_file is set: both are then
  * required and the key must load, or the server does not start. Also says at start that the
  * static token still goes by its deprecated name. */
@@ -476,6 +502,8 @@ static int start_repos(struct app *app)
         .egress = app->egress,
         .egress_default = (const char *const *)cfg->egress_default.v,
         .n_egress_default = cfg->egress_default.n,
+        .secrets = ops_secrets_for, /* setup steps' env and log, the scan before a push */
+        .secrets_ctx = app,
     };
     int rc = repos_open(&rcfg, &app->repos);
     if (rc != 0) {
@@ -504,6 +532,8 @@ static int start_runner(struct app *app)
         .max_execs_per_session = (int)cfg->max_execs_per_session,
         .repos = app->repos,
         .egress = app->egress,
+        .secrets = ops_secrets_for, /* the vault: env and redaction of a session's secrets */
+        .secrets_ctx = app,
     };
     int rc = runner_start(app->store, app->sbx, app->pump, &rcfg, &app->runner);
     if (rc) {
@@ -616,6 +646,9 @@ int app_start(struct app *app)
         rc = open_secrets(app); /* a missing key only disables stored user tokens */
     }
     if (rc == 0) {
+        open_vault(app);
+    }
+    if (rc == 0) {
         rc = open_ghapp(app); /* the repository layer clones and fetches with it */
     }
     if (rc == 0) {
@@ -658,6 +691,8 @@ void app_stop(struct app *app)
     app->repos = NULL;
     ghapp_free(app->ghapp); /* after the layer, whose clones and fetches use it */
     app->ghapp = NULL;
+    vault_free(app->vault); /* after the repository layer and the runner, its users */
+    app->vault = NULL;
     secrets_free(app->secrets); /* after every part that may seal or open with it */
     app->secrets = NULL;
     egress_stop(app->egress); /* after the runner */

@@ -32,6 +32,7 @@ struct secrets;   /* server/secrets.h: sealing of stored user tokens */
 struct ratelimit; /* server/ratelimit.h */
 struct wsg;       /* server/ws/ws_guard.h: refuses unmasked WebSocket client frames */
 struct http;      /* server/http.h: the listening daemon */
+struct vault;     /* server/vault.h: admin-managed secrets */
 
 struct app {
     const struct config *cfg;
@@ -52,6 +53,7 @@ struct app {
     struct secrets *secrets;        /* NULL: no master key, user tokens cannot be stored */
     struct ratelimit *session_rate; /* session creations per user (max_sessions_per_minute) */
     struct wsg *wsg;                /* between WebSocket clients and the hub's lws */
+    struct vault *vault;            /* admin-managed secrets (NULL before the master key) */
     struct http *http;
     char *csp;                /* the web UI's Content-Security-Policy (static_csp_new) */
     atomic_int shutting_down; /* set by app_stop, read by any thread */

@@ -7,6 +7,7 @@
  */
 #include "common/log.h"
 #include "server/app.h"
+#include "server/rotate.h"
 #include "server/config.h"
 
 #include <signal.h>
@@ -53,6 +54,9 @@ int main(int argc, char **argv)
     sigset_t sigs;
     int level;
 
+    if (argc > 1 && strcmp(argv[1], "rotate-secrets-key") == 0) {
+        return rotate_secrets_key_main(argc - 1, argv + 1);
+    }
     if (answer_info_flags(argc, argv)) {
         return 0;
     }

@@ -22,6 +22,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/runner.h"
@@ -30,6 +31,7 @@
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/extension.h"
+#include "server/vault.h"
 #include "server/ratelimit.h"
 #include "storage/messages.h"
 #include "storage/meta.h"
@@ -438,16 +440,50 @@ static int message_write(struct app *app, const char *sid, struct msg_op *op, st
     return rc;
 }
 
+int ops_secrets_for(void *ctx, const char *sid, const char *repo, struct redact_set **out)
+{
+    struct app *app = ctx;
+    json_t *info = NULL;
+    *out = NULL;
+    if (!vault_any(app->vault)) {
+        return 0; /* the common case: no lookup at all */
+    }
+    if (!repo && sid && app->repos && repos_session_info(app->repos, sid, &info) == 0) {
+        repo = json_string_value(json_object_get(info, "repo"));
+    }
+    int rc = vault_repo_set(app->vault, repo, out);
+    json_decref(info);
+    return rc;
+}
+
 /*
  * The message path, shared by POST …/messages, the WebSocket `prompt` frame and the Slack
  * worker, so all validate the same object and write the same transaction.
  */
+/* A secret value pasted into a message is stored, broadcast and handed to the agent as its
+ * marker, like the agent's own output (the agent reads the value from its environment).
+ * Returns the scrubbed copy rq now points at (caller frees), or NULL if nothing changed. */
+static char *scrub_content(struct app *app, const char *sid, struct msg_req *rq)
+{
+    struct redact_set *sec = NULL;
+    char *clean = NULL;
+    size_t off = 0, len = 0;
+    const char *name = NULL;
+    ops_secrets_for(app, sid, NULL, &sec);
+    if (sec && rq->content && redact_find(sec, rq->content, rq->clen, &off, &len, &name)) {
+        clean = redact_str(sec, rq->content, rq->clen, &rq->clen);
+        rq->content = clean;
+    }
+    redact_set_unref(sec);
+    return clean;
+}
+
 int ops_message_create(struct app *app, const struct auth_info *a, const char *sid, json_t *body,
                        struct ops_answer *ans)
 {
     const struct config *cfg = app->cfg;
     struct msg_req rq = {.run = 1, .who = {a->user_id, a->name, a->email}};
-    char *mid = NULL, *pid = NULL;
+    char *mid = NULL, *pid = NULL, *scrubbed = NULL;
     struct sess *s = NULL;
     struct buf ev;
     struct msg_op op;
@@ -462,6 +498,7 @@ int ops_message_create(struct app *app, const struct auth_info *a, const char *s
     if (rc) {
         goto out;
     }
+    scrubbed = scrub_content(app, sid, &rq);
     mid = ops_new_id("m_");
     if (rq.run) {
         pid = ops_new_id("p_");
@@ -514,6 +551,7 @@ answer:
 out:
     sess_put(s);
     free(rq.context_json);
+    free(scrubbed);
     free(mid);
     free(pid);
     free(op.replay);

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 struct app;
+struct redact_set;
 struct auth_info;
 struct author;
 struct sess_tx;
@@ -40,6 +41,11 @@ void ops_answer_free(struct ops_answer *ans);
 /** A new id "<prefix><12 hex ms><8 hex random>" for a message, prompt or artifact: unique, and
  * sorted by creation time (cheap inserts into TEXT primary keys). Caller frees. */
 char *ops_new_id(const char *prefix);
+
+/** The secrets of a repository (repo non-NULL) or of a session's repository (sid): the
+ * observer the runner and the repository layer are handed (ctx = the app), and what a posted
+ * message is scrubbed with. *out: a new reference or NULL (none). Any thread. */
+int ops_secrets_for(void *ctx, const char *sid, const char *repo, struct redact_set **out);
 
 /** Inside a session write (sess_write's callback): append an event of type whose data is the
  * JSON object data (stolen), by author by (may be NULL). *seq_out (may be NULL) gets its seq. */

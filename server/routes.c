@@ -9,6 +9,7 @@
 #include "server/api/api_repos.h"
 #include "server/api/api_agents.h"
 #include "server/api/api_sandbox.h"
+#include "server/api/api_secrets.h"
 #include "server/slack/slack.h"
 #include "server/static.h"
 #include "server/api/api_metrics.h"
@@ -68,6 +69,14 @@ const struct route http_routes[] = {
     {"GET", "/v1/me/credentials", api_credentials_list, 0},
     {"PUT", "/v1/me/credentials/github", api_credentials_github_put, 0},
     {"DELETE", "/v1/me/credentials/github", api_credentials_github_delete, 0},
+
+    /* ---- secrets (admin) ---- */
+    {"GET", "/v1/secrets", api_secrets_list, 0},
+    {"PUT", "/v1/secrets/{secret}", api_secrets_put, 0},
+    {"DELETE", "/v1/secrets/{secret}", api_secrets_delete, 0},
+    {"GET", "/v1/repos/{name}/secrets", api_repo_secrets_list, 0},
+    {"PUT", "/v1/repos/{name}/secrets/{secret}", api_repo_secrets_put, 0},
+    {"DELETE", "/v1/repos/{name}/secrets/{secret}", api_repo_secrets_delete, 0},
 
     /* ---- clients: slack, extension, static web UI (keep {*path} last) ---- */
     {"POST", "/v1/slack/events", api_slack_events, ROUTE_PUBLIC | ROUTE_RAW_BODY},

@@ -130,4 +130,14 @@ int gitx_cancelled(void);
  * Caller frees. */
 char *gitx_message(const char *prompt, const struct gitx_ident *coauthor);
 
+/** Called with each commit message (path NULL) and each added or changed file (its path and
+ * contents) of the commits gitx_scan_branch walks; non-zero stops the walk and is returned. */
+typedef int (*gitx_scan_fn)(void *ctx, const char *path, const void *data, size_t n);
+/** Walk the commits of branch that no refs/remotes/ ref reaches (what a push of the branch
+ * sends), newest first, at most 10000 of them, and show fn every commit message and the new
+ * contents of every file each one adds or changes (files over 100 MiB are skipped: no forge
+ * takes them). ERR_NOT_FOUND if the branch does not exist, ERR_TOO_LARGE past 10000 commits. */
+int gitx_scan_branch(const char *dir, const char *shared, const char *branch, gitx_scan_fn fn,
+                     void *ctx);
+
 #endif

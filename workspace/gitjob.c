@@ -15,6 +15,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/xmem.h"
 
 #include <dirent.h>
@@ -217,6 +218,9 @@ out:
             close(out[i]);
         }
     }
+    if (text) { /* it held the credentials and the scanned secrets */
+        explicit_bzero(text, strlen(text));
+    }
     free(text);
     buf_free(&b);
     json_decref(req);
@@ -330,7 +334,8 @@ int gitjob_sync(const struct gitjob_cfg *c, const char *dir, const char *shared,
 }
 
 int gitjob_push(const struct gitjob_cfg *c, const char *dir, const char *shared, const char *url,
-                const char *branch, const struct gitx_cred *cred)
+                const char *branch, const struct gitx_cred *cred, const struct redact_set *scan,
+                struct gitjob_blocked *blocked)
 {
     json_t *ans = NULL;
     if (!url || !branch) {
@@ -340,7 +345,24 @@ int gitjob_push(const struct gitjob_cfg *c, const char *dir, const char *shared,
     json_object_set_new(req, "url", json_string(url));
     json_object_set_new(req, "branch", json_string(branch));
     json_object_set_new(req, "cred", cred_json(cred));
+    if (redact_set_count(scan) > 0) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < redact_set_count(scan); i++) {
+            size_t n = 0;
+            const char *v = redact_set_value(scan, i, &n);
+            json_array_append_new(
+                list, json_pack("{s:s, s:s%}", "name", redact_set_name(scan, i), "value", v, n));
+        }
+        json_object_set_new(req, "scan", list);
+    }
     int rc = run_job(c, req, &ans);
+    json_t *b = json_object_get(ans, "blocked");
+    if (rc == ERR_UNPROCESSABLE && json_is_object(b) && blocked) {
+        snprintf(blocked->secret, sizeof(blocked->secret), "%s",
+                 json_string_value(json_object_get(b, "secret")) ?: "");
+        snprintf(blocked->path, sizeof(blocked->path), "%s",
+                 json_string_value(json_object_get(b, "path")) ?: "");
+    }
     json_decref(ans);
     return rc;
 }
@@ -659,6 +681,53 @@ static const char *jstr(json_t *o, const char *key)
     return json_string_value(json_object_get(o, key));
 }
 
+struct scan_ctx {
+    struct redact_set *set;
+    const char *name; /* of the secret found */
+    char *path;       /* where ("" for a commit message) */
+};
+
+static int scan_blob(void *ctx, const char *path, const void *data, size_t n)
+{
+    struct scan_ctx *sc = ctx;
+    size_t off = 0, len = 0;
+    if (!redact_find(sc->set, data, n, &off, &len, &sc->name)) {
+        return 0;
+    }
+    sc->path = xstrdup(path ? path : "");
+    return ERR_UNPROCESSABLE;
+}
+
+/* The secrets of the request's "scan" list must not be in what the push sends: 0, or
+ * ERR_UNPROCESSABLE with ans.blocked = {secret, path} (nothing is pushed then). */
+static int scan_before_push(json_t *req, const char *dir, const char *shared, const char *branch,
+                            json_t *ans)
+{
+    json_t *list = json_object_get(req, "scan");
+    struct scan_ctx sc = {redact_set_new(), NULL, NULL};
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        json_t *v = json_object_get(e, "value");
+        const char *name = json_string_value(json_object_get(e, "name"));
+        if (name && json_is_string(v)) {
+            redact_set_add(sc.set, name, json_string_value(v), json_string_length(v));
+        }
+    }
+    int rc = 0;
+    if (redact_set_count(sc.set) > 0) {
+        rc = gitx_scan_branch(dir, shared, branch, scan_blob, &sc);
+    }
+    if (rc == ERR_UNPROCESSABLE && sc.path) {
+        json_object_set_new(ans, "blocked",
+                            json_pack("{s:s, s:s}", "secret", sc.name, "path", sc.path));
+    }
+    free(sc.path);
+    redact_set_unref(sc.set);
+    return rc;
+}
+
 /* Run the operation req names on dir/shared (already staged; url too, when not NULL);
  * fills ans. */
 static int dispatch(json_t *req, const char *dir, const char *shared, const char *url, json_t *ans)
@@ -706,7 +775,10 @@ static int dispatch(json_t *req, const char *dir, const char *shared, const char
             json_object_set_new(ans, "head", json_string(sha));
         }
     } else if (strcmp(op, "push") == 0) {
-        rc = url ? gitx_push(dir, shared, url, branch, cp) : ERR_INVALID;
+        rc = url ? scan_before_push(req, dir, shared, branch, ans) : ERR_INVALID;
+        if (rc == 0) {
+            rc = gitx_push(dir, shared, url, branch, cp);
+        }
     }
     return rc;
 }

@@ -33,6 +33,8 @@
 #include <jansson.h>
 #include <stddef.h>
 
+struct redact_set;
+
 /** How helpers are run. Borrowed strings. */
 struct gitjob_cfg {
     const char *bin;     /* the helper program (gitjob_default_bin()) */
@@ -58,8 +60,20 @@ int gitjob_commit_n(const struct gitjob_cfg *c, const char *dir, const char *sha
 int gitjob_refresh_index(const struct gitjob_cfg *c, const char *dir, const char *shared);
 int gitjob_sync(const struct gitjob_cfg *c, const char *dir, const char *shared, const char *url,
                 const char *branch, const struct gitx_cred *cred, char head[41]);
+/** What a push scan found: the secret's name and the file it is in ("" for a commit
+ * message). */
+struct gitjob_blocked {
+    char secret[72];
+    char path[512];
+};
+/** Push branch. scan (may be NULL) holds secrets the commits being pushed must not contain:
+ * the helper first walks them (gitx_scan_branch) and, if a commit message or a file it adds or
+ * changes holds any form of any value, pushes nothing and returns ERR_UNPROCESSABLE with
+ * *blocked filled in (blocked may be NULL). The values travel to the helper in its request
+ * pipe, like cred, never in argv or the environment. */
 int gitjob_push(const struct gitjob_cfg *c, const char *dir, const char *shared, const char *url,
-                const char *branch, const struct gitx_cred *cred);
+                const char *branch, const struct gitx_cred *cred, const struct redact_set *scan,
+                struct gitjob_blocked *blocked);
 
 /** Give the tree dir to cfg's uid:gid (files the server wrote there as root: a clone, a
  * restore). The helper walks it by descriptors (openat O_NOFOLLOW|O_DIRECTORY from the

@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
@@ -65,6 +66,41 @@ static void image_set(struct repos *r, const char *id, enum repos_db_image_col c
 static void image_log(struct repos *r, const char *id, const char *text, size_t n)
 {
     repos_db_image_log(r->db, id, text, n, LOG_CAP);
+}
+
+/* A piece of the build log, scrubbed of the repository's secrets first. */
+static void image_log_clean(struct repos *r, const char *id, const struct redact_set *secrets,
+                            const char *text, size_t n)
+{
+    if (!secrets) {
+        image_log(r, id, text, n);
+        return;
+    }
+    size_t cn = 0;
+    char *clean = redact_str(secrets, text, n, &cn);
+    image_log(r, id, clean, cn);
+    free(clean);
+}
+
+/* "NAME=value" for each secret of set appended to the NULL-terminated *env (*n entries). */
+static void env_add_secrets(char ***env, size_t *n, const struct redact_set *set)
+{
+    size_t k = redact_set_count(set);
+    *env = xrealloc(*env, (*n + k + 1) * sizeof(char *));
+    for (size_t i = 0; i < k; i++) {
+        (*env)[(*n)++] =
+            xasprintf("%s=%s", redact_set_name(set, i), redact_set_value(set, i, NULL));
+    }
+    (*env)[*n] = NULL;
+}
+
+static void env_free(char **env)
+{
+    for (size_t i = 0; env && env[i]; i++) {
+        explicit_bzero(env[i], strlen(env[i]));
+        free(env[i]);
+    }
+    free(env);
 }
 
 int repos__open_image_store(struct repos *r, const char *repo, struct snap_store **out)
@@ -160,16 +196,23 @@ static void setup_denials(struct repos *r, const char *image_id, struct sbx *sb,
  * into the image's log. 0, or an error with the reason in *err. */
 static int setup_step(struct repos *r, const char *image_id, struct sbx *sb,
                       const struct sbx_egress *route, const char *cmd, size_t i, size_t n,
-                      struct buf *err)
+                      const struct redact_set *secrets, struct buf *err)
 {
     char step[160];
     snprintf(step, sizeof(step), "setup %zu/%zu", i + 1, n);
     image_set(r, image_id, REPOS_DB_IMAGE_STEP, step);
     char *hdr = xasprintf("$ %s\n", cmd);
-    image_log(r, image_id, hdr, strlen(hdr));
+    image_log_clean(r, image_id, secrets, hdr, strlen(hdr));
     free(hdr);
     const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
-    char **av = sbx_egress_argv(route, argv), **env = sbx_egress_env(route, NULL);
+    /* The repository's secrets are in the environment of its setup steps (an npm token for
+     * `npm ci`) and scrubbed from what they print; the route adds its proxy variables. */
+    char **senv = NULL;
+    size_t ne = 0;
+    env_add_secrets(&senv, &ne, secrets);
+    char **av = sbx_egress_argv(route, argv);
+    char **env = sbx_egress_env(route, (const char *const *)senv);
+    env_free(senv);
     struct sbx_exec_req req = {.argv = (const char *const *)av,
                                .env = (const char *const *)env,
                                .timeout_ms = 30 * 60 * 1000};
@@ -179,8 +222,8 @@ static int setup_step(struct repos *r, const char *image_id, struct sbx *sb,
     sbx_egress_strv_free(av);
     sbx_egress_strv_free(env);
     if (rc == 0) {
-        image_log(r, image_id, res.out ? res.out : "", res.out_len);
-        image_log(r, image_id, res.err ? res.err : "", res.err_len);
+        image_log_clean(r, image_id, secrets, res.out ? res.out : "", res.out_len);
+        image_log_clean(r, image_id, secrets, res.err ? res.err : "", res.err_len);
         char tail[64];
         snprintf(tail, sizeof(tail), "[exit %d%s]\n", res.exit.exit_code,
                  res.exit.timed_out ? ", timed out" : "");
@@ -205,6 +248,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     struct sbx *sb = NULL;
     struct sbx_egress route = {0};
     struct snap_store *ss = NULL;
+    struct redact_set *secrets = NULL;
     char sha[41] = "";
     char *dir = NULL, *sub = NULL, *store = NULL, *objects = NULL;
     int64_t t0 = clock_mono_ms();
@@ -255,6 +299,11 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
         rc = ERR_UNAVAILABLE;
         goto out;
     }
+    if (nsteps > 0 && r->cfg.secrets &&
+        r->cfg.secrets(r->cfg.secrets_ctx, NULL, repo, &secrets) != 0) {
+        LOG_WARN("repos: %s: image %s: cannot read the repository's secrets", repo, image_id);
+        secrets = NULL;
+    }
     if (nsteps > 0) {
         rc = setup_sandbox(r, image_id, dir, objects, &sb);
         if (rc != 0) {
@@ -265,7 +314,7 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     }
     for (size_t i = 0; i < nsteps; i++) {
         rc = setup_step(r, image_id, sb, &route, json_string_value(json_array_get(setup, i)), i,
-                        nsteps, &err);
+                        nsteps, secrets, &err);
         if (rc != 0) {
             goto out;
         }
@@ -305,6 +354,13 @@ out:
     sbx_egress_free(&route);
     sbx_destroy(sb);
     snap_store_close(ss);
+    if (rc != 0 && secrets && err.data) { /* the reason quotes the command */
+        char *clean = redact_str(secrets, err.data, err.len, NULL);
+        buf_reset(&err);
+        buf_puts(&err, clean);
+        free(clean);
+    }
+    redact_set_unref(secrets);
     if (rc != 0) {
         repos_db_image_failed(r->db, image_id, err.data ? err.data : err_str(rc),
                               clock_mono_ms() - t0, clock_now_ms());

@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 struct repos;
+struct redact_set;
 struct store;
 struct sbx;
 struct sbx_backend;
@@ -68,6 +69,11 @@ struct repos_config {
      * egress.default setting, normalised); borrowed. */
     const char *const *egress_default;
     size_t n_egress_default;
+    /* The secrets of repository repo (sid NULL) or of session sid's repository: put into the
+     * environment of setup steps and scrubbed from their log, scanned for in every commit
+     * before a push. *out: a new reference or NULL (none). NULL = no secrets. Any thread. */
+    int (*secrets)(void *ctx, const char *sid, const char *repo, struct redact_set **out);
+    void *secrets_ctx;
 };
 
 /** Open (registry.db must have been migrated by the store). *out: repos_close(). */

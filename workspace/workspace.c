@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "sandbox/egress/egress.h"
@@ -269,6 +270,7 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
     json_t *row = NULL;
     char sha[41] = "";
     char *cur = NULL, *shared = NULL;
+    struct redact_set *scan = NULL;
     *out = NULL;
     int rc = repos__session_row(r, session_id, &row);
     if (rc != 0) {
@@ -281,8 +283,23 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
         goto out;
     }
     struct gitx_cred cred = {"x-access-token", token};
-    shared = repos__shared_if_any(r, json_string_value(json_object_get(row, "repo")));
-    rc = gitjob_push(&r->git, workspace, shared, url, branch, token ? &cred : NULL);
+    const char *repo = json_string_value(json_object_get(row, "repo"));
+    shared = repos__shared_if_any(r, repo);
+    /* The repository's secrets must not leave in what is pushed (a setup step that wrote an
+     * .npmrc into the image, an agent that pasted a token into a file). */
+    if (r->cfg.secrets && r->cfg.secrets(r->cfg.secrets_ctx, session_id, repo, &scan) != 0) {
+        rc = ERR_UNAVAILABLE; /* a push that cannot be checked is not made */
+        goto out;
+    }
+    struct gitjob_blocked blocked = {0};
+    rc = gitjob_push(&r->git, workspace, shared, url, branch, token ? &cred : NULL, scan, &blocked);
+    if (rc == ERR_UNPROCESSABLE && blocked.secret[0]) {
+        LOG_WARN("repos: session %s: push blocked: the secret %s is in %s", session_id,
+                 blocked.secret, blocked.path[0] ? blocked.path : "a commit message");
+        repos__emit(r, session_id, "git.push_blocked",
+                    json_pack("{s:s, s:s}", "secret", blocked.secret, "path", blocked.path));
+        *out = json_pack("{s:s, s:s}", "secret", blocked.secret, "path", blocked.path);
+    }
     if (rc != 0) {
         goto out;
     }
@@ -294,6 +311,7 @@ int repos_push(struct repos *r, const char *session_id, const char *workspace, c
     *out = json_pack("{s:s, s:s?, s:s}", "branch", branch, "sha", sha[0] ? sha : NULL, "url", url);
     repos__emit(r, session_id, "git.pushed", json_deep_copy(*out));
 out:
+    redact_set_unref(scan);
     free(cur);
     free(shared);
     json_decref(row);

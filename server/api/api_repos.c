@@ -458,7 +458,17 @@ int api_push(struct req *r)
     if (rc == ERR_AUTH) {
         return req_fail(r, ERR_FORBIDDEN, "the remote refused the credentials");
     }
+    if (rc == ERR_UNPROCESSABLE && out) { /* git.push_blocked: the change holds a secret */
+        rc = req_fail(r, rc, "push blocked: the secret %s is in %s",
+                      json_string_value(json_object_get(out, "secret")),
+                      *json_string_value(json_object_get(out, "path"))
+                          ? json_string_value(json_object_get(out, "path"))
+                          : "a commit message");
+        json_decref(out);
+        return rc;
+    }
     if (rc != 0) {
+        json_decref(out);
         return req_fail(r, rc, "push failed: %s", err_str(rc));
     }
     json_object_set_new(out, "credentials", json_string(c.kind));
@@ -564,6 +574,12 @@ int api_pull_request(struct req *r)
     }
     /* The branch must be on the remote first: push it with the same token. */
     rc = push_with(r, sid, url, &c, &pushed);
+    if (rc == ERR_UNPROCESSABLE && pushed) {
+        rc = req_fail(r, rc, "push before the pull request blocked: the secret %s is in %s",
+                      json_string_value(json_object_get(pushed, "secret")),
+                      json_string_value(json_object_get(pushed, "path")));
+        goto out;
+    }
     if (rc != 0) {
         rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc,
                       "push before the pull request "

@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/util.h"
 #include "common/xmem.h"
 #include "runner/exec.h"
@@ -229,6 +230,36 @@ static int exec_refused(struct req *r, int rc, enum rexec_stage stage, const cha
     return req_fail(r, rc, "%s", msg);
 }
 
+/* The audit entry of an exec, with the session's secrets scrubbed from its command line as
+ * from its output: the audit log lives in registry.db, where no secret is kept in clear. */
+static void audit_exec_clean(struct req *r, const char *sid, const char *xid, json_t *argv,
+                             const char *script)
+{
+    struct redact_set *sec = NULL;
+    ops_secrets_for(req_app(r), sid, NULL, &sec);
+    if (!sec) {
+        audit_exec(r, sid, xid, argv, script);
+        return;
+    }
+    char *clean_script = script ? redact_str(sec, script, strlen(script), NULL) : NULL;
+    json_t *clean_argv = NULL;
+    if (argv) {
+        size_t i;
+        json_t *a;
+        clean_argv = json_array();
+        json_array_foreach(argv, i, a)
+        {
+            char *c = redact_str(sec, json_string_value(a), json_string_length(a), NULL);
+            json_array_append_new(clean_argv, json_string(c));
+            free(c);
+        }
+    }
+    audit_exec(r, sid, xid, clean_argv, clean_script);
+    json_decref(clean_argv);
+    free(clean_script);
+    redact_set_unref(sec);
+}
+
 int api_exec(struct req *r)
 {
     struct app *app = req_app(r);
@@ -258,8 +289,8 @@ int api_exec(struct req *r)
     enum rexec_stage stage = 0;
     rc = rexec_start(app->exec, &x, xid, sizeof xid, &stage, msg, sizeof msg);
     if (!rc || stage == REXEC_SPAWN) {
-        audit_exec(r, sid, xid, x.argv_json,
-                   x.script_json ? json_string_value(x.script_json) : NULL);
+        audit_exec_clean(r, sid, xid, x.argv_json,
+                         x.script_json ? json_string_value(x.script_json) : NULL);
     }
     if (rc) {
         rc = exec_refused(r, rc, stage, msg);

@@ -370,8 +370,8 @@ TEST(secret_scrubbed)
     agent_parser_finish(p, 1);
     char *all = json_dumps(r.lines, 0);
     ASSERT(strstr(all, key) == NULL);
-    ASSERT(strstr(all, "ANTHROPIC_API_KEY=[REDACTED]") != NULL);
-    ASSERT_STREQ(r.text.data, "key [REDACTED]!");
+    ASSERT(strstr(all, "ANTHROPIC_API_KEY=[REDACTED:ANTHROPIC_API_KEY]") != NULL);
+    ASSERT_STREQ(r.text.data, "key [REDACTED:ANTHROPIC_API_KEY]!");
     free(all);
     agent_parser_free(p);
     rec_free(&r);
