@@ -18,6 +18,7 @@
 
 #include "common/buf.h"
 #include "common/err.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
 
@@ -152,15 +153,28 @@ static json_t *file_entry(git_diff *diff, size_t i, struct print_ctx *c, size_t 
     if (d->old_file.path && d->new_file.path && strcmp(d->old_file.path, d->new_file.path) != 0) {
         json_object_set_new(f, "old_path", json_string(d->old_file.path));
     }
-    int large = (size_t)d->new_file.size > file_cap || (size_t)d->old_file.size > file_cap;
-    if (c->left == 0 || git_patch_from_diff(&p, diff, i) != 0) {
+    if (c->left == 0) {
         json_object_set_new(f, "additions", json_null());
         json_object_set_new(f, "deletions", json_null());
-        json_object_set_new(f, "large", json_boolean(large));
         json_object_set_new(f, "truncated", json_true());
         return f;
     }
+    int grc = git_patch_from_diff(&p, diff, i);
+    if (grc != 0) {
+        /* unreadable (gone, swapped, unsupported size): listed without a text */
+        const git_error *e = git_error_last();
+        LOG_INFO("git: diff of %s: %s", d->new_file.path ? d->new_file.path : "?",
+                 e && e->message ? e->message : "error");
+        json_object_set_new(f, "additions", json_null());
+        json_object_set_new(f, "deletions", json_null());
+        json_object_set_new(f, "binary", json_true());
+        json_object_set_new(f, "unreadable", json_true());
+        json_object_set_new(f, "truncated", json_false());
+        return f;
+    }
+    /* sizes as the load saw them: the walk's may be a 32-bit index field (4 GiB reads 0) */
     const git_diff_delta *pd = git_patch_get_delta(p);
+    int large = (size_t)pd->new_file.size > file_cap || (size_t)pd->old_file.size > file_cap;
     git_patch_line_stats(NULL, &add, &del, p);
     struct buf t;
     buf_init(&t, 0);
