@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # GET /v1/sessions/{id}/diff over a hostile workspace. From inside a local (bubblewrap)
 # sandbox, with POST /exec, the workspace gets:
-#  - a .git/config with diff.external, core.pager, a textconv and an external command for a
-#    diff driver, a clean filter, core.attributesFile and core.worktree pointing at the server's
-#    data, and a .gitattributes that assigns that driver and filter to every file;
+#  - a .git/config with diff.external, core.pager, core.fsmonitor, a textconv and an external
+#    command for a diff driver, a clean filter and core.attributesFile, and a .gitattributes
+#    that assigns that driver and filter to every file;
 #  - a symlink to /etc/shadow and one to a world-readable host file the sandbox cannot see;
-#  - a FIFO, a 3 MB file, a 4 GiB (sparse) file (its size wraps to 0 in a 32-bit index field), and text
-#    files worth more than the 2 MiB cap (named to sort last: the text stops in them).
-# The diff must answer (quickly), run nothing (each program would leave a marker file in the
-# workspace, the one place a confined helper could write, and in a host directory), read no
-# host file (the links show as their target text), list the workspace's own files, and stay
-# under the cap.
+#  - a FIFO, a 3 MB file, a 4 GiB (sparse) file (its size wraps to 0 in a 32-bit index field),
+#    and text files worth more than the 2 MiB cap (named to sort last: the text stops there);
+#  - then core.worktree pointing at the server's data directory.
+# The diff must answer (quickly), run nothing (each program would leave a marker in the
+# workspace, in a host directory, and where the git helper sees the workspace), read no host
+# file (links show as their target text), list the workspace's own files, stay under the cap.
 . "$(dirname "$0")/lib.sh"
 
 G="git -c user.name=Seed -c user.email=seed@example.com -c init.defaultBranch=main"
@@ -32,24 +32,25 @@ SID=$(new_session '{"repo":"r"}')
 wait_event "$SID" sandbox.ready 1 30 >/dev/null || fail "sandbox ready"
 WS="$DATA_DIR/workspaces/$SID"
 
-M="$TMP/host" # markers: the host directory, and the workspace itself (relative names)
+# Markers: relative names (git runs programs in the worktree), the host directory, and the
+# workspace where the git helper sees it (its private staging point: the only place a
+# confined helper can write).
 PLANT=$(cat <<EOF
 set -e
 cat >> .git/config <<CFG
 [diff]
-	external = sh -c 'touch PWNED-external $M/PWNED-external'
+	external = sh -c 'touch PWNED-external $TMP/host/PWNED-external /run/sessiond-stage/ws/PWNED-external'
 [core]
-	pager = sh -c 'touch PWNED-pager $M/PWNED-pager'
+	pager = sh -c 'touch PWNED-pager $TMP/host/PWNED-pager /run/sessiond-stage/ws/PWNED-pager'
 	attributesFile = /workspace/.evilattrs
-	worktree = $DATA_REAL
-	fsmonitor = sh -c 'touch PWNED-fsmonitor $M/PWNED-fsmonitor'
+	fsmonitor = sh -c 'touch PWNED-fsmonitor $TMP/host/PWNED-fsmonitor /run/sessiond-stage/ws/PWNED-fsmonitor'
 [diff "evil"]
-	textconv = sh -c 'touch PWNED-textconv $M/PWNED-textconv; cat /etc/hostname'
-	command = sh -c 'touch PWNED-command $M/PWNED-command'
+	textconv = sh -c 'touch PWNED-textconv $TMP/host/PWNED-textconv /run/sessiond-stage/ws/PWNED-textconv; cat /etc/hostname'
+	command = sh -c 'touch PWNED-command $TMP/host/PWNED-command /run/sessiond-stage/ws/PWNED-command'
 	binary = true
 [filter "evil"]
-	clean = sh -c 'touch PWNED-clean $M/PWNED-clean; echo FILTERED'
-	smudge = sh -c 'touch PWNED-smudge $M/PWNED-smudge'
+	clean = sh -c 'touch PWNED-clean $TMP/host/PWNED-clean /run/sessiond-stage/ws/PWNED-clean; echo FILTERED'
+	smudge = sh -c 'touch PWNED-smudge $TMP/host/PWNED-smudge /run/sessiond-stage/ws/PWNED-smudge'
 CFG
 printf '* diff=evil filter=evil\n' > .gitattributes
 printf '* diff=evil\n' > .evilattrs
@@ -72,7 +73,7 @@ MS=$(( ($(date +%s%N) - T0) / 1000000 ))
 cp "$TMP/body" "$TMP/diff.json"
 check "the diff answers 200 in under 5 s ($MS ms)" [ "$STATUS" = 200 -a "$MS" -lt 5000 ]
 check "nothing ran: no marker in the workspace or on the host" \
-  bash -c "! ls '$WS'/PWNED-* '$M'/PWNED-* 2>/dev/null | grep -q ."
+  bash -c "! ls '$WS'/PWNED-* '$TMP'/host/PWNED-* '$DATA_DIR'/PWNED-* 2>/dev/null | grep -q ."
 FILES=$(jget '[.files[].path] | sort | join(",")')
 check "the workspace's own files, not core.worktree's ($FILES)" \
   [ "$FILES" = ".evilattrs,.gitattributes,hostlink,huge.txt,huge5.txt,shadow,t.txt,zbig1.txt,zbig2.txt,zbig3.txt" ]
@@ -95,7 +96,13 @@ api GET "/v1/sessions/$SID/diff?path=pipe"
 check "path= on the FIFO answers at once, nothing listed" [ "$STATUS" = 200 -a "$(jget '.files | length')" = 0 ]
 api GET "/v1/sessions/$SID/diff?against=head"
 check "against=head answers too" [ "$STATUS" = 200 ]
-check "still nothing ran" bash -c "! ls '$WS'/PWNED-* '$M'/PWNED-* 2>/dev/null | grep -q ."
+check "still nothing ran" bash -c "! ls '$WS'/PWNED-* '$TMP'/host/PWNED-* '$DATA_DIR'/PWNED-* 2>/dev/null | grep -q ."
+# core.worktree -> the server's data directory: the diff is still the workspace's
+api POST "/v1/sessions/$SID/exec" "$(jq -c -n --arg s "git config core.worktree '$DATA_REAL' && echo ok" '{script:$s, timeout_s:30}')"
+check "the sandbox set core.worktree" [ "$(jget .stdout)" = ok ]
+api GET "/v1/sessions/$SID/diff"
+check "core.worktree ignored: the same files" [ "$STATUS" = 200 -a "$(jget '[.files[].path] | sort | join(",")')" = "$FILES" ]
+check "no server file in the answer" bash -c "! grep -q -e registry.db -e admin.token '$TMP/body'"
 check "the server is alive" curl -fs -o /dev/null "$BASE/healthz"
 
 finish
