@@ -27,6 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The paths listed in one answer, in bytes (the helper's answer must stay under its cap
+ * whatever the depth of the tree). */
+#define DIFF_NAMES_CAP (1024 * 1024)
+
 /* The text of one file, bounded by what is left of the whole answer's budget. */
 struct print_ctx {
     struct buf *text;
@@ -244,7 +248,15 @@ int gitx_diff(const char *dir, const char *shared, const struct gitx_diff_req *q
     struct print_ctx c = {.left = q->cap};
     int64_t adds = 0, dels = 0;
     files = json_array();
+    size_t names = 0; /* bytes of paths listed: deep trees have long names */
     for (size_t i = 0; i < shown; i++) {
+        const git_diff_delta *d = git_diff_get_delta(diff, i);
+        names += (d->new_file.path ? strlen(d->new_file.path) : 0) +
+                 (d->old_file.path ? strlen(d->old_file.path) : 0);
+        if (names > DIFF_NAMES_CAP) {
+            shown = i;
+            break;
+        }
         json_t *f = file_entry(diff, i, &c, q->file_cap);
         adds += json_integer_value(json_object_get(f, "additions"));
         dels += json_integer_value(json_object_get(f, "deletions"));
