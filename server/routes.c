@@ -10,6 +10,7 @@
 #include "server/api/api_agents.h"
 #include "server/api/api_sandbox.h"
 #include "server/api/api_secrets.h"
+#include "server/api/api_diff.h"
 #include "server/slack/slack.h"
 #include "server/static.h"
 #include "server/api/api_metrics.h"
@@ -61,6 +62,7 @@ const struct route http_routes[] = {
     {"POST", "/v1/repos/{name}/images", api_repo_images_build, 0},
     {"GET", "/v1/repos/{name}/images", api_repo_images_list, 0},
     {"POST", "/v1/repos/{name}/warm", api_repo_warm, 0},
+    {"GET", "/v1/sessions/{id}/diff", api_diff, 0},
     {"GET", "/v1/sessions/{id}/snapshots", api_snapshots_list, 0},
     {"POST", "/v1/sessions/{id}/snapshots", api_snapshots_create, 0},
     {"POST", "/v1/sessions/{id}/rollback", api_rollback, 0},

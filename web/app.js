@@ -9,6 +9,7 @@
 import * as API from './api.js';
 import { SessionStream } from './stream.js';
 import { h, clear, timeAgo, clock, avatar, diffView, linkify, safeURL } from './render.js';
+import { changesPanel } from './changes.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -192,10 +193,18 @@ function sessionView(sid) {
       typingEl,
       sendBtn),
   );
+  // the Changes view (changes.js): opened on demand, refreshed by the session's git events
+  const changes = changesPanel(sid, { toast });
+  changes.el.hidden = true;
+  const changesBtn = h('button', { type: 'button', class: 'changes-btn', 'aria-expanded': 'false', onclick: () => {
+    changes.el.hidden = !changes.el.hidden;
+    changesBtn.setAttribute('aria-expanded', String(!changes.el.hidden));
+    if (!changes.el.hidden) changes.refresh();
+  } }, 'Changes');
   const header = h('div', { class: 'session-head' },
     h('div', {}, titleEl, metaEl),
-    h('div', { class: 'head-right' }, presenceEl, connEl, stopBtn));
-  clear(main).append(h('section', { class: 'session' }, header, log, form));
+    h('div', { class: 'head-right' }, presenceEl, connEl, changesBtn, stopBtn));
+  clear(main).append(h('section', { class: 'session' }, header, changes.el, log, form));
 
   const people = new Map(); // user id -> {id, name, connected, status}
   const typing = new Map(); // user id -> {name, until}
@@ -304,6 +313,7 @@ function sessionView(sid) {
   function render(ev) {
     const d = ev.data || {};
     const t = ev.type;
+    if (!changes.el.hidden) changes.onEvent(t);
     switch (t) {
       case 'message': {
         const role = d.role || 'user';
@@ -589,6 +599,7 @@ function sessionView(sid) {
   return {
     destroy() {
       destroyed = true;
+      changes.destroy();
       stream.stop();
       clearInterval(typingTimer);
       contextListeners.delete(renderContext);

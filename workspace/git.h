@@ -95,6 +95,25 @@ int gitx_head(const char *dir, const char *shared, char head[41], char **branch_
  * *out = [{"path":"a.c","status":"modified|added|deleted|renamed|typechange"}]. */
 int gitx_changed(const char *dir, const char *shared, json_t **out);
 
+/** What gitx_diff compares and how much it may say. Borrowed strings. */
+struct gitx_diff_req {
+    const char *branch;      /* the session branch (its tip; HEAD while it does not exist) */
+    const char *base_branch; /* the repository's default branch, or NULL */
+    int against_head;        /* 1: against the tip (the uncommitted part); 0: against the base */
+    const char *path;        /* one file (a literal path), or NULL for all */
+    size_t cap;              /* bytes of diff text at most, all files together */
+    size_t file_cap;         /* a file larger than this is not read (shown as binary, large) */
+    size_t max_files;        /* files listed at most */
+};
+
+/** The working tree of dir (index and untracked files included) against the base commit of
+ * the session (the merge base of q->branch with q->base_branch) or, with q->against_head, the
+ * tip of q->branch. Nothing in .git/config is obeyed, nothing is run, symlinks are diffed as
+ * links, special files are skipped, the text stops at q->cap (see git_diff.c). *out =
+ * {against, base, head, files:[{path, old_path?, status, additions, deletions, binary, large,
+ * truncated, diff}], files_total, additions, deletions, truncated}; caller decrefs. */
+int gitx_diff(const char *dir, const char *shared, const struct gitx_diff_req *q, json_t **out);
+
 /** Stage every change (adds, edits, deletions; .gitignore respected) and commit it on
  * refs/heads/<branch> with who as author and committer, then make that branch HEAD (the
  * working tree is untouched). *committed = 0 and no commit when nothing changed.

@@ -39,6 +39,11 @@
 
 #define REQUEST_CAP (1024 * 1024)
 #define ANSWER_CAP  (8 * 1024 * 1024)
+/* Bounds of a diff answer: its text (escaped in JSON: at most ~2x for text libgit2 does not
+ * call binary) and its list must stay well under ANSWER_CAP. */
+#define DIFF_CAP_MAX    (2 * 1024 * 1024)
+#define DIFF_FILES_MAX  5000
+#define DIFF_DEADLINE_S 30
 /* The helper's private staging point: a tmpfs mounted in its own mount namespace only (the
  * local sandbox backend stages its binds at the same place, in namespaces of their own). */
 #define STAGE        "/run/sessiond-stage"
@@ -275,6 +280,27 @@ int gitjob_changed(const struct gitjob_cfg *c, const char *dir, const char *shar
     if (rc == 0) {
         json_t *list = json_object_get(ans, "changed");
         *out = json_is_array(list) ? json_incref(list) : json_array();
+    }
+    json_decref(ans);
+    return rc;
+}
+
+int gitjob_diff(const struct gitjob_cfg *c, const char *dir, const char *shared,
+                const struct gitx_diff_req *q, json_t **out)
+{
+    json_t *ans = NULL;
+    *out = NULL;
+    json_t *req = request("diff", dir, shared);
+    json_object_set_new(req, "diff",
+                        json_pack("{s:s?, s:s?, s:b, s:s?, s:I, s:I, s:I}", "branch", q->branch,
+                                  "base_branch", q->base_branch, "against_head", q->against_head,
+                                  "path", q->path, "cap", (json_int_t)q->cap, "file_cap",
+                                  (json_int_t)q->file_cap, "max_files", (json_int_t)q->max_files));
+    int rc = run_job(c, req, &ans);
+    if (rc == 0) {
+        json_t *d = json_object_get(ans, "diff");
+        *out = json_is_object(d) ? json_incref(d) : NULL;
+        rc = *out ? 0 : ERR_INTERNAL;
     }
     json_decref(ans);
     return rc;
@@ -728,6 +754,34 @@ static int scan_before_push(json_t *req, const char *dir, const char *shared, co
     return rc;
 }
 
+/* The diff job: its parameters (bounded here again: the answer must fit ANSWER_CAP) and a
+ * deadline, since a file the sandbox swaps for a FIFO between the walk and the read would
+ * block the open for good (SIGALRM's default action ends the helper; the server reports an
+ * error). */
+static int dispatch_diff(json_t *p, const char *dir, const char *shared, json_t *ans)
+{
+    json_int_t cap = json_integer_value(json_object_get(p, "cap"));
+    json_int_t fcap = json_integer_value(json_object_get(p, "file_cap"));
+    json_int_t nmax = json_integer_value(json_object_get(p, "max_files"));
+    struct gitx_diff_req q = {
+        .branch = jstr(p, "branch"),
+        .base_branch = jstr(p, "base_branch"),
+        .against_head = json_is_true(json_object_get(p, "against_head")),
+        .path = jstr(p, "path"),
+        .cap = cap > 0 && cap <= DIFF_CAP_MAX ? (size_t)cap : DIFF_CAP_MAX,
+        .file_cap = fcap > 0 && fcap <= DIFF_CAP_MAX ? (size_t)fcap : DIFF_CAP_MAX,
+        .max_files = nmax > 0 && nmax <= DIFF_FILES_MAX ? (size_t)nmax : DIFF_FILES_MAX,
+    };
+    json_t *d = NULL;
+    alarm(DIFF_DEADLINE_S);
+    int rc = gitx_diff(dir, shared, &q, &d);
+    alarm(0);
+    if (rc == 0) {
+        json_object_set_new(ans, "diff", d);
+    }
+    return rc;
+}
+
 /* Run the operation req names on dir/shared (already staged; url too, when not NULL);
  * fills ans. */
 static int dispatch(json_t *req, const char *dir, const char *shared, const char *url, json_t *ans)
@@ -767,6 +821,8 @@ static int dispatch(json_t *req, const char *dir, const char *shared, const char
             json_object_set_new(ans, "sha", committed ? json_string(sha) : json_null());
             json_object_set_new(ans, "files", json_integer((json_int_t)files));
         }
+    } else if (strcmp(op, "diff") == 0) {
+        rc = dispatch_diff(json_object_get(req, "diff"), dir, shared, ans);
     } else if (strcmp(op, "refresh_index") == 0) {
         rc = gitx_refresh_index(dir, shared);
     } else if (strcmp(op, "sync") == 0) {

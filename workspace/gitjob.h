@@ -54,6 +54,10 @@ char *gitjob_default_bin(void);
 int gitjob_head(const struct gitjob_cfg *c, const char *dir, const char *shared, char head[41],
                 char **branch_out);
 int gitjob_changed(const struct gitjob_cfg *c, const char *dir, const char *shared, json_t **out);
+/** gitx_diff in the helper, as the sandbox user. ERR_INTERNAL also when it ran past its deadline
+ * (a read the sandbox made block). */
+int gitjob_diff(const struct gitjob_cfg *c, const char *dir, const char *shared,
+                const struct gitx_diff_req *q, json_t **out);
 int gitjob_commit_n(const struct gitjob_cfg *c, const char *dir, const char *shared,
                     const char *branch, const struct gitx_ident *who, const char *message,
                     char sha[41], int *committed, size_t *files);

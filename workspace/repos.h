@@ -158,6 +158,22 @@ int repos_snapshots(struct repos *r, const char *session_id, json_t **out);
 /** Restore snapshot_id into workspace (sandbox stopped or idle). */
 int repos_rollback(struct repos *r, const char *session_id, const char *snapshot_id,
                    const char *workspace, json_t **out);
+/** What repos_diff compares and its bounds (0: the helper's maximum). Borrowed strings. */
+struct repos_diff_opts {
+    int against_head; /* 1: the uncommitted part (working tree against the session branch) */
+    const char *path; /* one file (workspace-relative, already checked), or NULL */
+    size_t cap;       /* bytes of diff text */
+    size_t file_cap;  /* larger files are not read: listed as binary and large */
+    size_t max_files; /* files listed */
+    int per_file;     /* 1: each file keeps its own "diff" text; 0: one "diff" text for all */
+};
+/** The workspace of session_id against its base commit (where its branch left the default
+ * branch) or its branch tip, computed in the sessiond-git helper as the sandbox user (gitjob.h,
+ * git.h gitx_diff): *out = {against, base, head, files:[{path, status, additions, deletions,
+ * binary, large, truncated}], files_total, additions, deletions, truncated, diff}. ERR_NOT_FOUND
+ * if the session has no repository, ERR_CONFLICT if its workspace does not exist yet. */
+int repos_diff(struct repos *r, const char *session_id, const char *workspace,
+               const struct repos_diff_opts *o, json_t **out);
 /** Push the session branch to the repository's registry URL with the given token
  * (username x-access-token). *out = {branch, sha, url}. */
 int repos_push(struct repos *r, const char *session_id, const char *workspace, const char *token,
