@@ -12,7 +12,9 @@
 #include "server/ws/hub.h"
 #include "server/slack/slack.h"
 #include "server/ratelimit.h"
+#include "storage/prs_db.h"
 #include "storage/store.h"
+#include "workspace/repos.h"
 
 #include <stdlib.h>
 
@@ -196,6 +198,18 @@ int api_metrics(struct req *r)
                (double)ss.rejected);
         metric(&b, "sessiond_slack_posted_total", "counter", "Slack messages posted.",
                (double)ss.posted);
+    }
+    struct prs_counts pc;
+    if (app->repos && repos_pr_counts(app->repos, &pc) == 0) {
+        /* from the registry's records: they survive restarts, as GitHub's pull requests do */
+        buf_printf(&b,
+                   "# HELP sessiond_pull_requests_total Pull requests opened by sessiond, and of "
+                   "those merged or closed unmerged.\n"
+                   "# TYPE sessiond_pull_requests_total counter\n"
+                   "sessiond_pull_requests_total{event=\"created\"} %lld\n"
+                   "sessiond_pull_requests_total{event=\"merged\"} %lld\n"
+                   "sessiond_pull_requests_total{event=\"closed\"} %lld\n",
+                   (long long)pc.created, (long long)pc.merged, (long long)pc.closed);
     }
     return req_reply_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", &b);
 }
