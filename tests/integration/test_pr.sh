@@ -158,6 +158,24 @@ check "the fake has it, not a draft, with all three files" \
   [ "$(fpr '[.[] | select(.repo=="open")] | length')" = 1 -a "$(fpr '.[] | select(.repo=="open") | .draft')" = false -a \
     "$(fpr '.[] | select(.repo=="open") | .body' | grep -c '^- `\(one\|two\|three\).txt`$')" = 3 ]
 
+# ---- never forced: a branch rolled back behind a pushed commit is refused, the remote kept ----
+OPEN_HEAD=$(git --git-dir="$TMP/git/pubco/open.git" rev-parse "sessiond/$SID3")
+api POST "/v1/sessions/$SID3/rollback" '{"snapshot_id":"snap-000001"}' "$ALICE"
+check "rollback to the first turn" [ "$STATUS" = 200 ]
+api POST "/v1/sessions/$SID3/messages" '{"content":"echo other > other.txt"}' "$ALICE"
+wait_event "$SID3" git.commit 4 >/dev/null
+for i in $(seq 1 200); do
+  api GET "/v1/sessions/$SID3/events?limit=1000"
+  [ "$(jget '[.events[] | select(.type=="pr.failed")] | last | .data.reason')" = push_rejected ] && break
+  sleep 0.05
+done
+check "the diverged branch is not pushed: pr.failed push_rejected" \
+  [ "$(jget '[.events[] | select(.type=="pr.failed")] | last | .data.reason')" = push_rejected ]
+api POST "/v1/sessions/$SID3/push" "" "$ALICE"
+check "POST push of the diverged branch: 409" [ "$STATUS" = 409 ]
+check "the remote branch still has every pushed commit" \
+  [ "$(git --git-dir="$TMP/git/pubco/open.git" rev-parse "sessiond/$SID3")" = "$OPEN_HEAD" ]
+
 # ---- merged: noticed, and no other pull request ----
 curl -s -X POST --data-binary '{"owner":"octo","repo":"hello","number":1}' "$FAKE/_fake/merge" >/dev/null
 api POST "/v1/sessions/$SID/messages" '{"content":"echo after > after.txt"}' "$ALICE"
