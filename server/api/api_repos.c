@@ -677,12 +677,13 @@ int api_pull_request(struct req *r)
         .by = req_auth(r)->user_id,
     };
     rc = repos_pr_sync(R(r), sid, &q, &out, &created, msg, sizeof(msg));
-    if (rc == ERR_NOT_FOUND) {
-        rc = req_fail(r, ERR_CONFLICT, "session %s has no repository", sid);
-        goto out;
-    }
     if (rc != 0) {
-        rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc, "%s", msg[0] ? msg : err_str(rc));
+        /* not found: no repository (or no branch to push yet), a state of the session */
+        rc = req_fail(r,
+                      rc == ERR_AUTH        ? ERR_FORBIDDEN
+                      : rc == ERR_NOT_FOUND ? ERR_CONFLICT
+                                            : rc,
+                      "%s", msg[0] ? msg : err_str(rc));
         goto out;
     }
     rc = req_reply_json(r, created ? 201 : 200, out);
