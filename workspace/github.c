@@ -118,6 +118,15 @@ static int status_err(long status)
     }
 }
 
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt;
+    (void)dn;
+    (void)ut;
+    (void)un;
+    return __atomic_load_n((const int *)ud, __ATOMIC_RELAXED) ? 1 : 0;
+}
+
 /* One REST (or GraphQL) call: method on url with the token, the JSON body reqj (may be NULL);
  * *rj = the parsed answer (may be NULL). An answer other than want fills msg and maps the
  * status to an error. what names the call in the log (never the token). */
@@ -165,6 +174,11 @@ static int gh_call(const struct github_pr *req, const char *method, const char *
         curl_easy_setopt(c, CURLOPT_CAINFO, req->ca_file);
     } else if (access("/etc/ssl/certs/ca-certificates.crt", R_OK) == 0) {
         curl_easy_setopt(c, CURLOPT_CAINFO, "/etc/ssl/certs/ca-certificates.crt");
+    }
+    if (req->cancel) {
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)req->cancel);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     }
     CURLcode cc = curl_easy_perform(c);
     if (cc != CURLE_OK) {

@@ -26,6 +26,8 @@ struct github_pr {
     int draft;
     const char *ca_file; /* may be NULL: the system bundle */
     long timeout_ms;     /* 0 = 30 s */
+    const int *cancel;   /* may be NULL; non-zero (read atomically) aborts a call in progress
+                            with ERR_UNAVAILABLE: a server stop does not wait for GitHub */
 };
 
 /** Open the pull request. On success *out = {"number":N,"url":"https://github.com/…/pull/N",

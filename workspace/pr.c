@@ -568,8 +568,9 @@ int repos_pr_sync(struct repos *r, const char *sid, const struct repos_pr_req *q
         .token = q->token,
         .head = json_string_value(json_object_get(info, "branch")),
         .base = json_string_value(json_object_get(info, "default_branch")),
-        .ca_file = r->cfg.ca_file,
+        .ca_file = r->ca_file,
         .timeout_ms = API_TIMEOUT_MS,
+        .cancel = &r->stopping,
     };
     const char *repo_name = json_string_value(json_object_get(info, "repo"));
     int have = prs_db_get(r->prs, sid, &rec) == 0 && rec.number > 0;
@@ -728,6 +729,10 @@ static void auto_run(struct repos *r, const char *sid, int64_t queued_us)
     prs_rec_clear(&rec);
     int created = 0;
     int rc = repos_pr_sync(r, sid, &q, &out, &created, msg, sizeof(msg));
+    if (rc != 0 && __atomic_load_n(&r->stopping, __ATOMIC_RELAXED)) {
+        LOG_INFO("repos: session %s: pull request left for its next prompt (stopping)", sid);
+        goto out; /* cut short by the stop: not a failure to report */
+    }
     if (rc != 0) {
         int pushed = strncmp(msg, "push failed", 11) != 0 && strncmp(msg, "the remote", 10) != 0;
         if (rc != ERR_CONFLICT || !pushed) {

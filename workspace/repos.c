@@ -628,7 +628,7 @@ void repos_shutdown(struct repos *r)
     }
     pthread_mutex_unlock(&r->hook_mu);
     pthread_mutex_lock(&r->lock);
-    r->stopping = 1;
+    __atomic_store_n(&r->stopping, 1, __ATOMIC_RELAXED); /* also read by GitHub calls (pr.c) */
     if (r->build_sbx) {
         sbx_stop(r->build_sbx); /* the running setup step ends now; the build fails */
     }

@@ -146,8 +146,18 @@ wait_event "$SID3" session.snapshot 2 >/dev/null
 sleep 0.5
 check "exactly one pr.failed over two prompts" [ "$(count_type "$SID3" pr.failed)" = 1 -a "$(count_type "$SID3" pr.created)" = 0 ]
 
+# ---- a stop does not wait for a slow GitHub ----
+knob '{"pr_delay_ms":20000}'
+NP=$(count_type "$SID" git.pushed)
+api POST "/v1/sessions/$SID/messages" '{"content":"echo stuck > stuck.txt"}' "$ALICE"
+wait_event "$SID" git.pushed $((NP + 1)) >/dev/null
+sleep 0.3 # the worker is now waiting for the fake's answer to its pull request call
+T0=$(date +%s%N)
 # ---- credentials change (github.token): the next prompt opens it ----
 stop_server
+T1=$(date +%s%N)
+check "the stop did not wait for the pending GitHub call ($(((T1 - T0) / 1000000)) ms)" [ $(((T1 - T0) / 1000000)) -lt 5000 ]
+knob '{"pr_delay_ms":0}'
 start_server --repos-tick-ms 200 "${APP_ARGS[@]}" --github-token ghs_static_TOKEN \
   --secrets-key-file "$TMP/master.key" --shutdown-grace 1
 api POST "/v1/sessions/$SID3/messages" '{"content":"echo three > three.txt"}' "$ALICE"
