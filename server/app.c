@@ -504,6 +504,9 @@ static int start_repos(struct app *app)
         .n_egress_default = cfg->egress_default.n,
         .secrets = ops_secrets_for, /* setup steps' env and log, the scan before a push */
         .secrets_ctx = app,
+        .github_api_base = cfg->github_api_base,
+        .github_token = cfg->github_token,
+        .public_url = cfg->public_url,
     };
     int rc = repos_open(&rcfg, &app->repos);
     if (rc != 0) {

@@ -445,22 +445,41 @@ int registry_token_delete(struct registry *r, const char *token_id, const char *
 /* ---- sessions ---- */
 
 #define SESSION_COLS                                                                               \
-    "id,title,repo,visibility,agent,state,created_by,created_at,last_seq,last_activity"
+    "s.id,s.title,s.repo,s.visibility,s.agent,s.state,s.created_by,s.created_at,s.last_seq,"       \
+    "s.last_activity,p.number,p.url,p.state,p.draft,p.ci_state,p.head_sha,p.merged_at"
+/* The session's pull request (prs_db.h) comes with its row: one indexed lookup per row, so the
+ * sessions list shows it without a query per session. */
+#define SESSION_FROM                                                                               \
+    " FROM sessions s LEFT JOIN pull_requests p ON p.session_id = s.id AND p.number IS NOT NULL "
+
+/* The pull request columns 10..16 of a SESSION_COLS row: {number,url,state,draft,ci_state,
+ * head_sha,merged_at}, or null. */
+static json_t *session_pr(sqlite3_stmt *st)
+{
+    if (sqlite3_column_type(st, 10) == SQLITE_NULL) {
+        return json_null();
+    }
+    return json_pack("{s:I,s:o,s:o,s:b,s:o,s:o,s:o}", "number",
+                     (json_int_t)sqlite3_column_int64(st, 10), "url", col_json(st, 11), "state",
+                     col_json(st, 12), "draft", sqlite3_column_int(st, 13), "ci_state",
+                     col_json(st, 14), "head_sha", col_json(st, 15), "merged_at",
+                     ts_json(st, 16));
+}
 
 static json_t *session_row(sqlite3_stmt *st)
 {
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", col_json(st, 0), "title",
-                     col_json(st, 1), "repo", col_json(st, 2), "visibility", col_json(st, 3),
-                     "agent", col_json(st, 4), "state", col_json(st, 5), "created_by",
-                     col_json(st, 6), "created_at", ts_json(st, 7), "last_seq", col_json(st, 8),
-                     "last_activity", ts_json(st, 9));
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", col_json(st, 0),
+                     "title", col_json(st, 1), "repo", col_json(st, 2), "visibility",
+                     col_json(st, 3), "agent", col_json(st, 4), "state", col_json(st, 5),
+                     "created_by", col_json(st, 6), "created_at", ts_json(st, 7), "last_seq",
+                     col_json(st, 8), "last_activity", ts_json(st, 9), "pr", session_pr(st));
 }
 
 /* (r->lock held) */
 static int session_get_locked(struct registry *r, const char *id, json_t **out)
 {
     sqlite3_stmt *st = NULL;
-    int rc = prep(r, "SELECT " SESSION_COLS " FROM sessions WHERE id=?", &st);
+    int rc = prep(r, "SELECT " SESSION_COLS SESSION_FROM "WHERE s.id=?", &st);
     if (rc) {
         return rc;
     }
@@ -559,11 +578,11 @@ int registry_session_list(struct registry *r, const char *user_id, int is_admin,
     }
     pthread_mutex_lock(&r->lock);
     rc = prep(r,
-              "SELECT " SESSION_COLS " FROM sessions s WHERE state!='purged' "
-              "AND (created_at < ?1 OR (created_at = ?1 AND id < ?2)) "
-              "AND (?3 OR visibility='org' OR created_by=?4 OR EXISTS (SELECT 1 FROM members m "
-              "WHERE m.session_id=s.id AND m.user_id=?4)) "
-              "ORDER BY created_at DESC, id DESC LIMIT ?5",
+              "SELECT " SESSION_COLS SESSION_FROM "WHERE s.state!='purged' "
+              "AND (s.created_at < ?1 OR (s.created_at = ?1 AND s.id < ?2)) "
+              "AND (?3 OR s.visibility='org' OR s.created_by=?4 OR EXISTS (SELECT 1 FROM "
+              "members m WHERE m.session_id=s.id AND m.user_id=?4)) "
+              "ORDER BY s.created_at DESC, s.id DESC LIMIT ?5",
               &st);
     if (rc) {
         goto out;

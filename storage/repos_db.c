@@ -26,7 +26,7 @@
 
 #define REPO_COLS                                                                                  \
     "name,url,default_branch,setup,hints,description,pool_size,image_interval_min,created_at,"     \
-    "updated_at,egress,agent"
+    "updated_at,egress,agent,pr"
 #define IMAGE_COLS                                                                                 \
     "id,repo,state,step,commit_sha,snapshot_id,started_at,built_at,duration_ms,size_bytes,"        \
     "files,error,substr(log,-4000)"
@@ -70,10 +70,10 @@ static const char *const sql_of[Q_COUNT] = {
     [Q_REPO_GET] = "SELECT " REPO_COLS " FROM repos WHERE name=?",
     [Q_REPO_LIST] = "SELECT " REPO_COLS " FROM repos ORDER BY name",
     [Q_REPO_INSERT] = "INSERT INTO repos(url,default_branch,setup,hints,description,pool_size,"
-                      "image_interval_min,updated_at,created_at,name,egress,agent) "
-                      "VALUES(?,?,?,?,?,?,?,?,?,?,?11,?12)",
+                      "image_interval_min,updated_at,created_at,name,egress,agent,pr) "
+                      "VALUES(?,?,?,?,?,?,?,?,?,?,?11,?12,?13)",
     [Q_REPO_UPDATE] = "UPDATE repos SET url=?,default_branch=?,setup=?,hints=?,description=?,"
-                      "pool_size=?,image_interval_min=?,updated_at=?,egress=?11,agent=?12 "
+                      "pool_size=?,image_interval_min=?,updated_at=?,egress=?11,agent=?12,pr=?13 "
                       "WHERE ?9 IS NOT NULL AND name=?10",
     [Q_REPO_DELETE] = "DELETE FROM repos WHERE name=?",
     [Q_REPO_IMAGES_DELETED] = "UPDATE images SET state='deleted' WHERE repo=?",
@@ -234,15 +234,15 @@ static json_t *repo_row_json(sqlite3_stmt *st)
 {
     const char *agent = col_text(st, 11);
     return json_pack(
-        "{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I, s:I, s:I, s:o, s:s?}", "name", col_text(st, 0),
-        "url", col_text(st, 1), "default_branch", col_text(st, 2), "setup",
+        "{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I, s:I, s:I, s:o, s:s?, s:s}", "name",
+        col_text(st, 0), "url", col_text(st, 1), "default_branch", col_text(st, 2), "setup",
         json_or_empty_array(col_text(st, 3)), "hints", json_or_empty_array(col_text(st, 4)),
         "description", col_text(st, 5) ? col_text(st, 5) : "", "pool_size",
         (json_int_t)sqlite3_column_int64(st, 6), "image_interval_min",
         (json_int_t)sqlite3_column_int64(st, 7), "created_at",
         (json_int_t)sqlite3_column_int64(st, 8), "updated_at",
         (json_int_t)sqlite3_column_int64(st, 9), "egress", json_or_empty_array(col_text(st, 10)),
-        "agent", agent && *agent ? agent : NULL);
+        "agent", agent && *agent ? agent : NULL, "pr", col_text(st, 12) ? col_text(st, 12) : "off");
 }
 
 int repos_db_repo_get(struct repos_db *d, const char *name, json_t **out)
@@ -307,6 +307,8 @@ int repos_db_repo_put(struct repos_db *d, json_t *j, int create, int64_t now_ms)
     bind_text(st, 10, json_string_value(json_object_get(j, "name")));
     bind_text(st, 11, egress);
     bind_text(st, 12, agent ? agent : "");
+    const char *pr = json_string_value(json_object_get(j, "pr"));
+    bind_text(st, 13, pr ? pr : "off");
     int s = sqlite3_step(st);
     if (s == SQLITE_CONSTRAINT) {
         rc = ERR_CONFLICT;

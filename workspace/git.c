@@ -570,7 +570,9 @@ int gitx_push(const char *dir, const char *shared, const char *url, const char *
     if (rc != 0) {
         goto out;
     }
-    snprintf(spec, sizeof(spec), "+%s:%s", refname, refname);
+    /* Never forced: a published session branch is only ever fast-forwarded (a pull request
+     * and its reviewers keep every commit they saw); the remote rejects anything else. */
+    snprintf(spec, sizeof(spec), "%s:%s", refname, refname);
     git_push_options po;
     git_push_options_init(&po, GIT_PUSH_OPTIONS_VERSION);
     set_callbacks(&po.callbacks, &cb);

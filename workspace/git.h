@@ -121,10 +121,14 @@ int gitx_diff(const char *dir, const char *shared, const struct gitx_diff_req *q
 int gitx_commit(const char *dir, const char *shared, const char *branch,
                 const struct gitx_ident *who, const char *message, char sha[41], int *committed);
 
-/** gitx_commit() that also reports how many files the commit changed (*files, may be NULL). */
+/** At most this many paths in gitx_commit_n's *paths. */
+#define GITX_PATHS_MAX 300
+/** gitx_commit() that also reports how many files the commit changed (*files, may be NULL)
+ * and which (*paths, may be NULL: a new JSON array of at most GITX_PATHS_MAX paths, caller
+ * decrefs; NULL when nothing was committed). */
 int gitx_commit_n(const char *dir, const char *shared, const char *branch,
                   const struct gitx_ident *who, const char *message, char sha[41], int *committed,
-                  size_t *files);
+                  size_t *files, json_t **paths);
 
 /** Refresh the stat data of the index entries (after a restore: new inodes and ctimes make
  * libgit2 and git re-read every file until the index is rewritten). Entries whose size, mode
@@ -132,9 +136,10 @@ int gitx_commit_n(const char *dir, const char *shared, const char *branch,
  * the rest is hashed. */
 int gitx_refresh_index(const char *dir, const char *shared);
 
-/** Push refs/heads/<branch> of dir to the same branch at url (forced: the session branch is
- * ours, and a rollback rewrites it). ERR_AUTH on refused credentials, ERR_CONFLICT if the
- * remote refused the update. */
+/** Push refs/heads/<branch> of dir to the same branch at url, never forced: only a
+ * fast-forward of what the remote has (after a rollback behind a pushed commit the remote
+ * refuses it). ERR_AUTH on refused credentials, ERR_CONFLICT if the remote refused the
+ * update. */
 int gitx_push(const char *dir, const char *shared, const char *url, const char *branch,
               const struct gitx_cred *cred);
 

@@ -109,7 +109,7 @@ static int stage_changes(git_repository *repo, git_index *idx)
 int gitx_commit(const char *dir, const char *shared, const char *branch,
                 const struct gitx_ident *who, const char *message, char sha[41], int *committed)
 {
-    return gitx_commit_n(dir, shared, branch, who, message, sha, committed, NULL);
+    return gitx_commit_n(dir, shared, branch, who, message, sha, committed, NULL, NULL);
 }
 
 /* Same file as when the index recorded it? Size, mode and mtime equal, and the entry not
@@ -227,10 +227,30 @@ int gitx_refresh_index(const char *dir, const char *shared)
     return rc;
 }
 
+/* The paths a diff touches (new path; the old one of a deletion), at most max, as JSON
+ * strings (names that are not UTF-8 are skipped). */
+static json_t *diff_paths(git_diff *diff, size_t max)
+{
+    json_t *arr = json_array();
+    size_t n = git_diff_num_deltas(diff);
+    for (size_t i = 0; i < n && json_array_size(arr) < max; i++) {
+        const git_diff_delta *d = git_diff_get_delta(diff, i);
+        const char *p = d->status == GIT_DELTA_DELETED ? d->old_file.path : d->new_file.path;
+        json_t *s = p ? json_string(p) : NULL;
+        if (s) {
+            json_array_append_new(arr, s);
+        }
+    }
+    return arr;
+}
+
 int gitx_commit_n(const char *dir, const char *shared, const char *branch,
                   const struct gitx_ident *who, const char *message, char sha[41], int *committed,
-                  size_t *files)
+                  size_t *files, json_t **paths)
 {
+    if (paths) {
+        *paths = NULL;
+    }
     git_repository *repo = NULL;
     git_index *idx = NULL;
     git_reference *head = NULL, *bref = NULL;
@@ -310,14 +330,19 @@ int gitx_commit_n(const char *dir, const char *shared, const char *branch,
     if (sha) {
         gitxi_oid_hex(&commit_oid, sha);
     }
-    if (files) {
+    if (files || paths) {
         git_diff *diff = NULL;
         git_tree *ptree = NULL;
         if (parent) {
             git_commit_tree(&ptree, parent);
         }
         if (git_diff_tree_to_tree(&diff, repo, ptree, tree, NULL) == 0) {
-            *files = git_diff_num_deltas(diff);
+            if (files) {
+                *files = git_diff_num_deltas(diff);
+            }
+            if (paths) {
+                *paths = diff_paths(diff, GITX_PATHS_MAX);
+            }
         }
         git_diff_free(diff);
         git_tree_free(ptree);

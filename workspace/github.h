@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct github_pr {
     const char *api_base; /* no trailing slash needed */
@@ -25,13 +26,28 @@ struct github_pr {
     int draft;
     const char *ca_file; /* may be NULL: the system bundle */
     long timeout_ms;     /* 0 = 30 s */
+    const int *cancel;   /* may be NULL; non-zero (read atomically) aborts a call in progress
+                            with ERR_UNAVAILABLE: a server stop does not wait for GitHub */
 };
 
 /** Open the pull request. On success *out = {"number":N,"url":"https://github.com/…/pull/N",
- * "api_url":"…"} (caller decrefs). On failure the API's message (never the token) goes into
- * msg (size n) and the status maps to ERR_AUTH (401), ERR_FORBIDDEN (403), ERR_NOT_FOUND
- * (404), ERR_UNPROCESSABLE (422: no commits, PR exists…), ERR_UNAVAILABLE (network, 5xx). */
+ * "api_url":"…","node_id":"…","state":"open","merged":false,"draft":bool,"body":…,
+ * "head_sha":…} (caller decrefs; the same shape for the calls below). On failure the API's message
+ * (never the token) goes into msg (size n) and the status maps to ERR_AUTH (401), ERR_FORBIDDEN
+ * (403), ERR_NOT_FOUND (404), ERR_UNPROCESSABLE (422: no commits, PR exists…), ERR_UNAVAILABLE
+ * (network, 5xx). */
 int github_create_pr(const struct github_pr *req, json_t **out, char *msg, size_t n);
+
+/** GET pull request number (title, head, base and draft of req are not used). */
+int github_get_pr(const struct github_pr *req, int64_t number, json_t **out, char *msg, size_t n);
+/** PATCH pull request number: its body (req->body) and title (req->title), each only when
+ * non-NULL; the other fields of req are not used. */
+int github_update_pr(const struct github_pr *req, int64_t number, json_t **out, char *msg,
+                     size_t n);
+/** Mark the pull request with GraphQL id node_id ready for review (draft 0) or convert it back
+ * to a draft (draft 1): GitHub's REST API cannot change the flag. */
+int github_set_draft(const struct github_pr *req, const char *node_id, int draft, char *msg,
+                     size_t n);
 
 /** Split a repository URL (https://github.com/OWNER/REPO(.git), git@github.com:OWNER/REPO.git,
  * ssh://git@host/OWNER/REPO) into owner and repo (caller frees both). ERR_INVALID otherwise. */

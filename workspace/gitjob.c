@@ -308,10 +308,13 @@ int gitjob_diff(const struct gitjob_cfg *c, const char *dir, const char *shared,
 
 int gitjob_commit_n(const struct gitjob_cfg *c, const char *dir, const char *shared,
                     const char *branch, const struct gitx_ident *who, const char *message,
-                    char sha[41], int *committed, size_t *files)
+                    char sha[41], int *committed, size_t *files, json_t **paths)
 {
     json_t *ans = NULL;
     *committed = 0;
+    if (paths) {
+        *paths = NULL;
+    }
     if (!branch || !who || !who->name || !message) {
         return ERR_INVALID;
     }
@@ -326,6 +329,19 @@ int gitjob_commit_n(const struct gitjob_cfg *c, const char *dir, const char *sha
         copy_sha(ans, "sha", sha);
         if (files) {
             *files = (size_t)json_integer_value(json_object_get(ans, "files"));
+        }
+        json_t *pl = json_object_get(ans, "paths");
+        if (paths && json_is_array(pl)) {
+            /* what the helper answers is the sandbox user's: strings only, capped */
+            *paths = json_array();
+            size_t i;
+            json_t *e;
+            json_array_foreach(pl, i, e)
+            {
+                if (json_is_string(e) && json_array_size(*paths) < GITX_PATHS_MAX) {
+                    json_array_append(*paths, e);
+                }
+            }
         }
     }
     json_decref(ans);
@@ -814,13 +830,17 @@ static int dispatch(json_t *req, const char *dir, const char *shared, const char
         struct gitx_ident who = {jstr(req, "name"), jstr(req, "email")};
         int committed = 0;
         size_t files = 0;
-        rc =
-            gitx_commit_n(dir, shared, branch, &who, jstr(req, "message"), sha, &committed, &files);
+        json_t *paths = NULL;
+        rc = gitx_commit_n(dir, shared, branch, &who, jstr(req, "message"), sha, &committed, &files,
+                           &paths);
         if (rc == 0) {
             json_object_set_new(ans, "committed", json_boolean(committed));
             json_object_set_new(ans, "sha", committed ? json_string(sha) : json_null());
             json_object_set_new(ans, "files", json_integer((json_int_t)files));
+            json_object_set_new(ans, "paths", paths ? paths : json_array());
+            paths = NULL;
         }
+        json_decref(paths);
     } else if (strcmp(op, "diff") == 0) {
         rc = dispatch_diff(json_object_get(req, "diff"), dir, shared, ans);
     } else if (strcmp(op, "refresh_index") == 0) {

@@ -58,9 +58,10 @@ int gitjob_changed(const struct gitjob_cfg *c, const char *dir, const char *shar
  * (a read the sandbox made block). */
 int gitjob_diff(const struct gitjob_cfg *c, const char *dir, const char *shared,
                 const struct gitx_diff_req *q, json_t **out);
+/** gitx_commit_n in the helper; *paths (may be NULL) as there. */
 int gitjob_commit_n(const struct gitjob_cfg *c, const char *dir, const char *shared,
                     const char *branch, const struct gitx_ident *who, const char *message,
-                    char sha[41], int *committed, size_t *files);
+                    char sha[41], int *committed, size_t *files, json_t **paths);
 int gitjob_refresh_index(const struct gitjob_cfg *c, const char *dir, const char *shared);
 int gitjob_sync(const struct gitjob_cfg *c, const char *dir, const char *shared, const char *url,
                 const char *branch, const struct gitx_cred *cred, char head[41]);

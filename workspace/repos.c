@@ -175,7 +175,7 @@ static int validate(json_t *spec, int create, char *msg, size_t n)
     static const char *const known[] = {
         "name",        "url",       "default_branch",     "setup",  "hints",
         "description", "pool_size", "image_interval_min", "egress", "agent",
-        NULL};
+        "pr",          NULL};
     const char *key;
     json_t *v;
     if (!json_is_object(spec)) {
@@ -241,6 +241,11 @@ static int validate(json_t *spec, int create, char *msg, size_t n)
     v = json_object_get(spec, "image_interval_min");
     if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 10080)) {
         set_msg(msg, n, "%s", "image_interval_min must be an integer in [0, 10080] (0 = never)");
+        return ERR_INVALID;
+    }
+    v = json_object_get(spec, "pr");
+    if (v && repos_pr_mode_parse(json_string_value(v), NULL) != 0) {
+        set_msg(msg, n, "%s", "pr must be \"off\", \"draft\" or \"ready\"");
         return ERR_INVALID;
     }
     return 0;
@@ -327,8 +332,10 @@ int repos_create(struct repos *r, json_t *spec, json_t **out, char *msg, size_t 
     if (rc != 0) {
         return rc;
     }
-    json_t *j = json_pack("{s:s, s:[], s:[], s:s, s:i, s:i}", "default_branch", "main", "setup",
-                          "hints", "description", "", "pool_size", 2, "image_interval_min", 30);
+    /* new repositories get draft pull requests; rows from before the setting keep "off" */
+    json_t *j = json_pack("{s:s, s:[], s:[], s:s, s:i, s:i, s:s}", "default_branch", "main",
+                          "setup", "hints", "description", "", "pool_size", 2, "image_interval_min",
+                          30, "pr", "draft");
     json_object_update(j, spec);
     if (egress) {
         json_object_set_new(j, "egress", egress);
@@ -571,6 +578,9 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         rc = repos_db_open(store_registry(cfg->store), &r->db);
     }
     if (rc == 0) {
+        rc = repos__pr_start(r);
+    }
+    if (rc == 0) {
         /* Builds interrupted by a stop or a crash will never finish. */
         repos_db_image_interrupt(r->db, "interrupted by a server restart");
         char *warm_glob = xasprintf("%s/repos", r->data_dir);
@@ -622,7 +632,7 @@ void repos_shutdown(struct repos *r)
     }
     pthread_mutex_unlock(&r->hook_mu);
     pthread_mutex_lock(&r->lock);
-    r->stopping = 1;
+    __atomic_store_n(&r->stopping, 1, __ATOMIC_RELAXED); /* also read by GitHub calls (pr.c) */
     if (r->build_sbx) {
         sbx_stop(r->build_sbx); /* the running setup step ends now; the build fails */
     }
@@ -640,6 +650,7 @@ void repos_shutdown(struct repos *r)
     if (r->threads & 2) {
         pthread_join(r->pooler, NULL);
     }
+    repos__pr_stop(r); /* a push or API call in progress ends first (cancelled or timed out) */
     while (r->jobs) {
         struct job *jb = r->jobs;
         r->jobs = jb->next;
@@ -670,6 +681,7 @@ void repos_close(struct repos *r)
         return;
     }
     repos_shutdown(r);
+    repos__pr_free(r);
     repos_db_close(r->db);
     json_decref(r->ready_src);
     json_decref(r->preparing);

@@ -74,6 +74,14 @@ struct repos_config {
      * before a push. *out: a new reference or NULL (none). NULL = no secrets. Any thread. */
     int (*secrets)(void *ctx, const char *sid, const char *repo, struct redact_set **out);
     void *secrets_ctx;
+    /* Pull requests (repos_pr_*): the REST API base (github.api_base), the static token
+     * (github.token; secret, used for automatic pull requests when the app has none), the
+     * server's public URL for the session links (may be NULL), and how many background
+     * workers push and open them (default 2). Borrowed. */
+    const char *github_api_base;
+    const char *github_token;
+    const char *public_url;
+    int pr_workers;
 };
 
 /** Open (registry.db must have been migrated by the store). *out: repos_close(). */
@@ -253,6 +261,51 @@ void repos_session_end(struct repos *r, const char *sid);
  * the repository it was prepared from. Returns the objects directory (caller frees), or NULL:
  * no repos layer, no repository, or no store yet. Any thread. */
 char *repos_shared_objects(struct repos *r, const char *name, const char *workspace);
+
+/* ---- pull requests ----
+ * A repository's `pr` setting says what happens after a prompt that committed changes: off
+ * (nothing), draft or ready: a background worker pushes the session branch (never forced
+ * over another history: it is sessiond/<id>, which only this session writes) with the GitHub
+ * App's installation token (else github.token), then opens the session's one pull request
+ * (draft or ready for review) or updates the one it has. The record is prs_db.h's. Events:
+ * pr.created, pr.updated, pr.failed {reason, message} (once per reason until an attempt
+ * succeeds), pr.merged, pr.closed. */
+
+enum repos_pr_mode { REPOS_PR_OFF, REPOS_PR_DRAFT, REPOS_PR_READY };
+/** "off" | "draft" | "ready": 0 and *out (may be NULL), else ERR_INVALID. */
+int repos_pr_mode_parse(const char *s, enum repos_pr_mode *out);
+
+/** One call of repos_pr_sync. Borrowed strings. */
+struct repos_pr_req {
+    const char *token; /* secret: the push and the API calls */
+    const char *kind;  /* "user" | "app" | "token": an app token refused is renewed once */
+    const char *title; /* create: NULL = the session title or its first prompt's first line */
+    const char *body;  /* create: text above the generated block; NULL = none */
+    int draft;         /* create: 1 draft, 0 ready; update: 0 = mark ready, 1 = back to
+                          draft, -1 = leave as is */
+    const char *by;    /* user id that asked (the artifact's author), NULL = automatic */
+};
+/** Push the session branch and open its pull request, or update the one it has: its body is
+ * regenerated between the <!-- sessiond --> markers (text outside them is kept), the draft
+ * flag changed as asked; the title is never changed. One call per session at a time (others
+ * wait). *out = {number, url, api_url, state, draft, branch, base, title, head_sha,
+ * credentials} (caller decrefs), *created = 1 if it was opened now. Emits pr.created (with a
+ * "pr" artifact) or pr.updated. Errors: ERR_NOT_FOUND (no repository), ERR_CONFLICT (its pull
+ * request was merged or closed), ERR_UNPROCESSABLE (the URL names no OWNER/REPO), ERR_AUTH
+ * (refused), others from the push or the API; msg (size n) says why, without the token. */
+int repos_pr_sync(struct repos *r, const char *sid, const struct repos_pr_req *q, json_t **out,
+                  int *created, char *msg, size_t n);
+/** Record what GitHub says of sid's pull request (a webhook, a poller, a GET): state, draft
+ * (< 0: unknown), at_ms the time of the change. Emits pr.merged or pr.closed when the state
+ * changed to it. ERR_NOT_FOUND if sid has no pull request. */
+int repos_pr_note_state(struct repos *r, const char *sid, const char *state, int draft,
+                        int64_t at_ms);
+/** The session's pull request as GET /v1/sessions/{id} shows it ({number, url, state, draft,
+ * ci_state, head_sha, created_at, merged_at}) or json null. New reference. */
+json_t *repos_pr_json(struct repos *r, const char *sid);
+/** Counts for /metrics (prs_db.h prs_counts: created, merged, closed). */
+struct prs_counts;
+int repos_pr_counts(struct repos *r, struct prs_counts *out);
 
 /* ---- users' sealed credentials (opaque here: sealed by server/secrets.h) ---- */
 

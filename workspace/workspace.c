@@ -157,8 +157,9 @@ int repos_after_prompt(struct repos *r, const char *session_id, const char *work
         size_t nfiles = 0;
         char *shared = repos__shared_if_any(r, json_string_value(json_object_get(row, "repo")));
         /* in the helper, as the sandbox user: what it writes is the sandbox user's already */
-        int rc =
-            gitjob_commit_n(&r->git, workspace, shared, branch, &id, msg, sha, &committed, &nfiles);
+        json_t *paths = NULL;
+        int rc = gitjob_commit_n(&r->git, workspace, shared, branch, &id, msg, sha, &committed,
+                                 &nfiles, &paths);
         free(shared);
         if (rc == 0 && committed) {
             json_decref(commit);
@@ -166,9 +167,14 @@ int repos_after_prompt(struct repos *r, const char *session_id, const char *work
                                "author", "name", name, "email", email, "files", (json_int_t)nfiles,
                                "prompt_id", prompt_id);
             repos__emit(r, session_id, "git.commit", json_deep_copy(commit));
+            /* the repository's `pr` setting: push and open or update the pull request, on a
+             * worker (the next prompt does not wait for GitHub) */
+            repos__pr_after_commit(r, session_id, json_string_value(json_object_get(row, "repo")),
+                                   paths);
         } else if (rc != 0) {
             LOG_WARN("repos: commit in session %s failed: %s", session_id, err_str(rc));
         }
+        json_decref(paths);
         free(msg);
         free(email);
     } else {

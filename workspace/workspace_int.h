@@ -17,6 +17,7 @@ struct snap_ctx;
 struct snap_store;
 struct repos_db;
 struct wsdisk;
+struct prs_db;
 
 #define LOG_CAP         (256 * 1024)
 #define SETUP_OUT_CAP   (128 * 1024)
@@ -100,6 +101,22 @@ struct repos {
     int hooks_in; /* the runner's calls inside the instance */
     pthread_mutex_t runner_mu; /* guards runner */
     struct repos_runner runner;
+
+    /* Pull requests (pr.c). prs guards itself (registry lock). The queue, the busy set and
+     * the workers are guarded by lock. */
+    struct prs_db *prs;
+    struct pr_job *pr_head, *pr_tail; /* sessions waiting for their push + pull request */
+    json_t *pr_busy;                  /* sid -> true while a push + pull request of it runs */
+    pthread_cond_t pr_cv;             /* a job queued, a session's slot freed, or stopping */
+    pthread_t *pr_threads;
+    int pr_nthreads;
+};
+
+/* A session whose last prompt committed changes: push and open or update its pull request. */
+struct pr_job {
+    struct pr_job *next;
+    char sid[72];
+    int64_t queued_us; /* for the log: prompt end -> pull request */
 };
 
 /* A sync that prepare_ws leaves to the background (repos.h "The workspace sync"): fetch +
@@ -122,6 +139,12 @@ void *repos__pool_main(void *arg);
 void repos__pool_sbx_free(struct sbx *s, char *priv);
 struct warm *repos__warm_claim(struct repos *r, const char *repo, const char *img);
 void repos__warm_free(struct repos *r, struct warm *w);
+
+/* pr.c */
+int repos__pr_start(struct repos *r);
+void repos__pr_stop(struct repos *r);
+void repos__pr_free(struct repos *r);
+void repos__pr_after_commit(struct repos *r, const char *sid, const char *repo, json_t *paths);
 
 /* prepare.c */
 int repos__wait_not_in(struct repos *r, const char *sid, json_t *a, json_t *b, int timeout_ms);

@@ -14,6 +14,8 @@
 #include "server/metrics.h"
 #include "server/ratelimit.h"
 #include "server/slack/slack.h"
+#include "storage/prs_db.h"
+#include "workspace/repos.h"
 #include "server/ws/hub.h"
 #include "storage/store.h"
 
@@ -139,6 +141,23 @@ static void slack_samples(struct buf *b, struct slack *sl)
     WRITE_SAMPLES(b, v);
 }
 
+/* From the registry's records: they survive restarts, as GitHub's pull requests do. */
+static void pr_samples(struct buf *b, struct repos *rp)
+{
+    struct prs_counts pc;
+    if (repos_pr_counts(rp, &pc) != 0) {
+        return;
+    }
+    buf_printf(b,
+               "# HELP sessiond_pull_requests_total Pull requests opened by sessiond, and of "
+               "those merged or closed unmerged.\n"
+               "# TYPE sessiond_pull_requests_total counter\n"
+               "sessiond_pull_requests_total{event=\"created\"} %lld\n"
+               "sessiond_pull_requests_total{event=\"merged\"} %lld\n"
+               "sessiond_pull_requests_total{event=\"closed\"} %lld\n",
+               (long long)pc.created, (long long)pc.merged, (long long)pc.closed);
+}
+
 int api_metrics(struct req *r)
 {
     struct app *app = req_app(r);
@@ -159,6 +178,9 @@ int api_metrics(struct req *r)
     }
     if (app->slack) {
         slack_samples(&b, app->slack);
+    }
+    if (app->repos) {
+        pr_samples(&b, app->repos);
     }
     return req_reply_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", &b);
 }

@@ -475,69 +475,14 @@ int api_push(struct req *r)
     return req_reply_json(r, 200, out);
 }
 
-/* owner/repo of a repository URL; for local paths (tests, mirrors) the last two components. */
-static int owner_repo(const char *url, char **owner, char **repo)
-{
-    if (github_parse_url(url, owner, repo) == 0) {
-        return 0;
-    }
-    const char *p = strncmp(url, "file://", 7) == 0 ? url + 7 : url;
-    if (p[0] != '/') {
-        return ERR_INVALID;
-    }
-    char *copy = xstrdup(p);
-    size_t l = strlen(copy);
-    while (l > 1 && copy[l - 1] == '/') {
-        copy[--l] = 0;
-    }
-    char *last = strrchr(copy, '/');
-    int rc = ERR_INVALID;
-    if (last && last != copy) {
-        *last = 0;
-        char *prev = strrchr(copy, '/');
-        char *two = xasprintf("https://local/%s/%s", prev ? prev + 1 : copy, last + 1);
-        rc = github_parse_url(two, owner, repo);
-        free(two);
-    }
-    free(copy);
-    return rc;
-}
-
-struct pr_art {
-    const char *id;
-    const char *json;
-    const char *author_id;
-};
-
-static int pr_artifact_tx(struct sess_tx *tx, void *arg)
-{
-    struct pr_art *a = arg;
-    struct artifact_row row = {
-        .id = a->id,
-        .type = "pr",
-        .path = "pull-request.json",
-        .mime = "application/json",
-        .data = a->json,
-        .len = strlen(a->json),
-        .author_id = a->author_id,
-    };
-    int rc = artifacts_insert(tx, &row);
-    if (rc) {
-        return rc;
-    }
-    return sess_tx_append(tx, "pr.created", NULL, a->json, NULL);
-}
-
 int api_pull_request(struct req *r)
 {
     const char *sid = req_param(r, "id");
     const char *title = NULL, *prbody = NULL;
-    json_t *body = NULL, *info = NULL, *pushed = NULL, *pr = NULL;
-    char *owner = NULL, *repo = NULL, *art_json = NULL, *aid = NULL;
-    char *deftitle = NULL;
+    json_t *body = NULL, *out = NULL;
     struct cred c = {0};
     char msg[400];
-    int draft = 0;
+    int draft = 0, created = 0;
     int rc = need_repos(r);
     if (rc || (rc = api_session_access(r, sid, AUTH_WRITE, NULL)) ||
         (rc = req_json_body(r, &body))) {
@@ -553,14 +498,13 @@ int api_pull_request(struct req *r)
         rc = req_fail(r, ERR_INVALID, "title is capped at 256 bytes, body at 64 KiB");
         goto out;
     }
-    rc = repos_session_info(R(r), sid, &info);
-    if (rc != 0) {
-        rc = req_fail(r, rc == ERR_NOT_FOUND ? ERR_CONFLICT : rc, "session %s has no repository",
-                      sid);
+    char *url = session_url(r, sid);
+    if (!url) {
+        rc = req_fail(r, ERR_CONFLICT, "session %s has no repository", sid);
         goto out;
     }
-    const char *url = json_string_value(json_object_get(info, "url"));
     cred_pick(r, url, 0, &c);
+    free(url);
     if (!c.tok) {
         rc = req_fail(r, ERR_FORBIDDEN,
                       "a pull request is opened with your own GitHub token (store it with "
@@ -568,77 +512,32 @@ int api_pull_request(struct req *r)
                       "repository");
         goto out;
     }
-    if (!url || owner_repo(url, &owner, &repo) != 0) {
-        rc = req_fail(r, ERR_UNPROCESSABLE, "the repository URL does not name OWNER/REPO");
-        goto out;
-    }
-    /* The branch must be on the remote first: push it with the same token. */
-    rc = push_with(r, sid, url, &c, &pushed);
-    if (rc == ERR_UNPROCESSABLE && pushed) {
-        rc = req_fail(r, rc, "push before the pull request blocked: the secret %s is in %s",
-                      json_string_value(json_object_get(pushed, "secret")),
-                      json_string_value(json_object_get(pushed, "path")));
-        goto out;
-    }
-    if (rc != 0) {
-        rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc,
-                      "push before the pull request "
-                      "failed: %s",
-                      err_str(rc));
-        goto out;
-    }
-    deftitle = xasprintf("sessiond: session %s", sid);
-    const struct config *cfg = req_app(r)->cfg;
-    struct github_pr req = {
-        .api_base = cfg->github_api_base,
-        .owner = owner,
-        .repo = repo,
+    /* draft: on a new pull request its flag (default false); on the session's existing one,
+     * a change of flag (false: ready for review) only when the field is given */
+    struct repos_pr_req q = {
         .token = c.tok,
-        .title = title && *title ? title : deftitle,
+        .kind = c.kind,
+        .title = title,
         .body = prbody,
-        .head = json_string_value(json_object_get(info, "branch")),
-        .base = json_string_value(json_object_get(info, "default_branch")),
-        .draft = draft,
-        .ca_file = *cfg->git_ca_file ? cfg->git_ca_file : NULL,
+        .draft = json_object_get(body, "draft") ? draft : -1,
+        .by = req_auth(r)->user_id,
     };
-    rc = github_create_pr(&req, &pr, msg, sizeof(msg));
-    if (rc == ERR_AUTH && cred_renew(r, url, &c)) {
-        req.token = c.tok;
-        rc = github_create_pr(&req, &pr, msg, sizeof(msg));
-    }
+    rc = repos_pr_sync(R(r), sid, &q, &out, &created, msg, sizeof(msg));
     if (rc != 0) {
-        rc = req_fail(r, rc == ERR_AUTH ? ERR_FORBIDDEN : rc, "%s", msg);
+        /* not found: no repository (or no branch to push yet), a state of the session */
+        rc = req_fail(r,
+                      rc == ERR_AUTH        ? ERR_FORBIDDEN
+                      : rc == ERR_NOT_FOUND ? ERR_CONFLICT
+                                            : rc,
+                      "%s", msg[0] ? msg : err_str(rc));
         goto out;
     }
-    json_object_set_new(pr, "branch", json_string(req.head));
-    json_object_set_new(pr, "base", json_string(req.base));
-    json_object_set_new(pr, "title", json_string(req.title));
-    json_object_set_new(pr, "credentials", json_string(c.kind));
-    art_json = jx_dump(pr);
-    aid = util_new_id("a_");
-    json_object_set_new(pr, "artifact_id", json_string(aid));
-    struct pr_art pa = {aid, art_json, req_auth(r)->user_id};
-    struct sess *s = NULL;
-    if (store_session_get(req_app(r)->store, sid, &s) == 0) {
-        if (sess_write(s, pr_artifact_tx, &pa) != 0) {
-            LOG_WARN("api: cannot record the pull request artifact of %s", sid);
-        }
-        sess_put(s);
-    }
-    repos_session_set_pr(R(r), sid, json_string_value(json_object_get(pr, "url")));
-    rc = req_reply_json(r, 201, pr);
-    pr = NULL;
+    rc = req_reply_json(r, created ? 201 : 200, out);
+    out = NULL;
 out:
     cred_wipe(&c);
     json_decref(body);
-    json_decref(info);
-    json_decref(pushed);
-    json_decref(pr);
-    free(owner);
-    free(repo);
-    free(art_json);
-    free(aid);
-    free(deftitle);
+    json_decref(out);
     return rc;
 }
 

@@ -233,6 +233,11 @@ void slack_free(struct slack *sl)
         sl->ev_head = e->next;
         sl_sevent_free(e);
     }
+    while (sl->pr_head) {
+        struct sevent *e = sl->pr_head;
+        sl->pr_head = e->next;
+        sl_sevent_free(e);
+    }
     while (sl->head) {
         struct job *j = sl->head;
         sl->head = j->next;

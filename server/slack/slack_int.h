@@ -36,6 +36,7 @@
 #define MAX_QUEUE      1000
 #define MAX_WATCHES    1000
 #define MAX_EVENTS     4096 /* queued events of watched sessions; beyond, a re-read */
+#define MAX_PR_NOTES   256  /* queued pull request lines; beyond, dropped (logged) */
 #define MAX_RESP       (4u << 20)
 #define MAX_SUMMARY    2800 /* Slack section text limit is 3000 */
 #define API_TRIES      4
@@ -94,6 +95,9 @@ struct slack {
     int nwatches;
     struct sevent *ev_head, *ev_tail; /* from slack_on_event to the watcher */
     int nev;
+    struct sevent *pr_head, *pr_tail; /* pr.created / pr.merged of any session, for a line in
+                                         the session's thread */
+    int npr;
     char *local_url; /* http://127.0.0.1:PORT, for links when public_url is not set */
     struct slack_stats stats;
 
@@ -138,5 +142,6 @@ void sl_watch_free(struct watch *w);
 void sl_sevent_free(struct sevent *e);
 void *sl_watcher_main(void *arg);
 void sl_load_watches(struct slack *sl);
+void sl_map_session(struct slack *sl, const char *sid, const char *channel, const char *root);
 
 #endif

@@ -233,6 +233,68 @@ static void watch_post(struct slack *sl, struct watch *w)
     free(url);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* pull request lines: the thread that started a session hears when its pull request is opened
+ * and when it is merged (kv "slack:session:{sid}" -> {channel, thread_ts})                     */
+
+void sl_map_session(struct slack *sl, const char *sid, const char *channel, const char *root)
+{
+    char *key = xasprintf("slack:session:%s", sid);
+    json_t *v = json_pack("{s:s, s:s}", "channel", channel, "thread_ts", root);
+    char *s = jx_dump(v);
+    sl_kv_put(sl, key, s);
+    free(s);
+    json_decref(v);
+    free(key);
+}
+
+/* 1 if the event json (our serializer's: "type" is its second key) is a pull request line. */
+static int is_pr_line(const char *json, size_t len)
+{
+    static const char *const types[] = {"\"type\":\"pr.created\"", "\"type\":\"pr.merged\""};
+    size_t head = len < 96 ? len : 96;
+    for (size_t i = 0; i < 2; i++) {
+        if (memmem(json, head, types[i], strlen(types[i]))) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Post the line of one pr.created / pr.merged event in its session's thread, if Slack
+ * started the session. Watcher thread. */
+static void pr_note_post(struct slack *sl, struct sevent *e)
+{
+    char *key = xasprintf("slack:session:%s", e->session_id);
+    char *v = sl_kv_get(sl, key);
+    json_t *where = v ? json_loads(v, 0, NULL) : NULL;
+    json_t *ev = json_loadb(e->json, e->len, 0, NULL);
+    const char *ch = sl_obj_str(where, "channel"), *ts = sl_obj_str(where, "thread_ts");
+    const char *type = sl_obj_str(ev, "type");
+    json_t *d = json_object_get(ev, "data");
+    const char *url = sl_obj_str(d, "url");
+    json_t *num = json_object_get(d, "number");
+    if (ch && ts && type && is_pr_url(url) && json_is_integer(num)) {
+        int merged = strcmp(type, "pr.merged") == 0;
+        int draft = json_is_true(json_object_get(d, "draft"));
+        /* Slack link syntax <url|text>: the URL comes from GitHub's answer (is_pr_url) and
+         * holds no '|' or '>' GitHub would put there */
+        char *text =
+            merged ? xasprintf(":tada: Pull request <%s|#%lld> was merged.", url,
+                               (long long)json_integer_value(num))
+                   : xasprintf(":arrow_heading_up: Opened %spull request <%s|#%lld>.",
+                               draft ? "draft " : "", url, (long long)json_integer_value(num));
+        if (!strpbrk(url, "|<> ")) {
+            sl_post_message(sl, ch, ts, text, NULL);
+        }
+        free(text);
+    }
+    json_decref(ev);
+    json_decref(where);
+    free(v);
+    free(key);
+}
+
 void sl_sevent_free(struct sevent *e)
 {
     free(e->session_id);
@@ -261,6 +323,27 @@ void slack_on_event(void *ctx, const char *session_id, int64_t seq, const char *
         return;
     }
     pthread_mutex_lock(&sl->lock);
+    if (!sl->stopping && is_pr_line(json, len)) {
+        if (sl->npr < MAX_PR_NOTES) {
+            struct sevent *e = xcalloc(1, sizeof(*e));
+            e->session_id = xstrdup(session_id);
+            e->seq = seq;
+            e->json = xmalloc(len + 1);
+            memcpy(e->json, json, len);
+            e->json[len] = 0;
+            e->len = len;
+            if (sl->pr_tail) {
+                sl->pr_tail->next = e;
+            } else {
+                sl->pr_head = e;
+            }
+            sl->pr_tail = e;
+            sl->npr++;
+            pthread_cond_broadcast(&sl->wcond);
+        } else {
+            LOG_WARN("slack: too many pull request lines queued: %s's is dropped", session_id);
+        }
+    }
     int watched = 0;
     for (struct watch *w = sl->watches; w; w = w->next) {
         if (strcmp(w->session_id, session_id) == 0) {
@@ -313,7 +396,7 @@ void *sl_watcher_main(void *arg)
     struct slack *sl = arg;
     for (;;) {
         pthread_mutex_lock(&sl->lock);
-        while (!sl->stopping && !sl->ev_head && !any_resync(sl)) {
+        while (!sl->stopping && !sl->ev_head && !sl->pr_head && !any_resync(sl)) {
             pthread_cond_wait(&sl->wcond, &sl->lock);
         }
         if (sl->stopping) {
@@ -326,6 +409,9 @@ void *sl_watcher_main(void *arg)
         struct sevent *evs = sl->ev_head;
         sl->ev_head = sl->ev_tail = NULL;
         sl->nev = 0;
+        struct sevent *notes = sl->pr_head;
+        sl->pr_head = sl->pr_tail = NULL;
+        sl->npr = 0;
         struct watch *list = sl->watches;
         for (struct watch *w = list; w; w = w->next) {
             w->catchup = w->resync;
@@ -365,6 +451,14 @@ void *sl_watcher_main(void *arg)
                 watch_remove(sl, w);
             }
             w = next;
+        }
+        /* after the results: a pull request opened at the end of a prompt comes after the
+         * prompt's result in the thread */
+        while (notes) {
+            struct sevent *e = notes;
+            notes = e->next;
+            pr_note_post(sl, e);
+            sl_sevent_free(e);
         }
     }
     return NULL;

@@ -249,6 +249,7 @@ static char *mention_new_session(struct slack *sl, const struct auth_info *actor
         return NULL;
     }
     sl_kv_put(sl, kthread, sid);
+    sl_map_session(sl, sid, channel, root);
     char *msg = xasprintf("Starting work in `%s`…", repo);
     sl_post_message(sl, channel, root, msg, NULL);
     free(msg);

@@ -58,7 +58,7 @@ ALICE=$(make_token alice user)
 BOB=$(make_token bob user)
 
 # ---- clone with the installation token ----
-api POST /v1/repos "{\"name\":\"hello\",\"url\":\"$FAKE/octo/hello.git\",\"pool_size\":0,\"image_interval_min\":0}"
+api POST /v1/repos "{\"name\":\"hello\",\"url\":\"$FAKE/octo/hello.git\",\"pool_size\":0,\"image_interval_min\":0,\"pr\":\"off\"}"
 expect_status 201 "repository on the app's host"
 SID=$(new_session '{"title":"app","repo":"hello"}' "$BOB")
 R=$(wait_event "$SID" sandbox.ready 1)

@@ -151,7 +151,12 @@ GH=$(tail -n 1 "$TMP/gh.log")
 check "PR request path" [ "$(jget .url "$GH")" = /api/v3/repos/octo/hello/pulls -a "$(jget .method "$GH")" = POST ]
 check "PR request uses the author's token" [ "$(jget .auth "$GH")" = "Bearer ghp_alice_SECRET_123" ]
 PRB=$(jget .body "$GH")
-check "PR request body" [ "$(jget .head "$PRB")" = "sessiond/$SID" -a "$(jget .base "$PRB")" = main -a "$(jget .title "$PRB")" = Greetings -a "$(jget .body "$PRB")" = "made by sessiond" ]
+check "PR request body" [ "$(jget .head "$PRB")" = "sessiond/$SID" -a "$(jget .base "$PRB")" = main -a "$(jget .title "$PRB")" = Greetings ]
+# the caller's body first, then the block sessiond regenerates on updates (docs/api.md)
+check "PR body: the caller's text, then the generated block" \
+  [ "$(jget .body "$PRB" | head -n 3 | tr '\n' '|')" = "made by sessiond||<!-- sessiond -->|" -a "$(jget .body "$PRB" | tail -n 1)" = "<!-- /sessiond -->" ]
+check "PR body: one Co-authored-by per person who prompted" \
+  [ "$(jget .body "$PRB" | grep -c '^Co-authored-by: ')" = 2 ]
 PRE=$(wait_event "$SID" pr.created 1)
 check "pr.created event" [ "$(jget .data.url "$PRE")" = https://github.example/octo/hello/pull/1 ]
 api GET "/v1/sessions/$SID/artifacts"

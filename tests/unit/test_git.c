@@ -308,12 +308,14 @@ TEST(helper_confines_writes)
     struct gitx_ident a = {"A", "a@example.com"};
     int committed = 0;
     char sha[41];
-    ASSERT(gitjob_commit_n(&c, ws, NULL, "sessiond/h", &a, "x\n", sha, &committed, NULL) != 0);
+    ASSERT(gitjob_commit_n(&c, ws, NULL, "sessiond/h", &a, "x\n", sha, &committed, NULL, NULL) !=
+           0);
     char *left = tout1("ls -A %s/hostdir | wc -l", g_tmp);
     ASSERT_STREQ(left, "0");
     /* without the trap the same commit works, and what it wrote is the sandbox user's */
     tsh("rm %s/ws/.git/refs/heads/sessiond", g_tmp);
-    ASSERT_EQ(gitjob_commit_n(&c, ws, NULL, "sessiond/h", &a, "x\n", sha, &committed, NULL), 0);
+    ASSERT_EQ(gitjob_commit_n(&c, ws, NULL, "sessiond/h", &a, "x\n", sha, &committed, NULL, NULL),
+              0);
     ASSERT_EQ(committed, 1);
     char *refown = tout1("stat -c %%u %s/ws/.git/refs/heads/sessiond/h", g_tmp);
     ASSERT_STREQ(refown, want);
