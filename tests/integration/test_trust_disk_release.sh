@@ -53,11 +53,13 @@ check "A's sandbox started while B's disk was mounted: its namespaces hold a cop
   [ -n "$(holders "$B_WS")" ]
 
 check "B's image holds the 50 MiB" [ "$(du -m "$B_WS.disk" | cut -f1)" -ge 50 ]
+T0=$(date +%s%N)
 api DELETE "/v1/sessions/$B?purge=true"
 for i in $(seq 1 50); do
   detached "$MINOR" && [ ! -e "$B_WS.disk" ] && [ -z "$(holders "$B_WS")" ] && break
   sleep 0.1
 done
+echo "# B's disk let go $((($(date +%s%N) - T0) / 1000000)) ms after the purge request" >&2
 LEFT=$(holders "$B_WS")
 check "no mount namespace holds B's disk any more${LEFT:+ (held by: $(for p in $LEFT; do tr '\0' ' ' <"/proc/$p/cmdline"; echo -n "[$p] "; done))}" \
   [ -z "$LEFT" ]
