@@ -390,6 +390,21 @@ int wsdisk_make(struct wsdisk *d, const char *dir)
     return rc;
 }
 
+/* Remove the directory a disk was mounted on (unmounted or moved away here). Not only tidiness:
+ * every mount namespace copied from ours while the disk was mounted there (each running
+ * sandbox's staging namespace, sbx_local.c, which lives as long as its sandbox) holds a copy of
+ * the mount, and with it the loop device and the image's blocks; the kernel detaches every
+ * copy when the directory they are mounted on is removed (Linux 3.18 and later), and only
+ * then. */
+static void rm_mount_point(const char *dir)
+{
+    if (rmdir(dir) != 0 && errno != ENOENT) {
+        LOG_WARN("wsdisk: cannot remove %s: %s; sandboxes started while its disk was mounted "
+                 "keep that disk until they end",
+                 dir, strerror(errno));
+    }
+}
+
 int wsdisk_move(struct wsdisk *d, const char *from, const char *to)
 {
     (void)d;
@@ -418,7 +433,7 @@ int wsdisk_move(struct wsdisk *d, const char *from, const char *to)
     if (rename(fi, ti) != 0) {
         LOG_WARN("wsdisk: rename %s to %s: %s", fi, ti, strerror(errno));
     }
-    rmdir(from);
+    rm_mount_point(from);
     free(fi);
     free(ti);
     return 0;
@@ -439,7 +454,7 @@ int wsdisk_remove(struct wsdisk *d, const char *dir)
         if (umount2(dir, MNT_DETACH) != 0) {
             LOG_WARN("wsdisk: cannot unmount %s: %s", dir, strerror(errno));
         } else {
-            rmdir(dir);
+            rm_mount_point(dir);
             rc = 0;
         }
     }
@@ -576,6 +591,62 @@ static void adopt_workspaces(struct wsdisk *d)
     }
 }
 
+/* Delete the images in dir that no mount uses (regular files <name>.disk whose <name> is not a
+ * mount point), and the empty directory <name>. */
+static void drop_unmounted_images(const char *dir)
+{
+    DIR *dp = opendir(dir);
+    struct dirent *de;
+    size_t sl = strlen(IMG_SUFFIX);
+    while (dp && (de = readdir(dp)) != NULL) {
+        size_t len = strlen(de->d_name);
+        struct stat sb;
+        if (len <= sl || strcmp(de->d_name + len - sl, IMG_SUFFIX) != 0 ||
+            fstatat(dirfd(dp), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode)) {
+            continue;
+        }
+        char *mp = xasprintf("%s/%.*s", dir, (int)(len - sl), de->d_name);
+        if (!is_mount(mp)) {
+            LOG_INFO("wsdisk: deleting %s%s, a disk no longer mounted", mp, IMG_SUFFIX);
+            unlinkat(dirfd(dp), de->d_name, 0);
+            rmdir(mp); /* the mount point, if empty */
+        }
+        free(mp);
+    }
+    if (dp) {
+        closedir(dp);
+    }
+}
+
+/* The images of warm workspaces and image builds that no mount uses: a server stopped between
+ * mkfs and mount, or a reboot lost the mount (these disks are made again, never adopted). Left
+ * there, each would keep what was written into it until its repository is deleted. Run after
+ * sweep_mounts removed the mounted ones; only the two places such disks are made are looked at:
+ * <data_dir>/repos/<repo>/build-<id> and <data_dir>/repos/<repo>/warm/<id>. */
+static void sweep_repo_images(struct wsdisk *d)
+{
+    char *rd = xasprintf("%s/repos", d->data_dir);
+    DIR *dp = opendir(rd);
+    struct dirent *de;
+    while (dp && (de = readdir(dp)) != NULL) {
+        struct stat sb;
+        if (de->d_name[0] == '.' || fstatat(dirfd(dp), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !S_ISDIR(sb.st_mode)) {
+            continue;
+        }
+        char *repo = xasprintf("%s/%s", rd, de->d_name);
+        char *warm = xasprintf("%s/warm", repo);
+        drop_unmounted_images(repo);
+        drop_unmounted_images(warm);
+        free(warm);
+        free(repo);
+    }
+    if (dp) {
+        closedir(dp);
+    }
+    free(rd);
+}
+
 /* The checks that decide whether disks can be made here; reason set when not. */
 static int probe(struct wsdisk *d)
 {
@@ -631,6 +702,7 @@ int wsdisk_open(const struct wsdisk_config *cfg, struct wsdisk **out)
     if (d->can_mount) {
         sweep_mounts(d);
         adopt_workspaces(d);
+        sweep_repo_images(d);
     }
     if (d->mib > 0 && d->can_mount && self_test(d)) {
         d->enforced = 1;

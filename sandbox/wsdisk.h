@@ -56,8 +56,9 @@ int wsdisk_make(struct wsdisk *d, const char *dir);
 /** Rename the workspace from to the path to (which must not exist, or be an empty directory):
  * a disk is moved (its mount and its image), a plain directory renamed. 0 or ERR_IO. */
 int wsdisk_move(struct wsdisk *d, const char *from, const char *to);
-/** If dir is a disk: unmount it (lazily: a sandbox that still holds it keeps it until it ends),
- * delete its image and the empty mount point, and return 0. ERR_NOT_FOUND if dir is not a disk
+/** If dir is a disk: unmount it (lazily: a sandbox that still runs on it keeps it until it ends;
+ * the copies other sandboxes' mount namespaces hold go at once, with the mount point), delete
+ * its image and the empty mount point, and return 0. ERR_NOT_FOUND if dir is not a disk
  * (the caller deletes the tree as before). d may be NULL (ERR_NOT_FOUND). */
 int wsdisk_remove(struct wsdisk *d, const char *dir);
 /** 1 if dir is a disk (a mount point with its image next to it). */

@@ -37,10 +37,12 @@ _cleanup() {
     kill -KILL "$SERVER_PID" 2>/dev/null
     wait "$SERVER_PID" 2>/dev/null
   fi
-  # workspaces with a disk quota are loop mounts (sandbox/wsdisk.h) that a killed server leaves
+  # workspaces with a disk quota are loop mounts (sandbox/wsdisk.h) that a killed server leaves;
+  # the mount point goes too, also when $TMP is kept: only its removal frees the disk's copies
+  # in other servers' sandboxes' mount namespaces
   if [ "$(id -u)" = 0 ] && [ -r /proc/self/mountinfo ]; then
     awk -v t="$TMP/" 'index($5, t) == 1 {print $5}' /proc/self/mountinfo | sort -r |
-      while read -r m; do umount -l "$m" 2>/dev/null; done
+      while read -r m; do umount -l "$m" 2>/dev/null && rmdir "$m" 2>/dev/null; done
   fi
   if [ "$FAILED" = 0 ] && [ -z "${KEEP_TMP:-}" ]; then rm -rf "$TMP"; fi
 }

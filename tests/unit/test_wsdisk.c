@@ -1,7 +1,8 @@
 /*
  * test_wsdisk.c - workspace disks (sandbox/wsdisk.h): a write past the size fails with ENOSPC,
  * a disk moves with its image, removal unmounts and deletes it, and a restart adopts what it
- * finds (mounts a lost mount again, removes a staging disk). Needs root and loop devices:
+ * finds (mounts a lost mount again, removes a staging disk and the images no mount uses), and a
+ * removal reaches a mount namespace copied before it (a sandbox's). Needs root and loop devices:
  * without them each test only checks that the quota reports itself not enforced.
  */
 #include "testlib.h"
@@ -14,8 +15,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <time.h>
 
 static char g_tmp[256];
 
@@ -171,6 +177,97 @@ TEST(restart_adopts_and_sweeps)
     done(d);
 }
 
+/* 1 if /dev/loop<minor> still has a backing file (the disk's loop device is attached). */
+static int loop_attached(unsigned minor)
+{
+    char *p = xasprintf("/sys/block/loop%u/loop/backing_file", minor);
+    int yes = exists(p);
+    free(p);
+    return yes;
+}
+
+TEST(removal_reaches_a_namespace_copied_before)
+{
+    struct wsdisk *d = open_disk(16);
+    if (!d) {
+        return;
+    }
+    char *ws = xasprintf("%s/workspaces/e", g_tmp);
+    ASSERT_EQ(wsdisk_make(d, ws), 0);
+    char *f = xasprintf("%s/data", ws);
+    ASSERT_EQ(write_mib(f, 4), 0);
+    struct stat sb;
+    ASSERT_EQ(stat(ws, &sb), 0);
+    ASSERT_EQ(major(sb.st_dev), 7u); /* a loop device */
+    unsigned minor_no = minor(sb.st_dev);
+    /* what a sandbox's staging namespace is (sbx_local.c stage_mounts): a private copy of
+     * ours, made while the disk is mounted, that lives on */
+    int ready[2];
+    ASSERT_EQ(pipe(ready), 0);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        int ok =
+            unshare(CLONE_NEWNS) == 0 && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0;
+        ssize_t w = write(ready[1], ok ? "y" : "n", 1);
+        (void)w;
+        pause();
+        _exit(0);
+    }
+    char c = 0;
+    ASSERT_EQ(read(ready[0], &c, 1), 1);
+    ASSERT_EQ(c, 'y');
+    ASSERT_EQ(wsdisk_remove(d, ws), 0);
+    /* the removal reached the copy (with the mount point): the loop device is let go while the
+     * namespace lives */
+    for (int i = 0; i < 100 && loop_attached(minor_no); i++) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int attached = loop_attached(minor_no);
+    ASSERT_EQ(kill(pid, 0), 0); /* the copy still exists */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    ASSERT_EQ(attached, 0);
+    close(ready[0]);
+    close(ready[1]);
+    free(f);
+    free(ws);
+    done(d);
+}
+
+TEST(start_deletes_images_no_mount_uses)
+{
+    struct wsdisk *d = open_disk(16);
+    if (!d) {
+        return;
+    }
+    wsdisk_close(d);
+    /* a start that stopped between mkfs and mount (or a reboot that lost the mounts) leaves
+     * images of warm and build disks behind */
+    char *warm = xasprintf("%s/repos/r/warm/w1", g_tmp);
+    char *build = xasprintf("%s/repos/r/build-1", g_tmp);
+    char *wimg = xasprintf("%s.disk", warm), *bimg = xasprintf("%s.disk", build);
+    char *snap = xasprintf("%s/repos/r/warm/w1.snap", g_tmp);
+    char *other = xasprintf("%s/repos/r/objects.git", g_tmp);
+    ASSERT_EQ(util_mkdir_p(warm, 0755), 0);
+    ASSERT_EQ(util_mkdir_p(snap, 0755), 0);
+    ASSERT_EQ(util_mkdir_p(other, 0755), 0);
+    ASSERT_EQ(write_mib(wimg, 1), 0);
+    ASSERT_EQ(write_mib(bimg, 1), 0);
+    struct wsdisk_config cfg = {.data_dir = g_tmp, .mib = 16};
+    ASSERT_EQ(wsdisk_open(&cfg, &d), 0);
+    ASSERT(!exists(wimg) && !exists(warm) && !exists(bimg));
+    ASSERT(exists(snap) && exists(other)); /* what is not a disk is not wsdisk's */
+    free(warm);
+    free(build);
+    free(wimg);
+    free(bimg);
+    free(snap);
+    free(other);
+    done(d);
+}
+
 TEST(off_makes_plain_directories)
 {
     struct wsdisk *d = NULL;
@@ -188,9 +285,8 @@ TEST(off_makes_plain_directories)
 }
 
 static const struct test_case tests[] = {
-    T(write_past_the_size_is_enospc),
-    T(move_takes_mount_and_image),
-    T(restart_adopts_and_sweeps),
-    T(off_makes_plain_directories),
+    T(write_past_the_size_is_enospc),      T(move_takes_mount_and_image),
+    T(restart_adopts_and_sweeps),          T(removal_reaches_a_namespace_copied_before),
+    T(start_deletes_images_no_mount_uses), T(off_makes_plain_directories),
 };
 TEST_MAIN(tests)
