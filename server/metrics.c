@@ -120,6 +120,9 @@ int api_metrics(struct req *r)
                "Sessions that folded parked comments into their file.", (double)s.folds);
         metric(&b, "sessiond_spool_folded_total", "counter",
                "Parked comments folded into their session file.", (double)s.folded);
+        metric(&b, "sessiond_sqlite_page_cache_bytes", "gauge",
+               "SQLite page cache of the open session files (at their last commit).",
+               (double)s.cache_bytes);
         metric(&b, "sessiond_store_quarantined_total", "counter",
                "Corrupt session files moved to <data_dir>/quarantine/.", (double)s.quarantined);
         metric(&b, "sessiond_wal_checkpoints_total", "counter",
