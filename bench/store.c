@@ -2,6 +2,7 @@
  * bench/store.c - the storage ceiling: T threads append 200-byte events into one session
  * (group commit), then into S sessions chosen at random with a small LRU cap.
  * Usage: build/bench/store [threads] [events_per_thread] [sessions] [max_open]
+ * (STORE_BENCH_CACHE_KIB: page cache per session file)
  * Prints events/s, commits (transactions) and the LRU hit rate.
  */
 #include "common/clock.h"
@@ -85,7 +86,11 @@ int main(int argc, char **argv)
         return 2;
     }
     snprintf(data, sizeof(data), "{\"content\":\"%0200d\"}", 0);
-    struct store_config cfg = {.data_dir = dir, .max_open = max_open};
+    /* STORE_BENCH_CACHE_KIB=N: the page cache of each session file (the store's default if
+     * unset), to weigh memory against speed. */
+    const char *ck = getenv("STORE_BENCH_CACHE_KIB");
+    struct store_config cfg = {
+        .data_dir = dir, .max_open = max_open, .cache_kib = ck ? (int)strtol(ck, NULL, 10) : 0};
     if (store_open(&cfg, &st)) {
         return 1;
     }

@@ -326,6 +326,7 @@ static int start_store(struct app_root *ar)
         .data_dir = cfg->data_dir,
         .durability_full = strcmp(cfg->durability, "full") == 0,
         .max_open = (int)cfg->max_open_sessions,
+        .cache_kib = (int)cfg->session_cache_kib,
         .no_spool = !cfg->park_comments,
         .on_event = fanout_event, /* the WebSocket hub and Slack hear committed events */
         .on_event_ctx = &ar->fan,

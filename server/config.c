@@ -71,6 +71,8 @@ static const struct cfg_field fields[] = {
     FI("max_artifact_bytes", max_artifact_bytes, "16777216", 1024, (int64_t)1 << 32,
        "artifact upload cap (bytes)"),
     FI("max_open_sessions", max_open_sessions, "256", 1, 1000000, "open session files (LRU)"),
+    FI("session_cache_kib", session_cache_kib, "64", 16, 1048576,
+       "SQLite page cache per open session file (KiB)"),
     FB("park_comments", park_comments, "true",
        "comments to hibernated sessions go to the spool (no wake-up)"),
     FI("max_unfinished_prompts", max_unfinished_prompts, "10", 1, 100000,

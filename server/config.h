@@ -43,6 +43,7 @@ struct config {
     int64_t max_content_chars;      /* message content cap in characters */
     int64_t max_artifact_bytes;     /* artifact upload cap in bytes */
     int64_t max_open_sessions;      /* LRU cap on open session files */
+    int64_t session_cache_kib;      /* SQLite page cache per open session file */
     int park_comments;              /* 0: store_config.no_spool */
     int64_t max_unfinished_prompts; /* per session; 429 above */
     int64_t idle_timeout;           /* seconds before an idle HTTP connection is closed */

@@ -41,6 +41,7 @@ struct store_config {
     int durability_full;     /* 1: synchronous=FULL (power-loss safe); 0: NORMAL */
     int max_open;            /* LRU cap on open session files; 0 = 256 */
     int no_spool;            /* 1: store_park never parks (every write wakes its session) */
+    int cache_kib;           /* SQLite page cache of each open session file; 0 = 64 KiB */
     store_event_fn on_event; /* may be NULL */
     void *on_event_ctx;
 };
@@ -88,6 +89,7 @@ struct store_stats {
     uint64_t commits;     /* group-commit transactions */
     uint64_t ops;         /* operations committed */
     uint64_t quarantined; /* corrupt session files moved to <data_dir>/quarantine/ */
+    int64_t cache_bytes;  /* SQLite page cache of the open session files (at their last commit) */
     int open_now;
 };
 void store_get_stats(struct store *st, struct store_stats *out);

@@ -132,8 +132,9 @@ struct sess {
     int is_spool;         /* the spool actor: spool.db, spool migrations, no events */
     sqlite3 *db;
     int open_rc;
-    int wal_pages; /* frames in the WAL after the last commit of this open (wal hook) */
-    int presynced; /* the WAL was handed to the syncer since it last restarted */
+    int wal_pages;   /* frames in the WAL after the last commit of this open (wal hook) */
+    int cache_bytes; /* page cache of s->db at its last commit (wal hook); counted in st */
+    int presynced;   /* the WAL was handed to the syncer since it last restarted */
     int64_t last_seq;
     int64_t last_activity;
     int64_t flushed_seq;

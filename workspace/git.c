@@ -328,6 +328,56 @@ out:
     return rc;
 }
 
+/* An ls-remote: connect, read the advertised refs, disconnect; no object is transferred. The
+ * remote is detached (no repository), so no configuration of anyone's (insteadOf, proxies,
+ * credential helpers) takes part; transfers go without a proxy, like every fetch here. */
+int gitx_remote_head(const char *url, const char *branch, const struct gitx_cred *cred,
+                     char head[41])
+{
+    git_remote *remote = NULL;
+    const git_remote_head **refs = NULL;
+    size_t n = 0;
+    char refname[256];
+    struct cbctx cb = {.cred = cred};
+    int rc = gitx_init(NULL, NULL);
+    if (rc == 0) {
+        rc = gitxi_valid_branch(branch, refname, sizeof(refname));
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    int grc = git_remote_create_detached(&remote, url);
+    if (grc < 0) {
+        rc = gitxi_err(grc, "remote");
+        goto out;
+    }
+    git_remote_callbacks rcb;
+    git_remote_init_callbacks(&rcb, GIT_REMOTE_CALLBACKS_VERSION);
+    set_callbacks(&rcb, &cb);
+    git_proxy_options po;
+    git_proxy_options_init(&po, GIT_PROXY_OPTIONS_VERSION);
+    po.type = GIT_PROXY_NONE;
+    grc = git_remote_connect(remote, GIT_DIRECTION_FETCH, &rcb, &po, NULL);
+    if (grc == 0) {
+        grc = git_remote_ls(&refs, &n, remote);
+    }
+    if (grc < 0) {
+        rc = gitxi_err(grc, "ls-remote");
+        goto out;
+    }
+    rc = ERR_NOT_FOUND;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(refs[i]->name, refname) == 0) {
+            gitxi_oid_hex(&refs[i]->oid, head);
+            rc = 0;
+            break;
+        }
+    }
+out:
+    git_remote_free(remote); /* disconnects */
+    return rc;
+}
+
 /* ---------------------------------------------------------------- shared object stores */
 
 int gitx_mirror_fetch(const char *gitdir, const char *url, const char *branch,

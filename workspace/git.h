@@ -72,6 +72,11 @@ int gitx_clone(const char *url, const char *branch, const char *dir, const struc
 int gitx_sync(const char *dir, const char *shared, const char *url, const char *branch,
               const struct gitx_cred *cred, char head[41]);
 
+/** The commit id branch points at on url now (a ls-remote: nothing is fetched or written).
+ * ERR_NOT_FOUND if the remote has no such branch; errors as gitx_clone otherwise. */
+int gitx_remote_head(const char *url, const char *branch, const struct gitx_cred *cred,
+                     char head[41]);
+
 /** Fetch branch from url into the bare repository gitdir (created if missing) as
  * refs/heads/<branch>: the shared object store of a repository. Only what the store lacks is
  * transferred; objects are never deleted (see docs/repos.md). head (may be NULL) gets the

@@ -6,7 +6,8 @@
  * with posix_spawn (no fork of the threaded server: libgit2's and the TLS library's locks may
  * be held by another thread at that moment) and waits for it. The helper is single threaded.
  *
- * Invariants: the helper gets an empty environment and descriptors 0, 1, 2 only; it never
+ * Invariants: the helper gets an empty environment and descriptors 0, 1, 2 only (a sanitizer
+ * build adds its sanitizer options and a report file: see san_open); it never
  * runs libgit2 on a workspace as root when the request names a user; an answer is at most
  * ANSWER_CAP bytes and a request REQUEST_CAP.
  */
@@ -131,19 +132,118 @@ static int read_answer(int fd, pid_t pid, int net, struct buf *b)
     }
 }
 
-static int spawn_helper(const char *bin, int in_fd, int out_fd, pid_t *pid)
+/* ---- sanitizer builds: the helper's reports go where the server's go ----
+ *
+ * A sanitizer writes a report to its log_path when its options name one, opening the file
+ * when the report is written. The helper cannot do that: its environment is empty, and by
+ * then it is confined (the host tree read-only in its mount namespace) and usually runs as a
+ * sandbox uid. So in a sanitizer build only, and only when the server's own options name a
+ * log_path, the server opens an unnamed file (O_TMPFILE) in that directory and hands it to
+ * the helper as descriptor GITJOB_REPORT_FD, which the helper makes its report descriptor
+ * before anything else (gitjob/sessiond-git.c); the helper also gets the server's sanitizer
+ * option variables (ASAN_OPTIONS and its kin, nothing else of the environment), so it halts,
+ * checks leaks and suppresses as the server does. A file the helper wrote to is linked in
+ * as <log_path>.<helper pid>, where the test runner counts reports; an empty one vanishes
+ * with its descriptor. Safe: a release build compiles none of this, the variables are the
+ * operator's sanitizer settings (no secret), and the descriptor names a file nobody else
+ * has. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SAN_BUILD 1
+#else
+#define SAN_BUILD 0
+#endif
+
+struct san_report {
+    int fd;              /* the unnamed report file, or -1 */
+    char path[PATH_MAX]; /* the server's log_path */
+    char *env[5];        /* the sanitizer option variables set in the server, NULL-ended */
+};
+
+#if SAN_BUILD
+static const char *const SAN_VARS[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS",
+                                       "TSAN_OPTIONS"};
+
+/* The value of log_path in a sanitizer option string (options are separated by ':', ','
+ * or blanks), copied into out; 0 if there is none. */
+static int san_log_path(const char *opts, char *out, size_t cap)
+{
+    for (const char *p = opts; p && *p;) {
+        size_t n = strcspn(p, ":, \t\n");
+        if (n > 9 && strncmp(p, "log_path=", 9) == 0 && n - 9 < cap) {
+            memcpy(out, p + 9, n - 9);
+            out[n - 9] = 0;
+            return 1;
+        }
+        p += n + (p[n] ? 1 : 0);
+    }
+    return 0;
+}
+#endif
+
+static void san_open(struct san_report *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->fd = -1;
+#if SAN_BUILD
+    int nenv = 0, found = 0;
+    for (size_t i = 0; i < sizeof(SAN_VARS) / sizeof(SAN_VARS[0]); i++) {
+        const char *v = getenv(SAN_VARS[i]);
+        if (!v) {
+            continue;
+        }
+        r->env[nenv++] = xasprintf("%s=%s", SAN_VARS[i], v);
+        found = found || san_log_path(v, r->path, sizeof(r->path));
+    }
+    char dir[PATH_MAX];
+    const char *slash = found ? strrchr(r->path, '/') : NULL;
+    if (slash && slash != r->path && (size_t)(slash - r->path) < sizeof(dir)) {
+        memcpy(dir, r->path, (size_t)(slash - r->path));
+        dir[slash - r->path] = 0;
+        r->fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    }
+#endif
+}
+
+/* After the helper exited: keep what it reported, free the rest. */
+static void san_close(struct san_report *r, pid_t pid)
+{
+    struct stat sb;
+    if (r->fd >= 0 && pid > 0 && fstat(r->fd, &sb) == 0 && sb.st_size > 0) {
+        char proc[64], dst[PATH_MAX + 32];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", r->fd);
+        snprintf(dst, sizeof(dst), "%s.%d", r->path, (int)pid);
+        if (linkat(AT_FDCWD, proc, AT_FDCWD, dst, AT_SYMLINK_FOLLOW) != 0) {
+            LOG_ERROR("gitjob: the helper's sanitizer report: cannot link %s: %s", dst,
+                      strerror(errno));
+        }
+    }
+    if (r->fd >= 0) {
+        close(r->fd);
+    }
+    for (int i = 0; r->env[i]; i++) {
+        free(r->env[i]);
+        r->env[i] = NULL;
+    }
+    r->fd = -1;
+}
+
+static int spawn_helper(const char *bin, int in_fd, int out_fd, const struct san_report *san,
+                        pid_t *pid)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
     sigset_t none, all;
     char *const argv[] = {"sessiond-git", NULL};
-    char *const envp[] = {NULL};
+    char *const *envp = san->env; /* empty but in a sanitizer build */
     sigemptyset(&none);
     sigfillset(&all);
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, in_fd, 0);
     posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    if (san->fd >= 0) {
+        posix_spawn_file_actions_adddup2(&fa, san->fd, GITJOB_REPORT_FD);
+    }
+    posix_spawn_file_actions_addclosefrom_np(&fa, san->fd >= 0 ? GITJOB_REPORT_FD + 1 : 3);
     posix_spawnattr_init(&at);
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &all); /* the server ignores SIGPIPE */
@@ -165,7 +265,9 @@ static int run_job(const struct gitjob_cfg *c, json_t *req, json_t **ans)
     pid_t pid = -1;
     char *text = NULL;
     struct buf b;
+    struct san_report san;
     buf_init(&b, ANSWER_CAP);
+    san_open(&san);
     *ans = NULL;
     json_object_set_new(req, "uid", json_integer(c->uid));
     json_object_set_new(req, "gid", json_integer(c->gid));
@@ -181,7 +283,7 @@ static int run_job(const struct gitjob_cfg *c, json_t *req, json_t **ans)
         rc = ERR_IO;
     }
     if (rc == 0) {
-        rc = spawn_helper(c->bin, in[0], out[1], &pid);
+        rc = spawn_helper(c->bin, in[0], out[1], &san, &pid);
     }
     if (rc != 0) {
         goto out;
@@ -198,6 +300,7 @@ static int run_job(const struct gitjob_cfg *c, json_t *req, json_t **ans)
     int st = 0;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
+    san_close(&san, pid);
     if (rc != 0) {
         goto out;
     }
@@ -226,6 +329,7 @@ out:
     if (text) { /* it held the credentials and the scanned secrets */
         explicit_bzero(text, strlen(text));
     }
+    san_close(&san, -1);
     free(text);
     buf_free(&b);
     json_decref(req);

@@ -88,6 +88,11 @@ int gitjob_push(const struct gitjob_cfg *c, const char *dir, const char *shared,
  * namespace where only dir is writable. A no-op without a sandbox user (uid <= 0). */
 int gitjob_chown(const struct gitjob_cfg *c, const char *dir);
 
+/** In a sanitizer build the server may hand the helper an unnamed report file as this
+ * descriptor (gitjob.c, san_open); the helper's main makes it the sanitizer report
+ * descriptor. Never open in a release build. */
+#define GITJOB_REPORT_FD 3
+
 /** The helper's main: one request from in_fd, one answer to out_fd. Returns the exit status. */
 int gitjob_serve(int in_fd, int out_fd);
 

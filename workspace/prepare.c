@@ -44,6 +44,24 @@ static void sync_req_set(struct sync_req *q, const char *url, const char *branch
     q->branch = branch ? xstrdup(branch) : NULL;
 }
 
+/* Whether the warm workspace w is at the branch head of this moment, the session's base: the
+ * pool syncs it every RESYNC_MS, and a commit pushed since (even a second before the session
+ * was created) must be in it. A ls-remote costs a round trip and no transfer; when it fails,
+ * or the head moved, the caller syncs (fetch + reset) as for any restored tree. */
+static int warm_at_head(const char *sid, const struct warm *w, const char *url, const char *branch)
+{
+    char head[41] = "";
+    int64_t t0 = clock_mono_us();
+    int rc = w->head[0] ? gitx_remote_head(url, branch, NULL, head) : ERR_NOT_FOUND;
+    int same = rc == 0 && strcmp(head, w->head) == 0;
+    LOG_INFO("repos: session %s: remote head check %lld us: %s", sid,
+             (long long)(clock_mono_us() - t0),
+             rc != 0 ? err_str(rc)
+             : same  ? "the warm workspace is at the head"
+                     : "moved: sync");
+    return same;
+}
+
 /* Step 2 of prepare: move the claimed warm workspace w (taken over) into workspace, with its
  * running sandbox (handed over to the runner through r->handoffs) and its seeded snapshot store
  * (which becomes the session's unless the session has snapshots already). 0, or an error
@@ -58,8 +76,8 @@ static int from_warm(struct repos *r, const char *sid, struct warm *w, const cha
         repos__warm_free(r, w);
         return ERR_IO;
     }
-    if (defer && w->synced_ms + CLAIM_RESYNC_MS <= clock_now_ms()) {
-        sync_req_set(defer, url, branch); /* the head may have moved since */
+    if (defer && !warm_at_head(sid, w, url, branch)) {
+        sync_req_set(defer, url, branch);
     }
     if (w->sbx && defer && sbx_alive(w->sbx) && sbx_rehome(w->sbx, sid, workspace) == 0) {
         struct handoff *h = xcalloc(1, sizeof(*h));

@@ -23,8 +23,7 @@ struct prs_db;
 #define SETUP_OUT_CAP   (128 * 1024)
 #define RESYNC_MS       60000
 #define REFILL_DELAY_MS 250
-#define CLAIM_RESYNC_MS 5000 /* a claimed warm workspace synced longer ago re-syncs */
-#define SYNC_HOLD_MS    100  /* a background sync waits this long at most for sandbox.ready */
+#define SYNC_HOLD_MS    100 /* a background sync waits this long at most for sandbox.ready */
 
 struct warm {
     struct warm *next;

@@ -67,6 +67,8 @@ static void store_samples(struct buf *b, struct store *st)
         {"sessiond_commits_total", C, "Group-commit transactions.", s.commits},
         {"sessiond_commit_ops_total", C, "Write operations committed (ops/commits = batching).",
          s.ops},
+        {"sessiond_sqlite_page_cache_bytes", G,
+         "SQLite page cache of the open session files (at their last commit).", s.cache_bytes},
     };
     WRITE_SAMPLES(b, v);
 }

@@ -183,8 +183,13 @@ static void conn_close(struct wsg *g, struct conn *c)
         c->next->prev = c->prev;
     }
     pthread_mutex_unlock(&g->lock);
+    /* Out of the epoll set before the close: the client socket is a dup of libmicrohttpd's,
+     * and epoll drops a registration only when every descriptor of the file is closed, so a
+     * close alone could leave events naming c coming after c is freed. */
+    set_events(g, c, &c->cli, 0);
+    set_events(g, c, &c->lws, 0);
     if (c->cli.fd >= 0) {
-        close(c->cli.fd); /* also leaves the epoll set */
+        close(c->cli.fd);
     }
     if (c->lws.fd >= 0) {
         close(c->lws.fd);
@@ -207,8 +212,9 @@ static void free_dead(struct wsg *g)
     }
 }
 
-static void close_lws_side(struct conn *c)
+static void close_lws_side(struct wsg *g, struct conn *c)
 {
+    set_events(g, c, &c->lws, 0);
     if (c->lws.fd >= 0) {
         close(c->lws.fd); /* lws sees the end of its stream and drops the connection */
         c->lws.fd = -1;
@@ -219,10 +225,10 @@ static void close_lws_side(struct conn *c)
 
 /* An unmasked frame: it never reaches lws; the client gets a close frame 1002 if the
  * server's side of the stream is between frames (else only the closed connection). */
-static void refuse_unmasked(struct conn *c)
+static void refuse_unmasked(struct wsg *g, struct conn *c)
 {
     LOG_INFO("ws_guard: a client sent an unmasked frame: closing the connection (1002)");
-    close_lws_side(c);
+    close_lws_side(g, c);
     if (scan_between_frames(&c->sdown)) {
         memcpy(c->tail, CLOSE_1002, sizeof(CLOSE_1002));
         c->tail_len = sizeof(CLOSE_1002);
@@ -294,9 +300,9 @@ static int client_to_lws(struct wsg *g, struct conn *c)
     }
     size_t ok = 0;
     if (scan_feed(&c->sup, g->scratch, (size_t)n, 1, &ok)) {
-        refuse_unmasked(c);
+        refuse_unmasked(g, c);
     } else if (send_or_keep(&c->up, c->lws.fd, g->scratch, (size_t)n) != 0) {
-        close_lws_side(c);
+        close_lws_side(g, c);
     }
     return 1;
 }
@@ -312,7 +318,7 @@ static int lws_to_client(struct wsg *g, struct conn *c)
         return 0;
     }
     if (n <= 0) {
-        close_lws_side(c); /* lws is done: nothing more can go its way either */
+        close_lws_side(g, c); /* lws is done: nothing more can go its way either */
         return 1;
     }
     size_t ok = 0;
@@ -320,19 +326,19 @@ static int lws_to_client(struct wsg *g, struct conn *c)
     if (send_or_keep(&c->down, c->cli.fd, g->scratch, (size_t)n) != 0) {
         c->cli_eof = 1;
         dir_clear(&c->down);
-        close_lws_side(c);
+        close_lws_side(g, c);
     }
     return 1;
 }
 
 /* What waits in the buffers, our close frame last; the ends of the stream. */
-static int flush(struct conn *c)
+static int flush(struct wsg *g, struct conn *c)
 {
     int moved = 0, r;
     if (c->lws.fd >= 0 && (r = dir_flush(&c->up, c->lws.fd)) != 0) {
         moved = 1;
         if (r < 0) {
-            close_lws_side(c);
+            close_lws_side(g, c);
         }
     }
     if (c->lws.fd >= 0 && c->cli_eof && !c->up.len && !c->up_shut) {
@@ -356,7 +362,7 @@ static int flush(struct conn *c)
         c->cli_eof = 1;
         dir_clear(&c->down);
         c->tail_len = 0;
-        close_lws_side(c);
+        close_lws_side(g, c);
         return 1;
     }
     if (c->lws_eof && !c->down.len && !c->tail_len && !c->down_shut) {
@@ -380,7 +386,7 @@ static void on_event(struct wsg *g, struct conn *c, int cli_end, uint32_t events
             lws_to_client(g, c);
         }
     }
-    flush(c);
+    flush(g, c);
     if (c->cli_eof && c->lws_eof && !c->down.len && !c->tail_len) {
         conn_close(g, c);
         return;

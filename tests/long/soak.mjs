@@ -27,6 +27,14 @@ function sample(pid) {
   return { rss, fds, threads };
 }
 
+// The SQLite page cache of the open session files (a server gauge), in kB: the share of the
+// RSS that is cached file pages, bounded per file by its cache_size.
+async function cacheKiB(srv) {
+  const text = await fetch(srv.base + '/metrics', { headers: { Authorization: `Bearer ${srv.admin}` } }).then((r) => r.text()).catch(() => '');
+  const m = /^sessiond_sqlite_page_cache_bytes (\S+)$/m.exec(text);
+  return m ? Math.round(parseFloat(m[1]) / 1024) : -1;
+}
+
 const srv = await startServer(['--sandbox', 'local', '--sandbox-idle-stop', '20', '--request-log', 'false',
   '--log-level', 'warn', ...(process.env.SOAK_SERVER_ARGS ? process.env.SOAK_SERVER_ARGS.split(' ') : [])]);
 const pid = srv.proc.pid;
@@ -96,17 +104,17 @@ while (Date.now() < end && !broken) {
   if (now >= nextSample) {
     nextSample += SAMPLE_MS;
     try {
-      samples.push({ t: Math.round((now - start) / 1000), ...sample(pid) });
+      samples.push({ t: Math.round((now - start) / 1000), ...sample(pid), cache: await cacheKiB(srv) });
     } catch (e) {
       broken = 'cannot sample the server: ' + e.message;
     }
     const s = samples[samples.length - 1];
-    console.log(`# t=${s.t}s rss=${s.rss} kB fds=${s.fds} threads=${s.threads} msgs=${counts.messages} prompts=${counts.prompts} reconnects=${counts.reconnects}`);
+    console.log(`# t=${s.t}s rss=${s.rss} kB sqlite_cache=${s.cache} kB fds=${s.fds} threads=${s.threads} msgs=${counts.messages} prompts=${counts.prompts} reconnects=${counts.reconnects}`);
   }
   await sleep(tick);
 }
 await sleep(2000);
-const last = { t: Math.round((Date.now() - start) / 1000), ...sample(pid) };
+const last = { t: Math.round((Date.now() - start) / 1000), ...sample(pid), cache: await cacheKiB(srv) };
 samples.push(last);
 const open_ = clients.filter((c) => c && c.ws.readyState === 1).length;
 
@@ -117,8 +125,8 @@ const rssPct = ((last.rss - base.rss) / base.rss) * 100;
 const fdDelta = last.fds - base.fds;
 console.log(`soak: ${SECONDS}s, ${NSESS} sessions, ${NCLIENTS} ws clients (${open_} open at the end, ${counts.reconnects} reconnects, ${connectFailures} connect failures), ${counts.messages} messages (${counts.msgFail} failed), ${counts.prompts} prompts (${counts.promptFail} failed)`);
 console.log(`soak: rss t=${base.t}s ${base.rss} kB -> end ${last.rss} kB (${rssPct >= 0 ? '+' : ''}${rssPct.toFixed(1)} %, ${Math.abs(rssPct) <= 10 ? 'within' : 'OUTSIDE'} 10 %); ` +
-  `fds ${base.fds} -> ${last.fds} (${fdDelta >= 0 ? '+' : ''}${fdDelta}, ${Math.abs(fdDelta) <= 5 ? 'within' : 'OUTSIDE'} +-5); threads ${base.threads} -> ${last.threads}`);
-fs.writeFileSync(process.env.SOAK_SAMPLES || '/dev/null', samples.map((s) => `${s.t} ${s.rss} ${s.fds} ${s.threads}`).join('\n') + '\n');
+  `sqlite page cache ${base.cache} -> ${last.cache} kB; fds ${base.fds} -> ${last.fds} (${fdDelta >= 0 ? '+' : ''}${fdDelta}, ${Math.abs(fdDelta) <= 5 ? 'within' : 'OUTSIDE'} +-5); threads ${base.threads} -> ${last.threads}`);
+fs.writeFileSync(process.env.SOAK_SAMPLES || '/dev/null', samples.map((s) => `${s.t} ${s.rss} ${s.fds} ${s.threads} ${s.cache ?? -1}`).join('\n') + '\n');
 const metrics = await fetch(srv.base + '/metrics', { headers: { Authorization: `Bearer ${srv.admin}` } }).then((r) => r.text()).catch(() => '');
 const metric = (name) => (new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(metrics) || [])[1];
 console.log(`soak: server metrics: prompts completed ${metric('sessiond_prompts_completed_total') ?? '?'} failed ${metric('sessiond_prompts_failed_total') ?? '?'}, ws clients ${metric('sessiond_ws_clients') ?? '?'}, sessions open ${metric('sessiond_sessions_open') ?? '?'}`);
