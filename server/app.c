@@ -178,12 +178,39 @@ static void abort_deferred(void *ctx)
 
 /* ---- process set-up ---- */
 
-/* Raise the soft fd limit to the hard limit; returns the resulting soft limit. */
+/* The system's ceiling for one process's descriptors (fs.nr_open), capped at 256 Ki (lws and
+ * MHD size tables from the limit: 256 Ki keeps those small and serves ~60,000 clients). */
+static rlim_t nr_open(void)
+{
+    rlim_t n = 262144;
+    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+    unsigned long long v = 0;
+    if (f && fscanf(f, "%llu", &v) == 1 && v > 0 && v < n) {
+        n = (rlim_t)v;
+    }
+    if (f) {
+        fclose(f);
+    }
+    return n;
+}
+
+/* Raise the fd limit: as root (CAP_SYS_RESOURCE) the hard limit too, up to fs.nr_open, since
+ * each WebSocket client holds up to four descriptors (its socket, the guard's dup and
+ * socketpair) and a host's default hard limit (often 20,000 or less) would refuse clients long
+ * before memory runs out; otherwise the soft limit up to the hard one. Returns the resulting
+ * soft limit. */
 static rlim_t raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
         return 1024;
+    }
+    rlim_t ceiling = nr_open();
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < ceiling) {
+        struct rlimit up = {ceiling, ceiling};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0) {
+            return ceiling;
+        }
     }
     if (rl.rlim_cur < rl.rlim_max) {
         rlim_t want = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
