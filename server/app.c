@@ -211,6 +211,11 @@ static rlim_t raise_nofile(void)
         if (setrlimit(RLIMIT_NOFILE, &up) == 0) {
             return ceiling;
         }
+        LOG_WARN("main: the hard fd limit %llu cannot be raised (%s): with ws.require_mask on "
+                 "that serves about %llu WebSocket clients; raise it (LimitNOFILE=) or grant "
+                 "CAP_SYS_RESOURCE",
+                 (unsigned long long)rl.rlim_max, strerror(errno),
+                 (unsigned long long)rl.rlim_max / 4);
     }
     if (rl.rlim_cur < rl.rlim_max) {
         rlim_t want = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
