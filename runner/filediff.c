@@ -13,9 +13,10 @@
  * own session's events, by at most its deadline.
  *
  * Bounds, per prompt: FILEDIFF_MAX diffs of FILEDIFF_CAP bytes of text each (longer:
- * `diff_truncated`), FILEDIFF_TOTAL bytes in all, and the diffs end FILEDIFF_WALL_MS after
- * the first was queued; past any of them the event carries `diff_omitted: true` instead. A
- * helper that runs past its deadline gives `diff_error`. A session without a repository (no
+ * `diff_truncated`), FILEDIFF_TOTAL bytes in all, and no diff starts once the prompt's diffs
+ * have taken FILEDIFF_BUSY_MS in all (the most its events are held back); past any of them the
+ * event carries `diff_omitted: true` instead. A helper that runs past its deadline (at most
+ * FILEDIFF_DEADLINE s) gives `diff_error`. A session without a repository (no
  * git) gets no diff fields. Fields named diff* that an agent wrote into its own file_changed
  * line are dropped: the diff is sessiond's.
  *
@@ -45,7 +46,7 @@
 #define FILEDIFF_TOTAL    (1024 * 1024)     /* bytes of diff text per prompt */
 #define FILEDIFF_FILE_CAP (2 * 1024 * 1024) /* a larger file is not read (binary, large) */
 #define FILEDIFF_DEADLINE 5                 /* s: one helper at most */
-#define FILEDIFF_WALL_MS  15000             /* no diff starts this long after the prompt's first */
+#define FILEDIFF_BUSY_MS  15000 /* helper time per prompt: the most a session's events wait */
 
 /* A queued job, or (d != NULL) a file_changed event waiting for its diff. */
 struct seq_ent {
@@ -181,14 +182,16 @@ static void *seq_main(void *arg)
             break;
         }
         if (e->d && !q->no_repo) {
-            int64_t left = FILEDIFF_WALL_MS - (clock_mono_ms() - q->first_ms);
+            int64_t left = FILEDIFF_BUSY_MS - q->busy_ms;
             size_t total_left = FILEDIFF_TOTAL - q->diff_bytes;
             if (left <= 0 || !total_left) {
                 json_object_set_new(e->d, "diff_omitted", json_true());
             } else {
                 pthread_mutex_unlock(&q->mu); /* the pump keeps queueing meanwhile */
+                int64_t t0 = clock_mono_ms();
                 size_t n = fill_diff(run, e->d, left, total_left);
                 pthread_mutex_lock(&q->mu);
+                q->busy_ms += clock_mono_ms() - t0;
                 q->diff_bytes += n < total_left ? n : total_left;
             }
         }
@@ -258,9 +261,6 @@ void runneri_file_changed(struct run *run, json_t *d, struct cq_job **job)
         inline_ev = 1;
     }
     if (!inline_ev) {
-        if (!q->diffs) {
-            q->first_ms = clock_mono_ms();
-        }
         if (*job) { /* what came before goes first */
             struct cq_job *j = *job;
             *job = NULL;

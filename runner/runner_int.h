@@ -65,7 +65,7 @@ struct run_seq {
     int diffs;         /* diffs queued this prompt (at most FILEDIFF_MAX) */
     size_t diff_bytes; /* diff text put in this prompt's events */
     int no_repo;       /* the session has no repository: file_changed carries no diff */
-    int64_t first_ms;  /* mono ms the first diff of the prompt was queued */
+    int64_t busy_ms;   /* helper time of the prompt's diffs (its events wait for them) */
 };
 
 /* One session known to the runner. Guarded by r->lock. Never freed before runner_stop. */

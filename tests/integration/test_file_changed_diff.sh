@@ -12,6 +12,19 @@ mkdir -p "$TMP/o"
   seq 1 10 > a.txt && $G add -A && $G commit -qm init &&
   $G push -q ../r.git main ) || { fail "seed repository"; finish; }
 
+# The git helper behind a wrapper: it logs each diff request's deadline, makes the diff of
+# slow.txt take 2 s and the one of broken.txt fail, and passes everything else through.
+REAL_GIT=$(dirname "$SESSIOND_BIN")/sessiond-git
+cat > "$TMP/git-wrap" <<WRAP
+#!/bin/bash
+req=\$(/bin/cat)
+case "\$req" in *'"op":"diff"'*) printf '%s\n' "\$req" | /bin/grep -o '"deadline_s":[0-9]*' >> "$TMP/deadlines" ;; esac
+case "\$req" in *'"op":"diff"'*'"path":"slow.txt"'*) /bin/sleep 2 ;; esac
+case "\$req" in *'"op":"diff"'*'"path":"broken.txt"'*) exit 1 ;; esac
+printf '%s' "\$req" | exec "$REAL_GIT"
+WRAP
+chmod 755 "$TMP/git-wrap"
+export SESSIOND_GIT_BIN="$TMP/git-wrap"
 start_server --repos-tick-ms 200
 api POST /v1/repos "{\"name\":\"r\",\"url\":\"$TMP/o/r.git\",\"pool_size\":0,\"image_interval_min\":0}"
 expect_status 201 "repository added"
@@ -93,6 +106,34 @@ events "$NID"
 check "no repository: two events, no diff fields" [ "$(fc ' | length')" = 2 -a \
   "$(fc '[] | .data | keys | map(select(startswith("diff"))) | length' | sort -u)" = 0 ]
 
+# a slow diff holds back only its own session's events, in order; another session goes on
+SLOW_T0=$(date +%s%N)
+prompt "$SID" 'echo s > slow.txt; echo f > fast.txt; echo b > broken.txt
+echo "{\"type\":\"file_changed\",\"path\":\"slow.txt\",\"action\":\"created\"}"
+echo "{\"type\":\"output\",\"text\":\"between\"}"
+echo "{\"type\":\"file_changed\",\"path\":\"fast.txt\",\"action\":\"created\"}"
+echo "{\"type\":\"file_changed\",\"path\":\"broken.txt\",\"action\":\"created\"}"'
+OID=$(new_session '{"title":"other"}')
+prompt "$OID" 'echo other'
+wait_event "$OID" prompt.completed 1 >/dev/null || fail "other session" "not completed"
+OTHER_MS=$((($(date +%s%N) - SLOW_T0) / 1000000))
+wait_event "$SID" prompt.completed 5 >/dev/null || fail "slow prompt" "not completed"
+SLOW_MS=$((($(date +%s%N) - SLOW_T0) / 1000000))
+echo "# slow diff: its session's prompt ended after ${SLOW_MS} ms, another session's after ${OTHER_MS} ms"
+check "a 2 s diff: its prompt waits for it, another session does not" [ "$SLOW_MS" -ge 2000 -a "$OTHER_MS" -lt 1800 ]
+events "$SID"
+SEL='[.events[] | select((.type=="agent.file_changed" and (.data.path=="slow.txt" or .data.path=="fast.txt" or .data.path=="broken.txt")) or (.type=="agent.output" and (.data.text|test("between"))))]'
+SEQS=$(jget "$SEL | map(.seq) | join(\" \")" "$EVS")
+ORDER=$(jget "$SEL | map(.data.path // \"out\") | join(\" \")" "$EVS")
+S_END=$(jget '[.events[] | select(.type=="prompt.completed")][4].seq' "$EVS")
+check "behind a slow diff the events keep their order, before prompt.completed" \
+  [ "$ORDER" = "slow.txt out fast.txt broken.txt" -a "${SEQS##* }" -lt "$S_END" ]
+check "the slow diff is there" grep -q '^+s$' <<<"$(fc '[] | select(.data.path=="slow.txt") | .data.diff')"
+check "a failed diff: diff_error, no diff" [ -n "$(fc '[] | select(.data.path=="broken.txt") | .data.diff_error | strings')" -a \
+  "$(fc '[] | select(.data.path=="broken.txt") | .data.diff')" = null ]
+check "every diff request carries a deadline of at most 5 s" \
+  [ "$(sort -u "$TMP/deadlines" | tr '\n' ' ')" = '"deadline_s":5 ' ]
+
 # latency: a prompt writing 20 files reported with file_changed, against the same prompt
 # without the lines (no diff); the same commit at the end of both
 W20='for i in $(seq 1 20); do seq 1 $((i * 10)) > w$RUN-$i.txt; done'
@@ -104,9 +145,9 @@ timed() { # timed N SCRIPT: ms from POST to prompt N completed, into MS
   wait_event "$SID" prompt.completed "$1" 60 >/dev/null || fail "timed prompt $1" "not completed"
   MS=$((($(date +%s%N) - t0) / 1000000))
 }
-timed 5 "RUN=a; $W20"
+timed 6 "RUN=a; $W20"
 BASE_MS=$MS
-timed 6 "RUN=b; $W20; $L20"
+timed 7 "RUN=b; $W20; $L20"
 DIFF_MS=$MS
 events "$SID"
 check "20 files: 20 diffs" [ "$(fc '[] | select(.data.path | test("^wb-")) | select(.data.diff | test("^diff --git"))' | jq -s length)" = 20 ]
