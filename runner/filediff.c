@@ -18,7 +18,8 @@
  * event carries `diff_omitted: true` instead. A helper that runs past its deadline (at most
  * FILEDIFF_DEADLINE s) gives `diff_error`. A session without a repository (no
  * git) gets no diff fields. Fields named diff* that an agent wrote into its own file_changed
- * line are dropped: the diff is sessiond's.
+ * line are dropped: the diff is sessiond's. Its text is scrubbed of the session's secrets and
+ * the agent's key like the agent's own output.
  *
  * Threads: runneri_submit and runneri_seq_held from any thread; runneri_file_changed on the
  * pump thread; the worker is a detached thread per run while its queue holds a diff, counted
@@ -30,6 +31,7 @@
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "common/xmem.h"
 #include "runner/commitq.h"
 #include "sandbox/sbx.h"
@@ -106,6 +108,23 @@ int runneri_seq_held(struct run *run)
     return n;
 }
 
+/* The diff text with the session's secrets and the agent's key replaced by their markers, as
+ * in the agent's output: a file the agent wrote may hold a value it was given. */
+static json_t *scrubbed(struct run *run, const char *text, size_t n)
+{
+    if (!text) {
+        return json_string("");
+    }
+    struct redact_set *key = agent_run_secrets(run->ar);
+    char *a = redact_str(run->secrets, text, n, &n);
+    char *b = redact_str(key, a, n, &n);
+    json_t *j = json_stringn(b, n);
+    free(a);
+    free(b);
+    redact_set_unref(key);
+    return j ? j : json_string("");
+}
+
 /* The diff of d's path into d (worker thread, no lock held). Returns the bytes of text put. */
 static size_t fill_diff(struct run *run, json_t *d, int64_t wall_left_ms, size_t total_left)
 {
@@ -144,7 +163,7 @@ static size_t fill_diff(struct run *run, json_t *d, int64_t wall_left_ms, size_t
     json_t *f = json_array_get(json_object_get(out, "files"), 0);
     json_t *text = json_object_get(f, "diff");
     size_t n = json_string_length(text);
-    json_object_set_new(d, "diff", text ? json_incref(text) : json_string(""));
+    json_object_set_new(d, "diff", scrubbed(run, json_string_value(text), n));
     if (json_is_true(json_object_get(out, "truncated")) ||
         json_is_true(json_object_get(f, "truncated"))) {
         json_object_set_new(d, "diff_truncated", json_true());
