@@ -55,7 +55,8 @@ struct run;
 /* The ordered submission of a run's commit jobs (filediff.c). A file_changed event waits for
  * its file's diff, computed by a worker thread of the run in the sessiond-git helper; jobs the
  * run submits meanwhile queue behind it, so the session's events keep their order and its
- * final event follows every diff, while the pump thread never waits. Guarded by mu. */
+ * final event follows every diff, while the pump thread never waits. Guarded by mu; lock
+ * order: mu, then r->lock or the commit queue's lock (never mu under r->lock). */
 struct seq_ent;
 struct run_seq {
     pthread_mutex_t mu;
