@@ -89,12 +89,17 @@ check "55 files: the omitted ones are the last" [ "$(fc '[] | select(.data.diff_
 check "the 50th diff is right" grep -q '^+line 50$' <<<"$(fc '[] | select(.data.path=="m50.txt") | .data.diff')"
 
 # a path that leaves the workspace: no diff, an error field, the prompt completes
-prompt "$SID" 'echo "{\"type\":\"file_changed\",\"path\":\"../../etc/passwd\",\"action\":\"modified\"}"'
+prompt "$SID" 'rm f1.txt
+echo "{\"type\":\"file_changed\",\"path\":\"f1.txt\",\"action\":\"deleted\"}"
+echo "{\"type\":\"file_changed\",\"path\":\"../../etc/passwd\",\"action\":\"modified\"}"'
 wait_event "$SID" prompt.completed 4 >/dev/null || fail "prompt 4" "not completed"
 events "$SID"
 check "a path leaving the workspace: diff_error, no diff" \
   [ "$(fc '[] | select(.data.path=="../../etc/passwd") | .data.diff_error')" = "not a workspace path" -a \
     "$(fc '[] | select(.data.path=="../../etc/passwd") | .data.diff')" = null ]
+
+DEL=$(fc '[] | select(.data.path=="f1.txt" and .data.action=="deleted") | .data.diff')
+check "a deleted file: its removal hunk" [ "$(printf '%s\n' "$DEL" | grep -c '^deleted file mode\|^-one$\|^-two$')" = 3 ]
 
 # a session without a repository: no diff field, nothing breaks
 NID=$(new_session '{"title":"plain"}')
