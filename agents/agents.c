@@ -969,6 +969,11 @@ struct agent_run {
     char *egress_name; /* the listener this run opened, closed when it exits; or NULL */
 };
 
+struct redact_set *agent_run_secrets(struct agent_run *ar)
+{
+    return ar && ar->parser ? redact_set_ref(ar->parser->secrets) : NULL;
+}
+
 void agents_set_egress(struct agents *a, agent_egress_fn fn, agent_egress_close_fn close_fn,
                        void *ctx)
 {

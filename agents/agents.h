@@ -184,6 +184,7 @@ const char *agent_parser_stderr_tail(struct agent_parser *p);
 
 struct sbx;
 struct agent_run;
+struct redact_set;
 
 /** Opens the egress listener of sandbox name with the allow-list (NULL terminated
  * "host:port"): at unix_path, or (unix_path NULL) on a loopback TCP port put in *port_out.
@@ -223,6 +224,9 @@ void agent_run_stderr(struct agent_run *ar, const char *data, size_t n);
  * the CLI is gone), then last lines, file changes, then done or error (no error for a
  * cancelled run). */
 void agent_run_exit(struct agent_run *ar, int exit_code);
+/** The values the run's output is scrubbed of (its key): a new reference the caller drops with
+ * redact_set_unref, or NULL. Immutable once the run exists: any thread may use it. */
+struct redact_set *agent_run_secrets(struct agent_run *ar);
 /** {"usage":{…},"turns":N} of the run's done line into obj (for prompt.completed). */
 void agent_run_completion(struct agent_run *ar, json_t *obj);
 

@@ -233,5 +233,6 @@ void runneri_finish_run(struct run *run, const struct sbx_exit *st, const char *
     struct cq_job *j = cq_job_new(run->sid);
     cq_job_op(j, finish_tx, f);
     cq_job_done(j, finish_done, f);
-    commitq_submit(r->cq, j);
+    runneri_submit(run, j); /* behind the run's pending file_changed diffs (their deadline
+                             * bounds the wait) */
 }

@@ -39,6 +39,7 @@ void runneri_run_unref(struct run *run)
         return;
     }
     sbx_exec_put(run->ex);
+    runneri_seq_free(run);
     buf_free(&run->hold);
     buf_free(&run->text);
     buf_free(&run->errtext);
@@ -187,7 +188,7 @@ static void submit_job(struct run *run)
     }
     atomic_fetch_add(&run->refs, 1);
     cq_job_done(run->job, job_done, run);
-    commitq_submit(run->r->cq, run->job);
+    runneri_submit(run, run->job);
     run->job = NULL;
 }
 
@@ -237,6 +238,16 @@ static void handle_line(struct run *run, const char *line, size_t n)
                 }
                 run->finals_kept |= final;
             }
+            if (!strcmp(type, "file_changed")) {
+                /* its diff is computed off this thread; the event keeps its place */
+                free(data);
+                json_t *fd = json_deep_copy(o);
+                json_object_del(fd, "type");
+                json_object_set_new(fd, "prompt_id", json_string(run->pid));
+                runneri_file_changed(run, fd, &run->job);
+                json_decref(o);
+                return;
+            }
             char *etype = xasprintf("agent.%s", type);
             if (!run->job) {
                 run->job = cq_job_new(run->sid);
@@ -260,7 +271,7 @@ static void handle_line(struct run *run, const char *line, size_t n)
                     struct cq_job *j = cq_job_new(run->sid);
                     cq_job_op(j, assistant_tx, m);
                     cq_job_done(j, msg_done, m);
-                    commitq_submit(run->r->cq, j);
+                    runneri_submit(run, j);
                 }
             } else if (!strcmp(type, "error")) {
                 const char *why = json_string_value(json_object_get(o, "reason"));
@@ -323,7 +334,8 @@ static void job_done(void *arg, int rc)
 {
     (void)rc;
     struct run *run = arg;
-    if (atomic_load(&run->paused) && commitq_backlog(run->r->cq, run->sid) < BACKLOG_LOW) {
+    if (atomic_load(&run->paused) && commitq_backlog(run->r->cq, run->sid) < BACKLOG_LOW &&
+        runneri_seq_held(run) < SEQ_HELD_LOW) {
         atomic_store(&run->paused, 0);
         if (run->ex) {
             sbx_exec_resume(run->ex);
@@ -380,7 +392,8 @@ static int run_output(void *ctx, struct sbx_exec *ex, int stream, const char *da
         run_clean_output(run, stream, data, n);
     }
     submit_job(run);
-    if (commitq_backlog(run->r->cq, run->sid) > BACKLOG_HIGH) {
+    if (commitq_backlog(run->r->cq, run->sid) > BACKLOG_HIGH ||
+        runneri_seq_held(run) > SEQ_HELD_HIGH) {
         atomic_store(&run->paused, 1);
         return SBX_PAUSE;
     }

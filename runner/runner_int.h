@@ -9,6 +9,7 @@
  *   slots.c    the sandbox caps: slots, eviction of idle sandboxes, parked starts
  *   output.c   agent output → events, with the output caps (output pump thread)
  *   finish.c   the end of a prompt: its final event, snapshot, the next kick
+ *   filediff.c a prompt's jobs in order behind the diffs of its agent.file_changed events
  *   recover.c  the start-up recovery of prompts a crash left running
  *
  * Locking: r->lock guards the session table (struct rs), each rs, the job and start queues,
@@ -34,6 +35,8 @@ struct cq_job;
 #define BACKLOG_HIGH  (8u << 20) /* pause a sandbox's output above this many pending bytes */
 #define BACKLOG_LOW   (2u << 20) /* and resume below this */
 #define LINE_MAX_HOLD (1u << 20) /* longest JSON line held back across chunks */
+#define SEQ_HELD_HIGH 64         /* pause a sandbox whose jobs wait behind this many (diffs) */
+#define SEQ_HELD_LOW  16         /* and resume below this */
 
 enum job_kind { JOB_KICK, JOB_ENDED, JOB_RECOVER };
 
@@ -48,6 +51,23 @@ struct rjob {
 };
 
 struct run;
+
+/* The ordered submission of a run's commit jobs (filediff.c). A file_changed event waits for
+ * its file's diff, computed by a worker thread of the run in the sessiond-git helper; jobs the
+ * run submits meanwhile queue behind it, so the session's events keep their order and its
+ * final event follows every diff, while the pump thread never waits. Guarded by mu; lock
+ * order: mu, then r->lock or the commit queue's lock (never mu under r->lock). */
+struct seq_ent;
+struct run_seq {
+    pthread_mutex_t mu;
+    struct seq_ent *head, *tail;
+    int held;          /* entries queued (jobs and diffs) */
+    int worker;        /* a worker thread is draining the queue */
+    int diffs;         /* diffs queued this prompt (at most FILEDIFF_MAX) */
+    size_t diff_bytes; /* diff text put in this prompt's events */
+    int no_repo;       /* the session has no repository: file_changed carries no diff */
+    int64_t busy_ms;   /* helper time of the prompt's diffs (its events wait for them) */
+};
 
 /* One session known to the runner. Guarded by r->lock. Never freed before runner_stop. */
 struct rs {
@@ -112,6 +132,7 @@ struct run {
      * and red[1] (stderr) scrub them from the raw output, pump thread only. */
     struct redact_set *secrets;
     struct redactor *red[2];
+    struct run_seq seq;
 };
 
 struct runner {
@@ -215,6 +236,20 @@ extern const struct sbx_exec_cb runneri_run_cb;
 void runneri_adapter_line(void *ctx, enum agent_msg type, const char *json, size_t len);
 /** Drop a reference to run; the last frees it. */
 void runneri_run_unref(struct run *run);
+
+/* ---- filediff.c (any thread) ---- */
+
+/** Set up / tear down run->seq (start.c / the last unref). */
+void runneri_seq_init(struct run *run);
+void runneri_seq_free(struct run *run);
+/** Submit a job of run to the commit queue, in order behind its pending diffs. */
+void runneri_submit(struct run *run, struct cq_job *j);
+/** An agent.file_changed event of run (d: its data, taken): queued for its diff when the run's
+ * session has a repository and the prompt's diff bounds allow, else appended to *job at once
+ * (created if NULL), with diff_omitted when a bound was reached. Pump thread. */
+void runneri_file_changed(struct run *run, json_t *d, struct cq_job **job);
+/** Entries waiting in run's queue (the pump pauses a sandbox whose queue grows). */
+int runneri_seq_held(struct run *run);
 
 /* ---- finish.c ---- */
 

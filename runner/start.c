@@ -289,6 +289,7 @@ static void start_run_new(struct start *p)
     }
     struct run *run = xcalloc(1, sizeof *run);
     atomic_store(&run->refs, 1);
+    runneri_seq_init(run);
     run->r = r;
     run->rs = p->x;
     snprintf(run->sid, sizeof run->sid, "%s", p->sid);

@@ -72,6 +72,7 @@ int repos_diff(struct repos *r, const char *session_id, const char *workspace,
         .cap = o->cap,
         .file_cap = o->file_cap,
         .max_files = o->max_files,
+        .deadline_s = o->deadline_s,
     };
     rc = gitjob_diff(&r->git, workspace, shared, &q, out);
     if (rc == 0 && !o->per_file) {
@@ -81,5 +82,27 @@ out:
     free(shared);
     json_decref(repo);
     json_decref(row);
+    return rc;
+}
+
+int repos_diff_file(struct repos *rp, const char *sid, const struct repos_diff_opts *o,
+                    json_t **out)
+{
+    *out = NULL;
+    struct repos *r = repos__hook_enter(rp);
+    if (!r) {
+        return ERR_UNAVAILABLE;
+    }
+    if (!o || !o->path || !util_valid_id(sid)) {
+        repos__hook_leave(r);
+        return ERR_INVALID;
+    }
+    struct repos_diff_opts q = *o;
+    q.against_head = 1;
+    q.per_file = 1;
+    char *ws = repos__default_workspace(r, sid);
+    int rc = repos_diff(r, sid, ws, &q, out);
+    free(ws);
+    repos__hook_leave(r);
     return rc;
 }

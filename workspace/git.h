@@ -109,6 +109,7 @@ struct gitx_diff_req {
     size_t cap;              /* bytes of diff text at most, all files together */
     size_t file_cap;         /* a file larger than this is not read (shown as binary, large) */
     size_t max_files;        /* files listed at most */
+    unsigned deadline_s;     /* the helper gives up after this many seconds (0: its default) */
 };
 
 /** The working tree of dir (index and untracked files included) against the base commit of

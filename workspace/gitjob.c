@@ -400,6 +400,10 @@ int gitjob_diff(const struct gitjob_cfg *c, const char *dir, const char *shared,
                                   "base_branch", q->base_branch, "against_head", q->against_head,
                                   "path", q->path, "cap", (json_int_t)q->cap, "file_cap",
                                   (json_int_t)q->file_cap, "max_files", (json_int_t)q->max_files));
+    if (q->deadline_s > 0) {
+        json_object_set_new(json_object_get(req, "diff"), "deadline_s",
+                            json_integer((json_int_t)q->deadline_s));
+    }
     int rc = run_job(c, req, &ans);
     if (rc == 0) {
         json_t *d = json_object_get(ans, "diff");
@@ -892,8 +896,9 @@ static int dispatch_diff(json_t *p, const char *dir, const char *shared, json_t 
         .file_cap = fcap > 0 && fcap <= DIFF_CAP_MAX ? (size_t)fcap : DIFF_CAP_MAX,
         .max_files = nmax > 0 && nmax <= DIFF_FILES_MAX ? (size_t)nmax : DIFF_FILES_MAX,
     };
+    json_int_t dl = json_integer_value(json_object_get(p, "deadline_s"));
     json_t *d = NULL;
-    alarm(DIFF_DEADLINE_S);
+    alarm(dl > 0 && dl < DIFF_DEADLINE_S ? (unsigned)dl : DIFF_DEADLINE_S);
     int rc = gitx_diff(dir, shared, &q, &d);
     alarm(0);
     if (rc == 0) {

@@ -168,12 +168,13 @@ int repos_rollback(struct repos *r, const char *session_id, const char *snapshot
                    const char *workspace, json_t **out);
 /** What repos_diff compares and its bounds (0: the helper's maximum). Borrowed strings. */
 struct repos_diff_opts {
-    int against_head; /* 1: the uncommitted part (working tree against the session branch) */
-    const char *path; /* one file (workspace-relative, already checked), or NULL */
-    size_t cap;       /* bytes of diff text */
-    size_t file_cap;  /* larger files are not read: listed as binary and large */
-    size_t max_files; /* files listed */
-    int per_file;     /* 1: each file keeps its own "diff" text; 0: one "diff" text for all */
+    int against_head;    /* 1: the uncommitted part (working tree against the session branch) */
+    const char *path;    /* one file (workspace-relative, already checked), or NULL */
+    size_t cap;          /* bytes of diff text */
+    size_t file_cap;     /* larger files are not read: listed as binary and large */
+    size_t max_files;    /* files listed */
+    int per_file;        /* 1: each file keeps its own "diff" text; 0: one "diff" text for all */
+    unsigned deadline_s; /* the helper is ended after this many seconds (0: its default, 30) */
 };
 /** The workspace of session_id against its base commit (where its branch left the default
  * branch) or its branch tip, computed in the sessiond-git helper as the sandbox user (gitjob.h,
@@ -249,6 +250,13 @@ int repos_sync_wait_ms(struct repos *r);
  * the next prompt of the session only when it returns. A rollback or a manual snapshot of
  * the session waits for it. */
 void repos_prompt_end(struct repos *r, const char *sid, const char *prompt_id);
+/** The uncommitted change of one file of sid's workspace (against the session branch tip), for
+ * an agent.file_changed event: repos_diff with path, per_file and o's bounds on the session's
+ * own workspace (o->path is the file; against_head is implied). Blocks for the helper (tens of
+ * ms; o->deadline_s at most). *out as repos_diff's (caller decrefs). ERR_NOT_FOUND when the
+ * session has no repository (no git: no diff), ERR_UNAVAILABLE once the layer is closing. */
+int repos_diff_file(struct repos *r, const char *sid, const struct repos_diff_opts *o,
+                    json_t **out);
 /** The session ended and its sandbox is stopped: snapshot its workspace in the background
  * (a purged session's snapshots and repository state are deleted instead). */
 void repos_session_end(struct repos *r, const char *sid);

@@ -51,7 +51,7 @@ await until(async () => (await countEv('sandbox.ready')) >= 1);
 r = await api(srv, 'POST', `/v1/sessions/${sid}/messages`, { content: 'sed -i s/two/TWO/ a.txt && echo new > new.txt && seq 1 1000 > long.txt && head -c 2000000 /dev/zero | tr "\\0" x > huge.txt' }, alice);
 t.ok('turn 1 queued', r.status === 202, r.text);
 t.ok('turn 1 snapshot', !!(await until(async () => (await countEv('session.snapshot')) >= 1)));
-r = await api(srv, 'POST', `/v1/sessions/${sid}/messages`, { content: 'echo later > later.txt' }, alice);
+r = await api(srv, 'POST', `/v1/sessions/${sid}/messages`, { content: 'echo later > later.txt && echo \'{"type":"file_changed","path":"later.txt","action":"created"}\'' }, alice);
 t.ok('turn 2 snapshot', !!(await until(async () => (await countEv('session.snapshot')) >= 2)));
 
 const browser = await chromium.launch({
@@ -82,6 +82,9 @@ await page.route(`**/v1/sessions/${sid}/pull-request`, async (route) => {
 
 await page.goto(`${srv.base}/#/s/${sid}`);
 await page.waitForSelector('.changes-btn', { timeout: 15000 });
+// the timeline: agent.file_changed carries the file's diff, rendered like the Changes view's
+const fcDiff = await until(async () => page.$eval('.ev.file', (li) => ({ label: li.querySelector('.label')?.textContent, add: li.querySelector('.diff .add')?.textContent })), 15000);
+t.ok('the file_changed event shows its diff in the timeline', fcDiff && /later\.txt/.test(fcDiff.label) && /^\+later/.test(fcDiff.add || ''), fcDiff);
 await page.click('.changes-btn');
 const listed = await until(async () => {
   const paths = await page.$$eval('.file-diff', (ds) => ds.map((d) => d.dataset.path));
