@@ -462,8 +462,7 @@ static json_t *session_pr(sqlite3_stmt *st)
     return json_pack("{s:I,s:o,s:o,s:b,s:o,s:o,s:o}", "number",
                      (json_int_t)sqlite3_column_int64(st, 10), "url", col_json(st, 11), "state",
                      col_json(st, 12), "draft", sqlite3_column_int(st, 13), "ci_state",
-                     col_json(st, 14), "head_sha", col_json(st, 15), "merged_at",
-                     ts_json(st, 16));
+                     col_json(st, 14), "head_sha", col_json(st, 15), "merged_at", ts_json(st, 16));
 }
 
 static json_t *session_row(sqlite3_stmt *st)
