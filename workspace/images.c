@@ -242,45 +242,19 @@ static int setup_step(struct repos *r, const char *image_id, struct sbx *sb,
 }
 
 /* Build one image: clone, setup commands in a sandbox, snapshot into the image store. */
-static int build_image(struct repos *r, const char *repo, const char *image_id)
+/* Fetch into the repository's shared object store (only what it lacks), then check out a
+ * workspace in dir that borrows the objects from it: the image holds the files and a small
+ * .git, never the packs (docs/repos.md "Shared object store"). *sha: the commit. */
+static int build_fetch(struct repos *r, const char *repo, const char *image_id, const char *dir,
+                       const char *url, const char *branch, const char *objects, char sha[41],
+                       struct buf *err)
 {
-    json_t *j = NULL;
-    struct sbx *sb = NULL;
-    struct sbx_egress route = {0};
-    struct snap_store *ss = NULL;
-    struct redact_set *secrets = NULL;
-    char sha[41] = "";
-    char *dir = NULL, *sub = NULL, *store = NULL, *objects = NULL;
-    int64_t t0 = clock_mono_ms();
-    struct buf err;
-    int rc = repos__repo_load(r, repo, &j);
-    buf_init(&err, 4096);
-    if (rc != 0) {
-        buf_printf(&err, "repository %s is gone", repo);
-        goto out;
-    }
-    const char *url = json_string_value(json_object_get(j, "url"));
-    const char *branch = json_string_value(json_object_get(j, "default_branch"));
-    json_t *setup = json_object_get(j, "setup");
-    sub = xasprintf("build-%s", image_id);
-    dir = repos__repo_dir(r, repo, sub);
-    if (wsdisk_remove(r->disk, dir) != 0) {
-        util_rm_rf(dir);
-    }
-    /* the setup commands run in a sandbox on it: with the disk quota, a disk of its own */
-    if (wsdisk_enforced(r->disk) && wsdisk_make(r->disk, dir) != 0) {
-        LOG_WARN("repos: %s: image %s: no disk for the build: it runs without the quota", repo,
-                 image_id);
-    }
-    /* Fetch into the repository's shared object store (only what it lacks), then check out
-     * a workspace that borrows the objects from it: the image holds the files and a small
-     * .git, never the packs (docs/repos.md "Shared object store"). */
     image_set(r, image_id, REPOS_DB_IMAGE_STEP, "clone");
     LOG_INFO("repos: %s: image %s: fetching %s at %s", repo, image_id, url, branch);
-    store = repos__repo_dir(r, repo, "objects.git");
-    objects = repos__shared_objects(r, repo);
+    char *store = repos__repo_dir(r, repo, "objects.git");
     int64_t tf = clock_mono_ms(), tc = 0;
-    rc = repos__mirror_fetch(r, store, url, branch, sha);
+    int rc = repos__mirror_fetch(r, store, url, branch, sha);
+    free(store);
     if (rc == 0) {
         tc = clock_mono_ms();
         rc = gitx_checkout_shared(dir, objects, url, branch, sha);
@@ -288,52 +262,67 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
                  image_id, (long long)(tc - tf), (long long)(clock_mono_ms() - tc));
     }
     if (rc != 0) {
-        buf_printf(&err, "clone of %s (branch %s) failed: %s", url, branch, err_str(rc));
-        goto out;
+        buf_printf(err, "clone of %s (branch %s) failed: %s", url, branch, err_str(rc));
     }
-    image_set(r, image_id, REPOS_DB_IMAGE_COMMIT, sha);
-    repos__chown_tree(r, dir);
+    return rc;
+}
+
+/* Run the repository's setup commands on dir in a sandbox of their own, with the repository's
+ * secrets in their environment (*secrets: kept for scrubbing the error) and its egress route.
+ * The sandbox is gone on return. */
+static int build_setup(struct repos *r, const char *repo, const char *image_id, const char *dir,
+                       const char *objects, json_t *setup, struct redact_set **secrets,
+                       struct buf *err)
+{
     size_t nsteps = json_array_size(setup);
-    if (nsteps > 0 && !r->cfg.sbx) {
-        buf_printf(&err, "no sandbox backend to run the setup commands");
-        rc = ERR_UNAVAILABLE;
-        goto out;
+    struct sbx *sb = NULL;
+    struct sbx_egress route = {0};
+    int rc = 0;
+    if (nsteps == 0) {
+        return 0;
     }
-    if (nsteps > 0 && r->cfg.secrets &&
-        r->cfg.secrets(r->cfg.secrets_ctx, NULL, repo, &secrets) != 0) {
+    if (!r->cfg.sbx) {
+        buf_printf(err, "no sandbox backend to run the setup commands");
+        return ERR_UNAVAILABLE;
+    }
+    if (r->cfg.secrets && r->cfg.secrets(r->cfg.secrets_ctx, NULL, repo, secrets) != 0) {
         LOG_WARN("repos: %s: image %s: cannot read the repository's secrets", repo, image_id);
-        secrets = NULL;
+        *secrets = NULL;
     }
-    if (nsteps > 0) {
-        rc = setup_sandbox(r, image_id, dir, objects, &sb);
-        if (rc != 0) {
-            buf_printf(&err, "cannot start a sandbox for the setup: %s", err_str(rc));
-            goto out;
-        }
-        setup_route(r, repo, sb, &route);
+    rc = setup_sandbox(r, image_id, dir, objects, &sb);
+    if (rc != 0) {
+        buf_printf(err, "cannot start a sandbox for the setup: %s", err_str(rc));
+        return rc;
     }
-    for (size_t i = 0; i < nsteps; i++) {
+    setup_route(r, repo, sb, &route);
+    for (size_t i = 0; i < nsteps && rc == 0; i++) {
         rc = setup_step(r, image_id, sb, &route, json_string_value(json_array_get(setup, i)), i,
-                        nsteps, secrets, &err);
-        if (rc != 0) {
-            goto out;
-        }
+                        nsteps, *secrets, err);
     }
     pthread_mutex_lock(&r->lock);
     r->build_sbx = NULL;
     pthread_mutex_unlock(&r->lock);
     sbx_egress_close(r->cfg.egress, sb);
+    sbx_egress_free(&route);
     sbx_destroy(sb);
-    sb = NULL;
-    image_set(r, image_id, REPOS_DB_IMAGE_STEP, "snapshot");
+    return rc;
+}
+
+/* Snapshot the built workspace dir into the image store and mark the image ready. */
+static int build_finish(struct repos *r, const char *repo, const char *image_id, const char *dir,
+                        const char *sha, int64_t t0, struct buf *err)
+{
+    struct snap_store *ss = NULL;
     struct snap_info si;
-    rc = repos__open_image_store(r, repo, &ss);
+    image_set(r, image_id, REPOS_DB_IMAGE_STEP, "snapshot");
+    int rc = repos__open_image_store(r, repo, &ss);
     if (rc == 0) {
         rc = snap_create(ss, dir, image_id, &si);
     }
+    snap_store_close(ss);
     if (rc != 0) {
-        buf_printf(&err, "snapshot of the built workspace failed: %s", err_str(rc));
-        goto out;
+        buf_printf(err, "snapshot of the built workspace failed: %s", err_str(rc));
+        return rc;
     }
     int64_t ms = clock_mono_ms() - t0;
     struct repos_db_built built = {.snapshot_id = si.id,
@@ -344,16 +333,47 @@ static int build_image(struct repos *r, const char *repo, const char *image_id)
     rc = repos_db_image_ready(r->db, image_id, &built);
     LOG_INFO("repos: %s: image %s ready (commit %.12s, %llu files, %lld ms)", repo, image_id, sha,
              (unsigned long long)si.files, (long long)ms);
-out:
-    if (sb) {
-        pthread_mutex_lock(&r->lock);
-        r->build_sbx = NULL;
-        pthread_mutex_unlock(&r->lock);
-        sbx_egress_close(r->cfg.egress, sb);
+    return rc;
+}
+
+static int build_image(struct repos *r, const char *repo, const char *image_id)
+{
+    json_t *j = NULL;
+    struct redact_set *secrets = NULL;
+    char sha[41] = "";
+    char *dir = NULL, *sub = NULL, *objects = NULL;
+    int64_t t0 = clock_mono_ms();
+    struct buf err;
+    int rc = repos__repo_load(r, repo, &j);
+    buf_init(&err, 4096);
+    if (rc != 0) {
+        buf_printf(&err, "repository %s is gone", repo);
+        goto out;
     }
-    sbx_egress_free(&route);
-    sbx_destroy(sb);
-    snap_store_close(ss);
+    const char *url = json_string_value(json_object_get(j, "url"));
+    const char *branch = json_string_value(json_object_get(j, "default_branch"));
+    sub = xasprintf("build-%s", image_id);
+    dir = repos__repo_dir(r, repo, sub);
+    if (wsdisk_remove(r->disk, dir) != 0) {
+        util_rm_rf(dir);
+    }
+    /* the setup commands run in a sandbox on it: with the disk quota, a disk of its own */
+    if (wsdisk_enforced(r->disk) && wsdisk_make(r->disk, dir) != 0) {
+        LOG_WARN("repos: %s: image %s: no disk for the build: it runs without the quota", repo,
+                 image_id);
+    }
+    objects = repos__shared_objects(r, repo);
+    rc = build_fetch(r, repo, image_id, dir, url, branch, objects, sha, &err);
+    if (rc != 0) {
+        goto out;
+    }
+    image_set(r, image_id, REPOS_DB_IMAGE_COMMIT, sha);
+    repos__chown_tree(r, dir);
+    rc = build_setup(r, repo, image_id, dir, objects, json_object_get(j, "setup"), &secrets, &err);
+    if (rc == 0) {
+        rc = build_finish(r, repo, image_id, dir, sha, t0, &err);
+    }
+out:
     if (rc != 0 && secrets && err.data) { /* the reason quotes the command */
         char *clean = redact_str(secrets, err.data, err.len, NULL);
         buf_reset(&err);
@@ -375,7 +395,6 @@ out:
     }
     free(dir);
     free(sub);
-    free(store);
     free(objects);
     buf_free(&err);
     json_decref(j);
