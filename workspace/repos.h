@@ -82,6 +82,9 @@ struct repos_config {
     const char *github_token;
     const char *public_url;
     int pr_workers;
+    /* The poller (github.poll_interval_s): every that many seconds the state and combined CI
+     * state of each open pull request are read from GitHub; 0 = off (webhooks only). */
+    int poll_interval_s;
 };
 
 /** Open (registry.db must have been migrated by the store). *out: repos_close(). */
@@ -300,6 +303,17 @@ int repos_pr_sync(struct repos *r, const char *sid, const struct repos_pr_req *q
  * changed to it. ERR_NOT_FOUND if sid has no pull request. */
 int repos_pr_note_state(struct repos *r, const char *sid, const char *state, int draft,
                         int64_t at_ms);
+/** A GitHub webhook delivery's id (X-GitHub-Delivery, at most 63 bytes): *fresh = 1 the first
+ * time it is seen, 0 for a replay (the last REPOS_HOOK_SEEN ids within 24 hours are kept in
+ * memory: GitHub's redeliveries come within that, and a restart forgets them). Any thread. */
+#define REPOS_HOOK_SEEN 4096
+int repos_gh_delivery(struct repos *r, const char *delivery, int *fresh);
+/** Apply a verified webhook delivery of type event (X-GitHub-Event) with its payload:
+ * pull_request closed/reopened -> repos_pr_note_state; check_suite and status -> the combined
+ * CI state (pr.ci when it changed). *what (size n) says what was done for the log and the
+ * answer. ERR_NOT_FOUND: no session has this pull request (ignored by the caller); 0 also for
+ * events and actions that need nothing. Any thread; no network I/O. */
+int repos_gh_event(struct repos *r, const char *event, json_t *payload, char *what, size_t n);
 /** The session's pull request as GET /v1/sessions/{id} shows it ({number, url, state, draft,
  * ci_state, head_sha, created_at, merged_at}) or json null. New reference. */
 json_t *repos_pr_json(struct repos *r, const char *sid);

@@ -1,0 +1,86 @@
+/*
+ * api_github.c - the GitHub webhook endpoint (api_github.h).
+ *
+ * A delivery is trusted only by its X-Hub-Signature-256: "sha256=" and the hex HMAC-SHA256 of
+ * the raw body bytes under github.webhook_secret, compared in constant time; anything else is
+ * 401 before the body is parsed. The body is capped by max_body like every request. A
+ * verified delivery is then de-duplicated by X-GitHub-Delivery (a replay answers 200 and does
+ * nothing) and applied by the repository layer (repos_gh_event), which does no network I/O:
+ * GitHub waits 10 s at most for the answer.
+ *
+ * Threads: HTTP pool threads; no state of its own.
+ */
+#include "server/api/api_github.h"
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "server/api/api.h"
+#include "server/app.h"
+#include "server/config.h"
+#include "workspace/repos.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+/* 0 if sig is "sha256=<hex HMAC of body under secret>". */
+static int verify(const char *secret, const char *sig, const char *body, size_t len)
+{
+    char mac[65], want[72];
+    if (!sig || strncmp(sig, "sha256=", 7) != 0) {
+        return ERR_AUTH;
+    }
+    util_hmac_sha256_hex(secret, strlen(secret), body, len, mac);
+    snprintf(want, sizeof(want), "sha256=%s", mac);
+    return util_ct_equal(want, strlen(want), sig, strlen(sig)) ? 0 : ERR_AUTH;
+}
+
+int api_github_webhook(struct req *r)
+{
+    struct app *app = req_app(r);
+    json_t *p = NULL;
+    char what[300] = "";
+    size_t len = 0;
+    int fresh = 1, rc = 0;
+    const char *secret = app && app->cfg ? app->cfg->github_webhook_secret : NULL;
+    if (!secret || !*secret || !app->repos) {
+        return req_fail(r, ERR_UNAVAILABLE,
+                        "the GitHub webhook is not configured: set github.webhook_secret");
+    }
+    const char *body = req_body(r, &len);
+    if (verify(secret, req_header(r, "X-Hub-Signature-256"), body ? body : "", len) != 0) {
+        LOG_WARN("github: webhook delivery refused: %s",
+                 req_header(r, "X-Hub-Signature-256") ? "bad signature" : "no signature");
+        return req_fail(r, ERR_AUTH, "invalid X-Hub-Signature-256");
+    }
+    const char *event = req_header(r, "X-GitHub-Event");
+    const char *delivery = req_header(r, "X-GitHub-Delivery");
+    if (!event || !*event || repos_gh_delivery(app->repos, delivery, &fresh) != 0) {
+        return req_fail(r, ERR_INVALID, "X-GitHub-Event and X-GitHub-Delivery are required");
+    }
+    if (!fresh) {
+        LOG_INFO("github: delivery %s (%s) seen already: ignored", delivery, event);
+        return req_reply_json(r, 200, json_pack("{s:b, s:b}", "ok", 1, "duplicate", 1));
+    }
+    p = json_loadb(body ? body : "", len, 0, NULL);
+    if (!json_is_object(p)) {
+        rc = req_fail(r, ERR_INVALID, "the body must be a JSON object");
+        goto out;
+    }
+    rc = repos_gh_event(app->repos, event, p, what, sizeof(what));
+    LOG_INFO("github: delivery %s (%s): %s", delivery, event, what);
+    if (rc == ERR_NOT_FOUND) {
+        /* not ours (another tool's pull request in the same repository): nothing to retry */
+        rc = req_reply_json(r, 202, json_pack("{s:b, s:s}", "ok", 1, "ignored", what));
+        goto out;
+    }
+    if (rc != 0) {
+        rc = req_fail(r, rc, "%s", what);
+        goto out;
+    }
+    rc = req_reply_json(r, 200, json_pack("{s:b, s:s}", "ok", 1, "done", what));
+out:
+    json_decref(p);
+    return rc;
+}
