@@ -426,3 +426,30 @@ int github_ci_state(const struct github_pr *req, const char *sha, char state[16]
     json_decref(rj);
     return rc;
 }
+
+int github_add_comment(const struct github_pr *req, int64_t number, const char *body, char *msg,
+                       size_t n)
+{
+    json_t *rj = NULL, *reqj = NULL;
+    int rc = check_req(req, msg, n);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t bl = strlen(req->api_base);
+    while (bl > 0 && req->api_base[bl - 1] == '/') {
+        bl--;
+    }
+    char *url = xasprintf("%.*s/repos/%s/%s/issues/%lld/comments", (int)bl, req->api_base,
+                          req->owner, req->repo, (long long)number);
+    reqj = json_pack("{s:s}", "body", body ? body : "");
+    if (!reqj) {
+        snprintf(msg, n, "the comment is not valid UTF-8");
+        rc = ERR_INVALID;
+    } else {
+        rc = gh_call(req, "POST", url, reqj, 201, &rj, "POST comment", msg, n);
+    }
+    free(url);
+    json_decref(reqj);
+    json_decref(rj);
+    return rc;
+}

@@ -54,6 +54,10 @@ int github_set_draft(const struct github_pr *req, const char *node_id, int draft
 int github_ci_state(const struct github_pr *req, const char *sha, char state[16], char *msg,
                     size_t n);
 
+/** Comment body on issue or pull request number (POST …/issues/{number}/comments). */
+int github_add_comment(const struct github_pr *req, int64_t number, const char *body, char *msg,
+                       size_t n);
+
 /** Split a repository URL (https://github.com/OWNER/REPO(.git), git@github.com:OWNER/REPO.git,
  * ssh://git@host/OWNER/REPO) into owner and repo (caller frees both). ERR_INVALID otherwise. */
 int github_parse_url(const char *url, char **owner, char **repo);

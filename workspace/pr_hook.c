@@ -8,9 +8,13 @@
  * pr.merged / pr.closed; prs_db_set_ci, which is said as pr.ci), so a server with a webhook and
  * the poller says each change once.
  *
- * Threads: repos_gh_* run on HTTP threads and do no network I/O. The poller is one thread,
- * started with the pull request workers and joined before them; its API calls are cancelled
- * by r->stopping. The ring of seen delivery ids is guarded by r->lock.
+ * Replies on a pull request (repos_gh_reply: a refusal, the agent's answer) are queued and
+ * posted by the same thread, so an HTTP thread answering GitHub never waits for GitHub.
+ *
+ * Threads: repos_gh_* run on HTTP threads and do no network I/O. The follower is one thread
+ * (replies, and the poller when github.poll_interval_s > 0), started with the pull request
+ * workers and joined before them; its API calls are cancelled by r->stopping. The ring of
+ * seen delivery ids and the reply queue are guarded by r->lock.
  */
 #include "workspace/workspace_int.h"
 
@@ -32,6 +36,15 @@
 #define SEEN_TTL_MS    (24LL * 3600 * 1000)
 #define POLL_LIMIT     500 /* open pull requests read per round */
 #define API_TIMEOUT_MS 15000
+
+#define MAX_REPLIES 256 /* queued comments; more are dropped with a log line */
+
+/* A comment to post on a session's pull request (r->replies, guarded by r->lock). */
+struct gh_reply {
+    struct gh_reply *next;
+    char sid[72];
+    char *body;
+};
 
 struct hook_seen {
     char id[64];
@@ -197,6 +210,127 @@ int repos_gh_event(struct repos *r, const char *event, json_t *p, char *what, si
     return 0; /* ping and the events sessiond does not follow */
 }
 
+int repos_gh_comment(struct repos *r, const char *event, json_t *p, const char *mention, char *sid,
+                     int *trusted)
+{
+    const char *url = NULL;
+    *trusted = 0;
+    if (!r || !r->prs || !json_is_object(p) || !mention || !*mention) {
+        return ERR_NOT_FOUND;
+    }
+    const char *action = str(p, "action");
+    if (!action || strcmp(action, "created") != 0) {
+        return ERR_NOT_FOUND;
+    }
+    if (strcmp(event, "issue_comment") == 0) {
+        json_t *issue = json_object_get(p, "issue");
+        if (!json_object_get(issue, "pull_request")) {
+            return ERR_NOT_FOUND; /* an issue, not a pull request */
+        }
+        url = str(issue, "html_url");
+    } else if (strcmp(event, "pull_request_review_comment") == 0) {
+        url = str(json_object_get(p, "pull_request"), "html_url");
+    } else {
+        return ERR_NOT_FOUND;
+    }
+    json_t *c = json_object_get(p, "comment");
+    const char *body = str(c, "body");
+    const char *utype = str(json_object_get(c, "user"), "type");
+    /* a bot's comment (our own replies included) never prompts: no loops between bots */
+    if (!body || !strstr(body, mention) || (utype && strcmp(utype, "User") != 0)) {
+        return ERR_NOT_FOUND;
+    }
+    if (!url || prs_db_find_url(r->prs, url, sid) != 0) {
+        return ERR_NOT_FOUND;
+    }
+    const char *assoc = str(c, "author_association");
+    *trusted = assoc && (strcmp(assoc, "OWNER") == 0 || strcmp(assoc, "MEMBER") == 0 ||
+                         strcmp(assoc, "COLLABORATOR") == 0);
+    return 0;
+}
+
+void repos_gh_reply(struct repos *r, const char *sid, const char *body)
+{
+    if (!r || !r->hook_seen) {
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    if (r->nreplies >= MAX_REPLIES || !r->poller_running) {
+        pthread_mutex_unlock(&r->lock);
+        LOG_WARN("repos: session %s: pull request comment dropped (%s)", sid,
+                 r->poller_running ? "queue full" : "no follower thread");
+        return;
+    }
+    struct gh_reply *j = xcalloc(1, sizeof(*j)), **pp = &r->replies;
+    snprintf(j->sid, sizeof(j->sid), "%s", sid);
+    j->body = xstrdup(body);
+    while (*pp) {
+        pp = &(*pp)->next;
+    }
+    *pp = j;
+    r->nreplies++;
+    pthread_cond_broadcast(&r->poll_cv);
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* ---- the follower thread: replies and the poller ---- */
+
+/* The API request for sid's repository with a token (the App's, else github.token): 0 and
+ * *tok (ghapp_wipe), *owner, *repo (free), or ERR_NOT_FOUND. */
+static int api_for(struct repos *r, const char *sid, char **tok, char **owner, char **repo)
+{
+    json_t *info = NULL;
+    int rc = ERR_NOT_FOUND;
+    *tok = *owner = *repo = NULL;
+    if (repos__session_row(r, sid, &info) != 0) {
+        return rc;
+    }
+    const char *url = str(info, "url");
+    if (url && github_parse_url(url, owner, repo) == 0) {
+        if (ghapp_token_for_url(r->cfg.ghapp, url, NULL, tok) != 0) {
+            *tok = NULL;
+        }
+        if (!*tok && r->cfg.github_token && *r->cfg.github_token) {
+            *tok = xstrdup(r->cfg.github_token);
+        }
+        rc = *tok ? 0 : ERR_NOT_FOUND;
+    }
+    json_decref(info);
+    return rc;
+}
+
+static void post_reply(struct repos *r, const struct gh_reply *j)
+{
+    char *tok = NULL, *owner = NULL, *repo = NULL;
+    char msg[300] = "";
+    struct pr_rec rec = {0};
+    if (prs_db_get(r->prs, j->sid, &rec) != 0 || rec.number == 0 ||
+        api_for(r, j->sid, &tok, &owner, &repo) != 0) {
+        LOG_WARN("repos: session %s: no pull request or credentials to reply on", j->sid);
+        goto out;
+    }
+    struct github_pr req = {
+        .api_base = r->cfg.github_api_base ? r->cfg.github_api_base : "https://api.github.com",
+        .owner = owner,
+        .repo = repo,
+        .token = tok,
+        .ca_file = r->ca_file,
+        .timeout_ms = API_TIMEOUT_MS,
+        .cancel = &r->stopping,
+    };
+    if (github_add_comment(&req, rec.number, j->body, msg, sizeof(msg)) != 0) {
+        LOG_WARN("repos: session %s: reply on pull request #%lld failed: %s", j->sid,
+                 (long long)rec.number, msg);
+    }
+out:
+    if (tok) {
+        ghapp_wipe(tok);
+    }
+    prs_rec_clear(&rec);
+    free(owner);
+    free(repo);
+}
+
 /* ---- the poller ---- */
 
 /* Read one open pull request (e: a prs_db_list_open entry) and record what GitHub says. */
@@ -256,35 +390,66 @@ out:
     free(repo);
 }
 
+static void poll_round(struct repos *r)
+{
+    json_t *open = NULL;
+    if (prs_db_list_open(r->prs, POLL_LIMIT, &open) == 0) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(open, i, e)
+        {
+            if (__atomic_load_n(&r->stopping, __ATOMIC_RELAXED)) {
+                break;
+            }
+            poll_one(r, e);
+        }
+    }
+    json_decref(open);
+}
+
+/* Replies first (a person waits for them), then a poll round when one is due. */
 static void *poller_main(void *arg)
 {
     struct repos *r = arg;
+    int64_t period = (int64_t)r->cfg.poll_interval_s * 1000;
+    int64_t next = clock_mono_ms() + period;
     pthread_mutex_lock(&r->lock);
     while (!r->stopping) {
+        if (r->replies) {
+            struct gh_reply *j = r->replies;
+            r->replies = j->next;
+            r->nreplies--;
+            pthread_mutex_unlock(&r->lock);
+            post_reply(r, j);
+            free(j->body);
+            free(j);
+            pthread_mutex_lock(&r->lock);
+            continue;
+        }
+        int64_t now = clock_mono_ms();
+        if (period > 0 && now >= next) {
+            pthread_mutex_unlock(&r->lock);
+            poll_round(r);
+            pthread_mutex_lock(&r->lock);
+            next = clock_mono_ms() + period;
+            continue;
+        }
+        int64_t wait_ms = period > 0 ? next - now : 3600 * 1000;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += r->cfg.poll_interval_s;
-        while (!r->stopping && pthread_cond_timedwait(&r->poll_cv, &r->lock, &ts) == 0) {
-        }
-        if (r->stopping) {
-            break;
-        }
-        pthread_mutex_unlock(&r->lock);
-        json_t *open = NULL;
-        if (prs_db_list_open(r->prs, POLL_LIMIT, &open) == 0) {
-            size_t i;
-            json_t *e;
-            json_array_foreach(open, i, e)
-            {
-                if (__atomic_load_n(&r->stopping, __ATOMIC_RELAXED)) {
-                    break;
-                }
-                poll_one(r, e);
-            }
-        }
-        json_decref(open);
-        pthread_mutex_lock(&r->lock);
+        int64_t ns = ts.tv_nsec + wait_ms * 1000000;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&r->poll_cv, &r->lock, &ts);
     }
+    while (r->replies) {
+        struct gh_reply *j = r->replies;
+        r->replies = j->next;
+        LOG_INFO("repos: session %s: pull request comment not posted (stopping)", j->sid);
+        free(j->body);
+        free(j);
+    }
+    r->nreplies = 0;
     pthread_mutex_unlock(&r->lock);
     return NULL;
 }
@@ -293,7 +458,7 @@ int repos__hook_start(struct repos *r)
 {
     r->hook_seen = xcalloc(REPOS_HOOK_SEEN, sizeof(*r->hook_seen));
     pthread_cond_init(&r->poll_cv, NULL);
-    if (r->cfg.no_threads || r->cfg.poll_interval_s <= 0) {
+    if (r->cfg.no_threads) {
         return 0;
     }
     if (pthread_create(&r->poller, NULL, poller_main, r) == 0) {

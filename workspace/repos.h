@@ -314,6 +314,16 @@ int repos_gh_delivery(struct repos *r, const char *delivery, int *fresh);
  * answer. ERR_NOT_FOUND: no session has this pull request (ignored by the caller); 0 also for
  * events and actions that need nothing. Any thread; no network I/O. */
 int repos_gh_event(struct repos *r, const char *event, json_t *payload, char *what, size_t n);
+/** A comment delivery (issue_comment or pull_request_review_comment, action created) on a
+ * session's pull request whose body contains mention: sid (>= 72 bytes) is that session, and
+ * *trusted = 1 when the commenter's author_association is OWNER, MEMBER or COLLABORATOR (no
+ * one else may prompt: anyone can comment on a public repository). ERR_NOT_FOUND: not a
+ * comment for sessiond (no mention, not a session's pull request, another action). */
+int repos_gh_comment(struct repos *r, const char *event, json_t *payload, const char *mention,
+                     char *sid, int *trusted);
+/** Queue a comment with body on the pull request of sid; posted by the pull request follower
+ * thread with the App's installation token (else github.token). Any thread; no I/O. */
+void repos_gh_reply(struct repos *r, const char *sid, const char *body);
 /** The session's pull request as GET /v1/sessions/{id} shows it ({number, url, state, draft,
  * ci_state, head_sha, created_at, merged_at}) or json null. New reference. */
 json_t *repos_pr_json(struct repos *r, const char *sid);

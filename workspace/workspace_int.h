@@ -114,7 +114,9 @@ struct repos {
      * and the poller's wake-up are guarded by lock. */
     struct hook_seen *hook_seen; /* HOOK_SEEN_MAX entries */
     int hook_seen_next;
-    pthread_cond_t poll_cv; /* stopping */
+    struct gh_reply *replies; /* comments to post, oldest first */
+    int nreplies;
+    pthread_cond_t poll_cv; /* a reply queued, or stopping */
     pthread_t poller;
     int poller_running;
 };

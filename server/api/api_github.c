@@ -15,9 +15,13 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/xmem.h"
 #include "server/api/api.h"
 #include "server/app.h"
+#include "server/auth.h"
 #include "server/config.h"
+#include "server/ops.h"
+#include "storage/registry.h"
 #include "workspace/repos.h"
 
 #include <jansson.h>
@@ -34,6 +38,56 @@ static int verify(const char *secret, const char *sig, const char *body, size_t 
     util_hmac_sha256_hex(secret, strlen(secret), body, len, mac);
     snprintf(want, sizeof(want), "sha256=%s", mac);
     return util_ct_equal(want, strlen(want), sig, strlen(sig)) ? 0 : ERR_AUTH;
+}
+
+#define GITHUB_ACTOR_ID "github:bot" /* who creates the prompts of pull request comments */
+
+/* A comment on a session's pull request that mentions sessiond (trusted: the commenter may
+ * prompt): the comment becomes a prompt of the session, authored by github:<user id>; anyone
+ * else gets a polite refusal. The answer and the refusal are posted by the repository layer's
+ * follower thread. what (size n) says what was done. */
+static void comment_prompt(struct app *app, json_t *p, const char *sid, int trusted,
+                           const char *delivery, char *what, size_t n)
+{
+    json_t *c = json_object_get(p, "comment");
+    json_t *user = json_object_get(c, "user");
+    const char *login = json_string_value(json_object_get(user, "login"));
+    json_t *id = json_object_get(user, "id");
+    if (!trusted) {
+        char *msg = xasprintf("Sorry @%s, only the repository's owners, members and collaborators "
+                              "can ask me to work on this pull request.",
+                              login ? login : "there");
+        repos_gh_reply(app->repos, sid, msg);
+        free(msg);
+        snprintf(what, n, "session %s: comment by %s refused (not a collaborator)", sid,
+                 login ? login : "?");
+        return;
+    }
+    struct auth_info actor;
+    struct ops_answer ans = {0};
+    memset(&actor, 0, sizeof(actor));
+    snprintf(actor.user_id, sizeof(actor.user_id), "%s", GITHUB_ACTOR_ID);
+    snprintf(actor.name, sizeof(actor.name), "GitHub");
+    snprintf(actor.role, sizeof(actor.role), "bot");
+    char uid[64];
+    snprintf(uid, sizeof(uid), "github:%lld", (long long)json_integer_value(id));
+    json_t *body = json_pack("{s:s, s:{s:s, s:s}, s:s}", "content",
+                             json_string_value(json_object_get(c, "body")), "author", "id", uid,
+                             "name", login ? login : uid, "client_request_id", delivery);
+    /* the commenter's right to prompt was decided from author_association above: the
+     * integration's bot identity holds no session of its own */
+    int rc = body ? ops_message_create(app, &actor, sid, body, &ans) : ERR_INVALID;
+    if (rc != 0) {
+        char *msg = xasprintf("Sorry @%s, I could not queue that: %s", login ? login : "there",
+                              ans.msg[0] ? ans.msg : err_str(rc));
+        repos_gh_reply(app->repos, sid, msg);
+        free(msg);
+        snprintf(what, n, "session %s: comment not queued: %s", sid, err_str(rc));
+    } else {
+        snprintf(what, n, "session %s: comment by %s queued as a prompt", sid, uid);
+    }
+    ops_answer_free(&ans);
+    json_decref(body);
 }
 
 int api_github_webhook(struct req *r)
@@ -66,6 +120,17 @@ int api_github_webhook(struct req *r)
     p = json_loadb(body ? body : "", len, 0, NULL);
     if (!json_is_object(p)) {
         rc = req_fail(r, ERR_INVALID, "the body must be a JSON object");
+        goto out;
+    }
+    char sid[72];
+    int trusted = 0;
+    const char *mention = app->cfg->github_mention && *app->cfg->github_mention
+                              ? app->cfg->github_mention
+                              : "@sessiond";
+    if (repos_gh_comment(app->repos, event, p, mention, sid, &trusted) == 0) {
+        comment_prompt(app, p, sid, trusted, delivery, what, sizeof(what));
+        LOG_INFO("github: delivery %s (%s): %s", delivery, event, what);
+        rc = req_reply_json(r, 200, json_pack("{s:b, s:s}", "ok", 1, "done", what));
         goto out;
     }
     rc = repos_gh_event(app->repos, event, p, what, sizeof(what));

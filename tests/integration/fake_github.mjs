@@ -54,6 +54,7 @@ const stats = { jwt_ok: 0, jwt_bad: 0, tokens_issued: 0, lookups: 0, git_ok: 0, 
   git_401: 0, git_401_expired: 0, git_401_anonymous: 0, pulls: 0, pulls_401: 0, receive_pack: 0,
   pull_gets: 0, pull_patches: 0, graphql: 0, pulls_422: 0, status_gets: 0 };
 let prs = 0;
+const comments = []; // {owner, repo, number, body, by}: POST …/issues/{n}/comments (GET /_fake/comments)
 const statuses = new Map(); // "owner/repo@sha" -> combined state (POST /_fake/status)
 
 function log(o) {
@@ -200,6 +201,22 @@ function api(req, res, path, body) {
     if (q.state === 'closed' || q.state === 'open') pr.state = q.state;
     return send(res, 200, prJson(pr));
   }
+  if ((m = /^\/repos\/([^/]+)\/([^/]+)\/issues\/(\d+)\/comments$/.exec(path)) && req.method === 'POST') {
+    const tm = /^Bearer (.+)$/.exec(req.headers.authorization || '');
+    const check = tm ? tokenCheck(tm[1], m[1]) : { why: 'none' };
+    log({ api: 'comment', owner: m[1], repo: m[2], number: Number(m[3]), auth: check.kind || check.why, body });
+    if (!check.kind) return send(res, 401, { message: 'Bad credentials' });
+    let q;
+    try {
+      q = JSON.parse(body);
+    } catch {
+      return send(res, 400, { message: 'Problems parsing JSON' });
+    }
+    if (typeof q.body !== 'string' || !q.body) return send(res, 422, { message: 'body is required' });
+    if (!pulls.some((p) => p.owner === m[1] && p.repo === m[2] && p.number === Number(m[3]))) return send(res, 404, { message: 'Not Found' });
+    comments.push({ owner: m[1], repo: m[2], number: Number(m[3]), body: q.body, by: check.kind });
+    return send(res, 201, { id: comments.length, body: q.body });
+  }
   if ((m = /^\/repos\/([^/]+)\/([^/]+)\/commits\/([0-9a-f]{40})\/status$/.exec(path)) && req.method === 'GET') {
     const tm = /^Bearer (.+)$/.exec(req.headers.authorization || '');
     const check = tm ? tokenCheck(tm[1], m[1]) : { why: 'none' };
@@ -341,6 +358,7 @@ const srv = http.createServer((req, res) => {
     req.on('end', () => {
       if (url.pathname === '/_fake/config' && req.method === 'POST') Object.assign(knobs, JSON.parse(body || '{}'));
       if (url.pathname === '/_fake/prs') return send(res, 200, pulls);
+      if (url.pathname === '/_fake/comments') return send(res, 200, comments);
       if (url.pathname === '/_fake/merge') {
         const q = JSON.parse(body || '{}');
         const pr = pulls.find((p) => p.owner === q.owner && p.repo === q.repo && p.number === q.number);
