@@ -23,7 +23,10 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmem.h"
+#include "common/buf.h"
+#include "storage/messages.h"
 #include "storage/prs_db.h"
+#include "storage/store.h"
 #include "workspace/ghapp.h"
 #include "workspace/github.h"
 
@@ -37,7 +40,8 @@
 #define POLL_LIMIT     500 /* open pull requests read per round */
 #define API_TIMEOUT_MS 15000
 
-#define MAX_REPLIES 256 /* queued comments; more are dropped with a log line */
+#define REPLY_MAX   60000 /* GitHub refuses comments over 65536 characters */
+#define MAX_REPLIES 256   /* queued comments; more are dropped with a log line */
 
 /* A comment to post on a session's pull request (r->replies, guarded by r->lock). */
 struct gh_reply {
@@ -273,6 +277,81 @@ void repos_gh_reply(struct repos *r, const char *sid, const char *body)
     pthread_mutex_unlock(&r->lock);
 }
 
+void repos_gh_watch(struct repos *r, const char *sid, const char *prompt_id, const char *message_id,
+                    const char *login)
+{
+    if (!r || !r->gh_watch || !prompt_id || !message_id) {
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    if (json_object_size(r->gh_watch) < REPOS_GH_WATCH) {
+        json_object_set_new(r->gh_watch, prompt_id,
+                            json_pack("{s:s, s:s, s:s}", "sid", sid, "message_id", message_id,
+                                      "login", login ? login : ""));
+    } else {
+        LOG_WARN("repos: session %s: too many pull request prompts watched: no answer posted", sid);
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Finding the agent's answer to one user message: the assistant messages after it. */
+struct answer_find {
+    const char *message_id;
+    int after;
+    struct buf text;
+};
+
+static int find_answer(void *ctx, const struct message_row *m)
+{
+    struct answer_find *f = ctx;
+    if (m->role && strcmp(m->role, "user") == 0) {
+        if (f->after) {
+            return 1; /* the next prompt: the answer ended */
+        }
+        f->after = m->id && strcmp(m->id, f->message_id) == 0;
+    } else if (f->after && m->role && strcmp(m->role, "assistant") == 0 && m->content) {
+        f->text.len = 0; /* the last answer wins: the agent's final word */
+        buf_append(&f->text, m->content, m->content_len < REPLY_MAX ? m->content_len : REPLY_MAX);
+    }
+    return 0;
+}
+
+static int read_answer(struct sess_rd *rd, void *arg)
+{
+    messages_list(rd, 0, 5000, find_answer, arg);
+    return 0;
+}
+
+void repos__gh_prompt_end(struct repos *r, const char *sid, const char *prompt_id)
+{
+    json_t *w = NULL;
+    struct sess *s = NULL;
+    if (!r->gh_watch || !prompt_id) {
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    w = json_incref(json_object_get(r->gh_watch, prompt_id));
+    json_object_del(r->gh_watch, prompt_id);
+    pthread_mutex_unlock(&r->lock);
+    if (!w) {
+        return;
+    }
+    struct answer_find f = {.message_id = str(w, "message_id")};
+    buf_init(&f.text, REPLY_MAX);
+    if (r->cfg.store && store_session_get(r->cfg.store, sid, &s) == 0) {
+        sess_view(s, read_answer, &f);
+        sess_put(s);
+    }
+    const char *login = str(w, "login");
+    char *body =
+        xasprintf("@%s %.*s", login && *login ? login : "there", f.text.len ? (int)f.text.len : 40,
+                  f.text.len ? f.text.data : "(done: the agent gave no answer)");
+    repos_gh_reply(r, sid, body);
+    free(body);
+    buf_free(&f.text);
+    json_decref(w);
+}
+
 /* ---- the follower thread: replies and the poller ---- */
 
 /* The API request for sid's repository with a token (the App's, else github.token): 0 and
@@ -457,6 +536,7 @@ static void *poller_main(void *arg)
 int repos__hook_start(struct repos *r)
 {
     r->hook_seen = xcalloc(REPOS_HOOK_SEEN, sizeof(*r->hook_seen));
+    r->gh_watch = json_object();
     pthread_cond_init(&r->poll_cv, NULL);
     if (r->cfg.no_threads) {
         return 0;
@@ -488,4 +568,6 @@ void repos__hook_free(struct repos *r)
     }
     free(r->hook_seen);
     r->hook_seen = NULL;
+    json_decref(r->gh_watch);
+    r->gh_watch = NULL;
 }

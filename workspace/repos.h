@@ -324,6 +324,12 @@ int repos_gh_comment(struct repos *r, const char *event, json_t *payload, const 
 /** Queue a comment with body on the pull request of sid; posted by the pull request follower
  * thread with the App's installation token (else github.token). Any thread; no I/O. */
 void repos_gh_reply(struct repos *r, const char *sid, const char *body);
+/** Prompt prompt_id of sid (user message message_id) came from a pull request comment by
+ * login: when it ends, the agent's answer is posted as a reply mentioning login. At most
+ * REPOS_GH_WATCH prompts are watched (kept in memory: a restart forgets them). Any thread. */
+#define REPOS_GH_WATCH 1000
+void repos_gh_watch(struct repos *r, const char *sid, const char *prompt_id, const char *message_id,
+                    const char *login);
 /** The session's pull request as GET /v1/sessions/{id} shows it ({number, url, state, draft,
  * ci_state, head_sha, created_at, merged_at}) or json null. New reference. */
 json_t *repos_pr_json(struct repos *r, const char *sid);

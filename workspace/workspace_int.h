@@ -114,6 +114,7 @@ struct repos {
      * and the poller's wake-up are guarded by lock. */
     struct hook_seen *hook_seen; /* HOOK_SEEN_MAX entries */
     int hook_seen_next;
+    json_t *gh_watch;         /* prompt id -> {sid, message_id, login}: answer on the PR */
     struct gh_reply *replies; /* comments to post, oldest first */
     int nreplies;
     pthread_cond_t poll_cv; /* a reply queued, or stopping */
@@ -170,6 +171,7 @@ int repos__mirror_fetch(struct repos *r, const char *gitdir, const char *url, co
 int repos__hook_start(struct repos *r);
 void repos__hook_stop(struct repos *r);
 void repos__hook_free(struct repos *r);
+void repos__gh_prompt_end(struct repos *r, const char *sid, const char *prompt_id);
 
 /* repos.c */
 void repos__chown_tree(struct repos *r, const char *dir);

@@ -84,6 +84,8 @@ static void comment_prompt(struct app *app, json_t *p, const char *sid, int trus
         free(msg);
         snprintf(what, n, "session %s: comment not queued: %s", sid, err_str(rc));
     } else {
+        repos_gh_watch(app->repos, sid, json_string_value(json_object_get(ans.json, "prompt_id")),
+                       json_string_value(json_object_get(ans.json, "message_id")), login);
         snprintf(what, n, "session %s: comment by %s queued as a prompt", sid, uid);
     }
     ops_answer_free(&ans);

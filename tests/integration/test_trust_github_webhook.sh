@@ -138,6 +138,14 @@ check "... it became a prompt of the session" [ $? = 0 ]
 api GET "/v1/sessions/$SID/messages?limit=100" "" "$ALICE"
 check "... authored by github:583231 (octocat)" \
   [ "$(jget '[.messages[] | select(.author.id=="github:583231")] | length')" = 1 -a "$(jget '[.messages[] | select(.author.id=="github:583231")][0].author.name')" = octocat ]
+wait_event "$SID" prompt.completed $((NP + 1)) 20 >/dev/null
+for i in $(seq 1 100); do [ "$(fcom length)" -ge 3 ] && break; sleep 0.05; done
+check "the agent's answer is posted back as a reply to octocat, with the App's token" \
+  [ "$(fcom length)" = 3 -a "$(fcom '.[2].by')" = app -a "$(fcom '.[2].number')" = 1 ]
+A=$(fcom '.[2].body')
+api GET "/v1/sessions/$SID/messages?limit=100" "" "$ALICE"
+LAST=$(jget '[.messages[] | select(.role=="assistant")] | last | .content')
+check "... the reply says @octocat and the agent's answer" [ "$A" = "@octocat $LAST" ]
 comment pull_request_review_comment d-c-owner octocat 583231 OWNER '@sessiond echo review > review.txt'
 sleep 0.3
 check "a replayed comment delivery queues nothing" [ "$(count_type "$SID" prompt.started)" = $((NP + 1)) ]
