@@ -40,6 +40,21 @@ static int verify(const char *secret, const char *sig, const char *body, size_t 
     return util_ct_equal(want, strlen(want), sig, strlen(sig)) ? 0 : ERR_AUTH;
 }
 
+/* The comment without its first mention of sessiond (the agent is asked, not addressed).
+ * Caller frees. */
+static char *without_mention(const char *text, const char *mention)
+{
+    const char *at = text ? strstr(text, mention) : NULL;
+    if (!at) {
+        return xstrdup(text ? text : "");
+    }
+    const char *rest = at + strlen(mention);
+    while (*rest == ' ' || *rest == ',' || *rest == ':') {
+        rest++;
+    }
+    return xasprintf("%.*s%s", (int)(at - text), text, rest);
+}
+
 #define GITHUB_ACTOR_ID "github:bot" /* who creates the prompts of pull request comments */
 
 /* A comment on a session's pull request that mentions sessiond (trusted: the commenter may
@@ -47,7 +62,7 @@ static int verify(const char *secret, const char *sig, const char *body, size_t 
  * else gets a polite refusal. The answer and the refusal are posted by the repository layer's
  * follower thread. what (size n) says what was done. */
 static void comment_prompt(struct app *app, json_t *p, const char *sid, int trusted,
-                           const char *delivery, char *what, size_t n)
+                           const char *mention, const char *delivery, char *what, size_t n)
 {
     json_t *c = json_object_get(p, "comment");
     json_t *user = json_object_get(c, "user");
@@ -71,8 +86,8 @@ static void comment_prompt(struct app *app, json_t *p, const char *sid, int trus
     snprintf(actor.role, sizeof(actor.role), "bot");
     char uid[64];
     snprintf(uid, sizeof(uid), "github:%lld", (long long)json_integer_value(id));
-    json_t *body = json_pack("{s:s, s:{s:s, s:s}, s:s}", "content",
-                             json_string_value(json_object_get(c, "body")), "author", "id", uid,
+    char *content = without_mention(json_string_value(json_object_get(c, "body")), mention);
+    json_t *body = json_pack("{s:s, s:{s:s, s:s}, s:s}", "content", content, "author", "id", uid,
                              "name", login ? login : uid, "client_request_id", delivery);
     /* the commenter's right to prompt was decided from author_association above: the
      * integration's bot identity holds no session of its own */
@@ -90,6 +105,7 @@ static void comment_prompt(struct app *app, json_t *p, const char *sid, int trus
     }
     ops_answer_free(&ans);
     json_decref(body);
+    free(content);
 }
 
 int api_github_webhook(struct req *r)
@@ -130,7 +146,7 @@ int api_github_webhook(struct req *r)
                               ? app->cfg->github_mention
                               : "@sessiond";
     if (repos_gh_comment(app->repos, event, p, mention, sid, &trusted) == 0) {
-        comment_prompt(app, p, sid, trusted, delivery, what, sizeof(what));
+        comment_prompt(app, p, sid, trusted, mention, delivery, what, sizeof(what));
         LOG_INFO("github: delivery %s (%s): %s", delivery, event, what);
         rc = req_reply_json(r, 200, json_pack("{s:b, s:s}", "ok", 1, "done", what));
         goto out;

@@ -136,6 +136,7 @@ check "an owner's review comment: 200, queued" [ "$STATUS" = 200 ]
 PQ=$(wait_event "$SID" prompt.started $((NP + 1)) 10)
 check "... it became a prompt of the session" [ $? = 0 ]
 api GET "/v1/sessions/$SID/messages?limit=100" "" "$ALICE"
+check "... without the mention" [ "$(jget '[.messages[] | select(.author.id=="github:583231")][0].content')" = 'echo review > review.txt' ]
 check "... authored by github:583231 (octocat)" \
   [ "$(jget '[.messages[] | select(.author.id=="github:583231")] | length')" = 1 -a "$(jget '[.messages[] | select(.author.id=="github:583231")][0].author.name')" = octocat ]
 wait_event "$SID" prompt.completed $((NP + 1)) 20 >/dev/null
