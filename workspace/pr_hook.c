@@ -101,20 +101,27 @@ static void note_ci(struct repos *r, const char *sid, const char *ci, const char
     repos__emit(r, sid, "pr.ci", ev);
 }
 
-/* The session whose open pull request was last pushed at sha (sid >= 72 bytes). */
-static int find_by_head(struct repos *r, const char *sha, char *sid)
+/* The session whose open pull request in the repository repo_url (its html URL) was last
+ * pushed at sha (sid >= 72 bytes). The repository must match: one App's deliveries cover
+ * every repository it is installed on, and anyone with a fork can put statuses on the same
+ * commit in a repository of their own. */
+static int find_by_head(struct repos *r, const char *repo_url, const char *sha, char *sid)
 {
     json_t *open = NULL;
     int rc = ERR_NOT_FOUND;
-    if (!sha || !*sha || prs_db_list_open(r->prs, POLL_LIMIT, &open) != 0) {
+    if (!sha || !*sha || !repo_url || !*repo_url ||
+        prs_db_list_open(r->prs, POLL_LIMIT, &open) != 0) {
         return rc;
     }
+    size_t ul = strlen(repo_url);
     size_t i;
     json_t *e;
     json_array_foreach(open, i, e)
     {
         const char *h = str(e, "head_sha");
-        if (h && strcmp(h, sha) == 0) {
+        const char *url = str(e, "url");
+        if (h && strcmp(h, sha) == 0 && url && strncmp(url, repo_url, ul) == 0 &&
+            strncmp(url + ul, "/pull/", 6) == 0) {
             snprintf(sid, 72, "%s", str(e, "session_id"));
             rc = 0;
             break;
@@ -187,7 +194,7 @@ int repos_gh_event(struct repos *r, const char *event, json_t *p, char *what, si
             sid[0] = 0;
         }
         const char *sha = str(suite, "head_sha");
-        if (!sid[0] && find_by_head(r, sha, sid) != 0) {
+        if (!sid[0] && find_by_head(r, repo_url, sha, sid) != 0) {
             snprintf(what, n, "no session's pull request has this check suite");
             return ERR_NOT_FOUND;
         }
@@ -203,7 +210,7 @@ int repos_gh_event(struct repos *r, const char *event, json_t *p, char *what, si
                     strcmp(ci, "failure") != 0 && strcmp(ci, "error") != 0)) {
             return 0;
         }
-        if (find_by_head(r, sha, sid) != 0) {
+        if (find_by_head(r, str(json_object_get(p, "repository"), "html_url"), sha, sid) != 0) {
             snprintf(what, n, "no session's pull request is at this commit");
             return ERR_NOT_FOUND;
         }

@@ -101,6 +101,8 @@ hook pull_request d-other "$OTHER"
 check "a pull request no session has: 202 ignored" [ "$STATUS" = 202 ]
 hook status d-other-status "$(jq -cn '{sha:"0123456789012345678901234567890123456789", state:"failure"}')"
 check "a status of a commit no session has: 202" [ "$STATUS" = 202 ]
+hook status d-fork-status "$(jq -cn --arg h "$HEAD" '{sha:$h, state:"failure", repository:{html_url:"https://github.example/mallory/hello"}}')"
+check "a status on the same commit in another repository (a fork): 202" [ "$STATUS" = 202 ]
 api GET "/v1/sessions/$SID" "" "$ALICE"
 check "... and they changed nothing" [ "$(jget .pr.state)" = open -a "$(jget .pr.ci_state)" = success ]
 
