@@ -266,7 +266,7 @@ void repos_gh_reply(struct repos *r, const char *sid, const char *body)
         return;
     }
     pthread_mutex_lock(&r->lock);
-    if (r->nreplies >= MAX_REPLIES || !r->poller_running) {
+    if (r->nreplies >= MAX_REPLIES || !r->poller_running || r->stopping) {
         pthread_mutex_unlock(&r->lock);
         LOG_WARN("repos: session %s: pull request comment dropped (%s)", sid,
                  r->poller_running ? "queue full" : "no follower thread");
@@ -565,13 +565,21 @@ void repos__hook_stop(struct repos *r)
     pthread_cond_broadcast(&r->poll_cv); /* r->stopping is set */
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->poller, NULL);
-    r->poller_running = 0;
+    pthread_mutex_lock(&r->lock);
+    r->poller_running = 0; /* repos_gh_reply queues nothing any more */
+    pthread_mutex_unlock(&r->lock);
 }
 
 void repos__hook_free(struct repos *r)
 {
     if (r->hook_seen) {
         pthread_cond_destroy(&r->poll_cv);
+    }
+    while (r->replies) {
+        struct gh_reply *j = r->replies;
+        r->replies = j->next;
+        free(j->body);
+        free(j);
     }
     free(r->hook_seen);
     r->hook_seen = NULL;
