@@ -540,6 +540,7 @@ static int start_repos(struct app *app)
         .github_api_base = cfg->github_api_base,
         .github_token = cfg->github_token,
         .public_url = cfg->public_url,
+        .poll_interval_s = (int)cfg->github_poll_interval,
     };
     int rc = repos_open(&rcfg, &app->repos);
     if (rc != 0) {

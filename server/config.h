@@ -105,6 +105,11 @@ struct config {
     int64_t max_sessions_per_minute;  /* session creations per user and minute */
     int64_t max_prompt_output_bytes;  /* agent output stored per prompt */
     int64_t max_session_output_bytes; /* agent output stored per session, all prompts */
+
+    /* ---- following pull requests (webhook, poller, comments) ---- */
+    char *github_webhook_secret;  /* github.webhook_secret (secret); "" = the webhook answers 503 */
+    char *github_mention;         /* github.mention: what a comment mentions to prompt */
+    int64_t github_poll_interval; /* github.poll_interval_s: the poller's period; 0 = off */
 };
 
 /** Build the configuration from argv (flags), envp (NULL = environ) and the JSON file named

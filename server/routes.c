@@ -12,6 +12,7 @@
 #include "server/api/api_secrets.h"
 #include "server/api/api_diff.h"
 #include "server/slack/slack.h"
+#include "server/api/api_github.h"
 #include "server/static.h"
 #include "server/api/api_metrics.h"
 
@@ -82,6 +83,7 @@ const struct route http_routes[] = {
 
     /* ---- clients: slack, extension, static web UI (keep {*path} last) ---- */
     {"POST", "/v1/slack/events", api_slack_events, ROUTE_PUBLIC | ROUTE_RAW_BODY},
+    {"POST", "/v1/github/webhook", api_github_webhook, ROUTE_PUBLIC | ROUTE_RAW_BODY},
     {"GET", "/", api_static, ROUTE_PUBLIC},
     {"GET", "/ui/{*path}", api_static, ROUTE_PUBLIC},
 

@@ -392,3 +392,64 @@ int github_set_draft(const struct github_pr *req, const char *node_id, int draft
     json_decref(rj);
     return rc;
 }
+
+int github_ci_state(const struct github_pr *req, const char *sha, char state[16], char *msg,
+                    size_t n)
+{
+    json_t *rj = NULL;
+    state[0] = 0;
+    int rc = check_req(req, msg, n);
+    if (rc != 0) {
+        return rc;
+    }
+    if (!sha || strlen(sha) != 40 || strspn(sha, "0123456789abcdef") != 40) {
+        snprintf(msg, n, "invalid commit sha");
+        return ERR_INVALID;
+    }
+    size_t bl = strlen(req->api_base);
+    while (bl > 0 && req->api_base[bl - 1] == '/') {
+        bl--;
+    }
+    char *url = xasprintf("%.*s/repos/%s/%s/commits/%s/status", (int)bl, req->api_base, req->owner,
+                          req->repo, sha);
+    rc = gh_call(req, "GET", url, NULL, 200, &rj, "GET combined status", msg, n);
+    if (rc == 0) {
+        const char *st = json_string_value(json_object_get(rj, "state"));
+        /* no status at all reads "pending" on GitHub: that is "no CI", not a pending one */
+        if (st && json_integer_value(json_object_get(rj, "total_count")) > 0 &&
+            (strcmp(st, "pending") == 0 || strcmp(st, "success") == 0 ||
+             strcmp(st, "failure") == 0 || strcmp(st, "error") == 0)) {
+            snprintf(state, 16, "%s", st);
+        }
+    }
+    free(url);
+    json_decref(rj);
+    return rc;
+}
+
+int github_add_comment(const struct github_pr *req, int64_t number, const char *body, char *msg,
+                       size_t n)
+{
+    json_t *rj = NULL, *reqj = NULL;
+    int rc = check_req(req, msg, n);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t bl = strlen(req->api_base);
+    while (bl > 0 && req->api_base[bl - 1] == '/') {
+        bl--;
+    }
+    char *url = xasprintf("%.*s/repos/%s/%s/issues/%lld/comments", (int)bl, req->api_base,
+                          req->owner, req->repo, (long long)number);
+    reqj = json_pack("{s:s}", "body", body ? body : "");
+    if (!reqj) {
+        snprintf(msg, n, "the comment is not valid UTF-8");
+        rc = ERR_INVALID;
+    } else {
+        rc = gh_call(req, "POST", url, reqj, 201, &rj, "POST comment", msg, n);
+    }
+    free(url);
+    json_decref(reqj);
+    json_decref(rj);
+    return rc;
+}

@@ -49,6 +49,15 @@ int github_update_pr(const struct github_pr *req, int64_t number, json_t **out, 
 int github_set_draft(const struct github_pr *req, const char *node_id, int draft, char *msg,
                      size_t n);
 
+/** The combined commit status of sha (40 lowercase hex) (GET …/commits/{sha}/status): state =
+ * pending | success | failure | error, or "" when the commit has no status at all. */
+int github_ci_state(const struct github_pr *req, const char *sha, char state[16], char *msg,
+                    size_t n);
+
+/** Comment body on issue or pull request number (POST …/issues/{number}/comments). */
+int github_add_comment(const struct github_pr *req, int64_t number, const char *body, char *msg,
+                       size_t n);
+
 /** Split a repository URL (https://github.com/OWNER/REPO(.git), git@github.com:OWNER/REPO.git,
  * ssh://git@host/OWNER/REPO) into owner and repo (caller frees both). ERR_INVALID otherwise. */
 int github_parse_url(const char *url, char **owner, char **repo);

@@ -581,6 +581,9 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
         rc = repos__pr_start(r);
     }
     if (rc == 0) {
+        rc = repos__hook_start(r);
+    }
+    if (rc == 0) {
         /* Builds interrupted by a stop or a crash will never finish. */
         repos_db_image_interrupt(r->db, "interrupted by a server restart");
         char *warm_glob = xasprintf("%s/repos", r->data_dir);
@@ -650,7 +653,8 @@ void repos_shutdown(struct repos *r)
     if (r->threads & 2) {
         pthread_join(r->pooler, NULL);
     }
-    repos__pr_stop(r); /* a push or API call in progress ends first (cancelled or timed out) */
+    repos__hook_stop(r); /* the poller's API call in progress is cancelled like the workers' */
+    repos__pr_stop(r);   /* a push or API call in progress ends first (cancelled or timed out) */
     while (r->jobs) {
         struct job *jb = r->jobs;
         r->jobs = jb->next;
@@ -681,6 +685,7 @@ void repos_close(struct repos *r)
         return;
     }
     repos_shutdown(r);
+    repos__hook_free(r);
     repos__pr_free(r);
     repos_db_close(r->db);
     json_decref(r->ready_src);

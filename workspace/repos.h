@@ -82,6 +82,9 @@ struct repos_config {
     const char *github_token;
     const char *public_url;
     int pr_workers;
+    /* The poller (github.poll_interval_s): every that many seconds the state and combined CI
+     * state of each open pull request are read from GitHub; 0 = off (webhooks only). */
+    int poll_interval_s;
 };
 
 /** Open (registry.db must have been migrated by the store). *out: repos_close(). */
@@ -308,6 +311,33 @@ int repos_pr_sync(struct repos *r, const char *sid, const struct repos_pr_req *q
  * changed to it. ERR_NOT_FOUND if sid has no pull request. */
 int repos_pr_note_state(struct repos *r, const char *sid, const char *state, int draft,
                         int64_t at_ms);
+/** A GitHub webhook delivery's id (X-GitHub-Delivery, at most 63 bytes): *fresh = 1 the first
+ * time it is seen, 0 for a replay (the last REPOS_HOOK_SEEN ids within 24 hours are kept in
+ * memory: GitHub's redeliveries come within that, and a restart forgets them). Any thread. */
+#define REPOS_HOOK_SEEN 4096
+int repos_gh_delivery(struct repos *r, const char *delivery, int *fresh);
+/** Apply a verified webhook delivery of type event (X-GitHub-Event) with its payload:
+ * pull_request closed/reopened -> repos_pr_note_state; check_suite and status -> the combined
+ * CI state (pr.ci when it changed). *what (size n) says what was done for the log and the
+ * answer. ERR_NOT_FOUND: no session has this pull request (ignored by the caller); 0 also for
+ * events and actions that need nothing. Any thread; no network I/O. */
+int repos_gh_event(struct repos *r, const char *event, json_t *payload, char *what, size_t n);
+/** A comment delivery (issue_comment or pull_request_review_comment, action created) on a
+ * session's pull request whose body contains mention: sid (>= 72 bytes) is that session, and
+ * *trusted = 1 when the commenter's author_association is OWNER, MEMBER or COLLABORATOR (no
+ * one else may prompt: anyone can comment on a public repository). ERR_NOT_FOUND: not a
+ * comment for sessiond (no mention, not a session's pull request, another action). */
+int repos_gh_comment(struct repos *r, const char *event, json_t *payload, const char *mention,
+                     char *sid, int *trusted);
+/** Queue a comment with body on the pull request of sid; posted by the pull request follower
+ * thread with the App's installation token (else github.token). Any thread; no I/O. */
+void repos_gh_reply(struct repos *r, const char *sid, const char *body);
+/** Prompt prompt_id of sid (user message message_id) came from a pull request comment by
+ * login: when it ends, the agent's answer is posted as a reply mentioning login. At most
+ * REPOS_GH_WATCH prompts are watched (kept in memory: a restart forgets them). Any thread. */
+#define REPOS_GH_WATCH 1000
+void repos_gh_watch(struct repos *r, const char *sid, const char *prompt_id, const char *message_id,
+                    const char *login);
 /** The session's pull request as GET /v1/sessions/{id} shows it ({number, url, state, draft,
  * ci_state, head_sha, created_at, merged_at}) or json null. New reference. */
 json_t *repos_pr_json(struct repos *r, const char *sid);

@@ -356,6 +356,7 @@ void repos_prompt_end(struct repos *rp, const char *sid, const char *prompt_id)
     json_object_del(r->ending, sid);
     pthread_cond_broadcast(&r->sync_cv);
     pthread_mutex_unlock(&r->lock);
+    repos__gh_prompt_end(r, sid, prompt_id); /* a pull request comment's prompt: the answer */
     repos_db_prompt_free(&p);
     free(ws);
     repos__hook_leave(r);

@@ -109,6 +109,17 @@ struct repos {
     pthread_cond_t pr_cv;             /* a job queued, a session's slot freed, or stopping */
     pthread_t *pr_threads;
     int pr_nthreads;
+
+    /* GitHub webhooks and the poller (pr_hook.c). hook_seen (a ring of the last delivery ids)
+     * and the poller's wake-up are guarded by lock. */
+    struct hook_seen *hook_seen; /* HOOK_SEEN_MAX entries */
+    int hook_seen_next;
+    json_t *gh_watch;         /* prompt id -> {sid, message_id, login}: answer on the PR */
+    struct gh_reply *replies; /* comments to post, oldest first */
+    int nreplies;
+    pthread_cond_t poll_cv; /* a reply queued, or stopping */
+    pthread_t poller;
+    int poller_running;
 };
 
 /* A session whose last prompt committed changes: push and open or update its pull request. */
@@ -155,6 +166,12 @@ int repos__sync(struct repos *r, const char *dir, const char *shared, const char
 int repos__clone(struct repos *r, const char *url, const char *branch, const char *dir);
 int repos__mirror_fetch(struct repos *r, const char *gitdir, const char *url, const char *branch,
                         char head[41]);
+
+/* pr_hook.c: the webhook's delivery ring and the poller thread */
+int repos__hook_start(struct repos *r);
+void repos__hook_stop(struct repos *r);
+void repos__hook_free(struct repos *r);
+void repos__gh_prompt_end(struct repos *r, const char *sid, const char *prompt_id);
 
 /* repos.c */
 void repos__chown_tree(struct repos *r, const char *dir);

@@ -29,7 +29,9 @@
 // token_life_s); revoke_on_pr: the next pull request revokes the token it came with and
 // answers 401; pr_delay_ms: every pull request call waits that long (a slow GitHub).
 // GET /_fake/stats → counters; GET /_fake/prs → the pull requests; POST /_fake/merge
-// {owner, repo, number} merges one. Every request is a JSON line in --log.
+// {owner, repo, number} merges one; POST /_fake/status {owner, repo, sha, state} sets the
+// combined status GET /repos/{o}/{r}/commits/{sha}/status answers (with a token).
+// Every request is a JSON line in --log.
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -50,8 +52,10 @@ const pulls = []; // {owner, repo, number, title, body, head, base, draft, state
 const tokens = new Map(); // token -> {installation, expires_ms, revoked}
 const stats = { jwt_ok: 0, jwt_bad: 0, tokens_issued: 0, lookups: 0, git_ok: 0, git_app: 0, git_user: 0,
   git_401: 0, git_401_expired: 0, git_401_anonymous: 0, pulls: 0, pulls_401: 0, receive_pack: 0,
-  pull_gets: 0, pull_patches: 0, graphql: 0, pulls_422: 0 };
+  pull_gets: 0, pull_patches: 0, graphql: 0, pulls_422: 0, status_gets: 0 };
 let prs = 0;
+const comments = []; // {owner, repo, number, body, by}: POST …/issues/{n}/comments (GET /_fake/comments)
+const statuses = new Map(); // "owner/repo@sha" -> combined state (POST /_fake/status)
 
 function log(o) {
   if (logFile) fs.appendFileSync(logFile, JSON.stringify(o) + '\n');
@@ -197,6 +201,33 @@ function api(req, res, path, body) {
     if (q.state === 'closed' || q.state === 'open') pr.state = q.state;
     return send(res, 200, prJson(pr));
   }
+  if ((m = /^\/repos\/([^/]+)\/([^/]+)\/issues\/(\d+)\/comments$/.exec(path)) && req.method === 'POST') {
+    const tm = /^Bearer (.+)$/.exec(req.headers.authorization || '');
+    const check = tm ? tokenCheck(tm[1], m[1]) : { why: 'none' };
+    log({ api: 'comment', owner: m[1], repo: m[2], number: Number(m[3]), auth: check.kind || check.why, body });
+    if (!check.kind) return send(res, 401, { message: 'Bad credentials' });
+    let q;
+    try {
+      q = JSON.parse(body);
+    } catch {
+      return send(res, 400, { message: 'Problems parsing JSON' });
+    }
+    if (typeof q.body !== 'string' || !q.body) return send(res, 422, { message: 'body is required' });
+    if (!pulls.some((p) => p.owner === m[1] && p.repo === m[2] && p.number === Number(m[3]))) return send(res, 404, { message: 'Not Found' });
+    comments.push({ owner: m[1], repo: m[2], number: Number(m[3]), body: q.body, by: check.kind });
+    return send(res, 201, { id: comments.length, body: q.body });
+  }
+  if ((m = /^\/repos\/([^/]+)\/([^/]+)\/commits\/([0-9a-f]{40})\/status$/.exec(path)) && req.method === 'GET') {
+    const tm = /^Bearer (.+)$/.exec(req.headers.authorization || '');
+    const check = tm ? tokenCheck(tm[1], m[1]) : { why: 'none' };
+    log({ api: 'status_get', owner: m[1], repo: m[2], sha: m[3], auth: check.kind || check.why });
+    if (!check.kind) return send(res, 401, { message: 'Bad credentials' });
+    stats.status_gets++;
+    const st = statuses.get(`${m[1]}/${m[2]}@${m[3]}`);
+    // GitHub answers "pending" with total_count 0 for a commit without any status
+    return send(res, 200, { state: st || 'pending', sha: m[3], total_count: st ? 1 : 0,
+      statuses: st ? [{ state: st, context: 'ci' }] : [] });
+  }
   return send(res, 404, { message: 'Not Found' });
 }
 
@@ -327,11 +358,17 @@ const srv = http.createServer((req, res) => {
     req.on('end', () => {
       if (url.pathname === '/_fake/config' && req.method === 'POST') Object.assign(knobs, JSON.parse(body || '{}'));
       if (url.pathname === '/_fake/prs') return send(res, 200, pulls);
+      if (url.pathname === '/_fake/comments') return send(res, 200, comments);
       if (url.pathname === '/_fake/merge') {
         const q = JSON.parse(body || '{}');
         const pr = pulls.find((p) => p.owner === q.owner && p.repo === q.repo && p.number === q.number);
         if (pr) pr.merged = true;
         return send(res, pr ? 200 : 404, pr ? prJson(pr) : { message: 'Not Found' });
+      }
+      if (url.pathname === '/_fake/status') {
+        const q = JSON.parse(body || '{}');
+        statuses.set(`${q.owner}/${q.repo}@${q.sha}`, q.state);
+        return send(res, 200, { ok: true });
       }
       send(res, 200, url.pathname === '/_fake/stats' ? stats : knobs);
     });
