@@ -400,6 +400,11 @@ int walker_start(int rootfd, struct walker **out)
         return ERR_IO;
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN); /* the child cannot ask: no /sys */
+#if defined(__SANITIZE_THREAD__)
+    /* ThreadSanitizer cannot follow threads started in the fork child of a threaded process
+     * ("dup thread with used id"): under it the child walks on its own thread. */
+    cpus = 1;
+#endif
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
