@@ -146,117 +146,143 @@ static const char *suite_state(json_t *suite)
     return "failure";
 }
 
-int repos_gh_event(struct repos *r, const char *event, json_t *p, char *what, size_t n)
+int repos_gh_parse(const char *event, json_t *p, const char *mention, struct gh_hook *out)
 {
-    char sid[72] = "";
-    snprintf(what, n, "ignored");
-    if (!r || !r->prs || !event || !json_is_object(p)) {
-        return ERR_INVALID;
+    memset(out, 0, sizeof(*out));
+    out->kind = GH_HOOK_IGNORE;
+    out->draft = -1;
+    if (!event || !json_is_object(p)) {
+        return 0;
     }
     const char *action = str(p, "action");
     if (strcmp(event, "pull_request") == 0) {
         json_t *pr = json_object_get(p, "pull_request");
-        const char *url = str(pr, "html_url");
         if (!action || (strcmp(action, "closed") != 0 && strcmp(action, "reopened") != 0)) {
             return 0;
         }
-        if (!url || prs_db_find_url(r->prs, url, sid) != 0) {
-            snprintf(what, n, "no session has pull request %s", url ? url : "(none)");
-            return ERR_NOT_FOUND;
-        }
         int merged = json_is_true(json_object_get(pr, "merged"));
-        const char *state = strcmp(action, "reopened") == 0 ? "open" : merged ? "merged" : "closed";
-        int draft = json_is_boolean(json_object_get(pr, "draft"))
-                        ? json_is_true(json_object_get(pr, "draft"))
-                        : -1;
-        repos_pr_note_state(r, sid, state, draft, clock_now_ms());
-        snprintf(what, n, "session %s: pull request %s", sid, state);
+        out->kind = GH_HOOK_PR_STATE;
+        out->pr_url = str(pr, "html_url");
+        out->state = strcmp(action, "reopened") == 0 ? "open" : merged ? "merged" : "closed";
+        out->draft = json_is_boolean(json_object_get(pr, "draft"))
+                         ? json_is_true(json_object_get(pr, "draft"))
+                         : -1;
         return 0;
     }
     if (strcmp(event, "check_suite") == 0) {
         json_t *suite = json_object_get(p, "check_suite");
-        const char *repo_url = str(json_object_get(p, "repository"), "html_url");
-        json_t *prs = json_object_get(suite, "pull_requests");
-        size_t i;
-        json_t *e;
-        json_array_foreach(prs, i, e)
-        {
-            json_t *num = json_object_get(e, "number");
-            if (!repo_url || !json_is_integer(num)) {
-                continue;
-            }
-            char *url = xasprintf("%s/pull/%lld", repo_url, (long long)json_integer_value(num));
-            int found = prs_db_find_url(r->prs, url, sid) == 0;
-            free(url);
-            if (found) {
-                break;
-            }
-            sid[0] = 0;
-        }
-        const char *sha = str(suite, "head_sha");
-        if (!sid[0] && find_by_head(r, repo_url, sha, sid) != 0) {
-            snprintf(what, n, "no session's pull request has this check suite");
-            return ERR_NOT_FOUND;
-        }
-        const char *ci = suite_state(suite);
-        note_ci(r, sid, ci, sha);
-        snprintf(what, n, "session %s: ci %s", sid, ci);
+        out->kind = GH_HOOK_CI;
+        out->repo_url = str(json_object_get(p, "repository"), "html_url");
+        out->suite_prs = json_object_get(suite, "pull_requests");
+        out->sha = str(suite, "head_sha");
+        out->state = suite_state(suite);
         return 0;
     }
     if (strcmp(event, "status") == 0) {
-        const char *sha = str(p, "sha");
         const char *ci = str(p, "state");
         if (!ci || (strcmp(ci, "pending") != 0 && strcmp(ci, "success") != 0 &&
                     strcmp(ci, "failure") != 0 && strcmp(ci, "error") != 0)) {
             return 0;
         }
-        if (find_by_head(r, str(json_object_get(p, "repository"), "html_url"), sha, sid) != 0) {
-            snprintf(what, n, "no session's pull request is at this commit");
-            return ERR_NOT_FOUND;
-        }
-        note_ci(r, sid, ci, sha);
-        snprintf(what, n, "session %s: ci %s", sid, ci);
+        out->kind = GH_HOOK_CI;
+        out->repo_url = str(json_object_get(p, "repository"), "html_url");
+        out->sha = str(p, "sha");
+        out->state = ci;
         return 0;
     }
-    return 0; /* ping and the events sessiond does not follow */
-}
-
-int repos_gh_comment(struct repos *r, const char *event, json_t *p, const char *mention, char *sid,
-                     int *trusted)
-{
     const char *url = NULL;
-    *trusted = 0;
-    if (!r || !r->prs || !json_is_object(p) || !mention || !*mention) {
-        return ERR_NOT_FOUND;
-    }
-    const char *action = str(p, "action");
-    if (!action || strcmp(action, "created") != 0) {
-        return ERR_NOT_FOUND;
+    if (!mention || !*mention || !action || strcmp(action, "created") != 0) {
+        return 0;
     }
     if (strcmp(event, "issue_comment") == 0) {
         json_t *issue = json_object_get(p, "issue");
         if (!json_object_get(issue, "pull_request")) {
-            return ERR_NOT_FOUND; /* an issue, not a pull request */
+            return 0; /* an issue, not a pull request */
         }
         url = str(issue, "html_url");
     } else if (strcmp(event, "pull_request_review_comment") == 0) {
         url = str(json_object_get(p, "pull_request"), "html_url");
     } else {
-        return ERR_NOT_FOUND;
+        return 0; /* ping and the events sessiond does not follow */
     }
     json_t *c = json_object_get(p, "comment");
     const char *body = str(c, "body");
     const char *utype = str(json_object_get(c, "user"), "type");
     /* a bot's comment (our own replies included) never prompts: no loops between bots */
     if (!body || !strstr(body, mention) || (utype && strcmp(utype, "User") != 0)) {
-        return ERR_NOT_FOUND;
-    }
-    if (!url || prs_db_find_url(r->prs, url, sid) != 0) {
-        return ERR_NOT_FOUND;
+        return 0;
     }
     const char *assoc = str(c, "author_association");
-    *trusted = assoc && (strcmp(assoc, "OWNER") == 0 || strcmp(assoc, "MEMBER") == 0 ||
-                         strcmp(assoc, "COLLABORATOR") == 0);
+    out->kind = GH_HOOK_COMMENT;
+    out->pr_url = url;
+    out->trusted = assoc && (strcmp(assoc, "OWNER") == 0 || strcmp(assoc, "MEMBER") == 0 ||
+                             strcmp(assoc, "COLLABORATOR") == 0);
+    return 0;
+}
+
+int repos_gh_event(struct repos *r, const char *event, json_t *p, char *what, size_t n)
+{
+    char sid[72] = "";
+    struct gh_hook h;
+    snprintf(what, n, "ignored");
+    if (!r || !r->prs || !event || !json_is_object(p)) {
+        return ERR_INVALID;
+    }
+    /* no mention: comments are repos_gh_comment's, and need nothing here */
+    repos_gh_parse(event, p, NULL, &h);
+    if (h.kind == GH_HOOK_PR_STATE) {
+        if (!h.pr_url || prs_db_find_url(r->prs, h.pr_url, sid) != 0) {
+            snprintf(what, n, "no session has pull request %s", h.pr_url ? h.pr_url : "(none)");
+            return ERR_NOT_FOUND;
+        }
+        repos_pr_note_state(r, sid, h.state, h.draft, clock_now_ms());
+        snprintf(what, n, "session %s: pull request %s", sid, h.state);
+        return 0;
+    }
+    if (h.kind != GH_HOOK_CI) {
+        return 0;
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(h.suite_prs, i, e)
+    {
+        json_t *num = json_object_get(e, "number");
+        if (!h.repo_url || !json_is_integer(num)) {
+            continue;
+        }
+        char *url = xasprintf("%s/pull/%lld", h.repo_url, (long long)json_integer_value(num));
+        int found = prs_db_find_url(r->prs, url, sid) == 0;
+        free(url);
+        if (found) {
+            break;
+        }
+        sid[0] = 0;
+    }
+    if (!sid[0] && find_by_head(r, h.repo_url, h.sha, sid) != 0) {
+        snprintf(what, n, "%s",
+                 strcmp(event, "check_suite") == 0
+                     ? "no session's pull request has this check suite"
+                     : "no session's pull request is at this commit");
+        return ERR_NOT_FOUND;
+    }
+    note_ci(r, sid, h.state, h.sha);
+    snprintf(what, n, "session %s: ci %s", sid, h.state);
+    return 0;
+}
+
+int repos_gh_comment(struct repos *r, const char *event, json_t *p, const char *mention, char *sid,
+                     int *trusted)
+{
+    struct gh_hook h;
+    *trusted = 0;
+    if (!r || !r->prs || !json_is_object(p) || !mention || !*mention) {
+        return ERR_NOT_FOUND;
+    }
+    repos_gh_parse(event, p, mention, &h);
+    if (h.kind != GH_HOOK_COMMENT || !h.pr_url || prs_db_find_url(r->prs, h.pr_url, sid) != 0) {
+        return ERR_NOT_FOUND;
+    }
+    *trusted = h.trusted;
     return 0;
 }
 

@@ -329,6 +329,29 @@ int repos_gh_event(struct repos *r, const char *event, json_t *payload, char *wh
  * comment for sessiond (no mention, not a session's pull request, another action). */
 int repos_gh_comment(struct repos *r, const char *event, json_t *payload, const char *mention,
                      char *sid, int *trusted);
+/** What a verified webhook delivery asks for, read from its payload alone: the pure half of
+ * repos_gh_event and repos_gh_comment (no database, no state), so the payload parsing can be
+ * tested and fuzzed on its own. */
+enum gh_hook_kind {
+    GH_HOOK_IGNORE,   /* ping, an event or action sessiond does not follow */
+    GH_HOOK_PR_STATE, /* pull_request closed or reopened: pr_url is now state */
+    GH_HOOK_CI,       /* check_suite or status: CI state for sha in repo_url */
+    GH_HOOK_COMMENT,  /* a person's new comment on pr_url that contains the mention */
+};
+struct gh_hook {
+    enum gh_hook_kind kind;
+    const char *pr_url;   /* PR_STATE, COMMENT; may be NULL (the payload has none) */
+    const char *repo_url; /* CI: the repository's html_url; may be NULL */
+    const char *sha;      /* CI: the commit; may be NULL */
+    const char *state;    /* PR_STATE: open|merged|closed; CI: pending|success|failure|error */
+    int draft;            /* PR_STATE: 1, 0, or -1 when the payload does not say */
+    json_t *suite_prs;    /* CI of a check suite: its pull_requests (any JSON, may be NULL) */
+    int trusted;          /* COMMENT: author_association is OWNER, MEMBER or COLLABORATOR */
+};
+/** Fill *out from event (X-GitHub-Event, may be NULL) and payload (any JSON, may be NULL);
+ * mention NULL or "": comments are ignored. Strings and suite_prs are borrowed from payload.
+ * Always 0. Any thread. */
+int repos_gh_parse(const char *event, json_t *payload, const char *mention, struct gh_hook *out);
 /** Queue a comment with body on the pull request of sid; posted by the pull request follower
  * thread with the App's installation token (else github.token). Any thread; no I/O. */
 void repos_gh_reply(struct repos *r, const char *sid, const char *body);

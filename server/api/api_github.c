@@ -28,8 +28,7 @@
 #include <stdio.h>
 #include <string.h>
 
-/* 0 if sig is "sha256=<hex HMAC of body under secret>". */
-static int verify(const char *secret, const char *sig, const char *body, size_t len)
+int api_github_verify(const char *secret, const char *sig, const char *body, size_t len)
 {
     char mac[65], want[72];
     if (!sig || strncmp(sig, "sha256=", 7) != 0) {
@@ -121,7 +120,8 @@ int api_github_webhook(struct req *r)
                         "the GitHub webhook is not configured: set github.webhook_secret");
     }
     const char *body = req_body(r, &len);
-    if (verify(secret, req_header(r, "X-Hub-Signature-256"), body ? body : "", len) != 0) {
+    if (api_github_verify(secret, req_header(r, "X-Hub-Signature-256"), body ? body : "", len) !=
+        0) {
         LOG_WARN("github: webhook delivery refused: %s",
                  req_header(r, "X-Hub-Signature-256") ? "bad signature" : "no signature");
         return req_fail(r, ERR_AUTH, "invalid X-Hub-Signature-256");
