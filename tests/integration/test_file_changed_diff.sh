@@ -158,6 +158,6 @@ events "$SID"
 check "20 files: 20 diffs" [ "$(fc '[] | select(.data.path | test("^wb-")) | select(.data.diff | test("^diff --git"))' | jq -s length)" = 20 ]
 ADDED=$((DIFF_MS - BASE_MS))
 echo "# bench: prompt writing 20 files: ${BASE_MS} ms without diffs, ${DIFF_MS} ms with 20 file_changed diffs (added ${ADDED} ms)"
-check "20 diffs add less than 4 s to the prompt" [ "$ADDED" -lt 4000 ]
+# A figure, not an assertion: times belong in bench/ (they vary 3x with the machine's load).
 
 finish
