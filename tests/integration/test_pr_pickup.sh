@@ -43,12 +43,13 @@ push_body() {
   jq -cn --arg r "refs/heads/sessiond/$SID" --arg a "$1" \
     '{ref:$r, before:"0000000000000000000000000000000000000000", after:$a, deleted:false, repository:{html_url:"https://github.example/octo/hello"}}'
 }
-# someone_pushes FILE - a commit adding FILE from a separate clone, pushed to the session
-# branch; prints its sha
+# someone_pushes FILE [SID] - a commit adding FILE from a separate clone, pushed to the
+# session branch; prints its sha
 someone_pushes() {
+  local s=${2:-$SID}
   ( rm -rf "$TMP/other" && $G clone -q "$BARE" "$TMP/other" 2>/dev/null && cd "$TMP/other" &&
-    $G checkout -q "sessiond/$SID" && echo "from a reviewer" > "$1" && $G add -A &&
-    $G commit -qm "reviewer: $1" && $G push -q origin "sessiond/$SID" && git rev-parse HEAD )
+    $G checkout -q "sessiond/$s" && echo "from a reviewer" > "$1" && $G add -A &&
+    $G commit -qm "reviewer: $1" && $G push -q origin "sessiond/$s" && git rev-parse HEAD )
 }
 
 start_server --repos-tick-ms 200 --github-api-base "$FAKE/api/v3" --github-app-id 4242 \
@@ -104,4 +105,22 @@ api GET "/v1/sessions/$SID/files?path=listing.txt" "" "$ALICE"
 check "the prompt ran on the session's own tree (its file, not the remote's)" \
   bash -c "[ \"\$1\" = 200 -a \"\$2\" = 200 ] && printf '%s' \"\$3\" | grep -qx mine.txt && ! printf '%s' \"\$3\" | grep -qx other.txt" _ "$STATUS" "$MINE_STATUS" "$BODY"
 check "the remote branch kept the reviewer's commit" [ "$(git --git-dir="$BARE" rev-parse "sessiond/$SID")" = "$P2" ]
+
+# ---- without a webhook: the poller sees the pull request's head move ----
+stop_server
+start_server --repos-tick-ms 200 --github-api-base "$FAKE/api/v3" --github-app-id 4242 \
+  --github-app-key-file "$TMP/app.pem" --github-poll-interval-s 1 --shutdown-grace 1
+SID2=$(new_session '{"repo":"hello"}' "$ALICE")
+wait_event "$SID2" sandbox.ready 1 >/dev/null
+api POST "/v1/sessions/$SID2/messages" '{"content":"echo hi > greeting.txt"}' "$ALICE"
+PRE2=$(wait_event "$SID2" pr.created 1)
+check "a second session's pull request" [ $? = 0 ]
+P3=$(someone_pushes polled.txt "$SID2")
+sleep 2.5 # a poll round or two
+api POST "/v1/sessions/$SID2/messages" '{"content":"cat polled.txt > seen.txt"}' "$ALICE"
+PL2=$(wait_event "$SID2" pr.pulled 1)
+check "poller: pr.pulled {sha} before the prompt" [ $? = 0 -a "$(jget .data.sha "$PL2")" = "$P3" ]
+wait_event "$SID2" pr.updated 1 >/dev/null
+check "poller: the agent saw the pushed file" \
+  [ "$(git --git-dir="$BARE" show "sessiond/$SID2:seen.txt")" = "from a reviewer" ]
 finish
