@@ -73,6 +73,10 @@ static void pull_run(struct repos *r, const char *sid)
     if (rc != 0) {
         goto out;
     }
+    /* the previous prompt's end (its commit) goes first: the pull starts from that commit */
+    pthread_mutex_lock(&r->lock);
+    repos__wait_not_in(r, sid, r->ending, NULL, r->cfg.sync_wait_ms);
+    pthread_mutex_unlock(&r->lock);
     ws = repos__default_workspace(r, sid);
     shared = repos__session_shared(r, sid);
     tok = pull_token(r, url);
