@@ -253,6 +253,11 @@ static int start_budget_and_sandbox(struct start *p)
 static int start_sync_wait(struct start *p)
 {
     struct runner *r = p->r;
+    /* A push by someone else to the session's pull request branch comes in first: the pull
+     * counts as a sync (the agent must see those commits) */
+    if (p->alive) {
+        repos_pull_begin(p->r->cfg.repos, p->sid);
+    }
     if (p->alive && repos_syncing(p->r->cfg.repos, p->sid)) {
         int64_t now = clock_mono_ms();
         pthread_mutex_lock(&r->lock);

@@ -328,6 +328,106 @@ out:
     return rc;
 }
 
+/* Move the session branch (and, when HEAD is on it, the working tree) from local to remote,
+ * which the caller has checked is a descendant. The checkout is SAFE: a change of the
+ * workspace's own that the new commits would overwrite stops it before anything moved. */
+static int ff_to(git_repository *repo, const char *refname, git_reference *local,
+                 const git_oid *remote)
+{
+    git_object *target = NULL;
+    git_reference *head = NULL, *moved = NULL;
+    int rc = 0;
+    int grc = git_object_lookup(&target, repo, remote, GIT_OBJECT_COMMIT);
+    if (grc < 0) {
+        rc = gitxi_err(grc, "fetched commit");
+        goto out;
+    }
+    int on_branch =
+        git_repository_head(&head, repo) == 0 && strcmp(git_reference_name(head), refname) == 0;
+    if (on_branch) {
+        git_checkout_options co;
+        git_checkout_options_init(&co, GIT_CHECKOUT_OPTIONS_VERSION);
+        co.checkout_strategy = GIT_CHECKOUT_SAFE;
+        grc = git_checkout_tree(repo, target, &co);
+        if (grc < 0) {
+            rc = grc == GIT_ECONFLICT ? ERR_UNPROCESSABLE : gitxi_err(grc, "checkout");
+            goto out;
+        }
+    }
+    grc = git_reference_set_target(&moved, local, remote, "sessiond: fast-forward");
+    if (grc < 0) {
+        rc = gitxi_err(grc, "update branch");
+    }
+out:
+    git_reference_free(moved);
+    git_reference_free(head);
+    git_object_free(target);
+    return rc;
+}
+
+int gitx_ff(const char *dir, const char *shared, const char *url, const char *branch,
+            const struct gitx_cred *cred, char remote_sha[41], char local_sha[41], int *moved)
+{
+    git_repository *repo = NULL;
+    git_remote *remote = NULL;
+    git_reference *local = NULL, *fetched = NULL;
+    char refname[256], spec[600], tracking[300];
+    struct cbctx cb = {.cred = cred};
+    *moved = 0;
+    remote_sha[0] = local_sha[0] = 0;
+    int rc = gitx_init(NULL, NULL);
+    if (rc == 0) {
+        rc = gitxi_valid_branch(branch, refname, sizeof(refname));
+    }
+    if (rc == 0) {
+        rc = gitxi_open_repo(dir, shared, &repo);
+    }
+    if (rc != 0) {
+        goto out;
+    }
+    /* Fetched into our own namespace, like a sync: nothing the agent set up takes part. */
+    snprintf(tracking, sizeof(tracking), "refs/sessiond/upstream/%s", branch);
+    snprintf(spec, sizeof(spec), "+%s:%s", refname, tracking);
+    rc = gitxi_safe_remote(repo, url, &remote);
+    if (rc != 0) {
+        goto out;
+    }
+    int grc = fetch_spec(remote, spec, &cb);
+    if (grc == 0) {
+        grc = git_reference_lookup(&fetched, repo, tracking);
+    }
+    if (grc == 0) {
+        grc = git_reference_lookup(&local, repo, refname);
+    }
+    if (grc < 0) {
+        rc = grc == GIT_ENOTFOUND ? ERR_NOT_FOUND : gitxi_err(grc, "fetch");
+        goto out;
+    }
+    const git_oid *r_oid = git_reference_target(fetched);
+    const git_oid *l_oid = git_reference_target(local);
+    if (!r_oid || !l_oid) {
+        rc = ERR_INVALID; /* a symbolic session branch: not ours to move */
+        goto out;
+    }
+    gitxi_oid_hex(r_oid, remote_sha);
+    gitxi_oid_hex(l_oid, local_sha);
+    if (git_oid_equal(r_oid, l_oid) || git_graph_descendant_of(repo, l_oid, r_oid) == 1) {
+        goto out; /* nothing new there, or only what the next push publishes */
+    }
+    if (git_graph_descendant_of(repo, r_oid, l_oid) != 1) {
+        rc = ERR_CONFLICT; /* both sides have commits the other lacks */
+        goto out;
+    }
+    rc = ff_to(repo, refname, local, r_oid);
+    *moved = rc == 0;
+out:
+    git_reference_free(fetched);
+    git_reference_free(local);
+    git_remote_free(remote);
+    git_repository_free(repo);
+    return rc;
+}
+
 /* An ls-remote: connect, read the advertised refs, disconnect; no object is transferred. The
  * remote is detached (no repository), so no configuration of anyone's (insteadOf, proxies,
  * credential helpers) takes part; transfers go without a proxy, like every fetch here. */

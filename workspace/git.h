@@ -72,6 +72,15 @@ int gitx_clone(const char *url, const char *branch, const char *dir, const struc
 int gitx_sync(const char *dir, const char *shared, const char *url, const char *branch,
               const struct gitx_cred *cred, char head[41]);
 
+/** Fetch branch from url and fast-forward the local branch to it: its ref, and the working
+ * tree when HEAD is on it (a SAFE checkout: the workspace's own changes stay; one the new
+ * commits would overwrite stops it before anything moved: ERR_UNPROCESSABLE). Nothing moves
+ * when the local branch already has the remote's commits (*moved 0). ERR_CONFLICT when each
+ * side has commits the other lacks. remote_sha and local_sha are filled once both are known.
+ * Never a merge, never forced. */
+int gitx_ff(const char *dir, const char *shared, const char *url, const char *branch,
+            const struct gitx_cred *cred, char remote_sha[41], char local_sha[41], int *moved);
+
 /** The commit id branch points at on url now (a ls-remote: nothing is fetched or written).
  * ERR_NOT_FOUND if the remote has no such branch; errors as gitx_clone otherwise. */
 int gitx_remote_head(const char *url, const char *branch, const struct gitx_cred *cred,

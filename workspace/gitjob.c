@@ -483,6 +483,28 @@ int gitjob_sync(const struct gitjob_cfg *c, const char *dir, const char *shared,
     return rc;
 }
 
+int gitjob_ff(const struct gitjob_cfg *c, const char *dir, const char *shared, const char *url,
+              const char *branch, const struct gitx_cred *cred, char remote[41], char local[41],
+              int *moved)
+{
+    json_t *ans = NULL;
+    *moved = 0;
+    remote[0] = local[0] = 0;
+    if (!url || !branch) {
+        return ERR_INVALID;
+    }
+    json_t *req = request("ff", dir, shared);
+    json_object_set_new(req, "url", json_string(url));
+    json_object_set_new(req, "branch", json_string(branch));
+    json_object_set_new(req, "cred", cred_json(cred));
+    int rc = run_job(c, req, &ans);
+    copy_sha(ans, "remote", remote);
+    copy_sha(ans, "local", local);
+    *moved = rc == 0 && json_is_true(json_object_get(ans, "moved"));
+    json_decref(ans);
+    return rc;
+}
+
 int gitjob_push(const struct gitjob_cfg *c, const char *dir, const char *shared, const char *url,
                 const char *branch, const struct gitx_cred *cred, const struct redact_set *scan,
                 struct gitjob_blocked *blocked)
@@ -959,6 +981,14 @@ static int dispatch(json_t *req, const char *dir, const char *shared, const char
         if (rc == 0) {
             json_object_set_new(ans, "head", json_string(sha));
         }
+    } else if (strcmp(op, "ff") == 0) {
+        char local[41] = "";
+        int moved = 0;
+        rc = url ? gitx_ff(dir, shared, url, branch, cp, sha, local, &moved) : ERR_INVALID;
+        /* the two ends go back on a refusal too: the caller reports them */
+        json_object_set_new(ans, "remote", sha[0] ? json_string(sha) : json_null());
+        json_object_set_new(ans, "local", local[0] ? json_string(local) : json_null());
+        json_object_set_new(ans, "moved", json_boolean(moved));
     } else if (strcmp(op, "push") == 0) {
         rc = url ? scan_before_push(req, dir, shared, branch, ans) : ERR_INVALID;
         if (rc == 0) {

@@ -65,6 +65,10 @@ int gitjob_commit_n(const struct gitjob_cfg *c, const char *dir, const char *sha
 int gitjob_refresh_index(const struct gitjob_cfg *c, const char *dir, const char *shared);
 int gitjob_sync(const struct gitjob_cfg *c, const char *dir, const char *shared, const char *url,
                 const char *branch, const struct gitx_cred *cred, char head[41]);
+/** gitx_ff in the helper (remote and local as there, filled on a refusal too). */
+int gitjob_ff(const struct gitjob_cfg *c, const char *dir, const char *shared, const char *url,
+              const char *branch, const struct gitx_cred *cred, char remote[41], char local[41],
+              int *moved);
 /** What a push scan found: the secret's name and the file it is in ("" for a commit
  * message). */
 struct gitjob_blocked {

@@ -146,6 +146,71 @@ static const char *suite_state(json_t *suite)
     return "failure";
 }
 
+/* The session whose open pull request is in the repository repo_url (its html URL) and
+ * whose session branch is branch (sid >= 72 bytes). The repository must match, as for a
+ * status: a fork can have a branch of the same name. */
+static int find_by_branch(struct repos *r, const char *repo_url, const char *branch, char *sid)
+{
+    json_t *open = NULL;
+    int rc = ERR_NOT_FOUND;
+    if (!repo_url || !*repo_url || prs_db_list_open(r->prs, POLL_LIMIT, &open) != 0) {
+        return rc;
+    }
+    size_t ul = strlen(repo_url);
+    size_t i;
+    json_t *e;
+    json_array_foreach(open, i, e)
+    {
+        const char *url = str(e, "url");
+        json_t *row = NULL;
+        if (!url || strncmp(url, repo_url, ul) != 0 || strncmp(url + ul, "/pull/", 6) != 0 ||
+            repos__session_row(r, str(e, "session_id"), &row) != 0) {
+            continue;
+        }
+        const char *b = str(row, "branch");
+        int same = b && strcmp(b, branch) == 0;
+        json_decref(row);
+        if (same) {
+            snprintf(sid, 72, "%s", str(e, "session_id"));
+            rc = 0;
+            break;
+        }
+    }
+    json_decref(open);
+    return rc;
+}
+
+/* A push to a branch of a repository the App covers: when it is a session's pull request
+ * branch and moved somewhere else than where the session last pushed it, the session pulls it
+ * before its next prompt. Nothing is fetched here (no network I/O on the webhook's thread). */
+static int on_push(struct repos *r, json_t *p, char *what, size_t n)
+{
+    char sid[72] = "";
+    struct pr_rec rec;
+    const char *ref = str(p, "ref");
+    const char *after = str(p, "after");
+    const char *repo_url = str(json_object_get(p, "repository"), "html_url");
+    if (!ref || strncmp(ref, "refs/heads/", 11) != 0 || !after || strlen(after) != 40 ||
+        json_is_true(json_object_get(p, "deleted"))) {
+        return 0; /* a tag, or a deleted branch: nothing to pull */
+    }
+    if (find_by_branch(r, repo_url, ref + 11, sid) != 0) {
+        snprintf(what, n, "no session's pull request has branch %s", ref + 11);
+        return ERR_NOT_FOUND;
+    }
+    if (prs_db_get(r->prs, sid, &rec) == 0) {
+        int ours = strcmp(rec.head_sha, after) == 0;
+        prs_rec_clear(&rec);
+        if (ours) {
+            snprintf(what, n, "session %s: its own push", sid);
+            return 0;
+        }
+    }
+    repos__pr_remote_ahead(r, sid, after);
+    snprintf(what, n, "session %s: branch pushed at %s", sid, after);
+    return 0;
+}
+
 int repos_gh_parse(const char *event, json_t *p, const char *mention, struct gh_hook *out)
 {
     memset(out, 0, sizeof(*out));
@@ -227,6 +292,9 @@ int repos_gh_event(struct repos *r, const char *event, json_t *p, char *what, si
     snprintf(what, n, "ignored");
     if (!r || !r->prs || !event || !json_is_object(p)) {
         return ERR_INVALID;
+    }
+    if (strcmp(event, "push") == 0) {
+        return on_push(r, p, what, n);
     }
     /* no mention: comments are repos_gh_comment's, and need nothing here */
     repos_gh_parse(event, p, NULL, &h);
@@ -489,6 +557,10 @@ static void poll_one(struct repos *r, json_t *e)
         goto out;
     }
     const char *head = str(cur, "head_sha");
+    const char *known = str(e, "head_sha");
+    if (head && strlen(head) == 40 && known && strcmp(head, known) != 0) {
+        repos__pr_remote_ahead(r, sid, head); /* pushed by someone else (no webhook seen) */
+    }
     if (head && github_ci_state(&req, head, ci, msg, sizeof(msg)) == 0 && ci[0]) {
         note_ci(r, sid, ci, head);
     }

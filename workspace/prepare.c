@@ -415,6 +415,12 @@ static void *bg_sync_main(void *arg)
     free(b->q.url);
     free(b->q.branch);
     free(b);
+    repos__sync_end(r, sid);
+    return NULL;
+}
+
+void repos__sync_end(struct repos *r, const char *sid)
+{
     pthread_mutex_lock(&r->lock);
     json_object_del(r->syncing, sid);
     pthread_cond_broadcast(&r->sync_cv);
@@ -428,7 +434,6 @@ static void *bg_sync_main(void *arg)
     r->bg_syncs--; /* last touch of r: repos_close may free it after this */
     pthread_cond_broadcast(&r->pool_done);
     pthread_mutex_unlock(&r->lock);
-    return NULL;
 }
 
 /* Mark sid syncing and start the sync of ws described by q (taken over). */

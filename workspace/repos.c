@@ -533,6 +533,7 @@ int repos_open(const struct repos_config *cfg, struct repos **out)
     pthread_cond_init(&r->pool_done, NULL);
     pthread_cond_init(&r->sync_cv, NULL);
     r->syncing = json_object();
+    r->remote_ahead = json_object();
     r->ready_src_sbx = json_object();
     r->released = json_object();
     r->ending = json_object();
@@ -691,6 +692,7 @@ void repos_close(struct repos *r)
     json_decref(r->ready_src);
     json_decref(r->preparing);
     json_decref(r->syncing);
+    json_decref(r->remote_ahead);
     json_decref(r->ready_src_sbx);
     json_decref(r->released);
     json_decref(r->ending);

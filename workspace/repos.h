@@ -244,6 +244,12 @@ int repos_session_has_repo(struct repos *r, const char *sid);
 /** Wait until the workspace sync of sid (if any) is over: 0, or ERR_TIMEOUT after timeout_ms
  * (< 0: the configured sync_wait_ms), ERR_UNAVAILABLE if the layer is closing. */
 int repos_wait_synced(struct repos *r, const char *sid, int timeout_ms);
+/** Before a prompt of sid starts (runner control thread, non-blocking): when its pull request
+ * branch moved on the remote (a push by someone else, seen by the webhook or the poller),
+ * start fetching and fast-forwarding its workspace to it (pr.pulled, or pr.push_failed when
+ * the branch went both ways). 1: started, sid is syncing (repos_syncing) until it ends and the
+ * runner's synced callback runs; 0: nothing to pull. */
+int repos_pull_begin(struct repos *r, const char *sid);
 /** The configured bound of a wait for a sync (sync_wait_ms; 30000 without a layer). */
 int repos_sync_wait_ms(struct repos *r);
 /** A prompt of sid ended (any final state), before the next one may start: commit its changes

@@ -401,6 +401,9 @@ void repos_session_end(struct repos *rp, const char *sid)
     if (!r) {
         return;
     }
+    pthread_mutex_lock(&r->lock);
+    json_object_del(r->remote_ahead, sid); /* no next prompt to pull for */
+    pthread_mutex_unlock(&r->lock);
     if (util_valid_id(sid)) {
         struct bg_snap *b = xcalloc(1, sizeof(*b));
         b->r = r;

@@ -88,7 +88,9 @@ struct repos {
     struct handoff *handoffs; /* pre-created sandboxes of claimed warm workspaces */
     json_t *ready_src_sbx;    /* sids whose sandbox came from the pool, for sandbox.ready */
     pthread_cond_t sync_cv;   /* a sync or a prompt end finished, a release, or closing */
-    int bg_syncs;             /* sync threads running (repos_close waits for them) */
+    int bg_syncs;             /* sync and pull threads running (repos_close waits for them) */
+    json_t *remote_ahead;     /* sid -> sha: its pull request branch moved on the remote
+                                 (pr_pull.c): pulled before its next prompt */
     int closing;              /* repos_shutdown started: waiters give up */
 
     /* The runner's calls in progress (repos__hook_enter) and the runner's callbacks
@@ -176,6 +178,12 @@ void repos__gh_prompt_end(struct repos *r, const char *sid, const char *prompt_i
 /* repos.c */
 void repos__chown_tree(struct repos *r, const char *dir);
 char *repos__default_workspace(struct repos *r, const char *sid);
+/* prepare.c: a background sync or pull of sid ended: unmark it, tell the runner, and drop the
+ * thread's count (its last touch of r). */
+void repos__sync_end(struct repos *r, const char *sid);
+/* pr_pull.c: the pull request branch of sid is at sha on the remote, maybe ahead of the
+ * workspace: pull it before the next prompt. */
+void repos__pr_remote_ahead(struct repos *r, const char *sid, const char *sha);
 void repos__emit(struct repos *r, const char *sid, const char *type, json_t *data);
 struct repos *repos__hook_enter(struct repos *r);
 void repos__hook_leave(struct repos *r);

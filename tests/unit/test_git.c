@@ -442,7 +442,71 @@ TEST(shared_store_workspace)
     util_rm_rf(g_tmp);
 }
 
+/* A fast-forward only: the working tree's own changes stay, a local branch ahead is left as it
+ * is, a branch that went both ways is refused and nothing moves, an uncommitted change the new
+ * commits would overwrite stops it. */
+TEST(ff_only_forward)
+{
+    setup();
+    char *remote = P("remote.git"), *ws = P("ws");
+    char r[41], l[41], head[41];
+    int moved = -1;
+    ASSERT_EQ(gitx_clone(remote, "main", ws, NULL, head), 0);
+    ASSERT_EQ(gitx_ff(ws, NULL, remote, "main", NULL, r, l, &moved), 0);
+    ASSERT_EQ(moved, 0);
+    ASSERT_STREQ(r, head);
+    /* someone else pushes; the workspace has an uncommitted edit elsewhere */
+    tsh("cd %s/seed && echo more > NEW && " GITC " add -A && " GITC " commit -qm two && " GITC
+        " push -q ../remote.git main",
+        g_tmp);
+    char *two = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
+    file_put("ws/src/main.c", "int main(void){return 1;}\n");
+    ASSERT_EQ(gitx_ff(ws, NULL, remote, "main", NULL, r, l, &moved), 0);
+    ASSERT_EQ(moved, 1);
+    ASSERT_STREQ(r, two);
+    ASSERT_STREQ(l, head);
+    char *wshead = tout1("git -C %s/ws rev-parse HEAD", g_tmp);
+    ASSERT_STREQ(wshead, two);
+    char *c = tout1("cat %s/ws/NEW", g_tmp);
+    ASSERT_STREQ(c, "more");
+    char *edit = tout1("cat %s/ws/src/main.c", g_tmp);
+    ASSERT_STREQ(edit, "int main(void){return 1;}");
+    /* the workspace commits: ahead, nothing to do */
+    tsh("cd %s/ws && " GITC " commit -qam local", g_tmp);
+    char *mine = tout1("git -C %s/ws rev-parse HEAD", g_tmp);
+    ASSERT_EQ(gitx_ff(ws, NULL, remote, "main", NULL, r, l, &moved), 0);
+    ASSERT_EQ(moved, 0);
+    /* and the remote moves too: both ways, refused, nothing moved */
+    tsh("cd %s/seed && echo third > THIRD && " GITC " add -A && " GITC " commit -qm three && " GITC
+        " push -q ../remote.git main",
+        g_tmp);
+    char *three = tout1("git -C %s/seed rev-parse HEAD", g_tmp);
+    ASSERT_EQ(gitx_ff(ws, NULL, remote, "main", NULL, r, l, &moved), ERR_CONFLICT);
+    ASSERT_EQ(moved, 0);
+    ASSERT_STREQ(r, three);
+    ASSERT_STREQ(l, mine);
+    char *still = tout1("git -C %s/ws rev-parse HEAD", g_tmp);
+    ASSERT_STREQ(still, mine);
+    struct stat sb;
+    char *third = P("ws/THIRD");
+    ASSERT(stat(third, &sb) != 0);
+    /* a fresh clone with an uncommitted README edit; the remote changes README */
+    char *ws2 = P("ws2");
+    ASSERT_EQ(gitx_clone(remote, "main", ws2, NULL, head), 0);
+    file_put("ws2/README", "mine\n");
+    tsh("cd %s/seed && echo theirs > README && " GITC " commit -qam four && " GITC
+        " push -q ../remote.git main",
+        g_tmp);
+    ASSERT_EQ(gitx_ff(ws2, NULL, remote, "main", NULL, r, l, &moved), ERR_UNPROCESSABLE);
+    char *kept = tout1("cat %s/ws2/README", g_tmp);
+    ASSERT_STREQ(kept, "mine");
+    char *h2 = tout1("git -C %s/ws2 rev-parse HEAD", g_tmp);
+    ASSERT_STREQ(h2, head);
+    util_rm_rf(g_tmp);
+}
+
 static const struct test_case tests[] = {
+    T(ff_only_forward),
     T(clone_sync_picks_up_new_commits),
     T(clone_unknown_branch),
     T(two_authors_two_commits_and_push),
