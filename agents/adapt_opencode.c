@@ -74,9 +74,14 @@ static void on_tool(json_t *part, struct agent_parser *p)
     int is_error = strcmp(status, "error") == 0 ||
                    (json_is_integer(exit_code) && json_integer_value(exit_code) != 0);
     json_t *o = json_object_get(state, strcmp(status, "error") == 0 ? "error" : "output");
+    /* any JSON value the agent printed (a number too: json_dumps refuses scalars without
+     * JSON_ENCODE_ANY and gave NULL, which reached strlen: a crash an agent could cause) */
     char *text = json_is_string(o) ? xstrdup(json_string_value(o))
-                 : o               ? json_dumps(o, JSON_COMPACT)
-                                   : xstrdup("");
+                 : o               ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY)
+                                   : NULL;
+    if (!text) {
+        text = xstrdup("");
+    }
     agent_emit_tool_result(p, id, text, strlen(text), is_error);
     free(text);
 }

@@ -292,6 +292,19 @@ TEST(opencode_fail400)
     rec_free(&r);
 }
 
+/* A tool's output that is a JSON scalar (a number, null): json_dumps gave NULL for it and the
+ * adapter passed it to strlen, so an agent could crash the server with one line (found by the
+ * adapt_opencode fuzz harness; its input is in the corpus). */
+TEST(opencode_scalar_tool_output)
+{
+    struct rec r;
+    run_fixture(&adapt_opencode, "tests/fixtures/opencode-scalar-output.jsonl", 0, NULL, &r);
+    check_pairs(&r, 2);
+    ASSERT_STREQ(sget(nth(&r, "tool_result", 0), "output"), "5");
+    ASSERT(json_is_true(json_object_get(nth(&r, "tool_result", 1), "is_error")));
+    rec_free(&r);
+}
+
 TEST(opencode_tool_error)
 {
     struct rec r;
@@ -700,6 +713,7 @@ static const struct test_case tests[] = {
     T(opencode_ok),
     T(opencode_fail400),
     T(opencode_tool_error),
+    T(opencode_scalar_tool_output),
     T(no_result_is_error),
     T(killed_is_error),
     T(secret_scrubbed),
