@@ -88,6 +88,10 @@ static void push_locked(struct run_seq *q, struct seq_ent *e)
 void runneri_submit(struct run *run, struct cq_job *j)
 {
     struct run_seq *q = &run->seq;
+    /* Our own reference while mu is held: the job may carry the run's last other reference
+     * (the prompt's final event does), and the commit thread may finish it and free the run
+     * before we unlock (ThreadSanitizer saw the mutex destroyed while locked). */
+    atomic_fetch_add(&run->refs, 1);
     pthread_mutex_lock(&q->mu);
     if (!q->head) {
         /* under mu: a worker draining the queue cannot submit in between */
@@ -98,6 +102,7 @@ void runneri_submit(struct run *run, struct cq_job *j)
         push_locked(q, e);
     }
     pthread_mutex_unlock(&q->mu);
+    runneri_run_unref(run);
 }
 
 int runneri_seq_held(struct run *run)
