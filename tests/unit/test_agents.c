@@ -704,26 +704,16 @@ TEST(egress_entry)
 }
 
 static const struct test_case tests[] = {
-    T(claude_ok),
-    T(claude_fail400),
-    T(claude_tool_error),
-    T(codex_ok),
-    T(codex_fail400),
-    T(codex_tool_error),
-    T(opencode_ok),
-    T(opencode_fail400),
-    T(opencode_tool_error),
-    T(opencode_scalar_tool_output),
-    T(no_result_is_error),
-    T(killed_is_error),
-    T(secret_scrubbed),
-    T(long_line_dropped),
-    T(config_load),
-    T(launch_keeps_key_in_secrets),
-    T(workspace_diff),
-    T(egress_entry),
-    T(opencode_serve_ok),
-    T(opencode_serve_fail400),
+    T(claude_ok),           T(claude_fail400),
+    T(claude_tool_error),   T(codex_ok),
+    T(codex_fail400),       T(codex_tool_error),
+    T(opencode_ok),         T(opencode_fail400),
+    T(opencode_tool_error), T(opencode_scalar_tool_output),
+    T(no_result_is_error),  T(killed_is_error),
+    T(secret_scrubbed),     T(long_line_dropped),
+    T(config_load),         T(launch_keeps_key_in_secrets),
+    T(workspace_diff),      T(egress_entry),
+    T(opencode_serve_ok),   T(opencode_serve_fail400),
 };
 
 TEST_MAIN(tests)
