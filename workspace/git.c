@@ -275,37 +275,48 @@ out:
     return rc;
 }
 
+/* Open dir's repository and fetch branch of url into refs/sessiond/upstream/<branch>: a ref of
+ * our own namespace, so that nothing the agent set up interferes. *repo: the caller frees it
+ * (also on failure); refname (256 bytes) and tracking (300): the branch's ref and where it was
+ * fetched. */
+static int fetch_upstream(const char *dir, const char *shared, const char *url, const char *branch,
+                          const struct gitx_cred *cred, git_repository **repo, char *refname,
+                          char *tracking)
+{
+    git_remote *remote = NULL;
+    char spec[600];
+    struct cbctx cb = {.cred = cred};
+    int rc = gitx_init(NULL, NULL);
+    if (rc == 0) {
+        rc = gitxi_valid_branch(branch, refname, 256);
+    }
+    if (rc == 0) {
+        rc = gitxi_open_repo(dir, shared, repo);
+    }
+    if (rc == 0) {
+        snprintf(tracking, 300, "refs/sessiond/upstream/%s", branch);
+        snprintf(spec, sizeof(spec), "+%s:%s", refname, tracking);
+        rc = gitxi_safe_remote(*repo, url, &remote);
+    }
+    if (rc == 0) {
+        int grc = fetch_spec(remote, spec, &cb);
+        rc = grc < 0 ? gitxi_err(grc, "fetch") : 0;
+    }
+    git_remote_free(remote);
+    return rc;
+}
+
 int gitx_sync(const char *dir, const char *shared, const char *url, const char *branch,
               const struct gitx_cred *cred, char head[41])
 {
     git_repository *repo = NULL;
-    git_remote *remote = NULL;
     git_object *target = NULL;
-    char refname[256], spec[600], tracking[300];
-    struct cbctx cb = {.cred = cred};
-    int rc = gitx_init(NULL, NULL);
-    if (rc == 0) {
-        rc = gitxi_valid_branch(branch, refname, sizeof(refname));
-    }
-    if (rc == 0) {
-        rc = gitxi_open_repo(dir, shared, &repo);
-    }
+    char refname[256], tracking[300];
+    int rc = fetch_upstream(dir, shared, url, branch, cred, &repo, refname, tracking);
     if (rc != 0) {
         goto out;
     }
-    /* Fetch into a ref of our own namespace so that nothing the agent set up interferes. */
-    snprintf(tracking, sizeof(tracking), "refs/sessiond/upstream/%s", branch);
-    snprintf(spec, sizeof(spec), "+%s:%s", refname, tracking);
-    rc = gitxi_safe_remote(repo, url, &remote);
-    if (rc != 0) {
-        goto out;
-    }
-    int grc = fetch_spec(remote, spec, &cb);
-    if (grc < 0) {
-        rc = gitxi_err(grc, "fetch");
-        goto out;
-    }
-    grc = git_revparse_single(&target, repo, tracking);
+    int grc = git_revparse_single(&target, repo, tracking);
     if (grc < 0) {
         rc = gitxi_err(grc, "fetched branch");
         goto out;
@@ -323,7 +334,6 @@ int gitx_sync(const char *dir, const char *shared, const char *url, const char *
     }
 out:
     git_object_free(target);
-    git_remote_free(remote);
     git_repository_free(repo);
     return rc;
 }
@@ -369,38 +379,20 @@ int gitx_ff(const char *dir, const char *shared, const char *url, const char *br
             const struct gitx_cred *cred, char remote_sha[41], char local_sha[41], int *moved)
 {
     git_repository *repo = NULL;
-    git_remote *remote = NULL;
     git_reference *local = NULL, *fetched = NULL;
-    char refname[256], spec[600], tracking[300];
-    struct cbctx cb = {.cred = cred};
+    char refname[256], tracking[300];
     *moved = 0;
     remote_sha[0] = local_sha[0] = 0;
-    int rc = gitx_init(NULL, NULL);
-    if (rc == 0) {
-        rc = gitxi_valid_branch(branch, refname, sizeof(refname));
-    }
-    if (rc == 0) {
-        rc = gitxi_open_repo(dir, shared, &repo);
-    }
+    int rc = fetch_upstream(dir, shared, url, branch, cred, &repo, refname, tracking);
     if (rc != 0) {
         goto out;
     }
-    /* Fetched into our own namespace, like a sync: nothing the agent set up takes part. */
-    snprintf(tracking, sizeof(tracking), "refs/sessiond/upstream/%s", branch);
-    snprintf(spec, sizeof(spec), "+%s:%s", refname, tracking);
-    rc = gitxi_safe_remote(repo, url, &remote);
-    if (rc != 0) {
-        goto out;
-    }
-    int grc = fetch_spec(remote, spec, &cb);
-    if (grc == 0) {
-        grc = git_reference_lookup(&fetched, repo, tracking);
-    }
+    int grc = git_reference_lookup(&fetched, repo, tracking);
     if (grc == 0) {
         grc = git_reference_lookup(&local, repo, refname);
     }
     if (grc < 0) {
-        rc = grc == GIT_ENOTFOUND ? ERR_NOT_FOUND : gitxi_err(grc, "fetch");
+        rc = gitxi_err(grc, "fetch");
         goto out;
     }
     const git_oid *r_oid = git_reference_target(fetched);
@@ -423,7 +415,6 @@ int gitx_ff(const char *dir, const char *shared, const char *url, const char *br
 out:
     git_reference_free(fetched);
     git_reference_free(local);
-    git_remote_free(remote);
     git_repository_free(repo);
     return rc;
 }
